@@ -1,0 +1,89 @@
+# gnnvec: PGXS build.
+#
+#   make                  build gnnvec.so (and cuda/gnnvec_cuda.so when nvcc is found)
+#   make install          install into the PostgreSQL found by PG_CONFIG
+#   make test             everything: deps, build, unit + regression + TAP tests
+#   make demo             a short end-to-end run on a throwaway cluster
+#   make bench            benchmarks (tables and plots under bench/out/)
+#
+# Options: USE_CUDA=0 skips the GPU module; ASSERTS=1 builds with
+# USE_ASSERT_CHECKING (make test does).
+
+EXTENSION  = gnnvec
+EXTVERSION = 0.1.0
+MODULE_big = gnnvec
+DATA       = $(wildcard sql/gnnvec--*.sql)
+
+SRCS       = $(sort $(wildcard src/*.c src/*/*.c))
+OBJS       = $(SRCS:.c=.o)
+HEADERS    = $(wildcard src/*/*.h)
+
+# PostgreSQL-free sources: every file that does not include postgres.h.
+# They are unit-tested on their own and shared with bench/ drivers.
+PURE_SRCS  = $(shell grep -L '"postgres.h"' $(SRCS))
+
+PG_CONFIG ?= pg_config
+ASSERTS   ?= 0
+
+PG_CPPFLAGS = -I$(CURDIR)/src
+PG_CFLAGS   = -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
+ifeq ($(ASSERTS),1)
+PG_CPPFLAGS += -DUSE_ASSERT_CHECKING
+endif
+SHLIB_LINK  = -lopenblas -lm -lpthread -ldl
+
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+# Rebuild everything when the build flavour changes, and when any header does.
+BUILD_FLAGS := asserts=$(ASSERTS)
+$(shell echo '$(BUILD_FLAGS)' | cmp -s - .build-flags || echo '$(BUILD_FLAGS)' > .build-flags)
+$(OBJS): .build-flags $(HEADERS)
+
+# ---------------------------------------------------------------------------
+# GPU module: built when nvcc exists, never linked into gnnvec.so (dlopen'ed).
+CUDA_HOME ?= /usr/local/cuda
+NVCC      ?= $(CUDA_HOME)/bin/nvcc
+USE_CUDA  ?= $(if $(wildcard $(NVCC)),1,0)
+
+ifeq ($(USE_CUDA),1)
+CUDA_SRCS  = $(wildcard cuda/*.cu)
+CUDA_LIB   = cuda/gnnvec_cuda.so
+NVCC_FLAGS = -O3 -Xcompiler -fPIC,-Wall -I$(CURDIR)/src -I$(CURDIR)/cuda \
+             -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80 \
+             -gencode arch=compute_90,code=compute_90
+
+all: $(CUDA_LIB)
+
+$(CUDA_LIB): $(CUDA_SRCS) $(wildcard cuda/*.h)
+	$(NVCC) $(NVCC_FLAGS) -shared -o $@ $(CUDA_SRCS) -cudart static -lcublas
+
+install: install-cuda
+install-cuda: $(CUDA_LIB)
+	$(INSTALL_SHLIB) $(CUDA_LIB) '$(DESTDIR)$(pkglibdir)/gnnvec_cuda.so'
+
+EXTRA_CLEAN += $(CUDA_LIB)
+endif
+
+# ---------------------------------------------------------------------------
+# Unit tests of the PostgreSQL-free code: test/unit/test_*.c, each linked
+# with every pure source.
+UNIT_SRCS  = $(wildcard test/unit/test_*.c)
+UNIT_BINS  = $(patsubst test/unit/%.c,test/unit/bin/%,$(UNIT_SRCS))
+UNIT_FLAGS = -O2 -g -Wall -Wextra -Werror -Isrc -Itest/unit
+
+test/unit/bin/%: test/unit/%.c $(PURE_SRCS) $(HEADERS) test/unit/unit.h
+	@mkdir -p test/unit/bin
+	$(CC) $(UNIT_FLAGS) -o $@ $< $(PURE_SRCS) -lopenblas -lm -lpthread
+
+unit-bins: $(UNIT_BINS)
+
+EXTRA_CLEAN += test/unit/bin .build-flags
+
+.PHONY: test demo bench unit-bins install-cuda
+test:
+	bash test/run.sh test
+demo:
+	bash test/run.sh demo
+bench:
+	bash bench/run.sh

@@ -1,0 +1,18 @@
+/*
+ * gnnvec.c
+ *		Module entry point: registers settings and picks CPU kernels.
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "vector/vector.h"
+
+PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+void
+_PG_init(void)
+{
+	vector_init();
+}
