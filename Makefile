@@ -25,7 +25,7 @@ PURE_SRCS  = $(shell grep -L '"postgres.h"' $(SRCS))
 PG_CONFIG ?= pg_config
 ASSERTS   ?= 0
 
-PG_CPPFLAGS = -I$(CURDIR)/src
+PG_CPPFLAGS = -I$(CURDIR)/src -I$(CURDIR)/cuda
 PG_CFLAGS   = -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
 ifeq ($(ASSERTS),1)
 PG_CPPFLAGS += -DUSE_ASSERT_CHECKING
