@@ -178,7 +178,7 @@ stop_cluster
 if ls test/t/*.pl >/dev/null 2>&1; then
 	log "TAP tests"
 	(cd "$work" && as_server_user env PERL5LIB="$inst$pkglibdir/pgxs/src/test/perl" \
-		prove -v test/t/) >"$work/tap.log" 2>&1
+		prove -v test/t/*.pl) >"$work/tap.log" 2>&1
 	rc=$?
 	grep -E '^(ok|not ok)|^t/|^test/|Failed|Result|Tests=' "$work/tap.log"
 	total=$(sed -nE 's/.*Tests=([0-9]+),.*/\1/p' "$work/tap.log" | tail -1)
