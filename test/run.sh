@@ -62,6 +62,8 @@ else
 fi
 
 # --- a private installation the server user can read ------------------------
+# the previous run's directory goes; this one stays for inspection
+[ -L tmp/last-$mode ] && rm -rf "$(readlink tmp/last-$mode)"
 work=$(mktemp -d /tmp/gnnvec-$mode.XXXXXX)
 chmod 755 "$work"
 mkdir -p tmp
