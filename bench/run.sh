@@ -2,7 +2,7 @@
 # make bench: datasets, benchmarks, tables and plots under bench/out/.
 #
 #   bench/run.sh            everything
-#   bench/run.sh kernels    one part (kernels | data)
+#   bench/run.sh kernels    one part (data | kernels | index)
 #
 # Machines here are noisy: every number is reported next to a reference
 # measured in the same run (a plain scalar loop, OpenBLAS, hnswlib, exact
@@ -39,6 +39,19 @@ dataset() {
 	if [ ! -f "$dir/gt.i32" ]; then
 		bench/bin/gen_dataset --out "$dir" --n 100000 --dim 128 --queries 1000 --seed 42
 	fi
+	build f32_to_copy
+	[ -f "$dir/base.copy" ] || bench/bin/f32_to_copy "$dir/base.f32" 128 "$dir/base.copy"
+	[ -f "$dir/queries.copy" ] || bench/bin/f32_to_copy "$dir/queries.f32" 128 "$dir/queries.copy"
+}
+
+# gnnhnsw against hnswlib (same data, same m/ef_construction, same run)
+index() {
+	local dir=$data/clustered-100k-128
+	echo "== index: hnswlib reference (2 build threads, 1 query thread)"
+	$PY bench/hnswlib_ref.py "$dir" "$out/hnswlib.csv" 16 64 2
+	echo "== index: gnnhnsw in PostgreSQL"
+	bash test/run.sh bench clustered-100k-128
+	$PY bench/report_index.py "$out" "$dir" | tee "$out/index.md"
 }
 
 kernels() {
@@ -49,8 +62,9 @@ kernels() {
 }
 
 case $what in
-	all) dataset; kernels ;;
+	all) dataset; kernels; index ;;
 	data) dataset ;;
 	kernels) kernels ;;
+	index) dataset; index ;;
 	*) echo "unknown part: $what"; exit 2 ;;
 esac

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# test/run.sh test|demo
+# test/run.sh test|demo|bench [bench args]
 #
-# Everything `make test` and `make demo` need, from a fresh machine with only
+# Everything `make test` and `make demo` need (and the PostgreSQL half of
+# `make bench`), from a fresh machine with only
 # PostgreSQL 15 on it: packages (apt-get when root), an assert-enabled build,
 # a private installation (the server's own files copied beside ours, so the
 # system PostgreSQL is never touched), a throwaway cluster on a Unix socket run
@@ -46,8 +47,11 @@ passed=0
 failed=0
 count() { passed=$((passed + $1)); failed=$((failed + $2)); }
 
-log "building (ASSERTS=1)"
-if ! make -s ASSERTS=1 >build.log 2>&1; then
+# tests run an assert-enabled build; benchmarks must not
+asserts=1
+[ "$mode" = bench ] && asserts=0
+log "building (ASSERTS=$asserts)"
+if ! make -s ASSERTS=$asserts >build.log 2>&1; then
 	cat build.log
 	echo "gnnvec: $passed passed, 1 failed"
 	exit 1
@@ -73,7 +77,7 @@ mkdir -p "$inst"
 # The server finds share/ and lib/ relative to its own binary, so a copy of
 # the installation plus ours under DESTDIR is a complete, private server.
 tar -C / -cf - "${bindir#/}" "${pkglibdir#/}" "${sharedir#/}" | tar -C "$inst" -xf -
-make -s install ASSERTS=1 DESTDIR="$inst" >>build.log 2>&1 || { tail build.log; exit 1; }
+make -s install ASSERTS=$asserts DESTDIR="$inst" >>build.log 2>&1 || { tail build.log; exit 1; }
 export PATH="$inst$bindir:$PATH"
 export PG_REGRESS="$inst$pkglibdir/pgxs/src/test/regress/pg_regress"
 
@@ -105,6 +109,14 @@ start_cluster() {
 		fsync = off
 		max_parallel_maintenance_workers = 2
 	EOF
+	if [ "$mode" = bench ]; then
+		cat >>"$data/postgresql.conf" <<-EOF
+			shared_buffers = 2GB
+			maintenance_work_mem = 2GB
+			max_parallel_maintenance_workers = 1
+			jit = off
+		EOF
+	fi
 	as_server_user pg_ctl -D "$data" -l "$work/server.log" -w start >/dev/null ||
 		{ cat "$work/server.log"; return 1; }
 }
@@ -115,6 +127,17 @@ if [ "$mode" = demo ]; then
 	start_cluster || exit 1
 	as_server_user bash "$work/test/demo.sh"
 	exit $?
+fi
+if [ "$mode" = bench ]; then
+	# bench/pg_bench.sh DATASET_DIR OUT_DIR: both readable/writable by the server user
+	cp -r bench "$work"/
+	mkdir -p "$work/bench/out"
+	[ "$(id -u)" = 0 ] && chown -R postgres "$work/bench"
+	start_cluster || exit 1
+	as_server_user bash "$work/bench/pg_bench.sh" "$work/bench/data/${2:-clustered-100k-128}" "$work/bench/out"
+	rc=$?
+	cp "$work"/bench/out/* "$root/bench/out/" 2>/dev/null
+	exit $rc
 fi
 
 # --- unit tests of the PostgreSQL-free code ---------------------------------
