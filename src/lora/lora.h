@@ -128,7 +128,8 @@ typedef enum LoraStatus
 	LORA_DIM_MISMATCH,			/* adapter initialised with another dimension */
 	LORA_DIM_TOO_LARGE,			/* adapter storage cannot hold this dimension */
 	LORA_NO_INPUT,				/* adapt/reward before any forward */
-	LORA_DIVERGED				/* an update overflowed; the adapter was reset */
+	LORA_DIVERGED,				/* an update overflowed; the adapter was reset */
+	LORA_NOT_FINITE				/* the output overflowed (nothing was changed) */
 } LoraStatus;
 
 /*
@@ -252,7 +253,8 @@ extern int	lora_bank_adapters_for(LoraBank *bank, int scope,
 /*
  * y = w * y_op + (1 - w) * y_cat, w = lora_bank_scope_weight(), or y_op
  * alone with fallback off.  Initialises adapters on their first vector and
- * remembers x as the scope's last input.
+ * remembers x as the scope's last input.  LORA_NOT_FINITE (input so large
+ * that the output overflows) leaves counts and last input as they were.
  */
 extern LoraStatus lora_bank_forward(LoraBank *bank, int scope, const float *x,
 									int dim, const LoraSettings *settings,
@@ -365,5 +367,30 @@ extern void lora_init(void);
  * with LORA_HNSW_SCAN to adapt its query.
  */
 extern void lora_apply(int scope, const float *x, float *y, int dim);
+
+/* Settings (lora_shmem.c) */
+extern void lora_settings(LoraSettings *settings);
+extern bool lora_recording(void);
+extern bool lora_shared_mode(void);
+extern int	lora_max_dim(void);
+
+/* The NOTICE that state is per backend, once per backend (not preloaded). */
+extern void lora_notice_if_local(void);
+
+/*
+ * The bank and the ring: begin returns the shared one with its LWLock held
+ * (exclusive or shared) or this backend's, end releases the lock.  An ERROR
+ * in between is fine: aborting releases every LWLock.
+ */
+extern LoraBank *lora_bank_begin(bool exclusive);
+extern void lora_bank_end(void);
+extern LoraRing *lora_ring_begin(bool exclusive);
+extern void lora_ring_end(void);
+
+/* Storage for a backend-local scope's adapters about to see dim. */
+extern void lora_bank_reserve(LoraBank *bank, int scope, int dim);
+
+/* Executor hooks that record trajectories (lora_hook.c). */
+extern void lora_hook_install(void);
 
 #endif							/* GNNVEC_LORA_H */

@@ -294,6 +294,16 @@ prepare_adapters(LoraAdapter **ads, int n, int dim,
 	return LORA_OK;
 }
 
+static bool
+all_finite(const float *v, int n)
+{
+	bool		finite = true;
+
+	for (int i = 0; i < n; i++)
+		finite &= isfinite(v[i]) != 0;
+	return finite;
+}
+
 LoraStatus
 lora_bank_forward(LoraBank *bank, int scope, const float *x, int dim,
 				  const LoraSettings *settings, float *y)
@@ -310,12 +320,14 @@ lora_bank_forward(LoraBank *bank, int scope, const float *x, int dim,
 	if (w > 0.0)
 		lora_adapter_add_delta(ads[0], x, (float) w, y);
 	if (n > 1 && w < 1.0)
-	{
 		lora_adapter_add_delta(ads[1], x, (float) (1.0 - w), y);
-		ads[1]->forward_count++;
-	}
+	if (!all_finite(y, dim))
+		return LORA_NOT_FINITE;
+
 	/* the scope was asked, even when only its category answered */
 	ads[0]->forward_count++;
+	if (n > 1 && w < 1.0)
+		ads[1]->forward_count++;
 
 	memcpy(lora_adapter_last_input(ads[0]), x, sizeof(float) * dim);
 	ads[0]->has_input = true;

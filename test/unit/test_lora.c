@@ -422,6 +422,20 @@ test_errors_and_resets(void)
 	CHECK(lora_bank_adapt(&bank, LORA_RESULT, huge, 4, &wild) == LORA_DIVERGED,
 		  "overflowing update");
 	CHECK(bank.op[LORA_RESULT].dim == 0, "diverged adapter was kept");
+
+	/* an input whose output overflows changes nothing */
+	{
+		float		top[4] = {3e38f, 3e38f, 3e38f, 3e38f};
+		LoraAdapter *ad = &bank.op[LORA_RESULT];
+
+		lora_bank_forward(&bank, LORA_RESULT, x, 4, &settings, y);
+		for (int i = 0; i < 8; i++)
+			lora_adapter_b(ad)[i] = 100.0f;
+		CHECK(lora_bank_forward(&bank, LORA_RESULT, top, 4, &settings, y) == LORA_NOT_FINITE,
+			  "overflowing output");
+		CHECK(ad->forward_count == 1 && lora_adapter_last_input(ad)[0] == 1.0f,
+			  "overflowing forward changed the adapter");
+	}
 }
 
 static void
