@@ -86,11 +86,21 @@ lora_adapter_init(LoraAdapter *ad, int dim, int rank, float alpha)
 	return LORA_OK;
 }
 
-/* y += c * x over n floats. */
+/*
+ * y += c * x over n floats, in blocks of eight that the compiler turns into
+ * vector instructions at -O2 (it does not vectorise the plain loop there).
+ */
 static void
 axpy(float *restrict y, float c, const float *restrict x, int n)
 {
-	for (int i = 0; i < n; i++)
+	int			i = 0;
+
+	for (; i + 8 <= n; i += 8)
+	{
+		for (int l = 0; l < 8; l++)
+			y[i + l] += c * x[i + l];
+	}
+	for (; i < n; i++)
 		y[i] += c * x[i];
 }
 

@@ -524,6 +524,12 @@ test_ring(void)
 	CHECK(lora_ring_count(&ring) == 0 && ring.embeddings_dropped == 0, "reset");
 	lora_ring_record(&ring, LORA_SEQ_SCAN, 4.0, 1, 1, NULL, 0, 0);
 	CHECK(lora_ring_get(&ring, 0)->baseline_ms == 4.0, "reset clears baselines");
+
+	/* a zero baseline (nodes too fast for the clock) means no improvement */
+	lora_ring_record(&ring, LORA_LIMIT, 0.0, 1, 1, NULL, 0, 0);
+	lora_ring_record(&ring, LORA_LIMIT, 0.5, 1, 1, NULL, 0, 0);
+	CHECK(lora_ring_get(&ring, 2)->baseline_ms == 0.0 &&
+		  lora_ring_get(&ring, 2)->improvement == 0.0, "zero baseline");
 }
 
 int
