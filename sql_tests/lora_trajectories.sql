@@ -111,6 +111,15 @@ FROM gnnvec_trajectory_stats();
 SELECT * FROM gnnvec_trajectory_stats(NULL);
 SELECT * FROM gnnvec_trajectory_stats('NaN');
 
+-- queries that functions run go through the same hooks
+SELECT gnnvec_trajectory_reset();
+CREATE FUNCTION pg_temp.count_items() RETURNS bigint LANGUAGE plpgsql AS
+  $$ DECLARE n bigint; BEGIN SELECT count(*) INTO n FROM traj_items; RETURN n; END $$;
+SET gnnvec.record_trajectories = on;
+SELECT pg_temp.count_items();
+SET gnnvec.record_trajectories = off;
+SELECT id, scope, rows FROM gnnvec_trajectories() ORDER BY id;
+
 -- reset empties the ring and the baselines
 SELECT gnnvec_trajectory_reset();
 SELECT * FROM gnnvec_trajectory_stats();
