@@ -371,7 +371,6 @@ extern void lora_apply(int scope, const float *x, float *y, int dim);
 /* Settings (lora_shmem.c) */
 extern void lora_settings(LoraSettings *settings);
 extern bool lora_recording(void);
-extern bool lora_shared_mode(void);
 extern int	lora_max_dim(void);
 
 /* The NOTICE that state is per backend, once per backend (not preloaded). */

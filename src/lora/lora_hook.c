@@ -154,6 +154,25 @@ is_vector_type(Oid typid)
 	return result;
 }
 
+/* The value of external parameter $id if it is set and of type typid. */
+static bool
+extern_param_value(ParamListInfo params, int id, Oid typid, Datum *value)
+{
+	ParamExternData workspace;
+	ParamExternData *prm;
+
+	if (params == NULL || id <= 0 || id > params->numParams)
+		return false;
+	if (params->paramFetch != NULL)
+		prm = params->paramFetch(params, id, true, &workspace);
+	else
+		prm = &params->params[id - 1];
+	if (prm == NULL || prm->isnull || prm->ptype != typid)
+		return false;
+	*value = prm->value;
+	return true;
+}
+
 /* A constant's or external parameter's vector value, or NULL. */
 static Vector *
 constant_vector(Node *arg, ParamListInfo params)
@@ -161,30 +180,29 @@ constant_vector(Node *arg, ParamListInfo params)
 	Datum		value;
 	Vector	   *v;
 
-	if (IsA(arg, Const) && !((Const *) arg)->constisnull &&
-		is_vector_type(((Const *) arg)->consttype))
-		value = ((Const *) arg)->constvalue;
-	else if (IsA(arg, Param) && ((Param *) arg)->paramkind == PARAM_EXTERN &&
-			 params != NULL && ((Param *) arg)->paramid > 0 &&
-			 ((Param *) arg)->paramid <= params->numParams &&
-			 is_vector_type(((Param *) arg)->paramtype))
+	if (IsA(arg, Const))
 	{
-		int			id = ((Param *) arg)->paramid;
-		ParamExternData workspace;
-		ParamExternData *prm = params->paramFetch != NULL ?
-		params->paramFetch(params, id, true, &workspace) :
-		&params->params[id - 1];
+		Const	   *c = (Const *) arg;
 
-		if (prm == NULL || prm->isnull || prm->ptype != ((Param *) arg)->paramtype)
+		if (c->constisnull || !is_vector_type(c->consttype))
 			return NULL;
-		value = prm->value;
+		value = c->constvalue;
+	}
+	else if (IsA(arg, Param) && ((Param *) arg)->paramkind == PARAM_EXTERN)
+	{
+		Param	   *p = (Param *) arg;
+
+		if (!is_vector_type(p->paramtype) ||
+			!extern_param_value(params, p->paramid, p->paramtype, &value))
+			return NULL;
 	}
 	else
 		return NULL;
 
 	/* a type of another extension called vector must have our layout */
 	v = DatumGetVector(value);
-	if (v->dim < 1 || v->dim > VECTOR_MAX_DIM || VARSIZE_ANY(v) < VECTOR_SIZE(v->dim))
+	if (VARSIZE_ANY(v) < VECTOR_SIZE(0) || v->dim < 1 || v->dim > VECTOR_MAX_DIM ||
+		VARSIZE_ANY(v) < VECTOR_SIZE(v->dim))
 		return NULL;
 	return v;
 }

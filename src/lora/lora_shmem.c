@@ -184,12 +184,6 @@ lora_recording(void)
 	return lora_record_setting;
 }
 
-bool
-lora_shared_mode(void)
-{
-	return lora_is_shared;
-}
-
 int
 lora_max_dim(void)
 {
