@@ -75,7 +75,10 @@ SELECT gnnvec_lora_forward('Sort', '[3,4]') IS NOT NULL;
 SELECT gnnvec_lora_reward('Sort', 1e6);
 SELECT gnnvec_lora_forward('Sort', '[3,4]') AS c2 \gset
 SELECT :'c1'::vector = :'c2'::vector AS clipped;
+-- fallback switched on after the last input: the category adapter starts there
 SELECT gnnvec_lora_category_fallback(true);
+SELECT gnnvec_lora_reward('Sort', 0.5);
+SELECT name, kind, dim, adapt_count FROM gnnvec_lora_stats() WHERE name IN ('Sort', 'Order');
 
 -- rank above the default, at a larger dimension; alpha is kept per adapter
 SET gnnvec.lora_rank = 8;

@@ -172,6 +172,8 @@ gnnvec_lora_reward(PG_FUNCTION_ARGS)
 	lora_notice_if_local();
 	lora_settings(&settings);
 	bank = lora_bank_begin(true);
+	/* the category adapter may see its first vector here */
+	lora_bank_reserve(bank, scope, bank->op[scope].dim);
 	status = lora_bank_reward(bank, scope, improvement, &settings);
 	report_status(status, bank, scope, bank->op[scope].dim);
 	lora_bank_end();
