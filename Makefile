@@ -76,6 +76,11 @@ test/unit/bin/%: test/unit/%.c $(PURE_SRCS) $(HEADERS) test/unit/unit.h
 	@mkdir -p test/unit/bin
 	$(CC) $(UNIT_FLAGS) -o $@ $< $(PURE_SRCS) -lopenblas -lm -lpthread
 
+# The GNN gradient checks need double precision: same sources, -DGNN_DOUBLE.
+test/unit/bin/test_gnn_grad: test/unit/test_gnn_grad.c $(PURE_SRCS) $(HEADERS) test/unit/unit.h
+	@mkdir -p test/unit/bin
+	$(CC) $(UNIT_FLAGS) -DGNN_DOUBLE -o $@ $< $(PURE_SRCS) -lopenblas -lm -lpthread
+
 unit-bins: $(UNIT_BINS)
 
 EXTRA_CLEAN += test/unit/bin .build-flags
