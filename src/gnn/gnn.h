@@ -66,7 +66,7 @@ extern double gnn_rng_normal(GnnRng *rng);	/* N(0, 1) */
 extern uint64_t gnn_rng_below(GnnRng *rng, uint64_t bound);	/* [0, bound) */
 
 /* ------------------------------------------------------------------------
- * The model: one RuvectorLayer plus the scoring model's mixing parameter.
+ * The model: one RuvectorLayer plus the scoring model's two weights.
  *
  * For a node v with embedding x_v and neighbours u (edge weights e_uv):
  *	 m_u  = W_msg x_u + b_msg								(message, H)
@@ -101,7 +101,7 @@ typedef enum GnnTensor
 	GNN_B_GRU,					/* 3H */
 	GNN_LN_GAMMA,				/* H */
 	GNN_LN_BETA,				/* H */
-	GNN_MIX,					/* 1: omega, w = sigmoid(omega) in the score */
+	GNN_MIX,					/* 2: log a, log b: the score's weights */
 	GNN_N_TENSORS
 } GnnTensor;
 
@@ -112,7 +112,8 @@ typedef struct GnnConfig
 	int			heads;			/* attention heads; must divide H */
 	double		dropout;		/* probability in [0, 1), training only */
 	double		ln_eps;			/* LayerNorm epsilon, > 0 */
-	double		mix_init;		/* initial omega (w = sigmoid(omega)) */
+	double		raw_weight;		/* initial a in the score, > 0 */
+	double		gnn_weight;		/* initial b in the score, > 0 */
 	uint64_t	seed;			/* initialisation and dropout stream */
 } GnnConfig;
 
@@ -126,7 +127,7 @@ typedef struct GnnModel
 	GnnRng		dropout_rng;
 } GnnModel;
 
-/* Defaults: heads 4, dropout 0.1, ln_eps 1e-5, mix_init 0, seed 42. */
+/* Defaults: heads 4, dropout 0.1, ln_eps 1e-5, score weights 1 and 1, seed 42. */
 extern void gnn_config_default(GnnConfig *cfg, int in_dim, int hidden_dim);
 
 /*
@@ -335,12 +336,17 @@ extern const gnn_real *gnn_replay_record(const GnnReplay *replay, int slot);
  *			 the seed's differentiable search, section 4)
  *	 rho_i = -(d_i - mean(d)) / sd(d)	(0 if sd = 0): raw distance as a
  *			 per-query z-score, so it is unit-free for every metric
- *	 w     = sigmoid(omega)				(learned, GNN_MIX)
- *	 score_i = (1 - w) * cos(q', c_i') + w * rho_i
+ *	 score_i = a * rho_i + b * cos(q', c_i'),
+ *			 a = exp(lambda_raw), b = exp(lambda_gnn)	(learned, GNN_MIX)
  * Candidates are ranked by descending score.  Edge weights come from
  * gnn_edge_weights_from_distances.  Training minimises the InfoNCE of the
  * positive's score among the candidates:
  *	 L = -log softmax_i(score_i / tau)[positive].
+ * The ranking depends on b/a (the blend); the size of a and b is a learned
+ * sharpness of the logits.  Two free log-weights rather than one sigmoid
+ * blend at a fixed sharpness: either term can fade towards zero without
+ * saturating a sigmoid, and the sharpness need not be tuned through tau.
+ * The gradient for the query treats the raw distances d_i as constants.
  * ------------------------------------------------------------------------
  */
 typedef struct GnnScoreInput

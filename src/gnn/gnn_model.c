@@ -161,7 +161,8 @@ gnn_config_default(GnnConfig *cfg, int in_dim, int hidden_dim)
 	cfg->heads = 4;
 	cfg->dropout = 0.1;
 	cfg->ln_eps = 1e-5;
-	cfg->mix_init = 0.0;
+	cfg->raw_weight = 1.0;
+	cfg->gnn_weight = 1.0;
 	cfg->seed = 42;
 }
 
@@ -183,7 +184,7 @@ tensor_sizes(int d, int h, size_t *size)
 	size[GNN_B_GRU] = 3 * (size_t) h;
 	size[GNN_LN_GAMMA] = h;
 	size[GNN_LN_BETA] = h;
-	size[GNN_MIX] = 1;
+	size[GNN_MIX] = 2;
 }
 
 size_t
@@ -236,8 +237,11 @@ check_config(const GnnConfig *cfg, GnnError *err)
 		return gnn_error(err, GNN_ERR_ARG,
 						 "GNN LayerNorm epsilon must be in (0, 1), got %g",
 						 cfg->ln_eps);
-	if (!isfinite(cfg->mix_init))
-		return gnn_error(err, GNN_ERR_ARG, "GNN mix_init must be finite");
+	if (!(cfg->raw_weight > 0 && cfg->raw_weight < 1e6 &&
+		  cfg->gnn_weight > 0 && cfg->gnn_weight < 1e6))
+		return gnn_error(err, GNN_ERR_ARG,
+						 "GNN score weights must be in (0, 1e6), got %g and %g",
+						 cfg->raw_weight, cfg->gnn_weight);
 	return GNN_OK;
 }
 
@@ -319,7 +323,8 @@ gnn_model_create(const GnnConfig *cfg, GnnModel **out, GnnError *err)
 	}
 	for (int i = 0; i < h; i++)
 		gnn_model_tensor(model, GNN_LN_GAMMA)[i] = 1;
-	gnn_model_tensor(model, GNN_MIX)[0] = (gnn_real) cfg->mix_init;
+	gnn_model_tensor(model, GNN_MIX)[0] = (gnn_real) log(cfg->raw_weight);
+	gnn_model_tensor(model, GNN_MIX)[1] = (gnn_real) log(cfg->gnn_weight);
 	*out = model;
 	return GNN_OK;
 }

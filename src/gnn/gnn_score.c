@@ -19,7 +19,8 @@ struct GnnScoreTape
 	GnnLayerTape *layer;
 	int			n_cand;
 	GnnGraph	graph;
-	gnn_real	w;				/* sigmoid(omega) */
+	gnn_real	a_raw;			/* exp(lambda_raw) */
+	gnn_real	b_gnn;			/* exp(lambda_gnn) */
 	size_t		real_cap;
 	size_t		int_cap;
 	gnn_real   *reals;
@@ -212,12 +213,13 @@ gnn_score_forward(GnnModel *model, const GnnScoreInput *in, bool training,
 		if (rc == GNN_OK)
 		{
 			distance_zscores(in->cand_dist, in->n_cand, tp->rho);
-			tp->w = gnn_sigmoid(gnn_model_tensor(model, GNN_MIX)[0]);
+			tp->a_raw = gnn_exp(gnn_model_tensor(model, GNN_MIX)[0]);
+			tp->b_gnn = gnn_exp(gnn_model_tensor(model, GNN_MIX)[1]);
 			for (int i = 0; i < in->n_cand; i++)
 			{
 				tp->cosv[i] = gnn_cosine(tp->out, tp->out + (size_t) (i + 1) * h,
 										 h, 0, NULL, NULL);
-				scores[i] = (1 - tp->w) * tp->cosv[i] + tp->w * tp->rho[i];
+				scores[i] = tp->a_raw * tp->rho[i] + tp->b_gnn * tp->cosv[i];
 			}
 		}
 	}
@@ -227,8 +229,9 @@ gnn_score_forward(GnnModel *model, const GnnScoreInput *in, bool training,
 }
 
 /*
- * score_i = (1-w) cos_i + w rho_i, w = sigmoid(omega):
- *	 dscore_i/domega = (rho_i - cos_i) w (1-w),  dscore_i/dcos_i = 1 - w.
+ * score_i = a rho_i + b cos_i with a = exp(lambda_raw), b = exp(lambda_gnn):
+ *	 dscore_i/dlambda_raw = a rho_i,  dscore_i/dlambda_gnn = b cos_i,
+ *	 dscore_i/dcos_i = b.
  */
 GnnStatus
 gnn_score_backward(GnnModel *model, GnnScoreTape *tape,
@@ -236,8 +239,8 @@ gnn_score_backward(GnnModel *model, GnnScoreTape *tape,
 {
 	int			h = model->cfg.hidden_dim;
 	int			d = model->cfg.in_dim;
-	gnn_real	w;
-	double		d_omega = 0;
+	double		d_lraw = 0,
+				d_lgnn = 0;
 	gnn_real   *d_vectors = NULL;
 	GnnStatus	rc;
 
@@ -245,16 +248,17 @@ gnn_score_backward(GnnModel *model, GnnScoreTape *tape,
 		return gnn_error(err, GNN_ERR_ARG, "GNN score backward without a forward pass");
 	if (tape->n_cand == 0)
 		return GNN_OK;
-	w = tape->w;
 	memset(tape->d_out, 0, (size_t) (tape->n_cand + 1) * h * sizeof(gnn_real));
 	for (int i = 0; i < tape->n_cand; i++)
 	{
-		d_omega += d_scores[i] * (tape->rho[i] - tape->cosv[i]) * w * (1 - w);
+		d_lraw += d_scores[i] * tape->a_raw * tape->rho[i];
+		d_lgnn += d_scores[i] * tape->b_gnn * tape->cosv[i];
 		gnn_cosine(tape->out, tape->out + (size_t) (i + 1) * h, h,
-				   (1 - w) * d_scores[i], tape->d_out,
+				   tape->b_gnn * d_scores[i], tape->d_out,
 				   tape->d_out + (size_t) (i + 1) * h);
 	}
-	model->grad[model->offset[GNN_MIX]] += (gnn_real) d_omega;
+	model->grad[model->offset[GNN_MIX]] += (gnn_real) d_lraw;
+	model->grad[model->offset[GNN_MIX] + 1] += (gnn_real) d_lgnn;
 	if (d_query != NULL)
 	{
 		d_vectors = calloc((size_t) tape->graph.n_vectors * d, sizeof(gnn_real));
