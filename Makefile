@@ -83,6 +83,12 @@ test/unit/bin/test_gnn_grad: test/unit/test_gnn_grad.c $(PURE_SRCS) $(HEADERS) t
 
 unit-bins: $(UNIT_BINS)
 
+# GNN microbenchmark: forward/backward/score/train-step timings at dim 128.
+bench/gnn_bench: bench/gnn_bench.c $(PURE_SRCS) $(HEADERS)
+	$(CC) $(UNIT_FLAGS) -o $@ $< $(PURE_SRCS) -lopenblas -lm -lpthread
+
+EXTRA_CLEAN += bench/gnn_bench
+
 EXTRA_CLEAN += test/unit/bin .build-flags
 
 .PHONY: test demo bench unit-bins install-cuda
