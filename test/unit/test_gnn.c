@@ -803,6 +803,179 @@ test_training_improves_recall(void)
 	gnn_model_free(untrained);
 }
 
+/* ---- EWC keeps an earlier task ------------------------------------------------ */
+
+/*
+ * Two conflicting tasks on the same candidates: A makes the candidate with
+ * the largest first coordinate relevant, B the one with the smallest.
+ * After A, consolidate; train B from the same start with and without the
+ * EWC penalty; EWC must keep A's loss lower (and the weights nearer A's
+ * in the Fisher metric), at some cost to B.
+ */
+#define T_VEC	48
+#define T_CAND	6
+#define T_EX	64
+
+typedef struct TaskData
+{
+	gnn_real	vectors[T_VEC * 8];
+	gnn_real	query[T_EX][8];
+	int			cand[T_EX][T_CAND];
+	gnn_real	cand_dist[T_EX][T_CAND];
+	int			nbr_offset[T_CAND + 1];
+	int			nbr[T_EX][T_CAND * 2];
+	gnn_real	nbr_dist[T_EX][T_CAND * 2];
+	GnnExample	ex[2][T_EX];	/* task A, task B */
+} TaskData;
+
+static void
+make_tasks(TaskData *td)
+{
+	fill_normal(td->vectors, T_VEC * 8, 1);
+	for (int j = 0; j <= T_CAND; j++)
+		td->nbr_offset[j] = 2 * j;
+	for (int e = 0; e < T_EX; e++)
+	{
+		int			hi = 0,
+					lo = 0;
+
+		fill_normal(td->query[e], 8, 1);
+		for (int j = 0; j < T_CAND; j++)
+		{
+			int			v = (e * 7 + j * 5) % T_VEC;
+
+			td->cand[e][j] = v;
+			td->cand_dist[e][j] = (gnn_real) l2(td->query[e], td->vectors + v * 8, 8);
+			for (int k = 0; k < 2; k++)
+			{
+				int			u = (int) gnn_rng_below(&test_rng, T_VEC);
+
+				td->nbr[e][2 * j + k] = u;
+				td->nbr_dist[e][2 * j + k] =
+					(gnn_real) l2(td->vectors + v * 8, td->vectors + u * 8, 8);
+			}
+			if (td->vectors[v * 8] > td->vectors[td->cand[e][hi] * 8])
+				hi = j;
+			if (td->vectors[v * 8] < td->vectors[td->cand[e][lo] * 8])
+				lo = j;
+		}
+		for (int t = 0; t < 2; t++)
+		{
+			GnnScoreInput *in = &td->ex[t][e].in;
+
+			in->query = td->query[e];
+			in->n_vectors = T_VEC;
+			in->vectors = td->vectors;
+			in->n_cand = T_CAND;
+			in->cand = td->cand[e];
+			in->cand_dist = td->cand_dist[e];
+			in->nbr_offset = td->nbr_offset;
+			in->nbr = td->nbr[e];
+			in->nbr_dist = td->nbr_dist[e];
+			td->ex[t][e].positive = t == 0 ? hi : lo;
+		}
+	}
+}
+
+static double
+task_loss(GnnModel *model, const GnnExample *ex)
+{
+	double		sum = 0;
+	gnn_real	scores[T_CAND];
+	GnnError	err;
+
+	for (int e = 0; e < T_EX; e++)
+	{
+		if (gnn_score_forward(model, &ex[e].in, false, NULL, scores, &err) != GNN_OK)
+			return NAN;
+		sum += gnn_softmax_xent(scores, T_CAND, ex[e].positive, 0.1f, 0, NULL);
+	}
+	return sum / T_EX;
+}
+
+static void
+train_task(GnnTrainer *tr, const GnnExample *ex, int epochs)
+{
+	double		loss;
+	GnnError	err;
+
+	for (int ep = 0; ep < epochs; ep++)
+		for (int b = 0; b < T_EX; b += 8)
+			if (gnn_train_step(tr, ex + b, 8, &loss, &err) != GNN_OK)
+			{
+				fprintf(stderr, "train step: %s\n", err.message);
+				return;
+			}
+}
+
+static void
+test_ewc_keeps_earlier_task(void)
+{
+	static TaskData td;
+	GnnModel   *model = make_model(8, 8, 2, 0, 21);
+	GnnModel   *plain = NULL,
+			   *kept = NULL;
+	GnnTrainer	tr,
+				tr_plain,
+				tr_kept;
+	GnnTrainConfig tcfg;
+	GnnError	err;
+	size_t		len = gnn_model_serialized_size(model);
+	uint8_t    *buf = malloc(len);
+	uint8_t    *ewc_buf;
+	double		a_before,
+				a_plain,
+				a_kept,
+				b_plain,
+				b_kept;
+
+	make_tasks(&td);
+	gnn_train_config_default(&tcfg);
+	tcfg.lr = 1e-2;
+	gnn_trainer_init(&tr, model, &tcfg, &err);
+	train_task(&tr, td.ex[0], 30);
+	gnn_ewc_consolidate(&tr.ewc, model->params);
+	a_before = task_loss(model, td.ex[0]);
+
+	/* two copies of the model after task A, through serialisation */
+	gnn_model_serialize(model, buf);
+	gnn_model_deserialize(buf, len, &plain, &err);
+	gnn_model_deserialize(buf, len, &kept, &err);
+	gnn_trainer_init(&tr_plain, plain, &tcfg, &err);
+	gnn_trainer_init(&tr_kept, kept, &tcfg, &err);
+	/* the kept copy inherits task A's Fisher and anchor */
+	ewc_buf = malloc(gnn_ewc_serialized_size(&tr.ewc));
+	gnn_ewc_serialize(&tr.ewc, ewc_buf);
+	gnn_ewc_free(&tr_kept.ewc);
+	CHECK(gnn_ewc_deserialize(ewc_buf, gnn_ewc_serialized_size(&tr.ewc),
+							  &tr_kept.ewc, &err) == GNN_OK, "EWC state copied");
+	tr_kept.ewc.lambda = 10;
+
+	train_task(&tr_plain, td.ex[1], 30);
+	train_task(&tr_kept, td.ex[1], 30);
+	a_plain = task_loss(plain, td.ex[0]);
+	a_kept = task_loss(kept, td.ex[0]);
+	b_plain = task_loss(plain, td.ex[1]);
+	b_kept = task_loss(kept, td.ex[1]);
+	printf("EWC: task A loss %.3f after A; after B %.3f without EWC, %.3f with "
+		   "(task B loss %.3f vs %.3f)\n", a_before, a_plain, a_kept, b_plain, b_kept);
+	CHECK(a_kept < a_plain, "EWC keeps task A: loss %.3f with EWC, %.3f without",
+		  a_kept, a_plain);
+	CHECK(gnn_ewc_penalty(&tr.ewc, kept->params, NULL) <
+		  gnn_ewc_penalty(&tr.ewc, plain->params, NULL),
+		  "EWC keeps the weights nearer task A's in the Fisher metric");
+	CHECK(b_plain < b_kept, "without EWC task B is learnt further");
+
+	gnn_trainer_free(&tr);
+	gnn_trainer_free(&tr_plain);
+	gnn_trainer_free(&tr_kept);
+	gnn_model_free(model);
+	gnn_model_free(plain);
+	gnn_model_free(kept);
+	free(buf);
+	free(ewc_buf);
+}
+
 int
 main(void)
 {
@@ -817,5 +990,6 @@ main(void)
 	test_replay_reservoir();
 	test_serialisation();
 	test_training_improves_recall();
+	test_ewc_keeps_earlier_task();
 	return unit_report("gnn");
 }
