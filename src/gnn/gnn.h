@@ -78,8 +78,8 @@ extern uint64_t gnn_rng_below(GnnRng *rng, uint64_t bound);	/* [0, bound) */
  *	 GRU with input t and previous state m_v (Cho 2014):
  *	   z = sigm(W_z t + U_z m_v + b_z),  r = sigm(W_r t + U_r m_v + b_r)
  *	   n = tanh(W_n t + U_n (r * m_v) + b_n),  h = (1 - z) * m_v + z * n
- *	 out  = LayerNorm(Dropout(h)) = gamma * (d - mean) / sqrt(var + eps) + beta
- *																(Ba 2016)
+ *	 out  = LayerNorm(d) = gamma * (d - mean(d)) / sqrt(var(d) + eps) + beta,
+ *			d = Dropout(h), mean and var over the H features	(Ba 2016)
  * A node with no neighbours gets att = agg = 0, so out = LN(GRU(b_agg, m_v)):
  * its own message, gated.  Dropout is inverted dropout, training only.
  * ------------------------------------------------------------------------
@@ -210,9 +210,9 @@ extern gnn_real gnn_cosine(const gnn_real *a, const gnn_real *b, int dim,
 						   gnn_real g, gnn_real *da, gnn_real *db);
 
 /*
- * Cross-entropy of softmax(logits / tau) against index target (the InfoNCE
- * form): returns logsumexp(l / tau) - l[target] / tau; adds g * dL/dlogits
- * to dlogits when not NULL.
+ * Cross-entropy of softmax(logits / tau) against index target, 0 <= target
+ * < n (the InfoNCE form): returns logsumexp(l / tau) - l[target] / tau and
+ * adds g * dL/dlogits to dlogits when it is not NULL.
  */
 extern gnn_real gnn_softmax_xent(const gnn_real *logits, int n, int target,
 								 gnn_real tau, gnn_real g, gnn_real *dlogits);
@@ -337,7 +337,8 @@ extern const gnn_real *gnn_replay_record(const GnnReplay *replay, int slot);
  *	 rho_i = -(d_i - mean(d)) / sd(d)	(0 if sd = 0): raw distance as a
  *			 per-query z-score, so it is unit-free for every metric
  *	 score_i = a * rho_i + b * cos(q', c_i'),
- *			 a = exp(lambda_raw), b = exp(lambda_gnn)	(learned, GNN_MIX)
+ *			 a = exp(lambda_raw), b = exp(lambda_gnn)	(learned, GNN_MIX;
+ *			 lambda clamped to +-30 so no stored model overflows)
  * Candidates are ranked by descending score.  Edge weights come from
  * gnn_edge_weights_from_distances.  Training minimises the InfoNCE of the
  * positive's score among the candidates:
@@ -429,10 +430,11 @@ extern GnnStatus gnn_train_step(GnnTrainer *tr, const GnnExample *ex,
 
 /* ------------------------------------------------------------------------
  * Serialisation: a flat little-endian byte buffer (for a bytea column).
- *	 model: "GNNM", u16 version (1), u16 flags (0), u32 in_dim, u32 hidden,
- *			u32 heads, u32 n_params... (see gnn_serial.c), CRC-32 of all
- *			other bytes, parameters as float32.
- *	 EWC:   "GNNE", the same scheme with lambda, F and theta*.
+ *	 model: "GNNM", u16 version (1), u16 flags, dimensions, heads, dropout,
+ *			LayerNorm epsilon, seed, u64 n_params, a CRC-32 of all other
+ *			bytes, then the parameters as float32 (layout in gnn_serial.c).
+ *	 EWC:   "GNNE", the same scheme with lambda, F, theta* and the pending
+ *			squared-gradient sums.
  * Deserialisers validate everything (magic, version, sizes, CRC, finite
  * values) and return GNN_ERR_CORRUPT / GNN_ERR_VERSION with a message.
  * ------------------------------------------------------------------------
@@ -485,7 +487,6 @@ extern void gnn_gemm_dx(const gnn_real *dy, int n, int out, const gnn_real *w,
 /* A model with every parameter zero, for the deserialiser to fill in. */
 extern GnnStatus gnn_model_create_empty(const GnnConfig *cfg, GnnModel **out,
 										GnnError *err);
-extern gnn_real gnn_dot(const gnn_real *a, const gnn_real *b, int n);
 extern gnn_real gnn_sigmoid(gnn_real x);
 
 #endif							/* GNNVEC_GNN_H */

@@ -15,10 +15,8 @@
 
 #ifdef GNN_DOUBLE
 #define cblas_gemm cblas_dgemm
-#define cblas_dot_ cblas_ddot
 #else
 #define cblas_gemm cblas_sgemm
-#define cblas_dot_ cblas_sdot
 #endif
 
 static const char *const tensor_names[GNN_N_TENSORS] = {
@@ -92,21 +90,18 @@ gnn_rng_below(GnnRng *rng, uint64_t bound)
 	return x % bound;
 }
 
-/* ---- BLAS wrappers ------------------------------------------------------ */
+/*
+ * ---- BLAS wrappers ------------------------------------------------------
+ * Dimensions are >= 1 (the model has no empty tensors); an empty batch
+ * (n = 0) is skipped, since BLAS rejects a leading dimension of 0.
+ */
 
 void
 gnn_gemm_xwt(const gnn_real *x, int n, int in, const gnn_real *w, int out,
 			 gnn_real beta, gnn_real *y, int ldx, int ldy)
 {
-	if (n == 0 || out == 0)
+	if (n == 0)
 		return;
-	if (in == 0)
-	{
-		for (int i = 0; i < n; i++)
-			for (int j = 0; j < out; j++)
-				y[(size_t) i * ldy + j] *= beta;
-		return;
-	}
 	cblas_gemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in,
 			   1, x, ldx, w, in, beta, y, ldy);
 }
@@ -115,7 +110,7 @@ void
 gnn_gemm_dw(const gnn_real *dy, int n, int out, const gnn_real *x, int in,
 			gnn_real *dw, int lddy, int ldx)
 {
-	if (n == 0 || out == 0 || in == 0)
+	if (n == 0)
 		return;
 	cblas_gemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, n,
 			   1, dy, lddy, x, ldx, 1, dw, in);
@@ -125,16 +120,10 @@ void
 gnn_gemm_dx(const gnn_real *dy, int n, int out, const gnn_real *w, int in,
 			gnn_real *dx, int lddy, int lddx)
 {
-	if (n == 0 || out == 0 || in == 0)
+	if (n == 0)
 		return;
 	cblas_gemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, out,
 			   1, dy, lddy, w, in, 1, dx, lddx);
-}
-
-gnn_real
-gnn_dot(const gnn_real *a, const gnn_real *b, int n)
-{
-	return n > 0 ? cblas_dot_(n, a, 1, b, 1) : 0;
 }
 
 gnn_real

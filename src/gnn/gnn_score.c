@@ -21,6 +21,8 @@ struct GnnScoreTape
 	GnnGraph	graph;
 	gnn_real	a_raw;			/* exp(lambda_raw) */
 	gnn_real	b_gnn;			/* exp(lambda_gnn) */
+	gnn_real	da_raw;			/* da/dlambda_raw */
+	gnn_real	db_gnn;			/* db/dlambda_gnn */
 	size_t		real_cap;
 	size_t		int_cap;
 	gnn_real   *reals;
@@ -186,6 +188,25 @@ distance_zscores(const gnn_real *dist, int n, gnn_real *rho)
 		rho[i] = var > 0 ? (gnn_real) (-(dist[i] - mean) / sqrt(var)) : 0;
 }
 
+/*
+ * A score weight exp(lambda), with lambda clamped to +-SCORE_LOG_LIMIT so that
+ * no stored model can overflow the scores; *deriv is d weight / d lambda
+ * (zero where clamped).
+ */
+#define SCORE_LOG_LIMIT 30
+
+static gnn_real
+score_weight(gnn_real lambda, gnn_real *deriv)
+{
+	if (lambda > SCORE_LOG_LIMIT || lambda < -SCORE_LOG_LIMIT)
+	{
+		*deriv = 0;
+		return gnn_exp(lambda > 0 ? SCORE_LOG_LIMIT : -SCORE_LOG_LIMIT);
+	}
+	*deriv = gnn_exp(lambda);
+	return *deriv;
+}
+
 GnnStatus
 gnn_score_forward(GnnModel *model, const GnnScoreInput *in, bool training,
 				  GnnScoreTape **tape, gnn_real *scores, GnnError *err)
@@ -213,8 +234,10 @@ gnn_score_forward(GnnModel *model, const GnnScoreInput *in, bool training,
 		if (rc == GNN_OK)
 		{
 			distance_zscores(in->cand_dist, in->n_cand, tp->rho);
-			tp->a_raw = gnn_exp(gnn_model_tensor(model, GNN_MIX)[0]);
-			tp->b_gnn = gnn_exp(gnn_model_tensor(model, GNN_MIX)[1]);
+			tp->a_raw = score_weight(gnn_model_tensor(model, GNN_MIX)[0],
+									 &tp->da_raw);
+			tp->b_gnn = score_weight(gnn_model_tensor(model, GNN_MIX)[1],
+									 &tp->db_gnn);
 			for (int i = 0; i < in->n_cand; i++)
 			{
 				tp->cosv[i] = gnn_cosine(tp->out, tp->out + (size_t) (i + 1) * h,
@@ -251,8 +274,8 @@ gnn_score_backward(GnnModel *model, GnnScoreTape *tape,
 	memset(tape->d_out, 0, (size_t) (tape->n_cand + 1) * h * sizeof(gnn_real));
 	for (int i = 0; i < tape->n_cand; i++)
 	{
-		d_lraw += d_scores[i] * tape->a_raw * tape->rho[i];
-		d_lgnn += d_scores[i] * tape->b_gnn * tape->cosv[i];
+		d_lraw += d_scores[i] * tape->da_raw * tape->rho[i];
+		d_lgnn += d_scores[i] * tape->db_gnn * tape->cosv[i];
 		gnn_cosine(tape->out, tape->out + (size_t) (i + 1) * h, h,
 				   tape->b_gnn * d_scores[i], tape->d_out,
 				   tape->d_out + (size_t) (i + 1) * h);

@@ -128,6 +128,23 @@ test_huge_inputs(void)
 	CHECK(gnn_layer_forward(model, &rg.g, false, NULL, out, &err) == GNN_OK,
 		  "forward on huge inputs: %s", err.message);
 	CHECK(all_finite(out, 10 * 16), "outputs finite for inputs of size 1e4");
+
+	/* score weights far outside any trained range still give finite scores */
+	{
+		gnn_real	q[16];
+		int			cand[3] = {0, 1, 2};
+		gnn_real	dist[3] = {1, 2, 1e6f};
+		int			off[4] = {0, 0, 0, 0};
+		GnnScoreInput in = {q, 10, rg.vectors, 3, cand, dist, off, NULL, NULL};
+
+		fill_normal(q, 16, 1e4);
+		gnn_model_tensor(model, GNN_MIX)[0] = 500;
+		gnn_model_tensor(model, GNN_MIX)[1] = -500;
+		CHECK(gnn_score_forward(model, &in, false, NULL, out, &err) == GNN_OK &&
+			  all_finite(out, 3) && out[0] > out[1] && out[1] > out[2],
+			  "extreme score weights and distances give finite, ordered scores: %g %g %g",
+			  out[0], out[1], out[2]);
+	}
 	ring_free(&rg);
 	gnn_model_free(model);
 }
