@@ -23,7 +23,6 @@
 struct GnnLayerTape
 {
 	GnnGraph	g;				/* the caller's arrays, by reference */
-	int			n_edges;
 	bool		has_mask;		/* dropout was applied */
 	size_t		cap;			/* gnn_reals allocated in buf */
 	gnn_real   *buf;
@@ -149,7 +148,6 @@ tape_reserve(GnnLayerTape *tp, const GnnModel *model, const GnnGraph *g,
 	TAKE(inv_std, n);
 #undef TAKE
 	tp->g = *g;
-	tp->n_edges = (int) ne;
 	return GNN_OK;
 }
 
