@@ -18,7 +18,9 @@
  *	- Gradients are accumulated (+=) into the buffers they are given, so a
  *	  batch can be summed in place; call gnn_model_zero_grad between steps.
  *	- All randomness (initialisation, dropout, replay) comes from GnnRng
- *	  streams seeded explicitly: equal seeds give equal results.
+ *	  streams seeded explicitly: equal seeds give bit-identical results on
+ *	  the same build and CPU (OpenBLAS and libm pick kernels by CPU, so
+ *	  another CPU may round differently).
  */
 #ifndef GNNVEC_GNN_H
 #define GNNVEC_GNN_H
@@ -348,6 +350,9 @@ extern const gnn_real *gnn_replay_record(const GnnReplay *replay, int slot);
  * blend at a fixed sharpness: either term can fade towards zero without
  * saturating a sigmoid, and the sharpness need not be tuned through tau.
  * The gradient for the query treats the raw distances d_i as constants.
+ * Setting lambda_gnn to -30 (b = 1e-13) ranks by raw distance alone, with
+ * the GNN term only breaking ties: the fallback for a model that does not
+ * beat raw distance on held-out pairs.
  * ------------------------------------------------------------------------
  */
 typedef struct GnnScoreInput
