@@ -5,6 +5,7 @@
 #include "postgres.h"
 
 #include "fmgr.h"
+#include "hnsw/hnsw.h"
 #include "vector/vector.h"
 
 PG_MODULE_MAGIC;
@@ -15,4 +16,5 @@ void
 _PG_init(void)
 {
 	vector_init();
+	hnsw_init();
 }

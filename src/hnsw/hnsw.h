@@ -480,8 +480,26 @@ extern void hnsw_init(void);
 extern HnswMetric hnsw_get_metric(Relation index);
 extern void hnsw_get_options(Relation index, int *m, int *efConstruction);
 
+/*
+ * One page change: WAL-logged with GenericXLog, or (during a build, whose
+ * pages are logged at the end) just marked dirty.
+ */
+typedef struct HnswEdit
+{
+	GenericXLogState *state;
+	Buffer		buf;
+	Page		page;
+} HnswEdit;
+
 /* hnswutils.c */
 extern const HnswAllocator *hnsw_palloc_allocator(void);
+extern Page hnsw_edit_start(HnswEdit *ed, Relation index, Buffer buf,
+							bool building, bool fullImage);
+extern void hnsw_edit_finish(HnswEdit *ed);
+extern void hnsw_set_insert_page(Relation index, BlockNumber blkno,
+								 bool onlyLower, bool building);
+extern HnswElementTuple hnsw_get_element(Page page, OffsetNumber off);
+extern HnswNeighborTuple hnsw_get_neighbors(Page page, OffsetNumber off);
 extern Buffer hnsw_new_buffer(Relation index, ForkNumber forkNum);
 extern void hnsw_init_page(Page page);
 extern void hnsw_read_meta(Relation index, HnswMetaPageData *meta);
@@ -500,6 +518,9 @@ extern int	hnsw_load_neighbors(Relation index, ItemPointer neighbortid,
 								int m, int level, ItemPointerData *out);
 extern int	hnsw_search_layer(HnswSearch *s, int *entries, int nentries,
 							  int ef, int level, HnswHeapItem *out);
+extern int	hnsw_select_heuristic(HnswMetric metric, int dim, float **vecs,
+								  const float *dists, int n, int max,
+								  bool *keep);
 extern int	hnsw_search_to_level(HnswSearch *s, HnswMetaPageData *meta,
 								 int level, int *ep);
 static inline uint64
