@@ -25,7 +25,10 @@ PURE_SRCS  = $(shell grep -L '"postgres.h"' $(SRCS))
 PG_CONFIG ?= pg_config
 ASSERTS   ?= 0
 
-PG_CPPFLAGS = -I$(CURDIR)/src
+PG_CPPFLAGS = -I$(CURDIR)/src -I$(CURDIR)/cuda
+# -Wextra, less three checks that PostgreSQL's own headers and fixed callback
+# signatures trip (ARR_DATA_OFFSET mixes signedness; AM callbacks take
+# arguments an implementation may not need).
 PG_CFLAGS   = -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
 ifeq ($(ASSERTS),1)
 PG_CPPFLAGS += -DUSE_ASSERT_CHECKING

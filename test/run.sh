@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# test/run.sh test|demo
+# test/run.sh test|demo|bench [bench args]
 #
-# Everything `make test` and `make demo` need, from a fresh machine with only
+# Everything `make test` and `make demo` need (and the PostgreSQL half of
+# `make bench`), from a fresh machine with only
 # PostgreSQL 15 on it: packages (apt-get when root), an assert-enabled build,
 # a private installation (the server's own files copied beside ours, so the
 # system PostgreSQL is never touched), a throwaway cluster on a Unix socket run
@@ -13,7 +14,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 PG_CONFIG=${PG_CONFIG:-pg_config}
-packages=(postgresql-server-dev-15 libopenblas-dev libipc-run-perl nodejs npm)
+packages=(postgresql-server-dev-15 libopenblas-dev libipc-run-perl)
 
 log() { printf '== %s\n' "$*"; }
 
@@ -22,6 +23,9 @@ missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
+# node and npm run the pgvector client test; any installation of them will do
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
 	if [ "$(id -u)" = 0 ]; then
 		log "installing ${missing[*]}"
@@ -43,8 +47,11 @@ passed=0
 failed=0
 count() { passed=$((passed + $1)); failed=$((failed + $2)); }
 
-log "building (ASSERTS=1)"
-if ! make -s ASSERTS=1 >build.log 2>&1; then
+# tests run an assert-enabled build; benchmarks must not
+asserts=1
+[ "$mode" = bench ] && asserts=0
+log "building (ASSERTS=$asserts)"
+if ! make -s ASSERTS=$asserts >build.log 2>&1; then
 	cat build.log
 	echo "gnnvec: $passed passed, 1 failed"
 	exit 1
@@ -59,6 +66,8 @@ else
 fi
 
 # --- a private installation the server user can read ------------------------
+# the previous run's directory goes; this one stays for inspection
+[ -L tmp/last-$mode ] && rm -rf "$(readlink tmp/last-$mode)"
 work=$(mktemp -d /tmp/gnnvec-$mode.XXXXXX)
 chmod 755 "$work"
 mkdir -p tmp
@@ -67,8 +76,8 @@ inst=$work/inst
 mkdir -p "$inst"
 # The server finds share/ and lib/ relative to its own binary, so a copy of
 # the installation plus ours under DESTDIR is a complete, private server.
-cp -a --parents "$bindir" "$pkglibdir" "$sharedir" "$inst"/
-make -s install ASSERTS=1 DESTDIR="$inst" >>build.log 2>&1 || { tail build.log; exit 1; }
+tar -C / -cf - "${bindir#/}" "${pkglibdir#/}" "${sharedir#/}" | tar -C "$inst" -xf -
+make -s install ASSERTS=$asserts DESTDIR="$inst" >>build.log 2>&1 || { tail build.log; exit 1; }
 export PATH="$inst$bindir:$PATH"
 export PG_REGRESS="$inst$pkglibdir/pgxs/src/test/regress/pg_regress"
 
@@ -79,8 +88,9 @@ else
 	runas=()
 fi
 cp -r sql_tests expected test "$work"/
+mkdir -p "$work/regress" "$work/client"
 if [ "$(id -u)" = 0 ]; then chown -R postgres "$work"; fi
-as_server_user() { "${runas[@]}" env PATH="$PATH" PG_REGRESS="$PG_REGRESS" "$@"; }
+as_server_user() { "${runas[@]}" env HOME="$work" PATH="$PATH" PG_REGRESS="$PG_REGRESS" "$@"; }
 
 data=$work/data
 sock=$work/sock
@@ -99,6 +109,14 @@ start_cluster() {
 		fsync = off
 		max_parallel_maintenance_workers = 2
 	EOF
+	if [ "$mode" = bench ]; then
+		cat >>"$data/postgresql.conf" <<-EOF
+			shared_buffers = 2GB
+			maintenance_work_mem = 2GB
+			max_parallel_maintenance_workers = 1
+			jit = off
+		EOF
+	fi
 	as_server_user pg_ctl -D "$data" -l "$work/server.log" -w start >/dev/null ||
 		{ cat "$work/server.log"; return 1; }
 }
@@ -109,6 +127,17 @@ if [ "$mode" = demo ]; then
 	start_cluster || exit 1
 	as_server_user bash "$work/test/demo.sh"
 	exit $?
+fi
+if [ "$mode" = bench ]; then
+	# bench/pg_bench.sh DATASET_DIR OUT_DIR: both readable/writable by the server user
+	cp -r bench "$work"/
+	mkdir -p "$work/bench/out"
+	[ "$(id -u)" = 0 ] && chown -R postgres "$work/bench"
+	start_cluster || exit 1
+	as_server_user bash "$work/bench/pg_bench.sh" "$work/bench/data/${2:-clustered-100k-128}" "$work/bench/out"
+	rc=$?
+	cp "$work"/bench/out/* "$root/bench/out/" 2>/dev/null
+	exit $rc
 fi
 
 # --- unit tests of the PostgreSQL-free code ---------------------------------
@@ -134,15 +163,16 @@ fi
 # --- regression tests (pg_regress) -------------------------------------------
 log "regression tests"
 start_cluster || { echo "gnnvec: $passed passed, $((failed + 1)) failed"; exit 1; }
-mkdir -p "$work/regress"
 ln -s "$work/sql_tests" "$work/regress/sql"
 ln -s "$work/expected" "$work/regress/expected"
 tests=$(cd sql_tests && ls *.sql | sed 's/\.sql$//' | sort)
-as_server_user "$PG_REGRESS" --use-existing --host="$sock" --port=$port \
+as_server_user "$PG_REGRESS" --host="$sock" --port=$port \
 	--inputdir="$work/regress" --outputdir="$work/regress" \
 	--bindir="$inst$bindir" --dbname=gnnvec_regress $tests | tee "$work/regress.log"
+rc=${PIPESTATUS[0]}
 p=$(grep -cE '\.\.\. ok|^ok ' "$work/regress.log")
 f=$(grep -cE '\.\.\. FAILED|^not ok ' "$work/regress.log")
+[ "$rc" != 0 ] && [ "$f" = 0 ] && f=1
 count "$p" "$f"
 if [ "$f" != 0 ] && [ -f "$work/regress/regression.diffs" ]; then
 	cp "$work/regress/regression.diffs" "$root/regression.diffs"
@@ -152,10 +182,8 @@ fi
 # --- a real pgvector client (node-postgres + pgvector from npm) -------------
 log "pgvector client compatibility"
 client=$work/client
-mkdir -p "$client"
 cp test/client/*.js "$client"/
-[ "$(id -u)" = 0 ] && chown -R postgres "$client"
-if (cd "$client" && as_server_user npm install --silent --no-audit --no-fund pg@8 pgvector@0.2 >/dev/null 2>&1); then
+if (cd "$client" && as_server_user npm install --silent --no-audit --no-fund pg@8 pgvector@0.2 pg-copy-streams@6 >/dev/null 2>&1); then
 	out=$(cd "$client" && as_server_user node pgvector_client.js 2>&1)
 	echo "$out"
 	line=$(echo "$out" | grep -E '^client: [0-9]+ passed' | tail -1)
@@ -166,7 +194,7 @@ if (cd "$client" && as_server_user npm install --silent --no-audit --no-fund pg@
 		count 0 1
 	fi
 else
-	echo "client: npm install pg pgvector failed (npm registry unreachable?)"
+	echo "client: npm install pg pgvector pg-copy-streams failed (npm registry unreachable?)"
 	count 0 1
 fi
 stop_cluster
@@ -175,7 +203,7 @@ stop_cluster
 if ls test/t/*.pl >/dev/null 2>&1; then
 	log "TAP tests"
 	(cd "$work" && as_server_user env PERL5LIB="$inst$pkglibdir/pgxs/src/test/perl" \
-		prove -v test/t/) >"$work/tap.log" 2>&1
+		prove -v test/t/*.pl) >"$work/tap.log" 2>&1
 	rc=$?
 	grep -E '^(ok|not ok)|^t/|^test/|Failed|Result|Tests=' "$work/tap.log"
 	total=$(sed -nE 's/.*Tests=([0-9]+),.*/\1/p' "$work/tap.log" | tail -1)

@@ -1,0 +1,68 @@
+"""Index benchmark report: gnnhnsw (in PostgreSQL) against hnswlib, same run.
+
+usage: report_index.py OUT_DIR DATASET_DIR
+Reads OUT_DIR/{pg_hnsw.csv,hnswlib.csv,pg_results_ef*.csv} and the ground
+truth; prints a markdown table and draws OUT_DIR/index_recall_qps.png.
+"""
+import csv
+import sys
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+out, dataset = sys.argv[1], sys.argv[2]
+meta = dict(line.split("=", 1) for line in open(f"{dataset}/meta.txt").read().split())
+n, dim, k_gt = int(meta["n"]), int(meta["dim"]), int(meta["k"])
+m = 16
+gt = np.fromfile(f"{dataset}/gt.i32", dtype=np.int32).reshape(-1, k_gt)[:, :10]
+
+
+def rows(path):
+    return list(csv.DictReader(open(path)))
+
+
+def pg_recall(ef):
+    found = {}
+    for q, item in csv.reader(open(f"{out}/pg_results_ef{ef}.csv")):
+        found.setdefault(int(q), set()).add(int(item))
+    hits = sum(len(found.get(q, set()) & set(gt[q].tolist())) for q in range(len(gt)))
+    return hits / (10 * len(gt))
+
+
+pg = rows(f"{out}/pg_hnsw.csv")
+hl = rows(f"{out}/hnswlib.csv")
+pg_build = next(float(r["seconds"]) for r in pg if r["kind"] == "build")
+pg_bytes = next(int(r["bytes"]) for r in pg if r["kind"] == "build")
+hl_build = next(float(r["seconds"]) for r in hl if r["kind"] == "build")
+ideal = n * (dim * 4 + 2 * m * 6)
+
+print(f"build: gnnhnsw {pg_build:.2f}s, hnswlib {hl_build:.2f}s, ratio {pg_build / hl_build:.2f}x (target <= 1.25x)")
+print(f"index size: {pg_bytes / 2**20:.1f} MiB = {pg_bytes / ideal:.2f}x (vectors + level-0 TIDs, "
+      f"{ideal / 2**20:.1f} MiB; target <= 1.2x)")
+print()
+print("| ef_search | recall@10 gnnhnsw | recall@10 hnswlib | gap (points) | QPS gnnhnsw (SQL) | QPS hnswlib (1 thread) | QPS ratio |")
+print("|---:|---:|---:|---:|---:|---:|---:|")
+pts = {"gnnhnsw": [], "hnswlib": []}
+for r in (r for r in pg if r["kind"] == "search"):
+    ef = int(r["ef"])
+    h = next(x for x in hl if x["kind"] == "search" and int(x["ef"]) == ef)
+    rp, rh = pg_recall(ef), float(h["recall_at_10"])
+    qp = int(r["queries"]) / float(r["seconds"])
+    qh = int(h["queries"]) / float(h["seconds"])
+    pts["gnnhnsw"].append((rp, qp))
+    pts["hnswlib"].append((rh, qh))
+    print(f"| {ef} | {rp:.4f} | {rh:.4f} | {100 * (rp - rh):+.1f} | {qp:.0f} | {qh:.0f} | {qp / qh:.2f}x |")
+
+fig, ax = plt.subplots(figsize=(7, 4))
+for name, p in pts.items():
+    ax.plot([x for x, _ in p], [y for _, y in p], "o-", label=name)
+ax.set_yscale("log")
+ax.set_xlabel("recall@10")
+ax.set_ylabel("queries/s (one core)")
+ax.set_title(f"{n // 1000}k x {dim} clustered, m={m}, ef_construction=64")
+ax.legend()
+ax.grid(alpha=0.3)
+fig.tight_layout()
+fig.savefig(f"{out}/index_recall_qps.png", dpi=120)

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# make bench: datasets, benchmarks, tables and plots under bench/out/.
+#
+#   bench/run.sh            everything
+#   bench/run.sh kernels    one part (data | kernels | index)
+#
+# Machines here are noisy: every number is reported next to a reference
+# measured in the same run (a plain scalar loop, OpenBLAS, hnswlib, exact
+# brute force), and the ratios are what we quote.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+what=${1:-all}
+out=bench/out
+data=bench/data
+mkdir -p "$out" "$data" bench/bin
+
+# Debian's python3 (hnswlib, numpy and matplotlib are Debian packages)
+PY=/usr/bin/python3
+need=()
+for p in libopenblas-dev python3-matplotlib python3-numpy python3-hnswlib; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+	if [ "$(id -u)" = 0 ]; then
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+	else
+		echo "run: sudo apt-get install -y ${need[*]}"; exit 1
+	fi
+fi
+
+CFLAGS="-O2 -g -Wall -Wextra -Isrc"
+build() { cc $CFLAGS -o "bench/bin/$1" "bench/$1.c" "${@:2}" -lopenblas -lm -lpthread; }
+
+# The 100k x 128 clustered set used by the index benchmarks (see gen_dataset.c)
+dataset() {
+	local dir=$data/clustered-100k-128
+	build gen_dataset
+	if [ ! -f "$dir/gt.i32" ]; then
+		bench/bin/gen_dataset --out "$dir" --n 100000 --dim 128 --queries 1000 --seed 42
+	fi
+	build f32_to_copy
+	[ -f "$dir/base.copy" ] || bench/bin/f32_to_copy "$dir/base.f32" 128 "$dir/base.copy"
+	[ -f "$dir/queries.copy" ] || bench/bin/f32_to_copy "$dir/queries.f32" 128 "$dir/queries.copy"
+}
+
+# gnnhnsw against hnswlib (same data, same m/ef_construction, same run)
+index() {
+	local dir=$data/clustered-100k-128
+	echo "== index: hnswlib reference (2 build threads, 1 query thread)"
+	$PY bench/hnswlib_ref.py "$dir" "$out/hnswlib.csv" 16 64 2
+	echo "== index: gnnhnsw in PostgreSQL"
+	bash test/run.sh bench clustered-100k-128
+	$PY bench/report_index.py "$out" "$dir" | tee "$out/index.md"
+}
+
+kernels() {
+	build kernel_bench src/vector/distance.c
+	echo "== distance kernels (ns per distance, one core, 512 KiB working set)"
+	bench/bin/kernel_bench >"$out/kernels.csv"
+	$PY bench/report_kernels.py "$out/kernels.csv" "$out/kernels.png" | tee "$out/kernels.md"
+}
+
+case $what in
+	all) dataset; kernels; index ;;
+	data) dataset ;;
+	kernels) kernels ;;
+	index) dataset; index ;;
+	*) echo "unknown part: $what"; exit 2 ;;
+esac
