@@ -70,7 +70,6 @@ hnsw_init(void)
 							NULL,
 							&hnsw_max_scan_tuples, 20000, 1, INT_MAX,
 							PGC_USERSET, 0, NULL, NULL, NULL);
-	MarkGUCPrefixReserved("gnnvec");
 }
 
 /*

@@ -220,6 +220,16 @@ extern int32_t hnsw_graph_append(HnswGraph *g, const float *vec, int level);
 extern int64_t hnsw_graph_set_level0(HnswGraph *g, const int32_t *neighbours,
 									 int degree);
 
+/*
+ * Make every node reachable from the entry point.  Pruning can leave nodes
+ * without in-edges (most of all for inner product, where small-norm vectors
+ * are nobody's nearest neighbour).  Each unreachable node gets a level-0
+ * in-edge from the nearest reachable node with a free slot, or, failing
+ * that, takes the slot of a member that has other in-edges.  Returns the
+ * number of edges added; unreached counts what is still unreachable.
+ */
+extern int64_t hnsw_graph_connect(HnswGraph *g, int64_t *unreached);
+
 /* k nearest nodes of q (ids and distances ascending); returns how many. */
 extern int	hnsw_graph_search(HnswGraph *g, const float *q, int k, int ef,
 							  int32_t *ids, float *dists);
@@ -563,6 +573,10 @@ extern bool hnswinsert(Relation index, Datum *values, bool *isnull,
 					   IndexInfo *indexInfo);
 extern void hnsw_insert_vector(Relation index, const float *vec,
 							   ItemPointer heaptid, bool building);
+extern bool hnsw_update_connection(HnswSearch *s, HnswElement *e,
+								   ItemPointer newtid, const float *newvec,
+								   int lc, bool building, bool force,
+								   ItemPointer dropped);
 
 /* hnswscan.c */
 extern IndexScanDesc hnswbeginscan(Relation index, int nkeys, int norderbys);

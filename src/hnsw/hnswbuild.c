@@ -335,6 +335,16 @@ hnsw_build_write(HnswBuildState *bs)
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE,
 								 PROGRESS_HNSW_PHASE_WRITE);
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_TOTAL, g->n);
+
+	/* every element reachable from the entry point */
+	{
+		int64		unreached;
+		int64		added = hnsw_graph_connect(g, &unreached);
+
+		if (added > 0 || unreached > 0)
+			elog(DEBUG1, "gnnhnsw build: %lld edges added for reachability, %lld elements still unreachable",
+				 (long long) added, (long long) unreached);
+	}
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE, 0);
 
 	/* pass 1: where every element goes */

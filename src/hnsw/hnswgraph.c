@@ -704,3 +704,140 @@ hnsw_graph_search(HnswGraph *g, const float *q, int k, int ef, int32_t *ids,
 	g->a->free(g->a->ctx, found);
 	return n;
 }
+
+/* Mark everything reachable from start (all levels); returns how many new. */
+static int64_t
+mark_reachable(HnswGraph *g, int32_t start, uint8_t *reached, int32_t *queue)
+{
+	int64_t		head = 0,
+				tail = 0;
+
+	if (reached[start])
+		return 0;
+	reached[start] = 1;
+	queue[tail++] = start;
+	while (head < tail)
+	{
+		HnswGraphNode *node = &g->nodes[queue[head++]];
+		int			l;
+
+		for (l = 0; l <= node->level; l++)
+		{
+			int32_t    *nb = node->nbrs + hnsw_level_offset(g->m, l);
+			int			i;
+
+			for (i = 0; i < node->counts[l]; i++)
+			{
+				if (!reached[nb[i]])
+				{
+					reached[nb[i]] = 1;
+					queue[tail++] = nb[i];
+				}
+			}
+		}
+	}
+	return tail;
+}
+
+int64_t
+hnsw_graph_connect(HnswGraph *g, int64_t *unreached)
+{
+	const HnswAllocator *a = g->a;
+	uint8_t    *reached;
+	int32_t    *queue;
+	int32_t    *indeg;
+	int32_t    *ids;
+	float	   *dists;
+	int			k = g->ef_construction;
+	int64_t		added = 0;
+	int64_t		nreached = 0;
+	int			pass;
+	int32_t		i;
+
+	*unreached = 0;
+	if (g->n == 0 || g->entry < 0)
+		return 0;
+	reached = a->alloc(a->ctx, g->n);
+	queue = a->alloc(a->ctx, sizeof(int32_t) * g->n);
+	indeg = a->alloc(a->ctx, sizeof(int32_t) * g->n);
+	ids = a->alloc(a->ctx, sizeof(int32_t) * k);
+	dists = a->alloc(a->ctx, sizeof(float) * k);
+	memset(indeg, 0, sizeof(int32_t) * g->n);
+	for (i = 0; i < g->n; i++)
+	{
+		int			j;
+
+		for (j = 0; j < g->nodes[i].counts[0]; j++)
+			indeg[g->nodes[i].nbrs[j]]++;
+	}
+
+	for (pass = 0; pass < 4; pass++)
+	{
+		bool		changed = false;
+
+		memset(reached, 0, g->n);
+		nreached = mark_reachable(g, g->entry, reached, queue);
+		if (nreached == g->n)
+			break;
+		for (i = 0; i < g->n; i++)
+		{
+			int			nf,
+						j;
+			int32_t		v = -1;
+			int			slot = -1;
+
+			if (reached[i])
+				continue;
+			nf = hnsw_graph_search(g, g->nodes[i].vec, k, k, ids, dists);
+			/* the nearest reachable node with a free slot */
+			for (j = 0; j < nf && v < 0; j++)
+				if (ids[j] != i && reached[ids[j]] &&
+					g->nodes[ids[j]].counts[0] < 2 * g->m)
+					v = ids[j];
+			/* else the nearest one with a member reachable another way */
+			for (j = 0; j < nf && v < 0; j++)
+			{
+				HnswGraphNode *cand = &g->nodes[ids[j]];
+				int			s,
+							best = -1;
+
+				if (ids[j] == i || !reached[ids[j]])
+					continue;
+				for (s = 0; s < cand->counts[0]; s++)
+					if (indeg[cand->nbrs[s]] >= 2 &&
+						(best < 0 || indeg[cand->nbrs[s]] > indeg[cand->nbrs[best]]))
+						best = s;
+				if (best >= 0)
+				{
+					v = ids[j];
+					slot = best;
+				}
+			}
+			if (v < 0)
+				continue;
+			if (slot < 0)
+				g->nodes[v].nbrs[g->nodes[v].counts[0]++] = i;
+			else
+			{
+				indeg[g->nodes[v].nbrs[slot]]--;
+				g->nodes[v].nbrs[slot] = i;
+			}
+			indeg[i]++;
+			added++;
+			changed = true;
+			nreached += mark_reachable(g, i, reached, queue);
+		}
+		if (!changed)
+			break;
+	}
+	memset(reached, 0, g->n);
+	nreached = mark_reachable(g, g->entry, reached, queue);
+	*unreached = g->n - nreached;
+
+	a->free(a->ctx, reached);
+	a->free(a->ctx, queue);
+	a->free(a->ctx, indeg);
+	a->free(a->ctx, ids);
+	a->free(a->ctx, dists);
+	return added;
+}

@@ -105,11 +105,109 @@ place_tuple(Relation index, void *item, Size size, bool building,
 	UnlockReleaseBuffer(buf);
 }
 
+/* Pages an insert looks at, from the insert hint on, before appending. */
+#define HNSW_INSERT_WALK	16
+
+/*
+ * Overwrite the deleted element at off (same vector size, level >= the new
+ * element's) and its neighbour tuple, in one WAL record.  The neighbour
+ * tuple is on the same page or a later one (the build and inserts never
+ * put it earlier), so locks are taken in block order.  The neighbour tuple
+ * keeps its slot count; slots above the new level stay invalid.  Returns
+ * false if the neighbour tuple is not where it should be.
+ */
+static bool
+reuse_element(Relation index, Buffer buf, OffsetNumber off,
+			  HnswElementTuple etup, Size esize, HnswNeighborTuple ntup,
+			  bool building)
+{
+	Page		page = BufferGetPage(buf);
+	HnswElementTuple old = hnsw_get_element(page, off);
+	ItemPointerData ntid = old->neighbortid;
+	BlockNumber nblk = ItemPointerGetBlockNumber(&ntid);
+	Buffer		nbuf = InvalidBuffer;
+	Page		npage;
+	HnswNeighborTuple oldn;
+	GenericXLogState *state = NULL;
+	int			i;
+
+	if (nblk != BufferGetBlockNumber(buf))
+	{
+		if (nblk < BufferGetBlockNumber(buf) ||
+			nblk >= RelationGetNumberOfBlocks(index))
+			return false;
+		nbuf = ReadBuffer(index, nblk);
+		LockBuffer(nbuf, BUFFER_LOCK_EXCLUSIVE);
+	}
+	npage = BufferIsValid(nbuf) ? BufferGetPage(nbuf) : page;
+	oldn = hnsw_get_neighbors(npage, ItemPointerGetOffsetNumber(&ntid));
+	if (oldn == NULL || oldn->count < ntup->count)
+	{
+		if (BufferIsValid(nbuf))
+			UnlockReleaseBuffer(nbuf);
+		return false;
+	}
+
+	if (!building)
+	{
+		state = GenericXLogStart(index);
+		page = GenericXLogRegisterBuffer(state, buf, 0);
+		npage = BufferIsValid(nbuf) ? GenericXLogRegisterBuffer(state, nbuf, 0) : page;
+	}
+	old = hnsw_get_element(page, off);
+	oldn = hnsw_get_neighbors(npage, ItemPointerGetOffsetNumber(&ntid));
+	etup->neighbortid = ntid;
+	oldn->level = ntup->level;
+	for (i = 0; i < oldn->count; i++)
+	{
+		if (i < ntup->count)
+			oldn->tids[i] = ntup->tids[i];
+		else
+			ItemPointerSetInvalid(&oldn->tids[i]);
+	}
+	memcpy(old, etup, esize);
+	if (state)
+		GenericXLogFinish(state);
+	else
+	{
+		MarkBufferDirty(buf);
+		if (BufferIsValid(nbuf))
+			MarkBufferDirty(nbuf);
+	}
+	if (BufferIsValid(nbuf))
+		UnlockReleaseBuffer(nbuf);
+	return true;
+}
+
+/* A deleted element on this page that the new one can take over, or 0. */
+static OffsetNumber
+find_reusable(Page page, int level, Size esize, OffsetNumber after,
+			  bool *anyDeleted)
+{
+	OffsetNumber off,
+				maxoff = PageGetMaxOffsetNumber(page);
+
+	for (off = after + 1; off <= maxoff; off++)
+	{
+		HnswElementTuple old = hnsw_get_element(page, off);
+
+		if (old == NULL || !old->deleted)
+			continue;
+		*anyDeleted = true;
+		if (old->level < level || ItemPointerIsValid(&old->datatid) ||
+			ItemIdGetLength(PageGetItemId(page, off)) != esize)
+			continue;
+		return off;
+	}
+	return InvalidOffsetNumber;
+}
+
 /*
  * Write an element whose vector fits inline, with its neighbour tuple on
- * the same page, in one WAL record: over a deleted element of the same
- * level when a page from the insert hint on has one, else where there is
- * room, else on a new page.  Sets *etid.
+ * the same page, in one WAL record.  Looks at up to HNSW_INSERT_WALK pages
+ * from the insert hint for a deleted element of at least the new level to
+ * take over, or room; else the last page, else a new page.  The hint stays
+ * on the first page that still has deleted elements.  Sets *etid.
  */
 static void
 write_inline_element(Relation index, HnswMetaPageData *meta,
@@ -119,17 +217,23 @@ write_inline_element(Relation index, HnswMetaPageData *meta,
 {
 	BlockNumber nblocks = RelationGetNumberOfBlocks(index);
 	BlockNumber blkno = meta->insertPage;
-	Buffer		buf;
+	BlockNumber keep = InvalidBlockNumber;
+	BlockNumber newhint;
+	Buffer		buf = InvalidBuffer;
 	Page		page;
 	HnswEdit	ed;
+	int			walked = 0;
+	bool		placed = false;
 
-	if (blkno == InvalidBlockNumber || blkno == HNSW_METAPAGE_BLKNO)
-		blkno = nblocks;
-	for (; blkno < nblocks; blkno++)
+	if (blkno == InvalidBlockNumber || blkno == HNSW_METAPAGE_BLKNO || blkno >= nblocks)
+		blkno = nblocks - 1;
+	for (; blkno < nblocks && walked < HNSW_INSERT_WALK; blkno++, walked++)
 	{
-		OffsetNumber off,
-					maxoff;
+		OffsetNumber off;
+		bool		anyDeleted = false;
 
+		if (blkno == HNSW_METAPAGE_BLKNO)
+			continue;
 		CHECK_FOR_INTERRUPTS();
 		buf = ReadBuffer(index, blkno);
 		LockBuffer(buf, BUFFER_LOCK_EXCLUSIVE);
@@ -141,43 +245,47 @@ write_inline_element(Relation index, HnswMetaPageData *meta,
 			hnsw_init_page(page);
 			hnsw_edit_finish(&ed);
 		}
-
-		/* reuse a deleted element of the same level on this page */
-		maxoff = PageGetMaxOffsetNumber(page);
-		for (off = FirstOffsetNumber; off <= maxoff; off++)
+		off = InvalidOffsetNumber;
+		while ((off = find_reusable(page, etup->level, esize, off,
+									&anyDeleted)) != InvalidOffsetNumber)
 		{
-			HnswElementTuple old = hnsw_get_element(page, off);
-			HnswNeighborTuple oldn;
-
-			if (old == NULL || !old->deleted || old->level != etup->level ||
-				ItemPointerIsValid(&old->datatid) ||
-				ItemIdGetLength(PageGetItemId(page, off)) != esize ||
-				ItemPointerGetBlockNumber(&old->neighbortid) != blkno)
-				continue;
-			oldn = hnsw_get_neighbors(page, ItemPointerGetOffsetNumber(&old->neighbortid));
-			if (oldn == NULL || oldn->count != ntup->count)
-				continue;
-
-			page = hnsw_edit_start(&ed, index, buf, building, false);
-			old = hnsw_get_element(page, off);
-			oldn = hnsw_get_neighbors(page, ItemPointerGetOffsetNumber(&old->neighbortid));
-			etup->neighbortid = old->neighbortid;
-			memcpy(oldn, ntup, nsize);
-			memcpy(old, etup, esize);
-			hnsw_edit_finish(&ed);
+			if (reuse_element(index, buf, off, etup, esize, ntup, building))
+				break;
+		}
+		if (off != InvalidOffsetNumber)
+		{
 			ItemPointerSet(etid, blkno, off);
 			UnlockReleaseBuffer(buf);
-			if (blkno != meta->insertPage)
-				hnsw_set_insert_page(index, blkno, false, building);
+			newhint = keep != InvalidBlockNumber ? keep : blkno;
+			if (newhint != meta->insertPage)
+				hnsw_set_insert_page(index, newhint, false, building);
 			return;
 		}
-
+		if (anyDeleted && keep == InvalidBlockNumber)
+			keep = blkno;
 		if (PageGetFreeSpace(page) >= esize + nsize + sizeof(ItemIdData))
-			break;				/* room here: keep the lock */
+		{
+			placed = true;		/* room here: keep the lock */
+			break;
+		}
 		UnlockReleaseBuffer(buf);
 	}
 
-	if (blkno >= nblocks)
+	/* nothing in the window: the last page, if it has room */
+	if (!placed && blkno < nblocks && nblocks - 1 > HNSW_METAPAGE_BLKNO)
+	{
+		blkno = nblocks - 1;
+		buf = ReadBuffer(index, blkno);
+		LockBuffer(buf, BUFFER_LOCK_EXCLUSIVE);
+		page = BufferGetPage(buf);
+		if (!PageIsNew(page) &&
+			PageGetFreeSpace(page) >= esize + nsize + sizeof(ItemIdData))
+			placed = true;
+		else
+			UnlockReleaseBuffer(buf);
+	}
+
+	if (!placed)
 	{
 		buf = hnsw_new_buffer(index, MAIN_FORKNUM);
 		blkno = BufferGetBlockNumber(buf);
@@ -200,8 +308,9 @@ write_inline_element(Relation index, HnswMetaPageData *meta,
 		ItemPointerSet(etid, blkno, eoff);
 	}
 	UnlockReleaseBuffer(buf);
-	if (blkno != meta->insertPage)
-		hnsw_set_insert_page(index, blkno, false, building);
+	newhint = keep != InvalidBlockNumber ? keep : blkno;
+	if (newhint != meta->insertPage)
+		hnsw_set_insert_page(index, newhint, false, building);
 }
 
 /*
@@ -247,11 +356,14 @@ write_split_element(Relation index, HnswMetaPageData *meta,
 /*
  * Add the edge e -> newtid at level lc.  A full list is re-selected with
  * the heuristic over its members plus the new element; the new element
- * then takes the slot of the farthest member the heuristic dropped.
+ * then takes the slot of the farthest member the heuristic dropped (with
+ * force, of the farthest member when the heuristic drops the new one).
+ * Returns whether the edge is there.
  */
-static void
-update_connection(HnswSearch *s, HnswElement *e, ItemPointer newtid,
-				  const float *newvec, int lc, bool building)
+bool
+hnsw_update_connection(HnswSearch *s, HnswElement *e, ItemPointer newtid,
+					   const float *newvec, int lc, bool building, bool force,
+					   ItemPointer dropped)
 {
 	Relation	index = s->index;
 	int			m = s->m;
@@ -263,10 +375,12 @@ update_connection(HnswSearch *s, HnswElement *e, ItemPointer newtid,
 	Buffer		buf;
 	HnswNeighborTuple ntup;
 
+	bool		done = false;
+
 	ItemPointerSetInvalid(&replace);
 	for (i = 0; i < n; i++)
 		if (ItemPointerEquals(&cur[i], newtid))
-			return;
+			return true;
 
 	if (n >= max)
 	{
@@ -288,6 +402,7 @@ update_connection(HnswSearch *s, HnswElement *e, ItemPointer newtid,
 			{
 				/* a member that is gone or being deleted gives way first */
 				replace = cur[i];
+				dropped = NULL;
 				cnt = -1;
 				break;
 			}
@@ -319,17 +434,26 @@ update_connection(HnswSearch *s, HnswElement *e, ItemPointer newtid,
 				if (ItemPointerEquals(&tids[i], newtid))
 					break;
 			if (i == cnt || !keep[i])
-				return;			/* the new element is not wanted */
+			{
+				if (!force)
+					return false;	/* the new element is not wanted */
+				for (i = 0; i < cnt; i++)
+					keep[i] = !ItemPointerEquals(&tids[i], newtid);
+				for (i = cnt - 1; i >= 0 && !keep[i]; i--)
+					;
+				if (i >= 0)
+					keep[i] = false;
+			}
 			for (i = cnt - 1; i >= 0; i--)
 			{
-				if (!keep[i])
+				if (!keep[i] && !ItemPointerEquals(&tids[i], newtid))
 				{
 					replace = tids[i];
 					break;
 				}
 			}
 			if (!ItemPointerIsValid(&replace))
-				return;
+				return false;
 		}
 	}
 
@@ -361,10 +485,60 @@ update_connection(HnswSearch *s, HnswElement *e, ItemPointer newtid,
 			Page		page = hnsw_edit_start(&ed, index, buf, building, false);
 
 			ntup = hnsw_get_neighbors(page, ItemPointerGetOffsetNumber(&e->neighbortid));
+			if (dropped)
+				*dropped = ntup->tids[slot];
 			ntup->tids[slot] = *newtid;
 			hnsw_edit_finish(&ed);
+			done = true;
 		}
 	}
+	UnlockReleaseBuffer(buf);
+	return done;
+}
+
+/* Put the given TIDs into free slots of one level of a neighbour tuple. */
+static void
+adopt_dropped(Relation index, ItemPointer ntid, int m, int lc, ItemPointer self,
+			  ItemPointerData *drops, int ndrops, bool building)
+{
+	Buffer		buf = ReadBuffer(index, ItemPointerGetBlockNumber(ntid));
+	HnswNeighborTuple ntup;
+	HnswEdit	ed;
+	Page		page;
+	int			start = hnsw_level_offset(m, lc);
+	int			end = start + hnsw_level_slots(m, lc);
+	int			d,
+				i;
+
+	LockBuffer(buf, BUFFER_LOCK_EXCLUSIVE);
+	ntup = hnsw_get_neighbors(BufferGetPage(buf), ItemPointerGetOffsetNumber(ntid));
+	if (ntup == NULL || lc > ntup->level)
+	{
+		UnlockReleaseBuffer(buf);
+		return;
+	}
+	page = hnsw_edit_start(&ed, index, buf, building, false);
+	ntup = hnsw_get_neighbors(page, ItemPointerGetOffsetNumber(ntid));
+	for (d = 0; d < ndrops; d++)
+	{
+		int			free = -1;
+
+		if (ItemPointerEquals(&drops[d], self))
+			continue;
+		for (i = start; i < end; i++)
+		{
+			if (ItemPointerEquals(&ntup->tids[i], &drops[d]))
+			{
+				free = -1;
+				break;
+			}
+			if (free < 0 && !ItemPointerIsValid(&ntup->tids[i]))
+				free = i;
+		}
+		if (free >= 0)
+			ntup->tids[free] = drops[d];
+	}
+	hnsw_edit_finish(&ed);
 	UnlockReleaseBuffer(buf);
 }
 
@@ -520,11 +694,47 @@ insert_vector(Relation index, const float *vec, ItemPointer heaptid,
 		write_split_element(index, &meta, etup, esize, ntup, nsize, vec, dim,
 							building, &etid);
 
-	/* connect: the selected neighbours point back (Alg. 1, lines 10-16) */
+	/*
+	 * Connect: the selected neighbours point back (Alg. 1, lines 10-16).  A
+	 * member a full list gives up for the new element may have had no other
+	 * in-edge; the new element adopts it in a free slot of its own list, so
+	 * that it stays reachable.
+	 */
 	for (lc = top; lc >= 0; lc--)
+	{
+		ItemPointerData *drops = palloc(sizeof(ItemPointerData) * Max(nselected[lc], 1));
+		int			ndrops = 0;
+
+		int			accepted = 0;
+
 		for (i = 0; i < nselected[lc]; i++)
-			update_connection(&s, &s.elems[selected[lc][i]], &etid, vec, lc,
-							  building);
+		{
+			ItemPointerData dropped;
+
+			ItemPointerSetInvalid(&dropped);
+			if (hnsw_update_connection(&s, &s.elems[selected[lc][i]], &etid, vec,
+									   lc, building, false, &dropped))
+			{
+				accepted++;
+				if (ItemPointerIsValid(&dropped))
+					drops[ndrops++] = dropped;
+			}
+		}
+		/* nobody took the new element: the nearest neighbour must */
+		if (accepted == 0 && nselected[lc] > 0)
+		{
+			ItemPointerData dropped;
+
+			ItemPointerSetInvalid(&dropped);
+			if (hnsw_update_connection(&s, &s.elems[selected[lc][0]], &etid, vec,
+									   lc, building, true, &dropped) &&
+				ItemPointerIsValid(&dropped))
+				drops[ndrops++] = dropped;
+		}
+		if (ndrops > 0)
+			adopt_dropped(index, &etup->neighbortid, m, lc, &etid, drops,
+						  ndrops, building);
+	}
 
 	/* a new top level: the new element is the entry point */
 	if (level > meta.entryLevel)

@@ -117,6 +117,7 @@ remove_heap_tids(VacState *vs)
 				etup->nheaptids = n;
 			}
 			hnsw_edit_finish(&ed);
+			page = BufferGetPage(buf);	/* the WAL copy is gone */
 		}
 		for (off = FirstOffsetNumber; off <= maxoff; off++)
 		{
@@ -389,6 +390,120 @@ repair_graph(VacState *vs)
 	MemoryContextSwitchTo(old);
 }
 
+/*
+ * Pass 2c: heavy deletion can cut live elements off (their in-edges all
+ * came from deleted ones and the repair chose others).  Walk the graph
+ * from the entry point (through everything, as searches do); each live
+ * element not met gets an in-edge from the nearest live element a search
+ * for it finds, as an insert would add it.
+ */
+static void
+connect_unreachable(VacState *vs)
+{
+	int			m = vs->meta.m;
+	int			dim = vs->meta.dims;
+	HnswMetric	metric = (HnswMetric) vs->meta.metric;
+	HnswSearch	walk;
+	ItemPointerData entry;
+	ItemPointerData *nb = palloc(sizeof(ItemPointerData) * 2 * m);
+	int			head = 0;
+	BlockNumber nblocks,
+				blkno;
+	ItemPointerData *lost = NULL;
+	int			nlost = 0,
+				caplost = 0,
+				i;
+	MemoryContext old = MemoryContextSwitchTo(vs->tmpCtx);
+
+	hnsw_read_meta(vs->index, &vs->meta);
+	if (vs->meta.entryLevel < 0)
+	{
+		MemoryContextSwitchTo(old);
+		return;
+	}
+	hnsw_search_init(&walk, vs->index, metric, dim, m, NULL);
+	ItemPointerSet(&entry, vs->meta.entryBlkno, vs->meta.entryOffno);
+	hnsw_search_add(&walk, &entry);
+	while (head < walk.nelems)
+	{
+		HnswElement *e = &walk.elems[head++];
+		ItemPointerData ntid = e->neighbortid;
+		int			level = e->level;
+		int			lc;
+
+		vacuum_delay_point();
+		for (lc = 0; lc <= level; lc++)
+		{
+			int			n = hnsw_load_neighbors(vs->index, &ntid, m, lc, nb);
+			int			j;
+
+			for (j = 0; j < n; j++)
+				hnsw_search_add(&walk, &nb[j]);
+		}
+	}
+
+	nblocks = RelationGetNumberOfBlocks(vs->index);
+	for (blkno = HNSW_METAPAGE_BLKNO + 1; blkno < nblocks; blkno++)
+	{
+		Buffer		buf = vac_read(vs, blkno, BUFFER_LOCK_SHARE);
+		Page		page = BufferGetPage(buf);
+		OffsetNumber off,
+					maxoff = PageIsNew(page) ? 0 : PageGetMaxOffsetNumber(page);
+
+		for (off = FirstOffsetNumber; off <= maxoff; off++)
+		{
+			HnswElementTuple etup = hnsw_get_element(page, off);
+			ItemPointerData tid;
+
+			ItemPointerSet(&tid, blkno, off);
+			if (etup == NULL || etup->deleted || etup->nheaptids == 0 ||
+				is_deleted(vs, &tid) ||
+				hnsw_keyset_contains(&walk.visited, hnsw_tid_key(&tid)))
+				continue;
+			if (nlost == caplost)
+			{
+				caplost = caplost ? caplost * 2 : 64;
+				lost = lost ? repalloc(lost, sizeof(ItemPointerData) * caplost)
+					: palloc(sizeof(ItemPointerData) * caplost);
+			}
+			lost[nlost++] = tid;
+		}
+		UnlockReleaseBuffer(buf);
+	}
+
+	for (i = 0; i < nlost; i++)
+	{
+		float	   *vec = palloc(sizeof(float) * dim);
+		HnswSearch	t;
+		HnswHeapItem *found = palloc(sizeof(HnswHeapItem) * (vs->meta.efConstruction + 1));
+		int			ep,
+					nf,
+					j;
+
+		vacuum_delay_point();
+		hnsw_load_vector(vs->index, &lost[i], vec);
+		hnsw_search_init(&t, vs->index, metric, dim, m, vec);
+		t.load_vectors = true;
+		if (hnsw_search_to_level(&t, &vs->meta, 0, &ep) < 0)
+			break;
+		nf = hnsw_search_layer(&t, &ep, 1, vs->meta.efConstruction, 0, found);
+		for (j = 0; j < nf; j++)
+		{
+			HnswElement *r = &t.elems[found[j].id];
+
+			if (r->deleted || r->nheaptids == 0 || is_deleted(vs, &r->tid) ||
+				ItemPointerEquals(&r->tid, &lost[i]))
+				continue;
+			if (hnsw_update_connection(&t, r, &lost[i], vec, 0, false, true, NULL))
+				break;
+		}
+	}
+	if (nlost > 0)
+		elog(DEBUG1, "gnnhnsw vacuum: reconnected %d elements", nlost);
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(vs->tmpCtx);
+}
+
 /* Pass 3. */
 static void
 mark_deleted(VacState *vs)
@@ -469,6 +584,7 @@ hnswbulkdelete(IndexVacuumInfo *info, IndexBulkDeleteResult *stats,
 		replace_entry_point(&vs);
 		repair_graph(&vs);
 		mark_deleted(&vs);
+		connect_unreachable(&vs);
 	}
 
 	hnsw_keyset_free(&vs.deleted);

@@ -195,6 +195,45 @@ test_recall(HnswMetric metric, const char *name)
 	free(qs);
 }
 
+/*
+ * Inner product over a mix of small- and large-norm vectors: pruning leaves
+ * small-norm nodes without in-edges; hnsw_graph_connect must reach them all.
+ */
+static void
+test_connect(void)
+{
+	int			n = 3000,
+				d = 8,
+				i,
+				j;
+	HnswGraph  *g = hnsw_graph_create(d, 4, 16, HNSW_METRIC_IP, 16, 3, &A);
+	float		v[8];
+	bool		dup;
+	int64_t		unreached,
+				added;
+
+	for (i = 0; i < n; i++)
+	{
+		float		scale = (i % 2) ? 10.0f : 0.1f;
+
+		for (j = 0; j < d; j++)
+			v[j] = (urand() * 2 - 1) * scale;
+		hnsw_graph_insert(g, v, hnsw_graph_random_level(g), NULL, NULL, &dup);
+	}
+	added = hnsw_graph_connect(g, &unreached);
+	CHECK(added > 0, "inner product graph needed edges (%lld)", (long long) added);
+	CHECK(unreached == 0, "every node reachable after connect (%lld left)", (long long) unreached);
+	{
+		int			ok = 1;
+
+		for (i = 0; i < g->n; i++)
+			if (g->nodes[i].counts[0] > 2 * g->m)
+				ok = 0;
+		CHECK(ok, "connect keeps level-0 lists within 2m");
+	}
+	hnsw_graph_free(g);
+}
+
 static bool
 always(void *arg, int32_t id)
 {
@@ -295,6 +334,7 @@ main(void)
 	test_recall(HNSW_METRIC_COSINE, "cosine");
 	test_recall(HNSW_METRIC_L1, "l1");
 	test_duplicates();
+	test_connect();
 	test_level0();
 	return unit_report("hnswgraph");
 }
