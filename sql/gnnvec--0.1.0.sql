@@ -283,3 +283,57 @@ CREATE FUNCTION gnnvec_trajectory_reset() RETURNS void
 REVOKE ALL ON FUNCTION gnnvec_trajectories() FROM PUBLIC;
 REVOKE ALL ON FUNCTION gnnvec_trajectory_stats(double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gnnvec_trajectory_reset() FROM PUBLIC;
+
+-- ===== gnnhnsw access method =====
+
+CREATE FUNCTION gnnhnsw_handler(internal) RETURNS index_am_handler
+	AS 'MODULE_PATHNAME' LANGUAGE C;
+
+CREATE ACCESS METHOD gnnhnsw TYPE INDEX HANDLER gnnhnsw_handler;
+
+COMMENT ON ACCESS METHOD gnnhnsw IS 'HNSW graph index for vector similarity search';
+
+-- Support function 1 of each operator class names the graph's metric.
+CREATE FUNCTION gnnhnsw_l2_support(internal) RETURNS internal
+	AS 'MODULE_PATHNAME' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+CREATE FUNCTION gnnhnsw_ip_support(internal) RETURNS internal
+	AS 'MODULE_PATHNAME' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+CREATE FUNCTION gnnhnsw_cosine_support(internal) RETURNS internal
+	AS 'MODULE_PATHNAME' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+CREATE FUNCTION gnnhnsw_l1_support(internal) RETURNS internal
+	AS 'MODULE_PATHNAME' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+CREATE OPERATOR CLASS vector_l2_ops
+	DEFAULT FOR TYPE vector USING gnnhnsw AS
+	OPERATOR 1 <-> (vector, vector) FOR ORDER BY float_ops,
+	FUNCTION 1 gnnhnsw_l2_support(internal);
+
+CREATE OPERATOR CLASS vector_ip_ops
+	FOR TYPE vector USING gnnhnsw AS
+	OPERATOR 1 <#> (vector, vector) FOR ORDER BY float_ops,
+	FUNCTION 1 gnnhnsw_ip_support(internal);
+
+CREATE OPERATOR CLASS vector_cosine_ops
+	FOR TYPE vector USING gnnhnsw AS
+	OPERATOR 1 <=> (vector, vector) FOR ORDER BY float_ops,
+	FUNCTION 1 gnnhnsw_cosine_support(internal);
+
+CREATE OPERATOR CLASS vector_l1_ops
+	FOR TYPE vector USING gnnhnsw AS
+	OPERATOR 1 <+> (vector, vector) FOR ORDER BY float_ops,
+	FUNCTION 1 gnnhnsw_l1_support(internal);
+
+-- Structure of a gnnhnsw index.
+CREATE FUNCTION gnnvec_index_info(index regclass,
+	OUT elements bigint, OUT deleted_elements bigint, OUT heap_tids bigint,
+	OUT levels integer, OUT mean_degree float8, OUT entry_point tid,
+	OUT entry_level integer, OUT pages bigint, OUT bytes bigint,
+	OUT dims integer, OUT m integer, OUT ef_construction integer)
+	RETURNS record
+	AS 'MODULE_PATHNAME' LANGUAGE C STRICT;
+
+-- amcheck-style verification: one row per problem, none when the index is sound.
+CREATE FUNCTION gnnvec_index_check(index regclass,
+	OUT blkno bigint, OUT offnum integer, OUT problem text)
+	RETURNS SETOF record
+	AS 'MODULE_PATHNAME' LANGUAGE C STRICT;

@@ -1,0 +1,358 @@
+/*
+ * hnsw.c
+ *		gnnhnsw: the access method handler, reloptions, settings, cost
+ *		estimation, opclass validation and the scan plug-in points.
+ */
+#include "postgres.h"
+
+#include <float.h>
+#include <math.h>
+
+#include "access/amapi.h"
+#include "access/reloptions.h"
+#include "catalog/pg_amop.h"
+#include "catalog/pg_amproc.h"
+#include "catalog/pg_opclass.h"
+#include "catalog/pg_type.h"
+#include "commands/progress.h"
+#include "commands/vacuum.h"
+#include "hnsw/hnsw.h"
+#include "optimizer/optimizer.h"
+#include "utils/catcache.h"
+#include "utils/float.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/selfuncs.h"
+#include "utils/syscache.h"
+
+int			hnsw_ef_search = HNSW_DEFAULT_EF_SEARCH;
+int			hnsw_iterative_scan = HNSW_ITERATIVE_SCAN_OFF;
+int			hnsw_max_scan_tuples = 20000;
+
+static relopt_kind hnsw_relopt_kind;
+
+static const struct config_enum_entry iterative_scan_options[] = {
+	{"off", HNSW_ITERATIVE_SCAN_OFF, false},
+	{"relaxed_order", HNSW_ITERATIVE_SCAN_RELAXED, false},
+	{"strict_order", HNSW_ITERATIVE_SCAN_STRICT, false},
+	{NULL, 0, false}
+};
+
+/*
+ * Called from _PG_init: reloptions and settings.
+ */
+void
+hnsw_init(void)
+{
+	hnsw_relopt_kind = add_reloption_kind();
+	add_int_reloption(hnsw_relopt_kind, "m",
+					  "Max number of connections per element and level (2m at level 0)",
+					  HNSW_DEFAULT_M, HNSW_MIN_M, HNSW_MAX_M, AccessExclusiveLock);
+	add_int_reloption(hnsw_relopt_kind, "ef_construction",
+					  "Size of the dynamic candidate list for construction",
+					  HNSW_DEFAULT_EF_CONSTRUCTION, HNSW_MIN_EF_CONSTRUCTION,
+					  HNSW_MAX_EF_CONSTRUCTION, AccessExclusiveLock);
+
+	DefineCustomIntVariable("gnnvec.ef_search",
+							"Size of the dynamic candidate list for gnnhnsw scans.",
+							"Larger is slower and finds more of the true nearest neighbours.",
+							&hnsw_ef_search, HNSW_DEFAULT_EF_SEARCH,
+							HNSW_MIN_EF_SEARCH, HNSW_MAX_EF_SEARCH,
+							PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomEnumVariable("gnnvec.iterative_scan",
+							 "Whether gnnhnsw scans continue past ef_search when more rows are needed.",
+							 "relaxed_order may return rows slightly out of order; strict_order never does.",
+							 &hnsw_iterative_scan, HNSW_ITERATIVE_SCAN_OFF,
+							 iterative_scan_options, PGC_USERSET, 0,
+							 NULL, NULL, NULL);
+	DefineCustomIntVariable("gnnvec.max_scan_tuples",
+							"Most index elements an iterative gnnhnsw scan visits.",
+							NULL,
+							&hnsw_max_scan_tuples, 20000, 1, INT_MAX,
+							PGC_USERSET, 0, NULL, NULL, NULL);
+}
+
+/*
+ * The metric of an index, from support function 1 of its opclass.
+ */
+HnswMetric
+hnsw_get_metric(Relation index)
+{
+	FmgrInfo   *proc = index_getprocinfo(index, 1, HNSW_METRIC_PROC);
+	int32		metric = DatumGetInt32(FunctionCall1(proc, (Datum) 0));
+
+	if (metric < HNSW_METRIC_L2 || metric > HNSW_METRIC_L1)
+		elog(ERROR, "gnnhnsw: support function 1 returned unknown metric %d",
+			 metric);
+	return (HnswMetric) metric;
+}
+
+/* SQL-callable support functions: FUNCTION 1 of each opclass. */
+PG_FUNCTION_INFO_V1(gnnhnsw_l2_support);
+Datum
+gnnhnsw_l2_support(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT32(HNSW_METRIC_L2);
+}
+
+PG_FUNCTION_INFO_V1(gnnhnsw_ip_support);
+Datum
+gnnhnsw_ip_support(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT32(HNSW_METRIC_IP);
+}
+
+PG_FUNCTION_INFO_V1(gnnhnsw_cosine_support);
+Datum
+gnnhnsw_cosine_support(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT32(HNSW_METRIC_COSINE);
+}
+
+PG_FUNCTION_INFO_V1(gnnhnsw_l1_support);
+Datum
+gnnhnsw_l1_support(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT32(HNSW_METRIC_L1);
+}
+
+static bytea *
+hnswoptions(Datum reloptions, bool validate)
+{
+	static const relopt_parse_elt tab[] = {
+		{"m", RELOPT_TYPE_INT, offsetof(HnswOptions, m)},
+		{"ef_construction", RELOPT_TYPE_INT, offsetof(HnswOptions, efConstruction)},
+	};
+
+	return (bytea *) build_reloptions(reloptions, validate, hnsw_relopt_kind,
+									  sizeof(HnswOptions), tab, lengthof(tab));
+}
+
+void
+hnsw_get_options(Relation index, int *m, int *efConstruction)
+{
+	HnswOptions *opts = (HnswOptions *) index->rd_options;
+
+	*m = opts ? opts->m : HNSW_DEFAULT_M;
+	*efConstruction = opts ? opts->efConstruction : HNSW_DEFAULT_EF_CONSTRUCTION;
+}
+
+/*
+ * Cost: a scan reads about ef_search * 2m elements at level 0 plus a few per
+ * upper level, all of it before the first row comes back.  Without an
+ * ORDER BY distance the index is useless, so it is priced out.
+ */
+static void
+hnswcostestimate(PlannerInfo *root, IndexPath *path, double loop_count,
+				 Cost *indexStartupCost, Cost *indexTotalCost,
+				 Selectivity *indexSelectivity, double *indexCorrelation,
+				 double *indexPages)
+{
+	GenericCosts costs;
+	IndexOptInfo *index = path->indexinfo;
+	double		ntuples = Max(index->tuples, 1.0);
+	int			m = HNSW_DEFAULT_M;
+	int			efc;
+	double		visited;
+	double		levels;
+
+	if (path->indexorderbys == NIL)
+	{
+		*indexStartupCost = get_float8_infinity();
+		*indexTotalCost = get_float8_infinity();
+		*indexSelectivity = 0;
+		*indexCorrelation = 0;
+		*indexPages = 0;
+		return;
+	}
+
+	{
+		Relation	rel = index_open(index->indexoid, NoLock);
+
+		hnsw_get_options(rel, &m, &efc);
+		index_close(rel, NoLock);
+	}
+
+	levels = log(ntuples) / log((double) m);
+	visited = (double) hnsw_ef_search * m + levels * m;
+	if (hnsw_iterative_scan != HNSW_ITERATIVE_SCAN_OFF)
+		visited *= 2;
+	if (visited > ntuples)
+		visited = ntuples;
+
+	MemSet(&costs, 0, sizeof(costs));
+	costs.numIndexTuples = visited;
+	genericcostestimate(root, path, loop_count, &costs);
+
+	/* every element visited costs a distance computation */
+	costs.indexTotalCost += visited * cpu_operator_cost *
+		(1.0 + index->rel->reltarget->width / 256.0);
+
+	/* all the work happens before the first tuple */
+	*indexStartupCost = costs.indexTotalCost;
+	*indexTotalCost = costs.indexTotalCost;
+	*indexSelectivity = costs.indexSelectivity;
+	*indexCorrelation = 0;
+	*indexPages = costs.numIndexPages;
+}
+
+/*
+ * Validate an opclass: support function 1 (int4 metric from internal) and
+ * ordering operators only.
+ */
+static bool
+hnswvalidate(Oid opclassoid)
+{
+	bool		result = true;
+	HeapTuple	classtup;
+	Form_pg_opclass classform;
+	Oid			opfamilyoid;
+	CatCList   *proclist,
+			   *oprlist;
+	int			i;
+	bool		has_proc1 = false;
+
+	classtup = SearchSysCache1(CLAOID, ObjectIdGetDatum(opclassoid));
+	if (!HeapTupleIsValid(classtup))
+		elog(ERROR, "cache lookup failed for operator class %u", opclassoid);
+	classform = (Form_pg_opclass) GETSTRUCT(classtup);
+	opfamilyoid = classform->opcfamily;
+
+	proclist = SearchSysCacheList1(AMPROCNUM, ObjectIdGetDatum(opfamilyoid));
+	for (i = 0; i < proclist->n_members; i++)
+	{
+		Form_pg_amproc procform = (Form_pg_amproc) GETSTRUCT(&proclist->members[i]->tuple);
+
+		if (procform->amprocnum == HNSW_METRIC_PROC)
+			has_proc1 = true;
+		else
+		{
+			ereport(INFO,
+					(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
+					 errmsg("gnnhnsw operator family contains function %u with invalid support number %d",
+							procform->amproc, procform->amprocnum)));
+			result = false;
+		}
+	}
+	oprlist = SearchSysCacheList1(AMOPSTRATEGY, ObjectIdGetDatum(opfamilyoid));
+	for (i = 0; i < oprlist->n_members; i++)
+	{
+		Form_pg_amop oprform = (Form_pg_amop) GETSTRUCT(&oprlist->members[i]->tuple);
+
+		if (oprform->amoppurpose != AMOP_ORDER || oprform->amopstrategy != 1)
+		{
+			ereport(INFO,
+					(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
+					 errmsg("gnnhnsw operator family contains operator %u that is not ordering operator 1",
+							oprform->amopopr)));
+			result = false;
+		}
+	}
+	if (!has_proc1)
+	{
+		ereport(INFO,
+				(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
+				 errmsg("gnnhnsw operator class %u lacks support function 1",
+						opclassoid)));
+		result = false;
+	}
+	ReleaseCatCacheList(proclist);
+	ReleaseCatCacheList(oprlist);
+	ReleaseSysCache(classtup);
+	return result;
+}
+
+static char *
+hnswbuildphasename(int64 phasenum)
+{
+	switch (phasenum)
+	{
+		case PROGRESS_CREATEIDX_SUBPHASE_INITIALIZE:
+			return "initializing";
+		case PROGRESS_HNSW_PHASE_LOAD:
+			return "loading tuples";
+		case PROGRESS_HNSW_PHASE_WRITE:
+			return "writing pages";
+		default:
+			return NULL;
+	}
+}
+
+PG_FUNCTION_INFO_V1(gnnhnsw_handler);
+Datum
+gnnhnsw_handler(PG_FUNCTION_ARGS)
+{
+	IndexAmRoutine *amroutine = makeNode(IndexAmRoutine);
+
+	amroutine->amstrategies = 0;
+	amroutine->amsupport = 1;
+	amroutine->amoptsprocnum = 0;
+	amroutine->amcanorder = false;
+	amroutine->amcanorderbyop = true;
+	amroutine->amcanbackward = false;
+	amroutine->amcanunique = false;
+	amroutine->amcanmulticol = false;
+	amroutine->amoptionalkey = true;
+	amroutine->amsearcharray = false;
+	amroutine->amsearchnulls = false;
+	amroutine->amstorage = false;
+	amroutine->amclusterable = false;
+	amroutine->ampredlocks = false;
+	amroutine->amcanparallel = false;
+	amroutine->amcaninclude = false;
+	amroutine->amusemaintenanceworkmem = false;
+#if PG_VERSION_NUM >= 160000
+	amroutine->amsummarizing = false;
+#endif
+#if PG_VERSION_NUM >= 170000
+	amroutine->amcanbuildparallel = false;
+#endif
+	amroutine->amparallelvacuumoptions = VACUUM_OPTION_PARALLEL_BULKDEL;
+	amroutine->amkeytype = InvalidOid;
+
+	amroutine->ambuild = hnswbuild;
+	amroutine->ambuildempty = hnswbuildempty;
+	amroutine->aminsert = hnswinsert;
+#if PG_VERSION_NUM >= 170000
+	amroutine->aminsertcleanup = NULL;
+#endif
+	amroutine->ambulkdelete = hnswbulkdelete;
+	amroutine->amvacuumcleanup = hnswvacuumcleanup;
+	amroutine->amcanreturn = NULL;
+	amroutine->amcostestimate = hnswcostestimate;
+	amroutine->amoptions = hnswoptions;
+	amroutine->amproperty = NULL;
+	amroutine->ambuildphasename = hnswbuildphasename;
+	amroutine->amvalidate = hnswvalidate;
+#if PG_VERSION_NUM >= 140000
+	amroutine->amadjustmembers = NULL;
+#endif
+	amroutine->ambeginscan = hnswbeginscan;
+	amroutine->amrescan = hnswrescan;
+	amroutine->amgettuple = hnswgettuple;
+	amroutine->amgetbitmap = NULL;
+	amroutine->amendscan = hnswendscan;
+	amroutine->ammarkpos = NULL;
+	amroutine->amrestrpos = NULL;
+	amroutine->amestimateparallelscan = NULL;
+	amroutine->aminitparallelscan = NULL;
+	amroutine->amparallelrescan = NULL;
+
+	PG_RETURN_POINTER(amroutine);
+}
+
+/*
+ * Scan plug-in points (see hnsw.h).  The LoRA and GNN subsystems hook in
+ * here; until they do, both leave the search as it is.
+ */
+void
+hnsw_scan_adapt_query(Relation index, float *query, int dim)
+{
+}
+
+int
+hnsw_scan_rerank(Relation index, const float *query, int dim,
+				 HnswCandidate *cands, int ncands)
+{
+	return ncands;
+}

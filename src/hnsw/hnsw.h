@@ -1,0 +1,614 @@
+/*
+ * hnsw.h
+ *		The gnnhnsw index access method: an HNSW graph (Malkov & Yashunin,
+ *		"Efficient and robust approximate nearest neighbor search using
+ *		Hierarchical Navigable Small World graphs", TPAMI 2018) stored in
+ *		ordinary PostgreSQL pages.
+ *
+ * The header has two halves.  The first is PostgreSQL-free (define
+ * HNSW_PURE before including it): the in-memory graph used by builds, the
+ * heaps and the TID set shared by every search.  hnswgraph.c implements it
+ * and is unit-tested on its own (test/unit/test_hnswgraph.c); the CAGRA
+ * build reuses it.  The second half is the access method proper.
+ *
+ * Page format (version 1)
+ * -----------------------
+ * Block 0 is the metapage (HnswMetaPageData in the page contents).  Every
+ * other block holds tuples of three kinds, told apart by their first byte:
+ *
+ *	element tuple (HnswElementTupleData): level, deleted flag, up to
+ *		HNSW_HEAPTIDS heap TIDs (rows with identical vectors share one
+ *		element), the TID of the element's neighbour tuple, the vector (or
+ *		its first HNSW_ELEMENT_INLINE_MAX floats) and, for vectors too large
+ *		for one page, the TID of the first data tuple holding the rest.
+ *	data tuple (HnswDataTupleData): a run of floats continuing a vector and
+ *		the TID of the next data tuple.  How a vector is split depends only
+ *		on its dimension count, so every element of an index has the same
+ *		shape; this is what lets vectors of up to VECTOR_MAX_DIM (16000)
+ *		dimensions be indexed, beyond pgvector's 2000.
+ *	neighbour tuple (HnswNeighborTupleData): index TIDs of the element's
+ *		neighbours: 2m slots for level 0, then m for each upper level.
+ *		Unused slots hold an invalid TID.  Its size is fixed by the level
+ *		the element was created with, so it is always updated in place.
+ *
+ * Every page has an HnswPageOpaqueData special space.  Locking: inserts
+ * hold the HNSW_UPDATE_LOCK page lock in share mode (exclusive when they
+ * may change the entry point); buffer locks are taken one at a time, never
+ * nested, except metapage + one other page.  WAL: GenericXLog for every
+ * change after the build; the build writes its pages without WAL and then
+ * logs them all with log_newpage_range.
+ */
+#ifndef GNNVEC_HNSW_H
+#define GNNVEC_HNSW_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#include "vector/distance.h"
+
+/* ======================================================================
+ * PostgreSQL-free part
+ * ====================================================================== */
+
+/* Levels 0..HNSW_PURE_MAX_LEVELS-1 at most (the page format's limit). */
+#define HNSW_PURE_MAX_LEVELS	17
+
+typedef enum HnswMetric
+{
+	HNSW_METRIC_L2 = 1,			/* squared Euclidean distance */
+	HNSW_METRIC_IP = 2,			/* negative inner product */
+	HNSW_METRIC_COSINE = 3,		/* negative inner product of normalised
+								 * vectors */
+	HNSW_METRIC_L1 = 4			/* taxicab distance */
+} HnswMetric;
+
+/*
+ * The distance the graph works with.  It is monotone in the SQL operator's
+ * distance for every metric, and a sum over dimensions, so a vector split
+ * over several tuples can be compared piece by piece (hnsw_distance_part).
+ */
+static inline float
+hnsw_distance(HnswMetric metric, const float *a, const float *b, int dim)
+{
+	switch (metric)
+	{
+		case HNSW_METRIC_L2:
+			return vec_l2_squared(a, b, dim);
+		case HNSW_METRIC_IP:
+		case HNSW_METRIC_COSINE:
+			return -vec_inner_product(a, b, dim);
+		case HNSW_METRIC_L1:
+			return vec_l1_distance(a, b, dim);
+	}
+	return 0.0f;
+}
+
+/* Memory for the pure code: palloc in the server, malloc in unit tests. */
+typedef struct HnswAllocator
+{
+	void	   *(*alloc) (void *ctx, size_t size);
+	void		(*free) (void *ctx, void *ptr);
+	void	   *ctx;
+} HnswAllocator;
+
+/* Binary heap of (distance, id); min-heap or max-heap by distance. */
+typedef struct HnswHeapItem
+{
+	float		dist;
+	int32_t		id;
+} HnswHeapItem;
+
+typedef struct HnswHeap
+{
+	HnswHeapItem *items;
+	int			n;
+	int			cap;
+	bool		max;			/* true: top is the largest distance */
+	const HnswAllocator *a;
+} HnswHeap;
+
+extern void hnsw_heap_init(HnswHeap *h, bool max, int cap, const HnswAllocator *a);
+extern void hnsw_heap_free(HnswHeap *h);
+extern void hnsw_heap_push(HnswHeap *h, float dist, int32_t id);
+extern HnswHeapItem hnsw_heap_pop(HnswHeap *h);
+static inline HnswHeapItem *
+hnsw_heap_top(HnswHeap *h)
+{
+	return h->n > 0 ? &h->items[0] : NULL;
+}
+
+/* Set of 64-bit keys (index TIDs packed by the caller; 0 is not a key). */
+typedef struct HnswKeySet
+{
+	uint64_t   *keys;
+	uint64_t	mask;
+	uint64_t	n;
+	const HnswAllocator *a;
+} HnswKeySet;
+
+extern void hnsw_keyset_init(HnswKeySet *s, uint64_t expected, const HnswAllocator *a);
+extern void hnsw_keyset_free(HnswKeySet *s);
+/* Adds key; returns true if it was already present. */
+extern bool hnsw_keyset_test_and_add(HnswKeySet *s, uint64_t key);
+extern bool hnsw_keyset_contains(const HnswKeySet *s, uint64_t key);
+
+/*
+ * The in-memory graph of a build.  Nodes are numbered 0..n-1 in insertion
+ * order; node i's neighbours at level l are nbrs[offset(l) .. +count[l]],
+ * with 2m slots at level 0 and m at each upper level (the on-disk shape).
+ */
+typedef struct HnswGraphNode
+{
+	float	   *vec;			/* dim floats (normalised for cosine) */
+	int32_t    *nbrs;			/* 2m + level * m slots */
+	uint8_t    *counts;			/* level + 1 neighbour counts */
+	uint8_t		level;
+} HnswGraphNode;
+
+typedef struct HnswGraph
+{
+	int			dim;
+	int			m;
+	int			ef_construction;
+	HnswMetric	metric;
+	int			level_cap;		/* no node gets a level above this */
+	double		ml;				/* level multiplier 1/ln(m) */
+	uint64_t	rng;			/* xorshift64* state for levels */
+
+	int32_t		n;
+	int32_t		cap;
+	HnswGraphNode *nodes;
+	int32_t		entry;			/* -1 while empty */
+	int			max_level;
+
+	size_t		mem;			/* bytes allocated for nodes */
+
+	/* scratch for searches (one search at a time) */
+	uint32_t   *visited;
+	uint32_t	visit_tag;
+	HnswHeap	cand;
+	HnswHeap	res;
+
+	const HnswAllocator *a;
+} HnswGraph;
+
+static inline int
+hnsw_level_offset(int m, int level)
+{
+	return level == 0 ? 0 : 2 * m + (level - 1) * m;
+}
+
+static inline int
+hnsw_level_slots(int m, int level)
+{
+	return level == 0 ? 2 * m : m;
+}
+
+/* Bytes one node of a given level costs (memory accounting). */
+extern size_t hnsw_graph_node_bytes(int dim, int m, int level);
+
+extern HnswGraph *hnsw_graph_create(int dim, int m, int ef_construction,
+									HnswMetric metric, int level_cap,
+									uint64_t seed, const HnswAllocator *a);
+extern void hnsw_graph_free(HnswGraph *g);
+
+/* A random level, -ln(U) * ml capped at level_cap (Alg. 1, line 4). */
+extern int	hnsw_graph_random_level(HnswGraph *g);
+
+/*
+ * Insert a vector (copied) with the HNSW insert algorithm (Alg. 1 with the
+ * neighbour-selection heuristic of Alg. 4).  If dup_ok is not NULL and the
+ * nearest node found at level 0 holds exactly the same vector and dup_ok
+ * accepts it, nothing is inserted and that node's id is returned with
+ * *is_dup set.  Otherwise returns the new node's id.
+ */
+extern int32_t hnsw_graph_insert(HnswGraph *g, const float *vec, int level,
+								 bool (*dup_ok) (void *arg, int32_t id),
+								 void *arg, bool *is_dup);
+
+/* Append a node without linking it (for hnsw_graph_set_level0). */
+extern int32_t hnsw_graph_append(HnswGraph *g, const float *vec, int level);
+
+/*
+ * Take level 0 from elsewhere (CAGRA): row i of neighbours (n x degree,
+ * entries < 0 ignored, at most 2m used) becomes node i's level-0 list; then
+ * the nodes with level >= 1 are linked into the upper levels by ordinary
+ * HNSW insertion restricted to levels >= 1.  Returns the number of level-0
+ * edges dropped because they were out of range or beyond 2m.
+ */
+extern int64_t hnsw_graph_set_level0(HnswGraph *g, const int32_t *neighbours,
+									 int degree);
+
+/*
+ * Make every node reachable from the entry point.  Pruning can leave nodes
+ * without in-edges (most of all for inner product, where small-norm vectors
+ * are nobody's nearest neighbour).  Each unreachable node gets a level-0
+ * in-edge from the nearest reachable node with a free slot, or, failing
+ * that, takes the slot of a member that has other in-edges.  Returns the
+ * number of edges added; unreached counts what is still unreachable.
+ */
+extern int64_t hnsw_graph_connect(HnswGraph *g, int64_t *unreached);
+
+/* k nearest nodes of q (ids and distances ascending); returns how many. */
+extern int	hnsw_graph_search(HnswGraph *g, const float *q, int k, int ef,
+							  int32_t *ids, float *dists);
+
+/* Neighbour-selection heuristic (Alg. 4) over candidates sorted ascending. */
+extern int	hnsw_select_neighbors(HnswGraph *g, const HnswHeapItem *cands,
+								  int ncands, int max, HnswHeapItem *out);
+
+#ifndef HNSW_PURE
+
+/* ======================================================================
+ * The access method (PostgreSQL side)
+ * ====================================================================== */
+
+#include "postgres.h"
+
+#include "access/amapi.h"
+#include "access/generic_xlog.h"
+#include "access/reloptions.h"
+#include "nodes/execnodes.h"
+#include "storage/bufmgr.h"
+#include "storage/itemptr.h"
+#include "utils/relcache.h"
+#include "vector/vector.h"
+
+#define HNSW_MAGIC				0x474E4857	/* "GNNW" */
+#define HNSW_FORMAT_VERSION		1
+#define HNSW_METAPAGE_BLKNO		0
+#define HNSW_PAGE_ID			0xFF91
+
+#define HNSW_HEAPTIDS			10	/* rows sharing one element */
+#define HNSW_MAX_LEVEL			16
+
+#define HNSW_DEFAULT_M			16
+#define HNSW_MIN_M				2
+#define HNSW_MAX_M				100
+#define HNSW_DEFAULT_EF_CONSTRUCTION 64
+#define HNSW_MIN_EF_CONSTRUCTION 4
+#define HNSW_MAX_EF_CONSTRUCTION 1000
+#define HNSW_DEFAULT_EF_SEARCH	40
+#define HNSW_MIN_EF_SEARCH		1
+#define HNSW_MAX_EF_SEARCH		1000
+
+/* Support function 1 of every opclass: returns the HnswMetric. */
+#define HNSW_METRIC_PROC		1
+
+/* Heavyweight page lock (on a block number no page has) for inserts. */
+#define HNSW_UPDATE_LOCK		0
+
+/* Tuple kinds (first byte of every tuple). */
+#define HNSW_ELEMENT_TUPLE		1
+#define HNSW_NEIGHBOR_TUPLE		2
+#define HNSW_DATA_TUPLE			3
+
+/* Build phases for pg_stat_progress_create_index. */
+#define PROGRESS_HNSW_PHASE_LOAD	2
+#define PROGRESS_HNSW_PHASE_WRITE	3
+
+typedef struct HnswMetaPageData
+{
+	uint32		magic;
+	uint32		version;
+	uint32		dims;
+	uint16		m;
+	uint16		efConstruction;
+	uint16		metric;			/* HnswMetric */
+	int16		entryLevel;		/* -1: empty index */
+	BlockNumber entryBlkno;
+	OffsetNumber entryOffno;
+	BlockNumber insertPage;		/* first page worth trying for inserts */
+} HnswMetaPageData;
+
+typedef HnswMetaPageData *HnswMetaPage;
+
+typedef struct HnswPageOpaqueData
+{
+	BlockNumber nextblkno;		/* reserved (InvalidBlockNumber) */
+	uint16		flags;
+	uint16		page_id;		/* HNSW_PAGE_ID */
+} HnswPageOpaqueData;
+
+typedef HnswPageOpaqueData *HnswPageOpaque;
+
+typedef struct HnswElementTupleData
+{
+	uint8		type;			/* HNSW_ELEMENT_TUPLE */
+	uint8		level;
+	uint8		deleted;		/* 1: free for reuse */
+	uint8		nheaptids;
+	ItemPointerData heaptids[HNSW_HEAPTIDS];
+	ItemPointerData neighbortid;
+	ItemPointerData datatid;	/* first data tuple, invalid if none */
+	uint16		dim;			/* dimensions of the whole vector */
+	uint16		ninline;		/* floats stored here */
+	float		x[FLEXIBLE_ARRAY_MEMBER];
+} HnswElementTupleData;
+
+typedef HnswElementTupleData *HnswElementTuple;
+
+typedef struct HnswDataTupleData
+{
+	uint8		type;			/* HNSW_DATA_TUPLE */
+	uint8		unused;
+	uint16		count;			/* floats stored here */
+	ItemPointerData next;		/* next data tuple, invalid if last */
+	float		x[FLEXIBLE_ARRAY_MEMBER];
+} HnswDataTupleData;
+
+typedef HnswDataTupleData *HnswDataTuple;
+
+typedef struct HnswNeighborTupleData
+{
+	uint8		type;			/* HNSW_NEIGHBOR_TUPLE */
+	uint8		level;			/* levels 0..level have slots */
+	uint16		count;			/* slots: 2m + level * m */
+	ItemPointerData tids[FLEXIBLE_ARRAY_MEMBER];
+} HnswNeighborTupleData;
+
+typedef HnswNeighborTupleData *HnswNeighborTuple;
+
+/* Largest item a page takes (MAXALIGNed, one line pointer). */
+#define HNSW_MAX_ITEM_SIZE \
+	MAXALIGN_DOWN(BLCKSZ - MAXALIGN(SizeOfPageHeaderData) - \
+				  MAXALIGN(sizeof(HnswPageOpaqueData)) - sizeof(ItemIdData))
+#define HNSW_ELEMENT_INLINE_MAX \
+	((int) ((HNSW_MAX_ITEM_SIZE - offsetof(HnswElementTupleData, x)) / sizeof(float)))
+#define HNSW_DATA_MAX \
+	((int) ((HNSW_MAX_ITEM_SIZE - offsetof(HnswDataTupleData, x)) / sizeof(float)))
+
+#define HNSW_ELEMENT_TUPLE_SIZE(ninline) \
+	MAXALIGN(offsetof(HnswElementTupleData, x) + sizeof(float) * (ninline))
+#define HNSW_DATA_TUPLE_SIZE(count) \
+	MAXALIGN(offsetof(HnswDataTupleData, x) + sizeof(float) * (count))
+#define HNSW_NEIGHBOR_TUPLE_SIZE(m, level) \
+	MAXALIGN(offsetof(HnswNeighborTupleData, tids) + \
+			 sizeof(ItemPointerData) * (2 * (m) + (level) * (m)))
+
+#define HnswPageGetOpaque(page) ((HnswPageOpaque) PageGetSpecialPointer(page))
+#define HnswPageGetMeta(page)	((HnswMetaPage) PageGetContents(page))
+
+/* How a vector of dim floats is split: inline floats, then data tuples. */
+static inline int
+hnsw_inline_floats(int dim)
+{
+	return dim <= HNSW_ELEMENT_INLINE_MAX ? dim : HNSW_ELEMENT_INLINE_MAX;
+}
+
+static inline int
+hnsw_data_tuples(int dim)
+{
+	int			rest = dim - hnsw_inline_floats(dim);
+
+	return (rest + HNSW_DATA_MAX - 1) / HNSW_DATA_MAX;
+}
+
+/* Highest level whose neighbour tuple fits in a page, for this m. */
+static inline int
+hnsw_level_cap(int m)
+{
+	int			cap = HNSW_MAX_LEVEL;
+
+	while (cap > 0 && HNSW_NEIGHBOR_TUPLE_SIZE(m, cap) > HNSW_MAX_ITEM_SIZE)
+		cap--;
+	return cap;
+}
+
+/* Reloptions (varlena).  The CAGRA build adds its options here. */
+typedef struct HnswOptions
+{
+	int32		vl_len_;
+	int			m;
+	int			efConstruction;
+} HnswOptions;
+
+/* Settings. */
+typedef enum HnswIterativeScan
+{
+	HNSW_ITERATIVE_SCAN_OFF,
+	HNSW_ITERATIVE_SCAN_RELAXED,
+	HNSW_ITERATIVE_SCAN_STRICT
+} HnswIterativeScan;
+
+extern int	hnsw_ef_search;
+extern int	hnsw_iterative_scan;
+extern int	hnsw_max_scan_tuples;
+
+/* An element as the on-disk searches see it. */
+typedef struct HnswElement
+{
+	ItemPointerData tid;		/* the element tuple */
+	ItemPointerData neighbortid;
+	uint8		level;
+	bool		deleted;
+	uint8		nheaptids;
+	ItemPointerData heaptids[HNSW_HEAPTIDS];
+	float		dist;			/* to the query of the search */
+	float	   *vec;			/* loaded only when asked */
+} HnswElement;
+
+/*
+ * Search state for searches over the pages: the elements met (heap ids
+ * index into elems), a visited set of element TIDs and the query.
+ */
+typedef struct HnswSearch
+{
+	Relation	index;
+	HnswMetric	metric;
+	int			dim;
+	int			m;
+	const float *query;
+	HnswElement *elems;
+	int			nelems;
+	int			capelems;
+	HnswKeySet	visited;
+	bool		load_vectors;	/* keep each element's vector */
+	int64		ntuples_read;	/* elements loaded (max_scan_tuples) */
+} HnswSearch;
+
+/* A result handed to the rerank plug-in (one per element). */
+typedef struct HnswCandidate
+{
+	ItemPointerData tid;		/* element tuple */
+	float		distance;		/* graph distance (see hnsw_distance) */
+	uint8		nheaptids;
+	ItemPointerData heaptids[HNSW_HEAPTIDS];
+} HnswCandidate;
+
+/* Build state (also what the CAGRA build drives). */
+typedef struct HnswBuildState
+{
+	Relation	heap;
+	Relation	index;
+	IndexInfo  *indexInfo;
+	ForkNumber	forkNum;
+
+	int			dim;
+	int			m;
+	int			efConstruction;
+	HnswMetric	metric;
+
+	double		reltuples;		/* rows seen */
+	double		indtuples;		/* rows indexed */
+
+	HnswGraph  *graph;
+	ItemPointerData *heaptids;	/* node i: heaptids[i * HNSW_HEAPTIDS ..] */
+	uint8	   *nheaptids;
+	int32		captids;
+	size_t		memLimit;
+	bool		onDisk;			/* graph flushed; inserting on pages */
+
+	MemoryContext graphCtx;
+	MemoryContext tmpCtx;
+	HnswAllocator alloc;
+} HnswBuildState;
+
+/* hnsw.c */
+extern void hnsw_init(void);
+extern HnswMetric hnsw_get_metric(Relation index);
+extern void hnsw_get_options(Relation index, int *m, int *efConstruction);
+
+/*
+ * One page change: WAL-logged with GenericXLog, or (during a build, whose
+ * pages are logged at the end) just marked dirty.
+ */
+typedef struct HnswEdit
+{
+	GenericXLogState *state;
+	Buffer		buf;
+	Page		page;
+} HnswEdit;
+
+/* hnswutils.c */
+extern const HnswAllocator *hnsw_palloc_allocator(void);
+extern Page hnsw_edit_start(HnswEdit *ed, Relation index, Buffer buf,
+							bool building, bool fullImage);
+extern void hnsw_edit_finish(HnswEdit *ed);
+extern void hnsw_set_insert_page(Relation index, BlockNumber blkno,
+								 bool onlyLower, bool building);
+extern HnswElementTuple hnsw_get_element(Page page, OffsetNumber off);
+extern HnswNeighborTuple hnsw_get_neighbors(Page page, OffsetNumber off);
+extern Buffer hnsw_new_buffer(Relation index, ForkNumber forkNum);
+extern void hnsw_init_page(Page page);
+extern void hnsw_read_meta(Relation index, HnswMetaPageData *meta);
+extern void hnsw_fill_meta(Page page, int dims, int m, int efConstruction,
+						   HnswMetric metric);
+extern bool hnsw_form_vector(Datum value, HnswMetric metric, int dims,
+							 float *out);
+extern void hnsw_normalize(float *x, int dim);
+extern int	hnsw_search_add(HnswSearch *s, ItemPointer tid);
+extern void hnsw_search_init(HnswSearch *s, Relation index, HnswMetric metric,
+							 int dim, int m, const float *query);
+extern void hnsw_search_reset(HnswSearch *s);
+extern bool hnsw_load_element(HnswSearch *s, HnswElement *e);
+extern void hnsw_load_vector(Relation index, ItemPointer tid, float *out);
+extern int	hnsw_load_neighbors(Relation index, ItemPointer neighbortid,
+								int m, int level, ItemPointerData *out);
+extern int	hnsw_search_layer(HnswSearch *s, int *entries, int nentries,
+							  int ef, int level, HnswHeapItem *out);
+extern int	hnsw_select_heuristic(HnswMetric metric, int dim, float **vecs,
+								  const float *dists, int n, int max,
+								  bool *keep);
+extern int	hnsw_search_to_level(HnswSearch *s, HnswMetaPageData *meta,
+								 int level, int *ep);
+static inline uint64
+hnsw_tid_key(ItemPointer tid)
+{
+	return ((uint64) ItemPointerGetBlockNumberNoCheck(tid) << 16) |
+		ItemPointerGetOffsetNumberNoCheck(tid);
+}
+
+/* hnswbuild.c */
+extern IndexBuildResult *hnswbuild(Relation heap, Relation index,
+								   IndexInfo *indexInfo);
+extern void hnswbuildempty(Relation index);
+extern void hnsw_build_init(HnswBuildState *bs, Relation heap, Relation index,
+							IndexInfo *indexInfo, ForkNumber forkNum);
+extern void hnsw_build_add(HnswBuildState *bs, const float *vec,
+						   ItemPointer heaptid);
+extern void hnsw_build_write(HnswBuildState *bs);
+
+/*
+ * CAGRA plug-in point.  After the rows have been collected with
+ * hnsw_build_add_unlinked (vectors and heap TIDs, no graph edges), level 0
+ * is taken as given: row i of neighbours (graph->n x degree int32, -1 for
+ * none, at most 2m used) is node i's level-0 list.  Upper levels are built
+ * by ordinary HNSW insertion of the nodes whose random level is >= 1, then
+ * everything goes through the same page writer as an HNSW build.
+ */
+extern void hnsw_build_add_unlinked(HnswBuildState *bs, const float *vec,
+									ItemPointer heaptid);
+extern void hnsw_build_from_level0(HnswBuildState *bs, const int32 *neighbours,
+								   int degree);
+
+/* hnswinsert.c */
+extern bool hnswinsert(Relation index, Datum *values, bool *isnull,
+					   ItemPointer heap_tid, Relation heap,
+					   IndexUniqueCheck checkUnique,
+#if PG_VERSION_NUM >= 140000
+					   bool indexUnchanged,
+#endif
+					   IndexInfo *indexInfo);
+extern void hnsw_insert_vector(Relation index, const float *vec,
+							   ItemPointer heaptid, bool building);
+extern bool hnsw_update_connection(HnswSearch *s, HnswElement *e,
+								   ItemPointer newtid, const float *newvec,
+								   int lc, bool building, bool force,
+								   ItemPointer dropped);
+
+/* hnswscan.c */
+extern IndexScanDesc hnswbeginscan(Relation index, int nkeys, int norderbys);
+extern void hnswrescan(IndexScanDesc scan, ScanKey keys, int nkeys,
+					   ScanKey orderbys, int norderbys);
+extern bool hnswgettuple(IndexScanDesc scan, ScanDirection dir);
+extern void hnswendscan(IndexScanDesc scan);
+
+/*
+ * Scan plug-in points.
+ *
+ * hnsw_scan_adapt_query: called once per scan with the query vector as the
+ * index sees it (normalised for cosine), before the graph search; may
+ * rewrite it in place (the MicroLoRA HnswScan adapter).  Identity for now.
+ *
+ * hnsw_scan_rerank: called with the candidates of each search round,
+ * sorted by graph distance; may reorder them in place (the GNN reranker),
+ * and returns how many to emit.  Identity for now.  The executor still
+ * sees distances through the ORDER BY operator.
+ */
+extern void hnsw_scan_adapt_query(Relation index, float *query, int dim);
+extern int	hnsw_scan_rerank(Relation index, const float *query, int dim,
+							 HnswCandidate *cands, int ncands);
+
+/* hnswvacuum.c */
+extern IndexBulkDeleteResult *hnswbulkdelete(IndexVacuumInfo *info,
+											 IndexBulkDeleteResult *stats,
+											 IndexBulkDeleteCallback callback,
+											 void *callback_state);
+extern IndexBulkDeleteResult *hnswvacuumcleanup(IndexVacuumInfo *info,
+												IndexBulkDeleteResult *stats);
+
+#endif							/* !HNSW_PURE */
+
+#endif							/* GNNVEC_HNSW_H */

@@ -1,0 +1,843 @@
+/*
+ * hnswgraph.c
+ *		The in-memory HNSW graph of a build, and the heaps and key set every
+ *		search uses.  No server headers: unit-tested on its own and reused
+ *		by the CAGRA build.
+ *
+ * Algorithms from Malkov & Yashunin, "Efficient and robust approximate
+ * nearest neighbor search using Hierarchical Navigable Small World graphs"
+ * (IEEE TPAMI 2018): INSERT (Alg. 1), SEARCH-LAYER (Alg. 2) and the
+ * neighbour-selection heuristic SELECT-NEIGHBORS-HEURISTIC (Alg. 4, without
+ * the extendCandidates and keepPrunedConnections options, which the paper
+ * finds unhelpful for ordinary data).  As in the reference implementation,
+ * a new node gets m links per level and existing level-0 lists may hold up
+ * to 2m; a full list is re-selected with the heuristic.
+ */
+#define HNSW_PURE
+#include "hnsw/hnsw.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------------
+ * Heaps
+ * --------------------------------------------------------------------- */
+
+static inline bool
+heap_before(const HnswHeap *h, float a, float b)
+{
+	return h->max ? a > b : a < b;
+}
+
+void
+hnsw_heap_init(HnswHeap *h, bool max, int cap, const HnswAllocator *a)
+{
+	if (cap < 16)
+		cap = 16;
+	h->items = a->alloc(a->ctx, sizeof(HnswHeapItem) * cap);
+	h->n = 0;
+	h->cap = cap;
+	h->max = max;
+	h->a = a;
+}
+
+void
+hnsw_heap_free(HnswHeap *h)
+{
+	if (h->items)
+		h->a->free(h->a->ctx, h->items);
+	h->items = NULL;
+	h->n = h->cap = 0;
+}
+
+void
+hnsw_heap_push(HnswHeap *h, float dist, int32_t id)
+{
+	int			i;
+
+	if (h->n == h->cap)
+	{
+		HnswHeapItem *items = h->a->alloc(h->a->ctx, sizeof(HnswHeapItem) * h->cap * 2);
+
+		memcpy(items, h->items, sizeof(HnswHeapItem) * h->n);
+		h->a->free(h->a->ctx, h->items);
+		h->items = items;
+		h->cap *= 2;
+	}
+	i = h->n++;
+	while (i > 0)
+	{
+		int			parent = (i - 1) / 2;
+
+		if (!heap_before(h, dist, h->items[parent].dist))
+			break;
+		h->items[i] = h->items[parent];
+		i = parent;
+	}
+	h->items[i].dist = dist;
+	h->items[i].id = id;
+}
+
+HnswHeapItem
+hnsw_heap_pop(HnswHeap *h)
+{
+	HnswHeapItem top = h->items[0];
+	HnswHeapItem last = h->items[--h->n];
+	int			i = 0;
+
+	for (;;)
+	{
+		int			child = 2 * i + 1;
+
+		if (child >= h->n)
+			break;
+		if (child + 1 < h->n &&
+			heap_before(h, h->items[child + 1].dist, h->items[child].dist))
+			child++;
+		if (!heap_before(h, h->items[child].dist, last.dist))
+			break;
+		h->items[i] = h->items[child];
+		i = child;
+	}
+	if (h->n > 0)
+		h->items[i] = last;
+	return top;
+}
+
+/* ---------------------------------------------------------------------
+ * Key set: open addressing, linear probing, load factor <= 1/2
+ * --------------------------------------------------------------------- */
+
+static inline uint64_t
+key_hash(uint64_t k)
+{
+	k ^= k >> 33;
+	k *= 0xff51afd7ed558ccdULL;
+	k ^= k >> 33;
+	return k;
+}
+
+void
+hnsw_keyset_init(HnswKeySet *s, uint64_t expected, const HnswAllocator *a)
+{
+	uint64_t	size = 64;
+
+	while (size < expected * 2)
+		size <<= 1;
+	s->keys = a->alloc(a->ctx, sizeof(uint64_t) * size);
+	memset(s->keys, 0, sizeof(uint64_t) * size);
+	s->mask = size - 1;
+	s->n = 0;
+	s->a = a;
+}
+
+void
+hnsw_keyset_free(HnswKeySet *s)
+{
+	if (s->keys)
+		s->a->free(s->a->ctx, s->keys);
+	s->keys = NULL;
+}
+
+static void
+keyset_grow(HnswKeySet *s)
+{
+	uint64_t   *old = s->keys;
+	uint64_t	oldsize = s->mask + 1;
+	uint64_t	i;
+
+	s->keys = s->a->alloc(s->a->ctx, sizeof(uint64_t) * oldsize * 2);
+	memset(s->keys, 0, sizeof(uint64_t) * oldsize * 2);
+	s->mask = oldsize * 2 - 1;
+	for (i = 0; i < oldsize; i++)
+	{
+		if (old[i] != 0)
+		{
+			uint64_t	j = key_hash(old[i]) & s->mask;
+
+			while (s->keys[j] != 0)
+				j = (j + 1) & s->mask;
+			s->keys[j] = old[i];
+		}
+	}
+	s->a->free(s->a->ctx, old);
+}
+
+bool
+hnsw_keyset_test_and_add(HnswKeySet *s, uint64_t key)
+{
+	uint64_t	j;
+
+	if ((s->n + 1) * 2 > s->mask + 1)
+		keyset_grow(s);
+	j = key_hash(key) & s->mask;
+	while (s->keys[j] != 0)
+	{
+		if (s->keys[j] == key)
+			return true;
+		j = (j + 1) & s->mask;
+	}
+	s->keys[j] = key;
+	s->n++;
+	return false;
+}
+
+bool
+hnsw_keyset_contains(const HnswKeySet *s, uint64_t key)
+{
+	uint64_t	j = key_hash(key) & s->mask;
+
+	while (s->keys[j] != 0)
+	{
+		if (s->keys[j] == key)
+			return true;
+		j = (j + 1) & s->mask;
+	}
+	return false;
+}
+
+/* ---------------------------------------------------------------------
+ * Graph
+ * --------------------------------------------------------------------- */
+
+size_t
+hnsw_graph_node_bytes(int dim, int m, int level)
+{
+	/* vector, slots, counts, the node itself and the visited tag */
+	return sizeof(float) * dim +
+		sizeof(int32_t) * (2 * m + level * m) +
+		(size_t) (level + 1) + sizeof(HnswGraphNode) + sizeof(uint32_t) +
+		48;						/* allocator overhead, three chunks */
+}
+
+HnswGraph *
+hnsw_graph_create(int dim, int m, int ef_construction, HnswMetric metric,
+				  int level_cap, uint64_t seed, const HnswAllocator *a)
+{
+	HnswGraph  *g = a->alloc(a->ctx, sizeof(HnswGraph));
+
+	memset(g, 0, sizeof(HnswGraph));
+	g->dim = dim;
+	g->m = m;
+	g->ef_construction = ef_construction;
+	g->metric = metric;
+	g->level_cap = level_cap;
+	g->ml = 1.0 / log((double) m);
+	g->rng = seed ? seed : 0x9E3779B97F4A7C15ULL;
+	g->entry = -1;
+	g->max_level = -1;
+	g->cap = 1024;
+	g->nodes = a->alloc(a->ctx, sizeof(HnswGraphNode) * g->cap);
+	g->visited = a->alloc(a->ctx, sizeof(uint32_t) * g->cap);
+	memset(g->visited, 0, sizeof(uint32_t) * g->cap);
+	g->visit_tag = 0;
+	g->a = a;
+	hnsw_heap_init(&g->cand, false, ef_construction * 4, a);
+	hnsw_heap_init(&g->res, true, ef_construction + 1, a);
+	return g;
+}
+
+void
+hnsw_graph_free(HnswGraph *g)
+{
+	const HnswAllocator *a = g->a;
+	int32_t		i;
+
+	for (i = 0; i < g->n; i++)
+	{
+		a->free(a->ctx, g->nodes[i].vec);
+		a->free(a->ctx, g->nodes[i].nbrs);
+		a->free(a->ctx, g->nodes[i].counts);
+	}
+	a->free(a->ctx, g->nodes);
+	a->free(a->ctx, g->visited);
+	hnsw_heap_free(&g->cand);
+	hnsw_heap_free(&g->res);
+	a->free(a->ctx, g);
+}
+
+static inline uint64_t
+rng_next(HnswGraph *g)
+{
+	uint64_t	x = g->rng;
+
+	x ^= x >> 12;
+	x ^= x << 25;
+	x ^= x >> 27;
+	g->rng = x;
+	return x * 0x2545F4914F6CDD1DULL;
+}
+
+int
+hnsw_graph_random_level(HnswGraph *g)
+{
+	/* uniform in (0, 1] */
+	double		u = ((double) (rng_next(g) >> 11) + 1.0) / 9007199254740992.0;
+	int			level = (int) floor(-log(u) * g->ml);
+
+	return level > g->level_cap ? g->level_cap : level;
+}
+
+static inline float
+node_dist(HnswGraph *g, const float *q, int32_t id)
+{
+	return hnsw_distance(g->metric, q, g->nodes[id].vec, g->dim);
+}
+
+int32_t
+hnsw_graph_append(HnswGraph *g, const float *vec, int level)
+{
+	const HnswAllocator *a = g->a;
+	HnswGraphNode *node;
+	int			slots = 2 * g->m + level * g->m;
+
+	if (g->n == g->cap)
+	{
+		int32_t		newcap = g->cap * 2;
+		HnswGraphNode *nodes = a->alloc(a->ctx, sizeof(HnswGraphNode) * newcap);
+		uint32_t   *visited = a->alloc(a->ctx, sizeof(uint32_t) * newcap);
+
+		memcpy(nodes, g->nodes, sizeof(HnswGraphNode) * g->n);
+		memcpy(visited, g->visited, sizeof(uint32_t) * g->n);
+		memset(visited + g->n, 0, sizeof(uint32_t) * (newcap - g->n));
+		a->free(a->ctx, g->nodes);
+		a->free(a->ctx, g->visited);
+		g->nodes = nodes;
+		g->visited = visited;
+		g->cap = newcap;
+	}
+	node = &g->nodes[g->n];
+	node->vec = a->alloc(a->ctx, sizeof(float) * g->dim);
+	memcpy(node->vec, vec, sizeof(float) * g->dim);
+	node->nbrs = a->alloc(a->ctx, sizeof(int32_t) * slots);
+	node->counts = a->alloc(a->ctx, level + 1);
+	memset(node->counts, 0, level + 1);
+	node->level = (uint8_t) level;
+	g->mem += hnsw_graph_node_bytes(g->dim, g->m, level);
+	return g->n++;
+}
+
+/* Next visit tag; clears the visited array when the tag wraps. */
+static uint32_t
+next_visit_tag(HnswGraph *g)
+{
+	if (++g->visit_tag == 0)
+	{
+		memset(g->visited, 0, sizeof(uint32_t) * g->cap);
+		g->visit_tag = 1;
+	}
+	return g->visit_tag;
+}
+
+/*
+ * Greedy search at one level with ef = 1 (Alg. 1, lines 5-7): moves to the
+ * closest neighbour until none is closer.
+ */
+static int32_t
+greedy_closest(HnswGraph *g, const float *q, int32_t ep, float *epdist,
+			   int level)
+{
+	bool		changed = true;
+
+	while (changed)
+	{
+		HnswGraphNode *node = &g->nodes[ep];
+		int32_t    *nb = node->nbrs + hnsw_level_offset(g->m, level);
+		int			cnt = node->counts[level];
+		int			i;
+
+		changed = false;
+		for (i = 0; i < cnt; i++)
+		{
+			float		d = node_dist(g, q, nb[i]);
+
+			if (d < *epdist)
+			{
+				*epdist = d;
+				ep = nb[i];
+				changed = true;
+			}
+		}
+	}
+	return ep;
+}
+
+/*
+ * SEARCH-LAYER (Alg. 2): the ef nearest nodes of q at one level, starting
+ * from ep.  Results go to out sorted ascending; returns their number.
+ */
+static int
+search_layer(HnswGraph *g, const float *q, int32_t ep, float epdist, int ef,
+			 int level, HnswHeapItem *out)
+{
+	HnswHeap   *cand = &g->cand;
+	HnswHeap   *res = &g->res;
+	uint32_t	tag = next_visit_tag(g);
+	int			n;
+
+	cand->n = 0;
+	res->n = 0;
+	g->visited[ep] = tag;
+	hnsw_heap_push(cand, epdist, ep);
+	hnsw_heap_push(res, epdist, ep);
+
+	while (cand->n > 0)
+	{
+		HnswHeapItem c = hnsw_heap_pop(cand);
+		HnswGraphNode *node;
+		int32_t    *nb;
+		int			cnt,
+					i;
+
+		if (c.dist > hnsw_heap_top(res)->dist && res->n >= ef)
+			break;
+		node = &g->nodes[c.id];
+		nb = node->nbrs + hnsw_level_offset(g->m, level);
+		cnt = node->counts[level];
+		for (i = 0; i < cnt; i++)
+		{
+			int32_t		e = nb[i];
+			float		d;
+
+			if (g->visited[e] == tag)
+				continue;
+			g->visited[e] = tag;
+			d = node_dist(g, q, e);
+			if (res->n < ef || d < hnsw_heap_top(res)->dist)
+			{
+				hnsw_heap_push(cand, d, e);
+				hnsw_heap_push(res, d, e);
+				if (res->n > ef)
+					hnsw_heap_pop(res);
+			}
+		}
+	}
+
+	/* drain the max-heap from the back: ascending order */
+	n = res->n;
+	while (res->n > 0)
+	{
+		HnswHeapItem it = hnsw_heap_pop(res);
+
+		out[res->n] = it;
+	}
+	return n;
+}
+
+int
+hnsw_select_neighbors(HnswGraph *g, const HnswHeapItem *cands, int ncands,
+					  int max, HnswHeapItem *out)
+{
+	int			nout = 0;
+	int			i;
+
+	for (i = 0; i < ncands && nout < max; i++)
+	{
+		const float *cv = g->nodes[cands[i].id].vec;
+		bool		good = true;
+		int			j;
+
+		for (j = 0; j < nout; j++)
+		{
+			if (hnsw_distance(g->metric, cv, g->nodes[out[j].id].vec, g->dim) <
+				cands[i].dist)
+			{
+				good = false;
+				break;
+			}
+		}
+		if (good)
+			out[nout++] = cands[i];
+	}
+	return nout;
+}
+
+static int
+cmp_item(const void *a, const void *b)
+{
+	const HnswHeapItem *x = a;
+	const HnswHeapItem *y = b;
+
+	if (x->dist < y->dist)
+		return -1;
+	if (x->dist > y->dist)
+		return 1;
+	return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/*
+ * Add the edge src -> dst at a level; when src's list is full, re-select
+ * it with the heuristic over the old list plus dst.
+ */
+static void
+add_link(HnswGraph *g, int32_t src, int32_t dst, float dist, int level,
+		 HnswHeapItem *scratch, HnswHeapItem *scratch2)
+{
+	HnswGraphNode *node = &g->nodes[src];
+	int32_t    *nb = node->nbrs + hnsw_level_offset(g->m, level);
+	int			max = hnsw_level_slots(g->m, level);
+	int			cnt = node->counts[level];
+	int			i,
+				n;
+
+	for (i = 0; i < cnt; i++)
+		if (nb[i] == dst)
+			return;
+	if (cnt < max)
+	{
+		nb[cnt] = dst;
+		node->counts[level] = cnt + 1;
+		return;
+	}
+	for (i = 0; i < cnt; i++)
+	{
+		scratch[i].id = nb[i];
+		scratch[i].dist = node_dist(g, node->vec, nb[i]);
+	}
+	scratch[cnt].id = dst;
+	scratch[cnt].dist = dist;
+	qsort(scratch, cnt + 1, sizeof(HnswHeapItem), cmp_item);
+	n = hnsw_select_neighbors(g, scratch, cnt + 1, max, scratch2);
+	for (i = 0; i < n; i++)
+		nb[i] = scratch2[i].id;
+	node->counts[level] = n;
+}
+
+/*
+ * Link node q (already appended) into levels min_level..its level: the
+ * body of INSERT (Alg. 1) once the node exists.  Returns false without
+ * linking when dup_ok accepts an identical nearest vector (*dup set).
+ */
+static bool
+link_node(HnswGraph *g, int32_t q, int min_level,
+		  bool (*dup_ok) (void *arg, int32_t id), void *arg, int32_t *dup)
+{
+	HnswGraphNode *node = &g->nodes[q];
+	const float *v = node->vec;
+	int			level = node->level;
+	int			ef = g->ef_construction;
+	int32_t		ep = g->entry;
+	float		epdist;
+	int			lc;
+	int			top;
+	HnswHeapItem *found;
+	HnswHeapItem *selected[HNSW_PURE_MAX_LEVELS];
+	int			nselected[HNSW_PURE_MAX_LEVELS];
+	HnswHeapItem *scratch;
+	HnswHeapItem *scratch2;
+	const HnswAllocator *a = g->a;
+	int			maxslots = 2 * g->m + 1;
+
+	if (ep < 0)
+		return true;
+	epdist = node_dist(g, v, ep);
+	for (lc = g->max_level; lc > level; lc--)
+		ep = greedy_closest(g, v, ep, &epdist, lc);
+
+	top = level < g->max_level ? level : g->max_level;
+	found = a->alloc(a->ctx, sizeof(HnswHeapItem) * (ef + 1));
+	for (lc = top; lc >= min_level; lc--)
+	{
+		int			nfound = search_layer(g, v, ep, epdist, ef, lc, found);
+
+		if (lc == 0 && dup_ok && nfound > 0 && found[0].dist <= 0.0f &&
+			memcmp(g->nodes[found[0].id].vec, v, sizeof(float) * g->dim) == 0 &&
+			dup_ok(arg, found[0].id))
+		{
+			int			l;
+
+			*dup = found[0].id;
+			for (l = top; l > 0; l--)
+				a->free(a->ctx, selected[l]);
+			a->free(a->ctx, found);
+			return false;
+		}
+		selected[lc] = a->alloc(a->ctx, sizeof(HnswHeapItem) * g->m);
+		nselected[lc] = hnsw_select_neighbors(g, found, nfound, g->m,
+											  selected[lc]);
+		ep = found[0].id;
+		epdist = found[0].dist;
+	}
+	a->free(a->ctx, found);
+
+	/* connect (Alg. 1, lines 10-16) */
+	scratch = a->alloc(a->ctx, sizeof(HnswHeapItem) * maxslots);
+	scratch2 = a->alloc(a->ctx, sizeof(HnswHeapItem) * maxslots);
+	for (lc = top; lc >= min_level; lc--)
+	{
+		int32_t    *nb = node->nbrs + hnsw_level_offset(g->m, lc);
+		int			i;
+
+		for (i = 0; i < nselected[lc]; i++)
+		{
+			nb[i] = selected[lc][i].id;
+			add_link(g, selected[lc][i].id, q, selected[lc][i].dist, lc,
+					 scratch, scratch2);
+		}
+		node->counts[lc] = nselected[lc];
+		a->free(a->ctx, selected[lc]);
+	}
+	a->free(a->ctx, scratch);
+	a->free(a->ctx, scratch2);
+	return true;
+}
+
+int32_t
+hnsw_graph_insert(HnswGraph *g, const float *vec, int level,
+				  bool (*dup_ok) (void *arg, int32_t id), void *arg,
+				  bool *is_dup)
+{
+	int32_t		q;
+	int32_t		dup = -1;
+
+	*is_dup = false;
+	q = hnsw_graph_append(g, vec, level);
+	if (!link_node(g, q, 0, dup_ok, arg, &dup))
+	{
+		/* take the node back off the end */
+		HnswGraphNode *node = &g->nodes[q];
+
+		g->mem -= hnsw_graph_node_bytes(g->dim, g->m, node->level);
+		g->a->free(g->a->ctx, node->vec);
+		g->a->free(g->a->ctx, node->nbrs);
+		g->a->free(g->a->ctx, node->counts);
+		g->n--;
+		*is_dup = true;
+		return dup;
+	}
+	if (level > g->max_level)
+	{
+		g->max_level = level;
+		g->entry = q;
+	}
+	return q;
+}
+
+int64_t
+hnsw_graph_set_level0(HnswGraph *g, const int32_t *neighbours, int degree)
+{
+	int64_t		dropped = 0;
+	int32_t		i;
+
+	for (i = 0; i < g->n; i++)
+	{
+		HnswGraphNode *node = &g->nodes[i];
+		int			cnt = 0;
+		int			j;
+
+		for (j = 0; j < degree; j++)
+		{
+			int32_t		nb = neighbours[(int64_t) i * degree + j];
+			int			k;
+			bool		seen = false;
+
+			if (nb < 0)
+				continue;
+			if (nb >= g->n || nb == i || cnt >= 2 * g->m)
+			{
+				dropped++;
+				continue;
+			}
+			for (k = 0; k < cnt; k++)
+				if (node->nbrs[k] == nb)
+					seen = true;
+			if (!seen)
+				node->nbrs[cnt++] = nb;
+		}
+		node->counts[0] = (uint8_t) cnt;
+	}
+
+	/* upper levels: HNSW insertion of the nodes with level >= 1 */
+	g->entry = -1;
+	g->max_level = -1;
+	for (i = 0; i < g->n; i++)
+	{
+		int			level = g->nodes[i].level;
+		int32_t		dup;
+
+		if (g->entry < 0)
+		{
+			g->entry = i;
+			g->max_level = level;
+			continue;
+		}
+		if (level == 0)
+			continue;
+		link_node(g, i, 1, NULL, NULL, &dup);
+		if (level > g->max_level)
+		{
+			g->max_level = level;
+			g->entry = i;
+		}
+	}
+	return dropped;
+}
+
+int
+hnsw_graph_search(HnswGraph *g, const float *q, int k, int ef, int32_t *ids,
+				  float *dists)
+{
+	int32_t		ep = g->entry;
+	float		epdist;
+	int			lc;
+	int			n,
+				i;
+	HnswHeapItem *found;
+
+	if (ep < 0)
+		return 0;
+	if (ef < k)
+		ef = k;
+	epdist = node_dist(g, q, ep);
+	for (lc = g->max_level; lc > 0; lc--)
+		ep = greedy_closest(g, q, ep, &epdist, lc);
+	found = g->a->alloc(g->a->ctx, sizeof(HnswHeapItem) * (ef + 1));
+	n = search_layer(g, q, ep, epdist, ef, 0, found);
+	if (n > k)
+		n = k;
+	for (i = 0; i < n; i++)
+	{
+		ids[i] = found[i].id;
+		dists[i] = found[i].dist;
+	}
+	g->a->free(g->a->ctx, found);
+	return n;
+}
+
+/* Mark everything reachable from start (all levels); returns how many new. */
+static int64_t
+mark_reachable(HnswGraph *g, int32_t start, uint8_t *reached, int32_t *queue)
+{
+	int64_t		head = 0,
+				tail = 0;
+
+	if (reached[start])
+		return 0;
+	reached[start] = 1;
+	queue[tail++] = start;
+	while (head < tail)
+	{
+		HnswGraphNode *node = &g->nodes[queue[head++]];
+		int			l;
+
+		for (l = 0; l <= node->level; l++)
+		{
+			int32_t    *nb = node->nbrs + hnsw_level_offset(g->m, l);
+			int			i;
+
+			for (i = 0; i < node->counts[l]; i++)
+			{
+				if (!reached[nb[i]])
+				{
+					reached[nb[i]] = 1;
+					queue[tail++] = nb[i];
+				}
+			}
+		}
+	}
+	return tail;
+}
+
+int64_t
+hnsw_graph_connect(HnswGraph *g, int64_t *unreached)
+{
+	const HnswAllocator *a = g->a;
+	uint8_t    *reached;
+	int32_t    *queue;
+	int32_t    *indeg;
+	int32_t    *ids;
+	float	   *dists;
+	int			k = g->ef_construction;
+	int64_t		added = 0;
+	int64_t		nreached = 0;
+	int			pass;
+	int32_t		i;
+
+	*unreached = 0;
+	if (g->n == 0 || g->entry < 0)
+		return 0;
+	reached = a->alloc(a->ctx, g->n);
+	queue = a->alloc(a->ctx, sizeof(int32_t) * g->n);
+	indeg = a->alloc(a->ctx, sizeof(int32_t) * g->n);
+	ids = a->alloc(a->ctx, sizeof(int32_t) * k);
+	dists = a->alloc(a->ctx, sizeof(float) * k);
+	memset(indeg, 0, sizeof(int32_t) * g->n);
+	for (i = 0; i < g->n; i++)
+	{
+		int			j;
+
+		for (j = 0; j < g->nodes[i].counts[0]; j++)
+			indeg[g->nodes[i].nbrs[j]]++;
+	}
+
+	for (pass = 0; pass < 4; pass++)
+	{
+		bool		changed = false;
+
+		memset(reached, 0, g->n);
+		nreached = mark_reachable(g, g->entry, reached, queue);
+		if (nreached == g->n)
+			break;
+		for (i = 0; i < g->n; i++)
+		{
+			int			nf,
+						j;
+			int32_t		v = -1;
+			int			slot = -1;
+
+			if (reached[i])
+				continue;
+			nf = hnsw_graph_search(g, g->nodes[i].vec, k, k, ids, dists);
+			/* the nearest reachable node with a free slot */
+			for (j = 0; j < nf && v < 0; j++)
+				if (ids[j] != i && reached[ids[j]] &&
+					g->nodes[ids[j]].counts[0] < 2 * g->m)
+					v = ids[j];
+			/* else the nearest one with a member reachable another way */
+			for (j = 0; j < nf && v < 0; j++)
+			{
+				HnswGraphNode *cand = &g->nodes[ids[j]];
+				int			s,
+							best = -1;
+
+				if (ids[j] == i || !reached[ids[j]])
+					continue;
+				for (s = 0; s < cand->counts[0]; s++)
+					if (indeg[cand->nbrs[s]] >= 2 &&
+						(best < 0 || indeg[cand->nbrs[s]] > indeg[cand->nbrs[best]]))
+						best = s;
+				if (best >= 0)
+				{
+					v = ids[j];
+					slot = best;
+				}
+			}
+			if (v < 0)
+				continue;
+			if (slot < 0)
+				g->nodes[v].nbrs[g->nodes[v].counts[0]++] = i;
+			else
+			{
+				indeg[g->nodes[v].nbrs[slot]]--;
+				g->nodes[v].nbrs[slot] = i;
+			}
+			indeg[i]++;
+			added++;
+			changed = true;
+			nreached += mark_reachable(g, i, reached, queue);
+		}
+		if (!changed)
+			break;
+	}
+	memset(reached, 0, g->n);
+	nreached = mark_reachable(g, g->entry, reached, queue);
+	*unreached = g->n - nreached;
+
+	a->free(a->ctx, reached);
+	a->free(a->ctx, queue);
+	a->free(a->ctx, indeg);
+	a->free(a->ctx, ids);
+	a->free(a->ctx, dists);
+	return added;
+}

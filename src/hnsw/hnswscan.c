@@ -1,0 +1,235 @@
+/*
+ * hnswscan.c
+ *		gnnhnsw: index scans for ORDER BY column <op> query LIMIT k.
+ *
+ * The first call of amgettuple searches the graph (Malkov & Yashunin 2018,
+ * Alg. 5: greedy descent through the upper levels, then SEARCH-LAYER at
+ * level 0 with ef = gnnvec.ef_search) and returns the heap rows of the
+ * candidates in order of distance.  With gnnvec.iterative_scan on, when the
+ * executor wants more rows (a WHERE clause filtered them away) the search
+ * is run again with twice the ef, and the elements not returned yet are
+ * returned next; strict_order drops those closer than the last row
+ * returned, relaxed_order does not.  It stops when a round has visited
+ * gnnvec.max_scan_tuples elements or finds nothing new.
+ *
+ * The query passes through hnsw_scan_adapt_query before the search and
+ * each round's candidates through hnsw_scan_rerank after it (hnsw.h).
+ */
+#include "postgres.h"
+
+#include "access/relscan.h"
+#include "hnsw/hnsw.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "utils/memutils.h"
+
+typedef struct HnswScanOpaqueData
+{
+	MemoryContext ctx;			/* reset at every rescan */
+	bool		first;
+	HnswMetaPageData meta;
+	HnswMetric	metric;
+	float	   *query;
+	HnswSearch	search;
+
+	HnswCandidate *cands;		/* current round */
+	int			ncands;
+	int			pos;
+	int			heappos;
+
+	int			ef;				/* ef of the current round */
+	int64		lastRead;		/* elements read by the previous round */
+	float		lastDist;		/* distance of the last row returned */
+	bool		haveLast;
+	HnswKeySet	returned;		/* elements returned (iterative scans) */
+	bool		done;
+} HnswScanOpaqueData;
+
+typedef HnswScanOpaqueData *HnswScanOpaque;
+
+IndexScanDesc
+hnswbeginscan(Relation index, int nkeys, int norderbys)
+{
+	IndexScanDesc scan = RelationGetIndexScan(index, nkeys, norderbys);
+	HnswScanOpaque so = palloc0(sizeof(HnswScanOpaqueData));
+
+	so->ctx = AllocSetContextCreate(CurrentMemoryContext, "gnnhnsw scan",
+									ALLOCSET_DEFAULT_SIZES);
+	so->first = true;
+	scan->opaque = so;
+	return scan;
+}
+
+void
+hnswrescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys,
+		   int norderbys)
+{
+	HnswScanOpaque so = (HnswScanOpaque) scan->opaque;
+
+	if (keys && scan->numberOfKeys > 0)
+		memmove(scan->keyData, keys, scan->numberOfKeys * sizeof(ScanKeyData));
+	if (orderbys && scan->numberOfOrderBys > 0)
+		memmove(scan->orderByData, orderbys,
+				scan->numberOfOrderBys * sizeof(ScanKeyData));
+	MemoryContextReset(so->ctx);
+	so->first = true;
+	so->cands = NULL;
+	so->ncands = 0;
+	so->pos = 0;
+	so->heappos = 0;
+	so->done = false;
+}
+
+/*
+ * One search round with ef = so->ef: fills so->cands with the live elements
+ * found that were not returned by an earlier round.
+ */
+static void
+search_round(IndexScanDesc scan)
+{
+	HnswScanOpaque so = (HnswScanOpaque) scan->opaque;
+	HnswSearch *s = &so->search;
+	HnswHeapItem *found;
+	int			ep;
+	int			nf = 0;
+	int			i;
+	bool		iterative = hnsw_iterative_scan != HNSW_ITERATIVE_SCAN_OFF;
+
+	hnsw_search_reset(s);
+	found = palloc(sizeof(HnswHeapItem) * (so->ef + 1));
+	if (hnsw_search_to_level(s, &so->meta, 0, &ep) >= 0)
+		nf = hnsw_search_layer(s, &ep, 1, so->ef, 0, found);
+
+	so->cands = palloc(sizeof(HnswCandidate) * Max(nf, 1));
+	so->ncands = 0;
+	for (i = 0; i < nf; i++)
+	{
+		HnswElement *e = &s->elems[found[i].id];
+		HnswCandidate *c;
+
+		if (e->deleted || e->nheaptids == 0)
+			continue;
+		if (iterative)
+		{
+			if (hnsw_keyset_test_and_add(&so->returned, hnsw_tid_key(&e->tid)))
+				continue;
+			if (hnsw_iterative_scan == HNSW_ITERATIVE_SCAN_STRICT &&
+				so->haveLast && found[i].dist < so->lastDist)
+				continue;
+		}
+		c = &so->cands[so->ncands++];
+		c->tid = e->tid;
+		c->distance = found[i].dist;
+		c->nheaptids = e->nheaptids;
+		memcpy(c->heaptids, e->heaptids, sizeof(ItemPointerData) * e->nheaptids);
+	}
+	pfree(found);
+	so->ncands = hnsw_scan_rerank(scan->indexRelation, so->query,
+								  so->meta.dims, so->cands, so->ncands);
+	so->pos = 0;
+	so->heappos = 0;
+
+	/* nothing more to find: the whole reachable graph was seen */
+	if (!iterative || s->ntuples_read <= so->lastRead ||
+		s->ntuples_read >= hnsw_max_scan_tuples)
+		so->done = true;
+	so->lastRead = s->ntuples_read;
+}
+
+static void
+start_scan(IndexScanDesc scan)
+{
+	HnswScanOpaque so = (HnswScanOpaque) scan->opaque;
+	Relation	index = scan->indexRelation;
+	ScanKey		key;
+
+	if (scan->numberOfOrderBys == 0 || scan->orderByData == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot scan gnnhnsw index without order"),
+				 errhint("Use ORDER BY column <-> value (or <#>, <=>, <+>) with LIMIT.")));
+
+	hnsw_read_meta(index, &so->meta);
+	so->metric = (HnswMetric) so->meta.metric;
+	so->query = palloc0(sizeof(float) * so->meta.dims);
+	key = &scan->orderByData[0];
+	/* a NULL query orders nothing: every row is as near as any other */
+	if (!(key->sk_flags & SK_ISNULL))
+	{
+		Vector	   *v = DatumGetVector(key->sk_argument);
+
+		if (v->dim != (int) so->meta.dims)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_EXCEPTION),
+					 errmsg("different vector dimensions %u and %d",
+							so->meta.dims, v->dim),
+					 errhint("The query vector must have the dimensions of the indexed column.")));
+		memcpy(so->query, v->x, sizeof(float) * so->meta.dims);
+		if (so->metric == HNSW_METRIC_COSINE)
+			hnsw_normalize(so->query, so->meta.dims);
+	}
+	hnsw_scan_adapt_query(index, so->query, so->meta.dims);
+
+	hnsw_search_init(&so->search, index, so->metric, so->meta.dims,
+					 so->meta.m, so->query);
+	hnsw_keyset_init(&so->returned, 64, hnsw_palloc_allocator());
+	so->ef = hnsw_ef_search;
+	so->lastRead = 0;
+	so->lastDist = 0;
+	so->haveLast = false;
+	so->done = false;
+	search_round(scan);
+}
+
+bool
+hnswgettuple(IndexScanDesc scan, ScanDirection dir)
+{
+	HnswScanOpaque so = (HnswScanOpaque) scan->opaque;
+	MemoryContext old = MemoryContextSwitchTo(so->ctx);
+
+	if (so->first)
+	{
+		pgstat_count_index_scan(scan->indexRelation);
+		start_scan(scan);
+		so->first = false;
+	}
+
+	for (;;)
+	{
+		if (so->pos < so->ncands)
+		{
+			HnswCandidate *c = &so->cands[so->pos];
+
+			if (so->heappos < c->nheaptids)
+			{
+				scan->xs_heaptid = c->heaptids[so->heappos++];
+				scan->xs_recheck = false;
+				scan->xs_recheckorderby = false;
+				so->lastDist = c->distance;
+				so->haveLast = true;
+				MemoryContextSwitchTo(old);
+				return true;
+			}
+			so->pos++;
+			so->heappos = 0;
+			continue;
+		}
+		if (so->done)
+			break;
+		CHECK_FOR_INTERRUPTS();
+		so->ef *= 2;
+		search_round(scan);
+	}
+	MemoryContextSwitchTo(old);
+	return false;
+}
+
+void
+hnswendscan(IndexScanDesc scan)
+{
+	HnswScanOpaque so = (HnswScanOpaque) scan->opaque;
+
+	MemoryContextDelete(so->ctx);
+	pfree(so);
+	scan->opaque = NULL;
+}

@@ -1,0 +1,600 @@
+/*
+ * hnswutils.c
+ *		gnnhnsw: pages, tuples, WAL helpers, and the search over the pages
+ *		(SEARCH-LAYER of Malkov & Yashunin 2018, Alg. 2) that scans and
+ *		inserts share.
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "access/generic_xlog.h"
+#include "hnsw/hnsw.h"
+#include "miscadmin.h"
+#include "storage/bufmgr.h"
+#include "storage/lmgr.h"
+#include "utils/memutils.h"
+
+/* ---------------------------------------------------------------------
+ * Memory for the pure code
+ * --------------------------------------------------------------------- */
+
+static void *
+palloc_alloc(void *ctx, size_t size)
+{
+	return MemoryContextAllocHuge(ctx ? (MemoryContext) ctx : CurrentMemoryContext,
+								  size);
+}
+
+static void
+palloc_free(void *ctx, void *ptr)
+{
+	pfree(ptr);
+}
+
+static const HnswAllocator palloc_allocator = {palloc_alloc, palloc_free, NULL};
+
+/* Allocates in CurrentMemoryContext at the time of each call. */
+const HnswAllocator *
+hnsw_palloc_allocator(void)
+{
+	return &palloc_allocator;
+}
+
+/* ---------------------------------------------------------------------
+ * Pages
+ * --------------------------------------------------------------------- */
+
+void
+hnsw_init_page(Page page)
+{
+	HnswPageOpaque opaque;
+
+	PageInit(page, BLCKSZ, sizeof(HnswPageOpaqueData));
+	opaque = HnswPageGetOpaque(page);
+	opaque->nextblkno = InvalidBlockNumber;
+	opaque->flags = 0;
+	opaque->page_id = HNSW_PAGE_ID;
+}
+
+/*
+ * A new page at the end of the relation, exclusively locked (not yet
+ * initialised: the caller does that inside its WAL record).
+ */
+Buffer
+hnsw_new_buffer(Relation index, ForkNumber forkNum)
+{
+	Buffer		buf;
+
+#if PG_VERSION_NUM >= 160000
+	buf = ExtendBufferedRel(BMR_REL(index), forkNum, NULL, EB_LOCK_FIRST);
+#else
+	LockRelationForExtension(index, ExclusiveLock);
+	buf = ReadBufferExtended(index, forkNum, P_NEW, RBM_NORMAL, NULL);
+	LockBuffer(buf, BUFFER_LOCK_EXCLUSIVE);
+	UnlockRelationForExtension(index, ExclusiveLock);
+#endif
+	return buf;
+}
+
+Page
+hnsw_edit_start(HnswEdit *ed, Relation index, Buffer buf, bool building,
+				bool fullImage)
+{
+	ed->buf = buf;
+	if (building)
+	{
+		ed->state = NULL;
+		ed->page = BufferGetPage(buf);
+	}
+	else
+	{
+		ed->state = GenericXLogStart(index);
+		ed->page = GenericXLogRegisterBuffer(ed->state, buf,
+											 fullImage ? GENERIC_XLOG_FULL_IMAGE : 0);
+	}
+	return ed->page;
+}
+
+void
+hnsw_edit_finish(HnswEdit *ed)
+{
+	if (ed->state)
+		GenericXLogFinish(ed->state);
+	else
+		MarkBufferDirty(ed->buf);
+}
+
+void
+hnsw_fill_meta(Page page, int dims, int m, int efConstruction,
+			   HnswMetric metric)
+{
+	HnswMetaPage meta;
+
+	hnsw_init_page(page);
+	meta = HnswPageGetMeta(page);
+	meta->magic = HNSW_MAGIC;
+	meta->version = HNSW_FORMAT_VERSION;
+	meta->dims = dims;
+	meta->m = m;
+	meta->efConstruction = efConstruction;
+	meta->metric = metric;
+	meta->entryLevel = -1;
+	meta->entryBlkno = InvalidBlockNumber;
+	meta->entryOffno = InvalidOffsetNumber;
+	meta->insertPage = InvalidBlockNumber;
+	((PageHeader) page)->pd_lower =
+		((char *) meta + sizeof(HnswMetaPageData)) - (char *) page;
+}
+
+void
+hnsw_read_meta(Relation index, HnswMetaPageData *meta)
+{
+	Buffer		buf = ReadBuffer(index, HNSW_METAPAGE_BLKNO);
+	Page		page;
+	HnswMetaPage m;
+
+	LockBuffer(buf, BUFFER_LOCK_SHARE);
+	page = BufferGetPage(buf);
+	m = HnswPageGetMeta(page);
+	if (PageIsNew(page) || m->magic != HNSW_MAGIC)
+		ereport(ERROR,
+				(errcode(ERRCODE_INDEX_CORRUPTED),
+				 errmsg("index \"%s\" is not a gnnhnsw index or its metapage is damaged",
+						RelationGetRelationName(index)),
+				 errhint("REINDEX the index.")));
+	if (m->version != HNSW_FORMAT_VERSION)
+		ereport(ERROR,
+				(errcode(ERRCODE_INDEX_CORRUPTED),
+				 errmsg("gnnhnsw index \"%s\" has format version %u, this build reads %d",
+						RelationGetRelationName(index), m->version,
+						HNSW_FORMAT_VERSION),
+				 errhint("REINDEX the index.")));
+	memcpy(meta, m, sizeof(HnswMetaPageData));
+	UnlockReleaseBuffer(buf);
+}
+
+/*
+ * Move the metapage's insert hint: to blkno, or (onlyLower) only when blkno
+ * is before the current hint.
+ */
+void
+hnsw_set_insert_page(Relation index, BlockNumber blkno, bool onlyLower,
+					 bool building)
+{
+	Buffer		buf = ReadBuffer(index, HNSW_METAPAGE_BLKNO);
+	HnswMetaPage meta;
+	HnswEdit	ed;
+
+	LockBuffer(buf, BUFFER_LOCK_EXCLUSIVE);
+	meta = HnswPageGetMeta(BufferGetPage(buf));
+	if (meta->insertPage == blkno ||
+		(onlyLower && meta->insertPage != InvalidBlockNumber &&
+		 meta->insertPage <= blkno))
+	{
+		UnlockReleaseBuffer(buf);
+		return;
+	}
+	meta = HnswPageGetMeta(hnsw_edit_start(&ed, index, buf, building, false));
+	meta->insertPage = blkno;
+	hnsw_edit_finish(&ed);
+	UnlockReleaseBuffer(buf);
+}
+
+HnswElementTuple
+hnsw_get_element(Page page, OffsetNumber off)
+{
+	ItemId		iid;
+	HnswElementTuple etup;
+
+	if (off < FirstOffsetNumber || off > PageGetMaxOffsetNumber(page))
+		return NULL;
+	iid = PageGetItemId(page, off);
+	if (!ItemIdIsUsed(iid) || ItemIdGetLength(iid) < offsetof(HnswElementTupleData, x))
+		return NULL;
+	etup = (HnswElementTuple) PageGetItem(page, iid);
+	return etup->type == HNSW_ELEMENT_TUPLE ? etup : NULL;
+}
+
+HnswNeighborTuple
+hnsw_get_neighbors(Page page, OffsetNumber off)
+{
+	ItemId		iid;
+	HnswNeighborTuple ntup;
+
+	if (off < FirstOffsetNumber || off > PageGetMaxOffsetNumber(page))
+		return NULL;
+	iid = PageGetItemId(page, off);
+	if (!ItemIdIsUsed(iid) || ItemIdGetLength(iid) < offsetof(HnswNeighborTupleData, tids))
+		return NULL;
+	ntup = (HnswNeighborTuple) PageGetItem(page, iid);
+	if (ntup->type != HNSW_NEIGHBOR_TUPLE ||
+		ItemIdGetLength(iid) < offsetof(HnswNeighborTupleData, tids) +
+		sizeof(ItemPointerData) * ntup->count)
+		return NULL;
+	return ntup;
+}
+
+/* ---------------------------------------------------------------------
+ * Vectors
+ * --------------------------------------------------------------------- */
+
+void
+hnsw_normalize(float *x, int dim)
+{
+	double		norm = 0;
+	int			i;
+
+	for (i = 0; i < dim; i++)
+		norm += (double) x[i] * x[i];
+	norm = sqrt(norm);
+	if (norm > 0)
+		for (i = 0; i < dim; i++)
+			x[i] = (float) (x[i] / norm);
+}
+
+/*
+ * The vector an index stores for a column value: checked, copied to out
+ * and normalised for cosine.  Returns false when the row is not indexed
+ * (a zero vector under cosine has no direction).
+ */
+bool
+hnsw_form_vector(Datum value, HnswMetric metric, int dims, float *out)
+{
+	Vector	   *v = DatumGetVector(value);
+	int			i;
+
+	if (v->dim != dims)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("expected %d dimensions, not %d", dims, v->dim),
+				 errhint("The gnnhnsw index was built for vector(%d).", dims)));
+	memcpy(out, v->x, sizeof(float) * dims);
+	if (metric == HNSW_METRIC_COSINE)
+	{
+		double		norm = 0;
+
+		for (i = 0; i < dims; i++)
+			norm += (double) out[i] * out[i];
+		if (norm == 0)
+			return false;
+		hnsw_normalize(out, dims);
+	}
+	return true;
+}
+
+/* ---------------------------------------------------------------------
+ * Loading elements
+ * --------------------------------------------------------------------- */
+
+void
+hnsw_search_init(HnswSearch *s, Relation index, HnswMetric metric, int dim,
+				 int m, const float *query)
+{
+	memset(s, 0, sizeof(HnswSearch));
+	s->index = index;
+	s->metric = metric;
+	s->dim = dim;
+	s->m = m;
+	s->query = query;
+	s->capelems = 256;
+	s->elems = palloc(sizeof(HnswElement) * s->capelems);
+	hnsw_keyset_init(&s->visited, 256, hnsw_palloc_allocator());
+}
+
+/* Forget every element met; keeps the query and the memory. */
+void
+hnsw_search_reset(HnswSearch *s)
+{
+	int			i;
+
+	for (i = 0; i < s->nelems; i++)
+		if (s->elems[i].vec)
+			pfree(s->elems[i].vec);
+	s->nelems = 0;
+	s->ntuples_read = 0;
+	hnsw_keyset_free(&s->visited);
+	hnsw_keyset_init(&s->visited, 256, hnsw_palloc_allocator());
+}
+
+/*
+ * Read the element at e->tid: header fields, the distance to the query
+ * (summed tuple by tuple for a vector split over several), and the vector
+ * itself when s->load_vectors.  False if no element is there.
+ */
+bool
+hnsw_load_element(HnswSearch *s, HnswElement *e)
+{
+	Buffer		buf;
+	Page		page;
+	HnswElementTuple etup;
+	ItemPointerData next;
+	float		dist = 0;
+	int			done;
+
+	buf = ReadBuffer(s->index, ItemPointerGetBlockNumber(&e->tid));
+	LockBuffer(buf, BUFFER_LOCK_SHARE);
+	page = BufferGetPage(buf);
+	etup = hnsw_get_element(page, ItemPointerGetOffsetNumber(&e->tid));
+	if (etup == NULL || etup->dim != s->dim || etup->ninline > s->dim)
+	{
+		UnlockReleaseBuffer(buf);
+		return false;
+	}
+	e->level = etup->level;
+	e->deleted = etup->deleted != 0;
+	e->nheaptids = Min(etup->nheaptids, HNSW_HEAPTIDS);
+	memcpy(e->heaptids, etup->heaptids, sizeof(ItemPointerData) * e->nheaptids);
+	e->neighbortid = etup->neighbortid;
+	e->vec = s->load_vectors ? palloc(sizeof(float) * s->dim) : NULL;
+	if (s->query)
+		dist = hnsw_distance(s->metric, s->query, etup->x, etup->ninline);
+	if (e->vec)
+		memcpy(e->vec, etup->x, sizeof(float) * etup->ninline);
+	done = etup->ninline;
+	next = etup->datatid;
+	UnlockReleaseBuffer(buf);
+
+	while (done < s->dim && ItemPointerIsValid(&next))
+	{
+		HnswDataTuple dtup;
+		ItemId		iid;
+		OffsetNumber off = ItemPointerGetOffsetNumber(&next);
+		int			count;
+
+		buf = ReadBuffer(s->index, ItemPointerGetBlockNumber(&next));
+		LockBuffer(buf, BUFFER_LOCK_SHARE);
+		page = BufferGetPage(buf);
+		if (off > PageGetMaxOffsetNumber(page))
+		{
+			UnlockReleaseBuffer(buf);
+			break;
+		}
+		iid = PageGetItemId(page, off);
+		dtup = (HnswDataTuple) PageGetItem(page, iid);
+		if (!ItemIdIsUsed(iid) || dtup->type != HNSW_DATA_TUPLE)
+		{
+			UnlockReleaseBuffer(buf);
+			break;
+		}
+		count = Min(dtup->count, s->dim - done);
+		if (s->query)
+			dist += hnsw_distance(s->metric, s->query + done, dtup->x, count);
+		if (e->vec)
+			memcpy(e->vec + done, dtup->x, sizeof(float) * count);
+		done += count;
+		next = dtup->next;
+		UnlockReleaseBuffer(buf);
+	}
+	if (done != s->dim)
+	{
+		if (e->vec)
+			pfree(e->vec);
+		e->vec = NULL;
+		return false;
+	}
+	e->dist = dist;
+	s->ntuples_read++;
+	return true;
+}
+
+/* The whole vector of the element at tid (out: dim floats). */
+void
+hnsw_load_vector(Relation index, ItemPointer tid, float *out)
+{
+	HnswSearch	s;
+	HnswElement e;
+	HnswMetaPageData meta;
+
+	hnsw_read_meta(index, &meta);
+	memset(&s, 0, sizeof(s));
+	s.index = index;
+	s.dim = meta.dims;
+	s.metric = meta.metric;
+	s.load_vectors = true;
+	e.tid = *tid;
+	if (!hnsw_load_element(&s, &e))
+		ereport(ERROR,
+				(errcode(ERRCODE_INDEX_CORRUPTED),
+				 errmsg("no gnnhnsw element at (%u,%u) in index \"%s\"",
+						ItemPointerGetBlockNumber(tid),
+						ItemPointerGetOffsetNumber(tid),
+						RelationGetRelationName(index))));
+	memcpy(out, e.vec, sizeof(float) * meta.dims);
+	pfree(e.vec);
+}
+
+/*
+ * Visit tid in a search: -1 if already visited or not an element, else
+ * the index of the loaded element in s->elems.
+ */
+int
+hnsw_search_add(HnswSearch *s, ItemPointer tid)
+{
+	HnswElement *e;
+
+	if (hnsw_keyset_test_and_add(&s->visited, hnsw_tid_key(tid)))
+		return -1;
+	if (s->nelems == s->capelems)
+	{
+		s->capelems *= 2;
+		s->elems = repalloc_huge(s->elems, sizeof(HnswElement) * s->capelems);
+	}
+	e = &s->elems[s->nelems];
+	e->tid = *tid;
+	if (!hnsw_load_element(s, e))
+		return -1;
+	return s->nelems++;
+}
+
+/*
+ * Neighbour TIDs of an element at one level (out: room for 2m).  Zero when
+ * the tuple is gone or has no such level.
+ */
+int
+hnsw_load_neighbors(Relation index, ItemPointer neighbortid, int m, int level,
+					ItemPointerData *out)
+{
+	Buffer		buf;
+	Page		page;
+	HnswNeighborTuple ntup;
+	int			n = 0;
+
+	if (!ItemPointerIsValid(neighbortid))
+		return 0;
+	buf = ReadBuffer(index, ItemPointerGetBlockNumber(neighbortid));
+	LockBuffer(buf, BUFFER_LOCK_SHARE);
+	page = BufferGetPage(buf);
+	ntup = hnsw_get_neighbors(page, ItemPointerGetOffsetNumber(neighbortid));
+	if (ntup && level <= ntup->level)
+	{
+		int			start = hnsw_level_offset(m, level);
+		int			slots = hnsw_level_slots(m, level);
+		int			i;
+
+		if (start + slots <= ntup->count)
+			for (i = 0; i < slots; i++)
+				if (ItemPointerIsValid(&ntup->tids[i + start]))
+					out[n++] = ntup->tids[i + start];
+	}
+	UnlockReleaseBuffer(buf);
+	return n;
+}
+
+/*
+ * SEARCH-LAYER over the pages (Alg. 2): the ef nearest elements of the
+ * query at one level, from the entry elements given (indexes into
+ * s->elems).  out (room for ef) gets them ascending; returns how many.
+ */
+int
+hnsw_search_layer(HnswSearch *s, int *entries, int nentries, int ef,
+				  int level, HnswHeapItem *out)
+{
+	HnswHeap	cand;
+	HnswHeap	res;
+	ItemPointerData *nbrs = palloc(sizeof(ItemPointerData) * 2 * s->m);
+	int			i,
+				n;
+
+	/* a fresh visited set per level: upper levels must not hide elements */
+	hnsw_keyset_free(&s->visited);
+	hnsw_keyset_init(&s->visited, level == 0 ? ef * s->m : 64,
+					 hnsw_palloc_allocator());
+	hnsw_heap_init(&cand, false, ef * 2, hnsw_palloc_allocator());
+	hnsw_heap_init(&res, true, ef + 1, hnsw_palloc_allocator());
+	for (i = 0; i < nentries; i++)
+	{
+		float		d = s->elems[entries[i]].dist;
+
+		hnsw_keyset_test_and_add(&s->visited, hnsw_tid_key(&s->elems[entries[i]].tid));
+
+		hnsw_heap_push(&cand, d, entries[i]);
+		hnsw_heap_push(&res, d, entries[i]);
+		if (res.n > ef)
+			hnsw_heap_pop(&res);
+	}
+
+	while (cand.n > 0)
+	{
+		HnswHeapItem c = hnsw_heap_pop(&cand);
+		int			nn;
+
+		if (c.dist > hnsw_heap_top(&res)->dist && res.n >= ef)
+			break;
+		CHECK_FOR_INTERRUPTS();
+		nn = hnsw_load_neighbors(s->index, &s->elems[c.id].neighbortid,
+								 s->m, level, nbrs);
+		for (i = 0; i < nn; i++)
+		{
+			int			idx = hnsw_search_add(s, &nbrs[i]);
+			float		d;
+
+			if (idx < 0)
+				continue;
+			d = s->elems[idx].dist;
+			if (res.n < ef || d < hnsw_heap_top(&res)->dist)
+			{
+				hnsw_heap_push(&cand, d, idx);
+				hnsw_heap_push(&res, d, idx);
+				if (res.n > ef)
+					hnsw_heap_pop(&res);
+			}
+		}
+	}
+
+	n = res.n;
+	while (res.n > 0)
+	{
+		HnswHeapItem it = hnsw_heap_pop(&res);
+
+		out[res.n] = it;
+	}
+	hnsw_heap_free(&cand);
+	hnsw_heap_free(&res);
+	pfree(nbrs);
+	return n;
+}
+
+/*
+ * From the entry point down to level + 1 with ef = 1 (Alg. 5, the zoom-in
+ * phase).  Returns the element to start level `level` from (index into
+ * s->elems), or -1 for an empty index.
+ */
+int
+hnsw_search_to_level(HnswSearch *s, HnswMetaPageData *meta, int level, int *ep)
+{
+	ItemPointerData tid;
+	int			entry;
+	int			lc;
+	HnswHeapItem best;
+
+	if (meta->entryLevel < 0)
+		return -1;
+	ItemPointerSet(&tid, meta->entryBlkno, meta->entryOffno);
+	entry = hnsw_search_add(s, &tid);
+	if (entry < 0)
+		return -1;
+	for (lc = meta->entryLevel; lc > level; lc--)
+	{
+		hnsw_search_layer(s, &entry, 1, 1, lc, &best);
+		entry = best.id;
+	}
+	*ep = entry;
+	return entry;
+}
+
+/*
+ * SELECT-NEIGHBORS-HEURISTIC (Alg. 4) over candidates sorted by ascending
+ * distance to the base element: keeps a candidate when it is closer to the
+ * base than to every candidate kept so far.  keep[i] tells which; returns
+ * how many (at most max).
+ */
+int
+hnsw_select_heuristic(HnswMetric metric, int dim, float **vecs,
+					  const float *dists, int n, int max, bool *keep)
+{
+	int		   *kept = palloc(sizeof(int) * Max(max, 1));
+	int			nkept = 0;
+	int			i,
+				j;
+
+	for (i = 0; i < n; i++)
+	{
+		keep[i] = false;
+		if (nkept >= max)
+			continue;
+		keep[i] = true;
+		for (j = 0; j < nkept; j++)
+		{
+			if (hnsw_distance(metric, vecs[i], vecs[kept[j]], dim) < dists[i])
+			{
+				keep[i] = false;
+				break;
+			}
+		}
+		if (keep[i])
+			kept[nkept++] = i;
+	}
+	pfree(kept);
+	return nkept;
+}

@@ -1,0 +1,611 @@
+/*
+ * hnswvacuum.c
+ *		gnnhnsw: VACUUM.
+ *
+ * Three passes, as in pgvector's design:
+ *	1. remove dead heap TIDs from every element; an element left with none
+ *	   is to be deleted;
+ *	2. move the entry point off a deleted element (highest live level), and
+ *	   repair every live element that points at a deleted one: at that
+ *	   level its new list is chosen with the neighbour-selection heuristic
+ *	   (Malkov & Yashunin 2018, Alg. 4) from its live neighbours and the
+ *	   live neighbours of the deleted ones;
+ *	3. mark the elements deleted.  Their tuples stay readable (concurrent
+ *	   scans may still walk through them) and an insert of the same level
+ *	   reuses the space (hnswinsert.c); the insert hint moves back to the
+ *	   first page with deleted elements.
+ *
+ * A repair that finds the list changed under it by a concurrent insert
+ * leaves that list alone: deleted elements stay traversable, so the graph
+ * stays connected.
+ */
+#include "postgres.h"
+
+#include "access/generic_xlog.h"
+#include "commands/vacuum.h"
+#include "hnsw/hnsw.h"
+#include "miscadmin.h"
+#include "storage/bufmgr.h"
+#include "storage/lmgr.h"
+#include "utils/memutils.h"
+
+typedef struct VacState
+{
+	Relation	index;
+	IndexBulkDeleteResult *stats;
+	IndexBulkDeleteCallback callback;
+	void	   *callback_state;
+	BufferAccessStrategy bas;
+	HnswMetaPageData meta;
+	HnswKeySet	deleted;
+	BlockNumber firstDeletedBlk;
+	MemoryContext tmpCtx;
+} VacState;
+
+static Buffer
+vac_read(VacState *vs, BlockNumber blkno, int mode)
+{
+	Buffer		buf = ReadBufferExtended(vs->index, MAIN_FORKNUM, blkno,
+										 RBM_NORMAL, vs->bas);
+
+	LockBuffer(buf, mode);
+	return buf;
+}
+
+/* Pass 1. */
+static void
+remove_heap_tids(VacState *vs)
+{
+	BlockNumber nblocks = RelationGetNumberOfBlocks(vs->index);
+	BlockNumber blkno;
+	bool	   *dead = palloc(sizeof(bool) * MaxOffsetNumber * HNSW_HEAPTIDS);
+
+	for (blkno = HNSW_METAPAGE_BLKNO + 1; blkno < nblocks; blkno++)
+	{
+		Buffer		buf;
+		Page		page;
+		OffsetNumber off,
+					maxoff;
+		bool		anydead = false;
+
+		vacuum_delay_point();
+		buf = vac_read(vs, blkno, BUFFER_LOCK_EXCLUSIVE);
+		page = BufferGetPage(buf);
+		if (PageIsNew(page))
+		{
+			UnlockReleaseBuffer(buf);
+			continue;
+		}
+		maxoff = PageGetMaxOffsetNumber(page);
+		for (off = FirstOffsetNumber; off <= maxoff; off++)
+		{
+			HnswElementTuple etup = hnsw_get_element(page, off);
+			int			i;
+
+			if (etup == NULL || etup->deleted)
+				continue;
+			for (i = 0; i < etup->nheaptids; i++)
+			{
+				bool		d = vs->callback(&etup->heaptids[i], vs->callback_state);
+
+				dead[(off - 1) * HNSW_HEAPTIDS + i] = d;
+				anydead |= d;
+			}
+		}
+		if (anydead)
+		{
+			HnswEdit	ed;
+
+			page = hnsw_edit_start(&ed, vs->index, buf, false, false);
+			for (off = FirstOffsetNumber; off <= maxoff; off++)
+			{
+				HnswElementTuple etup = hnsw_get_element(page, off);
+				int			i,
+							n = 0;
+
+				if (etup == NULL || etup->deleted)
+					continue;
+				for (i = 0; i < etup->nheaptids; i++)
+				{
+					if (dead[(off - 1) * HNSW_HEAPTIDS + i])
+						vs->stats->tuples_removed++;
+					else
+						etup->heaptids[n++] = etup->heaptids[i];
+				}
+				for (i = n; i < HNSW_HEAPTIDS; i++)
+					ItemPointerSetInvalid(&etup->heaptids[i]);
+				etup->nheaptids = n;
+			}
+			hnsw_edit_finish(&ed);
+			page = BufferGetPage(buf);	/* the WAL copy is gone */
+		}
+		for (off = FirstOffsetNumber; off <= maxoff; off++)
+		{
+			HnswElementTuple etup = hnsw_get_element(page, off);
+			ItemPointerData tid;
+
+			if (etup == NULL || etup->deleted)
+				continue;
+			vs->stats->num_index_tuples += etup->nheaptids;
+			if (etup->nheaptids == 0)
+			{
+				ItemPointerSet(&tid, blkno, off);
+				hnsw_keyset_test_and_add(&vs->deleted, hnsw_tid_key(&tid));
+			}
+		}
+		UnlockReleaseBuffer(buf);
+	}
+	pfree(dead);
+}
+
+static inline bool
+is_deleted(VacState *vs, ItemPointer tid)
+{
+	return hnsw_keyset_contains(&vs->deleted, hnsw_tid_key(tid));
+}
+
+/* Pass 2a: the entry point must be live. */
+static void
+replace_entry_point(VacState *vs)
+{
+	BlockNumber nblocks;
+	BlockNumber blkno;
+	ItemPointerData entry,
+				best;
+	int			bestLevel = -1;
+	Buffer		buf;
+	HnswEdit	ed;
+	HnswMetaPage meta;
+
+	LockPage(vs->index, HNSW_UPDATE_LOCK, ExclusiveLock);
+	hnsw_read_meta(vs->index, &vs->meta);
+	ItemPointerSet(&entry, vs->meta.entryBlkno, vs->meta.entryOffno);
+	if (vs->meta.entryLevel < 0 || !is_deleted(vs, &entry))
+	{
+		UnlockPage(vs->index, HNSW_UPDATE_LOCK, ExclusiveLock);
+		return;
+	}
+
+	ItemPointerSetInvalid(&best);
+	nblocks = RelationGetNumberOfBlocks(vs->index);
+	for (blkno = HNSW_METAPAGE_BLKNO + 1; blkno < nblocks; blkno++)
+	{
+		Page		page;
+		OffsetNumber off,
+					maxoff;
+
+		buf = vac_read(vs, blkno, BUFFER_LOCK_SHARE);
+		page = BufferGetPage(buf);
+		maxoff = PageIsNew(page) ? 0 : PageGetMaxOffsetNumber(page);
+		for (off = FirstOffsetNumber; off <= maxoff; off++)
+		{
+			HnswElementTuple etup = hnsw_get_element(page, off);
+			ItemPointerData tid;
+
+			ItemPointerSet(&tid, blkno, off);
+			if (etup == NULL || etup->deleted || etup->nheaptids == 0 ||
+				is_deleted(vs, &tid))
+				continue;
+			if (etup->level > bestLevel)
+			{
+				bestLevel = etup->level;
+				best = tid;
+			}
+		}
+		UnlockReleaseBuffer(buf);
+	}
+
+	buf = ReadBuffer(vs->index, HNSW_METAPAGE_BLKNO);
+	LockBuffer(buf, BUFFER_LOCK_EXCLUSIVE);
+	meta = HnswPageGetMeta(hnsw_edit_start(&ed, vs->index, buf, false, false));
+	if (bestLevel >= 0)
+	{
+		meta->entryLevel = bestLevel;
+		meta->entryBlkno = ItemPointerGetBlockNumber(&best);
+		meta->entryOffno = ItemPointerGetOffsetNumber(&best);
+	}
+	else
+	{
+		meta->entryLevel = -1;
+		meta->entryBlkno = InvalidBlockNumber;
+		meta->entryOffno = InvalidOffsetNumber;
+	}
+	hnsw_edit_finish(&ed);
+	UnlockReleaseBuffer(buf);
+	memcpy(&vs->meta, meta, sizeof(HnswMetaPageData));
+	UnlockPage(vs->index, HNSW_UPDATE_LOCK, ExclusiveLock);
+}
+
+/* Pass 2b for one element: new lists for the levels that need them. */
+static void
+repair_element(VacState *vs, ItemPointer etid)
+{
+	int			m = vs->meta.m;
+	int			dim = vs->meta.dims;
+	HnswMetric	metric = (HnswMetric) vs->meta.metric;
+	HnswSearch	base;
+	HnswElement *e;
+	int			idx;
+	int			lc;
+	ItemPointerData *cur = palloc(sizeof(ItemPointerData) * 2 * m);
+	ItemPointerData *more = palloc(sizeof(ItemPointerData) * 2 * m);
+
+	hnsw_search_init(&base, vs->index, metric, dim, m, NULL);
+	base.load_vectors = true;
+	idx = hnsw_search_add(&base, etid);
+	if (idx < 0)
+		return;
+	e = &base.elems[idx];
+	if (e->deleted || e->nheaptids == 0)
+		return;
+
+	for (lc = 0; lc <= e->level; lc++)
+	{
+		int			n = hnsw_load_neighbors(vs->index, &e->neighbortid, m, lc, cur);
+		int			max = hnsw_level_slots(m, lc);
+		bool		broken = false;
+		HnswSearch	t;
+		int			i,
+					j,
+					cnt;
+		float	  **vecs;
+		float	   *dists;
+		ItemPointerData *tids;
+		bool	   *keep;
+		Buffer		buf;
+		HnswNeighborTuple ntup;
+
+		for (i = 0; i < n; i++)
+			if (is_deleted(vs, &cur[i]))
+				broken = true;
+		if (!broken)
+			continue;
+
+		/* candidates, with their distances to e */
+		hnsw_search_init(&t, vs->index, metric, dim, m, e->vec);
+		t.load_vectors = true;
+		hnsw_keyset_test_and_add(&t.visited, hnsw_tid_key(etid));
+		for (i = 0; i < n; i++)
+		{
+			if (is_deleted(vs, &cur[i]))
+			{
+				HnswSearch d;
+				int			didx;
+
+				hnsw_search_init(&d, vs->index, metric, dim, m, NULL);
+				didx = hnsw_search_add(&d, &cur[i]);
+				if (didx >= 0)
+				{
+					int			nm = hnsw_load_neighbors(vs->index,
+														 &d.elems[didx].neighbortid,
+														 m, lc, more);
+
+					for (j = 0; j < nm; j++)
+						if (!is_deleted(vs, &more[j]))
+							hnsw_search_add(&t, &more[j]);
+				}
+			}
+			else
+				hnsw_search_add(&t, &cur[i]);
+		}
+
+		vecs = palloc(sizeof(float *) * Max(t.nelems, 1));
+		dists = palloc(sizeof(float) * Max(t.nelems, 1));
+		tids = palloc(sizeof(ItemPointerData) * Max(t.nelems, 1));
+		keep = palloc(sizeof(bool) * Max(t.nelems, 1));
+		cnt = 0;
+		for (i = 0; i < t.nelems; i++)
+		{
+			HnswElement *c = &t.elems[i];
+
+			if (c->deleted || c->nheaptids == 0 || c->level < lc)
+				continue;
+			for (j = cnt; j > 0 && dists[j - 1] > c->dist; j--)
+			{
+				dists[j] = dists[j - 1];
+				vecs[j] = vecs[j - 1];
+				tids[j] = tids[j - 1];
+			}
+			dists[j] = c->dist;
+			vecs[j] = c->vec;
+			tids[j] = c->tid;
+			cnt++;
+		}
+		hnsw_select_heuristic(metric, dim, vecs, dists, cnt, max, keep);
+
+		/* write, unless a concurrent insert changed the list meanwhile */
+		buf = vac_read(vs, ItemPointerGetBlockNumber(&e->neighbortid),
+					   BUFFER_LOCK_EXCLUSIVE);
+		ntup = hnsw_get_neighbors(BufferGetPage(buf),
+								  ItemPointerGetOffsetNumber(&e->neighbortid));
+		if (ntup && lc <= ntup->level)
+		{
+			int			start = hnsw_level_offset(m, lc);
+			int			k = 0;
+			bool		same = true;
+
+			for (i = start; i < start + max; i++)
+				if (ItemPointerIsValid(&ntup->tids[i]) &&
+					(k >= n || !ItemPointerEquals(&ntup->tids[i], &cur[k++])))
+					same = false;
+			if (same && k == n)
+			{
+				HnswEdit	ed;
+				Page		page = hnsw_edit_start(&ed, vs->index, buf, false, false);
+
+				ntup = hnsw_get_neighbors(page, ItemPointerGetOffsetNumber(&e->neighbortid));
+				k = start;
+				for (i = 0; i < cnt; i++)
+					if (keep[i])
+						ntup->tids[k++] = tids[i];
+				for (; k < start + max; k++)
+					ItemPointerSetInvalid(&ntup->tids[k]);
+				hnsw_edit_finish(&ed);
+			}
+		}
+		UnlockReleaseBuffer(buf);
+	}
+}
+
+/* Pass 2b. */
+static void
+repair_graph(VacState *vs)
+{
+	BlockNumber nblocks = RelationGetNumberOfBlocks(vs->index);
+	BlockNumber blkno;
+	MemoryContext old = MemoryContextSwitchTo(vs->tmpCtx);
+
+	for (blkno = HNSW_METAPAGE_BLKNO + 1; blkno < nblocks; blkno++)
+	{
+		Buffer		buf;
+		Page		page;
+		OffsetNumber off,
+					maxoff;
+		int			nlive = 0;
+		OffsetNumber live[MaxOffsetNumber];
+		int			i;
+
+		vacuum_delay_point();
+		buf = vac_read(vs, blkno, BUFFER_LOCK_SHARE);
+		page = BufferGetPage(buf);
+		maxoff = PageIsNew(page) ? 0 : PageGetMaxOffsetNumber(page);
+		for (off = FirstOffsetNumber; off <= maxoff; off++)
+		{
+			HnswElementTuple etup = hnsw_get_element(page, off);
+
+			if (etup && !etup->deleted && etup->nheaptids > 0)
+				live[nlive++] = off;
+		}
+		UnlockReleaseBuffer(buf);
+
+		for (i = 0; i < nlive; i++)
+		{
+			ItemPointerData tid;
+
+			ItemPointerSet(&tid, blkno, live[i]);
+			repair_element(vs, &tid);
+			MemoryContextReset(vs->tmpCtx);
+		}
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Pass 2c: heavy deletion can cut live elements off (their in-edges all
+ * came from deleted ones and the repair chose others).  Walk the graph
+ * from the entry point (through everything, as searches do); each live
+ * element not met gets an in-edge from the nearest live element a search
+ * for it finds, as an insert would add it.
+ */
+static void
+connect_unreachable(VacState *vs)
+{
+	int			m = vs->meta.m;
+	int			dim = vs->meta.dims;
+	HnswMetric	metric = (HnswMetric) vs->meta.metric;
+	HnswSearch	walk;
+	ItemPointerData entry;
+	ItemPointerData *nb = palloc(sizeof(ItemPointerData) * 2 * m);
+	int			head = 0;
+	BlockNumber nblocks,
+				blkno;
+	ItemPointerData *lost = NULL;
+	int			nlost = 0,
+				caplost = 0,
+				i;
+	MemoryContext old = MemoryContextSwitchTo(vs->tmpCtx);
+
+	hnsw_read_meta(vs->index, &vs->meta);
+	if (vs->meta.entryLevel < 0)
+	{
+		MemoryContextSwitchTo(old);
+		return;
+	}
+	hnsw_search_init(&walk, vs->index, metric, dim, m, NULL);
+	ItemPointerSet(&entry, vs->meta.entryBlkno, vs->meta.entryOffno);
+	hnsw_search_add(&walk, &entry);
+	while (head < walk.nelems)
+	{
+		HnswElement *e = &walk.elems[head++];
+		ItemPointerData ntid = e->neighbortid;
+		int			level = e->level;
+		int			lc;
+
+		vacuum_delay_point();
+		for (lc = 0; lc <= level; lc++)
+		{
+			int			n = hnsw_load_neighbors(vs->index, &ntid, m, lc, nb);
+			int			j;
+
+			for (j = 0; j < n; j++)
+				hnsw_search_add(&walk, &nb[j]);
+		}
+	}
+
+	nblocks = RelationGetNumberOfBlocks(vs->index);
+	for (blkno = HNSW_METAPAGE_BLKNO + 1; blkno < nblocks; blkno++)
+	{
+		Buffer		buf = vac_read(vs, blkno, BUFFER_LOCK_SHARE);
+		Page		page = BufferGetPage(buf);
+		OffsetNumber off,
+					maxoff = PageIsNew(page) ? 0 : PageGetMaxOffsetNumber(page);
+
+		for (off = FirstOffsetNumber; off <= maxoff; off++)
+		{
+			HnswElementTuple etup = hnsw_get_element(page, off);
+			ItemPointerData tid;
+
+			ItemPointerSet(&tid, blkno, off);
+			if (etup == NULL || etup->deleted || etup->nheaptids == 0 ||
+				is_deleted(vs, &tid) ||
+				hnsw_keyset_contains(&walk.visited, hnsw_tid_key(&tid)))
+				continue;
+			if (nlost == caplost)
+			{
+				caplost = caplost ? caplost * 2 : 64;
+				lost = lost ? repalloc(lost, sizeof(ItemPointerData) * caplost)
+					: palloc(sizeof(ItemPointerData) * caplost);
+			}
+			lost[nlost++] = tid;
+		}
+		UnlockReleaseBuffer(buf);
+	}
+
+	for (i = 0; i < nlost; i++)
+	{
+		float	   *vec = palloc(sizeof(float) * dim);
+		HnswSearch	t;
+		HnswHeapItem *found = palloc(sizeof(HnswHeapItem) * (vs->meta.efConstruction + 1));
+		int			ep,
+					nf,
+					j;
+
+		vacuum_delay_point();
+		hnsw_load_vector(vs->index, &lost[i], vec);
+		hnsw_search_init(&t, vs->index, metric, dim, m, vec);
+		t.load_vectors = true;
+		if (hnsw_search_to_level(&t, &vs->meta, 0, &ep) < 0)
+			break;
+		nf = hnsw_search_layer(&t, &ep, 1, vs->meta.efConstruction, 0, found);
+		for (j = 0; j < nf; j++)
+		{
+			HnswElement *r = &t.elems[found[j].id];
+
+			if (r->deleted || r->nheaptids == 0 || is_deleted(vs, &r->tid) ||
+				ItemPointerEquals(&r->tid, &lost[i]))
+				continue;
+			if (hnsw_update_connection(&t, r, &lost[i], vec, 0, false, true, NULL))
+				break;
+		}
+	}
+	if (nlost > 0)
+		elog(DEBUG1, "gnnhnsw vacuum: reconnected %d elements", nlost);
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(vs->tmpCtx);
+}
+
+/* Pass 3. */
+static void
+mark_deleted(VacState *vs)
+{
+	BlockNumber nblocks = RelationGetNumberOfBlocks(vs->index);
+	BlockNumber blkno;
+
+	vs->firstDeletedBlk = InvalidBlockNumber;
+	for (blkno = HNSW_METAPAGE_BLKNO + 1; blkno < nblocks; blkno++)
+	{
+		Buffer		buf;
+		Page		page;
+		OffsetNumber off,
+					maxoff;
+		bool		any = false;
+
+		vacuum_delay_point();
+		buf = vac_read(vs, blkno, BUFFER_LOCK_EXCLUSIVE);
+		page = BufferGetPage(buf);
+		maxoff = PageIsNew(page) ? 0 : PageGetMaxOffsetNumber(page);
+		for (off = FirstOffsetNumber; off <= maxoff && !any; off++)
+		{
+			HnswElementTuple etup = hnsw_get_element(page, off);
+			ItemPointerData tid;
+
+			ItemPointerSet(&tid, blkno, off);
+			if (etup && !etup->deleted && etup->nheaptids == 0 &&
+				is_deleted(vs, &tid))
+				any = true;
+		}
+		if (any)
+		{
+			HnswEdit	ed;
+
+			page = hnsw_edit_start(&ed, vs->index, buf, false, false);
+			for (off = FirstOffsetNumber; off <= maxoff; off++)
+			{
+				HnswElementTuple etup = hnsw_get_element(page, off);
+				ItemPointerData tid;
+
+				ItemPointerSet(&tid, blkno, off);
+				if (etup && !etup->deleted && etup->nheaptids == 0 &&
+					is_deleted(vs, &tid))
+					etup->deleted = 1;
+			}
+			hnsw_edit_finish(&ed);
+			if (vs->firstDeletedBlk == InvalidBlockNumber)
+				vs->firstDeletedBlk = blkno;
+		}
+		UnlockReleaseBuffer(buf);
+	}
+	if (vs->firstDeletedBlk != InvalidBlockNumber)
+		hnsw_set_insert_page(vs->index, vs->firstDeletedBlk, true, false);
+}
+
+IndexBulkDeleteResult *
+hnswbulkdelete(IndexVacuumInfo *info, IndexBulkDeleteResult *stats,
+			   IndexBulkDeleteCallback callback, void *callback_state)
+{
+	VacState	vs;
+
+	if (stats == NULL)
+		stats = palloc0(sizeof(IndexBulkDeleteResult));
+	vs.index = info->index;
+	vs.stats = stats;
+	vs.callback = callback;
+	vs.callback_state = callback_state;
+	vs.bas = GetAccessStrategy(BAS_BULKREAD);
+	vs.tmpCtx = AllocSetContextCreate(CurrentMemoryContext,
+									  "gnnhnsw vacuum", ALLOCSET_DEFAULT_SIZES);
+	hnsw_read_meta(vs.index, &vs.meta);
+	hnsw_keyset_init(&vs.deleted, 1024, hnsw_palloc_allocator());
+	stats->num_index_tuples = 0;
+
+	remove_heap_tids(&vs);
+	if (vs.deleted.n > 0)
+	{
+		replace_entry_point(&vs);
+		repair_graph(&vs);
+		mark_deleted(&vs);
+		connect_unreachable(&vs);
+	}
+
+	hnsw_keyset_free(&vs.deleted);
+	FreeAccessStrategy(vs.bas);
+	MemoryContextDelete(vs.tmpCtx);
+	stats->num_pages = RelationGetNumberOfBlocks(info->index);
+	return stats;
+}
+
+IndexBulkDeleteResult *
+hnswvacuumcleanup(IndexVacuumInfo *info, IndexBulkDeleteResult *stats)
+{
+	if (info->analyze_only)
+		return stats;
+	if (stats == NULL)
+	{
+		/* no bulk delete ran: the heap's count is as good as ours */
+		stats = palloc0(sizeof(IndexBulkDeleteResult));
+		stats->num_index_tuples = info->num_heap_tuples;
+		stats->estimated_count = info->estimated_count;
+	}
+	stats->num_pages = RelationGetNumberOfBlocks(info->index);
+	return stats;
+}

@@ -1,0 +1,340 @@
+/*
+ * test_hnswgraph.c
+ *		The in-memory HNSW graph: heaps, key set, recall of the insert
+ *		algorithm against brute force for every metric, duplicates, and a
+ *		level 0 given from outside (the CAGRA plug-in point).
+ */
+#include <math.h>
+#include <string.h>
+
+#include "unit.h"
+#define HNSW_PURE
+#include "hnsw/hnsw.h"
+
+static void *
+m_alloc(void *ctx, size_t size)
+{
+	void	   *p = malloc(size ? size : 1);
+
+	(void) ctx;
+
+	if (!p)
+		abort();
+	return p;
+}
+
+static void
+m_free(void *ctx, void *p)
+{
+	(void) ctx;
+	free(p);
+}
+
+static const HnswAllocator A = {m_alloc, m_free, NULL};
+
+static unsigned long long rng = 88172645463325252ULL;
+
+static float
+urand(void)
+{
+	rng ^= rng << 13;
+	rng ^= rng >> 7;
+	rng ^= rng << 17;
+	return (float) ((rng >> 11) * (1.0 / 9007199254740992.0));
+}
+
+static void
+normalize(float *x, int d)
+{
+	double		s = 0;
+	int			i;
+
+	for (i = 0; i < d; i++)
+		s += (double) x[i] * x[i];
+	s = sqrt(s);
+	for (i = 0; i < d; i++)
+		x[i] /= s;
+}
+
+static void
+test_heap(void)
+{
+	HnswHeap	h;
+	int			i,
+				ok = 1;
+	float		last = -1;
+
+	hnsw_heap_init(&h, false, 4, &A);
+	for (i = 0; i < 1000; i++)
+		hnsw_heap_push(&h, urand(), i);
+	for (i = 0; i < 1000; i++)
+	{
+		HnswHeapItem it = hnsw_heap_pop(&h);
+
+		if (it.dist < last)
+			ok = 0;
+		last = it.dist;
+	}
+	CHECK(ok && h.n == 0, "min-heap pops in ascending order");
+	hnsw_heap_free(&h);
+
+	hnsw_heap_init(&h, true, 4, &A);
+	for (i = 0; i < 1000; i++)
+		hnsw_heap_push(&h, urand(), i);
+	last = 2;
+	ok = 1;
+	for (i = 0; i < 1000; i++)
+	{
+		HnswHeapItem it = hnsw_heap_pop(&h);
+
+		if (it.dist > last)
+			ok = 0;
+		last = it.dist;
+	}
+	CHECK(ok, "max-heap pops in descending order");
+	hnsw_heap_free(&h);
+}
+
+static void
+test_keyset(void)
+{
+	HnswKeySet	s;
+	uint64_t	k;
+	int			ok = 1;
+
+	hnsw_keyset_init(&s, 4, &A);
+	for (k = 1; k <= 10000; k++)
+		if (hnsw_keyset_test_and_add(&s, k * 65537))
+			ok = 0;
+	for (k = 1; k <= 10000; k++)
+		if (!hnsw_keyset_test_and_add(&s, k * 65537))
+			ok = 0;
+	CHECK(ok && s.n == 10000, "key set adds each key once");
+	CHECK(!hnsw_keyset_contains(&s, 3), "key set: absent key");
+	hnsw_keyset_free(&s);
+}
+
+/* recall@10 of the graph against brute force, nq queries */
+static double
+recall(HnswGraph *g, const float *data, int n, int d, const float *queries,
+	   int nq, int ef)
+{
+	int			hits = 0;
+	int			q,
+				i,
+				j;
+
+	for (q = 0; q < nq; q++)
+	{
+		const float *qv = queries + (size_t) q * d;
+		int32_t		ids[10];
+		float		dists[10];
+		float		best[10];
+		int			got = hnsw_graph_search(g, qv, 10, ef, ids, dists);
+
+		for (i = 0; i < 10; i++)
+			best[i] = INFINITY;
+		for (i = 0; i < n; i++)
+		{
+			float		dd = hnsw_distance(g->metric, qv, data + (size_t) i * d, d);
+
+			if (dd < best[9])
+			{
+				for (j = 9; j > 0 && best[j - 1] > dd; j--)
+					best[j] = best[j - 1];
+				best[j] = dd;
+			}
+		}
+		for (i = 0; i < got; i++)
+			if (dists[i] <= best[9])
+				hits++;
+	}
+	return (double) hits / (10.0 * nq);
+}
+
+static void
+test_recall(HnswMetric metric, const char *name)
+{
+	int			n = 3000,
+				d = 24,
+				nq = 100;
+	float	   *data = malloc(sizeof(float) * n * d);
+	float	   *qs = malloc(sizeof(float) * nq * d);
+	HnswGraph  *g = hnsw_graph_create(d, 12, 64, metric, 16, 42, &A);
+	int			i;
+	bool		dup;
+	double		r;
+
+	for (i = 0; i < n * d; i++)
+		data[i] = urand();
+	for (i = 0; i < nq * d; i++)
+		qs[i] = urand();
+	if (metric == HNSW_METRIC_COSINE)
+	{
+		for (i = 0; i < n; i++)
+			normalize(data + (size_t) i * d, d);
+		for (i = 0; i < nq; i++)
+			normalize(qs + (size_t) i * d, d);
+	}
+	for (i = 0; i < n; i++)
+		hnsw_graph_insert(g, data + (size_t) i * d, hnsw_graph_random_level(g),
+						  NULL, NULL, &dup);
+	CHECK(g->n == n, "%s: all nodes inserted", name);
+	r = recall(g, data, n, d, qs, nq, 64);
+	CHECK(r >= (metric == HNSW_METRIC_IP ? 0.9 : 0.95), "%s: recall@10 %.3f at ef 64", name, r);
+	{
+		int			ok = 1;
+
+		for (i = 0; i < g->n; i++)
+			if (g->nodes[i].counts[0] == 0 || g->nodes[i].counts[0] > 2 * g->m)
+				ok = 0;
+		CHECK(ok, "%s: every node has 1..2m level-0 neighbours", name);
+	}
+	hnsw_graph_free(g);
+	free(data);
+	free(qs);
+}
+
+/*
+ * Inner product over a mix of small- and large-norm vectors: pruning leaves
+ * small-norm nodes without in-edges; hnsw_graph_connect must reach them all.
+ */
+static void
+test_connect(void)
+{
+	int			n = 3000,
+				d = 8,
+				i,
+				j;
+	HnswGraph  *g = hnsw_graph_create(d, 4, 16, HNSW_METRIC_IP, 16, 3, &A);
+	float		v[8];
+	bool		dup;
+	int64_t		unreached,
+				added;
+
+	for (i = 0; i < n; i++)
+	{
+		float		scale = (i % 2) ? 10.0f : 0.1f;
+
+		for (j = 0; j < d; j++)
+			v[j] = (urand() * 2 - 1) * scale;
+		hnsw_graph_insert(g, v, hnsw_graph_random_level(g), NULL, NULL, &dup);
+	}
+	added = hnsw_graph_connect(g, &unreached);
+	CHECK(added > 0, "inner product graph needed edges (%lld)", (long long) added);
+	CHECK(unreached == 0, "every node reachable after connect (%lld left)", (long long) unreached);
+	{
+		int			ok = 1;
+
+		for (i = 0; i < g->n; i++)
+			if (g->nodes[i].counts[0] > 2 * g->m)
+				ok = 0;
+		CHECK(ok, "connect keeps level-0 lists within 2m");
+	}
+	hnsw_graph_free(g);
+}
+
+static bool
+always(void *arg, int32_t id)
+{
+	(void) id;
+	(*(int *) arg)++;
+	return true;
+}
+
+static void
+test_duplicates(void)
+{
+	HnswGraph  *g = hnsw_graph_create(4, 4, 16, HNSW_METRIC_L2, 16, 1, &A);
+	float		v[4] = {1, 2, 3, 4};
+	float		w[4] = {1, 2, 3, 5};
+	bool		dup;
+	int			calls = 0;
+	int32_t		a,
+				b,
+				c;
+
+	a = hnsw_graph_insert(g, v, 0, always, &calls, &dup);
+	c = hnsw_graph_insert(g, w, 0, always, &calls, &dup);
+	b = hnsw_graph_insert(g, v, 2, always, &calls, &dup);
+	CHECK(dup && b == a && g->n == 2 && c == 1, "identical vector is reported as a duplicate (%d %d %d %d)", dup, b, g->n, c);
+	b = hnsw_graph_insert(g, v, 0, NULL, NULL, &dup);
+	CHECK(!dup && b == 2 && g->n == 3, "without dup_ok a new node is made");
+	hnsw_graph_free(g);
+}
+
+static void
+test_level0(void)
+{
+	int			n = 2000,
+				d = 16,
+				deg = 16,
+				i,
+				j,
+				k;
+	float	   *data = malloc(sizeof(float) * n * d);
+	int32_t    *knn = malloc(sizeof(int32_t) * n * deg);
+	HnswGraph  *g = hnsw_graph_create(d, 8, 64, HNSW_METRIC_L2, 16, 7, &A);
+	int64_t		dropped;
+	double		r;
+
+	for (i = 0; i < n * d; i++)
+		data[i] = urand();
+	/* exact kNN graph as the "elsewhere" level 0 */
+	for (i = 0; i < n; i++)
+	{
+		float		best[16];
+
+		for (k = 0; k < deg; k++)
+		{
+			best[k] = INFINITY;
+			knn[i * deg + k] = -1;
+		}
+		for (j = 0; j < n; j++)
+		{
+			float		dd;
+
+			if (j == i)
+				continue;
+			dd = vec_l2_squared(data + (size_t) i * d, data + (size_t) j * d, d);
+			if (dd < best[deg - 1])
+			{
+				for (k = deg - 1; k > 0 && best[k - 1] > dd; k--)
+				{
+					best[k] = best[k - 1];
+					knn[i * deg + k] = knn[i * deg + k - 1];
+				}
+				best[k] = dd;
+				knn[i * deg + k] = j;
+			}
+		}
+	}
+	for (i = 0; i < n; i++)
+		hnsw_graph_append(g, data + (size_t) i * d, hnsw_graph_random_level(g));
+	knn[0] = n + 5;				/* out of range: dropped */
+	dropped = hnsw_graph_set_level0(g, knn, deg);
+	CHECK(dropped == 1, "out-of-range level-0 edge dropped (%lld)", (long long) dropped);
+	CHECK(g->entry >= 0 && g->nodes[g->entry].level == g->max_level,
+		  "entry point is a top-level node");
+	r = recall(g, data, n, d, data, 100, 64);
+	CHECK(r >= 0.9, "given level 0: recall@10 %.3f >= 0.9", r);
+	hnsw_graph_free(g);
+	free(data);
+	free(knn);
+}
+
+int
+main(void)
+{
+	vec_distance_init(VEC_ISA_AVX512);
+	test_heap();
+	test_keyset();
+	test_recall(HNSW_METRIC_L2, "l2");
+	test_recall(HNSW_METRIC_IP, "ip");
+	test_recall(HNSW_METRIC_COSINE, "cosine");
+	test_recall(HNSW_METRIC_L1, "l1");
+	test_duplicates();
+	test_connect();
+	test_level0();
+	return unit_report("hnswgraph");
+}
