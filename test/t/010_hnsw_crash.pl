@@ -65,6 +65,8 @@ my $started = 0;
 for my $try (1 .. 30)
 {
 	sleep 1;
+	# a failed start records the killed postmaster's stale pid; forget it
+	$node->{_pid} = undef;
 	$started = $node->start(fail_ok => 1);
 	last if $started;
 }
