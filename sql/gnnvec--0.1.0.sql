@@ -337,3 +337,77 @@ CREATE FUNCTION gnnvec_index_check(index regclass,
 	OUT blkno bigint, OUT offnum integer, OUT problem text)
 	RETURNS SETOF record
 	AS 'MODULE_PATHNAME' LANGUAGE C STRICT;
+
+-- ===== GNN models, rerank and training =====
+--
+-- One row per (index, scope, kind): a GNN reranker ('gnn') trained for an
+-- operator scope of a gnnhnsw index (src/gnn/gnn.h).  index_oid is what
+-- lookups use; index_name (schema-qualified, at the last save) lets a
+-- restored dump, whose indexes have new OIDs, find its rows again.  Rows go
+-- with their index through the event trigger below.  Only the functions
+-- (which check ownership or SELECT on the index's table) read and write it.
+
+CREATE TABLE gnnvec_models (
+	index_oid	oid NOT NULL,
+	index_name	text NOT NULL,
+	scope		text NOT NULL,
+	kind		text NOT NULL CHECK (kind IN ('gnn', 'lora')),
+	version		bigint NOT NULL CHECK (version > 0),
+	config		text NOT NULL,
+	model		bytea NOT NULL,
+	state		bytea,
+	created		timestamptz NOT NULL DEFAULT now(),
+	updated		timestamptz NOT NULL DEFAULT now(),
+	CONSTRAINT gnnvec_models_pkey PRIMARY KEY (index_oid, scope, kind)
+);
+CREATE INDEX gnnvec_models_name ON gnnvec_models (index_name);
+REVOKE ALL ON gnnvec_models FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('gnnvec_models', '');
+
+-- Models of dropped indexes (DROP INDEX, DROP TABLE, DROP SCHEMA ... CASCADE)
+-- go in the same transaction.  SECURITY DEFINER: whoever may drop an index
+-- may drop its models.
+CREATE FUNCTION gnnvec_models_on_drop() RETURNS event_trigger
+	LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	DELETE FROM @extschema@.gnnvec_models m
+		USING pg_catalog.pg_event_trigger_dropped_objects() d
+		WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+		  AND d.objsubid = 0 AND m.index_oid = d.objid;
+END $$;
+REVOKE ALL ON FUNCTION gnnvec_models_on_drop() FROM PUBLIC;
+CREATE EVENT TRIGGER gnnvec_models_on_drop ON sql_drop
+	WHEN TAG IN ('DROP INDEX', 'DROP TABLE', 'DROP SCHEMA', 'DROP OWNED',
+				 'DROP MATERIALIZED VIEW')
+	EXECUTE FUNCTION gnnvec_models_on_drop();
+
+CREATE FUNCTION gnnvec_search(index regclass, query vector, k integer,
+	rerank boolean DEFAULT true,
+	OUT tid tid, OUT distance double precision, OUT score double precision)
+	RETURNS SETOF record
+	AS 'MODULE_PATHNAME' LANGUAGE C VOLATILE STRICT;
+
+CREATE FUNCTION gnnvec_train(index regclass, pairs_sql text,
+	scope text DEFAULT 'Rerank', epochs integer DEFAULT 5,
+	hidden integer DEFAULT 64, learning_rate double precision DEFAULT 0.003,
+	candidates integer DEFAULT 32, random_negatives integer DEFAULT 4,
+	validation_fraction double precision DEFAULT 0.2, seed bigint DEFAULT 42,
+	OUT epoch integer, OUT loss double precision,
+	OUT val_recall_at_10 double precision)
+	RETURNS SETOF record
+	AS 'MODULE_PATHNAME' LANGUAGE C VOLATILE;
+
+CREATE FUNCTION gnnvec_feedback(index regclass, query vector, positive vector,
+	OUT version bigint, OUT loss double precision)
+	RETURNS record
+	AS 'MODULE_PATHNAME' LANGUAGE C VOLATILE STRICT;
+
+CREATE FUNCTION gnnvec_model_info(index regclass,
+	OUT scope text, OUT kind text, OUT version bigint, OUT config text,
+	OUT bytes integer, OUT updated timestamptz)
+	RETURNS SETOF record
+	AS 'MODULE_PATHNAME' LANGUAGE C VOLATILE STRICT;
+
+CREATE FUNCTION gnnvec_model_reset(index regclass, scope text DEFAULT NULL)
+	RETURNS integer
+	AS 'MODULE_PATHNAME' LANGUAGE C VOLATILE;

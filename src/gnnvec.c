@@ -5,6 +5,7 @@
 #include "postgres.h"
 
 #include "fmgr.h"
+#include "gnn/gnn.h"
 #include "hnsw/hnsw.h"
 #include "lora/lora.h"
 #include "vector/vector.h"
@@ -19,4 +20,5 @@ _PG_init(void)
 	vector_init();
 	lora_init();
 	hnsw_init();
+	gnn_init();
 }

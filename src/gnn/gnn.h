@@ -494,4 +494,105 @@ extern GnnStatus gnn_model_create_empty(const GnnConfig *cfg, GnnModel **out,
 										GnnError *err);
 extern gnn_real gnn_sigmoid(gnn_real x);
 
+
+/* ------------------------------------------------------------------------
+ * PostgreSQL glue (gnn_store.c, gnn_view.c, gnn_rerank.c, gnn_train.c),
+ * visible to files that include postgres.h before this header.
+ * ------------------------------------------------------------------------
+ */
+#ifdef PG_VERSION_NUM
+
+#include "access/xlogdefs.h"
+#include "hnsw/hnsw.h"
+#include "utils/hsearch.h"
+
+#define GNN_KIND_GNN		"gnn"
+#define GNN_RERANK_SCOPE	"Rerank"
+
+/* settings (gnn_rerank.c) */
+extern bool gnn_rerank_setting;
+extern int	gnn_rerank_candidates;
+extern int	gnn_rerank_cache_mb;
+extern void gnn_init(void);
+
+/* Runs fn(arg) when the current memory context is reset or deleted, on
+ * ERROR included: how malloc'd core objects are freed on every path. */
+extern void gnn_on_context_reset(void (*fn) (void *), void *arg);
+extern void gnn_ereport_status(GnnStatus rc, const GnnError *err);
+
+/*
+ * A gnnhnsw index as the GNN reads it (gnn_view.c): elements met so far
+ * are nodes 0..n-1, with their vectors (as the index stores them:
+ * normalised for cosine) and, once asked for, their level-0 neighbours.
+ */
+typedef struct GnnIndexView
+{
+	Relation	index;
+	HnswMetaPageData meta;
+	HnswMetric	metric;
+	int			dim;
+	HTAB	   *lookup;			/* element TID -> node */
+	int			n;
+	int			cap;
+	float	   *vecs;			/* n x dim */
+	ItemPointerData *tid;		/* element tuple */
+	ItemPointerData *nbrtid;	/* its neighbour tuple */
+	int		   *nbr_start;		/* into nbr; -1: neighbours not read yet */
+	int		   *nbr_count;
+	XLogRecPtr *nbr_lsn;		/* LSN of the neighbour page when read */
+	int		   *nbr;			/* pool of neighbour node numbers */
+	int			nbr_used;
+	int			nbr_cap;
+} GnnIndexView;
+
+extern Relation gnn_open_index(Oid indexoid, bool need_owner);
+extern void gnn_view_init(GnnIndexView *v, Relation index);
+extern int	gnn_view_node(GnnIndexView *v, ItemPointer tid);
+extern void gnn_view_neighbors(GnnIndexView *v, int node);
+extern XLogRecPtr gnn_view_neighbor_lsn(GnnIndexView *v, int node);
+extern int	gnn_view_search(GnnIndexView *v, const float *query, int ef,
+							int *nodes, float *dists, HnswCandidate *cands);
+extern int	gnn_view_all_elements(GnnIndexView *v, int **nodes);
+extern void gnn_view_query_vector(GnnIndexView *v, Datum vec, float *out,
+								  const char *what);
+
+/*
+ * The model store (gnn_store.c).  A loaded model stays cached per backend
+ * until the row it came from changes (xmin, ctid and version compared at
+ * every lookup, under the caller's snapshot), with the refined candidate
+ * embeddings c' computed for that version.
+ */
+typedef struct GnnCachedModel
+{
+	Oid			indexoid;
+	char		scope[NAMEDATALEN];
+	char		kind[8];
+	int64		version;
+	TransactionId xmin;
+	ItemPointerData ctid;
+	GnnModel   *model;			/* malloc'd, owned by the cache */
+	HTAB	   *cprime;			/* element TID -> c' (gnn_rerank.c) */
+	int64		cprime_entries;
+} GnnCachedModel;
+
+extern GnnCachedModel *gnn_store_lookup(Relation index, const char *scope,
+										const char *kind);
+extern bytea *gnn_store_state(Relation index, const char *scope,
+							  const char *kind);
+extern int64 gnn_store_save(Relation index, const char *scope,
+							const char *kind, const GnnModel *model,
+							const char *config, bytea *state);
+extern char *gnn_index_qualified_name(Relation index);
+extern const char *gnn_scope_arg(const char *given);
+
+/* rerank (gnn_rerank.c) */
+extern void gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v,
+							 const float *query, int n, const int *cand,
+							 const float *cand_dist, double *scores);
+extern void gnn_score_input(GnnIndexView *v, const float *query, int n,
+							const int *cand, const float *cand_dist,
+							GnnScoreInput *in);
+
+#endif							/* PG_VERSION_NUM */
+
 #endif							/* GNNVEC_GNN_H */

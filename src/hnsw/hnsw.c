@@ -340,19 +340,3 @@ gnnhnsw_handler(PG_FUNCTION_ARGS)
 
 	PG_RETURN_POINTER(amroutine);
 }
-
-/*
- * Scan plug-in points (see hnsw.h).  The LoRA and GNN subsystems hook in
- * here; until they do, both leave the search as it is.
- */
-void
-hnsw_scan_adapt_query(Relation index, float *query, int dim)
-{
-}
-
-int
-hnsw_scan_rerank(Relation index, const float *query, int dim,
-				 HnswCandidate *cands, int ncands)
-{
-	return ncands;
-}

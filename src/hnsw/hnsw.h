@@ -596,8 +596,14 @@ extern void hnswendscan(IndexScanDesc scan);
  * sorted by graph distance; may reorder them in place (the GNN reranker),
  * and returns how many to emit.  Identity for now.  The executor still
  * sees distances through the ORDER BY operator.
+ *
+ * hnsw_scan_ef: the ef of a scan's first round (gnnvec.ef_search, or more
+ * when reranking wants more candidates).
+ *
+ * All three are defined in src/gnn/gnn_rerank.c.
  */
 extern void hnsw_scan_adapt_query(Relation index, float *query, int dim);
+extern int	hnsw_scan_ef(Relation index);
 extern int	hnsw_scan_rerank(Relation index, const float *query, int dim,
 							 HnswCandidate *cands, int ncands);
 

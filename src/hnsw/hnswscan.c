@@ -173,7 +173,7 @@ start_scan(IndexScanDesc scan)
 	hnsw_search_init(&so->search, index, so->metric, so->meta.dims,
 					 so->meta.m, so->query);
 	hnsw_keyset_init(&so->returned, 64, hnsw_palloc_allocator());
-	so->ef = hnsw_ef_search;
+	so->ef = hnsw_scan_ef(index);
 	so->lastRead = 0;
 	so->lastDist = 0;
 	so->haveLast = false;

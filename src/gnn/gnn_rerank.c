@@ -1,0 +1,505 @@
+/*
+ * gnn_rerank.c
+ *		GNN reranking: the score of gnn.h computed with a per-model cache of
+ *		refined candidate embeddings, the scan plug-ins of the gnnhnsw AM,
+ *		gnnvec_search, and the settings.
+ *
+ * Scoring (gnn.h, "The rerank scoring model"), for a query q with
+ * candidates c_i at graph distances d_i:
+ *	 c_i' = layer(c_i, level-0 neighbours of c_i, weights from d(c_i, u))
+ *	 q'   = layer(q, {c_i}, weights from d_i)
+ *	 score_i = a * zscore(-d_i) + b * cos(q', c_i')
+ * c_i' depends on the model, the candidate's vector and its neighbour list
+ * only, so it is computed once per model version and element and kept in
+ * the cached model (GnnCachedModel.cprime), checked against the LSN of the
+ * element's neighbour page (which changes whenever the list does).  Only
+ * q' is computed per query: one layer call over the candidates.  This is
+ * the same arithmetic as gnn_score_forward (inference, no dropout), split
+ * so the candidate half can be cached.
+ */
+#include "postgres.h"
+
+#include <float.h>
+#include <math.h>
+
+#include "access/relation.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "gnn/gnn.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+
+bool		gnn_rerank_setting = false;
+int			gnn_rerank_candidates = 100;
+int			gnn_rerank_cache_mb = 64;
+
+#define GNN_MAX_K 1000
+
+void
+gnn_init(void)
+{
+	DefineCustomBoolVariable("gnnvec.rerank",
+							 "Rerank gnnhnsw index scans with the index's GNN model of scope Rerank.",
+							 "Scans take max(gnnvec.ef_search, gnnvec.rerank_candidates) candidates and return them by model score; the ORDER BY value stays the true distance.",
+							 &gnn_rerank_setting, false,
+							 PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("gnnvec.rerank_candidates",
+							"Candidates a reranked search scores.",
+							NULL,
+							&gnn_rerank_candidates, 100, 1, HNSW_MAX_EF_SEARCH,
+							PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("gnnvec.rerank_cache_mb",
+							"Memory per model for cached refined candidate embeddings, per backend.",
+							"The cache starts over when full.",
+							&gnn_rerank_cache_mb, 64, 0, 16384,
+							PGC_USERSET, GUC_UNIT_MB, NULL, NULL, NULL);
+}
+
+/* ---- scoring ------------------------------------------------------------- */
+
+typedef struct CprimeEntry
+{
+	uint64		key;			/* hnsw_tid_key of the element */
+	XLogRecPtr	lsn;			/* of its neighbour page when computed */
+	float		emb[FLEXIBLE_ARRAY_MEMBER]; /* H */
+} CprimeEntry;
+
+static Size
+cprime_entry_size(int h)
+{
+	return MAXALIGN(offsetof(CprimeEntry, emb) + sizeof(float) * h);
+}
+
+static HTAB *
+cprime_table(GnnCachedModel *cm)
+{
+	HASHCTL		ctl;
+
+	if (cm->cprime)
+	{
+		if (cm->cprime_entries * (int64) cprime_entry_size(cm->model->cfg.hidden_dim) <
+			(int64) gnn_rerank_cache_mb * 1024 * 1024)
+			return cm->cprime;
+		hash_destroy(cm->cprime);	/* full: start over */
+	}
+	ctl.keysize = sizeof(uint64);
+	ctl.entrysize = cprime_entry_size(cm->model->cfg.hidden_dim);
+	ctl.hcxt = TopMemoryContext;
+	cm->cprime = hash_create("gnnvec refined embeddings", 1024, &ctl,
+							 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	cm->cprime_entries = 0;
+	return cm->cprime;
+}
+
+/*
+ * The score input of gnn.h for candidates (nodes of v): a compact vector
+ * table of the candidates and their neighbours (neighbour lists read here).
+ */
+void
+gnn_score_input(GnnIndexView *v, const float *query, int n, const int *cand,
+				const float *cand_dist, GnnScoreInput *in)
+{
+	int		   *row = palloc(sizeof(int) * v->n);
+	int			nrows = 0;
+	int			nedges = 0;
+	int			i,
+				j;
+	float	   *vectors;
+	int		   *rows;
+	int		   *nbr_offset;
+	int		   *nbr;
+	float	   *nbr_dist;
+	int		   *cand_rows;
+
+	for (i = 0; i < n; i++)
+	{
+		gnn_view_neighbors(v, cand[i]);
+		nedges += v->nbr_count[cand[i]];
+	}
+	/* neighbour reads may have added nodes: size the row map now */
+	row = repalloc(row, sizeof(int) * v->n);
+	for (i = 0; i < v->n; i++)
+		row[i] = -1;
+	rows = palloc(sizeof(int) * (n + nedges));
+	cand_rows = palloc(sizeof(int) * n);
+	nbr_offset = palloc(sizeof(int) * (n + 1));
+	nbr = palloc(sizeof(int) * Max(nedges, 1));
+	nbr_dist = palloc(sizeof(float) * Max(nedges, 1));
+	nbr_offset[0] = 0;
+	for (i = 0; i < n; i++)
+	{
+		int			c = cand[i];
+		int			start = v->nbr_start[c];
+
+		if (row[c] < 0)
+		{
+			row[c] = nrows;
+			rows[nrows++] = c;
+		}
+		cand_rows[i] = row[c];
+		nbr_offset[i + 1] = nbr_offset[i];
+		for (j = 0; j < v->nbr_count[c]; j++)
+		{
+			int			u = v->nbr[start + j];
+			int			e = nbr_offset[i + 1]++;
+
+			if (row[u] < 0)
+			{
+				row[u] = nrows;
+				rows[nrows++] = u;
+			}
+			nbr[e] = row[u];
+			nbr_dist[e] = hnsw_distance(v->metric, v->vecs + (size_t) c * v->dim,
+										v->vecs + (size_t) u * v->dim, v->dim);
+		}
+	}
+	vectors = palloc(sizeof(float) * v->dim * Max(nrows, 1));
+	for (i = 0; i < nrows; i++)
+		memcpy(vectors + (size_t) i * v->dim, v->vecs + (size_t) rows[i] * v->dim,
+			   sizeof(float) * v->dim);
+	in->query = query;
+	in->n_vectors = nrows;
+	in->vectors = vectors;
+	in->n_cand = n;
+	in->cand = cand_rows;
+	in->cand_dist = cand_dist;
+	in->nbr_offset = nbr_offset;
+	in->nbr = nbr;
+	in->nbr_dist = nbr_dist;
+	pfree(row);
+	pfree(rows);
+}
+
+/* c' of the candidates not in the cache: one layer call over them. */
+static void
+refine_candidates(GnnCachedModel *cm, GnnIndexView *v, int n, const int *cand,
+				  float *out)
+{
+	GnnScoreInput in;
+	GnnGraph	g;
+	float	   *edge_w;
+	GnnError	err;
+	GnnStatus	rc;
+	int			i;
+
+	gnn_score_input(v, NULL, n, cand, NULL, &in);
+	edge_w = palloc(sizeof(float) * Max(in.nbr_offset[n], 1));
+	for (i = 0; i < n; i++)
+		gnn_edge_weights_from_distances(in.nbr_dist + in.nbr_offset[i],
+										in.nbr_offset[i + 1] - in.nbr_offset[i],
+										edge_w + in.nbr_offset[i]);
+	g.n_vectors = in.n_vectors;
+	g.vectors = in.vectors;
+	g.n_nodes = n;
+	g.node = in.cand;
+	g.nbr_offset = in.nbr_offset;
+	g.nbr = in.nbr;
+	g.edge_w = edge_w;
+	rc = gnn_layer_forward(cm->model, &g, false, NULL, out, &err);
+	gnn_ereport_status(rc, &err);
+}
+
+/* q': the query attending over its candidates, weights from d_i. */
+static void
+refine_query(GnnCachedModel *cm, GnnIndexView *v, const float *query, int n,
+			 const int *cand, const float *cand_dist, float *out)
+{
+	int			d = v->dim;
+	float	   *vectors = palloc(sizeof(float) * d * (n + 1));
+	int		   *nbr = palloc(sizeof(int) * n);
+	float	   *edge_w = palloc(sizeof(float) * n);
+	int			node = 0;
+	int			offsets[2] = {0, n};
+	GnnGraph	g;
+	GnnError	err;
+	GnnStatus	rc;
+	int			i;
+
+	memcpy(vectors, query, sizeof(float) * d);
+	for (i = 0; i < n; i++)
+	{
+		memcpy(vectors + (size_t) (i + 1) * d, v->vecs + (size_t) cand[i] * d,
+			   sizeof(float) * d);
+		nbr[i] = i + 1;
+	}
+	gnn_edge_weights_from_distances(cand_dist, n, edge_w);
+	g.n_vectors = n + 1;
+	g.vectors = vectors;
+	g.n_nodes = 1;
+	g.node = &node;
+	g.nbr_offset = offsets;
+	g.nbr = nbr;
+	g.edge_w = edge_w;
+	rc = gnn_layer_forward(cm->model, &g, false, NULL, out, &err);
+	gnn_ereport_status(rc, &err);
+}
+
+/* exp(lambda) with lambda clamped to +-30, as gnn_score_forward does */
+static double
+score_weight(float lambda)
+{
+	return exp(Max(-30.0, Min(30.0, (double) lambda)));
+}
+
+void
+gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
+				 int n, const int *cand, const float *cand_dist,
+				 double *scores)
+{
+	int			h = cm->model->cfg.hidden_dim;
+	float	   *cp = palloc(sizeof(float) * h * n);
+	float	   *qp = palloc(sizeof(float) * h);
+	int		   *miss = palloc(sizeof(int) * n);
+	int		   *miss_at = palloc(sizeof(int) * n);
+	XLogRecPtr *miss_lsn = palloc(sizeof(XLogRecPtr) * n);
+	int			nmiss = 0;
+	HTAB	   *cache = cprime_table(cm);
+	const float *mix = gnn_model_tensor(cm->model, GNN_MIX);
+	double		a = score_weight(mix[0]);
+	double		b = score_weight(mix[1]);
+	double		mean = 0,
+				var = 0;
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		uint64		key = hnsw_tid_key(&v->tid[cand[i]]);
+		XLogRecPtr	lsn = gnn_view_neighbor_lsn(v, cand[i]);
+		CprimeEntry *ent = hash_search(cache, &key, HASH_FIND, NULL);
+
+		if (ent && ent->lsn == lsn)
+			memcpy(cp + (size_t) i * h, ent->emb, sizeof(float) * h);
+		else
+		{
+			miss_at[nmiss] = i;
+			miss_lsn[nmiss] = lsn;
+			miss[nmiss++] = cand[i];
+		}
+	}
+	if (nmiss > 0)
+	{
+		float	   *fresh = palloc(sizeof(float) * h * nmiss);
+
+		refine_candidates(cm, v, nmiss, miss, fresh);
+		for (i = 0; i < nmiss; i++)
+		{
+			uint64		key = hnsw_tid_key(&v->tid[miss[i]]);
+			bool		found;
+			CprimeEntry *ent;
+
+			memcpy(cp + (size_t) miss_at[i] * h, fresh + (size_t) i * h,
+				   sizeof(float) * h);
+			if (gnn_rerank_cache_mb == 0)
+				continue;
+			ent = hash_search(cache, &key, HASH_ENTER, &found);
+			if (!found)
+				cm->cprime_entries++;
+			ent->lsn = miss_lsn[i];
+			memcpy(ent->emb, fresh + (size_t) i * h, sizeof(float) * h);
+		}
+	}
+	refine_query(cm, v, query, n, cand, cand_dist, qp);
+
+	/* rho_i = -(d_i - mean) / sd: the raw distance, unit-free */
+	for (i = 0; i < n; i++)
+		mean += cand_dist[i];
+	mean /= n;
+	for (i = 0; i < n; i++)
+		var += (cand_dist[i] - mean) * (cand_dist[i] - mean);
+	var /= n;
+	for (i = 0; i < n; i++)
+	{
+		double		rho = var > 0 ? -(cand_dist[i] - mean) / sqrt(var) : 0;
+
+		scores[i] = a * rho + b * gnn_cosine(qp, cp + (size_t) i * h, h, 0, NULL, NULL);
+	}
+}
+
+/* ---- ordering ------------------------------------------------------------ */
+
+typedef struct Ranked
+{
+	int			pos;			/* in the graph-distance order */
+	double		score;
+} Ranked;
+
+static int
+ranked_cmp(const void *a, const void *b)
+{
+	const Ranked *x = a;
+	const Ranked *y = b;
+
+	if (x->score != y->score)
+		return x->score > y->score ? -1 : 1;
+	return x->pos - y->pos;
+}
+
+/* Positions 0..n-1 by descending score, ties in distance order (order: n). */
+static void
+order_by_score(const double *scores, int n, int *order)
+{
+	Ranked	   *r = palloc(sizeof(Ranked) * n);
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		r[i].pos = i;
+		r[i].score = scores[i];
+	}
+	qsort(r, n, sizeof(Ranked), ranked_cmp);
+	for (i = 0; i < n; i++)
+		order[i] = r[i].pos;
+	pfree(r);
+}
+
+/* ---- scan plug-ins (hnsw.h) --------------------------------------------- */
+
+int
+hnsw_scan_ef(Relation index)
+{
+	return gnn_rerank_setting ? Max(hnsw_ef_search, gnn_rerank_candidates) :
+		hnsw_ef_search;
+}
+
+void
+hnsw_scan_adapt_query(Relation index, float *query, int dim)
+{
+}
+
+/*
+ * Reorders one round of scan candidates by model score when gnnvec.rerank
+ * is on and the index has a Rerank model of its dimension; otherwise, or
+ * when an element cannot be read, leaves them in distance order.
+ */
+int
+hnsw_scan_rerank(Relation index, const float *query, int dim,
+				 HnswCandidate *cands, int ncands)
+{
+	GnnCachedModel *cm;
+	GnnIndexView v;
+	int		   *nodes;
+	float	   *dists;
+	double	   *scores;
+	int		   *order;
+	HnswCandidate *sorted;
+	int			i;
+
+	if (!gnn_rerank_setting || ncands < 2)
+		return ncands;
+	cm = gnn_store_lookup(index, GNN_RERANK_SCOPE, GNN_KIND_GNN);
+	if (cm == NULL || cm->model->cfg.in_dim != dim)
+		return ncands;
+	gnn_view_init(&v, index);
+	nodes = palloc(sizeof(int) * ncands);
+	dists = palloc(sizeof(float) * ncands);
+	for (i = 0; i < ncands; i++)
+	{
+		nodes[i] = gnn_view_node(&v, &cands[i].tid);
+		if (nodes[i] < 0)
+			return ncands;		/* changed under us: keep distance order */
+		dists[i] = cands[i].distance;
+	}
+	scores = palloc(sizeof(double) * ncands);
+	order = palloc(sizeof(int) * ncands);
+	gnn_rerank_score(cm, &v, query, ncands, nodes, dists, scores);
+	order_by_score(scores, ncands, order);
+	sorted = palloc(sizeof(HnswCandidate) * ncands);
+	for (i = 0; i < ncands; i++)
+		sorted[i] = cands[order[i]];
+	memcpy(cands, sorted, sizeof(HnswCandidate) * ncands);
+	return ncands;
+}
+
+/* ---- gnnvec_search --------------------------------------------------- */
+
+/* The SQL operator's distance from the graph distance (hnsw_distance). */
+static double
+sql_distance(HnswMetric metric, float graph_distance)
+{
+	switch (metric)
+	{
+		case HNSW_METRIC_L2:
+			return sqrt(Max(graph_distance, 0.0f));
+		case HNSW_METRIC_COSINE:
+			return 1.0 + graph_distance;
+		case HNSW_METRIC_IP:
+		case HNSW_METRIC_L1:
+			break;
+	}
+	return graph_distance;
+}
+
+PG_FUNCTION_INFO_V1(gnnvec_search);
+Datum
+gnnvec_search(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Relation	index = gnn_open_index(PG_GETARG_OID(0), false);
+	int			k = PG_GETARG_INT32(2);
+	bool		rerank = PG_GETARG_BOOL(3);
+	GnnIndexView v;
+	GnnCachedModel *cm = NULL;
+	float	   *query;
+	int			ef;
+	int			n;
+	int		   *nodes;
+	float	   *dists;
+	HnswCandidate *cands;
+	double	   *scores = NULL;
+	int		   *order;
+	int			i,
+				j,
+				emitted = 0;
+
+	if (k < 1 || k > GNN_MAX_K)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("k must be between 1 and %d, got %d", GNN_MAX_K, k)));
+	InitMaterializedSRF(fcinfo, 0);
+	gnn_view_init(&v, index);
+	query = palloc(sizeof(float) * v.dim);
+	gnn_view_query_vector(&v, PG_GETARG_DATUM(1), query, "query vector");
+	ef = Max(Max(hnsw_ef_search, gnn_rerank_candidates), k);
+	nodes = palloc(sizeof(int) * ef);
+	dists = palloc(sizeof(float) * ef);
+	cands = palloc(sizeof(HnswCandidate) * ef);
+	n = gnn_view_search(&v, query, ef, nodes, dists, cands);
+	order = palloc(sizeof(int) * Max(n, 1));
+	for (i = 0; i < n; i++)
+		order[i] = i;
+	if (rerank && n > 0)
+		cm = gnn_store_lookup(index, GNN_RERANK_SCOPE, GNN_KIND_GNN);
+	if (cm)
+	{
+		if (cm->model->cfg.in_dim != v.dim)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_EXCEPTION),
+					 errmsg("the Rerank model of index \"%s\" has %d dimensions, the index %d",
+							RelationGetRelationName(index), cm->model->cfg.in_dim, v.dim),
+					 errhint("gnnvec_model_reset() removes it; train again.")));
+		scores = palloc(sizeof(double) * n);
+		gnn_rerank_score(cm, &v, query, n, nodes, dists, scores);
+		order_by_score(scores, n, order);
+	}
+	for (i = 0; i < n && emitted < k; i++)
+	{
+		HnswCandidate *c = &cands[order[i]];
+
+		for (j = 0; j < c->nheaptids && emitted < k; j++)
+		{
+			Datum		values[3];
+			bool		nulls[3] = {false, false, scores == NULL};
+
+			values[0] = PointerGetDatum(&c->heaptids[j]);
+			values[1] = Float8GetDatum(sql_distance(v.metric, c->distance));
+			values[2] = Float8GetDatum(scores ? scores[order[i]] : 0);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+			emitted++;
+		}
+	}
+	relation_close(index, NoLock);
+	PG_RETURN_VOID();
+}

@@ -1,0 +1,809 @@
+/*
+ * gnn_train.c
+ *		gnnvec_train (supervised from (query, positive) pairs, or
+ *		self-supervised from the graph) and gnnvec_feedback (online steps
+ *		with a replay buffer and EWC).
+ *
+ * A training example is what the reranker sees at search time: the
+ * query's candidates from the index's own graph search (hard negatives),
+ * plus random rows of the index, with the positive among them (it replaces
+ * the farthest candidate when the search missed it).  The loss is the
+ * InfoNCE of the positive's score (gnn_train_step).  A validation split is
+ * held out; the epoch with the best validation recall@10 is kept, and when
+ * it does not beat ranking by raw distance the GNN term is switched off
+ * (log-weight -30, gnn.h), so training cannot make ranking worse than raw
+ * distance on held-out pairs.  Progress: a NOTICE per epoch.
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "access/relation.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "gnn/gnn.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "parser/parse_type.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+
+#define BATCH_SIZE		8
+#define SELF_SUPERVISED_MAX 1000
+#define STATE_MAGIC		0x54534E47	/* "GNST" */
+#define REPLAY_CAPACITY 512
+#define FEEDBACK_CANDIDATES 32
+
+typedef struct Example
+{
+	float	   *query;			/* dim */
+	int			n;
+	int		   *cand;			/* nodes */
+	float	   *dist;
+	int			positive;
+} Example;
+
+/* malloc'd objects of one call, freed with its memory context */
+typedef struct Owned
+{
+	GnnModel   *model;
+	GnnTrainer	trainer;
+	bool		trainer_live;
+	GnnReplay	replay;
+	bool		replay_live;
+} Owned;
+
+static void
+free_owned(void *arg)
+{
+	Owned	   *o = (Owned *) arg;
+
+	if (o->trainer_live)
+		gnn_trainer_free(&o->trainer);
+	if (o->replay_live)
+		gnn_replay_free(&o->replay);
+	gnn_model_free(o->model);
+	o->model = NULL;
+	o->trainer_live = o->replay_live = false;
+}
+
+/* ---- examples ------------------------------------------------------------ */
+
+static bool
+contains(const int *a, int n, int x)
+{
+	for (int i = 0; i < n; i++)
+		if (a[i] == x)
+			return true;
+	return false;
+}
+
+/*
+ * Builds the example of (query, positive node): ncand candidates from the
+ * graph search (without exclude, the query's own node when self-supervised),
+ * the positive among them, then nrandom random nodes of all[].
+ */
+static bool
+make_example(GnnIndexView *v, const float *query, int positive, int exclude,
+			 int ncand, int nrandom, const int *all, int nall, GnnRng *rng,
+			 Example *ex)
+{
+	int			ef = Max(ncand + 1, hnsw_ef_search);
+	int		   *nodes = palloc(sizeof(int) * ef);
+	float	   *dists = palloc(sizeof(float) * ef);
+	int			nf = gnn_view_search(v, query, ef, nodes, dists, NULL);
+	int			n = 0;
+	int			i;
+
+	ex->cand = palloc(sizeof(int) * (ncand + nrandom + 1));
+	ex->dist = palloc(sizeof(float) * (ncand + nrandom + 1));
+	ex->positive = -1;
+	for (i = 0; i < nf && n < ncand; i++)
+	{
+		if (nodes[i] == exclude)
+			continue;
+		if (nodes[i] == positive)
+			ex->positive = n;
+		ex->cand[n] = nodes[i];
+		ex->dist[n++] = dists[i];
+	}
+	if (ex->positive < 0)
+	{
+		if (n == ncand)
+			n--;				/* the farthest candidate makes room */
+		ex->positive = n;
+		ex->cand[n] = positive;
+		ex->dist[n++] = hnsw_distance(v->metric, query,
+									  v->vecs + (size_t) positive * v->dim, v->dim);
+	}
+	for (i = 0; i < nrandom && nall > n + 1; i++)
+	{
+		int			u = all[gnn_rng_below(rng, nall)];
+
+		if (u == exclude || contains(ex->cand, n, u))
+			continue;
+		ex->cand[n] = u;
+		ex->dist[n++] = hnsw_distance(v->metric, query,
+									  v->vecs + (size_t) u * v->dim, v->dim);
+	}
+	ex->n = n;
+	ex->query = palloc(sizeof(float) * v->dim);
+	memcpy(ex->query, query, sizeof(float) * v->dim);
+	pfree(nodes);
+	pfree(dists);
+	return n >= 2;
+}
+
+/*
+ * The node holding exactly this vector, or -1 if the search (ef at least
+ * 100) does not reach it.
+ */
+static int
+find_node(GnnIndexView *v, const float *vec)
+{
+	int			ef = Max(hnsw_ef_search, 100);
+	int		   *nodes = palloc(sizeof(int) * ef);
+	float	   *dists = palloc(sizeof(float) * ef);
+	int			n = gnn_view_search(v, vec, ef, nodes, dists, NULL);
+	int			found = -1;
+
+	for (int i = 0; i < n && found < 0; i++)
+		if (memcmp(v->vecs + (size_t) nodes[i] * v->dim, vec,
+				   sizeof(float) * v->dim) == 0)
+			found = nodes[i];
+	pfree(nodes);
+	pfree(dists);
+	return found;
+}
+
+static Oid
+vector_type_oid(void)
+{
+	return typenameTypeId(NULL, typeStringToTypeName("vector"));
+}
+
+/*
+ * Runs pairs_sql and turns each (query, positive) row into an example.
+ * Pairs whose positive is not an indexed vector are skipped (counted).
+ */
+static int
+examples_from_sql(GnnIndexView *v, const char *sql, int ncand, int nrandom,
+				  const int *all, int nall, GnnRng *rng, Example **out,
+				  int *skipped)
+{
+	Oid			vtype;
+	uint64		nrows;
+	Example    *ex;
+	int			n = 0;
+	float	   *q = palloc(sizeof(float) * v->dim);
+	float	   *p = palloc(sizeof(float) * v->dim);
+	MemoryContext outer = CurrentMemoryContext;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	vtype = vector_type_oid();
+	if (SPI_execute(sql, true, 0) != SPI_OK_SELECT)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("pairs_sql must be a query that returns rows"),
+				 errhint("For example: SELECT query_embedding, clicked_embedding FROM clicks.")));
+	if (SPI_tuptable->tupdesc->natts != 2 ||
+		SPI_gettypeid(SPI_tuptable->tupdesc, 1) != vtype ||
+		SPI_gettypeid(SPI_tuptable->tupdesc, 2) != vtype)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("pairs_sql must return two columns of type vector (query, positive)"),
+				 SPI_tuptable->tupdesc->natts == 2 ?
+				 errdetail("It returned columns of types %s and %s.",
+						   format_type_be(SPI_gettypeid(SPI_tuptable->tupdesc, 1)),
+						   format_type_be(SPI_gettypeid(SPI_tuptable->tupdesc, 2))) :
+				 errdetail("It returned %d column(s).", SPI_tuptable->tupdesc->natts)));
+	nrows = SPI_processed;
+	ex = MemoryContextAlloc(outer, sizeof(Example) * Max(nrows, 1));
+	*skipped = 0;
+	for (uint64 r = 0; r < nrows; r++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[r];
+		bool		qnull,
+					pnull;
+		Datum		qd = SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &qnull);
+		Datum		pd = SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &pnull);
+		int			pos;
+		MemoryContext old;
+
+		CHECK_FOR_INTERRUPTS();
+		if (qnull || pnull)
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("pairs_sql returned a NULL vector in row " UINT64_FORMAT, r + 1)));
+		old = MemoryContextSwitchTo(outer);
+		gnn_view_query_vector(v, qd, q, "query vector of pairs_sql");
+		gnn_view_query_vector(v, pd, p, "positive vector of pairs_sql");
+		pos = find_node(v, p);
+		if (pos < 0 || !make_example(v, q, pos, -1, ncand, nrandom, all, nall,
+									 rng, &ex[n]))
+			(*skipped)++;
+		else
+			n++;
+		MemoryContextSwitchTo(old);
+	}
+	SPI_finish();
+	*out = ex;
+	return n;
+}
+
+/* Self-supervised: a node's query is its own vector, a graph neighbour the positive. */
+static int
+examples_from_graph(GnnIndexView *v, int ncand, int nrandom, const int *all,
+					int nall, GnnRng *rng, Example **out)
+{
+	int			want = Min(nall, SELF_SUPERVISED_MAX);
+	Example    *ex = palloc(sizeof(Example) * Max(want, 1));
+	int			n = 0;
+
+	for (int i = 0; i < want; i++)
+	{
+		int			node = all[gnn_rng_below(rng, nall)];
+		int			pos;
+
+		CHECK_FOR_INTERRUPTS();
+		gnn_view_neighbors(v, node);
+		if (v->nbr_count[node] == 0)
+			continue;
+		pos = v->nbr[v->nbr_start[node] + gnn_rng_below(rng, v->nbr_count[node])];
+		if (make_example(v, v->vecs + (size_t) node * v->dim, pos, node, ncand,
+						 nrandom, all, nall, rng, &ex[n]))
+			n++;
+	}
+	*out = ex;
+	return n;
+}
+
+/* ---- training ------------------------------------------------------------ */
+
+/* Is the positive within the top 10 by score (or by distance: model NULL)? */
+static bool
+hit_at_10(GnnModel *model, GnnIndexView *v, const Example *ex)
+{
+	int			better = 0;
+
+	if (model == NULL)
+	{
+		for (int i = 0; i < ex->n; i++)
+			if (ex->dist[i] < ex->dist[ex->positive] ||
+				(ex->dist[i] == ex->dist[ex->positive] && i < ex->positive))
+				better++;
+	}
+	else
+	{
+		GnnScoreInput in;
+		float	   *scores = palloc(sizeof(float) * ex->n);
+		GnnError	err;
+
+		gnn_score_input(v, ex->query, ex->n, ex->cand, ex->dist, &in);
+		gnn_ereport_status(gnn_score_forward(model, &in, false, NULL, scores, &err),
+						   &err);
+		for (int i = 0; i < ex->n; i++)
+			if (scores[i] > scores[ex->positive] ||
+				(scores[i] == scores[ex->positive] && i < ex->positive))
+				better++;
+		pfree(scores);
+	}
+	return better < 10;
+}
+
+static double
+recall_at_10(GnnModel *model, GnnIndexView *v, Example *ex, int n,
+			 MemoryContext tmp)
+{
+	int			hits = 0;
+	MemoryContext old = MemoryContextSwitchTo(tmp);
+
+	for (int i = 0; i < n; i++)
+	{
+		CHECK_FOR_INTERRUPTS();
+		hits += hit_at_10(model, v, &ex[i]);
+	}
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(tmp);
+	return n > 0 ? (double) hits / n : 0;
+}
+
+static double
+train_batch(GnnTrainer *tr, GnnIndexView *v, Example **batch, int n,
+			MemoryContext tmp)
+{
+	GnnExample *gex;
+	double		loss = 0;
+	GnnError	err;
+	MemoryContext old = MemoryContextSwitchTo(tmp);
+
+	gex = palloc(sizeof(GnnExample) * n);
+	for (int i = 0; i < n; i++)
+	{
+		gnn_score_input(v, batch[i]->query, batch[i]->n, batch[i]->cand,
+						batch[i]->dist, &gex[i].in);
+		gex[i].positive = batch[i]->positive;
+	}
+	gnn_ereport_status(gnn_train_step(tr, gex, n, &loss, &err), &err);
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(tmp);
+	return loss;
+}
+
+static void
+shuffle(int *a, int n, GnnRng *rng)
+{
+	for (int i = n - 1; i > 0; i--)
+	{
+		int			j = (int) gnn_rng_below(rng, i + 1);
+		int			t = a[i];
+
+		a[i] = a[j];
+		a[j] = t;
+	}
+}
+
+/* ---- state: EWC and the replay buffer, for online feedback ---------------- */
+
+static bytea *
+state_serialize(const GnnEwc *ewc, const GnnReplay *replay)
+{
+	size_t		ewc_len = gnn_ewc_serialized_size(ewc);
+	size_t		rep_len = sizeof(float) * (size_t) replay->count * replay->record_len;
+	size_t		len = 4 * sizeof(uint32) + ewc_len + 3 * sizeof(int32) +
+		sizeof(int64) + sizeof(uint64) + rep_len;
+	bytea	   *b = palloc(VARHDRSZ + len);
+	char	   *p = VARDATA(b);
+	uint32		hdr[4] = {STATE_MAGIC, 1, (uint32) ewc_len, 0};
+	int32		ints[3] = {replay->capacity, replay->record_len, replay->count};
+
+	SET_VARSIZE(b, VARHDRSZ + len);
+	memcpy(p, hdr, sizeof(hdr));
+	p += sizeof(hdr);
+	gnn_ewc_serialize(ewc, (uint8_t *) p);
+	p += ewc_len;
+	memcpy(p, ints, sizeof(ints));
+	p += sizeof(ints);
+	memcpy(p, &replay->seen, sizeof(int64));
+	p += sizeof(int64);
+	memcpy(p, &replay->rng.state, sizeof(uint64));
+	p += sizeof(uint64);
+	memcpy(p, replay->records, rep_len);
+	return b;
+}
+
+/* Restores EWC and replay from a state blob; false if it is unusable. */
+static bool
+state_restore(bytea *b, size_t n_params, int record_len, GnnEwc *ewc,
+			  GnnReplay *replay, bool *replay_live)
+{
+	size_t		len = VARSIZE_ANY_EXHDR(b);
+	const char *p = VARDATA_ANY(b);
+	const char *end = p + len;
+	uint32		hdr[4];
+	int32		ints[3];
+	GnnEwc		restored;
+	GnnError	err;
+
+	if (len < sizeof(hdr))
+		return false;
+	memcpy(hdr, p, sizeof(hdr));
+	p += sizeof(hdr);
+	if (hdr[0] != STATE_MAGIC || hdr[1] != 1 || hdr[2] > (size_t) (end - p))
+		return false;
+	if (gnn_ewc_deserialize((const uint8_t *) p, hdr[2], &restored, &err) != GNN_OK)
+		return false;
+	if (restored.n != n_params)
+	{
+		gnn_ewc_free(&restored);
+		return false;
+	}
+	p += hdr[2];
+	gnn_ewc_free(ewc);
+	*ewc = restored;
+	if ((size_t) (end - p) < sizeof(ints) + sizeof(int64) + sizeof(uint64))
+		return true;
+	memcpy(ints, p, sizeof(ints));
+	p += sizeof(ints);
+	if (ints[1] != record_len || ints[2] < 0 || ints[2] > ints[0] ||
+		ints[0] != replay->capacity ||
+		(size_t) (end - p) != sizeof(int64) + sizeof(uint64) +
+		sizeof(float) * (size_t) ints[2] * record_len)
+		return true;
+	memcpy(&replay->seen, p, sizeof(int64));
+	p += sizeof(int64);
+	memcpy(&replay->rng.state, p, sizeof(uint64));
+	p += sizeof(uint64);
+	memcpy(replay->records, p, sizeof(float) * (size_t) ints[2] * record_len);
+	replay->count = ints[2];
+	return true;
+}
+
+/* An owned copy of the stored model of (index, scope), or NULL. */
+static GnnModel *
+stored_model_copy(Relation index, const char *scope)
+{
+	GnnCachedModel *cm = gnn_store_lookup(index, scope, GNN_KIND_GNN);
+	size_t		size;
+	uint8_t    *buf;
+	GnnModel   *copy = NULL;
+	GnnError	err;
+
+	if (cm == NULL)
+		return NULL;
+	size = gnn_model_serialized_size(cm->model);
+	buf = palloc(size);
+	gnn_model_serialize(cm->model, buf);
+	gnn_ereport_status(gnn_model_deserialize(buf, size, &copy, &err), &err);
+	pfree(buf);
+	return copy;
+}
+
+static void
+replay_add_pair(GnnReplay *replay, const float *q, const float *p, int dim)
+{
+	float	   *rec = palloc(sizeof(float) * 2 * dim);
+
+	memcpy(rec, q, sizeof(float) * dim);
+	memcpy(rec + dim, p, sizeof(float) * dim);
+	gnn_replay_add(replay, rec);
+	pfree(rec);
+}
+
+/* ---- gnnvec_train ------------------------------------------------------ */
+
+typedef struct TrainArgs
+{
+	Oid			indexoid;
+	char	   *pairs_sql;
+	const char *scope;
+	int			epochs;
+	int			hidden;
+	double		lr;
+	int			candidates;
+	int			random_negatives;
+	double		val_fraction;
+	int64		seed;
+} TrainArgs;
+
+static void
+require_arg(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be NULL", name)));
+}
+
+static void
+check_range(const char *name, double value, double lo, double hi)
+{
+	if (!(value >= lo && value <= hi))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be between %g and %g, got %g", name, lo, hi, value)));
+}
+
+static void
+train_args(FunctionCallInfo fcinfo, TrainArgs *a)
+{
+	static const char *names[] = {"index", "pairs_sql", "scope", "epochs",
+		"hidden", "learning_rate", "candidates", "random_negatives",
+	"validation_fraction", "seed"};
+
+	for (int i = 0; i < 10; i++)
+		if (i != 1)
+			require_arg(fcinfo, i, names[i]);
+	a->indexoid = PG_GETARG_OID(0);
+	a->pairs_sql = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
+	a->scope = gnn_scope_arg(text_to_cstring(PG_GETARG_TEXT_PP(2)));
+	a->epochs = PG_GETARG_INT32(3);
+	a->hidden = PG_GETARG_INT32(4);
+	a->lr = PG_GETARG_FLOAT8(5);
+	a->candidates = PG_GETARG_INT32(6);
+	a->random_negatives = PG_GETARG_INT32(7);
+	a->val_fraction = PG_GETARG_FLOAT8(8);
+	a->seed = PG_GETARG_INT64(9);
+	check_range("epochs", a->epochs, 1, 1000);
+	check_range("hidden", a->hidden, 4, 1024);
+	if (a->hidden % 4 != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("hidden must be a multiple of 4 (the attention heads), got %d",
+						a->hidden)));
+	check_range("learning_rate", a->lr, 1e-7, 1);
+	check_range("candidates", a->candidates, 2, HNSW_MAX_EF_SEARCH);
+	check_range("random_negatives", a->random_negatives, 0, 1000);
+	check_range("validation_fraction", a->val_fraction, 0, 0.9);
+	if (strcmp(a->scope, "HnswScan") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("scope HnswScan trains a MicroLoRA adapter, which gnnvec_train does not do yet"),
+				 errhint("Train a GNN reranker with scope Rerank.")));
+}
+
+static char *
+train_config(const GnnModel *m, const TrainArgs *a, int ntrain, int nval,
+			 double val_recall, double raw_recall, bool fallback)
+{
+	StringInfoData s;
+
+	initStringInfo(&s);
+	appendStringInfo(&s, "{\"dim\": %d, \"hidden\": %d, \"heads\": %d, "
+					 "\"self_supervised\": %s, \"epochs\": %d, \"train_pairs\": %d, "
+					 "\"validation_pairs\": %d, \"val_recall_at_10\": %.4f, "
+					 "\"raw_recall_at_10\": %.4f, \"raw_fallback\": %s, \"seed\": " INT64_FORMAT "}",
+					 m->cfg.in_dim, m->cfg.hidden_dim, m->cfg.heads,
+					 a->pairs_sql ? "false" : "true", a->epochs, ntrain, nval,
+					 val_recall, raw_recall, fallback ? "true" : "false", a->seed);
+	return s.data;
+}
+
+PG_FUNCTION_INFO_V1(gnnvec_train);
+Datum
+gnnvec_train(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	TrainArgs	a;
+	Relation	index;
+	GnnIndexView v;
+	GnnRng		rng;
+	Example    *ex;
+	int			nex;
+	int			skipped = 0;
+	int			nall;
+	int		   *all;
+	int			nval,
+				ntrain;
+	int		   *order;
+	Owned	   *o;
+	GnnTrainConfig tcfg;
+	GnnError	err;
+	gnn_real   *best;
+	double		best_recall = -1;
+	double		raw_recall;
+	bytea	   *state;
+	MemoryContext tmp;
+	bool		fallback = false;
+
+	train_args(fcinfo, &a);
+	index = gnn_open_index(a.indexoid, true);
+	InitMaterializedSRF(fcinfo, 0);
+	gnn_view_init(&v, index);
+	gnn_rng_seed(&rng, (uint64_t) a.seed);
+	tmp = AllocSetContextCreate(CurrentMemoryContext, "gnnvec_train step",
+								ALLOCSET_DEFAULT_SIZES);
+
+	/* every element: random negatives, and the self-supervised queries */
+	nall = gnn_view_all_elements(&v, &all);
+	if (a.pairs_sql)
+		nex = examples_from_sql(&v, a.pairs_sql, a.candidates, a.random_negatives,
+								all, nall, &rng, &ex, &skipped);
+	else
+		nex = examples_from_graph(&v, a.candidates, a.random_negatives, all,
+								  nall, &rng, &ex);
+	if (nex == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("no training data for index \"%s\"", RelationGetRelationName(index)),
+				 skipped > 0 ?
+				 errdetail("%d pair(s) were skipped: their positive vector is not in the index.", skipped) : 0,
+				 errhint("pairs_sql must return (query, positive) rows whose positive is an indexed vector.")));
+	if (skipped > 0)
+		ereport(NOTICE,
+				(errmsg("gnnvec_train: %d pair(s) skipped: their positive vector is not in the index",
+						skipped)));
+
+	/* the split: a seeded shuffle, then the last nval examples */
+	order = palloc(sizeof(int) * nex);
+	for (int i = 0; i < nex; i++)
+		order[i] = i;
+	shuffle(order, nex, &rng);
+	nval = (a.val_fraction > 0 && nex >= 2) ?
+		Max(1, (int) floor(nex * a.val_fraction)) : 0;
+	ntrain = nex - nval;
+	{
+		Example    *val = palloc(sizeof(Example) * Max(nval, 1));
+
+		for (int i = 0; i < nval; i++)
+			val[i] = ex[order[ntrain + i]];
+
+		o = palloc0(sizeof(Owned));
+		gnn_on_context_reset(free_owned, o);
+		o->model = stored_model_copy(index, a.scope);
+		if (o->model && (o->model->cfg.in_dim != v.dim ||
+						 o->model->cfg.hidden_dim != a.hidden))
+		{
+			gnn_model_free(o->model);	/* another shape: start over */
+			o->model = NULL;
+		}
+		if (o->model == NULL)
+		{
+			GnnConfig	cfg;
+
+			gnn_config_default(&cfg, v.dim, a.hidden);
+			cfg.seed = (uint64_t) a.seed;
+			gnn_ereport_status(gnn_model_create(&cfg, &o->model, &err), &err);
+		}
+		gnn_train_config_default(&tcfg);
+		tcfg.lr = a.lr;
+		gnn_ereport_status(gnn_trainer_init(&o->trainer, o->model, &tcfg, &err), &err);
+		o->trainer_live = true;
+		gnn_ereport_status(gnn_replay_init(&o->replay, REPLAY_CAPACITY, 2 * v.dim,
+										   (uint64_t) a.seed, &err), &err);
+		o->replay_live = true;
+		state = gnn_store_state(index, a.scope, GNN_KIND_GNN);
+		if (state)
+			(void) state_restore(state, o->model->n_params, 2 * v.dim,
+								 &o->trainer.ewc, &o->replay, &o->replay_live);
+
+		raw_recall = recall_at_10(NULL, &v, val, nval, tmp);
+		best = palloc(sizeof(gnn_real) * o->model->n_params);
+		memcpy(best, o->model->params, sizeof(gnn_real) * o->model->n_params);
+		for (int e = 1; e <= a.epochs; e++)
+		{
+			Example   **batch = palloc(sizeof(Example *) * BATCH_SIZE);
+			double		loss = 0;
+			int			nb = 0;
+			double		recall;
+			Datum		values[3];
+			bool		nulls[3] = {false, false, nval == 0};
+
+			shuffle(order, ntrain, &rng);
+			for (int i = 0; i < ntrain; i += BATCH_SIZE)
+			{
+				int			n = Min(BATCH_SIZE, ntrain - i);
+
+				CHECK_FOR_INTERRUPTS();
+				for (int j = 0; j < n; j++)
+					batch[j] = &ex[order[i + j]];
+				loss += train_batch(&o->trainer, &v, batch, n, tmp);
+				nb++;
+			}
+			loss /= Max(nb, 1);
+			recall = recall_at_10(o->model, &v, val, nval, tmp);
+			if (nval == 0 || recall > best_recall)
+			{
+				best_recall = recall;
+				memcpy(best, o->model->params, sizeof(gnn_real) * o->model->n_params);
+			}
+			ereport(NOTICE,
+					(errmsg("gnnvec_train: epoch %d of %d: loss %.4f, validation recall@10 %.3f (raw distance %.3f)",
+							e, a.epochs, loss, recall, raw_recall)));
+			values[0] = Int32GetDatum(e);
+			values[1] = Float8GetDatum(loss);
+			values[2] = Float8GetDatum(recall);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+			pfree(batch);
+		}
+		memcpy(o->model->params, best, sizeof(gnn_real) * o->model->n_params);
+		if (nval > 0 && best_recall <= raw_recall)
+		{
+			gnn_model_tensor(o->model, GNN_MIX)[1] = -30;
+			fallback = true;
+		}
+		/* what this training taught is what EWC protects from now on */
+		gnn_ewc_consolidate(&o->trainer.ewc, o->model->params);
+		for (int i = 0; i < nex; i++)
+			replay_add_pair(&o->replay, ex[i].query,
+							v.vecs + (size_t) ex[i].cand[ex[i].positive] * v.dim, v.dim);
+		gnn_store_save(index, a.scope, GNN_KIND_GNN, o->model,
+					   train_config(o->model, &a, ntrain, nval,
+									nval > 0 ? best_recall : 0, raw_recall, fallback),
+					   state_serialize(&o->trainer.ewc, &o->replay));
+	}
+	free_owned(o);
+	relation_close(index, NoLock);
+	PG_RETURN_VOID();
+}
+
+/* ---- gnnvec_feedback --------------------------------------------------- */
+
+PG_FUNCTION_INFO_V1(gnnvec_feedback);
+Datum
+gnnvec_feedback(PG_FUNCTION_ARGS)
+{
+	Relation	index = gnn_open_index(PG_GETARG_OID(0), true);
+	GnnIndexView v;
+	float	   *q;
+	float	   *p;
+	int			pos;
+	Owned	   *o;
+	GnnTrainConfig tcfg;
+	GnnError	err;
+	bytea	   *state;
+	GnnRng		rng;
+	int			slots[BATCH_SIZE - 1];
+	int			nslots;
+	Example    *batch;
+	Example   **bp;
+	int			n = 0;
+	double		loss;
+	int64		version;
+	TupleDesc	tdesc;
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+	MemoryContext tmp;
+
+	if (get_call_result_type(fcinfo, NULL, &tdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	gnn_view_init(&v, index);
+	q = palloc(sizeof(float) * v.dim);
+	p = palloc(sizeof(float) * v.dim);
+	gnn_view_query_vector(&v, PG_GETARG_DATUM(1), q, "query vector");
+	gnn_view_query_vector(&v, PG_GETARG_DATUM(2), p, "positive vector");
+	pos = find_node(&v, p);
+	if (pos < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("the positive vector is not in index \"%s\"",
+						RelationGetRelationName(index)),
+				 errhint("Feedback names a row of the indexed table by its vector.")));
+
+	o = palloc0(sizeof(Owned));
+	gnn_on_context_reset(free_owned, o);
+	o->model = stored_model_copy(index, GNN_RERANK_SCOPE);
+	if (o->model && o->model->cfg.in_dim != v.dim)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("the Rerank model of index \"%s\" has %d dimensions, the index %d",
+						RelationGetRelationName(index), o->model->cfg.in_dim, v.dim),
+				 errhint("gnnvec_model_reset() removes it.")));
+	if (o->model == NULL)
+	{
+		GnnConfig	cfg;
+
+		gnn_config_default(&cfg, v.dim, 64);
+		gnn_ereport_status(gnn_model_create(&cfg, &o->model, &err), &err);
+	}
+	gnn_train_config_default(&tcfg);
+	gnn_ereport_status(gnn_trainer_init(&o->trainer, o->model, &tcfg, &err), &err);
+	o->trainer_live = true;
+	gnn_ereport_status(gnn_replay_init(&o->replay, REPLAY_CAPACITY, 2 * v.dim, 42, &err),
+					   &err);
+	o->replay_live = true;
+	state = gnn_store_state(index, GNN_RERANK_SCOPE, GNN_KIND_GNN);
+	if (state)
+		(void) state_restore(state, o->model->n_params, 2 * v.dim,
+							 &o->trainer.ewc, &o->replay, &o->replay_live);
+
+	/* this pair and up to BATCH_SIZE - 1 replayed ones, one step */
+	gnn_rng_seed(&rng, (uint64_t) o->replay.seen + 1);
+	nslots = gnn_replay_sample(&o->replay, BATCH_SIZE - 1, slots);
+	batch = palloc(sizeof(Example) * (nslots + 1));
+	bp = palloc(sizeof(Example *) * (nslots + 1));
+	if (make_example(&v, q, pos, -1, FEEDBACK_CANDIDATES, 0, NULL, 0, &rng, &batch[n]))
+		n++;
+	for (int i = 0; i < nslots; i++)
+	{
+		const gnn_real *rec = gnn_replay_record(&o->replay, slots[i]);
+		int			rp = find_node(&v, rec + v.dim);
+
+		if (rp >= 0 && make_example(&v, rec, rp, -1, FEEDBACK_CANDIDATES, 0,
+									NULL, 0, &rng, &batch[n]))
+			n++;
+	}
+	if (n == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("index \"%s\" has too few rows to learn from", RelationGetRelationName(index))));
+	for (int i = 0; i < n; i++)
+		bp[i] = &batch[i];
+	tmp = AllocSetContextCreate(CurrentMemoryContext, "gnnvec_feedback step",
+								ALLOCSET_DEFAULT_SIZES);
+	loss = train_batch(&o->trainer, &v, bp, n, tmp);
+	replay_add_pair(&o->replay, q, p, v.dim);
+	version = gnn_store_save(index, GNN_RERANK_SCOPE, GNN_KIND_GNN, o->model,
+							 "{\"online\": true}",
+							 state_serialize(&o->trainer.ewc, &o->replay));
+	free_owned(o);
+	relation_close(index, NoLock);
+	values[0] = Int64GetDatum(version);
+	values[1] = Float8GetDatum(loss);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tdesc), values, nulls)));
+}

@@ -1,0 +1,332 @@
+/*
+ * gnn_view.c
+ *		The GNN's view of a gnnhnsw index: element vectors and level-0
+ *		neighbour lists read from the index pages, numbered as nodes and
+ *		read once each, and graph searches that return nodes.
+ */
+#include "postgres.h"
+
+#include "access/relation.h"
+#include "catalog/pg_class.h"
+#include "commands/defrem.h"
+#include "gnn/gnn.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+
+typedef struct ViewEntry
+{
+	uint64		key;			/* hnsw_tid_key of the element */
+	int			node;
+} ViewEntry;
+
+/*
+ * Opens a gnnhnsw index after checking what the caller may do with it:
+ * ownership of its table to change its models, SELECT on the table to
+ * search.  The lock is held until the end of the transaction.
+ */
+Relation
+gnn_open_index(Oid indexoid, bool need_owner)
+{
+	Relation	index;
+	Oid			amoid = get_index_am_oid("gnnhnsw", false);
+	Oid			heapoid;
+
+	index = try_relation_open(indexoid, AccessShareLock);
+	if (index == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("relation with OID %u does not exist", indexoid)));
+	if (index->rd_rel->relkind != RELKIND_INDEX || index->rd_rel->relam != amoid)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" is not a gnnhnsw index",
+						RelationGetRelationName(index)),
+				 errhint("Pass an index created with USING gnnhnsw.")));
+	heapoid = index->rd_index->indrelid;
+	if (need_owner && !pg_class_ownercheck(heapoid, GetUserId()))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("must be owner of table %s to change the models of index %s",
+						get_rel_name(heapoid), RelationGetRelationName(index))));
+	if (!need_owner &&
+		pg_class_aclcheck(heapoid, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for table %s", get_rel_name(heapoid)),
+				 errhint("Searching index %s needs SELECT on its table.",
+						 RelationGetRelationName(index))));
+	return index;
+}
+
+void
+gnn_view_init(GnnIndexView *v, Relation index)
+{
+	HASHCTL		ctl;
+
+	memset(v, 0, sizeof(GnnIndexView));
+	v->index = index;
+	hnsw_read_meta(index, &v->meta);
+	v->metric = (HnswMetric) v->meta.metric;
+	v->dim = v->meta.dims;
+	ctl.keysize = sizeof(uint64);
+	ctl.entrysize = sizeof(ViewEntry);
+	ctl.hcxt = CurrentMemoryContext;
+	v->lookup = hash_create("gnn index view", 1024, &ctl,
+							HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	v->cap = 256;
+	v->vecs = palloc(sizeof(float) * v->dim * v->cap);
+	v->tid = palloc(sizeof(ItemPointerData) * v->cap);
+	v->nbrtid = palloc(sizeof(ItemPointerData) * v->cap);
+	v->nbr_start = palloc(sizeof(int) * v->cap);
+	v->nbr_count = palloc(sizeof(int) * v->cap);
+	v->nbr_lsn = palloc(sizeof(XLogRecPtr) * v->cap);
+	v->nbr_cap = 1024;
+	v->nbr = palloc(sizeof(int) * v->nbr_cap);
+}
+
+static int
+view_add(GnnIndexView *v, ItemPointer tid, const float *vec,
+		 ItemPointer nbrtid)
+{
+	uint64		key = hnsw_tid_key(tid);
+	bool		found;
+	ViewEntry  *ent = hash_search(v->lookup, &key, HASH_ENTER, &found);
+	int			node;
+
+	if (found)
+		return ent->node;
+	if (v->n == v->cap)
+	{
+		v->cap *= 2;
+		v->vecs = repalloc_huge(v->vecs, sizeof(float) * v->dim * v->cap);
+		v->tid = repalloc_huge(v->tid, sizeof(ItemPointerData) * v->cap);
+		v->nbrtid = repalloc_huge(v->nbrtid, sizeof(ItemPointerData) * v->cap);
+		v->nbr_start = repalloc_huge(v->nbr_start, sizeof(int) * v->cap);
+		v->nbr_count = repalloc_huge(v->nbr_count, sizeof(int) * v->cap);
+		v->nbr_lsn = repalloc_huge(v->nbr_lsn, sizeof(XLogRecPtr) * v->cap);
+	}
+	node = v->n++;
+	ent->node = node;
+	memcpy(v->vecs + (size_t) node * v->dim, vec, sizeof(float) * v->dim);
+	v->tid[node] = *tid;
+	v->nbrtid[node] = *nbrtid;
+	v->nbr_start[node] = -1;
+	v->nbr_count[node] = 0;
+	v->nbr_lsn[node] = InvalidXLogRecPtr;
+	return node;
+}
+
+/* The node of the element at tid, read from its page if new; -1 if none. */
+int
+gnn_view_node(GnnIndexView *v, ItemPointer tid)
+{
+	uint64		key = hnsw_tid_key(tid);
+	ViewEntry  *ent = hash_search(v->lookup, &key, HASH_FIND, NULL);
+	HnswSearch	s;
+	HnswElement e;
+	int			node;
+
+	if (ent)
+		return ent->node;
+	memset(&s, 0, sizeof(s));
+	s.index = v->index;
+	s.dim = v->dim;
+	s.metric = v->metric;
+	s.load_vectors = true;
+	memset(&e, 0, sizeof(e));
+	e.tid = *tid;
+	if (!hnsw_load_element(&s, &e) || e.deleted || e.nheaptids == 0)
+	{
+		if (e.vec)
+			pfree(e.vec);
+		return -1;
+	}
+	node = view_add(v, tid, e.vec, &e.neighbortid);
+	pfree(e.vec);
+	return node;
+}
+
+/* LSN of the page of a node's neighbour tuple: changes with the list. */
+XLogRecPtr
+gnn_view_neighbor_lsn(GnnIndexView *v, int node)
+{
+	ItemPointerData nt = v->nbrtid[node];
+	Buffer		buf;
+	XLogRecPtr	lsn;
+
+	if (v->nbr_start[node] >= 0 || !ItemPointerIsValid(&nt))
+		return v->nbr_lsn[node];
+	buf = ReadBuffer(v->index, ItemPointerGetBlockNumber(&nt));
+	LockBuffer(buf, BUFFER_LOCK_SHARE);
+	lsn = PageGetLSN(BufferGetPage(buf));
+	UnlockReleaseBuffer(buf);
+	return lsn;
+}
+
+/*
+ * Reads a node's level-0 neighbour list (and the LSN of its page, which
+ * changes whenever the list does), and each neighbour's vector.
+ */
+void
+gnn_view_neighbors(GnnIndexView *v, int node)
+{
+	ItemPointerData *tids;
+	ItemPointerData nt = v->nbrtid[node];
+	int			slots = 2 * v->meta.m;
+	int			n = 0;
+	int			i;
+	Buffer		buf;
+	HnswNeighborTuple ntup;
+
+	if (v->nbr_start[node] >= 0 || !ItemPointerIsValid(&nt))
+		return;
+	tids = palloc(sizeof(ItemPointerData) * slots);
+	buf = ReadBuffer(v->index, ItemPointerGetBlockNumber(&nt));
+	LockBuffer(buf, BUFFER_LOCK_SHARE);
+	v->nbr_lsn[node] = PageGetLSN(BufferGetPage(buf));
+	ntup = hnsw_get_neighbors(BufferGetPage(buf), ItemPointerGetOffsetNumber(&nt));
+	if (ntup && ntup->count >= slots)
+		for (i = 0; i < slots; i++)
+			if (ItemPointerIsValid(&ntup->tids[i]))
+				tids[n++] = ntup->tids[i];
+	UnlockReleaseBuffer(buf);
+
+	if (v->nbr_used + n > v->nbr_cap)
+	{
+		v->nbr_cap = Max(v->nbr_cap * 2, v->nbr_used + n);
+		v->nbr = repalloc_huge(v->nbr, sizeof(int) * v->nbr_cap);
+	}
+	/* reserve the range first: reading neighbours adds nodes, not lists */
+	v->nbr_start[node] = v->nbr_used;
+	v->nbr_count[node] = 0;
+	v->nbr_used += n;
+	for (i = 0; i < n; i++)
+	{
+		int			u = gnn_view_node(v, &tids[i]);
+
+		if (u >= 0 && u != node)
+			v->nbr[v->nbr_start[node] + v->nbr_count[node]++] = u;
+	}
+	pfree(tids);
+}
+
+/*
+ * The graph search of a scan (greedy descent, then SEARCH-LAYER at level 0
+ * with this ef): up to ef live nodes, nearest first, with graph distances
+ * and, when cands is not NULL, their heap TIDs.
+ */
+int
+gnn_view_search(GnnIndexView *v, const float *query, int ef, int *nodes,
+				float *dists, HnswCandidate *cands)
+{
+	HnswSearch	s;
+	HnswHeapItem *found = palloc(sizeof(HnswHeapItem) * (ef + 1));
+	int			ep;
+	int			nf = 0;
+	int			n = 0;
+	int			i;
+
+	hnsw_search_init(&s, v->index, v->metric, v->dim, v->meta.m, query);
+	s.load_vectors = true;
+	if (hnsw_search_to_level(&s, &v->meta, 0, &ep) >= 0)
+		nf = hnsw_search_layer(&s, &ep, 1, ef, 0, found);
+	for (i = 0; i < nf; i++)
+	{
+		HnswElement *e = &s.elems[found[i].id];
+
+		if (e->deleted || e->nheaptids == 0 || e->vec == NULL)
+			continue;
+		nodes[n] = view_add(v, &e->tid, e->vec, &e->neighbortid);
+		dists[n] = found[i].dist;
+		if (cands)
+		{
+			cands[n].tid = e->tid;
+			cands[n].distance = found[i].dist;
+			cands[n].nheaptids = e->nheaptids;
+			memcpy(cands[n].heaptids, e->heaptids,
+				   sizeof(ItemPointerData) * e->nheaptids);
+		}
+		n++;
+	}
+	hnsw_search_reset(&s);
+	pfree(found);
+	return n;
+}
+
+/*
+ * Adds every live element of the index (a pass over its pages); *nodes
+ * gets their node numbers.  Returns how many.
+ */
+int
+gnn_view_all_elements(GnnIndexView *v, int **nodes)
+{
+	BlockNumber nblocks = RelationGetNumberOfBlocks(v->index);
+	BlockNumber blkno;
+	ItemPointerData *tids = NULL;
+	int			ntids = 0;
+	int			captids = 0;
+	int			n = 0;
+	int			i;
+
+	for (blkno = HNSW_METAPAGE_BLKNO + 1; blkno < nblocks; blkno++)
+	{
+		Buffer		buf;
+		Page		page;
+		OffsetNumber off;
+
+		CHECK_FOR_INTERRUPTS();
+		buf = ReadBuffer(v->index, blkno);
+		LockBuffer(buf, BUFFER_LOCK_SHARE);
+		page = BufferGetPage(buf);
+		for (off = FirstOffsetNumber; off <= PageGetMaxOffsetNumber(page); off++)
+		{
+			HnswElementTuple etup = hnsw_get_element(page, off);
+
+			if (etup == NULL || etup->deleted || etup->nheaptids == 0)
+				continue;
+			if (ntids == captids)
+			{
+				captids = captids ? captids * 2 : 1024;
+				tids = tids ? repalloc_huge(tids, sizeof(ItemPointerData) * captids)
+					: palloc(sizeof(ItemPointerData) * captids);
+			}
+			ItemPointerSet(&tids[ntids], blkno, off);	/* a macro: no ++ inside */
+			ntids++;
+		}
+		UnlockReleaseBuffer(buf);
+	}
+	*nodes = palloc(sizeof(int) * Max(ntids, 1));
+	for (i = 0; i < ntids; i++)
+	{
+		int			node = gnn_view_node(v, &tids[i]);
+
+		if (node >= 0)
+			(*nodes)[n++] = node;
+	}
+	if (tids)
+		pfree(tids);
+	return n;
+}
+
+/*
+ * A vector argument as the index sees it: dimension checked, normalised
+ * for cosine.  what names the argument in the error.
+ */
+void
+gnn_view_query_vector(GnnIndexView *v, Datum vec, float *out, const char *what)
+{
+	Vector	   *x = DatumGetVector(vec);
+
+	if (x->dim != v->dim)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("%s has %d dimensions, but index \"%s\" has %d",
+						what, x->dim, RelationGetRelationName(v->index), v->dim)));
+	if (!hnsw_form_vector(vec, v->metric, v->dim, out))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("%s cannot be searched with this index's metric", what),
+				 errhint("A zero vector has no cosine distance.")));
+}

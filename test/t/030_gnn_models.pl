@@ -1,0 +1,95 @@
+# GNN models in the model table: every backend sees a new version once it
+# is committed (and not before), and models survive a restart and a
+# pg_dump/pg_restore (where the index gets a new OID).
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use IPC::Run;
+
+my $node = PostgreSQL::Test::Cluster->new('gnn');
+$node->init;
+$node->start;
+
+$node->safe_psql('postgres', q{
+	CREATE EXTENSION gnnvec;
+	CREATE TABLE items (id int PRIMARY KEY, v vector(8));
+	INSERT INTO items SELECT i, (SELECT array_agg(sin(i * j * 0.37 + j)::real) FROM generate_series(1, 8) j)::vector
+		FROM generate_series(1, 300) i;
+	CREATE INDEX items_v ON items USING gnnhnsw (v vector_l2_ops) WITH (m = 8);
+	CREATE TABLE pairs AS SELECT a.v AS q, b.v AS p FROM items a JOIN items b ON b.id = a.id + 150 WHERE a.id <= 100;
+	SELECT count(*) FROM gnnvec_train('items_v', 'SELECT q, p FROM pairs', epochs => 2, hidden => 8,
+		validation_fraction => 0);
+});
+
+# scores of one query, as "id:score" rounded, in rank order
+my $scores_sql = q{SELECT string_agg(i.id || ':' || round(s.score::numeric, 6), ',')
+	FROM gnnvec_search('items_v', (SELECT q FROM pairs LIMIT 1), 10) s JOIN items i ON i.ctid = s.tid};
+
+# a long-lived session that caches the model
+my ($in, $out, $err) = ('', '', '');
+my $h = IPC::Run::start([ 'psql', '-X', '-A', '-t', '-d', $node->connstr('postgres') ],
+	'<', \$in, '>', \$out, '2>', \$err, IPC::Run::timeout(120));
+sub session_query
+{
+	my ($sql) = @_;
+	$out = '';
+	$in .= "$sql;\n\\echo END-OF-QUERY\n";
+	$h->pump until $out =~ /END-OF-QUERY\n/;
+	$out =~ s/END-OF-QUERY\n//;
+	chomp $out;
+	return $out;
+}
+
+my $v1 = session_query($scores_sql);
+ok($v1 =~ /^\d+:/, 'the session scores with version 1');
+
+# a second session writes version 2 but does not commit yet
+my ($in2, $out2, $err2) = ('', '', '');
+my $h2 = IPC::Run::start([ 'psql', '-X', '-A', '-t', '-d', $node->connstr('postgres') ],
+	'<', \$in2, '>', \$out2, '2>', \$err2, IPC::Run::timeout(120));
+$in2 .= "BEGIN;\nSELECT count(*) FROM gnnvec_train('items_v', 'SELECT q, p FROM pairs', epochs => 3, hidden => 8, validation_fraction => 0, seed => 9);\nSELECT 'TRAINED';\n";
+$h2->pump until $out2 =~ /TRAINED/;
+is(session_query($scores_sql), $v1, 'an uncommitted version is not seen by other backends');
+is(session_query(q{SELECT version FROM gnnvec_model_info('items_v')}), '1', 'still version 1 before commit');
+
+$in2 .= "COMMIT;\nSELECT 'COMMITTED';\n";
+$h2->pump until $out2 =~ /COMMITTED/;
+$in2 .= "\\q\n";
+$h2->finish;
+is(session_query(q{SELECT version FROM gnnvec_model_info('items_v')}), '2', 'version 2 after commit');
+my $v2 = session_query($scores_sql);
+isnt($v2, $v1, 'the caching backend scores with the committed version');
+
+# a rolled-back version leaves the committed one in place
+$node->safe_psql('postgres', q{BEGIN; SELECT gnnvec_feedback('items_v', (SELECT q FROM pairs LIMIT 1), (SELECT p FROM pairs LIMIT 1)); ROLLBACK;});
+is(session_query($scores_sql), $v2, 'a rolled-back version is never seen');
+$in .= "\\q\n";
+$h->finish;
+
+# restart
+$node->restart;
+is($node->safe_psql('postgres', $scores_sql), $v2, 'the model survives a restart');
+
+# dump and restore into another database: the index has a new OID there
+my $dump = $node->basedir . '/gnn.dump';
+command_ok([ 'pg_dump', '-Fc', '-d', $node->connstr('postgres'), '-f', $dump ], 'pg_dump -Fc');
+$node->safe_psql('postgres', 'CREATE DATABASE restored');
+command_ok([ 'pg_restore', '-d', $node->connstr('restored'), $dump ], 'pg_restore');
+isnt($node->safe_psql('restored', q{SELECT 'items_v'::regclass::oid}),
+	$node->safe_psql('postgres', q{SELECT 'items_v'::regclass::oid}), 'the restored index has a new OID');
+is($node->safe_psql('restored', q{SELECT scope || ' ' || kind || ' ' || version FROM gnnvec_model_info('items_v')}),
+	'Rerank gnn 2', 'the restored model is found by the index name');
+is($node->safe_psql('restored', $scores_sql), $v2, 'the restored model scores as before');
+
+# the next save rebinds the row to the new OID; the old row is gone
+$node->safe_psql('restored', q{SELECT gnnvec_feedback('items_v', (SELECT q FROM pairs LIMIT 1), (SELECT p FROM pairs LIMIT 1))});
+is($node->safe_psql('restored', q{SELECT count(*) || ' ' || bool_and(index_oid = 'items_v'::regclass) || ' ' || max(version) FROM gnnvec_models}),
+	'1 true 3', 'saving rebinds the restored row to the new index');
+
+# a restored model of a dropped index goes with it
+$node->safe_psql('restored', 'DROP TABLE items');
+is($node->safe_psql('restored', 'SELECT count(*) FROM gnnvec_models'), '0', 'DROP TABLE drops the models');
+
+done_testing();
