@@ -2,7 +2,7 @@
 # make bench: datasets, benchmarks, tables and plots under bench/out/.
 #
 #   bench/run.sh            everything
-#   bench/run.sh kernels    one part (data | kernels | index)
+#   bench/run.sh kernels    one part (data | kernels | index | rerank)
 #
 # Machines here are noisy: every number is reported next to a reference
 # measured in the same run (a plain scalar loop, OpenBLAS, hnswlib, exact
@@ -61,10 +61,18 @@ kernels() {
 	$PY bench/report_kernels.py "$out/kernels.csv" "$out/kernels.png" | tee "$out/kernels.md"
 }
 
+# GNN reranker: relevance against known truth, latency, learning curve
+rerank() {
+	$PY bench/rerank_data.py "$data/rerank"
+	BENCH_SCRIPT=rerank_bench.sh bash test/run.sh bench rerank
+	$PY bench/report_rerank.py "$out" | tee "$out/rerank.md"
+}
+
 case $what in
-	all) dataset; kernels; index ;;
+	all) dataset; kernels; index; rerank ;;
 	data) dataset ;;
 	kernels) kernels ;;
 	index) dataset; index ;;
+	rerank) rerank ;;
 	*) echo "unknown part: $what"; exit 2 ;;
 esac

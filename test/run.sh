@@ -134,7 +134,8 @@ if [ "$mode" = bench ]; then
 	mkdir -p "$work/bench/out"
 	[ "$(id -u)" = 0 ] && chown -R postgres "$work/bench"
 	start_cluster || exit 1
-	as_server_user bash "$work/bench/pg_bench.sh" "$work/bench/data/${2:-clustered-100k-128}" "$work/bench/out"
+	# BENCH_SCRIPT: another runner under bench/ (bench/run.sh rerank)
+	as_server_user bash "$work/bench/${BENCH_SCRIPT:-pg_bench.sh}" "$work/bench/data/${2:-clustered-100k-128}" "$work/bench/out"
 	rc=$?
 	cp "$work"/bench/out/* "$root/bench/out/" 2>/dev/null
 	exit $rc

@@ -139,8 +139,8 @@ make_example(GnnIndexView *v, const float *query, int positive, int exclude,
 }
 
 /*
- * The node holding exactly this vector, or -1 if the search (ef at least
- * 100) does not reach it.
+ * The node holding exactly this vector, or -1 if the index has none: a
+ * graph search first (ef at least 100), every element if it misses.
  */
 static int
 find_node(GnnIndexView *v, const float *vec)
@@ -157,6 +157,18 @@ find_node(GnnIndexView *v, const float *vec)
 			found = nodes[i];
 	pfree(nodes);
 	pfree(dists);
+	if (found < 0)
+	{
+		/* the approximate search missed it: a pass over every element */
+		int		   *all;
+		int			nall = gnn_view_all_elements(v, &all);
+
+		for (int i = 0; i < nall && found < 0; i++)
+			if (memcmp(v->vecs + (size_t) all[i] * v->dim, vec,
+					   sizeof(float) * v->dim) == 0)
+				found = all[i];
+		pfree(all);
+	}
 	return found;
 }
 

@@ -1,0 +1,89 @@
+#!/usr/bin/python3
+"""Tables and the learning-curve plot of the GNN rerank benchmark.
+
+Reads OUT/rerank_{topics,raw,latency,curve}.csv (bench/rerank_bench.sh),
+prints markdown and writes OUT/rerank_curve.png.
+"""
+import csv
+import os
+import statistics
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+LABELS = {
+    "index": "(a) plain index scan",
+    "exact": "(b) exact brute force",
+    "untrained": "(c) rerank, untrained",
+    "trained": "(d) rerank, trained",
+    "feedback": "(e) rerank, online feedback only",
+}
+
+
+def read(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def results(out, name):
+    rows = {r["method"]: r for r in read(os.path.join(out, "rerank_%s.csv" % name))}
+    print("| method | Recall@10 | NDCG@10 | training s |")
+    print("|---|---|---|---|")
+    for m in ("index", "exact", "untrained", "trained", "feedback"):
+        r = rows[m]
+        secs = "%.1f" % float(r["seconds"]) if r["seconds"] else ""
+        print("| %s | %.3f | %.3f | %s |" % (LABELS[m], float(r["recall_at_10"]),
+                                          float(r["ndcg_at_10"]), secs))
+    return {m: float(r["recall_at_10"]) for m, r in rows.items()}
+
+
+def main():
+    out = sys.argv[1]
+    print("### Topics (true relevance = same latent topic; 10000 items, 128 dims, "
+          "200 held-out queries)\n")
+    t = results(out, "topics")
+    gain = 100 * (t["trained"] - t["exact"])
+    print("\n(d) - (b): %+.1f points Recall@10 (target >= +10)\n" % gain)
+    print("### Raw distance is the truth (relevant = exact 10 nearest)\n")
+    r = results(out, "raw")
+    print("\n(d) - (a): %+.1f points Recall@10 (target: within 1 point)\n"
+          % (100 * (r["trained"] - r["index"])))
+
+    lat = read(os.path.join(out, "rerank_latency.csv"))
+    plain = statistics.median(float(x["plain_ms"]) for x in lat)
+    rer = statistics.median(float(x["rerank_ms"]) for x in lat)
+    print("### Latency (ef_search 100, k 10, 128 dims; median of %d alternating passes "
+          "over the held-out queries)\n" % len(lat))
+    print("| scan | ms per query |")
+    print("|---|---|")
+    print("| plain index scan | %.3f |" % plain)
+    print("| reranked index scan (gnnvec.rerank = on) | %.3f |" % rer)
+    print("\nrerank overhead: %+.1f%% (target <= 25%%)\n" % (100 * (rer / plain - 1)))
+
+    curve = read(os.path.join(out, "rerank_curve.csv"))
+    ep = [int(c["epoch"]) for c in curve]
+    rec = [float(c["heldout_recall_at_10"]) for c in curve]
+    loss = [float(c["loss"]) for c in curve]
+    print("### Learning curve (topics; one epoch per gnnvec_train call)\n")
+    print("| epoch | training loss | held-out Recall@10 |")
+    print("|---|---|---|")
+    for e, l, x in zip(ep, loss, rec):
+        print("| %d | %.3f | %.3f |" % (e, l, x))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([0] + ep, [t["untrained"]] + rec, "o-", label="rerank (held-out Recall@10)")
+    ax.axhline(t["exact"], color="gray", ls="--", label="exact brute force")
+    ax.axhline(t["index"], color="gray", ls=":", label="plain index scan")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("Recall@10 vs true relevance")
+    ax.set_title("GNN rerank learning curve (topics data set)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "rerank_curve.png"), dpi=100)
+    print("\nplot: %s" % os.path.join(out, "rerank_curve.png"))
+
+
+if __name__ == "__main__":
+    main()
