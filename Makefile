@@ -79,7 +79,18 @@ test/unit/bin/%: test/unit/%.c $(PURE_SRCS) $(HEADERS) test/unit/unit.h
 	@mkdir -p test/unit/bin
 	$(CC) $(UNIT_FLAGS) -o $@ $< $(PURE_SRCS) -lopenblas -lm -lpthread
 
+# The GNN gradient checks need double precision: same sources, -DGNN_DOUBLE.
+test/unit/bin/test_gnn_grad: test/unit/test_gnn_grad.c $(PURE_SRCS) $(HEADERS) test/unit/unit.h
+	@mkdir -p test/unit/bin
+	$(CC) $(UNIT_FLAGS) -DGNN_DOUBLE -o $@ $< $(PURE_SRCS) -lopenblas -lm -lpthread
+
 unit-bins: $(UNIT_BINS)
+
+# GNN microbenchmark: forward/backward/score/train-step timings at dim 128.
+bench/gnn_bench: bench/gnn_bench.c $(PURE_SRCS) $(HEADERS)
+	$(CC) $(UNIT_FLAGS) -o $@ $< $(PURE_SRCS) -lopenblas -lm -lpthread
+
+EXTRA_CLEAN += bench/gnn_bench
 
 EXTRA_CLEAN += test/unit/bin .build-flags
 

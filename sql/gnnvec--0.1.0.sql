@@ -213,6 +213,77 @@ CREATE FUNCTION gnnvec_gpu_devices(
 	RETURNS SETOF record
 	AS 'MODULE_PATHNAME' LANGUAGE C VOLATILE STRICT;
 
+-- ===== MicroLoRA and trajectories =====
+--
+-- Adapters y = x + alpha (x A) B per planner operator scope and per scope
+-- category (src/lora/lora.h).  A scope is one of the 17 operator type names
+-- of gnnvec_lora_scopes(), in any case, or its number 0..16.  State lives in
+-- shared memory with shared_preload_libraries = 'gnnvec', else per backend.
+
+CREATE FUNCTION gnnvec_lora_scopes(
+	OUT scope integer, OUT name text, OUT category text, OUT plan_nodes text)
+	RETURNS SETOF record
+	AS 'MODULE_PATHNAME' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION gnnvec_lora_forward(scope text, input vector) RETURNS vector
+	AS 'MODULE_PATHNAME' LANGUAGE C VOLATILE STRICT;
+CREATE FUNCTION gnnvec_lora_forward(scope integer, input vector) RETURNS vector
+	AS 'SELECT @extschema@.gnnvec_lora_forward($1::text, $2)' LANGUAGE sql VOLATILE STRICT;
+
+CREATE FUNCTION gnnvec_lora_adapt(scope text, gradient vector) RETURNS void
+	AS 'MODULE_PATHNAME' LANGUAGE C VOLATILE STRICT;
+CREATE FUNCTION gnnvec_lora_adapt(scope integer, gradient vector) RETURNS void
+	AS 'SELECT @extschema@.gnnvec_lora_adapt($1::text, $2)' LANGUAGE sql VOLATILE STRICT;
+
+CREATE FUNCTION gnnvec_lora_reward(scope text, improvement double precision) RETURNS void
+	AS 'MODULE_PATHNAME' LANGUAGE C VOLATILE STRICT;
+CREATE FUNCTION gnnvec_lora_reward(scope integer, improvement double precision) RETURNS void
+	AS 'SELECT @extschema@.gnnvec_lora_reward($1::text, $2)' LANGUAGE sql VOLATILE STRICT;
+
+CREATE FUNCTION gnnvec_lora_reset(scope text) RETURNS void
+	AS 'MODULE_PATHNAME' LANGUAGE C VOLATILE STRICT;
+CREATE FUNCTION gnnvec_lora_reset(scope integer) RETURNS void
+	AS 'SELECT @extschema@.gnnvec_lora_reset($1::text)' LANGUAGE sql VOLATILE STRICT;
+
+CREATE FUNCTION gnnvec_lora_reset_all() RETURNS void
+	AS 'MODULE_PATHNAME' LANGUAGE C VOLATILE;
+
+CREATE FUNCTION gnnvec_lora_category_fallback(enabled boolean) RETURNS void
+	AS 'MODULE_PATHNAME' LANGUAGE C VOLATILE STRICT;
+
+CREATE FUNCTION gnnvec_lora_stats(
+	OUT scope integer, OUT name text, OUT category text, OUT kind text,
+	OUT dim integer, OUT rank integer, OUT alpha real,
+	OUT forward_count bigint, OUT adapt_count bigint, OUT delta_norm double precision,
+	OUT param_count bigint, OUT weight double precision)
+	RETURNS SETOF record
+	AS 'MODULE_PATHNAME' LANGUAGE C VOLATILE;
+
+-- Trajectories hold other sessions' query vectors: superusers only, unless granted.
+CREATE FUNCTION gnnvec_trajectories(
+	OUT id bigint, OUT scope text, OUT execution_ms double precision,
+	OUT baseline_ms double precision, OUT improvement double precision,
+	OUT rows double precision, OUT loops double precision,
+	OUT embedding vector, OUT recorded_at timestamptz)
+	RETURNS SETOF record
+	AS 'MODULE_PATHNAME' LANGUAGE C VOLATILE;
+
+CREATE FUNCTION gnnvec_trajectory_stats(
+	threshold double precision DEFAULT 0.5,
+	OUT total bigint, OUT buffered integer, OUT mean_improvement double precision,
+	OUT best_improvement double precision, OUT success_rate double precision,
+	OUT variance double precision, OUT high_quality integer,
+	OUT embeddings_dropped bigint, OUT count_by_operator jsonb)
+	RETURNS record
+	AS 'MODULE_PATHNAME' LANGUAGE C VOLATILE STRICT;
+
+CREATE FUNCTION gnnvec_trajectory_reset() RETURNS void
+	AS 'MODULE_PATHNAME' LANGUAGE C VOLATILE;
+
+REVOKE ALL ON FUNCTION gnnvec_trajectories() FROM PUBLIC;
+REVOKE ALL ON FUNCTION gnnvec_trajectory_stats(double precision) FROM PUBLIC;
+REVOKE ALL ON FUNCTION gnnvec_trajectory_reset() FROM PUBLIC;
+
 -- ===== gnnhnsw access method =====
 
 CREATE FUNCTION gnnhnsw_handler(internal) RETURNS index_am_handler

@@ -6,6 +6,7 @@
 
 #include "fmgr.h"
 #include "hnsw/hnsw.h"
+#include "lora/lora.h"
 #include "vector/vector.h"
 
 PG_MODULE_MAGIC;
@@ -17,4 +18,5 @@ _PG_init(void)
 {
 	vector_init();
 	hnsw_init();
+	lora_init();
 }

@@ -165,10 +165,13 @@ log "regression tests"
 start_cluster || { echo "gnnvec: $passed passed, $((failed + 1)) failed"; exit 1; }
 ln -s "$work/sql_tests" "$work/regress/sql"
 ln -s "$work/expected" "$work/regress/expected"
+# The extension exists before the first test runs, so every test's
+# CREATE EXTENSION IF NOT EXISTS says "already exists" whatever the order.
 tests=$(cd sql_tests && ls *.sql | sed 's/\.sql$//' | sort)
 as_server_user "$PG_REGRESS" --host="$sock" --port=$port \
 	--inputdir="$work/regress" --outputdir="$work/regress" \
-	--bindir="$inst$bindir" --dbname=gnnvec_regress $tests | tee "$work/regress.log"
+	--bindir="$inst$bindir" --dbname=gnnvec_regress --load-extension=gnnvec \
+	$tests | tee "$work/regress.log"
 rc=${PIPESTATUS[0]}
 p=$(grep -cE '\.\.\. ok|^ok ' "$work/regress.log")
 f=$(grep -cE '\.\.\. FAILED|^not ok ' "$work/regress.log")

@@ -1,0 +1,672 @@
+/*
+ * gnn_layer.c
+ *		RuvectorLayer forward and backward passes over a batch of nodes
+ *		(seeds/gnn-architecture-analysis.txt section 1; equations in gnn.h).
+ *
+ * Every dense product runs as one OpenBLAS GEMM over the whole batch: the
+ * message transform and the key/value projections over the vector table
+ * (each vector once, however many nodes use it), the query, output,
+ * aggregation and GRU maps over the nodes.  Only the attention itself,
+ * which has a different neighbour list per node, loops per node.
+ *
+ * The backward pass is derived by hand from the forward equations, in
+ * reverse order; each step names the forward quantity it differentiates.
+ * test/unit/test_gnn_grad.c checks every parameter and input gradient
+ * against central finite differences in the double build.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gnn/gnn.h"
+
+struct GnnLayerTape
+{
+	GnnGraph	g;				/* the caller's arrays, by reference */
+	bool		has_mask;		/* dropout was applied */
+	size_t		cap;			/* gnn_reals allocated in buf */
+	gnn_real   *buf;
+	/* views into buf */
+	gnn_real   *msg;			/* n_vectors x H: m = W_msg x + b_msg */
+	gnn_real   *key;			/* n_vectors x H: W_k m */
+	gnn_real   *val;			/* n_vectors x H: W_v m */
+	gnn_real   *node_msg;		/* N x H: m of each node */
+	gnn_real   *query;			/* N x H: W_q m */
+	gnn_real   *ebar;			/* E: normalised edge weights */
+	gnn_real   *alpha;			/* E x heads: attention, per node head-major */
+	gnn_real   *heads_out;		/* N x H: concatenated head outputs */
+	gnn_real   *comb;			/* N x H: att + agg */
+	gnn_real   *t;				/* N x H: W_agg comb + b_agg */
+	gnn_real   *gx;				/* N x 3H: W_gru t */
+	gnn_real   *gh;				/* N x 2H: U_zr m */
+	gnn_real   *ghn;			/* N x H: U_n (r * m) */
+	gnn_real   *z;				/* N x H: update gate */
+	gnn_real   *r;				/* N x H: reset gate */
+	gnn_real   *rm;				/* N x H: r * m */
+	gnn_real   *cand;			/* N x H: candidate state n */
+	gnn_real   *mask;			/* N x H: dropout scale, 0 or 1/(1-p) */
+	gnn_real   *xhat;			/* N x H: normalised LayerNorm input */
+	gnn_real   *inv_std;		/* N */
+};
+
+/* ---- validation and workspace ---------------------------------------------- */
+
+static GnnStatus
+check_rows(const gnn_real *x, size_t n, const char *what, GnnError *err)
+{
+	for (size_t i = 0; i < n; i++)
+		if (!isfinite(x[i]))
+			return gnn_error(err, GNN_ERR_ARG, "GNN input %s contains NaN or infinity",
+							 what);
+	return GNN_OK;
+}
+
+static GnnStatus
+validate_graph(const GnnModel *model, const GnnGraph *g, GnnError *err)
+{
+	int			nv = g->n_vectors;
+	int			n_edges;
+
+	if (nv < 0 || g->n_nodes < 0)
+		return gnn_error(err, GNN_ERR_ARG, "GNN graph sizes must not be negative");
+	if ((nv > 0 && g->vectors == NULL) ||
+		(g->n_nodes > 0 && (g->node == NULL || g->nbr_offset == NULL)))
+		return gnn_error(err, GNN_ERR_ARG, "GNN graph is missing arrays");
+	if (g->n_nodes == 0)
+		return GNN_OK;
+	if (g->nbr_offset[0] != 0)
+		return gnn_error(err, GNN_ERR_ARG, "GNN graph nbr_offset[0] must be 0");
+	for (int i = 0; i < g->n_nodes; i++)
+	{
+		if (g->node[i] < 0 || g->node[i] >= nv)
+			return gnn_error(err, GNN_ERR_ARG,
+							 "GNN node %d refers to vector %d of %d", i, g->node[i], nv);
+		if (g->nbr_offset[i + 1] < g->nbr_offset[i])
+			return gnn_error(err, GNN_ERR_ARG,
+							 "GNN graph nbr_offset decreases at node %d", i);
+	}
+	n_edges = g->nbr_offset[g->n_nodes];
+	if (n_edges > 0 && g->nbr == NULL)
+		return gnn_error(err, GNN_ERR_ARG, "GNN graph is missing its neighbour array");
+	for (int e = 0; e < n_edges; e++)
+	{
+		if (g->nbr[e] < 0 || g->nbr[e] >= nv)
+			return gnn_error(err, GNN_ERR_ARG,
+							 "GNN neighbour entry %d refers to vector %d of %d",
+							 e, g->nbr[e], nv);
+		if (g->edge_w != NULL && !(g->edge_w[e] >= 0 && isfinite(g->edge_w[e])))
+			return gnn_error(err, GNN_ERR_ARG,
+							 "GNN edge weight %d must be finite and >= 0", e);
+	}
+	return check_rows(g->vectors, (size_t) nv * model->cfg.in_dim, "vectors", err);
+}
+
+/* Sizes the tape for this batch and points the views into one block. */
+static GnnStatus
+tape_reserve(GnnLayerTape *tp, const GnnModel *model, const GnnGraph *g,
+			 GnnError *err)
+{
+	size_t		h = model->cfg.hidden_dim;
+	size_t		nv = g->n_vectors;
+	size_t		n = g->n_nodes;
+	size_t		ne = n > 0 ? g->nbr_offset[n] : 0;
+	size_t		need = 3 * nv * h + 17 * n * h + ne * (1 + model->cfg.heads) + n;
+	gnn_real   *p;
+
+	if (need > tp->cap || tp->buf == NULL)
+	{
+		gnn_real   *nb = malloc((need > 0 ? need : 1) * sizeof(gnn_real));
+
+		if (nb == NULL)
+			return gnn_error(err, GNN_ERR_NOMEM,
+							 "out of memory for GNN layer workspace (%zu values)", need);
+		free(tp->buf);
+		tp->buf = nb;
+		tp->cap = need;
+	}
+	p = tp->buf;
+#define TAKE(field, count) (tp->field = p, p += (count))
+	TAKE(msg, nv * h);
+	TAKE(key, nv * h);
+	TAKE(val, nv * h);
+	TAKE(node_msg, n * h);
+	TAKE(query, n * h);
+	TAKE(heads_out, n * h);
+	TAKE(comb, n * h);
+	TAKE(t, n * h);
+	TAKE(gx, 3 * n * h);
+	TAKE(gh, 2 * n * h);
+	TAKE(ghn, n * h);
+	TAKE(z, n * h);
+	TAKE(r, n * h);
+	TAKE(rm, n * h);
+	TAKE(cand, n * h);
+	TAKE(mask, n * h);
+	TAKE(xhat, n * h);
+	TAKE(ebar, ne);
+	TAKE(alpha, ne * model->cfg.heads);
+	TAKE(inv_std, n);
+#undef TAKE
+	tp->g = *g;
+	return GNN_OK;
+}
+
+void
+gnn_layer_tape_free(GnnLayerTape *tape)
+{
+	if (tape == NULL)
+		return;
+	free(tape->buf);
+	free(tape);
+}
+
+/* ---- forward -------------------------------------------------------------- */
+
+void
+gnn_softmax(const gnn_real *in, int n, gnn_real *out)
+{
+	gnn_real	mx;
+	gnn_real	sum = 0;
+
+	if (n <= 0)
+		return;
+	mx = in[0];
+	for (int i = 1; i < n; i++)
+		if (in[i] > mx)
+			mx = in[i];
+	/* after subtracting the max the largest term is exp(0) = 1, so sum >= 1 */
+	for (int i = 0; i < n; i++)
+	{
+		out[i] = gnn_exp(in[i] - mx);
+		sum += out[i];
+	}
+	for (int i = 0; i < n; i++)
+		out[i] /= sum;
+}
+
+/* x W^T + b for all rows (b may be NULL). */
+static void
+linear_rows(const gnn_real *x, int n, int in, const gnn_real *w,
+			const gnn_real *b, int out, gnn_real *y)
+{
+	gnn_gemm_xwt(x, n, in, w, out, 0, y, in, out);
+	if (b != NULL)
+		for (int i = 0; i < n; i++)
+			for (int j = 0; j < out; j++)
+				y[(size_t) i * out + j] += b[j];
+}
+
+/* ebar for node i: edge weights normalised to sum 1, uniform if all zero. */
+static void
+normalise_edges(GnnLayerTape *tp, int i)
+{
+	int			lo = tp->g.nbr_offset[i];
+	int			n = tp->g.nbr_offset[i + 1] - lo;
+	gnn_real	sum = 0;
+
+	if (tp->g.edge_w != NULL)
+		for (int j = 0; j < n; j++)
+			sum += tp->g.edge_w[lo + j];
+	for (int j = 0; j < n; j++)
+		tp->ebar[lo + j] = sum > 0 ? tp->g.edge_w[lo + j] / sum : (gnn_real) 1 / n;
+}
+
+/*
+ * Scaled dot-product attention of node i over its neighbours, per head
+ * (Vaswani 2017), into heads_out[i]; the edge-weighted mean of the
+ * neighbours' messages into comb[i].  No neighbours: both stay zero.
+ */
+static void
+attend_node(GnnLayerTape *tp, int i, int h, int heads)
+{
+	int			lo = tp->g.nbr_offset[i];
+	int			n = tp->g.nbr_offset[i + 1] - lo;
+	int			dk = h / heads;
+	gnn_real	scale = 1 / gnn_sqrt((gnn_real) dk);
+	const gnn_real *q = tp->query + (size_t) i * h;
+	gnn_real   *o = tp->heads_out + (size_t) i * h;
+	gnn_real   *agg = tp->comb + (size_t) i * h;
+
+	memset(o, 0, h * sizeof(gnn_real));
+	memset(agg, 0, h * sizeof(gnn_real));
+	normalise_edges(tp, i);
+	for (int hd = 0; hd < heads; hd++)
+	{
+		gnn_real   *a = tp->alpha + (size_t) lo * heads + (size_t) hd * n;
+		int			c0 = hd * dk;
+
+		for (int j = 0; j < n; j++)
+		{
+			const gnn_real *k = tp->key + (size_t) tp->g.nbr[lo + j] * h + c0;
+			gnn_real	s = 0;
+
+			for (int c = 0; c < dk; c++)
+				s += q[c0 + c] * k[c];
+			a[j] = s * scale;
+		}
+		gnn_softmax(a, n, a);
+		for (int j = 0; j < n; j++)
+		{
+			const gnn_real *v = tp->val + (size_t) tp->g.nbr[lo + j] * h + c0;
+
+			for (int c = 0; c < dk; c++)
+				o[c0 + c] += a[j] * v[c];
+		}
+	}
+	for (int j = 0; j < n; j++)
+	{
+		const gnn_real *m = tp->msg + (size_t) tp->g.nbr[lo + j] * h;
+
+		for (int c = 0; c < h; c++)
+			agg[c] += tp->ebar[lo + j] * m[c];
+	}
+}
+
+/* GRU update (Cho 2014): input t, previous state m (the node's message). */
+static void
+gru_forward(GnnModel *model, GnnLayerTape *tp, int n, int h, gnn_real *hid)
+{
+	const gnn_real *wg = gnn_model_tensor(model, GNN_W_GRU);
+	const gnn_real *ug = gnn_model_tensor(model, GNN_U_GRU);
+	const gnn_real *bg = gnn_model_tensor(model, GNN_B_GRU);
+
+	gnn_gemm_xwt(tp->t, n, h, wg, 3 * h, 0, tp->gx, h, 3 * h);
+	gnn_gemm_xwt(tp->node_msg, n, h, ug, 2 * h, 0, tp->gh, h, 2 * h);
+	for (int i = 0; i < n; i++)
+		for (int c = 0; c < h; c++)
+		{
+			size_t		k = (size_t) i * h + c;
+			const gnn_real *gx = tp->gx + (size_t) i * 3 * h;
+			const gnn_real *gh = tp->gh + (size_t) i * 2 * h;
+
+			tp->z[k] = gnn_sigmoid(gx[c] + gh[c] + bg[c]);
+			tp->r[k] = gnn_sigmoid(gx[h + c] + gh[h + c] + bg[h + c]);
+			tp->rm[k] = tp->r[k] * tp->node_msg[k];
+		}
+	gnn_gemm_xwt(tp->rm, n, h, ug + (size_t) 2 * h * h, h, 0, tp->ghn, h, h);
+	for (int i = 0; i < n; i++)
+		for (int c = 0; c < h; c++)
+		{
+			size_t		k = (size_t) i * h + c;
+			gnn_real	pre = tp->gx[(size_t) i * 3 * h + 2 * h + c] +
+				tp->ghn[k] + bg[2 * h + c];
+
+			tp->cand[k] = gnn_tanh(pre);
+			hid[k] = (1 - tp->z[k]) * tp->node_msg[k] + tp->z[k] * tp->cand[k];
+		}
+}
+
+/* Inverted dropout in place (training only), then LayerNorm (Ba 2016). */
+static void
+dropout_layernorm(GnnModel *model, GnnLayerTape *tp, int n, int h,
+				  bool training, gnn_real *x)
+{
+	const gnn_real *gamma = gnn_model_tensor(model, GNN_LN_GAMMA);
+	const gnn_real *beta = gnn_model_tensor(model, GNN_LN_BETA);
+	double		p = model->cfg.dropout;
+
+	tp->has_mask = training && p > 0;
+	for (size_t k = 0; tp->has_mask && k < (size_t) n * h; k++)
+	{
+		tp->mask[k] = gnn_rng_uniform(&model->dropout_rng) < p ? 0 :
+			(gnn_real) (1 / (1 - p));
+		x[k] *= tp->mask[k];
+	}
+	for (int i = 0; i < n; i++)
+	{
+		gnn_real   *row = x + (size_t) i * h;
+		gnn_real   *xh = tp->xhat + (size_t) i * h;
+		gnn_real	mean = 0,
+					var = 0;
+
+		for (int c = 0; c < h; c++)
+			mean += row[c];
+		mean /= h;
+		for (int c = 0; c < h; c++)
+			var += (row[c] - mean) * (row[c] - mean);
+		var /= h;
+		tp->inv_std[i] = 1 / gnn_sqrt(var + (gnn_real) model->cfg.ln_eps);
+		for (int c = 0; c < h; c++)
+		{
+			xh[c] = (row[c] - mean) * tp->inv_std[i];
+			row[c] = gamma[c] * xh[c] + beta[c];
+		}
+	}
+}
+
+static void
+layer_forward(GnnModel *model, GnnLayerTape *tp, bool training, gnn_real *out)
+{
+	const GnnGraph *g = &tp->g;
+	int			d = model->cfg.in_dim;
+	int			h = model->cfg.hidden_dim;
+	int			n = g->n_nodes;
+
+	linear_rows(g->vectors, g->n_vectors, d, gnn_model_tensor(model, GNN_W_MSG),
+				gnn_model_tensor(model, GNN_B_MSG), h, tp->msg);
+	linear_rows(tp->msg, g->n_vectors, h, gnn_model_tensor(model, GNN_W_K),
+				NULL, h, tp->key);
+	linear_rows(tp->msg, g->n_vectors, h, gnn_model_tensor(model, GNN_W_V),
+				NULL, h, tp->val);
+	for (int i = 0; i < n; i++)
+		memcpy(tp->node_msg + (size_t) i * h, tp->msg + (size_t) g->node[i] * h,
+			   h * sizeof(gnn_real));
+	linear_rows(tp->node_msg, n, h, gnn_model_tensor(model, GNN_W_Q), NULL, h,
+				tp->query);
+	for (int i = 0; i < n; i++)
+		attend_node(tp, i, h, model->cfg.heads);
+	/* comb = agg (filled above) + W_o heads_out */
+	gnn_gemm_xwt(tp->heads_out, n, h, gnn_model_tensor(model, GNN_W_O), h, 1,
+				 tp->comb, h, h);
+	linear_rows(tp->comb, n, h, gnn_model_tensor(model, GNN_W_AGG),
+				gnn_model_tensor(model, GNN_B_AGG), h, tp->t);
+	gru_forward(model, tp, n, h, out);
+	dropout_layernorm(model, tp, n, h, training, out);
+}
+
+GnnStatus
+gnn_layer_forward(GnnModel *model, const GnnGraph *graph, bool training,
+				  GnnLayerTape **tape, gnn_real *out, GnnError *err)
+{
+	GnnLayerTape *tp = tape != NULL ? *tape : NULL;
+	GnnStatus	rc;
+
+	if ((rc = validate_graph(model, graph, err)) != GNN_OK)
+		return rc;
+	if (tp == NULL && (tp = calloc(1, sizeof(GnnLayerTape))) == NULL)
+		return gnn_error(err, GNN_ERR_NOMEM, "out of memory for GNN layer tape");
+	if (tape != NULL)
+		*tape = tp;
+	rc = tape_reserve(tp, model, graph, err);
+	if (rc == GNN_OK)
+		layer_forward(model, tp, training, out);
+	if (tape == NULL)
+		gnn_layer_tape_free(tp);
+	return rc;
+}
+
+/* ---- backward ------------------------------------------------------------- */
+
+/* Scratch of the backward pass: gradients of the tape's quantities. */
+typedef struct LayerGrads
+{
+	gnn_real   *buf;
+	gnn_real   *d_hid;			/* N x H: dL/dh (GRU output) */
+	gnn_real   *d_node_msg;		/* N x H */
+	gnn_real   *d_pre;			/* N x 3H: dL/d(gate pre-activations) z, r, n */
+	gnn_real   *d_rm;			/* N x H */
+	gnn_real   *d_t;			/* N x H */
+	gnn_real   *d_comb;			/* N x H */
+	gnn_real   *d_heads;		/* N x H */
+	gnn_real   *d_query;		/* N x H */
+	gnn_real   *d_msg;			/* n_vectors x H */
+	gnn_real   *d_key;			/* n_vectors x H */
+	gnn_real   *d_val;			/* n_vectors x H */
+} LayerGrads;
+
+static GnnStatus
+grads_alloc(LayerGrads *lg, size_t nv, size_t n, size_t h, GnnError *err)
+{
+	size_t		need = 3 * nv * h + 10 * n * h;
+	gnn_real   *p;
+
+	lg->buf = calloc(need > 0 ? need : 1, sizeof(gnn_real));
+	if (lg->buf == NULL)
+		return gnn_error(err, GNN_ERR_NOMEM,
+						 "out of memory for GNN backward workspace (%zu values)", need);
+	p = lg->buf;
+	lg->d_hid = p;
+	p += n * h;
+	lg->d_node_msg = p;
+	p += n * h;
+	lg->d_pre = p;
+	p += 3 * n * h;
+	lg->d_rm = p;
+	p += n * h;
+	lg->d_t = p;
+	p += n * h;
+	lg->d_comb = p;
+	p += n * h;
+	lg->d_heads = p;
+	p += n * h;
+	lg->d_query = p;
+	p += n * h;
+	lg->d_msg = p;
+	p += nv * h;
+	lg->d_key = p;
+	p += nv * h;
+	lg->d_val = p;
+	return GNN_OK;
+}
+
+/* Sum of the rows of x (n x h) added to b. */
+static void
+add_column_sums(const gnn_real *x, int n, int h, int ldx, gnn_real *b)
+{
+	for (int i = 0; i < n; i++)
+		for (int c = 0; c < h; c++)
+			b[c] += x[(size_t) i * ldx + c];
+}
+
+/*
+ * LayerNorm and dropout backward: out = gamma * xhat + beta with
+ * xhat = (u - mean) * inv_std, u = h * mask.  Standard result:
+ * du = inv_std * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)).
+ */
+static void
+layernorm_backward(GnnModel *model, GnnLayerTape *tp, int n, int h,
+				   const gnn_real *d_out, gnn_real *d_hid)
+{
+	const gnn_real *gamma = gnn_model_tensor(model, GNN_LN_GAMMA);
+	gnn_real   *dgamma = model->grad + model->offset[GNN_LN_GAMMA];
+	gnn_real   *dbeta = model->grad + model->offset[GNN_LN_BETA];
+
+	for (int i = 0; i < n; i++)
+	{
+		const gnn_real *dy = d_out + (size_t) i * h;
+		const gnn_real *xh = tp->xhat + (size_t) i * h;
+		gnn_real   *du = d_hid + (size_t) i * h;
+		gnn_real	mean_dx = 0,
+					mean_dxx = 0;
+
+		for (int c = 0; c < h; c++)
+		{
+			gnn_real	dxh = dy[c] * gamma[c];
+
+			dgamma[c] += dy[c] * xh[c];
+			dbeta[c] += dy[c];
+			du[c] = dxh;
+			mean_dx += dxh;
+			mean_dxx += dxh * xh[c];
+		}
+		mean_dx /= h;
+		mean_dxx /= h;
+		for (int c = 0; c < h; c++)
+		{
+			du[c] = tp->inv_std[i] * (du[c] - mean_dx - xh[c] * mean_dxx);
+			if (tp->has_mask)
+				du[c] *= tp->mask[(size_t) i * h + c];
+		}
+	}
+}
+
+/*
+ * GRU backward.  From h = (1-z) m + z n, n = tanh(W_n t + U_n (r m) + b_n),
+ * z = sigm(W_z t + U_z m + b_z), r = sigm(W_r t + U_r m + b_r): gradients of
+ * the three pre-activations into d_pre, then of W_gru, U_gru, b_gru, t and m.
+ */
+static void
+gru_backward(GnnModel *model, GnnLayerTape *tp, LayerGrads *lg, int n, int h)
+{
+	const gnn_real *wg = gnn_model_tensor(model, GNN_W_GRU);
+	const gnn_real *ug = gnn_model_tensor(model, GNN_U_GRU);
+	gnn_real   *dwg = model->grad + model->offset[GNN_W_GRU];
+	gnn_real   *dug = model->grad + model->offset[GNN_U_GRU];
+	const gnn_real *un = ug + (size_t) 2 * h * h;
+	gnn_real   *dun = dug + (size_t) 2 * h * h;
+
+	for (int i = 0; i < n; i++)
+		for (int c = 0; c < h; c++)
+		{
+			size_t		k = (size_t) i * h + c;
+			gnn_real   *dp = lg->d_pre + (size_t) i * 3 * h;
+			gnn_real	dh = lg->d_hid[k];
+			gnn_real	z = tp->z[k];
+			gnn_real	nc = tp->cand[k];
+
+			lg->d_node_msg[k] = dh * (1 - z);
+			dp[c] = dh * (nc - tp->node_msg[k]) * z * (1 - z);
+			dp[2 * h + c] = dh * z * (1 - nc * nc);
+		}
+	/* n's pre-activation holds U_n (r m): back to r and to m */
+	gnn_gemm_dx(lg->d_pre + 2 * h, n, h, un, h, lg->d_rm, 3 * h, h);
+	gnn_gemm_dw(lg->d_pre + 2 * h, n, h, tp->rm, h, dun, 3 * h, h);
+	for (int i = 0; i < n; i++)
+		for (int c = 0; c < h; c++)
+		{
+			size_t		k = (size_t) i * h + c;
+			gnn_real	r = tp->r[k];
+
+			lg->d_node_msg[k] += lg->d_rm[k] * r;
+			lg->d_pre[(size_t) i * 3 * h + h + c] =
+				lg->d_rm[k] * tp->node_msg[k] * r * (1 - r);
+		}
+	add_column_sums(lg->d_pre, n, 3 * h, 3 * h,
+					model->grad + model->offset[GNN_B_GRU]);
+	/* input weights act on t for all three gates */
+	gnn_gemm_dw(lg->d_pre, n, 3 * h, tp->t, h, dwg, 3 * h, h);
+	gnn_gemm_dx(lg->d_pre, n, 3 * h, wg, h, lg->d_t, 3 * h, h);
+	/* state weights of z and r act on m (U_n was handled above) */
+	gnn_gemm_dw(lg->d_pre, n, 2 * h, tp->node_msg, h, dug, 3 * h, h);
+	gnn_gemm_dx(lg->d_pre, n, 2 * h, ug, h, lg->d_node_msg, 3 * h, h);
+}
+
+/*
+ * Attention and aggregation backward for node i.  Per head, with
+ * s_j = q . k_j * scale, a = softmax(s), o = sum_j a_j v_j:
+ *	 da_j = do . v_j,  dv_j += a_j do,  ds_j = a_j (da_j - sum_l a_l da_l),
+ *	 dq += scale * sum_j ds_j k_j,  dk_j += scale * ds_j q.
+ * Aggregation agg = sum_j ebar_j m_j gives dm_j += ebar_j dcomb.
+ */
+static void
+attend_node_backward(GnnLayerTape *tp, LayerGrads *lg, int i, int h, int heads)
+{
+	int			lo = tp->g.nbr_offset[i];
+	int			n = tp->g.nbr_offset[i + 1] - lo;
+	int			dk = h / heads;
+	gnn_real	scale = 1 / gnn_sqrt((gnn_real) dk);
+	const gnn_real *q = tp->query + (size_t) i * h;
+	const gnn_real *dout = lg->d_heads + (size_t) i * h;
+	const gnn_real *dcomb = lg->d_comb + (size_t) i * h;
+	gnn_real   *dq = lg->d_query + (size_t) i * h;
+
+	for (int hd = 0; hd < heads; hd++)
+	{
+		const gnn_real *a = tp->alpha + (size_t) lo * heads + (size_t) hd * n;
+		int			c0 = hd * dk;
+		gnn_real	sum_ada = 0;
+
+		for (int j = 0; j < n; j++)
+		{
+			const gnn_real *v = tp->val + (size_t) tp->g.nbr[lo + j] * h + c0;
+			gnn_real	da = 0;
+
+			for (int c = 0; c < dk; c++)
+				da += dout[c0 + c] * v[c];
+			sum_ada += a[j] * da;
+		}
+		for (int j = 0; j < n; j++)
+		{
+			size_t		row = (size_t) tp->g.nbr[lo + j] * h + c0;
+			const gnn_real *v = tp->val + row;
+			const gnn_real *k = tp->key + row;
+			gnn_real	da = 0;
+			gnn_real	ds;
+
+			for (int c = 0; c < dk; c++)
+				da += dout[c0 + c] * v[c];
+			ds = a[j] * (da - sum_ada) * scale;
+			for (int c = 0; c < dk; c++)
+			{
+				lg->d_val[row + c] += a[j] * dout[c0 + c];
+				dq[c0 + c] += ds * k[c];
+				lg->d_key[row + c] += ds * q[c0 + c];
+			}
+		}
+	}
+	for (int j = 0; j < n; j++)
+	{
+		gnn_real   *dm = lg->d_msg + (size_t) tp->g.nbr[lo + j] * h;
+
+		for (int c = 0; c < h; c++)
+			dm[c] += tp->ebar[lo + j] * dcomb[c];
+	}
+}
+
+static void
+layer_backward(GnnModel *model, GnnLayerTape *tp, LayerGrads *lg,
+			   const gnn_real *d_out, gnn_real *d_vectors)
+{
+	const GnnGraph *g = &tp->g;
+	int			d = model->cfg.in_dim;
+	int			h = model->cfg.hidden_dim;
+	int			n = g->n_nodes;
+	int			nv = g->n_vectors;
+	gnn_real   *grad = model->grad;
+
+	layernorm_backward(model, tp, n, h, d_out, lg->d_hid);
+	gru_backward(model, tp, lg, n, h);
+	/* t = W_agg comb + b_agg */
+	add_column_sums(lg->d_t, n, h, h, grad + model->offset[GNN_B_AGG]);
+	gnn_gemm_dw(lg->d_t, n, h, tp->comb, h, grad + model->offset[GNN_W_AGG], h, h);
+	gnn_gemm_dx(lg->d_t, n, h, gnn_model_tensor(model, GNN_W_AGG), h,
+				lg->d_comb, h, h);
+	/* comb = W_o heads_out + agg */
+	gnn_gemm_dw(lg->d_comb, n, h, tp->heads_out, h, grad + model->offset[GNN_W_O],
+				h, h);
+	gnn_gemm_dx(lg->d_comb, n, h, gnn_model_tensor(model, GNN_W_O), h,
+				lg->d_heads, h, h);
+	for (int i = 0; i < n; i++)
+		attend_node_backward(tp, lg, i, h, model->cfg.heads);
+	/* query = W_q node_msg */
+	gnn_gemm_dw(lg->d_query, n, h, tp->node_msg, h, grad + model->offset[GNN_W_Q],
+				h, h);
+	gnn_gemm_dx(lg->d_query, n, h, gnn_model_tensor(model, GNN_W_Q), h,
+				lg->d_node_msg, h, h);
+	for (int i = 0; i < n; i++)
+		for (int c = 0; c < h; c++)
+			lg->d_msg[(size_t) g->node[i] * h + c] += lg->d_node_msg[(size_t) i * h + c];
+	/* key = W_k msg, val = W_v msg */
+	gnn_gemm_dw(lg->d_key, nv, h, tp->msg, h, grad + model->offset[GNN_W_K], h, h);
+	gnn_gemm_dx(lg->d_key, nv, h, gnn_model_tensor(model, GNN_W_K), h,
+				lg->d_msg, h, h);
+	gnn_gemm_dw(lg->d_val, nv, h, tp->msg, h, grad + model->offset[GNN_W_V], h, h);
+	gnn_gemm_dx(lg->d_val, nv, h, gnn_model_tensor(model, GNN_W_V), h,
+				lg->d_msg, h, h);
+	/* msg = W_msg x + b_msg */
+	add_column_sums(lg->d_msg, nv, h, h, grad + model->offset[GNN_B_MSG]);
+	gnn_gemm_dw(lg->d_msg, nv, h, g->vectors, d, grad + model->offset[GNN_W_MSG],
+				h, d);
+	if (d_vectors != NULL)
+		gnn_gemm_dx(lg->d_msg, nv, h, gnn_model_tensor(model, GNN_W_MSG), d,
+					d_vectors, h, d);
+}
+
+GnnStatus
+gnn_layer_backward(GnnModel *model, GnnLayerTape *tape, const gnn_real *d_out,
+				   gnn_real *d_vectors, GnnError *err)
+{
+	LayerGrads	lg;
+	GnnStatus	rc;
+
+	if (tape == NULL || tape->buf == NULL)
+		return gnn_error(err, GNN_ERR_ARG, "GNN backward pass without a forward pass");
+	memset(&lg, 0, sizeof(lg));
+	rc = grads_alloc(&lg, tape->g.n_vectors, tape->g.n_nodes,
+					 model->cfg.hidden_dim, err);
+	if (rc != GNN_OK)
+		return rc;
+	layer_backward(model, tape, &lg, d_out, d_vectors);
+	free(lg.buf);
+	return GNN_OK;
+}

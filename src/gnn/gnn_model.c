@@ -1,0 +1,336 @@
+/*
+ * gnn_model.c
+ *		Model allocation and initialisation, the random number stream, error
+ *		reporting and the OpenBLAS wrappers shared by src/gnn.
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#include "gnn/gnn.h"
+
+#ifdef GNN_DOUBLE
+#define cblas_gemm cblas_dgemm
+#else
+#define cblas_gemm cblas_sgemm
+#endif
+
+static const char *const tensor_names[GNN_N_TENSORS] = {
+	"w_msg", "b_msg", "w_q", "w_k", "w_v", "w_o", "w_agg", "b_agg",
+	"w_gru", "u_gru", "b_gru", "ln_gamma", "ln_beta", "mix"
+};
+
+GnnStatus
+gnn_error(GnnError *err, GnnStatus code, const char *fmt,...)
+{
+	va_list		ap;
+
+	if (err != NULL)
+	{
+		err->code = code;
+		va_start(ap, fmt);
+		vsnprintf(err->message, sizeof(err->message), fmt, ap);
+		va_end(ap);
+	}
+	return code;
+}
+
+/* ---- random numbers ---------------------------------------------------- */
+
+void
+gnn_rng_seed(GnnRng *rng, uint64_t seed)
+{
+	rng->state = seed;
+}
+
+/* splitmix64: passes BigCrush, one word of state, trivially reseedable. */
+uint64_t
+gnn_rng_next(GnnRng *rng)
+{
+	uint64_t	z = (rng->state += UINT64_C(0x9e3779b97f4a7c15));
+
+	z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
+	z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
+	return z ^ (z >> 31);
+}
+
+double
+gnn_rng_uniform(GnnRng *rng)
+{
+	return (double) (gnn_rng_next(rng) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* Box-Muller; one of the pair is discarded to keep the state a single word. */
+double
+gnn_rng_normal(GnnRng *rng)
+{
+	double		u1 = 1.0 - gnn_rng_uniform(rng);	/* (0, 1] */
+	double		u2 = gnn_rng_uniform(rng);
+
+	return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
+}
+
+/* Unbiased: rejects the top partial block of the 64-bit range. */
+uint64_t
+gnn_rng_below(GnnRng *rng, uint64_t bound)
+{
+	uint64_t	limit;
+	uint64_t	x;
+
+	if (bound <= 1)
+		return 0;
+	limit = UINT64_MAX - UINT64_MAX % bound;
+	do
+		x = gnn_rng_next(rng);
+	while (x >= limit);
+	return x % bound;
+}
+
+/*
+ * ---- BLAS wrappers ------------------------------------------------------
+ * Dimensions are >= 1 (the model has no empty tensors); an empty batch
+ * (n = 0) is skipped, since BLAS rejects a leading dimension of 0.
+ */
+
+void
+gnn_gemm_xwt(const gnn_real *x, int n, int in, const gnn_real *w, int out,
+			 gnn_real beta, gnn_real *y, int ldx, int ldy)
+{
+	if (n == 0)
+		return;
+	cblas_gemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in,
+			   1, x, ldx, w, in, beta, y, ldy);
+}
+
+void
+gnn_gemm_dw(const gnn_real *dy, int n, int out, const gnn_real *x, int in,
+			gnn_real *dw, int lddy, int ldx)
+{
+	if (n == 0)
+		return;
+	cblas_gemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, n,
+			   1, dy, lddy, x, ldx, 1, dw, in);
+}
+
+void
+gnn_gemm_dx(const gnn_real *dy, int n, int out, const gnn_real *w, int in,
+			gnn_real *dx, int lddy, int lddx)
+{
+	if (n == 0)
+		return;
+	cblas_gemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, out,
+			   1, dy, lddy, w, in, 1, dx, lddx);
+}
+
+gnn_real
+gnn_sigmoid(gnn_real x)
+{
+	/* the branch keeps exp() from overflowing for large |x| */
+	if (x >= 0)
+		return 1 / (1 + gnn_exp(-x));
+	else
+	{
+		gnn_real	e = gnn_exp(x);
+
+		return e / (1 + e);
+	}
+}
+
+/* ---- the model ------------------------------------------------------------ */
+
+void
+gnn_config_default(GnnConfig *cfg, int in_dim, int hidden_dim)
+{
+	cfg->in_dim = in_dim;
+	cfg->hidden_dim = hidden_dim;
+	cfg->heads = 4;
+	cfg->dropout = 0.1;
+	cfg->ln_eps = 1e-5;
+	cfg->raw_weight = 1.0;
+	cfg->gnn_weight = 1.0;
+	cfg->seed = 42;
+}
+
+static void
+tensor_sizes(int d, int h, size_t *size)
+{
+	size_t		hh = (size_t) h * h;
+
+	size[GNN_W_MSG] = (size_t) h * d;
+	size[GNN_B_MSG] = h;
+	size[GNN_W_Q] = hh;
+	size[GNN_W_K] = hh;
+	size[GNN_W_V] = hh;
+	size[GNN_W_O] = hh;
+	size[GNN_W_AGG] = hh;
+	size[GNN_B_AGG] = h;
+	size[GNN_W_GRU] = 3 * hh;
+	size[GNN_U_GRU] = 3 * hh;
+	size[GNN_B_GRU] = 3 * (size_t) h;
+	size[GNN_LN_GAMMA] = h;
+	size[GNN_LN_BETA] = h;
+	size[GNN_MIX] = 2;
+}
+
+size_t
+gnn_model_param_count(int in_dim, int hidden_dim)
+{
+	size_t		size[GNN_N_TENSORS];
+	size_t		total = 0;
+
+	tensor_sizes(in_dim, hidden_dim, size);
+	for (int t = 0; t < GNN_N_TENSORS; t++)
+		total += size[t];
+	return total;
+}
+
+const char *
+gnn_tensor_name(GnnTensor t)
+{
+	return (t >= 0 && t < GNN_N_TENSORS) ? tensor_names[t] : "?";
+}
+
+gnn_real *
+gnn_model_tensor(GnnModel *model, GnnTensor t)
+{
+	return model->params + model->offset[t];
+}
+
+void
+gnn_model_zero_grad(GnnModel *model)
+{
+	memset(model->grad, 0, model->n_params * sizeof(gnn_real));
+}
+
+static GnnStatus
+check_config(const GnnConfig *cfg, GnnError *err)
+{
+	if (cfg->in_dim < 1 || cfg->in_dim > GNN_MAX_DIM ||
+		cfg->hidden_dim < 1 || cfg->hidden_dim > GNN_MAX_DIM)
+		return gnn_error(err, GNN_ERR_ARG,
+						 "GNN dimensions must be between 1 and %d, got in_dim %d, hidden_dim %d",
+						 GNN_MAX_DIM, cfg->in_dim, cfg->hidden_dim);
+	if (cfg->heads < 1 || cfg->heads > GNN_MAX_HEADS ||
+		cfg->hidden_dim % cfg->heads != 0)
+		return gnn_error(err, GNN_ERR_ARG,
+						 "GNN heads must be between 1 and %d and divide hidden_dim %d, got %d",
+						 GNN_MAX_HEADS, cfg->hidden_dim, cfg->heads);
+	if (!(cfg->dropout >= 0 && cfg->dropout < 1))
+		return gnn_error(err, GNN_ERR_ARG,
+						 "GNN dropout must be in [0, 1), got %g", cfg->dropout);
+	if (!(cfg->ln_eps > 0 && cfg->ln_eps < 1))
+		return gnn_error(err, GNN_ERR_ARG,
+						 "GNN LayerNorm epsilon must be in (0, 1), got %g",
+						 cfg->ln_eps);
+	if (!(cfg->raw_weight > 0 && cfg->raw_weight < 1e6 &&
+		  cfg->gnn_weight > 0 && cfg->gnn_weight < 1e6))
+		return gnn_error(err, GNN_ERR_ARG,
+						 "GNN score weights must be in (0, 1e6), got %g and %g",
+						 cfg->raw_weight, cfg->gnn_weight);
+	return GNN_OK;
+}
+
+/* Allocates the model with every parameter zero. */
+static GnnStatus
+model_alloc(const GnnConfig *cfg, GnnModel **out, GnnError *err)
+{
+	size_t		size[GNN_N_TENSORS];
+	GnnModel   *model;
+	GnnStatus	rc;
+
+	*out = NULL;
+	if ((rc = check_config(cfg, err)) != GNN_OK)
+		return rc;
+	model = calloc(1, sizeof(GnnModel));
+	if (model == NULL)
+		return gnn_error(err, GNN_ERR_NOMEM, "out of memory for GNN model");
+	model->cfg = *cfg;
+	tensor_sizes(cfg->in_dim, cfg->hidden_dim, size);
+	for (int t = 0; t < GNN_N_TENSORS; t++)
+		model->offset[t + 1] = model->offset[t] + size[t];
+	model->n_params = model->offset[GNN_N_TENSORS];
+	model->params = calloc(model->n_params, sizeof(gnn_real));
+	model->grad = calloc(model->n_params, sizeof(gnn_real));
+	if (model->params == NULL || model->grad == NULL)
+	{
+		size_t		n_params = model->n_params;
+
+		gnn_model_free(model);
+		return gnn_error(err, GNN_ERR_NOMEM,
+						 "out of memory for %zu GNN parameters", n_params);
+	}
+	/* dropout gets its own stream, decorrelated from initialisation */
+	gnn_rng_seed(&model->dropout_rng, cfg->seed ^ UINT64_C(0x5deece66d));
+	*out = model;
+	return GNN_OK;
+}
+
+static void
+xavier_fill(gnn_real *w, int rows, int cols, GnnRng *rng)
+{
+	double		sd = sqrt(2.0 / (rows + cols));
+
+	for (size_t i = 0; i < (size_t) rows * cols; i++)
+		w[i] = (gnn_real) (sd * gnn_rng_normal(rng));
+}
+
+GnnStatus
+gnn_model_create(const GnnConfig *cfg, GnnModel **out, GnnError *err)
+{
+	GnnModel   *model;
+	GnnRng		rng;
+	int			d = cfg->in_dim;
+	int			h = cfg->hidden_dim;
+	GnnStatus	rc;
+
+	/*
+	 * Backends are single-threaded processes and these matrices are small:
+	 * OpenBLAS threads would only compete with other backends.
+	 */
+	openblas_set_num_threads(1);
+
+	if ((rc = model_alloc(cfg, &model, err)) != GNN_OK)
+		return rc;
+	gnn_rng_seed(&rng, cfg->seed);
+	xavier_fill(gnn_model_tensor(model, GNN_W_MSG), h, d, &rng);
+	xavier_fill(gnn_model_tensor(model, GNN_W_Q), h, h, &rng);
+	xavier_fill(gnn_model_tensor(model, GNN_W_K), h, h, &rng);
+	xavier_fill(gnn_model_tensor(model, GNN_W_V), h, h, &rng);
+	xavier_fill(gnn_model_tensor(model, GNN_W_O), h, h, &rng);
+	xavier_fill(gnn_model_tensor(model, GNN_W_AGG), h, h, &rng);
+	/* each GRU gate is its own H x H map, initialised as such */
+	for (int g = 0; g < 3; g++)
+	{
+		xavier_fill(gnn_model_tensor(model, GNN_W_GRU) + (size_t) g * h * h,
+					h, h, &rng);
+		xavier_fill(gnn_model_tensor(model, GNN_U_GRU) + (size_t) g * h * h,
+					h, h, &rng);
+	}
+	for (int i = 0; i < h; i++)
+		gnn_model_tensor(model, GNN_LN_GAMMA)[i] = 1;
+	gnn_model_tensor(model, GNN_MIX)[0] = (gnn_real) log(cfg->raw_weight);
+	gnn_model_tensor(model, GNN_MIX)[1] = (gnn_real) log(cfg->gnn_weight);
+	*out = model;
+	return GNN_OK;
+}
+
+GnnStatus
+gnn_model_create_empty(const GnnConfig *cfg, GnnModel **out, GnnError *err)
+{
+	openblas_set_num_threads(1);
+	return model_alloc(cfg, out, err);
+}
+
+void
+gnn_model_free(GnnModel *model)
+{
+	if (model == NULL)
+		return;
+	free(model->params);
+	free(model->grad);
+	free(model);
+}

@@ -1,0 +1,435 @@
+/*
+ * gnn_score.c
+ *		The rerank scoring model (definition in gnn.h) and the training step
+ *		that fits it with InfoNCE over (query, positive, negatives).
+ *
+ * One scoring call is one layer call: the query and every candidate are
+ * nodes of one GnnGraph whose vector table is the query followed by the
+ * caller's vectors, so candidates that are also neighbours of other
+ * candidates (or of the query) are transformed once.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gnn/gnn.h"
+
+struct GnnScoreTape
+{
+	GnnLayerTape *layer;
+	int			n_cand;
+	GnnGraph	graph;
+	gnn_real	a_raw;			/* exp(lambda_raw) */
+	gnn_real	b_gnn;			/* exp(lambda_gnn) */
+	gnn_real	da_raw;			/* da/dlambda_raw */
+	gnn_real	db_gnn;			/* db/dlambda_gnn */
+	size_t		real_cap;
+	size_t		int_cap;
+	gnn_real   *reals;
+	int		   *ints;
+	/* views */
+	gnn_real   *vectors;		/* (1 + n_vectors) x D: query, then caller's */
+	gnn_real   *edge_w;			/* E */
+	gnn_real   *out;			/* (1 + n_cand) x H: q', then c_i' */
+	gnn_real   *d_out;			/* (1 + n_cand) x H */
+	gnn_real   *rho;			/* n_cand: distance z-scores */
+	gnn_real   *cosv;			/* n_cand: cos(q', c_i') */
+	int		   *node;			/* 1 + n_cand */
+	int		   *nbr_offset;		/* 2 + n_cand */
+	int		   *nbr;			/* E */
+};
+
+static GnnStatus
+validate_input(const GnnScoreInput *in, GnnError *err)
+{
+	int			n_edges;
+
+	if (in->n_cand < 0 || in->n_vectors < 0)
+		return gnn_error(err, GNN_ERR_ARG, "GNN score sizes must not be negative");
+	if (in->query == NULL ||
+		(in->n_cand > 0 && (in->cand == NULL || in->cand_dist == NULL ||
+							in->nbr_offset == NULL || in->vectors == NULL)))
+		return gnn_error(err, GNN_ERR_ARG, "GNN score input is missing arrays");
+	if (in->n_cand == 0)
+		return GNN_OK;
+	if (in->nbr_offset[0] != 0)
+		return gnn_error(err, GNN_ERR_ARG, "GNN score nbr_offset[0] must be 0");
+	for (int i = 0; i < in->n_cand; i++)
+	{
+		if (in->cand[i] < 0 || in->cand[i] >= in->n_vectors)
+			return gnn_error(err, GNN_ERR_ARG,
+							 "GNN candidate %d refers to vector %d of %d",
+							 i, in->cand[i], in->n_vectors);
+		if (!isfinite(in->cand_dist[i]))
+			return gnn_error(err, GNN_ERR_ARG, "GNN candidate distance %d is not finite", i);
+		if (in->nbr_offset[i + 1] < in->nbr_offset[i])
+			return gnn_error(err, GNN_ERR_ARG,
+							 "GNN score nbr_offset decreases at candidate %d", i);
+	}
+	n_edges = in->nbr_offset[in->n_cand];
+	if (n_edges > 0 && (in->nbr == NULL || in->nbr_dist == NULL))
+		return gnn_error(err, GNN_ERR_ARG, "GNN score input is missing neighbour arrays");
+	for (int e = 0; e < n_edges; e++)
+	{
+		if (in->nbr[e] < 0 || in->nbr[e] >= in->n_vectors)
+			return gnn_error(err, GNN_ERR_ARG,
+							 "GNN neighbour entry %d refers to vector %d of %d",
+							 e, in->nbr[e], in->n_vectors);
+		if (!isfinite(in->nbr_dist[e]))
+			return gnn_error(err, GNN_ERR_ARG, "GNN neighbour distance %d is not finite", e);
+	}
+	return GNN_OK;
+}
+
+static GnnStatus
+tape_reserve(GnnScoreTape *tp, const GnnModel *model, const GnnScoreInput *in,
+			 GnnError *err)
+{
+	size_t		d = model->cfg.in_dim;
+	size_t		h = model->cfg.hidden_dim;
+	size_t		nv = (size_t) in->n_vectors + 1;
+	size_t		n = (size_t) in->n_cand + 1;
+	size_t		ne = in->n_cand + in->nbr_offset[in->n_cand];
+	size_t		nreal = nv * d + ne + 2 * n * h + 2 * (n - 1);
+	size_t		nint = n + (n + 1) + ne;
+	gnn_real   *p;
+	int		   *q;
+
+	if (nreal > tp->real_cap)
+	{
+		free(tp->reals);
+		tp->real_cap = 0;
+		if ((tp->reals = malloc(nreal * sizeof(gnn_real))) == NULL)
+			return gnn_error(err, GNN_ERR_NOMEM, "out of memory for GNN scoring");
+		tp->real_cap = nreal;
+	}
+	if (nint > tp->int_cap)
+	{
+		free(tp->ints);
+		tp->int_cap = 0;
+		if ((tp->ints = malloc(nint * sizeof(int))) == NULL)
+			return gnn_error(err, GNN_ERR_NOMEM, "out of memory for GNN scoring");
+		tp->int_cap = nint;
+	}
+	p = tp->reals;
+	tp->vectors = p;
+	p += nv * d;
+	tp->edge_w = p;
+	p += ne;
+	tp->out = p;
+	p += n * h;
+	tp->d_out = p;
+	p += n * h;
+	tp->rho = p;
+	p += n - 1;
+	tp->cosv = p;
+	q = tp->ints;
+	tp->node = q;
+	q += n;
+	tp->nbr_offset = q;
+	q += n + 1;
+	tp->nbr = q;
+	return GNN_OK;
+}
+
+/*
+ * Node 0 is the query (row 0), its neighbours the candidates; node i+1 is
+ * candidate i with its graph neighbours.  Rows are the caller's plus one.
+ */
+static void
+build_graph(GnnScoreTape *tp, const GnnModel *model, const GnnScoreInput *in)
+{
+	int			d = model->cfg.in_dim;
+	int			nc = in->n_cand;
+
+	memcpy(tp->vectors, in->query, d * sizeof(gnn_real));
+	memcpy(tp->vectors + d, in->vectors, (size_t) in->n_vectors * d * sizeof(gnn_real));
+	tp->node[0] = 0;
+	tp->nbr_offset[0] = 0;
+	tp->nbr_offset[1] = nc;
+	for (int i = 0; i < nc; i++)
+		tp->nbr[i] = in->cand[i] + 1;
+	gnn_edge_weights_from_distances(in->cand_dist, nc, tp->edge_w);
+	for (int i = 0; i < nc; i++)
+	{
+		int			lo = in->nbr_offset[i];
+		int			hi = in->nbr_offset[i + 1];
+
+		tp->node[i + 1] = in->cand[i] + 1;
+		for (int e = lo; e < hi; e++)
+			tp->nbr[nc + e] = in->nbr[e] + 1;
+		gnn_edge_weights_from_distances(in->nbr_dist + lo, hi - lo,
+										tp->edge_w + nc + lo);
+		tp->nbr_offset[i + 2] = nc + hi;
+	}
+	tp->graph.n_vectors = in->n_vectors + 1;
+	tp->graph.vectors = tp->vectors;
+	tp->graph.n_nodes = nc + 1;
+	tp->graph.node = tp->node;
+	tp->graph.nbr_offset = tp->nbr_offset;
+	tp->graph.nbr = tp->nbr;
+	tp->graph.edge_w = tp->edge_w;
+}
+
+/* rho_i = -(d_i - mean) / sd, or 0 when every distance is equal. */
+static void
+distance_zscores(const gnn_real *dist, int n, gnn_real *rho)
+{
+	double		mean = 0,
+				var = 0;
+
+	for (int i = 0; i < n; i++)
+		mean += dist[i];
+	mean /= n;
+	for (int i = 0; i < n; i++)
+		var += (dist[i] - mean) * (dist[i] - mean);
+	var /= n;
+	for (int i = 0; i < n; i++)
+		rho[i] = var > 0 ? (gnn_real) (-(dist[i] - mean) / sqrt(var)) : 0;
+}
+
+/*
+ * A score weight exp(lambda), with lambda clamped to +-SCORE_LOG_LIMIT so that
+ * no stored model can overflow the scores; *deriv is d weight / d lambda
+ * (zero where clamped).
+ */
+#define SCORE_LOG_LIMIT 30
+
+static gnn_real
+score_weight(gnn_real lambda, gnn_real *deriv)
+{
+	if (lambda > SCORE_LOG_LIMIT || lambda < -SCORE_LOG_LIMIT)
+	{
+		*deriv = 0;
+		return gnn_exp(lambda > 0 ? SCORE_LOG_LIMIT : -SCORE_LOG_LIMIT);
+	}
+	*deriv = gnn_exp(lambda);
+	return *deriv;
+}
+
+GnnStatus
+gnn_score_forward(GnnModel *model, const GnnScoreInput *in, bool training,
+				  GnnScoreTape **tape, gnn_real *scores, GnnError *err)
+{
+	GnnScoreTape *tp = tape != NULL ? *tape : NULL;
+	int			h = model->cfg.hidden_dim;
+	GnnStatus	rc;
+
+	if ((rc = validate_input(in, err)) != GNN_OK)
+		return rc;
+	if (tp == NULL && (tp = calloc(1, sizeof(GnnScoreTape))) == NULL)
+		return gnn_error(err, GNN_ERR_NOMEM, "out of memory for GNN score tape");
+	if (tape != NULL)
+		*tape = tp;
+	tp->n_cand = in->n_cand;
+	if (in->n_cand > 0)
+	{
+		rc = tape_reserve(tp, model, in, err);
+		if (rc == GNN_OK)
+		{
+			build_graph(tp, model, in);
+			rc = gnn_layer_forward(model, &tp->graph, training, &tp->layer,
+								   tp->out, err);
+		}
+		if (rc == GNN_OK)
+		{
+			distance_zscores(in->cand_dist, in->n_cand, tp->rho);
+			tp->a_raw = score_weight(gnn_model_tensor(model, GNN_MIX)[0],
+									 &tp->da_raw);
+			tp->b_gnn = score_weight(gnn_model_tensor(model, GNN_MIX)[1],
+									 &tp->db_gnn);
+			for (int i = 0; i < in->n_cand; i++)
+			{
+				tp->cosv[i] = gnn_cosine(tp->out, tp->out + (size_t) (i + 1) * h,
+										 h, 0, NULL, NULL);
+				scores[i] = tp->a_raw * tp->rho[i] + tp->b_gnn * tp->cosv[i];
+			}
+		}
+	}
+	if (tape == NULL)
+		gnn_score_tape_free(tp);
+	return rc;
+}
+
+/*
+ * score_i = a rho_i + b cos_i with a = exp(lambda_raw), b = exp(lambda_gnn):
+ *	 dscore_i/dlambda_raw = a rho_i,  dscore_i/dlambda_gnn = b cos_i,
+ *	 dscore_i/dcos_i = b.
+ */
+GnnStatus
+gnn_score_backward(GnnModel *model, GnnScoreTape *tape,
+				   const gnn_real *d_scores, gnn_real *d_query, GnnError *err)
+{
+	int			h = model->cfg.hidden_dim;
+	int			d = model->cfg.in_dim;
+	double		d_lraw = 0,
+				d_lgnn = 0;
+	gnn_real   *d_vectors = NULL;
+	GnnStatus	rc;
+
+	if (tape == NULL)
+		return gnn_error(err, GNN_ERR_ARG, "GNN score backward without a forward pass");
+	if (tape->n_cand == 0)
+		return GNN_OK;
+	memset(tape->d_out, 0, (size_t) (tape->n_cand + 1) * h * sizeof(gnn_real));
+	for (int i = 0; i < tape->n_cand; i++)
+	{
+		d_lraw += d_scores[i] * tape->da_raw * tape->rho[i];
+		d_lgnn += d_scores[i] * tape->db_gnn * tape->cosv[i];
+		gnn_cosine(tape->out, tape->out + (size_t) (i + 1) * h, h,
+				   tape->b_gnn * d_scores[i], tape->d_out,
+				   tape->d_out + (size_t) (i + 1) * h);
+	}
+	model->grad[model->offset[GNN_MIX]] += (gnn_real) d_lraw;
+	model->grad[model->offset[GNN_MIX] + 1] += (gnn_real) d_lgnn;
+	if (d_query != NULL)
+	{
+		d_vectors = calloc((size_t) tape->graph.n_vectors * d, sizeof(gnn_real));
+		if (d_vectors == NULL)
+			return gnn_error(err, GNN_ERR_NOMEM, "out of memory for the query gradient");
+	}
+	rc = gnn_layer_backward(model, tape->layer, tape->d_out, d_vectors, err);
+	if (rc == GNN_OK && d_query != NULL)
+		for (int c = 0; c < d; c++)
+			d_query[c] += d_vectors[c];
+	free(d_vectors);
+	return rc;
+}
+
+void
+gnn_score_tape_free(GnnScoreTape *tape)
+{
+	if (tape == NULL)
+		return;
+	gnn_layer_tape_free(tape->layer);
+	free(tape->reals);
+	free(tape->ints);
+	free(tape);
+}
+
+/* ---- training --------------------------------------------------------------- */
+
+void
+gnn_train_config_default(GnnTrainConfig *cfg)
+{
+	cfg->lr = 3e-3;
+	cfg->temperature = 0.1;
+	cfg->clip_norm = 5.0;
+	cfg->ewc_lambda = 100.0;
+}
+
+GnnStatus
+gnn_trainer_init(GnnTrainer *tr, GnnModel *model, const GnnTrainConfig *cfg,
+				 GnnError *err)
+{
+	GnnStatus	rc;
+
+	memset(tr, 0, sizeof(GnnTrainer));
+	if (!(cfg->temperature > 0 && isfinite(cfg->temperature)))
+		return gnn_error(err, GNN_ERR_ARG, "InfoNCE temperature must be > 0, got %g",
+						 cfg->temperature);
+	tr->model = model;
+	tr->cfg = *cfg;
+	if ((rc = gnn_adam_init(&tr->adam, model->n_params, cfg->lr, err)) != GNN_OK)
+		return rc;
+	if ((rc = gnn_ewc_init(&tr->ewc, model->n_params, cfg->ewc_lambda, err)) != GNN_OK)
+	{
+		gnn_adam_free(&tr->adam);
+		return rc;
+	}
+	tr->batch_grad = malloc(model->n_params * sizeof(gnn_real));
+	if (tr->batch_grad == NULL)
+	{
+		gnn_trainer_free(tr);
+		return gnn_error(err, GNN_ERR_NOMEM, "out of memory for the GNN trainer");
+	}
+	return GNN_OK;
+}
+
+void
+gnn_trainer_free(GnnTrainer *tr)
+{
+	gnn_adam_free(&tr->adam);
+	gnn_ewc_free(&tr->ewc);
+	gnn_score_tape_free(tr->tape);
+	free(tr->batch_grad);
+	free(tr->scores);
+	tr->tape = NULL;
+	tr->batch_grad = tr->scores = tr->d_scores = NULL;
+	tr->score_cap = 0;
+}
+
+static GnnStatus
+reserve_scores(GnnTrainer *tr, int n, GnnError *err)
+{
+	if (n <= tr->score_cap)
+		return GNN_OK;
+	free(tr->scores);
+	tr->score_cap = 0;
+	tr->scores = malloc(2 * (size_t) n * sizeof(gnn_real));
+	if (tr->scores == NULL)
+		return gnn_error(err, GNN_ERR_NOMEM, "out of memory for GNN scores");
+	tr->d_scores = tr->scores + n;
+	tr->score_cap = n;
+	return GNN_OK;
+}
+
+/* Forward and backward of one example; its gradient is left in model->grad. */
+static GnnStatus
+example_gradient(GnnTrainer *tr, const GnnExample *ex, double *loss,
+				 GnnError *err)
+{
+	GnnModel   *model = tr->model;
+	int			n = ex->in.n_cand;
+	GnnStatus	rc;
+
+	if (n < 1 || ex->positive < 0 || ex->positive >= n)
+		return gnn_error(err, GNN_ERR_ARG,
+						 "GNN training example needs a positive among its %d candidates, got %d",
+						 n, ex->positive);
+	if ((rc = reserve_scores(tr, n, err)) != GNN_OK)
+		return rc;
+	gnn_model_zero_grad(model);
+	rc = gnn_score_forward(model, &ex->in, true, &tr->tape, tr->scores, err);
+	if (rc != GNN_OK)
+		return rc;
+	memset(tr->d_scores, 0, n * sizeof(gnn_real));
+	*loss = gnn_softmax_xent(tr->scores, n, ex->positive,
+							 (gnn_real) tr->cfg.temperature, 1, tr->d_scores);
+	return gnn_score_backward(model, tr->tape, tr->d_scores, NULL, err);
+}
+
+GnnStatus
+gnn_train_step(GnnTrainer *tr, const GnnExample *ex, int n_ex, double *loss,
+			   GnnError *err)
+{
+	GnnModel   *model = tr->model;
+	size_t		np = model->n_params;
+	double		total = 0;
+	double		penalty;
+	GnnStatus	rc;
+
+	if (n_ex < 1)
+		return gnn_error(err, GNN_ERR_ARG, "GNN training batch is empty");
+	memset(tr->batch_grad, 0, np * sizeof(gnn_real));
+	for (int e = 0; e < n_ex; e++)
+	{
+		double		l = 0;
+
+		if ((rc = example_gradient(tr, &ex[e], &l, err)) != GNN_OK)
+			return rc;
+		gnn_ewc_observe(&tr->ewc, model->grad);
+		for (size_t i = 0; i < np; i++)
+			tr->batch_grad[i] += model->grad[i] / n_ex;
+		total += l;
+	}
+	memcpy(model->grad, tr->batch_grad, np * sizeof(gnn_real));
+	penalty = gnn_ewc_penalty(&tr->ewc, model->params, model->grad);
+	if (!isfinite(gnn_clip_grad_norm(model->grad, np, tr->cfg.clip_norm)) ||
+		!isfinite(total))
+		return gnn_error(err, GNN_ERR_NUMERIC,
+						 "GNN training produced a non-finite loss or gradient; the model was not changed");
+	gnn_adam_step(&tr->adam, model->params, model->grad);
+	*loss = total / n_ex + penalty;
+	return GNN_OK;
+}
