@@ -132,6 +132,3 @@ SELECT amname FROM pg_am WHERE amname = 'gnnhnsw';
 SELECT amvalidate(oid) FROM pg_opclass WHERE opcmethod = (SELECT oid FROM pg_am WHERE amname = 'gnnhnsw') ORDER BY opcname;
 
 DROP TABLE hb;
-
--- leave the database as the next test file expects it
-DROP EXTENSION gnnvec CASCADE;

@@ -99,6 +99,3 @@ RESET enable_seqscan;
 
 DROP TABLE hr, hr_copy;
 DROP FUNCTION hr_recall(text);
-
--- leave the database as the next test file expects it
-DROP EXTENSION gnnvec CASCADE;
