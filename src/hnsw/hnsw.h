@@ -576,7 +576,7 @@ extern void hnsw_insert_vector(Relation index, const float *vec,
 extern bool hnsw_update_connection(HnswSearch *s, HnswElement *e,
 								   ItemPointer newtid, const float *newvec,
 								   int lc, bool building, bool force,
-								   ItemPointer dropped);
+								   ItemPointer adopter);
 
 /* hnswscan.c */
 extern IndexScanDesc hnswbeginscan(Relation index, int nkeys, int norderbys);

@@ -59,7 +59,9 @@ hnsw_init_page(Page page)
 
 /*
  * A new page at the end of the relation, exclusively locked (not yet
- * initialised: the caller does that inside its WAL record).
+ * initialised: the caller does that inside its WAL record).  Other
+ * backends may see the new block before it is initialised; they must leave
+ * a page that PageIsNew() alone (only its creator initialises it).
  */
 Buffer
 hnsw_new_buffer(Relation index, ForkNumber forkNum)

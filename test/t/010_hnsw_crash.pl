@@ -20,7 +20,7 @@ $node->safe_psql('postgres', q{
 	INSERT INTO items (v)
 		SELECT (SELECT array_agg(random()::real) FROM generate_series(1, 16) WHERE i > 0)::vector
 		FROM generate_series(1, 2000) i;
-	CREATE INDEX items_v ON items USING gnnhnsw (v) WITH (m = 8, ef_construction = 32);
+	CREATE INDEX items_v ON items USING gnnhnsw (v);
 	CREATE PROCEDURE ins(n int) LANGUAGE plpgsql AS $$
 	BEGIN
 		FOR i IN 1 .. n LOOP
@@ -78,7 +78,7 @@ ok($rows > $before, "recovered $rows rows");
 # every row (unique random vectors) finds itself as its nearest neighbour
 my $missing = $node->safe_psql('postgres', q{
 	SET enable_seqscan = off;
-	SET gnnvec.ef_search = 100;
+	SET gnnvec.ef_search = 400;
 	SELECT count(*) FROM (SELECT id, v FROM items) t,
 		LATERAL (SELECT i2.id AS found FROM items i2 ORDER BY i2.v <-> t.v LIMIT 1) s
 	WHERE found <> t.id;
