@@ -316,9 +316,10 @@ write_inline_element(Relation index, HnswMetaPageData *meta,
 }
 
 /*
- * Write an element whose vector is split over data tuples: the neighbour
- * tuple, the data tuples from the last to the first, then the element that
- * points at them all.  No reuse of deleted space for these.
+ * Write an element whose vector is split over data tuples, or that does not
+ * fit in one page with its neighbour tuple: the neighbour tuple, the data
+ * tuples from the last to the first, then the element that points at them
+ * all.  No reuse of deleted space for these.
  */
 static void
 write_split_element(Relation index, HnswMetaPageData *meta,
@@ -696,7 +697,10 @@ insert_vector(Relation index, const float *vec, ItemPointer heaptid,
 			ntup->tids[off + i] = s.elems[selected[lc][i]].tid;
 	}
 
-	if (ninline == dim)
+	/* element and neighbour tuple together on one page when they fit */
+	if (ninline == dim &&
+		esize + nsize + 2 * sizeof(ItemIdData) <=
+		BLCKSZ - MAXALIGN(SizeOfPageHeaderData) - MAXALIGN(sizeof(HnswPageOpaqueData)))
 		write_inline_element(index, &meta, etup, esize, ntup, nsize, building, &etid);
 	else
 		write_split_element(index, &meta, etup, esize, ntup, nsize, vec, dim,
