@@ -479,6 +479,7 @@ typedef struct HnswBuildState
 	int32		captids;
 	size_t		memLimit;
 	bool		onDisk;			/* graph flushed; inserting on pages */
+	bool		unlinked;		/* collecting rows without linking them */
 
 	MemoryContext graphCtx;
 	MemoryContext tmpCtx;
@@ -540,23 +541,38 @@ hnsw_tid_key(ItemPointer tid)
 		ItemPointerGetOffsetNumberNoCheck(tid);
 }
 
-/* hnswbuild.c */
+/*
+ * hnswbuild.c.  An HNSW build (ambuild) is
+ *		hnsw_build_init(&bs, heap, index, indexInfo, MAIN_FORKNUM);
+ *		hnsw_build_collect(&bs, true);		-- scan the table, insert each row
+ *		return hnsw_build_finish(&bs);		-- write pages, WAL, free
+ */
 extern IndexBuildResult *hnswbuild(Relation heap, Relation index,
 								   IndexInfo *indexInfo);
 extern void hnswbuildempty(Relation index);
 extern void hnsw_build_init(HnswBuildState *bs, Relation heap, Relation index,
 							IndexInfo *indexInfo, ForkNumber forkNum);
+extern void hnsw_build_collect(HnswBuildState *bs, bool link);
 extern void hnsw_build_add(HnswBuildState *bs, const float *vec,
 						   ItemPointer heaptid);
 extern void hnsw_build_write(HnswBuildState *bs);
+extern IndexBuildResult *hnsw_build_finish(HnswBuildState *bs);
 
 /*
- * CAGRA plug-in point.  After the rows have been collected with
- * hnsw_build_add_unlinked (vectors and heap TIDs, no graph edges), level 0
- * is taken as given: row i of neighbours (graph->n x degree int32, -1 for
- * none, at most 2m used) is node i's level-0 list.  Upper levels are built
- * by ordinary HNSW insertion of the nodes whose random level is >= 1, then
- * everything goes through the same page writer as an HNSW build.
+ * CAGRA plug-in point.  A build whose level 0 is made elsewhere is
+ *		hnsw_build_init(&bs, heap, index, indexInfo, MAIN_FORKNUM);
+ *		hnsw_build_collect(&bs, false);		-- rows only: no graph edges
+ *		... level 0 from bs.graph->nodes[i].vec, i < bs.graph->n (dim
+ *			bs.dim, normalised for cosine; hnsw_distance() is the metric) ...
+ *		hnsw_build_from_level0(&bs, neighbours, degree);
+ *		return hnsw_build_finish(&bs);
+ * hnsw_build_from_level0 takes level 0 as given: row i of neighbours
+ * (graph->n x degree int32, -1 for none, at most 2m used) is node i's
+ * level-0 list.  Upper levels are built by ordinary HNSW insertion of the
+ * nodes whose random level is >= 1; hnsw_build_finish then makes every node
+ * reachable from the entry point (hnsw_graph_connect) and writes the pages
+ * through the same page writer as an HNSW build.  Collecting without
+ * linking does not spill to disk: check bs.graph->mem against bs.memLimit.
  */
 extern void hnsw_build_add_unlinked(HnswBuildState *bs, const float *vec,
 									ItemPointer heaptid);

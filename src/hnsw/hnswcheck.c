@@ -20,6 +20,7 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "catalog/pg_am.h"
+#include "catalog/pg_class.h"
 #include "commands/defrem.h"
 #include "funcapi.h"
 #include "hnsw/hnsw.h"
@@ -132,7 +133,11 @@ open_gnnhnsw(Oid indexoid)
 	}
 	if (pg_class_aclcheck(index->rd_index->indrelid, GetUserId(),
 						  ACL_SELECT) != ACLCHECK_OK &&
+#if PG_VERSION_NUM >= 160000
+		!object_ownercheck(RelationRelationId, indexoid, GetUserId()))
+#else
 		!pg_class_ownercheck(indexoid, GetUserId()))
+#endif
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied for index %s",

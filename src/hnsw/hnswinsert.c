@@ -17,7 +17,9 @@
 #include <math.h>
 
 #include "access/generic_xlog.h"
+#if PG_VERSION_NUM >= 150000
 #include "common/pg_prng.h"
+#endif
 #include "hnsw/hnsw.h"
 #include "miscadmin.h"
 #include "storage/bufmgr.h"
@@ -27,7 +29,11 @@
 static int
 random_level(int m)
 {
+#if PG_VERSION_NUM >= 150000
 	double		u = pg_prng_double(&pg_global_prng_state);	/* [0, 1) */
+#else
+	double		u = (double) random() / ((double) MAX_RANDOM_VALUE + 1);
+#endif
 	int			level = (int) floor(-log(1.0 - u) / log((double) m));
 	int			cap = hnsw_level_cap(m);
 
