@@ -163,6 +163,7 @@ typedef struct HnswGraph
 	int			max_level;
 
 	size_t		mem;			/* bytes allocated for nodes */
+	bool		borrowed;		/* node storage belongs to someone else */
 
 	/* scratch for searches (one search at a time) */
 	uint32_t   *visited;
@@ -480,6 +481,8 @@ typedef struct HnswBuildState
 	size_t		memLimit;
 	bool		onDisk;			/* graph flushed; inserting on pages */
 	bool		unlinked;		/* collecting rows without linking them */
+	bool		pagesWritten;	/* the parallel build wrote the pages */
+	int			parallelWorkers;	/* workers asked for */
 
 	MemoryContext graphCtx;
 	MemoryContext tmpCtx;
@@ -557,6 +560,9 @@ extern void hnsw_build_add(HnswBuildState *bs, const float *vec,
 						   ItemPointer heaptid);
 extern void hnsw_build_write(HnswBuildState *bs);
 extern IndexBuildResult *hnsw_build_finish(HnswBuildState *bs);
+
+/* hnswparallel.c: a parallel build; false if it did not run */
+extern bool hnsw_build_parallel(HnswBuildState *bs);
 
 /*
  * CAGRA plug-in point.  A build whose level 0 is made elsewhere is

@@ -512,7 +512,7 @@ hnsw_build_finish(HnswBuildState *bs)
 {
 	IndexBuildResult *result;
 
-	if (!bs->onDisk)
+	if (!bs->onDisk && !bs->pagesWritten)
 		hnsw_build_write(bs);
 
 	if (RelationNeedsWAL(bs->index) && bs->forkNum == MAIN_FORKNUM)
@@ -541,7 +541,12 @@ hnswbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 			 RelationGetRelationName(index));
 
 	hnsw_build_init(&bs, heap, index, indexInfo, MAIN_FORKNUM);
-	hnsw_build_collect(&bs, true);
+	if (!hnsw_build_parallel(&bs))
+		hnsw_build_collect(&bs, true);
+	else
+		ereport(DEBUG1,
+				(errmsg_internal("gnnhnsw: parallel build, %d workers requested, leader participating",
+								 bs.parallelWorkers)));
 	return hnsw_build_finish(&bs);
 }
 
