@@ -80,6 +80,12 @@ unit-bins: $(UNIT_BINS)
 
 EXTRA_CLEAN += test/unit/bin .build-flags
 
+# Standalone CAGRA builder and graph-quality report (no PostgreSQL).
+bench/cagra_build: bench/cagra_build.c $(PURE_SRCS) $(HEADERS) cuda/gnnvec_cuda.h
+	$(CC) $(UNIT_FLAGS) -o $@ $< $(PURE_SRCS) -lopenblas -lm -lpthread -ldl
+
+EXTRA_CLEAN += bench/cagra_build
+
 .PHONY: test demo bench unit-bins install-cuda
 test:
 	bash test/run.sh test

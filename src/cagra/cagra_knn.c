@@ -155,28 +155,38 @@ knn_fill_tile(const KnnJob *job, int64_t q0, int rows, int64_t b0, int cols,
 				0.0f, tile, BASE_BLOCK);
 }
 
-/* Offer one tile row to the row's heap. */
+/*
+ * Offer one tile row to the row's heap.  Most values lose against the
+ * heap's worst entry, so the loop compares against that bound held in a
+ * register and leaves ties, the row itself and the heap to the rare rest.
+ */
 static void
 knn_scan_row(const KnnJob *job, const float *tile_row, int64_t b0, int cols,
 			 int64_t self, KnnCandidate *heap, int *size)
 {
 	const float *norms = job->base_norms ? job->base_norms + b0 : NULL;
 	int			cap = job->n_candidates;
+	float		bound = *size < cap ? INFINITY : heap[0].dist;
 
 	for (int c = 0; c < cols; c++)
 	{
 		float		v = tile_row[c] + (norms ? norms[c] : 0.0f);
 		int32_t		id = (int32_t) (b0 + c);
 
-		if (id == self)
+		if (v > bound || id == self)
 			continue;
 		if (*size < cap)
+		{
 			heap_push(heap, size, v, id);
+			if (*size == cap)
+				bound = heap[0].dist;
+		}
 		else if (candidate_less(v, id, heap[0].dist, heap[0].id))
 		{
 			heap[0].dist = v;
 			heap[0].id = id;
 			heap_sift_down(heap, cap, 0);
+			bound = heap[0].dist;
 		}
 	}
 }
