@@ -436,7 +436,10 @@ run_gpu(const Bench *b, double recall[2][MAX_EFS], int32_t *knn)
 	if (cagra_gpu_device_count(gpu, &count, err, sizeof(err)) != CAGRA_OK)
 		die("gpu", err);
 	if (count <= opt->gpu_device)
-		die("gpu", "no such CUDA device");
+	{
+		snprintf(err, sizeof(err), "no CUDA device %d (%d found)", opt->gpu_device, count);
+		die("gpu", err);
+	}
 	if (cagra_gpu_device_info(gpu, opt->gpu_device, name, sizeof(name), &total,
 							  err, sizeof(err)) != CAGRA_OK)
 		die("gpu", err);
@@ -531,10 +534,16 @@ parse_args(Options *opt, int argc, char **argv)
 		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
 
 		if (strcmp(a, "--connect") == 0)
+		{
 			opt->params.guarantee_connectivity = true;
-		else if (strcmp(a, "--compare-cpu") == 0)
+			continue;
+		}
+		if (strcmp(a, "--compare-cpu") == 0)
+		{
 			opt->compare_cpu = true;
-		else if (v == NULL)
+			continue;
+		}
+		if (v == NULL)
 			usage();
 		else if (strcmp(a, "--file") == 0)
 			opt->file = v;
@@ -570,7 +579,7 @@ parse_args(Options *opt, int argc, char **argv)
 			opt->seed = strtoull(v, NULL, 10);
 		else
 			usage();
-		i++;
+		i++;					/* the value */
 	}
 	if (opt->n_queries < 1 || opt->knn_sample < 1 || opt->knn_sample > opt->n)
 		die("arguments", "need at least one query and 1 <= knn-sample <= n");
