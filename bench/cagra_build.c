@@ -459,8 +459,9 @@ run_gpu(const Bench *b, double recall[2][MAX_EFS], int32_t *knn)
 							opt->dim, &params, knn, graph, &st,
 							err, sizeof(err)) != CAGRA_OK)
 			die("gpu build", err);
-		printf("gpu kNN        %7.3f s  kNN recall %.4f\n", st.knn_seconds,
-			   knn_recall(b, knn));
+		printf("gpu setup      %7.3f s  kNN %7.3f s  (%lld row blocks, data %s)  kNN recall %.4f\n",
+			   st.setup_seconds, st.knn_seconds, (long long) st.gpu_row_blocks,
+			   st.gpu_data_resident ? "resident" : "streamed", knn_recall(b, knn));
 		snprintf(label, sizeof(label), "gpu %s", detour_name(detour));
 		print_quality(b, label, &st, graph, recall[detour]);
 	}

@@ -439,8 +439,8 @@ warp_distance(const float *x, const float *y, int dim, int metric, int lane)
  */
 __global__ void
 rerank_kernel(const float *data, const float *row_buf, const float *gathered,
-			  int dim, int metric, long long row0, int kc, int degree,
-			  const int *top_i, int *knn)
+			  int dim, int metric, long long n, long long row0, int kc,
+			  int degree, const int *top_i, int *knn)
 {
 	__shared__ float sd[SORT_MAX];
 	__shared__ int si[SORT_MAX];
@@ -454,10 +454,21 @@ rerank_kernel(const float *data, const float *row_buf, const float *gathered,
 	for (int j = warp; j < kc; j += n_warps)
 	{
 		int			id = top_i[(size_t) r * kc + j];
-		const float *y = gathered ? gathered + ((size_t) r * kc + j) * dim :
-			data + (size_t) id * dim;
-		float		dist = warp_distance(x, y, dim, metric, lane);
+		const float *y;
+		float		dist;
 
+		/* an empty slot (only NaN distances leave one) stays empty */
+		if (id < 0 || id >= n)
+		{
+			if (lane == 0)
+			{
+				sd[j] = INFINITY;
+				si[j] = INT_MAX;
+			}
+			continue;
+		}
+		y = gathered ? gathered + ((size_t) r * kc + j) * dim : data + (size_t) id * dim;
+		dist = warp_distance(x, y, dim, metric, lane);
 		if (lane == 0)
 		{
 			sd[j] = dist;
@@ -472,7 +483,7 @@ rerank_kernel(const float *data, const float *row_buf, const float *gathered,
 	__syncthreads();
 	bitonic_sort<float, pair_less>(sd, si, n_sort);
 	for (int j = threadIdx.x; j < degree; j += blockDim.x)
-		knn[(size_t) (row0 + r) * degree + j] = si[j];
+		knn[(size_t) (row0 + r) * degree + j] = si[j] == INT_MAX ? -1 : si[j];
 }
 
 /* ---------------------------------------------------------------------- */
@@ -933,7 +944,10 @@ fill_tile(Build *b, const float *d_r, int rows, const float *d_c, int cols)
 					 "cublasSgemm");
 }
 
-/* Streamed data: copy every row's candidates' vectors next to each other. */
+/*
+ * Streamed data: copy every row's candidates' vectors next to each other,
+ * prepared (centred, normalised) like the rows they are compared with.
+ */
 static bool
 gather_candidates(Build *b, int rows)
 {
@@ -944,11 +958,19 @@ gather_candidates(Build *b, int rows)
 									 cudaMemcpyDeviceToHost)))
 		return false;
 	for (size_t i = 0; i < rows * kc; i++)
-		memcpy(b->h_gathered + i * dim, b->host + (size_t) b->h_top_i[i] * dim,
-			   dim * sizeof(float));
+	{
+		int			id = b->h_top_i[i];
+
+		if (id >= 0 && id < b->n)
+			memcpy(b->h_gathered + i * dim, b->host + (size_t) id * dim,
+				   dim * sizeof(float));
+		else
+			memset(b->h_gathered + i * dim, 0, dim * sizeof(float));
+	}
 	return CUDA_OK(b->sink, cudaMemcpy(b->d_gathered, b->h_gathered,
 									   rows * kc * dim * sizeof(float),
-									   cudaMemcpyHostToDevice));
+									   cudaMemcpyHostToDevice)) &&
+		prepare_rows(b, b->d_gathered, (long long) rows * kc);
 }
 
 static bool
@@ -987,7 +1009,7 @@ knn_block(Build *b, long long row0, int rows)
 		return false;
 	rerank_kernel<<<rows, RERANK_THREADS>>>(b->d_data, pl->resident ? NULL : b->d_rows,
 											pl->resident ? NULL : b->d_gathered,
-											b->dim, b->p.metric, row0, kc,
+											b->dim, b->p.metric, b->n, row0, kc,
 											b->p.intermediate_degree,
 											b->d_top_i, b->d_knn);
 	return LAUNCH_OK(b->sink, "rerank_kernel");
@@ -1149,6 +1171,7 @@ run_build(Build *b, int32_t *knn, int32_t *graph, GnnvecCudaCagraStats *stats)
 	size_t		budget;
 	double		t = now_seconds();
 
+	/* context creation, the first CUDA call's cost, is reported apart */
 	if (!select_device(b->p.device, b->sink) || !memory_budget(&b->p, b->sink, &budget) ||
 		!plan_memory(b, budget) ||
 		!cublas_ok(b->sink, cublasCreate(&b->blas), "cublasCreate"))
@@ -1158,7 +1181,9 @@ run_build(Build *b, int32_t *knn, int32_t *graph, GnnvecCudaCagraStats *stats)
 				   "cublasSetMathMode"))
 		return;
 	stats->data_resident = b->plan.resident;
+	stats->setup_seconds = now_seconds() - t;
 
+	t = now_seconds();
 	if (!knn_stage(b, stats))
 		return;
 	free_knn_buffers(b);

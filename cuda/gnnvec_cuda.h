@@ -58,6 +58,7 @@ typedef struct GnnvecCudaCagraParams
 
 typedef struct GnnvecCudaCagraStats
 {
+	double		setup_seconds;	/* device context, cuBLAS handle */
 	double		knn_seconds;	/* including uploads */
 	double		prune_seconds;
 	double		reverse_seconds;	/* including the download */

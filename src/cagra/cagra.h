@@ -78,6 +78,7 @@ typedef struct CagraParams
 /* What cagra_build measured and decided. */
 typedef struct CagraStats
 {
+	double		setup_seconds;	/* GPU only: device context, cuBLAS handle */
 	double		knn_seconds;
 	double		prune_seconds;
 	double		reverse_seconds;
@@ -85,6 +86,8 @@ typedef struct CagraStats
 	int32_t		entry;			/* the entry node used */
 	int64_t		unreachable;	/* nodes unreachable from entry before repair */
 	int64_t		repair_edges;	/* edges the connectivity repair added */
+	bool		gpu_data_resident;	/* GPU only: data set stayed on the device */
+	int64_t		gpu_row_blocks; /* GPU only: kNN row blocks */
 } CagraStats;
 
 /* Defaults derived from HNSW's m, as the index uses them: I = 3m, d = 2m. */

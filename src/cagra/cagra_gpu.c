@@ -168,8 +168,11 @@ cagra_gpu_build(CagraGpu *gpu, int device, size_t device_bytes,
 										 errbuf, errlen));
 	if (status != CAGRA_OK)
 		return status;
+	stats->setup_seconds = gs.setup_seconds;
 	stats->knn_seconds = gs.knn_seconds;
 	stats->prune_seconds = gs.prune_seconds;
 	stats->reverse_seconds = gs.reverse_seconds;
+	stats->gpu_data_resident = gs.data_resident != 0;
+	stats->gpu_row_blocks = gs.row_blocks;
 	return cagra_finish(data, n, dim, params, graph, stats, errbuf, errlen);
 }
