@@ -15,10 +15,12 @@
  *	bench/cagra_build --n 100000 --dim 128 --I 48 --d 32 --threads 2
  *	bench/cagra_build --file x.f32 --n 1000000 --dim 128 --device gpu --compare-cpu
  */
+#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cagra/cagra.h"
 #include "vector/distance.h"
@@ -53,7 +55,7 @@ typedef struct Bench
 	const float *queries;
 	int32_t    *truth;			/* n_queries x RECALL_K */
 	int32_t    *sample_rows;	/* rows whose kNN is checked */
-	int32_t    *sample_knn;		/* their exact kNN, knn_sample x I */
+	int32_t    *sample_knn;		/* their exact kNN, knn_sample x knn_degree */
 } Bench;
 
 static void
@@ -208,8 +210,8 @@ static void
 bench_prepare(Bench *b)
 {
 	const Options *opt = b->opt;
-	int			I = opt->params.intermediate_degree;
-	float	   *dists = malloc(I * sizeof(float));
+	int			knn_degree = opt->params.intermediate_degree;
+	float	   *dists = malloc(knn_degree * sizeof(float));
 	char		err[256];
 	double		t = cagra_now();
 
@@ -223,12 +225,12 @@ bench_prepare(Bench *b)
 
 	t = cagra_now();
 	b->sample_rows = malloc(opt->knn_sample * sizeof(int32_t));
-	b->sample_knn = malloc((size_t) opt->knn_sample * I * sizeof(int32_t));
+	b->sample_knn = malloc((size_t) opt->knn_sample * knn_degree * sizeof(int32_t));
 	for (int s = 0; s < opt->knn_sample; s++)
 	{
 		b->sample_rows[s] = (int32_t) ((opt->n * (2 * s + 1)) / (2 * opt->knn_sample));
 		direct_knn(b->base, opt->n, opt->dim, opt->params.metric,
-				   b->sample_rows[s], I, b->sample_knn + (int64_t) s * I, dists);
+				   b->sample_rows[s], knn_degree, b->sample_knn + (int64_t) s * knn_degree, dists);
 	}
 	printf("kNN check: %d sampled rows, direct brute force %.2f s\n",
 		   opt->knn_sample, cagra_now() - t);
@@ -238,13 +240,13 @@ bench_prepare(Bench *b)
 static double
 knn_recall(const Bench *b, const int32_t *knn)
 {
-	int			I = b->opt->params.intermediate_degree;
+	int			knn_degree = b->opt->params.intermediate_degree;
 	int64_t		hits = 0;
 
 	for (int s = 0; s < b->opt->knn_sample; s++)
-		hits += overlap(knn + (int64_t) b->sample_rows[s] * I, I,
-						b->sample_knn + (int64_t) s * I, I);
-	return (double) hits / ((double) b->opt->knn_sample * I);
+		hits += overlap(knn + (int64_t) b->sample_rows[s] * knn_degree, knn_degree,
+						b->sample_knn + (int64_t) s * knn_degree, knn_degree);
+	return (double) hits / ((double) b->opt->knn_sample * knn_degree);
 }
 
 /* recall[e] at efs[e]; qps[e] single-threaded queries per second. */
@@ -339,12 +341,12 @@ static int32_t *
 cpu_knn(const Bench *b)
 {
 	const Options *opt = b->opt;
-	int			I = opt->params.intermediate_degree;
-	int32_t    *knn = malloc((size_t) opt->n * I * sizeof(int32_t));
+	int			knn_degree = opt->params.intermediate_degree;
+	int32_t    *knn = malloc((size_t) opt->n * knn_degree * sizeof(int32_t));
 	char		err[256];
 	double		t = cagra_now();
 
-	if (cagra_knn_exact(b->base, opt->n, opt->dim, opt->params.metric, I,
+	if (cagra_knn_exact(b->base, opt->n, opt->dim, opt->params.metric, knn_degree,
 						opt->params.n_threads, knn, NULL, err, sizeof(err)) != CAGRA_OK)
 		die("kNN", err);
 	printf("cpu kNN        %7.3f s  (%d threads)  kNN recall %.4f\n",
@@ -383,23 +385,23 @@ static void
 compare_knn(const Bench *b, const int32_t *gpu_knn, const int32_t *cpu_knn_graph)
 {
 	const Options *opt = b->opt;
-	int			I = opt->params.intermediate_degree;
+	int			knn_degree = opt->params.intermediate_degree;
 	int64_t		same = 0,
 				ties = 0,
 				differ = 0;
 
 	for (int64_t i = 0; i < opt->n; i++)
 	{
-		const int32_t *g = gpu_knn + i * I;
-		const int32_t *c = cpu_knn_graph + i * I;
+		const int32_t *g = gpu_knn + i * knn_degree;
+		const int32_t *c = cpu_knn_graph + i * knn_degree;
 		bool		tie = true;
 
-		if (memcmp(g, c, I * sizeof(int32_t)) == 0)
+		if (memcmp(g, c, knn_degree * sizeof(int32_t)) == 0)
 		{
 			same++;
 			continue;
 		}
-		for (int j = 0; j < I && tie; j++)
+		for (int j = 0; j < knn_degree && tie; j++)
 		{
 			float		dg = cagra_distance(opt->params.metric, b->base + i * opt->dim,
 											b->base + (int64_t) g[j] * opt->dim, opt->dim);
@@ -586,6 +588,37 @@ parse_args(Options *opt, int argc, char **argv)
 		die("arguments", "need at least one query and 1 <= knn-sample <= n");
 }
 
+/*
+ * OpenBLAS picks its kernels from the CPU model, and on virtual machines
+ * that report a generic model it falls back to SSE3 ("Prescott"): 4-5x
+ * slower GEMM on a CPU that has AVX-512.  The choice is made when the
+ * library loads, so the only cure is OPENBLAS_CORETYPE in the environment:
+ * when it is unset and the distance kernels found AVX2 or AVX-512 that
+ * OpenBLAS does not use, run this program again with it set.
+ */
+static void
+fix_blas_kernels(char **argv, VecIsa isa)
+{
+	static const char *const generic[] = {"Prescott", "Core2", "Penryn",
+	"Dunnington", "Nehalem", "Atom", "Katmai", "Northwood", "Banias"};
+	const char *core = openblas_get_corename();
+	const char *want = isa == VEC_ISA_AVX512 ? "SkylakeX" : "Haswell";
+
+	if (getenv("OPENBLAS_CORETYPE") != NULL || isa == VEC_ISA_SCALAR)
+		return;
+	for (size_t i = 0; i < sizeof(generic) / sizeof(generic[0]); i++)
+		if (strcmp(core, generic[i]) == 0)
+		{
+			printf("cagra_build: OpenBLAS chose %s kernels on a %s CPU; "
+				   "running again with OPENBLAS_CORETYPE=%s\n",
+				   core, vec_isa_name(isa), want);
+			fflush(stdout);
+			setenv("OPENBLAS_CORETYPE", want, 1);
+			execv("/proc/self/exe", argv);
+			return;				/* exec failed: go on with slow kernels */
+		}
+}
+
 int
 main(int argc, char **argv)
 {
@@ -597,10 +630,12 @@ main(int argc, char **argv)
 	double		gpu_recall[2][MAX_EFS];
 	int32_t    *knn;
 
+	fix_blas_kernels(argv, vec_distance_init(VEC_ISA_AVX512));
 	parse_args(&opt, argc, argv);
 	if (cagra_params_check(&opt.params, opt.n, opt.dim, err, sizeof(err)) != CAGRA_OK)
 		die("parameters", err);
-	printf("cagra_build: isa %s\n", vec_isa_name(vec_distance_init(VEC_ISA_AVX512)));
+	printf("cagra_build: distance kernels %s, OpenBLAS kernels %s\n",
+		   vec_isa_name(vec_distance_init(VEC_ISA_AVX512)), openblas_get_corename());
 	all = opt.file ? read_data(opt.file, opt.n + opt.n_queries, opt.dim) :
 		generate_data(opt.n + opt.n_queries, opt.dim, opt.seed);
 	printf("data: %lld x %d (%s), %d queries, metric %d, I %d, d %d, connectivity %s\n",
