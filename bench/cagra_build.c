@@ -346,12 +346,24 @@ cpu_knn(const Bench *b)
 	char		err[256];
 	double		t = cagra_now();
 
-	if (cagra_knn_exact(b->base, opt->n, opt->dim, opt->params.metric, knn_degree,
-						opt->params.n_threads, knn, NULL, err, sizeof(err)) != CAGRA_OK)
+	CagraStatus status;
+
+	if (opt->params.knn_method == CAGRA_KNN_PARTITIONED)
+		status = cagra_knn_partitioned(b->base, opt->n, opt->dim, opt->params.metric,
+									   knn_degree, opt->params.partition_rows,
+									   opt->params.partition_overlap,
+									   opt->params.n_threads, knn, NULL,
+									   err, sizeof(err));
+	else
+		status = cagra_knn_exact(b->base, opt->n, opt->dim, opt->params.metric,
+								 knn_degree, opt->params.n_threads, knn, NULL,
+								 err, sizeof(err));
+	if (status != CAGRA_OK)
 		die("kNN", err);
-	printf("cpu kNN        %7.3f s  (%d threads)  kNN recall %.4f\n",
-		   cagra_now() - t, cagra_thread_count(opt->params.n_threads),
-		   knn_recall(b, knn));
+	printf("cpu kNN        %7.3f s  (%s, %d threads)  kNN recall %.4f\n",
+		   cagra_now() - t,
+		   opt->params.knn_method == CAGRA_KNN_PARTITIONED ? "partitioned" : "exact",
+		   cagra_thread_count(opt->params.n_threads), knn_recall(b, knn));
 	return knn;
 }
 
@@ -480,6 +492,7 @@ usage(void)
 			"usage: cagra_build [--file PATH] [--n N] [--dim D] [--queries Q]\n"
 			"         [--metric l2|ip|cosine|l1] [--I DEGREE] [--d DEGREE]\n"
 			"         [--detour cuvs|paper|both] [--connect] [--threads T]\n"
+			"         [--knn exact|partitioned] [--partition-rows R] [--overlap O]\n"
 			"         [--device cpu|gpu] [--compare-cpu] [--cuda-lib PATH]\n"
 			"         [--gpu-device N] [--gpu-mem-mb MB] [--ef 10,20,...]\n"
 			"         [--knn-sample S] [--seed S]\n"
@@ -562,6 +575,13 @@ parse_args(Options *opt, int argc, char **argv)
 			opt->params.intermediate_degree = atoi(v);
 		else if (strcmp(a, "--d") == 0)
 			opt->params.graph_degree = atoi(v);
+		else if (strcmp(a, "--knn") == 0)
+			opt->params.knn_method = strcmp(v, "partitioned") == 0 ?
+				CAGRA_KNN_PARTITIONED : CAGRA_KNN_EXACT;
+		else if (strcmp(a, "--partition-rows") == 0)
+			opt->params.partition_rows = atoi(v);
+		else if (strcmp(a, "--overlap") == 0)
+			opt->params.partition_overlap = atoi(v);
 		else if (strcmp(a, "--threads") == 0)
 			opt->params.n_threads = atoi(v);
 		else if (strcmp(a, "--detour") == 0)

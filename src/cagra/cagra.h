@@ -63,9 +63,19 @@ typedef enum CagraStatus
 	CAGRA_ERR_DEVICE			/* GPU module missing, or it failed */
 } CagraStatus;
 
+/* How stage 1 finds the kNN graph. */
+typedef enum CagraKnnMethod
+{
+	CAGRA_KNN_EXACT = 0,		/* all pairs, tiled GEMM */
+	CAGRA_KNN_PARTITIONED		/* overlapping k-means partitions */
+} CagraKnnMethod;
+
 typedef struct CagraParams
 {
 	CagraMetric metric;
+	CagraKnnMethod knn_method;	/* the GPU is always exact */
+	int			partition_rows; /* partitioned: rows per partition, 0: 1024 */
+	int			partition_overlap;	/* partitioned: partitions per row, 0: 3 */
 	int			intermediate_degree;	/* I: degree of the kNN graph */
 	int			graph_degree;	/* d: degree of the final graph, d <= I */
 	CagraDetour detour;
@@ -118,6 +128,32 @@ extern CagraStatus cagra_knn_exact(const float *data, int64_t n, int dim,
 								   CagraMetric metric, int k, int n_threads,
 								   int32_t *knn, float *dists,
 								   char *errbuf, size_t errlen);
+
+/*
+ * cagra_knn_exact on the calling thread alone, for callers that run it
+ * inside their own worker threads: it leaves OpenBLAS's process-wide thread
+ * setting alone (the caller sets it to 1) and expects the distance kernels
+ * to be initialised already (cagra_kernels_ready).
+ */
+extern CagraStatus cagra_knn_exact_serial(const float *data, int64_t n,
+										  int dim, CagraMetric metric, int k,
+										  int32_t *knn, float *dists,
+										  char *errbuf, size_t errlen);
+
+/*
+ * Approximate kNN graph from overlapping partitions, for data sets where
+ * the exact O(n^2) stage is too slow: k-means centroids (one per about
+ * partition_rows rows; 0: 1024), each row joins the partitions of its
+ * `overlap` nearest centroids (0: 3), the exact kNN within every partition,
+ * and each row's lists merged.  Same output contract as cagra_knn_exact;
+ * rows whose partitions hold fewer than k other rows get an exact search.
+ */
+extern CagraStatus cagra_knn_partitioned(const float *data, int64_t n, int dim,
+										 CagraMetric metric, int k,
+										 int partition_rows, int overlap,
+										 int n_threads, int32_t *knn,
+										 float *dists,
+										 char *errbuf, size_t errlen);
 
 /*
  * Exact k nearest rows of base for each of nq queries (ground truth for

@@ -67,8 +67,15 @@ cagra_build(const float *data, int64_t n, int dim, const CagraParams *params,
 	}
 
 	t = cagra_now();
-	status = cagra_knn_exact(data, n, dim, params->metric, I,
-							 params->n_threads, knn, NULL, errbuf, errlen);
+	if (params->knn_method == CAGRA_KNN_PARTITIONED)
+		status = cagra_knn_partitioned(data, n, dim, params->metric, I,
+									   params->partition_rows,
+									   params->partition_overlap,
+									   params->n_threads, knn, NULL,
+									   errbuf, errlen);
+	else
+		status = cagra_knn_exact(data, n, dim, params->metric, I,
+								 params->n_threads, knn, NULL, errbuf, errlen);
 	stats->knn_seconds = cagra_now() - t;
 	if (status != CAGRA_OK)
 		goto done;

@@ -374,7 +374,11 @@ knn_free_scratch(KnnJob *job, int n_threads)
 	free(job->heaps);
 }
 
-/* Everything but argument checks: shared by the two entry points. */
+/*
+ * Everything but argument checks: shared by the entry points.  n_threads 0
+ * means the caller is itself a worker thread: run serially and leave
+ * OpenBLAS's (process-wide) thread setting and the kernels alone.
+ */
 static CagraStatus
 knn_run(KnnJob *job, int n_threads, char *errbuf, size_t errlen)
 {
@@ -382,10 +386,13 @@ knn_run(KnnJob *job, int n_threads, char *errbuf, size_t errlen)
 	float	   *gemm_base;
 	float	   *gemm_queries;
 	float	   *base_norms = NULL;
-	int			blas_threads = openblas_get_num_threads();
+	bool		in_worker = n_threads == 0;
+	int			blas_threads = in_worker ? 1 : openblas_get_num_threads();
 
-	cagra_kernels_ready();
-	n_threads = cagra_thread_count(n_threads);
+	if (in_worker)
+		n_threads = 1;
+	else
+		cagra_kernels_ready();
 	if (!knn_gemm_inputs(job, &gemm_base, &gemm_queries))
 		status = CAGRA_ERR_NOMEM;
 	else if (job->metric == CAGRA_METRIC_L2)
@@ -398,7 +405,9 @@ knn_run(KnnJob *job, int n_threads, char *errbuf, size_t errlen)
 	if (status == CAGRA_OK && !knn_alloc_scratch(job, n_threads))
 		status = CAGRA_ERR_NOMEM;
 
-	if (status == CAGRA_OK)
+	if (status == CAGRA_OK && in_worker)
+		cagra_parallel_for(1, job->nq, QUERY_BLOCK, knn_query_block, job);
+	else if (status == CAGRA_OK)
 	{
 		openblas_set_num_threads(1);
 		cagra_parallel_for(n_threads, job->nq, QUERY_BLOCK, knn_query_block, job);
@@ -456,7 +465,30 @@ cagra_knn_exact(const float *data, int64_t n, int dim, CagraMetric metric,
 	job.exclude_self = true;
 	job.ids = knn;
 	job.dists = dists;
-	return knn_run(&job, n_threads, errbuf, errlen);
+	return knn_run(&job, cagra_thread_count(n_threads), errbuf, errlen);
+}
+
+CagraStatus
+cagra_knn_exact_serial(const float *data, int64_t n, int dim,
+					   CagraMetric metric, int k, int32_t *knn, float *dists,
+					   char *errbuf, size_t errlen)
+{
+	KnnJob		job = {0};
+	CagraStatus status;
+
+	status = knn_check(n, n, dim, metric, k, n - 1, 0, errbuf, errlen);
+	if (status != CAGRA_OK)
+		return status;
+	job.base = job.queries = data;
+	job.n = job.nq = n;
+	job.dim = dim;
+	job.metric = metric;
+	job.k = k;
+	job.n_candidates = cagra_knn_candidates(k, n - 1);
+	job.exclude_self = true;
+	job.ids = knn;
+	job.dists = dists;
+	return knn_run(&job, 0, errbuf, errlen);
 }
 
 CagraStatus
@@ -482,5 +514,5 @@ cagra_brute_force(const float *base, int64_t n, const float *queries,
 	job.exclude_self = false;
 	job.ids = ids;
 	job.dists = dists;
-	return knn_run(&job, n_threads, errbuf, errlen);
+	return knn_run(&job, cagra_thread_count(n_threads), errbuf, errlen);
 }

@@ -42,6 +42,9 @@ void
 cagra_params_default(CagraParams *params, int m)
 {
 	params->metric = CAGRA_METRIC_L2;
+	params->knn_method = CAGRA_KNN_EXACT;
+	params->partition_rows = 0;
+	params->partition_overlap = 0;
 	params->intermediate_degree = 3 * m;
 	params->graph_degree = 2 * m;
 	params->detour = CAGRA_DETOUR_ANY_RANK;
@@ -67,6 +70,14 @@ cagra_params_check(const CagraParams *params, int64_t n, int dim,
 	if ((unsigned) params->metric > CAGRA_METRIC_L1)
 		return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
 						   "unknown metric %d", (int) params->metric);
+	if ((unsigned) params->knn_method > CAGRA_KNN_PARTITIONED)
+		return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
+						   "unknown kNN method %d", (int) params->knn_method);
+	if (params->partition_rows < 0 || params->partition_rows == 1 ||
+		params->partition_overlap < 0)
+		return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
+						   "partition_rows %d must be 0 or at least 2, partition_overlap %d not negative",
+						   params->partition_rows, params->partition_overlap);
 	if ((unsigned) params->detour > CAGRA_DETOUR_RANK_BELOW)
 		return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
 						   "unknown detour definition %d",

@@ -368,6 +368,8 @@ test_brute_force(void)
 
 /* ---------------------------------------------------------------------- */
 
+/* ---------------------------------------------------------------------- */
+
 /* Points on a line: 0..1 near 0, 2..3 near 10, 4..5 near 20. */
 static const float line_points[6] = {0.0f, 1.0f, 10.0f, 11.0f, 20.0f, 21.0f};
 
@@ -448,6 +450,96 @@ graph_well_formed(const int32_t *graph, int64_t n, int d)
 					return false;
 		}
 	return true;
+}
+
+static bool
+knn_rows_well_formed(const int32_t *knn, const float *dists, int64_t n, int k)
+{
+	for (int64_t i = 0; i < n; i++)
+		for (int j = 0; j < k; j++)
+		{
+			int32_t		id = knn[i * k + j];
+
+			if (id < 0 || id >= n || id == i)
+				return false;
+			if (j > 0 && dists[i * k + j] < dists[i * k + j - 1])
+				return false;
+			for (int l = 0; l < j; l++)
+				if (knn[i * k + l] == id)
+					return false;
+		}
+	return true;
+}
+
+static double
+knn_overlap(const int32_t *a, const int32_t *b, int64_t n, int k)
+{
+	int64_t		hits = 0;
+
+	for (int64_t i = 0; i < n; i++)
+		for (int j = 0; j < k; j++)
+			for (int l = 0; l < k; l++)
+				hits += a[i * k + j] == b[i * k + l];
+	return (double) hits / ((double) n * k);
+}
+
+/*
+ * The partitioned kNN: exact when every row is in every partition (the
+ * merge must drop the copies), exact when partitions are too small to hold
+ * k neighbours (every row goes to the exact fallback), and close to exact
+ * on clustered data.
+ */
+static void
+test_knn_partitioned(void)
+{
+	int			dim = 12,
+				k = 16;
+	int64_t		n = 3000;
+	float	   *data = cluster_data(30, 100, dim);
+	int32_t    *exact = malloc(n * k * sizeof(int32_t));
+	int32_t    *part = malloc(n * k * sizeof(int32_t));
+	float	   *exact_d = malloc(n * k * sizeof(float));
+	float	   *part_d = malloc(n * k * sizeof(float));
+	char		err[256];
+	double		recall;
+
+	/* clusters 1000 apart on axis 0 would make k-means trivial: bring them close */
+	for (int64_t i = 0; i < n; i++)
+		data[i * dim] *= 0.002f;
+	CHECK(cagra_knn_exact(data, n, dim, CAGRA_METRIC_L2, k, 2, exact, exact_d,
+						  err, sizeof(err)) == CAGRA_OK, "exact: %s", err);
+
+	/* 600 rows, 3 partitions, overlap 3: every partition holds every row */
+	CHECK(cagra_knn_partitioned(data, 600, dim, CAGRA_METRIC_L2, k, 200, 3, 2,
+								part, part_d, err, sizeof(err)) == CAGRA_OK,
+		  "partitioned, full overlap: %s", err);
+	CHECK(cagra_knn_exact(data, 600, dim, CAGRA_METRIC_L2, k, 2, exact, exact_d,
+						  err, sizeof(err)) == CAGRA_OK, "exact 600: %s", err);
+	CHECK(rows_equal(part, exact, 600 * k), "full overlap equals the exact kNN");
+
+	/* partitions of 2 rows cannot hold 16 neighbours: exact fallback */
+	CHECK(cagra_knn_partitioned(data, 600, dim, CAGRA_METRIC_L2, k, 2, 1, 2,
+								part, part_d, err, sizeof(err)) == CAGRA_OK,
+		  "partitioned, tiny partitions: %s", err);
+	CHECK(rows_equal(part, exact, 600 * k), "tiny partitions equal the exact kNN");
+
+	CHECK(cagra_knn_exact(data, n, dim, CAGRA_METRIC_L2, k, 2, exact, exact_d,
+						  err, sizeof(err)) == CAGRA_OK, "exact: %s", err);
+	CHECK(cagra_knn_partitioned(data, n, dim, CAGRA_METRIC_L2, k, 150, 3, 2,
+								part, part_d, err, sizeof(err)) == CAGRA_OK,
+		  "partitioned: %s", err);
+	CHECK(knn_rows_well_formed(part, part_d, n, k), "partitioned rows well formed");
+	recall = knn_overlap(part, exact, n, k);
+	CHECK(recall >= 0.9, "partitioned kNN recall %.4f", recall);
+
+	CHECK(cagra_knn_partitioned(data, n, dim, CAGRA_METRIC_L2, k, 1, 3, 2,
+								part, part_d, err, sizeof(err)) == CAGRA_ERR_PARAM,
+		  "partition_rows 1 is rejected");
+	free(data);
+	free(exact);
+	free(part);
+	free(exact_d);
+	free(part_d);
 }
 
 static void
@@ -636,6 +728,7 @@ main(void)
 	test_merge_reverse_protected();
 	test_knn_exact();
 	test_brute_force();
+	test_knn_partitioned();
 	test_connectivity_free_slots();
 	test_connectivity_full_rows();
 	test_connectivity_build();
