@@ -7,7 +7,7 @@
  * thread pool.  A block meets the base rows BASE_BLOCK at a time: one
  * cblas_sgemm fills a tile with -2 x.y (L2) or -x.y (inner product, cosine
  * on normalised copies), and each tile row is scanned against the row's
- * bounded max-heap of candidates.  For L2 the scan adds |y|^2; |x|^2 is the
+ * pool of candidates.  For L2 the scan adds |y|^2; |x|^2 is the
  * same along a row and does not change its order.  L1 has no GEMM form, so
  * its tile is filled by the distance kernel directly.
  *
@@ -15,7 +15,8 @@
  * |x|^2 + |y|^2, while near neighbours in clustered data are much closer
  * than that.  For L2, which does not change under translation, the GEMM
  * works on copies centred on the base's mean, so that |x| is the spread of
- * the data and not its offset from the origin.  Beyond that, the heap keeps cagra_knn_candidates() entries, a little more
+ * the data and not its offset from the origin.  Beyond that, the pool
+ * keeps cagra_knn_candidates() entries, a little more
  * than k, and their distances are then recomputed directly by the distance
  * kernels and sorted by (distance, id).  That makes the result the exact kNN
  * under the same distance the search uses, ties broken by id.
@@ -29,11 +30,21 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#define KNN_HAVE_X86
+#include <immintrin.h>
+#endif
+
 #include "cagra/cagra.h"
 #include "vector/distance.h"
 
 #define QUERY_BLOCK 128
 #define BASE_BLOCK 2048
+#define SCAN_CHUNK 256			/* tile values filtered at once */
+
+/* Positions c in [0, len) with row[c] + norms[c] <= bound (norms may be NULL). */
+typedef int (*KnnFilterFn) (const float *row, const float *norms, int len,
+							float bound, int32_t *hits);
 
 typedef struct KnnCandidate
 {
@@ -55,11 +66,12 @@ typedef struct KnnJob
 	int			k;
 	int			n_candidates;
 	bool		exclude_self;	/* queries are base: skip row i in row i */
+	KnnFilterFn filter;
 	int32_t    *ids;
 	float	   *dists;
 	/* per-thread scratch */
 	float	  **tiles;			/* QUERY_BLOCK x BASE_BLOCK */
-	KnnCandidate **heaps;		/* QUERY_BLOCK x n_candidates */
+	KnnCandidate **pools;		/* QUERY_BLOCK x 2 n_candidates */
 } KnnJob;
 
 int
@@ -90,46 +102,64 @@ candidate_cmp(const void *a, const void *b)
 	return 0;
 }
 
-/* Max-heap on (dist, id): the worst kept candidate is at the root. */
-static void
-heap_sift_down(KnnCandidate *heap, int size, int i)
+/*
+ * A row's candidates: values are appended while they beat the bound, and
+ * when the pool is full (2 cap entries) the best cap are selected and the
+ * worst of them becomes the bound.  Appending is cheaper than keeping a
+ * heap, and a selection happens once per cap accepted values.
+ */
+typedef struct KnnPool
 {
-	KnnCandidate item = heap[i];
+	KnnCandidate *items;
+	int			count;
+	float		bound_dist;		/* INFINITY until the first selection */
+	int32_t		bound_id;
+} KnnPool;
 
-	for (;;)
+/* Rearrange items so that items[k] has rank k (Wirth's selection). */
+static void
+candidates_select(KnnCandidate *items, int n, int k)
+{
+	int			lo = 0,
+				hi = n - 1;
+
+	while (lo < hi)
 	{
-		int			child = 2 * i + 1;
+		KnnCandidate pivot = items[k];
+		int			i = lo,
+					j = hi;
 
-		if (child >= size)
-			break;
-		if (child + 1 < size &&
-			candidate_less(heap[child].dist, heap[child].id,
-						   heap[child + 1].dist, heap[child + 1].id))
-			child++;
-		if (!candidate_less(item.dist, item.id, heap[child].dist, heap[child].id))
-			break;
-		heap[i] = heap[child];
-		i = child;
+		do
+		{
+			while (candidate_less(items[i].dist, items[i].id, pivot.dist, pivot.id))
+				i++;
+			while (candidate_less(pivot.dist, pivot.id, items[j].dist, items[j].id))
+				j--;
+			if (i <= j)
+			{
+				KnnCandidate tmp = items[i];
+
+				items[i] = items[j];
+				items[j] = tmp;
+				i++;
+				j--;
+			}
+		} while (i <= j);
+		if (j < k)
+			lo = i;
+		if (k < i)
+			hi = j;
 	}
-	heap[i] = item;
 }
 
+/* Keep the best cap candidates; the worst of them bounds what comes next. */
 static void
-heap_push(KnnCandidate *heap, int *size, float dist, int32_t id)
+pool_shrink(KnnPool *pool, int cap)
 {
-	int			i = (*size)++;
-
-	while (i > 0)
-	{
-		int			parent = (i - 1) / 2;
-
-		if (!candidate_less(heap[parent].dist, heap[parent].id, dist, id))
-			break;
-		heap[i] = heap[parent];
-		i = parent;
-	}
-	heap[i].dist = dist;
-	heap[i].id = id;
+	candidates_select(pool->items, pool->count, cap - 1);
+	pool->count = cap;
+	pool->bound_dist = pool->items[cap - 1].dist;
+	pool->bound_id = pool->items[cap - 1].id;
 }
 
 /* Fill tile (rows x cols) with values ordered like the distances. */
@@ -155,48 +185,111 @@ knn_fill_tile(const KnnJob *job, int64_t q0, int rows, int64_t b0, int cols,
 				0.0f, tile, BASE_BLOCK);
 }
 
+static int
+knn_filter_scalar(const float *row, const float *norms, int len, float bound,
+				  int32_t *hits)
+{
+	int			n = 0;
+
+	/* branch-free: the store is harmless when the value does not count */
+	for (int c = 0; c < len; c++)
+	{
+		hits[n] = c;
+		n += row[c] + (norms ? norms[c] : 0.0f) <= bound;
+	}
+	return n;
+}
+
+#ifdef KNN_HAVE_X86
+__attribute__((target("avx512f")))
+static int
+knn_filter_avx512(const float *row, const float *norms, int len, float bound,
+				  int32_t *hits)
+{
+	__m512		limit = _mm512_set1_ps(bound);
+	int			n = 0;
+	int			c = 0;
+
+	for (; c + 16 <= len; c += 16)
+	{
+		__m512		v = _mm512_loadu_ps(row + c);
+		__mmask16	mask;
+
+		if (norms)
+			v = _mm512_add_ps(v, _mm512_loadu_ps(norms + c));
+		mask = _mm512_cmp_ps_mask(v, limit, _CMP_LE_OQ);
+		while (mask)
+		{
+			hits[n++] = c + __builtin_ctz(mask);
+			mask &= mask - 1;
+		}
+	}
+	for (; c < len; c++)
+		if (row[c] + (norms ? norms[c] : 0.0f) <= bound)
+			hits[n++] = c;
+	return n;
+}
+#endif
+
+static KnnFilterFn
+knn_choose_filter(void)
+{
+#ifdef KNN_HAVE_X86
+	if (__builtin_cpu_supports("avx512f"))
+		return knn_filter_avx512;
+#endif
+	return knn_filter_scalar;
+}
+
 /*
- * Offer one tile row to the row's heap.  Most values lose against the
- * heap's worst entry, so the loop compares against that bound held in a
- * register and leaves ties, the row itself and the heap to the rare rest.
+ * Offer one tile row to the row's pool.  Nearly every value loses against
+ * the bound, so a chunk of values is first filtered against it (16 at a
+ * time with AVX-512); the few that pass are checked again against the bound
+ * as it tightens, and appended.
  */
 static void
 knn_scan_row(const KnnJob *job, const float *tile_row, int64_t b0, int cols,
-			 int64_t self, KnnCandidate *heap, int *size)
+			 int64_t self, KnnPool *pool)
 {
 	const float *norms = job->base_norms ? job->base_norms + b0 : NULL;
 	int			cap = job->n_candidates;
-	float		bound = *size < cap ? INFINITY : heap[0].dist;
+	int32_t		hits[SCAN_CHUNK];
 
-	for (int c = 0; c < cols; c++)
+	for (int c0 = 0; c0 < cols; c0 += SCAN_CHUNK)
 	{
-		float		v = tile_row[c] + (norms ? norms[c] : 0.0f);
-		int32_t		id = (int32_t) (b0 + c);
+		int			len = cols - c0 < SCAN_CHUNK ? cols - c0 : SCAN_CHUNK;
+		int			n_hits = job->filter(tile_row + c0, norms ? norms + c0 : NULL,
+										 len, pool->bound_dist, hits);
 
-		if (v > bound || id == self)
-			continue;
-		if (*size < cap)
+		for (int h = 0; h < n_hits; h++)
 		{
-			heap_push(heap, size, v, id);
-			if (*size == cap)
-				bound = heap[0].dist;
-		}
-		else if (candidate_less(v, id, heap[0].dist, heap[0].id))
-		{
-			heap[0].dist = v;
-			heap[0].id = id;
-			heap_sift_down(heap, cap, 0);
-			bound = heap[0].dist;
+			int			c = c0 + hits[h];
+			float		v = tile_row[c] + (norms ? norms[c] : 0.0f);
+			int32_t		id = (int32_t) (b0 + c);
+
+			if (id == self ||
+				!candidate_less(v, id, pool->bound_dist, pool->bound_id))
+				continue;
+			pool->items[pool->count].dist = v;
+			pool->items[pool->count].id = id;
+			if (++pool->count == 2 * cap)
+				pool_shrink(pool, cap);
 		}
 	}
 }
 
 /* Recompute the candidates' distances directly and keep the best k. */
 static void
-knn_finish_row(const KnnJob *job, int64_t q, KnnCandidate *heap, int size)
+knn_finish_row(const KnnJob *job, int64_t q, KnnPool *pool)
 {
 	const float *query = job->queries + q * job->dim;
 	int			k = job->k;
+	KnnCandidate *heap = pool->items;
+	int			size;
+
+	if (pool->count > job->n_candidates)
+		pool_shrink(pool, job->n_candidates);
+	size = pool->count;
 
 	for (int i = 0; i < size; i++)
 		heap[i].dist = cagra_distance(job->metric, query,
@@ -216,9 +309,16 @@ knn_query_block(void *arg, int thread_no, int64_t begin, int64_t end)
 {
 	const KnnJob *job = arg;
 	float	   *tile = job->tiles[thread_no];
-	KnnCandidate *heaps = job->heaps[thread_no];
 	int			rows = (int) (end - begin);
-	int			sizes[QUERY_BLOCK] = {0};
+	KnnPool		pools[QUERY_BLOCK];
+
+	for (int r = 0; r < rows; r++)
+	{
+		pools[r].items = job->pools[thread_no] + (int64_t) r * 2 * job->n_candidates;
+		pools[r].count = 0;
+		pools[r].bound_dist = INFINITY;
+		pools[r].bound_id = INT32_MAX;
+	}
 
 	for (int64_t b0 = 0; b0 < job->n; b0 += BASE_BLOCK)
 	{
@@ -227,12 +327,10 @@ knn_query_block(void *arg, int thread_no, int64_t begin, int64_t end)
 		knn_fill_tile(job, begin, rows, b0, cols, tile);
 		for (int r = 0; r < rows; r++)
 			knn_scan_row(job, tile + (int64_t) r * BASE_BLOCK, b0, cols,
-						 job->exclude_self ? begin + r : -1,
-						 heaps + (int64_t) r * job->n_candidates, &sizes[r]);
+						 job->exclude_self ? begin + r : -1, &pools[r]);
 	}
 	for (int r = 0; r < rows; r++)
-		knn_finish_row(job, begin + r, heaps + (int64_t) r * job->n_candidates,
-					   sizes[r]);
+		knn_finish_row(job, begin + r, &pools[r]);
 	return 0;
 }
 
@@ -341,20 +439,20 @@ knn_squared_norms(const float *rows, int64_t n, int dim)
 	return norms;
 }
 
-/* Per-thread tiles and heaps; false when out of memory. */
+/* Per-thread tiles and pools; false when out of memory. */
 static bool
 knn_alloc_scratch(KnnJob *job, int n_threads)
 {
 	job->tiles = calloc(n_threads, sizeof(float *));
-	job->heaps = calloc(n_threads, sizeof(KnnCandidate *));
-	if (job->tiles == NULL || job->heaps == NULL)
+	job->pools = calloc(n_threads, sizeof(KnnCandidate *));
+	if (job->tiles == NULL || job->pools == NULL)
 		return false;
 	for (int t = 0; t < n_threads; t++)
 	{
 		job->tiles[t] = malloc((size_t) QUERY_BLOCK * BASE_BLOCK * sizeof(float));
-		job->heaps[t] = malloc((size_t) QUERY_BLOCK * job->n_candidates *
+		job->pools[t] = malloc((size_t) QUERY_BLOCK * 2 * job->n_candidates *
 							   sizeof(KnnCandidate));
-		if (job->tiles[t] == NULL || job->heaps[t] == NULL)
+		if (job->tiles[t] == NULL || job->pools[t] == NULL)
 			return false;
 	}
 	return true;
@@ -367,11 +465,11 @@ knn_free_scratch(KnnJob *job, int n_threads)
 	{
 		if (job->tiles)
 			free(job->tiles[t]);
-		if (job->heaps)
-			free(job->heaps[t]);
+		if (job->pools)
+			free(job->pools[t]);
 	}
 	free(job->tiles);
-	free(job->heaps);
+	free(job->pools);
 }
 
 /*
@@ -393,6 +491,7 @@ knn_run(KnnJob *job, int n_threads, char *errbuf, size_t errlen)
 		n_threads = 1;
 	else
 		cagra_kernels_ready();
+	job->filter = knn_choose_filter();
 	if (!knn_gemm_inputs(job, &gemm_base, &gemm_queries))
 		status = CAGRA_ERR_NOMEM;
 	else if (job->metric == CAGRA_METRIC_L2)
