@@ -31,6 +31,7 @@
 typedef struct Options
 {
 	const char *file;
+	const char *dump;			/* write the data set here, then go on */
 	int64_t		n;				/* base rows */
 	int			dim;
 	int			n_queries;		/* held out after the base rows */
@@ -141,6 +142,18 @@ generate_data(int64_t rows, int dim, uint64_t seed)
 	free(spread);
 	free(z);
 	return data;
+}
+
+static void
+write_data(const char *path, const float *data, int64_t rows, int dim)
+{
+	FILE	   *f = fopen(path, "wb");
+
+	if (f == NULL)
+		die(path, "cannot create");
+	if (fwrite(data, sizeof(float), (size_t) rows * dim, f) != (size_t) rows * dim ||
+		fclose(f) != 0)
+		die(path, "write failed");
 }
 
 static float *
@@ -495,9 +508,10 @@ usage(void)
 			"         [--knn exact|partitioned] [--partition-rows R] [--overlap O]\n"
 			"         [--device cpu|gpu] [--compare-cpu] [--cuda-lib PATH]\n"
 			"         [--gpu-device N] [--gpu-mem-mb MB] [--ef 10,20,...]\n"
-			"         [--knn-sample S] [--seed S]\n"
+			"         [--knn-sample S] [--seed S] [--dump PATH]\n"
 			"The file holds (N + Q) x D float32, row-major; the last Q rows are\n"
-			"the queries.  Without --file, clustered data is generated.\n");
+			"the queries.  Without --file, clustered data is generated; --dump\n"
+			"writes the data set in that format (for reference runs).\n");
 	exit(1);
 }
 
@@ -563,6 +577,8 @@ parse_args(Options *opt, int argc, char **argv)
 			usage();
 		else if (strcmp(a, "--file") == 0)
 			opt->file = v;
+		else if (strcmp(a, "--dump") == 0)
+			opt->dump = v;
 		else if (strcmp(a, "--n") == 0)
 			opt->n = atoll(v);
 		else if (strcmp(a, "--dim") == 0)
@@ -662,6 +678,8 @@ main(int argc, char **argv)
 		   (long long) opt.n, opt.dim, opt.file ? opt.file : "generated clusters",
 		   opt.n_queries, (int) opt.params.metric, opt.params.intermediate_degree,
 		   opt.params.graph_degree, opt.params.guarantee_connectivity ? "on" : "off");
+	if (opt.dump)
+		write_data(opt.dump, all, opt.n + opt.n_queries, opt.dim);
 	b.opt = &opt;
 	b.base = all;
 	b.queries = all + opt.n * opt.dim;
