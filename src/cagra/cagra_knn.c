@@ -7,18 +7,18 @@
  * thread pool.  A block meets the base rows BASE_BLOCK at a time: one
  * cblas_sgemm fills a tile with -2 x.y (L2) or -x.y (inner product, cosine
  * on normalised copies), and each tile row is scanned against the row's
- * pool of candidates.  For L2 the scan adds |y|^2; |x|^2 is the
- * same along a row and does not change its order.  L1 has no GEMM form, so
- * its tile is filled by the distance kernel directly.
+ * pool of candidates.  For L2 the scan adds |y|^2; |x|^2 is the same along
+ * a row and does not change its order.  L1 has no GEMM form, so its tile is
+ * filled by the distance kernel directly.
  *
  * The tile value x.y comes out of a float GEMM whose rounding grows with
  * |x|^2 + |y|^2, while near neighbours in clustered data are much closer
  * than that.  For L2, which does not change under translation, the GEMM
  * works on copies centred on the base's mean, so that |x| is the spread of
  * the data and not its offset from the origin.  Beyond that, the pool
- * keeps cagra_knn_candidates() entries, a little more
- * than k, and their distances are then recomputed directly by the distance
- * kernels and sorted by (distance, id).  That makes the result the exact kNN
+ * keeps cagra_knn_candidates() entries, a little more than k, and their
+ * distances are then recomputed directly by the distance kernels and
+ * sorted by (distance, id).  That makes the result the exact kNN
  * under the same distance the search uses, ties broken by id.
  *
  * OpenBLAS is told to use one thread while this runs: the parallelism is
@@ -284,7 +284,7 @@ knn_finish_row(const KnnJob *job, int64_t q, KnnPool *pool)
 {
 	const float *query = job->queries + q * job->dim;
 	int			k = job->k;
-	KnnCandidate *heap = pool->items;
+	KnnCandidate *cand = pool->items;
 	int			size;
 
 	if (pool->count > job->n_candidates)
@@ -292,15 +292,15 @@ knn_finish_row(const KnnJob *job, int64_t q, KnnPool *pool)
 	size = pool->count;
 
 	for (int i = 0; i < size; i++)
-		heap[i].dist = cagra_distance(job->metric, query,
-									  job->base + (int64_t) heap[i].id * job->dim,
+		cand[i].dist = cagra_distance(job->metric, query,
+									  job->base + (int64_t) cand[i].id * job->dim,
 									  job->dim);
-	qsort(heap, size, sizeof(KnnCandidate), candidate_cmp);
+	qsort(cand, size, sizeof(KnnCandidate), candidate_cmp);
 	for (int j = 0; j < k; j++)
 	{
-		job->ids[q * k + j] = j < size ? heap[j].id : -1;
+		job->ids[q * k + j] = j < size ? cand[j].id : -1;
 		if (job->dists)
-			job->dists[q * k + j] = j < size ? heap[j].dist : INFINITY;
+			job->dists[q * k + j] = j < size ? cand[j].dist : INFINITY;
 	}
 }
 
