@@ -41,6 +41,7 @@
 #define QUERY_BLOCK 128
 #define BASE_BLOCK 2048
 #define SCAN_CHUNK 256			/* tile values filtered at once */
+#define POOL_FACTOR 4			/* a pool holds this many times cap */
 
 /* Positions c in [0, len) with row[c] + norms[c] <= bound (norms may be NULL). */
 typedef int (*KnnFilterFn) (const float *row, const float *norms, int len,
@@ -71,7 +72,7 @@ typedef struct KnnJob
 	float	   *dists;
 	/* per-thread scratch */
 	float	  **tiles;			/* QUERY_BLOCK x BASE_BLOCK */
-	KnnCandidate **pools;		/* QUERY_BLOCK x 2 n_candidates */
+	KnnCandidate **pools;		/* QUERY_BLOCK x POOL_FACTOR n_candidates */
 } KnnJob;
 
 int
@@ -104,9 +105,10 @@ candidate_cmp(const void *a, const void *b)
 
 /*
  * A row's candidates: values are appended while they beat the bound, and
- * when the pool is full (2 cap entries) the best cap are selected and the
- * worst of them becomes the bound.  Appending is cheaper than keeping a
- * heap, and a selection happens once per cap accepted values.
+ * when the pool is full (POOL_FACTOR cap entries) the best cap are selected
+ * and the worst of them becomes the bound.  Appending is cheaper than
+ * keeping a heap, and a selection (linear time) happens once per
+ * (POOL_FACTOR - 1) cap accepted values.
  */
 typedef struct KnnPool
 {
@@ -272,7 +274,7 @@ knn_scan_row(const KnnJob *job, const float *tile_row, int64_t b0, int cols,
 				continue;
 			pool->items[pool->count].dist = v;
 			pool->items[pool->count].id = id;
-			if (++pool->count == 2 * cap)
+			if (++pool->count == POOL_FACTOR * cap)
 				pool_shrink(pool, cap);
 		}
 	}
@@ -314,7 +316,8 @@ knn_query_block(void *arg, int thread_no, int64_t begin, int64_t end)
 
 	for (int r = 0; r < rows; r++)
 	{
-		pools[r].items = job->pools[thread_no] + (int64_t) r * 2 * job->n_candidates;
+		pools[r].items = job->pools[thread_no] +
+			(int64_t) r * POOL_FACTOR * job->n_candidates;
 		pools[r].count = 0;
 		pools[r].bound_dist = INFINITY;
 		pools[r].bound_id = INT32_MAX;
@@ -450,7 +453,7 @@ knn_alloc_scratch(KnnJob *job, int n_threads)
 	for (int t = 0; t < n_threads; t++)
 	{
 		job->tiles[t] = malloc((size_t) QUERY_BLOCK * BASE_BLOCK * sizeof(float));
-		job->pools[t] = malloc((size_t) QUERY_BLOCK * 2 * job->n_candidates *
+		job->pools[t] = malloc((size_t) QUERY_BLOCK * POOL_FACTOR * job->n_candidates *
 							   sizeof(KnnCandidate));
 		if (job->tiles[t] == NULL || job->pools[t] == NULL)
 			return false;
