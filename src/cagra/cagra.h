@@ -229,6 +229,7 @@ extern float cagra_distance(CagraMetric metric, const float *a,
 /*
  * Greedy beam search (HNSW's search-layer on one level) over a graph of
  * degree d from entry: the k closest nodes found with a beam of ef >= k.
+ * Entries outside 0..n-1 are skipped, like -1.
  * A search context holds the visited marks and heaps for one thread.
  */
 typedef struct CagraSearch CagraSearch;

@@ -54,7 +54,7 @@ connect_bfs(ConnectState *st, int32_t start)
 		{
 			int32_t		nb = row[j];
 
-			if (nb < 0 || st->parent[nb] >= 0)
+			if (nb < 0 || nb >= st->n || st->parent[nb] >= 0)
 				continue;
 			st->parent[nb] = node;
 			st->n_reached++;
@@ -63,14 +63,17 @@ connect_bfs(ConnectState *st, int32_t start)
 	}
 }
 
-/* A slot of node that holds no tree edge (preferring an empty one), or -1. */
+/*
+ * A slot of node that holds no tree edge, preferring an empty one (-1, or
+ * an id out of range, which no search follows), or -1 if there is none.
+ */
 static int
 connect_free_slot(const ConnectState *st, int32_t node)
 {
 	const int32_t *row = st->graph + (int64_t) node * st->d;
 
 	for (int j = 0; j < st->d; j++)
-		if (row[j] < 0)
+		if (row[j] < 0 || row[j] >= st->n)
 			return j;
 	for (int j = st->d - 1; j >= 0; j--)
 		if (st->parent[row[j]] != node)

@@ -166,7 +166,7 @@ cagra_search(CagraSearch *search, const int32_t *graph, int64_t n, int d,
 		{
 			int32_t		nb = row[j];
 
-			if (nb < 0 || search->visited[nb] == search->epoch)
+			if (nb < 0 || nb >= n || search->visited[nb] == search->epoch)
 				continue;
 			search->visited[nb] = search->epoch;
 			item.id = nb;

@@ -421,6 +421,35 @@ test_connectivity_full_rows(void)
 		  graph[0], graph[1], graph[2], graph[3]);
 }
 
+/*
+ * A graph holding an id out of range (7 of 3 nodes) is searched and
+ * repaired as if the slot were empty.  Points 0, 1, 2 on a line; 0 -> 1, 7;
+ * 1 -> 0; 2 -> 1.  Node 2 is unreached from 0; the search for x = 2 ends at
+ * 1 (distance 1), whose empty slot takes 1 -> 2.
+ */
+static void
+test_out_of_range_ids(void)
+{
+	static const float points[3] = {0.0f, 1.0f, 2.0f};
+	int32_t		graph[3 * 2] = {1, 7, 0, -1, 1, -1};
+	static const int32_t want[3 * 2] = {1, 7, 0, 2, 1, -1};
+	CagraSearch *search = cagra_search_create(3, 4);
+	int32_t		found[2];
+	float		query = 2.0f;
+	char		err[256];
+
+	CHECK(cagra_count_reachable(graph, 3, 2, 0, err, sizeof(err)) == 2,
+		  "out-of-range id: two nodes reachable");
+	CHECK(cagra_search(search, graph, 3, 2, points, 1, CAGRA_METRIC_L2, &query,
+					   0, 4, 2, found, NULL) == 2 && found[0] == 1 && found[1] == 0,
+		  "search skips the out-of-range id");
+	CHECK(cagra_guarantee_connectivity(graph, 3, 2, points, 1, CAGRA_METRIC_L2,
+									   0, NULL, NULL, err, sizeof(err)) == CAGRA_OK &&
+		  rows_equal(graph, want, 6), "repair with an out-of-range id: [%d %d][%d %d][%d %d]",
+		  graph[0], graph[1], graph[2], graph[3], graph[4], graph[5]);
+	cagra_search_free(search);
+}
+
 /* Well separated clusters: the CAGRA graph falls apart without the repair. */
 static float *
 cluster_data(int n_clusters, int per_cluster, int dim)
@@ -731,6 +760,7 @@ main(void)
 	test_knn_partitioned();
 	test_connectivity_free_slots();
 	test_connectivity_full_rows();
+	test_out_of_range_ids();
 	test_connectivity_build();
 	test_build_recall();
 	test_errors();
