@@ -233,7 +233,7 @@ bench_prepare(Bench *b)
 	b->truth = malloc((size_t) opt->n_queries * RECALL_K * sizeof(int32_t));
 	if (cagra_brute_force(b->base, opt->n, b->queries, opt->n_queries, opt->dim,
 						  opt->params.metric, RECALL_K, opt->params.n_threads,
-						  b->truth, NULL, err, sizeof(err)) != CAGRA_OK)
+						  NULL, b->truth, NULL, err, sizeof(err)) != CAGRA_OK)
 		die("ground truth", err);
 	printf("ground truth: %d queries, brute force %.2f s\n",
 		   opt->n_queries, cagra_now() - t);
@@ -386,7 +386,8 @@ cpu_finish(const Bench *b, const int32_t *knn, CagraDetour detour,
 	params.detour = detour;
 	t = cagra_now();
 	if (cagra_prune(knn, opt->n, params.intermediate_degree, params.graph_degree,
-					detour, params.n_threads, pruned, err, sizeof(err)) != CAGRA_OK)
+					detour, params.n_threads, NULL, pruned,
+					err, sizeof(err)) != CAGRA_OK)
 		die("prune", err);
 	st->prune_seconds = cagra_now() - t;
 	t = cagra_now();
@@ -415,11 +416,11 @@ cpu_knn(const Bench *b)
 		status = cagra_knn_partitioned(b->base, opt->n, opt->dim, opt->params.metric,
 									   knn_degree, opt->params.partition_rows,
 									   opt->params.partition_overlap,
-									   opt->params.n_threads, knn, NULL,
+									   opt->params.n_threads, NULL, knn, NULL,
 									   err, sizeof(err));
 	else
 		status = cagra_knn_exact(b->base, opt->n, opt->dim, opt->params.metric,
-								 knn_degree, opt->params.n_threads, knn, NULL,
+								 knn_degree, opt->params.n_threads, NULL, knn, NULL,
 								 err, sizeof(err));
 	if (status != CAGRA_OK)
 		die("kNN", err);

@@ -59,9 +59,23 @@ typedef enum CagraStatus
 	CAGRA_OK = 0,
 	CAGRA_ERR_PARAM,			/* invalid parameter or input */
 	CAGRA_ERR_NOMEM,			/* an allocation failed */
-	CAGRA_ERR_THREAD,			/* no worker thread could be started */
-	CAGRA_ERR_DEVICE			/* GPU module missing, or it failed */
+	CAGRA_ERR_DEVICE,			/* GPU module missing, or it failed */
+	CAGRA_ERR_CANCELED			/* the caller's interrupt check said stop */
 } CagraStatus;
+
+/*
+ * How a caller stops a long build: check(arg) is polled on the calling
+ * thread between chunks of work, never on a worker thread; once it returns
+ * true the stage winds down and returns CAGRA_ERR_CANCELED.  PostgreSQL
+ * glue passes a function that reads InterruptPending, and runs
+ * CHECK_FOR_INTERRUPTS() after the build has returned.  A NULL pointer or
+ * a NULL check: never stop.
+ */
+typedef struct CagraInterrupt
+{
+	bool		(*check) (void *arg);
+	void	   *arg;
+} CagraInterrupt;
 
 /* How stage 1 finds the kNN graph. */
 typedef enum CagraKnnMethod
@@ -83,6 +97,7 @@ typedef struct CagraParams
 	int32_t		entry;			/* node the graph must be reachable from; -1:
 								 * the node closest to the mean */
 	int			n_threads;		/* 0: every online CPU */
+	CagraInterrupt interrupt;	/* CPU stages only; the GPU's is one call */
 } CagraParams;
 
 /* What cagra_build measured and decided. */
@@ -126,6 +141,7 @@ extern CagraStatus cagra_build(const float *data, int64_t n, int dim,
  */
 extern CagraStatus cagra_knn_exact(const float *data, int64_t n, int dim,
 								   CagraMetric metric, int k, int n_threads,
+								   const CagraInterrupt *interrupt,
 								   int32_t *knn, float *dists,
 								   char *errbuf, size_t errlen);
 
@@ -151,8 +167,9 @@ extern CagraStatus cagra_knn_exact_serial(const float *data, int64_t n,
 extern CagraStatus cagra_knn_partitioned(const float *data, int64_t n, int dim,
 										 CagraMetric metric, int k,
 										 int partition_rows, int overlap,
-										 int n_threads, int32_t *knn,
-										 float *dists,
+										 int n_threads,
+										 const CagraInterrupt *interrupt,
+										 int32_t *knn, float *dists,
 										 char *errbuf, size_t errlen);
 
 /*
@@ -162,6 +179,7 @@ extern CagraStatus cagra_knn_partitioned(const float *data, int64_t n, int dim,
 extern CagraStatus cagra_brute_force(const float *base, int64_t n,
 									 const float *queries, int64_t nq, int dim,
 									 CagraMetric metric, int k, int n_threads,
+									 const CagraInterrupt *interrupt,
 									 int32_t *ids, float *dists,
 									 char *errbuf, size_t errlen);
 
@@ -177,8 +195,9 @@ extern int	cagra_knn_candidates(int k, int64_t n);
  * distance; -1 entries allowed and ignored) to n rows of d ids, each row in
  * increasing (detour count, rank) order.
  */
-extern CagraStatus cagra_prune(const int32_t *knn, int64_t n, int knn_degree, int d,
-							   CagraDetour detour, int n_threads,
+extern CagraStatus cagra_prune(const int32_t *knn, int64_t n, int knn_degree,
+							   int d, CagraDetour detour, int n_threads,
+							   const CagraInterrupt *interrupt,
 							   int32_t *pruned, char *errbuf, size_t errlen);
 
 /*
@@ -252,13 +271,16 @@ typedef int (*CagraRangeFn) (void *arg, int thread_no,
 
 /*
  * Split [0, n_items) into chunks handed out to n_threads threads (the caller
- * is thread 0); returns the first non-zero value fn returned, 0 if none.
- * Fewer threads run when some cannot be started (the caller alone at
- * worst); thread_no stays < n_threads, so per-thread scratch indexed by it
- * is safe.
+ * is thread 0); returns the first non-zero value fn returned, 0 if none, or
+ * CAGRA_ERR_CANCELED when interrupt (may be NULL) said stop.  Fewer threads
+ * run when some cannot be started (the caller alone at worst); thread_no
+ * stays < n_threads, so per-thread scratch indexed by it is safe.  Workers
+ * start with every signal blocked, so that signal handlers (PostgreSQL's)
+ * only ever run on the calling thread.
  */
 extern int	cagra_parallel_for(int n_threads, int64_t n_items, int64_t chunk,
-							   CagraRangeFn fn, void *arg);
+							   CagraRangeFn fn, void *arg,
+							   const CagraInterrupt *interrupt);
 
 /* n_threads as given, or the number of online CPUs when 0. */
 extern int	cagra_thread_count(int n_threads);

@@ -71,18 +71,19 @@ cagra_build(const float *data, int64_t n, int dim, const CagraParams *params,
 		status = cagra_knn_partitioned(data, n, dim, params->metric, I,
 									   params->partition_rows,
 									   params->partition_overlap,
-									   params->n_threads, knn, NULL,
-									   errbuf, errlen);
+									   params->n_threads, &params->interrupt,
+									   knn, NULL, errbuf, errlen);
 	else
 		status = cagra_knn_exact(data, n, dim, params->metric, I,
-								 params->n_threads, knn, NULL, errbuf, errlen);
+								 params->n_threads, &params->interrupt,
+								 knn, NULL, errbuf, errlen);
 	stats->knn_seconds = cagra_now() - t;
 	if (status != CAGRA_OK)
 		goto done;
 
 	t = cagra_now();
 	status = cagra_prune(knn, n, I, d, params->detour, params->n_threads,
-						 pruned, errbuf, errlen);
+						 &params->interrupt, pruned, errbuf, errlen);
 	stats->prune_seconds = cagra_now() - t;
 	if (status != CAGRA_OK)
 		goto done;

@@ -481,7 +481,8 @@ knn_free_scratch(KnnJob *job, int n_threads)
  * OpenBLAS's (process-wide) thread setting and the kernels alone.
  */
 static CagraStatus
-knn_run(KnnJob *job, int n_threads, char *errbuf, size_t errlen)
+knn_run(KnnJob *job, int n_threads, const CagraInterrupt *interrupt,
+		char *errbuf, size_t errlen)
 {
 	CagraStatus status = CAGRA_OK;
 	float	   *gemm_base;
@@ -508,11 +509,14 @@ knn_run(KnnJob *job, int n_threads, char *errbuf, size_t errlen)
 		status = CAGRA_ERR_NOMEM;
 
 	if (status == CAGRA_OK && in_worker)
-		cagra_parallel_for(1, job->nq, QUERY_BLOCK, knn_query_block, job);
+		cagra_parallel_for(1, job->nq, QUERY_BLOCK, knn_query_block, job, NULL);
 	else if (status == CAGRA_OK)
 	{
 		openblas_set_num_threads(1);
-		cagra_parallel_for(n_threads, job->nq, QUERY_BLOCK, knn_query_block, job);
+		if (cagra_parallel_for(n_threads, job->nq, QUERY_BLOCK, knn_query_block,
+							   job, interrupt) == CAGRA_ERR_CANCELED)
+			status = cagra_error(CAGRA_ERR_CANCELED, errbuf, errlen,
+								 "kNN search canceled");
 		openblas_set_num_threads(blas_threads);
 	}
 	else
@@ -549,8 +553,8 @@ knn_check(int64_t n, int64_t nq, int dim, CagraMetric metric, int k,
 
 CagraStatus
 cagra_knn_exact(const float *data, int64_t n, int dim, CagraMetric metric,
-				int k, int n_threads, int32_t *knn, float *dists,
-				char *errbuf, size_t errlen)
+				int k, int n_threads, const CagraInterrupt *interrupt,
+				int32_t *knn, float *dists, char *errbuf, size_t errlen)
 {
 	KnnJob		job = {0};
 	CagraStatus status;
@@ -567,7 +571,7 @@ cagra_knn_exact(const float *data, int64_t n, int dim, CagraMetric metric,
 	job.exclude_self = true;
 	job.ids = knn;
 	job.dists = dists;
-	return knn_run(&job, cagra_thread_count(n_threads), errbuf, errlen);
+	return knn_run(&job, cagra_thread_count(n_threads), interrupt, errbuf, errlen);
 }
 
 CagraStatus
@@ -590,14 +594,14 @@ cagra_knn_exact_serial(const float *data, int64_t n, int dim,
 	job.exclude_self = true;
 	job.ids = knn;
 	job.dists = dists;
-	return knn_run(&job, 0, errbuf, errlen);
+	return knn_run(&job, 0, NULL, errbuf, errlen);
 }
 
 CagraStatus
 cagra_brute_force(const float *base, int64_t n, const float *queries,
 				  int64_t nq, int dim, CagraMetric metric, int k,
-				  int n_threads, int32_t *ids, float *dists,
-				  char *errbuf, size_t errlen)
+				  int n_threads, const CagraInterrupt *interrupt,
+				  int32_t *ids, float *dists, char *errbuf, size_t errlen)
 {
 	KnnJob		job = {0};
 	CagraStatus status;
@@ -616,5 +620,5 @@ cagra_brute_force(const float *base, int64_t n, const float *queries,
 	job.exclude_self = false;
 	job.ids = ids;
 	job.dists = dists;
-	return knn_run(&job, cagra_thread_count(n_threads), errbuf, errlen);
+	return knn_run(&job, cagra_thread_count(n_threads), interrupt, errbuf, errlen);
 }

@@ -38,6 +38,7 @@ typedef struct PartitionJob
 	CagraMetric metric;
 	int			k;
 	int			overlap;
+	const CagraInterrupt *interrupt;
 	const int32_t *assign;		/* n x overlap partitions, nearest first */
 	const int64_t *offsets;		/* partition p: members[offsets[p] ..] */
 	const int32_t *members;
@@ -102,8 +103,8 @@ kmeans_update(const float *sample, int64_t n_sample, int dim,
  */
 static CagraStatus
 kmeans_train(const float *data, int64_t n, int dim, CagraMetric metric,
-			 int n_parts, int n_threads, float *centroids,
-			 char *errbuf, size_t errlen)
+			 int n_parts, int n_threads, const CagraInterrupt *interrupt,
+			 float *centroids, char *errbuf, size_t errlen)
 {
 	int64_t		n_sample = (int64_t) n_parts * KMEANS_SAMPLE_PER_CENTROID;
 	float	   *sample;
@@ -129,8 +130,8 @@ kmeans_train(const float *data, int64_t n, int dim, CagraMetric metric,
 	for (int it = 0; status == CAGRA_OK && it < KMEANS_ITERATIONS; it++)
 	{
 		status = cagra_brute_force(centroids, n_parts, sample, n_sample, dim,
-								   metric, 1, n_threads, nearest, NULL,
-								   errbuf, errlen);
+								   metric, 1, n_threads, interrupt, nearest,
+								   NULL, errbuf, errlen);
 		if (status == CAGRA_OK)
 			kmeans_update(sample, n_sample, dim, nearest, centroids, n_parts,
 						  sum, count);
@@ -309,8 +310,8 @@ partition_fill_short(PartitionJob *job, int n_threads, char *errbuf, size_t errl
 			memcpy(queries + s * job->dim, job->data + job->short_rows[s] * job->dim,
 				   job->dim * sizeof(float));
 		status = cagra_brute_force(job->data, job->n, queries, n_short, job->dim,
-								   job->metric, k + 1, n_threads, ids, dists,
-								   errbuf, errlen);
+								   job->metric, k + 1, n_threads, job->interrupt,
+								   ids, dists, errbuf, errlen);
 	}
 	for (int64_t s = 0; status == CAGRA_OK && s < n_short; s++)
 	{
@@ -412,11 +413,12 @@ partitioned_run(PartitionJob *job, int n_parts, int n_threads,
 							 n_parts, (long long) job->n);
 	if (status == CAGRA_OK)
 		status = kmeans_train(job->data, job->n, job->dim, pmetric, n_parts,
-							  n_threads, centroids, errbuf, errlen);
+							  n_threads, job->interrupt, centroids,
+							  errbuf, errlen);
 	if (status == CAGRA_OK)
 		status = cagra_brute_force(centroids, n_parts, job->data, job->n, job->dim,
-								   pmetric, job->overlap, n_threads, assign, NULL,
-								   errbuf, errlen);
+								   pmetric, job->overlap, n_threads,
+								   job->interrupt, assign, NULL, errbuf, errlen);
 	if (status == CAGRA_OK)
 	{
 		partition_members(assign, job->n, job->overlap, n_parts, offsets,
@@ -434,18 +436,24 @@ partitioned_run(PartitionJob *job, int n_parts, int n_threads,
 	if (status == CAGRA_OK)
 	{
 		int			blas_threads = openblas_get_num_threads();
+		int			rc;
 
 		openblas_set_num_threads(1);
-		if (cagra_parallel_for(n_threads, n_parts, 1, partition_knn, job) != 0)
-			status = cagra_error(CAGRA_ERR_NOMEM, errbuf, errlen,
-								 "out of memory in a partition's kNN");
+		rc = cagra_parallel_for(n_threads, n_parts, 1, partition_knn, job,
+								job->interrupt);
 		openblas_set_num_threads(blas_threads);
+		if (rc != 0)
+			status = cagra_error((CagraStatus) rc, errbuf, errlen,
+								 rc == CAGRA_ERR_CANCELED ? "kNN search canceled" :
+								 "out of memory in a partition's kNN");
 	}
+	if (status == CAGRA_OK &&
+		cagra_parallel_for(n_threads, job->n, 4096, partition_merge, job,
+						   job->interrupt) == CAGRA_ERR_CANCELED)
+		status = cagra_error(CAGRA_ERR_CANCELED, errbuf, errlen,
+							 "kNN search canceled");
 	if (status == CAGRA_OK)
-	{
-		cagra_parallel_for(n_threads, job->n, 4096, partition_merge, job);
 		status = partition_fill_short(job, n_threads, errbuf, errlen);
-	}
 	partition_free_scratch(job, n_threads);
 	free(centroids);
 	free(assign);
@@ -462,7 +470,8 @@ partitioned_run(PartitionJob *job, int n_parts, int n_threads,
 CagraStatus
 cagra_knn_partitioned(const float *data, int64_t n, int dim, CagraMetric metric,
 					  int k, int partition_rows, int overlap, int n_threads,
-					  int32_t *knn, float *dists, char *errbuf, size_t errlen)
+					  const CagraInterrupt *interrupt, int32_t *knn,
+					  float *dists, char *errbuf, size_t errlen)
 {
 	PartitionJob job = {0};
 	int64_t		n_parts;
@@ -482,8 +491,8 @@ cagra_knn_partitioned(const float *data, int64_t n, int dim, CagraMetric metric,
 						   partition_rows, overlap);
 	n_parts = (n + partition_rows - 1) / partition_rows;
 	if (n_parts <= 1)
-		return cagra_knn_exact(data, n, dim, metric, k, n_threads, knn, dists,
-							   errbuf, errlen);
+		return cagra_knn_exact(data, n, dim, metric, k, n_threads, interrupt,
+							   knn, dists, errbuf, errlen);
 	cagra_kernels_ready();
 	job.data = data;
 	job.n = n;
@@ -491,6 +500,7 @@ cagra_knn_partitioned(const float *data, int64_t n, int dim, CagraMetric metric,
 	job.metric = metric;
 	job.k = k;
 	job.overlap = overlap < n_parts ? overlap : (int) n_parts;
+	job.interrupt = interrupt;
 	job.knn = knn;
 	job.dists = dists;
 	return partitioned_run(&job, (int) n_parts, cagra_thread_count(n_threads),

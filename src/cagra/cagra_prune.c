@@ -150,10 +150,12 @@ prune_free_scratch(PruneJob *job, int n_threads)
 
 CagraStatus
 cagra_prune(const int32_t *knn, int64_t n, int I, int d, CagraDetour detour,
-			int n_threads, int32_t *pruned, char *errbuf, size_t errlen)
+			int n_threads, const CagraInterrupt *interrupt, int32_t *pruned,
+			char *errbuf, size_t errlen)
 {
 	PruneJob	job = {0};
 	bool		ok;
+	int			rc = 0;
 
 	if (n < 1 || n > INT32_MAX || I < 1 || d < 1 || d > I)
 		return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
@@ -187,11 +189,13 @@ cagra_prune(const int32_t *knn, int64_t n, int I, int d, CagraDetour detour,
 		ok = job.pos[t] != NULL && job.work[t] != NULL;
 	}
 	if (ok)
-		cagra_parallel_for(n_threads, n, 1024, prune_range, &job);
+		rc = cagra_parallel_for(n_threads, n, 1024, prune_range, &job, interrupt);
 	prune_free_scratch(&job, n_threads);
 	if (!ok)
 		return cagra_error(CAGRA_ERR_NOMEM, errbuf, errlen,
 						   "out of memory for pruning %lld rows", (long long) n);
+	if (rc == CAGRA_ERR_CANCELED)
+		return cagra_error(CAGRA_ERR_CANCELED, errbuf, errlen, "pruning canceled");
 	return CAGRA_OK;
 }
 

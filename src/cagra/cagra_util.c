@@ -5,6 +5,7 @@
  */
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -51,6 +52,8 @@ cagra_params_default(CagraParams *params, int m)
 	params->guarantee_connectivity = false;
 	params->entry = -1;
 	params->n_threads = 0;
+	params->interrupt.check = NULL;
+	params->interrupt.arg = NULL;
 }
 
 CagraStatus
@@ -209,6 +212,7 @@ typedef struct ParallelJob
 	int64_t		chunk;
 	atomic_int_fast64_t next;	/* first item not yet handed out */
 	atomic_int	result;			/* first failure, 0 while none */
+	const CagraInterrupt *interrupt;
 } ParallelJob;
 
 typedef struct ParallelWorker
@@ -217,7 +221,17 @@ typedef struct ParallelWorker
 	int			thread_no;
 } ParallelWorker;
 
-/* Take chunks until none is left or some thread has failed. */
+static bool
+parallel_interrupted(const ParallelJob *job, int thread_no)
+{
+	const CagraInterrupt *interrupt = job->interrupt;
+
+	/* only the caller's thread may run the caller's code */
+	return thread_no == 0 && interrupt != NULL && interrupt->check != NULL &&
+		interrupt->check(interrupt->arg);
+}
+
+/* Take chunks until none is left, some thread has failed, or a stop. */
 static void
 parallel_run_chunks(ParallelJob *job, int thread_no)
 {
@@ -230,6 +244,11 @@ parallel_run_chunks(ParallelJob *job, int thread_no)
 
 		if (atomic_load(&job->result) != 0)
 			return;
+		if (parallel_interrupted(job, thread_no))
+		{
+			atomic_compare_exchange_strong(&job->result, &none, CAGRA_ERR_CANCELED);
+			return;
+		}
 		begin = atomic_fetch_add(&job->next, job->chunk);
 		if (begin >= job->n_items)
 			return;
@@ -254,12 +273,14 @@ parallel_worker_main(void *arg)
 
 int
 cagra_parallel_for(int n_threads, int64_t n_items, int64_t chunk,
-				   CagraRangeFn fn, void *arg)
+				   CagraRangeFn fn, void *arg, const CagraInterrupt *interrupt)
 {
 	ParallelJob job;
 	pthread_t  *threads;
 	ParallelWorker *workers;
 	int			started = 0;
+	sigset_t	all_signals;
+	sigset_t	caller_signals;
 
 	if (n_threads < 1)
 		n_threads = 1;
@@ -269,6 +290,7 @@ cagra_parallel_for(int n_threads, int64_t n_items, int64_t chunk,
 	job.arg = arg;
 	job.n_items = n_items;
 	job.chunk = chunk;
+	job.interrupt = interrupt;
 	atomic_init(&job.next, 0);
 	atomic_init(&job.result, 0);
 
@@ -276,6 +298,10 @@ cagra_parallel_for(int n_threads, int64_t n_items, int64_t chunk,
 	workers = malloc(n_threads * sizeof(ParallelWorker));
 	if (threads == NULL || workers == NULL)
 		n_threads = 1;			/* the caller alone still does the work */
+
+	/* workers inherit the mask: block everything while creating them */
+	sigfillset(&all_signals);
+	pthread_sigmask(SIG_BLOCK, &all_signals, &caller_signals);
 	for (int t = 1; t < n_threads; t++)
 	{
 		workers[started].job = &job;
@@ -285,6 +311,7 @@ cagra_parallel_for(int n_threads, int64_t n_items, int64_t chunk,
 			break;
 		started++;
 	}
+	pthread_sigmask(SIG_SETMASK, &caller_signals, NULL);
 	parallel_run_chunks(&job, 0);
 	for (int t = 0; t < started; t++)
 		pthread_join(threads[t], NULL);

@@ -78,14 +78,14 @@ test_prune_by_hand(void)
 	static const int32_t paper_row0[3] = {1, 2, 3};
 	static const int32_t row4[3] = {0, 1, 2};
 
-	CHECK(cagra_prune(prune_knn, 8, 4, 3, CAGRA_DETOUR_ANY_RANK, 2, pruned,
+	CHECK(cagra_prune(prune_knn, 8, 4, 3, CAGRA_DETOUR_ANY_RANK, 2, NULL, pruned,
 					  err, sizeof(err)) == CAGRA_OK, "prune any-rank: %s", err);
 	CHECK(rows_equal(pruned, any_row0, 3), "any-rank row 0: [%d %d %d]",
 		  pruned[0], pruned[1], pruned[2]);
 	CHECK(rows_equal(pruned + 4 * 3, row4, 3), "any-rank row 4: [%d %d %d]",
 		  pruned[12], pruned[13], pruned[14]);
 
-	CHECK(cagra_prune(prune_knn, 8, 4, 3, CAGRA_DETOUR_RANK_BELOW, 1, pruned,
+	CHECK(cagra_prune(prune_knn, 8, 4, 3, CAGRA_DETOUR_RANK_BELOW, 1, NULL, pruned,
 					  err, sizeof(err)) == CAGRA_OK, "prune rank-below: %s", err);
 	CHECK(rows_equal(pruned, paper_row0, 3), "rank-below row 0: [%d %d %d]",
 		  pruned[0], pruned[1], pruned[2]);
@@ -115,7 +115,7 @@ test_prune_odd_input(void)
 	int32_t		pruned[3 * 3];
 	char		err[256];
 
-	CHECK(cagra_prune(knn, 3, 4, 3, CAGRA_DETOUR_ANY_RANK, 1, pruned,
+	CHECK(cagra_prune(knn, 3, 4, 3, CAGRA_DETOUR_ANY_RANK, 1, NULL, pruned,
 					  err, sizeof(err)) == CAGRA_OK, "prune odd input: %s", err);
 	CHECK(rows_equal(pruned, want, 9), "odd input: [%d %d %d][%d %d %d][%d %d %d]",
 		  pruned[0], pruned[1], pruned[2], pruned[3], pruned[4], pruned[5],
@@ -281,7 +281,7 @@ test_knn_exact_one(int64_t n, int dim, CagraMetric metric, int k,
 	/* a zero row: cosine must place it at distance 1 from everything */
 	if (metric == CAGRA_METRIC_COSINE)
 		memset(data + (n / 2) * dim, 0, dim * sizeof(float));
-	CHECK(cagra_knn_exact(data, n, dim, metric, k, 3, knn, dists,
+	CHECK(cagra_knn_exact(data, n, dim, metric, k, 3, NULL, knn, dists,
 						  err, sizeof(err)) == CAGRA_OK,
 		  "knn n=%lld dim=%d metric=%d: %s", (long long) n, dim, metric, err);
 	for (int64_t q = 0; q < n; q += step)
@@ -343,7 +343,7 @@ test_brute_force(void)
 
 	for (int metric = CAGRA_METRIC_L2; metric <= CAGRA_METRIC_L1; metric++)
 	{
-		CHECK(cagra_brute_force(base, n, queries, nq, dim, metric, k, 2, ids,
+		CHECK(cagra_brute_force(base, n, queries, nq, dim, metric, k, 2, NULL, ids,
 								NULL, err, sizeof(err)) == CAGRA_OK,
 			  "brute force: %s", err);
 		for (int64_t q = 0; q < nq; q++)
@@ -352,7 +352,7 @@ test_brute_force(void)
 		CHECK(bad == 0, "brute force metric %d: %d wrong neighbours", metric, bad);
 	}
 	/* k = n: every base row, in order */
-	CHECK(cagra_brute_force(base, 12, queries, 3, dim, CAGRA_METRIC_L2, 12, 1,
+	CHECK(cagra_brute_force(base, 12, queries, 3, dim, CAGRA_METRIC_L2, 12, 1, NULL,
 							ids, NULL, err, sizeof(err)) == CAGRA_OK,
 		  "brute force k = n: %s", err);
 	bad = 0;
@@ -535,33 +535,33 @@ test_knn_partitioned(void)
 	/* clusters 1000 apart on axis 0 would make k-means trivial: bring them close */
 	for (int64_t i = 0; i < n; i++)
 		data[i * dim] *= 0.002f;
-	CHECK(cagra_knn_exact(data, n, dim, CAGRA_METRIC_L2, k, 2, exact, exact_d,
+	CHECK(cagra_knn_exact(data, n, dim, CAGRA_METRIC_L2, k, 2, NULL, exact, exact_d,
 						  err, sizeof(err)) == CAGRA_OK, "exact: %s", err);
 
 	/* 600 rows, 3 partitions, overlap 3: every partition holds every row */
-	CHECK(cagra_knn_partitioned(data, 600, dim, CAGRA_METRIC_L2, k, 200, 3, 2,
+	CHECK(cagra_knn_partitioned(data, 600, dim, CAGRA_METRIC_L2, k, 200, 3, 2, NULL,
 								part, part_d, err, sizeof(err)) == CAGRA_OK,
 		  "partitioned, full overlap: %s", err);
-	CHECK(cagra_knn_exact(data, 600, dim, CAGRA_METRIC_L2, k, 2, exact, exact_d,
+	CHECK(cagra_knn_exact(data, 600, dim, CAGRA_METRIC_L2, k, 2, NULL, exact, exact_d,
 						  err, sizeof(err)) == CAGRA_OK, "exact 600: %s", err);
 	CHECK(rows_equal(part, exact, 600 * k), "full overlap equals the exact kNN");
 
 	/* partitions of 2 rows cannot hold 16 neighbours: exact fallback */
-	CHECK(cagra_knn_partitioned(data, 600, dim, CAGRA_METRIC_L2, k, 2, 1, 2,
+	CHECK(cagra_knn_partitioned(data, 600, dim, CAGRA_METRIC_L2, k, 2, 1, 2, NULL,
 								part, part_d, err, sizeof(err)) == CAGRA_OK,
 		  "partitioned, tiny partitions: %s", err);
 	CHECK(rows_equal(part, exact, 600 * k), "tiny partitions equal the exact kNN");
 
-	CHECK(cagra_knn_exact(data, n, dim, CAGRA_METRIC_L2, k, 2, exact, exact_d,
+	CHECK(cagra_knn_exact(data, n, dim, CAGRA_METRIC_L2, k, 2, NULL, exact, exact_d,
 						  err, sizeof(err)) == CAGRA_OK, "exact: %s", err);
-	CHECK(cagra_knn_partitioned(data, n, dim, CAGRA_METRIC_L2, k, 150, 3, 2,
+	CHECK(cagra_knn_partitioned(data, n, dim, CAGRA_METRIC_L2, k, 150, 3, 2, NULL,
 								part, part_d, err, sizeof(err)) == CAGRA_OK,
 		  "partitioned: %s", err);
 	CHECK(knn_rows_well_formed(part, part_d, n, k), "partitioned rows well formed");
 	recall = knn_overlap(part, exact, n, k);
 	CHECK(recall >= 0.9, "partitioned kNN recall %.4f", recall);
 
-	CHECK(cagra_knn_partitioned(data, n, dim, CAGRA_METRIC_L2, k, 1, 3, 2,
+	CHECK(cagra_knn_partitioned(data, n, dim, CAGRA_METRIC_L2, k, 1, 3, 2, NULL,
 								part, part_d, err, sizeof(err)) == CAGRA_ERR_PARAM,
 		  "partition_rows 1 is rejected");
 	free(data);
@@ -644,7 +644,7 @@ test_build_recall(void)
 	CagraStats	stats;
 	char		err[256];
 
-	CHECK(cagra_brute_force(data, n, queries, nq, dim, CAGRA_METRIC_L2, 10, 2,
+	CHECK(cagra_brute_force(data, n, queries, nq, dim, CAGRA_METRIC_L2, 10, 2, NULL,
 							truth, NULL, err, sizeof(err)) == CAGRA_OK,
 		  "ground truth: %s", err);
 	cagra_params_default(&params, 8);	/* I = 24, d = 16 */
@@ -668,6 +668,69 @@ test_build_recall(void)
 }
 
 /* ---------------------------------------------------------------------- */
+
+typedef struct StopAfter
+{
+	int			polls;
+	int			limit;			/* answer "stop" from poll limit + 1 on */
+} StopAfter;
+
+static bool
+stop_after(void *arg)
+{
+	StopAfter  *stop = arg;
+
+	return ++stop->polls > stop->limit;
+}
+
+/*
+ * The interrupt check: polled on the calling thread before each chunk (32
+ * query blocks of 128 rows here), it stops a build part-way through.
+ */
+static void
+test_interrupt(void)
+{
+	int64_t		n = 4000;
+	int			dim = 8;
+	float	   *data = random_data(n, dim);
+	int32_t    *graph = malloc(n * 16 * sizeof(int32_t));
+	int32_t    *knn = malloc(n * 24 * sizeof(int32_t));
+	CagraParams params;
+	StopAfter	stop = {0, 3};
+	CagraInterrupt interrupt = {stop_after, &stop};
+	char		err[256] = "";
+
+	cagra_params_default(&params, 8);	/* I = 24, d = 16 */
+	params.n_threads = 1;
+	params.interrupt = interrupt;
+	CHECK(cagra_build(data, n, dim, &params, graph, NULL, err, sizeof(err)) ==
+		  CAGRA_ERR_CANCELED && strstr(err, "canceled") != NULL,
+		  "build stopped by the interrupt check: %s", err);
+	CHECK(stop.polls == 4, "the check was polled %d times, not 4", stop.polls);
+
+	stop.polls = 0;
+	stop.limit = 1000000;
+	CHECK(cagra_build(data, n, dim, &params, graph, NULL, err, sizeof(err)) == CAGRA_OK &&
+		  stop.polls >= 32, "a check that never says stop: %s, %d polls", err, stop.polls);
+
+	stop.polls = 0;
+	stop.limit = 0;
+	params.n_threads = 2;
+	params.knn_method = CAGRA_KNN_PARTITIONED;
+	params.partition_rows = 256;
+	CHECK(cagra_build(data, n, dim, &params, graph, NULL, err, sizeof(err)) ==
+		  CAGRA_ERR_CANCELED, "partitioned build stopped: %s", err);
+
+	stop.polls = 0;
+	CHECK(cagra_knn_exact(data, n, dim, CAGRA_METRIC_L2, 24, 2, NULL, knn, NULL,
+						  err, sizeof(err)) == CAGRA_OK &&
+		  cagra_prune(knn, n, 24, 16, CAGRA_DETOUR_ANY_RANK, 2, &interrupt, graph,
+					  err, sizeof(err)) == CAGRA_ERR_CANCELED,
+		  "pruning stopped: %s", err);
+	free(data);
+	free(graph);
+	free(knn);
+}
 
 static void
 expect_param_error(const CagraParams *params, int64_t n, const char *what)
@@ -725,16 +788,16 @@ test_errors(void)
 	CHECK(cagra_params_check(&good, 4, 0, err, sizeof(err)) == CAGRA_ERR_PARAM,
 		  "params_check should reject dimension 0");
 
-	CHECK(cagra_knn_exact(data, 3, 1, CAGRA_METRIC_L2, 3, 1, out, NULL,
+	CHECK(cagra_knn_exact(data, 3, 1, CAGRA_METRIC_L2, 3, 1, NULL, out, NULL,
 						  err, sizeof(err)) == CAGRA_ERR_PARAM,
 		  "knn should reject k >= n");
-	CHECK(cagra_brute_force(data, 3, data, 1, 1, CAGRA_METRIC_L2, 4, 1, out,
+	CHECK(cagra_brute_force(data, 3, data, 1, 1, CAGRA_METRIC_L2, 4, 1, NULL, out,
 							NULL, err, sizeof(err)) == CAGRA_ERR_PARAM,
 		  "brute force should reject k > n");
-	CHECK(cagra_prune(bad_knn, 2, 1, 1, CAGRA_DETOUR_ANY_RANK, 1, out,
+	CHECK(cagra_prune(bad_knn, 2, 1, 1, CAGRA_DETOUR_ANY_RANK, 1, NULL, out,
 					  err, sizeof(err)) == CAGRA_ERR_PARAM,
 		  "prune should reject a node id out of range");
-	CHECK(cagra_prune(bad_knn, 2, 1, 2, CAGRA_DETOUR_ANY_RANK, 1, out,
+	CHECK(cagra_prune(bad_knn, 2, 1, 2, CAGRA_DETOUR_ANY_RANK, 1, NULL, out,
 					  err, sizeof(err)) == CAGRA_ERR_PARAM,
 		  "prune should reject d > I");
 	CHECK(cagra_merge_reverse(bad_knn, 2, 1, out, err, sizeof(err)) == CAGRA_ERR_PARAM,
@@ -763,6 +826,7 @@ main(void)
 	test_out_of_range_ids();
 	test_connectivity_build();
 	test_build_recall();
+	test_interrupt();
 	test_errors();
 	return unit_report("cagra");
 }
