@@ -8,8 +8,10 @@
  * Construction and Approximate Nearest Neighbor Search for GPUs" (ICDE 2024),
  * whose reference implementation is NVIDIA cuVS:
  *
- *	1. an exact kNN graph of degree I (intermediate_degree): tiled GEMM
- *	   (OpenBLAS) + per-row top-k, rows sorted by distance, no self edges;
+ *	1. a kNN graph of degree I (intermediate_degree), rows sorted by
+ *	   distance, no self edges: exact, by tiled GEMM (OpenBLAS) + per-row
+ *	   top-k, or approximate, from overlapping k-means partitions
+ *	   (cagra_partition.c) when n^2 is too much;
  *	2. rank-based pruning to degree d (graph_degree) by detourable-route
  *	   counts;
  *	3. reverse edges merged into the second half of every row;
@@ -22,9 +24,17 @@
  *
  * Every function reports failure by a CagraStatus and a message written into
  * the caller's buffer; nothing here exits, aborts or allocates with palloc.
- * Worker threads (pthreads) run only code of this folder and of
- * src/vector/distance.c.  The distance kernels are initialised on first use
- * (vec_distance_init), in the calling thread, before any worker starts.
+ * Worker threads (pthreads) run only code of this folder, of
+ * src/vector/distance.c and of OpenBLAS, with every signal blocked; a long
+ * build can be stopped through CagraParams.interrupt.  The distance kernels
+ * are initialised on first use (vec_distance_init), in the calling thread,
+ * before any worker starts.
+ *
+ * Speed note: OpenBLAS chooses its GEMM kernels from the CPU model when it
+ * loads; on virtual machines that report a generic model it falls back to
+ * SSE3 ("Prescott"), 4-5x slower than its AVX-512 kernels.  Setting
+ * OPENBLAS_CORETYPE=SkylakeX (AVX-512) or Haswell (AVX2) in the server's
+ * environment fixes it; bench/cagra_build does so by itself.
  */
 #ifndef GNNVEC_CAGRA_H
 #define GNNVEC_CAGRA_H
