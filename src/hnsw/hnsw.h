@@ -31,12 +31,23 @@
  *		Unused slots hold an invalid TID.  Its size is fixed by the level
  *		the element was created with, so it is always updated in place.
  *
- * Every page has an HnswPageOpaqueData special space.  Locking: inserts
- * hold the HNSW_UPDATE_LOCK page lock in share mode (exclusive when they
- * may change the entry point); buffer locks are taken one at a time, never
- * nested, except metapage + one other page.  WAL: GenericXLog for every
- * change after the build; the build writes its pages without WAL and then
- * logs them all with log_newpage_range.
+ * Every page has an HnswPageOpaqueData special space.  A page that
+ * PageIsNew() belongs to the backend that just extended the relation (or
+ * was left empty by a crash): nobody else initialises or uses it.
+ *
+ * Locking: inserts hold the HNSW_UPDATE_LOCK page lock in share mode
+ * (exclusive when they may change the entry point; VACUUM takes it
+ * exclusively to move the entry point).  Buffer locks are taken one at a
+ * time, except when an insert takes over a deleted element whose neighbour
+ * tuple is on a later page (both locked, in block order).  WAL: GenericXLog
+ * for every change after the build; the build writes its pages without WAL
+ * and then logs them all with log_newpage_range.
+ *
+ * Files: hnsw.c (handler, options, settings, cost, opclass validation,
+ * scan plug-ins), hnswgraph.c (pure graph), hnswbuild.c (build, page
+ * writer), hnswparallel.c (parallel build in shared memory), hnswinsert.c,
+ * hnswscan.c, hnswvacuum.c, hnswutils.c (pages, WAL, searches over pages),
+ * hnswcheck.c (gnnvec_index_info, gnnvec_index_check).
  */
 #ifndef GNNVEC_HNSW_H
 #define GNNVEC_HNSW_H
