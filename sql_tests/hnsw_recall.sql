@@ -59,6 +59,10 @@ SELECT hr_recall('<->') >= 0.95 AS parallel_l2_recall_ok;
 SELECT count(*) AS parallel_problems FROM gnnvec_index_check('hr_l2_par');
 SELECT elements, heap_tids FROM gnnvec_index_info('hr_l2_par');
 DROP INDEX hr_l2_par;
+-- a small ef_construction makes the search heaps grow while rows are built
+CREATE INDEX hr_l2_par_small ON hr USING gnnhnsw (v vector_l2_ops) WITH (m = 4, ef_construction = 8);
+SELECT count(*) AS parallel_small_problems FROM gnnvec_index_check('hr_l2_par_small');
+DROP INDEX hr_l2_par_small;
 ALTER TABLE hr RESET (parallel_workers);
 RESET max_parallel_maintenance_workers;
 SET maintenance_work_mem = '1MB';

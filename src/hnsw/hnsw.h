@@ -456,6 +456,7 @@ typedef struct HnswSearch
 	int			nelems;
 	int			capelems;
 	HnswKeySet	visited;
+	HnswAllocator alloc;		/* the context of hnsw_search_init */
 	bool		load_vectors;	/* keep each element's vector */
 	int64		ntuples_read;	/* elements loaded (max_scan_tuples) */
 } HnswSearch;
@@ -517,7 +518,8 @@ typedef struct HnswEdit
 } HnswEdit;
 
 /* hnswutils.c */
-extern const HnswAllocator *hnsw_palloc_allocator(void);
+/* An allocator that pallocs in the memory context current at this call. */
+extern void hnsw_bind_allocator(HnswAllocator *a);
 extern Page hnsw_edit_start(HnswEdit *ed, Relation index, Buffer buf,
 							bool building, bool fullImage);
 extern void hnsw_edit_finish(HnswEdit *ed);

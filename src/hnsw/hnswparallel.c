@@ -455,8 +455,10 @@ participate(HnswShared *sh, ParallelTableScanDesc pscan, char *nodes,
 	ParallelBuilder pb;
 	CallbackState cs;
 	TableScanDesc scan;
-	const HnswAllocator *a = hnsw_palloc_allocator();
+	HnswAllocator alloc;
+	const HnswAllocator *a = &alloc;
 
+	hnsw_bind_allocator(&alloc);
 	memset(&pb, 0, sizeof(pb));
 	pb.sh = sh;
 	pb.nodes = nodes;

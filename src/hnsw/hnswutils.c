@@ -32,13 +32,17 @@ palloc_free(void *ctx, void *ptr)
 	pfree(ptr);
 }
 
-static const HnswAllocator palloc_allocator = {palloc_alloc, palloc_free, NULL};
-
-/* Allocates in CurrentMemoryContext at the time of each call. */
-const HnswAllocator *
-hnsw_palloc_allocator(void)
+/*
+ * Bind to CurrentMemoryContext now: structures that grow later (heaps, key
+ * sets) must stay in the context they started in, whatever context is
+ * current when they grow.
+ */
+void
+hnsw_bind_allocator(HnswAllocator *a)
 {
-	return &palloc_allocator;
+	a->alloc = palloc_alloc;
+	a->free = palloc_free;
+	a->ctx = CurrentMemoryContext;
 }
 
 /* ---------------------------------------------------------------------
@@ -281,7 +285,8 @@ hnsw_search_init(HnswSearch *s, Relation index, HnswMetric metric, int dim,
 	s->query = query;
 	s->capelems = 256;
 	s->elems = palloc(sizeof(HnswElement) * s->capelems);
-	hnsw_keyset_init(&s->visited, 256, hnsw_palloc_allocator());
+	hnsw_bind_allocator(&s->alloc);
+	hnsw_keyset_init(&s->visited, 256, &s->alloc);
 }
 
 /* Forget every element met; keeps the query and the memory. */
@@ -296,7 +301,7 @@ hnsw_search_reset(HnswSearch *s)
 	s->nelems = 0;
 	s->ntuples_read = 0;
 	hnsw_keyset_free(&s->visited);
-	hnsw_keyset_init(&s->visited, 256, hnsw_palloc_allocator());
+	hnsw_keyset_init(&s->visited, 256, &s->alloc);
 }
 
 /*
@@ -543,9 +548,9 @@ hnsw_search_layer(HnswSearch *s, int *entries, int nentries, int ef,
 	/* a fresh visited set per level: upper levels must not hide elements */
 	hnsw_keyset_free(&s->visited);
 	hnsw_keyset_init(&s->visited, level == 0 ? ef * s->m : 64,
-					 hnsw_palloc_allocator());
-	hnsw_heap_init(&cand, false, ef * 2, hnsw_palloc_allocator());
-	hnsw_heap_init(&res, true, ef + 1, hnsw_palloc_allocator());
+					 &s->alloc);
+	hnsw_heap_init(&cand, false, ef * 2, &s->alloc);
+	hnsw_heap_init(&res, true, ef + 1, &s->alloc);
 	for (i = 0; i < nentries; i++)
 	{
 		float		d = s->elems[entries[i]].dist;
