@@ -35,6 +35,9 @@ PG_CPPFLAGS += -DUSE_ASSERT_CHECKING
 endif
 SHLIB_LINK  = -lopenblas -lm -lpthread -ldl
 
+# PGXS decides at include time whether there is anything extra to clean.
+EXTRA_CLEAN = test/unit/bin bench/bin cuda/gnnvec_cuda.so .build-flags
+
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
@@ -64,8 +67,6 @@ $(CUDA_LIB): $(CUDA_SRCS) $(wildcard cuda/*.h)
 install: install-cuda
 install-cuda: $(CUDA_LIB)
 	$(INSTALL_SHLIB) $(CUDA_LIB) '$(DESTDIR)$(pkglibdir)/gnnvec_cuda.so'
-
-EXTRA_CLEAN += $(CUDA_LIB)
 endif
 
 # ---------------------------------------------------------------------------
@@ -86,13 +87,13 @@ test/unit/bin/test_gnn_grad: test/unit/test_gnn_grad.c $(PURE_SRCS) $(HEADERS) t
 
 unit-bins: $(UNIT_BINS)
 
-# GNN microbenchmark: forward/backward/score/train-step timings at dim 128.
-bench/gnn_bench: bench/gnn_bench.c $(PURE_SRCS) $(HEADERS)
-	$(CC) $(UNIT_FLAGS) -o $@ $< $(PURE_SRCS) -lopenblas -lm -lpthread
-
-EXTRA_CLEAN += bench/gnn_bench
-
-EXTRA_CLEAN += test/unit/bin .build-flags
+# ---------------------------------------------------------------------------
+# Benchmark drivers, no PostgreSQL: bench/NAME.c -> bench/bin/NAME, linked
+# with every pure source (gen_dataset, kernel_bench, cagra_build, gnn_bench,
+# lora_bench, ...).
+bench/bin/%: bench/%.c $(PURE_SRCS) $(HEADERS) cuda/gnnvec_cuda.h
+	@mkdir -p bench/bin
+	$(CC) -O2 -g -Wall -Wextra -Isrc -o $@ $< $(PURE_SRCS) -lopenblas -lm -lpthread -ldl
 
 .PHONY: test demo bench unit-bins install-cuda
 test:

@@ -4,7 +4,7 @@
  *		128, hidden 128 (or as given), 4 heads, 8 graph neighbours per
  *		candidate.
  *
- *		make bench/gnn_bench && bench/gnn_bench [candidates] [repeats] [hidden]
+ *		make bench/bin/gnn_bench && bench/bin/gnn_bench [candidates] [repeats] [hidden]
  *
  * Prints, per call: the layer forward over a batch of nodes (inference),
  * forward + backward (training), the rerank score of one query over its

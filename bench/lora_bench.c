@@ -4,9 +4,7 @@
  *		gnnvec_lora_forward / gnnvec_lora_adapt run, without the SQL call
  *		overhead), at 256 and 1536 dimensions.
  *
- *	  cc -O2 -Isrc -o /tmp/lora_bench bench/lora_bench.c src/lora/microlora.c \
- *		  src/lora/scopes.c src/lora/trajectory.c src/vector/distance.c -lm
- *	  /tmp/lora_bench
+ *	  make bench/bin/lora_bench && bench/bin/lora_bench
  *
  * "forward" is a scope with 10 or more adaptations (its own adapter only);
  * "forward, blended" a scope still leaning on its category (two adapters);

@@ -29,8 +29,7 @@ if [ ${#need[@]} -gt 0 ]; then
 	fi
 fi
 
-CFLAGS="-O2 -g -Wall -Wextra -Isrc"
-build() { cc $CFLAGS -o "bench/bin/$1" "bench/$1.c" "${@:2}" -lopenblas -lm -lpthread; }
+build() { make -s "bench/bin/$1"; }
 
 # The 100k x 128 clustered set used by the index benchmarks (see gen_dataset.c)
 dataset() {
@@ -55,7 +54,7 @@ index() {
 }
 
 kernels() {
-	build kernel_bench src/vector/distance.c
+	build kernel_bench
 	echo "== distance kernels (ns per distance, one core, 512 KiB working set)"
 	bench/bin/kernel_bench >"$out/kernels.csv"
 	$PY bench/report_kernels.py "$out/kernels.csv" "$out/kernels.png" | tee "$out/kernels.md"

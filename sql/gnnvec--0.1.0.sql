@@ -209,7 +209,7 @@ CREATE OPERATOR CLASS vector_ops
 -- ===== GPU module =====
 
 CREATE FUNCTION gnnvec_gpu_devices(
-	OUT device integer, OUT name text, OUT total_memory_mb bigint, OUT compute_capability text)
+	OUT device integer, OUT name text, OUT total_memory_mb bigint)
 	RETURNS SETOF record
 	AS 'MODULE_PATHNAME' LANGUAGE C VOLATILE STRICT;
 

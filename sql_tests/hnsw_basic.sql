@@ -95,6 +95,20 @@ SET enable_seqscan = off;
 SELECT bool_and(found = (SELECT id FROM hb_big b ORDER BY b.v <-> q.v LIMIT 1)) AS finds_itself
 	FROM (SELECT id AS found, v FROM hb_big WHERE id % 7 = 0) q;
 RESET enable_seqscan;
+-- 2000 dimensions fit inline, but not beside a neighbour tuple of m = 48
+CREATE TABLE hb_2k (id int, v vector(2000));
+INSERT INTO hb_2k SELECT i, (SELECT array_agg(random()::real) FROM generate_series(1, 2000) WHERE i > 0)::vector
+	FROM generate_series(1, 20) i;
+CREATE INDEX hb_2k_idx ON hb_2k USING gnnhnsw (v) WITH (m = 48, ef_construction = 100);
+INSERT INTO hb_2k SELECT i, (SELECT array_agg(random()::real) FROM generate_series(1, 2000) WHERE i > 0)::vector
+	FROM generate_series(21, 40) i;
+SELECT elements FROM gnnvec_index_info('hb_2k_idx');
+SELECT count(*) FROM gnnvec_index_check('hb_2k_idx');
+SET enable_seqscan = off;
+SELECT bool_and(found = (SELECT id FROM hb_2k b ORDER BY b.v <-> q.v LIMIT 1)) AS finds_itself
+	FROM (SELECT id AS found, v FROM hb_2k) q;
+RESET enable_seqscan;
+DROP TABLE hb_2k;
 -- cosine on split vectors, and the largest the type allows
 CREATE INDEX hb_big_cos ON hb_big USING gnnhnsw (v vector_cosine_ops);
 SET enable_seqscan = off;
@@ -132,6 +146,3 @@ SELECT amname FROM pg_am WHERE amname = 'gnnhnsw';
 SELECT amvalidate(oid) FROM pg_opclass WHERE opcmethod = (SELECT oid FROM pg_am WHERE amname = 'gnnhnsw') ORDER BY opcname;
 
 DROP TABLE hb;
-
--- leave the database as the next test file expects it
-DROP EXTENSION gnnvec CASCADE;

@@ -60,6 +60,3 @@ RESET ROLE;
 DROP ROLE he_nobody;
 
 DROP TABLE he;
-
--- leave the database as the next test file expects it
-DROP EXTENSION gnnvec CASCADE;

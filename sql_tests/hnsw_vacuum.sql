@@ -75,6 +75,3 @@ RESET enable_seqscan;
 
 DROP TABLE hv;
 DROP FUNCTION hv_recall();
-
--- leave the database as the next test file expects it
-DROP EXTENSION gnnvec CASCADE;

@@ -18,7 +18,7 @@ void
 _PG_init(void)
 {
 	vector_init();
-	lora_init();
 	hnsw_init();
+	lora_init();
 	gnn_init();
 }

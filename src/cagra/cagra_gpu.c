@@ -1,106 +1,178 @@
 /*
  * cagra_gpu.c
- *		Loader of the GPU module (gnnvec_cuda.so) and gnnvec_gpu_devices().
+ *		Loader of the GPU module cuda/gnnvec_cuda.so.
  *
- * gnnvec.so never links CUDA: the module is opened with dlopen() the first
- * time a GPU is asked for, so the extension loads on machines without CUDA
- * and a broken CUDA installation is an ERROR, not a failed CREATE EXTENSION.
+ * The module is opened with dlopen only when a GPU build is asked for, so
+ * that gnnvec.so (and everything else) runs on machines with no CUDA at all.
+ * Its ABI is the C one of cuda/gnnvec_cuda.h, checked by version.
  */
-#include "postgres.h"
-
 #include <dlfcn.h>
+#include <stdlib.h>
+#include <string.h>
 
-#include "fmgr.h"
-#include "funcapi.h"
-#include "miscadmin.h"
-#include "utils/builtins.h"
-#include "utils/tuplestore.h"
+#include "cagra/cagra.h"
+#include "../../cuda/gnnvec_cuda.h"
 
-#include "cagra/cagra_gpu.h"
+_Static_assert(GNNVEC_CUDA_METRIC_L2 == CAGRA_METRIC_L2 &&
+			   GNNVEC_CUDA_METRIC_INNER_PRODUCT == CAGRA_METRIC_INNER_PRODUCT &&
+			   GNNVEC_CUDA_METRIC_COSINE == CAGRA_METRIC_COSINE &&
+			   GNNVEC_CUDA_METRIC_L1 == CAGRA_METRIC_L1,
+			   "metric codes differ between cagra.h and gnnvec_cuda.h");
+_Static_assert(GNNVEC_CUDA_DETOUR_ANY_RANK == CAGRA_DETOUR_ANY_RANK &&
+			   GNNVEC_CUDA_DETOUR_RANK_BELOW == CAGRA_DETOUR_RANK_BELOW,
+			   "detour codes differ between cagra.h and gnnvec_cuda.h");
+_Static_assert(GNNVEC_CUDA_MAX_DEGREE == CAGRA_MAX_DEGREE,
+			   "degree limits differ between cagra.h and gnnvec_cuda.h");
 
-static CudaModule cuda_module;
+typedef int (*AbiVersionFn) (void);
+typedef int (*DeviceCountFn) (int *, char *, size_t);
+typedef int (*DeviceInfoFn) (int, char *, size_t, size_t *, char *, size_t);
+typedef int (*CagraBuildFn) (const float *, int64_t, int,
+							 const GnnvecCudaCagraParams *, int32_t *,
+							 int32_t *, GnnvecCudaCagraStats *, char *, size_t);
 
-/*
- * Open the module once per backend; ERROR (with a hint) when it is not
- * installed or does not load.
- */
-const CudaModule *
-cagra_gpu_module(void)
+struct CagraGpu
 {
-	char		path[MAXPGPATH];
 	void	   *handle;
-	int			(*abi_version) (void);
+	DeviceCountFn device_count;
+	DeviceInfoFn device_info;
+	CagraBuildFn cagra_build;
+};
 
-	if (cuda_module.handle != NULL)
-		return &cuda_module;
+static void *
+gpu_symbol(void *handle, const char *name, const char *path,
+		   char *errbuf, size_t errlen)
+{
+	void	   *fn = dlsym(handle, name);
 
-	snprintf(path, sizeof(path), "%s/gnnvec_cuda.so", pkglib_path);
-	handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-	if (handle == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("gnnvec GPU module is not available"),
-				 errdetail("%s", dlerror()),
-				 errhint("Build gnnvec where the CUDA toolkit (nvcc) is installed, or build the index with device = 'cpu'.")));
-
-	abi_version = (int (*) (void)) dlsym(handle, "gnnvec_cuda_abi_version");
-	if (abi_version == NULL || abi_version() != GNNVEC_CUDA_ABI_VERSION)
-	{
-		dlclose(handle);
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("gnnvec GPU module \"%s\" does not match this gnnvec.so", path),
-				 errhint("Reinstall gnnvec so that both libraries come from the same build.")));
-	}
-	cuda_module.device_count = dlsym(handle, "gnnvec_cuda_device_count");
-	cuda_module.device_info = dlsym(handle, "gnnvec_cuda_device_info");
-	if (cuda_module.device_count == NULL || cuda_module.device_info == NULL)
-	{
-		dlclose(handle);
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("gnnvec GPU module \"%s\" lacks an entry point", path)));
-	}
-	cuda_module.handle = handle;
-	return &cuda_module;
+	if (fn == NULL)
+		cagra_error(CAGRA_ERR_DEVICE, errbuf, errlen,
+					"GPU module \"%s\" has no function %s", path, name);
+	return fn;
 }
 
-/* gnnvec_gpu_devices(): one row per CUDA device; none without a GPU. */
-PG_FUNCTION_INFO_V1(gnnvec_gpu_devices);
-Datum
-gnnvec_gpu_devices(PG_FUNCTION_ARGS)
+CagraGpu *
+cagra_gpu_open(const char *path, char *errbuf, size_t errlen)
 {
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	const CudaModule *mod = cagra_gpu_module();
-	char		errbuf[256];
-	int			count;
+	void	   *handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+	CagraGpu   *gpu;
+	AbiVersionFn abi_version;
 
-	InitMaterializedSRF(fcinfo, 0);
-	count = mod->device_count(errbuf, sizeof(errbuf));
-	if (count < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
-				 errmsg("could not query GPUs: %s", errbuf)));
-
-	for (int dev = 0; dev < count; dev++)
+	if (handle == NULL)
 	{
-		char		name[256];
-		size_t		total_mem;
-		int			major,
-					minor;
-		Datum		values[4];
-		bool		nulls[4] = {false, false, false, false};
+		const char *why = dlerror();
 
-		if (mod->device_info(dev, name, sizeof(name), &total_mem, &major, &minor,
-							 errbuf, sizeof(errbuf)) != 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
-					 errmsg("could not query GPU %d: %s", dev, errbuf)));
-		values[0] = Int32GetDatum(dev);
-		values[1] = CStringGetTextDatum(name);
-		values[2] = Int64GetDatum((int64) (total_mem / (1024 * 1024)));
-		values[3] = CStringGetTextDatum(psprintf("%d.%d", major, minor));
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		cagra_error(CAGRA_ERR_DEVICE, errbuf, errlen,
+					"cannot load GPU module \"%s\": %s", path,
+					why ? why : "unknown error");
+		return NULL;
 	}
-	return (Datum) 0;
+	gpu = calloc(1, sizeof(CagraGpu));
+	if (gpu == NULL)
+	{
+		cagra_error(CAGRA_ERR_NOMEM, errbuf, errlen, "out of memory");
+		dlclose(handle);
+		return NULL;
+	}
+	gpu->handle = handle;
+	abi_version = (AbiVersionFn) gpu_symbol(handle, "gnnvec_cuda_abi_version",
+											path, errbuf, errlen);
+	gpu->device_count = (DeviceCountFn) gpu_symbol(handle, "gnnvec_cuda_device_count",
+												   path, errbuf, errlen);
+	gpu->device_info = (DeviceInfoFn) gpu_symbol(handle, "gnnvec_cuda_device_info",
+												 path, errbuf, errlen);
+	gpu->cagra_build = (CagraBuildFn) gpu_symbol(handle, "gnnvec_cuda_cagra_build",
+												 path, errbuf, errlen);
+	if (abi_version == NULL || gpu->device_count == NULL ||
+		gpu->device_info == NULL || gpu->cagra_build == NULL)
+	{
+		cagra_gpu_close(gpu);
+		return NULL;
+	}
+	if (abi_version() != GNNVEC_CUDA_ABI_VERSION)
+	{
+		cagra_error(CAGRA_ERR_DEVICE, errbuf, errlen,
+					"GPU module \"%s\" has ABI version %d, expected %d",
+					path, abi_version(), GNNVEC_CUDA_ABI_VERSION);
+		cagra_gpu_close(gpu);
+		return NULL;
+	}
+	return gpu;
+}
+
+void
+cagra_gpu_close(CagraGpu *gpu)
+{
+	if (gpu == NULL)
+		return;
+	dlclose(gpu->handle);
+	free(gpu);
+}
+
+/* Map a module status onto ours; the message is already in errbuf. */
+static CagraStatus
+gpu_status(int rc)
+{
+	switch (rc)
+	{
+		case GNNVEC_CUDA_OK:
+			return CAGRA_OK;
+		case GNNVEC_CUDA_ERR_PARAM:
+			return CAGRA_ERR_PARAM;
+		case GNNVEC_CUDA_ERR_NOMEM:
+			return CAGRA_ERR_NOMEM;
+		default:
+			return CAGRA_ERR_DEVICE;
+	}
+}
+
+CagraStatus
+cagra_gpu_device_count(CagraGpu *gpu, int *count, char *errbuf, size_t errlen)
+{
+	return gpu_status(gpu->device_count(count, errbuf, errlen));
+}
+
+CagraStatus
+cagra_gpu_device_info(CagraGpu *gpu, int device, char *name, size_t name_len,
+					  size_t *total_bytes, char *errbuf, size_t errlen)
+{
+	return gpu_status(gpu->device_info(device, name, name_len, total_bytes,
+									   errbuf, errlen));
+}
+
+CagraStatus
+cagra_gpu_build(CagraGpu *gpu, int device, size_t device_bytes,
+				const float *data, int64_t n, int dim,
+				const CagraParams *params, int32_t *knn, int32_t *graph,
+				CagraStats *stats, char *errbuf, size_t errlen)
+{
+	GnnvecCudaCagraParams gp;
+	GnnvecCudaCagraStats gs;
+	CagraStats	local;
+	CagraStatus status;
+
+	if (stats == NULL)
+		stats = &local;
+	memset(stats, 0, sizeof(CagraStats));
+	status = cagra_params_check(params, n, dim, errbuf, errlen);
+	if (status != CAGRA_OK)
+		return status;
+	gp.metric = params->metric;
+	gp.intermediate_degree = params->intermediate_degree;
+	gp.graph_degree = params->graph_degree;
+	gp.detour = params->detour;
+	gp.knn_candidates = cagra_knn_candidates(params->intermediate_degree, n - 1);
+	gp.device = device;
+	gp.device_bytes = device_bytes;
+	status = gpu_status(gpu->cagra_build(data, n, dim, &gp, knn, graph, &gs,
+										 errbuf, errlen));
+	if (status != CAGRA_OK)
+		return status;
+	stats->setup_seconds = gs.setup_seconds;
+	stats->knn_seconds = gs.knn_seconds;
+	stats->prune_seconds = gs.prune_seconds;
+	stats->reverse_seconds = gs.reverse_seconds;
+	stats->gpu_data_resident = gs.data_resident != 0;
+	stats->gpu_row_blocks = gs.row_blocks;
+	return cagra_finish(data, n, dim, params, graph, stats, errbuf, errlen);
 }

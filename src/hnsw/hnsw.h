@@ -31,12 +31,23 @@
  *		Unused slots hold an invalid TID.  Its size is fixed by the level
  *		the element was created with, so it is always updated in place.
  *
- * Every page has an HnswPageOpaqueData special space.  Locking: inserts
- * hold the HNSW_UPDATE_LOCK page lock in share mode (exclusive when they
- * may change the entry point); buffer locks are taken one at a time, never
- * nested, except metapage + one other page.  WAL: GenericXLog for every
- * change after the build; the build writes its pages without WAL and then
- * logs them all with log_newpage_range.
+ * Every page has an HnswPageOpaqueData special space.  A page that
+ * PageIsNew() belongs to the backend that just extended the relation (or
+ * was left empty by a crash): nobody else initialises or uses it.
+ *
+ * Locking: inserts hold the HNSW_UPDATE_LOCK page lock in share mode
+ * (exclusive when they may change the entry point; VACUUM takes it
+ * exclusively to move the entry point).  Buffer locks are taken one at a
+ * time, except when an insert takes over a deleted element whose neighbour
+ * tuple is on a later page (both locked, in block order).  WAL: GenericXLog
+ * for every change after the build; the build writes its pages without WAL
+ * and then logs them all with log_newpage_range.
+ *
+ * Files: hnsw.c (handler, options, settings, cost, opclass validation,
+ * scan plug-ins), hnswgraph.c (pure graph), hnswbuild.c (build, page
+ * writer), hnswparallel.c (parallel build in shared memory), hnswinsert.c,
+ * hnswscan.c, hnswvacuum.c, hnswutils.c (pages, WAL, searches over pages),
+ * hnswcheck.c (gnnvec_index_info, gnnvec_index_check).
  */
 #ifndef GNNVEC_HNSW_H
 #define GNNVEC_HNSW_H
@@ -163,6 +174,7 @@ typedef struct HnswGraph
 	int			max_level;
 
 	size_t		mem;			/* bytes allocated for nodes */
+	bool		borrowed;		/* node storage belongs to someone else */
 
 	/* scratch for searches (one search at a time) */
 	uint32_t   *visited;
@@ -444,6 +456,7 @@ typedef struct HnswSearch
 	int			nelems;
 	int			capelems;
 	HnswKeySet	visited;
+	HnswAllocator alloc;		/* the context of hnsw_search_init */
 	bool		load_vectors;	/* keep each element's vector */
 	int64		ntuples_read;	/* elements loaded (max_scan_tuples) */
 } HnswSearch;
@@ -479,6 +492,9 @@ typedef struct HnswBuildState
 	int32		captids;
 	size_t		memLimit;
 	bool		onDisk;			/* graph flushed; inserting on pages */
+	bool		unlinked;		/* collecting rows without linking them */
+	bool		pagesWritten;	/* the parallel build wrote the pages */
+	int			parallelWorkers;	/* workers asked for */
 
 	MemoryContext graphCtx;
 	MemoryContext tmpCtx;
@@ -502,7 +518,8 @@ typedef struct HnswEdit
 } HnswEdit;
 
 /* hnswutils.c */
-extern const HnswAllocator *hnsw_palloc_allocator(void);
+/* An allocator that pallocs in the memory context current at this call. */
+extern void hnsw_bind_allocator(HnswAllocator *a);
 extern Page hnsw_edit_start(HnswEdit *ed, Relation index, Buffer buf,
 							bool building, bool fullImage);
 extern void hnsw_edit_finish(HnswEdit *ed);
@@ -540,23 +557,41 @@ hnsw_tid_key(ItemPointer tid)
 		ItemPointerGetOffsetNumberNoCheck(tid);
 }
 
-/* hnswbuild.c */
+/*
+ * hnswbuild.c.  An HNSW build (ambuild) is
+ *		hnsw_build_init(&bs, heap, index, indexInfo, MAIN_FORKNUM);
+ *		hnsw_build_collect(&bs, true);		-- scan the table, insert each row
+ *		return hnsw_build_finish(&bs);		-- write pages, WAL, free
+ */
 extern IndexBuildResult *hnswbuild(Relation heap, Relation index,
 								   IndexInfo *indexInfo);
 extern void hnswbuildempty(Relation index);
 extern void hnsw_build_init(HnswBuildState *bs, Relation heap, Relation index,
 							IndexInfo *indexInfo, ForkNumber forkNum);
+extern void hnsw_build_collect(HnswBuildState *bs, bool link);
 extern void hnsw_build_add(HnswBuildState *bs, const float *vec,
 						   ItemPointer heaptid);
 extern void hnsw_build_write(HnswBuildState *bs);
+extern IndexBuildResult *hnsw_build_finish(HnswBuildState *bs);
+
+/* hnswparallel.c: a parallel build; false if it did not run */
+extern bool hnsw_build_parallel(HnswBuildState *bs);
 
 /*
- * CAGRA plug-in point.  After the rows have been collected with
- * hnsw_build_add_unlinked (vectors and heap TIDs, no graph edges), level 0
- * is taken as given: row i of neighbours (graph->n x degree int32, -1 for
- * none, at most 2m used) is node i's level-0 list.  Upper levels are built
- * by ordinary HNSW insertion of the nodes whose random level is >= 1, then
- * everything goes through the same page writer as an HNSW build.
+ * CAGRA plug-in point.  A build whose level 0 is made elsewhere is
+ *		hnsw_build_init(&bs, heap, index, indexInfo, MAIN_FORKNUM);
+ *		hnsw_build_collect(&bs, false);		-- rows only: no graph edges
+ *		... level 0 from bs.graph->nodes[i].vec, i < bs.graph->n (dim
+ *			bs.dim, normalised for cosine; hnsw_distance() is the metric) ...
+ *		hnsw_build_from_level0(&bs, neighbours, degree);
+ *		return hnsw_build_finish(&bs);
+ * hnsw_build_from_level0 takes level 0 as given: row i of neighbours
+ * (graph->n x degree int32, -1 for none, at most 2m used) is node i's
+ * level-0 list.  Upper levels are built by ordinary HNSW insertion of the
+ * nodes whose random level is >= 1; hnsw_build_finish then makes every node
+ * reachable from the entry point (hnsw_graph_connect) and writes the pages
+ * through the same page writer as an HNSW build.  Collecting without
+ * linking does not spill to disk: check bs.graph->mem against bs.memLimit.
  */
 extern void hnsw_build_add_unlinked(HnswBuildState *bs, const float *vec,
 									ItemPointer heaptid);
@@ -576,7 +611,7 @@ extern void hnsw_insert_vector(Relation index, const float *vec,
 extern bool hnsw_update_connection(HnswSearch *s, HnswElement *e,
 								   ItemPointer newtid, const float *newvec,
 								   int lc, bool building, bool force,
-								   ItemPointer dropped);
+								   ItemPointer adopter);
 
 /* hnswscan.c */
 extern IndexScanDesc hnswbeginscan(Relation index, int nkeys, int norderbys);

@@ -481,7 +481,10 @@ build_callback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
 	if (hnsw_form_vector(values[0], bs->metric, bs->dim, vec))
 	{
 		MemoryContextSwitchTo(old);
-		hnsw_build_add(bs, vec, tid);
+		if (bs->unlinked)
+			hnsw_build_add_unlinked(bs, vec, tid);
+		else
+			hnsw_build_add(bs, vec, tid);
 		bs->indtuples++;
 		if (((int64) bs->indtuples & 255) == 0)
 			pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE,
@@ -492,39 +495,59 @@ build_callback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
 	MemoryContextReset(bs->tmpCtx);
 }
 
+void
+hnsw_build_collect(HnswBuildState *bs, bool link)
+{
+	bs->unlinked = !link;
+	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE,
+								 PROGRESS_HNSW_PHASE_LOAD);
+	table_index_build_scan(bs->heap, bs->index, bs->indexInfo, true, true,
+						   build_callback, bs, NULL);
+	pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE,
+								 (int64) bs->indtuples);
+}
+
+IndexBuildResult *
+hnsw_build_finish(HnswBuildState *bs)
+{
+	IndexBuildResult *result;
+
+	if (!bs->onDisk && !bs->pagesWritten)
+		hnsw_build_write(bs);
+
+	if (RelationNeedsWAL(bs->index) && bs->forkNum == MAIN_FORKNUM)
+		log_newpage_range(bs->index, MAIN_FORKNUM, 0,
+						  RelationGetNumberOfBlocks(bs->index), true);
+
+	if (bs->graph)
+		hnsw_graph_free(bs->graph);
+	bs->graph = NULL;
+	MemoryContextDelete(bs->graphCtx);
+	MemoryContextDelete(bs->tmpCtx);
+
+	result = palloc(sizeof(IndexBuildResult));
+	result->heap_tuples = bs->reltuples;
+	result->index_tuples = bs->indtuples;
+	return result;
+}
+
 IndexBuildResult *
 hnswbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 {
 	HnswBuildState bs;
-	IndexBuildResult *result;
 
 	if (RelationGetNumberOfBlocks(index) != 0)
 		elog(ERROR, "index \"%s\" already contains data",
 			 RelationGetRelationName(index));
 
 	hnsw_build_init(&bs, heap, index, indexInfo, MAIN_FORKNUM);
-	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE,
-								 PROGRESS_HNSW_PHASE_LOAD);
-	table_index_build_scan(heap, index, indexInfo, true, true,
-						   build_callback, &bs, NULL);
-	pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE,
-								 (int64) bs.indtuples);
-	if (!bs.onDisk)
-		hnsw_build_write(&bs);
-
-	if (RelationNeedsWAL(index))
-		log_newpage_range(index, MAIN_FORKNUM, 0,
-						  RelationGetNumberOfBlocks(index), true);
-
-	if (bs.graph)
-		hnsw_graph_free(bs.graph);
-	MemoryContextDelete(bs.graphCtx);
-	MemoryContextDelete(bs.tmpCtx);
-
-	result = palloc(sizeof(IndexBuildResult));
-	result->heap_tuples = bs.reltuples;
-	result->index_tuples = bs.indtuples;
-	return result;
+	if (!hnsw_build_parallel(&bs))
+		hnsw_build_collect(&bs, true);
+	else
+		ereport(DEBUG1,
+				(errmsg_internal("gnnhnsw: parallel build, %d workers requested, leader participating",
+								 bs.parallelWorkers)));
+	return hnsw_build_finish(&bs);
 }
 
 /* An empty index in the init fork (UNLOGGED tables). */

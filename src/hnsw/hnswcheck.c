@@ -10,14 +10,17 @@
  * or holds NaN/Inf, neighbour tuples of the wrong shape, neighbour TIDs
  * that are not elements or point at the element itself or at one whose
  * level is too low, repeated neighbours, and live elements (not deleted,
- * with heap TIDs) that cannot be reached from the entry point.
+ * with a heap row visible now) that cannot be reached from the entry point.
  */
 #include "postgres.h"
 
 #include <math.h>
 
 #include "access/relation.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "catalog/pg_am.h"
+#include "catalog/pg_class.h"
 #include "commands/defrem.h"
 #include "funcapi.h"
 #include "hnsw/hnsw.h"
@@ -27,6 +30,7 @@
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 #include "utils/tuplestore.h"
 
 typedef struct CheckElem
@@ -129,7 +133,11 @@ open_gnnhnsw(Oid indexoid)
 	}
 	if (pg_class_aclcheck(index->rd_index->indrelid, GetUserId(),
 						  ACL_SELECT) != ACLCHECK_OK &&
+#if PG_VERSION_NUM >= 160000
+		!object_ownercheck(RelationRelationId, indexoid, GetUserId()))
+#else
 		!pg_class_ownercheck(indexoid, GetUserId()))
+#endif
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied for index %s",
@@ -321,6 +329,47 @@ nbr_of(IndexImage *img, CheckElem *e)
 	return i >= 0 ? &img->nbrs[i] : NULL;
 }
 
+/*
+ * Whether any heap row of an element is visible to a fresh snapshot.  An
+ * element whose rows are all invisible is not "live": an insert in
+ * progress has not linked it yet, or a crash cut its insert short (its row
+ * was never committed) and VACUUM will take it away.
+ */
+static bool
+element_has_visible_row(Relation index, CheckElem *e)
+{
+	Relation	heap;
+	Snapshot	snapshot;
+	Buffer		buf;
+	HnswElementTuple etup;
+	ItemPointerData tids[HNSW_HEAPTIDS];
+	int			ntids = 0;
+	int			i;
+	bool		visible = false;
+
+	buf = ReadBuffer(index, (BlockNumber) KEY_BLK(e->key));
+	LockBuffer(buf, BUFFER_LOCK_SHARE);
+	etup = hnsw_get_element(BufferGetPage(buf), (OffsetNumber) KEY_OFF(e->key));
+	if (etup && !etup->deleted)
+	{
+		ntids = Min(etup->nheaptids, HNSW_HEAPTIDS);
+		memcpy(tids, etup->heaptids, sizeof(ItemPointerData) * ntids);
+	}
+	UnlockReleaseBuffer(buf);
+
+	heap = table_open(index->rd_index->indrelid, AccessShareLock);
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	for (i = 0; i < ntids && !visible; i++)
+	{
+		bool		all_dead = false;
+
+		visible = table_index_fetch_tuple_check(heap, &tids[i], snapshot, &all_dead);
+	}
+	UnregisterSnapshot(snapshot);
+	table_close(heap, AccessShareLock);
+	return visible;
+}
+
 /* Element-level checks that need the whole image, then reachability. */
 static void
 check_graph(Relation index, IndexImage *img)
@@ -493,7 +542,8 @@ check_graph(Relation index, IndexImage *img)
 	{
 		CheckElem  *e = &img->elems[i];
 
-		if (!e->deleted && e->nheaptids > 0 && !e->reached)
+		if (!e->deleted && e->nheaptids > 0 && !e->reached &&
+			element_has_visible_row(index, e))
 			problem(img, KEY_BLK(e->key), KEY_OFF(e->key),
 					"live element not reachable from the entry point");
 	}

@@ -244,7 +244,7 @@ hnsw_graph_free(HnswGraph *g)
 	const HnswAllocator *a = g->a;
 	int32_t		i;
 
-	for (i = 0; i < g->n; i++)
+	for (i = 0; i < g->n && !g->borrowed; i++)
 	{
 		a->free(a->ctx, g->nodes[i].vec);
 		a->free(a->ctx, g->nodes[i].nbrs);

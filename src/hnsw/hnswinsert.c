@@ -17,7 +17,9 @@
 #include <math.h>
 
 #include "access/generic_xlog.h"
+#if PG_VERSION_NUM >= 150000
 #include "common/pg_prng.h"
+#endif
 #include "hnsw/hnsw.h"
 #include "miscadmin.h"
 #include "storage/bufmgr.h"
@@ -27,7 +29,11 @@
 static int
 random_level(int m)
 {
+#if PG_VERSION_NUM >= 150000
 	double		u = pg_prng_double(&pg_global_prng_state);	/* [0, 1) */
+#else
+	double		u = (double) random() / ((double) MAX_RANDOM_VALUE + 1);
+#endif
 	int			level = (int) floor(-log(1.0 - u) / log((double) m));
 	int			cap = hnsw_level_cap(m);
 
@@ -240,10 +246,12 @@ write_inline_element(Relation index, HnswMetaPageData *meta,
 		page = BufferGetPage(buf);
 		if (PageIsNew(page))
 		{
-			/* left empty by a crash after extending the relation */
-			page = hnsw_edit_start(&ed, index, buf, building, true);
-			hnsw_init_page(page);
-			hnsw_edit_finish(&ed);
+			/*
+			 * Being initialised by the backend that extended the relation
+			 * (or left empty by a crash just after): not ours to touch.
+			 */
+			UnlockReleaseBuffer(buf);
+			continue;
 		}
 		off = InvalidOffsetNumber;
 		while ((off = find_reusable(page, etup->level, esize, off,
@@ -314,9 +322,10 @@ write_inline_element(Relation index, HnswMetaPageData *meta,
 }
 
 /*
- * Write an element whose vector is split over data tuples: the neighbour
- * tuple, the data tuples from the last to the first, then the element that
- * points at them all.  No reuse of deleted space for these.
+ * Write an element whose vector is split over data tuples, or that does not
+ * fit in one page with its neighbour tuple: the neighbour tuple, the data
+ * tuples from the last to the first, then the element that points at them
+ * all.  No reuse of deleted space for these.
  */
 static void
 write_split_element(Relation index, HnswMetaPageData *meta,
@@ -353,6 +362,52 @@ write_split_element(Relation index, HnswMetaPageData *meta,
 	pfree(dtup);
 }
 
+/* Put the given TIDs into free slots of one level of a neighbour tuple. */
+static void
+adopt_dropped(Relation index, ItemPointer ntid, int m, int lc, ItemPointer self,
+			  ItemPointerData *drops, int ndrops, bool building)
+{
+	Buffer		buf = ReadBuffer(index, ItemPointerGetBlockNumber(ntid));
+	HnswNeighborTuple ntup;
+	HnswEdit	ed;
+	Page		page;
+	int			start = hnsw_level_offset(m, lc);
+	int			end = start + hnsw_level_slots(m, lc);
+	int			d,
+				i;
+
+	LockBuffer(buf, BUFFER_LOCK_EXCLUSIVE);
+	ntup = hnsw_get_neighbors(BufferGetPage(buf), ItemPointerGetOffsetNumber(ntid));
+	if (ntup == NULL || lc > ntup->level)
+	{
+		UnlockReleaseBuffer(buf);
+		return;
+	}
+	page = hnsw_edit_start(&ed, index, buf, building, false);
+	ntup = hnsw_get_neighbors(page, ItemPointerGetOffsetNumber(ntid));
+	for (d = 0; d < ndrops; d++)
+	{
+		int			free = -1;
+
+		if (ItemPointerEquals(&drops[d], self))
+			continue;
+		for (i = start; i < end; i++)
+		{
+			if (ItemPointerEquals(&ntup->tids[i], &drops[d]))
+			{
+				free = -1;
+				break;
+			}
+			if (free < 0 && !ItemPointerIsValid(&ntup->tids[i]))
+				free = i;
+		}
+		if (free >= 0)
+			ntup->tids[free] = drops[d];
+	}
+	hnsw_edit_finish(&ed);
+	UnlockReleaseBuffer(buf);
+}
+
 /*
  * Add the edge e -> newtid at level lc.  A full list is re-selected with
  * the heuristic over its members plus the new element; the new element
@@ -363,7 +418,7 @@ write_split_element(Relation index, HnswMetaPageData *meta,
 bool
 hnsw_update_connection(HnswSearch *s, HnswElement *e, ItemPointer newtid,
 					   const float *newvec, int lc, bool building, bool force,
-					   ItemPointer dropped)
+					   ItemPointer adopter)
 {
 	Relation	index = s->index;
 	int			m = s->m;
@@ -402,7 +457,7 @@ hnsw_update_connection(HnswSearch *s, HnswElement *e, ItemPointer newtid,
 			{
 				/* a member that is gone or being deleted gives way first */
 				replace = cur[i];
-				dropped = NULL;
+				adopter = NULL;	/* nothing to keep reachable */
 				cnt = -1;
 				break;
 			}
@@ -457,6 +512,14 @@ hnsw_update_connection(HnswSearch *s, HnswElement *e, ItemPointer newtid,
 		}
 	}
 
+	/*
+	 * The member about to lose its in-edge from e may have no other: the new
+	 * element adopts it first, so that a crash between the two changes
+	 * leaves an extra edge, never an unreachable element.
+	 */
+	if (adopter && ItemPointerIsValid(&replace))
+		adopt_dropped(index, adopter, m, lc, newtid, &replace, 1, building);
+
 	buf = ReadBuffer(index, ItemPointerGetBlockNumber(&e->neighbortid));
 	LockBuffer(buf, BUFFER_LOCK_EXCLUSIVE);
 	ntup = hnsw_get_neighbors(BufferGetPage(buf),
@@ -485,8 +548,6 @@ hnsw_update_connection(HnswSearch *s, HnswElement *e, ItemPointer newtid,
 			Page		page = hnsw_edit_start(&ed, index, buf, building, false);
 
 			ntup = hnsw_get_neighbors(page, ItemPointerGetOffsetNumber(&e->neighbortid));
-			if (dropped)
-				*dropped = ntup->tids[slot];
 			ntup->tids[slot] = *newtid;
 			hnsw_edit_finish(&ed);
 			done = true;
@@ -494,52 +555,6 @@ hnsw_update_connection(HnswSearch *s, HnswElement *e, ItemPointer newtid,
 	}
 	UnlockReleaseBuffer(buf);
 	return done;
-}
-
-/* Put the given TIDs into free slots of one level of a neighbour tuple. */
-static void
-adopt_dropped(Relation index, ItemPointer ntid, int m, int lc, ItemPointer self,
-			  ItemPointerData *drops, int ndrops, bool building)
-{
-	Buffer		buf = ReadBuffer(index, ItemPointerGetBlockNumber(ntid));
-	HnswNeighborTuple ntup;
-	HnswEdit	ed;
-	Page		page;
-	int			start = hnsw_level_offset(m, lc);
-	int			end = start + hnsw_level_slots(m, lc);
-	int			d,
-				i;
-
-	LockBuffer(buf, BUFFER_LOCK_EXCLUSIVE);
-	ntup = hnsw_get_neighbors(BufferGetPage(buf), ItemPointerGetOffsetNumber(ntid));
-	if (ntup == NULL || lc > ntup->level)
-	{
-		UnlockReleaseBuffer(buf);
-		return;
-	}
-	page = hnsw_edit_start(&ed, index, buf, building, false);
-	ntup = hnsw_get_neighbors(page, ItemPointerGetOffsetNumber(ntid));
-	for (d = 0; d < ndrops; d++)
-	{
-		int			free = -1;
-
-		if (ItemPointerEquals(&drops[d], self))
-			continue;
-		for (i = start; i < end; i++)
-		{
-			if (ItemPointerEquals(&ntup->tids[i], &drops[d]))
-			{
-				free = -1;
-				break;
-			}
-			if (free < 0 && !ItemPointerIsValid(&ntup->tids[i]))
-				free = i;
-		}
-		if (free >= 0)
-			ntup->tids[free] = drops[d];
-	}
-	hnsw_edit_finish(&ed);
-	UnlockReleaseBuffer(buf);
 }
 
 /*
@@ -688,7 +703,10 @@ insert_vector(Relation index, const float *vec, ItemPointer heaptid,
 			ntup->tids[off + i] = s.elems[selected[lc][i]].tid;
 	}
 
-	if (ninline == dim)
+	/* element and neighbour tuple together on one page when they fit */
+	if (ninline == dim &&
+		esize + nsize + 2 * sizeof(ItemIdData) <=
+		BLCKSZ - MAXALIGN(SizeOfPageHeaderData) - MAXALIGN(sizeof(HnswPageOpaqueData)))
 		write_inline_element(index, &meta, etup, esize, ntup, nsize, building, &etid);
 	else
 		write_split_element(index, &meta, etup, esize, ntup, nsize, vec, dim,
@@ -697,43 +715,21 @@ insert_vector(Relation index, const float *vec, ItemPointer heaptid,
 	/*
 	 * Connect: the selected neighbours point back (Alg. 1, lines 10-16).  A
 	 * member a full list gives up for the new element may have had no other
-	 * in-edge; the new element adopts it in a free slot of its own list, so
-	 * that it stays reachable.
+	 * in-edge; the new element adopts it in a free slot of its own list
+	 * before the replacement, so that it stays reachable.
 	 */
 	for (lc = top; lc >= 0; lc--)
 	{
-		ItemPointerData *drops = palloc(sizeof(ItemPointerData) * Max(nselected[lc], 1));
-		int			ndrops = 0;
-
 		int			accepted = 0;
 
 		for (i = 0; i < nselected[lc]; i++)
-		{
-			ItemPointerData dropped;
-
-			ItemPointerSetInvalid(&dropped);
 			if (hnsw_update_connection(&s, &s.elems[selected[lc][i]], &etid, vec,
-									   lc, building, false, &dropped))
-			{
+									   lc, building, false, &etup->neighbortid))
 				accepted++;
-				if (ItemPointerIsValid(&dropped))
-					drops[ndrops++] = dropped;
-			}
-		}
 		/* nobody took the new element: the nearest neighbour must */
 		if (accepted == 0 && nselected[lc] > 0)
-		{
-			ItemPointerData dropped;
-
-			ItemPointerSetInvalid(&dropped);
-			if (hnsw_update_connection(&s, &s.elems[selected[lc][0]], &etid, vec,
-									   lc, building, true, &dropped) &&
-				ItemPointerIsValid(&dropped))
-				drops[ndrops++] = dropped;
-		}
-		if (ndrops > 0)
-			adopt_dropped(index, &etup->neighbortid, m, lc, &etid, drops,
-						  ndrops, building);
+			hnsw_update_connection(&s, &s.elems[selected[lc][0]], &etid, vec,
+								   lc, building, true, &etup->neighbortid);
 	}
 
 	/* a new top level: the new element is the entry point */

@@ -42,6 +42,7 @@ typedef struct HnswScanOpaqueData
 	float		lastDist;		/* distance of the last row returned */
 	bool		haveLast;
 	HnswKeySet	returned;		/* elements returned (iterative scans) */
+	HnswAllocator alloc;		/* in ctx */
 	bool		done;
 } HnswScanOpaqueData;
 
@@ -172,7 +173,8 @@ start_scan(IndexScanDesc scan)
 
 	hnsw_search_init(&so->search, index, so->metric, so->meta.dims,
 					 so->meta.m, so->query);
-	hnsw_keyset_init(&so->returned, 64, hnsw_palloc_allocator());
+	hnsw_bind_allocator(&so->alloc);	/* so->ctx is current here */
+	hnsw_keyset_init(&so->returned, 64, &so->alloc);
 	so->ef = hnsw_scan_ef(index);
 	so->lastRead = 0;
 	so->lastDist = 0;

@@ -32,13 +32,17 @@ palloc_free(void *ctx, void *ptr)
 	pfree(ptr);
 }
 
-static const HnswAllocator palloc_allocator = {palloc_alloc, palloc_free, NULL};
-
-/* Allocates in CurrentMemoryContext at the time of each call. */
-const HnswAllocator *
-hnsw_palloc_allocator(void)
+/*
+ * Bind to CurrentMemoryContext now: structures that grow later (heaps, key
+ * sets) must stay in the context they started in, whatever context is
+ * current when they grow.
+ */
+void
+hnsw_bind_allocator(HnswAllocator *a)
 {
-	return &palloc_allocator;
+	a->alloc = palloc_alloc;
+	a->free = palloc_free;
+	a->ctx = CurrentMemoryContext;
 }
 
 /* ---------------------------------------------------------------------
@@ -59,7 +63,9 @@ hnsw_init_page(Page page)
 
 /*
  * A new page at the end of the relation, exclusively locked (not yet
- * initialised: the caller does that inside its WAL record).
+ * initialised: the caller does that inside its WAL record).  Other
+ * backends may see the new block before it is initialised; they must leave
+ * a page that PageIsNew() alone (only its creator initialises it).
  */
 Buffer
 hnsw_new_buffer(Relation index, ForkNumber forkNum)
@@ -279,7 +285,8 @@ hnsw_search_init(HnswSearch *s, Relation index, HnswMetric metric, int dim,
 	s->query = query;
 	s->capelems = 256;
 	s->elems = palloc(sizeof(HnswElement) * s->capelems);
-	hnsw_keyset_init(&s->visited, 256, hnsw_palloc_allocator());
+	hnsw_bind_allocator(&s->alloc);
+	hnsw_keyset_init(&s->visited, 256, &s->alloc);
 }
 
 /* Forget every element met; keeps the query and the memory. */
@@ -294,7 +301,7 @@ hnsw_search_reset(HnswSearch *s)
 	s->nelems = 0;
 	s->ntuples_read = 0;
 	hnsw_keyset_free(&s->visited);
-	hnsw_keyset_init(&s->visited, 256, hnsw_palloc_allocator());
+	hnsw_keyset_init(&s->visited, 256, &s->alloc);
 }
 
 /*
@@ -302,17 +309,17 @@ hnsw_search_reset(HnswSearch *s)
  * (summed tuple by tuple for a vector split over several), and the vector
  * itself when s->load_vectors.  False if no element is there.
  */
-bool
-hnsw_load_element(HnswSearch *s, HnswElement *e)
+static bool
+load_element_pinned(HnswSearch *s, HnswElement *e, Buffer buf)
 {
-	Buffer		buf;
 	Page		page;
 	HnswElementTuple etup;
 	ItemPointerData next;
 	float		dist = 0;
 	int			done;
 
-	buf = ReadBuffer(s->index, ItemPointerGetBlockNumber(&e->tid));
+	if (!BufferIsValid(buf))
+		buf = ReadBuffer(s->index, ItemPointerGetBlockNumber(&e->tid));
 	LockBuffer(buf, BUFFER_LOCK_SHARE);
 	page = BufferGetPage(buf);
 	etup = hnsw_get_element(page, ItemPointerGetOffsetNumber(&e->tid));
@@ -378,6 +385,12 @@ hnsw_load_element(HnswSearch *s, HnswElement *e)
 	return true;
 }
 
+bool
+hnsw_load_element(HnswSearch *s, HnswElement *e)
+{
+	return load_element_pinned(s, e, InvalidBuffer);
+}
+
 /* The whole vector of the element at tid (out: dim floats). */
 void
 hnsw_load_vector(Relation index, ItemPointer tid, float *out)
@@ -408,6 +421,24 @@ hnsw_load_vector(Relation index, ItemPointer tid, float *out)
  * Visit tid in a search: -1 if already visited or not an element, else
  * the index of the loaded element in s->elems.
  */
+/* Load an element not visited before, whose block the caller pinned. */
+static int
+search_add_pinned(HnswSearch *s, ItemPointer tid, Buffer buf)
+{
+	HnswElement *e;
+
+	if (s->nelems == s->capelems)
+	{
+		s->capelems *= 2;
+		s->elems = repalloc_huge(s->elems, sizeof(HnswElement) * s->capelems);
+	}
+	e = &s->elems[s->nelems];
+	e->tid = *tid;
+	if (!load_element_pinned(s, e, buf))
+		return -1;
+	return s->nelems++;
+}
+
 int
 hnsw_search_add(HnswSearch *s, ItemPointer tid)
 {
@@ -461,6 +492,41 @@ hnsw_load_neighbors(Relation index, ItemPointer neighbortid, int m, int level,
 	return n;
 }
 
+#if defined(__GNUC__) || defined(__clang__)
+#define hnsw_prefetch(p) __builtin_prefetch(p)
+#else
+#define hnsw_prefetch(p) ((void) 0)
+#endif
+
+/* Prefetch hints only: nothing read here is trusted (no lock is held). */
+static inline void
+prefetch_itemid(Page page, OffsetNumber off)
+{
+	if (off >= FirstOffsetNumber &&
+		off <= (BLCKSZ - SizeOfPageHeaderData) / sizeof(ItemIdData))
+		hnsw_prefetch(PageGetItemId(page, off));
+}
+
+static inline void
+prefetch_tuple(Page page, OffsetNumber off, Size len)
+{
+	ItemId		iid;
+	Size		lpoff;
+	Size		o;
+
+	if (off < FirstOffsetNumber ||
+		off > (BLCKSZ - SizeOfPageHeaderData) / sizeof(ItemIdData))
+		return;
+	iid = PageGetItemId(page, off);
+	lpoff = ItemIdGetOffset(iid);
+	if (len > 640)
+		len = 640;
+	if (lpoff == 0 || lpoff + len > BLCKSZ)
+		return;
+	for (o = 0; o < len; o += 64)
+		hnsw_prefetch((char *) page + lpoff + o);
+}
+
 /*
  * SEARCH-LAYER over the pages (Alg. 2): the ef nearest elements of the
  * query at one level, from the entry elements given (indexes into
@@ -473,15 +539,18 @@ hnsw_search_layer(HnswSearch *s, int *entries, int nentries, int ef,
 	HnswHeap	cand;
 	HnswHeap	res;
 	ItemPointerData *nbrs = palloc(sizeof(ItemPointerData) * 2 * s->m);
+	ItemPointerData *todo = palloc(sizeof(ItemPointerData) * 2 * s->m);
+	Buffer	   *bufs = palloc(sizeof(Buffer) * 2 * s->m);
+	int			nu;
 	int			i,
 				n;
 
 	/* a fresh visited set per level: upper levels must not hide elements */
 	hnsw_keyset_free(&s->visited);
 	hnsw_keyset_init(&s->visited, level == 0 ? ef * s->m : 64,
-					 hnsw_palloc_allocator());
-	hnsw_heap_init(&cand, false, ef * 2, hnsw_palloc_allocator());
-	hnsw_heap_init(&res, true, ef + 1, hnsw_palloc_allocator());
+					 &s->alloc);
+	hnsw_heap_init(&cand, false, ef * 2, &s->alloc);
+	hnsw_heap_init(&res, true, ef + 1, &s->alloc);
 	for (i = 0; i < nentries; i++)
 	{
 		float		d = s->elems[entries[i]].dist;
@@ -504,9 +573,28 @@ hnsw_search_layer(HnswSearch *s, int *entries, int nentries, int ef,
 		CHECK_FOR_INTERRUPTS();
 		nn = hnsw_load_neighbors(s->index, &s->elems[c.id].neighbortid,
 								 s->m, level, nbrs);
+
+		/*
+		 * The neighbours' tuples are scattered over shared buffers: pin
+		 * them all and prefetch their line pointers, then their tuples,
+		 * before reading any, so that the cache misses overlap.
+		 */
+		nu = 0;
 		for (i = 0; i < nn; i++)
 		{
-			int			idx = hnsw_search_add(s, &nbrs[i]);
+			if (hnsw_keyset_test_and_add(&s->visited, hnsw_tid_key(&nbrs[i])))
+				continue;
+			todo[nu] = nbrs[i];
+			bufs[nu] = ReadBuffer(s->index, ItemPointerGetBlockNumber(&nbrs[i]));
+			prefetch_itemid(BufferGetPage(bufs[nu]), ItemPointerGetOffsetNumber(&nbrs[i]));
+			nu++;
+		}
+		for (i = 0; i < nu; i++)
+			prefetch_tuple(BufferGetPage(bufs[i]), ItemPointerGetOffsetNumber(&todo[i]),
+						   offsetof(HnswElementTupleData, x) + sizeof(float) * s->dim);
+		for (i = 0; i < nu; i++)
+		{
+			int			idx = search_add_pinned(s, &todo[i], bufs[i]);
 			float		d;
 
 			if (idx < 0)
@@ -532,6 +620,8 @@ hnsw_search_layer(HnswSearch *s, int *entries, int nentries, int ef,
 	hnsw_heap_free(&cand);
 	hnsw_heap_free(&res);
 	pfree(nbrs);
+	pfree(todo);
+	pfree(bufs);
 	return n;
 }
 

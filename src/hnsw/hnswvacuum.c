@@ -40,6 +40,7 @@ typedef struct VacState
 	HnswKeySet	deleted;
 	BlockNumber firstDeletedBlk;
 	MemoryContext tmpCtx;
+	HnswAllocator alloc;
 } VacState;
 
 static Buffer
@@ -575,7 +576,8 @@ hnswbulkdelete(IndexVacuumInfo *info, IndexBulkDeleteResult *stats,
 	vs.tmpCtx = AllocSetContextCreate(CurrentMemoryContext,
 									  "gnnhnsw vacuum", ALLOCSET_DEFAULT_SIZES);
 	hnsw_read_meta(vs.index, &vs.meta);
-	hnsw_keyset_init(&vs.deleted, 1024, hnsw_palloc_allocator());
+	hnsw_bind_allocator(&vs.alloc);
+	hnsw_keyset_init(&vs.deleted, 1024, &vs.alloc);
 	stats->num_index_tuples = 0;
 
 	remove_heap_tids(&vs);

@@ -20,7 +20,7 @@ $node->safe_psql('postgres', q{
 	INSERT INTO items (v)
 		SELECT (SELECT array_agg(random()::real) FROM generate_series(1, 16) WHERE i > 0)::vector
 		FROM generate_series(1, 2000) i;
-	CREATE INDEX items_v ON items USING gnnhnsw (v) WITH (m = 8, ef_construction = 32);
+	CREATE INDEX items_v ON items USING gnnhnsw (v);
 	CREATE PROCEDURE ins(n int) LANGUAGE plpgsql AS $$
 	BEGIN
 		FOR i IN 1 .. n LOOP
@@ -65,10 +65,10 @@ my $started = 0;
 for my $try (1 .. 30)
 {
 	sleep 1;
-	# a failed start records the killed postmaster's stale pid; forget it
-	$node->{_pid} = undef;
 	$started = $node->start(fail_ok => 1);
 	last if $started;
+	# a failed start leaves the stale postmaster.pid's PID recorded
+	$node->{_pid} = undef;
 }
 ok($started, 'restarted after the kill');
 
@@ -78,7 +78,7 @@ ok($rows > $before, "recovered $rows rows");
 # every row (unique random vectors) finds itself as its nearest neighbour
 my $missing = $node->safe_psql('postgres', q{
 	SET enable_seqscan = off;
-	SET gnnvec.ef_search = 100;
+	SET gnnvec.ef_search = 400;
 	SELECT count(*) FROM (SELECT id, v FROM items) t,
 		LATERAL (SELECT i2.id AS found FROM items i2 ORDER BY i2.v <-> t.v LIMIT 1) s
 	WHERE found <> t.id;
@@ -93,12 +93,44 @@ like($plan, qr/Index Scan using items_v/, 'the lookups used the index');
 
 is($node->safe_psql('postgres', q{SELECT count(*) FROM gnnvec_index_check('items_v')}),
 	'0', 'gnnvec_index_check reports nothing after recovery');
+# rows of inserts the crash cut short are dead; VACUUM takes them away
+$node->safe_psql('postgres', 'VACUUM items');
 is($node->safe_psql('postgres', q{SELECT heap_tids FROM gnnvec_index_info('items_v')}),
-	$rows, 'the index holds one heap TID per row');
+	$rows, 'after VACUUM the index holds one heap TID per row');
 
 # the index keeps working after recovery
 $node->safe_psql('postgres', 'CALL ins(200)');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM gnnvec_index_check('items_v')}),
 	'0', 'inserts after recovery keep the index sound');
+
+# damage the index on disk: the check names it, scans fail cleanly
+my $relpath = $node->safe_psql('postgres', q{SELECT pg_relation_filepath('items_v')});
+$node->stop;
+sub poke
+{
+	my ($offset, $bytes) = @_;
+	my $file = $node->data_dir . '/' . $relpath;
+	open(my $fh, '+<', $file) or die "open $file: $!";
+	binmode $fh;
+	seek($fh, $offset, 0) or die;
+	print $fh $bytes;
+	close($fh);
+}
+# block 1's special space (page_id), then the metapage's magic
+poke(2 * 8192 - 8, "\xde\xad\xbe\xef\xde\xad\xbe\xef");
+$node->start;
+like($node->safe_psql('postgres', q{SELECT string_agg(problem, '; ') FROM gnnvec_index_check('items_v')}),
+	qr/page is not a gnnhnsw page/, 'gnnvec_index_check reports a damaged page');
+$node->stop;
+poke(24, "\0\0\0\0");
+$node->start;
+like($node->safe_psql('postgres', q{SELECT string_agg(problem, '; ') FROM gnnvec_index_check('items_v')}),
+	qr/metapage magic/, 'gnnvec_index_check reports a damaged metapage');
+my ($ret, $out, $err) = $node->psql('postgres', q{
+	SET enable_seqscan = off;
+	SELECT id FROM items ORDER BY v <-> (SELECT v FROM items LIMIT 1) LIMIT 1;
+});
+like($err, qr/metapage is damaged/, 'a scan of the damaged index fails with a clear error');
+like($node->safe_psql('postgres', 'SELECT 1'), qr/^1$/, 'the server is still up');
 
 done_testing();

@@ -50,8 +50,17 @@ sub compare
 		'0', "$what: standby's index passes the check");
 }
 
-$primary->safe_psql('postgres', 'CREATE INDEX items_v ON items USING gnnhnsw (v)');
-compare('after build');
+# a parallel build (two workers and the leader): its pages reach the
+# standby through log_newpage_range like a serial build's
+my ($ret, $out, $err) = $primary->psql('postgres', q{
+	ALTER TABLE items SET (parallel_workers = 2);
+	SET max_parallel_maintenance_workers = 2;
+	SET client_min_messages = debug1;
+	CREATE INDEX items_v ON items USING gnnhnsw (v);
+});
+is($ret, 0, 'parallel build succeeds');
+like($err, qr/gnnhnsw: parallel build/, 'the build ran in parallel');
+compare('after parallel build');
 
 $primary->safe_psql('postgres', q{
 	INSERT INTO items SELECT i, (SELECT array_agg(random()::real) FROM generate_series(1, 12) WHERE i > 0)::vector

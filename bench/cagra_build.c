@@ -1,0 +1,765 @@
+/*
+ * cagra_build.c
+ *		Standalone CAGRA graph builder and quality report (no PostgreSQL).
+ *
+ * Builds the CAGRA graph (Ootomo et al., ICDE 2024) of a raw float32 file
+ * (n x dim, row-major) or of generated clustered data, on the CPU or on a
+ * GPU through cuda/gnnvec_cuda.so, and prints the time of every stage, the
+ * recall of the kNN stage against a direct brute force on sampled rows, and
+ * recall@10 of a beam search over the final graph at several ef, for both
+ * detour definitions: from the build's single entry node, and from the
+ * closest of 256 sampled nodes (what the HNSW upper levels provide).  The
+ * GPU/CPU comparison uses the latter.  With --device gpu --compare-cpu it also builds on the
+ * CPU and checks that the kNN graphs agree (up to distance ties) and that
+ * the final graphs search equally well (within 0.5 recall points).
+ *
+ *	make bench/bin/cagra_build
+ *	bench/bin/cagra_build --n 100000 --dim 128 --I 48 --d 32 --threads 2
+ *	bench/bin/cagra_build --file x.f32 --n 1000000 --dim 128 --device gpu --compare-cpu
+ */
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cagra/cagra.h"
+#include "vector/distance.h"
+
+#define RECALL_K 10
+#define MAX_EFS 16
+
+typedef struct Options
+{
+	const char *file;
+	const char *dump;			/* write the data set here, then go on */
+	int64_t		n;				/* base rows */
+	int			dim;
+	int			n_queries;		/* held out after the base rows */
+	CagraParams params;
+	int			detours;		/* bit 0: any rank (cuVS), bit 1: paper */
+	bool		gpu;
+	bool		compare_cpu;
+	const char *cuda_lib;
+	int			gpu_device;
+	size_t		gpu_bytes;
+	int			efs[MAX_EFS];
+	int			n_efs;
+	int			knn_sample;
+	uint64_t	seed;
+} Options;
+
+/* Everything one measurement needs. */
+typedef struct Bench
+{
+	const Options *opt;
+	const float *base;
+	const float *queries;
+	int32_t    *truth;			/* n_queries x RECALL_K */
+	int32_t    *sample_rows;	/* rows whose kNN is checked */
+	int32_t    *sample_knn;		/* their exact kNN, knn_sample x knn_degree */
+} Bench;
+
+static void
+die(const char *what, const char *msg)
+{
+	fprintf(stderr, "cagra_build: %s: %s\n", what, msg);
+	exit(1);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Data */
+
+static uint64_t
+rng_next(uint64_t *state)
+{
+	uint64_t	z = (*state += 0x9e3779b97f4a7c15ull);
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+static double
+rng_uniform(uint64_t *state)
+{
+	return ((rng_next(state) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+
+static double
+rng_gauss(uint64_t *state)
+{
+	double		u = rng_uniform(state);
+	double		v = rng_uniform(state);
+
+	return sqrt(-2.0 * log(u)) * cos(2.0 * M_PI * v);
+}
+
+/*
+ * 100 Gaussian clusters of different spreads in a 24-dimensional subspace
+ * (fewer if dim is smaller), embedded in dim by a random Gaussian map, plus
+ * isotropic noise: real embeddings have low intrinsic dimension and uneven
+ * density, which uniform random data has not.
+ */
+static float *
+generate_data(int64_t rows, int dim, uint64_t seed)
+{
+	int			sub = dim < 24 ? dim : 24;
+	int			n_clusters = 100;
+	double	   *embed = malloc((size_t) dim * sub * sizeof(double));
+	double	   *centres = malloc((size_t) n_clusters * sub * sizeof(double));
+	double	   *spread = malloc(n_clusters * sizeof(double));
+	double	   *z = malloc(sub * sizeof(double));
+	float	   *data = malloc((size_t) rows * dim * sizeof(float));
+	uint64_t	state = seed;
+
+	if (!embed || !centres || !spread || !z || !data)
+		die("generate", "out of memory");
+	for (int i = 0; i < dim * sub; i++)
+		embed[i] = rng_gauss(&state) / sqrt((double) sub);
+	for (int c = 0; c < n_clusters; c++)
+	{
+		for (int j = 0; j < sub; j++)
+			centres[c * sub + j] = rng_gauss(&state);
+		spread[c] = 0.3 + 0.5 * rng_uniform(&state);
+	}
+	for (int64_t i = 0; i < rows; i++)
+	{
+		int			c = (int) (rng_next(&state) % n_clusters);
+
+		for (int j = 0; j < sub; j++)
+			z[j] = centres[c * sub + j] + spread[c] * rng_gauss(&state);
+		for (int k = 0; k < dim; k++)
+		{
+			double		x = 0.05 * rng_gauss(&state);
+
+			for (int j = 0; j < sub; j++)
+				x += embed[k * sub + j] * z[j];
+			data[i * dim + k] = (float) x;
+		}
+	}
+	free(embed);
+	free(centres);
+	free(spread);
+	free(z);
+	return data;
+}
+
+static void
+write_data(const char *path, const float *data, int64_t rows, int dim)
+{
+	FILE	   *f = fopen(path, "wb");
+
+	if (f == NULL)
+		die(path, "cannot create");
+	if (fwrite(data, sizeof(float), (size_t) rows * dim, f) != (size_t) rows * dim ||
+		fclose(f) != 0)
+		die(path, "write failed");
+}
+
+static float *
+read_data(const char *path, int64_t rows, int dim)
+{
+	FILE	   *f = fopen(path, "rb");
+	float	   *data = malloc((size_t) rows * dim * sizeof(float));
+
+	if (f == NULL)
+		die(path, "cannot open");
+	if (data == NULL)
+		die(path, "out of memory");
+	if (fread(data, sizeof(float), (size_t) rows * dim, f) != (size_t) rows * dim)
+		die(path, "shorter than (n + queries) x dim floats");
+	fclose(f);
+	return data;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Quality */
+
+/* Exact kNN of row q by the distance kernels alone (no GEMM). */
+static void
+direct_knn(const float *base, int64_t n, int dim, CagraMetric metric,
+		   int64_t q, int k, int32_t *ids, float *dists)
+{
+	int			size = 0;
+
+	for (int64_t i = 0; i < n; i++)
+	{
+		float		d;
+		int			pos;
+
+		if (i == q)
+			continue;
+		d = cagra_distance(metric, base + q * dim, base + i * dim, dim);
+		if (size == k && d >= dists[k - 1])
+			continue;
+		pos = size < k ? size++ : k - 1;
+		while (pos > 0 && dists[pos - 1] > d)
+		{
+			dists[pos] = dists[pos - 1];
+			ids[pos] = ids[pos - 1];
+			pos--;
+		}
+		dists[pos] = d;
+		ids[pos] = (int32_t) i;
+	}
+}
+
+static int
+overlap(const int32_t *a, int na, const int32_t *b, int nb)
+{
+	int			hits = 0;
+
+	for (int i = 0; i < na; i++)
+		for (int j = 0; j < nb; j++)
+			if (a[i] == b[j])
+			{
+				hits++;
+				break;
+			}
+	return hits;
+}
+
+static void
+bench_prepare(Bench *b)
+{
+	const Options *opt = b->opt;
+	int			knn_degree = opt->params.intermediate_degree;
+	float	   *dists = malloc(knn_degree * sizeof(float));
+	char		err[256];
+	double		t = cagra_now();
+
+	b->truth = malloc((size_t) opt->n_queries * RECALL_K * sizeof(int32_t));
+	if (cagra_brute_force(b->base, opt->n, b->queries, opt->n_queries, opt->dim,
+						  opt->params.metric, RECALL_K, opt->params.n_threads,
+						  NULL, b->truth, NULL, err, sizeof(err)) != CAGRA_OK)
+		die("ground truth", err);
+	printf("ground truth: %d queries, brute force %.2f s\n",
+		   opt->n_queries, cagra_now() - t);
+
+	t = cagra_now();
+	b->sample_rows = malloc(opt->knn_sample * sizeof(int32_t));
+	b->sample_knn = malloc((size_t) opt->knn_sample * knn_degree * sizeof(int32_t));
+	for (int s = 0; s < opt->knn_sample; s++)
+	{
+		b->sample_rows[s] = (int32_t) ((opt->n * (2 * s + 1)) / (2 * opt->knn_sample));
+		direct_knn(b->base, opt->n, opt->dim, opt->params.metric,
+				   b->sample_rows[s], knn_degree, b->sample_knn + (int64_t) s * knn_degree, dists);
+	}
+	printf("kNN check: %d sampled rows, direct brute force %.2f s\n",
+		   opt->knn_sample, cagra_now() - t);
+	free(dists);
+}
+
+static double
+knn_recall(const Bench *b, const int32_t *knn)
+{
+	int			knn_degree = b->opt->params.intermediate_degree;
+	int64_t		hits = 0;
+
+	for (int s = 0; s < b->opt->knn_sample; s++)
+		hits += overlap(knn + (int64_t) b->sample_rows[s] * knn_degree, knn_degree,
+						b->sample_knn + (int64_t) s * knn_degree, knn_degree);
+	return (double) hits / ((double) b->opt->knn_sample * knn_degree);
+}
+
+#define ENTRY_SAMPLE 256
+
+/*
+ * The entry for a query when the graph is used on its own level: the
+ * closest of ENTRY_SAMPLE evenly spaced nodes, a stand-in for the upper
+ * levels of the HNSW index, which lead a search into the query's region.
+ */
+static int32_t
+sampled_entry(const Bench *b, const float *query)
+{
+	const Options *opt = b->opt;
+	int32_t		best = 0;
+	float		best_dist = INFINITY;
+
+	for (int s = 0; s < ENTRY_SAMPLE; s++)
+	{
+		int32_t		id = (int32_t) ((int64_t) s * opt->n / ENTRY_SAMPLE);
+		float		dist = cagra_distance(opt->params.metric, query,
+										  b->base + (int64_t) id * opt->dim, opt->dim);
+
+		if (dist < best_dist)
+		{
+			best_dist = dist;
+			best = id;
+		}
+	}
+	return best;
+}
+
+/*
+ * recall[e] at efs[e] from the build's single entry, sampled_recall[e]
+ * from sampled entries; qps[e] single-threaded queries per second of the
+ * latter, entry choice included.
+ */
+static void
+search_quality(const Bench *b, const int32_t *graph, int32_t entry,
+			   double *recall, double *sampled_recall, double *qps)
+{
+	const Options *opt = b->opt;
+	int			d = opt->params.graph_degree;
+	CagraSearch *search = cagra_search_create(opt->n, opt->efs[opt->n_efs - 1]);
+	int32_t		found[RECALL_K];
+
+	if (search == NULL)
+		die("search", "out of memory");
+	for (int e = 0; e < opt->n_efs; e++)
+	{
+		int64_t		hits = 0,
+					sampled_hits = 0;
+		double		t;
+
+		for (int q = 0; q < opt->n_queries; q++)
+		{
+			const float *query = b->queries + (int64_t) q * opt->dim;
+			int			got = cagra_search(search, graph, opt->n, d, b->base,
+										   opt->dim, opt->params.metric, query,
+										   entry, opt->efs[e], RECALL_K, found,
+										   NULL);
+
+			hits += overlap(found, got, b->truth + (int64_t) q * RECALL_K, RECALL_K);
+		}
+		t = cagra_now();
+		for (int q = 0; q < opt->n_queries; q++)
+		{
+			const float *query = b->queries + (int64_t) q * opt->dim;
+			int			got = cagra_search(search, graph, opt->n, d, b->base,
+										   opt->dim, opt->params.metric, query,
+										   sampled_entry(b, query), opt->efs[e],
+										   RECALL_K, found, NULL);
+
+			sampled_hits += overlap(found, got, b->truth + (int64_t) q * RECALL_K,
+									RECALL_K);
+		}
+		qps[e] = opt->n_queries / (cagra_now() - t);
+		recall[e] = (double) hits / ((double) opt->n_queries * RECALL_K);
+		sampled_recall[e] = (double) sampled_hits / ((double) opt->n_queries * RECALL_K);
+	}
+	cagra_search_free(search);
+}
+
+static void
+print_quality(const Bench *b, const char *label, const CagraStats *st,
+			  const int32_t *graph, double *recall)
+{
+	const Options *opt = b->opt;
+	double		single[MAX_EFS];
+	double		qps[MAX_EFS];
+
+	search_quality(b, graph, st->entry, single, recall, qps);
+	printf("%-14s prune %7.3f s  reverse %6.3f s  connect %6.3f s  "
+		   "(entry %d, %lld unreachable, %lld repair edges)\n",
+		   label, st->prune_seconds, st->reverse_seconds, st->connect_seconds,
+		   (int) st->entry, (long long) st->unreachable,
+		   (long long) st->repair_edges);
+	for (int e = 0; e < opt->n_efs; e++)
+		printf("    ef %4d  recall@%d %.4f from the entry, %.4f from the best of %d  %8.0f queries/s\n",
+			   opt->efs[e], RECALL_K, single[e], recall[e], ENTRY_SAMPLE, qps[e]);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Builds */
+
+static const char *
+detour_name(int detour)
+{
+	return detour == CAGRA_DETOUR_ANY_RANK ? "cuvs-any-rank" : "paper-rank";
+}
+
+/* Stages 2-4 on the CPU from a kNN graph. */
+static void
+cpu_finish(const Bench *b, const int32_t *knn, CagraDetour detour,
+		   int32_t *graph, CagraStats *st)
+{
+	const Options *opt = b->opt;
+	CagraParams params = opt->params;
+	int32_t    *pruned = malloc((size_t) opt->n * params.graph_degree * sizeof(int32_t));
+	char		err[256];
+	double		t;
+
+	params.detour = detour;
+	t = cagra_now();
+	if (cagra_prune(knn, opt->n, params.intermediate_degree, params.graph_degree,
+					detour, params.n_threads, NULL, pruned,
+					err, sizeof(err)) != CAGRA_OK)
+		die("prune", err);
+	st->prune_seconds = cagra_now() - t;
+	t = cagra_now();
+	if (cagra_merge_reverse(pruned, opt->n, params.graph_degree, graph,
+							err, sizeof(err)) != CAGRA_OK)
+		die("reverse edges", err);
+	st->reverse_seconds = cagra_now() - t;
+	if (cagra_finish(b->base, opt->n, opt->dim, &params, graph, st,
+					 err, sizeof(err)) != CAGRA_OK)
+		die("connectivity", err);
+	free(pruned);
+}
+
+static int32_t *
+cpu_knn(const Bench *b)
+{
+	const Options *opt = b->opt;
+	int			knn_degree = opt->params.intermediate_degree;
+	int32_t    *knn = malloc((size_t) opt->n * knn_degree * sizeof(int32_t));
+	char		err[256];
+	double		t = cagra_now();
+
+	CagraStatus status;
+
+	if (opt->params.knn_method == CAGRA_KNN_PARTITIONED)
+		status = cagra_knn_partitioned(b->base, opt->n, opt->dim, opt->params.metric,
+									   knn_degree, opt->params.partition_rows,
+									   opt->params.partition_overlap,
+									   opt->params.n_threads, NULL, knn, NULL,
+									   err, sizeof(err));
+	else
+		status = cagra_knn_exact(b->base, opt->n, opt->dim, opt->params.metric,
+								 knn_degree, opt->params.n_threads, NULL, knn, NULL,
+								 err, sizeof(err));
+	if (status != CAGRA_OK)
+		die("kNN", err);
+	printf("cpu kNN        %7.3f s  (%s, %d threads)  kNN recall %.4f\n",
+		   cagra_now() - t,
+		   opt->params.knn_method == CAGRA_KNN_PARTITIONED ? "partitioned" : "exact",
+		   cagra_thread_count(opt->params.n_threads), knn_recall(b, knn));
+	return knn;
+}
+
+/* CPU: one kNN graph, then stages 2-4 for each detour definition. */
+static void
+run_cpu(const Bench *b, int32_t *knn, double recall[2][MAX_EFS])
+{
+	const Options *opt = b->opt;
+	int32_t    *graph = malloc((size_t) opt->n * opt->params.graph_degree * sizeof(int32_t));
+
+	for (int detour = 0; detour <= 1; detour++)
+	{
+		CagraStats	st = {0};
+		char		label[32];
+
+		if (!(opt->detours & (1 << detour)))
+			continue;
+		cpu_finish(b, knn, (CagraDetour) detour, graph, &st);
+		snprintf(label, sizeof(label), "cpu %s", detour_name(detour));
+		print_quality(b, label, &st, graph, recall[detour]);
+	}
+	free(graph);
+}
+
+/*
+ * Rows of two kNN graphs agree when their ids match, or when the sorted
+ * distances of the two lists match within float rounding (ties broken
+ * differently by the two devices' rounding).
+ */
+static void
+compare_knn(const Bench *b, const int32_t *gpu_knn, const int32_t *cpu_knn_graph)
+{
+	const Options *opt = b->opt;
+	int			knn_degree = opt->params.intermediate_degree;
+	int64_t		same = 0,
+				ties = 0,
+				differ = 0;
+
+	for (int64_t i = 0; i < opt->n; i++)
+	{
+		const int32_t *g = gpu_knn + i * knn_degree;
+		const int32_t *c = cpu_knn_graph + i * knn_degree;
+		bool		tie = true;
+
+		if (memcmp(g, c, knn_degree * sizeof(int32_t)) == 0)
+		{
+			same++;
+			continue;
+		}
+		for (int j = 0; j < knn_degree && tie; j++)
+		{
+			float		dg = cagra_distance(opt->params.metric, b->base + i * opt->dim,
+											b->base + (int64_t) g[j] * opt->dim, opt->dim);
+			float		dc = cagra_distance(opt->params.metric, b->base + i * opt->dim,
+											b->base + (int64_t) c[j] * opt->dim, opt->dim);
+
+			tie = fabsf(dg - dc) <= 1e-5f * (fabsf(dc) + 1e-3f);
+		}
+		if (tie)
+			ties++;
+		else
+			differ++;
+	}
+	printf("compare kNN: %lld rows identical, %lld differ by ties only, %lld differ: %s\n",
+		   (long long) same, (long long) ties, (long long) differ,
+		   differ == 0 ? "PASS" : "FAIL");
+	if (differ != 0)
+		exit(2);
+}
+
+static void
+run_gpu(const Bench *b, double recall[2][MAX_EFS], int32_t *knn)
+{
+	const Options *opt = b->opt;
+	int32_t    *graph = malloc((size_t) opt->n * opt->params.graph_degree * sizeof(int32_t));
+	char		err[512];
+	char		name[256];
+	size_t		total = 0;
+	int			count = 0;
+	CagraGpu   *gpu = cagra_gpu_open(opt->cuda_lib, err, sizeof(err));
+
+	if (gpu == NULL)
+		die("gpu", err);
+	if (cagra_gpu_device_count(gpu, &count, err, sizeof(err)) != CAGRA_OK)
+		die("gpu", err);
+	if (count <= opt->gpu_device)
+	{
+		snprintf(err, sizeof(err), "no CUDA device %d (%d found)", opt->gpu_device, count);
+		die("gpu", err);
+	}
+	if (cagra_gpu_device_info(gpu, opt->gpu_device, name, sizeof(name), &total,
+							  err, sizeof(err)) != CAGRA_OK)
+		die("gpu", err);
+	printf("gpu: device %d of %d: %s, %.1f GiB\n", opt->gpu_device, count, name,
+		   total / 1073741824.0);
+
+	for (int detour = 0; detour <= 1; detour++)
+	{
+		CagraParams params = opt->params;
+		CagraStats	st;
+		char		label[32];
+
+		if (!(opt->detours & (1 << detour)))
+			continue;
+		params.detour = (CagraDetour) detour;
+		if (cagra_gpu_build(gpu, opt->gpu_device, opt->gpu_bytes, b->base, opt->n,
+							opt->dim, &params, knn, graph, &st,
+							err, sizeof(err)) != CAGRA_OK)
+			die("gpu build", err);
+		printf("gpu setup      %7.3f s  kNN %7.3f s  (%lld row blocks, data %s)  kNN recall %.4f\n",
+			   st.setup_seconds, st.knn_seconds, (long long) st.gpu_row_blocks,
+			   st.gpu_data_resident ? "resident" : "streamed", knn_recall(b, knn));
+		snprintf(label, sizeof(label), "gpu %s", detour_name(detour));
+		print_quality(b, label, &st, graph, recall[detour]);
+	}
+	cagra_gpu_close(gpu);
+	free(graph);
+}
+
+/* ---------------------------------------------------------------------- */
+
+static void
+usage(void)
+{
+	fprintf(stderr,
+			"usage: cagra_build [--file PATH] [--n N] [--dim D] [--queries Q]\n"
+			"         [--metric l2|ip|cosine|l1] [--I DEGREE] [--d DEGREE]\n"
+			"         [--detour cuvs|paper|both] [--connect] [--threads T]\n"
+			"         [--knn exact|partitioned] [--partition-rows R] [--overlap O]\n"
+			"         [--device cpu|gpu] [--compare-cpu] [--cuda-lib PATH]\n"
+			"         [--gpu-device N] [--gpu-mem-mb MB] [--ef 10,20,...]\n"
+			"         [--knn-sample S] [--seed S] [--dump PATH]\n"
+			"The file holds (N + Q) x D float32, row-major; the last Q rows are\n"
+			"the queries.  Without --file, clustered data is generated; --dump\n"
+			"writes the data set in that format (for reference runs).\n");
+	exit(1);
+}
+
+static void
+parse_efs(Options *opt, const char *list)
+{
+	char	   *copy = strdup(list);
+
+	opt->n_efs = 0;
+	for (char *tok = strtok(copy, ","); tok && opt->n_efs < MAX_EFS; tok = strtok(NULL, ","))
+		opt->efs[opt->n_efs++] = atoi(tok);
+	free(copy);
+	for (int e = 0; e < opt->n_efs; e++)
+		if (opt->efs[e] < RECALL_K || (e > 0 && opt->efs[e] < opt->efs[e - 1]))
+			die("--ef", "values must be increasing and at least 10");
+	if (opt->n_efs == 0)
+		usage();
+}
+
+static CagraMetric
+parse_metric(const char *s)
+{
+	if (strcmp(s, "l2") == 0)
+		return CAGRA_METRIC_L2;
+	if (strcmp(s, "ip") == 0)
+		return CAGRA_METRIC_INNER_PRODUCT;
+	if (strcmp(s, "cosine") == 0)
+		return CAGRA_METRIC_COSINE;
+	if (strcmp(s, "l1") == 0)
+		return CAGRA_METRIC_L1;
+	die("--metric", "expected l2, ip, cosine or l1");
+	return CAGRA_METRIC_L2;
+}
+
+static void
+parse_args(Options *opt, int argc, char **argv)
+{
+	cagra_params_default(&opt->params, 16);
+	opt->n = 100000;
+	opt->dim = 128;
+	opt->n_queries = 1000;
+	opt->detours = 3;
+	opt->cuda_lib = "cuda/gnnvec_cuda.so";
+	opt->knn_sample = 200;
+	opt->seed = 42;
+	parse_efs(opt, "10,20,40,80,160");
+	for (int i = 1; i < argc; i++)
+	{
+		const char *a = argv[i];
+		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+
+		if (strcmp(a, "--connect") == 0)
+		{
+			opt->params.guarantee_connectivity = true;
+			continue;
+		}
+		if (strcmp(a, "--compare-cpu") == 0)
+		{
+			opt->compare_cpu = true;
+			continue;
+		}
+		if (v == NULL)
+			usage();
+		else if (strcmp(a, "--file") == 0)
+			opt->file = v;
+		else if (strcmp(a, "--dump") == 0)
+			opt->dump = v;
+		else if (strcmp(a, "--n") == 0)
+			opt->n = atoll(v);
+		else if (strcmp(a, "--dim") == 0)
+			opt->dim = atoi(v);
+		else if (strcmp(a, "--queries") == 0)
+			opt->n_queries = atoi(v);
+		else if (strcmp(a, "--metric") == 0)
+			opt->params.metric = parse_metric(v);
+		else if (strcmp(a, "--I") == 0)
+			opt->params.intermediate_degree = atoi(v);
+		else if (strcmp(a, "--d") == 0)
+			opt->params.graph_degree = atoi(v);
+		else if (strcmp(a, "--knn") == 0)
+			opt->params.knn_method = strcmp(v, "partitioned") == 0 ?
+				CAGRA_KNN_PARTITIONED : CAGRA_KNN_EXACT;
+		else if (strcmp(a, "--partition-rows") == 0)
+			opt->params.partition_rows = atoi(v);
+		else if (strcmp(a, "--overlap") == 0)
+			opt->params.partition_overlap = atoi(v);
+		else if (strcmp(a, "--threads") == 0)
+			opt->params.n_threads = atoi(v);
+		else if (strcmp(a, "--detour") == 0)
+			opt->detours = strcmp(v, "cuvs") == 0 ? 1 : strcmp(v, "paper") == 0 ? 2 : 3;
+		else if (strcmp(a, "--device") == 0)
+			opt->gpu = strcmp(v, "gpu") == 0;
+		else if (strcmp(a, "--cuda-lib") == 0)
+			opt->cuda_lib = v;
+		else if (strcmp(a, "--gpu-device") == 0)
+			opt->gpu_device = atoi(v);
+		else if (strcmp(a, "--gpu-mem-mb") == 0)
+			opt->gpu_bytes = (size_t) atoll(v) << 20;
+		else if (strcmp(a, "--ef") == 0)
+			parse_efs(opt, v);
+		else if (strcmp(a, "--knn-sample") == 0)
+			opt->knn_sample = atoi(v);
+		else if (strcmp(a, "--seed") == 0)
+			opt->seed = strtoull(v, NULL, 10);
+		else
+			usage();
+		i++;					/* the value */
+	}
+	if (opt->n_queries < 1 || opt->knn_sample < 1 || opt->knn_sample > opt->n)
+		die("arguments", "need at least one query and 1 <= knn-sample <= n");
+}
+
+/*
+ * OpenBLAS picks its kernels from the CPU model, and on virtual machines
+ * that report a generic model it falls back to SSE3 ("Prescott"): 4-5x
+ * slower GEMM on a CPU that has AVX-512.  The choice is made when the
+ * library loads, so the only cure is OPENBLAS_CORETYPE in the environment:
+ * when it is unset and the distance kernels found AVX2 or AVX-512 that
+ * OpenBLAS does not use, run this program again with it set.
+ */
+static void
+fix_blas_kernels(char **argv, VecIsa isa)
+{
+	static const char *const generic[] = {"Prescott", "Core2", "Penryn",
+	"Dunnington", "Nehalem", "Atom", "Katmai", "Northwood", "Banias"};
+	const char *core = openblas_get_corename();
+	const char *want = isa == VEC_ISA_AVX512 ? "SkylakeX" : "Haswell";
+
+	if (getenv("OPENBLAS_CORETYPE") != NULL || isa == VEC_ISA_SCALAR)
+		return;
+	for (size_t i = 0; i < sizeof(generic) / sizeof(generic[0]); i++)
+		if (strcmp(core, generic[i]) == 0)
+		{
+			printf("cagra_build: OpenBLAS chose %s kernels on a %s CPU; "
+				   "running again with OPENBLAS_CORETYPE=%s\n",
+				   core, vec_isa_name(isa), want);
+			fflush(stdout);
+			setenv("OPENBLAS_CORETYPE", want, 1);
+			execv("/proc/self/exe", argv);
+			return;				/* exec failed: go on with slow kernels */
+		}
+}
+
+int
+main(int argc, char **argv)
+{
+	Options		opt = {0};
+	Bench		b = {0};
+	float	   *all;
+	char		err[256];
+	double		cpu_recall[2][MAX_EFS];
+	double		gpu_recall[2][MAX_EFS];
+	int32_t    *knn;
+
+	fix_blas_kernels(argv, vec_distance_init(VEC_ISA_AVX512));
+	parse_args(&opt, argc, argv);
+	if (cagra_params_check(&opt.params, opt.n, opt.dim, err, sizeof(err)) != CAGRA_OK)
+		die("parameters", err);
+	printf("cagra_build: distance kernels %s, OpenBLAS kernels %s\n",
+		   vec_isa_name(vec_distance_init(VEC_ISA_AVX512)), openblas_get_corename());
+	all = opt.file ? read_data(opt.file, opt.n + opt.n_queries, opt.dim) :
+		generate_data(opt.n + opt.n_queries, opt.dim, opt.seed);
+	printf("data: %lld x %d (%s), %d queries, metric %d, I %d, d %d, connectivity %s\n",
+		   (long long) opt.n, opt.dim, opt.file ? opt.file : "generated clusters",
+		   opt.n_queries, (int) opt.params.metric, opt.params.intermediate_degree,
+		   opt.params.graph_degree, opt.params.guarantee_connectivity ? "on" : "off");
+	if (opt.dump)
+		write_data(opt.dump, all, opt.n + opt.n_queries, opt.dim);
+	b.opt = &opt;
+	b.base = all;
+	b.queries = all + opt.n * opt.dim;
+	bench_prepare(&b);
+
+	knn = malloc((size_t) opt.n * opt.params.intermediate_degree * sizeof(int32_t));
+	if (opt.gpu)
+		run_gpu(&b, gpu_recall, knn);
+	if (!opt.gpu || opt.compare_cpu)
+	{
+		int32_t    *cpu_knn_graph = cpu_knn(&b);
+
+		run_cpu(&b, cpu_knn_graph, cpu_recall);
+		if (opt.gpu)
+		{
+			bool		ok = true;
+
+			compare_knn(&b, knn, cpu_knn_graph);
+			for (int detour = 0; detour <= 1; detour++)
+				for (int e = 0; e < opt.n_efs && (opt.detours & (1 << detour)); e++)
+					ok &= fabs(gpu_recall[detour][e] - cpu_recall[detour][e]) <= 0.005;
+			printf("compare search recall (|gpu - cpu| <= 0.005 at every ef): %s\n",
+				   ok ? "PASS" : "FAIL");
+			if (!ok)
+				return 2;
+		}
+		free(cpu_knn_graph);
+	}
+	free(knn);
+	free(all);
+	return 0;
+}

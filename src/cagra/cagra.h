@@ -1,0 +1,335 @@
+/*
+ * cagra.h
+ *		CAGRA graph construction on the CPU: the PostgreSQL-free half of the
+ *		CAGRA subsystem, shared by the index build, the unit tests and the
+ *		standalone driver bench/bin/cagra_build.
+ *
+ * The algorithm is the one of Ootomo et al., "CAGRA: Highly Parallel Graph
+ * Construction and Approximate Nearest Neighbor Search for GPUs" (ICDE 2024),
+ * whose reference implementation is NVIDIA cuVS:
+ *
+ *	1. a kNN graph of degree I (intermediate_degree), rows sorted by
+ *	   distance, no self edges: exact, by tiled GEMM (OpenBLAS) + per-row
+ *	   top-k, or approximate, from overlapping k-means partitions
+ *	   (cagra_partition.c) when n^2 is too much;
+ *	2. rank-based pruning to degree d (graph_degree) by detourable-route
+ *	   counts;
+ *	3. reverse edges merged into the second half of every row;
+ *	4. optionally, a repair that makes every node reachable from an entry.
+ *
+ * The result is an int32 neighbour array of n rows of d entries (row-major,
+ * -1 in an empty slot), which the index writes as level 0 of an HNSW graph.
+ * The same algorithm runs on the GPU (cuda/gnnvec_cuda.h), reached through
+ * the loader declared at the end of this file.
+ *
+ * Every function reports failure by a CagraStatus and a message written into
+ * the caller's buffer; nothing here exits, aborts or allocates with palloc.
+ * Worker threads (pthreads) run only code of this folder, of
+ * src/vector/distance.c and of OpenBLAS, with every signal blocked; a long
+ * build can be stopped through CagraParams.interrupt.  The distance kernels
+ * are initialised on first use (vec_distance_init), in the calling thread,
+ * before any worker starts.
+ *
+ * Speed note: OpenBLAS chooses its GEMM kernels from the CPU model when it
+ * loads; on virtual machines that report a generic model it falls back to
+ * SSE3 ("Prescott"), 4-5x slower than its AVX-512 kernels.  Setting
+ * OPENBLAS_CORETYPE=SkylakeX (AVX-512) or Haswell (AVX2) in the server's
+ * environment fixes it; bench/bin/cagra_build does so by itself.
+ */
+#ifndef GNNVEC_CAGRA_H
+#define GNNVEC_CAGRA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Largest intermediate degree accepted (bounds the GPU's shared memory). */
+#define CAGRA_MAX_DEGREE 1024
+
+typedef enum CagraMetric
+{
+	CAGRA_METRIC_L2 = 0,		/* squared Euclidean distance */
+	CAGRA_METRIC_INNER_PRODUCT, /* negative inner product */
+	CAGRA_METRIC_COSINE,		/* 1 - cosine similarity; zero vectors at 1 */
+	CAGRA_METRIC_L1				/* Manhattan distance (no GEMM) */
+} CagraMetric;
+
+/*
+ * What counts as a detourable route A -> D -> B for the edge A -> B of rank
+ * b in A's list, D being one of A's closer neighbours (rank a < b):
+ */
+typedef enum CagraDetour
+{
+	CAGRA_DETOUR_ANY_RANK = 0,	/* cuVS: B is anywhere in D's list */
+	CAGRA_DETOUR_RANK_BELOW		/* paper: B's rank in D's list is < b */
+} CagraDetour;
+
+typedef enum CagraStatus
+{
+	CAGRA_OK = 0,
+	CAGRA_ERR_PARAM,			/* invalid parameter or input */
+	CAGRA_ERR_NOMEM,			/* an allocation failed */
+	CAGRA_ERR_DEVICE,			/* GPU module missing, or it failed */
+	CAGRA_ERR_CANCELED			/* the caller's interrupt check said stop */
+} CagraStatus;
+
+/*
+ * How a caller stops a long build: check(arg) is polled on the calling
+ * thread between chunks of work, never on a worker thread; once it returns
+ * true the stage winds down and returns CAGRA_ERR_CANCELED.  PostgreSQL
+ * glue passes a function that reads InterruptPending, and runs
+ * CHECK_FOR_INTERRUPTS() after the build has returned.  A NULL pointer or
+ * a NULL check: never stop.
+ */
+typedef struct CagraInterrupt
+{
+	bool		(*check) (void *arg);
+	void	   *arg;
+} CagraInterrupt;
+
+/* How stage 1 finds the kNN graph. */
+typedef enum CagraKnnMethod
+{
+	CAGRA_KNN_EXACT = 0,		/* all pairs, tiled GEMM */
+	CAGRA_KNN_PARTITIONED		/* overlapping k-means partitions */
+} CagraKnnMethod;
+
+typedef struct CagraParams
+{
+	CagraMetric metric;
+	CagraKnnMethod knn_method;	/* the GPU is always exact */
+	int			partition_rows; /* partitioned: rows per partition, 0: 1024 */
+	int			partition_overlap;	/* partitioned: partitions per row, 0: 3 */
+	int			intermediate_degree;	/* I: degree of the kNN graph */
+	int			graph_degree;	/* d: degree of the final graph, d <= I */
+	CagraDetour detour;
+	bool		guarantee_connectivity;
+	int32_t		entry;			/* node the graph must be reachable from; -1:
+								 * the node closest to the mean */
+	int			n_threads;		/* 0: every online CPU */
+	CagraInterrupt interrupt;	/* CPU stages only; the GPU's is one call */
+} CagraParams;
+
+/* What cagra_build measured and decided. */
+typedef struct CagraStats
+{
+	double		setup_seconds;	/* GPU only: device context, cuBLAS handle */
+	double		knn_seconds;
+	double		prune_seconds;
+	double		reverse_seconds;
+	double		connect_seconds;
+	int32_t		entry;			/* the entry node used */
+	int64_t		unreachable;	/* nodes unreachable from entry before repair */
+	int64_t		repair_edges;	/* edges the connectivity repair added */
+	bool		gpu_data_resident;	/* GPU only: data set stayed on the device */
+	int64_t		gpu_row_blocks; /* GPU only: kNN row blocks */
+} CagraStats;
+
+/* Defaults derived from HNSW's m, as the index uses them: I = 3m, d = 2m. */
+extern void cagra_params_default(CagraParams *params, int m);
+
+/*
+ * Check params against a data set of n rows of dim floats: 1 <= d <= I < n,
+ * I <= CAGRA_MAX_DEGREE, known metric and detour, n_threads >= 0, entry
+ * -1 or a row.  CAGRA_OK or CAGRA_ERR_PARAM with a message.
+ */
+extern CagraStatus cagra_params_check(const CagraParams *params, int64_t n,
+									  int dim, char *errbuf, size_t errlen);
+
+/*
+ * The whole build: graph receives n * graph_degree neighbour ids.
+ * stats may be NULL.
+ */
+extern CagraStatus cagra_build(const float *data, int64_t n, int dim,
+							   const CagraParams *params, int32_t *graph,
+							   CagraStats *stats, char *errbuf, size_t errlen);
+
+/*
+ * Stage 1: the exact kNN graph.  knn receives n rows of k ids, each sorted by
+ * (distance, id) and without the row itself; dists (may be NULL) the
+ * distances.  Requires 1 <= k < n.
+ */
+extern CagraStatus cagra_knn_exact(const float *data, int64_t n, int dim,
+								   CagraMetric metric, int k, int n_threads,
+								   const CagraInterrupt *interrupt,
+								   int32_t *knn, float *dists,
+								   char *errbuf, size_t errlen);
+
+/*
+ * cagra_knn_exact on the calling thread alone, for callers that run it
+ * inside their own worker threads: it leaves OpenBLAS's process-wide thread
+ * setting alone (the caller sets it to 1) and expects the distance kernels
+ * to be initialised already (cagra_kernels_ready).
+ */
+extern CagraStatus cagra_knn_exact_serial(const float *data, int64_t n,
+										  int dim, CagraMetric metric, int k,
+										  int32_t *knn, float *dists,
+										  char *errbuf, size_t errlen);
+
+/*
+ * Approximate kNN graph from overlapping partitions, for data sets where
+ * the exact O(n^2) stage is too slow: k-means centroids (one per about
+ * partition_rows rows; 0: 1024), each row joins the partitions of its
+ * `overlap` nearest centroids (0: 3), the exact kNN within every partition,
+ * and each row's lists merged.  Same output contract as cagra_knn_exact;
+ * rows whose partitions hold fewer than k other rows get an exact search.
+ */
+extern CagraStatus cagra_knn_partitioned(const float *data, int64_t n, int dim,
+										 CagraMetric metric, int k,
+										 int partition_rows, int overlap,
+										 int n_threads,
+										 const CagraInterrupt *interrupt,
+										 int32_t *knn, float *dists,
+										 char *errbuf, size_t errlen);
+
+/*
+ * Exact k nearest rows of base for each of nq queries (ground truth for
+ * benchmarks, and the engine of cagra_knn_exact).  Requires 1 <= k <= n.
+ */
+extern CagraStatus cagra_brute_force(const float *base, int64_t n,
+									 const float *queries, int64_t nq, int dim,
+									 CagraMetric metric, int k, int n_threads,
+									 const CagraInterrupt *interrupt,
+									 int32_t *ids, float *dists,
+									 char *errbuf, size_t errlen);
+
+/*
+ * The GEMM selects this many candidates per row before their distances are
+ * recomputed directly and the best k kept: the slack absorbs the rounding
+ * of |x|^2 + |y|^2 - 2 x.y.  The GPU module is given the same number.
+ */
+extern int	cagra_knn_candidates(int k, int64_t n);
+
+/*
+ * Stage 2: rank-based pruning of a kNN graph (n rows of I ids sorted by
+ * distance; -1 entries allowed and ignored) to n rows of d ids, each row in
+ * increasing (detour count, rank) order.
+ */
+extern CagraStatus cagra_prune(const int32_t *knn, int64_t n, int knn_degree,
+							   int d, CagraDetour detour, int n_threads,
+							   const CagraInterrupt *interrupt,
+							   int32_t *pruned, char *errbuf, size_t errlen);
+
+/*
+ * Stage 3: graph (n x d) = the first d/2 edges of each pruned row, then the
+ * reverse edges of the pruned graph (sources in order of the edge's rank in
+ * the source's row, then of source id), then the remaining pruned edges;
+ * duplicates skipped, -1 where nothing is left.
+ */
+extern CagraStatus cagra_merge_reverse(const int32_t *pruned, int64_t n, int d,
+									   int32_t *graph,
+									   char *errbuf, size_t errlen);
+
+/*
+ * Stage 4: make every node reachable from entry by replacing edges that no
+ * node depends on (see cagra_connect.c).  data and metric place the new
+ * edges.  unreachable and repair_edges (may be NULL) report what was done.
+ */
+extern CagraStatus cagra_guarantee_connectivity(int32_t *graph, int64_t n,
+												int d, const float *data,
+												int dim, CagraMetric metric,
+												int32_t entry,
+												int64_t *unreachable,
+												int64_t *repair_edges,
+												char *errbuf, size_t errlen);
+
+/*
+ * Stage 4 for a graph built by stages 1-3 (here or on the GPU): choose the
+ * entry (params->entry, or cagra_entry_node), then repair connectivity if
+ * params ask for it, else count the unreachable nodes.  Fills the entry,
+ * unreachable, repair_edges and connect_seconds fields of stats.
+ */
+extern CagraStatus cagra_finish(const float *data, int64_t n, int dim,
+								const CagraParams *params, int32_t *graph,
+								CagraStats *stats, char *errbuf, size_t errlen);
+
+/* The node closest (L2; cosine for cosine) to the mean of the rows: the default entry. */
+extern int32_t cagra_entry_node(const float *data, int64_t n, int dim,
+								CagraMetric metric);
+
+/* Number of nodes reachable from entry over graph (n x d). */
+extern int64_t cagra_count_reachable(const int32_t *graph, int64_t n, int d,
+									 int32_t entry, char *errbuf, size_t errlen);
+
+/* Distance between two vectors under metric, as the graph builder sees it. */
+extern float cagra_distance(CagraMetric metric, const float *a,
+							const float *b, int dim);
+
+/*
+ * Greedy beam search (HNSW's search-layer on one level) over a graph of
+ * degree d from entry: the k closest nodes found with a beam of ef >= k.
+ * Entries outside 0..n-1 are skipped, like -1.
+ * A search context holds the visited marks and heaps for one thread.
+ */
+typedef struct CagraSearch CagraSearch;
+
+extern CagraSearch *cagra_search_create(int64_t n, int max_ef);
+extern void cagra_search_free(CagraSearch *search);
+
+/* Returns the number of results (<= k), or -1 on bad arguments. */
+extern int	cagra_search(CagraSearch *search, const int32_t *graph, int64_t n,
+						 int d, const float *data, int dim, CagraMetric metric,
+						 const float *query, int32_t entry, int ef, int k,
+						 int32_t *ids, float *dists);
+
+/* Seconds since an arbitrary point (monotonic clock), for stage timings. */
+extern double cagra_now(void);
+
+/* Run fn(arg, thread_no, begin, end) over [0, n_items) in chunks. */
+typedef int (*CagraRangeFn) (void *arg, int thread_no,
+							 int64_t begin, int64_t end);
+
+/*
+ * Split [0, n_items) into chunks handed out to n_threads threads (the caller
+ * is thread 0); returns the first non-zero value fn returned, 0 if none, or
+ * CAGRA_ERR_CANCELED when interrupt (may be NULL) said stop.  Fewer threads
+ * run when some cannot be started (the caller alone at worst); thread_no
+ * stays < n_threads, so per-thread scratch indexed by it is safe.  Workers
+ * start with every signal blocked, so that signal handlers (PostgreSQL's)
+ * only ever run on the calling thread.
+ */
+extern int	cagra_parallel_for(int n_threads, int64_t n_items, int64_t chunk,
+							   CagraRangeFn fn, void *arg,
+							   const CagraInterrupt *interrupt);
+
+/* n_threads as given, or the number of online CPUs when 0. */
+extern int	cagra_thread_count(int n_threads);
+
+/* Format a message into errbuf (if any) and return status. */
+extern CagraStatus cagra_error(CagraStatus status, char *errbuf, size_t errlen,
+							   const char *fmt,...)
+			__attribute__((format(printf, 4, 5)));
+
+/* Pick the distance kernels if nobody has yet (call before threads start). */
+extern void cagra_kernels_ready(void);
+
+/* ------------------------------------------------------------------------
+ * The GPU module (cuda/gnnvec_cuda.so), loaded with dlopen.
+ */
+typedef struct CagraGpu CagraGpu;
+
+/* Load the module at path; NULL with a message when it cannot be used. */
+extern CagraGpu *cagra_gpu_open(const char *path, char *errbuf, size_t errlen);
+extern void cagra_gpu_close(CagraGpu *gpu);
+
+/* Number of CUDA devices (0 when the driver sees none). */
+extern CagraStatus cagra_gpu_device_count(CagraGpu *gpu, int *count,
+										  char *errbuf, size_t errlen);
+extern CagraStatus cagra_gpu_device_info(CagraGpu *gpu, int device,
+										 char *name, size_t name_len,
+										 size_t *total_bytes,
+										 char *errbuf, size_t errlen);
+
+/*
+ * Stages 1-3 on a GPU (device_bytes caps the device memory used, 0: what is
+ * free), then stage 4 on the CPU when asked.  knn (may be NULL) receives the
+ * kNN graph (n x I) for comparisons.  stats->connect_seconds covers stage 4.
+ */
+extern CagraStatus cagra_gpu_build(CagraGpu *gpu, int device,
+								   size_t device_bytes, const float *data,
+								   int64_t n, int dim, const CagraParams *params,
+								   int32_t *knn, int32_t *graph,
+								   CagraStats *stats,
+								   char *errbuf, size_t errlen);
+
+#endif							/* GNNVEC_CAGRA_H */

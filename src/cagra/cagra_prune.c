@@ -1,0 +1,285 @@
+/*
+ * cagra_prune.c
+ *		Stages 2 and 3 of CAGRA (Ootomo et al., ICDE 2024): rank-based
+ *		pruning of the kNN graph, and the merge of reverse edges.
+ *
+ * Pruning works on ranks, not distances: for A's edge to B at rank b, a
+ * detourable route is A -> D -> B through a closer neighbour D (rank a < b)
+ * whose own list holds B.  The paper also asks that B rank below b in D's
+ * list (max(w(A->D), w(D->B)) < w(A->B) with w the rank); cuVS counts B at
+ * any rank of D's list.  Both are offered (CagraDetour).  The edges with the
+ * fewest detours say most about the neighbourhood that the closer edges do
+ * not already reach, so the d edges with the smallest (count, rank) stay.
+ *
+ * Each thread owns an array pos[] over all nodes holding "rank in A's list
+ * + 1" for the row being pruned, so testing whether D's neighbour B is one
+ * of A's is one load; only the entries set for A are cleared afterwards.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cagra/cagra.h"
+
+typedef struct PruneJob
+{
+	const int32_t *knn;
+	int64_t		n;
+	int			I;
+	int			d;
+	CagraDetour detour;
+	int32_t    *pruned;
+	/* per-thread scratch */
+	int32_t   **pos;			/* n entries, zero between rows */
+	int		  **work;			/* 3 * I + 1 ints: counts, buckets, order */
+} PruneJob;
+
+/*
+ * Mark A's neighbours in pos[].  An id met again, the node itself and -1
+ * are left unmarked: such entries are not edges and are never kept.
+ */
+static void
+prune_mark_row(const int32_t *row, int I, int64_t self, int32_t *pos)
+{
+	for (int r = 0; r < I; r++)
+		if (row[r] >= 0 && row[r] != self && pos[row[r]] == 0)
+			pos[row[r]] = r + 1;
+}
+
+static inline bool
+prune_is_edge(const int32_t *row, int r, const int32_t *pos)
+{
+	return row[r] >= 0 && pos[row[r]] == r + 1;
+}
+
+/* count[b] = number of detourable routes for A's edge at rank b. */
+static void
+prune_count_detours(const PruneJob *job, const int32_t *row,
+					const int32_t *pos, int *count)
+{
+	int			I = job->I;
+
+	memset(count, 0, I * sizeof(int));
+	for (int a = 0; a < I - 1; a++)
+	{
+		const int32_t *via;
+
+		if (!prune_is_edge(row, a, pos))
+			continue;
+		via = job->knn + (int64_t) row[a] * I;
+		for (int rank_in_d = 0; rank_in_d < I; rank_in_d++)
+		{
+			int32_t		b_node = via[rank_in_d];
+			int			b;
+
+			if (b_node < 0)
+				continue;
+			b = pos[b_node] - 1;
+			/* B must be one of A's edges, farther than D */
+			if (b <= a)
+				continue;
+			if (job->detour == CAGRA_DETOUR_RANK_BELOW && rank_in_d >= b)
+				continue;
+			count[b]++;
+		}
+	}
+}
+
+/*
+ * Write A's kept edges in increasing (count, rank) order: a counting sort
+ * on count (< I), stable in rank.
+ */
+static void
+prune_select(const PruneJob *job, const int32_t *row, const int32_t *pos,
+			 const int *count, int *bucket, int *order, int32_t *out)
+{
+	int			I = job->I;
+	int			kept = 0;
+
+	memset(bucket, 0, (I + 1) * sizeof(int));
+	for (int r = 0; r < I; r++)
+		bucket[count[r] + 1]++;
+	for (int c = 1; c <= I; c++)
+		bucket[c] += bucket[c - 1];
+	for (int r = 0; r < I; r++)
+		order[bucket[count[r]]++] = r;
+
+	for (int i = 0; i < I && kept < job->d; i++)
+		if (prune_is_edge(row, order[i], pos))
+			out[kept++] = row[order[i]];
+	while (kept < job->d)
+		out[kept++] = -1;
+}
+
+static int
+prune_range(void *arg, int thread_no, int64_t begin, int64_t end)
+{
+	const PruneJob *job = arg;
+	int32_t    *pos = job->pos[thread_no];
+	int		   *count = job->work[thread_no];
+	int		   *bucket = count + job->I;
+	int		   *order = bucket + job->I + 1;
+
+	for (int64_t a_node = begin; a_node < end; a_node++)
+	{
+		const int32_t *row = job->knn + a_node * job->I;
+
+		prune_mark_row(row, job->I, a_node, pos);
+		prune_count_detours(job, row, pos, count);
+		prune_select(job, row, pos, count, bucket, order,
+					 job->pruned + a_node * job->d);
+		for (int r = 0; r < job->I; r++)
+			if (row[r] >= 0)
+				pos[row[r]] = 0;
+	}
+	return 0;
+}
+
+static void
+prune_free_scratch(PruneJob *job, int n_threads)
+{
+	for (int t = 0; t < n_threads; t++)
+	{
+		if (job->pos)
+			free(job->pos[t]);
+		if (job->work)
+			free(job->work[t]);
+	}
+	free(job->pos);
+	free(job->work);
+}
+
+CagraStatus
+cagra_prune(const int32_t *knn, int64_t n, int I, int d, CagraDetour detour,
+			int n_threads, const CagraInterrupt *interrupt, int32_t *pruned,
+			char *errbuf, size_t errlen)
+{
+	PruneJob	job = {0};
+	bool		ok;
+	int			rc = 0;
+
+	if (n < 1 || n > INT32_MAX || I < 1 || d < 1 || d > I)
+		return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
+						   "cannot prune %lld rows of degree %d to degree %d",
+						   (long long) n, I, d);
+	if ((unsigned) detour > CAGRA_DETOUR_RANK_BELOW || n_threads < 0)
+		return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
+						   "invalid detour definition %d or thread count %d",
+						   (int) detour, n_threads);
+	for (int64_t i = 0; i < n * I; i++)
+		if (knn[i] < -1 || knn[i] >= n)
+			return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
+							   "kNN graph row %lld holds node %d, not in 0..%lld",
+							   (long long) (i / I), (int) knn[i],
+							   (long long) n - 1);
+
+	n_threads = cagra_thread_count(n_threads);
+	job.knn = knn;
+	job.n = n;
+	job.I = I;
+	job.d = d;
+	job.detour = detour;
+	job.pruned = pruned;
+	job.pos = calloc(n_threads, sizeof(int32_t *));
+	job.work = calloc(n_threads, sizeof(int *));
+	ok = job.pos != NULL && job.work != NULL;
+	for (int t = 0; ok && t < n_threads; t++)
+	{
+		job.pos[t] = calloc(n, sizeof(int32_t));
+		job.work[t] = malloc((3 * I + 1) * sizeof(int));
+		ok = job.pos[t] != NULL && job.work[t] != NULL;
+	}
+	if (ok)
+		rc = cagra_parallel_for(n_threads, n, 1024, prune_range, &job, interrupt);
+	prune_free_scratch(&job, n_threads);
+	if (!ok)
+		return cagra_error(CAGRA_ERR_NOMEM, errbuf, errlen,
+						   "out of memory for pruning %lld rows", (long long) n);
+	if (rc == CAGRA_ERR_CANCELED)
+		return cagra_error(CAGRA_ERR_CANCELED, errbuf, errlen, "pruning canceled");
+	return CAGRA_OK;
+}
+
+/* ---------------------------------------------------------------------- */
+
+static bool
+row_contains(const int32_t *row, int len, int32_t id)
+{
+	for (int i = 0; i < len; i++)
+		if (row[i] == id)
+			return true;
+	return false;
+}
+
+/* Append id to out (length *len, capacity d) unless it is no edge or known. */
+static void
+merge_append(int32_t *out, int *len, int64_t self, int32_t id)
+{
+	if (id < 0 || id == self || row_contains(out, *len, id))
+		return;
+	out[(*len)++] = id;
+}
+
+static void
+merge_row(const int32_t *fwd, const int32_t *rev, int n_rev, int d,
+		  int64_t self, int32_t *out)
+{
+	int			len = 0;
+	int			protected_edges = d / 2;
+
+	for (int k = 0; k < protected_edges; k++)
+		merge_append(out, &len, self, fwd[k]);
+	for (int j = 0; j < n_rev && len < d; j++)
+		merge_append(out, &len, self, rev[j]);
+	for (int k = protected_edges; k < d && len < d; k++)
+		merge_append(out, &len, self, fwd[k]);
+	while (len < d)
+		out[len++] = -1;
+}
+
+CagraStatus
+cagra_merge_reverse(const int32_t *pruned, int64_t n, int d, int32_t *graph,
+					char *errbuf, size_t errlen)
+{
+	int32_t    *rev;
+	int		   *n_rev;
+
+	if (n < 1 || n > INT32_MAX || d < 1)
+		return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
+						   "cannot merge reverse edges of %lld rows of degree %d",
+						   (long long) n, d);
+	for (int64_t i = 0; i < n * d; i++)
+		if (pruned[i] < -1 || pruned[i] >= n)
+			return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
+							   "pruned graph row %lld holds node %d, not in 0..%lld",
+							   (long long) (i / d), (int) pruned[i],
+							   (long long) n - 1);
+	rev = malloc((size_t) n * d * sizeof(int32_t));
+	n_rev = calloc(n, sizeof(int));
+	if (rev == NULL || n_rev == NULL)
+	{
+		free(rev);
+		free(n_rev);
+		return cagra_error(CAGRA_ERR_NOMEM, errbuf, errlen,
+						   "out of memory for reverse edges of %lld rows",
+						   (long long) n);
+	}
+
+	/*
+	 * Reverse lists in order of the edge's rank in its source, then of the
+	 * source: edges their source ranks high come first.  d of them suffice,
+	 * since at most d/2 can repeat a protected forward edge.
+	 */
+	for (int k = 0; k < d; k++)
+		for (int64_t src = 0; src < n; src++)
+		{
+			int32_t		dst = pruned[src * d + k];
+
+			if (dst >= 0 && dst != src && n_rev[dst] < d)
+				rev[(int64_t) dst * d + n_rev[dst]++] = (int32_t) src;
+		}
+	for (int64_t i = 0; i < n; i++)
+		merge_row(pruned + i * d, rev + i * d, n_rev[i], d, i, graph + i * d);
+	free(rev);
+	free(n_rev);
+	return CAGRA_OK;
+}

@@ -1,0 +1,832 @@
+/*
+ * test_cagra.c
+ *		The CPU CAGRA stages: pruning and reverse merging on small graphs
+ *		worked out by hand, the kNN stage against a double-precision brute
+ *		force for every metric, both detour definitions, the connectivity
+ *		repair, a whole build's search recall, and the error returns.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "cagra/cagra.h"
+#include "unit.h"
+#include "vector/distance.h"
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+static float
+rand_uniform(void)
+{
+	rng_state ^= rng_state << 13;
+	rng_state ^= rng_state >> 7;
+	rng_state ^= rng_state << 17;
+	return (float) ((rng_state >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
+}
+
+static float *
+random_data(int64_t n, int dim)
+{
+	float	   *data = malloc(n * dim * sizeof(float));
+
+	for (int64_t i = 0; i < n * dim; i++)
+		data[i] = rand_uniform();
+	return data;
+}
+
+static bool
+rows_equal(const int32_t *got, const int32_t *want, int len)
+{
+	return memcmp(got, want, len * sizeof(int32_t)) == 0;
+}
+
+/* ---------------------------------------------------------------------- */
+
+/*
+ * I = 4, d = 3.  Row 0 is [1 2 3 4]; its closer neighbours' lists:
+ *	 D = 1 (rank 0): [4 5 3 6]  4 is A's rank 3, at rank 0 in D: a detour in
+ *							   both definitions; 3 is A's rank 2, at rank 2
+ *							   in D: not below 2, so cuVS only.
+ *	 D = 2 (rank 1): [5 6 3 7]  3 (A's rank 2) at rank 2 in D: cuVS only.
+ *	 D = 3 (rank 2): [5 6 7 0]  nothing of A's farther than rank 2.
+ * Counts by rank: cuVS [0 0 2 1], paper [0 0 0 1].  Smallest (count, rank):
+ * cuVS ranks 0 1 3 -> [1 2 4]; paper ranks 0 1 2 -> [1 2 3].
+ *
+ * Row 4 is [0 1 2 3]:
+ *	 D = 0 (rank 0): [1 2 3 4]  1 at 0 (<1), 2 at 1 (<2), 3 at 2 (<3): +1 to
+ *							   ranks 1 2 3 in both.
+ *	 D = 1 (rank 1): [4 5 3 6]  3 (rank 3) at rank 2 < 3: +1 to rank 3.
+ *	 D = 2 (rank 2): [5 6 3 7]  3 (rank 3) at rank 2 < 3: +1 to rank 3.
+ * Counts [0 1 1 3] in both: kept [0 1 2].
+ */
+static const int32_t prune_knn[8 * 4] = {
+	1, 2, 3, 4,
+	4, 5, 3, 6,
+	5, 6, 3, 7,
+	5, 6, 7, 0,
+	0, 1, 2, 3,
+	6, 7, 0, 1,
+	7, 5, 0, 1,
+	6, 5, 4, 0,
+};
+
+static void
+test_prune_by_hand(void)
+{
+	int32_t		pruned[8 * 3];
+	char		err[256];
+	static const int32_t any_row0[3] = {1, 2, 4};
+	static const int32_t paper_row0[3] = {1, 2, 3};
+	static const int32_t row4[3] = {0, 1, 2};
+
+	CHECK(cagra_prune(prune_knn, 8, 4, 3, CAGRA_DETOUR_ANY_RANK, 2, NULL, pruned,
+					  err, sizeof(err)) == CAGRA_OK, "prune any-rank: %s", err);
+	CHECK(rows_equal(pruned, any_row0, 3), "any-rank row 0: [%d %d %d]",
+		  pruned[0], pruned[1], pruned[2]);
+	CHECK(rows_equal(pruned + 4 * 3, row4, 3), "any-rank row 4: [%d %d %d]",
+		  pruned[12], pruned[13], pruned[14]);
+
+	CHECK(cagra_prune(prune_knn, 8, 4, 3, CAGRA_DETOUR_RANK_BELOW, 1, NULL, pruned,
+					  err, sizeof(err)) == CAGRA_OK, "prune rank-below: %s", err);
+	CHECK(rows_equal(pruned, paper_row0, 3), "rank-below row 0: [%d %d %d]",
+		  pruned[0], pruned[1], pruned[2]);
+	CHECK(rows_equal(pruned + 4 * 3, row4, 3), "rank-below row 4: [%d %d %d]",
+		  pruned[12], pruned[13], pruned[14]);
+}
+
+/*
+ * Input rows with a repeated id, the node itself and -1: I = 4, d = 3.
+ * Row 0 [2 2 0 1]: edges are 2 (rank 0) and 1 (rank 3); D = 2's list
+ * [1 0 -1 -1] holds 1 at rank 0, a detour in both definitions.  Counts
+ * rank 0: 0, rank 3: 1 -> [2 1 -1].
+ */
+static void
+test_prune_odd_input(void)
+{
+	static const int32_t knn[3 * 4] = {
+		2, 2, 0, 1,
+		2, 0, -1, -1,
+		1, 0, -1, -1,
+	};
+	static const int32_t want[3 * 3] = {
+		2, 1, -1,
+		2, 0, -1,
+		1, 0, -1,
+	};
+	int32_t		pruned[3 * 3];
+	char		err[256];
+
+	CHECK(cagra_prune(knn, 3, 4, 3, CAGRA_DETOUR_ANY_RANK, 1, NULL, pruned,
+					  err, sizeof(err)) == CAGRA_OK, "prune odd input: %s", err);
+	CHECK(rows_equal(pruned, want, 9), "odd input: [%d %d %d][%d %d %d][%d %d %d]",
+		  pruned[0], pruned[1], pruned[2], pruned[3], pruned[4], pruned[5],
+		  pruned[6], pruned[7], pruned[8]);
+}
+
+/*
+ * d = 2, one protected forward edge per row.  Pruned graph:
+ *	0: [1 2]  1: [0 2]  2: [0 1]  3: [2 0]
+ * Reverse lists, rank 0 edges first (sources in id order), then rank 1,
+ * at most d = 2 each:
+ *	rank 0: 0->1, 1->0, 2->0, 3->2	  rev 0 [1 2], rev 1 [0], rev 2 [3]
+ *	rank 1: 0->2, 1->2 (full), 2->1, 3->0 (full)
+ *									  rev 1 [0 2], rev 2 [3 0]
+ * Merged rows (protected edge, then reverse edges, then forward ones):
+ *	0: 1, rev 1 (dup) 2 -> [1 2]
+ *	1: 0, rev 0 (dup) 2 -> [0 2]
+ *	2: 0, rev 3		  -> [0 3]
+ *	3: 2, no reverse, forward 0 -> [2 0]
+ */
+static void
+test_merge_reverse_by_hand(void)
+{
+	static const int32_t pruned[4 * 2] = {1, 2, 0, 2, 0, 1, 2, 0};
+	static const int32_t want[4 * 2] = {1, 2, 0, 2, 0, 3, 2, 0};
+	int32_t		graph[4 * 2];
+	char		err[256];
+
+	CHECK(cagra_merge_reverse(pruned, 4, 2, graph, err, sizeof(err)) == CAGRA_OK,
+		  "merge: %s", err);
+	CHECK(rows_equal(graph, want, 8), "merged: [%d %d][%d %d][%d %d][%d %d]",
+		  graph[0], graph[1], graph[2], graph[3], graph[4], graph[5],
+		  graph[6], graph[7]);
+}
+
+/*
+ * d = 4, two protected edges.  Pruned graph of 5 nodes:
+ *	0: [1 2 3 4]  1: [0 2 3 4]  2: [0 1 3 4]  3: [0 1 2 4]  4: [3 -1 -1 -1]
+ * Reverse lists, capped at d = 4, filled rank by rank:
+ *	rank 0: 0->1 1->0 2->0 3->0 4->3	 rev 0 [1 2 3], rev 1 [0], rev 3 [4]
+ *	rank 1: 0->2 1->2 2->1 3->1			 rev 1 [0 2 3], rev 2 [0 1]
+ *	rank 2: 0->3 1->3 2->3 3->2			 rev 2 [0 1 3], rev 3 [4 0 1 2]
+ *	rank 3: 0->4 1->4 2->4 3->4			 rev 4 [0 1 2 3]
+ * Merged:
+ *	0: 1 2 | rev 1 2 dup, 3 | fwd 3 dup, 4		 -> [1 2 3 4]
+ *	3: 0 1 | rev 4, 0 dup, 1 dup, 2				 -> [0 1 4 2]
+ *	4: 3 (-1 skipped) | rev 0 1 2				 -> [3 0 1 2]
+ */
+static void
+test_merge_reverse_protected(void)
+{
+	static const int32_t pruned[5 * 4] = {
+		1, 2, 3, 4, 0, 2, 3, 4, 0, 1, 3, 4, 0, 1, 2, 4, 3, -1, -1, -1};
+	static const int32_t row0[4] = {1, 2, 3, 4};
+	static const int32_t row3[4] = {0, 1, 4, 2};
+	static const int32_t row4[4] = {3, 0, 1, 2};
+	int32_t		graph[5 * 4];
+	char		err[256];
+
+	CHECK(cagra_merge_reverse(pruned, 5, 4, graph, err, sizeof(err)) == CAGRA_OK,
+		  "merge: %s", err);
+	CHECK(rows_equal(graph, row0, 4), "row 0: [%d %d %d %d]",
+		  graph[0], graph[1], graph[2], graph[3]);
+	CHECK(rows_equal(graph + 12, row3, 4), "row 3: [%d %d %d %d]",
+		  graph[12], graph[13], graph[14], graph[15]);
+	CHECK(rows_equal(graph + 16, row4, 4), "row 4: [%d %d %d %d]",
+		  graph[16], graph[17], graph[18], graph[19]);
+}
+
+/* ---------------------------------------------------------------------- */
+
+static double
+ref_distance(CagraMetric metric, const float *a, const float *b, int dim)
+{
+	double		na,
+				nb;
+
+	switch (metric)
+	{
+		case CAGRA_METRIC_L2:
+			return vec_l2_squared_ref(a, b, dim);
+		case CAGRA_METRIC_INNER_PRODUCT:
+			return -vec_inner_product_ref(a, b, dim);
+		case CAGRA_METRIC_L1:
+			return vec_l1_ref(a, b, dim);
+		case CAGRA_METRIC_COSINE:
+			break;
+	}
+	na = vec_inner_product_ref(a, a, dim);
+	nb = vec_inner_product_ref(b, b, dim);
+	if (na == 0.0 || nb == 0.0)
+		return 1.0;
+	return 1.0 - vec_inner_product_ref(a, b, dim) / sqrt(na * nb);
+}
+
+static int
+double_cmp(const void *a, const void *b)
+{
+	double		x = *(const double *) a;
+	double		y = *(const double *) b;
+
+	return x < y ? -1 : x > y ? 1 : 0;
+}
+
+/*
+ * Row q of a kNN result (or brute force when self < 0) against a double
+ * brute force: the j-th returned neighbour must be at the j-th smallest
+ * distance (within float rounding), ids distinct and not q itself.  Returns
+ * the number of ids that differ from the double-precision order.
+ */
+static int
+check_knn_row(const float *base, int64_t n, const float *query, int64_t self,
+			  int dim, CagraMetric metric, int k, const int32_t *ids,
+			  double *scratch, int *bad)
+{
+	int			m = 0;
+	int			differ = 0;
+	double		scale = 0.0;
+
+	for (int64_t i = 0; i < n; i++)
+		if (i != self)
+			scratch[m++] = ref_distance(metric, query, base + i * dim, dim);
+	qsort(scratch, m, sizeof(double), double_cmp);
+	for (int j = 0; j < m; j++)
+		scale = fmax(scale, fabs(scratch[j]));
+	for (int j = 0; j < k; j++)
+	{
+		double		got;
+
+		if (ids[j] < 0 || ids[j] >= n || ids[j] == self)
+		{
+			(*bad)++;
+			continue;
+		}
+		for (int i = 0; i < j; i++)
+			if (ids[i] == ids[j])
+				(*bad)++;
+		got = ref_distance(metric, query, base + (int64_t) ids[j] * dim, dim);
+		if (fabs(got - scratch[j]) > 1e-5 * (scale + 1.0))
+		{
+			differ++;
+			(*bad)++;
+		}
+	}
+	return differ;
+}
+
+static void
+test_knn_exact_one(int64_t n, int dim, CagraMetric metric, int k,
+				   float offset, float spread)
+{
+	float	   *data = random_data(n, dim);
+	int32_t    *knn = malloc(n * k * sizeof(int32_t));
+	float	   *dists = malloc(n * k * sizeof(float));
+	double	   *scratch = malloc(n * sizeof(double));
+	char		err[256];
+	int			bad = 0;
+	int			unsorted = 0;
+	int64_t		step = n > 1000 ? 7 : 1;
+
+	for (int64_t i = 0; i < n * dim; i++)
+		data[i] = offset + spread * data[i];
+	/* a zero row: cosine must place it at distance 1 from everything */
+	if (metric == CAGRA_METRIC_COSINE)
+		memset(data + (n / 2) * dim, 0, dim * sizeof(float));
+	CHECK(cagra_knn_exact(data, n, dim, metric, k, 3, NULL, knn, dists,
+						  err, sizeof(err)) == CAGRA_OK,
+		  "knn n=%lld dim=%d metric=%d: %s", (long long) n, dim, metric, err);
+	for (int64_t q = 0; q < n; q += step)
+	{
+		check_knn_row(data, n, data + q * dim, q, dim, metric, k,
+					  knn + q * k, scratch, &bad);
+		for (int j = 1; j < k; j++)
+			if (dists[q * k + j] < dists[q * k + j - 1])
+				unsorted++;
+	}
+	CHECK(bad == 0, "knn n=%lld dim=%d metric=%d k=%d: %d wrong neighbours",
+		  (long long) n, dim, metric, k, bad);
+	CHECK(unsorted == 0, "knn n=%lld dim=%d metric=%d: %d rows out of order",
+		  (long long) n, dim, metric, unsorted);
+	free(data);
+	free(knn);
+	free(dists);
+	free(scratch);
+}
+
+static void
+test_knn_exact(void)
+{
+	static const int64_t sizes[] = {2, 37, 300, 2600};
+	static const int dims[] = {1, 3, 17, 130};
+
+	for (int metric = CAGRA_METRIC_L2; metric <= CAGRA_METRIC_L1; metric++)
+		for (int s = 0; s < 4; s++)
+		{
+			int64_t		n = sizes[s];
+			int			k = n - 1 < 24 ? (int) n - 1 : 24;
+
+			test_knn_exact_one(n, dims[s], (CagraMetric) metric, k, 0.0f, 1.0f);
+		}
+	/* odd tails of the SIMD kernels, with the row blocks full and partial */
+	test_knn_exact_one(129, 33, CAGRA_METRIC_L2, 5, 0.0f, 1.0f);
+	test_knn_exact_one(257, 7, CAGRA_METRIC_INNER_PRODUCT, 40, 0.0f, 1.0f);
+
+	/*
+	 * Far from the origin |x|^2 + |y|^2 - 2 x.y cancels to nothing in float:
+	 * the GEMM must see centred data for L2.
+	 */
+	test_knn_exact_one(500, 16, CAGRA_METRIC_L2, 10, 100.0f, 0.01f);
+}
+
+static void
+test_brute_force(void)
+{
+	int64_t		n = 2100,
+				nq = 50;
+	int			dim = 19,
+				k = 10;
+	float	   *base = random_data(n, dim);
+	float	   *queries = random_data(nq, dim);
+	int32_t    *ids = malloc(nq * k * sizeof(int32_t));
+	double	   *scratch = malloc(n * sizeof(double));
+	char		err[256];
+	int			bad = 0;
+
+	for (int metric = CAGRA_METRIC_L2; metric <= CAGRA_METRIC_L1; metric++)
+	{
+		CHECK(cagra_brute_force(base, n, queries, nq, dim, metric, k, 2, NULL, ids,
+								NULL, err, sizeof(err)) == CAGRA_OK,
+			  "brute force: %s", err);
+		for (int64_t q = 0; q < nq; q++)
+			check_knn_row(base, n, queries + q * dim, -1, dim, metric, k,
+						  ids + q * k, scratch, &bad);
+		CHECK(bad == 0, "brute force metric %d: %d wrong neighbours", metric, bad);
+	}
+	/* k = n: every base row, in order */
+	CHECK(cagra_brute_force(base, 12, queries, 3, dim, CAGRA_METRIC_L2, 12, 1, NULL,
+							ids, NULL, err, sizeof(err)) == CAGRA_OK,
+		  "brute force k = n: %s", err);
+	bad = 0;
+	for (int64_t q = 0; q < 3; q++)
+		check_knn_row(base, 12, queries + q * dim, -1, dim, CAGRA_METRIC_L2, 12,
+					  ids + q * 12, scratch, &bad);
+	CHECK(bad == 0, "brute force k = n: %d wrong neighbours", bad);
+	free(base);
+	free(queries);
+	free(ids);
+	free(scratch);
+}
+
+/* ---------------------------------------------------------------------- */
+
+/* ---------------------------------------------------------------------- */
+
+/* Points on a line: 0..1 near 0, 2..3 near 10, 4..5 near 20. */
+static const float line_points[6] = {0.0f, 1.0f, 10.0f, 11.0f, 20.0f, 21.0f};
+
+/*
+ * Three pairs pointing at each other, one free slot each (d = 2).  From
+ * entry 0, node 2 is found first: the search from 0 for x = 10 ends at 1
+ * (distance 81) before 0 (100); 1's free slot takes 1 -> 2, and 3 comes
+ * with 2.  Node 4 (x = 20): the search reaches 3 (81), which gets 3 -> 4.
+ */
+static void
+test_connectivity_free_slots(void)
+{
+	int32_t		graph[6 * 2] = {1, -1, 0, -1, 3, -1, 2, -1, 5, -1, 4, -1};
+	static const int32_t want[6 * 2] = {1, -1, 0, 2, 3, -1, 2, 4, 5, -1, 4, -1};
+	int64_t		unreachable = -1,
+				added = -1;
+	char		err[256];
+
+	CHECK(cagra_count_reachable(graph, 6, 2, 0, err, sizeof(err)) == 2,
+		  "pairs: only 0 and 1 reachable before the repair");
+	CHECK(cagra_guarantee_connectivity(graph, 6, 2, line_points, 1,
+									   CAGRA_METRIC_L2, 0, &unreachable, &added,
+									   err, sizeof(err)) == CAGRA_OK,
+		  "repair: %s", err);
+	CHECK(unreachable == 4 && added == 2, "repair found %lld unreachable, added %lld",
+		  (long long) unreachable, (long long) added);
+	CHECK(rows_equal(graph, want, 12), "repaired graph differs");
+	CHECK(cagra_count_reachable(graph, 6, 2, 0, err, sizeof(err)) == 6,
+		  "pairs: all reachable after the repair");
+}
+
+/*
+ * Full rows (d = 1): 0 -> 1 -> 0, 2 -> 3 -> 2.  0's only edge is the tree
+ * edge that reaches 1, so it must stay; 1's edge back to the entry is no
+ * tree edge and is replaced: 1 -> 2.  Expected [1][2][3][2].
+ */
+static void
+test_connectivity_full_rows(void)
+{
+	int32_t		graph[4] = {1, 0, 3, 2};
+	static const int32_t want[4] = {1, 2, 3, 2};
+	char		err[256];
+
+	CHECK(cagra_guarantee_connectivity(graph, 4, 1, line_points, 1,
+									   CAGRA_METRIC_L2, 0, NULL, NULL,
+									   err, sizeof(err)) == CAGRA_OK,
+		  "repair full rows: %s", err);
+	CHECK(rows_equal(graph, want, 4), "full rows: [%d][%d][%d][%d]",
+		  graph[0], graph[1], graph[2], graph[3]);
+}
+
+/*
+ * A graph holding an id out of range (7 of 3 nodes) is searched and
+ * repaired as if the slot were empty.  Points 0, 1, 2 on a line; 0 -> 1, 7;
+ * 1 -> 0; 2 -> 1.  Node 2 is unreached from 0; the search for x = 2 ends at
+ * 1 (distance 1), whose empty slot takes 1 -> 2.
+ */
+static void
+test_out_of_range_ids(void)
+{
+	static const float points[3] = {0.0f, 1.0f, 2.0f};
+	int32_t		graph[3 * 2] = {1, 7, 0, -1, 1, -1};
+	static const int32_t want[3 * 2] = {1, 7, 0, 2, 1, -1};
+	CagraSearch *search = cagra_search_create(3, 4);
+	int32_t		found[2];
+	float		query = 2.0f;
+	char		err[256];
+
+	CHECK(cagra_count_reachable(graph, 3, 2, 0, err, sizeof(err)) == 2,
+		  "out-of-range id: two nodes reachable");
+	CHECK(cagra_search(search, graph, 3, 2, points, 1, CAGRA_METRIC_L2, &query,
+					   0, 4, 2, found, NULL) == 2 && found[0] == 1 && found[1] == 0,
+		  "search skips the out-of-range id");
+	CHECK(cagra_guarantee_connectivity(graph, 3, 2, points, 1, CAGRA_METRIC_L2,
+									   0, NULL, NULL, err, sizeof(err)) == CAGRA_OK &&
+		  rows_equal(graph, want, 6), "repair with an out-of-range id: [%d %d][%d %d][%d %d]",
+		  graph[0], graph[1], graph[2], graph[3], graph[4], graph[5]);
+	cagra_search_free(search);
+}
+
+/* Well separated clusters: the CAGRA graph falls apart without the repair. */
+static float *
+cluster_data(int n_clusters, int per_cluster, int dim)
+{
+	float	   *data = malloc((int64_t) n_clusters * per_cluster * dim * sizeof(float));
+
+	for (int c = 0; c < n_clusters; c++)
+		for (int i = 0; i < per_cluster; i++)
+			for (int j = 0; j < dim; j++)
+				data[((int64_t) c * per_cluster + i) * dim + j] =
+					(j == 0 ? 1000.0f * c : 0.0f) + rand_uniform();
+	return data;
+}
+
+static bool
+graph_well_formed(const int32_t *graph, int64_t n, int d)
+{
+	for (int64_t i = 0; i < n; i++)
+		for (int j = 0; j < d; j++)
+		{
+			int32_t		id = graph[i * d + j];
+
+			if (id < -1 || id >= n || id == i)
+				return false;
+			for (int l = 0; l < j && id >= 0; l++)
+				if (graph[i * d + l] == id)
+					return false;
+		}
+	return true;
+}
+
+static bool
+knn_rows_well_formed(const int32_t *knn, const float *dists, int64_t n, int k)
+{
+	for (int64_t i = 0; i < n; i++)
+		for (int j = 0; j < k; j++)
+		{
+			int32_t		id = knn[i * k + j];
+
+			if (id < 0 || id >= n || id == i)
+				return false;
+			if (j > 0 && dists[i * k + j] < dists[i * k + j - 1])
+				return false;
+			for (int l = 0; l < j; l++)
+				if (knn[i * k + l] == id)
+					return false;
+		}
+	return true;
+}
+
+static double
+knn_overlap(const int32_t *a, const int32_t *b, int64_t n, int k)
+{
+	int64_t		hits = 0;
+
+	for (int64_t i = 0; i < n; i++)
+		for (int j = 0; j < k; j++)
+			for (int l = 0; l < k; l++)
+				hits += a[i * k + j] == b[i * k + l];
+	return (double) hits / ((double) n * k);
+}
+
+/*
+ * The partitioned kNN: exact when every row is in every partition (the
+ * merge must drop the copies), exact when partitions are too small to hold
+ * k neighbours (every row goes to the exact fallback), and close to exact
+ * on clustered data.
+ */
+static void
+test_knn_partitioned(void)
+{
+	int			dim = 12,
+				k = 16;
+	int64_t		n = 3000;
+	float	   *data = cluster_data(30, 100, dim);
+	int32_t    *exact = malloc(n * k * sizeof(int32_t));
+	int32_t    *part = malloc(n * k * sizeof(int32_t));
+	float	   *exact_d = malloc(n * k * sizeof(float));
+	float	   *part_d = malloc(n * k * sizeof(float));
+	char		err[256];
+	double		recall;
+
+	/* clusters 1000 apart on axis 0 would make k-means trivial: bring them close */
+	for (int64_t i = 0; i < n; i++)
+		data[i * dim] *= 0.002f;
+	CHECK(cagra_knn_exact(data, n, dim, CAGRA_METRIC_L2, k, 2, NULL, exact, exact_d,
+						  err, sizeof(err)) == CAGRA_OK, "exact: %s", err);
+
+	/* 600 rows, 3 partitions, overlap 3: every partition holds every row */
+	CHECK(cagra_knn_partitioned(data, 600, dim, CAGRA_METRIC_L2, k, 200, 3, 2, NULL,
+								part, part_d, err, sizeof(err)) == CAGRA_OK,
+		  "partitioned, full overlap: %s", err);
+	CHECK(cagra_knn_exact(data, 600, dim, CAGRA_METRIC_L2, k, 2, NULL, exact, exact_d,
+						  err, sizeof(err)) == CAGRA_OK, "exact 600: %s", err);
+	CHECK(rows_equal(part, exact, 600 * k), "full overlap equals the exact kNN");
+
+	/* partitions of 2 rows cannot hold 16 neighbours: exact fallback */
+	CHECK(cagra_knn_partitioned(data, 600, dim, CAGRA_METRIC_L2, k, 2, 1, 2, NULL,
+								part, part_d, err, sizeof(err)) == CAGRA_OK,
+		  "partitioned, tiny partitions: %s", err);
+	CHECK(rows_equal(part, exact, 600 * k), "tiny partitions equal the exact kNN");
+
+	CHECK(cagra_knn_exact(data, n, dim, CAGRA_METRIC_L2, k, 2, NULL, exact, exact_d,
+						  err, sizeof(err)) == CAGRA_OK, "exact: %s", err);
+	CHECK(cagra_knn_partitioned(data, n, dim, CAGRA_METRIC_L2, k, 150, 3, 2, NULL,
+								part, part_d, err, sizeof(err)) == CAGRA_OK,
+		  "partitioned: %s", err);
+	CHECK(knn_rows_well_formed(part, part_d, n, k), "partitioned rows well formed");
+	recall = knn_overlap(part, exact, n, k);
+	CHECK(recall >= 0.9, "partitioned kNN recall %.4f", recall);
+
+	CHECK(cagra_knn_partitioned(data, n, dim, CAGRA_METRIC_L2, k, 1, 3, 2, NULL,
+								part, part_d, err, sizeof(err)) == CAGRA_ERR_PARAM,
+		  "partition_rows 1 is rejected");
+	free(data);
+	free(exact);
+	free(part);
+	free(exact_d);
+	free(part_d);
+}
+
+static void
+test_connectivity_build(void)
+{
+	int			dim = 8;
+	int64_t		n = 4 * 50;
+	float	   *data = cluster_data(4, 50, dim);
+	int32_t    *graph = malloc(n * 8 * sizeof(int32_t));
+	CagraParams params;
+	CagraStats	stats;
+	char		err[256];
+
+	cagra_params_default(&params, 4);	/* I = 12, d = 8 */
+	params.n_threads = 2;
+	CHECK(cagra_build(data, n, dim, &params, graph, &stats, err, sizeof(err)) == CAGRA_OK,
+		  "build without repair: %s", err);
+	CHECK(stats.unreachable >= 150, "clusters: %lld unreachable without repair",
+		  (long long) stats.unreachable);
+	CHECK(cagra_count_reachable(graph, n, 8, stats.entry, err, sizeof(err)) < n,
+		  "clusters: graph disconnected without repair");
+
+	params.guarantee_connectivity = true;
+	CHECK(cagra_build(data, n, dim, &params, graph, &stats, err, sizeof(err)) == CAGRA_OK,
+		  "build with repair: %s", err);
+	CHECK(stats.repair_edges >= 3 && stats.unreachable >= 150,
+		  "clusters: %lld repair edges for %lld unreachable",
+		  (long long) stats.repair_edges, (long long) stats.unreachable);
+	CHECK(cagra_count_reachable(graph, n, 8, stats.entry, err, sizeof(err)) == n,
+		  "clusters: every node reachable after repair");
+	CHECK(graph_well_formed(graph, n, 8), "repaired graph well formed");
+	free(data);
+	free(graph);
+}
+
+/* ---------------------------------------------------------------------- */
+
+static double
+search_recall(const int32_t *graph, int64_t n, int d, const float *data,
+			  int dim, const float *queries, int nq, const int32_t *truth,
+			  int32_t entry, int ef)
+{
+	CagraSearch *search = cagra_search_create(n, ef);
+	int32_t		found[10];
+	int64_t		hits = 0;
+
+	for (int q = 0; q < nq; q++)
+	{
+		int			got = cagra_search(search, graph, n, d, data, dim,
+									   CAGRA_METRIC_L2, queries + q * dim,
+									   entry, ef, 10, found, NULL);
+
+		for (int i = 0; i < got; i++)
+			for (int j = 0; j < 10; j++)
+				hits += found[i] == truth[q * 10 + j];
+	}
+	cagra_search_free(search);
+	return (double) hits / (nq * 10.0);
+}
+
+/* Both detour definitions give a navigable graph of the right shape. */
+static void
+test_build_recall(void)
+{
+	int			dim = 8,
+				nq = 100;
+	int64_t		n = 4000;
+	float	   *data = random_data(n, dim);
+	float	   *queries = random_data(nq, dim);
+	int32_t    *graph = malloc(n * 16 * sizeof(int32_t));
+	int32_t    *truth = malloc(nq * 10 * sizeof(int32_t));
+	CagraParams params;
+	CagraStats	stats;
+	char		err[256];
+
+	CHECK(cagra_brute_force(data, n, queries, nq, dim, CAGRA_METRIC_L2, 10, 2, NULL,
+							truth, NULL, err, sizeof(err)) == CAGRA_OK,
+		  "ground truth: %s", err);
+	cagra_params_default(&params, 8);	/* I = 24, d = 16 */
+	params.guarantee_connectivity = true;
+	for (int detour = 0; detour <= 1; detour++)
+	{
+		double		recall;
+
+		params.detour = (CagraDetour) detour;
+		CHECK(cagra_build(data, n, dim, &params, graph, &stats, err,
+						  sizeof(err)) == CAGRA_OK, "build: %s", err);
+		CHECK(graph_well_formed(graph, n, 16), "detour %d: graph well formed", detour);
+		recall = search_recall(graph, n, 16, data, dim, queries, nq, truth,
+							   stats.entry, 64);
+		CHECK(recall >= 0.95, "detour %d: recall@10 at ef 64 = %.3f", detour, recall);
+	}
+	free(data);
+	free(queries);
+	free(graph);
+	free(truth);
+}
+
+/* ---------------------------------------------------------------------- */
+
+typedef struct StopAfter
+{
+	int			polls;
+	int			limit;			/* answer "stop" from poll limit + 1 on */
+} StopAfter;
+
+static bool
+stop_after(void *arg)
+{
+	StopAfter  *stop = arg;
+
+	return ++stop->polls > stop->limit;
+}
+
+/*
+ * The interrupt check: polled on the calling thread before each chunk (32
+ * query blocks of 128 rows here), it stops a build part-way through.
+ */
+static void
+test_interrupt(void)
+{
+	int64_t		n = 4000;
+	int			dim = 8;
+	float	   *data = random_data(n, dim);
+	int32_t    *graph = malloc(n * 16 * sizeof(int32_t));
+	int32_t    *knn = malloc(n * 24 * sizeof(int32_t));
+	CagraParams params;
+	StopAfter	stop = {0, 3};
+	CagraInterrupt interrupt = {stop_after, &stop};
+	char		err[256] = "";
+
+	cagra_params_default(&params, 8);	/* I = 24, d = 16 */
+	params.n_threads = 1;
+	params.interrupt = interrupt;
+	CHECK(cagra_build(data, n, dim, &params, graph, NULL, err, sizeof(err)) ==
+		  CAGRA_ERR_CANCELED && strstr(err, "canceled") != NULL,
+		  "build stopped by the interrupt check: %s", err);
+	CHECK(stop.polls == 4, "the check was polled %d times, not 4", stop.polls);
+
+	stop.polls = 0;
+	stop.limit = 1000000;
+	CHECK(cagra_build(data, n, dim, &params, graph, NULL, err, sizeof(err)) == CAGRA_OK &&
+		  stop.polls >= 32, "a check that never says stop: %s, %d polls", err, stop.polls);
+
+	stop.polls = 0;
+	stop.limit = 0;
+	params.n_threads = 2;
+	params.knn_method = CAGRA_KNN_PARTITIONED;
+	params.partition_rows = 256;
+	CHECK(cagra_build(data, n, dim, &params, graph, NULL, err, sizeof(err)) ==
+		  CAGRA_ERR_CANCELED, "partitioned build stopped: %s", err);
+
+	stop.polls = 0;
+	CHECK(cagra_knn_exact(data, n, dim, CAGRA_METRIC_L2, 24, 2, NULL, knn, NULL,
+						  err, sizeof(err)) == CAGRA_OK &&
+		  cagra_prune(knn, n, 24, 16, CAGRA_DETOUR_ANY_RANK, 2, &interrupt, graph,
+					  err, sizeof(err)) == CAGRA_ERR_CANCELED,
+		  "pruning stopped: %s", err);
+	free(data);
+	free(graph);
+	free(knn);
+}
+
+static void
+expect_param_error(const CagraParams *params, int64_t n, const char *what)
+{
+	char		err[256] = "";
+	float		data[4 * 2] = {0};
+	int32_t		graph[64];
+
+	CHECK(cagra_params_check(params, n, 2, err, sizeof(err)) == CAGRA_ERR_PARAM &&
+		  err[0] != '\0', "params_check should reject %s", what);
+	err[0] = '\0';
+	if (n <= 4)
+		CHECK(cagra_build(data, n, 2, params, graph, NULL, err, sizeof(err)) ==
+			  CAGRA_ERR_PARAM && err[0] != '\0', "build should reject %s", what);
+}
+
+static void
+test_errors(void)
+{
+	CagraParams good;
+	CagraParams p;
+	char		err[256];
+	int32_t		out[16];
+	static const float data[3] = {1, 2, 3};
+	static const int32_t bad_knn[2] = {1, 7};
+
+	cagra_params_default(&good, 1); /* I = 3, d = 2 */
+	CHECK(cagra_params_check(&good, 4, 2, err, sizeof(err)) == CAGRA_OK,
+		  "defaults of m = 1 on 4 rows: %s", err);
+
+	p = good;
+	p.graph_degree = 4;
+	expect_param_error(&p, 4, "graph_degree > intermediate_graph_degree");
+	p = good;
+	expect_param_error(&p, 3, "intermediate_graph_degree >= rows");
+	p = good;
+	p.graph_degree = 0;
+	expect_param_error(&p, 4, "graph_degree 0");
+	p = good;
+	p.intermediate_degree = CAGRA_MAX_DEGREE + 1;
+	expect_param_error(&p, 100000, "intermediate_graph_degree too large");
+	p = good;
+	p.metric = (CagraMetric) 9;
+	expect_param_error(&p, 4, "unknown metric");
+	p = good;
+	p.detour = (CagraDetour) 2;
+	expect_param_error(&p, 4, "unknown detour");
+	p = good;
+	p.n_threads = -1;
+	expect_param_error(&p, 4, "negative n_threads");
+	p = good;
+	p.entry = 4;
+	expect_param_error(&p, 4, "entry past the last row");
+	expect_param_error(&good, 1, "a single row");
+	CHECK(cagra_params_check(&good, 4, 0, err, sizeof(err)) == CAGRA_ERR_PARAM,
+		  "params_check should reject dimension 0");
+
+	CHECK(cagra_knn_exact(data, 3, 1, CAGRA_METRIC_L2, 3, 1, NULL, out, NULL,
+						  err, sizeof(err)) == CAGRA_ERR_PARAM,
+		  "knn should reject k >= n");
+	CHECK(cagra_brute_force(data, 3, data, 1, 1, CAGRA_METRIC_L2, 4, 1, NULL, out,
+							NULL, err, sizeof(err)) == CAGRA_ERR_PARAM,
+		  "brute force should reject k > n");
+	CHECK(cagra_prune(bad_knn, 2, 1, 1, CAGRA_DETOUR_ANY_RANK, 1, NULL, out,
+					  err, sizeof(err)) == CAGRA_ERR_PARAM,
+		  "prune should reject a node id out of range");
+	CHECK(cagra_prune(bad_knn, 2, 1, 2, CAGRA_DETOUR_ANY_RANK, 1, NULL, out,
+					  err, sizeof(err)) == CAGRA_ERR_PARAM,
+		  "prune should reject d > I");
+	CHECK(cagra_merge_reverse(bad_knn, 2, 1, out, err, sizeof(err)) == CAGRA_ERR_PARAM,
+		  "merge should reject a node id out of range");
+	CHECK(cagra_guarantee_connectivity(out, 2, 1, data, 1, CAGRA_METRIC_L2, 2,
+									   NULL, NULL, err, sizeof(err)) == CAGRA_ERR_PARAM,
+		  "repair should reject an entry out of range");
+	CHECK(cagra_gpu_open("/nonexistent/gnnvec_cuda.so", err, sizeof(err)) == NULL &&
+		  strstr(err, "cannot load GPU module") != NULL,
+		  "loading a missing GPU module fails with a message: %s", err);
+}
+
+int
+main(void)
+{
+	vec_distance_init(VEC_ISA_AVX512);
+	test_prune_by_hand();
+	test_prune_odd_input();
+	test_merge_reverse_by_hand();
+	test_merge_reverse_protected();
+	test_knn_exact();
+	test_brute_force();
+	test_knn_partitioned();
+	test_connectivity_free_slots();
+	test_connectivity_full_rows();
+	test_out_of_range_ids();
+	test_connectivity_build();
+	test_build_recall();
+	test_interrupt();
+	test_errors();
+	return unit_report("cagra");
+}
