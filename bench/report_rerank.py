@@ -67,7 +67,7 @@ def main():
     ep = [int(c["epoch"]) for c in curve]
     rec = [float(c["heldout_recall_at_10"]) for c in curve]
     loss = [float(c["loss"]) for c in curve]
-    print("### Learning curve (topics; one epoch per gnnvec_train call)\n")
+    print("### Learning curve (topics; a fresh model trained for 1..6 epochs)\n")
     print("| epoch | training loss | held-out Recall@10 |")
     print("|---|---|---|")
     for e, l, x in zip(ep, loss, rec):

@@ -7,15 +7,19 @@
  * Scoring (gnn.h, "The rerank scoring model"), for a query q with
  * candidates c_i at graph distances d_i:
  *	 c_i' = layer(c_i, level-0 neighbours of c_i, weights from d(c_i, u))
- *	 q'   = layer(q, {c_i}, weights from d_i)
+ *	 q'   = layer(q, {c_i : the 32 nearest}, weights from their d_i)
  *	 score_i = a * zscore(-d_i) + b * cos(q', c_i')
  * c_i' depends on the model, the candidate's vector and its neighbour list
  * only, so it is computed once per model version and element and kept in
  * the cached model (GnnCachedModel.cprime), checked against the LSN of the
  * element's neighbour page (which changes whenever the list does).  Only
- * q' is computed per query: one layer call over the candidates.  This is
- * the same arithmetic as gnn_score_forward (inference, no dropout), split
- * so the candidate half can be cached.
+ * q' is computed per query: one layer call over the nearest candidates.
+ * This is the arithmetic of gnn_score_forward (inference, no dropout),
+ * split so the candidate half can be cached, with q' restricted to the
+ * nearest 32 candidates (GNN_QUERY_CONTEXT): training sees candidate sets
+ * of about that size (32 nearest, the positive, a few random rows), so
+ * this matches what the model learnt; with 32 or fewer candidates the two
+ * are identical.
  */
 #include "postgres.h"
 
@@ -37,6 +41,14 @@ int			gnn_rerank_candidates = 100;
 int			gnn_rerank_cache_mb = 64;
 
 #define GNN_MAX_K 1000
+
+/*
+ * q' attends over the nearest GNN_QUERY_CONTEXT candidates (the caller's
+ * order is nearest first): the size of the candidate sets the model is
+ * trained on (gnnvec_train's default candidates), and a third of the cost
+ * of attending over 100.
+ */
+#define GNN_QUERY_CONTEXT 32
 
 void
 gnn_init(void)
@@ -301,7 +313,7 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 			memcpy(ent->emb, fresh + (size_t) i * h, sizeof(float) * h);
 		}
 	}
-	refine_query(cm, v, query, n, cand, cand_dist, qp);
+	refine_query(cm, v, query, Min(n, GNN_QUERY_CONTEXT), cand, cand_dist, qp);
 
 	/* rho_i = -(d_i - mean) / sd: the raw distance, unit-free */
 	for (i = 0; i < n; i++)

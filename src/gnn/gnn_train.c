@@ -84,8 +84,9 @@ contains(const int *a, int n, int x)
 
 /*
  * Builds the example of (query, positive node): ncand candidates from the
- * graph search (without exclude, the query's own node when self-supervised),
- * the positive among them, then nrandom random nodes of all[].
+ * graph search (without exclude, the query's own node when self-supervised,
+ * and without the positive's graph neighbours), the positive among them,
+ * then nrandom random nodes of all[].
  */
 static bool
 make_example(GnnIndexView *v, const float *query, int positive, int exclude,
@@ -98,13 +99,24 @@ make_example(GnnIndexView *v, const float *query, int positive, int exclude,
 	int			nf = gnn_view_search(v, query, ef, nodes, dists, NULL);
 	int			n = 0;
 	int			i;
+	const int  *pos_nbrs;
+	int			npos_nbrs;
 
 	ex->cand = palloc(sizeof(int) * (ncand + nrandom + 1));
 	ex->dist = palloc(sizeof(float) * (ncand + nrandom + 1));
 	ex->positive = -1;
+	/*
+	 * The positive's graph neighbours are likely relevant too: as negatives
+	 * they would teach the model to push relevant items away (false
+	 * negatives), so they are left out.
+	 */
+	gnn_view_neighbors(v, positive);
+	pos_nbrs = v->nbr + Max(v->nbr_start[positive], 0);
+	npos_nbrs = v->nbr_count[positive];
 	for (i = 0; i < nf && n < ncand; i++)
 	{
-		if (nodes[i] == exclude)
+		if (nodes[i] == exclude ||
+			(nodes[i] != positive && contains(pos_nbrs, npos_nbrs, nodes[i])))
 			continue;
 		if (nodes[i] == positive)
 			ex->positive = n;
@@ -124,7 +136,8 @@ make_example(GnnIndexView *v, const float *query, int positive, int exclude,
 	{
 		int			u = all[gnn_rng_below(rng, nall)];
 
-		if (u == exclude || contains(ex->cand, n, u))
+		if (u == exclude || contains(ex->cand, n, u) ||
+			contains(pos_nbrs, npos_nbrs, u))
 			continue;
 		ex->cand[n] = u;
 		ex->dist[n++] = hnsw_distance(v->metric, query,

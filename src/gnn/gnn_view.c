@@ -73,7 +73,7 @@ gnn_view_init(GnnIndexView *v, Relation index)
 	ctl.keysize = sizeof(uint64);
 	ctl.entrysize = sizeof(ViewEntry);
 	ctl.hcxt = CurrentMemoryContext;
-	v->lookup = hash_create("gnn index view", 1024, &ctl,
+	v->lookup = hash_create("gnn index view", 256, &ctl,
 							HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	v->cap = 256;
 	v->vecs = palloc(sizeof(float) * v->dim * v->cap);
