@@ -5,6 +5,7 @@
 #include "postgres.h"
 
 #include "fmgr.h"
+#include "utils/guc.h"
 #include "hnsw/hnsw.h"
 #include "lora/lora.h"
 #include "vector/vector.h"
@@ -19,4 +20,11 @@ _PG_init(void)
 	vector_init();
 	hnsw_init();
 	lora_init();
+
+	/* every gnnvec.* setting is defined above: reject misspelt ones */
+#if PG_VERSION_NUM >= 150000
+	MarkGUCPrefixReserved("gnnvec");
+#else
+	EmitWarningsOnPlaceholders("gnnvec");
+#endif
 }
