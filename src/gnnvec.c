@@ -8,6 +8,7 @@
 #include "gnn/gnn.h"
 #include "hnsw/hnsw.h"
 #include "lora/lora.h"
+#include "utils/guc.h"
 #include "vector/vector.h"
 
 PG_MODULE_MAGIC;
@@ -21,4 +22,11 @@ _PG_init(void)
 	hnsw_init();
 	lora_init();
 	gnn_init();
+
+	/* every gnnvec.* setting is defined above: reject misspelt ones */
+#if PG_VERSION_NUM >= 150000
+	MarkGUCPrefixReserved("gnnvec");
+#else
+	EmitWarningsOnPlaceholders("gnnvec");
+#endif
 }

@@ -625,11 +625,11 @@ extern void hnswendscan(IndexScanDesc scan);
  *
  * hnsw_scan_adapt_query: called once per scan with the query vector as the
  * index sees it (normalised for cosine), before the graph search; may
- * rewrite it in place (the MicroLoRA HnswScan adapter).  Identity for now.
+ * rewrite it in place (the MicroLoRA HnswScan adapter; identity for now).
  *
  * hnsw_scan_rerank: called with the candidates of each search round,
  * sorted by graph distance; may reorder them in place (the GNN reranker),
- * and returns how many to emit.  Identity for now.  The executor still
+ * and returns how many to emit.  The executor still
  * sees distances through the ORDER BY operator.
  *
  * hnsw_scan_ef: the ef of a scan's first round (gnnvec.ef_search, or more
