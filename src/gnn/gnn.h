@@ -531,6 +531,7 @@ typedef struct GnnIndexView
 	HnswMetaPageData meta;
 	HnswMetric	metric;
 	int			dim;
+	BlockNumber nblocks;		/* when the view was made */
 	HTAB	   *lookup;			/* element TID -> node */
 	int			n;
 	int			cap;
@@ -586,8 +587,9 @@ extern char *gnn_index_qualified_name(Relation index);
 extern const char *gnn_scope_arg(const char *given);
 
 /* rerank (gnn_rerank.c) */
-extern void gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v,
-							 const float *query, int n, const int *cand,
+extern bool gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v,
+							 const float *query, int n,
+							 const ItemPointerData *tids, int *cand,
 							 const float *cand_dist, double *scores);
 extern void gnn_score_input(GnnIndexView *v, const float *query, int n,
 							const int *cand, const float *cand_dist,

@@ -75,7 +75,8 @@ gnn_init(void)
 typedef struct CprimeEntry
 {
 	uint64		key;			/* hnsw_tid_key of the element */
-	XLogRecPtr	lsn;			/* of its neighbour page when computed */
+	ItemPointerData nbrtid;		/* its neighbour tuple */
+	XLogRecPtr	lsn;			/* of that tuple's page when computed */
 	float		emb[FLEXIBLE_ARRAY_MEMBER]; /* H */
 } CprimeEntry;
 
@@ -256,12 +257,37 @@ score_weight(float lambda)
 	return exp(Max(-30.0, Min(30.0, (double) lambda)));
 }
 
-void
+/* LSN of the page holding the tuple at tid (a neighbour tuple). */
+static XLogRecPtr
+page_lsn(GnnIndexView *v, ItemPointer tid)
+{
+	Buffer		buf;
+	XLogRecPtr	lsn;
+
+	/* a REINDEX may have made the file shorter than when it was cached */
+	if (!ItemPointerIsValid(tid) || ItemPointerGetBlockNumber(tid) >= v->nblocks)
+		return InvalidXLogRecPtr;
+	buf = ReadBuffer(v->index, ItemPointerGetBlockNumber(tid));
+	LockBuffer(buf, BUFFER_LOCK_SHARE);
+	lsn = PageGetLSN(BufferGetPage(buf));
+	UnlockReleaseBuffer(buf);
+	return lsn;
+}
+
+/*
+ * Scores n candidates (element TIDs, nearest first, at graph distances
+ * cand_dist).  cand[i] is the candidate's node in v, or -1 when not read
+ * yet: a candidate whose c' is cached is not read at all unless q' needs
+ * its vector (the nearest GNN_QUERY_CONTEXT).  Returns false, scoring
+ * nothing, when a candidate's element is gone (changed under the scan).
+ */
+bool
 gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
-				 int n, const int *cand, const float *cand_dist,
-				 double *scores)
+				 int n, const ItemPointerData *tids, int *cand,
+				 const float *cand_dist, double *scores)
 {
 	int			h = cm->model->cfg.hidden_dim;
+	int			nq = Min(n, GNN_QUERY_CONTEXT);
 	float	   *cp = palloc(sizeof(float) * h * n);
 	float	   *qp = palloc(sizeof(float) * h);
 	int		   *miss = palloc(sizeof(int) * n);
@@ -278,18 +304,28 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 
 	for (i = 0; i < n; i++)
 	{
-		uint64		key = hnsw_tid_key(&v->tid[cand[i]]);
-		XLogRecPtr	lsn = gnn_view_neighbor_lsn(v, cand[i]);
+		uint64		key = hnsw_tid_key((ItemPointer) &tids[i]);
 		CprimeEntry *ent = hash_search(cache, &key, HASH_FIND, NULL);
+		XLogRecPtr	lsn;
 
-		if (ent && ent->lsn == lsn)
-			memcpy(cp + (size_t) i * h, ent->emb, sizeof(float) * h);
-		else
+		if (cand[i] < 0 && (i < nq || ent == NULL))
+			cand[i] = gnn_view_node(v, (ItemPointer) &tids[i]);
+		if (cand[i] < 0 && ent == NULL)
+			return false;
+		lsn = cand[i] >= 0 ? gnn_view_neighbor_lsn(v, cand[i]) :
+			page_lsn(v, &ent->nbrtid);
+		if (ent && ent->lsn == lsn &&
+			(cand[i] < 0 || ItemPointerEquals(&ent->nbrtid, &v->nbrtid[cand[i]])))
 		{
-			miss_at[nmiss] = i;
-			miss_lsn[nmiss] = lsn;
-			miss[nmiss++] = cand[i];
+			memcpy(cp + (size_t) i * h, ent->emb, sizeof(float) * h);
+			continue;
 		}
+		/* stale or missing: read the element (if not yet) and refine it */
+		if (cand[i] < 0 && (cand[i] = gnn_view_node(v, (ItemPointer) &tids[i])) < 0)
+			return false;
+		miss_at[nmiss] = i;
+		miss_lsn[nmiss] = gnn_view_neighbor_lsn(v, cand[i]);
+		miss[nmiss++] = cand[i];
 	}
 	if (nmiss > 0)
 	{
@@ -310,10 +346,11 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 			if (!found)
 				cm->cprime_entries++;
 			ent->lsn = miss_lsn[i];
+			ent->nbrtid = v->nbrtid[miss[i]];
 			memcpy(ent->emb, fresh + (size_t) i * h, sizeof(float) * h);
 		}
 	}
-	refine_query(cm, v, query, Min(n, GNN_QUERY_CONTEXT), cand, cand_dist, qp);
+	refine_query(cm, v, query, nq, cand, cand_dist, qp);
 
 	/* rho_i = -(d_i - mean) / sd: the raw distance, unit-free */
 	for (i = 0; i < n; i++)
@@ -328,6 +365,7 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 
 		scores[i] = a * rho + b * gnn_cosine(qp, cp + (size_t) i * h, h, 0, NULL, NULL);
 	}
+	return true;
 }
 
 /* ---- ordering ------------------------------------------------------------ */
@@ -396,6 +434,7 @@ hnsw_scan_rerank(Relation index, const float *query, int dim,
 	float	   *dists;
 	double	   *scores;
 	int		   *order;
+	ItemPointerData *tids;
 	HnswCandidate *sorted;
 	int			i;
 
@@ -407,16 +446,17 @@ hnsw_scan_rerank(Relation index, const float *query, int dim,
 	gnn_view_init(&v, index);
 	nodes = palloc(sizeof(int) * ncands);
 	dists = palloc(sizeof(float) * ncands);
+	tids = palloc(sizeof(ItemPointerData) * ncands);
 	for (i = 0; i < ncands; i++)
 	{
-		nodes[i] = gnn_view_node(&v, &cands[i].tid);
-		if (nodes[i] < 0)
-			return ncands;		/* changed under us: keep distance order */
+		nodes[i] = -1;			/* read only when needed */
 		dists[i] = cands[i].distance;
+		tids[i] = cands[i].tid;
 	}
 	scores = palloc(sizeof(double) * ncands);
 	order = palloc(sizeof(int) * ncands);
-	gnn_rerank_score(cm, &v, query, ncands, nodes, dists, scores);
+	if (!gnn_rerank_score(cm, &v, query, ncands, tids, nodes, dists, scores))
+		return ncands;			/* changed under us: keep distance order */
 	order_by_score(scores, ncands, order);
 	sorted = palloc(sizeof(HnswCandidate) * ncands);
 	for (i = 0; i < ncands; i++)
@@ -486,14 +526,22 @@ gnnvec_search(PG_FUNCTION_ARGS)
 		cm = gnn_store_lookup(index, GNN_RERANK_SCOPE, GNN_KIND_GNN);
 	if (cm)
 	{
+		ItemPointerData *tids = palloc(sizeof(ItemPointerData) * Max(n, 1));
+
 		if (cm->model->cfg.in_dim != v.dim)
 			ereport(ERROR,
 					(errcode(ERRCODE_DATA_EXCEPTION),
 					 errmsg("the Rerank model of index \"%s\" has %d dimensions, the index %d",
 							RelationGetRelationName(index), cm->model->cfg.in_dim, v.dim),
 					 errhint("gnnvec_model_reset() removes it; train again.")));
+		for (i = 0; i < n; i++)
+			tids[i] = cands[i].tid;
 		scores = palloc(sizeof(double) * n);
-		gnn_rerank_score(cm, &v, query, n, nodes, dists, scores);
+		if (!gnn_rerank_score(cm, &v, query, n, tids, nodes, dists, scores))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("an element of index \"%s\" changed during the search",
+							RelationGetRelationName(index))));
 		order_by_score(scores, n, order);
 	}
 	for (i = 0; i < n && emitted < k; i++)

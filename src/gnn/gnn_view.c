@@ -70,6 +70,7 @@ gnn_view_init(GnnIndexView *v, Relation index)
 	hnsw_read_meta(index, &v->meta);
 	v->metric = (HnswMetric) v->meta.metric;
 	v->dim = v->meta.dims;
+	v->nblocks = RelationGetNumberOfBlocks(index);
 	ctl.keysize = sizeof(uint64);
 	ctl.entrysize = sizeof(ViewEntry);
 	ctl.hcxt = CurrentMemoryContext;
