@@ -118,7 +118,7 @@ SET gnnvec.rerank = on;
 SELECT bench_latency();
 DO \$\$
 BEGIN
-	FOR i IN 1 .. 5 LOOP
+	FOR i IN 1 .. 9 LOOP
 		SET gnnvec.rerank = off;
 		INSERT INTO latency (round, plain_ms) VALUES (i, bench_latency());
 		SET gnnvec.rerank = on;

@@ -85,6 +85,22 @@ SELECT version, loss > 0 AS has_loss FROM gnnvec_feedback('gm_v', (SELECT q FROM
 SELECT version FROM gnnvec_feedback('gm_v', (SELECT q FROM gm_log OFFSET 1 LIMIT 1),
 	(SELECT p FROM gm_log OFFSET 1 LIMIT 1));
 
+-- within a transaction: a new version is used at once, and no longer once
+-- its savepoint is rolled back
+BEGIN;
+CREATE TEMP TABLE s_before AS
+	SELECT tid, score FROM gnnvec_search('gm_v', (SELECT q FROM gm_log LIMIT 1), 10);
+SAVEPOINT sp;
+SELECT version FROM gnnvec_feedback('gm_v', (SELECT q FROM gm_log OFFSET 2 LIMIT 1),
+	(SELECT p FROM gm_log OFFSET 2 LIMIT 1));
+SELECT count(*) FILTER (WHERE abs(s.score - b.score) > 1e-9) > 0 AS new_version_used
+FROM gnnvec_search('gm_v', (SELECT q FROM gm_log LIMIT 1), 10) s JOIN s_before b USING (tid);
+ROLLBACK TO SAVEPOINT sp;
+SELECT count(*) = 10 AND count(*) FILTER (WHERE abs(s.score - b.score) > 1e-9) = 0 AS old_version_again
+FROM gnnvec_search('gm_v', (SELECT q FROM gm_log LIMIT 1), 10) s JOIN s_before b USING (tid);
+COMMIT;
+SELECT version FROM gnnvec_model_info('gm_v') WHERE scope = 'Rerank';
+
 -- errors: search
 SELECT * FROM gnnvec_search('gm_pkey', '[1,2,3,4,5,6,7,8]', 5);
 SELECT * FROM gnnvec_search('gm', '[1,2,3,4,5,6,7,8]', 5);

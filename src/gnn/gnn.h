@@ -563,6 +563,25 @@ extern void gnn_view_query_vector(GnnIndexView *v, Datum vec, float *out,
  * every lookup, under the caller's snapshot), with the refined candidate
  * embeddings c' computed for that version.
  */
+/*
+ * What decides an MVCC snapshot's view of other transactions and of its
+ * own: two snapshots of one backend with equal keys see the same rows
+ * (with xmin, xmax and the in-progress count equal, the in-progress sets
+ * are equal too: a newly assigned XID below xmax would have moved xmax).
+ */
+typedef struct GnnSnapshotKey
+{
+	bool		valid;
+	LocalTransactionId lxid;
+	SubTransactionId subxid;	/* a rolled-back savepoint changes it */
+	TransactionId xmin;
+	TransactionId xmax;
+	uint32		xcnt;
+	int32		subxcnt;
+	bool		suboverflowed;
+	CommandId	curcid;
+} GnnSnapshotKey;
+
 typedef struct GnnCachedModel
 {
 	Oid			indexoid;
@@ -574,6 +593,7 @@ typedef struct GnnCachedModel
 	GnnModel   *model;			/* malloc'd, owned by the cache */
 	HTAB	   *cprime;			/* element TID -> c' (gnn_rerank.c) */
 	int64		cprime_entries;
+	GnnSnapshotKey checked;		/* the snapshot the row was last checked in */
 } GnnCachedModel;
 
 extern GnnCachedModel *gnn_store_lookup(Relation index, const char *scope,

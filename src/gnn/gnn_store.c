@@ -22,6 +22,7 @@
 #include "access/htup_details.h"
 #include "access/relation.h"
 #include "access/table.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_am.h"
 #include "catalog/pg_collation.h"
@@ -32,6 +33,7 @@
 #include "gnn/gnn.h"
 #include "lora/lora.h"
 #include "miscadmin.h"
+#include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
@@ -171,6 +173,23 @@ static Snapshot
 read_snapshot(void)
 {
 	return ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot();
+}
+
+static void
+snapshot_key(Snapshot snap, GnnSnapshotKey *key)
+{
+	memset(key, 0, sizeof(GnnSnapshotKey));	/* padding too: memcmp'ed */
+	if (snap->snapshot_type != SNAPSHOT_MVCC || snap->takenDuringRecovery)
+		return;
+	key->valid = true;
+	key->lxid = MyProc->lxid;
+	key->subxid = GetCurrentSubTransactionId();
+	key->xmin = snap->xmin;
+	key->xmax = snap->xmax;
+	key->xcnt = snap->xcnt;
+	key->subxcnt = snap->subxcnt;
+	key->suboverflowed = snap->suboverflowed;
+	key->curcid = snap->curcid;
 }
 
 /* Does this row belong to the index?  By OID, or by name after a restore. */
@@ -345,6 +364,8 @@ gnn_store_lookup(Relation index, const char *scope, const char *kind)
 	LookupArg	la;
 	ListCell   *lc;
 
+	GnnSnapshotKey now;
+
 	memset(&la, 0, sizeof(la));
 	la.index = index;
 	la.scope = scope;
@@ -357,6 +378,10 @@ gnn_store_lookup(Relation index, const char *scope, const char *kind)
 			strcmp(cm->scope, scope) == 0 && strcmp(cm->kind, kind) == 0)
 			la.cm = cm;
 	}
+	/* checked under an equivalent snapshot already (e.g. a join's rescans) */
+	snapshot_key(read_snapshot(), &now);
+	if (la.cm && now.valid && memcmp(&now, &la.cm->checked, sizeof(now)) == 0)
+		return la.cm;
 	if (!with_row(index, scope, kind, lookup_row, &la))
 	{
 		if (la.cm)
@@ -366,6 +391,7 @@ gnn_store_lookup(Relation index, const char *scope, const char *kind)
 		}
 		return NULL;
 	}
+	la.result->checked = now;
 	return la.result;
 }
 

@@ -37,6 +37,7 @@
 #define STATE_MAGIC		0x54534E47	/* "GNST" */
 #define REPLAY_CAPACITY 512
 #define FEEDBACK_CANDIDATES 32
+#define FEEDBACK_HIDDEN 32		/* a first model made by feedback: gnnvec_train's default */
 
 typedef struct Example
 {
@@ -783,7 +784,7 @@ gnnvec_feedback(PG_FUNCTION_ARGS)
 	{
 		GnnConfig	cfg;
 
-		gnn_config_default(&cfg, v.dim, 64);
+		gnn_config_default(&cfg, v.dim, FEEDBACK_HIDDEN);
 		gnn_ereport_status(gnn_model_create(&cfg, &o->model, &err), &err);
 	}
 	gnn_train_config_default(&tcfg);
