@@ -134,6 +134,13 @@ SELECT * FROM gnnvec_train('gm_v', 'SELECT q, p FROM gm_log', validation_fractio
 SELECT * FROM gnnvec_train('gm_pkey', 'SELECT q, p FROM gm_log');
 SELECT * FROM gnnvec_train(NULL, 'SELECT q, p FROM gm_log');
 
+-- training is cancellable: a statement timeout stops it, and what it held
+-- (malloc'd model and optimiser) is released with its memory context
+SET statement_timeout = '300ms';
+SELECT count(*) FROM gnnvec_train('gm_v', 'SELECT q, p FROM gm_log', epochs => 1000);
+RESET statement_timeout;
+SELECT version FROM gnnvec_model_info('gm_v') WHERE scope = 'Rerank';
+
 -- errors: feedback and reset
 SELECT * FROM gnnvec_feedback('gm_v', '[1,2,3,4,5,6,7,8]', '[9,9,9,9,9,9,9,9]');
 SELECT * FROM gnnvec_feedback('gm_v', '[1,2,3]', '[1,2,3]');
