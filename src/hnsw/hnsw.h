@@ -299,6 +299,11 @@ extern int	hnsw_select_neighbors(HnswGraph *g, const HnswHeapItem *cands,
 /* Build phases for pg_stat_progress_create_index. */
 #define PROGRESS_HNSW_PHASE_LOAD	2
 #define PROGRESS_HNSW_PHASE_WRITE	3
+#define PROGRESS_HNSW_PHASE_CAGRA_KNN	4
+#define PROGRESS_HNSW_PHASE_CAGRA_PRUNE	5
+#define PROGRESS_HNSW_PHASE_CAGRA_MERGE	6
+#define PROGRESS_HNSW_PHASE_CAGRA_GPU	7
+#define PROGRESS_HNSW_PHASE_CAGRA_UPPER	8
 
 typedef struct HnswMetaPageData
 {
@@ -408,13 +413,45 @@ hnsw_level_cap(int m)
 	return cap;
 }
 
-/* Reloptions (varlena).  The CAGRA build adds its options here. */
+/* How CREATE INDEX makes the graph (reloption build_method). */
+typedef enum HnswBuildMethod
+{
+	HNSW_BUILD_HNSW,			/* HNSW insertion, serial or parallel */
+	HNSW_BUILD_CAGRA			/* level 0 by CAGRA (src/cagra/cagra_index.c) */
+} HnswBuildMethod;
+
+/* Where a CAGRA build runs (reloption device). */
+typedef enum HnswDevice
+{
+	HNSW_DEVICE_AUTO,			/* the GPU when there is one, else the CPU */
+	HNSW_DEVICE_CPU,
+	HNSW_DEVICE_GPU
+} HnswDevice;
+
+/*
+ * Reloptions (varlena).  String options are offsets from the start of the
+ * struct, 0 when not given; the CAGRA degrees are 0 when not given (their
+ * defaults derive from m: graph_degree 2m, intermediate_graph_degree 3m).
+ */
 typedef struct HnswOptions
 {
 	int32		vl_len_;
 	int			m;
 	int			efConstruction;
+	int			buildMethodOffset;
+	int			deviceOffset;
+	int			graphDegree;
+	int			intermediateDegree;
 } HnswOptions;
+
+/* The CAGRA options of an index, with the defaults filled in. */
+typedef struct HnswCagraOptions
+{
+	HnswBuildMethod method;
+	HnswDevice	device;
+	int			graphDegree;
+	int			intermediateDegree;
+} HnswCagraOptions;
 
 /* Settings. */
 typedef enum HnswIterativeScan
@@ -493,6 +530,8 @@ typedef struct HnswBuildState
 	size_t		memLimit;
 	bool		onDisk;			/* graph flushed; inserting on pages */
 	bool		unlinked;		/* collecting rows without linking them */
+	size_t		unlinkedRowBytes;	/* what the CAGRA stages will need per
+									 * row collected unlinked */
 	bool		pagesWritten;	/* the parallel build wrote the pages */
 	int			parallelWorkers;	/* workers asked for */
 
@@ -505,6 +544,7 @@ typedef struct HnswBuildState
 extern void hnsw_init(void);
 extern HnswMetric hnsw_get_metric(Relation index);
 extern void hnsw_get_options(Relation index, int *m, int *efConstruction);
+extern void hnsw_get_cagra_options(Relation index, HnswCagraOptions *opts);
 
 /*
  * One page change: WAL-logged with GenericXLog, or (during a build, whose
@@ -597,6 +637,12 @@ extern void hnsw_build_add_unlinked(HnswBuildState *bs, const float *vec,
 									ItemPointer heaptid);
 extern void hnsw_build_from_level0(HnswBuildState *bs, const int32 *neighbours,
 								   int degree);
+
+/*
+ * src/cagra/cagra_index.c: the CAGRA half of a build_method = 'cagra'
+ * build, between hnsw_build_init and hnsw_build_finish.
+ */
+extern void cagra_index_build(HnswBuildState *bs);
 
 /* hnswinsert.c */
 extern bool hnswinsert(Relation index, Datum *values, bool *isnull,
