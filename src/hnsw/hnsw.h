@@ -246,7 +246,21 @@ extern int64_t hnsw_graph_connect(HnswGraph *g, int64_t *unreached);
 extern int	hnsw_graph_search(HnswGraph *g, const float *q, int k, int ef,
 							  int32_t *ids, float *dists);
 
-/* Neighbour-selection heuristic (Alg. 4) over candidates sorted ascending. */
+/*
+ * SELECT-NEIGHBORS-HEURISTIC (Alg. 4), the one implementation behind every
+ * build and update path: walk the candidates (ascending distance to the
+ * base element) and keep one when it is nearer to the base than to every
+ * candidate kept so far, until max are kept.  vector_of(arg, id) gives a
+ * candidate's vector.  out gets the kept candidates in order; returns how
+ * many.
+ */
+typedef const float *(*HnswVectorOf) (void *arg, int32_t id);
+extern int	hnsw_heuristic_select(HnswMetric metric, int dim,
+								  const HnswHeapItem *cands, int ncands, int max,
+								  HnswVectorOf vector_of, void *arg,
+								  HnswHeapItem *out);
+
+/* Alg. 4 over nodes of the in-memory graph (ids are node ids). */
 extern int	hnsw_select_neighbors(HnswGraph *g, const HnswHeapItem *cands,
 								  int ncands, int max, HnswHeapItem *out);
 
