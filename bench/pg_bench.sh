@@ -7,7 +7,10 @@
 # Loads base and queries with binary COPY, builds the index (timed), and for
 # each ef_search runs ONE statement that answers all queries through
 # LATERAL (... ORDER BY embedding <-> q.embedding LIMIT 10), timed, best of 3.
-# Writes OUT_DIR/pg_hnsw.csv and OUT_DIR/pg_results_ef*.csv (query id, item id).
+# Writes OUT_DIR/pg_hnsw.csv and OUT_DIR/pg_results_ef*.csv (query id, item id);
+# then the same for an index built with build_method = 'cagra' (same m,
+# graph_degree 2m, intermediate_graph_degree 3m): OUT_DIR/pg_cagra.csv and
+# OUT_DIR/pg_cagra_results_ef*.csv.
 set -euo pipefail
 dataset=$1
 out=$2
@@ -37,21 +40,30 @@ SQL
 n=$(psql_q -At -c 'SELECT count(*) FROM items')
 nq=$(psql_q -At -c 'SELECT count(*) FROM queries')
 
-echo "kind,ef,seconds,queries,bytes" >"$out/pg_hnsw.csv"
-build=$(timed -c "CREATE INDEX items_embedding ON items USING gnnhnsw (embedding vector_l2_ops) WITH (m = $m, ef_construction = $efc)")
-bytes=$(psql_q -At -c "SELECT pg_relation_size('items_embedding')")
-echo "build,0,$build,$n,$bytes" >>"$out/pg_hnsw.csv"
-echo "gnnhnsw build: ${build}s for $n rows, index $bytes bytes"
+# bench_index NAME RESULTS_PREFIX WITH_OPTIONS: build (timed), size, searches
+bench_index() {
+	local name=$1 prefix=$2 with=$3 csv="$out/pg_$1.csv" build bytes best t
+	echo "kind,ef,seconds,queries,bytes" >"$csv"
+	psql_q -c 'DROP INDEX IF EXISTS items_embedding'
+	build=$(timed -c "CREATE INDEX items_embedding ON items USING gnnhnsw (embedding vector_l2_ops) WITH ($with)")
+	bytes=$(psql_q -At -c "SELECT pg_relation_size('items_embedding')")
+	echo "build,0,$build,$n,$bytes" >>"$csv"
+	echo "gnnhnsw ($name) build: ${build}s for $n rows, index $bytes bytes"
 
-for ef in 10 20 40 80 160; do
-	best=
-	for rep in 1 2 3; do
-		t=$(timed -c "SET gnnvec.ef_search = $ef" -c "SET enable_seqscan = off" \
-			-c "COPY (SELECT q.id, r.id FROM queries q CROSS JOIN LATERAL
-			          (SELECT id FROM items ORDER BY embedding <-> q.embedding LIMIT 10) r)
-			    TO '$out/pg_results_ef$ef.csv' (FORMAT csv)")
-		if [ -z "$best" ] || awk "BEGIN { exit !($t < $best) }"; then best=$t; fi
+	for ef in 10 20 40 80 160; do
+		best=
+		for rep in 1 2 3; do
+			t=$(timed -c "SET gnnvec.ef_search = $ef" -c "SET enable_seqscan = off" \
+				-c "COPY (SELECT q.id, r.id FROM queries q CROSS JOIN LATERAL
+				          (SELECT id FROM items ORDER BY embedding <-> q.embedding LIMIT 10) r)
+				    TO '$out/${prefix}_ef$ef.csv' (FORMAT csv)")
+			if [ -z "$best" ] || awk "BEGIN { exit !($t < $best) }"; then best=$t; fi
+		done
+		echo "search,$ef,$best,$nq,0" >>"$csv"
+		echo "gnnhnsw ($name) ef_search=$ef: ${best}s for all queries"
 	done
-	echo "search,$ef,$best,$nq,0" >>"$out/pg_hnsw.csv"
-	echo "gnnhnsw ef_search=$ef: ${best}s for all queries"
-done
+}
+
+bench_index hnsw pg_results "m = $m, ef_construction = $efc"
+bench_index cagra pg_cagra_results \
+	"m = $m, ef_construction = $efc, build_method = 'cagra', device = 'cpu', graph_degree = $((2 * m)), intermediate_graph_degree = $((3 * m))"

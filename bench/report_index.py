@@ -1,8 +1,9 @@
 """Index benchmark report: gnnhnsw (in PostgreSQL) against hnswlib, same run.
 
 usage: report_index.py OUT_DIR DATASET_DIR
-Reads OUT_DIR/{pg_hnsw.csv,hnswlib.csv,pg_results_ef*.csv} and the ground
-truth; prints a markdown table and draws OUT_DIR/index_recall_qps.png.
+Reads OUT_DIR/{pg_hnsw.csv,hnswlib.csv,pg_results_ef*.csv}, the CAGRA build's
+OUT_DIR/{pg_cagra.csv,pg_cagra_results_ef*.csv} when present, and the ground
+truth; prints markdown tables and draws OUT_DIR/index_recall_qps.png.
 """
 import csv
 import sys
@@ -23,9 +24,9 @@ def rows(path):
     return list(csv.DictReader(open(path)))
 
 
-def pg_recall(ef):
+def pg_recall(ef, prefix="pg_results"):
     found = {}
-    for q, item in csv.reader(open(f"{out}/pg_results_ef{ef}.csv")):
+    for q, item in csv.reader(open(f"{out}/{prefix}_ef{ef}.csv")):
         found.setdefault(int(q), set()).add(int(item))
     hits = sum(len(found.get(q, set()) & set(gt[q].tolist())) for q in range(len(gt)))
     return hits / (10 * len(gt))
@@ -54,6 +55,32 @@ for r in (r for r in pg if r["kind"] == "search"):
     pts["gnnhnsw"].append((rp, qp))
     pts["hnswlib"].append((rh, qh))
     print(f"| {ef} | {rp:.4f} | {rh:.4f} | {100 * (rp - rh):+.1f} | {qp:.0f} | {qh:.0f} | {qp / qh:.2f}x |")
+
+# build_method = 'cagra' against the hnsw build and hnswlib, same run
+cagra_csv = f"{out}/pg_cagra.csv"
+try:
+    cg = rows(cagra_csv)
+except FileNotFoundError:
+    cg = []
+if cg:
+    cg_build = next(float(r["seconds"]) for r in cg if r["kind"] == "build")
+    cg_bytes = next(int(r["bytes"]) for r in cg if r["kind"] == "build")
+    print()
+    print(f"build_method = 'cagra' (cpu, graph_degree {2 * m}, intermediate_graph_degree {3 * m}): "
+          f"{cg_build:.2f}s; speed-up {pg_build / cg_build:.2f}x over the gnnhnsw hnsw build "
+          f"and {hl_build / cg_build:.2f}x over hnswlib (target >= 2x); index {cg_bytes / 2**20:.1f} MiB")
+    print()
+    print("| ef_search | recall@10 cagra | recall@10 hnsw build | gap (points, target >= -1) | QPS cagra (SQL) | QPS hnsw build (SQL) |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    pts["gnnhnsw cagra"] = []
+    for r in (r for r in cg if r["kind"] == "search"):
+        ef = int(r["ef"])
+        h = next(x for x in pg if x["kind"] == "search" and int(x["ef"]) == ef)
+        rc, rp = pg_recall(ef, "pg_cagra_results"), pg_recall(ef)
+        qc = int(r["queries"]) / float(r["seconds"])
+        qp = int(h["queries"]) / float(h["seconds"])
+        pts["gnnhnsw cagra"].append((rc, qc))
+        print(f"| {ef} | {rc:.4f} | {rp:.4f} | {100 * (rc - rp):+.1f} | {qc:.0f} | {qp:.0f} |")
 
 fig, ax = plt.subplots(figsize=(7, 4))
 for name, p in pts.items():

@@ -332,4 +332,13 @@ extern CagraStatus cagra_gpu_build(CagraGpu *gpu, int device,
 								   CagraStats *stats,
 								   char *errbuf, size_t errlen);
 
+/*
+ * PostgreSQL glue (cagra_sql.c), visible only after postgres.h: the module
+ * at $pkglibdir/gnnvec_cuda.so, opened once per backend; NULL with a message
+ * when it cannot be used.
+ */
+#ifdef PG_VERSION_NUM
+extern CagraGpu *cagra_gpu_module_try(char *errbuf, size_t errlen);
+#endif
+
 #endif							/* GNNVEC_CAGRA_H */

@@ -551,10 +551,11 @@ knn_check(int64_t n, int64_t nq, int dim, CagraMetric metric, int k,
 	return CAGRA_OK;
 }
 
-CagraStatus
-cagra_knn_exact(const float *data, int64_t n, int dim, CagraMetric metric,
-				int k, int n_threads, const CagraInterrupt *interrupt,
-				int32_t *knn, float *dists, char *errbuf, size_t errlen)
+/* The exact kNN graph on `threads` workers (0: the calling thread only). */
+static CagraStatus
+knn_exact(const float *data, int64_t n, int dim, CagraMetric metric, int k,
+		  int n_threads, int threads, const CagraInterrupt *interrupt,
+		  int32_t *knn, float *dists, char *errbuf, size_t errlen)
 {
 	KnnJob		job = {0};
 	CagraStatus status;
@@ -571,7 +572,17 @@ cagra_knn_exact(const float *data, int64_t n, int dim, CagraMetric metric,
 	job.exclude_self = true;
 	job.ids = knn;
 	job.dists = dists;
-	return knn_run(&job, cagra_thread_count(n_threads), interrupt, errbuf, errlen);
+	return knn_run(&job, threads, interrupt, errbuf, errlen);
+}
+
+CagraStatus
+cagra_knn_exact(const float *data, int64_t n, int dim, CagraMetric metric,
+				int k, int n_threads, const CagraInterrupt *interrupt,
+				int32_t *knn, float *dists, char *errbuf, size_t errlen)
+{
+	return knn_exact(data, n, dim, metric, k, n_threads,
+					 cagra_thread_count(n_threads), interrupt,
+					 knn, dists, errbuf, errlen);
 }
 
 CagraStatus
@@ -579,22 +590,8 @@ cagra_knn_exact_serial(const float *data, int64_t n, int dim,
 					   CagraMetric metric, int k, int32_t *knn, float *dists,
 					   char *errbuf, size_t errlen)
 {
-	KnnJob		job = {0};
-	CagraStatus status;
-
-	status = knn_check(n, n, dim, metric, k, n - 1, 0, errbuf, errlen);
-	if (status != CAGRA_OK)
-		return status;
-	job.base = job.queries = data;
-	job.n = job.nq = n;
-	job.dim = dim;
-	job.metric = metric;
-	job.k = k;
-	job.n_candidates = cagra_knn_candidates(k, n - 1);
-	job.exclude_self = true;
-	job.ids = knn;
-	job.dists = dists;
-	return knn_run(&job, 0, NULL, errbuf, errlen);
+	return knn_exact(data, n, dim, metric, k, 0, 0, NULL, knn, dists,
+					 errbuf, errlen);
 }
 
 CagraStatus

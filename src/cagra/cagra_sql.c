@@ -19,18 +19,26 @@
 
 static CagraGpu *gpu_module;
 
-/* The module, opened once per backend; ERROR when it cannot be used. */
-static CagraGpu *
-cagra_gpu_module(void)
+/* The module, opened once per backend; NULL with a message if unusable. */
+CagraGpu *
+cagra_gpu_module_try(char *errbuf, size_t errlen)
 {
 	char		path[MAXPGPATH];
-	char		errbuf[512];
 
 	if (gpu_module != NULL)
 		return gpu_module;
 	snprintf(path, sizeof(path), "%s/gnnvec_cuda.so", pkglib_path);
-	gpu_module = cagra_gpu_open(path, errbuf, sizeof(errbuf));
-	if (gpu_module == NULL)
+	gpu_module = cagra_gpu_open(path, errbuf, errlen);
+	return gpu_module;
+}
+
+/* The module; ERROR when it cannot be used. */
+static CagraGpu *
+cagra_gpu_module(void)
+{
+	char		errbuf[512];
+
+	if (cagra_gpu_module_try(errbuf, sizeof(errbuf)) == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("gnnvec GPU module is not available"),

@@ -10,6 +10,7 @@
 
 #include "access/amapi.h"
 #include "access/reloptions.h"
+#include "cagra/cagra.h"
 #include "catalog/pg_amop.h"
 #include "catalog/pg_amproc.h"
 #include "catalog/pg_opclass.h"
@@ -38,6 +39,31 @@ static const struct config_enum_entry iterative_scan_options[] = {
 	{NULL, 0, false}
 };
 
+/* Reloption validators: called for every value given, at parse time. */
+static void
+validate_build_method(const char *value)
+{
+	if (value != NULL && strcmp(value, "hnsw") != 0 &&
+		strcmp(value, "cagra") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid value for gnnhnsw option \"build_method\": \"%s\"",
+						value),
+				 errhint("Valid values are \"hnsw\" and \"cagra\".")));
+}
+
+static void
+validate_device(const char *value)
+{
+	if (value != NULL && strcmp(value, "auto") != 0 &&
+		strcmp(value, "cpu") != 0 && strcmp(value, "gpu") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid value for gnnhnsw option \"device\": \"%s\"",
+						value),
+				 errhint("Valid values are \"auto\", \"cpu\" and \"gpu\".")));
+}
+
 /*
  * Called from _PG_init: reloptions and settings.
  */
@@ -52,6 +78,24 @@ hnsw_init(void)
 					  "Size of the dynamic candidate list for construction",
 					  HNSW_DEFAULT_EF_CONSTRUCTION, HNSW_MIN_EF_CONSTRUCTION,
 					  HNSW_MAX_EF_CONSTRUCTION, AccessExclusiveLock);
+
+	/*
+	 * The CAGRA options.  The string ones default to NULL (offset 0) and the
+	 * degrees to 0, below their minimum, so that hnswoptions can tell an
+	 * option given from one left out.
+	 */
+	add_string_reloption(hnsw_relopt_kind, "build_method",
+						 "How CREATE INDEX builds the graph: hnsw (default) or cagra",
+						 NULL, validate_build_method, AccessExclusiveLock);
+	add_string_reloption(hnsw_relopt_kind, "device",
+						 "Where a cagra build runs: auto (default), cpu or gpu",
+						 NULL, validate_device, AccessExclusiveLock);
+	add_int_reloption(hnsw_relopt_kind, "graph_degree",
+					  "Degree of the CAGRA graph, at most 2m (default 2m)",
+					  0, 1, 2 * HNSW_MAX_M, AccessExclusiveLock);
+	add_int_reloption(hnsw_relopt_kind, "intermediate_graph_degree",
+					  "Degree of the kNN graph CAGRA prunes, at least graph_degree (default 3m)",
+					  0, 1, CAGRA_MAX_DEGREE, AccessExclusiveLock);
 
 	DefineCustomIntVariable("gnnvec.ef_search",
 							"Size of the dynamic candidate list for gnnhnsw scans.",
@@ -116,16 +160,101 @@ gnnhnsw_l1_support(PG_FUNCTION_ARGS)
 	PG_RETURN_INT32(HNSW_METRIC_L1);
 }
 
+/* The CAGRA options of parsed reloptions (NULL: none), defaults filled in. */
+static void
+cagra_options_from(HnswOptions *opts, HnswCagraOptions *out)
+{
+	int			m = opts ? opts->m : HNSW_DEFAULT_M;
+	const char *method = NULL;
+	const char *device = NULL;
+
+	if (opts && opts->buildMethodOffset != 0)
+		method = (const char *) opts + opts->buildMethodOffset;
+	if (opts && opts->deviceOffset != 0)
+		device = (const char *) opts + opts->deviceOffset;
+
+	out->method = (method && strcmp(method, "cagra") == 0) ?
+		HNSW_BUILD_CAGRA : HNSW_BUILD_HNSW;
+	if (device == NULL || strcmp(device, "auto") == 0)
+		out->device = HNSW_DEVICE_AUTO;
+	else if (strcmp(device, "cpu") == 0)
+		out->device = HNSW_DEVICE_CPU;
+	else
+		out->device = HNSW_DEVICE_GPU;
+	out->graphDegree = (opts && opts->graphDegree > 0) ?
+		opts->graphDegree : 2 * m;
+	out->intermediateDegree = (opts && opts->intermediateDegree > 0) ?
+		opts->intermediateDegree : 3 * m;
+}
+
+/*
+ * Checks that involve more than one option.  Level 0 holds 2m neighbours,
+ * so a CAGRA graph of more is pointless; pruning needs at least as many
+ * candidates as it keeps.  The row count is checked at build time.
+ */
+static void
+check_cagra_options(HnswOptions *opts)
+{
+	HnswCagraOptions c;
+	int			m = opts ? opts->m : HNSW_DEFAULT_M;
+
+	cagra_options_from(opts, &c);
+	if (c.method != HNSW_BUILD_CAGRA)
+	{
+		const char *given = NULL;
+
+		if (opts && opts->deviceOffset != 0)
+			given = "device";
+		else if (opts && opts->graphDegree > 0)
+			given = "graph_degree";
+		else if (opts && opts->intermediateDegree > 0)
+			given = "intermediate_graph_degree";
+		if (given)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("gnnhnsw option \"%s\" applies only to build_method = 'cagra'",
+							given),
+					 errhint("Add build_method = 'cagra', or leave \"%s\" out.",
+							 given)));
+		return;
+	}
+	if (c.graphDegree > 2 * m)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("graph_degree must be less than or equal to 2 * m"),
+				 errdetail("graph_degree is %d and m is %d; level 0 holds 2 * m neighbours.",
+						   c.graphDegree, m),
+				 errhint("Lower graph_degree to at most %d or raise m.", 2 * m)));
+	if (c.intermediateDegree < c.graphDegree)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("intermediate_graph_degree must be greater than or equal to graph_degree"),
+				 errdetail("intermediate_graph_degree is %d and graph_degree is %d.",
+						   c.intermediateDegree, c.graphDegree),
+				 errhint("Raise intermediate_graph_degree to at least %d or lower graph_degree.",
+						 c.graphDegree)));
+}
+
 static bytea *
 hnswoptions(Datum reloptions, bool validate)
 {
 	static const relopt_parse_elt tab[] = {
 		{"m", RELOPT_TYPE_INT, offsetof(HnswOptions, m)},
 		{"ef_construction", RELOPT_TYPE_INT, offsetof(HnswOptions, efConstruction)},
+		{"build_method", RELOPT_TYPE_STRING, offsetof(HnswOptions, buildMethodOffset)},
+		{"device", RELOPT_TYPE_STRING, offsetof(HnswOptions, deviceOffset)},
+		{"graph_degree", RELOPT_TYPE_INT, offsetof(HnswOptions, graphDegree)},
+		{"intermediate_graph_degree", RELOPT_TYPE_INT, offsetof(HnswOptions, intermediateDegree)},
 	};
+	HnswOptions *opts;
 
-	return (bytea *) build_reloptions(reloptions, validate, hnsw_relopt_kind,
-									  sizeof(HnswOptions), tab, lengthof(tab));
+	opts = (HnswOptions *) build_reloptions(reloptions, validate,
+											hnsw_relopt_kind,
+											sizeof(HnswOptions), tab,
+											lengthof(tab));
+	if (validate)
+		check_cagra_options(opts);
+	return (bytea *) opts;
 }
 
 void
@@ -135,6 +264,12 @@ hnsw_get_options(Relation index, int *m, int *efConstruction)
 
 	*m = opts ? opts->m : HNSW_DEFAULT_M;
 	*efConstruction = opts ? opts->efConstruction : HNSW_DEFAULT_EF_CONSTRUCTION;
+}
+
+void
+hnsw_get_cagra_options(Relation index, HnswCagraOptions *opts)
+{
+	cagra_options_from((HnswOptions *) index->rd_options, opts);
 }
 
 /*
@@ -273,6 +408,16 @@ hnswbuildphasename(int64 phasenum)
 			return "loading tuples";
 		case PROGRESS_HNSW_PHASE_WRITE:
 			return "writing pages";
+		case PROGRESS_HNSW_PHASE_CAGRA_KNN:
+			return "building CAGRA kNN graph";
+		case PROGRESS_HNSW_PHASE_CAGRA_PRUNE:
+			return "pruning CAGRA graph";
+		case PROGRESS_HNSW_PHASE_CAGRA_MERGE:
+			return "merging CAGRA reverse edges";
+		case PROGRESS_HNSW_PHASE_CAGRA_GPU:
+			return "building CAGRA graph on GPU";
+		case PROGRESS_HNSW_PHASE_CAGRA_UPPER:
+			return "building upper levels";
 		default:
 			return NULL;
 	}

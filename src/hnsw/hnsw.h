@@ -246,7 +246,21 @@ extern int64_t hnsw_graph_connect(HnswGraph *g, int64_t *unreached);
 extern int	hnsw_graph_search(HnswGraph *g, const float *q, int k, int ef,
 							  int32_t *ids, float *dists);
 
-/* Neighbour-selection heuristic (Alg. 4) over candidates sorted ascending. */
+/*
+ * SELECT-NEIGHBORS-HEURISTIC (Alg. 4), the one implementation behind every
+ * build and update path: walk the candidates (ascending distance to the
+ * base element) and keep one when it is nearer to the base than to every
+ * candidate kept so far, until max are kept.  vector_of(arg, id) gives a
+ * candidate's vector.  out gets the kept candidates in order; returns how
+ * many.
+ */
+typedef const float *(*HnswVectorOf) (void *arg, int32_t id);
+extern int	hnsw_heuristic_select(HnswMetric metric, int dim,
+								  const HnswHeapItem *cands, int ncands, int max,
+								  HnswVectorOf vector_of, void *arg,
+								  HnswHeapItem *out);
+
+/* Alg. 4 over nodes of the in-memory graph (ids are node ids). */
 extern int	hnsw_select_neighbors(HnswGraph *g, const HnswHeapItem *cands,
 								  int ncands, int max, HnswHeapItem *out);
 
@@ -299,6 +313,11 @@ extern int	hnsw_select_neighbors(HnswGraph *g, const HnswHeapItem *cands,
 /* Build phases for pg_stat_progress_create_index. */
 #define PROGRESS_HNSW_PHASE_LOAD	2
 #define PROGRESS_HNSW_PHASE_WRITE	3
+#define PROGRESS_HNSW_PHASE_CAGRA_KNN	4
+#define PROGRESS_HNSW_PHASE_CAGRA_PRUNE	5
+#define PROGRESS_HNSW_PHASE_CAGRA_MERGE	6
+#define PROGRESS_HNSW_PHASE_CAGRA_GPU	7
+#define PROGRESS_HNSW_PHASE_CAGRA_UPPER	8
 
 typedef struct HnswMetaPageData
 {
@@ -408,13 +427,45 @@ hnsw_level_cap(int m)
 	return cap;
 }
 
-/* Reloptions (varlena).  The CAGRA build adds its options here. */
+/* How CREATE INDEX makes the graph (reloption build_method). */
+typedef enum HnswBuildMethod
+{
+	HNSW_BUILD_HNSW,			/* HNSW insertion, serial or parallel */
+	HNSW_BUILD_CAGRA			/* level 0 by CAGRA (src/cagra/cagra_index.c) */
+} HnswBuildMethod;
+
+/* Where a CAGRA build runs (reloption device). */
+typedef enum HnswDevice
+{
+	HNSW_DEVICE_AUTO,			/* the GPU when there is one, else the CPU */
+	HNSW_DEVICE_CPU,
+	HNSW_DEVICE_GPU
+} HnswDevice;
+
+/*
+ * Reloptions (varlena).  String options are offsets from the start of the
+ * struct, 0 when not given; the CAGRA degrees are 0 when not given (their
+ * defaults derive from m: graph_degree 2m, intermediate_graph_degree 3m).
+ */
 typedef struct HnswOptions
 {
 	int32		vl_len_;
 	int			m;
 	int			efConstruction;
+	int			buildMethodOffset;
+	int			deviceOffset;
+	int			graphDegree;
+	int			intermediateDegree;
 } HnswOptions;
+
+/* The CAGRA options of an index, with the defaults filled in. */
+typedef struct HnswCagraOptions
+{
+	HnswBuildMethod method;
+	HnswDevice	device;
+	int			graphDegree;
+	int			intermediateDegree;
+} HnswCagraOptions;
 
 /* Settings. */
 typedef enum HnswIterativeScan
@@ -493,6 +544,8 @@ typedef struct HnswBuildState
 	size_t		memLimit;
 	bool		onDisk;			/* graph flushed; inserting on pages */
 	bool		unlinked;		/* collecting rows without linking them */
+	size_t		unlinkedRowBytes;	/* what the CAGRA stages will need per
+									 * row collected unlinked */
 	bool		pagesWritten;	/* the parallel build wrote the pages */
 	int			parallelWorkers;	/* workers asked for */
 
@@ -505,6 +558,7 @@ typedef struct HnswBuildState
 extern void hnsw_init(void);
 extern HnswMetric hnsw_get_metric(Relation index);
 extern void hnsw_get_options(Relation index, int *m, int *efConstruction);
+extern void hnsw_get_cagra_options(Relation index, HnswCagraOptions *opts);
 
 /*
  * One page change: WAL-logged with GenericXLog, or (during a build, whose
@@ -597,6 +651,12 @@ extern void hnsw_build_add_unlinked(HnswBuildState *bs, const float *vec,
 									ItemPointer heaptid);
 extern void hnsw_build_from_level0(HnswBuildState *bs, const int32 *neighbours,
 								   int degree);
+
+/*
+ * src/cagra/cagra_index.c: the CAGRA half of a build_method = 'cagra'
+ * build, between hnsw_build_init and hnsw_build_finish.
+ */
+extern void cagra_index_build(HnswBuildState *bs);
 
 /* hnswinsert.c */
 extern bool hnswinsert(Relation index, Datum *values, bool *isnull,

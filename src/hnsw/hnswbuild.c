@@ -200,6 +200,16 @@ hnsw_build_add_unlinked(HnswBuildState *bs, const float *vec,
 {
 	int32		id;
 
+	/* CAGRA needs every row in memory at once: no spilling to disk */
+	if (build_memory(bs) + hnsw_graph_node_bytes(bs->dim, bs->m, 1) +
+		(size_t) (bs->graph->n + 1) * bs->unlinkedRowBytes > bs->memLimit)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("gnnhnsw CAGRA build does not fit into maintenance_work_mem after %d rows",
+						bs->graph->n),
+				 errdetail("A CAGRA build keeps every row and its kNN graph in memory, about %zu bytes per row.",
+						   hnsw_graph_node_bytes(bs->dim, bs->m, 1) + bs->unlinkedRowBytes),
+				 errhint("Increase maintenance_work_mem, or build with build_method = 'hnsw', which can continue on disk.")));
 	id = hnsw_graph_append(bs->graph, vec, hnsw_graph_random_level(bs->graph));
 	ensure_tid_room(bs, id);
 	bs->heaptids[id * HNSW_HEAPTIDS] = *heaptid;
@@ -535,13 +545,17 @@ IndexBuildResult *
 hnswbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 {
 	HnswBuildState bs;
+	HnswCagraOptions cagra;
 
 	if (RelationGetNumberOfBlocks(index) != 0)
 		elog(ERROR, "index \"%s\" already contains data",
 			 RelationGetRelationName(index));
 
 	hnsw_build_init(&bs, heap, index, indexInfo, MAIN_FORKNUM);
-	if (!hnsw_build_parallel(&bs))
+	hnsw_get_cagra_options(index, &cagra);
+	if (cagra.method == HNSW_BUILD_CAGRA)
+		cagra_index_build(&bs);
+	else if (!hnsw_build_parallel(&bs))
 		hnsw_build_collect(&bs, true);
 	else
 		ereport(DEBUG1,

@@ -426,31 +426,38 @@ search_layer(HnswGraph *g, const float *q, int32_t ep, float epdist, int ef,
 }
 
 int
-hnsw_select_neighbors(HnswGraph *g, const HnswHeapItem *cands, int ncands,
-					  int max, HnswHeapItem *out)
+hnsw_heuristic_select(HnswMetric metric, int dim, const HnswHeapItem *cands,
+					  int ncands, int max, HnswVectorOf vector_of, void *arg,
+					  HnswHeapItem *out)
 {
 	int			nout = 0;
-	int			i;
 
-	for (i = 0; i < ncands && nout < max; i++)
+	for (int i = 0; i < ncands && nout < max; i++)
 	{
-		const float *cv = g->nodes[cands[i].id].vec;
+		const float *cv = vector_of(arg, cands[i].id);
 		bool		good = true;
-		int			j;
 
-		for (j = 0; j < nout; j++)
-		{
-			if (hnsw_distance(g->metric, cv, g->nodes[out[j].id].vec, g->dim) <
-				cands[i].dist)
-			{
+		for (int j = 0; j < nout && good; j++)
+			if (hnsw_distance(metric, cv, vector_of(arg, out[j].id), dim) < cands[i].dist)
 				good = false;
-				break;
-			}
-		}
 		if (good)
 			out[nout++] = cands[i];
 	}
 	return nout;
+}
+
+static const float *
+node_vector(void *arg, int32_t id)
+{
+	return ((HnswGraph *) arg)->nodes[id].vec;
+}
+
+int
+hnsw_select_neighbors(HnswGraph *g, const HnswHeapItem *cands, int ncands,
+					  int max, HnswHeapItem *out)
+{
+	return hnsw_heuristic_select(g->metric, g->dim, cands, ncands, max,
+								 node_vector, g, out);
 }
 
 static int

@@ -233,33 +233,19 @@ search_layer(ParallelBuilder *pb, const float *q, int32 ep, float epdist,
 	return n;
 }
 
-/* SELECT-NEIGHBORS-HEURISTIC (Alg. 4) over candidates sorted ascending. */
+static const float *
+shared_vector(void *arg, int32_t id)
+{
+	return svec((ParallelBuilder *) arg, id);
+}
+
+/* Alg. 4 over nodes of the shared graph. */
 static int
 select_neighbors(ParallelBuilder *pb, const HnswHeapItem *cands, int n,
 				 int max, HnswHeapItem *out)
 {
-	int			nout = 0;
-	int			i,
-				j;
-
-	for (i = 0; i < n && nout < max; i++)
-	{
-		const float *cv = svec(pb, cands[i].id);
-		bool		good = true;
-
-		for (j = 0; j < nout; j++)
-		{
-			if (hnsw_distance(pb->metric, cv, svec(pb, out[j].id), pb->sh->dim) <
-				cands[i].dist)
-			{
-				good = false;
-				break;
-			}
-		}
-		if (good)
-			out[nout++] = cands[i];
-	}
-	return nout;
+	return hnsw_heuristic_select(pb->metric, pb->sh->dim, cands, n, max,
+								 shared_vector, pb, out);
 }
 
 static int

@@ -653,38 +653,35 @@ hnsw_search_to_level(HnswSearch *s, HnswMetaPageData *meta, int level, int *ep)
 	return entry;
 }
 
+static const float *
+array_vector(void *arg, int32_t id)
+{
+	return ((float **) arg)[id];
+}
+
 /*
- * SELECT-NEIGHBORS-HEURISTIC (Alg. 4) over candidates sorted by ascending
- * distance to the base element: keeps a candidate when it is closer to the
- * base than to every candidate kept so far.  keep[i] tells which; returns
- * how many (at most max).
+ * Alg. 4 (hnsw_heuristic_select) over candidates held as arrays, sorted by
+ * ascending distance to the base element: vecs[i] at dists[i].  keep[i]
+ * tells which were kept; returns how many (at most max).
  */
 int
 hnsw_select_heuristic(HnswMetric metric, int dim, float **vecs,
 					  const float *dists, int n, int max, bool *keep)
 {
-	int		   *kept = palloc(sizeof(int) * Max(max, 1));
-	int			nkept = 0;
-	int			i,
-				j;
+	HnswHeapItem *cands = palloc(sizeof(HnswHeapItem) * Max(n, 1));
+	HnswHeapItem *kept = palloc(sizeof(HnswHeapItem) * Max(n, 1));
+	int			nkept;
 
-	for (i = 0; i < n; i++)
+	for (int i = 0; i < n; i++)
 	{
+		cands[i].dist = dists[i];
+		cands[i].id = i;
 		keep[i] = false;
-		if (nkept >= max)
-			continue;
-		keep[i] = true;
-		for (j = 0; j < nkept; j++)
-		{
-			if (hnsw_distance(metric, vecs[i], vecs[kept[j]], dim) < dists[i])
-			{
-				keep[i] = false;
-				break;
-			}
-		}
-		if (keep[i])
-			kept[nkept++] = i;
 	}
+	nkept = hnsw_heuristic_select(metric, dim, cands, n, max, array_vector, vecs, kept);
+	for (int i = 0; i < nkept; i++)
+		keep[kept[i].id] = true;
+	pfree(cands);
 	pfree(kept);
 	return nkept;
 }

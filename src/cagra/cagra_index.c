@@ -1,0 +1,403 @@
+/*
+ * cagra_index.c
+ *		CREATE INDEX ... USING gnnhnsw ... WITH (build_method = 'cagra'):
+ *		level 0 of the HNSW graph built by CAGRA.
+ *
+ * CAGRA is the graph construction of Ootomo et al., "CAGRA: Highly Parallel
+ * Graph Construction and Approximate Nearest Neighbor Search for GPUs"
+ * (ICDE 2024): a kNN graph of degree I = intermediate_graph_degree, pruned
+ * to degree d = graph_degree by detourable-route counts, with reverse edges
+ * merged into the second half of every row (cagra.h).  The index build is
+ *
+ *	hnsw_build_collect(bs, false)	rows into the build graph, no edges
+ *	copy the vectors into one n x dim array
+ *	kNN -> prune -> merge			on the CPU (worker threads) or the GPU
+ *	hnsw_build_from_level0			level 0 = the CAGRA graph; upper levels
+ *									by HNSW insertion of the sampled nodes
+ *	cagra_bridge_upper_levels		upper-level nodes keep long-range edges
+ *									at level 0 too
+ *	hnsw_build_finish				(caller) reachability, pages, WAL
+ *
+ * CPU stages run in PostgreSQL-free code on 1 + max_parallel_maintenance_
+ * workers threads (at most one per CPU).  The workers block every signal and
+ * never call PostgreSQL; the calling thread polls QueryCancelPending and
+ * ProcDiePending between chunks of work, and once the stage has stopped
+ * turns the request into the usual ERROR or FATAL.  Every buffer of this
+ * file is palloc'd in the caller's memory context, so an ERROR frees them;
+ * the CAGRA core frees its own malloc'd scratch before it returns, on every
+ * path.  The GPU build is a single call into cuda/gnnvec_cuda.so and cannot
+ * be canceled while it runs.
+ *
+ * Memory: the build graph, the n x dim copy and the CAGRA graphs must all
+ * fit in maintenance_work_mem; the collection stops with an ERROR as soon as
+ * they would not (there is no on-disk fallback: CAGRA needs every row at
+ * once).
+ */
+#include "postgres.h"
+
+#include <cblas.h>
+
+#include "cagra/cagra.h"
+#include "commands/progress.h"
+#include "hnsw/hnsw.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "vector/distance.h"
+
+/*
+ * Above this many rows the kNN graph comes from overlapping k-means
+ * partitions instead of all pairs: at 100k x 128 on two cores the exact
+ * stage takes about three times as long as the partitioned one, for a kNN
+ * recall close to 0.99 (bench/bin/cagra_build).
+ */
+#define CAGRA_INDEX_EXACT_MAX_ROWS	50000
+
+static bool
+cagra_row_has(const int32 *row, int n, int32 id)
+{
+	for (int i = 0; i < n; i++)
+		if (row[i] == id)
+			return true;
+	return false;
+}
+
+/* Bytes per row the CAGRA stages need on top of the build graph. */
+static size_t
+cagra_row_bytes(int dim, int intermediate, int degree)
+{
+	return sizeof(float) * dim		/* contiguous copy of the vectors */
+		+ sizeof(int32) * intermediate	/* kNN graph */
+		+ sizeof(float) * intermediate	/* kNN distances / candidate scratch */
+		+ 2 * sizeof(int32) * degree;	/* pruned and final graphs */
+}
+
+static CagraMetric
+cagra_metric_of(HnswMetric metric)
+{
+	switch (metric)
+	{
+		case HNSW_METRIC_L2:
+			return CAGRA_METRIC_L2;
+		case HNSW_METRIC_IP:
+			return CAGRA_METRIC_INNER_PRODUCT;
+		case HNSW_METRIC_COSINE:
+			return CAGRA_METRIC_COSINE;
+		case HNSW_METRIC_L1:
+			return CAGRA_METRIC_L1;
+	}
+	elog(ERROR, "gnnhnsw: unknown metric %d", (int) metric);
+	return CAGRA_METRIC_L2;		/* keep compiler quiet */
+}
+
+/* Polled by the CAGRA core on this thread: stop for a cancel or a kill. */
+static bool
+cagra_interrupt_requested(void *arg)
+{
+	return QueryCancelPending || ProcDiePending;
+}
+
+/* Turn CAGRA_ERR_* into an ERROR; CHECK_FOR_INTERRUPTS raises a cancel. */
+static void
+cagra_report(CagraStatus status, const char *where, const char *errbuf)
+{
+	if (status == CAGRA_OK)
+		return;
+	if (status == CAGRA_ERR_CANCELED)
+	{
+		CHECK_FOR_INTERRUPTS();
+		ereport(ERROR,
+				(errcode(ERRCODE_QUERY_CANCELED),
+				 errmsg("canceling CAGRA graph build")));
+	}
+	if (status == CAGRA_ERR_NOMEM)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory in the CAGRA %s", where),
+				 errdetail("%s", errbuf),
+				 errhint("Lower intermediate_graph_degree, or build with build_method = 'hnsw'.")));
+	ereport(ERROR,
+			(errcode(status == CAGRA_ERR_DEVICE ?
+					 ERRCODE_EXTERNAL_ROUTINE_EXCEPTION :
+					 ERRCODE_INTERNAL_ERROR),
+			 errmsg("CAGRA %s failed: %s", where, errbuf)));
+}
+
+/*
+ * OpenBLAS picks its GEMM kernels from the CPU model when it loads; on
+ * virtual machines that report a generic model it uses SSE3 ("Prescott")
+ * kernels, several times slower than the AVX2/AVX-512 ones the CPU has.
+ * The kNN stage is mostly GEMM, so say how to fix it.
+ */
+static void
+cagra_check_blas_kernels(CagraMetric metric)
+{
+	static const char *const generic[] = {"Prescott", "Core2", "Penryn",
+	"Dunnington", "Nehalem", "Atom", "Katmai", "Northwood", "Banias"};
+	VecIsa		isa = vec_distance_init(VEC_ISA_AVX512);
+	const char *core = openblas_get_corename();
+
+	if (metric == CAGRA_METRIC_L1 || isa == VEC_ISA_SCALAR || core == NULL)
+		return;
+	for (int i = 0; i < lengthof(generic); i++)
+		if (strcmp(core, generic[i]) == 0)
+		{
+			ereport(NOTICE,
+					(errmsg("OpenBLAS uses its generic \"%s\" kernels on a CPU with %s",
+							core, vec_isa_name(isa)),
+					 errdetail("The CAGRA kNN stage runs several times slower with them."),
+					 errhint("Set OPENBLAS_CORETYPE=%s in the server's environment and restart it.",
+							 isa == VEC_ISA_AVX512 ? "SkylakeX" : "Haswell")));
+			return;
+		}
+}
+
+/* The collected rows as one n x dim array, the layout CAGRA reads. */
+static float *
+cagra_copy_vectors(HnswBuildState *bs)
+{
+	HnswGraph  *g = bs->graph;
+	float	   *data = MemoryContextAllocHuge(CurrentMemoryContext,
+											  sizeof(float) * (Size) g->n * bs->dim);
+
+	for (int32 i = 0; i < g->n; i++)
+		memcpy(data + (Size) i * bs->dim, g->nodes[i].vec,
+			   sizeof(float) * bs->dim);
+	return data;
+}
+
+/* CPU: the three stages on this thread and its workers, phase by phase. */
+static void
+cagra_build_cpu(const float *data, int64 n, int dim,
+				const CagraParams *params, int32 *graph)
+{
+	int			inter = params->intermediate_degree;
+	int			d = params->graph_degree;
+	int32	   *knn = MemoryContextAllocHuge(CurrentMemoryContext,
+											 sizeof(int32) * (Size) n * inter);
+	int32	   *pruned = MemoryContextAllocHuge(CurrentMemoryContext,
+												sizeof(int32) * (Size) n * d);
+	char		errbuf[512];
+	CagraStatus status;
+	double		t0 = cagra_now(),
+				t1,
+				t2;
+
+	cagra_check_blas_kernels(params->metric);
+
+	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE,
+								 PROGRESS_HNSW_PHASE_CAGRA_KNN);
+	if (params->knn_method == CAGRA_KNN_PARTITIONED)
+		status = cagra_knn_partitioned(data, n, dim, params->metric, inter,
+									   params->partition_rows,
+									   params->partition_overlap,
+									   params->n_threads, &params->interrupt,
+									   knn, NULL, errbuf, sizeof(errbuf));
+	else
+		status = cagra_knn_exact(data, n, dim, params->metric, inter,
+								 params->n_threads, &params->interrupt,
+								 knn, NULL, errbuf, sizeof(errbuf));
+	cagra_report(status, "kNN graph", errbuf);
+	t1 = cagra_now();
+
+	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE,
+								 PROGRESS_HNSW_PHASE_CAGRA_PRUNE);
+	status = cagra_prune(knn, n, inter, d, params->detour, params->n_threads,
+						 &params->interrupt, pruned, errbuf, sizeof(errbuf));
+	cagra_report(status, "pruning", errbuf);
+	pfree(knn);
+	t2 = cagra_now();
+
+	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE,
+								 PROGRESS_HNSW_PHASE_CAGRA_MERGE);
+	status = cagra_merge_reverse(pruned, n, d, graph, errbuf, sizeof(errbuf));
+	cagra_report(status, "reverse-edge merge", errbuf);
+	pfree(pruned);
+
+	ereport(DEBUG1,
+			(errmsg_internal("gnnhnsw cagra (cpu, %d threads, %s kNN): kNN %.2fs, prune %.2fs, merge %.2fs",
+							 params->n_threads,
+							 params->knn_method == CAGRA_KNN_EXACT ? "exact" : "partitioned",
+							 t1 - t0, t2 - t1, cagra_now() - t2)));
+}
+
+/*
+ * The GPU to use, or NULL to build on the CPU.  device = 'gpu' insists;
+ * 'auto' falls back with a NOTICE.
+ */
+static CagraGpu *
+cagra_choose_gpu(HnswDevice device)
+{
+	CagraGpu   *gpu;
+	char		errbuf[512];
+	int			count = 0;
+
+	if (device == HNSW_DEVICE_CPU)
+		return NULL;
+	gpu = cagra_gpu_module_try(errbuf, sizeof(errbuf));
+	if (gpu != NULL &&
+		cagra_gpu_device_count(gpu, &count, errbuf, sizeof(errbuf)) == CAGRA_OK &&
+		count == 0)
+		snprintf(errbuf, sizeof(errbuf), "the CUDA driver sees no GPU");
+	if (gpu != NULL && count > 0)
+		return gpu;
+
+	if (device == HNSW_DEVICE_GPU)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("gnnhnsw cannot build on a GPU: %s", errbuf),
+				 errhint("Build the index with device = 'cpu' or device = 'auto', or run the server where a CUDA GPU and gnnvec_cuda.so are present.")));
+	ereport(NOTICE,
+			(errmsg("gnnhnsw builds the CAGRA graph on the CPU: no usable GPU"),
+			 errdetail("%s", errbuf)));
+	return NULL;
+}
+
+static void
+cagra_build_gpu(CagraGpu *gpu, const float *data, int64 n, int dim,
+				const CagraParams *params, int32 *graph)
+{
+	CagraStats	stats;
+	char		errbuf[512];
+	CagraStatus status;
+
+	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE,
+								 PROGRESS_HNSW_PHASE_CAGRA_GPU);
+	status = cagra_gpu_build(gpu, 0, 0, data, n, dim, params, NULL, graph,
+							 &stats, errbuf, sizeof(errbuf));
+	if (status == CAGRA_ERR_NOMEM)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of GPU memory building the CAGRA graph"),
+				 errdetail("%s", errbuf),
+				 errhint("Build the index with device = 'cpu', or lower intermediate_graph_degree.")));
+	cagra_report(status, "GPU build", errbuf);
+	ereport(DEBUG1,
+			(errmsg_internal("gnnhnsw cagra (gpu): setup %.2fs, kNN %.2fs, prune %.2fs, merge %.2fs",
+							 stats.setup_seconds, stats.knn_seconds,
+							 stats.prune_seconds, stats.reverse_seconds)));
+}
+
+/*
+ * Give the upper-level nodes long-range edges at level 0.
+ *
+ * A CAGRA graph keeps each node's nearest neighbours, so on clustered data
+ * it has (almost) no edges between clusters; only the upper levels, built
+ * by HNSW insertion with the neighbour-selection heuristic, cross them.  A
+ * search descends the upper levels greedily and can end in the wrong
+ * cluster, and at level 0 it could then never leave it (whole clusters were
+ * unfindable in tests).  An HNSW-built level 0 has such bridges; here each
+ * node of level >= 1 (about one in m) gets its upper-level neighbours, up
+ * to m of them, in its level-0 list after its first 2m - k CAGRA edges.
+ * hnsw_build_finish then makes every node reachable as usual.
+ */
+static void
+cagra_bridge_upper_levels(HnswGraph *g, int m)
+{
+	int32	   *row = palloc(sizeof(int32) * 2 * m);
+	int32	   *up = palloc(sizeof(int32) * m);
+
+	for (int32 i = 0; i < g->n; i++)
+	{
+		HnswGraphNode *node = &g->nodes[i];
+		int			nup = 0;
+		int			keep;
+		int			cnt = 0;
+
+		if (node->level < 1)
+			continue;
+		for (int l = 1; l <= node->level && nup < m; l++)
+		{
+			const int32 *nb = node->nbrs + hnsw_level_offset(m, l);
+
+			for (int j = 0; j < node->counts[l] && nup < m; j++)
+				if (!cagra_row_has(up, nup, nb[j]))
+					up[nup++] = nb[j];
+		}
+		keep = Min(2 * m - nup, (int) node->counts[0]);
+		for (int j = 0; j < keep; j++)
+			row[cnt++] = node->nbrs[j];
+		for (int j = 0; j < nup; j++)
+			if (!cagra_row_has(row, cnt, up[j]))
+				row[cnt++] = up[j];
+		for (int j = keep; j < node->counts[0] && cnt < 2 * m; j++)
+			if (!cagra_row_has(row, cnt, node->nbrs[j]))
+				row[cnt++] = node->nbrs[j];
+		memcpy(node->nbrs, row, sizeof(int32) * cnt);
+		node->counts[0] = (uint8) cnt;
+	}
+	pfree(row);
+	pfree(up);
+}
+
+static void
+cagra_fill_params(CagraParams *params, HnswBuildState *bs,
+				  const HnswCagraOptions *opts, int64 n)
+{
+	cagra_params_default(params, bs->m);
+	params->metric = cagra_metric_of(bs->metric);
+	params->intermediate_degree = opts->intermediateDegree;
+	params->graph_degree = opts->graphDegree;
+	params->knn_method = n > CAGRA_INDEX_EXACT_MAX_ROWS ?
+		CAGRA_KNN_PARTITIONED : CAGRA_KNN_EXACT;
+
+	/*
+	 * hnsw_build_finish makes every node reachable from the HNSW entry
+	 * point, which is not CAGRA's, so CAGRA's own repair would be wasted.
+	 */
+	params->guarantee_connectivity = false;
+	params->n_threads = Min(1 + max_parallel_maintenance_workers,
+							cagra_thread_count(0));
+	params->interrupt.check = cagra_interrupt_requested;
+	params->interrupt.arg = NULL;
+}
+
+void
+cagra_index_build(HnswBuildState *bs)
+{
+	HnswCagraOptions opts;
+	CagraParams params;
+	CagraGpu   *gpu;
+	float	   *data;
+	int32	   *graph;
+	int64		n;
+	char		errbuf[512];
+
+	hnsw_get_cagra_options(bs->index, &opts);
+	/* decide the device first: a missing GPU fails before the table scan */
+	gpu = cagra_choose_gpu(opts.device);
+
+	bs->unlinkedRowBytes = cagra_row_bytes(bs->dim, opts.intermediateDegree,
+										   opts.graphDegree);
+	hnsw_build_collect(bs, false);
+	n = bs->graph->n;
+	if (n == 0)
+		return;					/* an empty index: nothing to link */
+	if (n <= opts.intermediateDegree)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("gnnhnsw build_method 'cagra' needs more rows than intermediate_graph_degree"),
+				 errdetail("The table has %lld rows to index and intermediate_graph_degree is %d.",
+						   (long long) n, opts.intermediateDegree),
+				 errhint("Build with build_method = 'hnsw', lower intermediate_graph_degree, or create the index before loading the table.")));
+
+	cagra_fill_params(&params, bs, &opts, n);
+	if (cagra_params_check(&params, n, bs->dim, errbuf, sizeof(errbuf)) != CAGRA_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid CAGRA parameters: %s", errbuf)));
+
+	data = cagra_copy_vectors(bs);
+	graph = MemoryContextAllocHuge(CurrentMemoryContext,
+								   sizeof(int32) * (Size) n * opts.graphDegree);
+	if (gpu != NULL)
+		cagra_build_gpu(gpu, data, n, bs->dim, &params, graph);
+	else
+		cagra_build_cpu(data, n, bs->dim, &params, graph);
+	pfree(data);
+
+	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE,
+								 PROGRESS_HNSW_PHASE_CAGRA_UPPER);
+	hnsw_build_from_level0(bs, graph, opts.graphDegree);
+	pfree(graph);
+	cagra_bridge_upper_levels(bs->graph, bs->m);
+}
