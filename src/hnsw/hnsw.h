@@ -260,6 +260,80 @@ extern int	hnsw_heuristic_select(HnswMetric metric, int dim,
 								  HnswVectorOf vector_of, void *arg,
 								  HnswHeapItem *out);
 
+/*
+ * SEARCH-LAYER (Alg. 2) over a graph held in memory, for the serial build
+ * (HnswGraph) and the parallel build (the shared graph, whose lists are read
+ * under a lock): the ef nearest nodes of q at one level from ep, written to
+ * out in ascending order; returns how many.  neighbors_of(arg, id, level,
+ * &list) gives a node's list (valid until the next call), vector_of its
+ * vector.  visited[] is marked with tag, a value no earlier search used.
+ * Static inline so that each caller's callbacks are inlined.
+ */
+typedef struct HnswLayerSearch
+{
+	HnswMetric	metric;
+	int			dim;
+	int			(*neighbors_of) (void *arg, int32_t id, int level,
+								 const int32_t **list);
+	HnswVectorOf vector_of;
+	void	   *arg;
+	HnswHeap   *cand;			/* scratch min-heap */
+	HnswHeap   *res;			/* scratch max-heap, room for ef + 1 */
+	uint32_t   *visited;
+	uint32_t	tag;
+} HnswLayerSearch;
+
+static inline int
+hnsw_layer_search(const HnswLayerSearch *ls, const float *q, int32_t ep,
+				  float epdist, int ef, int level, HnswHeapItem *out)
+{
+	HnswHeap   *cand = ls->cand;
+	HnswHeap   *res = ls->res;
+	int			n;
+
+	cand->n = 0;
+	res->n = 0;
+	ls->visited[ep] = ls->tag;
+	hnsw_heap_push(cand, epdist, ep);
+	hnsw_heap_push(res, epdist, ep);
+	while (cand->n > 0)
+	{
+		HnswHeapItem c = hnsw_heap_pop(cand);
+		const int32_t *list;
+		int			cnt;
+
+		if (c.dist > hnsw_heap_top(res)->dist && res->n >= ef)
+			break;
+		cnt = ls->neighbors_of(ls->arg, c.id, level, &list);
+		for (int i = 0; i < cnt; i++)
+		{
+			int32_t		e = list[i];
+			float		d;
+
+			if (ls->visited[e] == ls->tag)
+				continue;
+			ls->visited[e] = ls->tag;
+			d = hnsw_distance(ls->metric, q, ls->vector_of(ls->arg, e), ls->dim);
+			if (res->n < ef || d < hnsw_heap_top(res)->dist)
+			{
+				hnsw_heap_push(cand, d, e);
+				hnsw_heap_push(res, d, e);
+				if (res->n > ef)
+					hnsw_heap_pop(res);
+			}
+		}
+	}
+	/* drain the max-heap from the back: ascending order */
+	n = res->n;
+	while (res->n > 0)
+	{
+		HnswHeapItem it = hnsw_heap_pop(res);
+
+		out[res->n] = it;
+	}
+	return n;
+}
+
 /* Alg. 4 over nodes of the in-memory graph (ids are node ids). */
 extern int	hnsw_select_neighbors(HnswGraph *g, const HnswHeapItem *cands,
 								  int ncands, int max, HnswHeapItem *out);

@@ -363,66 +363,31 @@ greedy_closest(HnswGraph *g, const float *q, int32_t ep, float *epdist,
 	return ep;
 }
 
-/*
- * SEARCH-LAYER (Alg. 2): the ef nearest nodes of q at one level, starting
- * from ep.  Results go to out sorted ascending; returns their number.
- */
+static int
+node_neighbors(void *arg, int32_t id, int level, const int32_t **list)
+{
+	HnswGraph  *g = (HnswGraph *) arg;
+	HnswGraphNode *node = &g->nodes[id];
+
+	*list = node->nbrs + hnsw_level_offset(g->m, level);
+	return node->counts[level];
+}
+
+static const float *
+node_vector(void *arg, int32_t id)
+{
+	return ((HnswGraph *) arg)->nodes[id].vec;
+}
+
+/* SEARCH-LAYER (Alg. 2, hnsw_layer_search) over this graph. */
 static int
 search_layer(HnswGraph *g, const float *q, int32_t ep, float epdist, int ef,
 			 int level, HnswHeapItem *out)
 {
-	HnswHeap   *cand = &g->cand;
-	HnswHeap   *res = &g->res;
-	uint32_t	tag = next_visit_tag(g);
-	int			n;
+	HnswLayerSearch ls = {g->metric, g->dim, node_neighbors, node_vector, g,
+	&g->cand, &g->res, g->visited, next_visit_tag(g)};
 
-	cand->n = 0;
-	res->n = 0;
-	g->visited[ep] = tag;
-	hnsw_heap_push(cand, epdist, ep);
-	hnsw_heap_push(res, epdist, ep);
-
-	while (cand->n > 0)
-	{
-		HnswHeapItem c = hnsw_heap_pop(cand);
-		HnswGraphNode *node;
-		int32_t    *nb;
-		int			cnt,
-					i;
-
-		if (c.dist > hnsw_heap_top(res)->dist && res->n >= ef)
-			break;
-		node = &g->nodes[c.id];
-		nb = node->nbrs + hnsw_level_offset(g->m, level);
-		cnt = node->counts[level];
-		for (i = 0; i < cnt; i++)
-		{
-			int32_t		e = nb[i];
-			float		d;
-
-			if (g->visited[e] == tag)
-				continue;
-			g->visited[e] = tag;
-			d = node_dist(g, q, e);
-			if (res->n < ef || d < hnsw_heap_top(res)->dist)
-			{
-				hnsw_heap_push(cand, d, e);
-				hnsw_heap_push(res, d, e);
-				if (res->n > ef)
-					hnsw_heap_pop(res);
-			}
-		}
-	}
-
-	/* drain the max-heap from the back: ascending order */
-	n = res->n;
-	while (res->n > 0)
-	{
-		HnswHeapItem it = hnsw_heap_pop(res);
-
-		out[res->n] = it;
-	}
-	return n;
+	return hnsw_layer_search(&ls, q, ep, epdist, ef, level, out);
 }
 
 int
@@ -444,12 +409,6 @@ hnsw_heuristic_select(HnswMetric metric, int dim, const HnswHeapItem *cands,
 			out[nout++] = cands[i];
 	}
 	return nout;
-}
-
-static const float *
-node_vector(void *arg, int32_t id)
-{
-	return ((HnswGraph *) arg)->nodes[id].vec;
 }
 
 int

@@ -175,68 +175,36 @@ greedy(ParallelBuilder *pb, const float *q, int32 ep, float *epdist, int level)
 	return ep;
 }
 
-/* SEARCH-LAYER (Alg. 2) over the shared graph; out ascending. */
 static int
-search_layer(ParallelBuilder *pb, const float *q, int32 ep, float epdist,
-			 int ef, int level, HnswHeapItem *out)
+shared_neighbors(void *arg, int32_t id, int level, const int32_t **list)
 {
-	HnswHeap   *cand = &pb->cand;
-	HnswHeap   *res = &pb->res;
-	uint32		tag;
-	int			n;
+	ParallelBuilder *pb = (ParallelBuilder *) arg;
 
-	if (++pb->visitTag == 0)
-	{
-		memset(pb->visited, 0, sizeof(uint32) * pb->sh->capacity);
-		pb->visitTag = 1;
-	}
-	tag = pb->visitTag;
-	cand->n = 0;
-	res->n = 0;
-	pb->visited[ep] = tag;
-	hnsw_heap_push(cand, epdist, ep);
-	hnsw_heap_push(res, epdist, ep);
-	while (cand->n > 0)
-	{
-		HnswHeapItem c = hnsw_heap_pop(cand);
-		int			cnt,
-					i;
-
-		if (c.dist > hnsw_heap_top(res)->dist && res->n >= ef)
-			break;
-		cnt = copy_list(pb, c.id, level);
-		for (i = 0; i < cnt; i++)
-		{
-			int32		e = pb->copy[i];
-			float		d;
-
-			if (pb->visited[e] == tag)
-				continue;
-			pb->visited[e] = tag;
-			d = sdist(pb, q, e);
-			if (res->n < ef || d < hnsw_heap_top(res)->dist)
-			{
-				hnsw_heap_push(cand, d, e);
-				hnsw_heap_push(res, d, e);
-				if (res->n > ef)
-					hnsw_heap_pop(res);
-			}
-		}
-	}
-	n = res->n;
-	while (res->n > 0)
-	{
-		HnswHeapItem it = hnsw_heap_pop(res);
-
-		out[res->n] = it;
-	}
-	return n;
+	*list = pb->copy;
+	return copy_list(pb, id, level);
 }
 
 static const float *
 shared_vector(void *arg, int32_t id)
 {
 	return svec((ParallelBuilder *) arg, id);
+}
+
+/* SEARCH-LAYER (Alg. 2, hnsw_layer_search) over the shared graph. */
+static int
+search_layer(ParallelBuilder *pb, const float *q, int32 ep, float epdist,
+			 int ef, int level, HnswHeapItem *out)
+{
+	HnswLayerSearch ls = {pb->metric, pb->sh->dim, shared_neighbors,
+	shared_vector, pb, &pb->cand, &pb->res, pb->visited, 0};
+
+	if (++pb->visitTag == 0)
+	{
+		memset(pb->visited, 0, sizeof(uint32) * pb->sh->capacity);
+		pb->visitTag = 1;
+	}
+	ls.tag = pb->visitTag;
+	return hnsw_layer_search(&ls, q, ep, epdist, ef, level, out);
 }
 
 /* Alg. 4 over nodes of the shared graph. */
