@@ -778,14 +778,15 @@ train_hnsw_adapter(ReturnSetInfo *rsinfo, GnnIndexView *v, const TrainArgs *a,
 		MemoryContext old;
 
 		shuffle(order, ntrain, rng);
-		old = MemoryContextSwitchTo(tmp);
 		for (int i = 0; i < ntrain; i++)
 		{
 			CHECK_FOR_INTERRUPTS();
+			/* an example's scratch (its negatives: n x dim) goes with it */
+			old = MemoryContextSwitchTo(tmp);
 			loss += adapter_step(v, &ad, &ex[order[i]], a->lr);
+			MemoryContextSwitchTo(old);
+			MemoryContextReset(tmp);
 		}
-		MemoryContextSwitchTo(old);
-		MemoryContextReset(tmp);
 		loss /= Max(ntrain, 1);
 		recall = adapted_recall_at_10(v, &ad, val, nval, tmp);
 		if (nval == 0 || recall > best_recall)
