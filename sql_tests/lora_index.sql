@@ -90,6 +90,13 @@ RESET gnnvec.adapt;
 SELECT gnnvec_model_reset('la_l2', 'hnswscan');
 DROP INDEX la_l2;
 
+-- self-supervised from the graph (pairs_sql NULL): a node's query, a
+-- graph neighbour its positive
+SELECT count(*) AS epochs, bool_and(loss > 0) AS finite_loss
+FROM gnnvec_train('la_v', NULL, scope => 'HnswScan', epochs => 2, learning_rate => 0.05);
+SELECT config LIKE '%"self_supervised": true%' AS self_supervised FROM gnnvec_model_info('la_v');
+SELECT gnnvec_model_reset('la_v', 'HnswScan');
+
 -- reset removes the adapter (kind lora) and the scan is plain again
 SELECT count(*) FROM gnnvec_train('la_v', 'SELECT q, p FROM la_pairs', scope => 'HnswScan',
 	epochs => 1, learning_rate => 0.05);
