@@ -615,6 +615,7 @@ typedef struct GnnStoreRowId
 	ItemPointerData ctid;
 } GnnStoreRowId;
 
+extern void gnn_store_snapshot_key(GnnSnapshotKey *key);
 extern bool gnn_store_fetch_blob(Relation index, const char *scope,
 								 const char *kind, GnnStoreRowId *known,
 								 bytea **blob);

@@ -192,6 +192,16 @@ snapshot_key(Snapshot snap, GnnSnapshotKey *key)
 	key->curcid = snap->curcid;
 }
 
+/*
+ * The key of the snapshot model lookups read with now: a cache entry
+ * checked under an equal key needs no new look at its row.
+ */
+void
+gnn_store_snapshot_key(GnnSnapshotKey *key)
+{
+	snapshot_key(read_snapshot(), key);
+}
+
 /* Does this row belong to the index?  By OID, or by name after a restore. */
 static bool
 row_is_index(Datum *values, Relation index, const char *qualname)

@@ -12,6 +12,8 @@
  * GNN models (versioned, dumped with the extension), and a scan reads it
  * through a per-backend cache keyed by the row version it came from: a new
  * version is seen by a backend as soon as its snapshot sees the commit.
+ * The row is looked at once per snapshot (as for the GNN models), so the
+ * rescans of a nested loop do not probe the table again.
  * The global bank stays what the gnnvec_lora_* functions adapt.
  *
  * Blob layout (native float32, little-endian machines only, like the GNN
@@ -38,6 +40,7 @@ typedef struct CachedAdapter
 {
 	Oid			indexoid;
 	GnnStoreRowId row;
+	GnnSnapshotKey checked;		/* the snapshot the row was last checked in */
 	LoraAdapter ad;				/* mem allocated with the entry */
 } CachedAdapter;
 
@@ -147,9 +150,14 @@ lora_index_adapter(Relation index, int dim)
 {
 	CachedAdapter *ca = cache_entry(RelationGetRelid(index));
 	GnnStoreRowId row;
+	GnnSnapshotKey now;
 	bytea	   *blob;
 	MemoryContext old;
 
+	/* checked under an equivalent snapshot already (e.g. a join's rescans) */
+	gnn_store_snapshot_key(&now);
+	if (ca && now.valid && memcmp(&now, &ca->checked, sizeof(now)) == 0)
+		return &ca->ad;
 	memset(&row, 0, sizeof(row));
 	if (ca)
 		row = ca->row;
@@ -160,7 +168,10 @@ lora_index_adapter(Relation index, int dim)
 		return NULL;
 	}
 	if (blob == NULL)
-		return &ca->ad;			/* the row this entry was read from */
+	{
+		ca->checked = now;		/* still the row this entry was read from */
+		return &ca->ad;
+	}
 	if (ca)
 		cache_drop(ca);
 	old = MemoryContextSwitchTo(TopMemoryContext);
@@ -179,6 +190,7 @@ lora_index_adapter(Relation index, int dim)
 	}
 	PG_END_TRY();
 	ca->row = row;
+	ca->checked = now;
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	adapter_cache = lappend(adapter_cache, ca);
 	MemoryContextSwitchTo(old);
