@@ -74,8 +74,9 @@ lora_index_serialize(const LoraAdapter *ad)
 }
 
 /*
- * Restores an adapter into ad, whose storage must hold the blob's dim
- * (lora_adapter_floats); ERRORs on anything malformed.
+ * Restores an adapter into ad, whose storage was attached with the index's
+ * dimension as capacity; ERRORs on anything malformed, and on an adapter of
+ * another dimension (only a hand-edited row can have one).
  */
 void
 lora_index_deserialize(bytea *blob, LoraAdapter *ad, const char *indexname)
@@ -95,9 +96,11 @@ lora_index_deserialize(bytea *blob, LoraAdapter *ad, const char *indexname)
 		memcpy(&alpha, p + sizeof(hdr), sizeof(float));
 		if (hdr[0] != LORA_BLOB_MAGIC || hdr[1] != LORA_BLOB_FORMAT)
 			problem = "it is not a MicroLoRA adapter of a known format";
-		else if (hdr[2] < 1 || hdr[2] > ad->capacity ||
-				 hdr[3] < 1 || hdr[3] > LORA_MAX_RANK || !isfinite(alpha))
-			problem = "its dimension, rank or alpha is out of range";
+		else if (hdr[2] != ad->capacity)
+			problem = psprintf("it has %d dimensions, the index %d",
+							   hdr[2], ad->capacity);
+		else if (hdr[3] < 1 || hdr[3] > LORA_MAX_RANK || !isfinite(alpha))
+			problem = "its rank or alpha is out of range";
 		else if (len != LORA_BLOB_HEADER +
 				 sizeof(float) * (size_t) 2 * hdr[2] * hdr[3])
 			problem = "its size does not match its dimension and rank";
