@@ -20,6 +20,7 @@ LABELS = {
     "untrained": "(c) rerank, untrained",
     "trained": "(d) rerank, trained",
     "feedback": "(e) rerank, online feedback only",
+    "lora": "(f) index scan, LoRA-adapted query (gnnvec.adapt)",
 }
 
 
@@ -32,7 +33,9 @@ def results(out, name):
     rows = {r["method"]: r for r in read(os.path.join(out, "rerank_%s.csv" % name))}
     print("| method | Recall@10 | NDCG@10 | training s |")
     print("|---|---|---|---|")
-    for m in ("index", "exact", "untrained", "trained", "feedback"):
+    for m in ("index", "exact", "untrained", "trained", "feedback", "lora"):
+        if m not in rows:   # results of a run before the LoRA line existed
+            continue
         r = rows[m]
         secs = "%.1f" % float(r["seconds"]) if r["seconds"] else ""
         print("| %s | %.3f | %.3f | %s |" % (LABELS[m], float(r["recall_at_10"]),
@@ -47,6 +50,10 @@ def main():
     t = results(out, "topics")
     gain = 100 * (t["trained"] - t["exact"])
     print("\n(d) - (b): %+.1f points Recall@10 (target >= +10)\n" % gain)
+    if "lora" in t:
+        print("(f) - (a): %+.1f points, (f) - (d): %+.1f points Recall@10 "
+              "(LoRA-adapted scan vs plain scan, vs GNN rerank)\n"
+              % (100 * (t["lora"] - t["index"]), 100 * (t["lora"] - t["trained"])))
     print("### Raw distance is the truth (relevant = exact 10 nearest)\n")
     r = results(out, "raw")
     print("\n(d) - (a): %+.1f points Recall@10 (target: within 1 point)\n"

@@ -13,6 +13,9 @@
 #              selection), then gnnvec_search
 #   feedback   a fresh model taught only by gnnvec_feedback, one call per
 #              logged pair (the first 300)
+#   lora       the index's HnswScan MicroLoRA adapter trained on the logged
+#              pairs (6 epochs, alpha 1, SGD step 0.05), then the plain index
+#              scan with gnnvec.adapt = on
 # then the learning curve (held-out recall after 1..6 epochs from scratch)
 # and the latency of reranked and plain index scans.
 set -euo pipefail
@@ -104,6 +107,18 @@ SELECT clock_timestamp() AS t0 \gset
 SELECT * FROM gnnvec_train('items_v', 'SELECT q, p FROM train', epochs => 6);
 INSERT INTO results SELECT *, extract(epoch FROM clock_timestamp() - :'t0') FROM bench_eval('search', 'trained');
 SELECT config FROM gnnvec_model_info('items_v');
+-- LoRA: the index's HnswScan adapter trained on the same pairs, then the
+-- plain index scan with gnnvec.adapt (no reranking)
+SET gnnvec.lora_alpha = 1;
+SELECT clock_timestamp() AS t0 \gset
+SELECT * FROM gnnvec_train('items_v', 'SELECT q, p FROM train', scope => 'HnswScan', epochs => 6,
+	learning_rate => 0.05);
+SET gnnvec.adapt = on;
+SET enable_seqscan = off;
+INSERT INTO results SELECT *, extract(epoch FROM clock_timestamp() - :'t0') FROM bench_eval('index', 'lora');
+RESET enable_seqscan;
+RESET gnnvec.adapt;
+SELECT config FROM gnnvec_model_info('items_v') WHERE scope = 'HnswScan';
 \copy results TO '$out/rerank_${set}.csv' CSV HEADER
 SQL
 	if [ "$set" = topics ]; then

@@ -124,7 +124,6 @@ SELECT * FROM gnnvec_train('gm_v', 'SELECT q, NULL::vector FROM gm_log');
 SELECT * FROM gnnvec_train('gm_v', 'SELECT ''[1,2,3]''::vector, ''[1,2,3]''::vector');
 SELECT * FROM gnnvec_train('gm_v', 'SELECT q, p FROM gm_log', scope => 'Sideways');
 SELECT * FROM gnnvec_train('gm_v', 'SELECT q, p FROM gm_log', scope => '17');
-SELECT * FROM gnnvec_train('gm_v', 'SELECT q, p FROM gm_log', scope => 'HnswScan');
 SELECT * FROM gnnvec_train('gm_v', 'SELECT q, p FROM gm_log', scope => NULL);
 SELECT * FROM gnnvec_train('gm_v', 'SELECT q, p FROM gm_log', epochs => 0);
 SELECT * FROM gnnvec_train('gm_v', 'SELECT q, p FROM gm_log', hidden => 6);

@@ -603,6 +603,22 @@ extern bytea *gnn_store_state(Relation index, const char *scope,
 extern int64 gnn_store_save(Relation index, const char *scope,
 							const char *kind, const GnnModel *model,
 							const char *config, bytea *state);
+extern int64 gnn_store_save_blob(Relation index, const char *scope,
+								 const char *kind, bytea *blob,
+								 const char *config, bytea *state);
+
+/* Which row version a cached non-GNN model came from (version 0: none). */
+typedef struct GnnStoreRowId
+{
+	int64		version;
+	TransactionId xmin;
+	ItemPointerData ctid;
+} GnnStoreRowId;
+
+extern void gnn_store_snapshot_key(GnnSnapshotKey *key);
+extern bool gnn_store_fetch_blob(Relation index, const char *scope,
+								 const char *kind, GnnStoreRowId *known,
+								 bytea **blob);
 extern char *gnn_index_qualified_name(Relation index);
 extern const char *gnn_scope_arg(const char *given);
 

@@ -414,11 +414,6 @@ hnsw_scan_ef(Relation index)
 		hnsw_ef_search;
 }
 
-void
-hnsw_scan_adapt_query(Relation index, float *query, int dim)
-{
-}
-
 /*
  * Reorders one round of scan candidates by model score when gnnvec.rerank
  * is on and the index has a Rerank model of its dimension; otherwise, or

@@ -192,6 +192,16 @@ snapshot_key(Snapshot snap, GnnSnapshotKey *key)
 	key->curcid = snap->curcid;
 }
 
+/*
+ * The key of the snapshot model lookups read with now: a cache entry
+ * checked under an equal key needs no new look at its row.
+ */
+void
+gnn_store_snapshot_key(GnnSnapshotKey *key)
+{
+	snapshot_key(read_snapshot(), key);
+}
+
 /* Does this row belong to the index?  By OID, or by name after a restore. */
 static bool
 row_is_index(Datum *values, Relation index, const char *qualname)
@@ -415,6 +425,50 @@ gnn_store_state(Relation index, const char *scope, const char *kind)
 	return state;
 }
 
+typedef struct BlobArg
+{
+	GnnStoreRowId *known;
+	bytea	  **blob;
+} BlobArg;
+
+static void
+blob_row(HeapTuple tup, Datum *values, bool *nulls, void *arg)
+{
+	BlobArg    *ba = (BlobArg *) arg;
+	GnnStoreRowId now;
+
+	now.version = DatumGetInt64(values[ATT_VERSION - 1]);
+	now.xmin = HeapTupleHeaderGetXmin(tup->t_data);
+	now.ctid = tup->t_self;
+	if (ba->known->version == now.version && ba->known->xmin == now.xmin &&
+		ItemPointerEquals(&ba->known->ctid, &now.ctid))
+	{
+		*ba->blob = NULL;		/* the caller has this row version already */
+		return;
+	}
+	*ba->blob = DatumGetByteaPCopy(values[ATT_MODEL - 1]);
+	*ba->known = now;
+}
+
+/*
+ * The model column of (index, scope, kind) for models that are not GNNs
+ * (kind "lora"), whose callers keep their own cache: returns false when
+ * there is no row; otherwise *blob is a palloc'd copy, or NULL when the row
+ * is still the version *known names (then nothing is read).  *known is
+ * updated to the row read.
+ */
+bool
+gnn_store_fetch_blob(Relation index, const char *scope, const char *kind,
+					 GnnStoreRowId *known, bytea **blob)
+{
+	BlobArg		ba;
+
+	ba.known = known;
+	ba.blob = blob;
+	*blob = NULL;
+	return with_row(index, scope, kind, blob_row, &ba);
+}
+
 /* ---- writing ----------------------------------------------------------- */
 
 typedef struct OwnerSpi
@@ -452,17 +506,34 @@ owner_spi_end(OwnerSpi *os)
 }
 
 /*
- * Saves a model (and optional state) as the next version of (index,
- * scope, kind); returns that version.  Rows of the same index name left by
- * a restore (their OID names no relation) are replaced.
+ * Saves a GNN model (and optional state) as the next version of (index,
+ * scope, kind); returns that version.
  */
 int64
 gnn_store_save(Relation index, const char *scope, const char *kind,
 			   const GnnModel *model, const char *config, bytea *state)
 {
-	OwnerSpi	os;
 	size_t		size = gnn_model_serialized_size(model);
 	bytea	   *blob = palloc(VARHDRSZ + size);
+	int64		version;
+
+	SET_VARSIZE(blob, VARHDRSZ + size);
+	gnn_model_serialize(model, (uint8_t *) VARDATA(blob));
+	version = gnn_store_save_blob(index, scope, kind, blob, config, state);
+	pfree(blob);
+	return version;
+}
+
+/*
+ * Saves a serialised model (and optional state) as the next version of
+ * (index, scope, kind); returns that version.  Rows of the same index name
+ * left by a restore (their OID names no relation) are replaced.
+ */
+int64
+gnn_store_save_blob(Relation index, const char *scope, const char *kind,
+					bytea *blob, const char *config, bytea *state)
+{
+	OwnerSpi	os;
 	char	   *qualname = gnn_index_qualified_name(index);
 	StringInfoData sql;
 	Oid			types[7] = {OIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BYTEAOID, BYTEAOID};
@@ -471,8 +542,6 @@ gnn_store_save(Relation index, const char *scope, const char *kind,
 	int64		version;
 	bool		isnull;
 
-	SET_VARSIZE(blob, VARHDRSZ + size);
-	gnn_model_serialize(model, (uint8_t *) VARDATA(blob));
 	args[0] = ObjectIdGetDatum(RelationGetRelid(index));
 	args[1] = CStringGetTextDatum(qualname);
 	args[2] = CStringGetTextDatum(scope);
@@ -502,11 +571,10 @@ gnn_store_save(Relation index, const char *scope, const char *kind,
 					 os.table, os.table);
 	if (SPI_execute_with_args(sql.data, 7, types, args, argnulls, false, 1) !=
 		SPI_OK_INSERT_RETURNING || SPI_processed != 1)
-		elog(ERROR, "saving the GNN model failed");
+		elog(ERROR, "saving the model failed");
 	version = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 										  SPI_tuptable->tupdesc, 1, &isnull));
 	owner_spi_end(&os);
-	pfree(blob);
 	return version;
 }
 

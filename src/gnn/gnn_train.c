@@ -13,6 +13,9 @@
  * it does not beat ranking by raw distance the GNN term is switched off
  * (log-weight -30, gnn.h), so training cannot make ranking worse than raw
  * distance on held-out pairs.  Progress: a NOTICE per epoch.
+ *
+ * With scope HnswScan the same examples train the index's MicroLoRA query
+ * adapter instead of a GNN (train_hnsw_adapter; applied by lora_index.c).
  */
 #include "postgres.h"
 
@@ -25,6 +28,7 @@
 #include "funcapi.h"
 #include "gnn/gnn.h"
 #include "lib/stringinfo.h"
+#include "lora/lora.h"
 #include "miscadmin.h"
 #include "parser/parse_type.h"
 #include "utils/builtins.h"
@@ -546,11 +550,265 @@ train_args(FunctionCallInfo fcinfo, TrainArgs *a)
 	check_range("candidates", a->candidates, 2, HNSW_MAX_EF_SEARCH);
 	check_range("random_negatives", a->random_negatives, 0, 1000);
 	check_range("validation_fraction", a->val_fraction, 0, 0.9);
-	if (strcmp(a->scope, "HnswScan") == 0)
+}
+
+/*
+ * The examples of a training call (from pairs_sql, or from the graph when
+ * it is NULL) in a seeded order whose last *nval are held out for
+ * validation; returns how many.  Shared by the GNN and the adapter.
+ */
+static int
+training_examples(GnnIndexView *v, const TrainArgs *a, GnnRng *rng,
+				  Example **ex, int **order, int *nval)
+{
+	int			nall;
+	int		   *all;
+	int			nex;
+	int			skipped = 0;
+
+	/* every element: random negatives, and the self-supervised queries */
+	nall = gnn_view_all_elements(v, &all);
+	if (a->pairs_sql)
+		nex = examples_from_sql(v, a->pairs_sql, a->candidates, a->random_negatives,
+								all, nall, rng, ex, &skipped);
+	else
+		nex = examples_from_graph(v, a->candidates, a->random_negatives, all,
+								  nall, rng, ex);
+	if (nex == 0)
 		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("scope HnswScan trains a MicroLoRA adapter, which gnnvec_train does not do yet"),
-				 errhint("Train a GNN reranker with scope Rerank.")));
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("no training data for index \"%s\"", RelationGetRelationName(v->index)),
+				 skipped > 0 ?
+				 errdetail("%d pair(s) were skipped: their positive vector is not in the index.", skipped) : 0,
+				 errhint("pairs_sql must return (query, positive) rows whose positive is an indexed vector.")));
+	if (skipped > 0)
+		ereport(NOTICE,
+				(errmsg("gnnvec_train: %d pair(s) skipped: their positive vector is not in the index",
+						skipped)));
+
+	/* the split: a seeded shuffle, then the last nval examples */
+	*order = palloc(sizeof(int) * nex);
+	for (int i = 0; i < nex; i++)
+		(*order)[i] = i;
+	shuffle(*order, nex, rng);
+	*nval = (a->val_fraction > 0 && nex >= 2) ?
+		Max(1, (int) floor(nex * a->val_fraction)) : 0;
+	return nex;
+}
+
+/* ---- HnswScan: the index's MicroLoRA query adapter ----------------------- */
+
+/*
+ * The adapter y = x + alpha (x A) B (Hu et al. 2021) is trained so that
+ * the adapted query finds its positive: the loss is the InfoNCE (van den
+ * Oord et al. 2018, gnn_infonce_loss) of the cosine similarities of y to
+ * the positive and to the example's negatives (the query's graph
+ * candidates and random rows, as for the GNN), at temperature tau:
+ *		L = -log( exp(cos(y,p)/tau) / sum_c exp(cos(y,c)/tau) )
+ * gnn_infonce_loss gives g = dL/dy; with h = x A and u = B g^T the chain
+ * rule through y gives
+ *		dL/dB[k][j] = alpha h[k] g[j],		dL/dA[i][k] = alpha x[i] u[k],
+ * which is the SGD step lora_adapter_step takes (one example at a time).
+ * Cosine similarity ignores the norm of y, so the loss is the same for
+ * the renormalised query a cosine index searches with; for L2 and inner
+ * product indexes it trains the direction of the query, and validation
+ * (below) measures the effect with the index's own metric.
+ *
+ * Validation recall@10 is measured through the adapted search itself: the
+ * share of held-out pairs whose positive is among the first 10 results of
+ * the graph search (ef = gnnvec.ef_search) with the adapted query.  The
+ * adapter of the best epoch is kept, and the adapter as it was before the
+ * call (none: the identity) counts as epoch 0, so a training call never
+ * leaves an adapter that does worse on held-out pairs than before it.
+ */
+#define LORA_TRAIN_TEMPERATURE 0.1
+
+/* Did the search with the (adapted) query put the positive in its top 10? */
+static bool
+adapted_hit_at_10(GnnIndexView *v, const LoraAdapter *ad, const Example *ex)
+{
+	int			ef = Max(hnsw_ef_search, 10);
+	int		   *nodes = palloc(sizeof(int) * ef);
+	float	   *dists = palloc(sizeof(float) * ef);
+	float	   *y = palloc(sizeof(float) * v->dim);
+	int			positive = ex->cand[ex->positive];
+	int			n;
+
+	memcpy(y, ex->query, sizeof(float) * v->dim);
+	if (ad != NULL)
+		lora_index_apply(ad, y, v->metric == HNSW_METRIC_COSINE);
+	n = gnn_view_search(v, y, ef, nodes, dists, NULL);
+	for (int i = 0; i < Min(n, 10); i++)
+		if (nodes[i] == positive)
+			return true;
+	return false;
+}
+
+static double
+adapted_recall_at_10(GnnIndexView *v, const LoraAdapter *ad, Example **val,
+					 int nval, MemoryContext tmp)
+{
+	int			hits = 0;
+	MemoryContext old = MemoryContextSwitchTo(tmp);
+
+	for (int i = 0; i < nval; i++)
+	{
+		CHECK_FOR_INTERRUPTS();
+		hits += adapted_hit_at_10(v, ad, val[i]);
+	}
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(tmp);
+	return nval > 0 ? (double) hits / nval : 0;
+}
+
+/* One SGD step of the adapter on one example; returns its InfoNCE loss. */
+static double
+adapter_step(GnnIndexView *v, LoraAdapter *ad, const Example *ex, double lr)
+{
+	int			dim = v->dim;
+	float	   *y = palloc(sizeof(float) * dim);
+	gnn_real   *anchor = palloc(sizeof(gnn_real) * dim);
+	gnn_real   *pos = palloc(sizeof(gnn_real) * dim);
+	gnn_real   *neg = palloc(sizeof(gnn_real) * (size_t) dim * (ex->n - 1));
+	gnn_real   *d_anchor = palloc0(sizeof(gnn_real) * dim);
+	float	   *grad = palloc(sizeof(float) * dim);
+	int			nneg = 0;
+	double		loss;
+
+	memcpy(y, ex->query, sizeof(float) * dim);
+	lora_adapter_add_delta(ad, ex->query, 1.0f, y);
+	for (int j = 0; j < dim; j++)
+		anchor[j] = y[j];
+	for (int i = 0; i < ex->n; i++)
+	{
+		const float *c = v->vecs + (size_t) ex->cand[i] * dim;
+		gnn_real   *to = (i == ex->positive) ? pos : neg + (size_t) dim * nneg++;
+
+		for (int j = 0; j < dim; j++)
+			to[j] = c[j];
+	}
+	loss = gnn_infonce_loss(anchor, pos, neg, nneg, dim, LORA_TRAIN_TEMPERATURE,
+							d_anchor, NULL, NULL);
+	for (int j = 0; j < dim; j++)
+		grad[j] = (float) d_anchor[j];
+	if (lora_adapter_step(ad, ex->query, grad, (float) lr) != LORA_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("training the HnswScan adapter of index \"%s\" diverged",
+						RelationGetRelationName(v->index)),
+				 errhint("Use a smaller learning_rate.")));
+	return loss;
+}
+
+/*
+ * The adapter training starts from: a copy of the stored one (its rank and
+ * alpha kept), or a new one with gnnvec.lora_rank and gnnvec.lora_alpha.
+ * Returns whether one was stored.
+ */
+static bool
+starting_adapter(GnnIndexView *v, const TrainArgs *a, LoraAdapter *ad)
+{
+	const LoraAdapter *stored = lora_index_adapter(v->index, v->dim);
+	LoraSettings settings;
+
+	lora_adapter_attach(ad, palloc0(sizeof(float) * lora_adapter_floats(v->dim)),
+						v->dim, (uint64_t) a->seed);
+	if (stored != NULL && stored->dim == v->dim)
+	{
+		(void) lora_adapter_init(ad, stored->dim, stored->rank, stored->alpha);
+		memcpy(lora_adapter_at(ad), lora_adapter_at(stored),
+			   sizeof(float) * 2 * stored->rank * stored->dim);
+		return true;
+	}
+	lora_settings(&settings);
+	(void) lora_adapter_init(ad, v->dim, settings.rank, settings.alpha);
+	return false;
+}
+
+static char *
+adapter_config(const LoraAdapter *ad, const TrainArgs *a, int ntrain, int nval,
+			   double start_recall, double best_recall, int best_epoch)
+{
+	StringInfoData s;
+
+	initStringInfo(&s);
+	appendStringInfo(&s, "{\"dim\": %d, \"rank\": %d, \"alpha\": %g, "
+					 "\"self_supervised\": %s, \"epochs\": %d, \"best_epoch\": %d, "
+					 "\"train_pairs\": %d, \"validation_pairs\": %d, "
+					 "\"val_recall_at_10\": %.4f, \"start_recall_at_10\": %.4f, "
+					 "\"learning_rate\": %g, \"seed\": " INT64_FORMAT "}",
+					 ad->dim, ad->rank, ad->alpha,
+					 a->pairs_sql ? "false" : "true", a->epochs, best_epoch,
+					 ntrain, nval, best_recall, start_recall, a->lr, a->seed);
+	return s.data;
+}
+
+/*
+ * gnnvec_train(..., scope => 'HnswScan'): epochs of per-example SGD on the
+ * index's adapter, a row per epoch, the best epoch saved as the next
+ * version of (index, 'HnswScan', 'lora').
+ */
+static void
+train_hnsw_adapter(ReturnSetInfo *rsinfo, GnnIndexView *v, const TrainArgs *a,
+				   Example *ex, int *order, int ntrain, int nval, GnnRng *rng,
+				   MemoryContext tmp)
+{
+	LoraAdapter ad;
+	Example   **val = palloc(sizeof(Example *) * Max(nval, 1));
+	size_t		nparams;
+	float	   *best;
+	double		start_recall;
+	double		best_recall;
+	int			best_epoch = 0;
+
+	for (int i = 0; i < nval; i++)
+		val[i] = &ex[order[ntrain + i]];
+	(void) starting_adapter(v, a, &ad);
+	nparams = (size_t) 2 * ad.rank * ad.dim;
+	best = palloc(sizeof(float) * nparams);
+	memcpy(best, lora_adapter_at(&ad), sizeof(float) * nparams);
+	start_recall = best_recall = adapted_recall_at_10(v, &ad, val, nval, tmp);
+
+	for (int e = 1; e <= a->epochs; e++)
+	{
+		double		loss = 0;
+		double		recall;
+		Datum		values[3];
+		bool		nulls[3] = {false, false, nval == 0};
+		MemoryContext old;
+
+		shuffle(order, ntrain, rng);
+		for (int i = 0; i < ntrain; i++)
+		{
+			CHECK_FOR_INTERRUPTS();
+			/* an example's scratch (its negatives: n x dim) goes with it */
+			old = MemoryContextSwitchTo(tmp);
+			loss += adapter_step(v, &ad, &ex[order[i]], a->lr);
+			MemoryContextSwitchTo(old);
+			MemoryContextReset(tmp);
+		}
+		loss /= Max(ntrain, 1);
+		recall = adapted_recall_at_10(v, &ad, val, nval, tmp);
+		if (nval == 0 || recall > best_recall)
+		{
+			best_recall = recall;
+			best_epoch = e;
+			memcpy(best, lora_adapter_at(&ad), sizeof(float) * nparams);
+		}
+		ereport(NOTICE,
+				(errmsg("gnnvec_train: HnswScan adapter epoch %d of %d: loss %.4f, validation recall@10 %.3f (before training %.3f)",
+						e, a->epochs, loss, recall, start_recall)));
+		values[0] = Int32GetDatum(e);
+		values[1] = Float8GetDatum(loss);
+		values[2] = Float8GetDatum(recall);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	memcpy(lora_adapter_at(&ad), best, sizeof(float) * nparams);
+	gnn_store_save_blob(v->index, LORA_HNSW_SCOPE_NAME, LORA_KIND,
+						lora_index_serialize(&ad),
+						adapter_config(&ad, a, ntrain, nval, start_recall,
+									   nval > 0 ? best_recall : 0, best_epoch),
+						NULL);
 }
 
 static char *
@@ -581,9 +839,6 @@ gnnvec_train(PG_FUNCTION_ARGS)
 	GnnRng		rng;
 	Example    *ex;
 	int			nex;
-	int			skipped = 0;
-	int			nall;
-	int		   *all;
 	int			nval,
 				ntrain;
 	int		   *order;
@@ -604,35 +859,14 @@ gnnvec_train(PG_FUNCTION_ARGS)
 	gnn_rng_seed(&rng, (uint64_t) a.seed);
 	tmp = AllocSetContextCreate(CurrentMemoryContext, "gnnvec_train step",
 								ALLOCSET_DEFAULT_SIZES);
-
-	/* every element: random negatives, and the self-supervised queries */
-	nall = gnn_view_all_elements(&v, &all);
-	if (a.pairs_sql)
-		nex = examples_from_sql(&v, a.pairs_sql, a.candidates, a.random_negatives,
-								all, nall, &rng, &ex, &skipped);
-	else
-		nex = examples_from_graph(&v, a.candidates, a.random_negatives, all,
-								  nall, &rng, &ex);
-	if (nex == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_NO_DATA_FOUND),
-				 errmsg("no training data for index \"%s\"", RelationGetRelationName(index)),
-				 skipped > 0 ?
-				 errdetail("%d pair(s) were skipped: their positive vector is not in the index.", skipped) : 0,
-				 errhint("pairs_sql must return (query, positive) rows whose positive is an indexed vector.")));
-	if (skipped > 0)
-		ereport(NOTICE,
-				(errmsg("gnnvec_train: %d pair(s) skipped: their positive vector is not in the index",
-						skipped)));
-
-	/* the split: a seeded shuffle, then the last nval examples */
-	order = palloc(sizeof(int) * nex);
-	for (int i = 0; i < nex; i++)
-		order[i] = i;
-	shuffle(order, nex, &rng);
-	nval = (a.val_fraction > 0 && nex >= 2) ?
-		Max(1, (int) floor(nex * a.val_fraction)) : 0;
+	nex = training_examples(&v, &a, &rng, &ex, &order, &nval);
 	ntrain = nex - nval;
+	if (strcmp(a.scope, LORA_HNSW_SCOPE_NAME) == 0)
+	{
+		train_hnsw_adapter(rsinfo, &v, &a, ex, order, ntrain, nval, &rng, tmp);
+		relation_close(index, NoLock);
+		PG_RETURN_VOID();
+	}
 	{
 		Example    *val = palloc(sizeof(Example) * Max(nval, 1));
 

@@ -759,7 +759,8 @@ extern void hnswendscan(IndexScanDesc scan);
  *
  * hnsw_scan_adapt_query: called once per scan with the query vector as the
  * index sees it (normalised for cosine), before the graph search; may
- * rewrite it in place (the MicroLoRA HnswScan adapter; identity for now).
+ * rewrite it in place (the index's MicroLoRA HnswScan adapter when
+ * gnnvec.adapt is on; the result is unit length again for cosine).
  *
  * hnsw_scan_rerank: called with the candidates of each search round,
  * sorted by graph distance; may reorder them in place (the GNN reranker),
@@ -769,9 +770,11 @@ extern void hnswendscan(IndexScanDesc scan);
  * hnsw_scan_ef: the ef of a scan's first round (gnnvec.ef_search, or more
  * when reranking wants more candidates).
  *
- * All three are defined in src/gnn/gnn_rerank.c.
+ * hnsw_scan_adapt_query is defined in src/lora/lora_index.c, the other two
+ * in src/gnn/gnn_rerank.c.
  */
-extern void hnsw_scan_adapt_query(Relation index, float *query, int dim);
+extern void hnsw_scan_adapt_query(Relation index, HnswMetric metric,
+								  float *query, int dim);
 extern int	hnsw_scan_ef(Relation index);
 extern int	hnsw_scan_rerank(Relation index, const float *query, int dim,
 							 HnswCandidate *cands, int ncands);

@@ -169,7 +169,7 @@ start_scan(IndexScanDesc scan)
 		if (so->metric == HNSW_METRIC_COSINE)
 			hnsw_normalize(so->query, so->meta.dims);
 	}
-	hnsw_scan_adapt_query(index, so->query, so->meta.dims);
+	hnsw_scan_adapt_query(index, so->metric, so->query, so->meta.dims);
 
 	hnsw_search_init(&so->search, index, so->metric, so->meta.dims,
 					 so->meta.m, so->query);

@@ -363,8 +363,8 @@ extern void lora_init(void);
 /*
  * Pass a query vector through a scope's adapter (with category fallback),
  * under the right lock in shared mode; ERRORs as the SQL functions do.
- * This is what gnnvec_lora_forward runs, and what an index scan will call
- * with LORA_HNSW_SCAN to adapt its query.
+ * This is what gnnvec_lora_forward runs.  Index scans do not use the bank:
+ * they use the index's own adapter (lora_index.c, below).
  */
 extern void lora_apply(int scope, const float *x, float *y, int dim);
 
@@ -391,5 +391,30 @@ extern void lora_bank_reserve(LoraBank *bank, int scope, int dim);
 
 /* Executor hooks that record trajectories (lora_hook.c). */
 extern void lora_hook_install(void);
+
+/*
+ * Per-index HnswScan adapters (lora_index.c), for files that include
+ * postgres.h first.  Each gnnhnsw index may have its own adapter, trained
+ * by gnnvec_train(..., scope => 'HnswScan') and stored in gnnvec_models
+ * (kind "lora"); with gnnvec.adapt on, a scan of the index passes its query
+ * through it.  These adapters are separate from the scoped bank above,
+ * which is global per scope and serves the gnnvec_lora_* functions: an
+ * adapter maps one index's queries towards its rows, in its dimension.
+ */
+#ifdef PG_VERSION_NUM
+#include "utils/relcache.h"
+
+#define LORA_KIND			"lora"
+#define LORA_HNSW_SCOPE_NAME "HnswScan"
+
+extern bool lora_adapt_setting;
+extern void lora_index_init(void);
+extern const LoraAdapter *lora_index_adapter(Relation index, int dim);
+extern void lora_index_apply(const LoraAdapter *ad, float *query,
+							 bool unit_norm);
+extern bytea *lora_index_serialize(const LoraAdapter *ad);
+extern void lora_index_deserialize(bytea *blob, LoraAdapter *ad,
+								   const char *indexname);
+#endif							/* PG_VERSION_NUM */
 
 #endif							/* GNNVEC_LORA_H */

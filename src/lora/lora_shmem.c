@@ -155,6 +155,7 @@ void
 lora_init(void)
 {
 	define_settings();
+	lora_index_init();
 	if (process_shared_preload_libraries_in_progress)
 	{
 		lora_is_shared = true;
