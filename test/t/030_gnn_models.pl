@@ -6,7 +6,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use IPC::Run;
+use FindBin;
+use lib $FindBin::RealBin;
+use GnnvecSession;
 
 my $node = PostgreSQL::Test::Cluster->new('gnn');
 $node->init;
@@ -28,45 +30,29 @@ my $scores_sql = q{SELECT string_agg(i.id || ':' || round(s.score::numeric, 6), 
 	FROM gnnvec_search('items_v', (SELECT q FROM pairs LIMIT 1), 10) s JOIN items i ON i.ctid = s.tid};
 
 # a long-lived session that caches the model
-my ($in, $out, $err) = ('', '', '');
-my $h = IPC::Run::start([ 'psql', '-X', '-A', '-t', '-d', $node->connstr('postgres') ],
-	'<', \$in, '>', \$out, '2>', \$err, IPC::Run::timeout(120));
-sub session_query
-{
-	my ($sql) = @_;
-	$out = '';
-	$in .= "$sql;\n\\echo END-OF-QUERY\n";
-	$h->pump until $out =~ /END-OF-QUERY\n/;
-	$out =~ s/END-OF-QUERY\n//;
-	chomp $out;
-	return $out;
-}
+my $session = GnnvecSession->new($node);
 
-my $v1 = session_query($scores_sql);
+my $v1 = $session->query($scores_sql);
 ok($v1 =~ /^\d+:/, 'the session scores with version 1');
 
 # a second session writes version 2 but does not commit yet
-my ($in2, $out2, $err2) = ('', '', '');
-my $h2 = IPC::Run::start([ 'psql', '-X', '-A', '-t', '-d', $node->connstr('postgres') ],
-	'<', \$in2, '>', \$out2, '2>', \$err2, IPC::Run::timeout(120));
-$in2 .= "BEGIN;\nSELECT count(*) FROM gnnvec_train('items_v', 'SELECT q, p FROM pairs', epochs => 3, hidden => 8, validation_fraction => 0, seed => 9);\nSELECT 'TRAINED';\n";
-$h2->pump until $out2 =~ /TRAINED/;
-is(session_query($scores_sql), $v1, 'an uncommitted version is not seen by other backends');
-is(session_query(q{SELECT version FROM gnnvec_model_info('items_v')}), '1', 'still version 1 before commit');
+my $writer = GnnvecSession->new($node);
+$writer->send("BEGIN;\nSELECT count(*) FROM gnnvec_train('items_v', 'SELECT q, p FROM pairs', epochs => 3, hidden => 8, validation_fraction => 0, seed => 9);\nSELECT 'TRAINED';\n");
+$writer->wait_for(qr/TRAINED/);
+is($session->query($scores_sql), $v1, 'an uncommitted version is not seen by other backends');
+is($session->query(q{SELECT version FROM gnnvec_model_info('items_v')}), '1', 'still version 1 before commit');
 
-$in2 .= "COMMIT;\nSELECT 'COMMITTED';\n";
-$h2->pump until $out2 =~ /COMMITTED/;
-$in2 .= "\\q\n";
-$h2->finish;
-is(session_query(q{SELECT version FROM gnnvec_model_info('items_v')}), '2', 'version 2 after commit');
-my $v2 = session_query($scores_sql);
+$writer->send("COMMIT;\nSELECT 'COMMITTED';\n");
+$writer->wait_for(qr/COMMITTED/);
+$writer->quit;
+is($session->query(q{SELECT version FROM gnnvec_model_info('items_v')}), '2', 'version 2 after commit');
+my $v2 = $session->query($scores_sql);
 isnt($v2, $v1, 'the caching backend scores with the committed version');
 
 # a rolled-back version leaves the committed one in place
 $node->safe_psql('postgres', q{BEGIN; SELECT gnnvec_feedback('items_v', (SELECT q FROM pairs LIMIT 1), (SELECT p FROM pairs LIMIT 1)); ROLLBACK;});
-is(session_query($scores_sql), $v2, 'a rolled-back version is never seen');
-$in .= "\\q\n";
-$h->finish;
+is($session->query($scores_sql), $v2, 'a rolled-back version is never seen');
+$session->quit;
 
 # restart
 $node->restart;

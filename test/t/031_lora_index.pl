@@ -6,7 +6,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use IPC::Run;
+use FindBin;
+use lib $FindBin::RealBin;
+use GnnvecSession;
 
 my $node = PostgreSQL::Test::Cluster->new('lora_index');
 $node->init;
@@ -34,42 +36,25 @@ my $train_sql = q{SET gnnvec.lora_alpha = 1; SELECT count(*) FROM gnnvec_train('
 my $plain = $node->safe_psql('postgres', $scan_sql);
 
 # a long-lived session that caches the adapter
-my ($in, $out, $err) = ('', '', '');
-my $h = IPC::Run::start([ 'psql', '-X', '-A', '-t', '-d', $node->connstr('postgres') ],
-	'<', \$in, '>', \$out, '2>', \$err, IPC::Run::timeout(120));
-sub session_query
-{
-	my ($sql) = @_;
-	$out = '';
-	$in .= "$sql;\n\\echo END-OF-QUERY\n";
-	$h->pump until $out =~ /END-OF-QUERY\n/;
-	$out =~ s/END-OF-QUERY\n//;
-	$out =~ s/^SET\n//mg;
-	chomp $out;
-	return $out;
-}
+my $session = GnnvecSession->new($node);
 
-is(session_query($scan_sql), $plain, 'no adapter: the session scans with the query as given');
+is($session->query($scan_sql), $plain, 'no adapter: the session scans with the query as given');
 $node->safe_psql('postgres', sprintf($train_sql, 1, 42));
-my $v1 = session_query($scan_sql);
+my $v1 = $session->query($scan_sql);
 isnt($v1, $plain, 'the session picks up version 1 after its commit');
 
 # a second session trains version 2 but does not commit yet
-my ($in2, $out2, $err2) = ('', '', '');
-my $h2 = IPC::Run::start([ 'psql', '-X', '-A', '-t', '-d', $node->connstr('postgres') ],
-	'<', \$in2, '>', \$out2, '2>', \$err2, IPC::Run::timeout(120));
-$in2 .= "BEGIN;\n" . sprintf($train_sql, 4, 7) . ";\nSELECT 'TRAINED';\n";
-$h2->pump until $out2 =~ /TRAINED/;
-is(session_query($scan_sql), $v1, 'an uncommitted adapter is not seen by other backends');
-$in2 .= "COMMIT;\nSELECT 'COMMITTED';\n";
-$h2->pump until $out2 =~ /COMMITTED/;
-$in2 .= "\\q\n";
-$h2->finish;
-is(session_query(q{SELECT version FROM gnnvec_model_info('items_v')}), '2', 'version 2 after commit');
-my $v2 = session_query($scan_sql);
+my $writer = GnnvecSession->new($node);
+$writer->send("BEGIN;\n" . sprintf($train_sql, 4, 7) . ";\nSELECT 'TRAINED';\n");
+$writer->wait_for(qr/TRAINED/);
+is($session->query($scan_sql), $v1, 'an uncommitted adapter is not seen by other backends');
+$writer->send("COMMIT;\nSELECT 'COMMITTED';\n");
+$writer->wait_for(qr/COMMITTED/);
+$writer->quit;
+is($session->query(q{SELECT version FROM gnnvec_model_info('items_v')}), '2', 'version 2 after commit');
+my $v2 = $session->query($scan_sql);
 isnt($v2, $v1, 'the caching backend scans with the committed version');
-$in .= "\\q\n";
-$h->finish;
+$session->quit;
 
 $node->restart;
 is($node->safe_psql('postgres', $scan_sql), $v2, 'the adapter survives a restart');
