@@ -76,12 +76,12 @@ UNIT_SRCS  = $(wildcard test/unit/test_*.c)
 UNIT_BINS  = $(patsubst test/unit/%.c,test/unit/bin/%,$(UNIT_SRCS))
 UNIT_FLAGS = -O2 -g -Wall -Wextra -Werror -Isrc -Itest/unit
 
-test/unit/bin/%: test/unit/%.c $(PURE_SRCS) $(HEADERS) test/unit/unit.h
+test/unit/bin/%: test/unit/%.c $(PURE_SRCS) $(HEADERS) $(wildcard test/unit/*.h)
 	@mkdir -p test/unit/bin
 	$(CC) $(UNIT_FLAGS) -o $@ $< $(PURE_SRCS) -lopenblas -lm -lpthread
 
 # The GNN gradient checks need double precision: same sources, -DGNN_DOUBLE.
-test/unit/bin/test_gnn_grad: test/unit/test_gnn_grad.c $(PURE_SRCS) $(HEADERS) test/unit/unit.h
+test/unit/bin/test_gnn_grad: test/unit/test_gnn_grad.c $(PURE_SRCS) $(HEADERS) $(wildcard test/unit/*.h)
 	@mkdir -p test/unit/bin
 	$(CC) $(UNIT_FLAGS) -DGNN_DOUBLE -o $@ $< $(PURE_SRCS) -lopenblas -lm -lpthread
 

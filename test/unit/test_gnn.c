@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "gnn/gnn.h"
+#include "gnn_test_model.h"
 #include "unit.h"
 
 static GnnRng test_rng;
@@ -30,24 +31,6 @@ all_finite(const gnn_real *x, size_t n)
 	return true;
 }
 
-static GnnModel *
-make_model(int d, int h, int heads, double dropout, uint64_t seed)
-{
-	GnnConfig	cfg;
-	GnnModel   *model = NULL;
-	GnnError	err;
-
-	gnn_config_default(&cfg, d, h);
-	cfg.heads = heads;
-	cfg.dropout = dropout;
-	cfg.seed = seed;
-	if (gnn_model_create(&cfg, &model, &err) != GNN_OK)
-	{
-		fprintf(stderr, "model: %s\n", err.message);
-		exit(1);
-	}
-	return model;
-}
 
 /* A small graph: node i is vector i, neighbours i+1 .. i+k (mod n). */
 typedef struct RingGraph
@@ -119,7 +102,7 @@ test_softmax_stability(void)
 static void
 test_huge_inputs(void)
 {
-	GnnModel   *model = make_model(16, 16, 4, 0, 1);
+	GnnModel   *model = gnn_test_model(16, 16, 4, 0, 1);
 	RingGraph	rg;
 	gnn_real	out[10 * 16];
 	GnnError	err;
@@ -154,7 +137,7 @@ test_huge_inputs(void)
 static void
 test_empty_neighbours(void)
 {
-	GnnModel   *model = make_model(8, 8, 2, 0, 3);
+	GnnModel   *model = gnn_test_model(8, 8, 2, 0, 3);
 	gnn_real	vec[3 * 8];
 	int			node[3] = {0, 1, 2};
 	int			off[4] = {0, 0, 2, 2};
@@ -234,7 +217,7 @@ test_errors(void)
 	cfg.dropout = 0;
 	cfg.in_dim = 0;
 	CHECK(gnn_model_create(&cfg, &model, &err) == GNN_ERR_ARG, "dimension 0 rejected");
-	model = make_model(4, 8, 2, 0, 1);
+	model = gnn_test_model(4, 8, 2, 0, 1);
 	CHECK(gnn_layer_forward(model, &g, false, NULL, out, &err) == GNN_ERR_ARG &&
 		  strstr(err.message, "vector 5 of 2") != NULL,
 		  "out-of-range neighbour rejected: %s", err.message);
@@ -419,7 +402,7 @@ test_replay_reservoir(void)
 static void
 test_serialisation(void)
 {
-	GnnModel   *model = make_model(12, 8, 2, 0.25, 5);
+	GnnModel   *model = gnn_test_model(12, 8, 2, 0.25, 5);
 	GnnModel   *back = NULL;
 	RingGraph	rg;
 	size_t		len = gnn_model_serialized_size(model);
@@ -727,7 +710,7 @@ train_model(const Corpus *c, const TrainPair *pairs, int n_pairs, int epochs,
 	enum
 	{
 	BATCH = 8};
-	GnnModel   *model = make_model(E_D, HIDDEN, 4, 0.1, 99);
+	GnnModel   *model = gnn_test_model(E_D, HIDDEN, 4, 0.1, 99);
 	GnnTrainer	tr;
 	GnnTrainConfig tcfg;
 	GnnExample	ex[BATCH];
@@ -774,7 +757,7 @@ test_training_improves_recall(void)
 				test[N_TEST];
 	static TrainPair pairs[N_TRAIN];
 	int			n_pairs = 0;
-	GnnModel   *untrained = make_model(E_D, HIDDEN, 4, 0.1, 99);
+	GnnModel   *untrained = gnn_test_model(E_D, HIDDEN, 4, 0.1, 99);
 	GnnModel   *model,
 			   *again;
 	double		raw,
@@ -929,7 +912,7 @@ static void
 test_ewc_keeps_earlier_task(void)
 {
 	static TaskData td;
-	GnnModel   *model = make_model(8, 8, 2, 0, 21);
+	GnnModel   *model = gnn_test_model(8, 8, 2, 0, 21);
 	GnnModel   *plain = NULL,
 			   *kept = NULL;
 	GnnTrainer	tr,

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "gnn/gnn.h"
+#include "gnn_test_model.h"
 #include "unit.h"
 
 #ifndef GNN_DOUBLE
@@ -163,22 +164,12 @@ layer_case_init(LayerCase *lc, GnnModel *model, bool training)
 	lc->rng_at_start = model->dropout_rng;
 }
 
+/* A test model for gradient checks (see below). */
 static GnnModel *
 make_model(int d, int h, int heads, double dropout, uint64_t seed)
 {
-	GnnConfig	cfg;
-	GnnModel   *model;
-	GnnError	err;
+	GnnModel   *model = gnn_test_model(d, h, heads, dropout, seed);
 
-	gnn_config_default(&cfg, d, h);
-	cfg.heads = heads;
-	cfg.dropout = dropout;
-	cfg.seed = seed;
-	if (gnn_model_create(&cfg, &model, &err) != GNN_OK)
-	{
-		fprintf(stderr, "model: %s\n", err.message);
-		exit(1);
-	}
 	/* move biases, gains and score weights off their special initial values */
 	for (int t = GNN_B_MSG; t < GNN_N_TENSORS; t++)
 		if (t == GNN_B_MSG || t == GNN_B_AGG || t == GNN_B_GRU ||
