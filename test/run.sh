@@ -47,6 +47,21 @@ passed=0
 failed=0
 count() { passed=$((passed + $1)); failed=$((failed + $2)); }
 
+# Add a test program's "NAME: N passed, N failed" line (its last one) to the
+# totals; no such line, or a non-zero exit with no failure counted, is a failure.
+count_output() {
+	local out=$1 rc=$2 line p f
+	line=$(echo "$out" | grep -E '^[a-z_0-9]+: [0-9]+ passed, [0-9]+ failed' | tail -1)
+	if [ -z "$line" ]; then
+		p=0 f=1
+	else
+		p=$(echo "$line" | sed -E 's/.*: ([0-9]+) passed.*/\1/')
+		f=$(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')
+	fi
+	[ "$rc" -ne 0 ] && [ "$f" = 0 ] && f=1
+	count "$p" "$f"
+}
+
 # tests run an assert-enabled build; benchmarks must not
 asserts=1
 [ "$mode" = bench ] && asserts=0
@@ -88,7 +103,7 @@ else
 	runas=()
 fi
 cp -r sql_tests expected test "$work"/
-mkdir -p "$work/regress" "$work/client"
+mkdir -p "$work/regress"
 if [ "$(id -u)" = 0 ]; then chown -R postgres "$work"; fi
 as_server_user() { "${runas[@]}" env HOME="$work" PATH="$PATH" PG_REGRESS="$PG_REGRESS" "$@"; }
 
@@ -159,12 +174,7 @@ if make -s unit-bins >>build.log 2>&1; then
 		out=$("$t" 2>&1)
 		rc=$?
 		echo "$out"
-		line=$(echo "$out" | grep -E '^[a-z_0-9]+: [0-9]+ passed, [0-9]+ failed' | tail -1)
-		p=$(echo "$line" | sed -E 's/.*: ([0-9]+) passed.*/\1/')
-		f=$(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')
-		[ -z "$line" ] && { p=0; f=1; }
-		[ $rc -ne 0 ] && [ "$f" = 0 ] && f=1
-		count "$p" "$f"
+		count_output "$out" $rc
 	done
 else
 	grep -A5 -E 'error|warning' build.log | head -40
@@ -196,18 +206,12 @@ fi
 
 # --- a real pgvector client (node-postgres + pgvector from npm) -------------
 log "pgvector client compatibility"
-client=$work/client
-cp test/client/*.js "$client"/
+client=$work/test/client
 if (cd "$client" && as_server_user npm install --silent --no-audit --no-fund pg@8 pgvector@0.2 pg-copy-streams@6 >/dev/null 2>&1); then
 	out=$(cd "$client" && as_server_user node pgvector_client.js 2>&1)
+	rc=$?
 	echo "$out"
-	line=$(echo "$out" | grep -E '^client: [0-9]+ passed' | tail -1)
-	if [ -n "$line" ]; then
-		count "$(echo "$line" | sed -E 's/.*: ([0-9]+) passed.*/\1/')" \
-			"$(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')"
-	else
-		count 0 1
-	fi
+	count_output "$out" $rc
 else
 	echo "client: npm install pg pgvector pg-copy-streams failed (npm registry unreachable?)"
 	count 0 1
@@ -222,9 +226,10 @@ if ls test/t/*.pl >/dev/null 2>&1; then
 	rc=$?
 	grep -E '^(ok|not ok)|^t/|^test/|Failed|Result|Tests=' "$work/tap.log"
 	total=$(sed -nE 's/.*Tests=([0-9]+),.*/\1/p' "$work/tap.log" | tail -1)
-	f=$(grep -cE '^\s*not ok' "$work/tap.log")
+	notok=$(grep -cE '^\s*not ok' "$work/tap.log")
+	f=$notok
 	[ $rc -ne 0 ] && [ "$f" = 0 ] && f=1
-	count $((${total:-0} - $(grep -cE '^\s*not ok' "$work/tap.log"))) "$f"
+	count $((${total:-0} - notok)) "$f"
 	[ $rc -ne 0 ] && tail -50 "$work/tap.log"
 fi
 
