@@ -16,11 +16,24 @@
 /* ------------------------------------------------------------------------
  * Distances
  * ------------------------------------------------------------------------ */
+static double
+l2_squared_value(const Vector *a, const Vector *b)
+{
+	vector_check_same_dims(a, b);
+	return (double) vec_l2_squared(a->x, b->x, a->dim);
+}
+
+static double
+inner_product_value(const Vector *a, const Vector *b)
+{
+	vector_check_same_dims(a, b);
+	return (double) vec_inner_product(a->x, b->x, a->dim);
+}
+
 double
 vector_l2_distance_value(const Vector *a, const Vector *b)
 {
-	vector_check_same_dims(a, b);
-	return sqrt((double) vec_l2_squared(a->x, b->x, a->dim));
+	return sqrt(l2_squared_value(a, b));
 }
 
 /* NaN when either vector is zero: the angle is undefined (as pgvector). */
@@ -44,33 +57,21 @@ PG_FUNCTION_INFO_V1(vector_l2_squared_distance);
 Datum
 vector_l2_squared_distance(PG_FUNCTION_ARGS)
 {
-	Vector	   *a = PG_GETARG_VECTOR_P(0);
-	Vector	   *b = PG_GETARG_VECTOR_P(1);
-
-	vector_check_same_dims(a, b);
-	PG_RETURN_FLOAT8((double) vec_l2_squared(a->x, b->x, a->dim));
+	PG_RETURN_FLOAT8(l2_squared_value(PG_GETARG_VECTOR_P(0), PG_GETARG_VECTOR_P(1)));
 }
 
 PG_FUNCTION_INFO_V1(inner_product);
 Datum
 inner_product(PG_FUNCTION_ARGS)
 {
-	Vector	   *a = PG_GETARG_VECTOR_P(0);
-	Vector	   *b = PG_GETARG_VECTOR_P(1);
-
-	vector_check_same_dims(a, b);
-	PG_RETURN_FLOAT8((double) vec_inner_product(a->x, b->x, a->dim));
+	PG_RETURN_FLOAT8(inner_product_value(PG_GETARG_VECTOR_P(0), PG_GETARG_VECTOR_P(1)));
 }
 
 PG_FUNCTION_INFO_V1(vector_negative_inner_product);
 Datum
 vector_negative_inner_product(PG_FUNCTION_ARGS)
 {
-	Vector	   *a = PG_GETARG_VECTOR_P(0);
-	Vector	   *b = PG_GETARG_VECTOR_P(1);
-
-	vector_check_same_dims(a, b);
-	PG_RETURN_FLOAT8(-(double) vec_inner_product(a->x, b->x, a->dim));
+	PG_RETURN_FLOAT8(-inner_product_value(PG_GETARG_VECTOR_P(0), PG_GETARG_VECTOR_P(1)));
 }
 
 PG_FUNCTION_INFO_V1(cosine_distance);
