@@ -414,8 +414,8 @@ cpu_knn(const Bench *b)
 
 	if (opt->params.knn_method == CAGRA_KNN_PARTITIONED)
 		status = cagra_knn_partitioned(b->base, opt->n, opt->dim, opt->params.metric,
-									   knn_degree, opt->params.partition_rows,
-									   opt->params.partition_overlap,
+									   knn_degree, opt->params.list_rows,
+									   opt->params.list_probes,
 									   opt->params.n_threads, NULL, knn, NULL,
 									   err, sizeof(err));
 	else
@@ -556,7 +556,7 @@ usage(void)
 			"usage: cagra_build [--file PATH] [--n N] [--dim D] [--queries Q]\n"
 			"         [--metric l2|ip|cosine|l1] [--I DEGREE] [--d DEGREE]\n"
 			"         [--detour cuvs|paper|both] [--connect] [--threads T]\n"
-			"         [--knn exact|partitioned] [--partition-rows R] [--overlap O]\n"
+			"         [--knn exact|partitioned] [--list-rows R] [--probes P]\n"
 			"         [--device cpu|gpu] [--compare-cpu] [--cuda-lib PATH]\n"
 			"         [--gpu-device N] [--gpu-mem-mb MB] [--ef 10,20,...]\n"
 			"         [--knn-sample S] [--seed S] [--dump PATH]\n"
@@ -645,10 +645,10 @@ parse_args(Options *opt, int argc, char **argv)
 		else if (strcmp(a, "--knn") == 0)
 			opt->params.knn_method = strcmp(v, "partitioned") == 0 ?
 				CAGRA_KNN_PARTITIONED : CAGRA_KNN_EXACT;
-		else if (strcmp(a, "--partition-rows") == 0)
-			opt->params.partition_rows = atoi(v);
-		else if (strcmp(a, "--overlap") == 0)
-			opt->params.partition_overlap = atoi(v);
+		else if (strcmp(a, "--list-rows") == 0)
+			opt->params.list_rows = atoi(v);
+		else if (strcmp(a, "--probes") == 0)
+			opt->params.list_probes = atoi(v);
 		else if (strcmp(a, "--threads") == 0)
 			opt->params.n_threads = atoi(v);
 		else if (strcmp(a, "--detour") == 0)

@@ -10,7 +10,7 @@
  *
  *	1. a kNN graph of degree I (intermediate_degree), rows sorted by
  *	   distance, no self edges: exact, by tiled GEMM (OpenBLAS) + per-row
- *	   top-k, or approximate, from overlapping k-means partitions
+ *	   top-k, or approximate, from k-means lists searched near each other
  *	   (cagra_partition.c) when n^2 is too much;
  *	2. rank-based pruning to degree d (graph_degree) by detourable-route
  *	   counts;
@@ -91,15 +91,17 @@ typedef struct CagraInterrupt
 typedef enum CagraKnnMethod
 {
 	CAGRA_KNN_EXACT = 0,		/* all pairs, tiled GEMM */
-	CAGRA_KNN_PARTITIONED		/* overlapping k-means partitions */
+	CAGRA_KNN_PARTITIONED		/* k-means lists, nearest lists probed */
 } CagraKnnMethod;
 
 typedef struct CagraParams
 {
 	CagraMetric metric;
 	CagraKnnMethod knn_method;	/* the GPU is always exact */
-	int			partition_rows; /* partitioned: rows per partition, 0: 1024 */
-	int			partition_overlap;	/* partitioned: partitions per row, 0: 3 */
+	int			list_rows;		/* partitioned: rows per k-means list, 0:
+								 * CAGRA_LIST_ROWS */
+	int			list_probes;	/* partitioned: lists searched per list, 0:
+								 * CAGRA_LIST_PROBES */
 	int			intermediate_degree;	/* I: degree of the kNN graph */
 	int			graph_degree;	/* d: degree of the final graph, d <= I */
 	CagraDetour detour;
@@ -156,27 +158,38 @@ extern CagraStatus cagra_knn_exact(const float *data, int64_t n, int dim,
 								   char *errbuf, size_t errlen);
 
 /*
- * cagra_knn_exact on the calling thread alone, for callers that run it
+ * The exact kNN of the first nq rows of data among all n rows (knn and
+ * dists: nq x k), on the calling thread alone, for callers that run it
  * inside their own worker threads: it leaves OpenBLAS's process-wide thread
  * setting alone (the caller sets it to 1) and expects the distance kernels
- * to be initialised already (cagra_kernels_ready).
+ * to be initialised already (cagra_kernels_ready).  scratch (from
+ * cagra_knn_scratch_create, one per thread) keeps its memory between calls;
+ * NULL allocates for this call only.
  */
+typedef struct CagraKnnScratch CagraKnnScratch;
+extern CagraKnnScratch *cagra_knn_scratch_create(void);
+extern void cagra_knn_scratch_free(CagraKnnScratch *scratch);
 extern CagraStatus cagra_knn_exact_serial(const float *data, int64_t n,
-										  int dim, CagraMetric metric, int k,
+										  int64_t nq, int dim,
+										  CagraMetric metric, int k,
+										  CagraKnnScratch *scratch,
 										  int32_t *knn, float *dists,
 										  char *errbuf, size_t errlen);
 
 /*
- * Approximate kNN graph from overlapping partitions, for data sets where
- * the exact O(n^2) stage is too slow: k-means centroids (one per about
- * partition_rows rows; 0: 1024), each row joins the partitions of its
- * `overlap` nearest centroids (0: 3), the exact kNN within every partition,
- * and each row's lists merged.  Same output contract as cagra_knn_exact;
- * rows whose partitions hold fewer than k other rows get an exact search.
+ * Approximate kNN graph from k-means lists, for data sets where the exact
+ * O(n^2) stage is too slow: one centroid per about list_rows rows (0:
+ * CAGRA_LIST_ROWS), every row in the list of its nearest centroid, and the
+ * rows of a list searched exactly among the rows of the `probes` lists
+ * whose centroids are nearest its own (0: CAGRA_LIST_PROBES), its own
+ * included.  Same output contract as cagra_knn_exact; rows whose probed
+ * lists hold fewer than k other rows get an exact search.
  */
+#define CAGRA_LIST_ROWS 256
+#define CAGRA_LIST_PROBES 8
 extern CagraStatus cagra_knn_partitioned(const float *data, int64_t n, int dim,
 										 CagraMetric metric, int k,
-										 int partition_rows, int overlap,
+										 int list_rows, int probes,
 										 int n_threads,
 										 const CagraInterrupt *interrupt,
 										 int32_t *knn, float *dists,

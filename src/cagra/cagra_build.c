@@ -69,8 +69,8 @@ cagra_build(const float *data, int64_t n, int dim, const CagraParams *params,
 	t = cagra_now();
 	if (params->knn_method == CAGRA_KNN_PARTITIONED)
 		status = cagra_knn_partitioned(data, n, dim, params->metric, I,
-									   params->partition_rows,
-									   params->partition_overlap,
+									   params->list_rows,
+									   params->list_probes,
 									   params->n_threads, &params->interrupt,
 									   knn, NULL, errbuf, errlen);
 	else

@@ -188,8 +188,8 @@ cagra_build_cpu(const float *data, int64 n, int dim,
 								 PROGRESS_HNSW_PHASE_CAGRA_KNN);
 	if (params->knn_method == CAGRA_KNN_PARTITIONED)
 		status = cagra_knn_partitioned(data, n, dim, params->metric, inter,
-									   params->partition_rows,
-									   params->partition_overlap,
+									   params->list_rows,
+									   params->list_probes,
 									   params->n_threads, &params->interrupt,
 									   knn, NULL, errbuf, sizeof(errbuf));
 	else

@@ -14,7 +14,7 @@
  * The tile value x.y comes out of a float GEMM whose rounding grows with
  * |x|^2 + |y|^2, while near neighbours in clustered data are much closer
  * than that.  For L2, which does not change under translation, the GEMM
- * works on copies centred on the base's mean, so that |x| is the spread of
+ * works on copies centred on the base's mean (of a sample), so that |x| is the spread of
  * the data and not its offset from the origin.  Beyond that, the pool
  * keeps cagra_knn_candidates() entries, a little more than k, and their
  * distances are then recomputed directly by the distance kernels and
@@ -42,10 +42,22 @@
 #define BASE_BLOCK 2048
 #define SCAN_CHUNK 256			/* tile values filtered at once */
 #define POOL_FACTOR 4			/* a pool holds this many times cap */
+#define BOUND_GROUPS 128		/* groups of a tile row for a first bound */
+#define MEAN_SAMPLE 256			/* rows averaged for the L2 centre */
 
 /* Positions c in [0, len) with row[c] + norms[c] <= bound (norms may be NULL). */
 typedef int (*KnnFilterFn) (const float *row, const float *norms, int len,
 							float bound, int32_t *hits);
+
+/*
+ * Folds row[c] + norms[c] into mins[c mod BOUND_GROUPS] for the whole
+ * blocks of BOUND_GROUPS columns; returns the columns done.
+ */
+typedef int (*KnnMinimaFn) (const float *row, const float *norms, int len,
+							float *mins);
+
+/* The k-th smallest (0-based) of the BOUND_GROUPS values (may reorder). */
+typedef float (*KnnRankFn) (float *values, int k);
 
 typedef struct KnnCandidate
 {
@@ -68,6 +80,8 @@ typedef struct KnnJob
 	int			n_candidates;
 	bool		exclude_self;	/* queries are base: skip row i in row i */
 	KnnFilterFn filter;
+	KnnMinimaFn minima;
+	KnnRankFn	rank;
 	int32_t    *ids;
 	float	   *dists;
 	/* per-thread scratch */
@@ -88,19 +102,6 @@ static inline bool
 candidate_less(float da, int32_t ia, float db, int32_t ib)
 {
 	return da < db || (da == db && ia < ib);
-}
-
-static int
-candidate_cmp(const void *a, const void *b)
-{
-	const KnnCandidate *ca = a;
-	const KnnCandidate *cb = b;
-
-	if (candidate_less(ca->dist, ca->id, cb->dist, cb->id))
-		return -1;
-	if (candidate_less(cb->dist, cb->id, ca->dist, ca->id))
-		return 1;
-	return 0;
 }
 
 /*
@@ -233,14 +234,181 @@ knn_filter_avx512(const float *row, const float *norms, int len, float bound,
 }
 #endif
 
-static KnnFilterFn
-knn_choose_filter(void)
+static int
+knn_minima_scalar(const float *row, const float *norms, int len, float *mins)
 {
+	int			c0 = 0;
+
+	for (; c0 + BOUND_GROUPS <= len; c0 += BOUND_GROUPS)
+		for (int g = 0; g < BOUND_GROUPS; g++)
+		{
+			float		v = row[c0 + g] + (norms ? norms[c0 + g] : 0.0f);
+
+			mins[g] = v < mins[g] ? v : mins[g];
+		}
+	return c0;
+}
+
 #ifdef KNN_HAVE_X86
-	if (__builtin_cpu_supports("avx512f"))
-		return knn_filter_avx512;
+__attribute__((target("avx512f")))
+static int
+knn_minima_avx512(const float *row, const float *norms, int len, float *mins)
+{
+	__m512		m[BOUND_GROUPS / 16];
+	int			c0 = 0;
+
+	for (int v = 0; v < BOUND_GROUPS / 16; v++)
+		m[v] = _mm512_loadu_ps(mins + 16 * v);
+	for (; c0 + BOUND_GROUPS <= len; c0 += BOUND_GROUPS)
+		for (int v = 0; v < BOUND_GROUPS / 16; v++)
+		{
+			__m512		x = _mm512_loadu_ps(row + c0 + 16 * v);
+
+			if (norms)
+				x = _mm512_add_ps(x, _mm512_loadu_ps(norms + c0 + 16 * v));
+			m[v] = _mm512_min_ps(m[v], x);
+		}
+	for (int v = 0; v < BOUND_GROUPS / 16; v++)
+		_mm512_storeu_ps(mins + 16 * v, m[v]);
+	return c0;
+}
 #endif
-	return knn_filter_scalar;
+
+/* The k-th smallest (0-based) of values[0 .. n), which it reorders. */
+static float
+float_select(float *values, int n, int k)
+{
+	int			lo = 0,
+				hi = n - 1;
+
+	while (lo < hi)
+	{
+		float		pivot = values[k];
+		int			i = lo,
+					j = hi;
+
+		do
+		{
+			while (values[i] < pivot)
+				i++;
+			while (pivot < values[j])
+				j--;
+			if (i <= j)
+			{
+				float		tmp = values[i];
+
+				values[i] = values[j];
+				values[j] = tmp;
+				i++;
+				j--;
+			}
+		} while (i <= j);
+		if (j < k)
+			lo = i;
+		if (k < i)
+			hi = j;
+	}
+	return values[k];
+}
+
+static float
+knn_rank_scalar(float *values, int k)
+{
+	return float_select(values, BOUND_GROUPS, k);
+}
+
+#ifdef KNN_HAVE_X86
+/*
+ * The same without branches on the data: a binary search over the values'
+ * bit patterns, mapped to unsigned integers of the same order, counting
+ * BOUND_GROUPS values at a time for each step.
+ */
+__attribute__((target("avx512f")))
+static float
+knn_rank_avx512(float *values, int k)
+{
+	__m512i		keys[BOUND_GROUPS / 16];
+	uint32_t	lo = 0,
+				hi = UINT32_MAX;
+	uint32_t	bits;
+	float		result;
+
+	for (int v = 0; v < BOUND_GROUPS / 16; v++)
+	{
+		__m512i		x = _mm512_loadu_si512(values + 16 * v);
+		__m512i		sign = _mm512_srai_epi32(x, 31);
+
+		/* negative: all bits flipped; positive: the sign bit set */
+		keys[v] = _mm512_xor_si512(x, _mm512_or_si512(sign, _mm512_set1_epi32(INT32_MIN)));
+	}
+	while (lo < hi)
+	{
+		uint32_t	mid = lo + (hi - lo) / 2;
+		__m512i		limit = _mm512_set1_epi32((int32_t) mid);
+		int			count = 0;
+
+		for (int v = 0; v < BOUND_GROUPS / 16; v++)
+			count += __builtin_popcount(_mm512_cmple_epu32_mask(keys[v], limit));
+		if (count > k)
+			hi = mid;
+		else
+			lo = mid + 1;
+	}
+	bits = (lo & 0x80000000u) ? lo ^ 0x80000000u : ~lo;
+	memcpy(&result, &bits, sizeof(result));
+	return result;
+}
+#endif
+
+/*
+ * The scan's kernels: AVX-512 when the distance kernels are (the unit
+ * tests force the scalar ones through vec_distance_init).
+ */
+static void
+knn_choose_kernels(KnnJob *job)
+{
+	job->filter = knn_filter_scalar;
+	job->minima = knn_minima_scalar;
+	job->rank = knn_rank_scalar;
+#ifdef KNN_HAVE_X86
+	if (vec_kernels.isa == VEC_ISA_AVX512)
+	{
+		job->filter = knn_filter_avx512;
+		job->minima = knn_minima_avx512;
+		job->rank = knn_rank_avx512;
+	}
+#endif
+}
+
+/*
+ * A first bound for a row's empty pool, from its first tile row: split the
+ * values into BOUND_GROUPS groups (column c in group c mod BOUND_GROUPS)
+ * and take the smallest value of each.  The (cap + 1)-th smallest of these
+ * minima has cap + 1 distinct values at or below it, so at least cap of
+ * them other than the row itself: the cap-th best candidate can be no
+ * worse.  Only a few values more than cap pass it, where an empty pool
+ * would take POOL_FACTOR x cap values and then select.  Returns INFINITY
+ * when the tile is too narrow for the argument.
+ */
+static float
+knn_first_bound(const KnnJob *job, const float *row, const float *norms,
+				int cols, int cap)
+{
+	float		mins[BOUND_GROUPS];
+	int			c0;
+
+	if (cols < BOUND_GROUPS || cap + 1 > BOUND_GROUPS)
+		return INFINITY;
+	for (int g = 0; g < BOUND_GROUPS; g++)
+		mins[g] = INFINITY;
+	c0 = job->minima(row, norms, cols, mins);
+	for (int g = 0; c0 + g < cols; g++)
+	{
+		float		v = row[c0 + g] + (norms ? norms[c0 + g] : 0.0f);
+
+		mins[g] = v < mins[g] ? v : mins[g];
+	}
+	return job->rank(mins, cap);
 }
 
 /*
@@ -257,6 +425,8 @@ knn_scan_row(const KnnJob *job, const float *tile_row, int64_t b0, int cols,
 	int			cap = job->n_candidates;
 	int32_t		hits[SCAN_CHUNK];
 
+	if (pool->count == 0 && pool->bound_dist == INFINITY)
+		pool->bound_dist = knn_first_bound(job, tile_row, norms, cols, cap);
 	for (int c0 = 0; c0 < cols; c0 += SCAN_CHUNK)
 	{
 		int			len = cols - c0 < SCAN_CHUNK ? cols - c0 : SCAN_CHUNK;
@@ -293,11 +463,20 @@ knn_finish_row(const KnnJob *job, int64_t q, KnnPool *pool)
 		pool_shrink(pool, job->n_candidates);
 	size = pool->count;
 
+	/* insertion sort: size is about k, and qsort's calls cost more */
 	for (int i = 0; i < size; i++)
-		cand[i].dist = cagra_distance(job->metric, query,
-									  job->base + (int64_t) cand[i].id * job->dim,
-									  job->dim);
-	qsort(cand, size, sizeof(KnnCandidate), candidate_cmp);
+	{
+		KnnCandidate c = {
+			cagra_distance(job->metric, query,
+						   job->base + (int64_t) cand[i].id * job->dim, job->dim),
+			cand[i].id
+		};
+		int			j = i;
+
+		for (; j > 0 && candidate_less(c.dist, c.id, cand[j - 1].dist, cand[j - 1].id); j--)
+			cand[j] = cand[j - 1];
+		cand[j] = c;
+	}
 	for (int j = 0; j < k; j++)
 	{
 		job->ids[q * k + j] = j < size ? cand[j].id : -1;
@@ -337,157 +516,229 @@ knn_query_block(void *arg, int thread_no, int64_t begin, int64_t end)
 	return 0;
 }
 
-/* A unit-length copy of rows (zero rows stay zero), or NULL. */
-static float *
-knn_normalised_copy(const float *rows, int64_t n, int dim)
-{
-	float	   *copy = malloc((size_t) n * dim * sizeof(float));
-
-	if (copy == NULL)
-		return NULL;
-	for (int64_t i = 0; i < n; i++)
-	{
-		const float *src = rows + i * dim;
-		float	   *dst = copy + i * dim;
-		float		norm = sqrtf(vec_inner_product(src, src, dim));
-		float		scale = norm > 0.0f ? 1.0f / norm : 0.0f;
-
-		for (int j = 0; j < dim; j++)
-			dst[j] = src[j] * scale;
-	}
-	return copy;
-}
-
-/* rows - centre, or NULL. */
-static float *
-knn_centred_copy(const float *rows, int64_t n, int dim, const float *centre)
-{
-	float	   *copy = malloc((size_t) n * dim * sizeof(float));
-
-	if (copy == NULL)
-		return NULL;
-	for (int64_t i = 0; i < n; i++)
-		for (int j = 0; j < dim; j++)
-			copy[i * dim + j] = rows[i * dim + j] - centre[j];
-	return copy;
-}
-
-static float *
-knn_mean(const float *rows, int64_t n, int dim)
-{
-	double	   *sum = calloc(dim, sizeof(double));
-	float	   *mean = malloc(dim * sizeof(float));
-
-	if (sum == NULL || mean == NULL)
-	{
-		free(sum);
-		free(mean);
-		return NULL;
-	}
-	for (int64_t i = 0; i < n; i++)
-		for (int j = 0; j < dim; j++)
-			sum[j] += rows[i * dim + j];
-	for (int j = 0; j < dim; j++)
-		mean[j] = (float) (sum[j] / (double) n);
-	free(sum);
-	return mean;
-}
-
 /*
- * The copies the GEMM works on: centred for L2, normalised for cosine,
- * none for inner product and L1.  False when out of memory.
+ * Memory of knn_run, kept between the calls of one worker thread
+ * (cagra_knn_exact_serial): a partitioned build runs hundreds of small
+ * searches, and fresh allocations of that size come from mmap every time,
+ * so that zeroing new pages cost more than a fifth of the search.
  */
-static bool
-knn_gemm_inputs(KnnJob *job, float **gemm_base, float **gemm_queries)
+struct CagraKnnScratch
 {
-	float	   *mean = NULL;
+	float	   *gemm_base;		/* n x dim */
+	float	   *gemm_queries;	/* nq x dim, when the queries are not base */
+	float	   *norms;			/* n */
+	double	   *sum;			/* dim */
+	float	   *mean;			/* dim */
+	int64_t		rows_cap;		/* capacity of gemm_base, norms */
+	int64_t		queries_cap;	/* of gemm_queries */
+	int			dim_cap;		/* of sum, mean and the rows' width */
+	int			n_threads;		/* tiles and pools */
+	int			pool_cap;		/* n_candidates the pools were made for */
+	float	  **tiles;			/* QUERY_BLOCK x BASE_BLOCK */
+	KnnCandidate **pools;		/* QUERY_BLOCK x POOL_FACTOR pool_cap */
+};
 
-	*gemm_base = *gemm_queries = NULL;
-	if (job->metric == CAGRA_METRIC_COSINE)
+CagraKnnScratch *
+cagra_knn_scratch_create(void)
+{
+	return calloc(1, sizeof(CagraKnnScratch));
+}
+
+static void
+knn_scratch_free_threads(CagraKnnScratch *scratch)
+{
+	for (int t = 0; t < scratch->n_threads; t++)
 	{
-		*gemm_base = knn_normalised_copy(job->base, job->n, job->dim);
-		*gemm_queries = job->exclude_self ? *gemm_base :
-			knn_normalised_copy(job->queries, job->nq, job->dim);
+		if (scratch->tiles)
+			free(scratch->tiles[t]);
+		if (scratch->pools)
+			free(scratch->pools[t]);
 	}
-	else if (job->metric == CAGRA_METRIC_L2)
-	{
-		mean = knn_mean(job->base, job->n, job->dim);
-		if (mean == NULL)
-			return false;
-		*gemm_base = knn_centred_copy(job->base, job->n, job->dim, mean);
-		*gemm_queries = job->exclude_self ? *gemm_base :
-			knn_centred_copy(job->queries, job->nq, job->dim, mean);
-		free(mean);
-	}
-	else
-	{
-		job->gemm_base = job->base;
-		job->gemm_queries = job->queries;
+	free(scratch->tiles);
+	free(scratch->pools);
+	scratch->tiles = NULL;
+	scratch->pools = NULL;
+	scratch->n_threads = 0;
+}
+
+void
+cagra_knn_scratch_free(CagraKnnScratch *scratch)
+{
+	if (scratch == NULL)
+		return;
+	knn_scratch_free_threads(scratch);
+	free(scratch->gemm_base);
+	free(scratch->gemm_queries);
+	free(scratch->norms);
+	free(scratch->sum);
+	free(scratch->mean);
+	free(scratch);
+}
+
+/* *buf with room for at least `count` elements of `size` bytes; false: none. */
+static bool
+knn_grow(void **buf, int64_t *cap, int64_t count, size_t size)
+{
+	void	   *p;
+
+	if (*buf != NULL && *cap >= count)
 		return true;
-	}
-	job->gemm_base = *gemm_base;
-	job->gemm_queries = *gemm_queries;
-	return *gemm_base != NULL && *gemm_queries != NULL;
-}
-
-static float *
-knn_squared_norms(const float *rows, int64_t n, int dim)
-{
-	float	   *norms = malloc((size_t) n * sizeof(float));
-
-	if (norms == NULL)
-		return NULL;
-	for (int64_t i = 0; i < n; i++)
-		norms[i] = vec_inner_product(rows + i * dim, rows + i * dim, dim);
-	return norms;
-}
-
-/* Per-thread tiles and pools; false when out of memory. */
-static bool
-knn_alloc_scratch(KnnJob *job, int n_threads)
-{
-	job->tiles = calloc(n_threads, sizeof(float *));
-	job->pools = calloc(n_threads, sizeof(KnnCandidate *));
-	if (job->tiles == NULL || job->pools == NULL)
+	p = realloc(*buf, (size_t) (count > 0 ? count : 1) * size);
+	if (p == NULL)
 		return false;
+	*buf = p;
+	*cap = count;
+	return true;
+}
+
+/* Room in scratch for job on n_threads threads; false when out of memory. */
+static bool
+knn_scratch_reserve(CagraKnnScratch *scratch, const KnnJob *job, int n_threads)
+{
+	int64_t		dim_cap = scratch->dim_cap;
+	int64_t		cap = scratch->rows_cap;
+
+	/* rows are dim wide: a wider job needs everything anew */
+	if (job->dim > scratch->dim_cap)
+		scratch->rows_cap = scratch->queries_cap = 0;
+	cap = scratch->rows_cap;
+	if (!knn_grow((void **) &scratch->gemm_base, &cap, job->n,
+				  (size_t) job->dim * sizeof(float)))
+		return false;
+	cap = scratch->rows_cap;
+	if (!knn_grow((void **) &scratch->norms, &cap, job->n, sizeof(float)))
+		return false;
+	scratch->rows_cap = cap;
+	cap = scratch->queries_cap;
+	if (!knn_grow((void **) &scratch->gemm_queries, &cap, job->nq,
+				  (size_t) job->dim * sizeof(float)))
+		return false;
+	scratch->queries_cap = cap;
+	if (!knn_grow((void **) &scratch->sum, &dim_cap, job->dim, sizeof(double)))
+		return false;
+	dim_cap = scratch->dim_cap;
+	if (!knn_grow((void **) &scratch->mean, &dim_cap, job->dim, sizeof(float)))
+		return false;
+	scratch->dim_cap = (int) dim_cap;
+
+	if (scratch->n_threads >= n_threads && scratch->pool_cap >= job->n_candidates)
+		return true;
+	knn_scratch_free_threads(scratch);
+	scratch->tiles = calloc(n_threads, sizeof(float *));
+	scratch->pools = calloc(n_threads, sizeof(KnnCandidate *));
+	if (scratch->tiles == NULL || scratch->pools == NULL)
+		return false;
+	scratch->n_threads = n_threads;
+	scratch->pool_cap = job->n_candidates;
 	for (int t = 0; t < n_threads; t++)
 	{
-		job->tiles[t] = malloc((size_t) QUERY_BLOCK * BASE_BLOCK * sizeof(float));
-		job->pools[t] = malloc((size_t) QUERY_BLOCK * POOL_FACTOR * job->n_candidates *
-							   sizeof(KnnCandidate));
-		if (job->tiles[t] == NULL || job->pools[t] == NULL)
+		scratch->tiles[t] = malloc((size_t) QUERY_BLOCK * BASE_BLOCK * sizeof(float));
+		scratch->pools[t] = malloc((size_t) QUERY_BLOCK * POOL_FACTOR *
+								   job->n_candidates * sizeof(KnnCandidate));
+		if (scratch->tiles[t] == NULL || scratch->pools[t] == NULL)
 			return false;
 	}
 	return true;
 }
 
+/* dst = rows scaled to unit length (zero rows stay zero). */
 static void
-knn_free_scratch(KnnJob *job, int n_threads)
+knn_normalise(const float *rows, int64_t n, int dim, float *dst)
 {
-	for (int t = 0; t < n_threads; t++)
+	for (int64_t i = 0; i < n; i++)
 	{
-		if (job->tiles)
-			free(job->tiles[t]);
-		if (job->pools)
-			free(job->pools[t]);
+		const float *src = rows + i * dim;
+		float		norm = sqrtf(vec_inner_product(src, src, dim));
+		float		scale = norm > 0.0f ? 1.0f / norm : 0.0f;
+
+		for (int j = 0; j < dim; j++)
+			dst[i * dim + j] = src[j] * scale;
 	}
-	free(job->tiles);
-	free(job->pools);
+}
+
+/* dst = rows - centre. */
+static void
+knn_centre(const float *rows, int64_t n, int dim, const float *centre, float *dst)
+{
+	for (int64_t i = 0; i < n; i++)
+		for (int j = 0; j < dim; j++)
+			dst[i * dim + j] = rows[i * dim + j] - centre[j];
+}
+
+/*
+ * The mean of at most MEAN_SAMPLE evenly spaced rows: the centre only has
+ * to lie among the data for the GEMM's rounding to shrink, and summing
+ * every row of a small search cost as much as a tenth of it.
+ */
+static void
+knn_mean(const float *rows, int64_t n, int dim, double *sum, float *mean)
+{
+	int64_t		n_sample = n < MEAN_SAMPLE ? n : MEAN_SAMPLE;
+
+	memset(sum, 0, dim * sizeof(double));
+	for (int64_t s = 0; s < n_sample; s++)
+	{
+		const float *row = rows + (s * n / n_sample) * dim;
+
+		for (int j = 0; j < dim; j++)
+			sum[j] += row[j];
+	}
+	for (int j = 0; j < dim; j++)
+		mean[j] = (float) (sum[j] / (double) n_sample);
+}
+
+/*
+ * What the GEMM sees, in scratch: copies centred for L2 (with the base's
+ * squared norms), normalised for cosine, the rows as given for inner
+ * product and L1.  When the queries are the base's first rows, they share
+ * the base's copy.
+ */
+static void
+knn_gemm_inputs(KnnJob *job, CagraKnnScratch *scratch)
+{
+	bool		shared = job->exclude_self;
+	const float *dim_rows;
+
+	job->gemm_base = job->base;
+	job->gemm_queries = job->queries;
+	job->base_norms = NULL;
+	if (job->metric == CAGRA_METRIC_COSINE)
+	{
+		knn_normalise(job->base, job->n, job->dim, scratch->gemm_base);
+		if (!shared)
+			knn_normalise(job->queries, job->nq, job->dim, scratch->gemm_queries);
+	}
+	else if (job->metric == CAGRA_METRIC_L2)
+	{
+		knn_mean(job->base, job->n, job->dim, scratch->sum, scratch->mean);
+		knn_centre(job->base, job->n, job->dim, scratch->mean, scratch->gemm_base);
+		if (!shared)
+			knn_centre(job->queries, job->nq, job->dim, scratch->mean,
+					   scratch->gemm_queries);
+		dim_rows = scratch->gemm_base;
+		for (int64_t i = 0; i < job->n; i++)
+			scratch->norms[i] = vec_inner_product(dim_rows + i * job->dim,
+												  dim_rows + i * job->dim, job->dim);
+		job->base_norms = scratch->norms;
+	}
+	else
+		return;
+	job->gemm_base = scratch->gemm_base;
+	job->gemm_queries = shared ? scratch->gemm_base : scratch->gemm_queries;
 }
 
 /*
  * Everything but argument checks: shared by the entry points.  n_threads 0
  * means the caller is itself a worker thread: run serially and leave
- * OpenBLAS's (process-wide) thread setting and the kernels alone.
+ * OpenBLAS's (process-wide) thread setting and the kernels alone.  scratch
+ * NULL: memory of this call only.
  */
 static CagraStatus
 knn_run(KnnJob *job, int n_threads, const CagraInterrupt *interrupt,
-		char *errbuf, size_t errlen)
+		CagraKnnScratch *scratch, char *errbuf, size_t errlen)
 {
 	CagraStatus status = CAGRA_OK;
-	float	   *gemm_base;
-	float	   *gemm_queries;
-	float	   *base_norms = NULL;
+	CagraKnnScratch *own = NULL;
 	bool		in_worker = n_threads == 0;
 	int			blas_threads = in_worker ? 1 : openblas_get_num_threads();
 
@@ -495,22 +746,22 @@ knn_run(KnnJob *job, int n_threads, const CagraInterrupt *interrupt,
 		n_threads = 1;
 	else
 		cagra_kernels_ready();
-	job->filter = knn_choose_filter();
-	if (!knn_gemm_inputs(job, &gemm_base, &gemm_queries))
-		status = CAGRA_ERR_NOMEM;
-	else if (job->metric == CAGRA_METRIC_L2)
+	knn_choose_kernels(job);
+	if (scratch == NULL)
+		scratch = own = cagra_knn_scratch_create();
+	if (scratch == NULL || !knn_scratch_reserve(scratch, job, n_threads))
 	{
-		base_norms = knn_squared_norms(job->gemm_base, job->n, job->dim);
-		if (base_norms == NULL)
-			status = CAGRA_ERR_NOMEM;
+		cagra_knn_scratch_free(own);
+		return cagra_error(CAGRA_ERR_NOMEM, errbuf, errlen,
+						   "out of memory for the kNN of %lld rows", (long long) job->nq);
 	}
-	job->base_norms = base_norms;
-	if (status == CAGRA_OK && !knn_alloc_scratch(job, n_threads))
-		status = CAGRA_ERR_NOMEM;
+	knn_gemm_inputs(job, scratch);
+	job->tiles = scratch->tiles;
+	job->pools = scratch->pools;
 
-	if (status == CAGRA_OK && in_worker)
+	if (in_worker)
 		cagra_parallel_for(1, job->nq, QUERY_BLOCK, knn_query_block, job, NULL);
-	else if (status == CAGRA_OK)
+	else
 	{
 		openblas_set_num_threads(1);
 		if (cagra_parallel_for(n_threads, job->nq, QUERY_BLOCK, knn_query_block,
@@ -519,15 +770,7 @@ knn_run(KnnJob *job, int n_threads, const CagraInterrupt *interrupt,
 								 "kNN search canceled");
 		openblas_set_num_threads(blas_threads);
 	}
-	else
-		cagra_error(status, errbuf, errlen,
-					"out of memory for the kNN of %lld rows", (long long) job->nq);
-
-	knn_free_scratch(job, n_threads);
-	if (gemm_queries != gemm_base)
-		free(gemm_queries);
-	free(gemm_base);
-	free(base_norms);
+	cagra_knn_scratch_free(own);
 	return status;
 }
 
@@ -551,20 +794,28 @@ knn_check(int64_t n, int64_t nq, int dim, CagraMetric metric, int k,
 	return CAGRA_OK;
 }
 
-/* The exact kNN graph on `threads` workers (0: the calling thread only). */
+/*
+ * The exact kNN of the first nq rows of data among all n rows, on `threads`
+ * workers (0: the calling thread only).
+ */
 static CagraStatus
-knn_exact(const float *data, int64_t n, int dim, CagraMetric metric, int k,
-		  int n_threads, int threads, const CagraInterrupt *interrupt,
-		  int32_t *knn, float *dists, char *errbuf, size_t errlen)
+knn_exact(const float *data, int64_t n, int64_t nq, int dim, CagraMetric metric,
+		  int k, int n_threads, int threads, const CagraInterrupt *interrupt,
+		  CagraKnnScratch *scratch, int32_t *knn, float *dists,
+		  char *errbuf, size_t errlen)
 {
 	KnnJob		job = {0};
 	CagraStatus status;
 
-	status = knn_check(n, n, dim, metric, k, n - 1, n_threads, errbuf, errlen);
+	status = knn_check(n, nq, dim, metric, k, n - 1, n_threads, errbuf, errlen);
 	if (status != CAGRA_OK)
 		return status;
+	if (nq > n)
+		return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
+						   "%lld query rows out of %lld", (long long) nq, (long long) n);
 	job.base = job.queries = data;
-	job.n = job.nq = n;
+	job.n = n;
+	job.nq = nq;
 	job.dim = dim;
 	job.metric = metric;
 	job.k = k;
@@ -572,7 +823,7 @@ knn_exact(const float *data, int64_t n, int dim, CagraMetric metric, int k,
 	job.exclude_self = true;
 	job.ids = knn;
 	job.dists = dists;
-	return knn_run(&job, threads, interrupt, errbuf, errlen);
+	return knn_run(&job, threads, interrupt, scratch, errbuf, errlen);
 }
 
 CagraStatus
@@ -580,17 +831,17 @@ cagra_knn_exact(const float *data, int64_t n, int dim, CagraMetric metric,
 				int k, int n_threads, const CagraInterrupt *interrupt,
 				int32_t *knn, float *dists, char *errbuf, size_t errlen)
 {
-	return knn_exact(data, n, dim, metric, k, n_threads,
-					 cagra_thread_count(n_threads), interrupt,
+	return knn_exact(data, n, n, dim, metric, k, n_threads,
+					 cagra_thread_count(n_threads), interrupt, NULL,
 					 knn, dists, errbuf, errlen);
 }
 
 CagraStatus
-cagra_knn_exact_serial(const float *data, int64_t n, int dim,
-					   CagraMetric metric, int k, int32_t *knn, float *dists,
-					   char *errbuf, size_t errlen)
+cagra_knn_exact_serial(const float *data, int64_t n, int64_t nq, int dim,
+					   CagraMetric metric, int k, CagraKnnScratch *scratch,
+					   int32_t *knn, float *dists, char *errbuf, size_t errlen)
 {
-	return knn_exact(data, n, dim, metric, k, 0, 0, NULL, knn, dists,
+	return knn_exact(data, n, nq, dim, metric, k, 0, 0, NULL, scratch, knn, dists,
 					 errbuf, errlen);
 }
 
@@ -617,5 +868,6 @@ cagra_brute_force(const float *base, int64_t n, const float *queries,
 	job.exclude_self = false;
 	job.ids = ids;
 	job.dists = dists;
-	return knn_run(&job, cagra_thread_count(n_threads), interrupt, errbuf, errlen);
+	return knn_run(&job, cagra_thread_count(n_threads), interrupt, NULL,
+				   errbuf, errlen);
 }

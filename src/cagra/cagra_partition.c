@@ -1,19 +1,21 @@
 /*
  * cagra_partition.c
- *		Stage 1 of CAGRA without the O(n^2) cost: the kNN graph from
- *		overlapping partitions.
+ *		Stage 1 of CAGRA without the O(n^2) cost: the kNN graph from k-means
+ *		lists searched near each other.
  *
- * The exact stage compares every pair of rows; its cost grows as n^2 while
- * a row's neighbours all lie in a small region.  Here k-means splits the
- * data into partitions of about partition_rows rows, every row joins the
- * partitions of its `overlap` nearest centroids (so that neighbours across
- * a boundary still meet), the exact kNN (cagra_knn_exact_serial) runs inside
- * every partition, and each row keeps the best k of the lists it got.  The
- * cost falls by about n_partitions / overlap^2.  cuVS builds its
- * intermediate graph approximately too (IVF-PQ or NN-descent); CAGRA's
- * pruning is robust to a kNN graph that misses a few true neighbours
- * (Ootomo et al., ICDE 2024, sec. IV).  bench/bin/cagra_build measures the
- * recall of this stage and of the final graph.
+ * The exact stage compares every pair of rows, while a row's neighbours
+ * all lie in a small region.  Here k-means splits the data into lists of
+ * about list_rows rows (every row in the list of its nearest centroid), and
+ * the rows of a list are searched exactly (cagra_knn_exact_serial) among the
+ * rows of the `probes` lists whose centroids are nearest its own centroid.
+ * This is the inverted-file search of Jegou et al. (IEEE TPAMI 2011)
+ * applied to the data itself, with one probe list per list rather than per
+ * row, so that a list's search is one GEMM of its rows against the probed
+ * rows.  A row costs about probes x list_rows distances instead of n.
+ * cuVS builds its intermediate graph approximately too (IVF-PQ or
+ * NN-descent); CAGRA's pruning is robust to a kNN graph that misses a few
+ * true neighbours (Ootomo et al., ICDE 2024, sec. IV).  bench/bin/cagra_build
+ * measures the recall of this stage and of the final graph.
  */
 #include <cblas.h>
 #include <stdlib.h>
@@ -24,46 +26,27 @@
 #define KMEANS_ITERATIONS 10
 #define KMEANS_SAMPLE_PER_CENTROID 32
 
-typedef struct PartCandidate
-{
-	float		dist;
-	int32_t		id;
-} PartCandidate;
-
-typedef struct PartitionJob
+typedef struct ListJob
 {
 	const float *data;
 	int64_t		n;
 	int			dim;
 	CagraMetric metric;
 	int			k;
-	int			overlap;
-	const CagraInterrupt *interrupt;
-	const int32_t *assign;		/* n x overlap partitions, nearest first */
-	const int64_t *offsets;		/* partition p: members[offsets[p] ..] */
+	int			probes;
+	const int64_t *offsets;		/* list l: members[offsets[l] ..] */
 	const int32_t *members;
-	const int32_t *order;		/* partitions, largest first */
-	PartCandidate *cand;		/* n x overlap x k, id -1: none */
+	const int32_t *probe;		/* n_lists x probes: own list first */
+	const int32_t *order;		/* lists, largest first */
 	int32_t    *knn;
 	float	   *dists;
-	int64_t    *short_rows;		/* rows left with fewer than k neighbours */
 	/* per-thread scratch */
-	float	  **vectors;		/* largest partition x dim */
-	int32_t   **local_ids;		/* largest partition x k */
+	CagraKnnScratch **scratch;
+	float	  **vectors;		/* the probed rows x dim */
+	int32_t   **rows;			/* their row numbers */
+	int32_t   **local_ids;		/* largest list x k */
 	float	  **local_dists;
-	PartCandidate **merge_buf;	/* overlap x k */
-} PartitionJob;
-
-static int
-part_candidate_cmp(const void *a, const void *b)
-{
-	const PartCandidate *x = a;
-	const PartCandidate *y = b;
-
-	if (x->dist != y->dist)
-		return x->dist < y->dist ? -1 : 1;
-	return (x->id > y->id) - (x->id < y->id);
-}
+} ListJob;
 
 /* ---------------------------------------------------------------------- */
 /* k-means */
@@ -143,20 +126,21 @@ kmeans_train(const float *data, int64_t n, int dim, CagraMetric metric,
 	return status;
 }
 
-/* ---------------------------------------------------------------------- */
-/* Partitions */
 
-typedef struct PartitionSize
+/* ---------------------------------------------------------------------- */
+/* Lists */
+
+typedef struct ListSize
 {
 	int64_t		size;
 	int32_t		id;
-} PartitionSize;
+} ListSize;
 
 static int
-partition_size_cmp(const void *a, const void *b)
+list_size_cmp(const void *a, const void *b)
 {
-	const PartitionSize *x = a;
-	const PartitionSize *y = b;
+	const ListSize *x = a;
+	const ListSize *y = b;
 
 	if (x->size != y->size)
 		return x->size > y->size ? -1 : 1;
@@ -164,158 +148,146 @@ partition_size_cmp(const void *a, const void *b)
 }
 
 /*
- * CSR of the partitions' members, and the partitions largest first (so
- * that the long jobs do not come last).  fill and sizes are scratch of
- * n_parts entries.
+ * CSR of the lists' members, and the lists largest first (so that the
+ * long jobs do not come last).  sizes is scratch of n_lists entries.
  */
 static void
-partition_members(const int32_t *assign, int64_t n, int overlap, int n_parts,
-				  int64_t *offsets, int32_t *members, int32_t *order,
-				  int64_t *fill, PartitionSize *sizes)
+list_members(const int32_t *assign, int64_t n, int n_lists, int64_t *offsets,
+			 int32_t *members, int32_t *order, ListSize *sizes)
 {
-	memset(offsets, 0, (n_parts + 1) * sizeof(int64_t));
-	memset(fill, 0, n_parts * sizeof(int64_t));
-	for (int64_t i = 0; i < n * overlap; i++)
+	memset(offsets, 0, (n_lists + 1) * sizeof(int64_t));
+	for (int64_t i = 0; i < n; i++)
 		offsets[assign[i] + 1]++;
-	for (int p = 0; p < n_parts; p++)
-		offsets[p + 1] += offsets[p];
-	for (int64_t i = 0; i < n * overlap; i++)
-	{
-		int32_t		p = assign[i];
-
-		members[offsets[p] + fill[p]++] = (int32_t) (i / overlap);
-	}
-	for (int p = 0; p < n_parts; p++)
-	{
-		sizes[p].size = offsets[p + 1] - offsets[p];
-		sizes[p].id = p;
-	}
-	qsort(sizes, n_parts, sizeof(PartitionSize), partition_size_cmp);
-	for (int p = 0; p < n_parts; p++)
-		order[p] = sizes[p].id;
+	for (int l = 0; l < n_lists; l++)
+		offsets[l + 1] += offsets[l];
+	for (int l = 0; l < n_lists; l++)
+		sizes[l].size = 0;
+	for (int64_t i = 0; i < n; i++)
+		members[offsets[assign[i]] + sizes[assign[i]].size++] = (int32_t) i;
+	for (int l = 0; l < n_lists; l++)
+		sizes[l].id = l;
+	qsort(sizes, n_lists, sizeof(ListSize), list_size_cmp);
+	for (int l = 0; l < n_lists; l++)
+		order[l] = sizes[l].id;
 }
 
-/* Which of row's memberships is partition p. */
-static int
-membership_slot(const PartitionJob *job, int32_t row, int32_t p)
+/*
+ * Each list's probes: the lists of the nearest centroids, its own first
+ * (another centroid may coincide with it, so it is moved to the front).
+ */
+static void
+list_probes_own_first(int32_t *probe, int n_lists, int probes)
 {
-	for (int q = 0; q < job->overlap; q++)
-		if (job->assign[(int64_t) row * job->overlap + q] == p)
-			return q;
-	return 0;					/* not reached: row is a member of p */
+	for (int l = 0; l < n_lists; l++)
+	{
+		int32_t    *p = probe + (int64_t) l * probes;
+		int			at = probes - 1;
+
+		for (int j = 0; j < probes; j++)
+			if (p[j] == l)
+				at = j;
+		memmove(p + 1, p, at * sizeof(int32_t));
+		p[0] = l;
+	}
 }
 
-/* The exact kNN inside partitions order[begin .. end). */
+/* The kNN of the rows of lists order[begin .. end) among their probed rows. */
 static int
-partition_knn(void *arg, int thread_no, int64_t begin, int64_t end)
+list_knn(void *arg, int thread_no, int64_t begin, int64_t end)
 {
-	const PartitionJob *job = arg;
+	const ListJob *job = arg;
 	float	   *vectors = job->vectors[thread_no];
+	int32_t    *rows = job->rows[thread_no];
 	int32_t    *local_ids = job->local_ids[thread_no];
 	float	   *local_dists = job->local_dists[thread_no];
+	int			k = job->k;
 
 	for (int64_t i = begin; i < end; i++)
 	{
-		int32_t		p = job->order[i];
-		const int32_t *mem = job->members + job->offsets[p];
-		int64_t		size = job->offsets[p + 1] - job->offsets[p];
-		int			kk = size - 1 < job->k ? (int) size - 1 : job->k;
+		int32_t		l = job->order[i];
+		const int32_t *probe = job->probe + (int64_t) l * job->probes;
+		int64_t		size = job->offsets[l + 1] - job->offsets[l];
+		int64_t		n_rows = 0;
 
-		if (kk < 1)
+		if (size == 0)
 			continue;
-		for (int64_t j = 0; j < size; j++)
-			memcpy(vectors + j * job->dim, job->data + (int64_t) mem[j] * job->dim,
+		for (int j = 0; j < job->probes; j++)
+			for (int64_t m = job->offsets[probe[j]]; m < job->offsets[probe[j] + 1]; m++)
+				rows[n_rows++] = job->members[m];
+		if (n_rows - 1 < k)
+		{
+			/* too few rows near this list: partition_fill_short's job */
+			for (int64_t j = 0; j < size; j++)
+				job->knn[(int64_t) rows[j] * k + k - 1] = -1;
+			continue;
+		}
+		for (int64_t j = 0; j < n_rows; j++)
+			memcpy(vectors + j * job->dim, job->data + (int64_t) rows[j] * job->dim,
 				   job->dim * sizeof(float));
-		if (cagra_knn_exact_serial(vectors, size, job->dim, job->metric, kk,
-								   local_ids, local_dists, NULL, 0) != CAGRA_OK)
+		/* the list's own rows come first: they are the queries */
+		if (cagra_knn_exact_serial(vectors, n_rows, size, job->dim, job->metric, k,
+								   job->scratch[thread_no], local_ids, local_dists,
+								   NULL, 0) != CAGRA_OK)
 			return CAGRA_ERR_NOMEM;
 		for (int64_t j = 0; j < size; j++)
 		{
-			int			slot = membership_slot(job, mem[j], p);
-			PartCandidate *out = job->cand +
-				((int64_t) mem[j] * job->overlap + slot) * job->k;
+			int64_t		row = rows[j];
 
-			for (int l = 0; l < kk; l++)
+			for (int m = 0; m < k; m++)
 			{
-				out[l].id = mem[local_ids[j * kk + l]];
-				out[l].dist = local_dists[j * kk + l];
+				job->knn[row * k + m] = rows[local_ids[j * k + m]];
+				if (job->dists)
+					job->dists[row * k + m] = local_dists[j * k + m];
 			}
 		}
 	}
 	return 0;
 }
 
-/* Each row: the best k distinct candidates of its lists. */
-static int
-partition_merge(void *arg, int thread_no, int64_t begin, int64_t end)
-{
-	PartitionJob *job = arg;
-	PartCandidate *buf = job->merge_buf[thread_no];
-	int			k = job->k;
-
-	for (int64_t row = begin; row < end; row++)
-	{
-		const PartCandidate *cand = job->cand + row * job->overlap * k;
-		int			m = 0;
-		int			kept = 0;
-
-		for (int i = 0; i < job->overlap * k; i++)
-			if (cand[i].id >= 0)
-				buf[m++] = cand[i];
-		qsort(buf, m, sizeof(PartCandidate), part_candidate_cmp);
-		for (int i = 0; i < m && kept < k; i++)
-		{
-			/* the same pair has the same distance: duplicates are adjacent */
-			if (kept > 0 && job->knn[row * k + kept - 1] == buf[i].id)
-				continue;
-			job->knn[row * k + kept] = buf[i].id;
-			if (job->dists)
-				job->dists[row * k + kept] = buf[i].dist;
-			kept++;
-		}
-		for (int i = kept; i < k; i++)
-			job->knn[row * k + i] = -1;
-	}
-	return 0;
-}
-
 /*
- * Rows left short of k neighbours (their partitions were tiny): an exact
- * search over all rows, k + 1 deep so that the row itself can be dropped.
+ * Rows whose probed lists held k or fewer rows: an exact search over all
+ * rows, k + 1 deep so that the row itself can be dropped.
  */
 static CagraStatus
-partition_fill_short(PartitionJob *job, int n_threads, char *errbuf, size_t errlen)
+list_fill_short(ListJob *job, int n_threads, const CagraInterrupt *interrupt,
+				char *errbuf, size_t errlen)
 {
 	int64_t		n_short = 0;
 	int			k = job->k;
+	int64_t    *short_rows;
 	float	   *queries;
 	int32_t    *ids;
 	float	   *dists;
 	CagraStatus status;
 
 	for (int64_t row = 0; row < job->n; row++)
-		if (job->knn[row * k + k - 1] < 0)
-			job->short_rows[n_short++] = row;
+		n_short += job->knn[row * k + k - 1] < 0;
 	if (n_short == 0)
 		return CAGRA_OK;
+	short_rows = malloc(n_short * sizeof(int64_t));
 	queries = malloc((size_t) n_short * job->dim * sizeof(float));
 	ids = malloc((size_t) n_short * (k + 1) * sizeof(int32_t));
 	dists = malloc((size_t) n_short * (k + 1) * sizeof(float));
-	if (queries == NULL || ids == NULL || dists == NULL)
+	if (short_rows == NULL || queries == NULL || ids == NULL || dists == NULL)
 		status = cagra_error(CAGRA_ERR_NOMEM, errbuf, errlen,
 							 "out of memory for %lld short rows", (long long) n_short);
 	else
 	{
-		for (int64_t s = 0; s < n_short; s++)
-			memcpy(queries + s * job->dim, job->data + job->short_rows[s] * job->dim,
-				   job->dim * sizeof(float));
+		n_short = 0;
+		for (int64_t row = 0; row < job->n; row++)
+			if (job->knn[row * k + k - 1] < 0)
+			{
+				memcpy(queries + n_short * job->dim, job->data + row * job->dim,
+					   job->dim * sizeof(float));
+				short_rows[n_short++] = row;
+			}
 		status = cagra_brute_force(job->data, job->n, queries, n_short, job->dim,
-								   job->metric, k + 1, n_threads, job->interrupt,
+								   job->metric, k + 1, n_threads, interrupt,
 								   ids, dists, errbuf, errlen);
 	}
 	for (int64_t s = 0; status == CAGRA_OK && s < n_short; s++)
 	{
-		int64_t		row = job->short_rows[s];
+		int64_t		row = short_rows[s];
 		int			kept = 0;
 
 		for (int j = 0; j <= k && kept < k; j++)
@@ -328,6 +300,7 @@ partition_fill_short(PartitionJob *job, int n_threads, char *errbuf, size_t errl
 			kept++;
 		}
 	}
+	free(short_rows);
 	free(queries);
 	free(ids);
 	free(dists);
@@ -337,101 +310,110 @@ partition_fill_short(PartitionJob *job, int n_threads, char *errbuf, size_t errl
 /* ---------------------------------------------------------------------- */
 
 static void
-partition_free_scratch(PartitionJob *job, int n_threads)
+list_free_scratch(ListJob *job, int n_threads)
 {
 	for (int t = 0; t < n_threads; t++)
 	{
+		if (job->scratch)
+			cagra_knn_scratch_free(job->scratch[t]);
 		if (job->vectors)
 			free(job->vectors[t]);
+		if (job->rows)
+			free(job->rows[t]);
 		if (job->local_ids)
 			free(job->local_ids[t]);
 		if (job->local_dists)
 			free(job->local_dists[t]);
-		if (job->merge_buf)
-			free(job->merge_buf[t]);
 	}
+	free(job->scratch);
 	free(job->vectors);
+	free(job->rows);
 	free(job->local_ids);
 	free(job->local_dists);
-	free(job->merge_buf);
 }
 
+/* Scratch for the largest list and the most probed rows of any list. */
 static bool
-partition_alloc_scratch(PartitionJob *job, int n_threads, int64_t largest)
+list_alloc_scratch(ListJob *job, int n_threads, int n_lists)
 {
+	int64_t		largest = 1;
+	int64_t		most_probed = 1;
+
+	for (int l = 0; l < n_lists; l++)
+	{
+		const int32_t *probe = job->probe + (int64_t) l * job->probes;
+		int64_t		probed = 0;
+
+		for (int j = 0; j < job->probes; j++)
+			probed += job->offsets[probe[j] + 1] - job->offsets[probe[j]];
+		if (job->offsets[l + 1] - job->offsets[l] > largest)
+			largest = job->offsets[l + 1] - job->offsets[l];
+		if (probed > most_probed)
+			most_probed = probed;
+	}
+	job->scratch = calloc(n_threads, sizeof(CagraKnnScratch *));
 	job->vectors = calloc(n_threads, sizeof(float *));
+	job->rows = calloc(n_threads, sizeof(int32_t *));
 	job->local_ids = calloc(n_threads, sizeof(int32_t *));
 	job->local_dists = calloc(n_threads, sizeof(float *));
-	job->merge_buf = calloc(n_threads, sizeof(PartCandidate *));
-	if (!job->vectors || !job->local_ids || !job->local_dists || !job->merge_buf)
+	if (!job->scratch || !job->vectors || !job->rows || !job->local_ids ||
+		!job->local_dists)
 		return false;
 	for (int t = 0; t < n_threads; t++)
 	{
-		job->vectors[t] = malloc((size_t) largest * job->dim * sizeof(float));
+		job->scratch[t] = cagra_knn_scratch_create();
+		job->vectors[t] = malloc((size_t) most_probed * job->dim * sizeof(float));
+		job->rows[t] = malloc((size_t) most_probed * sizeof(int32_t));
 		job->local_ids[t] = malloc((size_t) largest * job->k * sizeof(int32_t));
 		job->local_dists[t] = malloc((size_t) largest * job->k * sizeof(float));
-		job->merge_buf[t] = malloc((size_t) job->overlap * job->k * sizeof(PartCandidate));
-		if (!job->vectors[t] || !job->local_ids[t] || !job->local_dists[t] ||
-			!job->merge_buf[t])
+		if (!job->scratch[t] || !job->vectors[t] || !job->rows[t] ||
+			!job->local_ids[t] || !job->local_dists[t])
 			return false;
 	}
 	return true;
 }
 
-static int64_t
-largest_partition(const int64_t *offsets, int n_parts)
-{
-	int64_t		largest = 1;
-
-	for (int p = 0; p < n_parts; p++)
-		if (offsets[p + 1] - offsets[p] > largest)
-			largest = offsets[p + 1] - offsets[p];
-	return largest;
-}
-
-/* Partition, join within partitions, merge: all allocations made here. */
+/* Lists, probes, the search of every list: all allocations made here. */
 static CagraStatus
-partitioned_run(PartitionJob *job, int n_parts, int n_threads,
-				char *errbuf, size_t errlen)
+list_run(ListJob *job, int n_lists, int n_threads,
+		 const CagraInterrupt *interrupt, char *errbuf, size_t errlen)
 {
 	CagraMetric pmetric = partition_metric(job->metric);
-	float	   *centroids = malloc((size_t) n_parts * job->dim * sizeof(float));
-	int32_t    *assign = malloc((size_t) job->n * job->overlap * sizeof(int32_t));
-	int64_t    *offsets = malloc((n_parts + 1) * sizeof(int64_t));
-	int32_t    *members = malloc((size_t) job->n * job->overlap * sizeof(int32_t));
-	int32_t    *order = malloc(n_parts * sizeof(int32_t));
-	int64_t    *fill = malloc(n_parts * sizeof(int64_t));
-	PartitionSize *sizes = malloc(n_parts * sizeof(PartitionSize));
+	float	   *centroids = malloc((size_t) n_lists * job->dim * sizeof(float));
+	int32_t    *assign = malloc((size_t) job->n * sizeof(int32_t));
+	int64_t    *offsets = malloc((n_lists + 1) * sizeof(int64_t));
+	int32_t    *members = malloc((size_t) job->n * sizeof(int32_t));
+	int32_t    *order = malloc(n_lists * sizeof(int32_t));
+	int32_t    *probe = malloc((size_t) n_lists * job->probes * sizeof(int32_t));
+	ListSize   *sizes = malloc(n_lists * sizeof(ListSize));
 	CagraStatus status = CAGRA_OK;
 
-	job->cand = malloc((size_t) job->n * job->overlap * job->k * sizeof(PartCandidate));
-	job->short_rows = malloc(job->n * sizeof(int64_t));
-	if (!centroids || !assign || !offsets || !members || !order || !fill ||
-		!sizes || !job->cand || !job->short_rows)
+	if (!centroids || !assign || !offsets || !members || !order || !probe || !sizes)
 		status = cagra_error(CAGRA_ERR_NOMEM, errbuf, errlen,
-							 "out of memory for %d partitions of %lld rows",
-							 n_parts, (long long) job->n);
+							 "out of memory for %d lists of %lld rows",
+							 n_lists, (long long) job->n);
 	if (status == CAGRA_OK)
-		status = kmeans_train(job->data, job->n, job->dim, pmetric, n_parts,
-							  n_threads, job->interrupt, centroids,
-							  errbuf, errlen);
+		status = kmeans_train(job->data, job->n, job->dim, pmetric, n_lists,
+							  n_threads, interrupt, centroids, errbuf, errlen);
 	if (status == CAGRA_OK)
-		status = cagra_brute_force(centroids, n_parts, job->data, job->n, job->dim,
-								   pmetric, job->overlap, n_threads,
-								   job->interrupt, assign, NULL, errbuf, errlen);
+		status = cagra_brute_force(centroids, n_lists, job->data, job->n, job->dim,
+								   pmetric, 1, n_threads, interrupt, assign,
+								   NULL, errbuf, errlen);
+	if (status == CAGRA_OK)
+		status = cagra_brute_force(centroids, n_lists, centroids, n_lists, job->dim,
+								   pmetric, job->probes, n_threads, interrupt,
+								   probe, NULL, errbuf, errlen);
 	if (status == CAGRA_OK)
 	{
-		partition_members(assign, job->n, job->overlap, n_parts, offsets,
-						  members, order, fill, sizes);
-		job->assign = assign;
+		list_members(assign, job->n, n_lists, offsets, members, order, sizes);
+		list_probes_own_first(probe, n_lists, job->probes);
 		job->offsets = offsets;
 		job->members = members;
 		job->order = order;
-		for (int64_t i = 0; i < job->n * job->overlap * job->k; i++)
-			job->cand[i].id = -1;
-		if (!partition_alloc_scratch(job, n_threads, largest_partition(offsets, n_parts)))
+		job->probe = probe;
+		if (!list_alloc_scratch(job, n_threads, n_lists))
 			status = cagra_error(CAGRA_ERR_NOMEM, errbuf, errlen,
-								 "out of memory for partition scratch");
+								 "out of memory for the lists' scratch");
 	}
 	if (status == CAGRA_OK)
 	{
@@ -439,58 +421,50 @@ partitioned_run(PartitionJob *job, int n_parts, int n_threads,
 		int			rc;
 
 		openblas_set_num_threads(1);
-		rc = cagra_parallel_for(n_threads, n_parts, 1, partition_knn, job,
-								job->interrupt);
+		rc = cagra_parallel_for(n_threads, n_lists, 1, list_knn, job, interrupt);
 		openblas_set_num_threads(blas_threads);
 		if (rc != 0)
 			status = cagra_error((CagraStatus) rc, errbuf, errlen,
 								 rc == CAGRA_ERR_CANCELED ? "kNN search canceled" :
-								 "out of memory in a partition's kNN");
+								 "out of memory in a list's kNN");
 	}
-	if (status == CAGRA_OK &&
-		cagra_parallel_for(n_threads, job->n, 4096, partition_merge, job,
-						   job->interrupt) == CAGRA_ERR_CANCELED)
-		status = cagra_error(CAGRA_ERR_CANCELED, errbuf, errlen,
-							 "kNN search canceled");
 	if (status == CAGRA_OK)
-		status = partition_fill_short(job, n_threads, errbuf, errlen);
-	partition_free_scratch(job, n_threads);
+		status = list_fill_short(job, n_threads, interrupt, errbuf, errlen);
+	list_free_scratch(job, n_threads);
 	free(centroids);
 	free(assign);
 	free(offsets);
 	free(members);
 	free(order);
-	free(fill);
+	free(probe);
 	free(sizes);
-	free(job->cand);
-	free(job->short_rows);
 	return status;
 }
 
 CagraStatus
 cagra_knn_partitioned(const float *data, int64_t n, int dim, CagraMetric metric,
-					  int k, int partition_rows, int overlap, int n_threads,
+					  int k, int list_rows, int probes, int n_threads,
 					  const CagraInterrupt *interrupt, int32_t *knn,
 					  float *dists, char *errbuf, size_t errlen)
 {
-	PartitionJob job = {0};
-	int64_t		n_parts;
+	ListJob		job = {0};
+	int64_t		n_lists;
 
-	if (partition_rows == 0)
-		partition_rows = 1024;
-	if (overlap == 0)
-		overlap = 3;
+	if (list_rows == 0)
+		list_rows = CAGRA_LIST_ROWS;
+	if (probes == 0)
+		probes = CAGRA_LIST_PROBES;
 	if (n < 2 || n > INT32_MAX || dim < 1 || k < 1 || k >= n ||
 		(unsigned) metric > CAGRA_METRIC_L1 || n_threads < 0)
 		return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
 						   "invalid partitioned kNN: %lld rows, dimension %d, k %d",
 						   (long long) n, dim, k);
-	if (partition_rows < 2 || overlap < 1)
+	if (list_rows < 2 || probes < 1)
 		return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
-						   "partition_rows %d must be at least 2 and overlap %d at least 1",
-						   partition_rows, overlap);
-	n_parts = (n + partition_rows - 1) / partition_rows;
-	if (n_parts <= 1)
+						   "list_rows %d must be at least 2 and probes %d at least 1",
+						   list_rows, probes);
+	n_lists = (n + list_rows - 1) / list_rows;
+	if (n_lists <= 1)
 		return cagra_knn_exact(data, n, dim, metric, k, n_threads, interrupt,
 							   knn, dists, errbuf, errlen);
 	cagra_kernels_ready();
@@ -499,10 +473,9 @@ cagra_knn_partitioned(const float *data, int64_t n, int dim, CagraMetric metric,
 	job.dim = dim;
 	job.metric = metric;
 	job.k = k;
-	job.overlap = overlap < n_parts ? overlap : (int) n_parts;
-	job.interrupt = interrupt;
+	job.probes = probes < n_lists ? probes : (int) n_lists;
 	job.knn = knn;
 	job.dists = dists;
-	return partitioned_run(&job, (int) n_parts, cagra_thread_count(n_threads),
-						   errbuf, errlen);
+	return list_run(&job, (int) n_lists, cagra_thread_count(n_threads), interrupt,
+					errbuf, errlen);
 }

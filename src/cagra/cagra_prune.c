@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "cagra/cagra.h"
+#include "vector/distance.h"
 
 typedef struct PruneJob
 {
@@ -27,6 +28,8 @@ typedef struct PruneJob
 	int			I;
 	int			d;
 	CagraDetour detour;
+	uint64_t	(*route_mask) (const int32_t *via, int I, int a,
+							   const int32_t *pos, bool rank_below);
 	int32_t    *pruned;
 	/* per-thread scratch */
 	int32_t   **pos;			/* n entries, zero between rows */
@@ -51,6 +54,110 @@ prune_is_edge(const int32_t *row, int r, const int32_t *pos)
 	return row[r] >= 0 && pos[row[r]] == r + 1;
 }
 
+/*
+ * For I <= 64, where the ranks of A's list fit one 64-bit word: bit b of
+ * the result says that D (A's edge at rank a) lists B, A's edge at rank
+ * b > a, as a detourable route (for CAGRA_DETOUR_RANK_BELOW also below rank
+ * b in D's list).  Nothing here branches on the data: about half of D's
+ * neighbours are A's too, a test no predictor learns.
+ */
+typedef uint64_t (*PruneRouteMaskFn) (const int32_t *via, int I, int a,
+									  const int32_t *pos, bool rank_below);
+
+static uint64_t
+prune_route_mask_scalar(const int32_t *via, int I, int a, const int32_t *pos,
+						bool rank_below)
+{
+	uint64_t	mask = 0;
+
+	for (int rank_in_d = 0; rank_in_d < I; rank_in_d++)
+	{
+		int32_t		b_node = via[rank_in_d];
+		int			b;
+		uint64_t	detour;
+
+		if (b_node < 0)
+			continue;
+		b = pos[b_node] - 1;
+		detour = (uint64_t) (b > a) & (uint64_t) (!rank_below | (rank_in_d < b));
+		mask |= detour << (b & 63);
+	}
+	return mask;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define PRUNE_HAVE_X86
+#include <immintrin.h>
+
+/* The same, 16 of D's neighbours at a time: one gather from pos[]. */
+__attribute__((target("avx512f")))
+static uint64_t
+prune_route_mask_avx512(const int32_t *via, int I, int a, const int32_t *pos,
+						bool rank_below)
+{
+	const __m512i one = _mm512_set1_epi64(1);
+	const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9,
+										   10, 11, 12, 13, 14, 15);
+	__m512i		acc = _mm512_setzero_si512();
+
+	for (int r0 = 0; r0 < I; r0 += 16)
+	{
+		__mmask16	in = I - r0 >= 16 ? 0xFFFF : (__mmask16) ((1u << (I - r0)) - 1);
+		__m512i		ids = _mm512_maskz_loadu_epi32(in, via + r0);
+		__mmask16	valid = _mm512_mask_cmpge_epi32_mask(in, ids, _mm512_setzero_si512());
+		__m512i		b = _mm512_sub_epi32(_mm512_mask_i32gather_epi32(_mm512_setzero_si512(),
+																	 valid, ids, pos, 4),
+										 _mm512_set1_epi32(1));
+		__mmask16	detour = _mm512_mask_cmpgt_epi32_mask(valid, b, _mm512_set1_epi32(a));
+
+		if (rank_below)
+			detour = _mm512_mask_cmpgt_epi32_mask(detour, b,
+												  _mm512_add_epi32(lane, _mm512_set1_epi32(r0)));
+		acc = _mm512_or_si512(acc,
+							  _mm512_maskz_sllv_epi64((__mmask8) detour, one,
+													  _mm512_cvtepi32_epi64(_mm512_castsi512_si256(b))));
+		acc = _mm512_or_si512(acc,
+							  _mm512_maskz_sllv_epi64((__mmask8) (detour >> 8), one,
+													  _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(b, 1))));
+	}
+	return (uint64_t) _mm512_reduce_or_epi64(acc);
+}
+#endif
+
+/* AVX-512 when the distance kernels are (tests can force scalar ones). */
+static PruneRouteMaskFn
+prune_choose_route_mask(void)
+{
+	cagra_kernels_ready();
+#ifdef PRUNE_HAVE_X86
+	if (vec_kernels.isa == VEC_ISA_AVX512)
+		return prune_route_mask_avx512;
+#endif
+	return prune_route_mask_scalar;
+}
+
+/* prune_count_detours for I <= 64: the counts are the masks' column sums. */
+static void
+prune_count_detours_masks(const PruneJob *job, const int32_t *row,
+						  const int32_t *pos, int *count)
+{
+	int			I = job->I;
+	bool		rank_below = job->detour == CAGRA_DETOUR_RANK_BELOW;
+	uint64_t	masks[64];
+
+	for (int a = 0; a < I - 1; a++)
+		masks[a] = prune_is_edge(row, a, pos) ?
+			job->route_mask(job->knn + (int64_t) row[a] * I, I, a, pos, rank_below) : 0;
+	for (int b = 0; b < I; b++)
+	{
+		int			c = 0;
+
+		for (int a = 0; a < b; a++)
+			c += (masks[a] >> b) & 1;
+		count[b] = c;
+	}
+}
+
 /* count[b] = number of detourable routes for A's edge at rank b. */
 static void
 prune_count_detours(const PruneJob *job, const int32_t *row,
@@ -58,6 +165,11 @@ prune_count_detours(const PruneJob *job, const int32_t *row,
 {
 	int			I = job->I;
 
+	if (I <= 64)
+	{
+		prune_count_detours_masks(job, row, pos, count);
+		return;
+	}
 	memset(count, 0, I * sizeof(int));
 	for (int a = 0; a < I - 1; a++)
 	{
@@ -178,6 +290,7 @@ cagra_prune(const int32_t *knn, int64_t n, int I, int d, CagraDetour detour,
 	job.I = I;
 	job.d = d;
 	job.detour = detour;
+	job.route_mask = prune_choose_route_mask();
 	job.pruned = pruned;
 	job.pos = calloc(n_threads, sizeof(int32_t *));
 	job.work = calloc(n_threads, sizeof(int *));

@@ -44,8 +44,8 @@ cagra_params_default(CagraParams *params, int m)
 {
 	params->metric = CAGRA_METRIC_L2;
 	params->knn_method = CAGRA_KNN_EXACT;
-	params->partition_rows = 0;
-	params->partition_overlap = 0;
+	params->list_rows = 0;
+	params->list_probes = 0;
 	params->intermediate_degree = 3 * m;
 	params->graph_degree = 2 * m;
 	params->detour = CAGRA_DETOUR_ANY_RANK;
@@ -76,11 +76,11 @@ cagra_params_check(const CagraParams *params, int64_t n, int dim,
 	if ((unsigned) params->knn_method > CAGRA_KNN_PARTITIONED)
 		return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
 						   "unknown kNN method %d", (int) params->knn_method);
-	if (params->partition_rows < 0 || params->partition_rows == 1 ||
-		params->partition_overlap < 0)
+	if (params->list_rows < 0 || params->list_rows == 1 ||
+		params->list_probes < 0)
 		return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
-						   "partition_rows %d must be 0 or at least 2, partition_overlap %d not negative",
-						   params->partition_rows, params->partition_overlap);
+						   "list_rows %d must be 0 or at least 2, list_probes %d not negative",
+						   params->list_rows, params->list_probes);
 	if ((unsigned) params->detour > CAGRA_DETOUR_RANK_BELOW)
 		return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
 						   "unknown detour definition %d",

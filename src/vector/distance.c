@@ -77,7 +77,8 @@ cosine_parts_scalar(const float *a, const float *b, int n,
 }
 
 static const VecKernels scalar_kernels = {
-	l2_squared_scalar, inner_product_scalar, l1_scalar, cosine_parts_scalar
+	l2_squared_scalar, inner_product_scalar, l1_scalar, cosine_parts_scalar,
+	VEC_ISA_SCALAR
 };
 
 #ifdef VEC_HAVE_X86
@@ -244,7 +245,8 @@ cosine_parts_avx2(const float *a, const float *b, int n,
 }
 
 static const VecKernels avx2_kernels = {
-	l2_squared_avx2, inner_product_avx2, l1_avx2, cosine_parts_avx2
+	l2_squared_avx2, inner_product_avx2, l1_avx2, cosine_parts_avx2,
+	VEC_ISA_AVX2
 };
 
 /* ---------------------------------------------------------------------
@@ -357,7 +359,8 @@ cosine_parts_avx512(const float *a, const float *b, int n,
 }
 
 static const VecKernels avx512_kernels = {
-	l2_squared_avx512, inner_product_avx512, l1_avx512, cosine_parts_avx512
+	l2_squared_avx512, inner_product_avx512, l1_avx512, cosine_parts_avx512,
+	VEC_ISA_AVX512
 };
 #endif							/* VEC_HAVE_X86 */
 

@@ -27,6 +27,8 @@ typedef struct VecKernels
 	/* dot product and both squared norms in one pass (cosine distance) */
 	void		(*cosine_parts) (const float *a, const float *b, int n,
 								 float *dot, float *norm_a, float *norm_b);
+	VecIsa		isa;			/* the level of these kernels; other code
+								 * with SIMD versions follows it */
 } VecKernels;
 
 /* The kernels in use; valid after vec_distance_init(). */

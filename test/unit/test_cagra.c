@@ -513,10 +513,9 @@ knn_overlap(const int32_t *a, const int32_t *b, int64_t n, int k)
 }
 
 /*
- * The partitioned kNN: exact when every row is in every partition (the
- * merge must drop the copies), exact when partitions are too small to hold
- * k neighbours (every row goes to the exact fallback), and close to exact
- * on clustered data.
+ * The partitioned kNN: exact when every list probes every list, exact when
+ * the probed lists are too small to hold k neighbours (every row goes to
+ * the exact fallback), and close to exact on clustered data.
  */
 static void
 test_knn_partitioned(void)
@@ -538,19 +537,19 @@ test_knn_partitioned(void)
 	CHECK(cagra_knn_exact(data, n, dim, CAGRA_METRIC_L2, k, 2, NULL, exact, exact_d,
 						  err, sizeof(err)) == CAGRA_OK, "exact: %s", err);
 
-	/* 600 rows, 3 partitions, overlap 3: every partition holds every row */
+	/* 600 rows, 3 lists, 3 probes: every list is searched among all rows */
 	CHECK(cagra_knn_partitioned(data, 600, dim, CAGRA_METRIC_L2, k, 200, 3, 2, NULL,
 								part, part_d, err, sizeof(err)) == CAGRA_OK,
-		  "partitioned, full overlap: %s", err);
+		  "partitioned, every list probed: %s", err);
 	CHECK(cagra_knn_exact(data, 600, dim, CAGRA_METRIC_L2, k, 2, NULL, exact, exact_d,
 						  err, sizeof(err)) == CAGRA_OK, "exact 600: %s", err);
-	CHECK(rows_equal(part, exact, 600 * k), "full overlap equals the exact kNN");
+	CHECK(rows_equal(part, exact, 600 * k), "probing every list equals the exact kNN");
 
-	/* partitions of 2 rows cannot hold 16 neighbours: exact fallback */
+	/* one probe of a 2-row list cannot hold 16 neighbours: exact fallback */
 	CHECK(cagra_knn_partitioned(data, 600, dim, CAGRA_METRIC_L2, k, 2, 1, 2, NULL,
 								part, part_d, err, sizeof(err)) == CAGRA_OK,
-		  "partitioned, tiny partitions: %s", err);
-	CHECK(rows_equal(part, exact, 600 * k), "tiny partitions equal the exact kNN");
+		  "partitioned, tiny lists: %s", err);
+	CHECK(rows_equal(part, exact, 600 * k), "tiny lists equal the exact kNN");
 
 	CHECK(cagra_knn_exact(data, n, dim, CAGRA_METRIC_L2, k, 2, NULL, exact, exact_d,
 						  err, sizeof(err)) == CAGRA_OK, "exact: %s", err);
@@ -563,7 +562,7 @@ test_knn_partitioned(void)
 
 	CHECK(cagra_knn_partitioned(data, n, dim, CAGRA_METRIC_L2, k, 1, 3, 2, NULL,
 								part, part_d, err, sizeof(err)) == CAGRA_ERR_PARAM,
-		  "partition_rows 1 is rejected");
+		  "list_rows 1 is rejected");
 	free(data);
 	free(exact);
 	free(part);
@@ -717,7 +716,7 @@ test_interrupt(void)
 	stop.limit = 0;
 	params.n_threads = 2;
 	params.knn_method = CAGRA_KNN_PARTITIONED;
-	params.partition_rows = 256;
+	params.list_rows = 256;
 	CHECK(cagra_build(data, n, dim, &params, graph, NULL, err, sizeof(err)) ==
 		  CAGRA_ERR_CANCELED, "partitioned build stopped: %s", err);
 
@@ -810,17 +809,68 @@ test_errors(void)
 		  "loading a missing GPU module fails with a message: %s", err);
 }
 
+/*
+ * The pruning's AVX-512 route masks and its scalar ones give the same
+ * graph, for both detour definitions, on a real kNN graph (I = 48).
+ */
+static void
+test_prune_simd_agrees(void)
+{
+	int			dim = 16,
+				I = 48,
+				d = 32;
+	int64_t		n = 3000;
+	float	   *data = cluster_data(30, 100, dim);
+	int32_t    *knn = malloc(n * I * sizeof(int32_t));
+	int32_t    *fast = malloc(n * d * sizeof(int32_t));
+	int32_t    *slow = malloc(n * d * sizeof(int32_t));
+	char		err[256];
+
+	CHECK(cagra_knn_exact(data, n, dim, CAGRA_METRIC_L2, I, 2, NULL, knn, NULL,
+						  err, sizeof(err)) == CAGRA_OK, "exact: %s", err);
+	for (int detour = CAGRA_DETOUR_ANY_RANK; detour <= CAGRA_DETOUR_RANK_BELOW; detour++)
+	{
+		VecIsa		best = vec_distance_init(VEC_ISA_AVX512);
+
+		CHECK(cagra_prune(knn, n, I, d, (CagraDetour) detour, 2, NULL, fast,
+						  err, sizeof(err)) == CAGRA_OK, "prune (%s): %s",
+			  vec_isa_name(best), err);
+		vec_distance_init(VEC_ISA_SCALAR);
+		CHECK(cagra_prune(knn, n, I, d, (CagraDetour) detour, 2, NULL, slow,
+						  err, sizeof(err)) == CAGRA_OK, "prune (scalar): %s", err);
+		CHECK(rows_equal(fast, slow, n * d),
+			  "detour %d: %s and scalar pruning agree", detour, vec_isa_name(best));
+	}
+	vec_distance_init(VEC_ISA_AVX512);
+	free(data);
+	free(knn);
+	free(fast);
+	free(slow);
+}
+
+/* The kNN stages and the pruning, with the distance kernels at `isa`. */
+static void
+test_knn_stages(VecIsa isa)
+{
+	vec_distance_init(isa);
+	test_prune_by_hand();
+	test_prune_odd_input();
+	test_knn_exact();
+	test_brute_force();
+	test_knn_partitioned();
+	vec_distance_init(VEC_ISA_AVX512);
+}
+
 int
 main(void)
 {
 	vec_distance_init(VEC_ISA_AVX512);
-	test_prune_by_hand();
-	test_prune_odd_input();
+	test_knn_stages(VEC_ISA_AVX512);
+	/* the same checks through the scalar scan and route-mask kernels */
+	test_knn_stages(VEC_ISA_SCALAR);
+	test_prune_simd_agrees();
 	test_merge_reverse_by_hand();
 	test_merge_reverse_protected();
-	test_knn_exact();
-	test_brute_force();
-	test_knn_partitioned();
 	test_connectivity_free_slots();
 	test_connectivity_full_rows();
 	test_out_of_range_ids();
