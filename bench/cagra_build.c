@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "cagra/cagra.h"
+#include "rng/rng.h"
 #include "vector/distance.h"
 
 #define RECALL_K 10
@@ -71,31 +72,6 @@ die(const char *what, const char *msg)
 /* ---------------------------------------------------------------------- */
 /* Data */
 
-static uint64_t
-rng_next(uint64_t *state)
-{
-	uint64_t	z = (*state += 0x9e3779b97f4a7c15ull);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static double
-rng_uniform(uint64_t *state)
-{
-	return ((rng_next(state) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-}
-
-static double
-rng_gauss(uint64_t *state)
-{
-	double		u = rng_uniform(state);
-	double		v = rng_uniform(state);
-
-	return sqrt(-2.0 * log(u)) * cos(2.0 * M_PI * v);
-}
-
 /*
  * 100 Gaussian clusters of different spreads in a 24-dimensional subspace
  * (fewer if dim is smaller), embedded in dim by a random Gaussian map, plus
@@ -117,22 +93,22 @@ generate_data(int64_t rows, int dim, uint64_t seed)
 	if (!embed || !centres || !spread || !z || !data)
 		die("generate", "out of memory");
 	for (int i = 0; i < dim * sub; i++)
-		embed[i] = rng_gauss(&state) / sqrt((double) sub);
+		embed[i] = splitmix64_normal(&state) / sqrt((double) sub);
 	for (int c = 0; c < n_clusters; c++)
 	{
 		for (int j = 0; j < sub; j++)
-			centres[c * sub + j] = rng_gauss(&state);
-		spread[c] = 0.3 + 0.5 * rng_uniform(&state);
+			centres[c * sub + j] = splitmix64_normal(&state);
+		spread[c] = 0.3 + 0.5 * splitmix64_unit_open(&state);
 	}
 	for (int64_t i = 0; i < rows; i++)
 	{
-		int			c = (int) (rng_next(&state) % n_clusters);
+		int			c = (int) (splitmix64_next(&state) % n_clusters);
 
 		for (int j = 0; j < sub; j++)
-			z[j] = centres[c * sub + j] + spread[c] * rng_gauss(&state);
+			z[j] = centres[c * sub + j] + spread[c] * splitmix64_normal(&state);
 		for (int k = 0; k < dim; k++)
 		{
-			double		x = 0.05 * rng_gauss(&state);
+			double		x = 0.05 * splitmix64_normal(&state);
 
 			for (int j = 0; j < sub; j++)
 				x += embed[k * sub + j] * z[j];

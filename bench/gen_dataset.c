@@ -31,6 +31,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "rng/rng.h"
+
 typedef struct Params
 {
 	long		n;
@@ -44,33 +46,6 @@ typedef struct Params
 	uint64_t	seed;
 	const char *out;
 } Params;
-
-/* splitmix64: small, fast, and the same on every platform */
-static uint64_t
-rng_next(uint64_t *s)
-{
-	uint64_t	z = (*s += 0x9e3779b97f4a7c15ULL);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-	return z ^ (z >> 31);
-}
-
-static double
-rng_uniform(uint64_t *s)
-{
-	return ((rng_next(s) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-}
-
-/* Box-Muller; one value per call keeps the stream simple to reproduce */
-static double
-rng_normal(uint64_t *s)
-{
-	double		u1 = rng_uniform(s);
-	double		u2 = rng_uniform(s);
-
-	return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
-}
 
 static void *
 xmalloc(size_t size)
@@ -88,7 +63,7 @@ xmalloc(size_t size)
 static int
 pick_topic(uint64_t *s, const double *cumulative, int clusters)
 {
-	double		u = rng_uniform(s) * cumulative[clusters - 1];
+	double		u = splitmix64_unit_open(s) * cumulative[clusters - 1];
 	int			lo = 0,
 				hi = clusters - 1;
 
@@ -116,14 +91,14 @@ generate(const Params *p, uint64_t *s, const double *centres, const double *cumu
 		float	   *row = out + r * p->dim;
 
 		for (int j = 0; j < p->intrinsic; j++)
-			latent[j] = centres[(long) t * p->intrinsic + j] + p->spread * rng_normal(s);
+			latent[j] = centres[(long) t * p->intrinsic + j] + p->spread * splitmix64_normal(s);
 		for (int d = 0; d < p->dim; d++)
 		{
 			double		v = 0.0;
 
 			for (int j = 0; j < p->intrinsic; j++)
 				v += proj[(long) d * p->intrinsic + j] * latent[j];
-			row[d] = (float) (v + p->noise * rng_normal(s));
+			row[d] = (float) (v + p->noise * splitmix64_normal(s));
 		}
 	}
 	free(latent);
@@ -323,11 +298,11 @@ main(int argc, char **argv)
 	cumulative = xmalloc(sizeof(double) * p.clusters);
 	proj = xmalloc(sizeof(double) * p.dim * p.intrinsic);
 	for (long i = 0; i < (long) p.clusters * p.intrinsic; i++)
-		centres[i] = rng_normal(&s);
+		centres[i] = splitmix64_normal(&s);
 	for (int t = 0; t < p.clusters; t++)
 		cumulative[t] = (t ? cumulative[t - 1] : 0.0) + 1.0 / (1.0 + t / 8.0);
 	for (long i = 0; i < (long) p.dim * p.intrinsic; i++)
-		proj[i] = rng_normal(&s) / sqrt((double) p.intrinsic);
+		proj[i] = splitmix64_normal(&s) / sqrt((double) p.intrinsic);
 
 	base = xmalloc(sizeof(float) * p.n * p.dim);
 	queries = xmalloc(sizeof(float) * p.queries * p.dim);

@@ -55,14 +55,13 @@ typedef struct GnnError
 	char		message[256];
 } GnnError;
 
-/* Deterministic random numbers: splitmix64 (Steele et al. 2014). */
+/* Deterministic random numbers: a splitmix64 stream (rng/rng.h). */
 typedef struct GnnRng
 {
 	uint64_t	state;
 } GnnRng;
 
 extern void gnn_rng_seed(GnnRng *rng, uint64_t seed);
-extern uint64_t gnn_rng_next(GnnRng *rng);
 extern double gnn_rng_uniform(GnnRng *rng);	/* [0, 1) */
 extern double gnn_rng_normal(GnnRng *rng);	/* N(0, 1) */
 extern uint64_t gnn_rng_below(GnnRng *rng, uint64_t bound);	/* [0, bound) */

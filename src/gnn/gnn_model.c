@@ -12,6 +12,7 @@
 #include <cblas.h>
 
 #include "gnn/gnn.h"
+#include "rng/rng.h"
 
 #ifdef GNN_DOUBLE
 #define cblas_gemm cblas_dgemm
@@ -47,28 +48,21 @@ gnn_rng_seed(GnnRng *rng, uint64_t seed)
 	rng->state = seed;
 }
 
-/* splitmix64: passes BigCrush, one word of state, trivially reseedable. */
-uint64_t
-gnn_rng_next(GnnRng *rng)
-{
-	uint64_t	z = (rng->state += UINT64_C(0x9e3779b97f4a7c15));
-
-	z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
-	z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
-	return z ^ (z >> 31);
-}
-
 double
 gnn_rng_uniform(GnnRng *rng)
 {
-	return (double) (gnn_rng_next(rng) >> 11) * (1.0 / 9007199254740992.0);
+	return splitmix64_unit(&rng->state);
 }
 
-/* Box-Muller; one of the pair is discarded to keep the state a single word. */
+/*
+ * Box-Muller on [0, 1) draws, u1 flipped to (0, 1] for log(): not
+ * splitmix64_normal, whose open-interval draws give other values, because a
+ * model's initial weights for a given seed must not change.
+ */
 double
 gnn_rng_normal(GnnRng *rng)
 {
-	double		u1 = 1.0 - gnn_rng_uniform(rng);	/* (0, 1] */
+	double		u1 = 1.0 - gnn_rng_uniform(rng);
 	double		u2 = gnn_rng_uniform(rng);
 
 	return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
@@ -85,7 +79,7 @@ gnn_rng_below(GnnRng *rng, uint64_t bound)
 		return 0;
 	limit = UINT64_MAX - UINT64_MAX % bound;
 	do
-		x = gnn_rng_next(rng);
+		x = splitmix64_next(&rng->state);
 	while (x >= limit);
 	return x % bound;
 }

@@ -53,13 +53,30 @@ vac_read(VacState *vs, BlockNumber blkno, int mode)
 	return buf;
 }
 
-/* Pass 1. */
+/*
+ * What a pass over the element pages does with one element: a test, or a
+ * visit.  arg is the pass's own state.
+ */
+typedef bool (*VacElementTest) (VacState *vs, ItemPointer tid,
+								HnswElementTuple etup, void *arg);
+typedef void (*VacElementVisit) (VacState *vs, ItemPointer tid,
+								 HnswElementTuple etup, void *arg);
+
+/*
+ * Walk the element pages for a pass that changes elements in place (passes
+ * 1 and 3), each page locked exclusively.  choose is asked once about every
+ * element not yet deleted and may leave in arg what change will need; if it
+ * chose any, the page is changed in one WAL-logged edit in which change is
+ * called on each chosen element.  recount, when given, then sees every
+ * element not deleted on the page as it stays, still under the lock.
+ */
 static void
-remove_heap_tids(VacState *vs)
+edit_element_pages(VacState *vs, VacElementTest choose, VacElementVisit change,
+				   VacElementVisit recount, void *arg)
 {
 	BlockNumber nblocks = RelationGetNumberOfBlocks(vs->index);
 	BlockNumber blkno;
-	bool	   *dead = palloc(sizeof(bool) * MaxOffsetNumber * HNSW_HEAPTIDS);
+	OffsetNumber *chosen = palloc(sizeof(OffsetNumber) * MaxOffsetNumber);
 
 	for (blkno = HNSW_METAPAGE_BLKNO + 1; blkno < nblocks; blkno++)
 	{
@@ -67,7 +84,9 @@ remove_heap_tids(VacState *vs)
 		Page		page;
 		OffsetNumber off,
 					maxoff;
-		bool		anydead = false;
+		ItemPointerData tid;
+		int			nchosen = 0;
+		int			i;
 
 		vacuum_delay_point();
 		buf = vac_read(vs, blkno, BUFFER_LOCK_EXCLUSIVE);
@@ -81,61 +100,106 @@ remove_heap_tids(VacState *vs)
 		for (off = FirstOffsetNumber; off <= maxoff; off++)
 		{
 			HnswElementTuple etup = hnsw_get_element(page, off);
-			int			i;
 
 			if (etup == NULL || etup->deleted)
 				continue;
-			for (i = 0; i < etup->nheaptids; i++)
-			{
-				bool		d = vs->callback(&etup->heaptids[i], vs->callback_state);
-
-				dead[(off - 1) * HNSW_HEAPTIDS + i] = d;
-				anydead |= d;
-			}
+			ItemPointerSet(&tid, blkno, off);
+			if (choose(vs, &tid, etup, arg))
+				chosen[nchosen++] = off;
 		}
-		if (anydead)
+		if (nchosen > 0)
 		{
 			HnswEdit	ed;
 
 			page = hnsw_edit_start(&ed, vs->index, buf, false, false);
-			for (off = FirstOffsetNumber; off <= maxoff; off++)
+			for (i = 0; i < nchosen; i++)
 			{
-				HnswElementTuple etup = hnsw_get_element(page, off);
-				int			i,
-							n = 0;
-
-				if (etup == NULL || etup->deleted)
-					continue;
-				for (i = 0; i < etup->nheaptids; i++)
-				{
-					if (dead[(off - 1) * HNSW_HEAPTIDS + i])
-						vs->stats->tuples_removed++;
-					else
-						etup->heaptids[n++] = etup->heaptids[i];
-				}
-				for (i = n; i < HNSW_HEAPTIDS; i++)
-					ItemPointerSetInvalid(&etup->heaptids[i]);
-				etup->nheaptids = n;
+				ItemPointerSet(&tid, blkno, chosen[i]);
+				change(vs, &tid, hnsw_get_element(page, chosen[i]), arg);
 			}
 			hnsw_edit_finish(&ed);
 			page = BufferGetPage(buf);	/* the WAL copy is gone */
 		}
-		for (off = FirstOffsetNumber; off <= maxoff; off++)
+		if (recount != NULL)
 		{
-			HnswElementTuple etup = hnsw_get_element(page, off);
-			ItemPointerData tid;
-
-			if (etup == NULL || etup->deleted)
-				continue;
-			vs->stats->num_index_tuples += etup->nheaptids;
-			if (etup->nheaptids == 0)
+			for (off = FirstOffsetNumber; off <= maxoff; off++)
 			{
+				HnswElementTuple etup = hnsw_get_element(page, off);
+
+				if (etup == NULL || etup->deleted)
+					continue;
 				ItemPointerSet(&tid, blkno, off);
-				hnsw_keyset_test_and_add(&vs->deleted, hnsw_tid_key(&tid));
+				recount(vs, &tid, etup, arg);
 			}
 		}
 		UnlockReleaseBuffer(buf);
 	}
+	pfree(chosen);
+}
+
+/*
+ * Pass 1.  arg is the page's dead flags: heap TID i of the element at
+ * offset off is dead when dead[(off - 1) * HNSW_HEAPTIDS + i].
+ */
+static bool *
+element_dead_flags(void *arg, ItemPointer tid)
+{
+	return (bool *) arg + (ItemPointerGetOffsetNumber(tid) - 1) * HNSW_HEAPTIDS;
+}
+
+static bool
+has_dead_heap_tids(VacState *vs, ItemPointer tid, HnswElementTuple etup,
+				   void *arg)
+{
+	bool	   *dead = element_dead_flags(arg, tid);
+	bool		any = false;
+	int			i;
+
+	for (i = 0; i < etup->nheaptids; i++)
+	{
+		dead[i] = vs->callback(&etup->heaptids[i], vs->callback_state);
+		any |= dead[i];
+	}
+	return any;
+}
+
+static void
+drop_dead_heap_tids(VacState *vs, ItemPointer tid, HnswElementTuple etup,
+					void *arg)
+{
+	bool	   *dead = element_dead_flags(arg, tid);
+	int			i,
+				n = 0;
+
+	for (i = 0; i < etup->nheaptids; i++)
+	{
+		if (dead[i])
+			vs->stats->tuples_removed++;
+		else
+			etup->heaptids[n++] = etup->heaptids[i];
+	}
+	for (i = n; i < HNSW_HEAPTIDS; i++)
+		ItemPointerSetInvalid(&etup->heaptids[i]);
+	etup->nheaptids = n;
+}
+
+/* An element left with no heap TID is to be deleted. */
+static void
+count_heap_tids(VacState *vs, ItemPointer tid, HnswElementTuple etup,
+				void *arg)
+{
+	vs->stats->num_index_tuples += etup->nheaptids;
+	if (etup->nheaptids == 0)
+		hnsw_keyset_test_and_add(&vs->deleted, hnsw_tid_key(tid));
+}
+
+static void
+remove_heap_tids(VacState *vs)
+{
+	bool	   *dead = palloc(sizeof(bool) * MaxOffsetNumber * HNSW_HEAPTIDS);
+
+	edit_element_pages(vs, has_dead_heap_tids, drop_dead_heap_tids,
+					   count_heap_tids, dead);
 	pfree(dead);
 }
 
@@ -145,15 +209,63 @@ is_deleted(VacState *vs, ItemPointer tid)
 	return hnsw_keyset_contains(&vs->deleted, hnsw_tid_key(tid));
 }
 
+/*
+ * Walk the element pages, each locked in share mode, calling visit on every
+ * live element: neither deleted nor to be deleted.
+ */
+static void
+for_each_live_element(VacState *vs, VacElementVisit visit, void *arg)
+{
+	BlockNumber nblocks = RelationGetNumberOfBlocks(vs->index);
+	BlockNumber blkno;
+
+	for (blkno = HNSW_METAPAGE_BLKNO + 1; blkno < nblocks; blkno++)
+	{
+		Buffer		buf = vac_read(vs, blkno, BUFFER_LOCK_SHARE);
+		Page		page = BufferGetPage(buf);
+		OffsetNumber off,
+					maxoff = PageIsNew(page) ? 0 : PageGetMaxOffsetNumber(page);
+
+		for (off = FirstOffsetNumber; off <= maxoff; off++)
+		{
+			HnswElementTuple etup = hnsw_get_element(page, off);
+			ItemPointerData tid;
+
+			ItemPointerSet(&tid, blkno, off);
+			if (etup == NULL || etup->deleted || etup->nheaptids == 0 ||
+				is_deleted(vs, &tid))
+				continue;
+			visit(vs, &tid, etup, arg);
+		}
+		UnlockReleaseBuffer(buf);
+	}
+}
+
+/* The live element of the highest level; of equals, the first met. */
+typedef struct HighestElement
+{
+	ItemPointerData tid;
+	int			level;
+} HighestElement;
+
+static void
+keep_highest(VacState *vs, ItemPointer tid, HnswElementTuple etup, void *arg)
+{
+	HighestElement *best = arg;
+
+	if (etup->level > best->level)
+	{
+		best->level = etup->level;
+		best->tid = *tid;
+	}
+}
+
 /* Pass 2a: the entry point must be live. */
 static void
 replace_entry_point(VacState *vs)
 {
-	BlockNumber nblocks;
-	BlockNumber blkno;
-	ItemPointerData entry,
-				best;
-	int			bestLevel = -1;
+	ItemPointerData entry;
+	HighestElement best;
 	Buffer		buf;
 	HnswEdit	ed;
 	HnswMetaPage meta;
@@ -167,43 +279,18 @@ replace_entry_point(VacState *vs)
 		return;
 	}
 
-	ItemPointerSetInvalid(&best);
-	nblocks = RelationGetNumberOfBlocks(vs->index);
-	for (blkno = HNSW_METAPAGE_BLKNO + 1; blkno < nblocks; blkno++)
-	{
-		Page		page;
-		OffsetNumber off,
-					maxoff;
-
-		buf = vac_read(vs, blkno, BUFFER_LOCK_SHARE);
-		page = BufferGetPage(buf);
-		maxoff = PageIsNew(page) ? 0 : PageGetMaxOffsetNumber(page);
-		for (off = FirstOffsetNumber; off <= maxoff; off++)
-		{
-			HnswElementTuple etup = hnsw_get_element(page, off);
-			ItemPointerData tid;
-
-			ItemPointerSet(&tid, blkno, off);
-			if (etup == NULL || etup->deleted || etup->nheaptids == 0 ||
-				is_deleted(vs, &tid))
-				continue;
-			if (etup->level > bestLevel)
-			{
-				bestLevel = etup->level;
-				best = tid;
-			}
-		}
-		UnlockReleaseBuffer(buf);
-	}
+	ItemPointerSetInvalid(&best.tid);
+	best.level = -1;
+	for_each_live_element(vs, keep_highest, &best);
 
 	buf = ReadBuffer(vs->index, HNSW_METAPAGE_BLKNO);
 	LockBuffer(buf, BUFFER_LOCK_EXCLUSIVE);
 	meta = HnswPageGetMeta(hnsw_edit_start(&ed, vs->index, buf, false, false));
-	if (bestLevel >= 0)
+	if (best.level >= 0)
 	{
-		meta->entryLevel = bestLevel;
-		meta->entryBlkno = ItemPointerGetBlockNumber(&best);
-		meta->entryOffno = ItemPointerGetOffsetNumber(&best);
+		meta->entryLevel = best.level;
+		meta->entryBlkno = ItemPointerGetBlockNumber(&best.tid);
+		meta->entryOffno = ItemPointerGetOffsetNumber(&best.tid);
 	}
 	else
 	{
@@ -391,6 +478,33 @@ repair_graph(VacState *vs)
 	MemoryContextSwitchTo(old);
 }
 
+/* The live elements that a walk from the entry point did not reach. */
+typedef struct UnreachedElements
+{
+	HnswKeySet *reached;
+	ItemPointerData *tids;
+	int			n;
+	int			cap;
+} UnreachedElements;
+
+static void
+collect_unreached(VacState *vs, ItemPointer tid, HnswElementTuple etup,
+				  void *arg)
+{
+	UnreachedElements *lost = arg;
+
+	if (hnsw_keyset_contains(lost->reached, hnsw_tid_key(tid)))
+		return;
+	if (lost->n == lost->cap)
+	{
+		lost->cap = lost->cap ? lost->cap * 2 : 64;
+		lost->tids = lost->tids ?
+			repalloc(lost->tids, sizeof(ItemPointerData) * lost->cap) :
+			palloc(sizeof(ItemPointerData) * lost->cap);
+	}
+	lost->tids[lost->n++] = *tid;
+}
+
 /*
  * Pass 2c: heavy deletion can cut live elements off (their in-edges all
  * came from deleted ones and the repair chose others).  Walk the graph
@@ -408,12 +522,8 @@ connect_unreachable(VacState *vs)
 	ItemPointerData entry;
 	ItemPointerData *nb = palloc(sizeof(ItemPointerData) * 2 * m);
 	int			head = 0;
-	BlockNumber nblocks,
-				blkno;
-	ItemPointerData *lost = NULL;
-	int			nlost = 0,
-				caplost = 0,
-				i;
+	UnreachedElements lost;
+	int			i;
 	MemoryContext old = MemoryContextSwitchTo(vs->tmpCtx);
 
 	hnsw_read_meta(vs->index, &vs->meta);
@@ -443,36 +553,12 @@ connect_unreachable(VacState *vs)
 		}
 	}
 
-	nblocks = RelationGetNumberOfBlocks(vs->index);
-	for (blkno = HNSW_METAPAGE_BLKNO + 1; blkno < nblocks; blkno++)
-	{
-		Buffer		buf = vac_read(vs, blkno, BUFFER_LOCK_SHARE);
-		Page		page = BufferGetPage(buf);
-		OffsetNumber off,
-					maxoff = PageIsNew(page) ? 0 : PageGetMaxOffsetNumber(page);
+	lost.reached = &walk.visited;
+	lost.tids = NULL;
+	lost.n = lost.cap = 0;
+	for_each_live_element(vs, collect_unreached, &lost);
 
-		for (off = FirstOffsetNumber; off <= maxoff; off++)
-		{
-			HnswElementTuple etup = hnsw_get_element(page, off);
-			ItemPointerData tid;
-
-			ItemPointerSet(&tid, blkno, off);
-			if (etup == NULL || etup->deleted || etup->nheaptids == 0 ||
-				is_deleted(vs, &tid) ||
-				hnsw_keyset_contains(&walk.visited, hnsw_tid_key(&tid)))
-				continue;
-			if (nlost == caplost)
-			{
-				caplost = caplost ? caplost * 2 : 64;
-				lost = lost ? repalloc(lost, sizeof(ItemPointerData) * caplost)
-					: palloc(sizeof(ItemPointerData) * caplost);
-			}
-			lost[nlost++] = tid;
-		}
-		UnlockReleaseBuffer(buf);
-	}
-
-	for (i = 0; i < nlost; i++)
+	for (i = 0; i < lost.n; i++)
 	{
 		float	   *vec = palloc(sizeof(float) * dim);
 		HnswSearch	t;
@@ -482,7 +568,7 @@ connect_unreachable(VacState *vs)
 					j;
 
 		vacuum_delay_point();
-		hnsw_load_vector(vs->index, &lost[i], vec);
+		hnsw_load_vector(vs->index, &lost.tids[i], vec);
 		hnsw_search_init(&t, vs->index, metric, dim, m, vec);
 		t.load_vectors = true;
 		if (hnsw_search_to_level(&t, &vs->meta, 0, &ep) < 0)
@@ -493,69 +579,39 @@ connect_unreachable(VacState *vs)
 			HnswElement *r = &t.elems[found[j].id];
 
 			if (r->deleted || r->nheaptids == 0 || is_deleted(vs, &r->tid) ||
-				ItemPointerEquals(&r->tid, &lost[i]))
+				ItemPointerEquals(&r->tid, &lost.tids[i]))
 				continue;
-			if (hnsw_update_connection(&t, r, &lost[i], vec, 0, false, true, NULL))
+			if (hnsw_update_connection(&t, r, &lost.tids[i], vec, 0, false, true, NULL))
 				break;
 		}
 	}
-	if (nlost > 0)
-		elog(DEBUG1, "gnnhnsw vacuum: reconnected %d elements", nlost);
+	if (lost.n > 0)
+		elog(DEBUG1, "gnnhnsw vacuum: reconnected %d elements", lost.n);
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(vs->tmpCtx);
 }
 
 /* Pass 3. */
+static bool
+is_to_be_deleted(VacState *vs, ItemPointer tid, HnswElementTuple etup,
+				 void *arg)
+{
+	return etup->nheaptids == 0 && is_deleted(vs, tid);
+}
+
+static void
+set_deleted(VacState *vs, ItemPointer tid, HnswElementTuple etup, void *arg)
+{
+	etup->deleted = 1;
+	if (vs->firstDeletedBlk == InvalidBlockNumber)
+		vs->firstDeletedBlk = ItemPointerGetBlockNumber(tid);
+}
+
 static void
 mark_deleted(VacState *vs)
 {
-	BlockNumber nblocks = RelationGetNumberOfBlocks(vs->index);
-	BlockNumber blkno;
-
 	vs->firstDeletedBlk = InvalidBlockNumber;
-	for (blkno = HNSW_METAPAGE_BLKNO + 1; blkno < nblocks; blkno++)
-	{
-		Buffer		buf;
-		Page		page;
-		OffsetNumber off,
-					maxoff;
-		bool		any = false;
-
-		vacuum_delay_point();
-		buf = vac_read(vs, blkno, BUFFER_LOCK_EXCLUSIVE);
-		page = BufferGetPage(buf);
-		maxoff = PageIsNew(page) ? 0 : PageGetMaxOffsetNumber(page);
-		for (off = FirstOffsetNumber; off <= maxoff && !any; off++)
-		{
-			HnswElementTuple etup = hnsw_get_element(page, off);
-			ItemPointerData tid;
-
-			ItemPointerSet(&tid, blkno, off);
-			if (etup && !etup->deleted && etup->nheaptids == 0 &&
-				is_deleted(vs, &tid))
-				any = true;
-		}
-		if (any)
-		{
-			HnswEdit	ed;
-
-			page = hnsw_edit_start(&ed, vs->index, buf, false, false);
-			for (off = FirstOffsetNumber; off <= maxoff; off++)
-			{
-				HnswElementTuple etup = hnsw_get_element(page, off);
-				ItemPointerData tid;
-
-				ItemPointerSet(&tid, blkno, off);
-				if (etup && !etup->deleted && etup->nheaptids == 0 &&
-					is_deleted(vs, &tid))
-					etup->deleted = 1;
-			}
-			hnsw_edit_finish(&ed);
-			if (vs->firstDeletedBlk == InvalidBlockNumber)
-				vs->firstDeletedBlk = blkno;
-		}
-		UnlockReleaseBuffer(buf);
-	}
+	edit_element_pages(vs, is_to_be_deleted, set_deleted, NULL, NULL);
 	if (vs->firstDeletedBlk != InvalidBlockNumber)
 		hnsw_set_insert_page(vs->index, vs->firstDeletedBlk, true, false);
 }

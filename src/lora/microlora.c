@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "lora/lora.h"
+#include "rng/rng.h"
 #include "vector/distance.h"
 
 size_t
@@ -48,22 +49,11 @@ lora_adapter_reset(LoraAdapter *ad)
 	ad->adapt_count = 0;
 }
 
-/* splitmix64 (Steele, Lea, Flood 2014): small, seedable, good enough here. */
-static uint64_t
-splitmix64(uint64_t *state)
-{
-	uint64_t	z = (*state += 0x9E3779B97F4A7C15ULL);
-
-	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-	z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-	return z ^ (z >> 31);
-}
-
 /* Uniform in [-1, 1) from the top 24 bits (a float's mantissa). */
 static float
 uniform_pm1(uint64_t *state)
 {
-	return (float) (splitmix64(state) >> 40) / 8388608.0f - 1.0f;
+	return (float) (splitmix64_next(state) >> 40) / 8388608.0f - 1.0f;
 }
 
 LoraStatus
