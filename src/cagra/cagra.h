@@ -158,23 +158,26 @@ extern CagraStatus cagra_knn_exact(const float *data, int64_t n, int dim,
 								   char *errbuf, size_t errlen);
 
 /*
- * The exact kNN of the first nq rows of data among all n rows (knn and
- * dists: nq x k), on the calling thread alone, for callers that run it
- * inside their own worker threads: it leaves OpenBLAS's process-wide thread
- * setting alone (the caller sets it to 1) and expects the distance kernels
- * to be initialised already (cagra_kernels_ready).  scratch (from
+ * The kNN of the first nq rows of data among all n rows (knn and dists:
+ * nq x k), ranked by the GEMM's values without recomputing them through
+ * the distance kernels: a rounding apart from exact (near ties may come out
+ * in another order), and cheaper, for the approximate partitioned stage.
+ * It runs on the calling thread alone, for callers that run it inside their
+ * own worker threads: it leaves OpenBLAS's process-wide thread setting
+ * alone (the caller sets it to 1) and expects the distance kernels to be
+ * initialised already (cagra_kernels_ready).  scratch (from
  * cagra_knn_scratch_create, one per thread) keeps its memory between calls;
  * NULL allocates for this call only.
  */
 typedef struct CagraKnnScratch CagraKnnScratch;
 extern CagraKnnScratch *cagra_knn_scratch_create(void);
 extern void cagra_knn_scratch_free(CagraKnnScratch *scratch);
-extern CagraStatus cagra_knn_exact_serial(const float *data, int64_t n,
-										  int64_t nq, int dim,
-										  CagraMetric metric, int k,
-										  CagraKnnScratch *scratch,
-										  int32_t *knn, float *dists,
-										  char *errbuf, size_t errlen);
+extern CagraStatus cagra_knn_gemm_serial(const float *data, int64_t n,
+										 int64_t nq, int dim,
+										 CagraMetric metric, int k,
+										 CagraKnnScratch *scratch,
+										 int32_t *knn, float *dists,
+										 char *errbuf, size_t errlen);
 
 /*
  * Approximate kNN graph from k-means lists, for data sets where the exact
@@ -185,8 +188,8 @@ extern CagraStatus cagra_knn_exact_serial(const float *data, int64_t n,
  * included.  Same output contract as cagra_knn_exact; rows whose probed
  * lists hold fewer than k other rows get an exact search.
  */
-#define CAGRA_LIST_ROWS 256
-#define CAGRA_LIST_PROBES 8
+#define CAGRA_LIST_ROWS 320
+#define CAGRA_LIST_PROBES 6
 extern CagraStatus cagra_knn_partitioned(const float *data, int64_t n, int dim,
 										 CagraMetric metric, int k,
 										 int list_rows, int probes,

@@ -361,6 +361,9 @@ cagra_index_build(HnswBuildState *bs)
 	int32	   *graph;
 	int64		n;
 	char		errbuf[512];
+	double		t_start = cagra_now(),
+				t_scanned,
+				t_graph;
 
 	hnsw_get_cagra_options(bs->index, &opts);
 	/* decide the device first: a missing GPU fails before the table scan */
@@ -369,6 +372,7 @@ cagra_index_build(HnswBuildState *bs)
 	bs->unlinkedRowBytes = cagra_row_bytes(bs->dim, opts.intermediateDegree,
 										   opts.graphDegree);
 	hnsw_build_collect(bs, false);
+	t_scanned = cagra_now();
 	n = bs->graph->n;
 	if (n == 0)
 		return;					/* an empty index: nothing to link */
@@ -394,10 +398,15 @@ cagra_index_build(HnswBuildState *bs)
 	else
 		cagra_build_cpu(data, n, bs->dim, &params, graph);
 	pfree(data);
+	t_graph = cagra_now();
 
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE,
 								 PROGRESS_HNSW_PHASE_CAGRA_UPPER);
 	hnsw_build_from_level0(bs, graph, opts.graphDegree);
 	pfree(graph);
 	cagra_bridge_upper_levels(bs->graph, bs->m);
+	ereport(DEBUG1,
+			(errmsg_internal("gnnhnsw cagra: table scan %.2fs, graph %.2fs, upper levels %.2fs",
+							 t_scanned - t_start, t_graph - t_scanned,
+							 cagra_now() - t_graph)));
 }

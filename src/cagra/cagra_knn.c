@@ -79,6 +79,8 @@ typedef struct KnnJob
 	int			k;
 	int			n_candidates;
 	bool		exclude_self;	/* queries are base: skip row i in row i */
+	bool		gemm_ranked;	/* rank by the GEMM's values (k candidates),
+								 * without recomputing them directly */
 	KnnFilterFn filter;
 	KnnMinimaFn minima;
 	KnnRankFn	rank;
@@ -451,10 +453,35 @@ knn_scan_row(const KnnJob *job, const float *tile_row, int64_t b0, int cols,
 }
 
 /* Recompute the candidates' distances directly and keep the best k. */
+/* The distance from the query's GEMM row to a candidate's tile value. */
+static float
+knn_gemm_distance(const KnnJob *job, float query_norm, float value)
+{
+	switch (job->metric)
+	{
+		case CAGRA_METRIC_L2:
+			/* value = |y|^2 - 2 x.y on centred copies */
+			return value + query_norm > 0.0f ? value + query_norm : 0.0f;
+		case CAGRA_METRIC_COSINE:
+			/* value = -x.y on unit-length copies */
+			return 1.0f + value;
+		case CAGRA_METRIC_INNER_PRODUCT:
+		case CAGRA_METRIC_L1:
+			break;
+	}
+	return value;
+}
+
+/*
+ * The row's best k candidates, by (distance, id).  Exact jobs recompute the
+ * distances directly first; GEMM-ranked ones keep the tile's values.
+ */
 static void
 knn_finish_row(const KnnJob *job, int64_t q, KnnPool *pool)
 {
 	const float *query = job->queries + q * job->dim;
+	const float *gemm_query = job->gemm_queries + q * job->dim;
+	float		query_norm = 0.0f;
 	int			k = job->k;
 	KnnCandidate *cand = pool->items;
 	int			size;
@@ -462,11 +489,14 @@ knn_finish_row(const KnnJob *job, int64_t q, KnnPool *pool)
 	if (pool->count > job->n_candidates)
 		pool_shrink(pool, job->n_candidates);
 	size = pool->count;
+	if (job->gemm_ranked && job->metric == CAGRA_METRIC_L2)
+		query_norm = vec_inner_product(gemm_query, gemm_query, job->dim);
 
 	/* insertion sort: size is about k, and qsort's calls cost more */
 	for (int i = 0; i < size; i++)
 	{
 		KnnCandidate c = {
+			job->gemm_ranked ? knn_gemm_distance(job, query_norm, cand[i].dist) :
 			cagra_distance(job->metric, query,
 						   job->base + (int64_t) cand[i].id * job->dim, job->dim),
 			cand[i].id
@@ -518,7 +548,7 @@ knn_query_block(void *arg, int thread_no, int64_t begin, int64_t end)
 
 /*
  * Memory of knn_run, kept between the calls of one worker thread
- * (cagra_knn_exact_serial): a partitioned build runs hundreds of small
+ * (cagra_knn_gemm_serial): a partitioned build runs hundreds of small
  * searches, and fresh allocations of that size come from mmap every time,
  * so that zeroing new pages cost more than a fifth of the search.
  */
@@ -795,14 +825,15 @@ knn_check(int64_t n, int64_t nq, int dim, CagraMetric metric, int k,
 }
 
 /*
- * The exact kNN of the first nq rows of data among all n rows, on `threads`
- * workers (0: the calling thread only).
+ * The kNN of the first nq rows of data among all n rows, on `threads`
+ * workers (0: the calling thread only): exact, or ranked by the GEMM's
+ * values (gemm_ranked).
  */
 static CagraStatus
 knn_exact(const float *data, int64_t n, int64_t nq, int dim, CagraMetric metric,
-		  int k, int n_threads, int threads, const CagraInterrupt *interrupt,
-		  CagraKnnScratch *scratch, int32_t *knn, float *dists,
-		  char *errbuf, size_t errlen)
+		  int k, bool gemm_ranked, int n_threads, int threads,
+		  const CagraInterrupt *interrupt, CagraKnnScratch *scratch,
+		  int32_t *knn, float *dists, char *errbuf, size_t errlen)
 {
 	KnnJob		job = {0};
 	CagraStatus status;
@@ -819,8 +850,9 @@ knn_exact(const float *data, int64_t n, int64_t nq, int dim, CagraMetric metric,
 	job.dim = dim;
 	job.metric = metric;
 	job.k = k;
-	job.n_candidates = cagra_knn_candidates(k, n - 1);
+	job.n_candidates = gemm_ranked ? k : cagra_knn_candidates(k, n - 1);
 	job.exclude_self = true;
+	job.gemm_ranked = gemm_ranked;
 	job.ids = knn;
 	job.dists = dists;
 	return knn_run(&job, threads, interrupt, scratch, errbuf, errlen);
@@ -831,18 +863,18 @@ cagra_knn_exact(const float *data, int64_t n, int dim, CagraMetric metric,
 				int k, int n_threads, const CagraInterrupt *interrupt,
 				int32_t *knn, float *dists, char *errbuf, size_t errlen)
 {
-	return knn_exact(data, n, n, dim, metric, k, n_threads,
+	return knn_exact(data, n, n, dim, metric, k, false, n_threads,
 					 cagra_thread_count(n_threads), interrupt, NULL,
 					 knn, dists, errbuf, errlen);
 }
 
 CagraStatus
-cagra_knn_exact_serial(const float *data, int64_t n, int64_t nq, int dim,
-					   CagraMetric metric, int k, CagraKnnScratch *scratch,
-					   int32_t *knn, float *dists, char *errbuf, size_t errlen)
+cagra_knn_gemm_serial(const float *data, int64_t n, int64_t nq, int dim,
+					  CagraMetric metric, int k, CagraKnnScratch *scratch,
+					  int32_t *knn, float *dists, char *errbuf, size_t errlen)
 {
-	return knn_exact(data, n, nq, dim, metric, k, 0, 0, NULL, scratch, knn, dists,
-					 errbuf, errlen);
+	return knn_exact(data, n, nq, dim, metric, k, true, 0, 0, NULL, scratch,
+					 knn, dists, errbuf, errlen);
 }
 
 CagraStatus

@@ -6,7 +6,7 @@
  * The exact stage compares every pair of rows, while a row's neighbours
  * all lie in a small region.  Here k-means splits the data into lists of
  * about list_rows rows (every row in the list of its nearest centroid), and
- * the rows of a list are searched exactly (cagra_knn_exact_serial) among the
+ * the rows of a list are searched by GEMM (cagra_knn_gemm_serial) among the
  * rows of the `probes` lists whose centroids are nearest its own centroid.
  * This is the inverted-file search of Jegou et al. (IEEE TPAMI 2011)
  * applied to the data itself, with one probe list per list rather than per
@@ -23,7 +23,7 @@
 
 #include "cagra/cagra.h"
 
-#define KMEANS_ITERATIONS 10
+#define KMEANS_ITERATIONS 5
 #define KMEANS_SAMPLE_PER_CENTROID 32
 
 typedef struct ListJob
@@ -225,9 +225,9 @@ list_knn(void *arg, int thread_no, int64_t begin, int64_t end)
 			memcpy(vectors + j * job->dim, job->data + (int64_t) rows[j] * job->dim,
 				   job->dim * sizeof(float));
 		/* the list's own rows come first: they are the queries */
-		if (cagra_knn_exact_serial(vectors, n_rows, size, job->dim, job->metric, k,
-								   job->scratch[thread_no], local_ids, local_dists,
-								   NULL, 0) != CAGRA_OK)
+		if (cagra_knn_gemm_serial(vectors, n_rows, size, job->dim, job->metric, k,
+								  job->scratch[thread_no], local_ids, local_dists,
+								  NULL, 0) != CAGRA_OK)
 			return CAGRA_ERR_NOMEM;
 		for (int64_t j = 0; j < size; j++)
 		{
