@@ -276,47 +276,18 @@ knn_minima_avx512(const float *row, const float *norms, int len, float *mins)
 }
 #endif
 
-/* The k-th smallest (0-based) of values[0 .. n), which it reorders. */
-static float
-float_select(float *values, int n, int k)
-{
-	int			lo = 0,
-				hi = n - 1;
-
-	while (lo < hi)
-	{
-		float		pivot = values[k];
-		int			i = lo,
-					j = hi;
-
-		do
-		{
-			while (values[i] < pivot)
-				i++;
-			while (pivot < values[j])
-				j--;
-			if (i <= j)
-			{
-				float		tmp = values[i];
-
-				values[i] = values[j];
-				values[j] = tmp;
-				i++;
-				j--;
-			}
-		} while (i <= j);
-		if (j < k)
-			lo = i;
-		if (k < i)
-			hi = j;
-	}
-	return values[k];
-}
-
 static float
 knn_rank_scalar(float *values, int k)
 {
-	return float_select(values, BOUND_GROUPS, k);
+	KnnCandidate items[BOUND_GROUPS];
+
+	for (int g = 0; g < BOUND_GROUPS; g++)
+	{
+		items[g].dist = values[g];
+		items[g].id = g;
+	}
+	candidates_select(items, BOUND_GROUPS, k);
+	return items[k].dist;
 }
 
 #ifdef KNN_HAVE_X86
