@@ -70,7 +70,9 @@ typedef struct KnnJob
 	const float *base;			/* rows to find, as given */
 	const float *queries;		/* rows to find them for, as given */
 	const float *gemm_base;		/* what the GEMM sees (normalised for cosine) */
-	const float *gemm_queries;
+	const float *gemm_queries;	/* the same of the queries, or NULL: made per
+								 * block of queries (knn_block_queries) */
+	const float *centre;		/* L2: what the GEMM's rows are centred on */
 	const float *base_norms;	/* |y|^2 for L2, else NULL */
 	int64_t		n;
 	int64_t		nq;
@@ -89,6 +91,7 @@ typedef struct KnnJob
 	/* per-thread scratch */
 	float	  **tiles;			/* QUERY_BLOCK x BASE_BLOCK */
 	KnnCandidate **pools;		/* QUERY_BLOCK x POOL_FACTOR n_candidates */
+	float	  **query_rows;		/* QUERY_BLOCK x dim */
 } KnnJob;
 
 int
@@ -169,8 +172,8 @@ pool_shrink(KnnPool *pool, int cap)
 
 /* Fill tile (rows x cols) with values ordered like the distances. */
 static void
-knn_fill_tile(const KnnJob *job, int64_t q0, int rows, int64_t b0, int cols,
-			  float *tile)
+knn_fill_tile(const KnnJob *job, const float *queries, int rows, int64_t b0,
+			  int cols, float *tile)
 {
 	int			dim = job->dim;
 
@@ -179,14 +182,13 @@ knn_fill_tile(const KnnJob *job, int64_t q0, int rows, int64_t b0, int cols,
 		for (int r = 0; r < rows; r++)
 			for (int c = 0; c < cols; c++)
 				tile[(int64_t) r * BASE_BLOCK + c] =
-					vec_l1_distance(job->queries + (q0 + r) * dim,
+					vec_l1_distance(queries + r * dim,
 									job->base + (b0 + c) * dim, dim);
 		return;
 	}
 	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, cols, dim,
 				job->metric == CAGRA_METRIC_L2 ? -2.0f : -1.0f,
-				job->gemm_queries + q0 * dim, dim,
-				job->gemm_base + b0 * dim, dim,
+				queries, dim, job->gemm_base + b0 * dim, dim,
 				0.0f, tile, BASE_BLOCK);
 }
 
@@ -448,10 +450,10 @@ knn_gemm_distance(const KnnJob *job, float query_norm, float value)
  * distances directly first; GEMM-ranked ones keep the tile's values.
  */
 static void
-knn_finish_row(const KnnJob *job, int64_t q, KnnPool *pool)
+knn_finish_row(const KnnJob *job, int64_t q, const float *gemm_query,
+			   KnnPool *pool)
 {
 	const float *query = job->queries + q * job->dim;
-	const float *gemm_query = job->gemm_queries + q * job->dim;
 	float		query_norm = 0.0f;
 	int			k = job->k;
 	KnnCandidate *cand = pool->items;
@@ -486,12 +488,57 @@ knn_finish_row(const KnnJob *job, int64_t q, KnnPool *pool)
 	}
 }
 
+/* dst = rows - centre. */
+static void
+knn_centre(const float *rows, int64_t n, int dim, const float *centre, float *dst)
+{
+	for (int64_t i = 0; i < n; i++)
+		for (int j = 0; j < dim; j++)
+			dst[i * dim + j] = rows[i * dim + j] - centre[j];
+}
+
+/* dst = rows scaled to unit length (zero rows stay zero). */
+static void
+knn_normalise(const float *rows, int64_t n, int dim, float *dst)
+{
+	for (int64_t i = 0; i < n; i++)
+	{
+		const float *src = rows + i * dim;
+		float		norm = sqrtf(vec_inner_product(src, src, dim));
+		float		scale = norm > 0.0f ? 1.0f / norm : 0.0f;
+
+		for (int j = 0; j < dim; j++)
+			dst[i * dim + j] = src[j] * scale;
+	}
+}
+
+/*
+ * The GEMM's rows of queries begin .. begin + rows: the job's, or made in
+ * the thread's buffer when the queries are not the base, so that a search
+ * of many queries never holds a transformed copy of them all.
+ */
+static const float *
+knn_block_queries(const KnnJob *job, int thread_no, int64_t begin, int rows)
+{
+	const float *queries = job->queries + begin * job->dim;
+	float	   *buf = job->query_rows[thread_no];
+
+	if (job->gemm_queries != NULL)
+		return job->gemm_queries + begin * job->dim;
+	if (job->metric == CAGRA_METRIC_L2)
+		knn_centre(queries, rows, job->dim, job->centre, buf);
+	else
+		knn_normalise(queries, rows, job->dim, buf);
+	return buf;
+}
+
 static int
 knn_query_block(void *arg, int thread_no, int64_t begin, int64_t end)
 {
 	const KnnJob *job = arg;
 	float	   *tile = job->tiles[thread_no];
 	int			rows = (int) (end - begin);
+	const float *gemm_queries = knn_block_queries(job, thread_no, begin, rows);
 	KnnPool		pools[QUERY_BLOCK];
 
 	for (int r = 0; r < rows; r++)
@@ -507,13 +554,14 @@ knn_query_block(void *arg, int thread_no, int64_t begin, int64_t end)
 	{
 		int			cols = (int) (job->n - b0 < BASE_BLOCK ? job->n - b0 : BASE_BLOCK);
 
-		knn_fill_tile(job, begin, rows, b0, cols, tile);
+		knn_fill_tile(job, gemm_queries, rows, b0, cols, tile);
 		for (int r = 0; r < rows; r++)
 			knn_scan_row(job, tile + (int64_t) r * BASE_BLOCK, b0, cols,
 						 job->exclude_self ? begin + r : -1, &pools[r]);
 	}
 	for (int r = 0; r < rows; r++)
-		knn_finish_row(job, begin + r, &pools[r]);
+		knn_finish_row(job, begin + r, gemm_queries + (int64_t) r * job->dim,
+					   &pools[r]);
 	return 0;
 }
 
@@ -526,17 +574,17 @@ knn_query_block(void *arg, int thread_no, int64_t begin, int64_t end)
 struct CagraKnnScratch
 {
 	float	   *gemm_base;		/* n x dim */
-	float	   *gemm_queries;	/* nq x dim, when the queries are not base */
 	float	   *norms;			/* n */
 	double	   *sum;			/* dim */
 	float	   *mean;			/* dim */
 	int64_t		rows_cap;		/* capacity of gemm_base, norms */
-	int64_t		queries_cap;	/* of gemm_queries */
 	int			dim_cap;		/* of sum, mean and the rows' width */
-	int			n_threads;		/* tiles and pools */
+	int			n_threads;		/* tiles, pools and query rows */
 	int			pool_cap;		/* n_candidates the pools were made for */
+	int			query_dim;		/* dim the query rows were made for */
 	float	  **tiles;			/* QUERY_BLOCK x BASE_BLOCK */
 	KnnCandidate **pools;		/* QUERY_BLOCK x POOL_FACTOR pool_cap */
+	float	  **query_rows;		/* QUERY_BLOCK x query_dim */
 };
 
 CagraKnnScratch *
@@ -554,11 +602,15 @@ knn_scratch_free_threads(CagraKnnScratch *scratch)
 			free(scratch->tiles[t]);
 		if (scratch->pools)
 			free(scratch->pools[t]);
+		if (scratch->query_rows)
+			free(scratch->query_rows[t]);
 	}
 	free(scratch->tiles);
 	free(scratch->pools);
+	free(scratch->query_rows);
 	scratch->tiles = NULL;
 	scratch->pools = NULL;
+	scratch->query_rows = NULL;
 	scratch->n_threads = 0;
 }
 
@@ -569,7 +621,6 @@ cagra_knn_scratch_free(CagraKnnScratch *scratch)
 		return;
 	knn_scratch_free_threads(scratch);
 	free(scratch->gemm_base);
-	free(scratch->gemm_queries);
 	free(scratch->norms);
 	free(scratch->sum);
 	free(scratch->mean);
@@ -601,7 +652,7 @@ knn_scratch_reserve(CagraKnnScratch *scratch, const KnnJob *job, int n_threads)
 
 	/* rows are dim wide: a wider job needs everything anew */
 	if (job->dim > scratch->dim_cap)
-		scratch->rows_cap = scratch->queries_cap = 0;
+		scratch->rows_cap = 0;
 	cap = scratch->rows_cap;
 	if (!knn_grow((void **) &scratch->gemm_base, &cap, job->n,
 				  (size_t) job->dim * sizeof(float)))
@@ -610,11 +661,6 @@ knn_scratch_reserve(CagraKnnScratch *scratch, const KnnJob *job, int n_threads)
 	if (!knn_grow((void **) &scratch->norms, &cap, job->n, sizeof(float)))
 		return false;
 	scratch->rows_cap = cap;
-	cap = scratch->queries_cap;
-	if (!knn_grow((void **) &scratch->gemm_queries, &cap, job->nq,
-				  (size_t) job->dim * sizeof(float)))
-		return false;
-	scratch->queries_cap = cap;
 	if (!knn_grow((void **) &scratch->sum, &dim_cap, job->dim, sizeof(double)))
 		return false;
 	dim_cap = scratch->dim_cap;
@@ -622,48 +668,29 @@ knn_scratch_reserve(CagraKnnScratch *scratch, const KnnJob *job, int n_threads)
 		return false;
 	scratch->dim_cap = (int) dim_cap;
 
-	if (scratch->n_threads >= n_threads && scratch->pool_cap >= job->n_candidates)
+	if (scratch->n_threads >= n_threads && scratch->pool_cap >= job->n_candidates &&
+		scratch->query_dim >= job->dim)
 		return true;
 	knn_scratch_free_threads(scratch);
 	scratch->tiles = calloc(n_threads, sizeof(float *));
 	scratch->pools = calloc(n_threads, sizeof(KnnCandidate *));
-	if (scratch->tiles == NULL || scratch->pools == NULL)
+	scratch->query_rows = calloc(n_threads, sizeof(float *));
+	if (scratch->tiles == NULL || scratch->pools == NULL || scratch->query_rows == NULL)
 		return false;
 	scratch->n_threads = n_threads;
 	scratch->pool_cap = job->n_candidates;
+	scratch->query_dim = job->dim;
 	for (int t = 0; t < n_threads; t++)
 	{
 		scratch->tiles[t] = malloc((size_t) QUERY_BLOCK * BASE_BLOCK * sizeof(float));
 		scratch->pools[t] = malloc((size_t) QUERY_BLOCK * POOL_FACTOR *
 								   job->n_candidates * sizeof(KnnCandidate));
-		if (scratch->tiles[t] == NULL || scratch->pools[t] == NULL)
+		scratch->query_rows[t] = malloc((size_t) QUERY_BLOCK * job->dim * sizeof(float));
+		if (scratch->tiles[t] == NULL || scratch->pools[t] == NULL ||
+			scratch->query_rows[t] == NULL)
 			return false;
 	}
 	return true;
-}
-
-/* dst = rows scaled to unit length (zero rows stay zero). */
-static void
-knn_normalise(const float *rows, int64_t n, int dim, float *dst)
-{
-	for (int64_t i = 0; i < n; i++)
-	{
-		const float *src = rows + i * dim;
-		float		norm = sqrtf(vec_inner_product(src, src, dim));
-		float		scale = norm > 0.0f ? 1.0f / norm : 0.0f;
-
-		for (int j = 0; j < dim; j++)
-			dst[i * dim + j] = src[j] * scale;
-	}
-}
-
-/* dst = rows - centre. */
-static void
-knn_centre(const float *rows, int64_t n, int dim, const float *centre, float *dst)
-{
-	for (int64_t i = 0; i < n; i++)
-		for (int j = 0; j < dim; j++)
-			dst[i * dim + j] = rows[i * dim + j] - centre[j];
 }
 
 /*
@@ -689,43 +716,35 @@ knn_mean(const float *rows, int64_t n, int dim, double *sum, float *mean)
 }
 
 /*
- * What the GEMM sees, in scratch: copies centred for L2 (with the base's
- * squared norms), normalised for cosine, the rows as given for inner
- * product and L1.  When the queries are the base's first rows, they share
- * the base's copy.
+ * What the GEMM sees, in scratch: a copy of the base centred for L2 (with
+ * its squared norms), normalised for cosine, the rows as given for inner
+ * product and L1.  Queries that are the base's first rows share its copy;
+ * others are transformed a block at a time (knn_block_queries).
  */
 static void
 knn_gemm_inputs(KnnJob *job, CagraKnnScratch *scratch)
 {
-	bool		shared = job->exclude_self;
-	const float *dim_rows;
+	const float *rows = scratch->gemm_base;
 
 	job->gemm_base = job->base;
 	job->gemm_queries = job->queries;
 	job->base_norms = NULL;
 	if (job->metric == CAGRA_METRIC_COSINE)
-	{
 		knn_normalise(job->base, job->n, job->dim, scratch->gemm_base);
-		if (!shared)
-			knn_normalise(job->queries, job->nq, job->dim, scratch->gemm_queries);
-	}
 	else if (job->metric == CAGRA_METRIC_L2)
 	{
 		knn_mean(job->base, job->n, job->dim, scratch->sum, scratch->mean);
 		knn_centre(job->base, job->n, job->dim, scratch->mean, scratch->gemm_base);
-		if (!shared)
-			knn_centre(job->queries, job->nq, job->dim, scratch->mean,
-					   scratch->gemm_queries);
-		dim_rows = scratch->gemm_base;
 		for (int64_t i = 0; i < job->n; i++)
-			scratch->norms[i] = vec_inner_product(dim_rows + i * job->dim,
-												  dim_rows + i * job->dim, job->dim);
+			scratch->norms[i] = vec_inner_product(rows + i * job->dim,
+												  rows + i * job->dim, job->dim);
 		job->base_norms = scratch->norms;
+		job->centre = scratch->mean;
 	}
 	else
 		return;
 	job->gemm_base = scratch->gemm_base;
-	job->gemm_queries = shared ? scratch->gemm_base : scratch->gemm_queries;
+	job->gemm_queries = job->exclude_self ? scratch->gemm_base : NULL;
 }
 
 /*
@@ -759,6 +778,7 @@ knn_run(KnnJob *job, int n_threads, const CagraInterrupt *interrupt,
 	knn_gemm_inputs(job, scratch);
 	job->tiles = scratch->tiles;
 	job->pools = scratch->pools;
+	job->query_rows = scratch->query_rows;
 
 	if (in_worker)
 		cagra_parallel_for(1, job->nq, QUERY_BLOCK, knn_query_block, job, NULL);
