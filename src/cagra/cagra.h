@@ -183,10 +183,12 @@ extern CagraStatus cagra_knn_gemm_serial(const float *data, int64_t n,
  * Approximate kNN graph from k-means lists, for data sets where the exact
  * O(n^2) stage is too slow: one centroid per about list_rows rows (0:
  * CAGRA_LIST_ROWS), every row in the list of its nearest centroid, and the
- * rows of a list searched exactly among the rows of the `probes` lists
+ * rows of a list searched among the rows of the `probes` lists
  * whose centroids are nearest its own (0: CAGRA_LIST_PROBES), its own
- * included.  Same output contract as cagra_knn_exact; rows whose probed
- * lists hold fewer than k other rows get an exact search.
+ * included.  Same output contract as cagra_knn_exact, except that rows
+ * are ranked by the GEMM's values (cagra_knn_gemm_serial; for L2 on copies
+ * centred on the list's own rows); rows whose probed lists hold fewer than
+ * k other rows get an exact search.
  */
 #define CAGRA_LIST_ROWS 320
 #define CAGRA_LIST_PROBES 6

@@ -733,7 +733,13 @@ knn_gemm_inputs(KnnJob *job, CagraKnnScratch *scratch)
 		knn_normalise(job->base, job->n, job->dim, scratch->gemm_base);
 	else if (job->metric == CAGRA_METRIC_L2)
 	{
-		knn_mean(job->base, job->n, job->dim, scratch->sum, scratch->mean);
+		/*
+		 * Shared queries are the base's first rows: centre on them, where
+		 * their nearest neighbours lie, so that the values that decide
+		 * their order are the precise ones (gemm_ranked keeps them).
+		 */
+		knn_mean(job->base, job->exclude_self ? job->nq : job->n, job->dim,
+				 scratch->sum, scratch->mean);
 		knn_centre(job->base, job->n, job->dim, scratch->mean, scratch->gemm_base);
 		for (int64_t i = 0; i < job->n; i++)
 			scratch->norms[i] = vec_inner_product(rows + i * job->dim,
