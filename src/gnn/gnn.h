@@ -71,7 +71,8 @@ extern uint64_t gnn_rng_below(GnnRng *rng, uint64_t bound);	/* [0, bound) */
  * The model: one RuvectorLayer plus the scoring model's two weights.
  *
  * For a node v with embedding x_v and neighbours u (edge weights e_uv):
- *	 m_u  = W_msg x_u + b_msg								(message, H)
+ *	 x~_u = sqrt(D) x_u / ||x_u||  (0 for x_u = 0)			(unit RMS input)
+ *	 m_u  = W_msg x~_u + b_msg								(message, H)
  *	 q    = W_q m_v,  k_u = W_k m_u,  val_u = W_v m_u		(per head: d_k = H/heads)
  *	 att  = W_o concat_h( sum_u softmax_u(q_h . k_uh / sqrt(d_k)) val_uh )
  *																(Vaswani 2017)
@@ -84,6 +85,10 @@ extern uint64_t gnn_rng_below(GnnRng *rng, uint64_t bound);	/* [0, bound) */
  *			d = Dropout(h), mean and var over the H features	(Ba 2016)
  * A node with no neighbours gets att = agg = 0, so out = LN(GRU(b_agg, m_v)):
  * its own message, gated.  Dropout is inverted dropout, training only.
+ * The input scaling makes the layer independent of the metric's scale
+ * (Xavier's unit-variance assumption holds for L2 embeddings of any norm
+ * and for unit-norm cosine ones alike, so the GRU's tanh does not start
+ * saturated); the score's raw-distance term keeps what norms tell.
  * ------------------------------------------------------------------------
  */
 

@@ -227,6 +227,18 @@ matvec(const gnn_real *w, const gnn_real *b, const double *x, int rows,
 	}
 }
 
+/* x sqrt(D) / ||x||: the layer's input scaling (gnn.h) */
+static void
+unit_rms(const gnn_real *v, double *x)
+{
+	double		sq = 0;
+
+	for (int c = 0; c < D; c++)
+		sq += (double) v[c] * v[c];
+	for (int c = 0; c < D; c++)
+		x[c] = sq > 0 ? v[c] * sqrt(D / sq) : 0;
+}
+
 /* One node, naively, from the equations in gnn.h (no dropout). */
 static void
 reference_node(GnnModel *m, const LayerCase *lc, int i, double *out)
@@ -253,14 +265,12 @@ reference_node(GnnModel *m, const LayerCase *lc, int i, double *out)
 				mean = 0,
 				var = 0;
 
-	for (int c = 0; c < D; c++)
-		x[c] = lc->vectors[lc->node[i] * D + c];
+	unit_rms(lc->vectors + lc->node[i] * D, x);
 	matvec(gnn_model_tensor(m, GNN_W_MSG), gnn_model_tensor(m, GNN_B_MSG), x, H, D, mv);
 	matvec(gnn_model_tensor(m, GNN_W_Q), NULL, mv, H, H, q);
 	for (int j = 0; j < n; j++)
 	{
-		for (int c = 0; c < D; c++)
-			x[c] = lc->vectors[lc->nbr[lo + j] * D + c];
+		unit_rms(lc->vectors + lc->nbr[lo + j] * D, x);
 		matvec(gnn_model_tensor(m, GNN_W_MSG), gnn_model_tensor(m, GNN_B_MSG), x, H, D, mu[j]);
 		matvec(gnn_model_tensor(m, GNN_W_K), NULL, mu[j], H, H, k[j]);
 		matvec(gnn_model_tensor(m, GNN_W_V), NULL, mu[j], H, H, v[j]);
