@@ -139,7 +139,9 @@ extern void gnn_config_default(GnnConfig *cfg, int in_dim, int hidden_dim);
 
 /*
  * Allocates a model with Xavier/Glorot-normal weights (std sqrt(2/(in+out)),
- * Glorot & Bengio 2010, as in the seed), zero biases, gamma = 1, beta = 0.
+ * Glorot & Bengio 2010, as in the seed), zero biases except the GRU update
+ * gate's (+2: z ~ 0.88, the layer starts as neighbourhood smoothing; see
+ * gnn_model.c), gamma = 1, beta = 0.
  * The caller owns *out and frees it with gnn_model_free.
  */
 extern GnnStatus gnn_model_create(const GnnConfig *cfg, GnnModel **out,

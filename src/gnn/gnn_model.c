@@ -269,6 +269,18 @@ model_alloc(const GnnConfig *cfg, GnnModel **out, GnnError *err)
 	return GNN_OK;
 }
 
+/*
+ * The GRU update gate's initial bias: z = sigm(2) ~ 0.88 at the start, so
+ * a fresh layer's output is mostly the aggregated neighbourhood and a
+ * little of the node itself, i.e. it starts as neighbourhood smoothing, the
+ * operation graph refinement rests on (Kipf & Welling 2017), and training
+ * learns how much of the node to keep.  With a zero bias (z ~ 0.5) half
+ * the output is the node's own noisy message and training must first
+ * discover the gate.  Gate-bias initialisation as a prior is the same
+ * device as the LSTM forget-gate bias of Jozefowicz et al. (2015).
+ */
+#define GNN_UPDATE_GATE_BIAS 2.0
+
 static void
 xavier_fill(gnn_real *w, int rows, int cols, GnnRng *rng)
 {
@@ -311,7 +323,10 @@ gnn_model_create(const GnnConfig *cfg, GnnModel **out, GnnError *err)
 					h, h, &rng);
 	}
 	for (int i = 0; i < h; i++)
+	{
 		gnn_model_tensor(model, GNN_LN_GAMMA)[i] = 1;
+		gnn_model_tensor(model, GNN_B_GRU)[i] = GNN_UPDATE_GATE_BIAS;
+	}
 	gnn_model_tensor(model, GNN_MIX)[0] = (gnn_real) log(cfg->raw_weight);
 	gnn_model_tensor(model, GNN_MIX)[1] = (gnn_real) log(cfg->gnn_weight);
 	*out = model;
