@@ -346,20 +346,29 @@ extern const gnn_real *gnn_replay_record(const GnnReplay *replay, int slot);
  *	 rho_i = -(d_i - mean(d)) / sd(d)	(0 if sd = 0): raw distance as a
  *			 per-query z-score, so it is unit-free for every metric
  *	 score_i = a * rho_i + b * cos(q', c_i'),
- *			 a = exp(lambda_raw), b = exp(lambda_gnn)	(learned, GNN_MIX;
- *			 lambda clamped to +-30 so no stored model overflows)
- * Candidates are ranked by descending score.  Edge weights come from
- * gnn_edge_weights_from_distances.  Training minimises the InfoNCE of the
- * positive's score among the candidates:
- *	 L = -log softmax_i(score_i / tau)[positive].
- * The ranking depends on b/a (the blend); the size of a and b is a learned
- * sharpness of the logits.  Two free log-weights rather than one sigmoid
- * blend at a fixed sharpness: either term can fade towards zero without
- * saturating a sigmoid, and the sharpness need not be tuned through tau.
+ *			 a = exp(lambda_raw), b = exp(lambda_gnn)	(GNN_MIX; lambda
+ *			 clamped to +-30 so no stored model overflows)
+ * Candidates are ranked by descending score, so only the blend b/a matters.
+ * Edge weights come from gnn_edge_weights_from_distances.
+ *
+ * Training fits the layer and the blend separately:
+ *	- The layer minimises the InfoNCE (van den Oord 2018) of the positive's
+ *	  similarity among the candidates, at temperature tau:
+ *		 L = -log softmax_i(cos(q', c_i') / tau)[positive].
+ *	  The raw term is left out of this loss on purpose: with it, candidates
+ *	  that raw distance already orders correctly saturate the softmax and
+ *	  give the layer no gradient, and the loss can fall by flattening a and
+ *	  b together (measured: training loss halved while held-out recall did
+ *	  not move).  The similarity alone must learn to tell relevant from
+ *	  irrelevant candidates.
+ *	- The blend is then chosen, not learned: among b/a in
+ *	  gnn_blend_ratios (0: raw distance alone; infinity: the GNN term
+ *	  alone), the one that puts the most held-out positives in the top k
+ *	  (gnn_blend_tally_*), ties going to the ratio nearer raw distance.
+ *	  Ratio 0 sets lambda_gnn = -30 (b = 1e-13: raw distance, the GNN term
+ *	  only breaking ties), the fallback for a model that does not beat raw
+ *	  distance on held-out pairs; infinity sets lambda_raw = -30.
  * The gradient for the query treats the raw distances d_i as constants.
- * Setting lambda_gnn to -30 (b = 1e-13) ranks by raw distance alone, with
- * the GNN term only breaking ties: the fallback for a model that does not
- * beat raw distance on held-out pairs.
  * ------------------------------------------------------------------------
  */
 typedef struct GnnScoreInput
@@ -386,8 +395,20 @@ extern GnnStatus gnn_score_forward(GnnModel *model, const GnnScoreInput *in,
 								   gnn_real *scores, GnnError *err);
 
 /*
- * Given dLoss/dscores, adds dLoss/dparams to model->grad and, when d_query
- * is not NULL, dLoss/dquery (D) to d_query.
+ * The similarities cos(q', c_i') alone (sim: n_cand), the training
+ * logits; a following gnn_score_backward takes dLoss/dsim and adds no
+ * gradient to the score weights.
+ */
+extern GnnStatus gnn_score_similarity_forward(GnnModel *model,
+											 const GnnScoreInput *in,
+											 bool training,
+											 GnnScoreTape **tape,
+											 gnn_real *sim, GnnError *err);
+
+/*
+ * Given dLoss/dscores (or dLoss/dsim after gnn_score_similarity_forward),
+ * adds dLoss/dparams to model->grad and, when d_query is not NULL,
+ * dLoss/dquery (D) to d_query.
  */
 extern GnnStatus gnn_score_backward(GnnModel *model, GnnScoreTape *tape,
 									const gnn_real *d_scores,
@@ -403,6 +424,34 @@ typedef struct GnnExample
 	GnnScoreInput in;
 	int			positive;		/* index into in.cand of the relevant one */
 } GnnExample;
+
+/*
+ * Choosing the blend b/a (see the scoring model above): a tally of, per
+ * candidate ratio, how many examples rank their positive in the top k.
+ */
+#define GNN_BLEND_RATIOS 12
+extern const double gnn_blend_ratios[GNN_BLEND_RATIOS];	/* 0, 1/16 .. 64, inf */
+
+typedef struct GnnBlendTally
+{
+	int			n;				/* examples tallied */
+	int			hits[GNN_BLEND_RATIOS];	/* hits[0]: raw distance alone */
+} GnnBlendTally;
+
+extern void gnn_blend_tally_init(GnnBlendTally *tally);
+
+/* Scores one example (inference) and tallies its hits at every ratio. */
+extern GnnStatus gnn_blend_tally_add(GnnModel *model, GnnBlendTally *tally,
+									 const GnnExample *ex, int k,
+									 GnnError *err);
+
+/*
+ * Sets the model's score weights to the ratio with the most hits (ties:
+ * the smaller ratio, nearer raw distance) and returns that ratio; its hit
+ * rate goes to *hit_rate.
+ */
+extern double gnn_blend_apply_best(GnnModel *model, const GnnBlendTally *tally,
+								   double *hit_rate);
 
 typedef struct GnnTrainConfig
 {
@@ -425,15 +474,16 @@ typedef struct GnnTrainer
 	int			score_cap;
 } GnnTrainer;
 
-/* Defaults: lr 3e-3, temperature 0.1, clip_norm 5, ewc_lambda 100. */
+/* Defaults: lr 3e-4, temperature 0.1, clip_norm 5, ewc_lambda 100. */
 extern void gnn_train_config_default(GnnTrainConfig *cfg);
 extern GnnStatus gnn_trainer_init(GnnTrainer *tr, GnnModel *model,
 								  const GnnTrainConfig *cfg, GnnError *err);
 extern void gnn_trainer_free(GnnTrainer *tr);
 
 /*
- * One optimisation step on a batch: the mean InfoNCE loss of the examples
- * (forward with dropout, backward), plus the EWC penalty once consolidated,
+ * One optimisation step on a batch: the mean InfoNCE loss of the examples'
+ * similarities (forward with dropout, backward; the score weights are not
+ * trained, see above), plus the EWC penalty once consolidated,
  * clipped, one Adam step.  Each example's gradient is also observed for the
  * EWC Fisher.  *loss receives the mean task loss plus the penalty.
  */

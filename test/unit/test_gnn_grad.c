@@ -478,6 +478,7 @@ typedef struct ScoreCase
 	int			nbr[40];
 	gnn_real	nbr_dist[40];
 	GnnRng		rng_at_start;
+	bool		similarity;		/* the training logits, not the scores */
 } ScoreCase;
 
 static double
@@ -488,7 +489,9 @@ score_loss(void *ctx)
 	GnnError	err;
 
 	sc->model->dropout_rng = sc->rng_at_start;
-	if (gnn_score_forward(sc->model, &sc->in, true, NULL, scores, &err) != GNN_OK)
+	if ((sc->similarity ?
+		 gnn_score_similarity_forward(sc->model, &sc->in, true, NULL, scores, &err) :
+		 gnn_score_forward(sc->model, &sc->in, true, NULL, scores, &err)) != GNN_OK)
 		return NAN;
 	return gnn_softmax_xent(scores, SNC, 1, 0.1, 0, NULL);
 }
@@ -538,8 +541,13 @@ score_case_init(ScoreCase *sc, GnnModel *model)
 	sc->rng_at_start = model->dropout_rng;
 }
 
+/*
+ * The blended score, or (similarity) the similarities cos(q', c_i') that
+ * training uses as logits; for those the score weights get no gradient,
+ * which the finite differences confirm (the loss does not depend on them).
+ */
 static void
-test_score_gradients(void)
+test_score_gradients(bool similarity)
 {
 	GnnModel   *model = make_model(D, H, HEADS, 0.2, 13);
 	ScoreCase	sc;
@@ -549,10 +557,14 @@ test_score_gradients(void)
 				dq[D] = {0};
 	GnnError	err;
 
-	printf("scoring model (InfoNCE over scores, tau 0.1):\n");
+	printf("scoring model (InfoNCE over %s, tau 0.1):\n",
+		   similarity ? "similarities" : "scores");
 	score_case_init(&sc, model);
+	sc.similarity = similarity;
 	gnn_model_zero_grad(model);
-	CHECK(gnn_score_forward(model, &sc.in, true, &tape, scores, &err) == GNN_OK,
+	CHECK((similarity ?
+		   gnn_score_similarity_forward(model, &sc.in, true, &tape, scores, &err) :
+		   gnn_score_forward(model, &sc.in, true, &tape, scores, &err)) == GNN_OK,
 		  "score forward: %s", err.message);
 	gnn_softmax_xent(scores, SNC, 1, 0.1, 1, ds);
 	CHECK(gnn_score_backward(model, tape, ds, dq, &err) == GNN_OK,
@@ -575,7 +587,8 @@ main(void)
 	test_layer_gradients(true);
 	test_loss_gradients();
 	test_ewc_gradient();
-	test_score_gradients();
+	test_score_gradients(false);
+	test_score_gradients(true);
 	printf("largest relative gradient error: %.2e (limit %.0e)\n",
 		   max_rel_err_seen, REL_TOL);
 	return unit_report("gnn_grad");
