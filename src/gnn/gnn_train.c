@@ -105,27 +105,34 @@ contains(const int *a, int n, int x)
  * negatives from 39% to 34% (neighbours) and 30% (both), and the second
  * raised held-out recall@10 of the trained similarity by about 1 point;
  * hard negatives from further down the candidate list take their places.
+ * The distance rule assumes what the GNN itself assumes, that relevance
+ * is smooth around a relevant item, so it applies to GNN training
+ * (near_positive) and not to the HnswScan adapter, which learns to map a
+ * query onto its exact positive, and for which the rows around the
+ * positive are the negatives that matter.
  */
 static bool
 likely_relevant(GnnIndexView *v, int u, int positive, const int *pos_nbrs,
-				int npos_nbrs, float query_to_positive)
+				int npos_nbrs, bool near_positive, float query_to_positive)
 {
 	return contains(pos_nbrs, npos_nbrs, u) ||
-		hnsw_distance(v->metric, v->vecs + (size_t) u * v->dim,
-					  v->vecs + (size_t) positive * v->dim, v->dim) <
-		query_to_positive;
+		(near_positive &&
+		 hnsw_distance(v->metric, v->vecs + (size_t) u * v->dim,
+					   v->vecs + (size_t) positive * v->dim, v->dim) <
+		 query_to_positive);
 }
 
 /*
  * Builds the example of (query, positive node): ncand candidates from the
  * graph search (without exclude, the query's own node when self-supervised,
- * and without likely false negatives), the positive among them, then
- * nrandom random nodes of all[] (without the positive's graph neighbours).
+ * and without likely false negatives, near_positive as for
+ * likely_relevant), the positive among them, then nrandom random nodes of
+ * all[] (without the positive's graph neighbours).
  */
 static bool
 make_example(GnnIndexView *v, const float *query, int positive, int exclude,
-			 int ncand, int nrandom, const int *all, int nall, GnnRng *rng,
-			 Example *ex)
+			 int ncand, int nrandom, const int *all, int nall,
+			 bool near_positive, GnnRng *rng, Example *ex)
 {
 	int			ef = Max(ncand + 1, hnsw_ef_search);
 	int		   *nodes = palloc(sizeof(int) * ef);
@@ -150,7 +157,7 @@ make_example(GnnIndexView *v, const float *query, int positive, int exclude,
 		if (nodes[i] == exclude ||
 			(nodes[i] != positive &&
 			 likely_relevant(v, nodes[i], positive, pos_nbrs, npos_nbrs,
-							 query_to_positive)))
+							 near_positive, query_to_positive)))
 			continue;
 		if (nodes[i] == positive)
 			ex->positive = n;
@@ -236,8 +243,8 @@ vector_type_oid(void)
  */
 static int
 examples_from_sql(GnnIndexView *v, const char *sql, int ncand, int nrandom,
-				  const int *all, int nall, GnnRng *rng, Example **out,
-				  int *skipped, int *no_negatives)
+				  const int *all, int nall, bool near_positive, GnnRng *rng,
+				  Example **out, int *skipped, int *no_negatives)
 {
 	Oid			vtype;
 	uint64		nrows;
@@ -290,8 +297,8 @@ examples_from_sql(GnnIndexView *v, const char *sql, int ncand, int nrandom,
 		pos = find_node(v, p);
 		if (pos < 0)
 			(*skipped)++;
-		else if (!make_example(v, q, pos, -1, ncand, nrandom, all, nall, rng,
-							   &ex[n]))
+		else if (!make_example(v, q, pos, -1, ncand, nrandom, all, nall,
+							   near_positive, rng, &ex[n]))
 			(*no_negatives)++;
 		else
 			n++;
@@ -305,7 +312,7 @@ examples_from_sql(GnnIndexView *v, const char *sql, int ncand, int nrandom,
 /* Self-supervised: a node's query is its own vector, a graph neighbour the positive. */
 static int
 examples_from_graph(GnnIndexView *v, int ncand, int nrandom, const int *all,
-					int nall, GnnRng *rng, Example **out)
+					int nall, bool near_positive, GnnRng *rng, Example **out)
 {
 	int			want = Min(nall, SELF_SUPERVISED_MAX);
 	Example    *ex = palloc(sizeof(Example) * Max(want, 1));
@@ -322,7 +329,7 @@ examples_from_graph(GnnIndexView *v, int ncand, int nrandom, const int *all,
 			continue;
 		pos = v->nbr[v->nbr_start[node] + gnn_rng_below(rng, v->nbr_count[node])];
 		if (make_example(v, v->vecs + (size_t) node * v->dim, pos, node, ncand,
-						 nrandom, all, nall, rng, &ex[n]))
+						 nrandom, all, nall, near_positive, rng, &ex[n]))
 			n++;
 	}
 	*out = ex;
@@ -599,15 +606,17 @@ training_examples(GnnIndexView *v, const TrainArgs *a, GnnRng *rng,
 	int			nex;
 	int			skipped = 0;
 	int			no_negatives = 0;
+	bool		near_positive = strcmp(a->scope, LORA_HNSW_SCOPE_NAME) != 0;
 
 	/* every element: random negatives, and the self-supervised queries */
 	nall = gnn_view_all_elements(v, &all);
 	if (a->pairs_sql)
 		nex = examples_from_sql(v, a->pairs_sql, a->candidates, a->random_negatives,
-								all, nall, rng, ex, &skipped, &no_negatives);
+								all, nall, near_positive, rng, ex, &skipped,
+								&no_negatives);
 	else
 		nex = examples_from_graph(v, a->candidates, a->random_negatives, all,
-								  nall, rng, ex);
+								  nall, near_positive, rng, ex);
 	if (nex == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NO_DATA_FOUND),
@@ -1128,7 +1137,8 @@ gnnvec_feedback(PG_FUNCTION_ARGS)
 	nslots = gnn_replay_sample(&o->replay, BATCH_SIZE - 1, slots);
 	batch = palloc(sizeof(Example) * (nslots + 1));
 	bp = palloc(sizeof(Example *) * (nslots + 1));
-	if (make_example(&v, q, pos, -1, FEEDBACK_CANDIDATES, 0, NULL, 0, &rng, &batch[n]))
+	if (make_example(&v, q, pos, -1, FEEDBACK_CANDIDATES, 0, NULL, 0, true, &rng,
+					 &batch[n]))
 		n++;
 	for (int i = 0; i < nslots; i++)
 	{
@@ -1136,7 +1146,7 @@ gnnvec_feedback(PG_FUNCTION_ARGS)
 		int			rp = find_node(&v, rec + v.dim);
 
 		if (rp >= 0 && make_example(&v, rec, rp, -1, FEEDBACK_CANDIDATES, 0,
-									NULL, 0, &rng, &batch[n]))
+									NULL, 0, true, &rng, &batch[n]))
 			n++;
 	}
 	if (n == 0)
