@@ -194,6 +194,24 @@ extern GnnStatus gnn_layer_backward(GnnModel *model, GnnLayerTape *tape,
 									gnn_real *d_vectors, GnnError *err);
 extern void gnn_layer_tape_free(GnnLayerTape *tape);
 
+/*
+ * The layer in two halves, for inference with a cache.  The first depends
+ * on a vector alone: its projection p = (m, k, val) = (W_msg x~ + b_msg,
+ * W_k m, W_v m), 3H values.  gnn_layer_project writes the projections of
+ * n vectors to proj (n x 3H).  gnn_layer_forward_projected computes one
+ * node's output (out: H) from its projection and its n_nbr neighbours'
+ * (nbr_proj: n_nbr x 3H) with edge weights (NULL: uniform), equal up to
+ * rounding to gnn_layer_forward without training on the same vectors.
+ */
+extern GnnStatus gnn_layer_project(GnnModel *model, const gnn_real *vectors,
+								   int n, gnn_real *proj, GnnError *err);
+extern GnnStatus gnn_layer_forward_projected(GnnModel *model,
+											 const gnn_real *node_proj,
+											 const gnn_real *nbr_proj,
+											 int n_nbr,
+											 const gnn_real *edge_w,
+											 gnn_real *out, GnnError *err);
+
 /* Numerically stable softmax (max subtracted); in and out may alias. */
 extern void gnn_softmax(const gnn_real *in, int n, gnn_real *out);
 

@@ -372,13 +372,13 @@ dropout_layernorm(GnnModel *model, GnnLayerTape *tp, int n, int h,
 	}
 }
 
+/* The per-vector half: xs, then m, k and v of every row of the table. */
 static void
-layer_forward(GnnModel *model, GnnLayerTape *tp, bool training, gnn_real *out)
+project_table(GnnModel *model, GnnLayerTape *tp)
 {
 	const GnnGraph *g = &tp->g;
 	int			d = model->cfg.in_dim;
 	int			h = model->cfg.hidden_dim;
-	int			n = g->n_nodes;
 
 	normalise_inputs(g, d, tp);
 	linear_rows(tp->xs, g->n_vectors, d, gnn_model_tensor(model, GNN_W_MSG),
@@ -387,6 +387,16 @@ layer_forward(GnnModel *model, GnnLayerTape *tp, bool training, gnn_real *out)
 				NULL, h, tp->key);
 	linear_rows(tp->msg, g->n_vectors, h, gnn_model_tensor(model, GNN_W_V),
 				NULL, h, tp->val);
+}
+
+/* The per-node half, from the table's m, k and v: attention, GRU, LN. */
+static void
+nodes_forward(GnnModel *model, GnnLayerTape *tp, bool training, gnn_real *out)
+{
+	const GnnGraph *g = &tp->g;
+	int			h = model->cfg.hidden_dim;
+	int			n = g->n_nodes;
+
 	for (int i = 0; i < n; i++)
 		memcpy(tp->node_msg + (size_t) i * h, tp->msg + (size_t) g->node[i] * h,
 			   h * sizeof(gnn_real));
@@ -401,6 +411,13 @@ layer_forward(GnnModel *model, GnnLayerTape *tp, bool training, gnn_real *out)
 				gnn_model_tensor(model, GNN_B_AGG), h, tp->t);
 	gru_forward(model, tp, n, h, out);
 	dropout_layernorm(model, tp, n, h, training, out);
+}
+
+static void
+layer_forward(GnnModel *model, GnnLayerTape *tp, bool training, gnn_real *out)
+{
+	project_table(model, tp);
+	nodes_forward(model, tp, training, out);
 }
 
 GnnStatus
@@ -421,6 +438,95 @@ gnn_layer_forward(GnnModel *model, const GnnGraph *graph, bool training,
 		layer_forward(model, tp, training, out);
 	if (tape == NULL)
 		gnn_layer_tape_free(tp);
+	return rc;
+}
+
+/* ---- the layer in two halves, for callers that cache the first ------------- */
+
+GnnStatus
+gnn_layer_project(GnnModel *model, const gnn_real *vectors, int n,
+				  gnn_real *proj, GnnError *err)
+{
+	int			h = model->cfg.hidden_dim;
+	int			node = 0;
+	int			offsets[1] = {0};
+	GnnGraph	g = {n, vectors, 0, &node, offsets, NULL, NULL};
+	GnnLayerTape *tp;
+	GnnStatus	rc;
+
+	if (n < 0 || (n > 0 && vectors == NULL))
+		return gnn_error(err, GNN_ERR_ARG, "GNN projection input is missing");
+	if ((rc = check_rows(vectors, (size_t) n * model->cfg.in_dim, "vectors", err)) != GNN_OK)
+		return rc;
+	if ((tp = calloc(1, sizeof(GnnLayerTape))) == NULL)
+		return gnn_error(err, GNN_ERR_NOMEM, "out of memory for GNN layer tape");
+	if ((rc = tape_reserve(tp, model, &g, err)) == GNN_OK)
+	{
+		project_table(model, tp);
+		for (int v = 0; v < n; v++)
+		{
+			gnn_real   *row = proj + (size_t) v * 3 * h;
+
+			memcpy(row, tp->msg + (size_t) v * h, h * sizeof(gnn_real));
+			memcpy(row + h, tp->key + (size_t) v * h, h * sizeof(gnn_real));
+			memcpy(row + 2 * h, tp->val + (size_t) v * h, h * sizeof(gnn_real));
+		}
+	}
+	gnn_layer_tape_free(tp);
+	return rc;
+}
+
+GnnStatus
+gnn_layer_forward_projected(GnnModel *model, const gnn_real *node_proj,
+							const gnn_real *nbr_proj, int n_nbr,
+							const gnn_real *edge_w, gnn_real *out,
+							GnnError *err)
+{
+	int			h = model->cfg.hidden_dim;
+	int			node = 0;
+	int			offsets[2] = {0, n_nbr};
+	int		   *nbr;
+	GnnGraph	g;
+	GnnLayerTape *tp;
+	GnnStatus	rc;
+
+	if (n_nbr < 0)
+		return gnn_error(err, GNN_ERR_ARG, "GNN neighbour count must not be negative");
+	for (int j = 0; edge_w != NULL && j < n_nbr; j++)
+		if (!(edge_w[j] >= 0 && isfinite(edge_w[j])))
+			return gnn_error(err, GNN_ERR_ARG,
+							 "GNN edge weight %d must be finite and >= 0", j);
+	nbr = malloc((n_nbr > 0 ? n_nbr : 1) * sizeof(int));
+	tp = calloc(1, sizeof(GnnLayerTape));
+	if (nbr == NULL || tp == NULL)
+	{
+		free(nbr);
+		free(tp);
+		return gnn_error(err, GNN_ERR_NOMEM, "out of memory for GNN layer tape");
+	}
+	for (int j = 0; j < n_nbr; j++)
+		nbr[j] = j + 1;
+	g.n_vectors = n_nbr + 1;
+	g.vectors = NULL;			/* the projections stand in for them */
+	g.n_nodes = 1;
+	g.node = &node;
+	g.nbr_offset = offsets;
+	g.nbr = nbr;
+	g.edge_w = edge_w;
+	if ((rc = tape_reserve(tp, model, &g, err)) == GNN_OK)
+	{
+		for (int v = 0; v < n_nbr + 1; v++)
+		{
+			const gnn_real *row = v == 0 ? node_proj : nbr_proj + (size_t) (v - 1) * 3 * h;
+
+			memcpy(tp->msg + (size_t) v * h, row, h * sizeof(gnn_real));
+			memcpy(tp->key + (size_t) v * h, row + h, h * sizeof(gnn_real));
+			memcpy(tp->val + (size_t) v * h, row + 2 * h, h * sizeof(gnn_real));
+		}
+		nodes_forward(model, tp, false, out);
+	}
+	gnn_layer_tape_free(tp);
+	free(nbr);
 	return rc;
 }
 

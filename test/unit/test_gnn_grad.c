@@ -346,6 +346,47 @@ test_forward_matches_equations(void)
 	gnn_model_free(model);
 }
 
+/*
+ * The layer in two halves (projections, then one node from them) gives
+ * the batched forward's output for every node, with and without edge
+ * weights and for the node without neighbours.
+ */
+static void
+test_projected_forward_matches(void)
+{
+	GnnModel   *model = make_model(D, H, HEADS, 0.3, 17);
+	LayerCase	lc;
+	gnn_real	out[NN * H],
+				proj[NV * 3 * H],
+				nbr_proj[8 * 3 * H],
+				one[H];
+	double		worst = 0;
+	GnnError	err;
+
+	layer_case_init(&lc, model, false);
+	CHECK(gnn_layer_forward(model, &lc.graph, false, NULL, out, &err) == GNN_OK &&
+		  gnn_layer_project(model, lc.vectors, NV, proj, &err) == GNN_OK,
+		  "forward and projections: %s", err.message);
+	for (int i = 0; i < NN; i++)
+	{
+		int			lo = lc.nbr_offset[i],
+					n = lc.nbr_offset[i + 1] - lo;
+
+		for (int j = 0; j < n; j++)
+			memcpy(nbr_proj + j * 3 * H, proj + lc.nbr[lo + j] * 3 * H,
+				   3 * H * sizeof(gnn_real));
+		CHECK(gnn_layer_forward_projected(model, proj + lc.node[i] * 3 * H,
+										  nbr_proj, n, lc.edge_w + lo, one,
+										  &err) == GNN_OK,
+			  "projected forward: %s", err.message);
+		for (int c = 0; c < H; c++)
+			worst = fmax(worst, fabs(one[c] - out[i * H + c]));
+	}
+	printf("projected forward vs batched forward: max abs diff %.2e\n", worst);
+	CHECK(worst < 1e-12, "the projected forward differs by %g", worst);
+	gnn_model_free(model);
+}
+
 /* ---- losses ---------------------------------------------------------------- */
 
 #define LD 6
@@ -583,6 +624,7 @@ main(void)
 {
 	gnn_rng_seed(&test_rng, 2024);
 	test_forward_matches_equations();
+	test_projected_forward_matches();
 	test_layer_gradients(false);
 	test_layer_gradients(true);
 	test_loss_gradients();
