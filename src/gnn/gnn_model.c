@@ -15,8 +15,10 @@
 
 #ifdef GNN_DOUBLE
 #define cblas_gemm cblas_dgemm
+#define cblas_gemv cblas_dgemv
 #else
 #define cblas_gemm cblas_sgemm
+#define cblas_gemv cblas_sgemv
 #endif
 
 static const char *const tensor_names[GNN_N_TENSORS] = {
@@ -102,6 +104,22 @@ gnn_gemm_xwt(const gnn_real *x, int n, int in, const gnn_real *w, int out,
 {
 	if (n == 0)
 		return;
+
+	/*
+	 * One row (a query's layer call at search time): a matrix-vector
+	 * product.  GEMM would first pack all of W into its blocked layout,
+	 * which for a single row costs more than the product itself.  y is
+	 * cleared first when beta = 0: some BLAS versions scale y by beta,
+	 * which keeps a NaN already in an uninitialised buffer.
+	 */
+	if (n == 1)
+	{
+		if (beta == 0)
+			memset(y, 0, out * sizeof(gnn_real));
+		cblas_gemv(CblasRowMajor, CblasNoTrans, out, in, 1, w, in, x, 1, beta,
+				   y, 1);
+		return;
+	}
 	cblas_gemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in,
 			   1, x, ldx, w, in, beta, y, ldy);
 }

@@ -76,7 +76,9 @@ gnn_init(void)
 /* ---- scoring ------------------------------------------------------------- */
 
 /*
- * What the cache keeps per element: c' (H), and the element's projection
+ * What the cache keeps per element: c' / ||c'|| (H; the score only needs
+ * its direction, and a unit c' turns each cosine into a dot product), and
+ * the element's projection
  * (m, k, val: 3H, gnn_layer_project), which q' needs for the nearest
  * candidates.  The projection depends on the element's vector only, c' on
  * its neighbour list too; both are renewed together when that changes.
@@ -86,7 +88,7 @@ typedef struct CprimeEntry
 	uint64		key;			/* hnsw_tid_key of the element */
 	ItemPointerData nbrtid;		/* its neighbour tuple */
 	XLogRecPtr	lsn;			/* of that tuple's page when computed */
-	float		emb[FLEXIBLE_ARRAY_MEMBER]; /* c' (H), then the projection (3H) */
+	float		emb[FLEXIBLE_ARRAY_MEMBER]; /* unit c' (H), then the projection (3H) */
 } CprimeEntry;
 
 static Size
@@ -224,6 +226,19 @@ refine_candidates(GnnCachedModel *cm, GnnIndexView *v, int n, const int *cand,
 	gnn_ereport_status(rc, &err);
 }
 
+/* x / ||x|| in place; a zero vector stays zero (its cosines are 0). */
+static void
+unit_length(float *x, int n)
+{
+	double		sq = 0;
+
+	for (int i = 0; i < n; i++)
+		sq += (double) x[i] * x[i];
+	if (sq > 0)
+		for (int i = 0; i < n; i++)
+			x[i] = (float) (x[i] / sqrt(sq));
+}
+
 /* The projections (n x 3H) of nodes of v: one layer half over their vectors. */
 static void
 project_nodes(GnnCachedModel *cm, GnnIndexView *v, int n, const int *nodes,
@@ -298,7 +313,7 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 {
 	int			h = cm->model->cfg.hidden_dim;
 	int			nq = Min(n, GNN_QUERY_CONTEXT);
-	float	   *cp = palloc(sizeof(float) * h * n);
+	const float **cp = palloc(sizeof(float *) * n);	/* unit c' of each */
 	float	   *proj = palloc(sizeof(float) * 3 * h * nq);
 	float	   *qp = palloc(sizeof(float) * h);
 	int		   *miss = palloc(sizeof(int) * n);
@@ -327,7 +342,7 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 		if (ent && ent->lsn == lsn &&
 			(cand[i] < 0 || ItemPointerEquals(&ent->nbrtid, &v->nbrtid[cand[i]])))
 		{
-			memcpy(cp + (size_t) i * h, ent->emb, sizeof(float) * h);
+			cp[i] = ent->emb;
 			if (i < nq)
 				memcpy(proj + (size_t) i * 3 * h, ent->emb + h, sizeof(float) * 3 * h);
 			continue;
@@ -352,8 +367,8 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 			bool		found;
 			CprimeEntry *ent;
 
-			memcpy(cp + (size_t) miss_at[i] * h, fresh + (size_t) i * h,
-				   sizeof(float) * h);
+			unit_length(fresh + (size_t) i * h, h);
+			cp[miss_at[i]] = fresh + (size_t) i * h;
 			if (miss_at[i] < nq)
 				memcpy(proj + (size_t) miss_at[i] * 3 * h,
 					   fresh_proj + (size_t) i * 3 * h, sizeof(float) * 3 * h);
@@ -370,6 +385,7 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 		}
 	}
 	refine_query(cm, query, nq, proj, cand_dist, qp);
+	unit_length(qp, h);
 
 	/* rho_i = -(d_i - mean) / sd: the raw distance, unit-free */
 	for (i = 0; i < n; i++)
@@ -381,8 +397,11 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 	for (i = 0; i < n; i++)
 	{
 		double		rho = var > 0 ? -(cand_dist[i] - mean) / sqrt(var) : 0;
+		float		cosine = 0;
 
-		scores[i] = a * rho + b * gnn_cosine(qp, cp + (size_t) i * h, h, 0, NULL, NULL);
+		for (int c = 0; c < h; c++)
+			cosine += qp[c] * cp[i][c];
+		scores[i] = a * rho + b * cosine;
 	}
 	return true;
 }
