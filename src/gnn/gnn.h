@@ -200,14 +200,15 @@ extern void gnn_layer_tape_free(GnnLayerTape *tape);
  * W_k m, W_v m), 3H values.  gnn_layer_project writes the projections of
  * n vectors to proj (n x 3H).  gnn_layer_forward_projected computes one
  * node's output (out: H) from its projection and its n_nbr neighbours'
- * (nbr_proj: n_nbr x 3H) with edge weights (NULL: uniform), equal up to
- * rounding to gnn_layer_forward without training on the same vectors.
+ * (nbr_proj[j]: 3H values each, wherever the caller keeps them) with edge
+ * weights (NULL: uniform), equal up to rounding to gnn_layer_forward
+ * without training on the same vectors.
  */
 extern GnnStatus gnn_layer_project(GnnModel *model, const gnn_real *vectors,
 								   int n, gnn_real *proj, GnnError *err);
 extern GnnStatus gnn_layer_forward_projected(GnnModel *model,
 											 const gnn_real *node_proj,
-											 const gnn_real *nbr_proj,
+											 const gnn_real *const *nbr_proj,
 											 int n_nbr,
 											 const gnn_real *edge_w,
 											 gnn_real *out, GnnError *err);

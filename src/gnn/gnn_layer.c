@@ -478,7 +478,7 @@ gnn_layer_project(GnnModel *model, const gnn_real *vectors, int n,
 
 GnnStatus
 gnn_layer_forward_projected(GnnModel *model, const gnn_real *node_proj,
-							const gnn_real *nbr_proj, int n_nbr,
+							const gnn_real *const *nbr_proj, int n_nbr,
 							const gnn_real *edge_w, gnn_real *out,
 							GnnError *err)
 {
@@ -517,7 +517,7 @@ gnn_layer_forward_projected(GnnModel *model, const gnn_real *node_proj,
 	{
 		for (int v = 0; v < n_nbr + 1; v++)
 		{
-			const gnn_real *row = v == 0 ? node_proj : nbr_proj + (size_t) (v - 1) * 3 * h;
+			const gnn_real *row = v == 0 ? node_proj : nbr_proj[v - 1];
 
 			memcpy(tp->msg + (size_t) v * h, row, h * sizeof(gnn_real));
 			memcpy(tp->key + (size_t) v * h, row + h, h * sizeof(gnn_real));

@@ -26,6 +26,7 @@
  */
 #include "postgres.h"
 
+#include <cblas.h>
 #include <float.h>
 #include <math.h>
 
@@ -256,11 +257,11 @@ project_nodes(GnnCachedModel *cm, GnnIndexView *v, int n, const int *nodes,
 
 /*
  * q': the query attending over its n nearest candidates (their
- * projections: n x 3H), weights from their d_i.
+ * projections: 3H each), weights from their d_i.
  */
 static void
 refine_query(GnnCachedModel *cm, const float *query, int n,
-			 const float *cand_proj, const float *cand_dist, float *out)
+			 const float *const *cand_proj, const float *cand_dist, float *out)
 {
 	int			h = cm->model->cfg.hidden_dim;
 	float	   *self = palloc(sizeof(float) * 3 * h);
@@ -314,7 +315,7 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 	int			h = cm->model->cfg.hidden_dim;
 	int			nq = Min(n, GNN_QUERY_CONTEXT);
 	const float **cp = palloc(sizeof(float *) * n);	/* unit c' of each */
-	float	   *proj = palloc(sizeof(float) * 3 * h * nq);
+	const float **proj = palloc(sizeof(float *) * nq);	/* of the nearest nq */
 	float	   *qp = palloc(sizeof(float) * h);
 	int		   *miss = palloc(sizeof(int) * n);
 	int		   *miss_at = palloc(sizeof(int) * n);
@@ -344,7 +345,7 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 		{
 			cp[i] = ent->emb;
 			if (i < nq)
-				memcpy(proj + (size_t) i * 3 * h, ent->emb + h, sizeof(float) * 3 * h);
+				proj[i] = ent->emb + h;
 			continue;
 		}
 		/* stale or missing: read the element (if not yet) and refine it */
@@ -370,8 +371,7 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 			unit_length(fresh + (size_t) i * h, h);
 			cp[miss_at[i]] = fresh + (size_t) i * h;
 			if (miss_at[i] < nq)
-				memcpy(proj + (size_t) miss_at[i] * 3 * h,
-					   fresh_proj + (size_t) i * 3 * h, sizeof(float) * 3 * h);
+				proj[miss_at[i]] = fresh_proj + (size_t) i * 3 * h;
 			if (gnn_rerank_cache_mb == 0)
 				continue;
 			ent = hash_search(cache, &key, HASH_ENTER, &found);
@@ -397,11 +397,8 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 	for (i = 0; i < n; i++)
 	{
 		double		rho = var > 0 ? -(cand_dist[i] - mean) / sqrt(var) : 0;
-		float		cosine = 0;
 
-		for (int c = 0; c < h; c++)
-			cosine += qp[c] * cp[i][c];
-		scores[i] = a * rho + b * cosine;
+		scores[i] = a * rho + b * cblas_sdot(h, qp, 1, cp[i], 1);
 	}
 	return true;
 }

@@ -358,8 +358,8 @@ test_projected_forward_matches(void)
 	LayerCase	lc;
 	gnn_real	out[NN * H],
 				proj[NV * 3 * H],
-				nbr_proj[8 * 3 * H],
 				one[H];
+	const gnn_real *nbr_proj[8];
 	double		worst = 0;
 	GnnError	err;
 
@@ -373,8 +373,7 @@ test_projected_forward_matches(void)
 					n = lc.nbr_offset[i + 1] - lo;
 
 		for (int j = 0; j < n; j++)
-			memcpy(nbr_proj + j * 3 * H, proj + lc.nbr[lo + j] * 3 * H,
-				   3 * H * sizeof(gnn_real));
+			nbr_proj[j] = proj + lc.nbr[lo + j] * 3 * H;
 		CHECK(gnn_layer_forward_projected(model, proj + lc.node[i] * 3 * H,
 										  nbr_proj, n, lc.edge_w + lo, one,
 										  &err) == GNN_OK,
