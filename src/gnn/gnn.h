@@ -70,7 +70,8 @@ extern uint64_t gnn_rng_below(GnnRng *rng, uint64_t bound);	/* [0, bound) */
  * The model: one RuvectorLayer plus the scoring model's two weights.
  *
  * For a node v with embedding x_v and neighbours u (edge weights e_uv):
- *	 m_u  = W_msg x_u + b_msg								(message, H)
+ *	 x~_u = sqrt(D) x_u / ||x_u||  (0 for x_u = 0)			(unit RMS input)
+ *	 m_u  = W_msg x~_u + b_msg								(message, H)
  *	 q    = W_q m_v,  k_u = W_k m_u,  val_u = W_v m_u		(per head: d_k = H/heads)
  *	 att  = W_o concat_h( sum_u softmax_u(q_h . k_uh / sqrt(d_k)) val_uh )
  *																(Vaswani 2017)
@@ -83,6 +84,10 @@ extern uint64_t gnn_rng_below(GnnRng *rng, uint64_t bound);	/* [0, bound) */
  *			d = Dropout(h), mean and var over the H features	(Ba 2016)
  * A node with no neighbours gets att = agg = 0, so out = LN(GRU(b_agg, m_v)):
  * its own message, gated.  Dropout is inverted dropout, training only.
+ * The input scaling makes the layer independent of the metric's scale
+ * (Xavier's unit-variance assumption holds for L2 embeddings of any norm
+ * and for unit-norm cosine ones alike, so the GRU's tanh does not start
+ * saturated); the score's raw-distance term keeps what norms tell.
  * ------------------------------------------------------------------------
  */
 
@@ -133,7 +138,9 @@ extern void gnn_config_default(GnnConfig *cfg, int in_dim, int hidden_dim);
 
 /*
  * Allocates a model with Xavier/Glorot-normal weights (std sqrt(2/(in+out)),
- * Glorot & Bengio 2010, as in the seed), zero biases, gamma = 1, beta = 0.
+ * Glorot & Bengio 2010, as in the seed), zero biases except the GRU update
+ * gate's (+2: z ~ 0.88, the layer starts as neighbourhood smoothing; see
+ * gnn_model.c), gamma = 1, beta = 0.
  * The caller owns *out and frees it with gnn_model_free.
  */
 extern GnnStatus gnn_model_create(const GnnConfig *cfg, GnnModel **out,
@@ -185,6 +192,25 @@ extern GnnStatus gnn_layer_backward(GnnModel *model, GnnLayerTape *tape,
 									const gnn_real *d_out,
 									gnn_real *d_vectors, GnnError *err);
 extern void gnn_layer_tape_free(GnnLayerTape *tape);
+
+/*
+ * The layer in two halves, for inference with a cache.  The first depends
+ * on a vector alone: its projection p = (m, k, val) = (W_msg x~ + b_msg,
+ * W_k m, W_v m), 3H values.  gnn_layer_project writes the projections of
+ * n vectors to proj (n x 3H).  gnn_layer_forward_projected computes one
+ * node's output (out: H) from its projection and its n_nbr neighbours'
+ * (nbr_proj[j]: 3H values each, wherever the caller keeps them) with edge
+ * weights (NULL: uniform), equal up to rounding to gnn_layer_forward
+ * without training on the same vectors.
+ */
+extern GnnStatus gnn_layer_project(GnnModel *model, const gnn_real *vectors,
+								   int n, gnn_real *proj, GnnError *err);
+extern GnnStatus gnn_layer_forward_projected(GnnModel *model,
+											 const gnn_real *node_proj,
+											 const gnn_real *const *nbr_proj,
+											 int n_nbr,
+											 const gnn_real *edge_w,
+											 gnn_real *out, GnnError *err);
 
 /* Numerically stable softmax (max subtracted); in and out may alias. */
 extern void gnn_softmax(const gnn_real *in, int n, gnn_real *out);
@@ -338,20 +364,29 @@ extern const gnn_real *gnn_replay_record(const GnnReplay *replay, int slot);
  *	 rho_i = -(d_i - mean(d)) / sd(d)	(0 if sd = 0): raw distance as a
  *			 per-query z-score, so it is unit-free for every metric
  *	 score_i = a * rho_i + b * cos(q', c_i'),
- *			 a = exp(lambda_raw), b = exp(lambda_gnn)	(learned, GNN_MIX;
- *			 lambda clamped to +-30 so no stored model overflows)
- * Candidates are ranked by descending score.  Edge weights come from
- * gnn_edge_weights_from_distances.  Training minimises the InfoNCE of the
- * positive's score among the candidates:
- *	 L = -log softmax_i(score_i / tau)[positive].
- * The ranking depends on b/a (the blend); the size of a and b is a learned
- * sharpness of the logits.  Two free log-weights rather than one sigmoid
- * blend at a fixed sharpness: either term can fade towards zero without
- * saturating a sigmoid, and the sharpness need not be tuned through tau.
+ *			 a = exp(lambda_raw), b = exp(lambda_gnn)	(GNN_MIX; lambda
+ *			 clamped to +-30 so no stored model overflows)
+ * Candidates are ranked by descending score, so only the blend b/a matters.
+ * Edge weights come from gnn_edge_weights_from_distances.
+ *
+ * Training fits the layer and the blend separately:
+ *	- The layer minimises the InfoNCE (van den Oord 2018) of the positive's
+ *	  similarity among the candidates, at temperature tau:
+ *		 L = -log softmax_i(cos(q', c_i') / tau)[positive].
+ *	  The raw term is left out of this loss on purpose: with it, candidates
+ *	  that raw distance already orders correctly saturate the softmax and
+ *	  give the layer no gradient, and the loss can fall by flattening a and
+ *	  b together (measured: training loss halved while held-out recall did
+ *	  not move).  The similarity alone must learn to tell relevant from
+ *	  irrelevant candidates.
+ *	- The blend is then chosen, not learned: among b/a in
+ *	  gnn_blend_ratios (0: raw distance alone; infinity: the GNN term
+ *	  alone), the one that puts the most held-out positives in the top k
+ *	  (gnn_blend_tally_*), ties going to the ratio nearer raw distance.
+ *	  Ratio 0 sets lambda_gnn = -30 (b = 1e-13: raw distance, the GNN term
+ *	  only breaking ties), the fallback for a model that does not beat raw
+ *	  distance on held-out pairs; infinity sets lambda_raw = -30.
  * The gradient for the query treats the raw distances d_i as constants.
- * Setting lambda_gnn to -30 (b = 1e-13) ranks by raw distance alone, with
- * the GNN term only breaking ties: the fallback for a model that does not
- * beat raw distance on held-out pairs.
  * ------------------------------------------------------------------------
  */
 typedef struct GnnScoreInput
@@ -378,8 +413,20 @@ extern GnnStatus gnn_score_forward(GnnModel *model, const GnnScoreInput *in,
 								   gnn_real *scores, GnnError *err);
 
 /*
- * Given dLoss/dscores, adds dLoss/dparams to model->grad and, when d_query
- * is not NULL, dLoss/dquery (D) to d_query.
+ * The similarities cos(q', c_i') alone (sim: n_cand), the training
+ * logits; a following gnn_score_backward takes dLoss/dsim and adds no
+ * gradient to the score weights.
+ */
+extern GnnStatus gnn_score_similarity_forward(GnnModel *model,
+											 const GnnScoreInput *in,
+											 bool training,
+											 GnnScoreTape **tape,
+											 gnn_real *sim, GnnError *err);
+
+/*
+ * Given dLoss/dscores (or dLoss/dsim after gnn_score_similarity_forward),
+ * adds dLoss/dparams to model->grad and, when d_query is not NULL,
+ * dLoss/dquery (D) to d_query.
  */
 extern GnnStatus gnn_score_backward(GnnModel *model, GnnScoreTape *tape,
 									const gnn_real *d_scores,
@@ -395,6 +442,34 @@ typedef struct GnnExample
 	GnnScoreInput in;
 	int			positive;		/* index into in.cand of the relevant one */
 } GnnExample;
+
+/*
+ * Choosing the blend b/a (see the scoring model above): a tally of, per
+ * candidate ratio, how many examples rank their positive in the top k.
+ */
+#define GNN_BLEND_RATIOS 12
+extern const double gnn_blend_ratios[GNN_BLEND_RATIOS];	/* 0, 1/16 .. 64, inf */
+
+typedef struct GnnBlendTally
+{
+	int			n;				/* examples tallied */
+	int			hits[GNN_BLEND_RATIOS];	/* hits[0]: raw distance alone */
+} GnnBlendTally;
+
+extern void gnn_blend_tally_init(GnnBlendTally *tally);
+
+/* Scores one example (inference) and tallies its hits at every ratio. */
+extern GnnStatus gnn_blend_tally_add(GnnModel *model, GnnBlendTally *tally,
+									 const GnnExample *ex, int k,
+									 GnnError *err);
+
+/*
+ * Sets the model's score weights to the ratio with the most hits (ties:
+ * the smaller ratio, nearer raw distance) and returns that ratio; its hit
+ * rate goes to *hit_rate.
+ */
+extern double gnn_blend_apply_best(GnnModel *model, const GnnBlendTally *tally,
+								   double *hit_rate);
 
 typedef struct GnnTrainConfig
 {
@@ -417,15 +492,16 @@ typedef struct GnnTrainer
 	int			score_cap;
 } GnnTrainer;
 
-/* Defaults: lr 3e-3, temperature 0.1, clip_norm 5, ewc_lambda 100. */
+/* Defaults: lr 3e-4, temperature 0.1, clip_norm 5, ewc_lambda 100. */
 extern void gnn_train_config_default(GnnTrainConfig *cfg);
 extern GnnStatus gnn_trainer_init(GnnTrainer *tr, GnnModel *model,
 								  const GnnTrainConfig *cfg, GnnError *err);
 extern void gnn_trainer_free(GnnTrainer *tr);
 
 /*
- * One optimisation step on a batch: the mean InfoNCE loss of the examples
- * (forward with dropout, backward), plus the EWC penalty once consolidated,
+ * One optimisation step on a batch: the mean InfoNCE loss of the examples'
+ * similarities (forward with dropout, backward; the score weights are not
+ * trained, see above), plus the EWC penalty once consolidated,
  * clipped, one Adam step.  Each example's gradient is also observed for the
  * EWC Fisher.  *loss receives the mean task loss plus the penalty.
  */

@@ -27,6 +27,8 @@ struct GnnLayerTape
 	size_t		cap;			/* gnn_reals allocated in buf */
 	gnn_real   *buf;
 	/* views into buf */
+	gnn_real   *xs;				/* n_vectors x D: input rows at unit RMS */
+	gnn_real   *xs_scale;		/* n_vectors: sqrt(D) / ||x||, 0 for x = 0 */
 	gnn_real   *msg;			/* n_vectors x H: m = W_msg x + b_msg */
 	gnn_real   *key;			/* n_vectors x H: W_k m */
 	gnn_real   *val;			/* n_vectors x H: W_v m */
@@ -106,11 +108,13 @@ static GnnStatus
 tape_reserve(GnnLayerTape *tp, const GnnModel *model, const GnnGraph *g,
 			 GnnError *err)
 {
+	size_t		d = model->cfg.in_dim;
 	size_t		h = model->cfg.hidden_dim;
 	size_t		nv = g->n_vectors;
 	size_t		n = g->n_nodes;
 	size_t		ne = n > 0 ? g->nbr_offset[n] : 0;
-	size_t		need = 3 * nv * h + 17 * n * h + ne * (1 + model->cfg.heads) + n;
+	size_t		need = nv * (d + 1) + 3 * nv * h + 17 * n * h +
+		ne * (1 + model->cfg.heads) + n;
 	gnn_real   *p;
 
 	if (need > tp->cap || tp->buf == NULL)
@@ -126,6 +130,8 @@ tape_reserve(GnnLayerTape *tp, const GnnModel *model, const GnnGraph *g,
 	}
 	p = tp->buf;
 #define TAKE(field, count) (tp->field = p, p += (count))
+	TAKE(xs, nv * d);
+	TAKE(xs_scale, nv);
 	TAKE(msg, nv * h);
 	TAKE(key, nv * h);
 	TAKE(val, nv * h);
@@ -182,6 +188,38 @@ gnn_softmax(const gnn_real *in, int n, gnn_real *out)
 	}
 	for (int i = 0; i < n; i++)
 		out[i] /= sum;
+}
+
+/*
+ * xs = sqrt(D) x / ||x|| for every row of the vector table (a zero row stays
+ * zero): the layer's input at unit root-mean-square coordinate, whatever
+ * the scale of the metric's vectors (unit-norm for cosine, any magnitude
+ * for L2).  Xavier initialisation assumes inputs of about unit variance;
+ * at the norms of raw L2 embeddings (|x| ~ 25 in the benchmark) the GRU's
+ * tanh would start saturated and the layer would barely train.  The
+ * direction is what cos(q', c') compares; magnitudes stay in the raw
+ * distance term of the score.  The norm is summed in double: float
+ * inputs near FLT_MAX would overflow a float sum of squares.
+ */
+static void
+normalise_inputs(const GnnGraph *g, int d, GnnLayerTape *tp)
+{
+	gnn_real	root_d = gnn_sqrt((gnn_real) d);
+
+	for (int v = 0; v < g->n_vectors; v++)
+	{
+		const gnn_real *x = g->vectors + (size_t) v * d;
+		gnn_real   *xs = tp->xs + (size_t) v * d;
+		double		sq = 0;
+		gnn_real	s;
+
+		for (int c = 0; c < d; c++)
+			sq += (double) x[c] * x[c];
+		s = sq > 0 ? (gnn_real) (root_d / sqrt(sq)) : 0;
+		tp->xs_scale[v] = s;
+		for (int c = 0; c < d; c++)
+			xs[c] = s * x[c];
+	}
 }
 
 /* x W^T + b for all rows (b may be NULL). */
@@ -334,20 +372,31 @@ dropout_layernorm(GnnModel *model, GnnLayerTape *tp, int n, int h,
 	}
 }
 
+/* The per-vector half: xs, then m, k and v of every row of the table. */
 static void
-layer_forward(GnnModel *model, GnnLayerTape *tp, bool training, gnn_real *out)
+project_table(GnnModel *model, GnnLayerTape *tp)
 {
 	const GnnGraph *g = &tp->g;
 	int			d = model->cfg.in_dim;
 	int			h = model->cfg.hidden_dim;
-	int			n = g->n_nodes;
 
-	linear_rows(g->vectors, g->n_vectors, d, gnn_model_tensor(model, GNN_W_MSG),
+	normalise_inputs(g, d, tp);
+	linear_rows(tp->xs, g->n_vectors, d, gnn_model_tensor(model, GNN_W_MSG),
 				gnn_model_tensor(model, GNN_B_MSG), h, tp->msg);
 	linear_rows(tp->msg, g->n_vectors, h, gnn_model_tensor(model, GNN_W_K),
 				NULL, h, tp->key);
 	linear_rows(tp->msg, g->n_vectors, h, gnn_model_tensor(model, GNN_W_V),
 				NULL, h, tp->val);
+}
+
+/* The per-node half, from the table's m, k and v: attention, GRU, LN. */
+static void
+nodes_forward(GnnModel *model, GnnLayerTape *tp, bool training, gnn_real *out)
+{
+	const GnnGraph *g = &tp->g;
+	int			h = model->cfg.hidden_dim;
+	int			n = g->n_nodes;
+
 	for (int i = 0; i < n; i++)
 		memcpy(tp->node_msg + (size_t) i * h, tp->msg + (size_t) g->node[i] * h,
 			   h * sizeof(gnn_real));
@@ -362,6 +411,13 @@ layer_forward(GnnModel *model, GnnLayerTape *tp, bool training, gnn_real *out)
 				gnn_model_tensor(model, GNN_B_AGG), h, tp->t);
 	gru_forward(model, tp, n, h, out);
 	dropout_layernorm(model, tp, n, h, training, out);
+}
+
+static void
+layer_forward(GnnModel *model, GnnLayerTape *tp, bool training, gnn_real *out)
+{
+	project_table(model, tp);
+	nodes_forward(model, tp, training, out);
 }
 
 GnnStatus
@@ -385,6 +441,95 @@ gnn_layer_forward(GnnModel *model, const GnnGraph *graph, bool training,
 	return rc;
 }
 
+/* ---- the layer in two halves, for callers that cache the first ------------- */
+
+GnnStatus
+gnn_layer_project(GnnModel *model, const gnn_real *vectors, int n,
+				  gnn_real *proj, GnnError *err)
+{
+	int			h = model->cfg.hidden_dim;
+	int			node = 0;
+	int			offsets[1] = {0};
+	GnnGraph	g = {n, vectors, 0, &node, offsets, NULL, NULL};
+	GnnLayerTape *tp;
+	GnnStatus	rc;
+
+	if (n < 0 || (n > 0 && vectors == NULL))
+		return gnn_error(err, GNN_ERR_ARG, "GNN projection input is missing");
+	if ((rc = check_rows(vectors, (size_t) n * model->cfg.in_dim, "vectors", err)) != GNN_OK)
+		return rc;
+	if ((tp = calloc(1, sizeof(GnnLayerTape))) == NULL)
+		return gnn_error(err, GNN_ERR_NOMEM, "out of memory for GNN layer tape");
+	if ((rc = tape_reserve(tp, model, &g, err)) == GNN_OK)
+	{
+		project_table(model, tp);
+		for (int v = 0; v < n; v++)
+		{
+			gnn_real   *row = proj + (size_t) v * 3 * h;
+
+			memcpy(row, tp->msg + (size_t) v * h, h * sizeof(gnn_real));
+			memcpy(row + h, tp->key + (size_t) v * h, h * sizeof(gnn_real));
+			memcpy(row + 2 * h, tp->val + (size_t) v * h, h * sizeof(gnn_real));
+		}
+	}
+	gnn_layer_tape_free(tp);
+	return rc;
+}
+
+GnnStatus
+gnn_layer_forward_projected(GnnModel *model, const gnn_real *node_proj,
+							const gnn_real *const *nbr_proj, int n_nbr,
+							const gnn_real *edge_w, gnn_real *out,
+							GnnError *err)
+{
+	int			h = model->cfg.hidden_dim;
+	int			node = 0;
+	int			offsets[2] = {0, n_nbr};
+	int		   *nbr;
+	GnnGraph	g;
+	GnnLayerTape *tp;
+	GnnStatus	rc;
+
+	if (n_nbr < 0)
+		return gnn_error(err, GNN_ERR_ARG, "GNN neighbour count must not be negative");
+	for (int j = 0; edge_w != NULL && j < n_nbr; j++)
+		if (!(edge_w[j] >= 0 && isfinite(edge_w[j])))
+			return gnn_error(err, GNN_ERR_ARG,
+							 "GNN edge weight %d must be finite and >= 0", j);
+	nbr = malloc((n_nbr > 0 ? n_nbr : 1) * sizeof(int));
+	tp = calloc(1, sizeof(GnnLayerTape));
+	if (nbr == NULL || tp == NULL)
+	{
+		free(nbr);
+		free(tp);
+		return gnn_error(err, GNN_ERR_NOMEM, "out of memory for GNN layer tape");
+	}
+	for (int j = 0; j < n_nbr; j++)
+		nbr[j] = j + 1;
+	g.n_vectors = n_nbr + 1;
+	g.vectors = NULL;			/* the projections stand in for them */
+	g.n_nodes = 1;
+	g.node = &node;
+	g.nbr_offset = offsets;
+	g.nbr = nbr;
+	g.edge_w = edge_w;
+	if ((rc = tape_reserve(tp, model, &g, err)) == GNN_OK)
+	{
+		for (int v = 0; v < n_nbr + 1; v++)
+		{
+			const gnn_real *row = v == 0 ? node_proj : nbr_proj[v - 1];
+
+			memcpy(tp->msg + (size_t) v * h, row, h * sizeof(gnn_real));
+			memcpy(tp->key + (size_t) v * h, row + h, h * sizeof(gnn_real));
+			memcpy(tp->val + (size_t) v * h, row + 2 * h, h * sizeof(gnn_real));
+		}
+		nodes_forward(model, tp, false, out);
+	}
+	gnn_layer_tape_free(tp);
+	free(nbr);
+	return rc;
+}
+
 /* ---- backward ------------------------------------------------------------- */
 
 /* Scratch of the backward pass: gradients of the tape's quantities. */
@@ -402,12 +547,15 @@ typedef struct LayerGrads
 	gnn_real   *d_msg;			/* n_vectors x H */
 	gnn_real   *d_key;			/* n_vectors x H */
 	gnn_real   *d_val;			/* n_vectors x H */
+	gnn_real   *d_xs;			/* n_vectors x D, when input gradients are wanted */
 } LayerGrads;
 
+/* d_in: D when the caller wants input gradients, else 0 (no d_xs). */
 static GnnStatus
-grads_alloc(LayerGrads *lg, size_t nv, size_t n, size_t h, GnnError *err)
+grads_alloc(LayerGrads *lg, size_t nv, size_t n, size_t h, size_t d_in,
+			GnnError *err)
 {
-	size_t		need = 3 * nv * h + 10 * n * h;
+	size_t		need = 3 * nv * h + 10 * n * h + nv * d_in;
 	gnn_real   *p;
 
 	lg->buf = calloc(need > 0 ? need : 1, sizeof(gnn_real));
@@ -436,6 +584,8 @@ grads_alloc(LayerGrads *lg, size_t nv, size_t n, size_t h, GnnError *err)
 	lg->d_key = p;
 	p += nv * h;
 	lg->d_val = p;
+	p += nv * h;
+	lg->d_xs = p;
 	return GNN_OK;
 }
 
@@ -643,13 +793,32 @@ layer_backward(GnnModel *model, GnnLayerTape *tp, LayerGrads *lg,
 	gnn_gemm_dw(lg->d_val, nv, h, tp->msg, h, grad + model->offset[GNN_W_V], h, h);
 	gnn_gemm_dx(lg->d_val, nv, h, gnn_model_tensor(model, GNN_W_V), h,
 				lg->d_msg, h, h);
-	/* msg = W_msg x + b_msg */
+	/* msg = W_msg xs + b_msg */
 	add_column_sums(lg->d_msg, nv, h, h, grad + model->offset[GNN_B_MSG]);
-	gnn_gemm_dw(lg->d_msg, nv, h, g->vectors, d, grad + model->offset[GNN_W_MSG],
+	gnn_gemm_dw(lg->d_msg, nv, h, tp->xs, d, grad + model->offset[GNN_W_MSG],
 				h, d);
-	if (d_vectors != NULL)
-		gnn_gemm_dx(lg->d_msg, nv, h, gnn_model_tensor(model, GNN_W_MSG), d,
-					d_vectors, h, d);
+	if (d_vectors == NULL)
+		return;
+
+	/*
+	 * xs = s x with s = sqrt(D) / ||x||: dxs/dx = s (I - xs xs^T / D), so
+	 * dL/dx = s (g - xs (xs . g) / D) with g = dL/dxs = dmsg W_msg.
+	 */
+	gnn_gemm_dx(lg->d_msg, nv, h, gnn_model_tensor(model, GNN_W_MSG), d,
+				lg->d_xs, h, d);
+	for (int v = 0; v < nv; v++)
+	{
+		const gnn_real *xs = tp->xs + (size_t) v * d;
+		const gnn_real *gv = lg->d_xs + (size_t) v * d;
+		gnn_real   *dx = d_vectors + (size_t) v * d;
+		gnn_real	s = tp->xs_scale[v];
+		gnn_real	dot = 0;
+
+		for (int c = 0; c < d; c++)
+			dot += xs[c] * gv[c];
+		for (int c = 0; c < d; c++)
+			dx[c] += s * (gv[c] - xs[c] * dot / d);
+	}
 }
 
 GnnStatus
@@ -663,7 +832,8 @@ gnn_layer_backward(GnnModel *model, GnnLayerTape *tape, const gnn_real *d_out,
 		return gnn_error(err, GNN_ERR_ARG, "GNN backward pass without a forward pass");
 	memset(&lg, 0, sizeof(lg));
 	rc = grads_alloc(&lg, tape->g.n_vectors, tape->g.n_nodes,
-					 model->cfg.hidden_dim, err);
+					 model->cfg.hidden_dim,
+					 d_vectors != NULL ? model->cfg.in_dim : 0, err);
 	if (rc != GNN_OK)
 		return rc;
 	layer_backward(model, tape, &lg, d_out, d_vectors);

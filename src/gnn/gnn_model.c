@@ -16,8 +16,10 @@
 
 #ifdef GNN_DOUBLE
 #define cblas_gemm cblas_dgemm
+#define cblas_gemv cblas_dgemv
 #else
 #define cblas_gemm cblas_sgemm
+#define cblas_gemv cblas_sgemv
 #endif
 
 static const char *const tensor_names[GNN_N_TENSORS] = {
@@ -96,6 +98,22 @@ gnn_gemm_xwt(const gnn_real *x, int n, int in, const gnn_real *w, int out,
 {
 	if (n == 0)
 		return;
+
+	/*
+	 * One row (a query's layer call at search time): a matrix-vector
+	 * product.  GEMM would first pack all of W into its blocked layout,
+	 * which for a single row costs more than the product itself.  y is
+	 * cleared first when beta = 0: some BLAS versions scale y by beta,
+	 * which keeps a NaN already in an uninitialised buffer.
+	 */
+	if (n == 1)
+	{
+		if (beta == 0)
+			memset(y, 0, out * sizeof(gnn_real));
+		cblas_gemv(CblasRowMajor, CblasNoTrans, out, in, 1, w, in, x, 1, beta,
+				   y, 1);
+		return;
+	}
 	cblas_gemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in,
 			   1, x, ldx, w, in, beta, y, ldy);
 }
@@ -263,6 +281,18 @@ model_alloc(const GnnConfig *cfg, GnnModel **out, GnnError *err)
 	return GNN_OK;
 }
 
+/*
+ * The GRU update gate's initial bias: z = sigm(2) ~ 0.88 at the start, so
+ * a fresh layer's output is mostly the aggregated neighbourhood and a
+ * little of the node itself, i.e. it starts as neighbourhood smoothing, the
+ * operation graph refinement rests on (Kipf & Welling 2017), and training
+ * learns how much of the node to keep.  With a zero bias (z ~ 0.5) half
+ * the output is the node's own noisy message and training must first
+ * discover the gate.  Gate-bias initialisation as a prior is the same
+ * device as the LSTM forget-gate bias of Jozefowicz et al. (2015).
+ */
+#define GNN_UPDATE_GATE_BIAS 2.0
+
 static void
 xavier_fill(gnn_real *w, int rows, int cols, GnnRng *rng)
 {
@@ -305,7 +335,10 @@ gnn_model_create(const GnnConfig *cfg, GnnModel **out, GnnError *err)
 					h, h, &rng);
 	}
 	for (int i = 0; i < h; i++)
+	{
 		gnn_model_tensor(model, GNN_LN_GAMMA)[i] = 1;
+		gnn_model_tensor(model, GNN_B_GRU)[i] = GNN_UPDATE_GATE_BIAS;
+	}
 	gnn_model_tensor(model, GNN_MIX)[0] = (gnn_real) log(cfg->raw_weight);
 	gnn_model_tensor(model, GNN_MIX)[1] = (gnn_real) log(cfg->gnn_weight);
 	*out = model;

@@ -12,8 +12,11 @@
  * c_i' depends on the model, the candidate's vector and its neighbour list
  * only, so it is computed once per model version and element and kept in
  * the cached model (GnnCachedModel.cprime), checked against the LSN of the
- * element's neighbour page (which changes whenever the list does).  Only
- * q' is computed per query: one layer call over the nearest candidates.
+ * element's neighbour page (which changes whenever the list does).  So is
+ * the element's projection (m, k, val of the layer, gnn_layer_project),
+ * the per-vector half of q''s layer call: per query only the query's own
+ * projection and one node's attention, GRU and LayerNorm are computed
+ * (gnn_layer_forward_projected), not the projections of 32 candidates.
  * This is the arithmetic of gnn_score_forward (inference, no dropout),
  * split so the candidate half can be cached, with q' restricted to the
  * nearest 32 candidates (GNN_QUERY_CONTEXT): training sees candidate sets
@@ -23,6 +26,7 @@
  */
 #include "postgres.h"
 
+#include <cblas.h>
 #include <float.h>
 #include <math.h>
 
@@ -72,18 +76,26 @@ gnn_init(void)
 
 /* ---- scoring ------------------------------------------------------------- */
 
+/*
+ * What the cache keeps per element: c' / ||c'|| (H; the score only needs
+ * its direction, and a unit c' turns each cosine into a dot product), and
+ * the element's projection
+ * (m, k, val: 3H, gnn_layer_project), which q' needs for the nearest
+ * candidates.  The projection depends on the element's vector only, c' on
+ * its neighbour list too; both are renewed together when that changes.
+ */
 typedef struct CprimeEntry
 {
 	uint64		key;			/* hnsw_tid_key of the element */
 	ItemPointerData nbrtid;		/* its neighbour tuple */
 	XLogRecPtr	lsn;			/* of that tuple's page when computed */
-	float		emb[FLEXIBLE_ARRAY_MEMBER]; /* H */
+	float		emb[FLEXIBLE_ARRAY_MEMBER]; /* unit c' (H), then the projection (3H) */
 } CprimeEntry;
 
 static Size
 cprime_entry_size(int h)
 {
-	return MAXALIGN(offsetof(CprimeEntry, emb) + sizeof(float) * h);
+	return MAXALIGN(offsetof(CprimeEntry, emb) + sizeof(float) * 4 * h);
 }
 
 static HTAB *
@@ -215,39 +227,53 @@ refine_candidates(GnnCachedModel *cm, GnnIndexView *v, int n, const int *cand,
 	gnn_ereport_status(rc, &err);
 }
 
-/* q': the query attending over its candidates, weights from d_i. */
+/* x / ||x|| in place; a zero vector stays zero (its cosines are 0). */
 static void
-refine_query(GnnCachedModel *cm, GnnIndexView *v, const float *query, int n,
-			 const int *cand, const float *cand_dist, float *out)
+unit_length(float *x, int n)
 {
-	int			d = v->dim;
-	float	   *vectors = palloc(sizeof(float) * d * (n + 1));
-	int		   *nbr = palloc(sizeof(int) * n);
-	float	   *edge_w = palloc(sizeof(float) * n);
-	int			node = 0;
-	int			offsets[2] = {0, n};
-	GnnGraph	g;
-	GnnError	err;
-	GnnStatus	rc;
-	int			i;
+	double		sq = 0;
 
-	memcpy(vectors, query, sizeof(float) * d);
-	for (i = 0; i < n; i++)
-	{
-		memcpy(vectors + (size_t) (i + 1) * d, v->vecs + (size_t) cand[i] * d,
-			   sizeof(float) * d);
-		nbr[i] = i + 1;
-	}
+	for (int i = 0; i < n; i++)
+		sq += (double) x[i] * x[i];
+	if (sq > 0)
+		for (int i = 0; i < n; i++)
+			x[i] = (float) (x[i] / sqrt(sq));
+}
+
+/* The projections (n x 3H) of nodes of v: one layer half over their vectors. */
+static void
+project_nodes(GnnCachedModel *cm, GnnIndexView *v, int n, const int *nodes,
+			  float *out)
+{
+	float	   *vectors = palloc(sizeof(float) * v->dim * Max(n, 1));
+	GnnError	err;
+
+	for (int i = 0; i < n; i++)
+		memcpy(vectors + (size_t) i * v->dim, v->vecs + (size_t) nodes[i] * v->dim,
+			   sizeof(float) * v->dim);
+	gnn_ereport_status(gnn_layer_project(cm->model, vectors, n, out, &err), &err);
+	pfree(vectors);
+}
+
+/*
+ * q': the query attending over its n nearest candidates (their
+ * projections: 3H each), weights from their d_i.
+ */
+static void
+refine_query(GnnCachedModel *cm, const float *query, int n,
+			 const float *const *cand_proj, const float *cand_dist, float *out)
+{
+	int			h = cm->model->cfg.hidden_dim;
+	float	   *self = palloc(sizeof(float) * 3 * h);
+	float	   *edge_w = palloc(sizeof(float) * Max(n, 1));
+	GnnError	err;
+
+	gnn_ereport_status(gnn_layer_project(cm->model, query, 1, self, &err), &err);
 	gnn_edge_weights_from_distances(cand_dist, n, edge_w);
-	g.n_vectors = n + 1;
-	g.vectors = vectors;
-	g.n_nodes = 1;
-	g.node = &node;
-	g.nbr_offset = offsets;
-	g.nbr = nbr;
-	g.edge_w = edge_w;
-	rc = gnn_layer_forward(cm->model, &g, false, NULL, out, &err);
-	gnn_ereport_status(rc, &err);
+	gnn_ereport_status(gnn_layer_forward_projected(cm->model, self, cand_proj, n,
+												   edge_w, out, &err), &err);
+	pfree(self);
+	pfree(edge_w);
 }
 
 /* exp(lambda) with lambda clamped to +-30, as gnn_score_forward does */
@@ -277,9 +303,9 @@ page_lsn(GnnIndexView *v, ItemPointer tid)
 /*
  * Scores n candidates (element TIDs, nearest first, at graph distances
  * cand_dist).  cand[i] is the candidate's node in v, or -1 when not read
- * yet: a candidate whose c' is cached is not read at all unless q' needs
- * its vector (the nearest GNN_QUERY_CONTEXT).  Returns false, scoring
- * nothing, when a candidate's element is gone (changed under the scan).
+ * yet: a candidate whose c' and projection are cached is not read at all.
+ * Returns false, scoring nothing, when a candidate's element is gone
+ * (changed under the scan).
  */
 bool
 gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
@@ -288,7 +314,8 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 {
 	int			h = cm->model->cfg.hidden_dim;
 	int			nq = Min(n, GNN_QUERY_CONTEXT);
-	float	   *cp = palloc(sizeof(float) * h * n);
+	const float **cp = palloc(sizeof(float *) * n);	/* unit c' of each */
+	const float **proj = palloc(sizeof(float *) * nq);	/* of the nearest nq */
 	float	   *qp = palloc(sizeof(float) * h);
 	int		   *miss = palloc(sizeof(int) * n);
 	int		   *miss_at = palloc(sizeof(int) * n);
@@ -308,16 +335,17 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 		CprimeEntry *ent = hash_search(cache, &key, HASH_FIND, NULL);
 		XLogRecPtr	lsn;
 
-		if (cand[i] < 0 && (i < nq || ent == NULL))
-			cand[i] = gnn_view_node(v, (ItemPointer) &tids[i]);
-		if (cand[i] < 0 && ent == NULL)
+		if (cand[i] < 0 && ent == NULL &&
+			(cand[i] = gnn_view_node(v, (ItemPointer) &tids[i])) < 0)
 			return false;
 		lsn = cand[i] >= 0 ? gnn_view_neighbor_lsn(v, cand[i]) :
 			page_lsn(v, &ent->nbrtid);
 		if (ent && ent->lsn == lsn &&
 			(cand[i] < 0 || ItemPointerEquals(&ent->nbrtid, &v->nbrtid[cand[i]])))
 		{
-			memcpy(cp + (size_t) i * h, ent->emb, sizeof(float) * h);
+			cp[i] = ent->emb;
+			if (i < nq)
+				proj[i] = ent->emb + h;
 			continue;
 		}
 		/* stale or missing: read the element (if not yet) and refine it */
@@ -330,16 +358,20 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 	if (nmiss > 0)
 	{
 		float	   *fresh = palloc(sizeof(float) * h * nmiss);
+		float	   *fresh_proj = palloc(sizeof(float) * 3 * h * nmiss);
 
 		refine_candidates(cm, v, nmiss, miss, fresh);
+		project_nodes(cm, v, nmiss, miss, fresh_proj);
 		for (i = 0; i < nmiss; i++)
 		{
 			uint64		key = hnsw_tid_key(&v->tid[miss[i]]);
 			bool		found;
 			CprimeEntry *ent;
 
-			memcpy(cp + (size_t) miss_at[i] * h, fresh + (size_t) i * h,
-				   sizeof(float) * h);
+			unit_length(fresh + (size_t) i * h, h);
+			cp[miss_at[i]] = fresh + (size_t) i * h;
+			if (miss_at[i] < nq)
+				proj[miss_at[i]] = fresh_proj + (size_t) i * 3 * h;
 			if (gnn_rerank_cache_mb == 0)
 				continue;
 			ent = hash_search(cache, &key, HASH_ENTER, &found);
@@ -348,9 +380,12 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 			ent->lsn = miss_lsn[i];
 			ent->nbrtid = v->nbrtid[miss[i]];
 			memcpy(ent->emb, fresh + (size_t) i * h, sizeof(float) * h);
+			memcpy(ent->emb + h, fresh_proj + (size_t) i * 3 * h,
+				   sizeof(float) * 3 * h);
 		}
 	}
-	refine_query(cm, v, query, nq, cand, cand_dist, qp);
+	refine_query(cm, query, nq, proj, cand_dist, qp);
+	unit_length(qp, h);
 
 	/* rho_i = -(d_i - mean) / sd: the raw distance, unit-free */
 	for (i = 0; i < n; i++)
@@ -363,7 +398,7 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 	{
 		double		rho = var > 0 ? -(cand_dist[i] - mean) / sqrt(var) : 0;
 
-		scores[i] = a * rho + b * gnn_cosine(qp, cp + (size_t) i * h, h, 0, NULL, NULL);
+		scores[i] = a * rho + b * cblas_sdot(h, qp, 1, cp[i], 1);
 	}
 	return true;
 }

@@ -18,6 +18,7 @@ struct GnnScoreTape
 {
 	GnnLayerTape *layer;
 	int			n_cand;
+	bool		blended;		/* outputs were scores; else similarities */
 	GnnGraph	graph;
 	gnn_real	a_raw;			/* exp(lambda_raw) */
 	gnn_real	b_gnn;			/* exp(lambda_gnn) */
@@ -207,9 +208,15 @@ score_weight(gnn_real lambda, gnn_real *deriv)
 	return *deriv;
 }
 
-GnnStatus
-gnn_score_forward(GnnModel *model, const GnnScoreInput *in, bool training,
-				  GnnScoreTape **tape, gnn_real *scores, GnnError *err)
+/*
+ * The forward pass: the layer over query and candidates, then per
+ * candidate either the blended score (blended) or the similarity
+ * cos(q', c_i') alone.
+ */
+static GnnStatus
+score_forward(GnnModel *model, const GnnScoreInput *in, bool training,
+			  bool blended, GnnScoreTape **tape, gnn_real *out,
+			  GnnError *err)
 {
 	GnnScoreTape *tp = tape != NULL ? *tape : NULL;
 	int			h = model->cfg.hidden_dim;
@@ -222,6 +229,7 @@ gnn_score_forward(GnnModel *model, const GnnScoreInput *in, bool training,
 	if (tape != NULL)
 		*tape = tp;
 	tp->n_cand = in->n_cand;
+	tp->blended = blended;
 	if (in->n_cand > 0)
 	{
 		rc = tape_reserve(tp, model, in, err);
@@ -242,7 +250,8 @@ gnn_score_forward(GnnModel *model, const GnnScoreInput *in, bool training,
 			{
 				tp->cosv[i] = gnn_cosine(tp->out, tp->out + (size_t) (i + 1) * h,
 										 h, 0, NULL, NULL);
-				scores[i] = tp->a_raw * tp->rho[i] + tp->b_gnn * tp->cosv[i];
+				out[i] = blended ?
+					tp->a_raw * tp->rho[i] + tp->b_gnn * tp->cosv[i] : tp->cosv[i];
 			}
 		}
 	}
@@ -251,10 +260,27 @@ gnn_score_forward(GnnModel *model, const GnnScoreInput *in, bool training,
 	return rc;
 }
 
+GnnStatus
+gnn_score_forward(GnnModel *model, const GnnScoreInput *in, bool training,
+				  GnnScoreTape **tape, gnn_real *scores, GnnError *err)
+{
+	return score_forward(model, in, training, true, tape, scores, err);
+}
+
+GnnStatus
+gnn_score_similarity_forward(GnnModel *model, const GnnScoreInput *in,
+							 bool training, GnnScoreTape **tape,
+							 gnn_real *sim, GnnError *err)
+{
+	return score_forward(model, in, training, false, tape, sim, err);
+}
+
 /*
  * score_i = a rho_i + b cos_i with a = exp(lambda_raw), b = exp(lambda_gnn):
  *	 dscore_i/dlambda_raw = a rho_i,  dscore_i/dlambda_gnn = b cos_i,
  *	 dscore_i/dcos_i = b.
+ * After gnn_score_similarity_forward the outputs are cos_i themselves:
+ * no gradient for the weights, dcos_i/dcos_i = 1.
  */
 GnnStatus
 gnn_score_backward(GnnModel *model, GnnScoreTape *tape,
@@ -274,11 +300,15 @@ gnn_score_backward(GnnModel *model, GnnScoreTape *tape,
 	memset(tape->d_out, 0, (size_t) (tape->n_cand + 1) * h * sizeof(gnn_real));
 	for (int i = 0; i < tape->n_cand; i++)
 	{
-		d_lraw += d_scores[i] * tape->da_raw * tape->rho[i];
-		d_lgnn += d_scores[i] * tape->db_gnn * tape->cosv[i];
-		gnn_cosine(tape->out, tape->out + (size_t) (i + 1) * h, h,
-				   tape->b_gnn * d_scores[i], tape->d_out,
-				   tape->d_out + (size_t) (i + 1) * h);
+		gnn_real	d_cos = tape->blended ? tape->b_gnn * d_scores[i] : d_scores[i];
+
+		if (tape->blended)
+		{
+			d_lraw += d_scores[i] * tape->da_raw * tape->rho[i];
+			d_lgnn += d_scores[i] * tape->db_gnn * tape->cosv[i];
+		}
+		gnn_cosine(tape->out, tape->out + (size_t) (i + 1) * h, h, d_cos,
+				   tape->d_out, tape->d_out + (size_t) (i + 1) * h);
 	}
 	model->grad[model->offset[GNN_MIX]] += (gnn_real) d_lraw;
 	model->grad[model->offset[GNN_MIX] + 1] += (gnn_real) d_lgnn;
@@ -312,7 +342,7 @@ gnn_score_tape_free(GnnScoreTape *tape)
 void
 gnn_train_config_default(GnnTrainConfig *cfg)
 {
-	cfg->lr = 3e-3;
+	cfg->lr = 3e-4;
 	cfg->temperature = 0.1;
 	cfg->clip_norm = 5.0;
 	cfg->ewc_lambda = 100.0;
@@ -374,7 +404,10 @@ reserve_scores(GnnTrainer *tr, int n, GnnError *err)
 	return GNN_OK;
 }
 
-/* Forward and backward of one example; its gradient is left in model->grad. */
+/*
+ * Forward and backward of one example, the InfoNCE of cos(q', c_i') / tau
+ * (gnn.h, Training); its gradient is left in model->grad.
+ */
 static GnnStatus
 example_gradient(GnnTrainer *tr, const GnnExample *ex, double *loss,
 				 GnnError *err)
@@ -390,7 +423,8 @@ example_gradient(GnnTrainer *tr, const GnnExample *ex, double *loss,
 	if ((rc = reserve_scores(tr, n, err)) != GNN_OK)
 		return rc;
 	gnn_model_zero_grad(model);
-	rc = gnn_score_forward(model, &ex->in, true, &tr->tape, tr->scores, err);
+	rc = gnn_score_similarity_forward(model, &ex->in, true, &tr->tape,
+									  tr->scores, err);
 	if (rc != GNN_OK)
 		return rc;
 	memset(tr->d_scores, 0, n * sizeof(gnn_real));
@@ -432,4 +466,86 @@ gnn_train_step(GnnTrainer *tr, const GnnExample *ex, int n_ex, double *loss,
 	gnn_adam_step(&tr->adam, model->params, model->grad);
 	*loss = total / n_ex + penalty;
 	return GNN_OK;
+}
+
+/* ---- choosing the blend ------------------------------------------------------ */
+
+const double gnn_blend_ratios[GNN_BLEND_RATIOS] = {
+	0, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0 / 2, 1, 2, 4, 8, 16, 64, INFINITY
+};
+
+void
+gnn_blend_tally_init(GnnBlendTally *tally)
+{
+	memset(tally, 0, sizeof(GnnBlendTally));
+}
+
+/* Does candidate pos rank in the top k by s (ties: the lower index first)? */
+static bool
+in_top_k(const double *s, int n, int pos, int k)
+{
+	int			better = 0;
+
+	for (int i = 0; i < n; i++)
+		if (s[i] > s[pos] || (s[i] == s[pos] && i < pos))
+			better++;
+	return better < k;
+}
+
+GnnStatus
+gnn_blend_tally_add(GnnModel *model, GnnBlendTally *tally,
+					const GnnExample *ex, int k, GnnError *err)
+{
+	int			n = ex->in.n_cand;
+	GnnScoreTape *tp = NULL;
+	gnn_real   *sim;
+	double	   *s;
+	GnnStatus	rc;
+
+	if (n < 1 || ex->positive < 0 || ex->positive >= n)
+		return gnn_error(err, GNN_ERR_ARG,
+						 "GNN blend example needs a positive among its %d candidates, got %d",
+						 n, ex->positive);
+	sim = malloc(n * sizeof(gnn_real));
+	s = malloc(n * sizeof(double));
+	if (sim == NULL || s == NULL)
+	{
+		free(sim);
+		free(s);
+		return gnn_error(err, GNN_ERR_NOMEM, "out of memory for GNN blend scores");
+	}
+	rc = score_forward(model, &ex->in, false, false, &tp, sim, err);
+	for (int r = 0; rc == GNN_OK && r < GNN_BLEND_RATIOS; r++)
+	{
+		double		ratio = gnn_blend_ratios[r];
+
+		for (int i = 0; i < n; i++)
+			s[i] = isinf(ratio) ? tp->cosv[i] : tp->rho[i] + ratio * tp->cosv[i];
+		tally->hits[r] += in_top_k(s, n, ex->positive, k);
+	}
+	if (rc == GNN_OK)
+		tally->n++;
+	gnn_score_tape_free(tp);
+	free(sim);
+	free(s);
+	return rc;
+}
+
+double
+gnn_blend_apply_best(GnnModel *model, const GnnBlendTally *tally,
+					 double *hit_rate)
+{
+	gnn_real   *mix = gnn_model_tensor(model, GNN_MIX);
+	int			best = 0;
+	double		ratio;
+
+	for (int r = 1; r < GNN_BLEND_RATIOS; r++)
+		if (tally->hits[r] > tally->hits[best])
+			best = r;
+	ratio = gnn_blend_ratios[best];
+	mix[0] = isinf(ratio) ? -SCORE_LOG_LIMIT : 0;
+	mix[1] = ratio == 0 ? -SCORE_LOG_LIMIT :
+		isinf(ratio) ? 0 : (gnn_real) log(ratio);
+	*hit_rate = tally->n > 0 ? (double) tally->hits[best] / tally->n : 0;
+	return ratio;
 }

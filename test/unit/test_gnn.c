@@ -748,6 +748,30 @@ train_model(const Corpus *c, const TrainPair *pairs, int n_pairs, int epochs,
 	return model;
 }
 
+/*
+ * Chooses the model's blend b/a on pairs (as gnnvec_train does on its
+ * validation split); returns the ratio.
+ */
+static double
+choose_blend(GnnModel *model, const Corpus *c, const TrainPair *pairs, int n)
+{
+	GnnBlendTally tally;
+	GnnExample	ex;
+	GnnError	err;
+	double		rate;
+
+	gnn_blend_tally_init(&tally);
+	for (int i = 0; i < n; i++)
+	{
+		score_input(c, &pairs[i].q, &ex.in);
+		ex.in.n_cand = pairs[i].n_cand;
+		ex.positive = 0;
+		if (gnn_blend_tally_add(model, &tally, &ex, TOP_K, &err) != GNN_OK)
+			fprintf(stderr, "blend: %s\n", err.message);
+	}
+	return gnn_blend_apply_best(model, &tally, &rate);
+}
+
 static void
 test_training_improves_recall(void)
 {
@@ -757,6 +781,8 @@ test_training_improves_recall(void)
 				test[N_TEST];
 	static TrainPair pairs[N_TRAIN];
 	int			n_pairs = 0;
+	int			n_fit;
+	double		ratio;
 	GnnModel   *untrained = gnn_test_model(E_D, HIDDEN, 4, 0.1, 99);
 	GnnModel   *model,
 			   *again;
@@ -776,16 +802,18 @@ test_training_improves_recall(void)
 	for (int i = 0; i < N_TEST; i++)
 		make_query(&corpus, centres, &test[i]);
 
+	/* the last fifth of the pairs chooses the blend, as a validation split */
+	n_fit = n_pairs - n_pairs / 5;
 	raw = mean_recall(NULL, &corpus, test, N_TEST);
 	before = mean_recall(untrained, &corpus, test, N_TEST);
-	model = train_model(&corpus, pairs, n_pairs, EPOCHS, &loss);
+	model = train_model(&corpus, pairs, n_fit, EPOCHS, &loss);
+	ratio = choose_blend(model, &corpus, pairs + n_fit, n_pairs - n_fit);
 	after = mean_recall(model, &corpus, test, N_TEST);
 	printf("end to end, %d held-out queries: recall@10 raw distance %.3f, "
 		   "untrained rerank %.3f, trained rerank %.3f\n"
-		   "  (%d training pairs, %d epochs, final loss %.3f, score weights raw %.3f gnn %.3f)\n",
-		   N_TEST, raw, before, after, n_pairs, EPOCHS, loss,
-		   exp(gnn_model_tensor(model, GNN_MIX)[0]),
-		   exp(gnn_model_tensor(model, GNN_MIX)[1]));
+		   "  (%d training pairs, %d epochs, final loss %.3f, blend b/a %g chosen on %d pairs)\n",
+		   N_TEST, raw, before, after, n_fit, EPOCHS, loss, ratio,
+		   n_pairs - n_fit);
 	CHECK(after >= raw + 0.10, "training raises held-out recall@10 by >= 0.10 over "
 		  "raw distance: %.3f -> %.3f", raw, after);
 	CHECK(after > before, "trained beats untrained: %.3f vs %.3f", after, before);
@@ -801,6 +829,41 @@ test_training_improves_recall(void)
 	gnn_model_free(again);
 	gnn_model_free(model);
 	gnn_model_free(untrained);
+}
+
+/*
+ * The blend choice: the most hits wins, a tie goes to the ratio nearer raw
+ * distance, and the weights written rank as the chosen ratio says.
+ */
+static void
+test_blend_choice(void)
+{
+	GnnModel   *model = gnn_test_model(8, 8, 2, 0, 5);
+	const gnn_real *mix = gnn_model_tensor(model, GNN_MIX);
+	GnnBlendTally tally;
+	double		rate,
+				ratio;
+
+	gnn_blend_tally_init(&tally);
+	tally.n = 10;
+	for (int r = 0; r < GNN_BLEND_RATIOS; r++)
+		tally.hits[r] = 6;
+	ratio = gnn_blend_apply_best(model, &tally, &rate);
+	CHECK(ratio == 0 && rate == 0.6 && mix[0] == 0 && mix[1] == -30,
+		  "a tie with raw distance keeps raw distance: ratio %g, weights %g %g",
+		  ratio, mix[0], mix[1]);
+	tally.hits[GNN_BLEND_RATIOS - 1] = 9;
+	ratio = gnn_blend_apply_best(model, &tally, &rate);
+	CHECK(isinf(ratio) && rate == 0.9 && mix[0] == -30 && mix[1] == 0,
+		  "the GNN term alone when it wins: ratio %g, weights %g %g",
+		  ratio, mix[0], mix[1]);
+	tally.hits[5] = 9;
+	ratio = gnn_blend_apply_best(model, &tally, &rate);
+	CHECK(ratio == gnn_blend_ratios[5] &&
+		  fabs(exp(mix[1] - mix[0]) - ratio) < 1e-6,
+		  "a tie between blends goes to the smaller ratio: %g, b/a %g",
+		  ratio, exp(mix[1] - mix[0]));
+	gnn_model_free(model);
 }
 
 /* ---- EWC keeps an earlier task ------------------------------------------------ */
@@ -886,7 +949,8 @@ task_loss(GnnModel *model, const GnnExample *ex)
 
 	for (int e = 0; e < T_EX; e++)
 	{
-		if (gnn_score_forward(model, &ex[e].in, false, NULL, scores, &err) != GNN_OK)
+		if (gnn_score_similarity_forward(model, &ex[e].in, false, NULL, scores,
+										 &err) != GNN_OK)
 			return NAN;
 		sum += gnn_softmax_xent(scores, T_CAND, ex[e].positive, 0.1f, 0, NULL);
 	}
@@ -990,6 +1054,7 @@ main(void)
 	test_replay_reservoir();
 	test_serialisation();
 	test_training_improves_recall();
+	test_blend_choice();
 	test_ewc_keeps_earlier_task();
 	return unit_report("gnn");
 }

@@ -227,6 +227,18 @@ matvec(const gnn_real *w, const gnn_real *b, const double *x, int rows,
 	}
 }
 
+/* x sqrt(D) / ||x||: the layer's input scaling (gnn.h) */
+static void
+unit_rms(const gnn_real *v, double *x)
+{
+	double		sq = 0;
+
+	for (int c = 0; c < D; c++)
+		sq += (double) v[c] * v[c];
+	for (int c = 0; c < D; c++)
+		x[c] = sq > 0 ? v[c] * sqrt(D / sq) : 0;
+}
+
 /* One node, naively, from the equations in gnn.h (no dropout). */
 static void
 reference_node(GnnModel *m, const LayerCase *lc, int i, double *out)
@@ -253,14 +265,12 @@ reference_node(GnnModel *m, const LayerCase *lc, int i, double *out)
 				mean = 0,
 				var = 0;
 
-	for (int c = 0; c < D; c++)
-		x[c] = lc->vectors[lc->node[i] * D + c];
+	unit_rms(lc->vectors + lc->node[i] * D, x);
 	matvec(gnn_model_tensor(m, GNN_W_MSG), gnn_model_tensor(m, GNN_B_MSG), x, H, D, mv);
 	matvec(gnn_model_tensor(m, GNN_W_Q), NULL, mv, H, H, q);
 	for (int j = 0; j < n; j++)
 	{
-		for (int c = 0; c < D; c++)
-			x[c] = lc->vectors[lc->nbr[lo + j] * D + c];
+		unit_rms(lc->vectors + lc->nbr[lo + j] * D, x);
 		matvec(gnn_model_tensor(m, GNN_W_MSG), gnn_model_tensor(m, GNN_B_MSG), x, H, D, mu[j]);
 		matvec(gnn_model_tensor(m, GNN_W_K), NULL, mu[j], H, H, k[j]);
 		matvec(gnn_model_tensor(m, GNN_W_V), NULL, mu[j], H, H, v[j]);
@@ -333,6 +343,46 @@ test_forward_matches_equations(void)
 	}
 	printf("forward vs naive reference: max abs diff %.2e\n", worst);
 	CHECK(worst < 1e-10, "forward differs from the equations by %g", worst);
+	gnn_model_free(model);
+}
+
+/*
+ * The layer in two halves (projections, then one node from them) gives
+ * the batched forward's output for every node, with and without edge
+ * weights and for the node without neighbours.
+ */
+static void
+test_projected_forward_matches(void)
+{
+	GnnModel   *model = make_model(D, H, HEADS, 0.3, 17);
+	LayerCase	lc;
+	gnn_real	out[NN * H],
+				proj[NV * 3 * H],
+				one[H];
+	const gnn_real *nbr_proj[8];
+	double		worst = 0;
+	GnnError	err;
+
+	layer_case_init(&lc, model, false);
+	CHECK(gnn_layer_forward(model, &lc.graph, false, NULL, out, &err) == GNN_OK &&
+		  gnn_layer_project(model, lc.vectors, NV, proj, &err) == GNN_OK,
+		  "forward and projections: %s", err.message);
+	for (int i = 0; i < NN; i++)
+	{
+		int			lo = lc.nbr_offset[i],
+					n = lc.nbr_offset[i + 1] - lo;
+
+		for (int j = 0; j < n; j++)
+			nbr_proj[j] = proj + lc.nbr[lo + j] * 3 * H;
+		CHECK(gnn_layer_forward_projected(model, proj + lc.node[i] * 3 * H,
+										  nbr_proj, n, lc.edge_w + lo, one,
+										  &err) == GNN_OK,
+			  "projected forward: %s", err.message);
+		for (int c = 0; c < H; c++)
+			worst = fmax(worst, fabs(one[c] - out[i * H + c]));
+	}
+	printf("projected forward vs batched forward: max abs diff %.2e\n", worst);
+	CHECK(worst < 1e-12, "the projected forward differs by %g", worst);
 	gnn_model_free(model);
 }
 
@@ -468,6 +518,7 @@ typedef struct ScoreCase
 	int			nbr[40];
 	gnn_real	nbr_dist[40];
 	GnnRng		rng_at_start;
+	bool		similarity;		/* the training logits, not the scores */
 } ScoreCase;
 
 static double
@@ -478,7 +529,9 @@ score_loss(void *ctx)
 	GnnError	err;
 
 	sc->model->dropout_rng = sc->rng_at_start;
-	if (gnn_score_forward(sc->model, &sc->in, true, NULL, scores, &err) != GNN_OK)
+	if ((sc->similarity ?
+		 gnn_score_similarity_forward(sc->model, &sc->in, true, NULL, scores, &err) :
+		 gnn_score_forward(sc->model, &sc->in, true, NULL, scores, &err)) != GNN_OK)
 		return NAN;
 	return gnn_softmax_xent(scores, SNC, 1, 0.1, 0, NULL);
 }
@@ -528,8 +581,13 @@ score_case_init(ScoreCase *sc, GnnModel *model)
 	sc->rng_at_start = model->dropout_rng;
 }
 
+/*
+ * The blended score, or (similarity) the similarities cos(q', c_i') that
+ * training uses as logits; for those the score weights get no gradient,
+ * which the finite differences confirm (the loss does not depend on them).
+ */
 static void
-test_score_gradients(void)
+test_score_gradients(bool similarity)
 {
 	GnnModel   *model = make_model(D, H, HEADS, 0.2, 13);
 	ScoreCase	sc;
@@ -539,10 +597,14 @@ test_score_gradients(void)
 				dq[D] = {0};
 	GnnError	err;
 
-	printf("scoring model (InfoNCE over scores, tau 0.1):\n");
+	printf("scoring model (InfoNCE over %s, tau 0.1):\n",
+		   similarity ? "similarities" : "scores");
 	score_case_init(&sc, model);
+	sc.similarity = similarity;
 	gnn_model_zero_grad(model);
-	CHECK(gnn_score_forward(model, &sc.in, true, &tape, scores, &err) == GNN_OK,
+	CHECK((similarity ?
+		   gnn_score_similarity_forward(model, &sc.in, true, &tape, scores, &err) :
+		   gnn_score_forward(model, &sc.in, true, &tape, scores, &err)) == GNN_OK,
 		  "score forward: %s", err.message);
 	gnn_softmax_xent(scores, SNC, 1, 0.1, 1, ds);
 	CHECK(gnn_score_backward(model, tape, ds, dq, &err) == GNN_OK,
@@ -561,11 +623,13 @@ main(void)
 {
 	gnn_rng_seed(&test_rng, 2024);
 	test_forward_matches_equations();
+	test_projected_forward_matches();
 	test_layer_gradients(false);
 	test_layer_gradients(true);
 	test_loss_gradients();
 	test_ewc_gradient();
-	test_score_gradients();
+	test_score_gradients(false);
+	test_score_gradients(true);
 	printf("largest relative gradient error: %.2e (limit %.0e)\n",
 		   max_rel_err_seen, REL_TOL);
 	return unit_report("gnn_grad");
