@@ -700,7 +700,8 @@ extern const char *gnn_scope_arg(const char *given);
 /* rerank (gnn_rerank.c) */
 extern bool gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v,
 							 const float *query, int n,
-							 const ItemPointerData *tids, int *cand,
+							 const ItemPointerData *tids,
+							 const XLogRecPtr *elem_lsn, int *cand,
 							 const float *cand_dist, double *scores);
 extern void gnn_score_input(GnnIndexView *v, const float *query, int n,
 							const int *cand, const float *cand_dist,

@@ -304,13 +304,17 @@ page_lsn(GnnIndexView *v, ItemPointer tid)
  * Scores n candidates (element TIDs, nearest first, at graph distances
  * cand_dist).  cand[i] is the candidate's node in v, or -1 when not read
  * yet: a candidate whose c' and projection are cached is not read at all.
- * Returns false, scoring nothing, when a candidate's element is gone
- * (changed under the scan).
+ * elem_lsn[i] (elem_lsn may be NULL) is the LSN the candidate's element
+ * page had when the search read it: when its neighbour tuple is on the
+ * same page, as the build and inserts place it where there is room, that
+ * LSN validates the cached c' without reading the page again.  Returns
+ * false, scoring nothing, when a candidate's element is gone (changed
+ * under the scan).
  */
 bool
 gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
-				 int n, const ItemPointerData *tids, int *cand,
-				 const float *cand_dist, double *scores)
+				 int n, const ItemPointerData *tids, const XLogRecPtr *elem_lsn,
+				 int *cand, const float *cand_dist, double *scores)
 {
 	int			h = cm->model->cfg.hidden_dim;
 	int			nq = Min(n, GNN_QUERY_CONTEXT);
@@ -338,8 +342,14 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 		if (cand[i] < 0 && ent == NULL &&
 			(cand[i] = gnn_view_node(v, (ItemPointer) &tids[i])) < 0)
 			return false;
-		lsn = cand[i] >= 0 ? gnn_view_neighbor_lsn(v, cand[i]) :
-			page_lsn(v, &ent->nbrtid);
+		if (cand[i] >= 0)
+			lsn = gnn_view_neighbor_lsn(v, cand[i]);
+		else if (elem_lsn != NULL && !XLogRecPtrIsInvalid(elem_lsn[i]) &&
+				 ItemPointerGetBlockNumber(&ent->nbrtid) ==
+				 ItemPointerGetBlockNumber(&tids[i]))
+			lsn = elem_lsn[i];
+		else
+			lsn = page_lsn(v, &ent->nbrtid);
 		if (ent && ent->lsn == lsn &&
 			(cand[i] < 0 || ItemPointerEquals(&ent->nbrtid, &v->nbrtid[cand[i]])))
 		{
@@ -465,6 +475,7 @@ hnsw_scan_rerank(Relation index, const float *query, int dim,
 	double	   *scores;
 	int		   *order;
 	ItemPointerData *tids;
+	XLogRecPtr *lsns;
 	HnswCandidate *sorted;
 	int			i;
 
@@ -477,15 +488,17 @@ hnsw_scan_rerank(Relation index, const float *query, int dim,
 	nodes = palloc(sizeof(int) * ncands);
 	dists = palloc(sizeof(float) * ncands);
 	tids = palloc(sizeof(ItemPointerData) * ncands);
+	lsns = palloc(sizeof(XLogRecPtr) * ncands);
 	for (i = 0; i < ncands; i++)
 	{
 		nodes[i] = -1;			/* read only when needed */
 		dists[i] = cands[i].distance;
 		tids[i] = cands[i].tid;
+		lsns[i] = cands[i].lsn;
 	}
 	scores = palloc(sizeof(double) * ncands);
 	order = palloc(sizeof(int) * ncands);
-	if (!gnn_rerank_score(cm, &v, query, ncands, tids, nodes, dists, scores))
+	if (!gnn_rerank_score(cm, &v, query, ncands, tids, lsns, nodes, dists, scores))
 		return ncands;			/* changed under us: keep distance order */
 	order_by_score(scores, ncands, order);
 	sorted = palloc(sizeof(HnswCandidate) * ncands);
@@ -567,7 +580,7 @@ gnnvec_search(PG_FUNCTION_ARGS)
 		for (i = 0; i < n; i++)
 			tids[i] = cands[i].tid;
 		scores = palloc(sizeof(double) * n);
-		if (!gnn_rerank_score(cm, &v, query, n, tids, nodes, dists, scores))
+		if (!gnn_rerank_score(cm, &v, query, n, tids, NULL, nodes, dists, scores))
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("an element of index \"%s\" changed during the search",

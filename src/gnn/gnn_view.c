@@ -245,6 +245,7 @@ gnn_view_search(GnnIndexView *v, const float *query, int ef, int *nodes,
 		{
 			cands[n].tid = e->tid;
 			cands[n].distance = found[i].dist;
+			cands[n].lsn = e->lsn;
 			cands[n].nheaptids = e->nheaptids;
 			memcpy(cands[n].heaptids, e->heaptids,
 				   sizeof(ItemPointerData) * e->nheaptids);

@@ -564,6 +564,7 @@ typedef struct HnswElement
 	ItemPointerData heaptids[HNSW_HEAPTIDS];
 	float		dist;			/* to the query of the search */
 	float	   *vec;			/* loaded only when asked */
+	XLogRecPtr	lsn;			/* of the element's page when it was read */
 } HnswElement;
 
 /*
@@ -593,6 +594,8 @@ typedef struct HnswCandidate
 	float		distance;		/* graph distance (see hnsw_distance) */
 	uint8		nheaptids;
 	ItemPointerData heaptids[HNSW_HEAPTIDS];
+	XLogRecPtr	lsn;			/* of the element's page when the search read
+								 * it */
 } HnswCandidate;
 
 /* Build state (also what the CAGRA build drives). */

@@ -121,6 +121,7 @@ search_round(IndexScanDesc scan)
 		c = &so->cands[so->ncands++];
 		c->tid = e->tid;
 		c->distance = found[i].dist;
+		c->lsn = e->lsn;
 		c->nheaptids = e->nheaptids;
 		memcpy(c->heaptids, e->heaptids, sizeof(ItemPointerData) * e->nheaptids);
 	}

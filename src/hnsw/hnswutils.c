@@ -333,6 +333,7 @@ load_element_pinned(HnswSearch *s, HnswElement *e, Buffer buf)
 	e->nheaptids = Min(etup->nheaptids, HNSW_HEAPTIDS);
 	memcpy(e->heaptids, etup->heaptids, sizeof(ItemPointerData) * e->nheaptids);
 	e->neighbortid = etup->neighbortid;
+	e->lsn = PageGetLSN(page);
 	e->vec = s->load_vectors ? palloc(sizeof(float) * s->dim) : NULL;
 	if (s->query)
 		dist = hnsw_distance(s->metric, s->query, etup->x, etup->ninline);
