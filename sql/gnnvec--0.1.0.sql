@@ -389,7 +389,7 @@ CREATE FUNCTION gnnvec_search(index regclass, query vector, k integer,
 
 CREATE FUNCTION gnnvec_train(index regclass, pairs_sql text,
 	scope text DEFAULT 'Rerank', epochs integer DEFAULT 5,
-	hidden integer DEFAULT 128, learning_rate double precision DEFAULT 0.0003,
+	hidden integer DEFAULT 64, learning_rate double precision DEFAULT 0.0003,
 	candidates integer DEFAULT 32, random_negatives integer DEFAULT 4,
 	validation_fraction double precision DEFAULT 0.2, seed bigint DEFAULT 42,
 	OUT epoch integer, OUT loss double precision,

@@ -44,7 +44,7 @@
 #define STATE_MAGIC		0x54534E47	/* "GNST" */
 #define REPLAY_CAPACITY 512
 #define FEEDBACK_CANDIDATES 32
-#define FEEDBACK_HIDDEN 128		/* a first model made by feedback: gnnvec_train's default */
+#define FEEDBACK_HIDDEN 64		/* a first model made by feedback: gnnvec_train's default */
 
 typedef struct Example
 {
