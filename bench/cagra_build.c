@@ -367,8 +367,8 @@ cpu_finish(const Bench *b, const int32_t *knn, CagraDetour detour,
 		die("prune", err);
 	st->prune_seconds = cagra_now() - t;
 	t = cagra_now();
-	if (cagra_merge_reverse(pruned, opt->n, params.graph_degree, graph,
-							err, sizeof(err)) != CAGRA_OK)
+	if (cagra_merge_reverse(pruned, opt->n, params.graph_degree, params.n_threads,
+							graph, err, sizeof(err)) != CAGRA_OK)
 		die("reverse edges", err);
 	st->reverse_seconds = cagra_now() - t;
 	if (cagra_finish(b->base, opt->n, opt->dim, &params, graph, st,

@@ -190,8 +190,8 @@ extern CagraStatus cagra_knn_gemm_serial(const float *data, int64_t n,
  * centred on the list's own rows); rows whose probed lists hold fewer than
  * k other rows get an exact search.
  */
-#define CAGRA_LIST_ROWS 320
-#define CAGRA_LIST_PROBES 6
+#define CAGRA_LIST_ROWS 400
+#define CAGRA_LIST_PROBES 5
 extern CagraStatus cagra_knn_partitioned(const float *data, int64_t n, int dim,
 										 CagraMetric metric, int k,
 										 int list_rows, int probes,
@@ -232,10 +232,11 @@ extern CagraStatus cagra_prune(const int32_t *knn, int64_t n, int knn_degree,
  * Stage 3: graph (n x d) = the first d/2 edges of each pruned row, then the
  * reverse edges of the pruned graph (sources in order of the edge's rank in
  * the source's row, then of source id), then the remaining pruned edges;
- * duplicates skipped, -1 where nothing is left.
+ * duplicates skipped, -1 where nothing is left.  The rows are merged on
+ * n_threads threads (0: every online CPU).
  */
 extern CagraStatus cagra_merge_reverse(const int32_t *pruned, int64_t n, int d,
-									   int32_t *graph,
+									   int n_threads, int32_t *graph,
 									   char *errbuf, size_t errlen);
 
 /*

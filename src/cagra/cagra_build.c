@@ -89,7 +89,8 @@ cagra_build(const float *data, int64_t n, int dim, const CagraParams *params,
 		goto done;
 
 	t = cagra_now();
-	status = cagra_merge_reverse(pruned, n, d, graph, errbuf, errlen);
+	status = cagra_merge_reverse(pruned, n, d, params->n_threads, graph,
+								 errbuf, errlen);
 	stats->reverse_seconds = cagra_now() - t;
 	if (status != CAGRA_OK)
 		goto done;

@@ -210,7 +210,8 @@ cagra_build_cpu(const float *data, int64 n, int dim,
 
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE,
 								 PROGRESS_HNSW_PHASE_CAGRA_MERGE);
-	status = cagra_merge_reverse(pruned, n, d, graph, errbuf, sizeof(errbuf));
+	status = cagra_merge_reverse(pruned, n, d, params->n_threads, graph, errbuf,
+								 sizeof(errbuf));
 	cagra_report(status, "reverse-edge merge", errbuf);
 	pfree(pruned);
 

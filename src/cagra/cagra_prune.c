@@ -349,10 +349,34 @@ merge_row(const int32_t *fwd, const int32_t *rev, int n_rev, int d,
 		out[len++] = -1;
 }
 
-CagraStatus
-cagra_merge_reverse(const int32_t *pruned, int64_t n, int d, int32_t *graph,
-					char *errbuf, size_t errlen)
+typedef struct MergeJob
 {
+	const int32_t *pruned;
+	const int32_t *rev;
+	const int  *n_rev;
+	int			d;
+	int32_t    *graph;
+} MergeJob;
+
+static int
+merge_range(void *arg, int thread_no, int64_t begin, int64_t end)
+{
+	const MergeJob *job = arg;
+	int			d = job->d;
+
+	(void) thread_no;			/* no per-thread scratch */
+	for (int64_t i = begin; i < end; i++)
+		merge_row(job->pruned + i * d, job->rev + i * d, job->n_rev[i], d, i,
+				  job->graph + i * d);
+	return 0;
+}
+
+CagraStatus
+cagra_merge_reverse(const int32_t *pruned, int64_t n, int d, int n_threads,
+					int32_t *graph, char *errbuf, size_t errlen)
+{
+	MergeJob	job;
+
 	int32_t    *rev;
 	int		   *n_rev;
 
@@ -390,8 +414,14 @@ cagra_merge_reverse(const int32_t *pruned, int64_t n, int d, int32_t *graph,
 			if (dst >= 0 && dst != src && n_rev[dst] < d)
 				rev[(int64_t) dst * d + n_rev[dst]++] = (int32_t) src;
 		}
-	for (int64_t i = 0; i < n; i++)
-		merge_row(pruned + i * d, rev + i * d, n_rev[i], d, i, graph + i * d);
+	/* the rows are independent from here on */
+	job.pruned = pruned;
+	job.rev = rev;
+	job.n_rev = n_rev;
+	job.d = d;
+	job.graph = graph;
+	cagra_parallel_for(cagra_thread_count(n_threads), n, 4096, merge_range,
+					   &job, NULL);
 	free(rev);
 	free(n_rev);
 	return CAGRA_OK;

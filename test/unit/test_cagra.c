@@ -144,7 +144,7 @@ test_merge_reverse_by_hand(void)
 	int32_t		graph[4 * 2];
 	char		err[256];
 
-	CHECK(cagra_merge_reverse(pruned, 4, 2, graph, err, sizeof(err)) == CAGRA_OK,
+	CHECK(cagra_merge_reverse(pruned, 4, 2, 2, graph, err, sizeof(err)) == CAGRA_OK,
 		  "merge: %s", err);
 	CHECK(rows_equal(graph, want, 8), "merged: [%d %d][%d %d][%d %d][%d %d]",
 		  graph[0], graph[1], graph[2], graph[3], graph[4], graph[5],
@@ -175,7 +175,7 @@ test_merge_reverse_protected(void)
 	int32_t		graph[5 * 4];
 	char		err[256];
 
-	CHECK(cagra_merge_reverse(pruned, 5, 4, graph, err, sizeof(err)) == CAGRA_OK,
+	CHECK(cagra_merge_reverse(pruned, 5, 4, 2, graph, err, sizeof(err)) == CAGRA_OK,
 		  "merge: %s", err);
 	CHECK(rows_equal(graph, row0, 4), "row 0: [%d %d %d %d]",
 		  graph[0], graph[1], graph[2], graph[3]);
@@ -799,7 +799,7 @@ test_errors(void)
 	CHECK(cagra_prune(bad_knn, 2, 1, 2, CAGRA_DETOUR_ANY_RANK, 1, NULL, out,
 					  err, sizeof(err)) == CAGRA_ERR_PARAM,
 		  "prune should reject d > I");
-	CHECK(cagra_merge_reverse(bad_knn, 2, 1, out, err, sizeof(err)) == CAGRA_ERR_PARAM,
+	CHECK(cagra_merge_reverse(bad_knn, 2, 1, 1, out, err, sizeof(err)) == CAGRA_ERR_PARAM,
 		  "merge should reject a node id out of range");
 	CHECK(cagra_guarantee_connectivity(out, 2, 1, data, 1, CAGRA_METRIC_L2, 2,
 									   NULL, NULL, err, sizeof(err)) == CAGRA_ERR_PARAM,
