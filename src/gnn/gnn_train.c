@@ -95,9 +95,9 @@ contains(const int *a, int n, int x)
  * logged positive is one relevant item; the query's other candidates are
  * unlabelled, and the nearest of them are often relevant as well (on the
  * rerank benchmark's topics data 39% of an example's negatives, its 32
- * nearest candidates and 4 random rows, share the positive's topic).  As negatives they teach the model to push apart
- * exactly what should rank together, and the InfoNCE can then only fall by
- * flattening the scores.  Left out, as likely false negatives: the
+ * nearest candidates and 4 random rows, share the positive's topic).  As
+ * negatives they teach the model to push apart exactly what should rank
+ * together, and the InfoNCE can then only fall by flattening the scores.  Left out, as likely false negatives: the
  * positive's graph neighbours, and any node nearer to the positive than
  * the query is (it resembles the positive more than the query does, so it
  * is at least as likely to be relevant).  On the topics data (exact kNN
