@@ -70,6 +70,22 @@ BEGIN
 	END LOOP;
 	RETURN extract(epoch FROM clock_timestamp() - t0) * 1000 / n;
 END $$;
+-- rounds of a plain pass then a reranked pass, after a reranked warm-up
+-- pass (refined embeddings cached); gnnvec.rerank is left on
+CREATE OR REPLACE FUNCTION bench_latency_rounds(rounds int)
+	RETURNS TABLE (round int, plain_ms float8, rerank_ms float8) LANGUAGE plpgsql AS $$
+BEGIN
+	PERFORM set_config('gnnvec.rerank', 'on', false);
+	PERFORM bench_latency();
+	FOR i IN 1 .. rounds LOOP
+		round := i;
+		PERFORM set_config('gnnvec.rerank', 'off', false);
+		plain_ms := bench_latency();
+		PERFORM set_config('gnnvec.rerank', 'on', false);
+		rerank_ms := bench_latency();
+		RETURN NEXT;
+	END LOOP;
+END $$;
 SQL
 
 for set in topics raw; do
@@ -125,21 +141,9 @@ SQL
 		psql_q <<SQL
 SET gnnvec.ef_search = 100;
 SET gnnvec.rerank_candidates = 100;
--- latency at ef_search 100, k 10: plain and reranked scans alternate, the
--- reranked ones after a warm-up pass (refined embeddings cached)
+-- latency at ef_search 100, k 10: plain and reranked scans alternate
 SET enable_seqscan = off;
-CREATE TABLE latency (round int, plain_ms float8, rerank_ms float8);
-SET gnnvec.rerank = on;
-SELECT bench_latency();
-DO \$\$
-BEGIN
-	FOR i IN 1 .. 9 LOOP
-		SET gnnvec.rerank = off;
-		INSERT INTO latency (round, plain_ms) VALUES (i, bench_latency());
-		SET gnnvec.rerank = on;
-		UPDATE latency SET rerank_ms = bench_latency() WHERE round = i;
-	END LOOP;
-END \$\$;
+CREATE TABLE latency AS SELECT * FROM bench_latency_rounds(9);
 \copy latency TO '$out/rerank_latency.csv' CSV HEADER
 -- the wider model: hidden 128 instead of the default 64, trained the same
 -- way; its held-out quality and its latency against the plain scan
@@ -148,18 +152,7 @@ SELECT clock_timestamp() AS t0 \gset
 SELECT * FROM gnnvec_train('items_v', 'SELECT q, p FROM train', epochs => 6, hidden => 128);
 CREATE TABLE wide AS SELECT *, extract(epoch FROM clock_timestamp() - :'t0') AS seconds
 	FROM bench_eval('search', 'trained, hidden 128');
-CREATE TABLE wide_latency (round int, plain_ms float8, rerank_ms float8);
-SET gnnvec.rerank = on;
-SELECT bench_latency();
-DO \$\$
-BEGIN
-	FOR i IN 1 .. 9 LOOP
-		SET gnnvec.rerank = off;
-		INSERT INTO wide_latency (round, plain_ms) VALUES (i, bench_latency());
-		SET gnnvec.rerank = on;
-		UPDATE wide_latency SET rerank_ms = bench_latency() WHERE round = i;
-	END LOOP;
-END \$\$;
+CREATE TABLE wide_latency AS SELECT * FROM bench_latency_rounds(9);
 RESET gnnvec.rerank;
 \copy wide TO '$out/rerank_wide.csv' CSV HEADER
 \copy wide_latency TO '$out/rerank_wide_latency.csv' CSV HEADER
