@@ -14,12 +14,18 @@
  * The tile value x.y comes out of a float GEMM whose rounding grows with
  * |x|^2 + |y|^2, while near neighbours in clustered data are much closer
  * than that.  For L2, which does not change under translation, the GEMM
- * works on copies centred on the base's mean (of a sample), so that |x| is the spread of
- * the data and not its offset from the origin.  Beyond that, the pool
- * keeps cagra_knn_candidates() entries, a little more than k, and their
- * distances are then recomputed directly by the distance kernels and
- * sorted by (distance, id).  That makes the result the exact kNN
- * under the same distance the search uses, ties broken by id.
+ * works on copies centred on the mean of (a sample of) the query rows, so
+ * that |x| is the spread of the data and not its offset from the origin.
+ * Beyond that, for the exact search the pool keeps cagra_knn_candidates()
+ * entries, a little more than k, whose distances are then recomputed
+ * directly by the distance kernels and sorted by (distance, id): the exact
+ * kNN under the same distance the search uses, ties broken by id.  The
+ * partitioned stage's searches (cagra_knn_gemm_serial) keep k candidates
+ * ranked by the GEMM's own values instead: only near ties can come out in
+ * another order, and the recomputation cost a tenth of the stage.
+ *
+ * A row's pool starts with a bound from its first tile (knn_first_bound),
+ * so that a few more than cap values enter it instead of POOL_FACTOR x cap.
  *
  * OpenBLAS is told to use one thread while this runs: the parallelism is
  * ours, one GEMM per task, and OpenBLAS threads would oversubscribe the
