@@ -311,6 +311,17 @@ extern int	cagra_parallel_for(int n_threads, int64_t n_items, int64_t chunk,
 							   CagraRangeFn fn, void *arg,
 							   const CagraInterrupt *interrupt);
 
+/*
+ * fn(arg) on a thread of its own, every signal blocked, while the caller
+ * goes on; NULL when no thread could be started (the caller then runs fn
+ * itself).  fn must be PostgreSQL-free code that neither allocates from a
+ * shared allocator nor raises errors.  cagra_thread_join waits for it
+ * (NULL: nothing to wait for).
+ */
+typedef struct CagraThread CagraThread;
+extern CagraThread *cagra_thread_start(void (*fn) (void *arg), void *arg);
+extern void cagra_thread_join(CagraThread *t);
+
 /* n_threads as given, or the number of online CPUs when 0. */
 extern int	cagra_thread_count(int n_threads);
 

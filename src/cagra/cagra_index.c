@@ -11,9 +11,11 @@
  *
  *	hnsw_build_collect(bs, false)	rows into the build graph, no edges
  *	copy the vectors into one n x dim array
- *	kNN -> prune -> merge			on the CPU (worker threads) or the GPU
- *	hnsw_build_from_level0			level 0 = the CAGRA graph; upper levels
- *									by HNSW insertion of the sampled nodes
+ *	kNN -> prune -> merge			on the CPU (worker threads) or the GPU,
+ *									while a thread of its own links the
+ *									upper levels (HNSW insertion of the
+ *									sampled nodes, hnsw_graph_link_upper)
+ *	hnsw_build_from_level0			level 0 = the CAGRA graph
  *	cagra_bridge_upper_levels		upper-level nodes keep long-range edges
  *									at level 0 too
  *	hnsw_build_finish				(caller) reachability, pages, WAL
@@ -331,6 +333,46 @@ cagra_bridge_upper_levels(HnswGraph *g, int m)
 	pfree(up);
 }
 
+/* The upper levels' thread (cagra_thread_start). */
+static void
+cagra_link_upper_main(void *arg)
+{
+	hnsw_graph_link_upper((HnswGraph *) arg);
+}
+
+/*
+ * Level 0 into graph, on the GPU or the CPU, and the upper levels of
+ * bs->graph.  The upper levels need only the vectors and the sampled
+ * levels, not level 0: they are linked meanwhile, on a thread of their
+ * own, in the graph's own scratch (no allocation, no error), while level 0
+ * is built from the copy.  Their insertion is serial; overlapped, it stops
+ * adding to the build's time (0.18 s of 1.4 s at 100k x 128).  The thread
+ * is joined on every path, an ERROR included, before the graph can go.
+ */
+static void
+cagra_build_levels(HnswBuildState *bs, CagraGpu *gpu, const float *data,
+				   int64 n, const CagraParams *params, int32 *graph)
+{
+	CagraThread *upper;
+
+	hnsw_graph_reserve_search(bs->graph);
+	upper = cagra_thread_start(cagra_link_upper_main, bs->graph);
+	if (upper == NULL)
+		hnsw_graph_link_upper(bs->graph);
+	PG_TRY();
+	{
+		if (gpu != NULL)
+			cagra_build_gpu(gpu, data, n, bs->dim, params, graph);
+		else
+			cagra_build_cpu(data, n, bs->dim, params, graph);
+	}
+	PG_FINALLY();
+	{
+		cagra_thread_join(upper);
+	}
+	PG_END_TRY();
+}
+
 static void
 cagra_fill_params(CagraParams *params, HnswBuildState *bs,
 				  const HnswCagraOptions *opts, int64 n)
@@ -395,10 +437,8 @@ cagra_index_build(HnswBuildState *bs)
 	data = cagra_copy_vectors(bs);
 	graph = MemoryContextAllocHuge(CurrentMemoryContext,
 								   sizeof(int32) * (Size) n * opts.graphDegree);
-	if (gpu != NULL)
-		cagra_build_gpu(gpu, data, n, bs->dim, &params, graph);
-	else
-		cagra_build_cpu(data, n, bs->dim, &params, graph);
+
+	cagra_build_levels(bs, gpu, data, n, &params, graph);
 	pfree(data);
 	t_graph = cagra_now();
 
@@ -408,7 +448,7 @@ cagra_index_build(HnswBuildState *bs)
 	pfree(graph);
 	cagra_bridge_upper_levels(bs->graph, bs->m);
 	ereport(DEBUG1,
-			(errmsg_internal("gnnhnsw cagra: table scan %.2fs, graph %.2fs, upper levels %.2fs",
+			(errmsg_internal("gnnhnsw cagra: table scan %.2fs, graph and upper levels %.2fs, level 0 into the graph %.2fs",
 							 t_scanned - t_start, t_graph - t_scanned,
 							 cagra_now() - t_graph)));
 }

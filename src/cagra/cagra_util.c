@@ -271,6 +271,55 @@ parallel_worker_main(void *arg)
 	return NULL;
 }
 
+struct CagraThread
+{
+	pthread_t	thread;
+	void		(*fn) (void *arg);
+	void	   *arg;
+};
+
+static void *
+side_thread_main(void *arg)
+{
+	CagraThread *t = arg;
+
+	t->fn(t->arg);
+	return NULL;
+}
+
+CagraThread *
+cagra_thread_start(void (*fn) (void *arg), void *arg)
+{
+	CagraThread *t = malloc(sizeof(CagraThread));
+	sigset_t	all_signals;
+	sigset_t	caller_signals;
+	int			rc;
+
+	if (t == NULL)
+		return NULL;
+	t->fn = fn;
+	t->arg = arg;
+	sigfillset(&all_signals);
+	pthread_sigmask(SIG_BLOCK, &all_signals, &caller_signals);
+	rc = pthread_create(&t->thread, NULL, side_thread_main, t);
+	pthread_sigmask(SIG_SETMASK, &caller_signals, NULL);
+	if (rc != 0)
+	{
+		free(t);
+		return NULL;
+	}
+	return t;
+}
+
+void
+cagra_thread_join(CagraThread *t)
+{
+	if (t == NULL)
+		return;
+	pthread_join(t->thread, NULL);
+	free(t);
+}
+
 int
 cagra_parallel_for(int n_threads, int64_t n_items, int64_t chunk,
 				   CagraRangeFn fn, void *arg, const CagraInterrupt *interrupt)

@@ -176,11 +176,14 @@ typedef struct HnswGraph
 	size_t		mem;			/* bytes allocated for nodes */
 	bool		borrowed;		/* node storage belongs to someone else */
 
-	/* scratch for searches (one search at a time) */
+	/* scratch for searches and links (one at a time) */
 	uint32_t   *visited;
 	uint32_t	visit_tag;
 	HnswHeap	cand;
 	HnswHeap	res;
+	HnswHeapItem *found;		/* ef_construction + 1 */
+	HnswHeapItem *selected;		/* (level_cap + 1) x m */
+	HnswHeapItem *scratch;		/* 2m + 1, twice */
 
 	const HnswAllocator *a;
 } HnswGraph;
@@ -223,12 +226,19 @@ extern int32_t hnsw_graph_insert(HnswGraph *g, const float *vec, int level,
 extern int32_t hnsw_graph_append(HnswGraph *g, const float *vec, int level);
 
 /*
- * Take level 0 from elsewhere (CAGRA): row i of neighbours (n x degree,
- * entries < 0 ignored, at most 2m used) becomes node i's level-0 list; then
- * the nodes with level >= 1 are linked into the upper levels by ordinary
- * HNSW insertion restricted to levels >= 1.  Returns the number of level-0
- * edges dropped because they were out of range or beyond 2m.
+ * A graph whose level 0 comes from elsewhere (CAGRA), in two independent
+ * halves.  hnsw_graph_link_upper links the appended nodes of level >= 1
+ * into the upper levels by ordinary HNSW insertion restricted to levels
+ * >= 1, and sets the entry point; it touches nothing of level 0 and
+ * allocates nothing (after hnsw_graph_reserve_search, which must come
+ * first), so it may run on a thread of its own while level 0 is being
+ * computed from a copy of the vectors.  hnsw_graph_set_level0 makes row i
+ * of neighbours (n x degree, entries < 0 ignored, at most 2m used) node i's
+ * level-0 list; it returns the number of level-0 edges dropped because
+ * they were out of range or beyond 2m.
  */
+extern void hnsw_graph_reserve_search(HnswGraph *g);
+extern void hnsw_graph_link_upper(HnswGraph *g);
 extern int64_t hnsw_graph_set_level0(HnswGraph *g, const int32_t *neighbours,
 									 int degree);
 
@@ -719,7 +729,9 @@ extern bool hnsw_build_parallel(HnswBuildState *bs);
  * hnsw_build_from_level0 takes level 0 as given: row i of neighbours
  * (graph->n x degree int32, -1 for none, at most 2m used) is node i's
  * level-0 list.  Upper levels are built by ordinary HNSW insertion of the
- * nodes whose random level is >= 1; hnsw_build_finish then makes every node
+ * nodes whose random level is >= 1 (hnsw_graph_link_upper), unless the
+ * caller already ran that, on a thread of its own while it computed level
+ * 0 (after hnsw_graph_reserve_search); hnsw_build_finish then makes every node
  * reachable from the entry point (hnsw_graph_connect) and writes the pages
  * through the same page writer as an HNSW build.  Collecting without
  * linking does not spill to disk: check bs.graph->mem against bs.memLimit.

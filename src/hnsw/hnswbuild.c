@@ -219,7 +219,15 @@ hnsw_build_add_unlinked(HnswBuildState *bs, const float *vec,
 void
 hnsw_build_from_level0(HnswBuildState *bs, const int32 *neighbours, int degree)
 {
-	int64		dropped = hnsw_graph_set_level0(bs->graph, neighbours, degree);
+	int64		dropped;
+
+	/* the caller may have linked the upper levels already (they set the entry) */
+	if (bs->graph->n > 0 && bs->graph->entry < 0)
+	{
+		hnsw_graph_reserve_search(bs->graph);
+		hnsw_graph_link_upper(bs->graph);
+	}
+	dropped = hnsw_graph_set_level0(bs->graph, neighbours, degree);
 
 	if (dropped > 0)
 		elog(DEBUG1, "gnnhnsw: %lld level-0 edges dropped (out of range or beyond 2m)",

@@ -235,6 +235,9 @@ hnsw_graph_create(int dim, int m, int ef_construction, HnswMetric metric,
 	g->a = a;
 	hnsw_heap_init(&g->cand, false, ef_construction * 4, a);
 	hnsw_heap_init(&g->res, true, ef_construction + 1, a);
+	g->found = a->alloc(a->ctx, sizeof(HnswHeapItem) * (ef_construction + 1));
+	g->selected = a->alloc(a->ctx, sizeof(HnswHeapItem) * (level_cap + 1) * m);
+	g->scratch = a->alloc(a->ctx, sizeof(HnswHeapItem) * 2 * (2 * m + 1));
 	return g;
 }
 
@@ -254,6 +257,9 @@ hnsw_graph_free(HnswGraph *g)
 	a->free(a->ctx, g->visited);
 	hnsw_heap_free(&g->cand);
 	hnsw_heap_free(&g->res);
+	a->free(a->ctx, g->found);
+	a->free(a->ctx, g->selected);
+	a->free(a->ctx, g->scratch);
 	a->free(a->ctx, g);
 }
 
@@ -474,6 +480,8 @@ add_link(HnswGraph *g, int32_t src, int32_t dst, float dist, int level,
  * Link node q (already appended) into levels min_level..its level: the
  * body of INSERT (Alg. 1) once the node exists.  Returns false without
  * linking when dup_ok accepts an identical nearest vector (*dup set).
+ * Works in the graph's scratch arrays: nothing is allocated here except
+ * by the candidate heap growing (see hnsw_graph_reserve_search).
  */
 static bool
 link_node(HnswGraph *g, int32_t q, int min_level,
@@ -487,13 +495,9 @@ link_node(HnswGraph *g, int32_t q, int min_level,
 	float		epdist;
 	int			lc;
 	int			top;
-	HnswHeapItem *found;
-	HnswHeapItem *selected[HNSW_PURE_MAX_LEVELS];
 	int			nselected[HNSW_PURE_MAX_LEVELS];
-	HnswHeapItem *scratch;
-	HnswHeapItem *scratch2;
-	const HnswAllocator *a = g->a;
-	int			maxslots = 2 * g->m + 1;
+	HnswHeapItem *scratch = g->scratch;
+	HnswHeapItem *scratch2 = g->scratch + 2 * g->m + 1;
 
 	if (ep < 0)
 		return true;
@@ -502,50 +506,38 @@ link_node(HnswGraph *g, int32_t q, int min_level,
 		ep = greedy_closest(g, v, ep, &epdist, lc);
 
 	top = level < g->max_level ? level : g->max_level;
-	found = a->alloc(a->ctx, sizeof(HnswHeapItem) * (ef + 1));
 	for (lc = top; lc >= min_level; lc--)
 	{
-		int			nfound = search_layer(g, v, ep, epdist, ef, lc, found);
+		int			nfound = search_layer(g, v, ep, epdist, ef, lc, g->found);
 
-		if (lc == 0 && dup_ok && nfound > 0 && found[0].dist <= 0.0f &&
-			memcmp(g->nodes[found[0].id].vec, v, sizeof(float) * g->dim) == 0 &&
-			dup_ok(arg, found[0].id))
+		if (lc == 0 && dup_ok && nfound > 0 && g->found[0].dist <= 0.0f &&
+			memcmp(g->nodes[g->found[0].id].vec, v, sizeof(float) * g->dim) == 0 &&
+			dup_ok(arg, g->found[0].id))
 		{
-			int			l;
-
-			*dup = found[0].id;
-			for (l = top; l > 0; l--)
-				a->free(a->ctx, selected[l]);
-			a->free(a->ctx, found);
+			*dup = g->found[0].id;
 			return false;
 		}
-		selected[lc] = a->alloc(a->ctx, sizeof(HnswHeapItem) * g->m);
-		nselected[lc] = hnsw_select_neighbors(g, found, nfound, g->m,
-											  selected[lc]);
-		ep = found[0].id;
-		epdist = found[0].dist;
+		nselected[lc] = hnsw_select_neighbors(g, g->found, nfound, g->m,
+											  g->selected + (size_t) lc * g->m);
+		ep = g->found[0].id;
+		epdist = g->found[0].dist;
 	}
-	a->free(a->ctx, found);
 
 	/* connect (Alg. 1, lines 10-16) */
-	scratch = a->alloc(a->ctx, sizeof(HnswHeapItem) * maxslots);
-	scratch2 = a->alloc(a->ctx, sizeof(HnswHeapItem) * maxslots);
 	for (lc = top; lc >= min_level; lc--)
 	{
 		int32_t    *nb = node->nbrs + hnsw_level_offset(g->m, lc);
+		const HnswHeapItem *selected = g->selected + (size_t) lc * g->m;
 		int			i;
 
 		for (i = 0; i < nselected[lc]; i++)
 		{
-			nb[i] = selected[lc][i].id;
-			add_link(g, selected[lc][i].id, q, selected[lc][i].dist, lc,
+			nb[i] = selected[i].id;
+			add_link(g, selected[i].id, q, selected[i].dist, lc,
 					 scratch, scratch2);
 		}
 		node->counts[lc] = nselected[lc];
-		a->free(a->ctx, selected[lc]);
 	}
-	a->free(a->ctx, scratch);
-	a->free(a->ctx, scratch2);
 	return true;
 }
 
@@ -580,6 +572,60 @@ hnsw_graph_insert(HnswGraph *g, const float *vec, int level,
 	return q;
 }
 
+/*
+ * The candidate heap of a search at the upper levels holds at most every
+ * node of level >= 1 once: grown to that here, hnsw_graph_link_upper can no
+ * longer allocate (link_node allocates nothing else).
+ */
+void
+hnsw_graph_reserve_search(HnswGraph *g)
+{
+	HnswHeap   *h = &g->cand;
+	int32_t		upper = 0;
+
+	for (int32_t i = 0; i < g->n; i++)
+		upper += g->nodes[i].level > 0;
+	if (h->cap <= upper)
+	{
+		HnswHeapItem *items = g->a->alloc(g->a->ctx,
+										  sizeof(HnswHeapItem) * (upper + 1));
+
+		memcpy(items, h->items, sizeof(HnswHeapItem) * h->n);
+		g->a->free(g->a->ctx, h->items);
+		h->items = items;
+		h->cap = upper + 1;
+	}
+}
+
+void
+hnsw_graph_link_upper(HnswGraph *g)
+{
+	int32_t		i;
+
+	g->entry = -1;
+	g->max_level = -1;
+	for (i = 0; i < g->n; i++)
+	{
+		int			level = g->nodes[i].level;
+		int32_t		dup;
+
+		if (g->entry < 0)
+		{
+			g->entry = i;
+			g->max_level = level;
+			continue;
+		}
+		if (level == 0)
+			continue;
+		link_node(g, i, 1, NULL, NULL, &dup);
+		if (level > g->max_level)
+		{
+			g->max_level = level;
+			g->entry = i;
+		}
+	}
+}
+
 int64_t
 hnsw_graph_set_level0(HnswGraph *g, const int32_t *neighbours, int degree)
 {
@@ -612,30 +658,6 @@ hnsw_graph_set_level0(HnswGraph *g, const int32_t *neighbours, int degree)
 				node->nbrs[cnt++] = nb;
 		}
 		node->counts[0] = (uint8_t) cnt;
-	}
-
-	/* upper levels: HNSW insertion of the nodes with level >= 1 */
-	g->entry = -1;
-	g->max_level = -1;
-	for (i = 0; i < g->n; i++)
-	{
-		int			level = g->nodes[i].level;
-		int32_t		dup;
-
-		if (g->entry < 0)
-		{
-			g->entry = i;
-			g->max_level = level;
-			continue;
-		}
-		if (level == 0)
-			continue;
-		link_node(g, i, 1, NULL, NULL, &dup);
-		if (level > g->max_level)
-		{
-			g->max_level = level;
-			g->entry = i;
-		}
 	}
 	return dropped;
 }

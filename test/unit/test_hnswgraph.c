@@ -312,6 +312,8 @@ test_level0(void)
 	for (i = 0; i < n; i++)
 		hnsw_graph_append(g, data + (size_t) i * d, hnsw_graph_random_level(g));
 	knn[0] = n + 5;				/* out of range: dropped */
+	hnsw_graph_reserve_search(g);
+	hnsw_graph_link_upper(g);
 	dropped = hnsw_graph_set_level0(g, knn, deg);
 	CHECK(dropped == 1, "out-of-range level-0 edge dropped (%lld)", (long long) dropped);
 	CHECK(g->entry >= 0 && g->nodes[g->entry].level == g->max_level,
