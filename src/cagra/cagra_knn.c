@@ -431,7 +431,6 @@ knn_scan_row(const KnnJob *job, const float *tile_row, int64_t b0, int cols,
 	}
 }
 
-/* Recompute the candidates' distances directly and keep the best k. */
 /* The distance from the query's GEMM row to a candidate's tile value. */
 static float
 knn_gemm_distance(const KnnJob *job, float query_norm, float value)
@@ -633,46 +632,30 @@ cagra_knn_scratch_free(CagraKnnScratch *scratch)
 	free(scratch);
 }
 
-/* *buf with room for at least `count` elements of `size` bytes; false: none. */
-static bool
-knn_grow(void **buf, int64_t *cap, int64_t count, size_t size)
-{
-	void	   *p;
-
-	if (*buf != NULL && *cap >= count)
-		return true;
-	p = realloc(*buf, (size_t) (count > 0 ? count : 1) * size);
-	if (p == NULL)
-		return false;
-	*buf = p;
-	*cap = count;
-	return true;
-}
-
 /* Room in scratch for job on n_threads threads; false when out of memory. */
 static bool
 knn_scratch_reserve(CagraKnnScratch *scratch, const KnnJob *job, int n_threads)
 {
-	int64_t		dim_cap = scratch->dim_cap;
-	int64_t		cap = scratch->rows_cap;
+	/* the row buffers: their old contents never matter, so no realloc */
+	if (job->n > scratch->rows_cap || job->dim > scratch->dim_cap)
+	{
+		int64_t		rows = job->n > scratch->rows_cap ? job->n : scratch->rows_cap;
+		int			dim = job->dim > scratch->dim_cap ? job->dim : scratch->dim_cap;
 
-	/* rows are dim wide: a wider job needs everything anew */
-	if (job->dim > scratch->dim_cap)
-		scratch->rows_cap = 0;
-	cap = scratch->rows_cap;
-	if (!knn_grow((void **) &scratch->gemm_base, &cap, job->n,
-				  (size_t) job->dim * sizeof(float)))
-		return false;
-	cap = scratch->rows_cap;
-	if (!knn_grow((void **) &scratch->norms, &cap, job->n, sizeof(float)))
-		return false;
-	scratch->rows_cap = cap;
-	if (!knn_grow((void **) &scratch->sum, &dim_cap, job->dim, sizeof(double)))
-		return false;
-	dim_cap = scratch->dim_cap;
-	if (!knn_grow((void **) &scratch->mean, &dim_cap, job->dim, sizeof(float)))
-		return false;
-	scratch->dim_cap = (int) dim_cap;
+		free(scratch->gemm_base);
+		free(scratch->norms);
+		free(scratch->sum);
+		free(scratch->mean);
+		scratch->gemm_base = malloc((size_t) rows * dim * sizeof(float));
+		scratch->norms = malloc((size_t) rows * sizeof(float));
+		scratch->sum = malloc(dim * sizeof(double));
+		scratch->mean = malloc(dim * sizeof(float));
+		scratch->rows_cap = scratch->dim_cap = 0;
+		if (!scratch->gemm_base || !scratch->norms || !scratch->sum || !scratch->mean)
+			return false;
+		scratch->rows_cap = rows;
+		scratch->dim_cap = dim;
+	}
 
 	if (scratch->n_threads >= n_threads && scratch->pool_cap >= job->n_candidates &&
 		scratch->query_dim >= job->dim)

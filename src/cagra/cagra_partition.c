@@ -216,7 +216,7 @@ list_knn(void *arg, int thread_no, int64_t begin, int64_t end)
 				rows[n_rows++] = job->members[m];
 		if (n_rows - 1 < k)
 		{
-			/* too few rows near this list: partition_fill_short's job */
+			/* too few rows near this list: list_fill_short's job */
 			for (int64_t j = 0; j < size; j++)
 				job->knn[(int64_t) rows[j] * k + k - 1] = -1;
 			continue;

@@ -21,6 +21,16 @@
 #include "cagra/cagra.h"
 #include "vector/distance.h"
 
+/*
+ * For I <= 64, where the ranks of A's list fit one 64-bit word: bit b of
+ * the result says that D (A's edge at rank a) lists B, A's edge at rank
+ * b > a, as a detourable route (for CAGRA_DETOUR_RANK_BELOW also below rank
+ * b in D's list).  Nothing here branches on the data: about half of D's
+ * neighbours are A's too, a test no predictor learns.
+ */
+typedef uint64_t (*PruneRouteMaskFn) (const int32_t *via, int I, int a,
+									  const int32_t *pos, bool rank_below);
+
 typedef struct PruneJob
 {
 	const int32_t *knn;
@@ -28,8 +38,7 @@ typedef struct PruneJob
 	int			I;
 	int			d;
 	CagraDetour detour;
-	uint64_t	(*route_mask) (const int32_t *via, int I, int a,
-							   const int32_t *pos, bool rank_below);
+	PruneRouteMaskFn route_mask;	/* the masks' kernel, for I <= 64 */
 	int32_t    *pruned;
 	/* per-thread scratch */
 	int32_t   **pos;			/* n entries, zero between rows */
@@ -53,16 +62,6 @@ prune_is_edge(const int32_t *row, int r, const int32_t *pos)
 {
 	return row[r] >= 0 && pos[row[r]] == r + 1;
 }
-
-/*
- * For I <= 64, where the ranks of A's list fit one 64-bit word: bit b of
- * the result says that D (A's edge at rank a) lists B, A's edge at rank
- * b > a, as a detourable route (for CAGRA_DETOUR_RANK_BELOW also below rank
- * b in D's list).  Nothing here branches on the data: about half of D's
- * neighbours are A's too, a test no predictor learns.
- */
-typedef uint64_t (*PruneRouteMaskFn) (const int32_t *via, int I, int a,
-									  const int32_t *pos, bool rank_below);
 
 static uint64_t
 prune_route_mask_scalar(const int32_t *via, int I, int a, const int32_t *pos,
