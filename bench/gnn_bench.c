@@ -11,6 +11,7 @@
  * candidates, and a full training step on a batch of 8 such queries.
  * Single-threaded OpenBLAS, as inside a backend.
  */
+#include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -69,6 +70,8 @@ main(int argc, char **argv)
 				step,
 				loss;
 
+	/* as in a backend (gnnvec.c): these matrices are small */
+	openblas_set_num_threads(1);
 	if (n_cand < 1 || reps < 1 || hidden < HEADS || hidden % HEADS != 0)
 	{
 		fprintf(stderr, "usage: gnn_bench [candidates >= 1] [repeats >= 1] [hidden, a multiple of %d]\n",

@@ -311,12 +311,6 @@ gnn_model_create(const GnnConfig *cfg, GnnModel **out, GnnError *err)
 	int			h = cfg->hidden_dim;
 	GnnStatus	rc;
 
-	/*
-	 * Backends are single-threaded processes and these matrices are small:
-	 * OpenBLAS threads would only compete with other backends.
-	 */
-	openblas_set_num_threads(1);
-
 	if ((rc = model_alloc(cfg, &model, err)) != GNN_OK)
 		return rc;
 	gnn_rng_seed(&rng, cfg->seed);
@@ -348,7 +342,6 @@ gnn_model_create(const GnnConfig *cfg, GnnModel **out, GnnError *err)
 GnnStatus
 gnn_model_create_empty(const GnnConfig *cfg, GnnModel **out, GnnError *err)
 {
-	openblas_set_num_threads(1);
 	return model_alloc(cfg, out, err);
 }
 
