@@ -120,7 +120,8 @@ fi
 
 data=$work/data
 sock=$work/sock
-port=54329
+# GNNVEC_TEST_PORT: another port, for runs side by side in other checkouts
+port=${GNNVEC_TEST_PORT:-54329}
 mkdir -p "$sock"
 [ "$(id -u)" = 0 ] && chown postgres "$sock"
 export PGHOST=$sock PGPORT=$port
@@ -189,7 +190,8 @@ ln -s "$work/sql_tests" "$work/regress/sql"
 ln -s "$work/expected" "$work/regress/expected"
 # The extension exists before the first test runs, so every test's
 # CREATE EXTENSION IF NOT EXISTS says "already exists" whatever the order.
-tests=$(cd sql_tests && ls *.sql | sed 's/\.sql$//' | sort)
+# REGRESS_TESTS / TAP_TESTS: run only these (names, or TAP file globs)
+tests=${REGRESS_TESTS:-$(cd sql_tests && ls *.sql | sed 's/\.sql$//' | sort)}
 as_server_user "$PG_REGRESS" --host="$sock" --port=$port \
 	--inputdir="$work/regress" --outputdir="$work/regress" \
 	--bindir="$inst$bindir" --dbname=gnnvec_regress --load-extension=gnnvec \
@@ -219,10 +221,11 @@ fi
 stop_cluster
 
 # --- TAP tests ----------------------------------------------------------------
-if ls test/t/*.pl >/dev/null 2>&1; then
+tap_tests=${TAP_TESTS:-test/t/*.pl}
+if ls $tap_tests >/dev/null 2>&1; then
 	log "TAP tests"
 	(cd "$work" && as_server_user env PERL5LIB="$inst$pkglibdir/pgxs/src/test/perl" \
-		prove -v test/t/*.pl) >"$work/tap.log" 2>&1
+		prove -v $tap_tests) >"$work/tap.log" 2>&1
 	rc=$?
 	grep -E '^(ok|not ok)|^t/|^test/|Failed|Result|Tests=' "$work/tap.log"
 	total=$(sed -nE 's/.*Tests=([0-9]+),.*/\1/p' "$work/tap.log" | tail -1)
