@@ -348,6 +348,38 @@ hnsw_layer_search(const HnswLayerSearch *ls, const float *q, int32_t ep,
 extern int	hnsw_select_neighbors(HnswGraph *g, const HnswHeapItem *cands,
 								  int ncands, int max, HnswHeapItem *out);
 
+/*
+ * hnswreach.c: a breadth-first walk over line-pointer slots (block,
+ * offset >= 1) in bounded memory: two bits per slot of nblocks x
+ * slots_per_block, and a FIFO of at most queue_cap slots to expand (slots
+ * reached while it is full wait in the bitmap and are queued when it
+ * drains).  Slots past the bitmap count as reached and are never queued.
+ */
+typedef struct HnswReachWalk
+{
+	uint8_t    *bits;
+	uint32_t	nblocks;
+	int			slots_per_block;
+	int64_t    *queue;
+	int			qcap;
+	int			qhead;
+	int			qlen;
+	int64_t		waiting;		/* flagged, not queued */
+	const HnswAllocator *a;
+} HnswReachWalk;
+
+extern size_t hnsw_reach_bitmap_bytes(uint32_t nblocks, int slots_per_block);
+extern void hnsw_reach_init(HnswReachWalk *w, uint32_t nblocks,
+							int slots_per_block, int queue_cap,
+							const HnswAllocator *a);
+extern void hnsw_reach_free(HnswReachWalk *w);
+extern bool hnsw_reach_contains(const HnswReachWalk *w, uint32_t blk,
+								uint16_t off);
+/* Mark a slot reached and queue it, unless it was reached before. */
+extern void hnsw_reach_add(HnswReachWalk *w, uint32_t blk, uint16_t off);
+/* The next slot to expand; false when the walk is over. */
+extern bool hnsw_reach_next(HnswReachWalk *w, uint32_t *blk, uint16_t *off);
+
 #ifndef HNSW_PURE
 
 /* ======================================================================

@@ -413,12 +413,12 @@ adopt_dropped(Relation index, ItemPointer ntid, int m, int lc, ItemPointer self,
  * the heuristic over its members plus the new element; the new element
  * then takes the slot of the farthest member the heuristic dropped (with
  * force, of the farthest member when the heuristic drops the new one).
- * Returns whether the edge is there.
+ * Returns whether the edge is there.  evec is e's vector.
  */
-bool
-hnsw_update_connection(HnswSearch *s, HnswElement *e, ItemPointer newtid,
-					   const float *newvec, int lc, bool building, bool force,
-					   ItemPointer adopter)
+static bool
+update_connection(HnswSearch *s, HnswElement *e, const float *evec,
+				  ItemPointer newtid, const float *newvec, int lc,
+				  bool building, bool force, ItemPointer adopter)
 {
 	Relation	index = s->index;
 	int			m = s->m;
@@ -444,10 +444,10 @@ hnsw_update_connection(HnswSearch *s, HnswElement *e, ItemPointer newtid,
 		float	   *dists = palloc(sizeof(float) * (n + 1));
 		ItemPointerData *tids = palloc(sizeof(ItemPointerData) * (n + 1));
 		bool	   *keep = palloc(sizeof(bool) * (n + 1));
-		float		newdist = hnsw_distance(s->metric, e->vec, newvec, s->dim);
+		float		newdist = hnsw_distance(s->metric, evec, newvec, s->dim);
 		int			cnt = 0;
 
-		hnsw_search_init(&t, index, s->metric, s->dim, m, e->vec);
+		hnsw_search_init(&t, index, s->metric, s->dim, m, evec);
 		t.load_vectors = true;
 		for (i = 0; i < n; i++)
 		{
@@ -558,6 +558,129 @@ hnsw_update_connection(HnswSearch *s, HnswElement *e, ItemPointer newtid,
 }
 
 /*
+ * update_connection in a memory context of its own: a full list loads the
+ * vectors of its 2m members, and e's own when the caller's search did not
+ * keep it, which must not pile up over the calls of one insert.
+ */
+bool
+hnsw_update_connection(HnswSearch *s, HnswElement *e, ItemPointer newtid,
+					   const float *newvec, int lc, bool building, bool force,
+					   ItemPointer adopter)
+{
+	MemoryContext ctx = AllocSetContextCreate(CurrentMemoryContext,
+											  "gnnhnsw update connection",
+											  ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(ctx);
+	float	   *evec = e->vec;
+	bool		done;
+
+	if (evec == NULL)
+	{
+		evec = palloc(sizeof(float) * s->dim);
+		hnsw_load_vector(s->index, &e->tid, evec);
+	}
+	done = update_connection(s, e, evec, newtid, newvec, lc, building, force,
+							 adopter);
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(ctx);
+	return done;
+}
+
+/*
+ * Vectors for the neighbour selection of an insert, loaded from the pages
+ * when the heuristic first asks for one.  Alg. 4 asks for each candidate
+ * once, then for the ones kept so far, at most max of them; so a cache of
+ * max + 1 vectors that evicts the least recently used never evicts one
+ * still in use, and an insert holds (max + 1) x dim floats per level
+ * instead of a vector per element its search visited.
+ */
+typedef struct LazyVectors
+{
+	HnswSearch *s;
+	HnswSearch	loader;			/* no query: reads vectors only */
+	int			nslots;
+	int32	   *ids;			/* element index in s->elems, -1: free */
+	uint64	   *used;			/* last use, for eviction */
+	float	  **vecs;
+	uint64		clock;
+} LazyVectors;
+
+static void
+lazy_vectors_init(LazyVectors *lv, HnswSearch *s, int max)
+{
+	lv->s = s;
+	hnsw_search_init(&lv->loader, s->index, s->metric, s->dim, s->m, NULL);
+	lv->loader.load_vectors = true;
+	lv->nslots = max + 1;
+	lv->ids = palloc(sizeof(int32) * lv->nslots);
+	lv->used = palloc0(sizeof(uint64) * lv->nslots);
+	lv->vecs = palloc(sizeof(float *) * lv->nslots);
+	for (int i = 0; i < lv->nslots; i++)
+	{
+		lv->ids[i] = -1;
+		lv->vecs[i] = palloc(sizeof(float) * s->dim);
+	}
+	lv->clock = 0;
+}
+
+static const float *
+lazy_vector_of(void *arg, int32_t id)
+{
+	LazyVectors *lv = arg;
+	int			victim = 0;
+	HnswElement e;
+
+	for (int i = 0; i < lv->nslots; i++)
+	{
+		if (lv->ids[i] == id)
+		{
+			lv->used[i] = ++lv->clock;
+			return lv->vecs[i];
+		}
+		if (lv->used[i] < lv->used[victim])
+			victim = i;
+	}
+	e.tid = lv->s->elems[id].tid;
+	if (!hnsw_load_element(&lv->loader, &e))
+		ereport(ERROR,
+				(errcode(ERRCODE_INDEX_CORRUPTED),
+				 errmsg("gnnhnsw element at (%u,%u) of index \"%s\" vanished during an insert",
+						ItemPointerGetBlockNumber(&e.tid),
+						ItemPointerGetOffsetNumber(&e.tid),
+						RelationGetRelationName(lv->s->index)),
+				 errhint("REINDEX the index.")));
+	memcpy(lv->vecs[victim], e.vec, sizeof(float) * lv->s->dim);
+	pfree(e.vec);
+	lv->ids[victim] = id;
+	lv->used[victim] = ++lv->clock;
+	return lv->vecs[victim];
+}
+
+/*
+ * The first of found[0..nf) (ascending) that holds exactly vec and can take
+ * another heap TID: rows with equal vectors share an element.
+ */
+static bool
+add_to_duplicate(HnswSearch *s, const HnswHeapItem *found, int nf,
+				 const float *vec, ItemPointer heaptid, bool building)
+{
+	float	   *other = palloc(sizeof(float) * s->dim);
+
+	for (int i = 0; i < nf && found[i].dist == found[0].dist; i++)
+	{
+		HnswElement *e = &s->elems[found[i].id];
+
+		if (e->deleted || e->nheaptids == 0)
+			continue;
+		hnsw_load_vector(s->index, &e->tid, other);
+		if (memcmp(other, vec, sizeof(float) * s->dim) == 0 &&
+			add_heaptid(s->index, e, vec, s->dim, heaptid, building))
+			return true;
+	}
+	return false;
+}
+
+/*
  * Insert one vector (already normalised for cosine) for one heap row.
  * building: called from CREATE INDEX after the in-memory graph outgrew
  * maintenance_work_mem (no WAL; the build logs every page at the end).
@@ -577,7 +700,6 @@ insert_vector(Relation index, const float *vec, ItemPointer heaptid,
 	LOCKMODE	lockmode = ShareLock;
 	HnswSearch	s;
 	int		  **selected;
-	float	  **selDists;
 	int		   *nselected;
 	int			ninline;
 	Size		esize,
@@ -605,22 +727,21 @@ insert_vector(Relation index, const float *vec, ItemPointer heaptid,
 	}
 
 	selected = palloc0(sizeof(int *) * (level + 1));
-	selDists = palloc0(sizeof(float *) * (level + 1));
 	nselected = palloc0(sizeof(int) * (level + 1));
+	/* distances only: vectors are loaded where the selection needs them */
 	hnsw_search_init(&s, index, metric, dim, m, vec);
-	s.load_vectors = true;
 
 	top = Min(level, meta.entryLevel);
 	if (meta.entryLevel >= 0)
 	{
 		HnswHeapItem *found = palloc(sizeof(HnswHeapItem) * (efc + 1));
+		HnswHeapItem *cands = palloc(sizeof(HnswHeapItem) * (efc + 1));
+		HnswHeapItem *kept = palloc(sizeof(HnswHeapItem) * m);
 		int		   *entries = palloc(sizeof(int) * (efc + 1));
 		int			nentries = 1;
-		float	  **vecs = palloc(sizeof(float *) * efc);
-		float	   *dists = palloc(sizeof(float) * efc);
-		int		   *ids = palloc(sizeof(int) * efc);
-		bool	   *keep = palloc(sizeof(bool) * efc);
+		LazyVectors lv;
 
+		lazy_vectors_init(&lv, &s, m);
 		if (hnsw_search_to_level(&s, &meta, top, &entries[0]) < 0)
 			nentries = 0;
 		for (lc = top; lc >= 0 && nentries > 0; lc--)
@@ -628,20 +749,10 @@ insert_vector(Relation index, const float *vec, ItemPointer heaptid,
 			int			nf = hnsw_search_layer(&s, entries, nentries, efc, lc, found);
 			int			nc = 0;
 
-			if (lc == 0)
+			if (lc == 0 && add_to_duplicate(&s, found, nf, vec, heaptid, building))
 			{
-				for (i = 0; i < nf && found[i].dist == found[0].dist; i++)
-				{
-					HnswElement *e = &s.elems[found[i].id];
-
-					if (!e->deleted && e->nheaptids > 0 &&
-						memcmp(e->vec, vec, sizeof(float) * dim) == 0 &&
-						add_heaptid(index, e, vec, dim, heaptid, building))
-					{
-						UnlockPage(index, HNSW_UPDATE_LOCK, lockmode);
-						return;
-					}
-				}
+				UnlockPage(index, HNSW_UPDATE_LOCK, lockmode);
+				return;
 			}
 
 			for (i = 0; i < nf; i++)
@@ -651,24 +762,14 @@ insert_vector(Relation index, const float *vec, ItemPointer heaptid,
 				entries[i] = found[i].id;
 				if (e->deleted || e->nheaptids == 0 || e->level < lc)
 					continue;
-				vecs[nc] = e->vec;
-				dists[nc] = found[i].dist;
-				ids[nc] = found[i].id;
-				nc++;
+				cands[nc++] = found[i];
 			}
 			nentries = nf;
-			hnsw_select_heuristic(metric, dim, vecs, dists, nc, m, keep);
+			nselected[lc] = hnsw_heuristic_select(metric, dim, cands, nc, m,
+												  lazy_vector_of, &lv, kept);
 			selected[lc] = palloc(sizeof(int) * m);
-			selDists[lc] = palloc(sizeof(float) * m);
-			for (i = 0; i < nc; i++)
-			{
-				if (keep[i])
-				{
-					selected[lc][nselected[lc]] = ids[i];
-					selDists[lc][nselected[lc]] = dists[i];
-					nselected[lc]++;
-				}
-			}
+			for (i = 0; i < nselected[lc]; i++)
+				selected[lc][i] = kept[i].id;
 		}
 	}
 

@@ -4,7 +4,10 @@
  *
  * Three passes, as in pgvector's design:
  *	1. remove dead heap TIDs from every element; an element left with none
- *	   is to be deleted;
+ *	   is to be deleted.  Then wait for the inserts that were running: one
+ *	   may have chosen such an element as a neighbour before pass 1 reached
+ *	   it, and its edge must be in place for pass 2 to repair it (an insert
+ *	   that starts later sees no heap TID and does not choose it);
  *	2. move the entry point off a deleted element (highest live level), and
  *	   repair every live element that points at a deleted one: at that
  *	   level its new list is chosen with the neighbour-selection heuristic
@@ -13,11 +16,16 @@
  *	3. mark the elements deleted.  Their tuples stay readable (concurrent
  *	   scans may still walk through them) and an insert of the same level
  *	   reuses the space (hnswinsert.c); the insert hint moves back to the
- *	   first page with deleted elements.
+ *	   first page with deleted elements.  Then every live element that a
+ *	   walk from the entry point does not reach gets an in-edge.
  *
  * A repair that finds the list changed under it by a concurrent insert
  * leaves that list alone: deleted elements stay traversable, so the graph
  * stays connected.
+ *
+ * Memory: the per-element work of passes 2 and 3 runs in a context reset
+ * after each element; the reachability walk keeps two bits per line
+ * pointer of the index and a queue that maintenance_work_mem bounds.
  */
 #include "postgres.h"
 
@@ -209,9 +217,17 @@ is_deleted(VacState *vs, ItemPointer tid)
 	return hnsw_keyset_contains(&vs->deleted, hnsw_tid_key(tid));
 }
 
+/* Neither deleted nor to be deleted. */
+static inline bool
+is_live(VacState *vs, ItemPointer tid, HnswElementTuple etup)
+{
+	return etup != NULL && !etup->deleted && etup->nheaptids > 0 &&
+		!is_deleted(vs, tid);
+}
+
 /*
  * Walk the element pages, each locked in share mode, calling visit on every
- * live element: neither deleted nor to be deleted.
+ * live element.
  */
 static void
 for_each_live_element(VacState *vs, VacElementVisit visit, void *arg)
@@ -232,13 +248,66 @@ for_each_live_element(VacState *vs, VacElementVisit visit, void *arg)
 			ItemPointerData tid;
 
 			ItemPointerSet(&tid, blkno, off);
-			if (etup == NULL || etup->deleted || etup->nheaptids == 0 ||
-				is_deleted(vs, &tid))
-				continue;
-			visit(vs, &tid, etup, arg);
+			if (is_live(vs, &tid, etup))
+				visit(vs, &tid, etup, arg);
 		}
 		UnlockReleaseBuffer(buf);
 	}
+}
+
+/*
+ * Call work on the live elements that want accepts, a page at a time: they
+ * are listed under the page's share lock, then worked on with no lock held
+ * (work reads and writes other pages), each in vs->tmpCtx, reset after it.
+ */
+typedef void (*VacElementWork) (VacState *vs, ItemPointer tid, void *arg);
+
+static void
+work_on_live_elements(VacState *vs, VacElementTest want, VacElementWork work,
+					  void *arg)
+{
+	BlockNumber nblocks = RelationGetNumberOfBlocks(vs->index);
+	BlockNumber blkno;
+	OffsetNumber *chosen = palloc(sizeof(OffsetNumber) * MaxOffsetNumber);
+	MemoryContext old = MemoryContextSwitchTo(vs->tmpCtx);
+
+	for (blkno = HNSW_METAPAGE_BLKNO + 1; blkno < nblocks; blkno++)
+	{
+		Buffer		buf;
+		Page		page;
+		OffsetNumber off,
+					maxoff;
+		int			nchosen = 0;
+		int			i;
+
+		vacuum_delay_point();
+		buf = vac_read(vs, blkno, BUFFER_LOCK_SHARE);
+		page = BufferGetPage(buf);
+		maxoff = PageIsNew(page) ? 0 : PageGetMaxOffsetNumber(page);
+		for (off = FirstOffsetNumber; off <= maxoff; off++)
+		{
+			HnswElementTuple etup = hnsw_get_element(page, off);
+			ItemPointerData tid;
+
+			ItemPointerSet(&tid, blkno, off);
+			if (is_live(vs, &tid, etup) &&
+				(want == NULL || want(vs, &tid, etup, arg)))
+				chosen[nchosen++] = off;
+		}
+		UnlockReleaseBuffer(buf);
+
+		for (i = 0; i < nchosen; i++)
+		{
+			ItemPointerData tid;
+
+			CHECK_FOR_INTERRUPTS();
+			ItemPointerSet(&tid, blkno, chosen[i]);
+			work(vs, &tid, arg);
+			MemoryContextReset(vs->tmpCtx);
+		}
+	}
+	MemoryContextSwitchTo(old);
+	pfree(chosen);
 }
 
 /* The live element of the highest level; of equals, the first met. */
@@ -260,53 +329,81 @@ keep_highest(VacState *vs, ItemPointer tid, HnswElementTuple etup, void *arg)
 	}
 }
 
-/* Pass 2a: the entry point must be live. */
+/*
+ * Between passes 1 and 2: every insert holds the update lock in share mode
+ * from its search to its last edge, so taking it exclusively waits for the
+ * inserts that may have chosen an element pass 1 emptied.
+ */
 static void
-replace_entry_point(VacState *vs)
+wait_for_inserts(VacState *vs)
+{
+	LockPage(vs->index, HNSW_UPDATE_LOCK, ExclusiveLock);
+	UnlockPage(vs->index, HNSW_UPDATE_LOCK, ExclusiveLock);
+}
+
+static bool
+entry_is_deleted(VacState *vs)
 {
 	ItemPointerData entry;
-	HighestElement best;
-	Buffer		buf;
+
+	if (vs->meta.entryLevel < 0)
+		return false;
+	ItemPointerSet(&entry, vs->meta.entryBlkno, vs->meta.entryOffno);
+	return is_deleted(vs, &entry);
+}
+
+/* Write the entry point (none when best->level < 0) and keep vs->meta. */
+static void
+set_entry_point(VacState *vs, HighestElement *best)
+{
+	Buffer		buf = ReadBuffer(vs->index, HNSW_METAPAGE_BLKNO);
 	HnswEdit	ed;
 	HnswMetaPage meta;
 
-	LockPage(vs->index, HNSW_UPDATE_LOCK, ExclusiveLock);
+	LockBuffer(buf, BUFFER_LOCK_EXCLUSIVE);
+	meta = HnswPageGetMeta(hnsw_edit_start(&ed, vs->index, buf, false, false));
+	meta->entryLevel = best->level;
+	meta->entryBlkno = best->level >= 0 ?
+		ItemPointerGetBlockNumber(&best->tid) : InvalidBlockNumber;
+	meta->entryOffno = best->level >= 0 ?
+		ItemPointerGetOffsetNumber(&best->tid) : InvalidOffsetNumber;
+	/* meta points into the WAL copy, which hnsw_edit_finish frees */
+	memcpy(&vs->meta, meta, sizeof(HnswMetaPageData));
+	hnsw_edit_finish(&ed);
+	UnlockReleaseBuffer(buf);
+}
+
+/*
+ * Pass 2a: the entry point must be live.  The successor is looked for
+ * without the update lock, so that inserts go on during that index pass;
+ * the lock is taken only to write it.  An insert that raised the entry
+ * point meanwhile made the change unnecessary.  One that added an element
+ * above the successor's level leaves it reachable through the levels
+ * below, where it was linked.
+ */
+static void
+replace_entry_point(VacState *vs)
+{
+	HighestElement best;
+
 	hnsw_read_meta(vs->index, &vs->meta);
-	ItemPointerSet(&entry, vs->meta.entryBlkno, vs->meta.entryOffno);
-	if (vs->meta.entryLevel < 0 || !is_deleted(vs, &entry))
-	{
-		UnlockPage(vs->index, HNSW_UPDATE_LOCK, ExclusiveLock);
+	if (!entry_is_deleted(vs))
 		return;
-	}
 
 	ItemPointerSetInvalid(&best.tid);
 	best.level = -1;
 	for_each_live_element(vs, keep_highest, &best);
 
-	buf = ReadBuffer(vs->index, HNSW_METAPAGE_BLKNO);
-	LockBuffer(buf, BUFFER_LOCK_EXCLUSIVE);
-	meta = HnswPageGetMeta(hnsw_edit_start(&ed, vs->index, buf, false, false));
-	if (best.level >= 0)
-	{
-		meta->entryLevel = best.level;
-		meta->entryBlkno = ItemPointerGetBlockNumber(&best.tid);
-		meta->entryOffno = ItemPointerGetOffsetNumber(&best.tid);
-	}
-	else
-	{
-		meta->entryLevel = -1;
-		meta->entryBlkno = InvalidBlockNumber;
-		meta->entryOffno = InvalidOffsetNumber;
-	}
-	hnsw_edit_finish(&ed);
-	UnlockReleaseBuffer(buf);
-	memcpy(&vs->meta, meta, sizeof(HnswMetaPageData));
+	LockPage(vs->index, HNSW_UPDATE_LOCK, ExclusiveLock);
+	hnsw_read_meta(vs->index, &vs->meta);
+	if (entry_is_deleted(vs))
+		set_entry_point(vs, &best);
 	UnlockPage(vs->index, HNSW_UPDATE_LOCK, ExclusiveLock);
 }
 
 /* Pass 2b for one element: new lists for the levels that need them. */
 static void
-repair_element(VacState *vs, ItemPointer etid)
+repair_element(VacState *vs, ItemPointer etid, void *arg)
 {
 	int			m = vs->meta.m;
 	int			dim = vs->meta.dims;
@@ -456,156 +553,167 @@ repair_element(VacState *vs, ItemPointer etid)
 static void
 repair_graph(VacState *vs)
 {
-	BlockNumber nblocks = RelationGetNumberOfBlocks(vs->index);
-	BlockNumber blkno;
-	MemoryContext old = MemoryContextSwitchTo(vs->tmpCtx);
-
-	for (blkno = HNSW_METAPAGE_BLKNO + 1; blkno < nblocks; blkno++)
-	{
-		Buffer		buf;
-		Page		page;
-		OffsetNumber off,
-					maxoff;
-		int			nlive = 0;
-		OffsetNumber live[MaxOffsetNumber];
-		int			i;
-
-		vacuum_delay_point();
-		buf = vac_read(vs, blkno, BUFFER_LOCK_SHARE);
-		page = BufferGetPage(buf);
-		maxoff = PageIsNew(page) ? 0 : PageGetMaxOffsetNumber(page);
-		for (off = FirstOffsetNumber; off <= maxoff; off++)
-		{
-			HnswElementTuple etup = hnsw_get_element(page, off);
-
-			if (etup && !etup->deleted && etup->nheaptids > 0)
-				live[nlive++] = off;
-		}
-		UnlockReleaseBuffer(buf);
-
-		for (i = 0; i < nlive; i++)
-		{
-			ItemPointerData tid;
-
-			ItemPointerSet(&tid, blkno, live[i]);
-			repair_element(vs, &tid);
-			MemoryContextReset(vs->tmpCtx);
-		}
-	}
-	MemoryContextSwitchTo(old);
+	work_on_live_elements(vs, NULL, repair_element, NULL);
 }
 
-/* The live elements that a walk from the entry point did not reach. */
-typedef struct UnreachedElements
+/* The most line pointers a page of this index can have. */
+static int
+slots_per_block(int dim, int m)
 {
-	HnswKeySet *reached;
-	ItemPointerData *tids;
-	int			n;
-	int			cap;
-} UnreachedElements;
+	Size		smallest = Min(HNSW_NEIGHBOR_TUPLE_SIZE(m, 0),
+							   HNSW_ELEMENT_TUPLE_SIZE(hnsw_inline_floats(dim)));
+	int			ndata = hnsw_data_tuples(dim);
 
-static void
-collect_unreached(VacState *vs, ItemPointer tid, HnswElementTuple etup,
-				  void *arg)
-{
-	UnreachedElements *lost = arg;
-
-	if (hnsw_keyset_contains(lost->reached, hnsw_tid_key(tid)))
-		return;
-	if (lost->n == lost->cap)
+	if (ndata > 0)
 	{
-		lost->cap = lost->cap ? lost->cap * 2 : 64;
-		lost->tids = lost->tids ?
-			repalloc(lost->tids, sizeof(ItemPointerData) * lost->cap) :
-			palloc(sizeof(ItemPointerData) * lost->cap);
+		int			tail = dim - hnsw_inline_floats(dim) - (ndata - 1) * HNSW_DATA_MAX;
+
+		smallest = Min(smallest, HNSW_DATA_TUPLE_SIZE(tail));
 	}
-	lost->tids[lost->n++] = *tid;
+	return (BLCKSZ - MAXALIGN(SizeOfPageHeaderData) -
+			MAXALIGN(sizeof(HnswPageOpaqueData))) / (smallest + sizeof(ItemIdData));
 }
 
 /*
- * Pass 2c: heavy deletion can cut live elements off (their in-edges all
+ * Pass 3b's walk: two bits for each line pointer the index's pages can
+ * hold, and a queue of what maintenance_work_mem leaves (at least 1024
+ * TIDs).  Blocks added after the walk started hold elements inserted
+ * since, which inserts link: they count as reached.
+ */
+typedef struct VacReach
+{
+	HnswReachWalk walk;
+	HnswAllocator alloc;		/* the walk's context */
+	int64		reconnected;	/* unreached elements given an in-edge */
+} VacReach;
+
+static void
+vac_reach_init(VacReach *r, VacState *vs)
+{
+	BlockNumber nblocks = RelationGetNumberOfBlocks(vs->index);
+	int			slots = slots_per_block(vs->meta.dims, vs->meta.m);
+	Size		budget = (Size) maintenance_work_mem * 1024;
+	Size		bitbytes = hnsw_reach_bitmap_bytes(nblocks, slots);
+	Size		qcap;
+
+	budget = budget > bitbytes ? budget - bitbytes : 0;
+	qcap = Max(budget / sizeof(int64), 1024);
+	qcap = Min(qcap, MaxAllocSize / sizeof(int64));
+	hnsw_bind_allocator(&r->alloc);
+	hnsw_reach_init(&r->walk, nblocks, slots, (int) qcap, &r->alloc);
+	r->reconnected = 0;
+}
+
+/* Queue what tid links to, at every level (deleted elements included). */
+static void
+expand_element(VacState *vs, HnswReachWalk *w, ItemPointer tid,
+			   ItemPointerData *nb)
+{
+	Buffer		buf = vac_read(vs, ItemPointerGetBlockNumber(tid), BUFFER_LOCK_SHARE);
+	HnswElementTuple etup = hnsw_get_element(BufferGetPage(buf),
+											 ItemPointerGetOffsetNumber(tid));
+	ItemPointerData ntid;
+	int			level,
+				lc;
+
+	if (etup == NULL)
+	{
+		UnlockReleaseBuffer(buf);
+		return;
+	}
+	ntid = etup->neighbortid;
+	level = etup->level;
+	UnlockReleaseBuffer(buf);
+	for (lc = 0; lc <= level; lc++)
+	{
+		int			n = hnsw_load_neighbors(vs->index, &ntid, vs->meta.m, lc, nb);
+
+		for (int j = 0; j < n; j++)
+			hnsw_reach_add(w, ItemPointerGetBlockNumber(&nb[j]),
+						   ItemPointerGetOffsetNumber(&nb[j]));
+	}
+}
+
+static bool
+is_unreached(VacState *vs, ItemPointer tid, HnswElementTuple etup, void *arg)
+{
+	return !hnsw_reach_contains(&((VacReach *) arg)->walk,
+								ItemPointerGetBlockNumber(tid),
+								ItemPointerGetOffsetNumber(tid));
+}
+
+/*
+ * An in-edge for a lost element from the nearest live element with room
+ * that a search for it finds, as an insert would add it.
+ */
+static void
+reconnect_element(VacState *vs, ItemPointer lost, void *arg)
+{
+	int			dim = vs->meta.dims;
+	float	   *vec = palloc(sizeof(float) * dim);
+	HnswSearch	t;
+	HnswHeapItem *found = palloc(sizeof(HnswHeapItem) * (vs->meta.efConstruction + 1));
+	int			ep,
+				nf,
+				j;
+
+	hnsw_load_vector(vs->index, lost, vec);
+	hnsw_search_init(&t, vs->index, (HnswMetric) vs->meta.metric, dim,
+					 vs->meta.m, vec);
+	if (hnsw_search_to_level(&t, &vs->meta, 0, &ep) < 0)
+		return;
+	nf = hnsw_search_layer(&t, &ep, 1, vs->meta.efConstruction, 0, found);
+	for (j = 0; j < nf; j++)
+	{
+		HnswElement *r = &t.elems[found[j].id];
+
+		if (r->deleted || r->nheaptids == 0 || is_deleted(vs, &r->tid) ||
+			ItemPointerEquals(&r->tid, lost))
+			continue;
+		if (hnsw_update_connection(&t, r, lost, vec, 0, false, true, NULL))
+			break;
+	}
+	((VacReach *) arg)->reconnected++;
+}
+
+/*
+ * Pass 3b: heavy deletion can cut live elements off (their in-edges all
  * came from deleted ones and the repair chose others).  Walk the graph
  * from the entry point (through everything, as searches do); each live
- * element not met gets an in-edge from the nearest live element a search
- * for it finds, as an insert would add it.
+ * element not met gets an in-edge.
  */
 static void
 connect_unreachable(VacState *vs)
 {
-	int			m = vs->meta.m;
-	int			dim = vs->meta.dims;
-	HnswMetric	metric = (HnswMetric) vs->meta.metric;
-	HnswSearch	walk;
-	ItemPointerData entry;
-	ItemPointerData *nb = palloc(sizeof(ItemPointerData) * 2 * m);
-	int			head = 0;
-	UnreachedElements lost;
-	int			i;
-	MemoryContext old = MemoryContextSwitchTo(vs->tmpCtx);
+	VacReach	r;
+	ItemPointerData tid;
+	ItemPointerData *nb;
+	BlockNumber blk;
+	OffsetNumber off;
+	MemoryContext walkCtx = AllocSetContextCreate(CurrentMemoryContext,
+												  "gnnhnsw vacuum walk",
+												  ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(walkCtx);
 
 	hnsw_read_meta(vs->index, &vs->meta);
-	if (vs->meta.entryLevel < 0)
+	if (vs->meta.entryLevel >= 0)
 	{
-		MemoryContextSwitchTo(old);
-		return;
-	}
-	hnsw_search_init(&walk, vs->index, metric, dim, m, NULL);
-	ItemPointerSet(&entry, vs->meta.entryBlkno, vs->meta.entryOffno);
-	hnsw_search_add(&walk, &entry);
-	while (head < walk.nelems)
-	{
-		HnswElement *e = &walk.elems[head++];
-		ItemPointerData ntid = e->neighbortid;
-		int			level = e->level;
-		int			lc;
-
-		vacuum_delay_point();
-		for (lc = 0; lc <= level; lc++)
+		nb = palloc(sizeof(ItemPointerData) * 2 * vs->meta.m);
+		vac_reach_init(&r, vs);
+		hnsw_reach_add(&r.walk, vs->meta.entryBlkno, vs->meta.entryOffno);
+		while (hnsw_reach_next(&r.walk, &blk, &off))
 		{
-			int			n = hnsw_load_neighbors(vs->index, &ntid, m, lc, nb);
-			int			j;
-
-			for (j = 0; j < n; j++)
-				hnsw_search_add(&walk, &nb[j]);
+			vacuum_delay_point();
+			ItemPointerSet(&tid, blk, off);
+			expand_element(vs, &r.walk, &tid, nb);
 		}
+		work_on_live_elements(vs, is_unreached, reconnect_element, &r);
+		if (r.reconnected > 0)
+			elog(DEBUG1, "gnnhnsw vacuum: reconnected " INT64_FORMAT " elements",
+				 r.reconnected);
 	}
-
-	lost.reached = &walk.visited;
-	lost.tids = NULL;
-	lost.n = lost.cap = 0;
-	for_each_live_element(vs, collect_unreached, &lost);
-
-	for (i = 0; i < lost.n; i++)
-	{
-		float	   *vec = palloc(sizeof(float) * dim);
-		HnswSearch	t;
-		HnswHeapItem *found = palloc(sizeof(HnswHeapItem) * (vs->meta.efConstruction + 1));
-		int			ep,
-					nf,
-					j;
-
-		vacuum_delay_point();
-		hnsw_load_vector(vs->index, &lost.tids[i], vec);
-		hnsw_search_init(&t, vs->index, metric, dim, m, vec);
-		t.load_vectors = true;
-		if (hnsw_search_to_level(&t, &vs->meta, 0, &ep) < 0)
-			break;
-		nf = hnsw_search_layer(&t, &ep, 1, vs->meta.efConstruction, 0, found);
-		for (j = 0; j < nf; j++)
-		{
-			HnswElement *r = &t.elems[found[j].id];
-
-			if (r->deleted || r->nheaptids == 0 || is_deleted(vs, &r->tid) ||
-				ItemPointerEquals(&r->tid, &lost.tids[i]))
-				continue;
-			if (hnsw_update_connection(&t, r, &lost.tids[i], vec, 0, false, true, NULL))
-				break;
-		}
-	}
-	if (lost.n > 0)
-		elog(DEBUG1, "gnnhnsw vacuum: reconnected %d elements", lost.n);
 	MemoryContextSwitchTo(old);
-	MemoryContextReset(vs->tmpCtx);
+	MemoryContextDelete(walkCtx);
 }
 
 /* Pass 3. */
@@ -656,6 +764,7 @@ hnswbulkdelete(IndexVacuumInfo *info, IndexBulkDeleteResult *stats,
 	remove_heap_tids(&vs);
 	if (vs.deleted.n > 0)
 	{
+		wait_for_inserts(&vs);
 		replace_entry_point(&vs);
 		repair_graph(&vs);
 		mark_deleted(&vs);

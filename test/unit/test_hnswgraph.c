@@ -325,6 +325,87 @@ test_level0(void)
 	free(knn);
 }
 
+
+/*
+ * The bounded-memory walk (hnswreach.c) reaches exactly what a plain
+ * breadth-first search reaches, whatever its queue length: a random graph
+ * of two components over 40 blocks x 7 slots, walked with queues of 1, 3
+ * and 1000 slots.  Slots past the bitmap count as reached, never queued.
+ */
+#define REACH_BLOCKS	40
+#define REACH_SLOTS		7
+#define REACH_N			(REACH_BLOCKS * REACH_SLOTS)
+#define REACH_DEG		3
+
+static void
+test_reach(void)
+{
+	static int	nbr[REACH_N][REACH_DEG];
+	bool		ref[REACH_N];
+	int			queue[REACH_N];
+	int			qh = 0,
+				qt = 0;
+	int			caps[] = {1, 3, 1000};
+
+	/* ids < REACH_N / 2 link among themselves, the rest among themselves */
+	for (int i = 0; i < REACH_N; i++)
+		for (int j = 0; j < REACH_DEG; j++)
+		{
+			int			half = REACH_N / 2;
+			int			base = i < half ? 0 : half;
+
+			nbr[i][j] = base + (int) (urand() * (half - 1));
+		}
+	memset(ref, 0, sizeof(ref));
+	ref[0] = true;
+	queue[qt++] = 0;
+	while (qh < qt)
+	{
+		int			v = queue[qh++];
+
+		for (int j = 0; j < REACH_DEG; j++)
+			if (!ref[nbr[v][j]])
+			{
+				ref[nbr[v][j]] = true;
+				queue[qt++] = nbr[v][j];
+			}
+	}
+
+	for (int c = 0; c < 3; c++)
+	{
+		HnswReachWalk w;
+		uint32_t	blk;
+		uint16_t	off;
+		int			expanded = 0,
+					wrong = 0;
+
+		hnsw_reach_init(&w, REACH_BLOCKS, REACH_SLOTS, caps[c], &A);
+		hnsw_reach_add(&w, 0, 1);
+		while (hnsw_reach_next(&w, &blk, &off))
+		{
+			int			v = (int) blk * REACH_SLOTS + off - 1;
+
+			expanded++;
+			for (int j = 0; j < REACH_DEG; j++)
+				hnsw_reach_add(&w, (uint32_t) (nbr[v][j] / REACH_SLOTS),
+							   (uint16_t) (nbr[v][j] % REACH_SLOTS + 1));
+		}
+		for (int v = 0; v < REACH_N; v++)
+			if (hnsw_reach_contains(&w, (uint32_t) (v / REACH_SLOTS),
+									(uint16_t) (v % REACH_SLOTS + 1)) != ref[v])
+				wrong++;
+		CHECK(wrong == 0, "queue %d: %d slots reached differently from BFS", caps[c], wrong);
+		CHECK(expanded == qt, "queue %d: expanded %d, BFS reached %d", caps[c], expanded, qt);
+		CHECK(hnsw_reach_contains(&w, REACH_BLOCKS, 1) &&
+			  hnsw_reach_contains(&w, 0, REACH_SLOTS + 1),
+			  "slots past the bitmap count as reached");
+		hnsw_reach_add(&w, REACH_BLOCKS + 5, 1);
+		CHECK(!hnsw_reach_next(&w, &blk, &off), "a slot past the bitmap is not queued");
+		hnsw_reach_free(&w);
+	}
+	CHECK(qt < REACH_N, "the test graph has an unreachable part (%d of %d reached)", qt, REACH_N);
+}
+
 int
 main(void)
 {
@@ -338,5 +419,6 @@ main(void)
 	test_duplicates();
 	test_connect();
 	test_level0();
+	test_reach();
 	return unit_report("hnswgraph");
 }
