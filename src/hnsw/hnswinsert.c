@@ -588,11 +588,12 @@ hnsw_update_connection(HnswSearch *s, HnswElement *e, ItemPointer newtid,
 
 /*
  * Vectors for the neighbour selection of an insert, loaded from the pages
- * when the heuristic first asks for one.  Alg. 4 asks for each candidate
- * once, then for the ones kept so far, at most max of them; so a cache of
- * max + 1 vectors that evicts the least recently used never evicts one
- * still in use, and an insert holds (max + 1) x dim floats per level
- * instead of a vector per element its search visited.
+ * when the heuristic (Alg. 4) first asks for one, into max + 1 slots that
+ * evict the least recently used.  The heuristic holds two vectors at a
+ * time, the candidate and one it keeps; the candidate was used last, so a
+ * miss never evicts it.  An insert thus holds (max + 1) x dim floats
+ * instead of a vector per element its search visited (about 100 MB at
+ * 16000 dimensions).
  */
 typedef struct LazyVectors
 {
