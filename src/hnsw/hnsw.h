@@ -680,7 +680,7 @@ extern int	hnsw_search_add(HnswSearch *s, ItemPointer tid);
 extern void hnsw_search_init(HnswSearch *s, Relation index, HnswMetric metric,
 							 int dim, int m, const float *query);
 extern void hnsw_search_reset(HnswSearch *s);
-extern bool hnsw_load_element(HnswSearch *s, HnswElement *e);
+extern void hnsw_load_element(HnswSearch *s, HnswElement *e);
 extern void hnsw_load_vector(Relation index, ItemPointer tid, float *out);
 extern int	hnsw_load_neighbors(Relation index, ItemPointer neighbortid,
 								int m, int level, ItemPointerData *out);
@@ -691,6 +691,7 @@ extern int	hnsw_select_heuristic(HnswMetric metric, int dim, float **vecs,
 								  bool *keep);
 extern int	hnsw_search_to_level(HnswSearch *s, HnswMetaPageData *meta,
 								 int level, int *ep);
+extern char *hnsw_meta_problem(Relation index, const HnswMetaPageData *meta);
 static inline uint64
 hnsw_tid_key(ItemPointer tid)
 {
