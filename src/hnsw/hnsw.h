@@ -32,8 +32,9 @@
  *		the element was created with, so it is always updated in place.
  *
  * Every page has an HnswPageOpaqueData special space.  A page that
- * PageIsNew() belongs to the backend that just extended the relation (or
- * was left empty by a crash): nobody else initialises or uses it.
+ * PageIsNew() belongs to the backend that just extended the relation,
+ * unless that backend failed or crashed before initialising it: inserts
+ * take such an abandoned page over (hnswinsert.c, new_page_abandoned).
  *
  * Locking: inserts hold the HNSW_UPDATE_LOCK page lock in share mode
  * (exclusive when they may change the entry point; VACUUM takes it

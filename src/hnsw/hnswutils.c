@@ -63,9 +63,12 @@ hnsw_init_page(Page page)
 
 /*
  * A new page at the end of the relation, exclusively locked (not yet
- * initialised: the caller does that inside its WAL record).  Other
- * backends may see the new block before it is initialised; they must leave
- * a page that PageIsNew() alone (only its creator initialises it).
+ * initialised: the caller does that inside its WAL record, before it
+ * unlocks the buffer).  Other backends may see the new block before it is
+ * initialised; they leave a page that PageIsNew() alone unless its creator
+ * has abandoned it, which they can tell because the buffer is locked
+ * before the relation extension lock is released (hnswinsert.c,
+ * new_page_abandoned).
  */
 Buffer
 hnsw_new_buffer(Relation index, ForkNumber forkNum)
