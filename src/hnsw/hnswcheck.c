@@ -163,10 +163,11 @@ read_image(Relation index, IndexImage *img)
 	UnlockReleaseBuffer(buf);
 	problem_text = hnsw_meta_problem(index, &img->meta);
 	img->metaOk = problem_text == NULL;
-	if (problem_text != NULL)
-		problem(img, 0, -1, "%s", problem_text);
 	if (!img->metaOk)
+	{
+		problem(img, 0, -1, "%s", problem_text);
 		return;
+	}
 
 	img->nblocks = RelationGetNumberOfBlocks(index);
 	for (blkno = HNSW_METAPAGE_BLKNO + 1; blkno < img->nblocks; blkno++)
