@@ -134,11 +134,13 @@ gnn_view_node(GnnIndexView *v, ItemPointer tid)
 	memset(&s, 0, sizeof(s));
 	s.index = v->index;
 	s.dim = v->dim;
+	s.m = v->meta.m;
 	s.metric = v->metric;
 	s.load_vectors = true;
 	memset(&e, 0, sizeof(e));
 	e.tid = *tid;
-	if (!hnsw_load_element(&s, &e) || e.deleted || e.nheaptids == 0)
+	hnsw_load_element(&s, &e);
+	if (e.deleted || e.nheaptids == 0)
 	{
 		if (e.vec)
 			pfree(e.vec);

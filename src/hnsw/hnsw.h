@@ -32,8 +32,9 @@
  *		the element was created with, so it is always updated in place.
  *
  * Every page has an HnswPageOpaqueData special space.  A page that
- * PageIsNew() belongs to the backend that just extended the relation (or
- * was left empty by a crash): nobody else initialises or uses it.
+ * PageIsNew() belongs to the backend that just extended the relation,
+ * unless that backend failed or crashed before initialising it: inserts
+ * take such an abandoned page over (hnswinsert.c, new_page_abandoned).
  *
  * Locking: inserts hold the HNSW_UPDATE_LOCK page lock in share mode
  * (exclusive when they may change the entry point; VACUUM takes it
@@ -712,7 +713,7 @@ extern int	hnsw_search_add(HnswSearch *s, ItemPointer tid);
 extern void hnsw_search_init(HnswSearch *s, Relation index, HnswMetric metric,
 							 int dim, int m, const float *query);
 extern void hnsw_search_reset(HnswSearch *s);
-extern bool hnsw_load_element(HnswSearch *s, HnswElement *e);
+extern void hnsw_load_element(HnswSearch *s, HnswElement *e);
 extern void hnsw_load_vector(Relation index, ItemPointer tid, float *out);
 extern int	hnsw_load_neighbors(Relation index, ItemPointer neighbortid,
 								int m, int level, ItemPointerData *out);
@@ -723,6 +724,7 @@ extern int	hnsw_select_heuristic(HnswMetric metric, int dim, float **vecs,
 								  bool *keep);
 extern int	hnsw_search_to_level(HnswSearch *s, HnswMetaPageData *meta,
 								 int level, int *ep);
+extern char *hnsw_meta_problem(Relation index, const HnswMetaPageData *meta);
 static inline uint64
 hnsw_tid_key(ItemPointer tid)
 {

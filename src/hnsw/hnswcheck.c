@@ -153,6 +153,7 @@ read_image(Relation index, IndexImage *img)
 	Buffer		buf;
 	Page		page;
 	HnswMetaPage meta;
+	char	   *problem_text;
 
 	buf = ReadBuffer(index, HNSW_METAPAGE_BLKNO);
 	LockBuffer(buf, BUFFER_LOCK_SHARE);
@@ -160,22 +161,13 @@ read_image(Relation index, IndexImage *img)
 	meta = HnswPageGetMeta(page);
 	memcpy(&img->meta, meta, sizeof(HnswMetaPageData));
 	UnlockReleaseBuffer(buf);
-	img->metaOk = false;
-	if (img->meta.magic != HNSW_MAGIC)
-		problem(img, 0, -1, "metapage magic is %08x, expected %08x",
-				img->meta.magic, HNSW_MAGIC);
-	else if (img->meta.version != HNSW_FORMAT_VERSION)
-		problem(img, 0, -1, "format version %u, expected %d",
-				img->meta.version, HNSW_FORMAT_VERSION);
-	else if (img->meta.dims < 1 || img->meta.dims > VECTOR_MAX_DIM ||
-			 img->meta.m < HNSW_MIN_M || img->meta.m > HNSW_MAX_M ||
-			 img->meta.metric < HNSW_METRIC_L2 || img->meta.metric > HNSW_METRIC_L1)
-		problem(img, 0, -1, "metapage fields out of range (dims %u, m %u, metric %u)",
-				img->meta.dims, img->meta.m, img->meta.metric);
-	else
-		img->metaOk = true;
+	problem_text = hnsw_meta_problem(index, &img->meta);
+	img->metaOk = problem_text == NULL;
 	if (!img->metaOk)
+	{
+		problem(img, 0, -1, "%s", problem_text);
 		return;
+	}
 
 	img->nblocks = RelationGetNumberOfBlocks(index);
 	for (blkno = HNSW_METAPAGE_BLKNO + 1; blkno < img->nblocks; blkno++)
@@ -210,8 +202,15 @@ read_image(Relation index, IndexImage *img)
 
 			if (!ItemIdIsUsed(iid))
 				continue;
-			item = PageGetItem(page, iid);
 			len = ItemIdGetLength(iid);
+			if (!ItemIdIsNormal(iid) || len == 0 ||
+				ItemIdGetOffset(iid) + len > BLCKSZ)
+			{
+				problem(img, blkno, off, "line pointer out of range (offset %u, length %zu)",
+						ItemIdGetOffset(iid), len);
+				continue;
+			}
+			item = PageGetItem(page, iid);
 			ItemPointerSet(&tid, blkno, off);
 			if (item[0] == HNSW_ELEMENT_TUPLE && len >= offsetof(HnswElementTupleData, x))
 			{
@@ -453,7 +452,6 @@ check_graph(Relation index, IndexImage *img)
 			HnswElementTuple etup;
 			ItemPointerData next;
 			int			total = hnsw_inline_floats(dims);
-			int			hops = 0;
 
 			ItemPointerSet(&tid, KEY_BLK(e->key), KEY_OFF(e->key));
 			buf = ReadBuffer(index, ItemPointerGetBlockNumber(&tid));
@@ -464,7 +462,8 @@ check_graph(Relation index, IndexImage *img)
 			else
 				ItemPointerSetInvalid(&next);
 			UnlockReleaseBuffer(buf);
-			while (ItemPointerIsValid(&next) && hops++ < VECTOR_MAX_DIM)
+			/* each link holds at least one float, or the walk stops */
+			while (ItemPointerIsValid(&next) && total < dims)
 			{
 				int64		j;
 
@@ -480,10 +479,21 @@ check_graph(Relation index, IndexImage *img)
 				if (!img->data[j].finite)
 					problem(img, KEY_BLK(e->key), KEY_OFF(e->key),
 							"element vector holds NaN or infinity");
+				if (img->data[j].count == 0)
+				{
+					problem(img, KEY_BLK(e->key), KEY_OFF(e->key),
+							"data tuple (%u,%u) holds no floats",
+							ItemPointerGetBlockNumber(&next),
+							ItemPointerGetOffsetNumber(&next));
+					break;
+				}
 				total += img->data[j].count;
 				next = img->data[j].next;
 			}
-			if (total != dims)
+			if (total == dims && ItemPointerIsValid(&next))
+				problem(img, KEY_BLK(e->key), KEY_OFF(e->key),
+						"data tuple chain goes on past the vector's last float");
+			else if (total != dims)
 				problem(img, KEY_BLK(e->key), KEY_OFF(e->key),
 						"vector has %d of %d floats", total, dims);
 		}

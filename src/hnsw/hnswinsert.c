@@ -67,52 +67,108 @@ add_heaptid(Relation index, HnswElement *e, const float *vec, int dim,
 	return done;
 }
 
+/* Pages an insert looks at, from the insert hint on, before appending. */
+#define HNSW_INSERT_WALK	16
+
 /*
- * Put one tuple on the hint page when it has room, else on a new page
- * (which becomes the hint).
+ * Whether a page found new (all zeroes) while we hold its buffer lock
+ * exclusively was abandoned by the backend that extended the relation with
+ * it, so that we may initialise and use it.  An extender (hnsw_new_buffer)
+ * initialises the page before it unlocks the buffer, and locks the buffer
+ * before anybody else can: before it lets go of the relation extension
+ * lock (PostgreSQL 15; from 16 on, before it marks the buffer valid, which
+ * other readers wait for).  So if we hold the buffer lock and can also take
+ * the extension lock, the page's extender has already had its buffer lock
+ * and let go of it with the page still new: it failed, or it crashed (the
+ * zeroes it wrote to the file stay), and it will not come back to the page;
+ * later extenders get blocks after it.  The extension lock is only tried,
+ * never waited for, because the extender holding it may be waiting for our
+ * buffer lock; busy, the page is left for a later insert.
+ */
+static bool
+new_page_abandoned(Relation index)
+{
+	if (!ConditionalLockRelationForExtension(index, ExclusiveLock))
+		return false;
+	UnlockRelationForExtension(index, ExclusiveLock);
+	return true;
+}
+
+/*
+ * Page blkno, locked exclusively, if it has need bytes free (need counts
+ * the line pointers beyond the first, as PageGetFreeSpace does) or is an
+ * abandoned new page (*fresh: the caller initialises it, in a full-page
+ * WAL image); else InvalidBuffer.
+ */
+static Buffer
+lock_page_with_room(Relation index, BlockNumber blkno, Size need, bool *fresh)
+{
+	Buffer		buf = ReadBuffer(index, blkno);
+	Page		page;
+
+	LockBuffer(buf, BUFFER_LOCK_EXCLUSIVE);
+	page = BufferGetPage(buf);
+	*fresh = PageIsNew(page);
+	if (*fresh ? new_page_abandoned(index) : PageGetFreeSpace(page) >= need)
+		return buf;
+	UnlockReleaseBuffer(buf);
+	return InvalidBuffer;
+}
+
+/*
+ * Start the edit that adds tuples to buf, a page with room or a fresh one
+ * (initialised here).
+ */
+static Page
+start_page_edit(HnswEdit *ed, Relation index, Buffer buf, bool fresh,
+				bool building)
+{
+	Page		page = hnsw_edit_start(ed, index, buf, building, fresh);
+
+	if (fresh)
+		hnsw_init_page(page);
+	return page;
+}
+
+/*
+ * Put one tuple on the first page with room among the hint and the pages
+ * after it (up to HNSW_INSERT_WALK of them; crashed extenders leave new
+ * pages there), else on a new page.  The page used becomes the hint.
  */
 static void
 place_tuple(Relation index, void *item, Size size, bool building,
 			BlockNumber *hint, ItemPointer tid)
 {
-	Buffer		buf;
-	Page		page;
+	BlockNumber nblocks = RelationGetNumberOfBlocks(index);
+	Buffer		buf = InvalidBuffer;
+	bool		fresh = false;
 	HnswEdit	ed;
+	Page		page;
 	OffsetNumber off;
 
-	if (*hint != InvalidBlockNumber && *hint < RelationGetNumberOfBlocks(index))
+	if (*hint != InvalidBlockNumber)
 	{
-		buf = ReadBuffer(index, *hint);
-		LockBuffer(buf, BUFFER_LOCK_EXCLUSIVE);
-		page = BufferGetPage(buf);
-		if (!PageIsNew(page) && PageGetFreeSpace(page) >= MAXALIGN(size))
-		{
-			page = hnsw_edit_start(&ed, index, buf, building, false);
-			off = PageAddItem(page, (Item) item, size, InvalidOffsetNumber,
-							  false, false);
-			if (off == InvalidOffsetNumber)
-				elog(ERROR, "gnnhnsw: failed to add tuple to block %u", *hint);
-			hnsw_edit_finish(&ed);
-			ItemPointerSet(tid, *hint, off);
-			UnlockReleaseBuffer(buf);
-			return;
-		}
-		UnlockReleaseBuffer(buf);
+		BlockNumber blkno = Max(*hint, HNSW_METAPAGE_BLKNO + 1);
+		BlockNumber end = Min(nblocks, blkno + HNSW_INSERT_WALK);
+
+		for (; blkno < end && !BufferIsValid(buf); blkno++)
+			buf = lock_page_with_room(index, blkno, MAXALIGN(size), &fresh);
 	}
-	buf = hnsw_new_buffer(index, MAIN_FORKNUM);
-	page = hnsw_edit_start(&ed, index, buf, building, true);
-	hnsw_init_page(page);
+	if (!BufferIsValid(buf))
+	{
+		buf = hnsw_new_buffer(index, MAIN_FORKNUM);
+		fresh = true;
+	}
+	*hint = BufferGetBlockNumber(buf);
+	page = start_page_edit(&ed, index, buf, fresh, building);
 	off = PageAddItem(page, (Item) item, size, InvalidOffsetNumber, false, false);
 	if (off == InvalidOffsetNumber)
-		elog(ERROR, "gnnhnsw: tuple of %zu bytes does not fit in a page", size);
+		elog(ERROR, "gnnhnsw: failed to add a tuple of %zu bytes to block %u",
+			 size, *hint);
 	hnsw_edit_finish(&ed);
-	*hint = BufferGetBlockNumber(buf);
 	ItemPointerSet(tid, *hint, off);
 	UnlockReleaseBuffer(buf);
 }
-
-/* Pages an insert looks at, from the insert hint on, before appending. */
-#define HNSW_INSERT_WALK	16
 
 /*
  * Overwrite the deleted element at off (same vector size, level >= the new
@@ -212,7 +268,8 @@ find_reusable(Page page, int level, Size esize, OffsetNumber after,
  * Write an element whose vector fits inline, with its neighbour tuple on
  * the same page, in one WAL record.  Looks at up to HNSW_INSERT_WALK pages
  * from the insert hint for a deleted element of at least the new level to
- * take over, or room; else the last page, else a new page.  The hint stays
+ * take over, or room, or a new page a crashed extender left; else the last
+ * page, else a new page.  The hint stays
  * on the first page that still has deleted elements.  Sets *etid.
  */
 static void
@@ -230,6 +287,7 @@ write_inline_element(Relation index, HnswMetaPageData *meta,
 	HnswEdit	ed;
 	int			walked = 0;
 	bool		placed = false;
+	bool		fresh = false;
 
 	if (blkno == InvalidBlockNumber || blkno == HNSW_METAPAGE_BLKNO || blkno >= nblocks)
 		blkno = nblocks - 1;
@@ -246,10 +304,12 @@ write_inline_element(Relation index, HnswMetaPageData *meta,
 		page = BufferGetPage(buf);
 		if (PageIsNew(page))
 		{
-			/*
-			 * Being initialised by the backend that extended the relation
-			 * (or left empty by a crash just after): not ours to touch.
-			 */
+			/* ours if abandoned, else its extender's to initialise */
+			if (new_page_abandoned(index))
+			{
+				fresh = placed = true;
+				break;
+			}
 			UnlockReleaseBuffer(buf);
 			continue;
 		}
@@ -283,25 +343,18 @@ write_inline_element(Relation index, HnswMetaPageData *meta,
 	if (!placed && blkno < nblocks && nblocks - 1 > HNSW_METAPAGE_BLKNO)
 	{
 		blkno = nblocks - 1;
-		buf = ReadBuffer(index, blkno);
-		LockBuffer(buf, BUFFER_LOCK_EXCLUSIVE);
-		page = BufferGetPage(buf);
-		if (!PageIsNew(page) &&
-			PageGetFreeSpace(page) >= esize + nsize + sizeof(ItemIdData))
-			placed = true;
-		else
-			UnlockReleaseBuffer(buf);
+		buf = lock_page_with_room(index, blkno, esize + nsize + sizeof(ItemIdData),
+								  &fresh);
+		placed = BufferIsValid(buf);
 	}
 
 	if (!placed)
 	{
 		buf = hnsw_new_buffer(index, MAIN_FORKNUM);
 		blkno = BufferGetBlockNumber(buf);
-		page = hnsw_edit_start(&ed, index, buf, building, true);
-		hnsw_init_page(page);
+		fresh = true;
 	}
-	else
-		page = hnsw_edit_start(&ed, index, buf, building, false);
+	page = start_page_edit(&ed, index, buf, fresh, building);
 
 	{
 		OffsetNumber noff,

@@ -63,9 +63,12 @@ hnsw_init_page(Page page)
 
 /*
  * A new page at the end of the relation, exclusively locked (not yet
- * initialised: the caller does that inside its WAL record).  Other
- * backends may see the new block before it is initialised; they must leave
- * a page that PageIsNew() alone (only its creator initialises it).
+ * initialised: the caller does that inside its WAL record, before it
+ * unlocks the buffer).  Other backends may see the new block before it is
+ * initialised; they leave a page that PageIsNew() alone unless its creator
+ * has abandoned it, which they can tell because the buffer is locked
+ * before the relation extension lock is released (hnswinsert.c,
+ * new_page_abandoned).
  */
 Buffer
 hnsw_new_buffer(Relation index, ForkNumber forkNum)
@@ -133,31 +136,94 @@ hnsw_fill_meta(Page page, int dims, int m, int efConstruction,
 		((char *) meta + sizeof(HnswMetaPageData)) - (char *) page;
 }
 
+/*
+ * Whether blkno is a block of the index, cheaply: the size seen last is
+ * kept in rd_amcache, and only a block beyond it costs a look at the file.
+ * An index never shrinks (nothing truncates it; a REINDEX or TRUNCATE gives
+ * it a new relfilenode, and the relcache invalidation that comes with that
+ * frees rd_amcache), so a block below the size seen once stays valid.
+ */
+static bool
+block_in_index(Relation index, BlockNumber blkno)
+{
+	BlockNumber *known = (BlockNumber *) index->rd_amcache;
+
+	if (known != NULL && blkno < *known)
+		return true;
+	if (known == NULL)
+	{
+		known = MemoryContextAlloc(index->rd_indexcxt, sizeof(BlockNumber));
+		index->rd_amcache = known;
+	}
+	*known = RelationGetNumberOfBlocks(index);
+	return blkno < *known;
+}
+
+/*
+ * Whether a TID read from a tuple can point at a tuple of the index: an
+ * offset a page can have, on an existing block other than the metapage.
+ */
+static inline bool
+tid_in_index(Relation index, ItemPointer tid)
+{
+	BlockNumber blkno = ItemPointerGetBlockNumberNoCheck(tid);
+	OffsetNumber off = ItemPointerGetOffsetNumberNoCheck(tid);
+
+	return off >= FirstOffsetNumber && off <= MaxOffsetNumber &&
+		blkno != HNSW_METAPAGE_BLKNO && block_in_index(index, blkno);
+}
+
+/*
+ * What is wrong with a metapage, or NULL.  These are the fields readers
+ * size arrays and bound loops by, and the entry point they start from.
+ */
+char *
+hnsw_meta_problem(Relation index, const HnswMetaPageData *meta)
+{
+	int32		typmod = TupleDescAttr(RelationGetDescr(index), 0)->atttypmod;
+	ItemPointerData entry;
+
+	if (meta->magic != HNSW_MAGIC)
+		return psprintf("metapage magic is %08x, expected %08x",
+						meta->magic, HNSW_MAGIC);
+	if (meta->version != HNSW_FORMAT_VERSION)
+		return psprintf("format version %u, expected %d",
+						meta->version, HNSW_FORMAT_VERSION);
+	if (meta->dims < 1 || meta->dims > VECTOR_MAX_DIM ||
+		(typmod > 0 && meta->dims != typmod) ||
+		meta->m < HNSW_MIN_M || meta->m > HNSW_MAX_M ||
+		meta->efConstruction < HNSW_MIN_EF_CONSTRUCTION ||
+		meta->efConstruction > HNSW_MAX_EF_CONSTRUCTION ||
+		meta->metric < HNSW_METRIC_L2 || meta->metric > HNSW_METRIC_L1)
+		return psprintf("metapage fields out of range (dims %u, m %u, ef_construction %u, metric %u)",
+						meta->dims, meta->m, meta->efConstruction,
+						meta->metric);
+	if (meta->entryLevel < -1 || meta->entryLevel > hnsw_level_cap(meta->m))
+		return psprintf("entry level %d out of range", meta->entryLevel);
+	ItemPointerSet(&entry, meta->entryBlkno, meta->entryOffno);
+	if (meta->entryLevel >= 0 && !tid_in_index(index, &entry))
+		return psprintf("entry point (%u,%u) is not in the index",
+						meta->entryBlkno, meta->entryOffno);
+	return NULL;
+}
+
 void
 hnsw_read_meta(Relation index, HnswMetaPageData *meta)
 {
 	Buffer		buf = ReadBuffer(index, HNSW_METAPAGE_BLKNO);
-	Page		page;
-	HnswMetaPage m;
+	char	   *problem;
 
 	LockBuffer(buf, BUFFER_LOCK_SHARE);
-	page = BufferGetPage(buf);
-	m = HnswPageGetMeta(page);
-	if (PageIsNew(page) || m->magic != HNSW_MAGIC)
+	memcpy(meta, HnswPageGetMeta(BufferGetPage(buf)), sizeof(HnswMetaPageData));
+	UnlockReleaseBuffer(buf);
+	problem = hnsw_meta_problem(index, meta);
+	if (problem != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INDEX_CORRUPTED),
 				 errmsg("index \"%s\" is not a gnnhnsw index or its metapage is damaged",
 						RelationGetRelationName(index)),
+				 errdetail_internal("%s", problem),
 				 errhint("REINDEX the index.")));
-	if (m->version != HNSW_FORMAT_VERSION)
-		ereport(ERROR,
-				(errcode(ERRCODE_INDEX_CORRUPTED),
-				 errmsg("gnnhnsw index \"%s\" has format version %u, this build reads %d",
-						RelationGetRelationName(index), m->version,
-						HNSW_FORMAT_VERSION),
-				 errhint("REINDEX the index.")));
-	memcpy(meta, m, sizeof(HnswMetaPageData));
-	UnlockReleaseBuffer(buf);
 }
 
 /*
@@ -187,38 +253,117 @@ hnsw_set_insert_page(Relation index, BlockNumber blkno, bool onlyLower,
 	UnlockReleaseBuffer(buf);
 }
 
-HnswElementTuple
-hnsw_get_element(Page page, OffsetNumber off)
+/*
+ * The item at off when it is a tuple whose bytes lie in the page and that
+ * has at least minlen of them and the given kind (first byte); else NULL.
+ * *len gets its length.
+ */
+static char *
+page_tuple(Page page, OffsetNumber off, uint8 kind, Size minlen, Size *len)
 {
 	ItemId		iid;
-	HnswElementTuple etup;
+	char	   *item;
 
 	if (off < FirstOffsetNumber || off > PageGetMaxOffsetNumber(page))
 		return NULL;
 	iid = PageGetItemId(page, off);
-	if (!ItemIdIsUsed(iid) || ItemIdGetLength(iid) < offsetof(HnswElementTupleData, x))
+	*len = ItemIdGetLength(iid);
+	if (!ItemIdIsNormal(iid) || *len < minlen ||
+		ItemIdGetOffset(iid) + *len > BLCKSZ)
 		return NULL;
-	etup = (HnswElementTuple) PageGetItem(page, iid);
-	return etup->type == HNSW_ELEMENT_TUPLE ? etup : NULL;
+	item = (char *) PageGetItem(page, iid);
+	return (uint8) item[0] == kind ? item : NULL;
+}
+
+/*
+ * The element tuple at off, or NULL with *why saying why not: another kind
+ * of tuple, or an element whose length, inline floats and heap TID count
+ * disagree, so that reading it would overrun it.
+ */
+static HnswElementTuple
+element_at(Page page, OffsetNumber off, const char **why)
+{
+	Size		len;
+	HnswElementTuple etup;
+
+	etup = (HnswElementTuple) page_tuple(page, off, HNSW_ELEMENT_TUPLE,
+										 offsetof(HnswElementTupleData, x), &len);
+	if (etup == NULL)
+		*why = "no element tuple there";
+	else if (len != HNSW_ELEMENT_TUPLE_SIZE(etup->ninline))
+		*why = "element tuple length does not match its inline floats";
+	else if (etup->nheaptids > HNSW_HEAPTIDS)
+		*why = "element has more heap TIDs than an element holds";
+	else
+		return etup;
+	return NULL;
+}
+
+/* The same for neighbour tuples: their length must match their slots. */
+static HnswNeighborTuple
+neighbors_at(Page page, OffsetNumber off, const char **why)
+{
+	Size		len;
+	HnswNeighborTuple ntup;
+
+	ntup = (HnswNeighborTuple) page_tuple(page, off, HNSW_NEIGHBOR_TUPLE,
+										  offsetof(HnswNeighborTupleData, tids), &len);
+	if (ntup == NULL)
+		*why = "no neighbour tuple there";
+	else if (len != MAXALIGN(offsetof(HnswNeighborTupleData, tids) +
+							 sizeof(ItemPointerData) * ntup->count))
+		*why = "neighbour tuple length does not match its slots";
+	else
+		return ntup;
+	return NULL;
+}
+
+/*
+ * Page walkers (VACUUM, the checks) take what these return and skip the
+ * rest; a tuple they return can be read whole.
+ */
+HnswElementTuple
+hnsw_get_element(Page page, OffsetNumber off)
+{
+	const char *why;
+
+	return element_at(page, off, &why);
 }
 
 HnswNeighborTuple
 hnsw_get_neighbors(Page page, OffsetNumber off)
 {
-	ItemId		iid;
-	HnswNeighborTuple ntup;
+	const char *why;
 
-	if (off < FirstOffsetNumber || off > PageGetMaxOffsetNumber(page))
-		return NULL;
-	iid = PageGetItemId(page, off);
-	if (!ItemIdIsUsed(iid) || ItemIdGetLength(iid) < offsetof(HnswNeighborTupleData, tids))
-		return NULL;
-	ntup = (HnswNeighborTuple) PageGetItem(page, iid);
-	if (ntup->type != HNSW_NEIGHBOR_TUPLE ||
-		ItemIdGetLength(iid) < offsetof(HnswNeighborTupleData, tids) +
-		sizeof(ItemPointerData) * ntup->count)
-		return NULL;
-	return ntup;
+	return neighbors_at(page, off, &why);
+}
+
+/*
+ * The error for a damaged tuple met by following the graph.  Everything
+ * that follows TIDs (searches, inserts, VACUUM's walks) stops here rather
+ * than read past a tuple, loop, or give wrong answers.
+ */
+static void
+tuple_corrupted(Relation index, BlockNumber blkno, OffsetNumber off,
+				const char *fmt,...)
+			pg_attribute_printf(4, 5) pg_attribute_noreturn();
+
+static void
+tuple_corrupted(Relation index, BlockNumber blkno, OffsetNumber off,
+				const char *fmt,...)
+{
+	va_list		args;
+	char		detail[256];
+
+	va_start(args, fmt);
+	vsnprintf(detail, sizeof(detail), fmt, args);
+	va_end(args);
+	ereport(ERROR,
+			(errcode(ERRCODE_INDEX_CORRUPTED),
+			 errmsg("index \"%s\" has a damaged tuple at block %u, offset %u",
+					RelationGetRelationName(index), blkno, off),
+			 errdetail_internal("%s", detail),
+			 errhint("REINDEX the index.")));
 }
 
 /* ---------------------------------------------------------------------
@@ -305,32 +450,123 @@ hnsw_search_reset(HnswSearch *s)
 }
 
 /*
+ * ERROR unless the element tuple at (blkno, off) is one of this index: its
+ * vector's shape, level and TIDs are what the readers rely on.
+ */
+static void
+check_element(HnswSearch *s, BlockNumber blkno, OffsetNumber off,
+			  HnswElementTuple etup)
+{
+	if (etup->dim != s->dim || etup->ninline != hnsw_inline_floats(s->dim))
+		tuple_corrupted(s->index, blkno, off,
+						"element has %d dimensions, %d inline; the index has %d",
+						etup->dim, etup->ninline, s->dim);
+	if (etup->level > hnsw_level_cap(s->m))
+		tuple_corrupted(s->index, blkno, off,
+						"element level %d is above the limit %d",
+						etup->level, hnsw_level_cap(s->m));
+	if (!tid_in_index(s->index, &etup->neighbortid))
+		tuple_corrupted(s->index, blkno, off,
+						"element's neighbour tuple (%u,%u) is not in the index",
+						ItemPointerGetBlockNumberNoCheck(&etup->neighbortid),
+						ItemPointerGetOffsetNumberNoCheck(&etup->neighbortid));
+	if (ItemPointerIsValid(&etup->datatid) != (etup->ninline < s->dim))
+		tuple_corrupted(s->index, blkno, off,
+						"element's data tuple pointer does not match its dimensions");
+}
+
+/*
+ * Add the data tuples that continue a vector from float done on to the
+ * distance (and the vector), following the chain from next; prev is the
+ * tuple next was read from.  The split depends only on the dimension count,
+ * so every link must hold exactly the floats expected and the chain must
+ * end with the vector: each step consumes at least one float, and a chain
+ * that loops or is cut short is an error.
+ */
+static float
+load_data_chain(HnswSearch *s, HnswElement *e, int done, ItemPointerData next,
+				ItemPointerData prev)
+{
+	float		dist = 0;
+
+	while (done < s->dim)
+	{
+		int			want = Min(s->dim - done, HNSW_DATA_MAX);
+		BlockNumber blkno = ItemPointerGetBlockNumberNoCheck(&next);
+		OffsetNumber off = ItemPointerGetOffsetNumberNoCheck(&next);
+		Size		len;
+		Buffer		buf;
+		HnswDataTuple dtup;
+
+		CHECK_FOR_INTERRUPTS();
+		if (!tid_in_index(s->index, &next))
+			tuple_corrupted(s->index, ItemPointerGetBlockNumber(&prev),
+							ItemPointerGetOffsetNumber(&prev),
+							"data tuple pointer (%u,%u) is not in the index",
+							blkno, off);
+		buf = ReadBuffer(s->index, blkno);
+		LockBuffer(buf, BUFFER_LOCK_SHARE);
+		dtup = (HnswDataTuple) page_tuple(BufferGetPage(buf), off,
+										  HNSW_DATA_TUPLE,
+										  offsetof(HnswDataTupleData, x), &len);
+		if (dtup == NULL)
+			tuple_corrupted(s->index, ItemPointerGetBlockNumber(&prev),
+							ItemPointerGetOffsetNumber(&prev),
+							"the next data tuple, (%u,%u), is missing", blkno, off);
+		if (dtup->count != want || len != HNSW_DATA_TUPLE_SIZE(want))
+			tuple_corrupted(s->index, blkno, off,
+							"data tuple holds %d floats in %zu bytes, expected %d",
+							dtup->count, len, want);
+		if (s->query)
+			dist += hnsw_distance(s->metric, s->query + done, dtup->x, want);
+		if (e->vec)
+			memcpy(e->vec + done, dtup->x, sizeof(float) * want);
+		done += want;
+		prev = next;
+		next = dtup->next;
+		UnlockReleaseBuffer(buf);
+	}
+	if (ItemPointerIsValid(&next))
+		tuple_corrupted(s->index, ItemPointerGetBlockNumber(&prev),
+						ItemPointerGetOffsetNumber(&prev),
+						"data tuple chain goes on past the vector's last float");
+	return dist;
+}
+
+/*
  * Read the element at e->tid: header fields, the distance to the query
  * (summed tuple by tuple for a vector split over several), and the vector
- * itself when s->load_vectors.  False if no element is there.
+ * itself when s->load_vectors.  TIDs come from the graph, which points only
+ * at elements: anything else there is damage (an ERROR).
  */
-static bool
+static void
 load_element_pinned(HnswSearch *s, HnswElement *e, Buffer buf)
 {
+	BlockNumber blkno = ItemPointerGetBlockNumberNoCheck(&e->tid);
+	OffsetNumber off = ItemPointerGetOffsetNumberNoCheck(&e->tid);
 	Page		page;
 	HnswElementTuple etup;
 	ItemPointerData next;
+	const char *why;
 	float		dist = 0;
 	int			done;
 
 	if (!BufferIsValid(buf))
-		buf = ReadBuffer(s->index, ItemPointerGetBlockNumber(&e->tid));
+	{
+		if (!tid_in_index(s->index, &e->tid))
+			tuple_corrupted(s->index, blkno, off,
+							"an element pointer leads to this TID, which is not in the index");
+		buf = ReadBuffer(s->index, blkno);
+	}
 	LockBuffer(buf, BUFFER_LOCK_SHARE);
 	page = BufferGetPage(buf);
-	etup = hnsw_get_element(page, ItemPointerGetOffsetNumber(&e->tid));
-	if (etup == NULL || etup->dim != s->dim || etup->ninline > s->dim)
-	{
-		UnlockReleaseBuffer(buf);
-		return false;
-	}
+	etup = element_at(page, off, &why);
+	if (etup == NULL)
+		tuple_corrupted(s->index, blkno, off, "%s", why);
+	check_element(s, blkno, off, etup);
 	e->level = etup->level;
 	e->deleted = etup->deleted != 0;
-	e->nheaptids = Min(etup->nheaptids, HNSW_HEAPTIDS);
+	e->nheaptids = etup->nheaptids;
 	memcpy(e->heaptids, etup->heaptids, sizeof(ItemPointerData) * e->nheaptids);
 	e->neighbortid = etup->neighbortid;
 	e->lsn = PageGetLSN(page);
@@ -343,53 +579,14 @@ load_element_pinned(HnswSearch *s, HnswElement *e, Buffer buf)
 	next = etup->datatid;
 	UnlockReleaseBuffer(buf);
 
-	while (done < s->dim && ItemPointerIsValid(&next))
-	{
-		HnswDataTuple dtup;
-		ItemId		iid;
-		OffsetNumber off = ItemPointerGetOffsetNumber(&next);
-		int			count;
-
-		buf = ReadBuffer(s->index, ItemPointerGetBlockNumber(&next));
-		LockBuffer(buf, BUFFER_LOCK_SHARE);
-		page = BufferGetPage(buf);
-		if (off > PageGetMaxOffsetNumber(page))
-		{
-			UnlockReleaseBuffer(buf);
-			break;
-		}
-		iid = PageGetItemId(page, off);
-		dtup = (HnswDataTuple) PageGetItem(page, iid);
-		if (!ItemIdIsUsed(iid) || dtup->type != HNSW_DATA_TUPLE)
-		{
-			UnlockReleaseBuffer(buf);
-			break;
-		}
-		count = Min(dtup->count, s->dim - done);
-		if (s->query)
-			dist += hnsw_distance(s->metric, s->query + done, dtup->x, count);
-		if (e->vec)
-			memcpy(e->vec + done, dtup->x, sizeof(float) * count);
-		done += count;
-		next = dtup->next;
-		UnlockReleaseBuffer(buf);
-	}
-	if (done != s->dim)
-	{
-		if (e->vec)
-			pfree(e->vec);
-		e->vec = NULL;
-		return false;
-	}
-	e->dist = dist;
+	e->dist = dist + load_data_chain(s, e, done, next, e->tid);
 	s->ntuples_read++;
-	return true;
 }
 
-bool
+void
 hnsw_load_element(HnswSearch *s, HnswElement *e)
 {
-	return load_element_pinned(s, e, InvalidBuffer);
+	load_element_pinned(s, e, InvalidBuffer);
 }
 
 /* The whole vector of the element at tid (out: dim floats). */
@@ -404,24 +601,15 @@ hnsw_load_vector(Relation index, ItemPointer tid, float *out)
 	memset(&s, 0, sizeof(s));
 	s.index = index;
 	s.dim = meta.dims;
+	s.m = meta.m;
 	s.metric = meta.metric;
 	s.load_vectors = true;
 	e.tid = *tid;
-	if (!hnsw_load_element(&s, &e))
-		ereport(ERROR,
-				(errcode(ERRCODE_INDEX_CORRUPTED),
-				 errmsg("no gnnhnsw element at (%u,%u) in index \"%s\"",
-						ItemPointerGetBlockNumber(tid),
-						ItemPointerGetOffsetNumber(tid),
-						RelationGetRelationName(index))));
+	hnsw_load_element(&s, &e);
 	memcpy(out, e.vec, sizeof(float) * meta.dims);
 	pfree(e.vec);
 }
 
-/*
- * Visit tid in a search: -1 if already visited or not an element, else
- * the index of the loaded element in s->elems.
- */
 /* Load an element not visited before, whose block the caller pinned. */
 static int
 search_add_pinned(HnswSearch *s, ItemPointer tid, Buffer buf)
@@ -435,59 +623,73 @@ search_add_pinned(HnswSearch *s, ItemPointer tid, Buffer buf)
 	}
 	e = &s->elems[s->nelems];
 	e->tid = *tid;
-	if (!load_element_pinned(s, e, buf))
-		return -1;
-	return s->nelems++;
-}
-
-int
-hnsw_search_add(HnswSearch *s, ItemPointer tid)
-{
-	HnswElement *e;
-
-	if (hnsw_keyset_test_and_add(&s->visited, hnsw_tid_key(tid)))
-		return -1;
-	if (s->nelems == s->capelems)
-	{
-		s->capelems *= 2;
-		s->elems = repalloc_huge(s->elems, sizeof(HnswElement) * s->capelems);
-	}
-	e = &s->elems[s->nelems];
-	e->tid = *tid;
-	if (!hnsw_load_element(s, e))
-		return -1;
+	load_element_pinned(s, e, buf);
 	return s->nelems++;
 }
 
 /*
+ * Visit tid in a search: -1 if already visited, else the index of the
+ * loaded element in s->elems.
+ */
+int
+hnsw_search_add(HnswSearch *s, ItemPointer tid)
+{
+	if (hnsw_keyset_test_and_add(&s->visited, hnsw_tid_key(tid)))
+		return -1;
+	return search_add_pinned(s, tid, InvalidBuffer);
+}
+
+/*
  * Neighbour TIDs of an element at one level (out: room for 2m).  Zero when
- * the tuple is gone or has no such level.
+ * the element has no neighbour tuple or the tuple has no such level (an
+ * element taken over by a lower-level insert since the caller read it).
+ * The tuple's slots must fit its level for this m, and every TID in them
+ * must be in the index: the callers read the TIDs' pages without a check.
  */
 int
 hnsw_load_neighbors(Relation index, ItemPointer neighbortid, int m, int level,
 					ItemPointerData *out)
 {
+	BlockNumber blkno;
+	OffsetNumber off;
 	Buffer		buf;
-	Page		page;
 	HnswNeighborTuple ntup;
+	const char *why;
 	int			n = 0;
 
 	if (!ItemPointerIsValid(neighbortid))
 		return 0;
-	buf = ReadBuffer(index, ItemPointerGetBlockNumber(neighbortid));
+	blkno = ItemPointerGetBlockNumber(neighbortid);
+	off = ItemPointerGetOffsetNumber(neighbortid);
+	buf = ReadBuffer(index, blkno);
 	LockBuffer(buf, BUFFER_LOCK_SHARE);
-	page = BufferGetPage(buf);
-	ntup = hnsw_get_neighbors(page, ItemPointerGetOffsetNumber(neighbortid));
-	if (ntup && level <= ntup->level)
+	ntup = neighbors_at(BufferGetPage(buf), off, &why);
+	if (ntup == NULL)
+		tuple_corrupted(index, blkno, off, "%s", why);
+	if (ntup->level > hnsw_level_cap(m) ||
+		ntup->count < 2 * m + ntup->level * m || (ntup->count - 2 * m) % m != 0)
+		tuple_corrupted(index, blkno, off,
+						"neighbour tuple of level %d has %d slots, which does not fit m = %d",
+						ntup->level, ntup->count, m);
+	if (level <= ntup->level)
 	{
 		int			start = hnsw_level_offset(m, level);
 		int			slots = hnsw_level_slots(m, level);
 		int			i;
 
-		if (start + slots <= ntup->count)
-			for (i = 0; i < slots; i++)
-				if (ItemPointerIsValid(&ntup->tids[i + start]))
-					out[n++] = ntup->tids[i + start];
+		for (i = start; i < start + slots; i++)
+		{
+			ItemPointer tid = &ntup->tids[i];
+
+			if (!ItemPointerIsValid(tid))
+				continue;
+			if (!tid_in_index(index, tid))
+				tuple_corrupted(index, blkno, off,
+								"level %d neighbour (%u,%u) is not in the index",
+								level, ItemPointerGetBlockNumberNoCheck(tid),
+								ItemPointerGetOffsetNumberNoCheck(tid));
+			out[n++] = *tid;
+		}
 	}
 	UnlockReleaseBuffer(buf);
 	return n;
