@@ -695,14 +695,7 @@ lazy_vector_of(void *arg, int32_t id)
 			victim = i;
 	}
 	e.tid = lv->s->elems[id].tid;
-	if (!hnsw_load_element(&lv->loader, &e))
-		ereport(ERROR,
-				(errcode(ERRCODE_INDEX_CORRUPTED),
-				 errmsg("gnnhnsw element at (%u,%u) of index \"%s\" vanished during an insert",
-						ItemPointerGetBlockNumber(&e.tid),
-						ItemPointerGetOffsetNumber(&e.tid),
-						RelationGetRelationName(lv->s->index)),
-				 errhint("REINDEX the index.")));
+	hnsw_load_element(&lv->loader, &e);
 	memcpy(lv->vecs[victim], e.vec, sizeof(float) * lv->s->dim);
 	pfree(e.vec);
 	lv->ids[victim] = id;
