@@ -584,6 +584,7 @@ typedef struct VacReach
 {
 	HnswReachWalk walk;
 	HnswAllocator alloc;		/* the walk's context */
+	HnswSearch	loader;			/* reads elements, checked, no vectors */
 	int64		reconnected;	/* unreached elements given an in-edge */
 } VacReach;
 
@@ -601,35 +602,30 @@ vac_reach_init(VacReach *r, VacState *vs)
 	qcap = Min(qcap, MaxAllocSize / sizeof(int64));
 	hnsw_bind_allocator(&r->alloc);
 	hnsw_reach_init(&r->walk, nblocks, slots, (int) qcap, &r->alloc);
+	hnsw_search_init(&r->loader, vs->index, (HnswMetric) vs->meta.metric,
+					 vs->meta.dims, vs->meta.m, NULL);
 	r->reconnected = 0;
 }
 
-/* Queue what tid links to, at every level (deleted elements included). */
+/*
+ * Queue what tid links to, at every level (deleted elements included).  A
+ * damaged element is an ERROR here, as in a search.
+ */
 static void
-expand_element(VacState *vs, HnswReachWalk *w, ItemPointer tid,
-			   ItemPointerData *nb)
+expand_element(VacState *vs, VacReach *r, ItemPointer tid, ItemPointerData *nb)
 {
-	Buffer		buf = vac_read(vs, ItemPointerGetBlockNumber(tid), BUFFER_LOCK_SHARE);
-	HnswElementTuple etup = hnsw_get_element(BufferGetPage(buf),
-											 ItemPointerGetOffsetNumber(tid));
-	ItemPointerData ntid;
-	int			level,
-				lc;
+	HnswElement e;
+	int			lc;
 
-	if (etup == NULL)
+	e.tid = *tid;
+	hnsw_load_element(&r->loader, &e);
+	for (lc = 0; lc <= e.level; lc++)
 	{
-		UnlockReleaseBuffer(buf);
-		return;
-	}
-	ntid = etup->neighbortid;
-	level = etup->level;
-	UnlockReleaseBuffer(buf);
-	for (lc = 0; lc <= level; lc++)
-	{
-		int			n = hnsw_load_neighbors(vs->index, &ntid, vs->meta.m, lc, nb);
+		int			n = hnsw_load_neighbors(vs->index, &e.neighbortid, vs->meta.m,
+											lc, nb);
 
 		for (int j = 0; j < n; j++)
-			hnsw_reach_add(w, ItemPointerGetBlockNumber(&nb[j]),
+			hnsw_reach_add(&r->walk, ItemPointerGetBlockNumber(&nb[j]),
 						   ItemPointerGetOffsetNumber(&nb[j]));
 	}
 }
@@ -705,7 +701,7 @@ connect_unreachable(VacState *vs)
 		{
 			vacuum_delay_point();
 			ItemPointerSet(&tid, blk, off);
-			expand_element(vs, &r.walk, &tid, nb);
+			expand_element(vs, &r, &tid, nb);
 		}
 		work_on_live_elements(vs, is_unreached, reconnect_element, &r);
 		if (r.reconnected > 0)
