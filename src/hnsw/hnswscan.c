@@ -22,6 +22,7 @@
 #include "hnsw/hnsw.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "utils/snapmgr.h"
 #include "utils/memutils.h"
 
 typedef struct HnswScanOpaqueData
@@ -136,6 +137,17 @@ start_scan(IndexScanDesc scan)
 	ScanKey		key;
 	int			ep;
 	int			ef;
+
+	/*
+	 * The graph is searched as it is now, and rows are returned in the order
+	 * the search finds them: nothing a snapshot that is not MVCC (a dirty
+	 * read, SnapshotAny) can rely on.
+	 */
+	if (!IsMVCCSnapshot(scan->xs_snapshot))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("non-MVCC snapshots are not supported with gnnhnsw"),
+				 errhint("Scan gnnhnsw indexes only under an MVCC snapshot, as ordinary queries do.")));
 
 	if (scan->numberOfOrderBys == 0 || scan->orderByData == NULL)
 		ereport(ERROR,
