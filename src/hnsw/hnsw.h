@@ -630,6 +630,24 @@ typedef struct HnswSearch
 	int64		ntuples_read;	/* elements loaded (max_scan_tuples) */
 } HnswSearch;
 
+/*
+ * A search at one level over the pages, in rounds (hnswutils.c): plain
+ * searches are one round, iterative scans resume it round after round.
+ */
+typedef struct HnswLevelSearch
+{
+	HnswSearch *s;
+	int			level;
+	int			ef;
+	bool		resumable;		/* keep what a round leaves for the next */
+	HnswHeap	cand;			/* min-heap: met, neighbours not read yet */
+	HnswHeap	res;			/* max-heap: the current round's ef nearest */
+	HnswHeap	left;			/* min-heap: met, returned by no round yet */
+	ItemPointerData *nbrs;		/* scratch, 2m each */
+	ItemPointerData *todo;
+	Buffer	   *bufs;
+} HnswLevelSearch;
+
 /* A result handed to the rerank plug-in (one per element). */
 typedef struct HnswCandidate
 {
@@ -719,6 +737,12 @@ extern int	hnsw_load_neighbors(Relation index, ItemPointer neighbortid,
 								int m, int level, ItemPointerData *out);
 extern int	hnsw_search_layer(HnswSearch *s, int *entries, int nentries,
 							  int ef, int level, HnswHeapItem *out);
+extern void hnsw_level_search_begin(HnswLevelSearch *ls, HnswSearch *s,
+									int *entries, int nentries, int ef,
+									int level, bool resumable);
+extern int	hnsw_level_search_round(HnswLevelSearch *ls, int64 maxRead,
+									HnswHeapItem *out);
+extern void hnsw_level_search_end(HnswLevelSearch *ls);
 extern int	hnsw_select_heuristic(HnswMetric metric, int dim, float **vecs,
 								  const float *dists, int n, int max,
 								  bool *keep);

@@ -6,11 +6,12 @@
  * Alg. 5: greedy descent through the upper levels, then SEARCH-LAYER at
  * level 0 with ef = gnnvec.ef_search) and returns the heap rows of the
  * candidates in order of distance.  With gnnvec.iterative_scan on, when the
- * executor wants more rows (a WHERE clause filtered them away) the search
- * is run again with twice the ef, and the elements not returned yet are
- * returned next; strict_order drops those closer than the last row
- * returned, relaxed_order does not.  It stops when a round has visited
- * gnnvec.max_scan_tuples elements or finds nothing new.
+ * executor wants more rows (a WHERE clause filtered them away) the level-0
+ * search resumes where it stopped (hnsw_level_search_round): each round
+ * returns the next ef nearest elements it finds, none returned before;
+ * strict_order drops those closer than the last row returned, relaxed_order
+ * does not.  Once the scan has read gnnvec.max_scan_tuples elements it reads
+ * no more neighbours, returns what it has met and ends.
  *
  * The query passes through hnsw_scan_adapt_query before the search and
  * each round's candidates through hnsw_scan_rerank after it (hnsw.h).
@@ -21,6 +22,7 @@
 #include "hnsw/hnsw.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "utils/snapmgr.h"
 #include "utils/memutils.h"
 
 typedef struct HnswScanOpaqueData
@@ -31,19 +33,18 @@ typedef struct HnswScanOpaqueData
 	HnswMetric	metric;
 	float	   *query;
 	HnswSearch	search;
+	HnswIterativeScan iterative;	/* gnnvec.iterative_scan when it began */
+	HnswLevelSearch level0;		/* valid while !done */
+	HnswHeapItem *found;		/* room for one round (ef) */
 
 	HnswCandidate *cands;		/* current round */
 	int			ncands;
 	int			pos;
 	int			heappos;
 
-	int			ef;				/* ef of the current round */
-	int64		lastRead;		/* elements read by the previous round */
 	float		lastDist;		/* distance of the last row returned */
 	bool		haveLast;
-	HnswKeySet	returned;		/* elements returned (iterative scans) */
-	HnswAllocator alloc;		/* in ctx */
-	bool		done;
+	bool		done;			/* no round comes after this one */
 } HnswScanOpaqueData;
 
 typedef HnswScanOpaqueData *HnswScanOpaque;
@@ -82,60 +83,50 @@ hnswrescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys,
 }
 
 /*
- * One search round with ef = so->ef: fills so->cands with the live elements
- * found that were not returned by an earlier round.
+ * One round of the level-0 search: fills so->cands with the live elements
+ * found that no earlier round returned.
  */
 static void
 search_round(IndexScanDesc scan)
 {
 	HnswScanOpaque so = (HnswScanOpaque) scan->opaque;
 	HnswSearch *s = &so->search;
-	HnswHeapItem *found;
-	int			ep;
-	int			nf = 0;
+	int			nf;
 	int			i;
-	bool		iterative = hnsw_iterative_scan != HNSW_ITERATIVE_SCAN_OFF;
 
-	hnsw_search_reset(s);
-	found = palloc(sizeof(HnswHeapItem) * (so->ef + 1));
-	if (hnsw_search_to_level(s, &so->meta, 0, &ep) >= 0)
-		nf = hnsw_search_layer(s, &ep, 1, so->ef, 0, found);
-
+	nf = hnsw_level_search_round(&so->level0, hnsw_max_scan_tuples, so->found);
+	if (so->cands)
+		pfree(so->cands);
 	so->cands = palloc(sizeof(HnswCandidate) * Max(nf, 1));
 	so->ncands = 0;
 	for (i = 0; i < nf; i++)
 	{
-		HnswElement *e = &s->elems[found[i].id];
+		HnswElement *e = &s->elems[so->found[i].id];
 		HnswCandidate *c;
 
 		if (e->deleted || e->nheaptids == 0)
 			continue;
-		if (iterative)
-		{
-			if (hnsw_keyset_test_and_add(&so->returned, hnsw_tid_key(&e->tid)))
-				continue;
-			if (hnsw_iterative_scan == HNSW_ITERATIVE_SCAN_STRICT &&
-				so->haveLast && found[i].dist < so->lastDist)
-				continue;
-		}
+		if (so->iterative == HNSW_ITERATIVE_SCAN_STRICT &&
+			so->haveLast && so->found[i].dist < so->lastDist)
+			continue;
 		c = &so->cands[so->ncands++];
 		c->tid = e->tid;
-		c->distance = found[i].dist;
+		c->distance = so->found[i].dist;
 		c->lsn = e->lsn;
 		c->nheaptids = e->nheaptids;
 		memcpy(c->heaptids, e->heaptids, sizeof(ItemPointerData) * e->nheaptids);
 	}
-	pfree(found);
 	so->ncands = hnsw_scan_rerank(scan->indexRelation, so->query,
 								  so->meta.dims, so->cands, so->ncands);
 	so->pos = 0;
 	so->heappos = 0;
 
-	/* nothing more to find: the whole reachable graph was seen */
-	if (!iterative || s->ntuples_read <= so->lastRead ||
-		s->ntuples_read >= hnsw_max_scan_tuples)
+	/* a round that found nothing new has seen all it can reach */
+	if (so->iterative == HNSW_ITERATIVE_SCAN_OFF || nf == 0)
+	{
+		hnsw_level_search_end(&so->level0);
 		so->done = true;
-	so->lastRead = s->ntuples_read;
+	}
 }
 
 static void
@@ -144,6 +135,19 @@ start_scan(IndexScanDesc scan)
 	HnswScanOpaque so = (HnswScanOpaque) scan->opaque;
 	Relation	index = scan->indexRelation;
 	ScanKey		key;
+	int			ep;
+	int			ef;
+
+	/*
+	 * The graph is searched as it is now, and rows are returned in the order
+	 * the search finds them: nothing a snapshot that is not MVCC (a dirty
+	 * read, SnapshotAny) can rely on.
+	 */
+	if (!IsMVCCSnapshot(scan->xs_snapshot))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("non-MVCC snapshots are not supported with gnnhnsw"),
+				 errhint("Scan gnnhnsw indexes only under an MVCC snapshot, as ordinary queries do.")));
 
 	if (scan->numberOfOrderBys == 0 || scan->orderByData == NULL)
 		ereport(ERROR,
@@ -174,12 +178,19 @@ start_scan(IndexScanDesc scan)
 
 	hnsw_search_init(&so->search, index, so->metric, so->meta.dims,
 					 so->meta.m, so->query);
-	hnsw_bind_allocator(&so->alloc);	/* so->ctx is current here */
-	hnsw_keyset_init(&so->returned, 64, &so->alloc);
-	so->ef = hnsw_scan_ef(index);
-	so->lastRead = 0;
 	so->lastDist = 0;
 	so->haveLast = false;
+	if (hnsw_search_to_level(&so->search, &so->meta, 0, &ep) < 0)
+	{
+		/* an empty index */
+		so->done = true;
+		return;
+	}
+	ef = hnsw_scan_ef(index);
+	so->found = palloc(sizeof(HnswHeapItem) * ef);
+	so->iterative = (HnswIterativeScan) hnsw_iterative_scan;
+	hnsw_level_search_begin(&so->level0, &so->search, &ep, 1, ef, 0,
+							so->iterative != HNSW_ITERATIVE_SCAN_OFF);
 	so->done = false;
 	search_round(scan);
 }
@@ -219,8 +230,6 @@ hnswgettuple(IndexScanDesc scan, ScanDirection dir)
 		}
 		if (so->done)
 			break;
-		CHECK_FOR_INTERRUPTS();
-		so->ef *= 2;
 		search_round(scan);
 	}
 	MemoryContextSwitchTo(old);

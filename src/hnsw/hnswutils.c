@@ -731,100 +731,181 @@ prefetch_tuple(Page page, OffsetNumber off, Size len)
 }
 
 /*
- * SEARCH-LAYER over the pages (Alg. 2): the ef nearest elements of the
- * query at one level, from the entry elements given (indexes into
- * s->elems).  out (room for ef) gets them ascending; returns how many.
+ * SEARCH-LAYER over the pages (Alg. 2), in rounds.  hnsw_level_search_begin
+ * starts from the entry elements given (indexes into s->elems); each
+ * hnsw_level_search_round then returns the ef nearest elements it finds that
+ * no earlier round returned.  A plain search (resumable false) is one round
+ * and, as Alg. 2 does, forgets the elements too far for its result.  A
+ * resumable search keeps them: every element met stays in cand until its
+ * neighbours are read and in left until a round returns it, so the next
+ * round continues where the last one stopped and, round after round,
+ * reaches every element reachable from the entry.
+ */
+void
+hnsw_level_search_begin(HnswLevelSearch *ls, HnswSearch *s, int *entries,
+				   int nentries, int ef, int level, bool resumable)
+{
+	int			i;
+
+	ls->s = s;
+	ls->ef = ef;
+	ls->level = level;
+	ls->resumable = resumable;
+	ls->nbrs = palloc(sizeof(ItemPointerData) * 2 * s->m);
+	ls->todo = palloc(sizeof(ItemPointerData) * 2 * s->m);
+	ls->bufs = palloc(sizeof(Buffer) * 2 * s->m);
+
+	/* a fresh visited set per level: upper levels must not hide elements */
+	hnsw_keyset_free(&s->visited);
+	hnsw_keyset_init(&s->visited, level == 0 ? (uint64) ef * s->m : 64,
+					 &s->alloc);
+	hnsw_heap_init(&ls->cand, false, ef * 2, &s->alloc);
+	hnsw_heap_init(&ls->res, true, ef + 1, &s->alloc);
+	hnsw_heap_init(&ls->left, false, resumable ? ef * 2 : 1, &s->alloc);
+	for (i = 0; i < nentries; i++)
+	{
+		HnswElement *e = &s->elems[entries[i]];
+
+		hnsw_keyset_test_and_add(&s->visited, hnsw_tid_key(&e->tid));
+		hnsw_heap_push(&ls->cand, e->dist, entries[i]);
+		hnsw_heap_push(&ls->left, e->dist, entries[i]);
+	}
+}
+
+/* An element met: into this round's result, or kept for later, or dropped. */
+static void
+level_search_meet(HnswLevelSearch *ls, float d, int idx)
+{
+	if (ls->res.n < ls->ef || d < hnsw_heap_top(&ls->res)->dist)
+	{
+		hnsw_heap_push(&ls->cand, d, idx);
+		hnsw_heap_push(&ls->res, d, idx);
+		if (ls->res.n > ls->ef)
+		{
+			HnswHeapItem out = hnsw_heap_pop(&ls->res);
+
+			if (ls->resumable)
+				hnsw_heap_push(&ls->left, out.dist, out.id);
+		}
+	}
+	else if (ls->resumable)
+	{
+		hnsw_heap_push(&ls->cand, d, idx);
+		hnsw_heap_push(&ls->left, d, idx);
+	}
+}
+
+/* Read the neighbours of one element and meet those not visited yet. */
+static void
+level_search_expand(HnswLevelSearch *ls, int id)
+{
+	HnswSearch *s = ls->s;
+	int			nn;
+	int			nu = 0;
+	int			i;
+
+	nn = hnsw_load_neighbors(s->index, &s->elems[id].neighbortid, s->m,
+							 ls->level, ls->nbrs);
+
+	/*
+	 * The neighbours' tuples are scattered over shared buffers: pin them all
+	 * and prefetch their line pointers, then their tuples, before reading
+	 * any, so that the cache misses overlap.
+	 */
+	for (i = 0; i < nn; i++)
+	{
+		if (hnsw_keyset_test_and_add(&s->visited, hnsw_tid_key(&ls->nbrs[i])))
+			continue;
+		ls->todo[nu] = ls->nbrs[i];
+		ls->bufs[nu] = ReadBuffer(s->index, ItemPointerGetBlockNumber(&ls->nbrs[i]));
+		prefetch_itemid(BufferGetPage(ls->bufs[nu]),
+						ItemPointerGetOffsetNumber(&ls->nbrs[i]));
+		nu++;
+	}
+	for (i = 0; i < nu; i++)
+		prefetch_tuple(BufferGetPage(ls->bufs[i]), ItemPointerGetOffsetNumber(&ls->todo[i]),
+					   offsetof(HnswElementTupleData, x) + sizeof(float) * s->dim);
+	for (i = 0; i < nu; i++)
+	{
+		int			idx = search_add_pinned(s, &ls->todo[i], ls->bufs[i]);
+
+		if (idx >= 0)
+			level_search_meet(ls, s->elems[idx].dist, idx);
+	}
+}
+
+/*
+ * One round: out (room for ef) gets, ascending, the ef nearest elements met
+ * that no earlier round returned; returns how many (0: nothing is left).
+ * A resumable search reads no more neighbours once maxRead elements have
+ * been read, but still returns what it has met.
+ */
+int
+hnsw_level_search_round(HnswLevelSearch *ls, int64 maxRead, HnswHeapItem *out)
+{
+	HnswHeap   *res = &ls->res;
+	int			n;
+
+	/* this round's result starts with the nearest of those left over */
+	while (ls->left.n > 0 && res->n < ls->ef)
+	{
+		HnswHeapItem it = hnsw_heap_pop(&ls->left);
+
+		hnsw_heap_push(res, it.dist, it.id);
+	}
+
+	while (ls->cand.n > 0 && !(ls->resumable && ls->s->ntuples_read >= maxRead))
+	{
+		HnswHeapItem c = hnsw_heap_pop(&ls->cand);
+
+		if (res->n >= ls->ef && c.dist > hnsw_heap_top(res)->dist)
+		{
+			/* not read yet: the next round may need it */
+			if (ls->resumable)
+				hnsw_heap_push(&ls->cand, c.dist, c.id);
+			break;
+		}
+		CHECK_FOR_INTERRUPTS();
+		level_search_expand(ls, c.id);
+	}
+
+	/* drain the max-heap from the back: ascending order */
+	n = res->n;
+	while (res->n > 0)
+	{
+		HnswHeapItem it = hnsw_heap_pop(res);
+
+		out[res->n] = it;
+	}
+	return n;
+}
+
+void
+hnsw_level_search_end(HnswLevelSearch *ls)
+{
+	hnsw_heap_free(&ls->cand);
+	hnsw_heap_free(&ls->res);
+	hnsw_heap_free(&ls->left);
+	pfree(ls->nbrs);
+	pfree(ls->todo);
+	pfree(ls->bufs);
+}
+
+/*
+ * SEARCH-LAYER: the ef nearest elements of the query at one level, from
+ * the entry elements given.  out (room for ef) gets them ascending;
+ * returns how many.
  */
 int
 hnsw_search_layer(HnswSearch *s, int *entries, int nentries, int ef,
 				  int level, HnswHeapItem *out)
 {
-	HnswHeap	cand;
-	HnswHeap	res;
-	ItemPointerData *nbrs = palloc(sizeof(ItemPointerData) * 2 * s->m);
-	ItemPointerData *todo = palloc(sizeof(ItemPointerData) * 2 * s->m);
-	Buffer	   *bufs = palloc(sizeof(Buffer) * 2 * s->m);
-	int			nu;
-	int			i,
-				n;
+	HnswLevelSearch ls;
+	int			n;
 
-	/* a fresh visited set per level: upper levels must not hide elements */
-	hnsw_keyset_free(&s->visited);
-	hnsw_keyset_init(&s->visited, level == 0 ? ef * s->m : 64,
-					 &s->alloc);
-	hnsw_heap_init(&cand, false, ef * 2, &s->alloc);
-	hnsw_heap_init(&res, true, ef + 1, &s->alloc);
-	for (i = 0; i < nentries; i++)
-	{
-		float		d = s->elems[entries[i]].dist;
-
-		hnsw_keyset_test_and_add(&s->visited, hnsw_tid_key(&s->elems[entries[i]].tid));
-
-		hnsw_heap_push(&cand, d, entries[i]);
-		hnsw_heap_push(&res, d, entries[i]);
-		if (res.n > ef)
-			hnsw_heap_pop(&res);
-	}
-
-	while (cand.n > 0)
-	{
-		HnswHeapItem c = hnsw_heap_pop(&cand);
-		int			nn;
-
-		if (c.dist > hnsw_heap_top(&res)->dist && res.n >= ef)
-			break;
-		CHECK_FOR_INTERRUPTS();
-		nn = hnsw_load_neighbors(s->index, &s->elems[c.id].neighbortid,
-								 s->m, level, nbrs);
-
-		/*
-		 * The neighbours' tuples are scattered over shared buffers: pin
-		 * them all and prefetch their line pointers, then their tuples,
-		 * before reading any, so that the cache misses overlap.
-		 */
-		nu = 0;
-		for (i = 0; i < nn; i++)
-		{
-			if (hnsw_keyset_test_and_add(&s->visited, hnsw_tid_key(&nbrs[i])))
-				continue;
-			todo[nu] = nbrs[i];
-			bufs[nu] = ReadBuffer(s->index, ItemPointerGetBlockNumber(&nbrs[i]));
-			prefetch_itemid(BufferGetPage(bufs[nu]), ItemPointerGetOffsetNumber(&nbrs[i]));
-			nu++;
-		}
-		for (i = 0; i < nu; i++)
-			prefetch_tuple(BufferGetPage(bufs[i]), ItemPointerGetOffsetNumber(&todo[i]),
-						   offsetof(HnswElementTupleData, x) + sizeof(float) * s->dim);
-		for (i = 0; i < nu; i++)
-		{
-			int			idx = search_add_pinned(s, &todo[i], bufs[i]);
-			float		d;
-
-			if (idx < 0)
-				continue;
-			d = s->elems[idx].dist;
-			if (res.n < ef || d < hnsw_heap_top(&res)->dist)
-			{
-				hnsw_heap_push(&cand, d, idx);
-				hnsw_heap_push(&res, d, idx);
-				if (res.n > ef)
-					hnsw_heap_pop(&res);
-			}
-		}
-	}
-
-	n = res.n;
-	while (res.n > 0)
-	{
-		HnswHeapItem it = hnsw_heap_pop(&res);
-
-		out[res.n] = it;
-	}
-	hnsw_heap_free(&cand);
-	hnsw_heap_free(&res);
-	pfree(nbrs);
-	pfree(todo);
-	pfree(bufs);
+	hnsw_level_search_begin(&ls, s, entries, nentries, ef, level, false);
+	n = hnsw_level_search_round(&ls, 0, out);
+	hnsw_level_search_end(&ls);
 	return n;
 }
 
