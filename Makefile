@@ -10,7 +10,7 @@
 # USE_ASSERT_CHECKING (make test does).
 
 EXTENSION  = gnnvec
-EXTVERSION = 0.1.0
+EXTVERSION = 0.1.1
 MODULE_big = gnnvec
 DATA       = $(wildcard sql/gnnvec--*.sql)
 

@@ -44,9 +44,9 @@ run_op(LoraBank *bank, Op op, int scope, const float *x, const float *g,
 	if (op == OP_FORWARD)
 		status = lora_bank_forward(bank, scope, x, dim, s, y);
 	else if (op == OP_ADAPT)
-		status = lora_bank_adapt(bank, scope, g, dim, s);
+		status = lora_bank_adapt(bank, scope, x, g, dim, s);
 	else
-		status = lora_bank_reward(bank, scope, 0.1, s);
+		status = lora_bank_reward(bank, scope, x, dim, 0.1, s);
 	if (status != LORA_OK)
 	{
 		fprintf(stderr, "lora_bench: call failed with status %d\n", status);

@@ -690,6 +690,9 @@ typedef struct GnnStoreRowId
 	ItemPointerData ctid;
 } GnnStoreRowId;
 
+extern void gnn_store_begin_update(Relation index, const char *scope,
+								   const char *kind);
+extern void gnn_store_end_update(void);
 extern void gnn_store_snapshot_key(GnnSnapshotKey *key);
 extern bool gnn_store_fetch_blob(Relation index, const char *scope,
 								 const char *kind, GnnStoreRowId *known,

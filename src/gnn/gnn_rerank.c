@@ -31,14 +31,20 @@
 #include <math.h>
 
 #include "access/relation.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "executor/tuptable.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "gnn/gnn.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/rls.h"
+#include "utils/snapmgr.h"
 
 bool		gnn_rerank_setting = false;
 int			gnn_rerank_candidates = 100;
@@ -527,6 +533,68 @@ sql_distance(HnswMetric metric, float graph_distance)
 	return graph_distance;
 }
 
+/*
+ * gnnvec_search returns rows of the table, so it reads them by the rules of
+ * a query.  Row-level security: its policies are expressions for the
+ * executor to evaluate, which a function returning TIDs cannot apply, so a
+ * table whose policies apply to the caller is refused.
+ */
+static void
+check_no_row_security(Relation index)
+{
+	Oid			heapoid = index->rd_index->indrelid;
+
+	if (check_enable_rls(heapoid, InvalidOid, false) == RLS_ENABLED)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("gnnvec_search cannot apply the row-level security policies of table \"%s\"",
+						get_rel_name(heapoid)),
+				 errhint("Use SELECT ... ORDER BY column <-> query LIMIT k with SET gnnvec.rerank = on instead: the index scan reranks the same way, under the policies.")));
+}
+
+/*
+ * Visibility: the index holds the TIDs of deleted rows until VACUUM, and of
+ * rows whose inserting transaction has not committed; like an index scan,
+ * gnnvec_search returns a row only when the caller's snapshot sees a version
+ * of it (through its HOT chain: the TID returned is that version's).
+ */
+static void
+emit_visible(ReturnSetInfo *rsinfo, GnnIndexView *v, HnswCandidate *cands,
+			 const int *order, int n, const double *scores, int k)
+{
+	Relation	heap = table_open(v->index->rd_index->indrelid, AccessShareLock);
+	IndexFetchTableData *fetch = table_index_fetch_begin(heap);
+	TupleTableSlot *slot = table_slot_create(heap, NULL);
+	Snapshot	snap = GetActiveSnapshot();
+	int			emitted = 0;
+
+	for (int i = 0; i < n && emitted < k; i++)
+	{
+		HnswCandidate *c = &cands[order[i]];
+
+		for (int j = 0; j < c->nheaptids && emitted < k; j++)
+		{
+			ItemPointerData tid = c->heaptids[j];
+			bool		call_again = false;
+			bool		all_dead = false;
+			Datum		values[3];
+			bool		nulls[3] = {false, false, scores == NULL};
+
+			if (!table_index_fetch_tuple(fetch, &tid, snap, slot, &call_again,
+										 &all_dead))
+				continue;
+			values[0] = PointerGetDatum(&slot->tts_tid);
+			values[1] = Float8GetDatum(sql_distance(v->metric, c->distance));
+			values[2] = Float8GetDatum(scores ? scores[order[i]] : 0);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+			emitted++;
+		}
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	table_index_fetch_end(fetch);
+	table_close(heap, AccessShareLock);
+}
+
 PG_FUNCTION_INFO_V1(gnnvec_search);
 Datum
 gnnvec_search(PG_FUNCTION_ARGS)
@@ -545,14 +613,13 @@ gnnvec_search(PG_FUNCTION_ARGS)
 	HnswCandidate *cands;
 	double	   *scores = NULL;
 	int		   *order;
-	int			i,
-				j,
-				emitted = 0;
+	int			i;
 
 	if (k < 1 || k > GNN_MAX_K)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("k must be between 1 and %d, got %d", GNN_MAX_K, k)));
+	check_no_row_security(index);
 	InitMaterializedSRF(fcinfo, 0);
 	gnn_view_init(&v, index);
 	query = palloc(sizeof(float) * v.dim);
@@ -587,22 +654,7 @@ gnnvec_search(PG_FUNCTION_ARGS)
 							RelationGetRelationName(index))));
 		order_by_score(scores, n, order);
 	}
-	for (i = 0; i < n && emitted < k; i++)
-	{
-		HnswCandidate *c = &cands[order[i]];
-
-		for (j = 0; j < c->nheaptids && emitted < k; j++)
-		{
-			Datum		values[3];
-			bool		nulls[3] = {false, false, scores == NULL};
-
-			values[0] = PointerGetDatum(&c->heaptids[j]);
-			values[1] = Float8GetDatum(sql_distance(v.metric, c->distance));
-			values[2] = Float8GetDatum(scores ? scores[order[i]] : 0);
-			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-			emitted++;
-		}
-	}
+	emit_visible(rsinfo, &v, cands, order, n, scores, k);
 	relation_close(index, NoLock);
 	PG_RETURN_VOID();
 }

@@ -33,6 +33,7 @@
 #include "gnn/gnn.h"
 #include "lora/lora.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -227,11 +228,10 @@ row_is_index(Datum *values, Relation index, const char *qualname)
 typedef void (*RowFn) (HeapTuple tup, Datum *values, bool *nulls, void *arg);
 
 static bool
-with_row(Relation index, const char *scope, const char *kind, RowFn fn,
-		 void *arg)
+with_row(Relation index, const char *scope, const char *kind, Snapshot snap,
+		 RowFn fn, void *arg)
 {
 	Relation	rel = table_open(store_relid("gnnvec_models"), AccessShareLock);
-	Snapshot	snap = read_snapshot();
 	char	   *qualname = gnn_index_qualified_name(index);
 	Datum		values[N_ATTS];
 	bool		nulls[N_ATTS];
@@ -392,7 +392,7 @@ gnn_store_lookup(Relation index, const char *scope, const char *kind)
 	snapshot_key(read_snapshot(), &now);
 	if (la.cm && now.valid && memcmp(&now, &la.cm->checked, sizeof(now)) == 0)
 		return la.cm;
-	if (!with_row(index, scope, kind, lookup_row, &la))
+	if (!with_row(index, scope, kind, read_snapshot(), lookup_row, &la))
 	{
 		if (la.cm)
 		{
@@ -420,7 +420,7 @@ gnn_store_state(Relation index, const char *scope, const char *kind)
 {
 	bytea	   *state = NULL;
 
-	if (!with_row(index, scope, kind, state_row, &state))
+	if (!with_row(index, scope, kind, read_snapshot(), state_row, &state))
 		return NULL;
 	return state;
 }
@@ -466,10 +466,76 @@ gnn_store_fetch_blob(Relation index, const char *scope, const char *kind,
 	ba.known = known;
 	ba.blob = blob;
 	*blob = NULL;
-	return with_row(index, scope, kind, blob_row, &ba);
+	return with_row(index, scope, kind, read_snapshot(), blob_row, &ba);
 }
 
 /* ---- writing ----------------------------------------------------------- */
+
+static void
+row_id(HeapTuple tup, Datum *values, bool *nulls, void *arg)
+{
+	GnnStoreRowId *id = (GnnStoreRowId *) arg;
+
+	id->version = DatumGetInt64(values[ATT_VERSION - 1]);
+	id->xmin = HeapTupleHeaderGetXmin(tup->t_data);
+	id->ctid = tup->t_self;
+}
+
+/* The row of (index, scope, kind) under this snapshot; version 0: none. */
+static GnnStoreRowId
+row_under(Relation index, const char *scope, const char *kind, Snapshot snap)
+{
+	GnnStoreRowId id;
+
+	memset(&id, 0, sizeof(id));
+	(void) with_row(index, scope, kind, snap, row_id, &id);
+	return id;
+}
+
+/*
+ * Writers of a model (gnnvec_train, gnnvec_feedback) start from the stored
+ * version; two at once would both start from version N, and the second
+ * save would silently drop what the first one learned.  So a writer calls
+ * this before it reads anything of (index, scope): it takes an exclusive
+ * lock on that entry of gnnvec_models (an object lock whose class is the
+ * table, which nothing else takes), held to the end of the transaction, so
+ * the next writer waits for this one's commit or abort (lock_timeout and
+ * the deadlock detector apply as to any lock).  Once it has the lock it
+ * must read the version the previous writer committed:
+ *	- READ COMMITTED: the snapshot pushed here is taken after the wait;
+ *	- REPEATABLE READ, SERIALIZABLE: the transaction's snapshot cannot see
+ *	  a version committed after it was taken, so that is a serialization
+ *	  failure, raised now rather than after the training.
+ * Reads until gnn_store_end_update() use the pushed snapshot.
+ */
+void
+gnn_store_begin_update(Relation index, const char *scope, const char *kind)
+{
+	LockDatabaseObject(store_relid("gnnvec_models"), RelationGetRelid(index),
+					   lora_scope_parse(scope), ExclusiveLock);
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (IsolationUsesXactSnapshot())
+	{
+		GnnStoreRowId seen = row_under(index, scope, kind, GetActiveSnapshot());
+		GnnStoreRowId latest = row_under(index, scope, kind, GetLatestSnapshot());
+
+		if (seen.version != latest.version || seen.xmin != latest.xmin ||
+			!ItemPointerEquals(&seen.ctid, &latest.ctid))
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not serialize access to the %s model of index \"%s\" due to a concurrent update",
+							scope, RelationGetRelationName(index)),
+					 errdetail("Another transaction changed the model after this transaction's snapshot was taken."),
+					 errhint("Retry the transaction.")));
+	}
+}
+
+/* The end of what gnn_store_begin_update() began; its lock stays. */
+void
+gnn_store_end_update(void)
+{
+	PopActiveSnapshot();
+}
 
 typedef struct OwnerSpi
 {

@@ -928,6 +928,9 @@ gnnvec_train(PG_FUNCTION_ARGS)
 
 	train_args(fcinfo, &a);
 	index = gnn_open_index(a.indexoid, true);
+	gnn_store_begin_update(index, a.scope,
+						   strcmp(a.scope, LORA_HNSW_SCOPE_NAME) == 0 ?
+						   LORA_KIND : GNN_KIND_GNN);
 	InitMaterializedSRF(fcinfo, 0);
 	gnn_view_init(&v, index);
 	gnn_rng_seed(&rng, (uint64_t) a.seed);
@@ -938,6 +941,7 @@ gnnvec_train(PG_FUNCTION_ARGS)
 	if (strcmp(a.scope, LORA_HNSW_SCOPE_NAME) == 0)
 	{
 		train_hnsw_adapter(rsinfo, &v, &a, ex, order, ntrain, nval, &rng, tmp);
+		gnn_store_end_update();
 		relation_close(index, NoLock);
 		PG_RETURN_VOID();
 	}
@@ -1058,6 +1062,7 @@ gnnvec_train(PG_FUNCTION_ARGS)
 					   state_serialize(&o->trainer.ewc, &o->replay));
 	}
 	free_owned(o);
+	gnn_store_end_update();
 	relation_close(index, NoLock);
 	PG_RETURN_VOID();
 }
@@ -1092,6 +1097,7 @@ gnnvec_feedback(PG_FUNCTION_ARGS)
 
 	if (get_call_result_type(fcinfo, NULL, &tdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
+	gnn_store_begin_update(index, GNN_RERANK_SCOPE, GNN_KIND_GNN);
 	gnn_view_init(&v, index);
 	q = palloc(sizeof(float) * v.dim);
 	p = palloc(sizeof(float) * v.dim);
@@ -1163,6 +1169,7 @@ gnnvec_feedback(PG_FUNCTION_ARGS)
 							 "{\"online\": true}",
 							 state_serialize(&o->trainer.ewc, &o->replay));
 	free_owned(o);
+	gnn_store_end_update();
 	relation_close(index, NoLock);
 	values[0] = Int64GetDatum(version);
 	values[1] = Float8GetDatum(loss);

@@ -136,7 +136,9 @@ typedef enum LoraStatus
  * Storage is owned by the caller (shared memory or backend memory) and
  * attached once; the maths never allocates.  Within mem, for the rank in
  * use: A transposed (rank rows of dim, so x A is rank dot products over
- * contiguous memory), then B (rank rows of dim), then the last input.
+ * contiguous memory), then B (rank rows of dim).  The input an adaptation
+ * applies to is the caller's: shared adapters serve many sessions, and each
+ * adapts at its own last input.
  */
 typedef struct LoraAdapter
 {
@@ -144,7 +146,6 @@ typedef struct LoraAdapter
 	int			rank;
 	float		alpha;
 	int			capacity;		/* largest dim that mem can hold */
-	bool		has_input;		/* last_input is valid */
 	uint64_t	seed;			/* fixes A's initial values */
 	uint64_t	forward_count;
 	uint64_t	adapt_count;
@@ -186,12 +187,6 @@ static inline float *
 lora_adapter_b(const LoraAdapter *ad)
 {
 	return ad->mem + (size_t) ad->rank * ad->dim;
-}
-
-static inline float *
-lora_adapter_last_input(const LoraAdapter *ad)
-{
-	return ad->mem + (size_t) 2 * ad->rank * ad->dim;
 }
 
 /* y += weight * alpha * (x A) B; y must not alias x. */
@@ -252,30 +247,34 @@ extern int	lora_bank_adapters_for(LoraBank *bank, int scope,
 
 /*
  * y = w * y_op + (1 - w) * y_cat, w = lora_bank_scope_weight(), or y_op
- * alone with fallback off.  Initialises adapters on their first vector and
- * remembers x as the scope's last input.  LORA_NOT_FINITE (input so large
- * that the output overflows) leaves counts and last input as they were.
+ * alone with fallback off.  Initialises adapters on their first vector.
+ * LORA_NOT_FINITE (input so large that the output overflows) leaves the
+ * counts as they were.  The caller keeps x if it means to adapt at it.
  */
 extern LoraStatus lora_bank_forward(LoraBank *bank, int scope, const float *x,
 									int dim, const LoraSettings *settings,
 									float *y);
 
 /*
- * Adapt by gradient: grad is dL/dy at the scope's last input.  Each adapter
- * in use (the scope's, and its category's with fallback on) takes an SGD
- * step as if it alone produced y: the blend only decides whose output is
- * trusted, both learn the same target.
+ * Adapt by gradient: grad is dL/dy at input x (both of dim entries; x NULL:
+ * LORA_NO_INPUT), normally the caller's last input to the scope.  Each
+ * adapter in use (the scope's, and its category's with fallback on) takes
+ * an SGD step as if it alone produced y: the blend only decides whose output
+ * is trusted, both learn the same target.
  */
-extern LoraStatus lora_bank_adapt(LoraBank *bank, int scope, const float *grad,
-								  int dim, const LoraSettings *settings);
+extern LoraStatus lora_bank_adapt(LoraBank *bank, int scope, const float *x,
+								  const float *grad, int dim,
+								  const LoraSettings *settings);
 
 /*
  * Adapt by reward: improvement r (clipped to +-LORA_MAX_REWARD) scores the
- * scope's last output.  The surrogate loss L = -r <y, x/|x|> (x the last
- * input) has gradient -r x/|x|: a positive reward moves the adapter's output
+ * output at input x (dim entries; x NULL: LORA_NO_INPUT), normally the
+ * caller's last input to the scope.  The surrogate loss L = -r <y, x/|x|>
+ * has gradient -r x/|x|: a positive reward moves the adapter's output
  * further along the input it was given, a negative one pulls it back.
  */
-extern LoraStatus lora_bank_reward(LoraBank *bank, int scope, double improvement,
+extern LoraStatus lora_bank_reward(LoraBank *bank, int scope, const float *x,
+								   int dim, double improvement,
 								   const LoraSettings *settings);
 
 /* Reset the scope's adapter (its category adapter keeps what it learned). */

@@ -15,12 +15,53 @@
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "lora/lora.h"
 #include "vector/vector.h"
 
 #define SCOPE_HINT "Scopes are the operator type names listed by gnnvec_lora_scopes(), in any case, or their numbers 0 to 16."
+
+/*
+ * This backend's last input to each scope: what its gnnvec_lora_adapt and
+ * gnnvec_lora_reward apply to.  It is kept here, not with the adapters,
+ * which may be shared: a session adapts at its own input, never at the one
+ * another session gave last.
+ */
+typedef struct LastInput
+{
+	int			dim;			/* 0: none */
+	int			capacity;		/* floats x can hold */
+	float	   *x;				/* in TopMemoryContext */
+} LastInput;
+
+static LastInput last_inputs[LORA_NUM_SCOPES];
+
+static void
+remember_input(int scope, const float *x, int dim)
+{
+	LastInput  *in = &last_inputs[scope];
+
+	if (in->capacity < dim)
+	{
+		float	   *mem = MemoryContextAlloc(TopMemoryContext, sizeof(float) * dim);
+
+		if (in->x != NULL)
+			pfree(in->x);
+		in->x = mem;
+		in->capacity = dim;
+	}
+	memcpy(in->x, x, sizeof(float) * dim);
+	in->dim = dim;
+}
+
+/* The input this backend gave the scope last, or NULL. */
+static const float *
+last_input(int scope)
+{
+	return last_inputs[scope].dim > 0 ? last_inputs[scope].x : NULL;
+}
 
 static int
 scope_arg(FunctionCallInfo fcinfo, int argno)
@@ -119,6 +160,7 @@ lora_apply(int scope, const float *x, float *y, int dim)
 	status = lora_bank_forward(bank, scope, x, dim, &settings, y);
 	report_status(status, bank, scope, dim);
 	lora_bank_end();
+	remember_input(scope, x, dim);
 }
 
 PG_FUNCTION_INFO_V1(gnnvec_lora_forward);
@@ -144,11 +186,19 @@ gnnvec_lora_adapt(PG_FUNCTION_ARGS)
 	LoraBank   *bank;
 	LoraStatus	status;
 
+	if (last_input(scope) != NULL && last_inputs[scope].dim != grad->dim)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("gradient has %d dimensions, but this session's last input to scope %s has %d",
+						grad->dim, lora_scope_name(scope), last_inputs[scope].dim),
+				 errhint("The gradient is dL/dy at the last input that gnnvec_lora_forward('%s', ...) was given in this session.",
+						 lora_scope_name(scope))));
 	lora_notice_if_local();
 	lora_settings(&settings);
 	bank = lora_bank_begin(true);
 	lora_bank_reserve(bank, scope, grad->dim);
-	status = lora_bank_adapt(bank, scope, grad->x, grad->dim, &settings);
+	status = lora_bank_adapt(bank, scope, last_input(scope), grad->x, grad->dim,
+							 &settings);
 	report_status(status, bank, scope, grad->dim);
 	lora_bank_end();
 	PG_RETURN_VOID();
@@ -160,6 +210,7 @@ gnnvec_lora_reward(PG_FUNCTION_ARGS)
 {
 	int			scope = scope_arg(fcinfo, 0);
 	double		improvement = PG_GETARG_FLOAT8(1);
+	int			dim = last_inputs[scope].dim;
 	LoraSettings settings;
 	LoraBank   *bank;
 	LoraStatus	status;
@@ -173,9 +224,10 @@ gnnvec_lora_reward(PG_FUNCTION_ARGS)
 	lora_settings(&settings);
 	bank = lora_bank_begin(true);
 	/* the category adapter may see its first vector here */
-	lora_bank_reserve(bank, scope, bank->op[scope].dim);
-	status = lora_bank_reward(bank, scope, improvement, &settings);
-	report_status(status, bank, scope, bank->op[scope].dim);
+	lora_bank_reserve(bank, scope, dim);
+	status = lora_bank_reward(bank, scope, last_input(scope), dim, improvement,
+							  &settings);
+	report_status(status, bank, scope, dim);
 	lora_bank_end();
 	PG_RETURN_VOID();
 }
@@ -191,6 +243,8 @@ gnnvec_lora_reset(PG_FUNCTION_ARGS)
 	bank = lora_bank_begin(true);
 	lora_bank_reset_scope(bank, scope);
 	lora_bank_end();
+	/* this session starts over too; others keep their inputs */
+	last_inputs[scope].dim = 0;
 	PG_RETURN_VOID();
 }
 
@@ -204,6 +258,8 @@ gnnvec_lora_reset_all(PG_FUNCTION_ARGS)
 	bank = lora_bank_begin(true);
 	lora_bank_reset_all(bank);
 	lora_bank_end();
+	for (int i = 0; i < LORA_NUM_SCOPES; i++)
+		last_inputs[i].dim = 0;
 	PG_RETURN_VOID();
 }
 

@@ -26,7 +26,7 @@
 size_t
 lora_adapter_floats(int dim)
 {
-	return (size_t) dim * (2 * LORA_MAX_RANK + 1);
+	return (size_t) dim * 2 * LORA_MAX_RANK;
 }
 
 void
@@ -44,7 +44,6 @@ lora_adapter_reset(LoraAdapter *ad)
 	ad->dim = 0;
 	ad->rank = 0;
 	ad->alpha = 0.0f;
-	ad->has_input = false;
 	ad->forward_count = 0;
 	ad->adapt_count = 0;
 }
@@ -328,28 +327,23 @@ lora_bank_forward(LoraBank *bank, int scope, const float *x, int dim,
 	ads[0]->forward_count++;
 	if (n > 1 && w < 1.0)
 		ads[1]->forward_count++;
-
-	memcpy(lora_adapter_last_input(ads[0]), x, sizeof(float) * dim);
-	ads[0]->has_input = true;
 	return LORA_OK;
 }
 
 LoraStatus
-lora_bank_adapt(LoraBank *bank, int scope, const float *grad, int dim,
-				const LoraSettings *settings)
+lora_bank_adapt(LoraBank *bank, int scope, const float *x, const float *grad,
+				int dim, const LoraSettings *settings)
 {
 	LoraAdapter *ads[2];
 	int			n = lora_bank_adapters_for(bank, scope, ads);
-	const float *x;
 	LoraStatus	status;
 
-	if (!ads[0]->has_input)
+	if (x == NULL)
 		return LORA_NO_INPUT;
 	status = prepare_adapters(ads, n, dim, settings);
 	if (status != LORA_OK)
 		return status;
 
-	x = lora_adapter_last_input(ads[0]);
 	for (int i = 0; i < n; i++)
 	{
 		status = lora_adapter_step(ads[i], x, grad, settings->learning_rate);
@@ -360,25 +354,23 @@ lora_bank_adapt(LoraBank *bank, int scope, const float *grad, int dim,
 }
 
 LoraStatus
-lora_bank_reward(LoraBank *bank, int scope, double improvement,
-				 const LoraSettings *settings)
+lora_bank_reward(LoraBank *bank, int scope, const float *x, int dim,
+				 double improvement, const LoraSettings *settings)
 {
 	LoraAdapter *ads[2];
 	int			n = lora_bank_adapters_for(bank, scope, ads);
-	const float *x;
 	double		norm;
 	double		r = fmax(-LORA_MAX_REWARD, fmin(LORA_MAX_REWARD, improvement));
 	LoraStatus	status;
 
-	if (!ads[0]->has_input)
+	if (x == NULL)
 		return LORA_NO_INPUT;
-	status = prepare_adapters(ads, n, ads[0]->dim, settings);
+	status = prepare_adapters(ads, n, dim, settings);
 	if (status != LORA_OK)
 		return status;
 
 	/* the gradient -r x/|x| is a multiple of x: no scratch vector needed */
-	x = lora_adapter_last_input(ads[0]);
-	norm = sqrt(dot_double(x, x, ads[0]->dim));
+	norm = sqrt(dot_double(x, x, dim));
 	for (int i = 0; i < n; i++)
 	{
 		status = step_scaled(ads[i], x, x, norm > 0.0 ? (float) (-r / norm) : 0.0f,

@@ -1,12 +1,16 @@
 # With shared_preload_libraries = 'gnnvec', MicroLoRA adapters live in shared
 # memory: what one backend learns, another uses; concurrent adaptations are
-# not lost; errors under the lock leave it usable; gnnvec.lora_max_dim bounds
-# the dimension with a clear error.
+# not lost; each session adapts at its own last input; the mutators are
+# closed to PUBLIC; errors under the lock leave it usable;
+# gnnvec.lora_max_dim bounds the dimension with a clear error.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use GnnvecSession;
 
 my $node = PostgreSQL::Test::Cluster->new('lora_shared');
 $node->init;
@@ -45,6 +49,44 @@ is($node->safe_psql('postgres',
 is($node->safe_psql('postgres', q{SELECT weight FROM gnnvec_lora_stats() WHERE name = 'SeqScan'}),
 	'1', 'category fallback switch is shared');
 $node->safe_psql('postgres', 'SELECT gnnvec_lora_category_fallback(true)');
+
+# Two sessions give the Materialize scope different inputs, then the first
+# rewards: the step is taken at its own input [1,0], not at [0,1], which
+# the other session gave last.  A reward moves the output along the input
+# it was taken at, so only the first coordinate of a forward of [1,1] moves.
+my $first = GnnvecSession->new($node);
+my $second = GnnvecSession->new($node);
+$first->query(q{SET gnnvec.lora_alpha = 1; SET gnnvec.lora_learning_rate = 1});
+$first->query(q{SELECT gnnvec_lora_forward('Materialize', '[1,0]')});
+$second->query(q{SELECT gnnvec_lora_forward('Materialize', '[0,1]')});
+$first->query(q{SELECT gnnvec_lora_reward('Materialize', 1)});
+my ($x, $y) = $first->query(q{SELECT gnnvec_lora_forward('Materialize', '[1,1]')}) =~ /^\[([^,]+),([^\]]+)\]$/;
+ok(defined $x && $x != 1, "the reward moved the output along the rewarding session's input ($x)");
+is($y, '1', 'not along the input the other session gave last');
+$second->quit;
+$first->quit;
+
+# a session that never gave the scope an input has none to adapt at,
+# whatever other sessions gave it
+$node->psql('postgres', q{SELECT gnnvec_lora_adapt('Materialize', '[1,1]')}, stderr => \$err);
+like($err, qr/scope Materialize has no input to adapt at/, 'a new session has no last input');
+
+# the mutators are closed to PUBLIC: they change what every backend uses
+$node->safe_psql('postgres', 'CREATE ROLE lora_user LOGIN');
+for my $call (q{gnnvec_lora_adapt('Materialize', '[1,1]')}, q{gnnvec_lora_adapt(15, '[1,1]')},
+	q{gnnvec_lora_reward('Materialize', 1)}, q{gnnvec_lora_reset('Materialize')},
+	q{gnnvec_lora_reset_all()}, q{gnnvec_lora_category_fallback(false)})
+{
+	$node->psql('postgres', "SELECT $call", stderr => \$err,
+		extra_params => [ '-U', 'lora_user' ]);
+	like($err, qr/permission denied for function gnnvec_lora_/, "$call: permission denied");
+}
+is($node->safe_psql('postgres', q{SELECT gnnvec_lora_forward('Materialize', '[1,1]') IS NOT NULL},
+		extra_params => [ '-U', 'lora_user' ]), 't', 'forward stays open');
+$node->safe_psql('postgres', q{GRANT EXECUTE ON FUNCTION gnnvec_lora_reset(text) TO lora_user});
+$node->psql('postgres', q{SELECT gnnvec_lora_reset('Materialize')}, stderr => \$err,
+	extra_params => [ '-U', 'lora_user' ]);
+is($err, '', 'a granted role may reset');
 
 # Four clients adapting one adapter at once: no update is lost.
 my $script = $node->basedir . '/adapt.sql';

@@ -13,7 +13,7 @@
 
 #define CAP 64
 
-static float arena[LORA_NUM_ADAPTERS * CAP * (2 * LORA_MAX_RANK + 1)];
+static float arena[LORA_NUM_ADAPTERS * CAP * 2 * LORA_MAX_RANK];
 
 static int
 near(double got, double want, double tol)
@@ -43,7 +43,7 @@ forward(const LoraAdapter *ad, const float *x, float *y)
 static void
 test_rank1_by_hand(void)
 {
-	static float mem[CAP * 17];
+	static float mem[CAP * 2 * LORA_MAX_RANK];
 	LoraAdapter ad;
 	float		at[2] = {0.5f, -1.0f};	/* A = [0.5; -1] */
 	float		b[2] = {2.0f, 3.0f};	/* B = [2 3] */
@@ -83,7 +83,7 @@ test_rank1_by_hand(void)
 static void
 test_rank3_by_hand(void)
 {
-	static float mem[CAP * 17];
+	static float mem[CAP * 2 * LORA_MAX_RANK];
 	LoraAdapter ad;
 	float		at[9] = {1, 0, 0, 0, 1, 0, 0, 0, 1};
 	float		b[9] = {1, 2, 0, 0, 1, 0, 0, 0, 3};
@@ -122,7 +122,7 @@ linear_loss(const LoraAdapter *ad, const float *x, const float *g)
 static void
 test_step_matches_finite_differences(void)
 {
-	static float mem[CAP * 17];
+	static float mem[CAP * 2 * LORA_MAX_RANK];
 	LoraAdapter ad;
 	int			dim = 5,
 				rank = 4,
@@ -175,8 +175,8 @@ test_step_matches_finite_differences(void)
 static void
 test_init(void)
 {
-	static float mem1[CAP * 17],
-				mem2[CAP * 17];
+	static float mem1[CAP * 2 * LORA_MAX_RANK],
+				mem2[CAP * 2 * LORA_MAX_RANK];
 	LoraAdapter a1,
 				a2;
 	float		x[CAP],
@@ -244,7 +244,7 @@ test_fallback_blend(void)
 	CHECK(lora_bank_scope_weight(&bank, LORA_HASH_JOIN) == 0.0, "weight before adapting");
 
 	for (int i = 0; i < 3; i++)
-		CHECK(lora_bank_adapt(&bank, LORA_HASH_JOIN, g, 4, &settings) == LORA_OK,
+		CHECK(lora_bank_adapt(&bank, LORA_HASH_JOIN, x, g, 4, &settings) == LORA_OK,
 			  "adapt %d", i);
 	CHECK(op->adapt_count == 3 && cat->adapt_count == 3,
 		  "both adapters learn: %llu %llu", (unsigned long long) op->adapt_count,
@@ -266,7 +266,7 @@ test_fallback_blend(void)
 
 	/* after 10 adaptations the scope stands alone */
 	for (int i = 0; i < 7; i++)
-		lora_bank_adapt(&bank, LORA_HASH_JOIN, g, 4, &settings);
+		lora_bank_adapt(&bank, LORA_HASH_JOIN, x, g, 4, &settings);
 	CHECK(lora_bank_scope_weight(&bank, LORA_HASH_JOIN) == 1.0, "weight after 10");
 	forward(op, x, y_op);
 	lora_bank_forward(&bank, LORA_HASH_JOIN, x, 4, &settings, y);
@@ -290,7 +290,7 @@ test_fallback_off(void)
 
 	make_bank(&bank, false);
 	lora_bank_forward(&bank, LORA_SORT, x, 3, &settings, y);
-	lora_bank_adapt(&bank, LORA_SORT, g, 3, &settings);
+	lora_bank_adapt(&bank, LORA_SORT, x, g, 3, &settings);
 	CHECK(bank.cat[LORA_CAT_ORDER].dim == 0 && bank.cat[LORA_CAT_ORDER].adapt_count == 0,
 		  "category touched with fallback off");
 	CHECK(lora_bank_scope_weight(&bank, LORA_SORT) == 1.0, "weight with fallback off");
@@ -314,13 +314,13 @@ test_reward_by_hand(void)
 				y[2];
 
 	make_bank(&bank, false);
-	CHECK(lora_bank_reward(&bank, LORA_LIMIT, 0.5, &s) == LORA_NO_INPUT,
-		  "reward before any input");
+	CHECK(lora_bank_reward(&bank, LORA_LIMIT, NULL, 2, 0.5, &s) == LORA_NO_INPUT,
+		  "reward without an input");
 	lora_bank_forward(&bank, LORA_LIMIT, x, 2, &s, y);
 	op = &bank.op[LORA_LIMIT];
 	lora_adapter_at(op)[0] = 1.0f;
 	lora_adapter_at(op)[1] = 0.0f;
-	CHECK(lora_bank_reward(&bank, LORA_LIMIT, 0.5, &s) == LORA_OK, "reward");
+	CHECK(lora_bank_reward(&bank, LORA_LIMIT, x, 2, 0.5, &s) == LORA_OK, "reward");
 	CHECK(near(lora_adapter_b(op)[0], 0.45, 1e-6) && near(lora_adapter_b(op)[1], 0.6, 1e-6),
 		  "B after reward: %g %g", lora_adapter_b(op)[0], lora_adapter_b(op)[1]);
 	CHECK(lora_adapter_at(op)[0] == 1.0f && lora_adapter_at(op)[1] == 0.0f,
@@ -333,15 +333,15 @@ test_reward_by_hand(void)
 	{
 		float		b5[2];
 
-		lora_bank_reward(&bank, LORA_LIMIT, 5.0, &s);
+		lora_bank_reward(&bank, LORA_LIMIT, x, 2, 5.0, &s);
 		memcpy(b5, lora_adapter_b(op), sizeof(b5));
 		make_bank(&bank, false);
 		lora_bank_forward(&bank, LORA_LIMIT, x, 2, &s, y);
 		lora_adapter_at(op)[0] = 1.0f;
 		lora_adapter_at(op)[1] = 0.0f;
-		lora_bank_reward(&bank, LORA_LIMIT, 0.5, &s);
+		lora_bank_reward(&bank, LORA_LIMIT, x, 2, 0.5, &s);
 		lora_bank_forward(&bank, LORA_LIMIT, x, 2, &s, y);
-		lora_bank_reward(&bank, LORA_LIMIT, 1.0, &s);
+		lora_bank_reward(&bank, LORA_LIMIT, x, 2, 1.0, &s);
 		CHECK(near(b5[0], lora_adapter_b(op)[0], 1e-6) &&
 			  near(b5[1], lora_adapter_b(op)[1], 1e-6),
 			  "reward 5 not clipped to 1: %g vs %g", b5[0], lora_adapter_b(op)[0]);
@@ -357,7 +357,7 @@ test_reward_by_hand(void)
 					after[2];
 
 		lora_bank_forward(&bank, LORA_LIMIT, x, 2, &small, before);
-		lora_bank_reward(&bank, LORA_LIMIT, -1.0, &small);
+		lora_bank_reward(&bank, LORA_LIMIT, x, 2, -1.0, &small);
 		lora_bank_forward(&bank, LORA_LIMIT, x, 2, &small, after);
 		CHECK((after[0] - before[0]) * x[0] + (after[1] - before[1]) * x[1] < 0,
 			  "negative reward did not pull the output back");
@@ -376,13 +376,13 @@ test_errors_and_resets(void)
 	LoraSettings wild = {2, 1000.0f, 1000.0f};
 
 	make_bank(&bank, true);
-	CHECK(lora_bank_adapt(&bank, LORA_SEQ_SCAN, x, 4, &settings) == LORA_NO_INPUT,
-		  "adapt before any input");
+	CHECK(lora_bank_adapt(&bank, LORA_SEQ_SCAN, NULL, x, 4, &settings) == LORA_NO_INPUT,
+		  "adapt without an input");
 	lora_bank_forward(&bank, LORA_SEQ_SCAN, x, 4, &settings, y);
 	memcpy(a0, lora_adapter_at(&bank.op[LORA_SEQ_SCAN]), sizeof(a0));
 	CHECK(lora_bank_forward(&bank, LORA_SEQ_SCAN, x, 3, &settings, y) == LORA_DIM_MISMATCH,
 		  "forward with another dimension");
-	CHECK(lora_bank_adapt(&bank, LORA_SEQ_SCAN, x, 3, &settings) == LORA_DIM_MISMATCH,
+	CHECK(lora_bank_adapt(&bank, LORA_SEQ_SCAN, x, x, 3, &settings) == LORA_DIM_MISMATCH,
 		  "gradient with another dimension");
 	/* the category adapter (Scan, dim 4) blocks a sibling at dim 3 ... */
 	CHECK(lora_bank_forward(&bank, LORA_INDEX_SCAN, x, 3, &settings, y) == LORA_DIM_MISMATCH,
@@ -399,10 +399,10 @@ test_errors_and_resets(void)
 		  "too-large vector initialised an adapter");
 
 	/* resetting a scope: dimension free again, same initial A */
-	lora_bank_adapt(&bank, LORA_SEQ_SCAN, x, 4, &settings);
+	lora_bank_adapt(&bank, LORA_SEQ_SCAN, x, x, 4, &settings);
 	lora_bank_reset_scope(&bank, LORA_SEQ_SCAN);
 	CHECK(bank.op[LORA_SEQ_SCAN].dim == 0 && bank.op[LORA_SEQ_SCAN].adapt_count == 0 &&
-		  bank.op[LORA_SEQ_SCAN].forward_count == 0 && !bank.op[LORA_SEQ_SCAN].has_input,
+		  bank.op[LORA_SEQ_SCAN].forward_count == 0,
 		  "reset scope");
 	CHECK(bank.cat[LORA_CAT_SCAN].adapt_count == 1, "scope reset cleared its category");
 	lora_bank_forward(&bank, LORA_SEQ_SCAN, x, 4, &settings, y);
@@ -419,7 +419,7 @@ test_errors_and_resets(void)
 	lora_bank_reset_all(&bank);
 	bank.category_fallback = false;
 	lora_bank_forward(&bank, LORA_RESULT, huge, 4, &wild, y);
-	CHECK(lora_bank_adapt(&bank, LORA_RESULT, huge, 4, &wild) == LORA_DIVERGED,
+	CHECK(lora_bank_adapt(&bank, LORA_RESULT, huge, huge, 4, &wild) == LORA_DIVERGED,
 		  "overflowing update");
 	CHECK(bank.op[LORA_RESULT].dim == 0, "diverged adapter was kept");
 
@@ -433,7 +433,7 @@ test_errors_and_resets(void)
 			lora_adapter_b(ad)[i] = 100.0f;
 		CHECK(lora_bank_forward(&bank, LORA_RESULT, top, 4, &settings, y) == LORA_NOT_FINITE,
 			  "overflowing output");
-		CHECK(ad->forward_count == 1 && lora_adapter_last_input(ad)[0] == 1.0f,
+		CHECK(ad->forward_count == 1 && lora_adapter_b(ad)[0] == 100.0f,
 			  "overflowing forward changed the adapter");
 	}
 }
