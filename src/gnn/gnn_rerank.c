@@ -465,6 +465,12 @@ hnsw_scan_ef(Relation index)
 		hnsw_ef_search;
 }
 
+bool
+hnsw_scan_reranks(Relation index)
+{
+	return gnn_rerank_setting;
+}
+
 /*
  * Reorders one round of scan candidates by model score when gnnvec.rerank
  * is on and the index has a Rerank model of its dimension; otherwise, or

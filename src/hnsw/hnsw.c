@@ -29,6 +29,7 @@
 int			hnsw_ef_search = HNSW_DEFAULT_EF_SEARCH;
 int			hnsw_iterative_scan = HNSW_ITERATIVE_SCAN_OFF;
 int			hnsw_max_scan_tuples = 20000;
+int			hnsw_scan_cache_kb = 65536;
 
 static relopt_kind hnsw_relopt_kind;
 
@@ -114,6 +115,11 @@ hnsw_init(void)
 							NULL,
 							&hnsw_max_scan_tuples, 20000, 1, INT_MAX,
 							PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("gnnvec.scan_cache_size",
+							"Memory each backend may keep gnnhnsw vectors in for its index scans.",
+							"0 turns the cache off; every visited element is then read from its page.",
+							&hnsw_scan_cache_kb, 65536, 0, MAX_KILOBYTES,
+							PGC_USERSET, GUC_UNIT_KB, NULL, NULL, NULL);
 }
 
 /*

@@ -56,6 +56,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdbool.h>
+#include <string.h>
 
 #include "vector/distance.h"
 
@@ -128,6 +129,22 @@ static inline HnswHeapItem *
 hnsw_heap_top(HnswHeap *h)
 {
 	return h->n > 0 ? &h->items[0] : NULL;
+}
+
+#if defined(__GNUC__) || defined(__clang__)
+#define hnsw_prefetch(p) __builtin_prefetch(p)
+#else
+#define hnsw_prefetch(p) ((void) 0)
+#endif
+
+/* The hash of the key sets and maps below (a 64-bit finaliser). */
+static inline uint64_t
+hnsw_key_hash(uint64_t k)
+{
+	k ^= k >> 33;
+	k *= 0xff51afd7ed558ccdULL;
+	k ^= k >> 33;
+	return k;
 }
 
 /* Set of 64-bit keys (index TIDs packed by the caller; 0 is not a key). */
@@ -350,6 +367,61 @@ extern int	hnsw_select_neighbors(HnswGraph *g, const HnswHeapItem *cands,
 								  int ncands, int max, HnswHeapItem *out);
 
 /*
+ * hnswcache.c: vectors by 64-bit key (an element's TID), each with one
+ * 64-bit word for the caller (its neighbour tuple's TID), in memory that
+ * grows in chunks up to a byte budget shared by every cache that points at
+ * the same counter.  Once the budget is spent, puts are refused: what was
+ * cached first stays (a scan meets the upper levels' elements first).
+ */
+typedef struct HnswVecCacheEntry
+{
+	uint64_t	key;			/* 0 = empty */
+	int32_t		slot;
+} HnswVecCacheEntry;
+
+typedef struct HnswVecCache
+{
+	int			dim;
+	HnswVecCacheEntry *map;		/* open addressing */
+	uint64_t	mask;
+	int32_t		n;
+	char	  **chunks;			/* HNSW_VCACHE_CHUNK slots each */
+	int			nchunks;
+	int			capchunks;
+	size_t		bytes;			/* what this cache holds */
+	size_t	   *used;			/* shared by the caches of one budget */
+	size_t		limit;
+	const HnswAllocator *a;
+} HnswVecCache;
+
+#define HNSW_VCACHE_CHUNK	256
+
+extern void hnsw_vcache_init(HnswVecCache *c, int dim, size_t *used,
+							 size_t limit, const HnswAllocator *a);
+/* Forget every entry and give the memory back. */
+extern void hnsw_vcache_clear(HnswVecCache *c);
+/* Bring key's map entry towards the CPU before a get. */
+extern void hnsw_vcache_prefetch(const HnswVecCache *c, uint64_t key);
+/*
+ * The vector under key, or NULL.  Only the map is read: the vector and its
+ * word (hnsw_vcache_word) may be prefetched before they are used.
+ */
+extern const float *hnsw_vcache_get(const HnswVecCache *c, uint64_t key);
+
+/* The caller's word of a vector hnsw_vcache_get returned. */
+static inline uint64_t
+hnsw_vcache_word(const float *vec)
+{
+	uint64_t	w;
+
+	memcpy(&w, (const char *) vec - sizeof(uint64_t), sizeof(uint64_t));
+	return w;
+}
+/* Add key with a copy of vec; false when the budget is spent. */
+extern bool hnsw_vcache_put(HnswVecCache *c, uint64_t key, const float *vec,
+							uint64_t aux);
+
+/*
  * hnswreach.c: a breadth-first walk over line-pointer slots (block,
  * offset >= 1) in bounded memory: two bits per slot of nblocks x
  * slots_per_block, and a FIFO of at most queue_cap slots to expand (slots
@@ -448,6 +520,9 @@ typedef struct HnswMetaPageData
 	BlockNumber entryBlkno;
 	OffsetNumber entryOffno;
 	BlockNumber insertPage;		/* first page worth trying for inserts */
+	uint32		generation;		/* bumped when VACUUM frees elements for
+								 * reuse: scan caches of an older one are
+								 * stale (0 in indexes built before it) */
 } HnswMetaPageData;
 
 typedef HnswMetaPageData *HnswMetaPage;
@@ -595,6 +670,7 @@ typedef enum HnswIterativeScan
 extern int	hnsw_ef_search;
 extern int	hnsw_iterative_scan;
 extern int	hnsw_max_scan_tuples;
+extern int	hnsw_scan_cache_kb;
 
 /* An element as the on-disk searches see it. */
 typedef struct HnswElement
@@ -608,6 +684,9 @@ typedef struct HnswElement
 	float		dist;			/* to the query of the search */
 	float	   *vec;			/* loaded only when asked */
 	XLogRecPtr	lsn;			/* of the element's page when it was read */
+	bool		verified;		/* read from its page; false: only tid,
+								 * neighbortid and dist are known (from the
+								 * scan cache) */
 } HnswElement;
 
 /*
@@ -628,6 +707,8 @@ typedef struct HnswSearch
 	HnswAllocator alloc;		/* the context of hnsw_search_init */
 	bool		load_vectors;	/* keep each element's vector */
 	int64		ntuples_read;	/* elements loaded (max_scan_tuples) */
+	HnswVecCache *cache;		/* scans: vectors by element, or NULL */
+	float	   *cachebuf;		/* dim floats, for filling the cache */
 } HnswSearch;
 
 /*
@@ -728,6 +809,7 @@ extern bool hnsw_form_vector(Datum value, HnswMetric metric, int dims,
 							 float *out);
 extern void hnsw_normalize(float *x, int dim);
 extern int	hnsw_search_add(HnswSearch *s, ItemPointer tid);
+extern void hnsw_search_verify(HnswSearch *s, HnswElement *e);
 extern void hnsw_search_init(HnswSearch *s, Relation index, HnswMetric metric,
 							 int dim, int m, const float *query);
 extern void hnsw_search_reset(HnswSearch *s);
@@ -843,12 +925,16 @@ extern void hnswendscan(IndexScanDesc scan);
  * hnsw_scan_ef: the ef of a scan's first round (gnnvec.ef_search, or more
  * when reranking wants more candidates).
  *
- * hnsw_scan_adapt_query is defined in src/lora/lora_index.c, the other two
- * in src/gnn/gnn_rerank.c.
+ * hnsw_scan_reranks: whether hnsw_scan_rerank is to see this scan's rounds
+ * (a scan reads its candidates' pages lazily otherwise).
+ *
+ * hnsw_scan_adapt_query is defined in src/lora/lora_index.c, the others in
+ * src/gnn/gnn_rerank.c.
  */
 extern void hnsw_scan_adapt_query(Relation index, HnswMetric metric,
 								  float *query, int dim);
 extern int	hnsw_scan_ef(Relation index);
+extern bool hnsw_scan_reranks(Relation index);
 extern int	hnsw_scan_rerank(Relation index, const float *query, int dim,
 							 HnswCandidate *cands, int ncands);
 

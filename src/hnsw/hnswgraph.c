@@ -109,15 +109,6 @@ hnsw_heap_pop(HnswHeap *h)
  * Key set: open addressing, linear probing, load factor <= 1/2
  * --------------------------------------------------------------------- */
 
-static inline uint64_t
-key_hash(uint64_t k)
-{
-	k ^= k >> 33;
-	k *= 0xff51afd7ed558ccdULL;
-	k ^= k >> 33;
-	return k;
-}
-
 void
 hnsw_keyset_init(HnswKeySet *s, uint64_t expected, const HnswAllocator *a)
 {
@@ -154,7 +145,7 @@ keyset_grow(HnswKeySet *s)
 	{
 		if (old[i] != 0)
 		{
-			uint64_t	j = key_hash(old[i]) & s->mask;
+			uint64_t	j = hnsw_key_hash(old[i]) & s->mask;
 
 			while (s->keys[j] != 0)
 				j = (j + 1) & s->mask;
@@ -171,7 +162,7 @@ hnsw_keyset_test_and_add(HnswKeySet *s, uint64_t key)
 
 	if ((s->n + 1) * 2 > s->mask + 1)
 		keyset_grow(s);
-	j = key_hash(key) & s->mask;
+	j = hnsw_key_hash(key) & s->mask;
 	while (s->keys[j] != 0)
 	{
 		if (s->keys[j] == key)
@@ -186,7 +177,7 @@ hnsw_keyset_test_and_add(HnswKeySet *s, uint64_t key)
 bool
 hnsw_keyset_contains(const HnswKeySet *s, uint64_t key)
 {
-	uint64_t	j = key_hash(key) & s->mask;
+	uint64_t	j = hnsw_key_hash(key) & s->mask;
 
 	while (s->keys[j] != 0)
 	{

@@ -15,6 +15,23 @@
  *
  * The query passes through hnsw_scan_adapt_query before the search and
  * each round's candidates through hnsw_scan_rerank after it (hnsw.h).
+ *
+ * The scan cache.  Most of a search's time went to reading the elements it
+ * visits, each a pin, lock, copy and unlock in the buffer manager, though
+ * it needs only their vectors and neighbour tuples.  Both stay the same
+ * while an element lives; only VACUUM ends a life (an insert may then take
+ * the element over).  So each backend keeps, per index, the vectors (with
+ * the neighbour tuple TID) of the live elements its scans have read, up to
+ * gnnvec.scan_cache_size over all indexes (hnswcache.c), and a search
+ * meets a cached element without its page.  The elements a round returns
+ * are read from their pages all the same (heap TIDs change with every
+ * insert of an equal vector and every VACUUM), which also gives their
+ * exact distances.  VACUUM bumps the metapage's generation when it frees
+ * elements, under WAL, so standbys agree; a scan whose cache was filled
+ * under another generation empties it first.  An insert that takes over an
+ * element freed by a VACUUM still running can leave a scan of the old
+ * generation with the old vector: that misguides the search for that
+ * scan, never the rows returned or their order, which come from the pages.
  */
 #include "postgres.h"
 
@@ -24,6 +41,33 @@
 #include "pgstat.h"
 #include "utils/snapmgr.h"
 #include "utils/memutils.h"
+
+/* One index's cache in this backend. */
+typedef struct ScanCache
+{
+	Oid			indexoid;
+#if PG_VERSION_NUM >= 160000
+	RelFileLocator node;
+#else
+	RelFileNode node;
+#endif
+	uint32		generation;
+	HnswVecCache vc;
+	struct ScanCache *next;
+} ScanCache;
+
+#if PG_VERSION_NUM >= 160000
+#define INDEX_FILE(rel) ((rel)->rd_locator)
+#else
+#define INDEX_FILE(rel) ((rel)->rd_node)
+#endif
+
+/* The caches of this backend, most recently used first. */
+#define HNSW_SCAN_CACHES	4
+static MemoryContext scanCacheCtx = NULL;
+static HnswAllocator scanCacheAlloc;
+static ScanCache *scanCaches = NULL;
+static size_t scanCacheUsed = 0;
 
 typedef struct HnswScanOpaqueData
 {
@@ -38,6 +82,7 @@ typedef struct HnswScanOpaqueData
 	HnswHeapItem *found;		/* room for one round (ef) */
 
 	HnswCandidate *cands;		/* current round */
+	int		   *candElems;		/* their indexes into search.elems */
 	int			ncands;
 	int			pos;
 	int			heappos;
@@ -48,6 +93,78 @@ typedef struct HnswScanOpaqueData
 } HnswScanOpaqueData;
 
 typedef HnswScanOpaqueData *HnswScanOpaque;
+
+static void
+drop_scan_cache(ScanCache *sc)
+{
+	hnsw_vcache_clear(&sc->vc);
+	pfree(sc);
+}
+
+/*
+ * This backend's cache for the index, valid for the generation in meta;
+ * NULL when gnnvec.scan_cache_size is 0.
+ */
+static HnswVecCache *
+get_scan_cache(Relation index, const HnswMetaPageData *meta)
+{
+	size_t		limit = (size_t) hnsw_scan_cache_kb * 1024;
+	ScanCache **link;
+	ScanCache  *sc;
+	int			n = 0;
+
+	if (scanCacheCtx == NULL)
+	{
+		MemoryContext old;
+
+		scanCacheCtx = AllocSetContextCreate(TopMemoryContext, "gnnhnsw scan cache",
+											 ALLOCSET_DEFAULT_SIZES);
+		old = MemoryContextSwitchTo(scanCacheCtx);
+		hnsw_bind_allocator(&scanCacheAlloc);
+		MemoryContextSwitchTo(old);
+	}
+	/* a smaller budget than the caches hold: start over */
+	while (scanCacheUsed > limit && scanCaches != NULL)
+	{
+		sc = scanCaches;
+		scanCaches = sc->next;
+		drop_scan_cache(sc);
+	}
+	for (link = &scanCaches; (sc = *link) != NULL; link = &sc->next, n++)
+	{
+		if (sc->indexoid == RelationGetRelid(index) &&
+			memcmp(&sc->node, &INDEX_FILE(index), sizeof(sc->node)) == 0)
+			break;
+	}
+	if (sc != NULL)
+		*link = sc->next;		/* to the front, below */
+	else
+	{
+		if (n >= HNSW_SCAN_CACHES)
+		{
+			/* drop the least recently used */
+			for (link = &scanCaches; (*link)->next != NULL; link = &(*link)->next)
+				;
+			drop_scan_cache(*link);
+			*link = NULL;
+		}
+		sc = MemoryContextAllocZero(scanCacheCtx, sizeof(ScanCache));
+		sc->indexoid = RelationGetRelid(index);
+		memcpy(&sc->node, &INDEX_FILE(index), sizeof(sc->node));
+		sc->generation = meta->generation;
+		hnsw_vcache_init(&sc->vc, meta->dims, &scanCacheUsed, limit,
+						 &scanCacheAlloc);
+	}
+	sc->next = scanCaches;
+	scanCaches = sc;
+	sc->vc.limit = limit;
+	if (sc->generation != meta->generation)
+	{
+		hnsw_vcache_clear(&sc->vc);
+		sc->generation = meta->generation;
+	}
+	return limit > 0 ? &sc->vc : NULL;
+}
 
 IndexScanDesc
 hnswbeginscan(Relation index, int nkeys, int norderbys)
@@ -83,43 +200,96 @@ hnswrescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys,
 }
 
 /*
- * One round of the level-0 search: fills so->cands with the live elements
- * found that no earlier round returned.
+ * Read a candidate's element from its page if the search met it through
+ * the scan cache, and fill in its heap TIDs and exact distance.  False when
+ * the candidate at so->pos is not to be returned after all: its element is
+ * deleted or has no rows, strict order drops it, or its exact distance (a
+ * cached vector can be stale, see above) moved it further down the list.
+ */
+static bool
+candidate_ready(HnswScanOpaque so)
+{
+	HnswCandidate *c = &so->cands[so->pos];
+	HnswElement *e = &so->search.elems[so->candElems[so->pos]];
+	int			j;
+
+	if (c->nheaptids > 0)
+		return true;
+	hnsw_search_verify(&so->search, e);
+	if (e->deleted || e->nheaptids == 0 ||
+		(so->iterative == HNSW_ITERATIVE_SCAN_STRICT && so->haveLast &&
+		 e->dist < so->lastDist))
+	{
+		so->pos++;
+		return false;
+	}
+	c->distance = e->dist;
+	c->lsn = e->lsn;
+	c->nheaptids = e->nheaptids;
+	memcpy(c->heaptids, e->heaptids, sizeof(ItemPointerData) * e->nheaptids);
+	for (j = so->pos; j + 1 < so->ncands && so->cands[j + 1].distance < c->distance; j++)
+	{
+		HnswCandidate tc = so->cands[j];
+		int			te = so->candElems[j];
+
+		so->cands[j] = so->cands[j + 1];
+		so->candElems[j] = so->candElems[j + 1];
+		so->cands[j + 1] = tc;
+		so->candElems[j + 1] = te;
+	}
+	return j == so->pos;
+}
+
+/*
+ * One round of the level-0 search: fills so->cands with the elements found
+ * that no earlier round returned, in order of distance.  Their pages are
+ * read as the executor asks for rows (candidate_ready), or all at once
+ * when the rerank plug-in is to see them.
  */
 static void
 search_round(IndexScanDesc scan)
 {
 	HnswScanOpaque so = (HnswScanOpaque) scan->opaque;
-	HnswSearch *s = &so->search;
+	bool		rerank = hnsw_scan_reranks(scan->indexRelation);
 	int			nf;
 	int			i;
 
 	nf = hnsw_level_search_round(&so->level0, hnsw_max_scan_tuples, so->found);
 	if (so->cands)
+	{
 		pfree(so->cands);
+		pfree(so->candElems);
+	}
 	so->cands = palloc(sizeof(HnswCandidate) * Max(nf, 1));
+	so->candElems = palloc(sizeof(int) * Max(nf, 1));
 	so->ncands = 0;
 	for (i = 0; i < nf; i++)
 	{
-		HnswElement *e = &s->elems[so->found[i].id];
-		HnswCandidate *c;
+		HnswCandidate *c = &so->cands[so->ncands];
 
-		if (e->deleted || e->nheaptids == 0)
-			continue;
-		if (so->iterative == HNSW_ITERATIVE_SCAN_STRICT &&
-			so->haveLast && so->found[i].dist < so->lastDist)
-			continue;
-		c = &so->cands[so->ncands++];
-		c->tid = e->tid;
+		c->tid = so->search.elems[so->found[i].id].tid;
 		c->distance = so->found[i].dist;
-		c->lsn = e->lsn;
-		c->nheaptids = e->nheaptids;
-		memcpy(c->heaptids, e->heaptids, sizeof(ItemPointerData) * e->nheaptids);
+		c->nheaptids = 0;
+		so->candElems[so->ncands++] = so->found[i].id;
 	}
-	so->ncands = hnsw_scan_rerank(scan->indexRelation, so->query,
-								  so->meta.dims, so->cands, so->ncands);
 	so->pos = 0;
 	so->heappos = 0;
+	if (rerank)
+	{
+		int			n = 0;
+
+		/* the plug-in sees verified candidates only */
+		while (so->pos < so->ncands)
+		{
+			if (!candidate_ready(so))
+				continue;
+			so->cands[n] = so->cands[so->pos];
+			so->candElems[n++] = so->candElems[so->pos++];
+		}
+		so->pos = 0;
+		so->ncands = hnsw_scan_rerank(scan->indexRelation, so->query,
+									  so->meta.dims, so->cands, n);
+	}
 
 	/* a round that found nothing new has seen all it can reach */
 	if (so->iterative == HNSW_ITERATIVE_SCAN_OFF || nf == 0)
@@ -178,6 +348,8 @@ start_scan(IndexScanDesc scan)
 
 	hnsw_search_init(&so->search, index, so->metric, so->meta.dims,
 					 so->meta.m, so->query);
+	so->search.cache = get_scan_cache(index, &so->meta);
+	so->search.cachebuf = palloc(sizeof(float) * so->meta.dims);
 	so->lastDist = 0;
 	so->haveLast = false;
 	if (hnsw_search_to_level(&so->search, &so->meta, 0, &ep) < 0)
@@ -214,6 +386,8 @@ hnswgettuple(IndexScanDesc scan, ScanDirection dir)
 		{
 			HnswCandidate *c = &so->cands[so->pos];
 
+			if (so->heappos == 0 && !candidate_ready(so))
+				continue;
 			if (so->heappos < c->nheaptids)
 			{
 				scan->xs_heaptid = c->heaptids[so->heappos++];

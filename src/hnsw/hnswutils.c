@@ -132,6 +132,7 @@ hnsw_fill_meta(Page page, int dims, int m, int efConstruction,
 	meta->entryBlkno = InvalidBlockNumber;
 	meta->entryOffno = InvalidOffsetNumber;
 	meta->insertPage = InvalidBlockNumber;
+	meta->generation = 0;
 	((PageHeader) page)->pd_lower =
 		((char *) meta + sizeof(HnswMetaPageData)) - (char *) page;
 }
@@ -550,6 +551,7 @@ load_element_pinned(HnswSearch *s, HnswElement *e, Buffer buf)
 	const char *why;
 	float		dist = 0;
 	int			done;
+	bool		caching;
 
 	if (!BufferIsValid(buf))
 	{
@@ -570,7 +572,10 @@ load_element_pinned(HnswSearch *s, HnswElement *e, Buffer buf)
 	memcpy(e->heaptids, etup->heaptids, sizeof(ItemPointerData) * e->nheaptids);
 	e->neighbortid = etup->neighbortid;
 	e->lsn = PageGetLSN(page);
-	e->vec = s->load_vectors ? palloc(sizeof(float) * s->dim) : NULL;
+	e->verified = true;
+	caching = s->cache != NULL && !s->load_vectors && !etup->deleted;
+	e->vec = s->load_vectors ? palloc(sizeof(float) * s->dim) :
+		caching ? s->cachebuf : NULL;
 	if (s->query)
 		dist = hnsw_distance(s->metric, s->query, etup->x, etup->ninline);
 	if (e->vec)
@@ -581,6 +586,18 @@ load_element_pinned(HnswSearch *s, HnswElement *e, Buffer buf)
 
 	e->dist = dist + load_data_chain(s, e, done, next, e->tid);
 	s->ntuples_read++;
+
+	/*
+	 * Only a live element's vector is cached: a deleted one may be taken
+	 * over by an insert at any time, and VACUUM bumps the generation only
+	 * when it frees elements (hnswscan.c).
+	 */
+	if (caching)
+	{
+		hnsw_vcache_put(s->cache, hnsw_tid_key(&e->tid), s->cachebuf,
+						hnsw_tid_key(&e->neighbortid));
+		e->vec = NULL;
+	}
 }
 
 void
@@ -610,9 +627,9 @@ hnsw_load_vector(Relation index, ItemPointer tid, float *out)
 	pfree(e.vec);
 }
 
-/* Load an element not visited before, whose block the caller pinned. */
-static int
-search_add_pinned(HnswSearch *s, ItemPointer tid, Buffer buf)
+/* Room for one more element in s->elems. */
+static HnswElement *
+search_next_elem(HnswSearch *s, ItemPointer tid)
 {
 	HnswElement *e;
 
@@ -623,8 +640,56 @@ search_add_pinned(HnswSearch *s, ItemPointer tid, Buffer buf)
 	}
 	e = &s->elems[s->nelems];
 	e->tid = *tid;
-	load_element_pinned(s, e, buf);
+	return e;
+}
+
+/* Load an element not visited before, whose block the caller pinned. */
+static int
+search_add_pinned(HnswSearch *s, ItemPointer tid, Buffer buf)
+{
+	load_element_pinned(s, search_next_elem(s, tid), buf);
 	return s->nelems++;
+}
+
+/*
+ * Meet an element not visited before whose vector came from the scan
+ * cache, without its page: only its distance and neighbour tuple are known
+ * (not verified).
+ */
+static int
+search_add_cached(HnswSearch *s, ItemPointer tid, const float *vec)
+{
+	HnswElement *e = search_next_elem(s, tid);
+	uint64		aux = hnsw_vcache_word(vec);
+
+	ItemPointerSet(&e->neighbortid, (BlockNumber) (aux >> 16),
+				   (OffsetNumber) (aux & 0xFFFF));
+	e->dist = hnsw_distance(s->metric, s->query, vec, s->dim);
+	e->level = 0;
+	e->deleted = false;
+	e->nheaptids = 0;
+	e->vec = NULL;
+	e->lsn = InvalidXLogRecPtr;
+	e->verified = false;
+	return s->nelems++;
+}
+
+/* The cached vector of tid, or NULL. */
+static inline const float *
+search_cached(HnswSearch *s, ItemPointer tid)
+{
+	return s->cache ? hnsw_vcache_get(s->cache, hnsw_tid_key(tid)) : NULL;
+}
+
+/*
+ * Read an element met through the cache from its page: its heap TIDs,
+ * flags and exact distance.
+ */
+void
+hnsw_search_verify(HnswSearch *s, HnswElement *e)
+{
+	if (!e->verified)
+		load_element_pinned(s, e, InvalidBuffer);
 }
 
 /*
@@ -634,9 +699,13 @@ search_add_pinned(HnswSearch *s, ItemPointer tid, Buffer buf)
 int
 hnsw_search_add(HnswSearch *s, ItemPointer tid)
 {
+	const float *vec;
+
 	if (hnsw_keyset_test_and_add(&s->visited, hnsw_tid_key(tid)))
 		return -1;
-	return search_add_pinned(s, tid, InvalidBuffer);
+	vec = search_cached(s, tid);
+	return vec ? search_add_cached(s, tid, vec) :
+		search_add_pinned(s, tid, InvalidBuffer);
 }
 
 /*
@@ -694,12 +763,6 @@ hnsw_load_neighbors(Relation index, ItemPointer neighbortid, int m, int level,
 	UnlockReleaseBuffer(buf);
 	return n;
 }
-
-#if defined(__GNUC__) || defined(__clang__)
-#define hnsw_prefetch(p) __builtin_prefetch(p)
-#else
-#define hnsw_prefetch(p) ((void) 0)
-#endif
 
 /* Prefetch hints only: nothing read here is trusted (no lock is held). */
 static inline void
@@ -795,32 +858,66 @@ level_search_meet(HnswLevelSearch *ls, float d, int idx)
 	}
 }
 
-/* Read the neighbours of one element and meet those not visited yet. */
+/* Prefetch the first bytes of an object (at most 640: ten cache lines). */
+static inline void
+prefetch_bytes(const void *p, Size len)
+{
+	for (Size o = 0; o < Min(len, 640); o += 64)
+		hnsw_prefetch((const char *) p + o);
+}
+
+/*
+ * Read the neighbours of one element and meet those not visited yet.
+ * Memory is touched in stages, each prefetched for all neighbours before
+ * any is used, so that the cache misses overlap: the scan cache's map
+ * entries, then the cached vectors; for the others, their pages' line
+ * pointers, then their tuples.
+ */
 static void
 level_search_expand(HnswLevelSearch *ls, int id)
 {
 	HnswSearch *s = ls->s;
-	int			nn;
-	int			nu = 0;
+	const float *vecs[2 * HNSW_MAX_M];
+	ItemPointerData hits[2 * HNSW_MAX_M];
+	int			nn,
+				nt = 0,
+				nh = 0,
+				nu = 0;
 	int			i;
 
 	nn = hnsw_load_neighbors(s->index, &s->elems[id].neighbortid, s->m,
 							 ls->level, ls->nbrs);
-
-	/*
-	 * The neighbours' tuples are scattered over shared buffers: pin them all
-	 * and prefetch their line pointers, then their tuples, before reading
-	 * any, so that the cache misses overlap.
-	 */
 	for (i = 0; i < nn; i++)
 	{
 		if (hnsw_keyset_test_and_add(&s->visited, hnsw_tid_key(&ls->nbrs[i])))
 			continue;
+		if (s->cache)
+			hnsw_vcache_prefetch(s->cache, hnsw_tid_key(&ls->nbrs[i]));
+		ls->nbrs[nt++] = ls->nbrs[i];
+	}
+	for (i = 0; i < nt; i++)
+	{
+		const float *vec = search_cached(s, &ls->nbrs[i]);
+
+		if (vec)
+		{
+			prefetch_bytes((const char *) vec - sizeof(uint64),
+						   sizeof(uint64) + sizeof(float) * s->dim);
+			vecs[nh] = vec;
+			hits[nh++] = ls->nbrs[i];
+			continue;
+		}
 		ls->todo[nu] = ls->nbrs[i];
 		ls->bufs[nu] = ReadBuffer(s->index, ItemPointerGetBlockNumber(&ls->nbrs[i]));
 		prefetch_itemid(BufferGetPage(ls->bufs[nu]),
 						ItemPointerGetOffsetNumber(&ls->nbrs[i]));
 		nu++;
+	}
+	for (i = 0; i < nh; i++)
+	{
+		int			idx = search_add_cached(s, &hits[i], vecs[i]);
+
+		level_search_meet(ls, s->elems[idx].dist, idx);
 	}
 	for (i = 0; i < nu; i++)
 		prefetch_tuple(BufferGetPage(ls->bufs[i]), ItemPointerGetOffsetNumber(&ls->todo[i]),
@@ -829,8 +926,7 @@ level_search_expand(HnswLevelSearch *ls, int id)
 	{
 		int			idx = search_add_pinned(s, &ls->todo[i], ls->bufs[i]);
 
-		if (idx >= 0)
-			level_search_meet(ls, s->elems[idx].dist, idx);
+		level_search_meet(ls, s->elems[idx].dist, idx);
 	}
 }
 

@@ -728,13 +728,44 @@ set_deleted(VacState *vs, ItemPointer tid, HnswElementTuple etup, void *arg)
 		vs->firstDeletedBlk = ItemPointerGetBlockNumber(tid);
 }
 
+/*
+ * Elements were freed for reuse: the vectors scans cached under the old
+ * generation may now change (hnswscan.c).  After the marking, so that a
+ * scan that fills its cache under the new generation sees them deleted
+ * and leaves them out.  An index built before the field existed has a
+ * metapage whose pd_lower ends before it: extended, so the WAL record
+ * covers it.
+ */
+static void
+bump_generation(VacState *vs)
+{
+	Buffer		buf = ReadBuffer(vs->index, HNSW_METAPAGE_BLKNO);
+	HnswEdit	ed;
+	Page		page;
+	HnswMetaPage meta;
+	uint16		end;
+
+	LockBuffer(buf, BUFFER_LOCK_EXCLUSIVE);
+	page = hnsw_edit_start(&ed, vs->index, buf, false, false);
+	meta = HnswPageGetMeta(page);
+	meta->generation++;
+	end = (char *) meta + sizeof(HnswMetaPageData) - (char *) page;
+	if (((PageHeader) page)->pd_lower < end)
+		((PageHeader) page)->pd_lower = end;
+	hnsw_edit_finish(&ed);
+	UnlockReleaseBuffer(buf);
+}
+
 static void
 mark_deleted(VacState *vs)
 {
 	vs->firstDeletedBlk = InvalidBlockNumber;
 	edit_element_pages(vs, is_to_be_deleted, set_deleted, NULL, NULL);
 	if (vs->firstDeletedBlk != InvalidBlockNumber)
+	{
+		bump_generation(vs);
 		hnsw_set_insert_page(vs->index, vs->firstDeletedBlk, true, false);
+	}
 }
 
 IndexBulkDeleteResult *

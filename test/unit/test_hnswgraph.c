@@ -406,6 +406,58 @@ test_reach(void)
 	CHECK(qt < REACH_N, "the test graph has an unreachable part (%d of %d reached)", qt, REACH_N);
 }
 
+/*
+ * The scan's vector cache (hnswcache.c): what goes in comes out, across
+ * map and chunk growth; the budget, shared by two caches, is never
+ * exceeded and puts are refused once it is spent; clearing gives it back.
+ */
+static void
+test_vcache(void)
+{
+	HnswVecCache c1,
+				c2;
+	size_t		used = 0;
+	size_t		limit = 400 * 1024;
+	float		v[12];
+	int			stored = 0,
+				wrong = 0;
+
+	hnsw_vcache_init(&c1, 12, &used, limit, &A);
+	hnsw_vcache_init(&c2, 12, &used, limit, &A);
+	for (int i = 1; i <= 3000; i++)
+	{
+		for (int d = 0; d < 12; d++)
+			v[d] = (float) (i * 100 + d);
+		if (hnsw_vcache_put(&c1, (uint64_t) i << 16 | 1, v, (uint64_t) i * 7))
+			stored++;
+	}
+	CHECK(stored == 3000, "3000 vectors of 12 floats fit in 400 kB (%d stored)", stored);
+	for (int i = 1; i <= 3000; i++)
+	{
+		const float *got = hnsw_vcache_get(&c1, (uint64_t) i << 16 | 1);
+
+		if (got == NULL || got[0] != (float) (i * 100) || got[11] != (float) (i * 100 + 11) ||
+			hnsw_vcache_word(got) != (uint64_t) i * 7)
+			wrong++;
+	}
+	CHECK(wrong == 0, "%d cached vectors came back wrong", wrong);
+	CHECK(hnsw_vcache_get(&c1, 12345ULL << 16) == NULL, "an absent key is absent");
+
+	stored = 0;
+	for (int i = 1; i <= 20000; i++)
+		if (hnsw_vcache_put(&c2, (uint64_t) i << 16 | 2, v, 0))
+			stored++;
+	CHECK(used <= limit, "the shared budget holds (%zu of %zu bytes)", used, limit);
+	CHECK(stored > 0 && stored < 20000, "the second cache stops at the budget (%d stored)", stored);
+	CHECK(used == c1.bytes + c2.bytes, "every byte is counted once");
+	hnsw_vcache_clear(&c2);
+	CHECK(used == c1.bytes && c2.n == 0, "clearing gives the budget back");
+	CHECK(hnsw_vcache_get(&c1, 77ULL << 16 | 1) != NULL,
+		  "clearing one cache leaves the other");
+	hnsw_vcache_clear(&c1);
+	CHECK(used == 0, "nothing is held after both are cleared (%zu)", used);
+}
+
 int
 main(void)
 {
@@ -420,5 +472,6 @@ main(void)
 	test_connect();
 	test_level0();
 	test_reach();
+	test_vcache();
 	return unit_report("hnswgraph");
 }
