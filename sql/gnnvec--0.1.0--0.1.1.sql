@@ -17,3 +17,14 @@ REVOKE ALL ON FUNCTION gnnvec_lora_reset(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gnnvec_lora_reset(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION gnnvec_lora_reset_all() FROM PUBLIC;
 REVOKE ALL ON FUNCTION gnnvec_lora_category_fallback(boolean) FROM PUBLIC;
+
+-- ===== gnnhnsw scan cache =====
+--
+-- Each backend keeps the vectors of the elements its index scans read, per
+-- index, up to gnnvec.scan_cache_size (src/hnsw/hnswscan.c).  One row per
+-- index this backend caches: the index generation the vectors were read
+-- under (VACUUM bumps it when it frees elements), how many, and the bytes.
+CREATE FUNCTION gnnvec_scan_cache(OUT index regclass, OUT generation bigint,
+	OUT elements bigint, OUT bytes bigint)
+	RETURNS SETOF record
+	AS 'MODULE_PATHNAME' LANGUAGE C STRICT;

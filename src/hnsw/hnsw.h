@@ -908,6 +908,8 @@ extern void hnswrescan(IndexScanDesc scan, ScanKey keys, int nkeys,
 					   ScanKey orderbys, int norderbys);
 extern bool hnswgettuple(IndexScanDesc scan, ScanDirection dir);
 extern void hnswendscan(IndexScanDesc scan);
+extern const HnswVecCache *hnsw_scan_cache_peek(Relation index,
+												uint32 *generation);
 
 /*
  * Scan plug-in points.

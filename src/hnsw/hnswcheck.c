@@ -559,6 +559,49 @@ check_graph(Relation index, IndexImage *img)
 	}
 }
 
+/*
+ * This backend's scan cache for the index (hnswscan.c), if it is of the
+ * index's current generation: every vector and neighbour tuple TID in it
+ * must be its live element's.
+ */
+static void
+check_scan_cache(Relation index, IndexImage *img)
+{
+	uint32		generation;
+	const HnswVecCache *c = hnsw_scan_cache_peek(index, &generation);
+	float	   *vec;
+
+	if (c == NULL || c->map == NULL || generation != img->meta.generation)
+		return;
+	vec = palloc(sizeof(float) * img->meta.dims);
+	for (uint64 i = 0; i <= c->mask; i++)
+	{
+		uint64		key = c->map[i].key;
+		const float *cached;
+		int64		k;
+
+		if (key == 0)
+			continue;
+		cached = hnsw_vcache_get(c, key);
+		FIND(img->elems, img->nelems, key, k);
+		if (k < 0)
+			problem(img, KEY_BLK(key), KEY_OFF(key),
+					"this backend's scan cache holds an element the index does not have");
+		else if (!img->elems[k].deleted)
+		{
+			ItemPointerData tid;
+
+			ItemPointerSet(&tid, KEY_BLK(key), KEY_OFF(key));
+			hnsw_load_vector(index, &tid, vec);
+			if (memcmp(vec, cached, sizeof(float) * img->meta.dims) != 0 ||
+				hnsw_vcache_word(cached) != hnsw_tid_key(&img->elems[k].neighbortid))
+				problem(img, KEY_BLK(key), KEY_OFF(key),
+						"this backend's scan cache disagrees with the element's vector or neighbour tuple");
+		}
+	}
+	pfree(vec);
+}
+
 PG_FUNCTION_INFO_V1(gnnvec_index_check);
 Datum
 gnnvec_index_check(PG_FUNCTION_ARGS)
@@ -588,7 +631,10 @@ gnnvec_index_check(PG_FUNCTION_ARGS)
 
 	read_image(index, &img);
 	if (img.metaOk)
+	{
 		check_graph(index, &img);
+		check_scan_cache(index, &img);
+	}
 	relation_close(index, AccessShareLock);
 
 	rsinfo->returnMode = SFRM_Materialize;

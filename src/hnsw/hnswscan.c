@@ -36,6 +36,7 @@
 #include "postgres.h"
 
 #include "access/relscan.h"
+#include "funcapi.h"
 #include "hnsw/hnsw.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -94,6 +95,43 @@ typedef struct HnswScanOpaqueData
 
 typedef HnswScanOpaqueData *HnswScanOpaque;
 
+/* This backend's cache for the index, if it has one (no side effects). */
+const HnswVecCache *
+hnsw_scan_cache_peek(Relation index, uint32 *generation)
+{
+	for (ScanCache *sc = scanCaches; sc != NULL; sc = sc->next)
+		if (sc->indexoid == RelationGetRelid(index) &&
+			memcmp(&sc->node, &INDEX_FILE(index), sizeof(sc->node)) == 0)
+		{
+			*generation = sc->generation;
+			return &sc->vc;
+		}
+	return NULL;
+}
+
+PG_FUNCTION_INFO_V1(gnnvec_scan_cache);
+
+/* This backend's scan caches: index, generation, elements, bytes. */
+Datum
+gnnvec_scan_cache(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	InitMaterializedSRF(fcinfo, 0);
+	for (ScanCache *sc = scanCaches; sc != NULL; sc = sc->next)
+	{
+		Datum		values[4];
+		bool		nulls[4] = {false, false, false, false};
+
+		values[0] = ObjectIdGetDatum(sc->indexoid);
+		values[1] = Int64GetDatum(sc->generation);
+		values[2] = Int64GetDatum(sc->vc.n);
+		values[3] = Int64GetDatum((int64) sc->vc.bytes);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
 static void
 drop_scan_cache(ScanCache *sc)
 {
@@ -130,6 +168,8 @@ get_scan_cache(Relation index, const HnswMetaPageData *meta)
 		scanCaches = sc->next;
 		drop_scan_cache(sc);
 	}
+	if (limit == 0)
+		return NULL;
 	for (link = &scanCaches; (sc = *link) != NULL; link = &sc->next, n++)
 	{
 		if (sc->indexoid == RelationGetRelid(index) &&
@@ -163,7 +203,7 @@ get_scan_cache(Relation index, const HnswMetaPageData *meta)
 		hnsw_vcache_clear(&sc->vc);
 		sc->generation = meta->generation;
 	}
-	return limit > 0 ? &sc->vc : NULL;
+	return &sc->vc;
 }
 
 IndexScanDesc
