@@ -305,13 +305,15 @@ sanitize_phase() {
 		'char *swift_demangle(const char *n, size_t l, char *b, size_t *bl, unsigned f) { return NULL; }' \
 		>"$phase/no_swift_demangle.c"
 	gcc -shared -fPIC -o "$phase/no_swift_demangle.so" "$phase/no_swift_demangle.c" || exit 1
+	# The server records its own path (in postmaster.opts, for pg_ctl
+	# restart): exec -a makes that the wrapper's.
 	mv "$inst$bindir/postgres" "$inst$bindir/postgres.bin"
 	cat >"$inst$bindir/postgres" <<-EOF
-		#!/bin/sh
+		#!/bin/bash
 		export LD_PRELOAD="$(readlink -f "$asan") $(readlink -f "$ubsan") $phase/no_swift_demangle.so"
 		export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:log_path=$phase/sanitizer/asan"
 		export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=0:log_path=$phase/sanitizer/ubsan"
-		exec "\$(dirname "\$0")/postgres.bin" "\$@"
+		exec -a "\$0" "\$0.bin" "\$@"
 	EOF
 	chmod 755 "$inst$bindir/postgres"
 	[ "$(id -u)" = 0 ] && chown -R postgres "$phase"
@@ -324,12 +326,12 @@ sanitize_phase() {
 
 	# reports, wherever they went: the files, and any that reached a server
 	# log instead (a process that could not open its log file)
+	pattern='Sanitizer|ASan runtime|runtime error:'
 	reports=$( (ls "$phase"/sanitizer/* 2>/dev/null
-		grep -lE 'ERROR: AddressSanitizer|runtime error:' "$phase/server.log" \
-			"$phase"/tmp_check/log/*.log 2>/dev/null) | sort -u)
+		grep -lE "$pattern" "$phase/server.log" "$phase"/tmp_check/log/*.log 2>/dev/null) | sort -u)
 	for r in $reports; do
 		echo "---- sanitizer report: $r"
-		head -60 "$r"
+		grep -m1 -A60 -E "$pattern" "$r"
 	done
 	r=$(echo -n "$reports" | grep -c .)
 	echo "sanitizer: $((r == 0)) passed, $r failed ($r report files)"
