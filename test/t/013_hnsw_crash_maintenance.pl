@@ -64,8 +64,9 @@ sub kill_when
 		($ret, my $again) = $node->psql('postgres', $call);
 		$pid = '' if $again ne $pid;
 	}
+	# (die, not BAIL_OUT: the other test files still run)
 	ok($pid ne '', "$what: the backend was caught mid-operation")
-	  or BAIL_OUT("$what: never caught mid-operation");
+	  or die "$what: never caught mid-operation";
 	my $log_offset = -s $node->logfile;
 	kill 'KILL', $pid if $pid ne '';
 	$node->wait_for_log(qr/database system is ready to accept connections/, $log_offset);
