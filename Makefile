@@ -7,7 +7,9 @@
 #   make bench            benchmarks (tables and plots under bench/out/)
 #
 # Options: USE_CUDA=0 skips the GPU module; ASSERTS=1 builds with
-# USE_ASSERT_CHECKING (make test does).
+# USE_ASSERT_CHECKING (make test does); SANITIZE=1 builds gnnvec.so with
+# AddressSanitizer and UBSan (make test's second phase does; such a library
+# loads only into a server started with libasan and libubsan in LD_PRELOAD).
 
 EXTENSION  = gnnvec
 EXTVERSION = 0.1.1
@@ -24,6 +26,7 @@ PURE_SRCS  = $(shell grep -L '"postgres.h"' $(SRCS))
 
 PG_CONFIG ?= pg_config
 ASSERTS   ?= 0
+SANITIZE  ?= 0
 
 PG_CPPFLAGS = -I$(CURDIR)/src -I$(CURDIR)/cuda
 # -Wextra, less three checks that PostgreSQL's own headers and fixed callback
@@ -34,6 +37,11 @@ ifeq ($(ASSERTS),1)
 PG_CPPFLAGS += -DUSE_ASSERT_CHECKING
 endif
 SHLIB_LINK  = -lopenblas -lm -lpthread -ldl
+ifeq ($(SANITIZE),1)
+SANITIZE_FLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer
+PG_CFLAGS  += $(SANITIZE_FLAGS)
+SHLIB_LINK += $(SANITIZE_FLAGS)
+endif
 
 # PGXS decides at include time whether there is anything extra to clean.
 EXTRA_CLEAN = test/unit/bin bench/bin cuda/gnnvec_cuda.so .build-flags
@@ -42,7 +50,7 @@ PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
 # Rebuild everything when the build flavour changes, and when any header does.
-BUILD_FLAGS := asserts=$(ASSERTS)
+BUILD_FLAGS := asserts=$(ASSERTS) sanitize=$(SANITIZE)
 $(shell echo '$(BUILD_FLAGS)' | cmp -s - .build-flags || echo '$(BUILD_FLAGS)' > .build-flags)
 $(OBJS): .build-flags $(HEADERS)
 

@@ -6,7 +6,11 @@
 # PostgreSQL 15 on it: packages (apt-get when root), an assert-enabled build,
 # a private installation (the server's own files copied beside ours, so the
 # system PostgreSQL is never touched), a throwaway cluster on a Unix socket run
-# by a non-root user, and the tests.  Ends with "gnnvec: N passed, N failed".
+# by a non-root user, and the tests.  `test` runs them twice: on the normal
+# build, then (regression and TAP tests) on a build with AddressSanitizer and
+# UBSan, whose server runs with their runtimes preloaded; any sanitizer report
+# is a failure (GNNVEC_SANITIZE=0 skips that phase).  Ends with one line
+# "gnnvec: N passed, N failed" for everything.
 set -uo pipefail
 
 mode=${1:-test}
@@ -62,23 +66,30 @@ count_output() {
 	count "$p" "$f"
 }
 
+# build FLAGS...: make with these flags; a failed build ends the run, a
+# compiler warning counts as a failure
+build() {
+	log "building ($*)"
+	if ! make -s "$@" >build.log 2>&1; then
+		cat build.log
+		echo "gnnvec: $passed passed, $((failed + 1)) failed"
+		exit 1
+	fi
+	if grep -q 'warning:' build.log; then
+		grep -B2 -A4 'warning:' build.log
+		echo "build: 0 passed, 1 failed (compiler warnings)"
+		count 0 1
+	else
+		echo "build: 1 passed, 0 failed (no compiler warnings)"
+		count 1 0
+	fi
+}
+
 # tests run an assert-enabled build; benchmarks must not
 asserts=1
 [ "$mode" = bench ] && asserts=0
-log "building (ASSERTS=$asserts)"
-if ! make -s ASSERTS=$asserts >build.log 2>&1; then
-	cat build.log
-	echo "gnnvec: $passed passed, 1 failed"
-	exit 1
-fi
-if grep -q 'warning:' build.log; then
-	grep -B2 -A4 'warning:' build.log
-	echo "build: 0 passed, 1 failed (compiler warnings)"
-	count 0 1
-else
-	echo "build: 1 passed, 0 failed (no compiler warnings)"
-	count 1 0
-fi
+build_flags=(ASSERTS=$asserts)
+build "${build_flags[@]}"
 
 # --- a private installation the server user can read ------------------------
 # the previous run's directory goes; this one stays for inspection
@@ -87,14 +98,21 @@ work=$(mktemp -d /tmp/gnnvec-$mode.XXXXXX)
 chmod 755 "$work"
 mkdir -p tmp
 ln -sfn "$work" tmp/last-$mode
+# install_private FLAGS...: the server's files plus gnnvec built with FLAGS, under
+# $inst.  The server finds share/ and lib/ relative to its own binary, so a
+# copy of the installation plus ours under DESTDIR is a complete, private
+# server.
+install_private() {
+	mkdir -p "$inst"
+	tar -C / -cf - "${bindir#/}" "${pkglibdir#/}" "${sharedir#/}" | tar -C "$inst" -xf -
+	make -s install "$@" DESTDIR="$inst" >>build.log 2>&1 || { tail build.log; exit 1; }
+	PATH="$inst$bindir:$PATH"
+	PG_REGRESS="$inst$pkglibdir/pgxs/src/test/regress/pg_regress"
+}
 inst=$work/inst
-mkdir -p "$inst"
-# The server finds share/ and lib/ relative to its own binary, so a copy of
-# the installation plus ours under DESTDIR is a complete, private server.
-tar -C / -cf - "${bindir#/}" "${pkglibdir#/}" "${sharedir#/}" | tar -C "$inst" -xf -
-make -s install ASSERTS=$asserts DESTDIR="$inst" >>build.log 2>&1 || { tail build.log; exit 1; }
-export PATH="$inst$bindir:$PATH"
-export PG_REGRESS="$inst$pkglibdir/pgxs/src/test/regress/pg_regress"
+syspath=$PATH
+install_private "${build_flags[@]}"
+export PATH PG_REGRESS
 
 # Tests run as a non-root user: the server refuses root.
 if [ "$(id -u)" = 0 ]; then
@@ -103,7 +121,6 @@ else
 	runas=()
 fi
 cp -r sql_tests expected test "$work"/
-mkdir -p "$work/regress"
 if [ "$(id -u)" = 0 ]; then chown -R postgres "$work"; fi
 as_server_user() { "${runas[@]}" env HOME="$work" PATH="$PATH" PG_REGRESS="$PG_REGRESS" "$@"; }
 
@@ -118,7 +135,9 @@ if [ -z "${OPENBLAS_CORETYPE:-}" ]; then
 	fi
 fi
 
-data=$work/data
+# each phase's cluster, logs and results are under $phase
+phase=$work
+data=$phase/data
 sock=$work/sock
 # GNNVEC_TEST_PORT: another port, for runs side by side in other checkouts
 port=${GNNVEC_TEST_PORT:-54329}
@@ -127,8 +146,8 @@ mkdir -p "$sock"
 export PGHOST=$sock PGPORT=$port
 
 start_cluster() {
-	as_server_user initdb -D "$data" -U postgres --no-sync -A trust >"$work/initdb.log" 2>&1 ||
-		{ cat "$work/initdb.log"; return 1; }
+	as_server_user initdb -D "$data" -U postgres --no-sync -A trust >"$phase/initdb.log" 2>&1 ||
+		{ cat "$phase/initdb.log"; return 1; }
 	cat >>"$data/postgresql.conf" <<-EOF
 		listen_addresses = ''
 		unix_socket_directories = '$sock'
@@ -144,8 +163,8 @@ start_cluster() {
 			jit = off
 		EOF
 	fi
-	as_server_user pg_ctl -D "$data" -l "$work/server.log" -w start >/dev/null ||
-		{ cat "$work/server.log"; return 1; }
+	as_server_user pg_ctl -D "$data" -l "$phase/server.log" -w start >/dev/null ||
+		{ cat "$phase/server.log"; return 1; }
 }
 stop_cluster() { as_server_user pg_ctl -D "$data" -m fast -w stop >/dev/null 2>&1 || true; }
 trap stop_cluster EXIT
@@ -184,27 +203,55 @@ else
 fi
 
 # --- regression tests (pg_regress) -------------------------------------------
-log "regression tests"
-start_cluster || { echo "gnnvec: $passed passed, $((failed + 1)) failed"; exit 1; }
-ln -s "$work/sql_tests" "$work/regress/sql"
-ln -s "$work/expected" "$work/regress/expected"
-# The extension exists before the first test runs, so every test's
-# CREATE EXTENSION IF NOT EXISTS says "already exists" whatever the order.
 # REGRESS_TESTS / TAP_TESTS: run only these (names, or TAP file globs)
 tests=${REGRESS_TESTS:-$(cd sql_tests && ls *.sql | sed 's/\.sql$//' | sort)}
-as_server_user "$PG_REGRESS" --host="$sock" --port=$port \
-	--inputdir="$work/regress" --outputdir="$work/regress" \
-	--bindir="$inst$bindir" --dbname=gnnvec_regress --load-extension=gnnvec \
-	$tests | tee "$work/regress.log"
-rc=${PIPESTATUS[0]}
-p=$(grep -cE '\.\.\. ok|^ok ' "$work/regress.log")
-f=$(grep -cE '\.\.\. FAILED|^not ok ' "$work/regress.log")
-[ "$rc" != 0 ] && [ "$f" = 0 ] && f=1
-count "$p" "$f"
-if [ "$f" != 0 ] && [ -f "$work/regress/regression.diffs" ]; then
-	cp "$work/regress/regression.diffs" "$root/regression.diffs"
-	head -200 "$work/regress/regression.diffs"
-fi
+tap_tests=${TAP_TESTS:-test/t/*.pl}
+
+# run_regress: the regression tests, on the running cluster, results under
+# $phase/regress
+run_regress() {
+	local rc p f
+	mkdir -p "$phase/regress"
+	ln -s "$work/sql_tests" "$phase/regress/sql"
+	ln -s "$work/expected" "$phase/regress/expected"
+	[ "$(id -u)" = 0 ] && chown -R postgres "$phase/regress"
+	# The extension exists before the first test runs, so every test's
+	# CREATE EXTENSION IF NOT EXISTS says "already exists" whatever the order.
+	as_server_user "$PG_REGRESS" --host="$sock" --port=$port \
+		--inputdir="$phase/regress" --outputdir="$phase/regress" \
+		--bindir="$inst$bindir" --dbname=gnnvec_regress --load-extension=gnnvec \
+		$tests | tee "$phase/regress.log"
+	rc=${PIPESTATUS[0]}
+	p=$(grep -cE '\.\.\. ok|^ok ' "$phase/regress.log")
+	f=$(grep -cE '\.\.\. FAILED|^not ok ' "$phase/regress.log")
+	[ "$rc" != 0 ] && [ "$f" = 0 ] && f=1
+	count "$p" "$f"
+	if [ "$f" != 0 ] && [ -f "$phase/regress/regression.diffs" ]; then
+		cp "$phase/regress/regression.diffs" "$root/regression.diffs"
+		head -200 "$phase/regress/regression.diffs"
+	fi
+}
+
+# run_tap: the TAP tests, each on clusters of its own under $phase/tmp_check
+run_tap() {
+	local rc total notok f
+	ls $tap_tests >/dev/null 2>&1 || return 0
+	log "TAP tests"
+	(cd "$work" && as_server_user env TESTDIR="$phase" \
+		PERL5LIB="$inst$pkglibdir/pgxs/src/test/perl" prove -v $tap_tests) >"$phase/tap.log" 2>&1
+	rc=$?
+	grep -E '^(ok|not ok)|^t/|^test/|Failed|Result|Tests=' "$phase/tap.log"
+	total=$(sed -nE 's/.*Tests=([0-9]+),.*/\1/p' "$phase/tap.log" | tail -1)
+	notok=$(grep -cE '^\s*not ok' "$phase/tap.log")
+	f=$notok
+	[ $rc -ne 0 ] && [ "$f" = 0 ] && f=1
+	count $((${total:-0} - notok)) "$f"
+	[ $rc -ne 0 ] && tail -50 "$phase/tap.log"
+}
+
+log "regression tests"
+start_cluster || { echo "gnnvec: $passed passed, $((failed + 1)) failed"; exit 1; }
+run_regress
 
 # --- a real pgvector client (node-postgres + pgvector from npm) -------------
 log "pgvector client compatibility"
@@ -221,20 +268,76 @@ fi
 stop_cluster
 
 # --- TAP tests ----------------------------------------------------------------
-tap_tests=${TAP_TESTS:-test/t/*.pl}
-if ls $tap_tests >/dev/null 2>&1; then
-	log "TAP tests"
-	(cd "$work" && as_server_user env PERL5LIB="$inst$pkglibdir/pgxs/src/test/perl" \
-		prove -v $tap_tests) >"$work/tap.log" 2>&1
-	rc=$?
-	grep -E '^(ok|not ok)|^t/|^test/|Failed|Result|Tests=' "$work/tap.log"
-	total=$(sed -nE 's/.*Tests=([0-9]+),.*/\1/p' "$work/tap.log" | tail -1)
-	notok=$(grep -cE '^\s*not ok' "$work/tap.log")
-	f=$notok
-	[ $rc -ne 0 ] && [ "$f" = 0 ] && f=1
-	count $((${total:-0} - notok)) "$f"
-	[ $rc -ne 0 ] && tail -50 "$work/tap.log"
-fi
+run_tap
+
+# --- the same on a sanitized build ----------------------------------------------
+# gnnvec.so built with AddressSanitizer and UBSan, in an installation of its
+# own whose postgres is a wrapper that preloads their runtimes (the server
+# itself is not instrumented; the library cannot load without them) and sends
+# their reports to files under $phase/sanitizer.  ASan aborts the backend at
+# its first report (memory is not to be trusted after it); UBSan reports and
+# goes on.  Every report is a failure.
+sanitize_phase() {
+	local asan ubsan reports r
+	asan=$(gcc -print-file-name=libasan.so)
+	ubsan=$(gcc -print-file-name=libubsan.so)
+	if [ ! -e "$asan" ] || [ ! -e "$ubsan" ]; then
+		echo "sanitize: 0 passed, 1 failed (gcc's libasan/libubsan not found)"
+		count 0 1
+		return
+	fi
+	# the private installation's pg_config would point the build at itself
+	PATH=$syspath
+	build "${build_flags[@]}" SANITIZE=1
+	phase=$work/sanitize
+	data=$phase/data
+	inst=$phase/inst
+	mkdir -p "$phase/sanitizer"
+	install_private "${build_flags[@]}" SANITIZE=1
+	# A preloaded libasan initialises late, inside the first malloc: that of
+	# libgpg-error's constructor, in bindtextdomain, which holds gettext's
+	# lock.  Its initialisation looks up swift_demangle and, when the lookup
+	# fails, dlerror() translates the message and releases that lock; the
+	# postgres's own bindtextdomain then hangs.  A swift_demangle of our own
+	# (which demangles nothing) keeps dlerror() out of it.
+	printf '%s\n' '#include <stddef.h>' \
+		'char *swift_demangle(const char *n, size_t l, char *b, size_t *bl, unsigned f);' \
+		'char *swift_demangle(const char *n, size_t l, char *b, size_t *bl, unsigned f) { return NULL; }' \
+		>"$phase/no_swift_demangle.c"
+	gcc -shared -fPIC -o "$phase/no_swift_demangle.so" "$phase/no_swift_demangle.c" || exit 1
+	# The server records its own path (in postmaster.opts, for pg_ctl
+	# restart): exec -a makes that the wrapper's.
+	mv "$inst$bindir/postgres" "$inst$bindir/postgres.bin"
+	cat >"$inst$bindir/postgres" <<-EOF
+		#!/bin/bash
+		export LD_PRELOAD="$(readlink -f "$asan") $(readlink -f "$ubsan") $phase/no_swift_demangle.so"
+		export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:log_path=$phase/sanitizer/asan"
+		export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=0:log_path=$phase/sanitizer/ubsan"
+		exec -a "\$0" "\$0.bin" "\$@"
+	EOF
+	chmod 755 "$inst$bindir/postgres"
+	[ "$(id -u)" = 0 ] && chown -R postgres "$phase"
+
+	log "regression tests (sanitized)"
+	start_cluster || { echo "gnnvec: $passed passed, $((failed + 1)) failed"; exit 1; }
+	run_regress
+	stop_cluster
+	run_tap
+
+	# reports, wherever they went: the files, and any that reached a server
+	# log instead (a process that could not open its log file)
+	pattern='Sanitizer|ASan runtime|runtime error:'
+	reports=$( (ls "$phase"/sanitizer/* 2>/dev/null
+		grep -lE "$pattern" "$phase/server.log" "$phase"/tmp_check/log/*.log 2>/dev/null) | sort -u)
+	for r in $reports; do
+		echo "---- sanitizer report: $r"
+		grep -m1 -A60 -E "$pattern" "$r"
+	done
+	r=$(echo -n "$reports" | grep -c .)
+	echo "sanitizer: $((r == 0)) passed, $r failed ($r report files)"
+	count $((r == 0)) "$r"
+}
+[ "${GNNVEC_SANITIZE:-1}" = 1 ] && sanitize_phase
 
 echo "gnnvec: $passed passed, $failed failed"
 [ "$failed" = 0 ]

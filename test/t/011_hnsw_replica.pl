@@ -2,7 +2,10 @@
 # deletes + VACUUM, the standby returns exactly what the primary returns,
 # and its copy of the index passes gnnvec_index_check.  It runs for an
 # index built in parallel by HNSW insertion and for one built with
-# build_method = 'cagra' (CPU threads).
+# build_method = 'cagra' (CPU threads).  The primary runs with
+# wal_consistency_checking = 'generic': every GenericXLog record carries the
+# page as the primary left it, and the standby's replay must produce exactly
+# that page or the standby stops.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -16,6 +19,8 @@ sub replica_scenario
 
 	my $primary = PostgreSQL::Test::Cluster->new("primary_$build");
 	$primary->init(allows_streaming => 1);
+	# (wal_keep_size: the WAL stays for pg_waldump to count those records)
+	$primary->append_conf('postgresql.conf', "wal_consistency_checking = 'generic'\nwal_keep_size = '1GB'\n");
 	$primary->start;
 	$primary->safe_psql('postgres', q{
 		CREATE EXTENSION gnnvec;
@@ -43,12 +48,26 @@ sub replica_scenario
 		EXPLAIN (COSTS OFF) SELECT id FROM items ORDER BY v <-> (SELECT q FROM queries LIMIT 1) LIMIT 10;
 	};
 
+	# Generic records written since the last call that carry a page image for
+	# the standby's consistency check.
+	my $since = $primary->lsn('flush');
+	my $checked_records = sub {
+		my $end = $primary->lsn('flush');
+		my ($stdout, $stderr) = run_command([ 'pg_waldump', '-p', $primary->data_dir . '/pg_wal',
+			'-s', $since, '-e', $end, '-r', 'Generic' ]);
+		diag("pg_waldump: $stderr") if $stderr ne '';
+		$since = $end;
+		return scalar(() = $stdout =~ /FPW for WAL verification/g);
+	};
+
 	# a closure: a named sub would keep the first call's nodes
 	my $compare = sub {
 		my ($what) = @_;
 		$what = "$build: $what";
 		local $Test::Builder::Level = $Test::Builder::Level + 1;
 		$primary->wait_for_catchup($standby);
+		unlike(slurp_file($standby->logfile), qr/inconsistent page/,
+			"$what: the standby's replay matches the primary's pages");
 		my $p = $primary->safe_psql('postgres', $results_sql);
 		my $s = $standby->safe_psql('postgres', $results_sql);
 		ok(length($p) > 100, "$what: primary answers");
@@ -77,10 +96,14 @@ sub replica_scenario
 			FROM generate_series(3001, 4000) i;
 		INSERT INTO items SELECT id + 1000, v FROM items WHERE id BETWEEN 3001 AND 3100;
 	});
+	ok($checked_records->() > 1000, "$build: the inserts' generic records carry pages to check");
 	$compare->('after inserts');
 
+	# a quarter of the elements go: their neighbours' lists are repaired
 	$primary->safe_psql('postgres', 'DELETE FROM items WHERE id % 4 = 0');
+	$checked_records->();
 	$primary->safe_psql('postgres', 'VACUUM items');
+	ok($checked_records->() > 100, "$build: VACUUM's generic records carry pages to check");
 	$compare->('after delete and vacuum');
 
 	$primary->safe_psql('postgres', q{
