@@ -10,14 +10,20 @@
  *	   that starts later sees no heap TID and does not choose it);
  *	2. move the entry point off a deleted element (highest live level), and
  *	   repair every live element that points at a deleted one: at that
- *	   level its new list is chosen with the neighbour-selection heuristic
- *	   (Malkov & Yashunin 2018, Alg. 4) from its live neighbours and the
- *	   live neighbours of the deleted ones;
+ *	   level the deleted members give way to candidates chosen with the
+ *	   neighbour-selection heuristic (Malkov & Yashunin 2018, Alg. 4) from
+ *	   the live neighbours of the deleted ones; live members stay.  Then
+ *	   every live element that a walk from the entry point through live
+ *	   elements does not reach gets an in-edge;
  *	3. mark the elements deleted.  Their tuples stay readable (concurrent
  *	   scans may still walk through them) and an insert of the same level
  *	   reuses the space (hnswinsert.c); the insert hint moves back to the
- *	   first page with deleted elements.  Then every live element that a
- *	   walk from the entry point does not reach gets an in-edge.
+ *	   first page with deleted elements.
+ *
+ * So a VACUUM stopped at any point (a crash, a cancel) leaves every live
+ * element reachable: until pass 3 marks them, the deleted elements still
+ * link what they linked, no repair removes a live element's in-edge, and
+ * by pass 3 the live elements reach each other without them.
  *
  * A repair that finds the list changed under it by a concurrent insert
  * leaves that list alone: deleted elements stay traversable, so the graph
@@ -401,6 +407,44 @@ replace_entry_point(VacState *vs)
 	UnlockPage(vs->index, HNSW_UPDATE_LOCK, ExclusiveLock);
 }
 
+static bool
+in_list(ItemPointer tid, ItemPointerData *list, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (ItemPointerEquals(tid, &list[i]))
+			return true;
+	return false;
+}
+
+/*
+ * An element's repaired list at one level, from the live candidates tids
+ * (ascending distance; keep[] says which the heuristic chose) and the
+ * current list cur.  Every live member stays, so that no live element
+ * loses an in-edge it had: until the reachability pass has run, a crash or
+ * a cancel must not leave one unreachable.  Then come the candidates the
+ * heuristic chose, then the nearest it passed over until the list is full
+ * (Alg. 4's keepPrunedConnections, Malkov & Yashunin, TPAMI 2018): a
+ * repaired list would otherwise shrink to the heuristic's own degree, far
+ * below what the build left (on a CAGRA-built level 0 in 16 dimensions,
+ * from 32 to about 11 after a third of the rows went, and searches at the
+ * default ef_search then missed rows that are still there).
+ */
+static int
+repaired_list(ItemPointerData *cur, int n, ItemPointerData *tids,
+			  const bool *keep, int cnt, int max, ItemPointerData *out)
+{
+	int			k = 0;
+
+	for (int i = 0; i < cnt && k < max; i++)
+		if (in_list(&tids[i], cur, n))
+			out[k++] = tids[i];
+	for (int chosen = 1; chosen >= 0; chosen--)
+		for (int i = 0; i < cnt && k < max; i++)
+			if (keep[i] == chosen && !in_list(&tids[i], cur, n))
+				out[k++] = tids[i];
+	return k;
+}
+
 /* Pass 2b for one element: new lists for the levels that need them. */
 static void
 repair_element(VacState *vs, ItemPointer etid, void *arg)
@@ -433,7 +477,8 @@ repair_element(VacState *vs, ItemPointer etid, void *arg)
 		int			i,
 					j,
 					cnt,
-					kept;
+					nlist;
+		ItemPointerData list[2 * HNSW_MAX_M];
 		float	  **vecs;
 		float	   *dists;
 		ItemPointerData *tids;
@@ -497,23 +542,8 @@ repair_element(VacState *vs, ItemPointer etid, void *arg)
 			tids[j] = c->tid;
 			cnt++;
 		}
-		kept = hnsw_select_heuristic(metric, dim, vecs, dists, cnt, max, keep);
-
-		/*
-		 * Fill the slots the heuristic left free with the nearest candidates
-		 * it passed over (Alg. 4's keepPrunedConnections, Malkov & Yashunin,
-		 * TPAMI 2018).  A repaired list would otherwise shrink to the
-		 * heuristic's own degree, far below what the build left: on a
-		 * CAGRA-built level 0 in 16 dimensions, from 32 to about 11 after a
-		 * third of the rows went, and searches at the default ef_search then
-		 * missed rows that are still there.
-		 */
-		for (i = 0; i < cnt && kept < max; i++)
-			if (!keep[i])
-			{
-				keep[i] = true;
-				kept++;
-			}
+		hnsw_select_heuristic(metric, dim, vecs, dists, cnt, max, keep);
+		nlist = repaired_list(cur, n, tids, keep, cnt, max, list);
 
 		/* write, unless a concurrent insert changed the list meanwhile */
 		buf = vac_read(vs, ItemPointerGetBlockNumber(&e->neighbortid),
@@ -536,12 +566,13 @@ repair_element(VacState *vs, ItemPointer etid, void *arg)
 				Page		page = hnsw_edit_start(&ed, vs->index, buf, false, false);
 
 				ntup = hnsw_get_neighbors(page, ItemPointerGetOffsetNumber(&e->neighbortid));
-				k = start;
-				for (i = 0; i < cnt; i++)
-					if (keep[i])
-						ntup->tids[k++] = tids[i];
-				for (; k < start + max; k++)
-					ItemPointerSetInvalid(&ntup->tids[k]);
+				for (i = 0; i < max; i++)
+				{
+					if (i < nlist)
+						ntup->tids[start + i] = list[i];
+					else
+						ItemPointerSetInvalid(&ntup->tids[start + i]);
+				}
 				hnsw_edit_finish(&ed);
 			}
 		}
@@ -575,7 +606,7 @@ slots_per_block(int dim, int m)
 }
 
 /*
- * Pass 3b's walk: two bits for each line pointer the index's pages can
+ * Pass 2c's walk: two bits for each line pointer the index's pages can
  * hold, and a queue of what maintenance_work_mem leaves (at least 1024
  * TIDs).  Blocks added after the walk started hold elements inserted
  * since, which inserts link: they count as reached.
@@ -608,8 +639,9 @@ vac_reach_init(VacReach *r, VacState *vs)
 }
 
 /*
- * Queue what tid links to, at every level (deleted elements included).  A
- * damaged element is an ERROR here, as in a search.
+ * Queue what a live element links to, at every level: the walk goes
+ * through live elements only, those that stay once pass 3 has marked the
+ * others.  A damaged element is an ERROR here, as in a search.
  */
 static void
 expand_element(VacState *vs, VacReach *r, ItemPointer tid, ItemPointerData *nb)
@@ -619,6 +651,8 @@ expand_element(VacState *vs, VacReach *r, ItemPointer tid, ItemPointerData *nb)
 
 	e.tid = *tid;
 	hnsw_load_element(&r->loader, &e);
+	if (e.deleted || e.nheaptids == 0 || is_deleted(vs, tid))
+		return;
 	for (lc = 0; lc <= e.level; lc++)
 	{
 		int			n = hnsw_load_neighbors(vs->index, &e.neighbortid, vs->meta.m,
@@ -639,8 +673,8 @@ is_unreached(VacState *vs, ItemPointer tid, HnswElementTuple etup, void *arg)
 }
 
 /*
- * An in-edge for a lost element from the nearest live element with room
- * that a search for it finds, as an insert would add it.
+ * An in-edge for a lost element from the nearest reached live element
+ * that a search for it finds and that takes it, as an insert would add it.
  */
 static void
 reconnect_element(VacState *vs, ItemPointer lost, void *arg)
@@ -664,7 +698,10 @@ reconnect_element(VacState *vs, ItemPointer lost, void *arg)
 		HnswElement *r = &t.elems[found[j].id];
 
 		if (r->deleted || r->nheaptids == 0 || is_deleted(vs, &r->tid) ||
-			ItemPointerEquals(&r->tid, lost))
+			ItemPointerEquals(&r->tid, lost) ||
+			!hnsw_reach_contains(&((VacReach *) arg)->walk,
+								 ItemPointerGetBlockNumber(&r->tid),
+								 ItemPointerGetOffsetNumber(&r->tid)))
 			continue;
 		if (hnsw_update_connection(&t, r, lost, vec, 0, false, true, NULL))
 			break;
@@ -673,10 +710,9 @@ reconnect_element(VacState *vs, ItemPointer lost, void *arg)
 }
 
 /*
- * Pass 3b: heavy deletion can cut live elements off (their in-edges all
- * came from deleted ones and the repair chose others).  Walk the graph
- * from the entry point (through everything, as searches do); each live
- * element not met gets an in-edge.
+ * Pass 2c: heavy deletion can cut live elements off (their in-edges all
+ * came from deleted ones).  Walk the graph from the entry point through
+ * live elements; each live element not met gets an in-edge.
  */
 static void
 connect_unreachable(VacState *vs)
@@ -794,8 +830,8 @@ hnswbulkdelete(IndexVacuumInfo *info, IndexBulkDeleteResult *stats,
 		wait_for_inserts(&vs);
 		replace_entry_point(&vs);
 		repair_graph(&vs);
-		mark_deleted(&vs);
 		connect_unreachable(&vs);
+		mark_deleted(&vs);
 	}
 
 	hnsw_keyset_free(&vs.deleted);

@@ -117,6 +117,28 @@ is($node->safe_psql('postgres', q{SELECT heap_tids FROM gnnvec_index_info('items
 	'after the new VACUUM the index holds one heap TID per row');
 $node->safe_psql('postgres', 'DROP INDEX items_v');
 
+# --- VACUUM at m = 8, killed while it works on the index ------------------------
+# Short lists: a repair that gave up a live member's in-edge, or deleted
+# elements marked before the live ones reach each other without them, left
+# live elements unreachable after such a kill (2 of 2 runs before VACUUM
+# kept live members and walked the graph before marking).
+$node->safe_psql('postgres', q{
+	CREATE TABLE small (id int PRIMARY KEY, v vector(32)) WITH (autovacuum_enabled = false);
+	SELECT setseed(0.5);
+	INSERT INTO small SELECT i, (SELECT array_agg(random()::real) FROM generate_series(1, 32) WHERE i > 0)::vector
+		FROM generate_series(1, 6000) i;
+	CREATE INDEX small_v ON small USING gnnhnsw (v) WITH (m = 8, ef_construction = 32);
+	DELETE FROM small WHERE id % 3 = 0;
+});
+$vacuum = start_sql('SET vacuum_cost_delay = 2', 'SET vacuum_cost_limit = 20', 'VACUUM small');
+kill_when('VACUUM at m = 8',
+	q{SELECT pid FROM pg_stat_progress_vacuum WHERE phase = 'vacuuming indexes'}, 1);
+$vacuum->finish;
+is($node->safe_psql('postgres', q{
+	SELECT string_agg(blkno || '/' || offnum || ': ' || problem, '; ') FROM gnnvec_index_check('small_v')}),
+	'', 'after a crash in VACUUM at m = 8: gnnvec_index_check reports nothing');
+$node->safe_psql('postgres', 'DROP TABLE small');
+
 # --- CREATE INDEX, killed mid-build ---------------------------------------------
 sub build_crash
 {
