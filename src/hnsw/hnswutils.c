@@ -9,6 +9,9 @@
 #include <math.h>
 
 #include "access/generic_xlog.h"
+#if PG_VERSION_NUM >= 150000
+#include "common/pg_prng.h"
+#endif
 #include "hnsw/hnsw.h"
 #include "miscadmin.h"
 #include "storage/bufmgr.h"
@@ -132,7 +135,16 @@ hnsw_fill_meta(Page page, int dims, int m, int efConstruction,
 	meta->entryBlkno = InvalidBlockNumber;
 	meta->entryOffno = InvalidOffsetNumber;
 	meta->insertPage = InvalidBlockNumber;
-	meta->generation = 0;
+
+	/*
+	 * A random start, so that a scan cache keyed by an index OID and file
+	 * that a later index happens to reuse is not taken for that index's.
+	 */
+#if PG_VERSION_NUM >= 150000
+	meta->generation = pg_prng_uint32(&pg_global_prng_state);
+#else
+	meta->generation = (uint32) random();
+#endif
 	((PageHeader) page)->pd_lower =
 		((char *) meta + sizeof(HnswMetaPageData)) - (char *) page;
 }
