@@ -87,12 +87,13 @@ real() {
 	[ "${BENCH_1M:-0}" = 1 ] && sets="$sets synthetic-1m-128"
 	for set in $sets; do real_dataset "$set"; done
 	[ -n "${PGVECTOR_SRC:-}" ] || echo "== real: PGVECTOR_SRC is not set; pgvector is skipped"
-	rm -rf "$out/real"
+	for set in $sets; do rm -rf "${out:?}/real/$set"; done
 	REAL_SETS="$sets" BENCH_SCRIPT=real_bench.sh bash test/run.sh bench .
 	for set in $sets; do
-		$PY bench/report_real.py "$out/real/$set" "$data/$set"
-		echo
-	done | tee "$out/real.md"
+		$PY bench/report_real.py "$out/real/$set" "$data/$set" | tee "$out/real/$set/report.md"
+	done
+	# every set measured so far (each set's engines were measured in one run)
+	for set in "$out"/real/*/report.md; do cat "$set"; echo; done >"$out/real.md"
 }
 
 kernels() {
