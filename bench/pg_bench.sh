@@ -71,7 +71,7 @@ bench_index() {
 
 	for ef in $ef_list; do
 		best=
-		for rep in $(seq "$reps"); do
+		for _ in $(seq "$reps"); do
 			t=$(timed -c "SET $guc = $ef" -c "SET enable_seqscan = off" \
 				-c "COPY (SELECT q.id, r.id FROM queries q CROSS JOIN LATERAL
 				          (SELECT id FROM items ORDER BY embedding $op q.embedding LIMIT 10) r)

@@ -72,6 +72,7 @@ real_dataset() {
 				build gen_dataset
 				bench/bin/gen_dataset --out "$dir" --n 1000000 --dim 128 --queries 1000 --seed 42
 				;;
+			*) echo "unknown real-data set: $name"; exit 2 ;;
 		esac
 	fi
 	local dim
@@ -93,7 +94,7 @@ real() {
 		$PY bench/report_real.py "$out/real/$set" "$data/$set" | tee "$out/real/$set/report.md"
 	done
 	# every set measured so far (each set's engines were measured in one run)
-	for set in "$out"/real/*/report.md; do cat "$set"; echo; done >"$out/real.md"
+	for report in "$out"/real/*/report.md; do cat "$report"; echo; done >"$out/real.md"
 }
 
 kernels() {
