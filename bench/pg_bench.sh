@@ -11,13 +11,32 @@
 # then the same for an index built with build_method = 'cagra' (same m,
 # graph_degree 2m, intermediate_graph_degree 3m): OUT_DIR/pg_cagra.csv and
 # OUT_DIR/pg_cagra_results_ef*.csv.
+#
+# Environment: M, EF_CONSTRUCTION; EF_LIST (ef_search values, default
+# "10 20 40 80 160"); CAGRA_REPS (timed runs per ef for the CAGRA build, 3);
+# ENGINE=pgvector measures pgvector's hnsw instead, in its own database (its
+# type "vector" cannot live beside ours), writing OUT_DIR/pgv_hnsw.csv and
+# OUT_DIR/pgv_results_ef*.csv.  The metric (l2 or cosine) comes from
+# DATASET_DIR/meta.txt.
 set -euo pipefail
 dataset=$1
 out=$2
 dim=$(sed -n 's/^dim=//p' "$dataset/meta.txt")
+metric=$(sed -n 's/^metric=//p' "$dataset/meta.txt")
 m=${M:-16}
 efc=${EF_CONSTRUCTION:-64}
-db=gnnvec_bench
+ef_list=${EF_LIST:-10 20 40 80 160}
+case ${metric:-l2} in
+	l2) opclass=vector_l2_ops op='<->' ;;
+	cosine) opclass=vector_cosine_ops op='<=>' ;;
+	*) echo "pg_bench.sh: unknown metric $metric" >&2; exit 2 ;;
+esac
+engine=${ENGINE:-gnnvec}
+case $engine in
+	gnnvec) db=gnnvec_bench ext=gnnvec am=gnnhnsw guc=gnnvec.ef_search csv_prefix=pg ;;
+	pgvector) db=pgvector_bench ext=vector am=hnsw guc=hnsw.ef_search csv_prefix=pgv ;;
+	*) echo "pg_bench.sh: unknown ENGINE $engine" >&2; exit 2 ;;
+esac
 psql_q() { psql -X -q -v ON_ERROR_STOP=1 -d $db "$@"; }
 
 # wall time of one statement in seconds, measured by psql's \timing
@@ -29,7 +48,7 @@ timed() {
 dropdb --if-exists $db
 createdb $db
 psql_q <<SQL
-CREATE EXTENSION gnnvec;
+CREATE EXTENSION $ext;
 CREATE TABLE items (id int PRIMARY KEY, embedding vector($dim));
 CREATE TABLE queries (id int PRIMARY KEY, embedding vector($dim));
 COPY items FROM '$dataset/base.copy' (FORMAT binary);
@@ -40,30 +59,33 @@ SQL
 n=$(psql_q -At -c 'SELECT count(*) FROM items')
 nq=$(psql_q -At -c 'SELECT count(*) FROM queries')
 
-# bench_index NAME RESULTS_PREFIX WITH_OPTIONS: build (timed), size, searches
+# bench_index NAME RESULTS_PREFIX REPS WITH_OPTIONS: build (timed), size, searches
 bench_index() {
-	local name=$1 prefix=$2 with=$3 csv="$out/pg_$1.csv" build bytes best t
+	local name=$1 prefix=$2 reps=$3 with=$4 csv="$out/${csv_prefix}_$1.csv" build bytes best t
 	echo "kind,ef,seconds,queries,bytes" >"$csv"
 	psql_q -c 'DROP INDEX IF EXISTS items_embedding'
-	build=$(timed -c "CREATE INDEX items_embedding ON items USING gnnhnsw (embedding vector_l2_ops) WITH ($with)")
+	build=$(timed -c "CREATE INDEX items_embedding ON items USING $am (embedding $opclass) WITH ($with)")
 	bytes=$(psql_q -At -c "SELECT pg_relation_size('items_embedding')")
 	echo "build,0,$build,$n,$bytes" >>"$csv"
-	echo "gnnhnsw ($name) build: ${build}s for $n rows, index $bytes bytes"
+	echo "$ext $am ($name) build: ${build}s for $n rows, index $bytes bytes"
 
-	for ef in 10 20 40 80 160; do
+	for ef in $ef_list; do
 		best=
-		for rep in 1 2 3; do
-			t=$(timed -c "SET gnnvec.ef_search = $ef" -c "SET enable_seqscan = off" \
+		for _ in $(seq "$reps"); do
+			t=$(timed -c "SET $guc = $ef" -c "SET enable_seqscan = off" \
 				-c "COPY (SELECT q.id, r.id FROM queries q CROSS JOIN LATERAL
-				          (SELECT id FROM items ORDER BY embedding <-> q.embedding LIMIT 10) r)
+				          (SELECT id FROM items ORDER BY embedding $op q.embedding LIMIT 10) r)
 				    TO '$out/${prefix}_ef$ef.csv' (FORMAT csv)")
 			if [ -z "$best" ] || awk "BEGIN { exit !($t < $best) }"; then best=$t; fi
 		done
 		echo "search,$ef,$best,$nq,0" >>"$csv"
-		echo "gnnhnsw ($name) ef_search=$ef: ${best}s for all queries"
+		echo "$ext $am ($name) ef_search=$ef: ${best}s for all queries"
 	done
 }
 
-bench_index hnsw pg_results "m = $m, ef_construction = $efc"
-bench_index cagra pg_cagra_results \
-	"m = $m, ef_construction = $efc, build_method = 'cagra', device = 'cpu', graph_degree = $((2 * m)), intermediate_graph_degree = $((3 * m))"
+bench_index hnsw ${csv_prefix}_results 3 "m = $m, ef_construction = $efc"
+# build_method = 'cagra' is ours alone
+if [ "$engine" = gnnvec ]; then
+	bench_index cagra pg_cagra_results "${CAGRA_REPS:-3}" \
+		"m = $m, ef_construction = $efc, build_method = 'cagra', device = 'cpu', graph_degree = $((2 * m)), intermediate_graph_degree = $((3 * m))"
+fi

@@ -5,31 +5,23 @@ Reads OUT_DIR/{pg_hnsw.csv,hnswlib.csv,pg_results_ef*.csv}, the CAGRA build's
 OUT_DIR/{pg_cagra.csv,pg_cagra_results_ef*.csv} when present, and the ground
 truth; prints markdown tables and draws OUT_DIR/index_recall_qps.png.
 """
-import csv
 import sys
 
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import numpy as np
+
+from index_results import load_gt10, load_meta, results_recall, rows
 
 out, dataset = sys.argv[1], sys.argv[2]
-meta = dict(line.split("=", 1) for line in open(f"{dataset}/meta.txt").read().split())
-n, dim, k_gt = int(meta["n"]), int(meta["dim"]), int(meta["k"])
+meta = load_meta(dataset)
+n, dim = int(meta["n"]), int(meta["dim"])
 m = 16
-gt = np.fromfile(f"{dataset}/gt.i32", dtype=np.int32).reshape(-1, k_gt)[:, :10]
-
-
-def rows(path):
-    return list(csv.DictReader(open(path)))
+gt = load_gt10(dataset, meta)
 
 
 def pg_recall(ef, prefix="pg_results"):
-    found = {}
-    for q, item in csv.reader(open(f"{out}/{prefix}_ef{ef}.csv")):
-        found.setdefault(int(q), set()).add(int(item))
-    hits = sum(len(found.get(q, set()) & set(gt[q].tolist())) for q in range(len(gt)))
-    return hits / (10 * len(gt))
+    return results_recall(f"{out}/{prefix}_ef{ef}.csv", gt)
 
 
 pg = rows(f"{out}/pg_hnsw.csv")

@@ -2,7 +2,12 @@
 # make bench: datasets, benchmarks, tables and plots under bench/out/.
 #
 #   bench/run.sh            everything
-#   bench/run.sh kernels    one part (data | kernels | index | rerank)
+#   bench/run.sh kernels    one part (data | kernels | index | rerank | real)
+#
+# The real-data part (docs/benchmarks.md) compares gnnhnsw with hnswlib and
+# with pgvector built from PGVECTOR_SRC (a pgvector source tree; without it
+# pgvector is skipped) on word vectors, Fashion-MNIST and TF-IDF sets built
+# from Debian packages; BENCH_1M=1 adds the synthetic 1M x 128 set (long).
 #
 # Machines here are noisy: every number is reported next to a reference
 # measured in the same run (a plain scalar loop, OpenBLAS, hnswlib, exact
@@ -18,7 +23,8 @@ mkdir -p "$out" "$data" bench/bin
 # Debian's python3 (hnswlib, numpy and matplotlib are Debian packages)
 PY=/usr/bin/python3
 need=()
-for p in libopenblas-dev python3-matplotlib python3-numpy python3-hnswlib; do
+for p in libopenblas-dev python3-matplotlib python3-numpy python3-hnswlib \
+	fasttext dataset-fashion-mnist dict-gcide python3-sklearn; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -53,6 +59,44 @@ index() {
 	$PY bench/report_index.py "$out" "$dir" | tee "$out/index.md"
 }
 
+# real_dataset NAME: a real-data set (real_data.py) or the synthetic 1M set,
+# made once and kept under bench/data/
+real_dataset() {
+	local name=$1 dir=$data/$1
+	if [ ! -f "$dir/gt.i32" ]; then
+		case $name in
+			words-gcide-100) $PY bench/real_data.py words "$dir" ;;
+			fashion-mnist-784) $PY bench/real_data.py fashion "$dir" ;;
+			tfidf-gcide-256) $PY bench/real_data.py tfidf "$dir" ;;
+			synthetic-1m-128)
+				build gen_dataset
+				bench/bin/gen_dataset --out "$dir" --n 1000000 --dim 128 --queries 1000 --seed 42
+				;;
+			*) echo "unknown real-data set: $name"; exit 2 ;;
+		esac
+	fi
+	local dim
+	dim=$(sed -n 's/^dim=//p' "$dir/meta.txt")
+	build f32_to_copy
+	[ -f "$dir/base.copy" ] || bench/bin/f32_to_copy "$dir/base.f32" "$dim" "$dir/base.copy"
+	[ -f "$dir/queries.copy" ] || bench/bin/f32_to_copy "$dir/queries.f32" "$dim" "$dir/queries.copy"
+}
+
+# gnnhnsw against pgvector and hnswlib on real data, all in one run
+real() {
+	local sets=${REAL_SETS:-words-gcide-100 fashion-mnist-784 tfidf-gcide-256} set
+	[ "${BENCH_1M:-0}" = 1 ] && sets="$sets synthetic-1m-128"
+	for set in $sets; do real_dataset "$set"; done
+	[ -n "${PGVECTOR_SRC:-}" ] || echo "== real: PGVECTOR_SRC is not set; pgvector is skipped"
+	for set in $sets; do rm -rf "${out:?}/real/$set"; done
+	REAL_SETS="$sets" BENCH_SCRIPT=real_bench.sh bash test/run.sh bench .
+	for set in $sets; do
+		$PY bench/report_real.py "$out/real/$set" "$data/$set" | tee "$out/real/$set/report.md"
+	done
+	# every set measured so far (each set's engines were measured in one run)
+	for report in "$out"/real/*/report.md; do cat "$report"; echo; done >"$out/real.md"
+}
+
 kernels() {
 	build kernel_bench
 	echo "== distance kernels (ns per distance, one core, 512 KiB working set)"
@@ -68,10 +112,11 @@ rerank() {
 }
 
 case $what in
-	all) dataset; kernels; index; rerank ;;
+	all) dataset; kernels; index; rerank; real ;;
 	data) dataset ;;
 	kernels) kernels ;;
 	index) dataset; index ;;
 	rerank) rerank ;;
+	real) real ;;
 	*) echo "unknown part: $what"; exit 2 ;;
 esac

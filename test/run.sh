@@ -178,12 +178,18 @@ if [ "$mode" = bench ]; then
 	# bench/pg_bench.sh DATASET_DIR OUT_DIR: both readable/writable by the server user
 	cp -r bench "$work"/
 	mkdir -p "$work/bench/out"
+	# PGVECTOR_SRC: a pgvector source tree, installed beside ours for the
+	# same-run comparison (bench/run.sh real)
+	if [ -n "${PGVECTOR_SRC:-}" ]; then
+		bash bench/install_pgvector.sh "$PGVECTOR_SRC" "$inst" "$bindir/pg_config" >>build.log 2>&1 ||
+			{ tail -20 build.log; exit 1; }
+	fi
 	[ "$(id -u)" = 0 ] && chown -R postgres "$work/bench"
 	start_cluster || exit 1
 	# BENCH_SCRIPT: another runner under bench/ (bench/run.sh rerank)
 	as_server_user bash "$work/bench/${BENCH_SCRIPT:-pg_bench.sh}" "$work/bench/data/${2:-clustered-100k-128}" "$work/bench/out"
 	rc=$?
-	cp "$work"/bench/out/* "$root/bench/out/" 2>/dev/null
+	cp -r "$work"/bench/out/* "$root/bench/out/" 2>/dev/null
 	exit $rc
 fi
 

@@ -1,0 +1,137 @@
+"""Real-data index benchmark report for one set: gnnhnsw against pgvector and
+hnswlib, measured in the same run by real_bench.sh.
+
+usage: report_real.py RESULT_DIR DATASET_DIR
+
+Reads RESULT_DIR/{hnswlib.csv,pg_hnsw.csv,pg_cagra.csv,pgv_hnsw.csv} and the
+(query id, item id) result files beside them (pgv_* only when pgvector ran),
+prints markdown tables and draws RESULT_DIR/recall_qps.png.
+
+q/s at equal recall: each curve's q/s at recall@10 = 0.95 and 0.99, linear in
+log(q/s) between the two ef_search points whose recall brackets the target;
+"not reached" when no point reaches it; when the smallest ef_search is
+already above the target, its q/s is a lower bound, marked ">=".
+"""
+import math
+import os
+import sys
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from index_results import load_gt10, load_meta, results_recall, rows
+
+TARGETS = (0.95, 0.99)
+res, dataset = sys.argv[1], sys.argv[2]
+meta = load_meta(dataset)
+gt = load_gt10(dataset, meta)
+
+
+class Curve:
+    """One index: build seconds, size, and (ef, recall, q/s) per ef_search."""
+
+    def __init__(self, name, csv_name, results_prefix=None):
+        r = rows(f"{res}/{csv_name}")
+        build = next(x for x in r if x["kind"] == "build")
+        self.name = name
+        self.build = float(build["seconds"])
+        self.bytes = int(build["bytes"]) if build.get("bytes") else None
+        self.points = []
+        for x in (x for x in r if x["kind"] == "search"):
+            ef = int(x["ef"])
+            if results_prefix:
+                recall = results_recall(f"{res}/{results_prefix}_ef{ef}.csv", gt)
+            else:
+                recall = float(x["recall_at_10"])
+            self.points.append((ef, recall, int(x["queries"]) / float(x["seconds"])))
+
+    def recall(self, ef):
+        return next(r for e, r, _ in self.points if e == ef)
+
+    def qps(self, ef):
+        return next(q for e, _, q in self.points if e == ef)
+
+    def qps_at(self, target):
+        """(q/s, is_lower_bound) at recall target, or None if never reached."""
+        prev = None
+        for _, r, q in self.points:
+            if r >= target:
+                if prev is None:
+                    return q, True
+                r0, q0 = prev
+                t = (target - r0) / (r - r0)
+                return math.exp(math.log(q0) + t * (math.log(q) - math.log(q0))), False
+            prev = (r, q)
+        return None
+
+
+def fmt_qps(v):
+    if v is None:
+        return "not reached"
+    return f"{'>= ' if v[1] else ''}{v[0]:.0f}"
+
+
+def fmt_ratio(a, b):
+    if a is None or b is None:
+        return "n/a"
+    if a[1] and b[1]:
+        return "n/a (both above at the smallest ef)"
+    bound = ">= " if a[1] else "<= " if b[1] else ""
+    return f"{bound}{a[0] / b[0]:.2f}x"
+
+
+def mib(b):
+    return f"{b / 2**20:.1f} MiB"
+
+
+gnn = Curve("gnnhnsw", "pg_hnsw.csv", "pg_results")
+cagra = Curve("gnnhnsw cagra", "pg_cagra.csv", "pg_cagra_results")
+hnswlib = Curve("hnswlib", "hnswlib.csv")
+pgv = Curve("pgvector", "pgv_hnsw.csv", "pgv_results") if os.path.exists(f"{res}/pgv_hnsw.csv") else None
+peers = [c for c in (pgv, hnswlib) if c]
+
+print(f"### {os.path.basename(os.path.normpath(res))}: {meta['n']} x {meta['dim']}, {meta['metric']}")
+print()
+print(f"Source: {meta.get('source', 'see meta.txt')}. {meta['queries']} queries, m = 16, ef_construction = 64.")
+if pgv is None:
+    print()
+    print("pgvector: skipped (PGVECTOR_SRC was not set).")
+print()
+print("| | gnnhnsw | " + " | ".join(p.name for p in peers) + " | "
+      + " | ".join(f"gnnhnsw / {p.name}" for p in peers) + " |")
+print("|---|---:|" + "---:|" * (2 * len(peers)))
+print(f"| build (s) | {gnn.build:.1f} | " + " | ".join(f"{p.build:.1f}" for p in peers) + " | "
+      + " | ".join(f"{gnn.build / p.build:.2f}x" for p in peers) + " |")
+print(f"| index size | {mib(gnn.bytes)} | " + " | ".join(mib(p.bytes) if p.bytes else "(in memory)" for p in peers)
+      + " | " + " | ".join(f"{gnn.bytes / p.bytes:.2f}x" if p.bytes else "" for p in peers) + " |")
+for target in TARGETS:
+    g = gnn.qps_at(target)
+    print(f"| q/s at recall {target} | {fmt_qps(g)} | " + " | ".join(fmt_qps(p.qps_at(target)) for p in peers)
+          + " | " + " | ".join(fmt_ratio(g, p.qps_at(target)) for p in peers) + " |")
+print()
+print(f"build_method = 'cagra' (cpu): build {cagra.build:.1f}s ({gnn.build / cagra.build:.2f}x faster than "
+      f"gnnhnsw's hnsw build), index {mib(cagra.bytes)}.")
+print()
+gap_vs = "pgvector" if pgv else "hnswlib"
+ref = pgv or hnswlib
+print("| ef_search | recall gnnhnsw | recall " + " | recall ".join(p.name for p in peers)
+      + f" | gap vs {gap_vs} (points) | recall cagra | q/s gnnhnsw | q/s " + " | q/s ".join(p.name for p in peers) + " |")
+print("|---:|" + "---:|" * (4 + 2 * len(peers)))
+for ef, r, q in gnn.points:
+    print(f"| {ef} | {r:.4f} | " + " | ".join(f"{p.recall(ef):.4f}" for p in peers)
+          + f" | {100 * (r - ref.recall(ef)):+.1f} | {cagra.recall(ef):.4f} | {q:.0f} | "
+          + " | ".join(f"{p.qps(ef):.0f}" for p in peers) + " |")
+
+fig, ax = plt.subplots(figsize=(7, 4))
+for c in [gnn, cagra] + peers:
+    ax.plot([r for _, r, _ in c.points], [q for _, _, q in c.points], "o-", label=c.name)
+ax.set_yscale("log")
+ax.set_xlabel("recall@10")
+ax.set_ylabel("queries/s (one core)")
+ax.set_title(f"{os.path.basename(os.path.normpath(res))}: {meta['n']} x {meta['dim']}, {meta['metric']}, "
+             "m=16, ef_construction=64")
+ax.legend()
+ax.grid(alpha=0.3)
+fig.tight_layout()
+fig.savefig(f"{res}/recall_qps.png", dpi=120)
