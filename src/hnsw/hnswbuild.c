@@ -216,24 +216,6 @@ hnsw_build_add_unlinked(HnswBuildState *bs, const float *vec,
 	bs->nheaptids[id] = 1;
 }
 
-void
-hnsw_build_from_level0(HnswBuildState *bs, const int32 *neighbours, int degree)
-{
-	int64		dropped;
-
-	/* the caller may have linked the upper levels already (they set the entry) */
-	if (bs->graph->n > 0 && bs->graph->entry < 0)
-	{
-		hnsw_graph_reserve_search(bs->graph);
-		hnsw_graph_link_upper(bs->graph);
-	}
-	dropped = hnsw_graph_set_level0(bs->graph, neighbours, degree);
-
-	if (dropped > 0)
-		elog(DEBUG1, "gnnhnsw: %lld level-0 edges dropped (out of range or beyond 2m)",
-			 (long long) dropped);
-}
-
 /* ---------------------------------------------------------------------
  * Page writer
  * --------------------------------------------------------------------- */
@@ -549,6 +531,21 @@ hnsw_build_finish(HnswBuildState *bs)
 	return result;
 }
 
+/*
+ * A build whose graph comes from a level-0 provider: the rows are collected
+ * unlinked, then the provider links every level of the graph.
+ */
+static void
+build_by_provider(HnswBuildState *bs, const HnswLevel0Provider *provider)
+{
+	void	   *state;
+
+	bs->unlinkedRowBytes = provider->prepare(bs, &state);
+	hnsw_build_collect(bs, false);
+	if (bs->graph->n > 0)
+		provider->link(bs, state);
+}
+
 IndexBuildResult *
 hnswbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 {
@@ -562,7 +559,7 @@ hnswbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 	hnsw_build_init(&bs, heap, index, indexInfo, MAIN_FORKNUM);
 	hnsw_get_cagra_options(index, &cagra);
 	if (cagra.method == HNSW_BUILD_CAGRA)
-		cagra_index_build(&bs);
+		build_by_provider(&bs, &cagra_level0_provider);
 	else if (!hnsw_build_parallel(&bs))
 		hnsw_build_collect(&bs, true);
 	else
