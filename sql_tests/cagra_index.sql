@@ -222,6 +222,24 @@ SELECT count(*) AS clusters_problems FROM gnnvec_index_check('cc_v');
 DROP FUNCTION cc_recall(int);
 DROP TABLE cc;
 
+-- heavy duplicates: 1,000 vectors ten times each.  Identical vectors share
+-- one element, as in an HNSW build; each stored vector's ten copies are the
+-- ten nearest rows, all at distance 0, and the index returns all of them.
+CREATE TABLE cd (id int PRIMARY KEY, v vector(16));
+INSERT INTO cd
+	SELECT i, (SELECT array_agg((random() * 2 - 1)::real) FROM generate_series(1, 16) WHERE i > 0)::vector
+	FROM generate_series(1, 1000) i;
+INSERT INTO cd SELECT id + 1000 * k, v FROM cd, generate_series(1, 9) k;
+CREATE INDEX cd_v ON cd USING gnnhnsw (v) WITH (build_method = 'cagra');
+SELECT elements, heap_tids FROM gnnvec_index_info('cd_v');
+SET enable_seqscan = off;
+SELECT count(*) FILTER (WHERE copies = 10) AS queries_with_all_copies, count(*) AS queries
+	FROM (SELECT (SELECT count(*) FROM (SELECT c.v <-> q.v AS d FROM cd c ORDER BY c.v <-> q.v LIMIT 10) s WHERE d = 0) AS copies
+		  FROM cd q WHERE q.id <= 200) t;
+RESET enable_seqscan;
+SELECT count(*) AS duplicates_problems FROM gnnvec_index_check('cd_v');
+DROP TABLE cd;
+
 DROP FUNCTION ci_recall(text);
 DROP FUNCTION ci_gpu_behaves();
 DROP FUNCTION ci_gpu_count();

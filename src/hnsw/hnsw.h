@@ -684,6 +684,9 @@ typedef struct HnswBuildState
 	bool		unlinked;		/* collecting rows without linking them */
 	size_t		unlinkedRowBytes;	/* what the CAGRA stages will need per
 									 * row collected unlinked */
+	int32	   *unlinkedSlots;	/* rows collected unlinked: node ids by
+								 * vector hash, -1 where empty */
+	uint32		unlinkedMask;	/* slots - 1, a power of two; 0: none yet */
 	bool		pagesWritten;	/* the parallel build wrote the pages */
 	int			parallelWorkers;	/* workers asked for */
 
