@@ -54,6 +54,7 @@ typedef struct Options
 	int			n_efs;
 	int			knn_sample;
 	uint64_t	seed;
+	int64_t		distinct;		/* > 0: base rows repeat this many vectors */
 	/* GPU assertions (bench/cagra_gpu_check.sh) */
 	const char *expect_mode;	/* "resident" or "streamed" */
 	double		max_gpu_seconds;	/* kNN + prune + merge, 0: no limit */
@@ -157,6 +158,23 @@ read_data(const char *path, int64_t rows, int dim)
 		die(path, "shorter than (n + queries) x dim floats");
 	fclose(f);
 	return data;
+}
+
+/*
+ * Heavy duplicates: base row i becomes a copy of row (i * 7919) mod
+ * distinct, so that every vector appears about n / distinct times, spread
+ * over the ids (the queries stay as they are).
+ */
+static void
+make_duplicates(float *data, int64_t rows, int dim, int64_t distinct)
+{
+	for (int64_t i = rows - 1; i >= 0; i--)
+	{
+		int64_t		src = (i * 7919) % distinct;
+
+		if (src != i)
+			memcpy(data + i * dim, data + src * dim, sizeof(float) * dim);
+	}
 }
 
 /* Unit length for cosine, as the index stores the vectors (zero rows stay). */
@@ -780,11 +798,12 @@ usage(void)
 			"         [--knn-sample S] [--seed S] [--dump PATH]\n"
 			"         [--index [--m M] [--ef-construction EF]]\n"
 			"         [--expect-mode resident|streamed] [--max-gpu-seconds S]\n"
-			"         [--min-knn-recall R]\n"
+			"         [--min-knn-recall R] [--distinct N]\n"
 			"The file holds (N + Q) x D float32, row-major; the last Q rows are\n"
 			"the queries.  Without --file, clustered data is generated; --dump\n"
 			"writes the data set in that format (for reference runs).  --index\n"
-			"compares the HNSW-built and CAGRA-built index graphs instead.\n");
+			"compares the HNSW-built and CAGRA-built index graphs instead.  --distinct\n"
+			"makes the base rows copies of N vectors (heavy duplicates).\n");
 	exit(1);
 }
 
@@ -894,6 +913,8 @@ parse_args(Options *opt, int argc, char **argv)
 			parse_efs(opt, v);
 		else if (strcmp(a, "--knn-sample") == 0)
 			opt->knn_sample = atoi(v);
+		else if (strcmp(a, "--distinct") == 0)
+			opt->distinct = atoll(v);
 		else if (strcmp(a, "--expect-mode") == 0)
 			opt->expect_mode = v;
 		else if (strcmp(a, "--max-gpu-seconds") == 0)
@@ -970,6 +991,8 @@ main(int argc, char **argv)
 		   opt.params.graph_degree, opt.params.guarantee_connectivity ? "on" : "off");
 	if (opt.dump)
 		write_data(opt.dump, all, opt.n + opt.n_queries, opt.dim);
+	if (opt.distinct > 0)
+		make_duplicates(all, opt.n, opt.dim, opt.distinct);
 	if (opt.params.metric == CAGRA_METRIC_COSINE)
 		normalise_rows(all, opt.n + opt.n_queries, opt.dim);
 	b.opt = &opt;
