@@ -25,11 +25,12 @@
  * search finds them (a beam of m at level 1); they and their level-1
  * neighbours are u's candidates, and the neighbour-selection heuristic
  * keeps those in distinct directions: up to m for a sampled node, m / 2
- * for the others.  Each node also accepts up to m / 4 of the long edges
- * that point at it, so that a cluster holding no sampled node is entered
- * from the clusters around it as well.  A search left in the wrong cluster
- * then meets edges towards the clusters around it within a hop or two, as
- * in an HNSW-built graph.  Measured costs and gains: docs/cagra.md.
+ * for the others.  Each node also accepts up to m / 4 (rounded up) of the
+ * long edges that point at it, so that a cluster holding no sampled node
+ * is entered from the clusters around it as well.  A search left in the
+ * wrong cluster then meets edges towards the clusters around it within a
+ * hop or two, as in an HNSW-built graph.  Measured costs and gains:
+ * docs/cagra.md.
  */
 #define HNSW_PURE
 #include "hnsw/hnsw.h"
@@ -44,8 +45,8 @@
 
 /* Long edges a node chooses, at most (and at most m). */
 #define LONG_EDGES_MAX(m, level)	((level) >= 1 ? (m) : (m) / 2)
-/* Reverse long edges a node accepts, at most. */
-#define LONG_EDGES_IN(m)			((m) / 4)
+/* Reverse long edges a node accepts, at most (one at least). */
+#define LONG_EDGES_IN(m)			(((m) + 3) / 4)
 
 /* One thread's search over the upper levels. */
 typedef struct LongEdgeThread
@@ -85,7 +86,9 @@ malloc_free(void *ctx, void *ptr)
 }
 
 /* Worker threads allocate with malloc, never with the server's allocator. */
-static const HnswAllocator long_edge_allocator = {malloc_alloc, malloc_free, NULL};
+static const HnswAllocator long_edge_allocator = {
+	malloc_alloc, malloc_free, NULL
+};
 
 static int
 upper_neighbors(void *arg, int32_t id, int level, const int32_t **list)
@@ -313,6 +316,7 @@ add_long_edges(HnswGraph *g, int n_threads, const CagraInterrupt *interrupt,
 	bool		ok;
 	int			rc = 0;
 
+	cagra_kernels_ready();		/* hnsw_distance's kernels, before threads */
 	n_threads = cagra_thread_count(n_threads);
 	for (int32_t i = 0; i < g->n; i++)
 		n_upper += g->nodes[i].level >= 1;
