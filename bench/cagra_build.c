@@ -25,6 +25,8 @@
 #include <unistd.h>
 
 #include "cagra/cagra.h"
+#define HNSW_PURE
+#include "hnsw/hnsw.h"
 #include "rng/rng.h"
 #include "vector/distance.h"
 
@@ -42,6 +44,9 @@ typedef struct Options
 	int			detours;		/* bit 0: any rank (cuVS), bit 1: paper */
 	bool		gpu;
 	bool		compare_cpu;
+	bool		index;			/* compare HNSW- and CAGRA-built index graphs */
+	int			m;				/* index: HNSW m */
+	int			ef_construction;	/* index: HNSW ef_construction */
 	const char *cuda_lib;
 	int			gpu_device;
 	size_t		gpu_bytes;
@@ -49,6 +54,11 @@ typedef struct Options
 	int			n_efs;
 	int			knn_sample;
 	uint64_t	seed;
+	int64_t		distinct;		/* > 0: base rows repeat this many vectors */
+	/* GPU assertions (bench/cagra_gpu_check.sh) */
+	const char *expect_mode;	/* "resident" or "streamed" */
+	double		max_gpu_seconds;	/* kNN + prune + merge, 0: no limit */
+	double		min_knn_recall;
 } Options;
 
 /* Everything one measurement needs. */
@@ -148,6 +158,40 @@ read_data(const char *path, int64_t rows, int dim)
 		die(path, "shorter than (n + queries) x dim floats");
 	fclose(f);
 	return data;
+}
+
+/*
+ * Heavy duplicates: base row i becomes a copy of row (i * 7919) mod
+ * distinct, so that every vector appears about n / distinct times, spread
+ * over the ids (the queries stay as they are).
+ */
+static void
+make_duplicates(float *data, int64_t rows, int dim, int64_t distinct)
+{
+	for (int64_t i = rows - 1; i >= 0; i--)
+	{
+		int64_t		src = (i * 7919) % distinct;
+
+		if (src != i)
+			memcpy(data + i * dim, data + src * dim, sizeof(float) * dim);
+	}
+}
+
+/* Unit length for cosine, as the index stores the vectors (zero rows stay). */
+static void
+normalise_rows(float *data, int64_t rows, int dim)
+{
+	for (int64_t i = 0; i < rows; i++)
+	{
+		float	   *row = data + i * dim;
+		double		norm = 0;
+
+		for (int k = 0; k < dim; k++)
+			norm += (double) row[k] * row[k];
+		if (norm > 0)
+			for (int k = 0; k < dim; k++)
+				row[k] = (float) (row[k] / sqrt(norm));
+	}
 }
 
 /* ---------------------------------------------------------------------- */
@@ -474,6 +518,66 @@ compare_knn(const Bench *b, const int32_t *gpu_knn, const int32_t *cpu_knn_graph
 		exit(2);
 }
 
+/* Print a GPU build's times and kNN recall; exit 3 if it misses a target. */
+static void
+gpu_report(const Bench *b, const CagraStats *st, const int32_t *knn)
+{
+	const Options *opt = b->opt;
+	const char *mode = st->gpu_data_resident ? "resident" : "streamed";
+	double		seconds = st->knn_seconds + st->prune_seconds + st->reverse_seconds;
+	double		recall = knn_recall(b, knn);
+
+	printf("gpu setup      %7.3f s  kNN %7.3f s  prune %7.3f s  merge %7.3f s  "
+		   "(%lld row blocks, data %s)  kNN recall %.4f\n",
+		   st->setup_seconds, st->knn_seconds, st->prune_seconds,
+		   st->reverse_seconds, (long long) st->gpu_row_blocks, mode, recall);
+	if (opt->expect_mode && strcmp(opt->expect_mode, mode) != 0)
+	{
+		printf("FAIL: the data was %s, expected %s\n", mode, opt->expect_mode);
+		exit(3);
+	}
+	if (opt->max_gpu_seconds > 0 && seconds > opt->max_gpu_seconds)
+	{
+		printf("FAIL: kNN + prune + merge took %.3f s, limit %.3f s\n",
+			   seconds, opt->max_gpu_seconds);
+		exit(3);
+	}
+	if (recall < opt->min_knn_recall)
+	{
+		printf("FAIL: kNN recall %.4f below %.4f\n", recall, opt->min_knn_recall);
+		exit(3);
+	}
+}
+
+/*
+ * Stages 2-4 on the CPU from the GPU's own kNN graph must give the GPU's
+ * graph bit for bit: the prune and merge kernels make no choice of their
+ * own (ties are broken by rank, then by id, on both).
+ */
+static void
+compare_stages(const Bench *b, const int32_t *gpu_knn, const int32_t *gpu_graph,
+			   CagraDetour detour)
+{
+	const Options *opt = b->opt;
+	size_t		bytes = (size_t) opt->n * opt->params.graph_degree * sizeof(int32_t);
+	int32_t    *graph = malloc(bytes);
+	CagraStats	st = {0};
+	int64_t		rows_differ = 0;
+
+	cpu_finish(b, gpu_knn, detour, graph, &st);
+	if (memcmp(graph, gpu_graph, bytes) != 0)
+		for (int64_t i = 0; i < opt->n; i++)
+			rows_differ += memcmp(graph + i * opt->params.graph_degree,
+								  gpu_graph + i * opt->params.graph_degree,
+								  opt->params.graph_degree * sizeof(int32_t)) != 0;
+	printf("compare prune + merge (%s) from the same kNN graph: %lld rows differ: %s\n",
+		   detour_name(detour), (long long) rows_differ,
+		   rows_differ == 0 ? "PASS" : "FAIL");
+	free(graph);
+	if (rows_differ != 0)
+		exit(2);
+}
+
 static void
 run_gpu(const Bench *b, double recall[2][MAX_EFS], int32_t *knn)
 {
@@ -513,14 +617,170 @@ run_gpu(const Bench *b, double recall[2][MAX_EFS], int32_t *knn)
 							opt->dim, &params, knn, graph, &st,
 							err, sizeof(err)) != CAGRA_OK)
 			die("gpu build", err);
-		printf("gpu setup      %7.3f s  kNN %7.3f s  (%lld row blocks, data %s)  kNN recall %.4f\n",
-			   st.setup_seconds, st.knn_seconds, (long long) st.gpu_row_blocks,
-			   st.gpu_data_resident ? "resident" : "streamed", knn_recall(b, knn));
+		gpu_report(b, &st, knn);
+		if (opt->compare_cpu)
+			compare_stages(b, knn, graph, (CagraDetour) detour);
 		snprintf(label, sizeof(label), "gpu %s", detour_name(detour));
 		print_quality(b, label, &st, graph, recall[detour]);
 	}
 	cagra_gpu_close(gpu);
 	free(graph);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Index graphs */
+
+/*
+ * --index: the graphs the index writes, searched as the index searches
+ * them (hnsw.h, pure half): HNSW insertion of every row against CAGRA's
+ * level 0 under upper levels linked by HNSW insertion, both from the same
+ * sampled levels.  Identical vectors are not merged into one node here, as
+ * the index's HNSW build does.
+ */
+#define INDEX_LEVEL_CAP 16
+#define INDEX_SEED 0x5DEECE66DULL
+
+static void *
+index_alloc(void *ctx, size_t size)
+{
+	void	   *p = malloc(size);
+
+	(void) ctx;
+	if (p == NULL)
+		die("index graph", "out of memory");
+	return p;
+}
+
+static void
+index_free(void *ctx, void *ptr)
+{
+	(void) ctx;
+	free(ptr);
+}
+
+static const HnswAllocator index_allocator = {index_alloc, index_free, NULL};
+
+static HnswGraph *
+index_graph_new(const Options *opt)
+{
+	static const HnswMetric metrics[] = {HNSW_METRIC_L2, HNSW_METRIC_IP,
+	HNSW_METRIC_COSINE, HNSW_METRIC_L1};
+
+	return hnsw_graph_create(opt->dim, opt->m, opt->ef_construction,
+							 metrics[opt->params.metric], INDEX_LEVEL_CAP,
+							 INDEX_SEED, &index_allocator);
+}
+
+static HnswGraph *
+index_build_hnsw(const Bench *b, double *seconds)
+{
+	const Options *opt = b->opt;
+	HnswGraph  *g = index_graph_new(opt);
+	double		t = cagra_now();
+	int64_t		unreached;
+	bool		dup;
+
+	for (int64_t i = 0; i < opt->n; i++)
+		hnsw_graph_insert(g, b->base + i * opt->dim, hnsw_graph_random_level(g),
+						  NULL, NULL, &dup);
+	hnsw_graph_connect(g, &unreached);
+	*seconds = cagra_now() - t;
+	return g;
+}
+
+static void
+index_link_upper(void *arg)
+{
+	hnsw_graph_link_upper((HnswGraph *) arg);
+}
+
+/* As cagra_index.c builds it: upper levels on a thread while level 0 is made. */
+static HnswGraph *
+index_build_cagra(const Bench *b, double *seconds)
+{
+	const Options *opt = b->opt;
+	HnswGraph  *g = index_graph_new(opt);
+	int32_t    *graph = malloc((size_t) opt->n * opt->params.graph_degree * sizeof(int32_t));
+	CagraThread *upper;
+	CagraStats	st;
+	char		err[256];
+	double		t = cagra_now();
+	double		t_level0;
+	int64_t		unreached,
+				added,
+				dropped;
+
+	for (int64_t i = 0; i < opt->n; i++)
+		hnsw_graph_append(g, b->base + i * opt->dim, hnsw_graph_random_level(g));
+	hnsw_graph_reserve_search(g);
+	upper = cagra_thread_start(index_link_upper, g);
+	if (upper == NULL)
+		hnsw_graph_link_upper(g);
+	if (cagra_build(b->base, opt->n, opt->dim, &opt->params, graph, &st,
+					err, sizeof(err)) != CAGRA_OK)
+		die("cagra build", err);
+	cagra_thread_join(upper);
+	t_level0 = cagra_now();
+	if (cagra_hnsw_level0(g, graph, opt->params.graph_degree,
+						  opt->params.n_threads, NULL, &dropped,
+						  err, sizeof(err)) != CAGRA_OK)
+		die("level 0", err);
+	t_level0 = cagra_now() - t_level0;
+	added = hnsw_graph_connect(g, &unreached);
+	*seconds = cagra_now() - t;
+	printf("cagra index graph: kNN %.3f s, prune %.3f s, merge %.3f s, "
+		   "level 0 with long edges %.3f s, %lld reachability edges added\n",
+		   st.knn_seconds, st.prune_seconds, st.reverse_seconds, t_level0,
+		   (long long) added);
+	free(graph);
+	return g;
+}
+
+static void
+index_recall(const Bench *b, HnswGraph *g, double *recall)
+{
+	const Options *opt = b->opt;
+	int32_t		ids[RECALL_K];
+	float		dists[RECALL_K];
+
+	for (int e = 0; e < opt->n_efs; e++)
+	{
+		int64_t		hits = 0;
+
+		for (int q = 0; q < opt->n_queries; q++)
+		{
+			int			got = hnsw_graph_search(g, b->queries + (int64_t) q * opt->dim,
+												RECALL_K, opt->efs[e], ids, dists);
+
+			hits += overlap(ids, got, b->truth + (int64_t) q * RECALL_K, RECALL_K);
+		}
+		recall[e] = (double) hits / ((double) opt->n_queries * RECALL_K);
+	}
+}
+
+static void
+run_index(const Bench *b)
+{
+	const Options *opt = b->opt;
+	double		hnsw_recall[MAX_EFS],
+				cagra_recall[MAX_EFS];
+	double		hnsw_seconds,
+				cagra_seconds;
+	HnswGraph  *g;
+
+	g = index_build_cagra(b, &cagra_seconds);
+	index_recall(b, g, cagra_recall);
+	hnsw_graph_free(g);
+	g = index_build_hnsw(b, &hnsw_seconds);
+	index_recall(b, g, hnsw_recall);
+	hnsw_graph_free(g);
+	printf("index build: hnsw %.2f s (serial), cagra %.2f s (%d threads): %.2fx\n",
+		   hnsw_seconds, cagra_seconds, cagra_thread_count(opt->params.n_threads),
+		   cagra_seconds / hnsw_seconds);
+	for (int e = 0; e < opt->n_efs; e++)
+		printf("    ef %4d  recall@%d hnsw-built %.4f  cagra-built %.4f  (%+.2f points)\n",
+			   opt->efs[e], RECALL_K, hnsw_recall[e], cagra_recall[e],
+			   100.0 * (cagra_recall[e] - hnsw_recall[e]));
 }
 
 /* ---------------------------------------------------------------------- */
@@ -536,9 +796,14 @@ usage(void)
 			"         [--device cpu|gpu] [--compare-cpu] [--cuda-lib PATH]\n"
 			"         [--gpu-device N] [--gpu-mem-mb MB] [--ef 10,20,...]\n"
 			"         [--knn-sample S] [--seed S] [--dump PATH]\n"
+			"         [--index [--m M] [--ef-construction EF]]\n"
+			"         [--expect-mode resident|streamed] [--max-gpu-seconds S]\n"
+			"         [--min-knn-recall R] [--distinct N]\n"
 			"The file holds (N + Q) x D float32, row-major; the last Q rows are\n"
 			"the queries.  Without --file, clustered data is generated; --dump\n"
-			"writes the data set in that format (for reference runs).\n");
+			"writes the data set in that format (for reference runs).  --index\n"
+			"compares the HNSW-built and CAGRA-built index graphs instead.  --distinct\n"
+			"makes the base rows copies of N vectors (heavy duplicates).\n");
 	exit(1);
 }
 
@@ -584,6 +849,8 @@ parse_args(Options *opt, int argc, char **argv)
 	opt->cuda_lib = "cuda/gnnvec_cuda.so";
 	opt->knn_sample = 200;
 	opt->seed = 42;
+	opt->m = 16;
+	opt->ef_construction = 64;
 	parse_efs(opt, "10,20,40,80,160");
 	for (int i = 1; i < argc; i++)
 	{
@@ -598,6 +865,11 @@ parse_args(Options *opt, int argc, char **argv)
 		if (strcmp(a, "--compare-cpu") == 0)
 		{
 			opt->compare_cpu = true;
+			continue;
+		}
+		if (strcmp(a, "--index") == 0)
+		{
+			opt->index = true;
 			continue;
 		}
 		if (v == NULL)
@@ -641,6 +913,18 @@ parse_args(Options *opt, int argc, char **argv)
 			parse_efs(opt, v);
 		else if (strcmp(a, "--knn-sample") == 0)
 			opt->knn_sample = atoi(v);
+		else if (strcmp(a, "--distinct") == 0)
+			opt->distinct = atoll(v);
+		else if (strcmp(a, "--expect-mode") == 0)
+			opt->expect_mode = v;
+		else if (strcmp(a, "--max-gpu-seconds") == 0)
+			opt->max_gpu_seconds = atof(v);
+		else if (strcmp(a, "--min-knn-recall") == 0)
+			opt->min_knn_recall = atof(v);
+		else if (strcmp(a, "--m") == 0)
+			opt->m = atoi(v);
+		else if (strcmp(a, "--ef-construction") == 0)
+			opt->ef_construction = atoi(v);
 		else if (strcmp(a, "--seed") == 0)
 			opt->seed = strtoull(v, NULL, 10);
 		else
@@ -707,10 +991,20 @@ main(int argc, char **argv)
 		   opt.params.graph_degree, opt.params.guarantee_connectivity ? "on" : "off");
 	if (opt.dump)
 		write_data(opt.dump, all, opt.n + opt.n_queries, opt.dim);
+	if (opt.distinct > 0)
+		make_duplicates(all, opt.n, opt.dim, opt.distinct);
+	if (opt.params.metric == CAGRA_METRIC_COSINE)
+		normalise_rows(all, opt.n + opt.n_queries, opt.dim);
 	b.opt = &opt;
 	b.base = all;
 	b.queries = all + opt.n * opt.dim;
 	bench_prepare(&b);
+	if (opt.index)
+	{
+		run_index(&b);
+		free(all);
+		return 0;
+	}
 
 	knn = malloc((size_t) opt.n * opt.params.intermediate_degree * sizeof(int32_t));
 	if (opt.gpu)

@@ -1264,6 +1264,13 @@ gnnvec_cuda_cagra_build(const float *data, int64_t n, int dim,
 	if (stats == NULL)
 		stats = &local;
 	memset(stats, 0, sizeof(*stats));
+
+	/*
+	 * A failed launch of an earlier build in this process (a backend builds
+	 * many indexes) leaves its error pending until someone reads it: read
+	 * and drop it here, or LAUNCH_OK would blame this build's first kernel.
+	 */
+	(void) cudaGetLastError();
 	if (graph == NULL)
 		return set_error(&sink, GNNVEC_CUDA_ERR_PARAM, "no output graph");
 	if (check_params(data, n, dim, params, &sink) != GNNVEC_CUDA_OK)

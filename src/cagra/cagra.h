@@ -333,6 +333,21 @@ extern CagraStatus cagra_error(CagraStatus status, char *errbuf, size_t errlen,
 /* Pick the distance kernels if nobody has yet (call before threads start). */
 extern void cagra_kernels_ready(void);
 
+/*
+ * Level 0 of an HNSW build graph (hnsw.h) from a CAGRA graph of g->n rows
+ * of degree ids, made navigable by long edges through the graph's upper
+ * levels (cagra_hnsw.c), which must be linked already
+ * (hnsw_graph_link_upper).  dropped receives the number of CAGRA edges
+ * dropped (out of range, or beyond 2m).  Runs on n_threads threads (0:
+ * every online CPU).
+ */
+struct HnswGraph;
+extern CagraStatus cagra_hnsw_level0(struct HnswGraph *g, const int32_t *graph,
+									 int degree, int n_threads,
+									 const CagraInterrupt *interrupt,
+									 int64_t *dropped,
+									 char *errbuf, size_t errlen);
+
 /* ------------------------------------------------------------------------
  * The GPU module (cuda/gnnvec_cuda.so), loaded with dlopen.
  */

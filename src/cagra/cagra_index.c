@@ -7,18 +7,21 @@
  * Graph Construction and Approximate Nearest Neighbor Search for GPUs"
  * (ICDE 2024): a kNN graph of degree I = intermediate_graph_degree, pruned
  * to degree d = graph_degree by detourable-route counts, with reverse edges
- * merged into the second half of every row (cagra.h).  The index build is
+ * merged into the second half of every row (cagra.h).  hnswbuild.c calls
+ * this file through cagra_level0_provider (hnsw.h):
  *
- *	hnsw_build_collect(bs, false)	rows into the build graph, no edges
- *	copy the vectors into one n x dim array
- *	kNN -> prune -> merge			on the CPU (worker threads) or the GPU,
- *									while a thread of its own links the
- *									upper levels (HNSW insertion of the
- *									sampled nodes, hnsw_graph_link_upper)
- *	hnsw_build_from_level0			level 0 = the CAGRA graph
- *	cagra_bridge_upper_levels		upper-level nodes keep long-range edges
- *									at level 0 too
- *	hnsw_build_finish				(caller) reachability, pages, WAL
+ *	cagra_prepare				options, the device (a missing GPU fails
+ *								before the table scan), bytes per row
+ *	(hnswbuild.c)				rows into the build graph, no edges
+ *	cagra_link:
+ *	  copy the vectors into one n x dim array
+ *	  kNN -> prune -> merge		on the CPU (worker threads) or the GPU,
+ *								while a thread of its own links the upper
+ *								levels (HNSW insertion of the sampled
+ *								nodes, hnsw_graph_link_upper)
+ *	  cagra_hnsw_level0			level 0 = the CAGRA graph, plus long edges
+ *								through the upper levels (cagra_hnsw.c)
+ *	(hnswbuild.c)				reachability, pages, WAL
  *
  * CPU stages run in PostgreSQL-free code on 1 + max_parallel_maintenance_
  * workers threads (at most one per CPU).  The workers block every signal and
@@ -54,15 +57,6 @@
  * second.
  */
 #define CAGRA_INDEX_EXACT_MAX_ROWS	8000
-
-static bool
-cagra_row_has(const int32 *row, int n, int32 id)
-{
-	for (int i = 0; i < n; i++)
-		if (row[i] == id)
-			return true;
-	return false;
-}
 
 /* Bytes per row the CAGRA stages need on top of the build graph. */
 static size_t
@@ -281,58 +275,6 @@ cagra_build_gpu(CagraGpu *gpu, const float *data, int64 n, int dim,
 							 stats.prune_seconds, stats.reverse_seconds)));
 }
 
-/*
- * Give the upper-level nodes long-range edges at level 0.
- *
- * A CAGRA graph keeps each node's nearest neighbours, so on clustered data
- * it has (almost) no edges between clusters; only the upper levels, built
- * by HNSW insertion with the neighbour-selection heuristic, cross them.  A
- * search descends the upper levels greedily and can end in the wrong
- * cluster, and at level 0 it could then never leave it (whole clusters were
- * unfindable in tests).  An HNSW-built level 0 has such bridges; here each
- * node of level >= 1 (about one in m) gets its upper-level neighbours, up
- * to m of them, in its level-0 list after its first 2m - k CAGRA edges.
- * hnsw_build_finish then makes every node reachable as usual.
- */
-static void
-cagra_bridge_upper_levels(HnswGraph *g, int m)
-{
-	int32	   *row = palloc(sizeof(int32) * 2 * m);
-	int32	   *up = palloc(sizeof(int32) * m);
-
-	for (int32 i = 0; i < g->n; i++)
-	{
-		HnswGraphNode *node = &g->nodes[i];
-		int			nup = 0;
-		int			keep;
-		int			cnt = 0;
-
-		if (node->level < 1)
-			continue;
-		for (int l = 1; l <= node->level && nup < m; l++)
-		{
-			const int32 *nb = node->nbrs + hnsw_level_offset(m, l);
-
-			for (int j = 0; j < node->counts[l] && nup < m; j++)
-				if (!cagra_row_has(up, nup, nb[j]))
-					up[nup++] = nb[j];
-		}
-		keep = Min(2 * m - nup, (int) node->counts[0]);
-		for (int j = 0; j < keep; j++)
-			row[cnt++] = node->nbrs[j];
-		for (int j = 0; j < nup; j++)
-			if (!cagra_row_has(row, cnt, up[j]))
-				row[cnt++] = up[j];
-		for (int j = keep; j < node->counts[0] && cnt < 2 * m; j++)
-			if (!cagra_row_has(row, cnt, node->nbrs[j]))
-				row[cnt++] = node->nbrs[j];
-		memcpy(node->nbrs, row, sizeof(int32) * cnt);
-		node->counts[0] = (uint8) cnt;
-	}
-	pfree(row);
-	pfree(up);
-}
-
 /* The upper levels' thread (cagra_thread_start). */
 static void
 cagra_link_upper_main(void *arg)
@@ -395,40 +337,64 @@ cagra_fill_params(CagraParams *params, HnswBuildState *bs,
 	params->interrupt.arg = NULL;
 }
 
-void
-cagra_index_build(HnswBuildState *bs)
+/* What cagra_prepare decided, for cagra_link. */
+typedef struct CagraBuildState
 {
 	HnswCagraOptions opts;
+	CagraGpu   *gpu;			/* NULL: the CPU */
+} CagraBuildState;
+
+static size_t
+cagra_prepare(HnswBuildState *bs, void **state)
+{
+	CagraBuildState *cs = palloc(sizeof(CagraBuildState));
+
+	hnsw_get_cagra_options(bs->index, &cs->opts);
+	cs->gpu = cagra_choose_gpu(cs->opts.device);
+	*state = cs;
+	return cagra_row_bytes(bs->dim, cs->opts.intermediateDegree,
+						   cs->opts.graphDegree);
+}
+
+/* Level 0 of the CAGRA graph plus long edges; reports dropped edges. */
+static void
+cagra_set_level0(HnswBuildState *bs, const int32 *graph, int degree,
+				 const CagraParams *params)
+{
+	char		errbuf[512];
+	int64		dropped;
+	CagraStatus status;
+
+	status = cagra_hnsw_level0(bs->graph, graph, degree, params->n_threads,
+							   &params->interrupt, &dropped,
+							   errbuf, sizeof(errbuf));
+	cagra_report(status, "level 0", errbuf);
+	if (dropped > 0)
+		elog(DEBUG1, "gnnhnsw: %lld level-0 edges dropped (out of range or beyond 2m)",
+			 (long long) dropped);
+}
+
+static void
+cagra_link(HnswBuildState *bs, void *state)
+{
+	CagraBuildState *cs = state;
 	CagraParams params;
-	CagraGpu   *gpu;
 	float	   *data;
 	int32	   *graph;
-	int64		n;
+	int64		n = bs->graph->n;
 	char		errbuf[512];
 	double		t_start = cagra_now(),
-				t_scanned,
 				t_graph;
 
-	hnsw_get_cagra_options(bs->index, &opts);
-	/* decide the device first: a missing GPU fails before the table scan */
-	gpu = cagra_choose_gpu(opts.device);
-
-	bs->unlinkedRowBytes = cagra_row_bytes(bs->dim, opts.intermediateDegree,
-										   opts.graphDegree);
-	hnsw_build_collect(bs, false);
-	t_scanned = cagra_now();
-	n = bs->graph->n;
-	if (n == 0)
-		return;					/* an empty index: nothing to link */
-	if (n <= opts.intermediateDegree)
+	if (n <= cs->opts.intermediateDegree)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("gnnhnsw build_method 'cagra' needs more rows than intermediate_graph_degree"),
 				 errdetail("The table has %lld rows to index and intermediate_graph_degree is %d.",
-						   (long long) n, opts.intermediateDegree),
+						   (long long) n, cs->opts.intermediateDegree),
 				 errhint("Build with build_method = 'hnsw', lower intermediate_graph_degree, or create the index before loading the table.")));
 
-	cagra_fill_params(&params, bs, &opts, n);
+	cagra_fill_params(&params, bs, &cs->opts, n);
 	if (cagra_params_check(&params, n, bs->dim, errbuf, sizeof(errbuf)) != CAGRA_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -436,19 +402,20 @@ cagra_index_build(HnswBuildState *bs)
 
 	data = cagra_copy_vectors(bs);
 	graph = MemoryContextAllocHuge(CurrentMemoryContext,
-								   sizeof(int32) * (Size) n * opts.graphDegree);
+								   sizeof(int32) * (Size) n * cs->opts.graphDegree);
 
-	cagra_build_levels(bs, gpu, data, n, &params, graph);
+	cagra_build_levels(bs, cs->gpu, data, n, &params, graph);
 	pfree(data);
 	t_graph = cagra_now();
 
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE,
 								 PROGRESS_HNSW_PHASE_CAGRA_UPPER);
-	hnsw_build_from_level0(bs, graph, opts.graphDegree);
+	cagra_set_level0(bs, graph, cs->opts.graphDegree, &params);
 	pfree(graph);
-	cagra_bridge_upper_levels(bs->graph, bs->m);
+	pfree(cs);
 	ereport(DEBUG1,
-			(errmsg_internal("gnnhnsw cagra: table scan %.2fs, graph and upper levels %.2fs, level 0 into the graph %.2fs",
-							 t_scanned - t_start, t_graph - t_scanned,
-							 cagra_now() - t_graph)));
+			(errmsg_internal("gnnhnsw cagra: graph and upper levels %.2fs, level 0 with long edges %.2fs",
+							 t_graph - t_start, cagra_now() - t_graph)));
 }
+
+const HnswLevel0Provider cagra_level0_provider = {cagra_prepare, cagra_link};

@@ -765,6 +765,9 @@ typedef struct HnswBuildState
 	bool		unlinked;		/* collecting rows without linking them */
 	size_t		unlinkedRowBytes;	/* what the CAGRA stages will need per
 									 * row collected unlinked */
+	int32	   *unlinkedSlots;	/* rows collected unlinked: node ids by
+								 * vector hash, -1 where empty */
+	uint32		unlinkedMask;	/* slots - 1, a power of two; 0: none yet */
 	bool		pagesWritten;	/* the parallel build wrote the pages */
 	int			parallelWorkers;	/* workers asked for */
 
@@ -859,33 +862,36 @@ extern IndexBuildResult *hnsw_build_finish(HnswBuildState *bs);
 extern bool hnsw_build_parallel(HnswBuildState *bs);
 
 /*
- * CAGRA plug-in point.  A build whose level 0 is made elsewhere is
- *		hnsw_build_init(&bs, heap, index, indexInfo, MAIN_FORKNUM);
+ * Level-0 providers.  HNSW insertion links each row as the table scan
+ * collects it (hnsw_build_collect(&bs, true)).  A provider that needs every
+ * row first (CAGRA) is called by hnswbuild, never the other way round:
+ *
+ *		bs.unlinkedRowBytes = provider->prepare(&bs, &state);
  *		hnsw_build_collect(&bs, false);		-- rows only: no graph edges
- *		... level 0 from bs.graph->nodes[i].vec, i < bs.graph->n (dim
- *			bs.dim, normalised for cosine; hnsw_distance() is the metric) ...
- *		hnsw_build_from_level0(&bs, neighbours, degree);
+ *		provider->link(&bs, state);			-- if any row was collected
  *		return hnsw_build_finish(&bs);
- * hnsw_build_from_level0 takes level 0 as given: row i of neighbours
- * (graph->n x degree int32, -1 for none, at most 2m used) is node i's
- * level-0 list.  Upper levels are built by ordinary HNSW insertion of the
- * nodes whose random level is >= 1 (hnsw_graph_link_upper), unless the
- * caller already ran that, on a thread of its own while it computed level
- * 0 (after hnsw_graph_reserve_search); hnsw_build_finish then makes every node
- * reachable from the entry point (hnsw_graph_connect) and writes the pages
- * through the same page writer as an HNSW build.  Collecting without
- * linking does not spill to disk: check bs.graph->mem against bs.memLimit.
+ *
+ * prepare checks what the provider needs before the scan (a GPU, say),
+ * and returns the bytes per row it will need besides the build graph,
+ * which collection counts against maintenance_work_mem (unlinked rows do
+ * not spill to disk).  link makes every level of bs.graph from the rows,
+ * bs.graph->nodes[i].vec for i < bs.graph->n (dim bs.dim, normalised for
+ * cosine; hnsw_distance() is the metric), with the pure graph functions
+ * (hnsw_graph_link_upper, hnsw_graph_set_level0); hnsw_build_finish then
+ * makes every node reachable from the entry point (hnsw_graph_connect)
+ * and writes the pages through the same page writer as an HNSW build.
  */
+typedef struct HnswLevel0Provider
+{
+	size_t		(*prepare) (HnswBuildState *bs, void **state);
+	void		(*link) (HnswBuildState *bs, void *state);
+} HnswLevel0Provider;
+
 extern void hnsw_build_add_unlinked(HnswBuildState *bs, const float *vec,
 									ItemPointer heaptid);
-extern void hnsw_build_from_level0(HnswBuildState *bs, const int32 *neighbours,
-								   int degree);
 
-/*
- * src/cagra/cagra_index.c: the CAGRA half of a build_method = 'cagra'
- * build, between hnsw_build_init and hnsw_build_finish.
- */
-extern void cagra_index_build(HnswBuildState *bs);
+/* src/cagra/cagra_index.c: build_method = 'cagra' */
+extern const HnswLevel0Provider cagra_level0_provider;
 
 /* hnswinsert.c */
 extern bool hnswinsert(Relation index, Datum *values, bool *isnull,

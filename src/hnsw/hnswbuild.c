@@ -23,6 +23,7 @@
 #include "access/xloginsert.h"
 #include "catalog/index.h"
 #include "commands/progress.h"
+#include "common/hashfn.h"
 #include "hnsw/hnsw.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -143,7 +144,8 @@ static size_t
 build_memory(HnswBuildState *bs)
 {
 	return bs->graph->mem +
-		(size_t) bs->captids * (sizeof(ItemPointerData) * HNSW_HEAPTIDS + 1);
+		(size_t) bs->captids * (sizeof(ItemPointerData) * HNSW_HEAPTIDS + 1) +
+		(bs->unlinkedSlots ? sizeof(int32) * ((size_t) bs->unlinkedMask + 1) : 0);
 }
 
 /* Write the graph so far and go on inserting into the pages. */
@@ -194,11 +196,86 @@ hnsw_build_add(HnswBuildState *bs, const float *vec, ItemPointer heaptid)
 	bs->nheaptids[id] = 1;
 }
 
+/*
+ * Rows collected unlinked share one element per vector, up to HNSW_HEAPTIDS
+ * rows, as an HNSW build's insertion merges them (dup_has_room): else heavy
+ * duplicates fill every kNN list with copies at distance 0, which CAGRA's
+ * pruning drops as detourable, and a search returns only some of a
+ * vector's rows.  An open-addressing table of node ids by vector hash finds
+ * them; it is kept at most half full.
+ */
+static uint32
+unlinked_slot(HnswBuildState *bs, const float *vec)
+{
+	return hash_bytes((const unsigned char *) vec, sizeof(float) * bs->dim) &
+		bs->unlinkedMask;
+}
+
+static void
+unlinked_grow(HnswBuildState *bs)
+{
+	int32	   *old = bs->unlinkedSlots;
+	uint32		oldsize = old ? bs->unlinkedMask + 1 : 0;
+	uint32		size = old ? oldsize * 2 : 1024;
+
+	bs->unlinkedSlots = MemoryContextAllocHuge(bs->graphCtx, sizeof(int32) * size);
+	memset(bs->unlinkedSlots, 0xFF, sizeof(int32) * size);
+	bs->unlinkedMask = size - 1;
+	for (uint32 i = 0; i < oldsize; i++)
+	{
+		uint32		slot;
+
+		if (old[i] < 0)
+			continue;
+		slot = unlinked_slot(bs, bs->graph->nodes[old[i]].vec);
+		while (bs->unlinkedSlots[slot] >= 0)
+			slot = (slot + 1) & bs->unlinkedMask;
+		bs->unlinkedSlots[slot] = old[i];
+	}
+	if (old)
+		pfree(old);
+}
+
+/*
+ * The element holding vec with room for one more row, or -1 with *slot
+ * set to where a new element for vec goes.
+ */
+static int32
+unlinked_find(HnswBuildState *bs, const float *vec, uint32 *slot)
+{
+	uint32		i = unlinked_slot(bs, vec);
+
+	for (;; i = (i + 1) & bs->unlinkedMask)
+	{
+		int32		id = bs->unlinkedSlots[i];
+
+		if (id < 0)
+		{
+			*slot = i;
+			return -1;
+		}
+		if (bs->nheaptids[id] < HNSW_HEAPTIDS &&
+			memcmp(bs->graph->nodes[id].vec, vec, sizeof(float) * bs->dim) == 0)
+			return id;
+	}
+}
+
 void
 hnsw_build_add_unlinked(HnswBuildState *bs, const float *vec,
 						ItemPointer heaptid)
 {
 	int32		id;
+	uint32		slot;
+
+	if ((uint32) bs->graph->n >= bs->unlinkedMask / 2)
+		unlinked_grow(bs);
+	id = unlinked_find(bs, vec, &slot);
+	if (id >= 0)
+	{
+		bs->heaptids[id * HNSW_HEAPTIDS + bs->nheaptids[id]] = *heaptid;
+		bs->nheaptids[id]++;
+		return;
+	}
 
 	/* CAGRA needs every row in memory at once: no spilling to disk */
 	if (build_memory(bs) + hnsw_graph_node_bytes(bs->dim, bs->m, 1) +
@@ -214,24 +291,7 @@ hnsw_build_add_unlinked(HnswBuildState *bs, const float *vec,
 	ensure_tid_room(bs, id);
 	bs->heaptids[id * HNSW_HEAPTIDS] = *heaptid;
 	bs->nheaptids[id] = 1;
-}
-
-void
-hnsw_build_from_level0(HnswBuildState *bs, const int32 *neighbours, int degree)
-{
-	int64		dropped;
-
-	/* the caller may have linked the upper levels already (they set the entry) */
-	if (bs->graph->n > 0 && bs->graph->entry < 0)
-	{
-		hnsw_graph_reserve_search(bs->graph);
-		hnsw_graph_link_upper(bs->graph);
-	}
-	dropped = hnsw_graph_set_level0(bs->graph, neighbours, degree);
-
-	if (dropped > 0)
-		elog(DEBUG1, "gnnhnsw: %lld level-0 edges dropped (out of range or beyond 2m)",
-			 (long long) dropped);
+	bs->unlinkedSlots[slot] = id;
 }
 
 /* ---------------------------------------------------------------------
@@ -549,6 +609,21 @@ hnsw_build_finish(HnswBuildState *bs)
 	return result;
 }
 
+/*
+ * A build whose graph comes from a level-0 provider: the rows are collected
+ * unlinked, then the provider links every level of the graph.
+ */
+static void
+build_by_provider(HnswBuildState *bs, const HnswLevel0Provider *provider)
+{
+	void	   *state;
+
+	bs->unlinkedRowBytes = provider->prepare(bs, &state);
+	hnsw_build_collect(bs, false);
+	if (bs->graph->n > 0)
+		provider->link(bs, state);
+}
+
 IndexBuildResult *
 hnswbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 {
@@ -562,7 +637,7 @@ hnswbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 	hnsw_build_init(&bs, heap, index, indexInfo, MAIN_FORKNUM);
 	hnsw_get_cagra_options(index, &cagra);
 	if (cagra.method == HNSW_BUILD_CAGRA)
-		cagra_index_build(&bs);
+		build_by_provider(&bs, &cagra_level0_provider);
 	else if (!hnsw_build_parallel(&bs))
 		hnsw_build_collect(&bs, true);
 	else

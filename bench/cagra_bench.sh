@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# bench/cagra_bench.sh: CAGRA-built against HNSW-built index graphs on data
+# sets that break kNN graphs (no PostgreSQL).  For each set, bench/bin/
+# cagra_build --index builds the graph the index writes both ways from the
+# same sampled levels and prints recall@10 at ef 10..320 and both build
+# times, measured in the same run; the target is the CAGRA-built recall
+# within 0.5 point of the HNSW-built one at every ef.  Results go to
+# bench/out/cagra.md.
+#
+#	bash bench/cagra_bench.sh			the generated sets, and the real sets
+#										found under bench/data
+#
+# Generated: 1000 separated clusters (100k x 128), 1000 clusters along a
+# 16-d subspace (20k x 64), heavy duplicates (100k rows of 10k vectors),
+# the clusters again under inner product.  Real, when bench/run.sh has
+# fetched them: fashion-mnist-784 (L2, 784-d) and tfidf-gcide-256 (cosine).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+data=bench/data
+out=bench/out
+mkdir -p "$out" "$data"
+make -s bench/bin/gen_dataset bench/bin/cagra_build
+
+# one file of (n + queries) x dim floats, as the driver reads it
+joined() {
+	local dir=$1
+	[ -f "$dir/joined.f32" ] || cat "$dir/base.f32" "$dir/queries.f32" >"$dir/joined.f32"
+	echo "$dir/joined.f32"
+}
+
+gen() {
+	local dir=$data/$1
+	shift
+	[ -f "$dir/queries.f32" ] || bench/bin/gen_dataset --out "$dir" --k 10 "$@" >/dev/null
+	joined "$dir"
+}
+
+# name, file, n, dim, driver options
+run() {
+	local name=$1 file=$2 n=$3 dim=$4
+	shift 4
+	echo "== $name"
+	bench/bin/cagra_build --file "$file" --n "$n" --dim "$dim" --index \
+		--threads 2 --knn partitioned --I 48 --d 32 --knn-sample 10 \
+		--ef 10,20,40,80,160,320 "$@" | grep -E '^index build|^cagra index|  ef '
+}
+
+{
+	c1000=$(gen cagra-c1000-100k-128 --n 100000 --dim 128 --queries 1000 \
+		--clusters 1000 --spread 0.1 --seed 7)
+	run "1000 clusters, 100k x 128, L2" "$c1000" 100000 128
+	run "1000 clusters, 100k x 128, inner product" "$c1000" 100000 128 --metric ip
+	run "heavy duplicates: 100k rows of 10k vectors, L2" "$c1000" 100000 128 --distinct 10000
+	sub=$(gen cagra-sub16-20k-64 --n 20000 --dim 64 --queries 300 \
+		--clusters 1000 --spread 0.05 --noise 0.02 --intrinsic 16 --seed 3)
+	run "1000 clusters along 16 dimensions, 20k x 64, L2" "$sub" 20000 64 --queries 300
+	if [ -f "$data/fashion-mnist-784/queries.f32" ]; then
+		run "fashion-mnist, 60k x 784, L2" "$(joined "$data/fashion-mnist-784")" 60000 784
+	fi
+	if [ -f "$data/tfidf-gcide-256/queries.f32" ]; then
+		run "tf-idf, 118774 x 256, cosine" "$(joined "$data/tfidf-gcide-256")" 118774 256 --metric cosine
+	fi
+} | tee "$out/cagra.md"

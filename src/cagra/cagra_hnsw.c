@@ -1,0 +1,378 @@
+/*
+ * cagra_hnsw.c
+ *		A CAGRA graph as level 0 of an HNSW graph (hnsw.h, pure half), made
+ *		navigable: shared by the index build and bench/bin/cagra_build, so
+ *		that the driver measures the graph the index writes.
+ *
+ * Why a CAGRA graph needs help.  Its rows are pruned kNN lists, so on
+ * clustered data it is islands: at 100k x 128 in 1000 clusters almost no
+ * edge leaves a cluster.  hnsw_graph_connect makes every node reachable,
+ * but a search still has to find the query's cluster.  The upper levels
+ * lead it there only greedily (ef = 1), and when they stop in a
+ * neighbouring cluster, level 0 must carry the search across.  An HNSW-
+ * built level 0 can: insertion gave every node, through the neighbour-
+ * selection heuristic, edges in several directions, some of them long.
+ * Measured on that set (bench/bin/cagra_build --index), a search starting
+ * from the true nearest neighbour finds 99% of the top 10 in the CAGRA
+ * graph; one starting where the upper levels end finds 5 points fewer
+ * than in the HNSW-built graph at ef 20-40.
+ *
+ * The pass below gives every node such edges, at the price of its last
+ * CAGRA slots (the lowest-priority ones, see cagra_merge_reverse).  The
+ * nodes of level >= 1 are a sample of about 1/m of the rows whose level-1
+ * graph, built by HNSW insertion, spans the whole set with long, diverse
+ * edges.  For each node u, the sampled nodes nearest u are found as a
+ * search finds them (a beam of m at level 1); they and their level-1
+ * neighbours are u's candidates, and the neighbour-selection heuristic
+ * keeps those in distinct directions: up to m for a sampled node, m / 2
+ * for the others.  Each node also accepts up to m / 4 (rounded up) of the
+ * long edges that point at it, so that a cluster holding no sampled node
+ * is entered from the clusters around it as well.  A search left in the
+ * wrong cluster then meets edges towards the clusters around it within a
+ * hop or two, as in an HNSW-built graph.  Measured costs and gains:
+ * docs/cagra.md.
+ */
+#define HNSW_PURE
+#include "hnsw/hnsw.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "cagra/cagra.h"
+
+/* Level-0 lists hold 2m ids, counted in a uint8_t. */
+#define LEVEL0_MAX_SLOTS 255
+
+/* Long edges a node chooses, at most (and at most m). */
+#define LONG_EDGES_MAX(m, level)	((level) >= 1 ? (m) : (m) / 2)
+/* Reverse long edges a node accepts, at most (one at least). */
+#define LONG_EDGES_IN(m)			(((m) + 3) / 4)
+
+/* One thread's search over the upper levels. */
+typedef struct LongEdgeThread
+{
+	HnswHeap	cand;
+	HnswHeap	res;
+	uint32_t   *visited;
+	uint32_t	tag;
+	HnswHeapItem *found;		/* m + 1 */
+	HnswHeapItem *kept;			/* m */
+	HnswHeapItem *cands;		/* (m + 1) x (m + 1): found, their lists */
+} LongEdgeThread;
+
+typedef struct LongEdgeJob
+{
+	HnswGraph  *g;
+	LongEdgeThread *threads;
+	int32_t    *out;			/* n x m: the long edges each node chose */
+	uint8_t    *n_out;
+	int32_t    *in;				/* n x LONG_EDGES_IN: chosen by others */
+	uint8_t    *n_in;
+	bool		write_rows;		/* second pass: rewrite the level-0 rows */
+} LongEdgeJob;
+
+static void *
+malloc_alloc(void *ctx, size_t size)
+{
+	(void) ctx;
+	return malloc(size);
+}
+
+static void
+malloc_free(void *ctx, void *ptr)
+{
+	(void) ctx;
+	free(ptr);
+}
+
+/* Worker threads allocate with malloc, never with the server's allocator. */
+static const HnswAllocator long_edge_allocator = {
+	malloc_alloc, malloc_free, NULL
+};
+
+static int
+upper_neighbors(void *arg, int32_t id, int level, const int32_t **list)
+{
+	HnswGraph  *g = (HnswGraph *) arg;
+	HnswGraphNode *node = &g->nodes[id];
+
+	*list = node->nbrs + hnsw_level_offset(g->m, level);
+	return node->counts[level];
+}
+
+static const float *
+node_vector(void *arg, int32_t id)
+{
+	return ((HnswGraph *) arg)->nodes[id].vec;
+}
+
+static int
+item_cmp(const void *a, const void *b)
+{
+	const HnswHeapItem *x = a;
+	const HnswHeapItem *y = b;
+
+	if (x->dist != y->dist)
+		return x->dist < y->dist ? -1 : 1;
+	return (x->id > y->id) - (x->id < y->id);
+}
+
+static bool
+row_has(const int32_t *row, int n, int32_t id)
+{
+	for (int i = 0; i < n; i++)
+		if (row[i] == id)
+			return true;
+	return false;
+}
+
+/*
+ * u's candidates: the nfound nodes in th->found and their level-1
+ * neighbours, u itself excepted, once each, in ascending distance.
+ */
+static int
+long_edges_candidates(HnswGraph *g, LongEdgeThread *th, int32_t u, int nfound)
+{
+	const float *v = g->nodes[u].vec;
+	uint32_t	tag = ++th->tag;
+	int			nc = 0;
+
+	for (int i = 0; i < nfound; i++)
+	{
+		const int32_t *list;
+		int			cnt = upper_neighbors(g, th->found[i].id, 1, &list);
+
+		if (th->found[i].id != u && th->visited[th->found[i].id] != tag)
+		{
+			th->visited[th->found[i].id] = tag;
+			th->cands[nc++] = th->found[i];
+		}
+		for (int j = 0; j < cnt; j++)
+		{
+			int32_t		c = list[j];
+
+			if (c == u || th->visited[c] == tag)
+				continue;
+			th->visited[c] = tag;
+			th->cands[nc].id = c;
+			th->cands[nc].dist = hnsw_distance(g->metric, v, g->nodes[c].vec,
+											   g->dim);
+			nc++;
+		}
+	}
+	qsort(th->cands, nc, sizeof(HnswHeapItem), item_cmp);
+	return nc;
+}
+
+/*
+ * u's long edges: the nodes of level >= 1 nearest u, found as a search
+ * would find them (greedy from the entry down to level 2, then a beam of m
+ * at level 1), with their level-1 neighbours, of which the heuristic keeps
+ * those in distinct directions.
+ */
+static void
+long_edges_choose(const LongEdgeJob *job, LongEdgeThread *th, int32_t u)
+{
+	HnswGraph  *g = job->g;
+	const float *v = g->nodes[u].vec;
+	int			m = g->m;
+	HnswLayerSearch ls = {g->metric, g->dim, upper_neighbors, node_vector, g,
+	&th->cand, &th->res, th->visited, 0};
+	int32_t		ep = g->entry;
+	float		epdist = hnsw_distance(g->metric, v, g->nodes[ep].vec, g->dim);
+	int			nfound = 0;
+	int			n;
+
+	for (int lc = g->max_level; lc >= 1; lc--)
+	{
+		ls.tag = ++th->tag;
+		nfound = hnsw_layer_search(&ls, v, ep, epdist, lc == 1 ? m : 1, lc,
+								   th->found);
+		ep = th->found[0].id;
+		epdist = th->found[0].dist;
+	}
+	nfound = long_edges_candidates(g, th, u, nfound);
+	n = hnsw_heuristic_select(g->metric, g->dim, th->cands, nfound,
+							  LONG_EDGES_MAX(m, g->nodes[u].level),
+							  node_vector, g, th->kept);
+	for (int i = 0; i < n; i++)
+		job->out[(int64_t) u * m + i] = th->kept[i].id;
+	job->n_out[u] = (uint8_t) n;
+}
+
+/*
+ * u's new level-0 list: its first CAGRA edges, its long edges out and in,
+ * then the rest of its CAGRA edges while slots remain.
+ */
+static void
+long_edges_write_row(const LongEdgeJob *job, int32_t u)
+{
+	HnswGraph  *g = job->g;
+	HnswGraphNode *node = &g->nodes[u];
+	int			m = g->m;
+	int			cnt = node->counts[0];
+	const int32_t *out = job->out + (int64_t) u * m;
+	const int32_t *in = job->in + (int64_t) u * LONG_EDGES_IN(m);
+	int			front = 2 * m - job->n_out[u] - job->n_in[u];
+	int32_t		row[LEVEL0_MAX_SLOTS];
+	int			len;
+
+	front = front < cnt ? front : cnt;
+	memcpy(row, node->nbrs, sizeof(int32_t) * front);
+	len = front;
+	for (int j = 0; j < job->n_out[u]; j++)
+		if (!row_has(row, len, out[j]))
+			row[len++] = out[j];
+	for (int j = 0; j < job->n_in[u]; j++)
+		if (!row_has(row, len, in[j]))
+			row[len++] = in[j];
+	for (int j = front; j < cnt && len < 2 * m; j++)
+		if (!row_has(row, len, node->nbrs[j]))
+			row[len++] = node->nbrs[j];
+	memcpy(node->nbrs, row, sizeof(int32_t) * len);
+	node->counts[0] = (uint8_t) len;
+}
+
+/*
+ * Both passes read the upper levels and write only node u's own data, so
+ * the nodes are independent.
+ */
+static int
+long_edges_range(void *arg, int thread_no, int64_t begin, int64_t end)
+{
+	const LongEdgeJob *job = arg;
+
+	for (int64_t u = begin; u < end; u++)
+	{
+		if (job->write_rows)
+			long_edges_write_row(job, (int32_t) u);
+		else
+			long_edges_choose(job, &job->threads[thread_no], (int32_t) u);
+	}
+	return 0;
+}
+
+/*
+ * The reverse long edges: node v accepts those of u -> v whose rank in u's
+ * list is lowest, then by u, up to LONG_EDGES_IN(m): a node of a cluster
+ * without sampled nodes is thereby entered from the clusters around it too.
+ */
+static void
+long_edges_reverse(LongEdgeJob *job)
+{
+	HnswGraph  *g = job->g;
+	int			m = g->m;
+
+	for (int rank = 0; rank < m; rank++)
+		for (int32_t u = 0; u < g->n; u++)
+		{
+			int32_t		v;
+
+			if (rank >= job->n_out[u])
+				continue;
+			v = job->out[(int64_t) u * m + rank];
+			if (job->n_in[v] < LONG_EDGES_IN(m))
+				job->in[(int64_t) v * LONG_EDGES_IN(m) + job->n_in[v]++] = u;
+		}
+}
+
+static bool
+long_edges_thread_init(LongEdgeThread *th, const HnswGraph *g, int32_t n_upper)
+{
+	memset(th, 0, sizeof(LongEdgeThread));
+	/* the candidate heap never holds more than every upper node once */
+	hnsw_heap_init(&th->cand, false, n_upper + 1, &long_edge_allocator);
+	hnsw_heap_init(&th->res, true, g->m + 1, &long_edge_allocator);
+	th->visited = calloc(g->n, sizeof(uint32_t));
+	th->found = malloc(sizeof(HnswHeapItem) * (g->m + 1));
+	th->kept = malloc(sizeof(HnswHeapItem) * g->m);
+	th->cands = malloc(sizeof(HnswHeapItem) * (g->m + 1) * (g->m + 1));
+	return th->cand.items != NULL && th->res.items != NULL &&
+		th->visited != NULL && th->found != NULL && th->kept != NULL &&
+		th->cands != NULL;
+}
+
+static void
+long_edges_thread_free(LongEdgeThread *th)
+{
+	if (th->cand.items)
+		hnsw_heap_free(&th->cand);
+	if (th->res.items)
+		hnsw_heap_free(&th->res);
+	free(th->visited);
+	free(th->found);
+	free(th->kept);
+	free(th->cands);
+}
+
+static CagraStatus
+add_long_edges(HnswGraph *g, int n_threads, const CagraInterrupt *interrupt,
+			   char *errbuf, size_t errlen)
+{
+	LongEdgeJob job = {0};
+	int			m = g->m;
+	int32_t		n_upper = 0;
+	int			n_ready = 0;
+	bool		ok;
+	int			rc = 0;
+
+	cagra_kernels_ready();		/* hnsw_distance's kernels, before threads */
+	n_threads = cagra_thread_count(n_threads);
+	for (int32_t i = 0; i < g->n; i++)
+		n_upper += g->nodes[i].level >= 1;
+	job.g = g;
+	job.threads = calloc(n_threads, sizeof(LongEdgeThread));
+	job.out = malloc(sizeof(int32_t) * (size_t) g->n * m);
+	job.n_out = calloc(g->n, 1);
+	job.in = malloc(sizeof(int32_t) * (size_t) g->n * LONG_EDGES_IN(m));
+	job.n_in = calloc(g->n, 1);
+	ok = job.threads != NULL && job.out != NULL && job.n_out != NULL &&
+		job.in != NULL && job.n_in != NULL;
+	for (; ok && n_ready < n_threads; n_ready++)
+		ok = long_edges_thread_init(&job.threads[n_ready], g, n_upper);
+
+	/* no upper level (a tiny graph): nothing to reach through */
+	if (ok && g->max_level >= 1)
+	{
+		rc = cagra_parallel_for(n_threads, g->n, 256, long_edges_range, &job,
+								interrupt);
+		if (rc == 0)
+		{
+			long_edges_reverse(&job);
+			job.write_rows = true;
+			rc = cagra_parallel_for(n_threads, g->n, 1024, long_edges_range,
+									&job, interrupt);
+		}
+	}
+	for (int t = 0; t < n_ready; t++)
+		long_edges_thread_free(&job.threads[t]);
+	free(job.threads);
+	free(job.out);
+	free(job.n_out);
+	free(job.in);
+	free(job.n_in);
+	if (!ok)
+		return cagra_error(CAGRA_ERR_NOMEM, errbuf, errlen,
+						   "out of memory for the long edges of %lld nodes",
+						   (long long) g->n);
+	if (rc == CAGRA_ERR_CANCELED)
+		return cagra_error(CAGRA_ERR_CANCELED, errbuf, errlen,
+						   "long edges canceled");
+	return CAGRA_OK;
+}
+
+CagraStatus
+cagra_hnsw_level0(struct HnswGraph *g, const int32_t *graph, int degree,
+				  int n_threads, const CagraInterrupt *interrupt,
+				  int64_t *dropped, char *errbuf, size_t errlen)
+{
+	if (g->n > 0 && g->entry < 0)
+		return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
+						   "the upper levels must be linked before level 0");
+	if (2 * g->m > LEVEL0_MAX_SLOTS)
+		return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
+						   "m = %d leaves more than %d level-0 slots",
+						   g->m, LEVEL0_MAX_SLOTS);
+	*dropped = hnsw_graph_set_level0(g, graph, degree);
+	return add_long_edges(g, n_threads, interrupt, errbuf, errlen);
+}
