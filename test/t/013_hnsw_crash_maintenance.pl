@@ -79,7 +79,9 @@ sub kill_when
 }
 
 # The index passes the check and every row of the table finds itself (a
-# row at distance 0: a duplicate vector may come first) through it.
+# row at distance 0: a duplicate vector may come first) through it, at an
+# ef_search (400) where a sound graph misses none of these 8000 rows (at
+# 100 a fresh build missed one now and then: the search is approximate).
 sub check_index
 {
 	my ($what, $index) = @_;
@@ -92,7 +94,7 @@ sub check_index
 		SET enable_seqscan = off;
 		EXPLAIN (COSTS OFF) SELECT id FROM items ORDER BY v <-> (SELECT v FROM items LIMIT 1) LIMIT 1;
 	}), qr/Index Scan using $index/, "$what: lookups use the index");
-	is(GnnvecIndex::self_lookup_misses($node, 'items', 100), '0', "$what: every live row is found through the index");
+	is(GnnvecIndex::self_lookup_misses($node, 'items', 400), '0', "$what: every live row is found through the index");
 }
 
 
