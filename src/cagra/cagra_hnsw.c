@@ -91,22 +91,6 @@ static const HnswAllocator long_edge_allocator = {
 };
 
 static int
-upper_neighbors(void *arg, int32_t id, int level, const int32_t **list)
-{
-	HnswGraph  *g = (HnswGraph *) arg;
-	HnswGraphNode *node = &g->nodes[id];
-
-	*list = node->nbrs + hnsw_level_offset(g->m, level);
-	return node->counts[level];
-}
-
-static const float *
-node_vector(void *arg, int32_t id)
-{
-	return ((HnswGraph *) arg)->nodes[id].vec;
-}
-
-static int
 item_cmp(const void *a, const void *b)
 {
 	const HnswHeapItem *x = a;
@@ -140,7 +124,7 @@ long_edges_candidates(HnswGraph *g, LongEdgeThread *th, int32_t u, int nfound)
 	for (int i = 0; i < nfound; i++)
 	{
 		const int32_t *list;
-		int			cnt = upper_neighbors(g, th->found[i].id, 1, &list);
+		int			cnt = hnsw_graph_neighbors_of(g, th->found[i].id, 1, &list);
 
 		if (th->found[i].id != u && th->visited[th->found[i].id] != tag)
 		{
@@ -176,7 +160,7 @@ long_edges_choose(const LongEdgeJob *job, LongEdgeThread *th, int32_t u)
 	HnswGraph  *g = job->g;
 	const float *v = g->nodes[u].vec;
 	int			m = g->m;
-	HnswLayerSearch ls = {g->metric, g->dim, upper_neighbors, node_vector, g,
+	HnswLayerSearch ls = {g->metric, g->dim, hnsw_graph_neighbors_of, hnsw_graph_vector_of, g,
 	&th->cand, &th->res, th->visited, 0};
 	int32_t		ep = g->entry;
 	float		epdist = hnsw_distance(g->metric, v, g->nodes[ep].vec, g->dim);
@@ -194,7 +178,7 @@ long_edges_choose(const LongEdgeJob *job, LongEdgeThread *th, int32_t u)
 	nfound = long_edges_candidates(g, th, u, nfound);
 	n = hnsw_heuristic_select(g->metric, g->dim, th->cands, nfound,
 							  LONG_EDGES_MAX(m, g->nodes[u].level),
-							  node_vector, g, th->kept);
+							  hnsw_graph_vector_of, g, th->kept);
 	for (int i = 0; i < n; i++)
 		job->out[(int64_t) u * m + i] = th->kept[i].id;
 	job->n_out[u] = (uint8_t) n;

@@ -362,6 +362,14 @@ hnsw_layer_search(const HnswLayerSearch *ls, const float *q, int32_t ep,
 	return n;
 }
 
+/*
+ * The in-memory graph's lists and vectors as HnswLayerSearch and
+ * hnsw_heuristic_select read them (arg is the HnswGraph).
+ */
+extern int	hnsw_graph_neighbors_of(void *arg, int32_t id, int level,
+									const int32_t **list);
+extern const float *hnsw_graph_vector_of(void *arg, int32_t id);
+
 /* Alg. 4 over nodes of the in-memory graph (ids are node ids). */
 extern int	hnsw_select_neighbors(HnswGraph *g, const HnswHeapItem *cands,
 								  int ncands, int max, HnswHeapItem *out);

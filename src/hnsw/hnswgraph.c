@@ -360,8 +360,8 @@ greedy_closest(HnswGraph *g, const float *q, int32_t ep, float *epdist,
 	return ep;
 }
 
-static int
-node_neighbors(void *arg, int32_t id, int level, const int32_t **list)
+int
+hnsw_graph_neighbors_of(void *arg, int32_t id, int level, const int32_t **list)
 {
 	HnswGraph  *g = (HnswGraph *) arg;
 	HnswGraphNode *node = &g->nodes[id];
@@ -370,8 +370,8 @@ node_neighbors(void *arg, int32_t id, int level, const int32_t **list)
 	return node->counts[level];
 }
 
-static const float *
-node_vector(void *arg, int32_t id)
+const float *
+hnsw_graph_vector_of(void *arg, int32_t id)
 {
 	return ((HnswGraph *) arg)->nodes[id].vec;
 }
@@ -381,7 +381,7 @@ static int
 search_layer(HnswGraph *g, const float *q, int32_t ep, float epdist, int ef,
 			 int level, HnswHeapItem *out)
 {
-	HnswLayerSearch ls = {g->metric, g->dim, node_neighbors, node_vector, g,
+	HnswLayerSearch ls = {g->metric, g->dim, hnsw_graph_neighbors_of, hnsw_graph_vector_of, g,
 	&g->cand, &g->res, g->visited, next_visit_tag(g)};
 
 	return hnsw_layer_search(&ls, q, ep, epdist, ef, level, out);
@@ -413,7 +413,7 @@ hnsw_select_neighbors(HnswGraph *g, const HnswHeapItem *cands, int ncands,
 					  int max, HnswHeapItem *out)
 {
 	return hnsw_heuristic_select(g->metric, g->dim, cands, ncands, max,
-								 node_vector, g, out);
+								 hnsw_graph_vector_of, g, out);
 }
 
 static int
