@@ -68,8 +68,10 @@ SELECT bool_and(abs(d - (v <-> (SELECT q FROM gm_log LIMIT 1))) < 1e-6) AS true_
 FROM (SELECT v, v <-> (SELECT q FROM gm_log LIMIT 1) AS d FROM gm
 	ORDER BY v <-> (SELECT q FROM gm_log LIMIT 1) LIMIT 10) t;
 RESET gnnvec.rerank;
-SELECT array_agg(id) = (SELECT array_agg(id) FROM (SELECT id FROM gm ORDER BY v <-> (SELECT q FROM gm_log LIMIT 1)
-	LIMIT 10) e) AS plain_scan_is_distance_order
+-- the plain scan against the exact order (a sequential scan and sort on
+-- a function call the index cannot serve)
+SELECT array_agg(id) = (SELECT array_agg(id) FROM (SELECT id FROM gm
+	ORDER BY l2_distance(v, (SELECT q FROM gm_log LIMIT 1)), id LIMIT 10) e) AS plain_scan_is_distance_order
 FROM (SELECT id FROM gm ORDER BY v <-> (SELECT q FROM gm_log LIMIT 1) LIMIT 10) t;
 RESET enable_seqscan;
 SHOW gnnvec.rerank_candidates;
