@@ -558,6 +558,7 @@ gnn_blend_tally_add(GnnModel *model, GnnBlendTally *tally,
 	GnnScoreTape *tp = NULL;
 	gnn_real   *sim;
 	double	   *s;
+	bool		raw_hit = false;
 	GnnStatus	rc;
 
 	if (ex->positive < -1 || ex->positive >= n)
@@ -581,11 +582,16 @@ gnn_blend_tally_add(GnnModel *model, GnnBlendTally *tally,
 	for (int r = 0; rc == GNN_OK && r < GNN_BLENDS; r++)
 	{
 		const GnnBlend *bl = &gnn_blends[r];
+		bool		hit;
 
 		for (int i = 0; i < n; i++)
 			s[i] = bl->raw * tp->rho[i] + bl->gnn * tp->cosv[i] +
 				bl->smooth * tp->sigma[i];
-		tally->hits[r] += in_top_k(s, n, ex->positive, k);
+		hit = in_top_k(s, n, ex->positive, k);
+		if (r == 0)
+			raw_hit = hit;
+		tally->hits[r] += hit;
+		tally->disc[r] += hit != raw_hit;
 	}
 	if (rc == GNN_OK)
 		tally->n++;
@@ -610,7 +616,8 @@ gnn_blend_apply_best(GnnModel *model, const GnnBlendTally *tally,
 	int			best = 0;
 
 	for (int r = 1; r < GNN_BLENDS; r++)
-		if (tally->hits[r] > tally->hits[best])
+		if (tally->hits[r] > tally->hits[best] &&
+			tally->hits[r] - tally->hits[0] > GNN_BLEND_Z * sqrt(tally->disc[r]))
 			best = r;
 	mix[0] = log_weight(gnn_blends[best].raw);
 	mix[1] = log_weight(gnn_blends[best].gnn);
