@@ -368,9 +368,11 @@ extern const gnn_real *gnn_replay_record(const GnnReplay *replay, int slot);
  *			 the seed's differentiable search, section 4)
  *	 rho_i   = z(-d_i): raw distance as a per-query z-score (z(x)_i =
  *			   (x_i - mean x) / sd x, 0 if sd = 0), unit-free for every metric
- *	 sigma_i = z(-s_i), s_i = d(q, mean(c_i, N(c_i))): the distance to the
+ *	 sigma_i = z(-s_i), s_i = d(q, mean(c_i, K(c_i))): the distance to the
  *			   candidate's neighbourhood mean, the skip connection around
- *			   the layer (the caller computes s_i in its metric)
+ *			   the layer (the caller computes s_i in its metric; for an
+ *			   index, K(c) is the nearest GNN_NEIGHBOURHOOD_K of c's
+ *			   neighbours and their neighbours, gnn_rerank.c)
  *	 score_i = a * rho_i + b * cos(q', c_i') + g * sigma_i,
  *			 (a, b, g) = exp(GNN_MIX), each lambda clamped to
  *			 +-GNN_SCORE_LOG_LIMIT so no stored model overflows; a weight at
@@ -381,11 +383,9 @@ extern const gnn_real *gnn_replay_record(const GnnReplay *replay, int slot);
  * Why the neighbourhood mean: on data where relevance is a latent class
  * (topics, image classes) a single embedding is a noisy view of its class,
  * and the mean of an element with its graph neighbours is a less noisy one.
- * Measured outside PostgreSQL (docs/gnn.md): on 64-d topics the mean over
- * the element's pruned HNSW links scores nearly what the mean over its 16
- * exact nearest items does, and far above raw distance, while the
- * attention layer trained alone from random weights stays well below
- * both.  The term is the layer's residual path, not learned: its weight is
+ * Measured (docs/gnn.md): on 64-d topics the mean over an element's near
+ * items scores far above raw distance, while the attention layer trained
+ * alone from random weights stayed well below it.  The term is the layer's residual path, not learned: its weight is
  * chosen on validation with the others, so the trained model can only
  * match or improve on the baseline that needs no learning.
  *
@@ -466,9 +466,9 @@ typedef struct GnnExample
 } GnnExample;
 
 /*
- * Choosing the blend (a, b, g) (see the scoring model above): a tally of,
- * per candidate blend, how many examples rank their positive in the top k.
- * Blend 0 is raw distance alone; a weight of 0 is off.
+ * Choosing the blend (a, b, g) (see the scoring model above): a tally, per
+ * candidate blend, of where the examples' positives rank.  Blend 0 is raw
+ * distance alone; a weight of 0 is off.
  */
 typedef struct GnnBlend
 {
@@ -483,18 +483,22 @@ extern const GnnBlend gnn_blends[GNN_BLENDS];
 typedef struct GnnBlendTally
 {
 	int			n;				/* examples tallied */
-	int			hits[GNN_BLENDS];	/* hits[0]: raw distance alone */
-	int			disc[GNN_BLENDS];	/* examples where blend and raw disagree */
+	int			hits[GNN_BLENDS];	/* positive in the top k; [0]: raw alone */
+	double		rank_sum[GNN_BLENDS];	/* candidates ranked above the positive */
+	int			better[GNN_BLENDS]; /* examples ranking it higher than raw */
+	int			worse[GNN_BLENDS];	/* ... lower than raw */
 } GnnBlendTally;
 
 /*
- * A blend replaces raw distance only when its gain is significant: more
- * hits than raw distance by over GNN_BLEND_Z standard deviations of the
- * sign test on the examples where the two disagree (McNemar 1947):
- * hits[r] - hits[0] > GNN_BLEND_Z * sqrt(disc[r]).  A hit rate at 10 of
- * one logged positive is a noisy stand-in for precision; on Fashion-MNIST
- * a blend 2 points of hit rate better on 399 pairs lost 1 point of class
- * P@10 (docs/gnn.md).
+ * The blend is chosen by the mean rank of the positive among the
+ * candidates, not by the hit rate at k: a logged positive is one relevant
+ * item of many, so whether it lands in the top 10 is a noisy stand-in for
+ * precision at 10, while its rank moves with the rank of every relevant
+ * item.  A blend replaces raw distance only when it ranks positives higher
+ * significantly often: better - worse > GNN_BLEND_Z * sqrt(better + worse),
+ * the sign test on the examples where the two disagree.  Measured on
+ * Fashion-MNIST (docs/gnn.md): a blend chosen by a hit rate 2 points
+ * better on 399 pairs, with no such test, lost 1 point of class P@10.
  */
 #define GNN_BLEND_Z 2.0
 
@@ -510,9 +514,10 @@ extern GnnStatus gnn_blend_tally_add(GnnModel *model, GnnBlendTally *tally,
 									 GnnError *err);
 
 /*
- * Sets the model's score weights to the blend with the most hits among
- * raw distance and the blends significantly better than it (ties: the
- * earlier blend) and returns its number; its hit rate goes to *hit_rate.
+ * Sets the model's score weights to the blend whose positives rank
+ * highest on average among raw distance and the blends significantly
+ * better than it (ties: the earlier blend) and returns its number; its hit
+ * rate at k goes to *hit_rate.
  */
 extern int	gnn_blend_apply_best(GnnModel *model, const GnnBlendTally *tally,
 								 double *hit_rate);
@@ -631,6 +636,7 @@ extern gnn_real gnn_sigmoid(gnn_real x);
 #include "utils/hsearch.h"
 
 #define GNN_KIND_GNN		"gnn"
+#define GNN_NEIGHBOURHOOD_K 32	/* items in a candidate's neighbourhood mean */
 #define GNN_RERANK_SCOPE	"Rerank"
 
 /* settings (gnn_rerank.c) */

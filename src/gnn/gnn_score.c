@@ -538,16 +538,16 @@ gnn_blend_tally_init(GnnBlendTally *tally)
 	memset(tally, 0, sizeof(GnnBlendTally));
 }
 
-/* Does candidate pos rank in the top k by s (ties: the lower index first)? */
-static bool
-in_top_k(const double *s, int n, int pos, int k)
+/* How many candidates rank above pos by s (ties: the lower index first)? */
+static int
+rank_of(const double *s, int n, int pos)
 {
 	int			better = 0;
 
 	for (int i = 0; i < n; i++)
 		if (s[i] > s[pos] || (s[i] == s[pos] && i < pos))
 			better++;
-	return better < k;
+	return better;
 }
 
 GnnStatus
@@ -558,7 +558,7 @@ gnn_blend_tally_add(GnnModel *model, GnnBlendTally *tally,
 	GnnScoreTape *tp = NULL;
 	gnn_real   *sim;
 	double	   *s;
-	bool		raw_hit = false;
+	int			raw_rank = 0;
 	GnnStatus	rc;
 
 	if (ex->positive < -1 || ex->positive >= n)
@@ -582,16 +582,18 @@ gnn_blend_tally_add(GnnModel *model, GnnBlendTally *tally,
 	for (int r = 0; rc == GNN_OK && r < GNN_BLENDS; r++)
 	{
 		const GnnBlend *bl = &gnn_blends[r];
-		bool		hit;
+		int			rank;
 
 		for (int i = 0; i < n; i++)
 			s[i] = bl->raw * tp->rho[i] + bl->gnn * tp->cosv[i] +
 				bl->smooth * tp->sigma[i];
-		hit = in_top_k(s, n, ex->positive, k);
+		rank = rank_of(s, n, ex->positive);
 		if (r == 0)
-			raw_hit = hit;
-		tally->hits[r] += hit;
-		tally->disc[r] += hit != raw_hit;
+			raw_rank = rank;
+		tally->hits[r] += rank < k;
+		tally->rank_sum[r] += rank;
+		tally->better[r] += rank < raw_rank;
+		tally->worse[r] += rank > raw_rank;
 	}
 	if (rc == GNN_OK)
 		tally->n++;
@@ -616,8 +618,9 @@ gnn_blend_apply_best(GnnModel *model, const GnnBlendTally *tally,
 	int			best = 0;
 
 	for (int r = 1; r < GNN_BLENDS; r++)
-		if (tally->hits[r] > tally->hits[best] &&
-			tally->hits[r] - tally->hits[0] > GNN_BLEND_Z * sqrt(tally->disc[r]))
+		if (tally->rank_sum[r] < tally->rank_sum[best] &&
+			tally->better[r] - tally->worse[r] >
+			GNN_BLEND_Z * sqrt(tally->better[r] + tally->worse[r]))
 			best = r;
 	mix[0] = log_weight(gnn_blends[best].raw);
 	mix[1] = log_weight(gnn_blends[best].gnn);

@@ -876,9 +876,10 @@ test_training_improves_recall(void)
 }
 
 /*
- * The blend choice: the most hits wins, a tie goes to the earlier blend
- * (raw distance alone first), and the weights written are the blend's,
- * with a weight of 0 at the lower clamp.
+ * The blend choice: the lowest mean rank of the positives among raw
+ * distance and the blends significantly better than it wins, a tie goes
+ * to the earlier blend (raw distance alone first), and the weights written
+ * are the blend's, with a weight of 0 at the lower clamp.
  */
 static void
 test_blend_choice(void)
@@ -895,6 +896,7 @@ test_blend_choice(void)
 	for (int r = 0; r < GNN_BLENDS; r++)
 	{
 		tally.hits[r] = 6;
+		tally.rank_sum[r] = 50;
 		if (gnn_blends[r].raw == 0 && gnn_blends[r].gnn == 0)
 			smooth_alone = r;
 	}
@@ -903,13 +905,22 @@ test_blend_choice(void)
 		  mix[2] == -30,
 		  "a tie with raw distance keeps raw distance: blend %d, weights %g %g %g",
 		  best, mix[0], mix[1], mix[2]);
+	/* better on average, but 3 better and 1 worse is not significant */
+	tally.rank_sum[3] = 20;
+	tally.better[3] = 3;
+	tally.worse[3] = 1;
+	best = gnn_blend_apply_best(model, &tally, &rate);
+	CHECK(best == 0, "an insignificant gain keeps raw distance: blend %d", best);
 	tally.hits[smooth_alone] = 9;
+	tally.rank_sum[smooth_alone] = 30;
+	tally.better[smooth_alone] = 9;
 	best = gnn_blend_apply_best(model, &tally, &rate);
 	CHECK(best == smooth_alone && rate == 0.9 && mix[0] == -30 &&
 		  mix[1] == -30 && mix[2] == 0,
 		  "the neighbourhood term alone when it wins: blend %d, weights %g %g %g",
 		  best, mix[0], mix[1], mix[2]);
-	tally.hits[10] = 9;
+	tally.rank_sum[10] = 30;
+	tally.better[10] = 9;
 	best = gnn_blend_apply_best(model, &tally, &rate);
 	CHECK(best == 10 &&
 		  fabs(exp(mix[1] - mix[0]) - gnn_blends[10].gnn) < 1e-6 &&
