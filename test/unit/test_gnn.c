@@ -875,6 +875,59 @@ test_training_improves_recall(void)
 	gnn_model_free(untrained);
 }
 
+/* CRC-32 (IEEE 802.3), bit by bit: an independent check of gnn_serial.c's. */
+static uint32_t
+crc32_bitwise(const uint8_t *p, size_t n, uint32_t crc)
+{
+	for (size_t i = 0; i < n; i++)
+	{
+		crc ^= p[i];
+		for (int b = 0; b < 8; b++)
+			crc = (crc >> 1) ^ (0xedb88320 & -(crc & 1));
+	}
+	return crc;
+}
+
+/*
+ * A model stored in format version 1 (two score weights: no neighbourhood
+ * term) reads back with every parameter it had and the new term off.
+ */
+static void
+test_serialisation_version_1(void)
+{
+	GnnModel   *model = gnn_test_model(12, 8, 2, 0, 5);
+	GnnModel   *back = NULL;
+	size_t		len = gnn_model_serialized_size(model);
+	size_t		len1 = len - 4;
+	uint8_t    *buf = malloc(len);
+	uint64_t	n1 = model->n_params - 1;
+	uint32_t	crc;
+	GnnError	err;
+
+	fill_normal(model->params, model->n_params, 0.5);
+	gnn_model_serialize(model, buf);
+	/* version 1, one parameter fewer, its CRC */
+	buf[4] = 1;
+	buf[5] = 0;
+	for (int i = 0; i < 8; i++)
+		buf[48 + i] = (uint8_t) (n1 >> (8 * i));
+	crc = crc32_bitwise(buf, 56, 0xffffffff);
+	crc = crc32_bitwise(buf + 60, len1 - 60, crc) ^ 0xffffffff;
+	for (int i = 0; i < 4; i++)
+		buf[56 + i] = (uint8_t) (crc >> (8 * i));
+	CHECK(gnn_model_deserialize(buf, len1, &back, &err) == GNN_OK,
+		  "a version 1 model reads: %s", err.message);
+	CHECK(back != NULL && back->n_params == model->n_params &&
+		  memcmp(back->params, model->params, n1 * sizeof(gnn_real)) == 0 &&
+		  gnn_model_tensor(back, GNN_MIX)[2] == -GNN_SCORE_LOG_LIMIT,
+		  "version 1 keeps its parameters and reads with the neighbourhood term off");
+	gnn_model_free(back);
+	CHECK(gnn_model_deserialize(buf, len, &back, &err) == GNN_ERR_CORRUPT &&
+		  back == NULL, "a version 1 header with a version 2 size is rejected");
+	gnn_model_free(model);
+	free(buf);
+}
+
 /*
  * The blend choice: the lowest mean rank of the positives among raw
  * distance and the blends significantly better than it wins, a tie goes
@@ -1120,6 +1173,7 @@ main(void)
 	test_serialisation();
 	test_training_improves_recall();
 	test_blend_choice();
+	test_serialisation_version_1();
 	test_ewc_keeps_earlier_task();
 	return unit_report("gnn");
 }
