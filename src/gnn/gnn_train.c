@@ -598,6 +598,14 @@ train_args(FunctionCallInfo fcinfo, TrainArgs *a)
 	a->indexoid = PG_GETARG_OID(0);
 	a->pairs_sql = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
 	a->scope = gnn_scope_arg(text_to_cstring(PG_GETARG_TEXT_PP(2)));
+	/* a model of any other scope would be stored and never read */
+	if (strcmp(a->scope, GNN_RERANK_SCOPE) != 0 &&
+		strcmp(a->scope, LORA_HNSW_SCOPE_NAME) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("gnnvec_train does not train scope \"%s\": nothing reads a model of that scope",
+						a->scope),
+				 errhint("Train scope Rerank (the GNN reranker, SET gnnvec.rerank = on) or HnswScan (the index's query adapter, SET gnnvec.adapt = on).")));
 	a->epochs = PG_GETARG_INT32(3);
 	a->hidden = PG_GETARG_INT32(4);
 	a->lr = PG_GETARG_FLOAT8(5);
