@@ -674,6 +674,10 @@ typedef struct GnnIndexView
 	int		   *nbr;			/* pool of neighbour node numbers */
 	int			nbr_used;
 	int			nbr_cap;
+	int		   *mean_slot;		/* into means; -1: not computed yet */
+	float	   *means;			/* neighbourhood means (gnn_rerank.c), dim each */
+	int			means_used;
+	int			means_cap;
 } GnnIndexView;
 
 extern Relation gnn_open_index(Oid indexoid, bool need_owner);

@@ -149,7 +149,7 @@ node_dist_cmp(const void *a, const void *b)
 }
 
 static void
-neighbourhood_mean(GnnIndexView *v, int c, float *out)
+compute_neighbourhood_mean(GnnIndexView *v, int c, float *out)
 {
 	int			deg;
 	int		   *hop1;
@@ -200,6 +200,33 @@ neighbourhood_mean(GnnIndexView *v, int c, float *out)
 		out[k] /= nkeep + 1;
 	pfree(hop1);
 	pfree(pool);
+}
+
+/*
+ * c~ of node c into out, computed once per view: a training call scores
+ * the same candidates in every epoch and validation pass.
+ */
+static void
+neighbourhood_mean(GnnIndexView *v, int c, float *out)
+{
+	if (v->mean_slot[c] < 0)
+	{
+		float	   *mean = palloc(sizeof(float) * v->dim);
+
+		/* computing may add nodes to the view; claim the slot after */
+		compute_neighbourhood_mean(v, c, mean);
+		if (v->means_used == v->means_cap)
+		{
+			v->means_cap *= 2;
+			v->means = repalloc_huge(v->means, sizeof(float) * v->dim * v->means_cap);
+		}
+		v->mean_slot[c] = v->means_used++;
+		memcpy(v->means + (size_t) v->mean_slot[c] * v->dim, mean,
+			   sizeof(float) * v->dim);
+		pfree(mean);
+	}
+	memcpy(out, v->means + (size_t) v->mean_slot[c] * v->dim,
+		   sizeof(float) * v->dim);
 }
 
 /*
@@ -557,6 +584,20 @@ order_by_score(const double *scores, int n, int *order)
 
 /* ---- scan plug-ins (hnsw.h) --------------------------------------------- */
 
+/*
+ * Is the model kept at raw distance (its GNN and neighbourhood weights at
+ * the lower clamp, as gnnvec_train stores a model that does not beat the
+ * plain scan)?  Its scores would only break exact distance ties, so the
+ * scan skips scoring and keeps the distance order at the plain scan's cost.
+ */
+static bool
+raw_distance_only(GnnModel *model)
+{
+	const float *mix = gnn_model_tensor(model, GNN_MIX);
+
+	return mix[1] <= -GNN_SCORE_LOG_LIMIT && mix[2] <= -GNN_SCORE_LOG_LIMIT;
+}
+
 int
 hnsw_scan_ef(Relation index)
 {
@@ -587,7 +628,7 @@ hnsw_scan_rerank(Relation index, const float *query, int dim,
 	if (!gnn_rerank_setting || ncands < 2)
 		return ncands;
 	cm = gnn_store_lookup(index, GNN_RERANK_SCOPE, GNN_KIND_GNN);
-	if (cm == NULL || cm->model->cfg.in_dim != dim)
+	if (cm == NULL || cm->model->cfg.in_dim != dim || raw_distance_only(cm->model))
 		return ncands;
 	gnn_view_init(&v, index);
 	nodes = palloc(sizeof(int) * ncands);
