@@ -619,6 +619,7 @@ gnn_blend_apply_best(GnnModel *model, const GnnBlendTally *tally,
 
 	for (int r = 1; r < GNN_BLENDS; r++)
 		if (tally->rank_sum[r] < tally->rank_sum[best] &&
+			tally->hits[r] >= tally->hits[0] &&
 			tally->better[r] - tally->worse[r] >
 			GNN_BLEND_Z * sqrt(tally->better[r] + tally->worse[r]))
 			best = r;

@@ -14,10 +14,10 @@
  * (validation_example: the scan's candidates, nothing injected or
  * removed); after each epoch the score's blend of raw distance,
  * similarity and neighbourhood mean is chosen on it (gnn.h), the epoch
- * with the best validation hit rate at 10 is kept, and when no blend
- * beats the plain index scan the model ranks by raw distance alone, with
- * a WARNING, so training cannot make ranking worse than the plain scan on
- * held-out pairs.  Progress: a NOTICE per epoch.
+ * with the best validation mean rank of the positives is kept, and when
+ * no blend beats the plain index scan the model ranks by raw distance
+ * alone, with a WARNING, so training cannot make ranking worse than the
+ * plain scan on held-out pairs.  Progress: a NOTICE per epoch.
  *
  * With scope HnswScan the same examples train the index's MicroLoRA query
  * adapter instead of a GNN (train_hnsw_adapter; applied by lora_index.c).
@@ -393,12 +393,14 @@ tally_at_10(GnnModel *model, GnnIndexView *v, Example **ex, int n,
 
 /*
  * Sets the model's blend to the best on these examples (its number goes
- * to *blend); returns its hit rate at 10 and, in *raw_recall, that of raw
- * distance alone: the plain index scan's, on validation examples.
+ * to *blend, the mean rank of their positives under it to *rank, what
+ * the blend is chosen by); returns its hit rate at 10 and, in
+ * *raw_recall, that of raw distance alone: the plain index scan's, on
+ * validation examples.
  */
 static double
 choose_blend(GnnModel *model, GnnIndexView *v, Example **ex, int n,
-			 double *raw_recall, int *blend, MemoryContext tmp)
+			 double *raw_recall, int *blend, double *rank, MemoryContext tmp)
 {
 	GnnBlendTally tally;
 	double		recall;
@@ -406,6 +408,7 @@ choose_blend(GnnModel *model, GnnIndexView *v, Example **ex, int n,
 	tally_at_10(model, v, ex, n, &tally, tmp);
 	*blend = gnn_blend_apply_best(model, &tally, &recall);
 	*raw_recall = tally.n > 0 ? (double) tally.hits[0] / tally.n : 0;
+	*rank = tally.n > 0 ? tally.rank_sum[*blend] / tally.n : 0;
 	return recall;
 }
 
@@ -928,8 +931,8 @@ train_config(const GnnModel *m, const TrainArgs *a, int ntrain, int nval,
 /*
  * gnnvec_train for a GNN scope: epochs of batched Adam steps on the
  * training examples' similarity InfoNCE (gnn_train_step).  With a
- * validation split, after every epoch the blend b/a is chosen on it and
- * the epoch (with its blend) of the best validation recall@10 is kept;
+ * validation split, after every epoch the blend (a, b, g) is chosen on it and
+ * the epoch (with its blend) of the best validation mean rank is kept;
  * the model as it was before the call counts as epoch 0, so a call never
  * leaves a model that does worse on its validation pairs than before it,
  * and a blend that does not beat raw distance becomes raw distance alone
@@ -959,6 +962,7 @@ gnnvec_train(PG_FUNCTION_ARGS)
 	double		start_recall = 0;
 	double		raw_recall = 0;
 	int			best_blend = 0;
+	double		best_rank = 0;
 	int			best_epoch = 0;
 	bytea	   *state;
 	MemoryContext tmp;
@@ -1029,7 +1033,8 @@ gnnvec_train(PG_FUNCTION_ARGS)
 		nbytes = sizeof(gnn_real) * o->model->n_params;
 		if (nval > 0)
 			start_recall = best_recall =
-				choose_blend(o->model, &v, val, nval, &raw_recall, &best_blend, tmp);
+				choose_blend(o->model, &v, val, nval, &raw_recall, &best_blend,
+							 &best_rank, tmp);
 		best = palloc(nbytes);
 		memcpy(best, o->model->params, nbytes);
 		for (int e = 1; e <= a.epochs; e++)
@@ -1038,6 +1043,7 @@ gnnvec_train(PG_FUNCTION_ARGS)
 			int			nb = 0;
 			double		recall = 0;
 			int			blend;
+			double		rank;
 			Datum		values[3];
 			bool		nulls[3] = {false, false, nval == 0};
 
@@ -1056,9 +1062,10 @@ gnnvec_train(PG_FUNCTION_ARGS)
 			if (nval > 0)
 			{
 				recall = choose_blend(o->model, &v, val, nval, &raw_recall,
-									  &blend, tmp);
-				if (recall > best_recall)
+									  &blend, &rank, tmp);
+				if (rank < best_rank)
 				{
+					best_rank = rank;
 					best_recall = recall;
 					best_blend = blend;
 					best_epoch = e;
@@ -1091,7 +1098,7 @@ gnnvec_train(PG_FUNCTION_ARGS)
 			for (int i = 0; i < ntrain; i++)
 				val[i] = &ex[order[i]];
 			(void) choose_blend(o->model, &v, val, ntrain, &unused, &best_blend,
-								tmp);
+								&unused, tmp);
 		}
 		if (nval > 0 && best_blend == 0)
 			ereport(WARNING,

@@ -964,6 +964,13 @@ test_blend_choice(void)
 	tally.worse[3] = 1;
 	best = gnn_blend_apply_best(model, &tally, &rate);
 	CHECK(best == 0, "an insignificant gain keeps raw distance: blend %d", best);
+	/* significantly better ranks, but fewer positives in the top k */
+	tally.rank_sum[4] = 20;
+	tally.better[4] = 9;
+	tally.hits[4] = 5;
+	best = gnn_blend_apply_best(model, &tally, &rate);
+	CHECK(best == 0, "a blend with fewer hits than raw distance is not chosen: blend %d",
+		  best);
 	tally.hits[smooth_alone] = 9;
 	tally.rank_sum[smooth_alone] = 30;
 	tally.better[smooth_alone] = 9;
