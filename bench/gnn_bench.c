@@ -116,6 +116,7 @@ main(int argc, char **argv)
 	in.nbr_offset = off;
 	in.nbr = nbr;
 	in.nbr_dist = dist + n_cand;
+	in.smooth_dist = NULL;
 
 	/* warm-up: allocations, OpenBLAS buffers */
 	if (gnn_layer_forward(model, &g, true, &tape, out, &err) != GNN_OK)

@@ -164,6 +164,7 @@ gnn_config_default(GnnConfig *cfg, int in_dim, int hidden_dim)
 	cfg->ln_eps = 1e-5;
 	cfg->raw_weight = 1.0;
 	cfg->gnn_weight = 1.0;
+	cfg->smooth_weight = 0.0;
 	cfg->seed = 42;
 }
 
@@ -185,7 +186,7 @@ tensor_sizes(int d, int h, size_t *size)
 	size[GNN_B_GRU] = 3 * (size_t) h;
 	size[GNN_LN_GAMMA] = h;
 	size[GNN_LN_BETA] = h;
-	size[GNN_MIX] = 2;
+	size[GNN_MIX] = 3;
 }
 
 size_t
@@ -243,6 +244,10 @@ check_config(const GnnConfig *cfg, GnnError *err)
 		return gnn_error(err, GNN_ERR_ARG,
 						 "GNN score weights must be in (0, 1e6), got %g and %g",
 						 cfg->raw_weight, cfg->gnn_weight);
+	if (!(cfg->smooth_weight >= 0 && cfg->smooth_weight < 1e6))
+		return gnn_error(err, GNN_ERR_ARG,
+						 "GNN neighbourhood weight must be in [0, 1e6), got %g",
+						 cfg->smooth_weight);
 	return GNN_OK;
 }
 
@@ -335,6 +340,8 @@ gnn_model_create(const GnnConfig *cfg, GnnModel **out, GnnError *err)
 	}
 	gnn_model_tensor(model, GNN_MIX)[0] = (gnn_real) log(cfg->raw_weight);
 	gnn_model_tensor(model, GNN_MIX)[1] = (gnn_real) log(cfg->gnn_weight);
+	gnn_model_tensor(model, GNN_MIX)[2] = cfg->smooth_weight > 0 ?
+		(gnn_real) log(cfg->smooth_weight) : -GNN_SCORE_LOG_LIMIT;
 	*out = model;
 	return GNN_OK;
 }

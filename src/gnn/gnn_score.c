@@ -22,8 +22,10 @@ struct GnnScoreTape
 	GnnGraph	graph;
 	gnn_real	a_raw;			/* exp(lambda_raw) */
 	gnn_real	b_gnn;			/* exp(lambda_gnn) */
+	gnn_real	g_smooth;		/* exp(lambda_smooth) */
 	gnn_real	da_raw;			/* da/dlambda_raw */
 	gnn_real	db_gnn;			/* db/dlambda_gnn */
+	gnn_real	dg_smooth;		/* dg/dlambda_smooth */
 	size_t		real_cap;
 	size_t		int_cap;
 	gnn_real   *reals;
@@ -35,6 +37,9 @@ struct GnnScoreTape
 	gnn_real   *d_out;			/* (1 + n_cand) x H */
 	gnn_real   *rho;			/* n_cand: distance z-scores */
 	gnn_real   *cosv;			/* n_cand: cos(q', c_i') */
+	gnn_real   *sigma;			/* n_cand: neighbourhood-mean z-scores */
+	gnn_real   *ctx_dist;		/* the query context's distances */
+	int		   *ctx;			/* n_cand: candidates nearest first */
 	int		   *node;			/* 1 + n_cand */
 	int		   *nbr_offset;		/* 2 + n_cand */
 	int		   *nbr;			/* E */
@@ -91,8 +96,8 @@ tape_reserve(GnnScoreTape *tp, const GnnModel *model, const GnnScoreInput *in,
 	size_t		nv = (size_t) in->n_vectors + 1;
 	size_t		n = (size_t) in->n_cand + 1;
 	size_t		ne = in->n_cand + in->nbr_offset[in->n_cand];
-	size_t		nreal = nv * d + ne + 2 * n * h + 2 * (n - 1);
-	size_t		nint = n + (n + 1) + ne;
+	size_t		nreal = nv * d + ne + 2 * n * h + 4 * (n - 1);
+	size_t		nint = n + (n + 1) + ne + (n - 1);
 	gnn_real   *p;
 	int		   *q;
 
@@ -124,33 +129,67 @@ tape_reserve(GnnScoreTape *tp, const GnnModel *model, const GnnScoreInput *in,
 	tp->rho = p;
 	p += n - 1;
 	tp->cosv = p;
+	p += n - 1;
+	tp->sigma = p;
+	p += n - 1;
+	tp->ctx_dist = p;
 	q = tp->ints;
 	tp->node = q;
 	q += n;
 	tp->nbr_offset = q;
 	q += n + 1;
 	tp->nbr = q;
+	q += ne;
+	tp->ctx = q;
 	return GNN_OK;
 }
 
 /*
- * Node 0 is the query (row 0), its neighbours the candidates; node i+1 is
- * candidate i with its graph neighbours.  Rows are the caller's plus one.
+ * tp->ctx: candidate numbers by ascending distance (ties: the lower
+ * number), by insertion sort: the candidate sets are a few hundred.
+ * Returns how many of the nearest form the query's context.
+ */
+static int
+query_context(GnnScoreTape *tp, const GnnScoreInput *in)
+{
+	for (int i = 0; i < in->n_cand; i++)
+	{
+		int			j = i;
+
+		while (j > 0 && in->cand_dist[tp->ctx[j - 1]] > in->cand_dist[i])
+		{
+			tp->ctx[j] = tp->ctx[j - 1];
+			j--;
+		}
+		tp->ctx[j] = i;
+	}
+	return in->n_cand < GNN_QUERY_CONTEXT ? in->n_cand : GNN_QUERY_CONTEXT;
+}
+
+/*
+ * Node 0 is the query (row 0), its neighbours its context: the nearest
+ * GNN_QUERY_CONTEXT candidates, as at search time (gnn_rerank.c).  Node
+ * i+1 is candidate i with its graph neighbours.  Rows are the caller's
+ * plus one.
  */
 static void
 build_graph(GnnScoreTape *tp, const GnnModel *model, const GnnScoreInput *in)
 {
 	int			d = model->cfg.in_dim;
 	int			nc = in->n_cand;
+	int			nq = query_context(tp, in);
 
 	memcpy(tp->vectors, in->query, d * sizeof(gnn_real));
 	memcpy(tp->vectors + d, in->vectors, (size_t) in->n_vectors * d * sizeof(gnn_real));
 	tp->node[0] = 0;
 	tp->nbr_offset[0] = 0;
-	tp->nbr_offset[1] = nc;
-	for (int i = 0; i < nc; i++)
-		tp->nbr[i] = in->cand[i] + 1;
-	gnn_edge_weights_from_distances(in->cand_dist, nc, tp->edge_w);
+	tp->nbr_offset[1] = nq;
+	for (int j = 0; j < nq; j++)
+	{
+		tp->nbr[j] = in->cand[tp->ctx[j]] + 1;
+		tp->ctx_dist[j] = in->cand_dist[tp->ctx[j]];
+	}
+	gnn_edge_weights_from_distances(tp->ctx_dist, nq, tp->edge_w);
 	for (int i = 0; i < nc; i++)
 	{
 		int			lo = in->nbr_offset[i];
@@ -158,10 +197,10 @@ build_graph(GnnScoreTape *tp, const GnnModel *model, const GnnScoreInput *in)
 
 		tp->node[i + 1] = in->cand[i] + 1;
 		for (int e = lo; e < hi; e++)
-			tp->nbr[nc + e] = in->nbr[e] + 1;
+			tp->nbr[nq + e] = in->nbr[e] + 1;
 		gnn_edge_weights_from_distances(in->nbr_dist + lo, hi - lo,
-										tp->edge_w + nc + lo);
-		tp->nbr_offset[i + 2] = nc + hi;
+										tp->edge_w + nq + lo);
+		tp->nbr_offset[i + 2] = nq + hi;
 	}
 	tp->graph.n_vectors = in->n_vectors + 1;
 	tp->graph.vectors = tp->vectors;
@@ -172,9 +211,8 @@ build_graph(GnnScoreTape *tp, const GnnModel *model, const GnnScoreInput *in)
 	tp->graph.edge_w = tp->edge_w;
 }
 
-/* rho_i = -(d_i - mean) / sd, or 0 when every distance is equal. */
-static void
-distance_zscores(const gnn_real *dist, int n, gnn_real *rho)
+void
+gnn_distance_zscores(const gnn_real *dist, int n, gnn_real *rho)
 {
 	double		mean = 0,
 				var = 0;
@@ -190,19 +228,17 @@ distance_zscores(const gnn_real *dist, int n, gnn_real *rho)
 }
 
 /*
- * A score weight exp(lambda), with lambda clamped to +-SCORE_LOG_LIMIT so that
- * no stored model can overflow the scores; *deriv is d weight / d lambda
- * (zero where clamped).
+ * A score weight exp(lambda), with lambda clamped to +-GNN_SCORE_LOG_LIMIT
+ * so that no stored model can overflow the scores; *deriv is d weight /
+ * d lambda (zero where clamped).
  */
-#define SCORE_LOG_LIMIT 30
-
 static gnn_real
 score_weight(gnn_real lambda, gnn_real *deriv)
 {
-	if (lambda > SCORE_LOG_LIMIT || lambda < -SCORE_LOG_LIMIT)
+	if (lambda > GNN_SCORE_LOG_LIMIT || lambda < -GNN_SCORE_LOG_LIMIT)
 	{
 		*deriv = 0;
-		return gnn_exp(lambda > 0 ? SCORE_LOG_LIMIT : -SCORE_LOG_LIMIT);
+		return gnn_exp(lambda > 0 ? GNN_SCORE_LOG_LIMIT : -GNN_SCORE_LOG_LIMIT);
 	}
 	*deriv = gnn_exp(lambda);
 	return *deriv;
@@ -241,17 +277,23 @@ score_forward(GnnModel *model, const GnnScoreInput *in, bool training,
 		}
 		if (rc == GNN_OK)
 		{
-			distance_zscores(in->cand_dist, in->n_cand, tp->rho);
-			tp->a_raw = score_weight(gnn_model_tensor(model, GNN_MIX)[0],
-									 &tp->da_raw);
-			tp->b_gnn = score_weight(gnn_model_tensor(model, GNN_MIX)[1],
-									 &tp->db_gnn);
+			const gnn_real *mix = gnn_model_tensor(model, GNN_MIX);
+
+			gnn_distance_zscores(in->cand_dist, in->n_cand, tp->rho);
+			if (in->smooth_dist != NULL)
+				gnn_distance_zscores(in->smooth_dist, in->n_cand, tp->sigma);
+			else
+				memset(tp->sigma, 0, in->n_cand * sizeof(gnn_real));
+			tp->a_raw = score_weight(mix[0], &tp->da_raw);
+			tp->b_gnn = score_weight(mix[1], &tp->db_gnn);
+			tp->g_smooth = score_weight(mix[2], &tp->dg_smooth);
 			for (int i = 0; i < in->n_cand; i++)
 			{
 				tp->cosv[i] = gnn_cosine(tp->out, tp->out + (size_t) (i + 1) * h,
 										 h, 0, NULL, NULL);
 				out[i] = blended ?
-					tp->a_raw * tp->rho[i] + tp->b_gnn * tp->cosv[i] : tp->cosv[i];
+					tp->a_raw * tp->rho[i] + tp->b_gnn * tp->cosv[i] +
+					tp->g_smooth * tp->sigma[i] : tp->cosv[i];
 			}
 		}
 	}
@@ -276,9 +318,10 @@ gnn_score_similarity_forward(GnnModel *model, const GnnScoreInput *in,
 }
 
 /*
- * score_i = a rho_i + b cos_i with a = exp(lambda_raw), b = exp(lambda_gnn):
+ * score_i = a rho_i + b cos_i + g sigma_i with a = exp(lambda_raw),
+ * b = exp(lambda_gnn), g = exp(lambda_smooth):
  *	 dscore_i/dlambda_raw = a rho_i,  dscore_i/dlambda_gnn = b cos_i,
- *	 dscore_i/dcos_i = b.
+ *	 dscore_i/dlambda_smooth = g sigma_i,  dscore_i/dcos_i = b.
  * After gnn_score_similarity_forward the outputs are cos_i themselves:
  * no gradient for the weights, dcos_i/dcos_i = 1.
  */
@@ -289,7 +332,8 @@ gnn_score_backward(GnnModel *model, GnnScoreTape *tape,
 	int			h = model->cfg.hidden_dim;
 	int			d = model->cfg.in_dim;
 	double		d_lraw = 0,
-				d_lgnn = 0;
+				d_lgnn = 0,
+				d_lsmooth = 0;
 	gnn_real   *d_vectors = NULL;
 	GnnStatus	rc;
 
@@ -306,12 +350,14 @@ gnn_score_backward(GnnModel *model, GnnScoreTape *tape,
 		{
 			d_lraw += d_scores[i] * tape->da_raw * tape->rho[i];
 			d_lgnn += d_scores[i] * tape->db_gnn * tape->cosv[i];
+			d_lsmooth += d_scores[i] * tape->dg_smooth * tape->sigma[i];
 		}
 		gnn_cosine(tape->out, tape->out + (size_t) (i + 1) * h, h, d_cos,
 				   tape->d_out, tape->d_out + (size_t) (i + 1) * h);
 	}
 	model->grad[model->offset[GNN_MIX]] += (gnn_real) d_lraw;
 	model->grad[model->offset[GNN_MIX] + 1] += (gnn_real) d_lgnn;
+	model->grad[model->offset[GNN_MIX] + 2] += (gnn_real) d_lsmooth;
 	if (d_query != NULL)
 	{
 		d_vectors = calloc((size_t) tape->graph.n_vectors * d, sizeof(gnn_real));
@@ -470,9 +516,21 @@ gnn_train_step(GnnTrainer *tr, const GnnExample *ex, int n_ex, double *loss,
 
 /* ---- choosing the blend ------------------------------------------------------ */
 
-const double gnn_blend_ratios[GNN_BLEND_RATIOS] = {
-	0, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0 / 2, 1, 2, 4, 8, 16, 64, INFINITY
+/*
+ * Raw distance alone first (the fallback), then raw distance with the GNN
+ * and neighbourhood terms at weights relative to it, then without raw
+ * distance.  The last weight of each (16) is nearly the term alone.
+ */
+#define W(r, b, g) {r, b, g}
+#define ROW(g) W(1, 0, g), W(1, 0.25, g), W(1, 0.5, g), W(1, 1, g), \
+	W(1, 2, g), W(1, 4, g), W(1, 16, g)
+const GnnBlend gnn_blends[GNN_BLENDS] = {
+	ROW(0), ROW(0.25), ROW(0.5), ROW(1), ROW(2), ROW(4), ROW(16),
+	W(0, 1, 0), W(0, 0, 1), W(0, 1, 0.25), W(0, 1, 0.5), W(0, 1, 1),
+	W(0, 1, 2), W(0, 1, 4)
 };
+#undef ROW
+#undef W
 
 void
 gnn_blend_tally_init(GnnBlendTally *tally)
@@ -480,16 +538,16 @@ gnn_blend_tally_init(GnnBlendTally *tally)
 	memset(tally, 0, sizeof(GnnBlendTally));
 }
 
-/* Does candidate pos rank in the top k by s (ties: the lower index first)? */
-static bool
-in_top_k(const double *s, int n, int pos, int k)
+/* How many candidates rank above pos by s (ties: the lower index first)? */
+static int
+rank_of(const double *s, int n, int pos)
 {
 	int			better = 0;
 
 	for (int i = 0; i < n; i++)
 		if (s[i] > s[pos] || (s[i] == s[pos] && i < pos))
 			better++;
-	return better < k;
+	return better;
 }
 
 GnnStatus
@@ -500,12 +558,18 @@ gnn_blend_tally_add(GnnModel *model, GnnBlendTally *tally,
 	GnnScoreTape *tp = NULL;
 	gnn_real   *sim;
 	double	   *s;
+	int			raw_rank = 0;
 	GnnStatus	rc;
 
-	if (n < 1 || ex->positive < 0 || ex->positive >= n)
+	if (ex->positive < -1 || ex->positive >= n)
 		return gnn_error(err, GNN_ERR_ARG,
-						 "GNN blend example needs a positive among its %d candidates, got %d",
-						 n, ex->positive);
+						 "GNN blend example's positive %d is not one of its %d candidates",
+						 ex->positive, n);
+	if (ex->positive < 0)
+	{
+		tally->n++;				/* a miss at every blend */
+		return GNN_OK;
+	}
 	sim = malloc(n * sizeof(gnn_real));
 	s = malloc(n * sizeof(double));
 	if (sim == NULL || s == NULL)
@@ -515,13 +579,21 @@ gnn_blend_tally_add(GnnModel *model, GnnBlendTally *tally,
 		return gnn_error(err, GNN_ERR_NOMEM, "out of memory for GNN blend scores");
 	}
 	rc = score_forward(model, &ex->in, false, false, &tp, sim, err);
-	for (int r = 0; rc == GNN_OK && r < GNN_BLEND_RATIOS; r++)
+	for (int r = 0; rc == GNN_OK && r < GNN_BLENDS; r++)
 	{
-		double		ratio = gnn_blend_ratios[r];
+		const GnnBlend *bl = &gnn_blends[r];
+		int			rank;
 
 		for (int i = 0; i < n; i++)
-			s[i] = isinf(ratio) ? tp->cosv[i] : tp->rho[i] + ratio * tp->cosv[i];
-		tally->hits[r] += in_top_k(s, n, ex->positive, k);
+			s[i] = bl->raw * tp->rho[i] + bl->gnn * tp->cosv[i] +
+				bl->smooth * tp->sigma[i];
+		rank = rank_of(s, n, ex->positive);
+		if (r == 0)
+			raw_rank = rank;
+		tally->hits[r] += rank < k;
+		tally->rank_sum[r] += rank;
+		tally->better[r] += rank < raw_rank;
+		tally->worse[r] += rank > raw_rank;
 	}
 	if (rc == GNN_OK)
 		tally->n++;
@@ -531,21 +603,29 @@ gnn_blend_tally_add(GnnModel *model, GnnBlendTally *tally,
 	return rc;
 }
 
-double
+/* log(w), or the lower clamp for a weight that is off */
+static gnn_real
+log_weight(double w)
+{
+	return w > 0 ? (gnn_real) log(w) : -GNN_SCORE_LOG_LIMIT;
+}
+
+int
 gnn_blend_apply_best(GnnModel *model, const GnnBlendTally *tally,
 					 double *hit_rate)
 {
 	gnn_real   *mix = gnn_model_tensor(model, GNN_MIX);
 	int			best = 0;
-	double		ratio;
 
-	for (int r = 1; r < GNN_BLEND_RATIOS; r++)
-		if (tally->hits[r] > tally->hits[best])
+	for (int r = 1; r < GNN_BLENDS; r++)
+		if (tally->rank_sum[r] < tally->rank_sum[best] &&
+			tally->hits[r] >= tally->hits[0] &&
+			tally->better[r] - tally->worse[r] >
+			GNN_BLEND_Z * sqrt(tally->better[r] + tally->worse[r]))
 			best = r;
-	ratio = gnn_blend_ratios[best];
-	mix[0] = isinf(ratio) ? -SCORE_LOG_LIMIT : 0;
-	mix[1] = ratio == 0 ? -SCORE_LOG_LIMIT :
-		isinf(ratio) ? 0 : (gnn_real) log(ratio);
+	mix[0] = log_weight(gnn_blends[best].raw);
+	mix[1] = log_weight(gnn_blends[best].gnn);
+	mix[2] = log_weight(gnn_blends[best].smooth);
 	*hit_rate = tally->n > 0 ? (double) tally->hits[best] / tally->n : 0;
-	return ratio;
+	return best;
 }

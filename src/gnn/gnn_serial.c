@@ -5,10 +5,13 @@
  *		so the format does not depend on struct layout, host byte order or
  *		on whether gnn_real is float or double (values are stored as float32).
  *
- * Model, version 1 (60 + 4 n_params bytes):
+ * Model, version 2 (60 + 4 n_params bytes):
  *	 0 "GNNM"  4 u16 version  6 u16 flags (0)  8 u32 in_dim  12 u32 hidden_dim
  *	 16 u32 heads  20 u32 reserved (0)  24 f64 dropout  32 f64 ln_eps
  *	 40 u64 seed  48 u64 n_params  56 u32 CRC-32  60 f32 params[n_params]
+ *	 Version 1 is the same with one parameter fewer: the score had no
+ *	 neighbourhood term (GNN_MIX, the last tensor, held two weights); it
+ *	 is read with that term off, which scores as the model did.
  * EWC, version 1 (36 + 12 n bytes):
  *	 0 "GNNE"  4 u16 version  6 u16 flags (bit 0: active)  8 u64 n
  *	 16 f64 lambda  24 u64 n_observed  32 u32 CRC-32
@@ -22,7 +25,9 @@
 
 #define MODEL_MAGIC		"GNNM"
 #define EWC_MAGIC		"GNNE"
-#define FORMAT_VERSION	1
+#define MODEL_VERSION	2
+#define MODEL_VERSION_2_PARAMS 1	/* parameters version 2 added */
+#define EWC_VERSION		1
 #define MODEL_HEADER	60
 #define MODEL_CRC_AT	56
 #define EWC_HEADER		36
@@ -158,7 +163,8 @@ buffer_crc(const uint8_t *buf, size_t len, size_t crc_at)
 /* Magic, version, length and CRC: the checks both formats share. */
 static GnnStatus
 check_envelope(const uint8_t *buf, size_t len, const char *magic,
-			   size_t header, size_t crc_at, const char *what, GnnError *err)
+			   size_t header, size_t crc_at, int oldest, int newest,
+			   const char *what, GnnError *err)
 {
 	uint16_t	version;
 
@@ -169,10 +175,10 @@ check_envelope(const uint8_t *buf, size_t len, const char *magic,
 	if (memcmp(buf, magic, 4) != 0)
 		return gnn_error(err, GNN_ERR_CORRUPT, "%s data has a wrong magic number", what);
 	version = get_u16(buf + 4);
-	if (version != FORMAT_VERSION)
+	if (version < oldest || version > newest)
 		return gnn_error(err, GNN_ERR_VERSION,
-						 "%s data has format version %u; this build reads version %d",
-						 what, version, FORMAT_VERSION);
+						 "%s data has format version %u; this build reads versions %d to %d",
+						 what, version, oldest, newest);
 	if (get_u32(buf + crc_at) != buffer_crc(buf, len, crc_at))
 		return gnn_error(err, GNN_ERR_CORRUPT, "%s data fails its CRC-32 check", what);
 	return GNN_OK;
@@ -192,7 +198,7 @@ gnn_model_serialize(const GnnModel *model, uint8_t *buf)
 	size_t		len = gnn_model_serialized_size(model);
 
 	memcpy(buf, MODEL_MAGIC, 4);
-	put_u16(buf + 4, FORMAT_VERSION);
+	put_u16(buf + 4, MODEL_VERSION);
 	put_u16(buf + 6, 0);
 	put_u32(buf + 8, (uint32_t) model->cfg.in_dim);
 	put_u32(buf + 12, (uint32_t) model->cfg.hidden_dim);
@@ -215,14 +221,16 @@ gnn_model_deserialize(const uint8_t *buf, size_t len, GnnModel **out,
 				h,
 				heads;
 	uint64_t	n_params;
+	uint64_t	missing;		/* parameters an older version lacks */
 	GnnModel   *model;
 	GnnStatus	rc;
 
 	*out = NULL;
 	rc = check_envelope(buf, len, MODEL_MAGIC, MODEL_HEADER, MODEL_CRC_AT,
-						"GNN model", err);
+						1, MODEL_VERSION, "GNN model", err);
 	if (rc != GNN_OK)
 		return rc;
+	missing = get_u16(buf + 4) < 2 ? MODEL_VERSION_2_PARAMS : 0;
 	d = get_u32(buf + 8);
 	h = get_u32(buf + 12);
 	heads = get_u32(buf + 16);
@@ -232,7 +240,7 @@ gnn_model_deserialize(const uint8_t *buf, size_t len, GnnModel **out,
 	if (d < 1 || d > GNN_MAX_DIM || h < 1 || h > GNN_MAX_DIM)
 		return gnn_error(err, GNN_ERR_CORRUPT,
 						 "GNN model data has impossible dimensions %u x %u", d, h);
-	if (n_params != gnn_model_param_count((int) d, (int) h) ||
+	if (n_params + missing != gnn_model_param_count((int) d, (int) h) ||
 		len != MODEL_HEADER + 4 * n_params)
 		return gnn_error(err, GNN_ERR_CORRUPT,
 						 "GNN model data size %zu does not match its dimensions %u x %u",
@@ -246,11 +254,13 @@ gnn_model_deserialize(const uint8_t *buf, size_t len, GnnModel **out,
 		return rc == GNN_ERR_ARG ? gnn_error(err, GNN_ERR_CORRUPT,
 											 "GNN model data has an invalid configuration: %s",
 											 err != NULL ? err->message : "") : rc;
-	if (!get_f32_array(buf + MODEL_HEADER, model->params, model->n_params))
+	if (!get_f32_array(buf + MODEL_HEADER, model->params, n_params))
 	{
 		gnn_model_free(model);
 		return gnn_error(err, GNN_ERR_CORRUPT, "GNN model data contains NaN or infinity");
 	}
+	if (missing > 0)
+		gnn_model_tensor(model, GNN_MIX)[2] = -GNN_SCORE_LOG_LIMIT;
 	*out = model;
 	return GNN_OK;
 }
@@ -270,7 +280,7 @@ gnn_ewc_serialize(const GnnEwc *ewc, uint8_t *buf)
 	uint8_t    *p = buf + EWC_HEADER;
 
 	memcpy(buf, EWC_MAGIC, 4);
-	put_u16(buf + 4, FORMAT_VERSION);
+	put_u16(buf + 4, EWC_VERSION);
 	put_u16(buf + 6, ewc->active ? EWC_ACTIVE : 0);
 	put_u64(buf + 8, ewc->n);
 	put_f64(buf + 16, ewc->lambda);
@@ -298,7 +308,7 @@ gnn_ewc_deserialize(const uint8_t *buf, size_t len, GnnEwc *ewc, GnnError *err)
 
 	memset(ewc, 0, sizeof(GnnEwc));
 	rc = check_envelope(buf, len, EWC_MAGIC, EWC_HEADER, EWC_CRC_AT,
-						"GNN EWC", err);
+						EWC_VERSION, EWC_VERSION, "GNN EWC", err);
 	if (rc != GNN_OK)
 		return rc;
 	n = get_u64(buf + 8);

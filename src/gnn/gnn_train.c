@@ -10,12 +10,14 @@
  * the farthest candidate when the search missed it), less the candidates
  * that are likely relevant too (likely_relevant).  The loss is the InfoNCE
  * of the positive's similarity cos(q', c') (gnn_train_step).  A validation
- * split is held out; after each epoch the score's blend of raw distance
- * and similarity is chosen on it (gnn.h), the epoch with the best
- * validation recall@10 is kept, and when no blend beats ranking by raw
- * distance the GNN term is switched off (log-weight -30), so training
- * cannot make ranking worse than raw distance on held-out pairs.
- * Progress: a NOTICE per epoch.
+ * split is held out and measured as a reranked index scan sees it
+ * (validation_example: the scan's candidates, nothing injected or
+ * removed); after each epoch the score's blend of raw distance,
+ * similarity and neighbourhood mean is chosen on it (gnn.h), the epoch
+ * with the best validation mean rank of the positives is kept, and when
+ * no blend beats the plain index scan the model ranks by raw distance
+ * alone, with a WARNING, so training cannot make ranking worse than the
+ * plain scan on held-out pairs.  Progress: a NOTICE per epoch.
  *
  * With scope HnswScan the same examples train the index's MicroLoRA query
  * adapter instead of a GNN (train_hnsw_adapter; applied by lora_index.c).
@@ -336,12 +338,35 @@ examples_from_graph(GnnIndexView *v, int ncand, int nrandom, const int *all,
 	return n;
 }
 
+/*
+ * The held-out example of (query, positive node) as a reranked index scan
+ * sees it: the first round of candidates of the scan (ef as
+ * hnsw_scan_ef with gnnvec.rerank on), nothing injected or left out;
+ * positive -1 when the search misses it.
+ */
+static void
+validation_example(GnnIndexView *v, const float *query, int positive,
+				   Example *ex)
+{
+	int			ef = Max(hnsw_ef_search, gnn_rerank_candidates);
+
+	ex->cand = palloc(sizeof(int) * ef);
+	ex->dist = palloc(sizeof(float) * ef);
+	ex->n = gnn_view_search(v, query, ef, ex->cand, ex->dist, NULL);
+	ex->positive = -1;
+	for (int i = 0; i < ex->n && ex->positive < 0; i++)
+		if (ex->cand[i] == positive)
+			ex->positive = i;
+	ex->query = palloc(sizeof(float) * v->dim);
+	memcpy(ex->query, query, sizeof(float) * v->dim);
+}
+
 /* ---- training ------------------------------------------------------------ */
 
 /*
- * Tallies, for every blend of gnn_blend_ratios, how many of the examples
- * put their positive in the top 10 (gnn.h): the validation measure, and
- * what the blend is chosen by.
+ * Tallies, for every blend of gnn_blends, how many of the examples put
+ * their positive in the top 10 (gnn.h): the validation measure, and what
+ * the blend is chosen by.
  */
 static void
 tally_at_10(GnnModel *model, GnnIndexView *v, Example **ex, int n,
@@ -357,7 +382,7 @@ tally_at_10(GnnModel *model, GnnIndexView *v, Example **ex, int n,
 
 		CHECK_FOR_INTERRUPTS();
 		gnn_score_input(v, ex[i]->query, ex[i]->n, ex[i]->cand, ex[i]->dist,
-						&gex.in);
+						&gex.in, NULL);
 		gex.positive = ex[i]->positive;
 		gnn_ereport_status(gnn_blend_tally_add(model, tally, &gex, 10, &err),
 						   &err);
@@ -367,19 +392,23 @@ tally_at_10(GnnModel *model, GnnIndexView *v, Example **ex, int n,
 }
 
 /*
- * Sets the model's blend to the best on these examples; returns its
- * recall@10 and, in *raw_recall, that of raw distance alone.
+ * Sets the model's blend to the best on these examples (its number goes
+ * to *blend, the mean rank of their positives under it to *rank, what
+ * the blend is chosen by); returns its hit rate at 10 and, in
+ * *raw_recall, that of raw distance alone: the plain index scan's, on
+ * validation examples.
  */
 static double
 choose_blend(GnnModel *model, GnnIndexView *v, Example **ex, int n,
-			 double *raw_recall, double *ratio, MemoryContext tmp)
+			 double *raw_recall, int *blend, double *rank, MemoryContext tmp)
 {
 	GnnBlendTally tally;
 	double		recall;
 
 	tally_at_10(model, v, ex, n, &tally, tmp);
-	*ratio = gnn_blend_apply_best(model, &tally, &recall);
+	*blend = gnn_blend_apply_best(model, &tally, &recall);
 	*raw_recall = tally.n > 0 ? (double) tally.hits[0] / tally.n : 0;
+	*rank = tally.n > 0 ? tally.rank_sum[*blend] / tally.n : 0;
 	return recall;
 }
 
@@ -396,7 +425,7 @@ train_batch(GnnTrainer *tr, GnnIndexView *v, Example **batch, int n,
 	for (int i = 0; i < n; i++)
 	{
 		gnn_score_input(v, batch[i]->query, batch[i]->n, batch[i]->cand,
-						batch[i]->dist, &gex[i].in);
+						batch[i]->dist, &gex[i].in, NULL);
 		gex[i].positive = batch[i]->positive;
 	}
 	gnn_ereport_status(gnn_train_step(tr, gex, n, &loss, &err), &err);
@@ -572,6 +601,14 @@ train_args(FunctionCallInfo fcinfo, TrainArgs *a)
 	a->indexoid = PG_GETARG_OID(0);
 	a->pairs_sql = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
 	a->scope = gnn_scope_arg(text_to_cstring(PG_GETARG_TEXT_PP(2)));
+	/* a model of any other scope would be stored and never read */
+	if (strcmp(a->scope, GNN_RERANK_SCOPE) != 0 &&
+		strcmp(a->scope, LORA_HNSW_SCOPE_NAME) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("gnnvec_train does not train scope \"%s\": nothing reads a model of that scope",
+						a->scope),
+				 errhint("Train scope Rerank (the GNN reranker, SET gnnvec.rerank = on) or HnswScan (the index's query adapter, SET gnnvec.adapt = on).")));
 	a->epochs = PG_GETARG_INT32(3);
 	a->hidden = PG_GETARG_INT32(4);
 	a->lr = PG_GETARG_FLOAT8(5);
@@ -859,17 +896,20 @@ train_hnsw_adapter(ReturnSetInfo *rsinfo, GnnIndexView *v, const TrainArgs *a,
 						NULL);
 }
 
-/* The blend b/a for the stored config: "raw" and "gnn" for the ends */
+/* A blend's weights, as a JSON object for the stored config and NOTICEs */
 static const char *
-blend_text(double ratio)
+blend_text(int blend)
 {
-	return ratio == 0 ? "\"raw\"" : isinf(ratio) ? "\"gnn\"" : psprintf("%g", ratio);
+	const GnnBlend *b = &gnn_blends[blend];
+
+	return psprintf("{\"raw\": %g, \"gnn\": %g, \"neighbourhood\": %g}",
+					b->raw, b->gnn, b->smooth);
 }
 
 static char *
 train_config(const GnnModel *m, const TrainArgs *a, int ntrain, int nval,
 			 double val_recall, double raw_recall, double start_recall,
-			 int best_epoch, double ratio)
+			 int best_epoch, int blend)
 {
 	StringInfoData s;
 
@@ -883,7 +923,7 @@ train_config(const GnnModel *m, const TrainArgs *a, int ntrain, int nval,
 					 m->cfg.in_dim, m->cfg.hidden_dim, m->cfg.heads,
 					 a->pairs_sql ? "false" : "true", a->epochs, best_epoch,
 					 ntrain, nval, val_recall, raw_recall, start_recall,
-					 blend_text(ratio), ratio == 0 ? "true" : "false", a->lr,
+					 blend_text(blend), blend == 0 ? "true" : "false", a->lr,
 					 a->seed);
 	return s.data;
 }
@@ -891,8 +931,8 @@ train_config(const GnnModel *m, const TrainArgs *a, int ntrain, int nval,
 /*
  * gnnvec_train for a GNN scope: epochs of batched Adam steps on the
  * training examples' similarity InfoNCE (gnn_train_step).  With a
- * validation split, after every epoch the blend b/a is chosen on it and
- * the epoch (with its blend) of the best validation recall@10 is kept;
+ * validation split, after every epoch the blend (a, b, g) is chosen on it and
+ * the epoch (with its blend) of the best validation mean rank is kept;
  * the model as it was before the call counts as epoch 0, so a call never
  * leaves a model that does worse on its validation pairs than before it,
  * and a blend that does not beat raw distance becomes raw distance alone
@@ -921,7 +961,8 @@ gnnvec_train(PG_FUNCTION_ARGS)
 	double		best_recall = 0;
 	double		start_recall = 0;
 	double		raw_recall = 0;
-	double		best_ratio = 0;
+	int			best_blend = 0;
+	double		best_rank = 0;
 	int			best_epoch = 0;
 	bytea	   *state;
 	MemoryContext tmp;
@@ -952,7 +993,13 @@ gnnvec_train(PG_FUNCTION_ARGS)
 
 		/* the shuffles below reorder only order[0 .. ntrain-1] */
 		for (int i = 0; i < nval; i++)
-			val[i] = &ex[order[ntrain + i]];
+		{
+			Example    *held = &ex[order[ntrain + i]];
+
+			val[i] = palloc(sizeof(Example));
+			validation_example(&v, held->query, held->cand[held->positive],
+							   val[i]);
+		}
 
 		o = palloc0(sizeof(Owned));
 		gnn_on_context_reset(free_owned, o);
@@ -986,7 +1033,8 @@ gnnvec_train(PG_FUNCTION_ARGS)
 		nbytes = sizeof(gnn_real) * o->model->n_params;
 		if (nval > 0)
 			start_recall = best_recall =
-				choose_blend(o->model, &v, val, nval, &raw_recall, &best_ratio, tmp);
+				choose_blend(o->model, &v, val, nval, &raw_recall, &best_blend,
+							 &best_rank, tmp);
 		best = palloc(nbytes);
 		memcpy(best, o->model->params, nbytes);
 		for (int e = 1; e <= a.epochs; e++)
@@ -994,7 +1042,8 @@ gnnvec_train(PG_FUNCTION_ARGS)
 			double		loss = 0;
 			int			nb = 0;
 			double		recall = 0;
-			double		ratio;
+			int			blend;
+			double		rank;
 			Datum		values[3];
 			bool		nulls[3] = {false, false, nval == 0};
 
@@ -1013,17 +1062,18 @@ gnnvec_train(PG_FUNCTION_ARGS)
 			if (nval > 0)
 			{
 				recall = choose_blend(o->model, &v, val, nval, &raw_recall,
-									  &ratio, tmp);
-				if (recall > best_recall)
+									  &blend, &rank, tmp);
+				if (rank < best_rank)
 				{
+					best_rank = rank;
 					best_recall = recall;
-					best_ratio = ratio;
+					best_blend = blend;
 					best_epoch = e;
 					memcpy(best, o->model->params, nbytes);
 				}
 				ereport(NOTICE,
-						(errmsg("gnnvec_train: epoch %d of %d: loss %.4f, validation recall@10 %.3f at blend %s (raw distance %.3f, before training %.3f)",
-								e, a.epochs, loss, recall, blend_text(ratio),
+						(errmsg("gnnvec_train: epoch %d of %d: loss %.4f, validation hit rate at 10 %.3f at blend %s (plain index scan %.3f, before training %.3f)",
+								e, a.epochs, loss, recall, blend_text(blend),
 								raw_recall, start_recall)));
 			}
 			else
@@ -1047,9 +1097,17 @@ gnnvec_train(PG_FUNCTION_ARGS)
 			val = repalloc(val, sizeof(Example *) * Max(ntrain, 1));
 			for (int i = 0; i < ntrain; i++)
 				val[i] = &ex[order[i]];
-			(void) choose_blend(o->model, &v, val, ntrain, &unused, &best_ratio,
-								tmp);
+			(void) choose_blend(o->model, &v, val, ntrain, &unused, &best_blend,
+								&unused, tmp);
 		}
+		if (nval > 0 && best_blend == 0)
+			ereport(WARNING,
+					(errmsg("gnnvec_train: the model does not beat the plain index scan on the %d validation pairs; reranking keeps the distance order",
+							nval),
+					 errdetail("Validation hit rate at 10 (positive among the first 10 of the scan's %d candidates): plain index scan %.3f, best reranking %.3f.",
+							   Max(hnsw_ef_search, gnn_rerank_candidates),
+							   raw_recall, best_recall),
+					 errhint("More or more varied training pairs may help; the model is stored with its GNN and neighbourhood terms off.")));
 		/* what this training taught is what EWC protects from now on */
 		gnn_ewc_consolidate(&o->trainer.ewc, o->model->params);
 		for (int i = 0; i < nex; i++)
@@ -1058,7 +1116,7 @@ gnnvec_train(PG_FUNCTION_ARGS)
 		gnn_store_save(index, a.scope, GNN_KIND_GNN, o->model,
 					   train_config(o->model, &a, ntrain, nval, best_recall,
 									raw_recall, start_recall, best_epoch,
-									best_ratio),
+									best_blend),
 					   state_serialize(&o->trainer.ewc, &o->replay));
 	}
 	free_owned(o);

@@ -85,6 +85,10 @@ gnn_view_init(GnnIndexView *v, Relation index)
 	v->nbr_lsn = palloc(sizeof(XLogRecPtr) * v->cap);
 	v->nbr_cap = 1024;
 	v->nbr = palloc(sizeof(int) * v->nbr_cap);
+	v->mean_slot = palloc(sizeof(int) * v->cap);
+	v->means_cap = 64;
+	v->means_used = 0;
+	v->means = palloc(sizeof(float) * v->dim * v->means_cap);
 }
 
 static int
@@ -107,6 +111,7 @@ view_add(GnnIndexView *v, ItemPointer tid, const float *vec,
 		v->nbr_start = repalloc_huge(v->nbr_start, sizeof(int) * v->cap);
 		v->nbr_count = repalloc_huge(v->nbr_count, sizeof(int) * v->cap);
 		v->nbr_lsn = repalloc_huge(v->nbr_lsn, sizeof(XLogRecPtr) * v->cap);
+		v->mean_slot = repalloc_huge(v->mean_slot, sizeof(int) * v->cap);
 	}
 	node = v->n++;
 	ent->node = node;
@@ -116,6 +121,7 @@ view_add(GnnIndexView *v, ItemPointer tid, const float *vec,
 	v->nbr_start[node] = -1;
 	v->nbr_count[node] = 0;
 	v->nbr_lsn[node] = InvalidXLogRecPtr;
+	v->mean_slot[node] = -1;
 	return node;
 }
 

@@ -35,7 +35,7 @@ sub feedback_sql
 	return "SELECT version FROM gnnvec_feedback('items_v', (SELECT q FROM pairs WHERE id = $id), (SELECT p FROM pairs WHERE id = $id))";
 }
 
-my $train_sql = q{SELECT count(*) FROM gnnvec_train('items_v', 'SELECT q, p FROM pairs', scope => 'Filter',
+my $train_sql = q{SELECT count(*) FROM gnnvec_train('items_v', 'SELECT q, p FROM pairs', scope => 'Rerank',
 	epochs => 1, hidden => 8, validation_fraction => 0)};
 
 sub state_length
@@ -95,29 +95,29 @@ is($second->{err}, '', 'without an error');
 is(state_length('Rerank'), $len2 + ($len2 - $len1),
 	'version 3 started from version 2: both pairs are in its state');
 
-# ---- gnnvec_train ----------------------------------------------------------
+# ---- gnnvec_train (the same model: feedback left version 3) ---------------
 $node->safe_psql('postgres', $train_sql);
 $first->query('BEGIN');
 $first->query($train_sql);
-my $train2 = $first->query(q{SELECT version || ' ' || octet_length(state) FROM gnnvec_models WHERE scope = 'Filter'});
+my $train2 = $first->query(q{SELECT version || ' ' || octet_length(state) FROM gnnvec_models WHERE scope = 'Rerank'});
 my ($v2, $tlen2) = split / /, $train2;
-is($v2, '2', 'the first trainer saves version 2, uncommitted');
+is($v2, '5', 'the first trainer saves version 5, uncommitted');
 start_query($second, $train_sql);
 ok(waits_for_model_lock($second_pid), 'the second trainer waits for the model lock');
 $first->query('COMMIT');
 finish_query($second);
 unlike($second->{err}, qr/ERROR/, 'the second trainer succeeds');
 my ($v3, $tlen3) = split / /, $node->safe_psql('postgres',
-	q{SELECT version || ' ' || octet_length(state) FROM gnnvec_models WHERE scope = 'Filter'});
-is($v3, '3', 'and saves version 3');
-ok($tlen3 > $tlen2, "version 3 started from version 2's state ($tlen3 > $tlen2 bytes)");
+	q{SELECT version || ' ' || octet_length(state) FROM gnnvec_models WHERE scope = 'Rerank'});
+is($v3, '6', 'and saves version 6');
+ok($tlen3 > $tlen2, "version 6 started from version 5's state ($tlen3 > $tlen2 bytes)");
 
 # ---- REPEATABLE READ: the waiter cannot see the new version ------------------
 $second->send("\\set VERBOSITY verbose\n");
 $second->query('BEGIN ISOLATION LEVEL REPEATABLE READ');
 $second->query('SELECT count(*) FROM items');    # takes the snapshot
 $first->query('BEGIN');
-is($first->query(feedback_sql(4)), '4', 'the first writer saves version 4, uncommitted');
+is($first->query(feedback_sql(4)), '7', 'the first writer saves version 7, uncommitted');
 start_query($second, feedback_sql(5));
 ok(waits_for_model_lock($second_pid), 'a REPEATABLE READ writer waits too');
 $first->query('COMMIT');
@@ -126,7 +126,7 @@ like($second->{err}, qr/ERROR:  40001: could not serialize access to the Rerank 
 	'then fails to serialize');
 like($second->{err}, qr/HINT:  Retry the transaction/, 'with a hint to retry');
 $second->query('ROLLBACK');
-is($second->query(feedback_sql(5)), '5', 'the retry saves version 5');
+is($second->query(feedback_sql(5)), '8', 'the retry saves version 8');
 
 $first->quit;
 $second->quit;

@@ -118,7 +118,7 @@ test_huge_inputs(void)
 		int			cand[3] = {0, 1, 2};
 		gnn_real	dist[3] = {1, 2, 1e6f};
 		int			off[4] = {0, 0, 0, 0};
-		GnnScoreInput in = {q, 10, rg.vectors, 3, cand, dist, off, NULL, NULL};
+		GnnScoreInput in = {q, 10, rg.vectors, 3, cand, dist, off, NULL, NULL, NULL};
 
 		fill_normal(q, 16, 1e4);
 		gnn_model_tensor(model, GNN_MIX)[0] = 500;
@@ -437,9 +437,9 @@ test_serialisation(void)
 	CHECK(gnn_model_deserialize(bad, len, &back, &err) == GNN_ERR_CORRUPT &&
 		  strstr(err.message, "magic"), "wrong magic: %s", err.message);
 	memcpy(bad, buf, len);
-	bad[4] = 2;
+	bad[4] = 3;
 	CHECK(gnn_model_deserialize(bad, len, &back, &err) == GNN_ERR_VERSION &&
-		  strstr(err.message, "version 2"), "newer version: %s", err.message);
+		  strstr(err.message, "version 3"), "newer version: %s", err.message);
 	memcpy(bad, buf, len);
 	bad[12] ^= 1;				/* hidden_dim */
 	CHECK(gnn_model_deserialize(bad, len, &back, &err) == GNN_ERR_CORRUPT &&
@@ -523,6 +523,7 @@ typedef struct Query
 	int			nbr_offset[N_CAND + 1];
 	int			nbr[N_CAND * N_NBRS];
 	gnn_real	nbr_dist[N_CAND * N_NBRS];
+	gnn_real	smooth_dist[N_CAND];	/* to each one's neighbourhood mean */
 } Query;
 
 static double
@@ -565,12 +566,25 @@ make_corpus(Corpus *c, gnn_real *centres)
 	c->nbr_offset[N_ITEMS] = N_ITEMS * N_NBRS;
 }
 
+/* The mean of item i and its graph neighbours (the score's sigma term). */
+static void
+neighbourhood_mean(const Corpus *c, int i, gnn_real *mean)
+{
+	memcpy(mean, c->items + i * E_D, sizeof(gnn_real) * E_D);
+	for (int j = 0; j < N_NBRS; j++)
+		for (int k = 0; k < E_D; k++)
+			mean[k] += c->items[c->nbr[i * N_NBRS + j] * E_D + k];
+	for (int k = 0; k < E_D; k++)
+		mean[k] /= N_NBRS + 1;
+}
+
 /* The N_CAND nearest items to q, nearest first (selection is fine here). */
 static void
 make_query(const Corpus *c, const gnn_real *centres, Query *q)
 {
 	double		dist[N_ITEMS];
 	bool		taken[N_ITEMS] = {false};
+	gnn_real	mean[E_D];
 
 	q->topic = (int) gnn_rng_below(&test_rng, TOPICS);
 	fill_normal(q->q, E_D, NOISE);
@@ -587,12 +601,14 @@ make_query(const Corpus *c, const gnn_real *centres, Query *q)
 			if (!taken[i] && (best < 0 || dist[i] < dist[best]))
 				best = i;
 		taken[best] = true;
+		neighbourhood_mean(c, best, mean);
 		q->cand[r] = best;
 		q->cand_dist[r] = (gnn_real) dist[best];
 		memcpy(q->nbr + r * N_NBRS, c->nbr + best * N_NBRS, sizeof(int) * N_NBRS);
 		memcpy(q->nbr_dist + r * N_NBRS, c->nbr_dist + best * N_NBRS,
 			   sizeof(gnn_real) * N_NBRS);
 		q->nbr_offset[r + 1] = (r + 1) * N_NBRS;
+		q->smooth_dist[r] = (gnn_real) l2(q->q, mean, E_D);
 	}
 }
 
@@ -608,6 +624,7 @@ score_input(const Corpus *c, const Query *q, GnnScoreInput *in)
 	in->nbr_offset = q->nbr_offset;
 	in->nbr = q->nbr;
 	in->nbr_dist = q->nbr_dist;
+	in->smooth_dist = q->smooth_dist;
 }
 
 /* Recall@10 of the candidates ordered by score (NULL: by raw distance). */
@@ -656,13 +673,18 @@ mean_recall(GnnModel *model, const Corpus *c, const Query *qs, int n)
 
 /*
  * A logged (query, relevant item) pair: the positive is one relevant
- * candidate; the other relevant candidates are left out of the candidate
- * list so that they are not pushed away as negatives.
+ * candidate (the click; the only use of the labels).  Training leaves out,
+ * as gnnvec_train does without labels, the candidates nearer to the
+ * positive than the query is (likely relevant too); validation sees all
+ * the query's candidates, as the index scan does.
  */
 typedef struct TrainPair
 {
-	Query		q;				/* candidates: the positive, then negatives */
+	Query		q;				/* training candidates */
 	int			n_cand;
+	int			positive;		/* in q.cand */
+	Query		full;			/* every candidate, for validation */
+	int			full_positive;	/* in full.cand */
 } TrainPair;
 
 static bool
@@ -672,6 +694,7 @@ make_pair(const Corpus *c, const Query *q, TrainPair *tp)
 				n = 0,
 				e = 0;
 	int			keep[N_CAND];
+	double		q_to_pos;
 
 	for (int i = 0; i < N_CAND; i++)
 		if (c->topic[q->cand[i]] == q->topic)
@@ -681,10 +704,18 @@ make_pair(const Corpus *c, const Query *q, TrainPair *tp)
 		}
 	if (pos < 0)
 		return false;
-	keep[n++] = pos;
+	q_to_pos = l2(q->q, c->items + q->cand[pos] * E_D, E_D);
 	for (int i = 0; i < N_CAND; i++)
-		if (c->topic[q->cand[i]] != q->topic)
-			keep[n++] = i;
+	{
+		if (i == pos)
+			tp->positive = n;
+		else if (l2(c->items + q->cand[i] * E_D, c->items + q->cand[pos] * E_D,
+					E_D) < q_to_pos)
+			continue;
+		keep[n++] = i;
+	}
+	tp->full = *q;
+	tp->full_positive = pos;
 	tp->q = *q;
 	tp->n_cand = n;
 	tp->q.nbr_offset[0] = 0;
@@ -692,6 +723,7 @@ make_pair(const Corpus *c, const Query *q, TrainPair *tp)
 	{
 		tp->q.cand[j] = q->cand[keep[j]];
 		tp->q.cand_dist[j] = q->cand_dist[keep[j]];
+		tp->q.smooth_dist[j] = q->smooth_dist[keep[j]];
 		for (int k = 0; k < N_NBRS; k++, e++)
 		{
 			tp->q.nbr[e] = q->nbr[keep[j] * N_NBRS + k];
@@ -699,7 +731,7 @@ make_pair(const Corpus *c, const Query *q, TrainPair *tp)
 		}
 		tp->q.nbr_offset[j + 1] = e;
 	}
-	return true;
+	return n >= 2;
 }
 
 /* Trains a fresh model; returns it (caller frees) and the last epoch's loss. */
@@ -732,7 +764,7 @@ train_model(const Corpus *c, const TrainPair *pairs, int n_pairs, int epochs,
 			{
 				score_input(c, &pairs[b + k].q, &ex[k].in);
 				ex[k].in.n_cand = pairs[b + k].n_cand;
-				ex[k].positive = 0;
+				ex[k].positive = pairs[b + k].positive;
 			}
 			if (gnn_train_step(&tr, ex, BATCH, &loss, &err) != GNN_OK)
 			{
@@ -749,10 +781,10 @@ train_model(const Corpus *c, const TrainPair *pairs, int n_pairs, int epochs,
 }
 
 /*
- * Chooses the model's blend b/a on pairs (as gnnvec_train does on its
- * validation split); returns the ratio.
+ * Chooses the model's blend on pairs (as gnnvec_train does on its
+ * validation split); returns its number.
  */
-static double
+static int
 choose_blend(GnnModel *model, const Corpus *c, const TrainPair *pairs, int n)
 {
 	GnnBlendTally tally;
@@ -763,9 +795,8 @@ choose_blend(GnnModel *model, const Corpus *c, const TrainPair *pairs, int n)
 	gnn_blend_tally_init(&tally);
 	for (int i = 0; i < n; i++)
 	{
-		score_input(c, &pairs[i].q, &ex.in);
-		ex.in.n_cand = pairs[i].n_cand;
-		ex.positive = 0;
+		score_input(c, &pairs[i].full, &ex.in);
+		ex.positive = pairs[i].full_positive;
 		if (gnn_blend_tally_add(model, &tally, &ex, TOP_K, &err) != GNN_OK)
 			fprintf(stderr, "blend: %s\n", err.message);
 	}
@@ -782,11 +813,12 @@ test_training_improves_recall(void)
 	static TrainPair pairs[N_TRAIN];
 	int			n_pairs = 0;
 	int			n_fit;
-	double		ratio;
+	int			blend;
 	GnnModel   *untrained = gnn_test_model(E_D, HIDDEN, 4, 0.1, 99);
 	GnnModel   *model,
 			   *again;
 	double		raw,
+				baseline = 0,
 				before,
 				after,
 				loss,
@@ -805,18 +837,30 @@ test_training_improves_recall(void)
 	/* the last fifth of the pairs chooses the blend, as a validation split */
 	n_fit = n_pairs - n_pairs / 5;
 	raw = mean_recall(NULL, &corpus, test, N_TEST);
+	/* the baseline that learns nothing: rank by the neighbourhood mean */
+	for (int i = 0; i < N_TEST; i++)
+	{
+		gnn_real	s[N_CAND];
+
+		for (int j = 0; j < N_CAND; j++)
+			s[j] = -test[i].smooth_dist[j];
+		baseline += recall_at_k(&corpus, &test[i], s) / N_TEST;
+	}
 	before = mean_recall(untrained, &corpus, test, N_TEST);
 	model = train_model(&corpus, pairs, n_fit, EPOCHS, &loss);
-	ratio = choose_blend(model, &corpus, pairs + n_fit, n_pairs - n_fit);
+	blend = choose_blend(model, &corpus, pairs + n_fit, n_pairs - n_fit);
 	after = mean_recall(model, &corpus, test, N_TEST);
 	printf("end to end, %d held-out queries: recall@10 raw distance %.3f, "
-		   "untrained rerank %.3f, trained rerank %.3f\n"
-		   "  (%d training pairs, %d epochs, final loss %.3f, blend b/a %g chosen on %d pairs)\n",
-		   N_TEST, raw, before, after, n_fit, EPOCHS, loss, ratio,
+		   "neighbourhood mean %.3f, untrained rerank %.3f, trained rerank %.3f\n"
+		   "  (%d training pairs, %d epochs, final loss %.3f, blend %g:%g:%g chosen on %d pairs)\n",
+		   N_TEST, raw, baseline, before, after, n_fit, EPOCHS, loss,
+		   gnn_blends[blend].raw, gnn_blends[blend].gnn, gnn_blends[blend].smooth,
 		   n_pairs - n_fit);
 	CHECK(after >= raw + 0.10, "training raises held-out recall@10 by >= 0.10 over "
 		  "raw distance: %.3f -> %.3f", raw, after);
 	CHECK(after > before, "trained beats untrained: %.3f vs %.3f", after, before);
+	CHECK(after >= baseline - 0.02, "trained is at least the baseline that learns "
+		  "nothing (within 0.02): %.3f vs %.3f", after, baseline);
 
 	gnn_model_free(model);
 
@@ -831,9 +875,64 @@ test_training_improves_recall(void)
 	gnn_model_free(untrained);
 }
 
+/* CRC-32 (IEEE 802.3), bit by bit: an independent check of gnn_serial.c's. */
+static uint32_t
+crc32_bitwise(const uint8_t *p, size_t n, uint32_t crc)
+{
+	for (size_t i = 0; i < n; i++)
+	{
+		crc ^= p[i];
+		for (int b = 0; b < 8; b++)
+			crc = (crc >> 1) ^ (0xedb88320 & -(crc & 1));
+	}
+	return crc;
+}
+
 /*
- * The blend choice: the most hits wins, a tie goes to the ratio nearer raw
- * distance, and the weights written rank as the chosen ratio says.
+ * A model stored in format version 1 (two score weights: no neighbourhood
+ * term) reads back with every parameter it had and the new term off.
+ */
+static void
+test_serialisation_version_1(void)
+{
+	GnnModel   *model = gnn_test_model(12, 8, 2, 0, 5);
+	GnnModel   *back = NULL;
+	size_t		len = gnn_model_serialized_size(model);
+	size_t		len1 = len - 4;
+	uint8_t    *buf = malloc(len);
+	uint64_t	n1 = model->n_params - 1;
+	uint32_t	crc;
+	GnnError	err;
+
+	fill_normal(model->params, model->n_params, 0.5);
+	gnn_model_serialize(model, buf);
+	/* version 1, one parameter fewer, its CRC */
+	buf[4] = 1;
+	buf[5] = 0;
+	for (int i = 0; i < 8; i++)
+		buf[48 + i] = (uint8_t) (n1 >> (8 * i));
+	crc = crc32_bitwise(buf, 56, 0xffffffff);
+	crc = crc32_bitwise(buf + 60, len1 - 60, crc) ^ 0xffffffff;
+	for (int i = 0; i < 4; i++)
+		buf[56 + i] = (uint8_t) (crc >> (8 * i));
+	CHECK(gnn_model_deserialize(buf, len1, &back, &err) == GNN_OK,
+		  "a version 1 model reads: %s", err.message);
+	CHECK(back != NULL && back->n_params == model->n_params &&
+		  memcmp(back->params, model->params, n1 * sizeof(gnn_real)) == 0 &&
+		  gnn_model_tensor(back, GNN_MIX)[2] == -GNN_SCORE_LOG_LIMIT,
+		  "version 1 keeps its parameters and reads with the neighbourhood term off");
+	gnn_model_free(back);
+	CHECK(gnn_model_deserialize(buf, len, &back, &err) == GNN_ERR_CORRUPT &&
+		  back == NULL, "a version 1 header with a version 2 size is rejected");
+	gnn_model_free(model);
+	free(buf);
+}
+
+/*
+ * The blend choice: the lowest mean rank of the positives among raw
+ * distance and the blends significantly better than it wins, a tie goes
+ * to the earlier blend (raw distance alone first), and the weights written
+ * are the blend's, with a weight of 0 at the lower clamp.
  */
 static void
 test_blend_choice(void)
@@ -841,28 +940,53 @@ test_blend_choice(void)
 	GnnModel   *model = gnn_test_model(8, 8, 2, 0, 5);
 	const gnn_real *mix = gnn_model_tensor(model, GNN_MIX);
 	GnnBlendTally tally;
-	double		rate,
-				ratio;
+	double		rate;
+	int			best;
+	int			smooth_alone = -1;
 
 	gnn_blend_tally_init(&tally);
 	tally.n = 10;
-	for (int r = 0; r < GNN_BLEND_RATIOS; r++)
+	for (int r = 0; r < GNN_BLENDS; r++)
+	{
 		tally.hits[r] = 6;
-	ratio = gnn_blend_apply_best(model, &tally, &rate);
-	CHECK(ratio == 0 && rate == 0.6 && mix[0] == 0 && mix[1] == -30,
-		  "a tie with raw distance keeps raw distance: ratio %g, weights %g %g",
-		  ratio, mix[0], mix[1]);
-	tally.hits[GNN_BLEND_RATIOS - 1] = 9;
-	ratio = gnn_blend_apply_best(model, &tally, &rate);
-	CHECK(isinf(ratio) && rate == 0.9 && mix[0] == -30 && mix[1] == 0,
-		  "the GNN term alone when it wins: ratio %g, weights %g %g",
-		  ratio, mix[0], mix[1]);
-	tally.hits[5] = 9;
-	ratio = gnn_blend_apply_best(model, &tally, &rate);
-	CHECK(ratio == gnn_blend_ratios[5] &&
-		  fabs(exp(mix[1] - mix[0]) - ratio) < 1e-6,
-		  "a tie between blends goes to the smaller ratio: %g, b/a %g",
-		  ratio, exp(mix[1] - mix[0]));
+		tally.rank_sum[r] = 50;
+		if (gnn_blends[r].raw == 0 && gnn_blends[r].gnn == 0)
+			smooth_alone = r;
+	}
+	best = gnn_blend_apply_best(model, &tally, &rate);
+	CHECK(best == 0 && rate == 0.6 && mix[0] == 0 && mix[1] == -30 &&
+		  mix[2] == -30,
+		  "a tie with raw distance keeps raw distance: blend %d, weights %g %g %g",
+		  best, mix[0], mix[1], mix[2]);
+	/* better on average, but 3 better and 1 worse is not significant */
+	tally.rank_sum[3] = 20;
+	tally.better[3] = 3;
+	tally.worse[3] = 1;
+	best = gnn_blend_apply_best(model, &tally, &rate);
+	CHECK(best == 0, "an insignificant gain keeps raw distance: blend %d", best);
+	/* significantly better ranks, but fewer positives in the top k */
+	tally.rank_sum[4] = 20;
+	tally.better[4] = 9;
+	tally.hits[4] = 5;
+	best = gnn_blend_apply_best(model, &tally, &rate);
+	CHECK(best == 0, "a blend with fewer hits than raw distance is not chosen: blend %d",
+		  best);
+	tally.hits[smooth_alone] = 9;
+	tally.rank_sum[smooth_alone] = 30;
+	tally.better[smooth_alone] = 9;
+	best = gnn_blend_apply_best(model, &tally, &rate);
+	CHECK(best == smooth_alone && rate == 0.9 && mix[0] == -30 &&
+		  mix[1] == -30 && mix[2] == 0,
+		  "the neighbourhood term alone when it wins: blend %d, weights %g %g %g",
+		  best, mix[0], mix[1], mix[2]);
+	tally.rank_sum[10] = 30;
+	tally.better[10] = 9;
+	best = gnn_blend_apply_best(model, &tally, &rate);
+	CHECK(best == 10 &&
+		  fabs(exp(mix[1] - mix[0]) - gnn_blends[10].gnn) < 1e-6 &&
+		  fabs(exp(mix[2] - mix[0]) - gnn_blends[10].smooth) < 1e-6,
+		  "a tie between blends goes to the earlier: %d, b/a %g, g/a %g",
+		  best, exp(mix[1] - mix[0]), exp(mix[2] - mix[0]));
 	gnn_model_free(model);
 }
 
@@ -935,6 +1059,7 @@ make_tasks(TaskData *td)
 			in->nbr_offset = td->nbr_offset;
 			in->nbr = td->nbr[e];
 			in->nbr_dist = td->nbr_dist[e];
+			in->smooth_dist = NULL;
 			td->ex[t][e].positive = t == 0 ? hi : lo;
 		}
 	}
@@ -1055,6 +1180,7 @@ main(void)
 	test_serialisation();
 	test_training_improves_recall();
 	test_blend_choice();
+	test_serialisation_version_1();
 	test_ewc_keeps_earlier_task();
 	return unit_report("gnn");
 }

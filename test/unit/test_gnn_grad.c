@@ -578,6 +578,7 @@ score_case_init(ScoreCase *sc, GnnModel *model)
 	sc->in.nbr_offset = sc->nbr_offset;
 	sc->in.nbr = sc->nbr;
 	sc->in.nbr_dist = sc->nbr_dist;
+	sc->in.smooth_dist = NULL;
 	sc->rng_at_start = model->dropout_rng;
 }
 

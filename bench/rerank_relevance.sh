@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# bench/rerank_relevance.sh DATA_DIR SET: held-out relevance of the GNN
+# reranker on one set made by bench/rerank_relevance_data.py, on a running
+# cluster (PGHOST/PGPORT).  Prints one line per method: topic/class P@10 of
+# the 400 held-out queries through the index scan (k 10, ef_search 100,
+# rerank_candidates 100), and the mean latency of plain and reranked scans
+# measured in the same pass.  The non-learned baseline comes from the data
+# generator (baseline.txt).
+set -euo pipefail
+data=$1/$2
+psql_q() { psql -X -q -v ON_ERROR_STOP=1 -d postgres "$@"; }
+psql_q <<SQL
+CREATE EXTENSION IF NOT EXISTS gnnvec;
+DROP TABLE IF EXISTS items, train, heldout;
+CREATE TABLE items (id int PRIMARY KEY, label int, v vector(64));
+CREATE TABLE train (q vector(64), p vector(64));
+CREATE TABLE heldout (qid int, label int, q vector(64));
+\copy items FROM '$data/items.copy'
+\copy train FROM '$data/train.copy'
+\copy heldout FROM '$data/heldout.copy'
+CREATE INDEX items_v ON items USING gnnhnsw (v vector_l2_ops) WITH (m = 16, ef_construction = 64);
+ANALYZE items;
+CREATE OR REPLACE FUNCTION p10(exact bool) RETURNS float8 LANGUAGE plpgsql AS \$\$
+DECLARE
+	s float8 := 0;
+	n int := 0;
+	r record;
+BEGIN
+	FOR r IN SELECT label, q FROM heldout LOOP
+		IF exact THEN
+			s := s + (SELECT count(*) FILTER (WHERE label = r.label) FROM
+				(SELECT label FROM items ORDER BY l2_distance(v, r.q) LIMIT 10) t) / 10.0;
+		ELSE
+			s := s + (SELECT count(*) FILTER (WHERE label = r.label) FROM
+				(SELECT label FROM items ORDER BY v <-> r.q LIMIT 10) t) / 10.0;
+		END IF;
+		n := n + 1;
+	END LOOP;
+	RETURN s / n;
+END \$\$;
+CREATE OR REPLACE FUNCTION ms_per_query() RETURNS float8 LANGUAGE plpgsql AS \$\$
+DECLARE
+	t0 timestamptz := clock_timestamp();
+	n int := 0;
+	r record;
+BEGIN
+	FOR r IN SELECT q FROM heldout LOOP
+		PERFORM id FROM (SELECT id FROM items ORDER BY v <-> r.q LIMIT 10) t;
+		n := n + 1;
+	END LOOP;
+	RETURN extract(epoch FROM clock_timestamp() - t0) * 1000 / n;
+END \$\$;
+SQL
+psql_q -At <<SQL
+SET gnnvec.ef_search = 100;
+SET gnnvec.rerank_candidates = 100;
+SELECT '$2 exact ' || round(p10(true)::numeric, 3);
+SET enable_seqscan = off;
+SELECT '$2 plain_scan ' || round(p10(false)::numeric, 3);
+SELECT gnnvec_model_reset('items_v') >= 0 AS reset;
+SELECT count(*) >= 0 AS untrained_made FROM gnnvec_train('items_v', 'SELECT q, p FROM train LIMIT 8', epochs => 1,
+	learning_rate => 1e-7, validation_fraction => 0);
+SET gnnvec.rerank = on;
+SELECT '$2 untrained ' || round(p10(false)::numeric, 3);
+RESET gnnvec.rerank;
+SELECT gnnvec_model_reset('items_v') >= 0 AS reset;
+SELECT clock_timestamp() AS t0 \gset
+SELECT count(*) >= 0 AS trained FROM gnnvec_train('items_v', 'SELECT q, p FROM train', epochs => 3);
+SELECT '$2 training_seconds ' || round(extract(epoch FROM clock_timestamp() - :'t0')::numeric, 1);
+SELECT '$2 config ' || config FROM gnnvec_model_info('items_v');
+SET gnnvec.rerank = on;
+SELECT '$2 trained ' || round(p10(false)::numeric, 3);
+SELECT ms_per_query() >= 0 AS warm;
+SELECT '$2 rerank_ms ' || round(ms_per_query()::numeric, 3);
+RESET gnnvec.rerank;
+SELECT '$2 plain_ms ' || round(ms_per_query()::numeric, 3);
+SET gnnvec.rerank = on;
+SELECT '$2 rerank_ms ' || round(ms_per_query()::numeric, 3);
+RESET gnnvec.rerank;
+SELECT '$2 plain_ms ' || round(ms_per_query()::numeric, 3);
+SQL
+echo "$2 baseline(k val test exact_numpy) $(cat $data/baseline.txt)"
