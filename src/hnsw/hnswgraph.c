@@ -409,11 +409,31 @@ hnsw_heuristic_select(HnswMetric metric, int dim, const HnswHeapItem *cands,
 }
 
 int
+hnsw_select_keep_pruned(HnswMetric metric, int dim, const HnswHeapItem *cands,
+						int ncands, int max, HnswVectorOf vector_of, void *arg,
+						HnswHeapItem *out)
+{
+	int			n = hnsw_heuristic_select(metric, dim, cands, ncands, max,
+										  vector_of, arg, out);
+
+	for (int i = 0; i < ncands && n < max; i++)
+	{
+		bool		kept = false;
+
+		for (int j = 0; j < n && !kept; j++)
+			kept = out[j].id == cands[i].id;
+		if (!kept)
+			out[n++] = cands[i];
+	}
+	return n;
+}
+
+int
 hnsw_select_neighbors(HnswGraph *g, const HnswHeapItem *cands, int ncands,
 					  int max, HnswHeapItem *out)
 {
-	return hnsw_heuristic_select(g->metric, g->dim, cands, ncands, max,
-								 hnsw_graph_vector_of, g, out);
+	return hnsw_select_keep_pruned(g->metric, g->dim, cands, ncands, max,
+								   hnsw_graph_vector_of, g, out);
 }
 
 static int

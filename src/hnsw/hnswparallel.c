@@ -212,8 +212,8 @@ static int
 select_neighbors(ParallelBuilder *pb, const HnswHeapItem *cands, int n,
 				 int max, HnswHeapItem *out)
 {
-	return hnsw_heuristic_select(pb->metric, pb->sh->dim, cands, n, max,
-								 shared_vector, pb, out);
+	return hnsw_select_keep_pruned(pb->metric, pb->sh->dim, cands, n, max,
+								   shared_vector, pb, out);
 }
 
 static int
