@@ -812,8 +812,8 @@ insert_vector(Relation index, const float *vec, ItemPointer heaptid,
 				cands[nc++] = found[i];
 			}
 			nentries = nf;
-			nselected[lc] = hnsw_heuristic_select(metric, dim, cands, nc, m,
-												  lazy_vector_of, &lv, kept);
+			nselected[lc] = hnsw_select_keep_pruned(metric, dim, cands, nc, m,
+													lazy_vector_of, &lv, kept);
 			selected[lc] = palloc(sizeof(int) * m);
 			for (i = 0; i < nselected[lc]; i++)
 				selected[lc][i] = kept[i].id;
