@@ -569,11 +569,13 @@ check_scan_cache(Relation index, IndexImage *img)
 {
 	uint32		generation;
 	const HnswVecCache *c = hnsw_scan_cache_peek(index, &generation);
-	float	   *vec;
+	HnswSearch	loader;
 
 	if (c == NULL || c->map == NULL || generation != img->meta.generation)
 		return;
-	vec = palloc(sizeof(float) * img->meta.dims);
+	hnsw_search_init(&loader, index, (HnswMetric) img->meta.metric,
+					 img->meta.dims, img->meta.m, NULL);
+	loader.load_vectors = true;
 	for (uint64 i = 0; i <= c->mask; i++)
 	{
 		uint64		key = c->map[i].key;
@@ -589,17 +591,17 @@ check_scan_cache(Relation index, IndexImage *img)
 					"this backend's scan cache holds an element the index does not have");
 		else if (!img->elems[k].deleted)
 		{
-			ItemPointerData tid;
+			HnswElement e;
 
-			ItemPointerSet(&tid, KEY_BLK(key), KEY_OFF(key));
-			hnsw_load_vector(index, &tid, vec);
-			if (memcmp(vec, cached, sizeof(float) * img->meta.dims) != 0 ||
+			ItemPointerSet(&e.tid, KEY_BLK(key), KEY_OFF(key));
+			hnsw_load_element(&loader, &e);
+			if (memcmp(e.vec, cached, sizeof(float) * img->meta.dims) != 0 ||
 				hnsw_vcache_word(cached) != hnsw_tid_key(&img->elems[k].neighbortid))
 				problem(img, KEY_BLK(key), KEY_OFF(key),
 						"this backend's scan cache disagrees with the element's vector or neighbour tuple");
+			pfree(e.vec);
 		}
 	}
-	pfree(vec);
 }
 
 PG_FUNCTION_INFO_V1(gnnvec_index_check);

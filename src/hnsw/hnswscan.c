@@ -95,13 +95,19 @@ typedef struct HnswScanOpaqueData
 
 typedef HnswScanOpaqueData *HnswScanOpaque;
 
+static bool
+scan_cache_is_for(const ScanCache *sc, Relation index)
+{
+	return sc->indexoid == RelationGetRelid(index) &&
+		memcmp(&sc->node, &INDEX_FILE(index), sizeof(sc->node)) == 0;
+}
+
 /* This backend's cache for the index, if it has one (no side effects). */
 const HnswVecCache *
 hnsw_scan_cache_peek(Relation index, uint32 *generation)
 {
 	for (ScanCache *sc = scanCaches; sc != NULL; sc = sc->next)
-		if (sc->indexoid == RelationGetRelid(index) &&
-			memcmp(&sc->node, &INDEX_FILE(index), sizeof(sc->node)) == 0)
+		if (scan_cache_is_for(sc, index))
 		{
 			*generation = sc->generation;
 			return &sc->vc;
@@ -172,8 +178,7 @@ get_scan_cache(Relation index, const HnswMetaPageData *meta)
 		return NULL;
 	for (link = &scanCaches; (sc = *link) != NULL; link = &sc->next, n++)
 	{
-		if (sc->indexoid == RelationGetRelid(index) &&
-			memcmp(&sc->node, &INDEX_FILE(index), sizeof(sc->node)) == 0)
+		if (scan_cache_is_for(sc, index))
 			break;
 	}
 	if (sc != NULL)
