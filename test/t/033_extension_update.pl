@@ -1,4 +1,4 @@
-# CREATE EXTENSION gives 0.1.1 (0.1.0 and the update script), and a 0.1.0
+# CREATE EXTENSION gives 0.1.2 (0.1.0 and the update scripts), and a 0.1.0
 # installation updates to it: the MicroLoRA mutators are closed to PUBLIC
 # either way, while the rest stays open.
 use strict;
@@ -24,7 +24,7 @@ my $closed = 'false false false false false false false false true true';
 
 $node->safe_psql('postgres', 'CREATE EXTENSION gnnvec');
 is($node->safe_psql('postgres', q{SELECT extversion FROM pg_extension WHERE extname = 'gnnvec'}),
-	'0.1.1', 'CREATE EXTENSION installs 0.1.1');
+	'0.1.2', 'CREATE EXTENSION installs 0.1.2');
 is($node->safe_psql('postgres', $privileges), $closed, 'mutators closed to PUBLIC in a new installation');
 
 $node->safe_psql('old', q{CREATE EXTENSION gnnvec VERSION '0.1.0'});
@@ -32,7 +32,7 @@ is($node->safe_psql('old', $privileges), 'true true true true true true true tru
 	'0.1.0 left them open');
 $node->safe_psql('old', 'ALTER EXTENSION gnnvec UPDATE');
 is($node->safe_psql('old', q{SELECT extversion FROM pg_extension WHERE extname = 'gnnvec'}),
-	'0.1.1', 'ALTER EXTENSION UPDATE reaches 0.1.1');
+	'0.1.2', 'ALTER EXTENSION UPDATE reaches 0.1.2');
 is($node->safe_psql('old', $privileges), $closed, 'the update closes them');
 
 $node->stop;
