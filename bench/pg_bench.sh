@@ -39,10 +39,27 @@ case $engine in
 esac
 psql_q() { psql -X -q -v ON_ERROR_STOP=1 -d $db "$@"; }
 
-# wall time of one statement in seconds, measured by psql's \timing
+# CPU seconds used so far by the backend: /proc/self/schedstat counts its
+# main thread in nanoseconds (scans are single-threaded); /proc/self/stat
+# counts every thread, in clock ticks (CAGRA builds run threads of their own)
+cpu_thread="split_part(pg_read_file('/proc/self/schedstat'), ' ', 1)::bigint / 1e9"
+cpu_process="(split_part(pg_read_file('/proc/self/stat'), ' ', 14)::bigint +
+	split_part(pg_read_file('/proc/self/stat'), ' ', 15)::bigint) / $(getconf CLK_TCK)::numeric"
+
+# timed CPU_EXPR [-c SQL ...] -c STATEMENT: "WALL CPU", the seconds of the last
+# statement by psql's \timing and by CPU_EXPR, so that the second does not
+# depend on what else runs on a shared machine
 timed() {
-	psql -X -q -v ON_ERROR_STOP=1 -d $db -c '\timing on' "$@" | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' | tail -1 |
-		awk '{ printf "%.4f", $1 / 1000 }'
+	local cpu=$1 last=${*: -1}
+	set -- "${@:2:$#-3}"
+	psql -X -q -At -v ON_ERROR_STOP=1 -d $db "$@" -f - <<SQL |
+SELECT $cpu AS cpu0 \\gset
+\\timing on
+$last;
+\\timing off
+SELECT 'cpu ' || ($cpu - :cpu0);
+SQL
+		awk '/^Time: / { wall = $2 / 1000 } /^cpu / { cpu = $2 } END { printf "%.4f %.4f", wall, cpu }'
 }
 
 dropdb --if-exists $db
@@ -61,25 +78,29 @@ nq=$(psql_q -At -c 'SELECT count(*) FROM queries')
 
 # bench_index NAME RESULTS_PREFIX REPS WITH_OPTIONS: build (timed), size, searches
 bench_index() {
-	local name=$1 prefix=$2 reps=$3 with=$4 csv="$out/${csv_prefix}_$1.csv" build bytes best t
-	echo "kind,ef,seconds,queries,bytes" >"$csv"
+	local name=$1 prefix=$2 reps=$3 with=$4 csv="$out/${csv_prefix}_$1.csv" build bytes t wall cpu
+	echo "kind,ef,seconds,queries,bytes,cpu_seconds" >"$csv"
 	psql_q -c 'DROP INDEX IF EXISTS items_embedding'
-	build=$(timed -c "CREATE INDEX items_embedding ON items USING $am (embedding $opclass) WITH ($with)")
+	# serial, so that the backend's CPU time is the whole build's work
+	build=$(timed "$cpu_process" -c "SET max_parallel_maintenance_workers = 0" \
+		-c "CREATE INDEX items_embedding ON items USING $am (embedding $opclass) WITH ($with)")
 	bytes=$(psql_q -At -c "SELECT pg_relation_size('items_embedding')")
-	echo "build,0,$build,$n,$bytes" >>"$csv"
-	echo "$ext $am ($name) build: ${build}s for $n rows, index $bytes bytes"
+	echo "build,0,${build% *},$n,$bytes,${build#* }" >>"$csv"
+	echo "$ext $am ($name) build: ${build% *}s wall, ${build#* }s CPU for $n rows, index $bytes bytes"
 
 	for ef in $ef_list; do
-		best=
+		wall= cpu=
 		for _ in $(seq "$reps"); do
-			t=$(timed -c "SET $guc = $ef" -c "SET enable_seqscan = off" \
+			t=$(timed "$cpu_thread" -c "SET $guc = $ef" -c "SET enable_seqscan = off" \
 				-c "COPY (SELECT q.id, r.id FROM queries q CROSS JOIN LATERAL
 				          (SELECT id FROM items ORDER BY embedding $op q.embedding LIMIT 10) r)
 				    TO '$out/${prefix}_ef$ef.csv' (FORMAT csv)")
-			if [ -z "$best" ] || awk "BEGIN { exit !($t < $best) }"; then best=$t; fi
+			# best of the runs, wall and CPU each on its own
+			if [ -z "$wall" ] || awk "BEGIN { exit !(${t% *} < $wall) }"; then wall=${t% *}; fi
+			if [ -z "$cpu" ] || awk "BEGIN { exit !(${t#* } < $cpu) }"; then cpu=${t#* }; fi
 		done
-		echo "search,$ef,$best,$nq,0" >>"$csv"
-		echo "$ext $am ($name) ef_search=$ef: ${best}s for all queries"
+		echo "search,$ef,$wall,$nq,0,$cpu" >>"$csv"
+		echo "$ext $am ($name) ef_search=$ef: ${wall}s wall, ${cpu}s CPU for all queries"
 	done
 }
 

@@ -7,7 +7,10 @@ Reads RESULT_DIR/{hnswlib.csv,pg_hnsw.csv,pg_cagra.csv,pgv_hnsw.csv} and the
 (query id, item id) result files beside them (pgv_* only when pgvector ran),
 prints markdown tables and draws RESULT_DIR/recall_qps.png.
 
-q/s at equal recall: each curve's q/s at recall@10 = 0.95 and 0.99, linear in
+Speeds are given twice: by wall time and by CPU time (the PostgreSQL
+backend's, hnswlib's process), the second being what other jobs on a shared
+machine do not move.  q/s at equal recall: each curve's q/s at recall@10 =
+0.95 and 0.99, linear in
 log(q/s) between the two ef_search points whose recall brackets the target;
 "not reached" when no point reaches it; when the smallest ef_search is
 already above the target, its q/s is a lower bound, marked ">=".
@@ -29,13 +32,14 @@ gt = load_gt10(dataset, meta)
 
 
 class Curve:
-    """One index: build seconds, size, and (ef, recall, q/s) per ef_search."""
+    """One index: build seconds (wall, CPU), size, and per ef_search
+    (ef, recall, {"wall": q/s, "cpu": q/s})."""
 
     def __init__(self, name, csv_name, results_prefix=None):
         r = rows(f"{res}/{csv_name}")
         build = next(x for x in r if x["kind"] == "build")
         self.name = name
-        self.build = float(build["seconds"])
+        self.build = {"wall": float(build["seconds"]), "cpu": float(build["cpu_seconds"])}
         self.bytes = int(build["bytes"]) if build.get("bytes") else None
         self.points = []
         for x in (x for x in r if x["kind"] == "search"):
@@ -44,18 +48,20 @@ class Curve:
                 recall = results_recall(f"{res}/{results_prefix}_ef{ef}.csv", gt)
             else:
                 recall = float(x["recall_at_10"])
-            self.points.append((ef, recall, int(x["queries"]) / float(x["seconds"])))
+            n = int(x["queries"])
+            self.points.append((ef, recall, {"wall": n / float(x["seconds"]), "cpu": n / float(x["cpu_seconds"])}))
 
     def recall(self, ef):
         return next(r for e, r, _ in self.points if e == ef)
 
-    def qps(self, ef):
-        return next(q for e, _, q in self.points if e == ef)
+    def qps(self, ef, clock):
+        return next(q[clock] for e, _, q in self.points if e == ef)
 
-    def qps_at(self, target):
+    def qps_at(self, target, clock):
         """(q/s, is_lower_bound) at recall target, or None if never reached."""
         prev = None
-        for _, r, q in self.points:
+        for _, r, qs in self.points:
+            q = qs[clock]
             if r >= target:
                 if prev is None:
                     return q, True
@@ -101,34 +107,40 @@ print()
 print("| | gnnhnsw | " + " | ".join(p.name for p in peers) + " | "
       + " | ".join(f"gnnhnsw / {p.name}" for p in peers) + " |")
 print("|---|---:|" + "---:|" * (2 * len(peers)))
-print(f"| build (s) | {gnn.build:.1f} | " + " | ".join(f"{p.build:.1f}" for p in peers) + " | "
-      + " | ".join(f"{gnn.build / p.build:.2f}x" for p in peers) + " |")
+for clock, what in (("wall", "wall"), ("cpu", "CPU")):
+    print(f"| build, {what} s | {gnn.build[clock]:.1f} | " + " | ".join(f"{p.build[clock]:.1f}" for p in peers)
+          + " | " + " | ".join(f"{gnn.build[clock] / p.build[clock]:.2f}x" for p in peers) + " |")
 print(f"| index size | {mib(gnn.bytes)} | " + " | ".join(mib(p.bytes) if p.bytes else "(in memory)" for p in peers)
       + " | " + " | ".join(f"{gnn.bytes / p.bytes:.2f}x" if p.bytes else "" for p in peers) + " |")
-for target in TARGETS:
-    g = gnn.qps_at(target)
-    print(f"| q/s at recall {target} | {fmt_qps(g)} | " + " | ".join(fmt_qps(p.qps_at(target)) for p in peers)
-          + " | " + " | ".join(fmt_ratio(g, p.qps_at(target)) for p in peers) + " |")
+for clock, what in (("cpu", "CPU"), ("wall", "wall")):
+    for target in TARGETS:
+        g = gnn.qps_at(target, clock)
+        print(f"| q/s ({what}) at recall {target} | {fmt_qps(g)} | "
+              + " | ".join(fmt_qps(p.qps_at(target, clock)) for p in peers)
+              + " | " + " | ".join(fmt_ratio(g, p.qps_at(target, clock)) for p in peers) + " |")
 print()
-print(f"build_method = 'cagra' (cpu): build {cagra.build:.1f}s ({gnn.build / cagra.build:.2f}x faster than "
-      f"gnnhnsw's hnsw build), index {mib(cagra.bytes)}.")
+print(f"build_method = 'cagra' (cpu): build {cagra.build['wall']:.1f}s wall, {cagra.build['cpu']:.1f}s CPU "
+      f"({cagra.build['wall'] / gnn.build['wall']:.2f}x gnnhnsw's hnsw build in wall time), index {mib(cagra.bytes)}.")
 print()
 gap_vs = "pgvector" if pgv else "hnswlib"
 ref = pgv or hnswlib
 print("| ef_search | recall gnnhnsw | recall " + " | recall ".join(p.name for p in peers)
-      + f" | gap vs {gap_vs} (points) | recall cagra | q/s gnnhnsw | q/s " + " | q/s ".join(p.name for p in peers) + " |")
-print("|---:|" + "---:|" * (4 + 2 * len(peers)))
+      + f" | gap vs {gap_vs} (points) | recall cagra | CPU q/s gnnhnsw | CPU q/s "
+      + " | CPU q/s ".join(p.name for p in peers) + " | wall q/s gnnhnsw | wall q/s "
+      + " | wall q/s ".join(p.name for p in peers) + " |")
+print("|---:|" + "---:|" * (5 + 3 * len(peers)))
 for ef, r, q in gnn.points:
     print(f"| {ef} | {r:.4f} | " + " | ".join(f"{p.recall(ef):.4f}" for p in peers)
-          + f" | {100 * (r - ref.recall(ef)):+.1f} | {cagra.recall(ef):.4f} | {q:.0f} | "
-          + " | ".join(f"{p.qps(ef):.0f}" for p in peers) + " |")
+          + f" | {100 * (r - ref.recall(ef)):+.1f} | {cagra.recall(ef):.4f} | {q['cpu']:.0f} | "
+          + " | ".join(f"{p.qps(ef, 'cpu'):.0f}" for p in peers) + f" | {q['wall']:.0f} | "
+          + " | ".join(f"{p.qps(ef, 'wall'):.0f}" for p in peers) + " |")
 
 fig, ax = plt.subplots(figsize=(7, 4))
 for c in [gnn, cagra] + peers:
-    ax.plot([r for _, r, _ in c.points], [q for _, _, q in c.points], "o-", label=c.name)
+    ax.plot([r for _, r, _ in c.points], [q["cpu"] for _, _, q in c.points], "o-", label=c.name)
 ax.set_yscale("log")
 ax.set_xlabel("recall@10")
-ax.set_ylabel("queries/s (one core)")
+ax.set_ylabel("queries per CPU second (one core)")
 ax.set_title(f"{os.path.basename(os.path.normpath(res))}: {meta['n']} x {meta['dim']}, {meta['metric']}, "
              "m=16, ef_construction=64")
 ax.legend()
