@@ -55,3 +55,52 @@ RESET gnnvec.ef_search;
 DROP TABLE sc CASCADE;
 DROP FUNCTION sc_top5();
 DROP FUNCTION sc_bumps(bigint);
+
+-- 8-bit codes: an index larger than the budget caches codes (L2, inner
+-- product and cosine; float vectors for L1), its scans find what exact
+-- search finds when ef_search covers the table, and the check finds
+-- every code within half a step of its vector.
+SET enable_seqscan = off;
+CREATE TABLE sq (id int PRIMARY KEY, v vector(32));
+INSERT INTO sq SELECT i, array(SELECT (hashint8(i * 64 + j) % 100000) / 1e5 * (1 + j % 5) + 0.1 * j
+		FROM generate_series(1, 32) j)::real[]::vector
+	FROM generate_series(1, 3000) i;
+CREATE INDEX sq_l2 ON sq USING gnnhnsw (v vector_l2_ops) WITH (m = 8, ef_construction = 32);
+CREATE INDEX sq_cos ON sq USING gnnhnsw (v vector_cosine_ops) WITH (m = 8, ef_construction = 32);
+CREATE INDEX sq_l1 ON sq USING gnnhnsw (v vector_l1_ops) WITH (m = 8, ef_construction = 32);
+SELECT pg_relation_size('sq_l2') > 256 * 1024 AS larger_than_budget;
+-- top 10 of every 100th row by each operator, through whatever scan runs
+CREATE FUNCTION sq_top10(op text) RETURNS TABLE (qid int, ids int[]) LANGUAGE plpgsql AS $$
+BEGIN
+	RETURN QUERY EXECUTE format(
+		'SELECT q.id, array(SELECT id FROM sq ORDER BY v %s q.v LIMIT 10)
+		 FROM sq q WHERE q.id %% 100 = 0 ORDER BY q.id', op);
+END $$;
+SET gnnvec.scan_cache_size = '256kB';
+SET gnnvec.ef_search = 200;
+CREATE TEMP TABLE c_l2 AS SELECT * FROM sq_top10('<->');
+CREATE TEMP TABLE c_cos AS SELECT * FROM sq_top10('<=>');
+CREATE TEMP TABLE c_l1 AS SELECT * FROM sq_top10('<+>');
+SELECT index, codes FROM gnnvec_scan_cache() WHERE index::text LIKE 'sq%' ORDER BY index::text;
+SELECT * FROM gnnvec_index_check('sq_l2');
+SELECT * FROM gnnvec_index_check('sq_cos');
+SELECT * FROM gnnvec_index_check('sq_l1');
+SET enable_indexscan = off;
+SET enable_seqscan = on;
+CREATE TEMP TABLE e_l2 AS SELECT * FROM sq_top10('<->');
+CREATE TEMP TABLE e_cos AS SELECT * FROM sq_top10('<=>');
+CREATE TEMP TABLE e_l1 AS SELECT * FROM sq_top10('<+>');
+-- recall@10 against exact search, per operator
+SELECT op, count(*) AS queries,
+	avg(cardinality(array(SELECT unnest(c.ids) INTERSECT SELECT unnest(e.ids)))) >= 9.9 AS recall_ok
+FROM (SELECT '<->' AS op, * FROM c_l2 UNION ALL SELECT '<=>', * FROM c_cos
+	  UNION ALL SELECT '<+>', * FROM c_l1) c
+JOIN (SELECT '<->' AS op, * FROM e_l2 UNION ALL SELECT '<=>', * FROM e_cos
+	  UNION ALL SELECT '<+>', * FROM e_l1) e USING (op, qid)
+GROUP BY op ORDER BY op;
+RESET enable_indexscan;
+RESET enable_seqscan;
+RESET gnnvec.ef_search;
+RESET gnnvec.scan_cache_size;
+DROP TABLE sq;
+DROP FUNCTION sq_top10(text);

@@ -392,6 +392,11 @@ extern int	hnsw_select_neighbors(HnswGraph *g, const HnswHeapItem *cands,
  * grows in chunks up to a byte budget shared by every cache that points at
  * the same counter.  Once the budget is spent, puts are refused: what was
  * cached first stays (a scan meets the upper levels' elements first).
+ *
+ * A cache holds either the float vectors, whose distances are exact, or
+ * 8-bit codes (scalar quantisation per vector: x[i] ~ offset + scale *
+ * code[i], with the exact squared norm kept), four times as many in the
+ * same budget, whose distances are approximations the caller must check.
  */
 typedef struct HnswVecCacheEntry
 {
@@ -402,6 +407,7 @@ typedef struct HnswVecCacheEntry
 typedef struct HnswVecCache
 {
 	int			dim;
+	bool		codes;			/* 8-bit codes, not float vectors */
 	HnswVecCacheEntry *map;		/* open addressing */
 	uint64_t	mask;
 	int32_t		n;
@@ -414,32 +420,65 @@ typedef struct HnswVecCache
 	const HnswAllocator *a;
 } HnswVecCache;
 
+/* The header of an 8-bit code, before its dim bytes. */
+typedef struct HnswVecCode
+{
+	float		offset;
+	float		scale;
+	float		norm2;			/* the float vector's squared norm */
+	float		pad;
+} HnswVecCode;
+
+/* A query as cached distances need it: its sum and squared norm too. */
+typedef struct HnswVecQuery
+{
+	const float *x;
+	float		sum;
+	float		norm2;
+} HnswVecQuery;
+
 #define HNSW_VCACHE_CHUNK	256
 
-extern void hnsw_vcache_init(HnswVecCache *c, int dim, size_t *used,
-							 size_t limit, const HnswAllocator *a);
+extern void hnsw_vcache_init(HnswVecCache *c, int dim, bool codes,
+							 size_t *used, size_t limit,
+							 const HnswAllocator *a);
 /* Forget every entry and give the memory back. */
 extern void hnsw_vcache_clear(HnswVecCache *c);
 /* Bring key's map entry towards the CPU before a get. */
 extern void hnsw_vcache_prefetch(const HnswVecCache *c, uint64_t key);
 /*
- * The vector under key, or NULL.  Only the map is read: the vector and its
- * word (hnsw_vcache_word) may be prefetched before they are used.
+ * The entry under key (a float vector or a code), or NULL.  Only the map
+ * is read: the entry and its word (hnsw_vcache_word) may be prefetched,
+ * hnsw_vcache_entry_bytes of them, before they are used.
  */
-extern const float *hnsw_vcache_get(const HnswVecCache *c, uint64_t key);
+extern const void *hnsw_vcache_get(const HnswVecCache *c, uint64_t key);
+extern size_t hnsw_vcache_entry_bytes(const HnswVecCache *c);
 
-/* The caller's word of a vector hnsw_vcache_get returned. */
+/* The caller's word of an entry hnsw_vcache_get returned. */
 static inline uint64_t
-hnsw_vcache_word(const float *vec)
+hnsw_vcache_word(const void *entry)
 {
 	uint64_t	w;
 
-	memcpy(&w, (const char *) vec - sizeof(uint64_t), sizeof(uint64_t));
+	memcpy(&w, (const char *) entry - sizeof(uint64_t), sizeof(uint64_t));
 	return w;
 }
-/* Add key with a copy of vec; false when the budget is spent. */
+/* Add key with a copy (or the code) of vec; false when the budget is spent. */
 extern bool hnsw_vcache_put(HnswVecCache *c, uint64_t key, const float *vec,
 							uint64_t aux);
+extern void hnsw_vcache_query(HnswVecQuery *q, const float *x, int dim);
+/*
+ * hnsw_distance of the query to an entry: exact for float vectors, an
+ * approximation for codes (metrics L2, IP and cosine; codes are not made
+ * for L1).
+ */
+extern float hnsw_vcache_distance(const HnswVecCache *c, HnswMetric metric,
+								  const HnswVecQuery *q, const void *entry);
+/* The float vector an entry stands for (out: dim floats). */
+extern void hnsw_vcache_decode(const HnswVecCache *c, const void *entry,
+							   float *out);
+/* Largest |decoded - true| of one coordinate of an entry. */
+extern float hnsw_vcache_error(const HnswVecCache *c, const void *entry);
 
 /*
  * hnswreach.c: a breadth-first walk over line-pointer slots (block,
@@ -728,6 +767,7 @@ typedef struct HnswSearch
 	bool		load_vectors;	/* keep each element's vector */
 	int64		ntuples_read;	/* elements loaded (max_scan_tuples) */
 	HnswVecCache *cache;		/* scans: vectors by element, or NULL */
+	HnswVecQuery cquery;		/* the query, as cached distances need it */
 	float	   *cachebuf;		/* dim floats, for filling the cache */
 } HnswSearch;
 

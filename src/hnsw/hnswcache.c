@@ -7,20 +7,29 @@
  * An open-addressing map from the key to a slot (key and slot side by side:
  * one cache line per probe), and the slots in chunks of HNSW_VCACHE_CHUNK,
  * so that growing never moves a vector; a slot is the caller's word then
- * the vector, read together.  Every byte counts against the budget
- * (*used <= limit), the map included.  PostgreSQL-free; unit-tested in test/unit/test_hnswgraph.c.
+ * the vector (or its 8-bit code), read together.  Every byte counts
+ * against the budget (*used <= limit), the map included.  PostgreSQL-free;
+ * unit-tested in test/unit/test_hnswgraph.c.
+ *
+ * Codes are per-vector scalar quantisation (min and step of the vector's
+ * own coordinates, 256 levels), so no training pass is needed and a
+ * coordinate is off by at most half a step.  Their distances go through
+ * one float-by-byte dot product: x.q = offset * sum(q) + scale * code.q,
+ * and |x - q|^2 = |x|^2 - 2 x.q + |q|^2 with |x|^2 kept exact.
  */
 #define HNSW_PURE
 #include "hnsw/hnsw.h"
 
+#include <math.h>
 #include <string.h>
 
 void
-hnsw_vcache_init(HnswVecCache *c, int dim, size_t *used, size_t limit,
-				 const HnswAllocator *a)
+hnsw_vcache_init(HnswVecCache *c, int dim, bool codes, size_t *used,
+				 size_t limit, const HnswAllocator *a)
 {
 	memset(c, 0, sizeof(HnswVecCache));
 	c->dim = dim;
+	c->codes = codes;
 	c->used = used;
 	c->limit = limit;
 	c->a = a;
@@ -38,7 +47,7 @@ hnsw_vcache_clear(HnswVecCache *c)
 	if (c->map)
 		a->free(a->ctx, c->map);
 	*c->used -= c->bytes;
-	hnsw_vcache_init(c, c->dim, c->used, c->limit, a);
+	hnsw_vcache_init(c, c->dim, c->codes, c->used, c->limit, a);
 }
 
 /* Take bytes from the budget, or refuse. */
@@ -92,11 +101,19 @@ map_resize(HnswVecCache *c, uint64_t size)
 	return true;
 }
 
-/* Bytes of one slot: the caller's word, then the vector. */
+size_t
+hnsw_vcache_entry_bytes(const HnswVecCache *c)
+{
+	if (c->codes)				/* padded: the next slot's word stays aligned */
+		return sizeof(HnswVecCode) + (((size_t) c->dim + 7) & ~(size_t) 7);
+	return sizeof(float) * c->dim;
+}
+
+/* Bytes of one slot: the caller's word, then the entry. */
 static inline size_t
 slot_bytes(const HnswVecCache *c)
 {
-	return sizeof(uint64_t) + sizeof(float) * c->dim;
+	return sizeof(uint64_t) + hnsw_vcache_entry_bytes(c);
 }
 
 static inline char *
@@ -138,7 +155,7 @@ hnsw_vcache_prefetch(const HnswVecCache *c, uint64_t key)
 		hnsw_prefetch(&c->map[hnsw_key_hash(key) & c->mask]);
 }
 
-const float *
+const void *
 hnsw_vcache_get(const HnswVecCache *c, uint64_t key)
 {
 	uint64_t	j;
@@ -149,10 +166,37 @@ hnsw_vcache_get(const HnswVecCache *c, uint64_t key)
 	while (c->map[j].key != 0)
 	{
 		if (c->map[j].key == key)
-			return (const float *) (slot_at(c, c->map[j].slot) + sizeof(uint64_t));
+			return slot_at(c, c->map[j].slot) + sizeof(uint64_t);
 		j = (j + 1) & c->mask;
 	}
 	return NULL;
+}
+
+/* The 8-bit code of vec (dim floats) into out: header, then dim bytes. */
+static void
+encode(const float *vec, int dim, char *out)
+{
+	HnswVecCode h;
+	uint8_t    *code = (uint8_t *) out + sizeof(HnswVecCode);
+	float		lo = vec[0],
+				hi = vec[0];
+
+	for (int i = 1; i < dim; i++)
+	{
+		lo = vec[i] < lo ? vec[i] : lo;
+		hi = vec[i] > hi ? vec[i] : hi;
+	}
+	memset(&h, 0, sizeof(h));
+	h.offset = lo;
+	h.scale = (hi - lo) / 255.0f;
+	for (int i = 0; i < dim; i++)
+	{
+		float		level = h.scale > 0 ? rintf((vec[i] - lo) / h.scale) : 0;
+
+		code[i] = (uint8_t) (level < 0 ? 0 : level > 255 ? 255 : level);
+		h.norm2 += vec[i] * vec[i];
+	}
+	memcpy(out, &h, sizeof(h));
 }
 
 bool
@@ -171,7 +215,10 @@ hnsw_vcache_put(HnswVecCache *c, uint64_t key, const float *vec, uint64_t aux)
 		return false;
 	p = slot_at(c, slot);
 	memcpy(p, &aux, sizeof(uint64_t));
-	memcpy(p + sizeof(uint64_t), vec, sizeof(float) * c->dim);
+	if (c->codes)
+		encode(vec, c->dim, p + sizeof(uint64_t));
+	else
+		memcpy(p + sizeof(uint64_t), vec, sizeof(float) * c->dim);
 	j = hnsw_key_hash(key) & c->mask;
 	while (c->map[j].key != 0)
 		j = (j + 1) & c->mask;
@@ -179,4 +226,59 @@ hnsw_vcache_put(HnswVecCache *c, uint64_t key, const float *vec, uint64_t aux)
 	c->map[j].slot = slot;
 	c->n++;
 	return true;
+}
+
+void
+hnsw_vcache_query(HnswVecQuery *q, const float *x, int dim)
+{
+	q->x = x;
+	q->sum = 0;
+	q->norm2 = 0;
+	for (int i = 0; i < dim; i++)
+	{
+		q->sum += x[i];
+		q->norm2 += x[i] * x[i];
+	}
+}
+
+float
+hnsw_vcache_distance(const HnswVecCache *c, HnswMetric metric,
+					 const HnswVecQuery *q, const void *entry)
+{
+	HnswVecCode h;
+	float		dot;
+
+	if (!c->codes)
+		return hnsw_distance(metric, q->x, entry, c->dim);
+	memcpy(&h, entry, sizeof(h));
+	dot = h.offset * q->sum +
+		h.scale * vec_kernels.dot_u8(q->x, (const uint8_t *) entry + sizeof(h), c->dim);
+	return metric == HNSW_METRIC_L2 ? h.norm2 - 2 * dot + q->norm2 : -dot;
+}
+
+void
+hnsw_vcache_decode(const HnswVecCache *c, const void *entry, float *out)
+{
+	HnswVecCode h;
+	const uint8_t *code = (const uint8_t *) entry + sizeof(h);
+
+	if (!c->codes)
+	{
+		memcpy(out, entry, sizeof(float) * c->dim);
+		return;
+	}
+	memcpy(&h, entry, sizeof(h));
+	for (int i = 0; i < c->dim; i++)
+		out[i] = h.offset + h.scale * code[i];
+}
+
+float
+hnsw_vcache_error(const HnswVecCache *c, const void *entry)
+{
+	HnswVecCode h;
+
+	if (!c->codes)
+		return 0;
+	memcpy(&h, entry, sizeof(h));
+	return h.scale / 2;
 }

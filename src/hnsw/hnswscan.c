@@ -117,7 +117,7 @@ hnsw_scan_cache_peek(Relation index, uint32 *generation)
 
 PG_FUNCTION_INFO_V1(gnnvec_scan_cache);
 
-/* This backend's scan caches: index, generation, elements, bytes. */
+/* This backend's scan caches: index, generation, elements, bytes, codes. */
 Datum
 gnnvec_scan_cache(PG_FUNCTION_ARGS)
 {
@@ -126,13 +126,14 @@ gnnvec_scan_cache(PG_FUNCTION_ARGS)
 	InitMaterializedSRF(fcinfo, 0);
 	for (ScanCache *sc = scanCaches; sc != NULL; sc = sc->next)
 	{
-		Datum		values[4];
-		bool		nulls[4] = {false, false, false, false};
+		Datum		values[5];
+		bool		nulls[5] = {false, false, false, false, false};
 
 		values[0] = ObjectIdGetDatum(sc->indexoid);
 		values[1] = Int64GetDatum(sc->generation);
 		values[2] = Int64GetDatum(sc->vc.n);
 		values[3] = Int64GetDatum((int64) sc->vc.bytes);
+		values[4] = BoolGetDatum(sc->vc.codes);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
@@ -146,8 +147,23 @@ drop_scan_cache(ScanCache *sc)
 }
 
 /*
+ * Whether the index's cache is to hold 8-bit codes: when the index is
+ * larger than the budget, its float vectors could not all be held, and
+ * codes hold four times as many (their distances are checked against the
+ * page when a candidate is returned, see candidate_ready).  L1 distances
+ * do not decompose into the dot product the codes are read with.
+ */
+static bool
+scan_cache_codes(Relation index, const HnswMetaPageData *meta, size_t limit)
+{
+	return meta->metric != HNSW_METRIC_L1 &&
+		(uint64) RelationGetNumberOfBlocks(index) * BLCKSZ > limit;
+}
+
+/*
  * This backend's cache for the index, valid for the generation in meta;
- * NULL when gnnvec.scan_cache_size is 0.
+ * NULL when gnnvec.scan_cache_size is 0.  Whether it holds codes is
+ * decided when it starts empty (after each generation change too).
  */
 static HnswVecCache *
 get_scan_cache(Relation index, const HnswMetaPageData *meta)
@@ -197,8 +213,9 @@ get_scan_cache(Relation index, const HnswMetaPageData *meta)
 		sc->indexoid = RelationGetRelid(index);
 		memcpy(&sc->node, &INDEX_FILE(index), sizeof(sc->node));
 		sc->generation = meta->generation;
-		hnsw_vcache_init(&sc->vc, meta->dims, &scanCacheUsed, limit,
-						 &scanCacheAlloc);
+		hnsw_vcache_init(&sc->vc, meta->dims,
+						 scan_cache_codes(index, meta, limit),
+						 &scanCacheUsed, limit, &scanCacheAlloc);
 	}
 	sc->next = scanCaches;
 	scanCaches = sc;
@@ -208,6 +225,8 @@ get_scan_cache(Relation index, const HnswMetaPageData *meta)
 		hnsw_vcache_clear(&sc->vc);
 		sc->generation = meta->generation;
 	}
+	if (sc->vc.n == 0)
+		sc->vc.codes = scan_cache_codes(index, meta, limit);
 	return &sc->vc;
 }
 
@@ -286,6 +305,46 @@ candidate_ready(HnswScanOpaque so)
 }
 
 /*
+ * Verify every candidate of the round (candidate_ready), keeping those to
+ * be returned at the front of so->cands; returns how many.
+ */
+static int
+verify_candidates(HnswScanOpaque so)
+{
+	int			n = 0;
+
+	while (so->pos < so->ncands)
+	{
+		if (!candidate_ready(so))
+			continue;
+		so->cands[n] = so->cands[so->pos];
+		so->candElems[n++] = so->candElems[so->pos++];
+	}
+	so->pos = 0;
+	return n;
+}
+
+/* Insertion sort of the verified candidates by exact distance (about ef). */
+static void
+sort_candidates(HnswScanOpaque so)
+{
+	for (int i = 1; i < so->ncands; i++)
+	{
+		HnswCandidate c = so->cands[i];
+		int			e = so->candElems[i];
+		int			j;
+
+		for (j = i; j > 0 && so->cands[j - 1].distance > c.distance; j--)
+		{
+			so->cands[j] = so->cands[j - 1];
+			so->candElems[j] = so->candElems[j - 1];
+		}
+		so->cands[j] = c;
+		so->candElems[j] = e;
+	}
+}
+
+/*
  * One round of the level-0 search: fills so->cands with the elements found
  * that no earlier round returned, in order of distance.  Their pages are
  * read as the executor asks for rows (candidate_ready), or all at once
@@ -321,19 +380,20 @@ search_round(IndexScanDesc scan)
 	so->heappos = 0;
 	if (rerank)
 	{
-		int			n = 0;
+		int			n = verify_candidates(so);
 
-		/* the plug-in sees verified candidates only */
-		while (so->pos < so->ncands)
-		{
-			if (!candidate_ready(so))
-				continue;
-			so->cands[n] = so->cands[so->pos];
-			so->candElems[n++] = so->candElems[so->pos++];
-		}
-		so->pos = 0;
 		so->ncands = hnsw_scan_rerank(scan->indexRelation, so->query,
 									  so->meta.dims, so->cands, n);
+	}
+	else if (so->search.cache != NULL && so->search.cache->codes)
+	{
+		/*
+		 * Distances from 8-bit codes are off by up to a few percent, more
+		 * than separates near neighbours: read every candidate's vector and
+		 * return them in the order of their exact distances.
+		 */
+		so->ncands = verify_candidates(so);
+		sort_candidates(so);
 	}
 
 	/* a round that found nothing new has seen all it can reach */

@@ -441,6 +441,8 @@ hnsw_search_init(HnswSearch *s, Relation index, HnswMetric metric, int dim,
 	s->dim = dim;
 	s->m = m;
 	s->query = query;
+	if (query)
+		hnsw_vcache_query(&s->cquery, query, dim);
 	s->capelems = 256;
 	s->elems = palloc(sizeof(HnswElement) * s->capelems);
 	hnsw_bind_allocator(&s->alloc);
@@ -664,19 +666,19 @@ search_add_pinned(HnswSearch *s, ItemPointer tid, Buffer buf)
 }
 
 /*
- * Meet an element not visited before whose vector came from the scan
- * cache, without its page: only its distance and neighbour tuple are known
- * (not verified).
+ * Meet an element not visited before whose vector (or code) came from the
+ * scan cache, without its page: only its distance, approximate for a code,
+ * and its neighbour tuple are known (not verified).
  */
 static int
-search_add_cached(HnswSearch *s, ItemPointer tid, const float *vec)
+search_add_cached(HnswSearch *s, ItemPointer tid, const void *entry)
 {
 	HnswElement *e = search_next_elem(s, tid);
-	uint64		aux = hnsw_vcache_word(vec);
+	uint64		aux = hnsw_vcache_word(entry);
 
 	ItemPointerSet(&e->neighbortid, (BlockNumber) (aux >> 16),
 				   (OffsetNumber) (aux & 0xFFFF));
-	e->dist = hnsw_distance(s->metric, s->query, vec, s->dim);
+	e->dist = hnsw_vcache_distance(s->cache, s->metric, &s->cquery, entry);
 	e->level = 0;
 	e->deleted = false;
 	e->nheaptids = 0;
@@ -686,8 +688,8 @@ search_add_cached(HnswSearch *s, ItemPointer tid, const float *vec)
 	return s->nelems++;
 }
 
-/* The cached vector of tid, or NULL. */
-static inline const float *
+/* The cache entry of tid, or NULL. */
+static inline const void *
 search_cached(HnswSearch *s, ItemPointer tid)
 {
 	return s->cache ? hnsw_vcache_get(s->cache, hnsw_tid_key(tid)) : NULL;
@@ -711,12 +713,12 @@ hnsw_search_verify(HnswSearch *s, HnswElement *e)
 int
 hnsw_search_add(HnswSearch *s, ItemPointer tid)
 {
-	const float *vec;
+	const void *entry;
 
 	if (hnsw_keyset_test_and_add(&s->visited, hnsw_tid_key(tid)))
 		return -1;
-	vec = search_cached(s, tid);
-	return vec ? search_add_cached(s, tid, vec) :
+	entry = search_cached(s, tid);
+	return entry ? search_add_cached(s, tid, entry) :
 		search_add_pinned(s, tid, InvalidBuffer);
 }
 
@@ -889,7 +891,7 @@ static void
 level_search_expand(HnswLevelSearch *ls, int id)
 {
 	HnswSearch *s = ls->s;
-	const float *vecs[2 * HNSW_MAX_M];
+	const void *entries[2 * HNSW_MAX_M];
 	ItemPointerData hits[2 * HNSW_MAX_M];
 	int			nn,
 				nt = 0,
@@ -909,13 +911,13 @@ level_search_expand(HnswLevelSearch *ls, int id)
 	}
 	for (i = 0; i < nt; i++)
 	{
-		const float *vec = search_cached(s, &ls->nbrs[i]);
+		const void *entry = search_cached(s, &ls->nbrs[i]);
 
-		if (vec)
+		if (entry)
 		{
-			prefetch_bytes((const char *) vec - sizeof(uint64),
-						   sizeof(uint64) + sizeof(float) * s->dim);
-			vecs[nh] = vec;
+			prefetch_bytes((const char *) entry - sizeof(uint64),
+						   sizeof(uint64) + hnsw_vcache_entry_bytes(s->cache));
+			entries[nh] = entry;
 			hits[nh++] = ls->nbrs[i];
 			continue;
 		}
@@ -927,7 +929,7 @@ level_search_expand(HnswLevelSearch *ls, int id)
 	}
 	for (i = 0; i < nh; i++)
 	{
-		int			idx = search_add_cached(s, &hits[i], vecs[i]);
+		int			idx = search_add_cached(s, &hits[i], entries[i]);
 
 		level_search_meet(ls, s->elems[idx].dist, idx);
 	}

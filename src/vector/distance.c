@@ -11,6 +11,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define VEC_HAVE_X86 1
@@ -76,9 +77,19 @@ cosine_parts_scalar(const float *a, const float *b, int n,
 	*norm_b = bb;
 }
 
+static float
+dot_u8_scalar(const float *a, const uint8_t *b, int n)
+{
+	float		sum = 0.0f;
+
+	for (int i = 0; i < n; i++)
+		sum += a[i] * (float) b[i];
+	return sum;
+}
+
 static const VecKernels scalar_kernels = {
 	l2_squared_scalar, inner_product_scalar, l1_scalar, cosine_parts_scalar,
-	VEC_ISA_SCALAR
+	dot_u8_scalar, VEC_ISA_SCALAR
 };
 
 #ifdef VEC_HAVE_X86
@@ -244,9 +255,40 @@ cosine_parts_avx2(const float *a, const float *b, int n,
 	*norm_b = bb;
 }
 
+/* 8 bytes at a time widened to 8 float lanes */
+AVX2_TARGET static float
+dot_u8_avx2(const float *a, const uint8_t *b, int n)
+{
+	__m256		s0 = _mm256_setzero_ps(),
+				s1 = _mm256_setzero_ps();
+	int			i = 0;
+	float		sum;
+
+	for (; i + 16 <= n; i += 16)
+	{
+		__m128i		c = _mm_loadu_si128((const __m128i *) (b + i));
+		__m256		b0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c));
+		__m256		b1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(c, 8)));
+
+		s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), b0, s0);
+		s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), b1, s1);
+	}
+	for (; i + 8 <= n; i += 8)
+	{
+		__m128i		c = _mm_loadl_epi64((const __m128i *) (b + i));
+
+		s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i),
+							 _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c)), s0);
+	}
+	sum = hsum256(_mm256_add_ps(s0, s1));
+	for (; i < n; i++)
+		sum += a[i] * (float) b[i];
+	return sum;
+}
+
 static const VecKernels avx2_kernels = {
 	l2_squared_avx2, inner_product_avx2, l1_avx2, cosine_parts_avx2,
-	VEC_ISA_AVX2
+	dot_u8_avx2, VEC_ISA_AVX2
 };
 
 /* ---------------------------------------------------------------------
@@ -358,9 +400,36 @@ cosine_parts_avx512(const float *a, const float *b, int n,
 	*norm_b = _mm512_reduce_add_ps(bb);
 }
 
+/* 16 bytes at a time widened to 16 float lanes; a scalar tail (a masked
+ * byte load would need AVX512BW) */
+AVX512_TARGET static float
+dot_u8_avx512(const float *a, const uint8_t *b, int n)
+{
+	__m512		s0 = _mm512_setzero_ps(),
+				s1 = _mm512_setzero_ps();
+	int			i = 0;
+	float		sum;
+
+	for (; i + 32 <= n; i += 32)
+	{
+		__m512		b0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *) (b + i))));
+		__m512		b1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *) (b + i + 16))));
+
+		s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), b0, s0);
+		s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), b1, s1);
+	}
+	for (; i + 16 <= n; i += 16)
+		s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i),
+							 _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *) (b + i)))), s0);
+	sum = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+	for (; i < n; i++)
+		sum += a[i] * (float) b[i];
+	return sum;
+}
+
 static const VecKernels avx512_kernels = {
 	l2_squared_avx512, inner_product_avx512, l1_avx512, cosine_parts_avx512,
-	VEC_ISA_AVX512
+	dot_u8_avx512, VEC_ISA_AVX512
 };
 #endif							/* VEC_HAVE_X86 */
 
@@ -459,6 +528,16 @@ vec_l2_squared_ref(const float *a, const float *b, int n)
 
 double
 vec_inner_product_ref(const float *a, const float *b, int n)
+{
+	double		sum = 0.0;
+
+	for (int i = 0; i < n; i++)
+		sum += (double) a[i] * (double) b[i];
+	return sum;
+}
+
+double
+vec_dot_u8_ref(const float *a, const uint8_t *b, int n)
 {
 	double		sum = 0.0;
 

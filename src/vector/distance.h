@@ -12,6 +12,8 @@
 #ifndef GNNVEC_DISTANCE_H
 #define GNNVEC_DISTANCE_H
 
+#include <stdint.h>
+
 typedef enum VecIsa
 {
 	VEC_ISA_SCALAR = 0,
@@ -27,6 +29,8 @@ typedef struct VecKernels
 	/* dot product and both squared norms in one pass (cosine distance) */
 	void		(*cosine_parts) (const float *a, const float *b, int n,
 								 float *dot, float *norm_a, float *norm_b);
+	/* sum of a[i] * b[i] over float a and bytes b (8-bit codes) */
+	float		(*dot_u8) (const float *a, const uint8_t *b, int n);
 	VecIsa		isa;			/* the level of these kernels; other code
 								 * with SIMD versions follows it */
 } VecKernels;
@@ -73,6 +77,7 @@ extern double vec_cosine_distance(const float *a, const float *b, int n);
 /* Double-precision scalar references, for tests and ground truth. */
 extern double vec_l2_squared_ref(const float *a, const float *b, int n);
 extern double vec_inner_product_ref(const float *a, const float *b, int n);
+extern double vec_dot_u8_ref(const float *a, const uint8_t *b, int n);
 extern double vec_l1_ref(const float *a, const float *b, int n);
 extern double vec_cosine_distance_ref(const float *a, const float *b, int n);
 

@@ -32,13 +32,14 @@ close_enough(double got, double want, double magnitude, int n)
 }
 
 static void
-check_level(VecIsa isa, const float *a, const float *b)
+check_level(VecIsa isa, const float *a, const float *b, const uint8_t *codes)
 {
 	const VecKernels *k = vec_kernels_for(isa);
 	int			bad_l2 = 0,
 				bad_ip = 0,
 				bad_l1 = 0,
-				bad_cos = 0;
+				bad_cos = 0,
+				bad_u8 = 0;
 
 	if (k == NULL)
 	{
@@ -50,13 +51,17 @@ check_level(VecIsa isa, const float *a, const float *b)
 		double		l2 = vec_l2_squared_ref(a, b, n);
 		double		ip = vec_inner_product_ref(a, b, n);
 		double		l1 = vec_l1_ref(a, b, n);
-		double		absip = 0.0;
+		double		absip = 0.0,
+					absu8 = 0.0;
 		float		dot,
 					na,
 					nb;
 
 		for (int i = 0; i < n; i++)
+		{
 			absip += fabs((double) a[i] * b[i]);
+			absu8 += fabs((double) a[i] * codes[i]);
+		}
 
 		if (!close_enough(k->l2_squared(a, b, n), l2, l2, n))
 			bad_l2++;
@@ -69,11 +74,14 @@ check_level(VecIsa isa, const float *a, const float *b)
 			!close_enough(na, vec_inner_product_ref(a, a, n), na, n) ||
 			!close_enough(nb, vec_inner_product_ref(b, b, n), nb, n))
 			bad_cos++;
+		if (!close_enough(k->dot_u8(a, codes, n), vec_dot_u8_ref(a, codes, n), absu8, n))
+			bad_u8++;
 	}
 	CHECK(bad_l2 == 0, "%s l2: %d dims wrong", vec_isa_name(isa), bad_l2);
 	CHECK(bad_ip == 0, "%s inner product: %d dims wrong", vec_isa_name(isa), bad_ip);
 	CHECK(bad_l1 == 0, "%s l1: %d dims wrong", vec_isa_name(isa), bad_l1);
 	CHECK(bad_cos == 0, "%s cosine parts: %d dims wrong", vec_isa_name(isa), bad_cos);
+	CHECK(bad_u8 == 0, "%s float x byte dot: %d dims wrong", vec_isa_name(isa), bad_u8);
 }
 
 int
@@ -81,15 +89,17 @@ main(void)
 {
 	static float a[MAX_DIM],
 				b[MAX_DIM];
+	static uint8_t codes[MAX_DIM];
 	VecIsa		best;
 
 	for (int i = 0; i < MAX_DIM; i++)
 	{
 		a[i] = rand_float();
 		b[i] = rand_float() * 3.0f;
+		codes[i] = (uint8_t) (rng_state >> 13);	/* 0..255, all of it */
 	}
 	for (int isa = VEC_ISA_SCALAR; isa <= VEC_ISA_AVX512; isa++)
-		check_level((VecIsa) isa, a, b);
+		check_level((VecIsa) isa, a, b, codes);
 
 	/* the kernels read nothing past n: an unaligned slice at the end */
 	best = vec_distance_init(VEC_ISA_AVX512);

@@ -422,8 +422,8 @@ test_vcache(void)
 	int			stored = 0,
 				wrong = 0;
 
-	hnsw_vcache_init(&c1, 12, &used, limit, &A);
-	hnsw_vcache_init(&c2, 12, &used, limit, &A);
+	hnsw_vcache_init(&c1, 12, false, &used, limit, &A);
+	hnsw_vcache_init(&c2, 12, false, &used, limit, &A);
 	for (int i = 1; i <= 3000; i++)
 	{
 		for (int d = 0; d < 12; d++)
@@ -434,7 +434,7 @@ test_vcache(void)
 	CHECK(stored == 3000, "3000 vectors of 12 floats fit in 400 kB (%d stored)", stored);
 	for (int i = 1; i <= 3000; i++)
 	{
-		const float *got = hnsw_vcache_get(&c1, (uint64_t) i << 16 | 1);
+		const float *got = (const float *) hnsw_vcache_get(&c1, (uint64_t) i << 16 | 1);
 
 		if (got == NULL || got[0] != (float) (i * 100) || got[11] != (float) (i * 100 + 11) ||
 			hnsw_vcache_word(got) != (uint64_t) i * 7)
@@ -458,6 +458,86 @@ test_vcache(void)
 	CHECK(used == 0, "nothing is held after both are cleared (%zu)", used);
 }
 
+/*
+ * 8-bit codes: each coordinate decodes to within half a step of the
+ * vector's own range, the distances read from codes stay within the bound
+ * that error implies, for L2 and inner product, and a code takes a
+ * quarter of a float vector's bytes (plus its header).
+ */
+static void
+test_vcache_codes(void)
+{
+	enum
+	{
+		DIM = 100, N = 500
+	};
+	HnswVecCache c;
+	HnswVecCache f;
+	HnswVecQuery q;
+	size_t		used = 0;
+	static float vecs[N][DIM];
+	float		query[DIM],
+				decoded[DIM];
+	int			bad_decode = 0,
+				bad_l2 = 0,
+				bad_ip = 0,
+				exact = 0;
+
+	hnsw_vcache_init(&c, DIM, true, &used, (size_t) 1 << 30, &A);
+	hnsw_vcache_init(&f, DIM, false, &used, (size_t) 1 << 30, &A);
+	for (int d = 0; d < DIM; d++)
+		query[d] = 2.0f * urand() - 1.0f;
+	hnsw_vcache_query(&q, query, DIM);
+	for (int i = 0; i < N; i++)
+	{
+		/* a spread that differs from vector to vector, offset from 0 */
+		float		spread = 0.1f + (float) i / N * 10.0f;
+
+		for (int d = 0; d < DIM; d++)
+			vecs[i][d] = 3.0f + spread * (2.0f * urand() - 1.0f);
+		hnsw_vcache_put(&c, (uint64_t) (i + 1) << 16, vecs[i], (uint64_t) i);
+		hnsw_vcache_put(&f, (uint64_t) (i + 1) << 16, vecs[i], (uint64_t) i);
+	}
+	for (int i = 0; i < N; i++)
+	{
+		const void *e = hnsw_vcache_get(&c, (uint64_t) (i + 1) << 16);
+		float		err = hnsw_vcache_error(&c, e);
+		double		qerr = 0,
+					l2 = vec_l2_squared_ref(query, vecs[i], DIM),
+					ip = vec_inner_product_ref(query, vecs[i], DIM);
+		float		got_l2 = hnsw_vcache_distance(&c, HNSW_METRIC_L2, &q, e),
+					got_ip = hnsw_vcache_distance(&c, HNSW_METRIC_IP, &q, e);
+
+		hnsw_vcache_decode(&c, e, decoded);
+		for (int d = 0; d < DIM; d++)
+		{
+			if (fabsf(decoded[d] - vecs[i][d]) > err * 1.001f + 1e-6f)
+				bad_decode++;
+			qerr += fabsf(query[d]) * err;
+		}
+		/* |x.q - x'.q| <= sum |q_d| err; L2 moves by twice that */
+		if (fabs(got_ip + ip) > qerr + 1e-3 * fabs(ip) + 1e-4)
+			bad_ip++;
+		if (fabs(got_l2 - l2) > 2 * qerr + 1e-4 * l2 + 1e-3)
+			bad_l2++;
+		if (hnsw_vcache_word(e) != (uint64_t) i)
+			bad_decode++;
+		e = hnsw_vcache_get(&f, (uint64_t) (i + 1) << 16);
+		if (hnsw_vcache_distance(&f, HNSW_METRIC_L2, &q, e) == vec_l2_squared(query, vecs[i], DIM))
+			exact++;
+	}
+	CHECK(bad_decode == 0, "codes: %d coordinates or words off", bad_decode);
+	CHECK(bad_l2 == 0, "codes: %d L2 distances outside the bound", bad_l2);
+	CHECK(bad_ip == 0, "codes: %d inner products outside the bound", bad_ip);
+	CHECK(exact == N, "float entries give the exact distance (%d of %d)", exact, N);
+	CHECK(hnsw_vcache_entry_bytes(&c) == sizeof(HnswVecCode) + 104 &&
+		  hnsw_vcache_entry_bytes(&f) == sizeof(float) * DIM,
+		  "a code is a header and dim bytes rounded up to 8");
+	hnsw_vcache_clear(&c);
+	hnsw_vcache_clear(&f);
+	CHECK(used == 0, "codes give their budget back");
+}
+
 int
 main(void)
 {
@@ -473,5 +553,6 @@ main(void)
 	test_level0();
 	test_reach();
 	test_vcache();
+	test_vcache_codes();
 	return unit_report("hnswgraph");
 }
