@@ -21,6 +21,9 @@ _Static_assert(GNNVEC_CUDA_METRIC_L2 == CAGRA_METRIC_L2 &&
 _Static_assert(GNNVEC_CUDA_DETOUR_ANY_RANK == CAGRA_DETOUR_ANY_RANK &&
 			   GNNVEC_CUDA_DETOUR_RANK_BELOW == CAGRA_DETOUR_RANK_BELOW,
 			   "detour codes differ between cagra.h and gnnvec_cuda.h");
+_Static_assert(GNNVEC_CUDA_KNN_EXACT == CAGRA_KNN_EXACT &&
+			   GNNVEC_CUDA_KNN_PARTITIONED == CAGRA_KNN_PARTITIONED,
+			   "kNN method codes differ between cagra.h and gnnvec_cuda.h");
 _Static_assert(GNNVEC_CUDA_MAX_DEGREE == CAGRA_MAX_DEGREE,
 			   "degree limits differ between cagra.h and gnnvec_cuda.h");
 
@@ -142,7 +145,7 @@ cagra_gpu_device_info(CagraGpu *gpu, int device, char *name, size_t name_len,
 
 CagraStatus
 cagra_gpu_build(CagraGpu *gpu, int device, size_t device_bytes,
-				const float *data, int64_t n, int dim,
+				bool stream_data, const float *data, int64_t n, int dim,
 				const CagraParams *params, int32_t *knn, int32_t *graph,
 				CagraStats *stats, char *errbuf, size_t errlen)
 {
@@ -162,6 +165,11 @@ cagra_gpu_build(CagraGpu *gpu, int device, size_t device_bytes,
 	gp.graph_degree = params->graph_degree;
 	gp.detour = params->detour;
 	gp.knn_candidates = cagra_knn_candidates(params->intermediate_degree, n - 1);
+	/* the kNN method and its lists as the CPU would use them */
+	gp.knn_method = params->knn_method;
+	gp.list_rows = params->list_rows > 0 ? params->list_rows : CAGRA_LIST_ROWS;
+	gp.list_probes = params->list_probes > 0 ? params->list_probes : CAGRA_LIST_PROBES;
+	gp.stream_data = stream_data;
 	gp.device = device;
 	gp.device_bytes = device_bytes;
 	status = gpu_status(gpu->cagra_build(data, n, dim, &gp, knn, graph, &gs,
@@ -174,5 +182,8 @@ cagra_gpu_build(CagraGpu *gpu, int device, size_t device_bytes,
 	stats->reverse_seconds = gs.reverse_seconds;
 	stats->gpu_data_resident = gs.data_resident != 0;
 	stats->gpu_row_blocks = gs.row_blocks;
+	stats->gpu_lists = gs.n_lists;
+	stats->gpu_planned_bytes = gs.planned_bytes;
+	stats->gpu_budget_bytes = gs.budget_bytes;
 	return cagra_finish(data, n, dim, params, graph, stats, errbuf, errlen);
 }
