@@ -25,10 +25,14 @@
 #	   recall and search recall at most one point below the CPU's), and the
 #	   CPU's prune and merge of the GPU's kNN graph equal to the GPU's bit
 #	   for bit (memcmp);
-#	3. 1M x 128, partitioned kNN: kNN + prune + merge within 5 s, kNN recall
-#	   against a direct brute force on sampled rows >= 0.93 (the CPU's
-#	   partitioned kNN, same lists and probes, measured 0.95 on the same
-#	   generated data: the floor catches a broken search, not a tuning).
+#	3. 1M x 128, partitioned kNN: kNN + prune + merge within 5 s, and the
+#	   GPU's kNN recall (against a direct brute force on sampled rows) at
+#	   most one point below the CPU's partitioned kNN on the same data
+#	   (--compare-cpu, with the CPU's prune and merge of the GPU's kNN graph
+#	   memcmp'ed).  On these generated 1M rows the CPU's partitioned kNN
+#	   (400 rows a list, 5 probes) has recall 0.55 (measured on the CPU,
+#	   one thread, 152 s), so the absolute floor, 0.5, only catches a
+#	   broken search; the comparison with the CPU is the real check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -90,10 +94,10 @@ for metric in l2 ip cosine l1; do
 	done
 done
 
-echo "== l2, 1M x 128, partitioned kNN: kNN + prune + merge <= 5 s, kNN recall >= 0.93"
-"$driver" --n 1000000 --dim 128 --queries 200 --knn-sample 100 --ef 40 \
-	--knn partitioned --detour cuvs "${common[@]}" --expect-mode resident \
-	--max-gpu-seconds 5 --min-knn-recall 0.93
+echo "== l2, 1M x 128, partitioned kNN: kNN + prune + merge <= 5 s, kNN recall against the CPU's"
+"$driver" --n 1000000 --dim 128 --queries 200 --knn-sample 50 --ef 40 \
+	--knn partitioned --detour cuvs --compare-cpu "${common[@]}" \
+	--expect-mode resident --max-gpu-seconds 5 --min-knn-recall 0.5
 
 echo "cagra_gpu_check: the whole check took ${SECONDS} s (limit ${limit_seconds} s)"
 [ "$SECONDS" -le "$limit_seconds" ] || { echo "cagra_gpu_check: FAIL: over ${limit_seconds} s"; exit 1; }

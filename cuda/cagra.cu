@@ -5,16 +5,27 @@
  *		Construction and Approximate Nearest Neighbor Search for GPUs",
  *		ICDE 2024), behind the C ABI of gnnvec_cuda.h.
  *
- *	1. Exact kNN graph.  Rows go in blocks of R; each block meets the data
- *	   C columns at a time: cuBLAS sgemm fills an R x C tile with -2 x.y
- *	   (L2, on data centred on the host-computed mean), -x.y (inner product;
- *	   cosine on normalised rows), or a direct kernel fills it (L1).  One
- *	   thread block per tile row keeps the row's best kc candidates in shared
+ *	1. The kNN graph, by the index's method, as on the CPU:
+ *	   exact: rows go in blocks of R; each block meets the data C columns
+ *	   at a time: cuBLAS sgemm fills an R x C tile with -2 x.y (L2, on data
+ *	   centred on the host-computed mean), -x.y (inner product; cosine on
+ *	   normalised rows), or a direct kernel fills it (L1).  One thread
+ *	   block per tile row keeps the row's best kc candidates in shared
  *	   memory: values beating the current worst are appended to a buffer,
- *	   and buffer and list are bitonic-sorted together when the buffer fills.
- *	   After the last tile, the candidates' distances are recomputed
- *	   directly and sorted by (distance, id); the best I form the row.  This
- *	   is what the CPU does, so both give the same graph up to ties.
+ *	   and buffer and list are bitonic-sorted together when the buffer
+ *	   fills.  After the last tile, the candidates' distances are
+ *	   recomputed directly and sorted by (distance, id); the best I form
+ *	   the row.  This is what the CPU does, so both give the same graph up
+ *	   to ties.
+ *	   partitioned (src/cagra/cagra_partition.c on the CPU): k-means on an
+ *	   evenly spaced sample (Lloyd's iterations; assignments by a cuBLAS
+ *	   GEMM against the centroids and a per-row minimum, means by a kernel
+ *	   over the sample grouped by centroid), every row in the list of its
+ *	   nearest centroid, and each list's rows searched by GEMM tiles among
+ *	   the rows of the `probes` lists nearest its centroid (its own first);
+ *	   the same top-k kernel merges a row's candidates across tiles, hence
+ *	   across probed lists, ranked by the GEMM's values as on the CPU.  A
+ *	   row costs about probes x list_rows distances instead of n.
  *	2. Rank-based pruning: one thread block per node, A's list sorted by id
  *	   in shared memory so that "is B one of A's neighbours, at which rank"
  *	   is a binary search; detour counts by shared atomics; an edge's place
@@ -24,10 +35,15 @@
  *	   sources come out in the order the CPU builds them; one thread per
  *	   node merges them after the d/2 protected forward edges.
  *
- * The data set stays on the device when it fits the memory budget and
- * streams through it block by block otherwise; the kNN graph and the
- * pruned graph must fit.  No CUDA or cuBLAS error is fatal: each becomes a
- * status and a message in the caller's buffer.
+ * Device memory follows the plan of src/cagra/cagra_gpu_plan.h: every
+ * buffer is allocated by plan id at its planned size when a stage starts
+ * (stage_enter), the data set stays on the device when every stage fits
+ * with it and streams through it in blocks otherwise (rows gathered on the
+ * host and uploaded).  All work runs on the legacy default stream, so
+ * kernels, cuBLAS calls and copies are ordered without events.  No CUDA or
+ * cuBLAS error is fatal: each becomes a status and a message in the
+ * caller's buffer, and every buffer is freed on every path
+ * (build_cleanup).
  */
 #include <cublas_v2.h>
 #include <cub/cub.cuh>
