@@ -1211,26 +1211,6 @@ nearest_centroids(Build *b, const float *d_x, int rows, int *d_nearest)
 }
 
 /*
- * offsets[0 .. n_keys] and members: the items 0 .. count - 1 grouped by
- * key[i] (a counting sort, items in increasing order within a group).
- */
-static void
-group_by_key(const int *key, long long count, int n_keys, int *offsets,
-			 int *members)
-{
-	memset(offsets, 0, (n_keys + 1) * sizeof(int));
-	for (long long i = 0; i < count; i++)
-		offsets[key[i] + 1]++;
-	for (int k = 0; k < n_keys; k++)
-		offsets[k + 1] += offsets[k];
-	for (long long i = 0; i < count; i++)
-		members[offsets[key[i]]++] = (int) i;
-	/* offsets[k] now ends group k: shift back */
-	memmove(offsets + 1, offsets, n_keys * sizeof(int));
-	offsets[0] = 0;
-}
-
-/*
  * Lloyd's iterations on an evenly spaced sample of S rows, started from
  * evenly spaced sample rows (as the CPU does): assignments by GEMM against
  * the centroids (cuBLAS) and a per-row minimum, the means by a kernel over
@@ -1297,7 +1277,7 @@ kmeans_stage(Build *b)
 		if (!CUDA_OK(b->sink, cudaMemcpy(b->h_nearest, IBUF(b, CAGRA_GPU_SAMPLE_NEAREST),
 										 S * sizeof(int), cudaMemcpyDeviceToHost)))
 			return false;
-		group_by_key(b->h_nearest, S, L, b->h_offsets, b->h_members);
+		cagra_gpu_group_by_key(b->h_nearest, S, L, b->h_offsets, b->h_members);
 		if (!CUDA_OK(b->sink, cudaMemcpy(IBUF(b, CAGRA_GPU_SAMPLE_OFFSETS), b->h_offsets,
 										 ((size_t) L + 1) * sizeof(int),
 										 cudaMemcpyHostToDevice)) ||
@@ -1345,7 +1325,7 @@ assign_stage(Build *b)
 										 rows * sizeof(int), cudaMemcpyDeviceToHost)))
 			return false;
 	}
-	group_by_key(b->h_nearest, b->n, L, b->h_offsets, b->h_members);
+	cagra_gpu_group_by_key(b->h_nearest, b->n, L, b->h_offsets, b->h_members);
 
 	/* the centroids' nearest centroids, their own among them */
 	for (int c0 = 0; c0 < L; c0 += A)
@@ -1372,47 +1352,6 @@ assign_stage(Build *b)
 	return true;
 }
 
-/* Append list m's rows to the candidates, once. */
-static void
-take_list(Build *b, int l, int m, int *n_cands)
-{
-	if (m < 0 || m >= b->plan.n_lists || b->h_stamp[m] == l + 1)
-		return;
-	b->h_stamp[m] = l + 1;
-	memcpy(b->h_cands + *n_cands, b->h_members + b->h_offsets[m],
-		   (size_t) (b->h_offsets[m + 1] - b->h_offsets[m]) * sizeof(int));
-	*n_cands += b->h_offsets[m + 1] - b->h_offsets[m];
-}
-
-/*
- * List l's candidate rows: its own, then those of the nearest lists until
- * `probes` lists are taken, as on the CPU.  A list whose probed rows hold
- * fewer than I others goes on to the next nearest lists of its pool, then
- * to every list in order, until it has them (the CPU searches such rows
- * exhaustively instead); the kNN of its rows is then still complete.
- */
-static int
-list_candidates(Build *b, int l)
-{
-	const int  *pool = b->h_pool + (size_t) l * b->plan.probe_pool;
-	int			need = b->p.intermediate_degree + 1;
-	int			n_cands = 0;
-	int			taken = 1;
-
-	take_list(b, l, l, &n_cands);
-	for (int j = 0; j < b->plan.probe_pool && taken < b->plan.probes; j++)
-		if (pool[j] != l && pool[j] >= 0 && pool[j] < b->plan.n_lists)
-		{
-			take_list(b, l, pool[j], &n_cands);
-			taken++;
-		}
-	for (int j = 0; j < b->plan.probe_pool && n_cands < need; j++)
-		take_list(b, l, pool[j], &n_cands);
-	for (int m = 0; m < b->plan.n_lists && n_cands < need; m++)
-		take_list(b, l, m, &n_cands);
-	return n_cands;
-}
-
 /*
  * The rows of list l, Q at a time, against its candidate rows, P at a
  * time: one GEMM tile per pair, whose values are offered to the rows'
@@ -1436,7 +1375,16 @@ search_list(Build *b, int l, GnnvecCudaCagraStats *stats)
 
 	if (size == 0)
 		return true;
-	n_cands = list_candidates(b, l);
+
+	/*
+	 * Its own rows, then its probed lists' (a short list takes more, so
+	 * that its rows find I others: cagra_gpu_list_candidates).
+	 */
+	n_cands = (int) cagra_gpu_list_candidates(b->h_offsets, b->h_members, pl->n_lists, l,
+											  b->h_pool + (size_t) l * pl->probe_pool,
+											  pl->probe_pool, pl->probes,
+											  b->p.intermediate_degree + 1,
+											  b->h_stamp, b->h_cands);
 	for (int q0 = 0; q0 < size; q0 += pl->list_queries)
 	{
 		int			qn = size - q0 < pl->list_queries ? size - q0 : pl->list_queries;

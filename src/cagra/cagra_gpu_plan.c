@@ -392,3 +392,59 @@ cagra_gpu_plan(const CagraGpuPlanInput *in, CagraGpuPlan *plan,
 	}
 	return false;
 }
+
+/* ---------------------------------------------------------------------- */
+/* The host half of the partitioned kNN */
+
+void
+cagra_gpu_group_by_key(const int32_t *key, int64_t count, int n_keys,
+					   int32_t *offsets, int32_t *members)
+{
+	memset(offsets, 0, ((size_t) n_keys + 1) * sizeof(int32_t));
+	for (int64_t i = 0; i < count; i++)
+		offsets[key[i] + 1]++;
+	for (int k = 0; k < n_keys; k++)
+		offsets[k + 1] += offsets[k];
+	for (int64_t i = 0; i < count; i++)
+		members[offsets[key[i]]++] = (int32_t) i;
+	/* offsets[k] now ends group k: shift back */
+	memmove(offsets + 1, offsets, (size_t) n_keys * sizeof(int32_t));
+	offsets[0] = 0;
+}
+
+/* Append list m's rows to cands, once. */
+static void
+take_list(const int32_t *offsets, const int32_t *members, int64_t n_lists,
+		  int32_t l, int32_t m, int32_t *stamp, int32_t *cands,
+		  int64_t *n_cands)
+{
+	if (m < 0 || m >= n_lists || stamp[m] == l + 1)
+		return;
+	stamp[m] = l + 1;
+	memcpy(cands + *n_cands, members + offsets[m],
+		   (size_t) (offsets[m + 1] - offsets[m]) * sizeof(int32_t));
+	*n_cands += offsets[m + 1] - offsets[m];
+}
+
+int64_t
+cagra_gpu_list_candidates(const int32_t *offsets, const int32_t *members,
+						  int64_t n_lists, int32_t l, const int32_t *pool,
+						  int pool_len, int probes, int64_t need,
+						  int32_t *stamp, int32_t *cands)
+{
+	int64_t		n_cands = 0;
+	int			taken = 1;
+
+	take_list(offsets, members, n_lists, l, l, stamp, cands, &n_cands);
+	for (int j = 0; j < pool_len && taken < probes; j++)
+		if (pool[j] != l && pool[j] >= 0 && pool[j] < n_lists)
+		{
+			take_list(offsets, members, n_lists, l, pool[j], stamp, cands, &n_cands);
+			taken++;
+		}
+	for (int j = 0; j < pool_len && n_cands < need; j++)
+		take_list(offsets, members, n_lists, l, pool[j], stamp, cands, &n_cands);
+	for (int32_t m = 0; m < n_lists && n_cands < need; m++)
+		take_list(offsets, members, n_lists, l, m, stamp, cands, &n_cands);
+	return n_cands;
+}

@@ -170,6 +170,35 @@ extern void cagra_gpu_plan_lists(const CagraGpuPlanInput *in,
 extern bool cagra_gpu_plan(const CagraGpuPlanInput *in, CagraGpuPlan *plan,
 						   char *errbuf, size_t errlen);
 
+/*
+ * The host half of the partitioned kNN, here to be unit-tested.
+ *
+ * offsets[0 .. n_keys] and members: the items 0 .. count - 1 grouped by
+ * key[i] in 0 .. n_keys - 1 (a counting sort; items in increasing order
+ * within a group).
+ */
+extern void cagra_gpu_group_by_key(const int32_t *key, int64_t count,
+								   int n_keys, int32_t *offsets,
+								   int32_t *members);
+
+/*
+ * The candidate rows of list l (lists as offsets/members over n_lists):
+ * its own rows, then those of the lists of pool (the pool_len lists
+ * nearest l's centroid, nearest first, entries out of range skipped) until
+ * `probes` lists are taken, l included, as the CPU probes
+ * (cagra_partition.c).  While fewer than need rows are taken, further
+ * lists of the pool follow, then every list in order (the CPU searches
+ * such rows exhaustively instead), so that a row can find need - 1 others.
+ * stamp (n_lists entries, never l + 1 on entry for any list) marks the
+ * lists taken with l + 1.  Returns the number of rows written to cands.
+ */
+extern int64_t cagra_gpu_list_candidates(const int32_t *offsets,
+										 const int32_t *members,
+										 int64_t n_lists, int32_t l,
+										 const int32_t *pool, int pool_len,
+										 int probes, int64_t need,
+										 int32_t *stamp, int32_t *cands);
+
 /* A buffer's name, for messages. */
 extern const char *cagra_gpu_buffer_name(CagraGpuBuffer buffer);
 

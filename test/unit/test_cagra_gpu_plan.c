@@ -2,8 +2,11 @@
  * test_cagra_gpu_plan.c
  *		The GPU build's memory plan (src/cagra/cagra_gpu_plan.c): plans for
  *		1M x 128 and 10M x 768 within a budget, every buffer counted in a
- *		stage, refusals, and the CUB radix sort's scratch counted.
+ *		stage, refusals, and the CUB radix sort's scratch counted; and the
+ *		host half of the GPU's partitioned kNN: rows grouped by list, and
+ *		each list's candidate rows from its probes.
  */
+#include <stdint.h>
 #include <string.h>
 
 #include "cagra/cagra_gpu_plan.h"
@@ -195,9 +198,84 @@ test_sort_scratch_counted(void)
 		  "a budget for everything but the scratch must be refused");
 }
 
+static bool
+same_ids(const int32_t *got, int64_t n_got, const int32_t *want, int64_t n_want)
+{
+	return n_got == n_want && memcmp(got, want, n_want * sizeof(int32_t)) == 0;
+}
+
+static void
+test_group_by_key(void)
+{
+	const int32_t key[] = {2, 0, 2, 1, 0};
+	const int32_t want_offsets[] = {0, 2, 3, 5, 5};
+	const int32_t want_members[] = {1, 4, 3, 0, 2};
+	int32_t		offsets[5];
+	int32_t		members[5];
+
+	/* key 3 has no item: an empty group */
+	cagra_gpu_group_by_key(key, 5, 4, offsets, members);
+	CHECK(same_ids(offsets, 5, want_offsets, 5), "group offsets %d %d %d %d %d",
+		  offsets[0], offsets[1], offsets[2], offsets[3], offsets[4]);
+	CHECK(same_ids(members, 5, want_members, 5), "group members in item order");
+}
+
+/*
+ * Lists 0 {0, 1}, 1 {2}, 2 {3, 4, 5}, 3 {}, 4 {6, 7}: candidates of list 2
+ * are its own rows first, then its probes' (an empty list counts as a
+ * probe, as on the CPU), then more lists only while rows are short.
+ */
+static void
+test_list_candidates(void)
+{
+	const int32_t assign[] = {0, 0, 1, 2, 2, 2, 4, 4};
+	int32_t		offsets[6];
+	int32_t		members[8];
+	int32_t		stamp[5] = {0};
+	int32_t		cands[8];
+	int64_t		got;
+	const int32_t pool[] = {2, 3, 0, 4, 1};
+	const int32_t pool_coincide[] = {3, 2, 0};
+	const int32_t pool_bad[] = {2, INT32_MAX, -1, 0};
+
+	cagra_gpu_group_by_key(assign, 8, 5, offsets, members);
+
+	got = cagra_gpu_list_candidates(offsets, members, 5, 2, pool, 5, 3, 1, stamp, cands);
+	CHECK(same_ids(cands, got, (const int32_t[]) {3, 4, 5, 0, 1}, 5),
+		  "3 probes of list 2: own, the empty list 3, list 0 (%lld rows)", (long long) got);
+
+	got = cagra_gpu_list_candidates(offsets, members, 5, 0, (const int32_t[]) {0, 1, 2}, 3,
+									2, 1, stamp, cands);
+	CHECK(same_ids(cands, got, (const int32_t[]) {0, 1, 2}, 3),
+		  "the stamps of list 2 do not hide lists from list 0 (%lld rows)", (long long) got);
+
+	memset(stamp, 0, sizeof(stamp));	/* list 2 again: a fresh build's stamps */
+	got = cagra_gpu_list_candidates(offsets, members, 5, 2, pool, 5, 3, 8, stamp, cands);
+	CHECK(same_ids(cands, got, (const int32_t[]) {3, 4, 5, 0, 1, 6, 7, 2}, 8),
+		  "short of 8 rows, list 2 goes on down its pool (%lld rows)", (long long) got);
+
+	memset(stamp, 0, sizeof(stamp));	/* list 2 again: a fresh build's stamps */
+	got = cagra_gpu_list_candidates(offsets, members, 5, 2, pool, 2, 3, 6, stamp, cands);
+	CHECK(same_ids(cands, got, (const int32_t[]) {3, 4, 5, 0, 1, 2}, 6),
+		  "pool exhausted: every list in order until 6 rows (%lld rows)", (long long) got);
+
+	memset(stamp, 0, sizeof(stamp));	/* list 2 again: a fresh build's stamps */
+	got = cagra_gpu_list_candidates(offsets, members, 5, 2, pool_coincide, 3, 2, 1,
+									stamp, cands);
+	CHECK(same_ids(cands, got, (const int32_t[]) {3, 4, 5}, 3),
+		  "own list first when another centroid ranks before it (%lld rows)", (long long) got);
+
+	memset(stamp, 0, sizeof(stamp));	/* list 2 again: a fresh build's stamps */
+	got = cagra_gpu_list_candidates(offsets, members, 5, 2, pool_bad, 4, 2, 1, stamp, cands);
+	CHECK(same_ids(cands, got, (const int32_t[]) {3, 4, 5, 0, 1}, 5),
+		  "pool entries out of range are skipped (%lld rows)", (long long) got);
+}
+
 int
 main(void)
 {
+	test_group_by_key();
+	test_list_candidates();
 	test_one_million();
 	test_ten_million();
 	test_refused();
