@@ -4,13 +4,16 @@
  *
  * The module is opened with dlopen only when a GPU build is asked for, so
  * that gnnvec.so (and everything else) runs on machines with no CUDA at all.
- * Its ABI is the C one of cuda/gnnvec_cuda.h, checked by version.
+ * Its ABI is the C one of cuda/gnnvec_cuda.h, checked by version.  The
+ * device-memory plan (cagra_gpu_plan.h) is shared with the module: a build
+ * that cannot fit the device is refused here before its data is sent.
  */
 #include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cagra/cagra.h"
+#include "cagra/cagra_gpu_plan.h"
 #include "../../cuda/gnnvec_cuda.h"
 
 _Static_assert(GNNVEC_CUDA_METRIC_L2 == CAGRA_METRIC_L2 &&
@@ -143,6 +146,43 @@ cagra_gpu_device_info(CagraGpu *gpu, int device, char *name, size_t name_len,
 									   errbuf, errlen));
 }
 
+/*
+ * The memory plan of the build (cagra_gpu_plan.h) for the whole device, or
+ * for device_bytes when that is less: a build that cannot fit even then is
+ * refused here, before any data goes to the device.  The module plans
+ * again with the memory actually free and CUB's own scratch size, which
+ * only add to what is counted here (the scratch is taken as 0).
+ */
+static CagraStatus
+gpu_plan_check(CagraGpu *gpu, const GnnvecCudaCagraParams *gp, int64_t n,
+			   int dim, char *errbuf, size_t errlen)
+{
+	CagraGpuPlanInput in;
+	CagraGpuPlan plan;
+	size_t		total = 0;
+	CagraStatus status;
+
+	status = gpu_status(gpu->device_info(gp->device, NULL, 0, &total,
+										 errbuf, errlen));
+	if (status != CAGRA_OK)
+		return status;
+	memset(&in, 0, sizeof(in));
+	in.n = n;
+	in.dim = dim;
+	in.intermediate_degree = gp->intermediate_degree;
+	in.graph_degree = gp->graph_degree;
+	in.knn_candidates = gp->knn_candidates;
+	in.partitioned = gp->knn_method == GNNVEC_CUDA_KNN_PARTITIONED;
+	in.list_rows = gp->list_rows;
+	in.probes = gp->list_probes;
+	in.budget = gp->device_bytes > 0 && gp->device_bytes < total ?
+		gp->device_bytes : total;
+	in.stream = gp->stream_data != 0;
+	if (!cagra_gpu_plan(&in, &plan, errbuf, errlen))
+		return CAGRA_ERR_NOMEM;
+	return CAGRA_OK;
+}
+
 CagraStatus
 cagra_gpu_build(CagraGpu *gpu, int device, size_t device_bytes,
 				bool stream_data, const float *data, int64_t n, int dim,
@@ -172,6 +212,9 @@ cagra_gpu_build(CagraGpu *gpu, int device, size_t device_bytes,
 	gp.stream_data = stream_data;
 	gp.device = device;
 	gp.device_bytes = device_bytes;
+	status = gpu_plan_check(gpu, &gp, n, dim, errbuf, errlen);
+	if (status != CAGRA_OK)
+		return status;
 	status = gpu_status(gpu->cagra_build(data, n, dim, &gp, knn, graph, &gs,
 										 errbuf, errlen));
 	if (status != CAGRA_OK)
