@@ -869,6 +869,9 @@ free_device(void *p)
 static void
 build_cleanup(Build *b)
 {
+	/* the handle first: it holds our workspace */
+	if (b->blas_ready)
+		cublasDestroy(b->blas);
 	for (int i = 0; i < CAGRA_GPU_N_BUFFERS; i++)
 		free_device(b->buf[i]);
 	free(b->mean);
@@ -880,8 +883,6 @@ build_cleanup(Build *b)
 	free(b->h_pool);
 	free(b->h_cands);
 	free(b->h_stamp);
-	if (b->blas_ready)
-		cublasDestroy(b->blas);
 }
 
 /*
