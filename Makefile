@@ -69,8 +69,12 @@ NVCC_FLAGS = -O3 -Xcompiler -fPIC,-Wall -I$(CURDIR)/src -I$(CURDIR)/cuda \
 
 all: $(CUDA_LIB)
 
-$(CUDA_LIB): $(CUDA_SRCS) $(wildcard cuda/*.h)
-	$(NVCC) $(NVCC_FLAGS) -shared -o $@ $(CUDA_SRCS) -cudart static -lcublas
+# The memory plan is pure C, shared with gnnvec.so and the unit tests;
+# -Bsymbolic keeps the module on its own copy when gnnvec.so has one too.
+CUDA_C_SRCS = src/cagra/cagra_gpu_plan.c
+
+$(CUDA_LIB): $(CUDA_SRCS) $(CUDA_C_SRCS) $(wildcard cuda/*.h) src/cagra/cagra_gpu_plan.h
+	$(NVCC) $(NVCC_FLAGS) -shared -Xlinker -Bsymbolic -o $@ $(CUDA_SRCS) $(CUDA_C_SRCS) -cudart static -lcublas
 
 install: install-cuda
 install-cuda: $(CUDA_LIB)

@@ -10,8 +10,11 @@
  * detour definitions: from the build's single entry node, and from the
  * closest of 256 sampled nodes (what the HNSW upper levels provide).  The
  * GPU/CPU comparison uses the latter.  With --device gpu --compare-cpu it also builds on the
- * CPU and checks that the kNN graphs agree (up to distance ties) and that
- * the final graphs search equally well (within 0.5 recall points).
+ * CPU and checks that the kNN graphs agree (up to distance ties; with
+ * --knn partitioned, that the GPU's kNN recall is within one point of the
+ * CPU's), that the GPU's prune and merge of its own kNN graph equal the
+ * CPU's bit for bit, and that the final graphs search equally well (within
+ * 0.5 recall points; partitioned, at most one point below the CPU).
  *
  *	make bench/bin/cagra_build
  *	bench/bin/cagra_build --n 100000 --dim 128 --I 48 --d 32 --threads 2
@@ -50,6 +53,7 @@ typedef struct Options
 	const char *cuda_lib;
 	int			gpu_device;
 	size_t		gpu_bytes;
+	bool		gpu_stream;		/* stream the data even if it fits */
 	int			efs[MAX_EFS];
 	int			n_efs;
 	int			knn_sample;
@@ -528,9 +532,13 @@ gpu_report(const Bench *b, const CagraStats *st, const int32_t *knn)
 	double		recall = knn_recall(b, knn);
 
 	printf("gpu setup      %7.3f s  kNN %7.3f s  prune %7.3f s  merge %7.3f s  "
-		   "(%lld row blocks, data %s)  kNN recall %.4f\n",
+		   "(%s kNN, %lld lists, %lld row blocks, data %s, plan %.1f of %.1f MiB)  "
+		   "kNN recall %.4f\n",
 		   st->setup_seconds, st->knn_seconds, st->prune_seconds,
-		   st->reverse_seconds, (long long) st->gpu_row_blocks, mode, recall);
+		   st->reverse_seconds, st->gpu_lists > 0 ? "partitioned" : "exact",
+		   (long long) st->gpu_lists, (long long) st->gpu_row_blocks, mode,
+		   st->gpu_planned_bytes / 1048576.0, st->gpu_budget_bytes / 1048576.0,
+		   recall);
 	if (opt->expect_mode && strcmp(opt->expect_mode, mode) != 0)
 	{
 		printf("FAIL: the data was %s, expected %s\n", mode, opt->expect_mode);
@@ -613,7 +621,8 @@ run_gpu(const Bench *b, double recall[2][MAX_EFS], int32_t *knn)
 		if (!(opt->detours & (1 << detour)))
 			continue;
 		params.detour = (CagraDetour) detour;
-		if (cagra_gpu_build(gpu, opt->gpu_device, opt->gpu_bytes, b->base, opt->n,
+		if (cagra_gpu_build(gpu, opt->gpu_device, opt->gpu_bytes, opt->gpu_stream,
+							b->base, opt->n,
 							opt->dim, &params, knn, graph, &st,
 							err, sizeof(err)) != CAGRA_OK)
 			die("gpu build", err);
@@ -794,7 +803,8 @@ usage(void)
 			"         [--detour cuvs|paper|both] [--connect] [--threads T]\n"
 			"         [--knn exact|partitioned] [--list-rows R] [--probes P]\n"
 			"         [--device cpu|gpu] [--compare-cpu] [--cuda-lib PATH]\n"
-			"         [--gpu-device N] [--gpu-mem-mb MB] [--ef 10,20,...]\n"
+			"         [--gpu-device N] [--gpu-mem-mb MB] [--gpu-stream]\n"
+			"         [--ef 10,20,...]\n"
 			"         [--knn-sample S] [--seed S] [--dump PATH]\n"
 			"         [--index [--m M] [--ef-construction EF]]\n"
 			"         [--expect-mode resident|streamed] [--max-gpu-seconds S]\n"
@@ -860,6 +870,11 @@ parse_args(Options *opt, int argc, char **argv)
 		if (strcmp(a, "--connect") == 0)
 		{
 			opt->params.guarantee_connectivity = true;
+			continue;
+		}
+		if (strcmp(a, "--gpu-stream") == 0)
+		{
+			opt->gpu_stream = true;
 			continue;
 		}
 		if (strcmp(a, "--compare-cpu") == 0)
@@ -1017,12 +1032,34 @@ main(int argc, char **argv)
 		if (opt.gpu)
 		{
 			bool		ok = true;
+			bool		exact = opt.params.knn_method == CAGRA_KNN_EXACT;
 
-			compare_knn(&b, knn, cpu_knn_graph);
+			/*
+			 * The exact kNN graphs must agree up to ties.  The partitioned
+			 * ones come from two k-means runs (float sums in another order
+			 * move rows between lists), so they are compared by their
+			 * recall, and the final graphs' search recall may differ a
+			 * little more, in the CPU's favour at most one point.
+			 */
+			if (exact)
+				compare_knn(&b, knn, cpu_knn_graph);
+			else
+			{
+				double		gpu_knn = knn_recall(&b, knn);
+				double		cpu_knn = knn_recall(&b, cpu_knn_graph);
+
+				printf("compare partitioned kNN recall: gpu %.4f, cpu %.4f (gpu >= cpu - 0.01): %s\n",
+					   gpu_knn, cpu_knn, gpu_knn >= cpu_knn - 0.01 ? "PASS" : "FAIL");
+				if (gpu_knn < cpu_knn - 0.01)
+					return 2;
+			}
 			for (int detour = 0; detour <= 1; detour++)
 				for (int e = 0; e < opt.n_efs && (opt.detours & (1 << detour)); e++)
-					ok &= fabs(gpu_recall[detour][e] - cpu_recall[detour][e]) <= 0.005;
-			printf("compare search recall (|gpu - cpu| <= 0.005 at every ef): %s\n",
+					ok &= exact ?
+						fabs(gpu_recall[detour][e] - cpu_recall[detour][e]) <= 0.005 :
+						gpu_recall[detour][e] >= cpu_recall[detour][e] - 0.01;
+			printf("compare search recall (%s at every ef): %s\n",
+				   exact ? "|gpu - cpu| <= 0.005" : "gpu >= cpu - 0.01",
 				   ok ? "PASS" : "FAIL");
 			if (!ok)
 				return 2;

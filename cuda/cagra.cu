@@ -5,16 +5,27 @@
  *		Construction and Approximate Nearest Neighbor Search for GPUs",
  *		ICDE 2024), behind the C ABI of gnnvec_cuda.h.
  *
- *	1. Exact kNN graph.  Rows go in blocks of R; each block meets the data
- *	   C columns at a time: cuBLAS sgemm fills an R x C tile with -2 x.y
- *	   (L2, on data centred on the host-computed mean), -x.y (inner product;
- *	   cosine on normalised rows), or a direct kernel fills it (L1).  One
- *	   thread block per tile row keeps the row's best kc candidates in shared
+ *	1. The kNN graph, by the index's method, as on the CPU:
+ *	   exact: rows go in blocks of R; each block meets the data C columns
+ *	   at a time: cuBLAS sgemm fills an R x C tile with -2 x.y (L2, on data
+ *	   centred on the host-computed mean), -x.y (inner product; cosine on
+ *	   normalised rows), or a direct kernel fills it (L1).  One thread
+ *	   block per tile row keeps the row's best kc candidates in shared
  *	   memory: values beating the current worst are appended to a buffer,
- *	   and buffer and list are bitonic-sorted together when the buffer fills.
- *	   After the last tile, the candidates' distances are recomputed
- *	   directly and sorted by (distance, id); the best I form the row.  This
- *	   is what the CPU does, so both give the same graph up to ties.
+ *	   and buffer and list are bitonic-sorted together when the buffer
+ *	   fills.  After the last tile, the candidates' distances are
+ *	   recomputed directly and sorted by (distance, id); the best I form
+ *	   the row.  This is what the CPU does, so both give the same graph up
+ *	   to ties.
+ *	   partitioned (src/cagra/cagra_partition.c on the CPU): k-means on an
+ *	   evenly spaced sample (Lloyd's iterations; assignments by a cuBLAS
+ *	   GEMM against the centroids and a per-row minimum, means by a kernel
+ *	   over the sample grouped by centroid), every row in the list of its
+ *	   nearest centroid, and each list's rows searched by GEMM tiles among
+ *	   the rows of the `probes` lists nearest its centroid (its own first);
+ *	   the same top-k kernel merges a row's candidates across tiles, hence
+ *	   across probed lists, ranked by the GEMM's values as on the CPU.  A
+ *	   row costs about probes x list_rows distances instead of n.
  *	2. Rank-based pruning: one thread block per node, A's list sorted by id
  *	   in shared memory so that "is B one of A's neighbours, at which rank"
  *	   is a binary search; detour counts by shared atomics; an edge's place
@@ -24,10 +35,15 @@
  *	   sources come out in the order the CPU builds them; one thread per
  *	   node merges them after the d/2 protected forward edges.
  *
- * The data set stays on the device when it fits the memory budget and
- * streams through it block by block otherwise; the kNN graph and the
- * pruned graph must fit.  No CUDA or cuBLAS error is fatal: each becomes a
- * status and a message in the caller's buffer.
+ * Device memory follows the plan of src/cagra/cagra_gpu_plan.h: every
+ * buffer is allocated by plan id at its planned size when a stage starts
+ * (stage_enter), the data set stays on the device when every stage fits
+ * with it and streams through it in blocks otherwise (rows gathered on the
+ * host and uploaded).  All work runs on the legacy default stream, so
+ * kernels, cuBLAS calls and copies are ordered without events.  No CUDA or
+ * cuBLAS error is fatal: each becomes a status and a message in the
+ * caller's buffer, and every buffer is freed on every path
+ * (build_cleanup).
  */
 #include <cublas_v2.h>
 #include <cub/cub.cuh>
@@ -42,6 +58,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cagra/cagra_gpu_plan.h"
 #include "gnnvec_cuda.h"
 
 #define TOPK_THREADS 256
@@ -312,18 +329,22 @@ topk_merge(float *sd, int *si, int total)
 
 /*
  * One block per tile row: offer the row's values (plus |y|^2 for L2) to
- * the row's candidate list top_d/top_i (kc entries, sorted).
+ * the row's candidate list top_d/top_i (kc entries, sorted).  Column c is
+ * row col_ids[c] (NULL: col0 + c) and tile row r is row_ids[r] (NULL:
+ * row0 + r); with exclude_self, a row is not its own candidate.  Lists
+ * carry over from tile to tile, so a row's candidates can come in chunks.
  */
 __global__ void
 topk_tile_kernel(const float *tile, int ldt, const float *col_norms,
-				 long long col0, int n_cols, long long row0, int kc,
-				 float *top_d, int *top_i)
+				 const int *col_ids, long long col0, int n_cols,
+				 const int *row_ids, long long row0, bool exclude_self,
+				 int kc, float *top_d, int *top_i)
 {
 	__shared__ float sd[SORT_MAX];
 	__shared__ int si[SORT_MAX];
 	__shared__ int count;
 	const float *row = tile + (size_t) blockIdx.x * ldt;
-	long long	self = row0 + blockIdx.x;
+	long long	self = row_ids ? row_ids[blockIdx.x] : row0 + blockIdx.x;
 	float	   *list_d = top_d + (size_t) blockIdx.x * kc;
 	int		   *list_i = top_i + (size_t) blockIdx.x * kc;
 	int			room = SORT_MAX - kc;
@@ -349,9 +370,10 @@ topk_tile_kernel(const float *tile, int ldt, const float *col_norms,
 		if (c < n_cols)
 		{
 			float		v = row[c] + (col_norms ? col_norms[c] : 0.0f);
-			int			id = (int) (col0 + c);
+			int			id = col_ids ? col_ids[c] : (int) (col0 + c);
 
-			if (id != self && pair_less(v, id, bound_d, bound_i))
+			if ((!exclude_self || id != self) &&
+				pair_less(v, id, bound_d, bound_i))
 			{
 				int			slot = atomicAdd(&count, 1);
 
@@ -484,6 +506,140 @@ rerank_kernel(const float *data, const float *row_buf, const float *gathered,
 	bitonic_sort<float, pair_less>(sd, si, n_sort);
 	for (int j = threadIdx.x; j < degree; j += blockDim.x)
 		knn[(size_t) (row0 + r) * degree + j] = si[j] == INT_MAX ? -1 : si[j];
+}
+
+/* ---------------------------------------------------------------------- */
+/* Stage 1, partitioned: k-means lists */
+
+/* dst row p = src row p * src_rows / dst_rows: evenly spaced rows. */
+__global__ void
+spaced_rows_kernel(const float *src, long long src_rows, float *dst,
+				   long long dst_rows, int dim)
+{
+	long long	i = (long long) blockIdx.x * blockDim.x + threadIdx.x;
+
+	if (i < dst_rows * dim)
+	{
+		long long	p = i / dim;
+
+		dst[i] = src[(p * src_rows / dst_rows) * dim + i % dim];
+	}
+}
+
+/* dst row r = src row ids[r]. */
+__global__ void
+gather_rows_kernel(const float *src, const int *ids, int rows, int dim,
+				   float *dst)
+{
+	long long	i = (long long) blockIdx.x * blockDim.x + threadIdx.x;
+
+	if (i < (long long) rows * dim)
+		dst[i] = src[(size_t) ids[i / dim] * dim + i % dim];
+}
+
+/*
+ * One warp per tile row: the column with the smallest value (plus |c|^2
+ * when col_norms is given), ties to the smaller column: the nearest
+ * centroid.  A row of NaNs goes to centroid 0.
+ */
+__global__ void
+nearest_kernel(const float *tile, int ldt, int rows, int cols,
+			   const float *col_norms, int *nearest)
+{
+	long long	row = ((long long) blockIdx.x * blockDim.x + threadIdx.x) / WARP;
+	int			lane = threadIdx.x % WARP;
+	float		best = INFINITY;
+	int			best_id = INT_MAX;
+
+	if (row >= rows)
+		return;					/* the whole warp: row is per warp */
+	for (int c = lane; c < cols; c += WARP)
+	{
+		float		v = tile[(size_t) row * ldt + c] + (col_norms ? col_norms[c] : 0.0f);
+
+		if (pair_less(v, c, best, best_id))
+		{
+			best = v;
+			best_id = c;
+		}
+	}
+	for (int off = WARP / 2; off > 0; off >>= 1)
+	{
+		float		other = __shfl_down_sync(0xffffffffu, best, off);
+		int			other_id = __shfl_down_sync(0xffffffffu, best_id, off);
+
+		if (pair_less(other, other_id, best, best_id))
+		{
+			best = other;
+			best_id = other_id;
+		}
+	}
+	if (lane == 0)
+		nearest[row] = best_id == INT_MAX ? 0 : best_id;
+}
+
+/*
+ * One block per centroid: the mean of its sample rows (members[offsets[l]
+ * .. offsets[l + 1]), summed in that order, in double, so that the result
+ * does not depend on scheduling); an empty centroid stays.  normalise
+ * (cosine) scales it to unit length: spherical k-means, whose assignments
+ * by -x.c equal the CPU's by cosine distance.
+ */
+#define CENTROID_THREADS 128
+__global__ void
+centroid_update_kernel(const float *sample, int dim, const int *offsets,
+					   const int *members, float *centroids, bool normalise)
+{
+	__shared__ float partial[CENTROID_THREADS];
+	int			l = blockIdx.x;
+	int			begin = offsets[l],
+				end = offsets[l + 1];
+	float	   *c = centroids + (size_t) l * dim;
+	float		sq = 0.0f;
+
+	if (end == begin)
+		return;					/* the whole block */
+	for (int j = threadIdx.x; j < dim; j += blockDim.x)
+	{
+		double		sum = 0.0;
+
+		for (int m = begin; m < end; m++)
+			sum += sample[(size_t) members[m] * dim + j];
+		c[j] = (float) (sum / (double) (end - begin));
+		sq += c[j] * c[j];
+	}
+	if (!normalise)
+		return;
+	partial[threadIdx.x] = sq;
+	__syncthreads();
+	for (int half = blockDim.x / 2; half > 0; half >>= 1)
+	{
+		if (threadIdx.x < half)
+			partial[threadIdx.x] += partial[threadIdx.x + half];
+		__syncthreads();
+	}
+	if (partial[0] > 0.0f)
+	{
+		float		scale = rsqrtf(partial[0]);
+
+		for (int j = threadIdx.x; j < dim; j += blockDim.x)
+			c[j] *= scale;
+	}
+}
+
+/* knn row row_ids[r] = the first k of top_i row r (empty slots: -1). */
+__global__ void
+scatter_top_kernel(const int *top_i, int rows, int k, const int *row_ids,
+				   int *knn)
+{
+	long long	i = (long long) blockIdx.x * blockDim.x + threadIdx.x;
+
+	if (i < (long long) rows * k)
+	{
+		int			id = top_i[i];
+
+		knn[(size_t) row_ids[i / k] * k + i % k] = id == INT_MAX ? -1 : id;
+	}
 }
 
 /* ---------------------------------------------------------------------- */
@@ -675,13 +831,6 @@ merge_reverse_kernel(const int *pruned, int n, int d, const int *sorted_keys,
 /* ---------------------------------------------------------------------- */
 /* The build */
 
-typedef struct Plan
-{
-	int			rows;			/* R: rows per block */
-	int			cols;			/* C: columns per tile */
-	bool		resident;
-} Plan;
-
 typedef struct Build
 {
 	ErrorSink  *sink;
@@ -689,27 +838,26 @@ typedef struct Build
 	long long	n;
 	int			dim;
 	GnnvecCudaCagraParams p;
-	Plan		plan;
+	CagraGpuPlanInput pin;
+	CagraGpuPlan plan;
+	bool		partitioned;	/* the plan has lists */
 	cublasHandle_t blas;
 	bool		blas_ready;
 	float	   *mean;			/* host, L2 only */
-	/* device */
-	float	   *d_mean;
-	float	   *d_data;			/* resident data set */
-	float	   *d_norms;		/* |y|^2 of the resident data (L2) */
-	float	   *d_rows;			/* streamed: the block's rows */
-	float	   *d_cols;			/* streamed: one column chunk */
-	float	   *d_col_norms;	/* streamed: its |y|^2 (L2) */
-	float	   *d_gathered;		/* streamed: candidates' vectors */
-	float	   *d_tile;
-	float	   *d_top_d;
-	int		   *d_top_i;
-	int		   *d_knn;
-	int		   *d_pruned;
-	/* host scratch when streaming */
-	int		   *h_top_i;
-	float	   *h_gathered;
+	void	   *buf[CAGRA_GPU_N_BUFFERS];	/* device, by plan id */
+	/* host scratch */
+	float	   *h_rows;			/* rows gathered for an upload */
+	int		   *h_ids;			/* exact, streamed: candidate ids */
+	int		   *h_nearest;		/* partitioned: sample or row -> centroid */
+	int		   *h_offsets;		/* lists (or sample groups) as CSR */
+	int		   *h_members;
+	int		   *h_pool;			/* L x probe_pool nearest lists */
+	int		   *h_cands;		/* a list's candidate rows */
+	int		   *h_stamp;		/* lists taken for the current list */
 } Build;
+
+#define FBUF(b, id) ((float *) (b)->buf[id])
+#define IBUF(b, id) ((int *) (b)->buf[id])
 
 static void
 free_device(void *p)
@@ -718,137 +866,79 @@ free_device(void *p)
 		cudaFree(p);
 }
 
-/* Buffers of stage 1, freed before stage 3 needs the room. */
-static void
-free_knn_buffers(Build *b)
-{
-	free_device(b->d_mean);
-	free_device(b->d_data);
-	free_device(b->d_norms);
-	free_device(b->d_rows);
-	free_device(b->d_cols);
-	free_device(b->d_col_norms);
-	free_device(b->d_gathered);
-	free_device(b->d_tile);
-	free_device(b->d_top_d);
-	free_device(b->d_top_i);
-	b->d_mean = b->d_data = b->d_norms = b->d_rows = b->d_cols = NULL;
-	b->d_col_norms = b->d_gathered = b->d_tile = b->d_top_d = NULL;
-	b->d_top_i = NULL;
-	free(b->h_top_i);
-	free(b->h_gathered);
-	b->h_top_i = NULL;
-	b->h_gathered = NULL;
-}
-
 static void
 build_cleanup(Build *b)
 {
-	free_knn_buffers(b);
-	free_device(b->d_knn);
-	free_device(b->d_pruned);
-	free(b->mean);
+	/* the handle first: it holds our workspace */
 	if (b->blas_ready)
 		cublasDestroy(b->blas);
-}
-
-static bool
-device_alloc(Build *b, void **p, size_t bytes, const char *what)
-{
-	cudaError_t err = cudaMalloc(p, bytes);
-
-	if (err == cudaSuccess)
-		return true;
-	*p = NULL;
-	return fail(b->sink, err == cudaErrorMemoryAllocation ? GNNVEC_CUDA_ERR_NOMEM :
-				GNNVEC_CUDA_ERR_CUDA, "cannot allocate %.1f MiB of GPU memory for %s: %s",
-				bytes / 1048576.0, what, cudaGetErrorString(err));
-}
-
-/* Bytes stage 1 needs besides the graphs, for a plan. */
-static size_t
-knn_stage_bytes(const Build *b, const Plan *pl)
-{
-	size_t		R = pl->rows,
-				C = pl->cols,
-				kc = b->p.knn_candidates,
-				dim = b->dim;
-	size_t		bytes = R * C * 4 + R * kc * 8 + dim * 4;
-
-	if (pl->resident)
-		bytes += (size_t) b->n * dim * 4 + (size_t) b->n * 4;
-	else
-		bytes += R * dim * 4 + C * dim * 4 + C * 4 + R * kc * dim * 4;
-	return bytes;
+	for (int i = 0; i < CAGRA_GPU_N_BUFFERS; i++)
+		free_device(b->buf[i]);
+	free(b->mean);
+	free(b->h_rows);
+	free(b->h_ids);
+	free(b->h_nearest);
+	free(b->h_offsets);
+	free(b->h_members);
+	free(b->h_pool);
+	free(b->h_cands);
+	free(b->h_stamp);
 }
 
 /*
- * Choose block sizes: keep the data resident if that leaves room for a
- * reasonable tile, else stream it, halving tiles and blocks until they fit.
+ * Enter a stage of the plan: free the buffers it does not use, then
+ * allocate those it does at their planned sizes (cagra_gpu_plan.h), so
+ * that the memory in use is what the plan counted for the stage.
  */
 static bool
-plan_memory(Build *b, size_t budget)
+stage_enter(Build *b, CagraGpuStage stage)
 {
-	size_t		graphs = (size_t) b->n * (b->p.intermediate_degree + b->p.graph_degree) * 4;
-	long long	n = b->n;
-	Plan		pl;
+	CagraGpuBuffer list[CAGRA_GPU_N_BUFFERS];
+	bool		keep[CAGRA_GPU_N_BUFFERS] = {false};
+	int			count = cagra_gpu_stage_buffers(&b->pin, stage, list);
 
-	if (graphs >= budget)
-		return fail(b->sink, GNNVEC_CUDA_ERR_NOMEM,
-					"the kNN and pruned graphs need %.1f MiB, more than the %.1f MiB of GPU memory available",
-					graphs / 1048576.0, budget / 1048576.0);
-	budget -= graphs;
-	for (int resident = 1; resident >= 0; resident--)
-	{
-		pl.resident = resident != 0;
-		pl.rows = (int) (n < 8192 ? n : 8192);
-		pl.cols = (int) (n < 16384 ? n : 16384);
-		while (knn_stage_bytes(b, &pl) > budget && (pl.cols > 1024 || pl.rows > 256))
+	for (int i = 0; i < count; i++)
+		keep[list[i]] = true;
+	for (int i = 0; i < CAGRA_GPU_N_BUFFERS; i++)
+		if (!keep[i] && b->buf[i] != NULL)
 		{
-			if (pl.cols > 1024 && pl.cols >= pl.rows)
-				pl.cols /= 2;
-			else
-				pl.rows /= 2;
+			void	   *p = b->buf[i];
+
+			b->buf[i] = NULL;
+			if (!CUDA_OK(b->sink, cudaFree(p)))
+				return false;
 		}
-		if (knn_stage_bytes(b, &pl) <= budget)
+	for (int i = 0; i < count; i++)
+	{
+		size_t		bytes = cagra_gpu_buffer_bytes(&b->pin, &b->plan, list[i]);
+		cudaError_t err;
+
+		if (bytes == 0 || b->buf[list[i]] != NULL)
+			continue;
+		err = cudaMalloc(&b->buf[list[i]], bytes);
+		if (err != cudaSuccess)
 		{
-			b->plan = pl;
-			return true;
+			b->buf[list[i]] = NULL;
+			return fail(b->sink, err == cudaErrorMemoryAllocation ? GNNVEC_CUDA_ERR_NOMEM :
+						GNNVEC_CUDA_ERR_CUDA,
+						"cannot allocate %.1f MiB of GPU memory for %s (%.1f MiB planned for the stage): %s",
+						bytes / 1048576.0, cagra_gpu_buffer_name(list[i]),
+						b->plan.stage_bytes[stage] / 1048576.0,
+						cudaGetErrorString(err));
 		}
 	}
-	return fail(b->sink, GNNVEC_CUDA_ERR_NOMEM,
-				"%.1f MiB of GPU memory is too little for a kNN block of 256 rows of dimension %d",
-				budget / 1048576.0, b->dim);
+	return true;
 }
 
 static bool
-alloc_knn_buffers(Build *b)
+host_alloc(Build *b, void **p, size_t bytes)
 {
-	const Plan *pl = &b->plan;
-	size_t		R = pl->rows,
-				C = pl->cols,
-				kc = b->p.knn_candidates,
-				dim = b->dim,
-				n = b->n;
-
-	if (!device_alloc(b, (void **) &b->d_knn, n * b->p.intermediate_degree * 4, "the kNN graph") ||
-		!device_alloc(b, (void **) &b->d_tile, R * C * 4, "a distance tile") ||
-		!device_alloc(b, (void **) &b->d_top_d, R * kc * 4, "candidate lists") ||
-		!device_alloc(b, (void **) &b->d_top_i, R * kc * 4, "candidate lists") ||
-		!device_alloc(b, (void **) &b->d_mean, dim * 4, "the mean"))
-		return false;
-	if (pl->resident)
-		return device_alloc(b, (void **) &b->d_data, n * dim * 4, "the data set") &&
-			device_alloc(b, (void **) &b->d_norms, n * 4, "row norms");
-	b->h_top_i = (int *) malloc(R * kc * 4);
-	b->h_gathered = (float *) malloc(R * kc * dim * 4);
-	if (b->h_top_i == NULL || b->h_gathered == NULL)
+	*p = malloc(bytes > 0 ? bytes : 1);
+	if (*p == NULL)
 		return fail(b->sink, GNNVEC_CUDA_ERR_NOMEM,
-					"out of host memory for candidate gathering");
-	return device_alloc(b, (void **) &b->d_rows, R * dim * 4, "a row block") &&
-		device_alloc(b, (void **) &b->d_cols, C * dim * 4, "a column chunk") &&
-		device_alloc(b, (void **) &b->d_col_norms, C * 4, "column norms") &&
-		device_alloc(b, (void **) &b->d_gathered, R * kc * dim * 4, "gathered candidates");
+					"out of host memory (%.1f MiB) for the GPU build",
+					bytes / 1048576.0);
+	return true;
 }
 
 static unsigned
@@ -863,7 +953,8 @@ prepare_rows(Build *b, float *d_x, long long rows)
 {
 	if (b->p.metric == GNNVEC_CUDA_METRIC_L2)
 	{
-		centre_rows_kernel<<<grid_for(rows * b->dim, 256), 256>>>(d_x, rows, b->dim, b->d_mean);
+		centre_rows_kernel<<<grid_for(rows * b->dim, 256), 256>>>(d_x, rows, b->dim,
+																  FBUF(b, CAGRA_GPU_MEAN));
 		return LAUNCH_OK(b->sink, "centre_rows_kernel");
 	}
 	if (b->p.metric == GNNVEC_CUDA_METRIC_COSINE)
@@ -874,6 +965,7 @@ prepare_rows(Build *b, float *d_x, long long rows)
 	return true;
 }
 
+/* Rows first .. first + rows - 1, uploaded and prepared. */
 static bool
 upload_rows(Build *b, float *d_x, long long first, long long rows)
 {
@@ -883,11 +975,42 @@ upload_rows(Build *b, float *d_x, long long first, long long rows)
 		prepare_rows(b, d_x, rows);
 }
 
+/*
+ * Rows h_ids[0 .. rows) (also at d_ids on the device) into d_x, prepared:
+ * gathered on the device from the resident data, or on the host and
+ * uploaded when the data streams.
+ */
+static bool
+load_rows(Build *b, const int *h_ids, const int *d_ids, int rows, float *d_x)
+{
+	size_t		dim = b->dim;
+
+	if (b->plan.resident)
+	{
+		gather_rows_kernel<<<grid_for((long long) rows * b->dim, 256), 256>>>(FBUF(b, CAGRA_GPU_DATA),
+																			  d_ids, rows, b->dim, d_x);
+		return LAUNCH_OK(b->sink, "gather_rows_kernel");
+	}
+	for (int r = 0; r < rows; r++)
+		memcpy(b->h_rows + r * dim, b->host + (size_t) h_ids[r] * dim,
+			   dim * sizeof(float));
+	return CUDA_OK(b->sink, cudaMemcpy(d_x, b->h_rows, rows * dim * sizeof(float),
+									   cudaMemcpyHostToDevice)) &&
+		prepare_rows(b, d_x, rows);
+}
+
 static bool
 row_norms(Build *b, const float *d_x, long long rows, float *d_norms)
 {
 	row_norms_kernel<<<grid_for(rows * WARP, 256), 256>>>(d_x, rows, b->dim, d_norms);
 	return LAUNCH_OK(b->sink, "row_norms_kernel");
+}
+
+static bool
+topk_init(Build *b, float *d_dist, int *d_ids, long long count)
+{
+	topk_init_kernel<<<grid_for(count, 256), 256>>>(d_dist, d_ids, count);
+	return LAUNCH_OK(b->sink, "topk_init_kernel");
 }
 
 /* The mean the CPU also centres on (double accumulation, host side). */
@@ -911,38 +1034,45 @@ upload_mean(Build *b)
 	for (int j = 0; j < b->dim; j++)
 		b->mean[j] = (float) (sum[j] / (double) b->n);
 	free(sum);
-	return CUDA_OK(b->sink, cudaMemcpy(b->d_mean, b->mean, b->dim * sizeof(float),
-									   cudaMemcpyHostToDevice));
+	return CUDA_OK(b->sink, cudaMemcpy(FBUF(b, CAGRA_GPU_MEAN), b->mean,
+									   b->dim * sizeof(float), cudaMemcpyHostToDevice));
 }
 
-/* Fill the tile rows x cols: GEMM for L2/IP/cosine, direct for L1. */
+/*
+ * tile (rows x cols, leading dimension ldt) = values ordered like the
+ * metric's distances: -2 x.y (L2, |y|^2 added later), -x.y (inner product,
+ * cosine on normalised rows) by GEMM, |x - y|_1 directly (L1).
+ */
 static bool
-fill_tile(Build *b, const float *d_r, int rows, const float *d_c, int cols)
+fill_tile(Build *b, int metric, const float *d_r, int rows, const float *d_c,
+		  int cols, float *d_tile, int ldt)
 {
-	int			m = b->p.metric;
-	float		alpha = m == GNNVEC_CUDA_METRIC_L2 ? -2.0f : -1.0f;
+	float		alpha = metric == GNNVEC_CUDA_METRIC_L2 ? -2.0f : -1.0f;
 	float		beta = 0.0f;
 
-	if (m == GNNVEC_CUDA_METRIC_L1)
+	if (metric == GNNVEC_CUDA_METRIC_L1)
 	{
 		dim3		block(L1_TILE, L1_TILE);
 		dim3		grid(grid_for(cols, L1_TILE), grid_for(rows, L1_TILE));
 
-		l1_tile_kernel<<<grid, block>>>(d_r, rows, d_c, cols, b->dim, b->d_tile,
-										b->plan.cols);
+		l1_tile_kernel<<<grid, block>>>(d_r, rows, d_c, cols, b->dim, d_tile, ldt);
 		return LAUNCH_OK(b->sink, "l1_tile_kernel");
 	}
 
 	/*
-	 * Column-major view: tile^T (cols x rows, ld = C) = Y X^T, Y and X being
-	 * row-major (dim-contiguous), i.e. column-major dim x cols and dim x rows.
+	 * Column-major view: tile^T (cols x rows, ld = ldt) = Y X^T, Y and X
+	 * being row-major (dim-contiguous), i.e. column-major dim x cols and
+	 * dim x rows.
 	 */
 	return cublas_ok(b->sink,
 					 cublasSgemm(b->blas, CUBLAS_OP_T, CUBLAS_OP_N, cols, rows,
 								 b->dim, &alpha, d_c, b->dim, d_r, b->dim,
-								 &beta, b->d_tile, b->plan.cols),
+								 &beta, d_tile, ldt),
 					 "cublasSgemm");
 }
+
+/* ---------------------------------------------------------------------- */
+/* Stage 1, exact: all pairs */
 
 /*
  * Streamed data: copy every row's candidates' vectors next to each other,
@@ -954,101 +1084,422 @@ gather_candidates(Build *b, int rows)
 	size_t		kc = b->p.knn_candidates;
 	size_t		dim = b->dim;
 
-	if (!CUDA_OK(b->sink, cudaMemcpy(b->h_top_i, b->d_top_i, rows * kc * sizeof(int),
-									 cudaMemcpyDeviceToHost)))
+	if (!CUDA_OK(b->sink, cudaMemcpy(b->h_ids, IBUF(b, CAGRA_GPU_TOP_IDS),
+									 rows * kc * sizeof(int), cudaMemcpyDeviceToHost)))
 		return false;
 	for (size_t i = 0; i < rows * kc; i++)
 	{
-		int			id = b->h_top_i[i];
+		int			id = b->h_ids[i];
 
 		if (id >= 0 && id < b->n)
-			memcpy(b->h_gathered + i * dim, b->host + (size_t) id * dim,
+			memcpy(b->h_rows + i * dim, b->host + (size_t) id * dim,
 				   dim * sizeof(float));
 		else
-			memset(b->h_gathered + i * dim, 0, dim * sizeof(float));
+			memset(b->h_rows + i * dim, 0, dim * sizeof(float));
 	}
-	return CUDA_OK(b->sink, cudaMemcpy(b->d_gathered, b->h_gathered,
+	return CUDA_OK(b->sink, cudaMemcpy(FBUF(b, CAGRA_GPU_GATHERED), b->h_rows,
 									   rows * kc * dim * sizeof(float),
 									   cudaMemcpyHostToDevice)) &&
-		prepare_rows(b, b->d_gathered, (long long) rows * kc);
+		prepare_rows(b, FBUF(b, CAGRA_GPU_GATHERED), (long long) rows * kc);
 }
 
 static bool
-knn_block(Build *b, long long row0, int rows)
+exact_block(Build *b, long long row0, int rows)
 {
-	const Plan *pl = &b->plan;
+	const CagraGpuPlan *pl = &b->plan;
 	int			kc = b->p.knn_candidates;
 	bool		l2 = b->p.metric == GNNVEC_CUDA_METRIC_L2;
-	const float *d_r = pl->resident ? b->d_data + row0 * b->dim : b->d_rows;
+	const float *d_data = FBUF(b, CAGRA_GPU_DATA);
+	const float *d_r = pl->resident ? d_data + row0 * b->dim : FBUF(b, CAGRA_GPU_ROW_BLOCK);
 
-	topk_init_kernel<<<grid_for((long long) rows * kc, 256), 256>>>(b->d_top_d, b->d_top_i,
-																   (long long) rows * kc);
-	if (!LAUNCH_OK(b->sink, "topk_init_kernel"))
+	if (!topk_init(b, FBUF(b, CAGRA_GPU_TOP_DIST), IBUF(b, CAGRA_GPU_TOP_IDS),
+				   (long long) rows * kc))
 		return false;
-	if (!pl->resident && !upload_rows(b, b->d_rows, row0, rows))
+	if (!pl->resident && !upload_rows(b, FBUF(b, CAGRA_GPU_ROW_BLOCK), row0, rows))
 		return false;
-	for (long long col0 = 0; col0 < b->n; col0 += pl->cols)
+	for (long long col0 = 0; col0 < b->n; col0 += pl->block_cols)
 	{
-		int			cols = (int) (b->n - col0 < pl->cols ? b->n - col0 : pl->cols);
-		const float *d_c = pl->resident ? b->d_data + col0 * b->dim : b->d_cols;
-		const float *d_cn = pl->resident ? b->d_norms + col0 : b->d_col_norms;
+		int			cols = (int) (b->n - col0 < pl->block_cols ? b->n - col0 : pl->block_cols);
+		const float *d_c = pl->resident ? d_data + col0 * b->dim : FBUF(b, CAGRA_GPU_COL_CHUNK);
+		const float *d_cn = pl->resident ? FBUF(b, CAGRA_GPU_DATA_NORMS) + col0 :
+			FBUF(b, CAGRA_GPU_COL_NORMS);
 
 		if (!pl->resident &&
-			(!upload_rows(b, b->d_cols, col0, cols) ||
-			 (l2 && !row_norms(b, b->d_cols, cols, b->d_col_norms))))
+			(!upload_rows(b, FBUF(b, CAGRA_GPU_COL_CHUNK), col0, cols) ||
+			 (l2 && !row_norms(b, FBUF(b, CAGRA_GPU_COL_CHUNK), cols,
+							   FBUF(b, CAGRA_GPU_COL_NORMS)))))
 			return false;
-		if (!fill_tile(b, d_r, rows, d_c, cols))
+		if (!fill_tile(b, b->p.metric, d_r, rows, d_c, cols, FBUF(b, CAGRA_GPU_TILE),
+					   pl->block_cols))
 			return false;
-		topk_tile_kernel<<<rows, TOPK_THREADS>>>(b->d_tile, pl->cols, l2 ? d_cn : NULL,
-												 col0, cols, row0, kc,
-												 b->d_top_d, b->d_top_i);
+		topk_tile_kernel<<<rows, TOPK_THREADS>>>(FBUF(b, CAGRA_GPU_TILE), pl->block_cols,
+												 l2 ? d_cn : NULL, NULL, col0, cols,
+												 NULL, row0, true, kc,
+												 FBUF(b, CAGRA_GPU_TOP_DIST),
+												 IBUF(b, CAGRA_GPU_TOP_IDS));
 		if (!LAUNCH_OK(b->sink, "topk_tile_kernel"))
 			return false;
 	}
 	if (!pl->resident && !gather_candidates(b, rows))
 		return false;
-	rerank_kernel<<<rows, RERANK_THREADS>>>(b->d_data, pl->resident ? NULL : b->d_rows,
-											pl->resident ? NULL : b->d_gathered,
+	rerank_kernel<<<rows, RERANK_THREADS>>>(d_data,
+											pl->resident ? NULL : FBUF(b, CAGRA_GPU_ROW_BLOCK),
+											pl->resident ? NULL : FBUF(b, CAGRA_GPU_GATHERED),
 											b->dim, b->p.metric, b->n, row0, kc,
 											b->p.intermediate_degree,
-											b->d_top_i, b->d_knn);
+											IBUF(b, CAGRA_GPU_TOP_IDS),
+											IBUF(b, CAGRA_GPU_KNN_GRAPH));
 	return LAUNCH_OK(b->sink, "rerank_kernel");
 }
 
 static bool
-knn_stage(Build *b, GnnvecCudaCagraStats *stats)
+exact_knn_stage(Build *b, GnnvecCudaCagraStats *stats)
 {
-	if (!alloc_knn_buffers(b) || !upload_mean(b))
+	const CagraGpuPlan *pl = &b->plan;
+
+	if (!stage_enter(b, CAGRA_GPU_STAGE_EXACT_KNN) || !upload_mean(b))
 		return false;
-	if (b->plan.resident)
+	if (pl->resident)
 	{
-		if (!upload_rows(b, b->d_data, 0, b->n) ||
+		if (!upload_rows(b, FBUF(b, CAGRA_GPU_DATA), 0, b->n) ||
 			(b->p.metric == GNNVEC_CUDA_METRIC_L2 &&
-			 !row_norms(b, b->d_data, b->n, b->d_norms)))
+			 !row_norms(b, FBUF(b, CAGRA_GPU_DATA), b->n, FBUF(b, CAGRA_GPU_DATA_NORMS))))
 			return false;
 	}
-	for (long long row0 = 0; row0 < b->n; row0 += b->plan.rows)
+	else if (!host_alloc(b, (void **) &b->h_ids,
+						 (size_t) pl->block_rows * b->p.knn_candidates * sizeof(int)) ||
+			 !host_alloc(b, (void **) &b->h_rows,
+						 (size_t) pl->block_rows * b->p.knn_candidates * b->dim * sizeof(float)))
+		return false;
+	for (long long row0 = 0; row0 < b->n; row0 += pl->block_rows)
 	{
-		int			rows = (int) (b->n - row0 < b->plan.rows ? b->n - row0 : b->plan.rows);
+		int			rows = (int) (b->n - row0 < pl->block_rows ? b->n - row0 : pl->block_rows);
 
-		if (!knn_block(b, row0, rows))
+		if (!exact_block(b, row0, rows))
 			return false;
 		stats->row_blocks++;
 	}
 	return CUDA_OK(b->sink, cudaDeviceSynchronize());
 }
 
+/* ---------------------------------------------------------------------- */
+/* Stage 1, partitioned: k-means lists searched near each other */
+
+/* k-means runs under L2 except for cosine, as on the CPU (cagra_partition.c). */
+static int
+partition_metric(const Build *b)
+{
+	return b->p.metric == GNNVEC_CUDA_METRIC_COSINE ? GNNVEC_CUDA_METRIC_COSINE :
+		GNNVEC_CUDA_METRIC_L2;
+}
+
+/* Nearest centroid of rows d_x[0 .. rows), rows <= A, into d_nearest. */
+static bool
+nearest_centroids(Build *b, const float *d_x, int rows, int *d_nearest)
+{
+	int			L = (int) b->plan.n_lists;
+	int			pmetric = partition_metric(b);
+
+	if (!fill_tile(b, pmetric, d_x, rows, FBUF(b, CAGRA_GPU_CENTROIDS), L,
+				   FBUF(b, CAGRA_GPU_ASSIGN_TILE), L))
+		return false;
+	nearest_kernel<<<grid_for((long long) rows * WARP, 256), 256>>>(FBUF(b, CAGRA_GPU_ASSIGN_TILE),
+																	L, rows, L,
+																	pmetric == GNNVEC_CUDA_METRIC_L2 ?
+																	FBUF(b, CAGRA_GPU_CENTROID_NORMS) : NULL,
+																	d_nearest);
+	return LAUNCH_OK(b->sink, "nearest_kernel");
+}
+
+/*
+ * Lloyd's iterations on an evenly spaced sample of S rows, started from
+ * evenly spaced sample rows (as the CPU does): assignments by GEMM against
+ * the centroids (cuBLAS) and a per-row minimum, the means by a kernel over
+ * the sample grouped by centroid.
+ */
+static bool
+kmeans_stage(Build *b)
+{
+	const CagraGpuPlan *pl = &b->plan;
+	long long	S = pl->sample_rows;
+	int			L = (int) pl->n_lists;
+	int			A = pl->assign_rows;
+	bool		l2 = partition_metric(b) == GNNVEC_CUDA_METRIC_L2;
+	float	   *d_sample;
+	float	   *d_centroids;
+
+	if (!stage_enter(b, CAGRA_GPU_STAGE_KMEANS) || !upload_mean(b) ||
+		!host_alloc(b, (void **) &b->h_nearest, (size_t) (S > b->n ? S : b->n) * sizeof(int)) ||
+		!host_alloc(b, (void **) &b->h_offsets, ((size_t) L + 1) * sizeof(int)) ||
+		!host_alloc(b, (void **) &b->h_members, (size_t) b->n * sizeof(int)))
+		return false;
+	d_sample = FBUF(b, CAGRA_GPU_SAMPLE);
+	d_centroids = FBUF(b, CAGRA_GPU_CENTROIDS);
+	if (pl->resident)
+	{
+		if (!upload_rows(b, FBUF(b, CAGRA_GPU_DATA), 0, b->n))
+			return false;
+		spaced_rows_kernel<<<grid_for(S * b->dim, 256), 256>>>(FBUF(b, CAGRA_GPU_DATA), b->n,
+															   d_sample, S, b->dim);
+		if (!LAUNCH_OK(b->sink, "spaced_rows_kernel"))
+			return false;
+	}
+	else
+	{
+		size_t		dim = b->dim;
+
+		for (long long s0 = 0; s0 < S; s0 += A)
+		{
+			int			rows = (int) (S - s0 < A ? S - s0 : A);
+
+			for (int r = 0; r < rows; r++)
+				memcpy(b->h_rows + r * dim, b->host + ((s0 + r) * b->n / S) * dim,
+					   dim * sizeof(float));
+			if (!CUDA_OK(b->sink, cudaMemcpy(d_sample + s0 * dim, b->h_rows,
+											 rows * dim * sizeof(float),
+											 cudaMemcpyHostToDevice)) ||
+				!prepare_rows(b, d_sample + s0 * dim, rows))
+				return false;
+		}
+	}
+	spaced_rows_kernel<<<grid_for((long long) L * b->dim, 256), 256>>>(d_sample, S, d_centroids,
+																	   L, b->dim);
+	if (!LAUNCH_OK(b->sink, "spaced_rows_kernel"))
+		return false;
+
+	for (int it = 0; it < CAGRA_GPU_KMEANS_ITERATIONS; it++)
+	{
+		if (l2 && !row_norms(b, d_centroids, L, FBUF(b, CAGRA_GPU_CENTROID_NORMS)))
+			return false;
+		for (long long s0 = 0; s0 < S; s0 += A)
+			if (!nearest_centroids(b, d_sample + s0 * b->dim, (int) (S - s0 < A ? S - s0 : A),
+								   IBUF(b, CAGRA_GPU_SAMPLE_NEAREST) + s0))
+				return false;
+		if (!CUDA_OK(b->sink, cudaMemcpy(b->h_nearest, IBUF(b, CAGRA_GPU_SAMPLE_NEAREST),
+										 S * sizeof(int), cudaMemcpyDeviceToHost)))
+			return false;
+		cagra_gpu_group_by_key(b->h_nearest, S, L, b->h_offsets, b->h_members);
+		if (!CUDA_OK(b->sink, cudaMemcpy(IBUF(b, CAGRA_GPU_SAMPLE_OFFSETS), b->h_offsets,
+										 ((size_t) L + 1) * sizeof(int),
+										 cudaMemcpyHostToDevice)) ||
+			!CUDA_OK(b->sink, cudaMemcpy(IBUF(b, CAGRA_GPU_SAMPLE_MEMBERS), b->h_members,
+										 S * sizeof(int), cudaMemcpyHostToDevice)))
+			return false;
+		centroid_update_kernel<<<L, CENTROID_THREADS>>>(d_sample, b->dim,
+														IBUF(b, CAGRA_GPU_SAMPLE_OFFSETS),
+														IBUF(b, CAGRA_GPU_SAMPLE_MEMBERS),
+														d_centroids, !l2);
+		if (!LAUNCH_OK(b->sink, "centroid_update_kernel"))
+			return false;
+	}
+	return !l2 || row_norms(b, d_centroids, L, FBUF(b, CAGRA_GPU_CENTROID_NORMS));
+}
+
+/*
+ * Every row to the list of its nearest centroid (h_offsets, h_members),
+ * and every list's probe_pool nearest lists (h_pool, by the same partition
+ * metric, as the CPU ranks its probes).
+ */
+static bool
+assign_stage(Build *b)
+{
+	const CagraGpuPlan *pl = &b->plan;
+	int			L = (int) pl->n_lists;
+	int			A = pl->assign_rows;
+	int			pool = pl->probe_pool;
+	bool		l2 = partition_metric(b) == GNNVEC_CUDA_METRIC_L2;
+	float	   *d_centroids;
+
+	if (!stage_enter(b, CAGRA_GPU_STAGE_ASSIGN) ||
+		!host_alloc(b, (void **) &b->h_pool, (size_t) L * pool * sizeof(int)))
+		return false;
+	d_centroids = FBUF(b, CAGRA_GPU_CENTROIDS);
+	for (long long a0 = 0; a0 < b->n; a0 += A)
+	{
+		int			rows = (int) (b->n - a0 < A ? b->n - a0 : A);
+		const float *d_x = pl->resident ? FBUF(b, CAGRA_GPU_DATA) + a0 * b->dim :
+			FBUF(b, CAGRA_GPU_ASSIGN_ROWS);
+
+		if ((!pl->resident && !upload_rows(b, FBUF(b, CAGRA_GPU_ASSIGN_ROWS), a0, rows)) ||
+			!nearest_centroids(b, d_x, rows, IBUF(b, CAGRA_GPU_ASSIGN_NEAREST)) ||
+			!CUDA_OK(b->sink, cudaMemcpy(b->h_nearest + a0, IBUF(b, CAGRA_GPU_ASSIGN_NEAREST),
+										 rows * sizeof(int), cudaMemcpyDeviceToHost)))
+			return false;
+	}
+	cagra_gpu_group_by_key(b->h_nearest, b->n, L, b->h_offsets, b->h_members);
+
+	/* the centroids' nearest centroids, their own among them */
+	for (int c0 = 0; c0 < L; c0 += A)
+	{
+		int			rows = L - c0 < A ? L - c0 : A;
+
+		if (!fill_tile(b, partition_metric(b), d_centroids + (size_t) c0 * b->dim, rows,
+					   d_centroids, L, FBUF(b, CAGRA_GPU_ASSIGN_TILE), L) ||
+			!topk_init(b, FBUF(b, CAGRA_GPU_PROBE_DIST), IBUF(b, CAGRA_GPU_PROBE_IDS),
+					   (long long) rows * pool))
+			return false;
+		topk_tile_kernel<<<rows, TOPK_THREADS>>>(FBUF(b, CAGRA_GPU_ASSIGN_TILE), L,
+												 l2 ? FBUF(b, CAGRA_GPU_CENTROID_NORMS) : NULL,
+												 NULL, 0, L, NULL, c0, false, pool,
+												 FBUF(b, CAGRA_GPU_PROBE_DIST),
+												 IBUF(b, CAGRA_GPU_PROBE_IDS));
+		if (!LAUNCH_OK(b->sink, "topk_tile_kernel") ||
+			!CUDA_OK(b->sink, cudaMemcpy(b->h_pool + (size_t) c0 * pool,
+										 IBUF(b, CAGRA_GPU_PROBE_IDS),
+										 (size_t) rows * pool * sizeof(int),
+										 cudaMemcpyDeviceToHost)))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * The rows of list l, Q at a time, against its candidate rows, P at a
+ * time: one GEMM tile per pair, whose values are offered to the rows'
+ * top-I lists (merged across tiles, so across probed lists), ranked by the
+ * GEMM's values as the CPU's partitioned search ranks them.
+ */
+static bool
+search_list(Build *b, int l, GnnvecCudaCagraStats *stats)
+{
+	const CagraGpuPlan *pl = &b->plan;
+	int			I = b->p.intermediate_degree;
+	int			size = b->h_offsets[l + 1] - b->h_offsets[l];
+	const int  *queries = b->h_members + b->h_offsets[l];
+	bool		l2 = b->p.metric == GNNVEC_CUDA_METRIC_L2;
+	int			n_cands;
+	int		   *d_qids = IBUF(b, CAGRA_GPU_LIST_QUERY_IDS);
+	int		   *d_cids = IBUF(b, CAGRA_GPU_LIST_CAND_IDS);
+	float	   *d_q = FBUF(b, CAGRA_GPU_LIST_QUERIES);
+	float	   *d_c = FBUF(b, CAGRA_GPU_LIST_CANDS);
+	float	   *d_cn = FBUF(b, CAGRA_GPU_LIST_CAND_NORMS);
+
+	if (size == 0)
+		return true;
+
+	/*
+	 * Its own rows, then its probed lists' (a short list takes more, so
+	 * that its rows find I others: cagra_gpu_list_candidates).
+	 */
+	n_cands = (int) cagra_gpu_list_candidates(b->h_offsets, b->h_members, pl->n_lists, l,
+											  b->h_pool + (size_t) l * pl->probe_pool,
+											  pl->probe_pool, pl->probes,
+											  b->p.intermediate_degree + 1,
+											  b->h_stamp, b->h_cands);
+	for (int q0 = 0; q0 < size; q0 += pl->list_queries)
+	{
+		int			qn = size - q0 < pl->list_queries ? size - q0 : pl->list_queries;
+
+		if (!CUDA_OK(b->sink, cudaMemcpy(d_qids, queries + q0, qn * sizeof(int),
+										 cudaMemcpyHostToDevice)) ||
+			!load_rows(b, queries + q0, d_qids, qn, d_q) ||
+			!topk_init(b, FBUF(b, CAGRA_GPU_LIST_TOP_DIST), IBUF(b, CAGRA_GPU_LIST_TOP_IDS),
+					   (long long) qn * I))
+			return false;
+		for (int c0 = 0; c0 < n_cands; c0 += pl->list_candidates)
+		{
+			int			cn = n_cands - c0 < pl->list_candidates ?
+				n_cands - c0 : pl->list_candidates;
+
+			if (!CUDA_OK(b->sink, cudaMemcpy(d_cids, b->h_cands + c0, cn * sizeof(int),
+											 cudaMemcpyHostToDevice)) ||
+				!load_rows(b, b->h_cands + c0, d_cids, cn, d_c) ||
+				(l2 && !row_norms(b, d_c, cn, d_cn)) ||
+				!fill_tile(b, b->p.metric, d_q, qn, d_c, cn,
+						   FBUF(b, CAGRA_GPU_LIST_TILE), pl->list_candidates))
+				return false;
+			topk_tile_kernel<<<qn, TOPK_THREADS>>>(FBUF(b, CAGRA_GPU_LIST_TILE),
+												   pl->list_candidates, l2 ? d_cn : NULL,
+												   d_cids, 0, cn, d_qids, 0, true, I,
+												   FBUF(b, CAGRA_GPU_LIST_TOP_DIST),
+												   IBUF(b, CAGRA_GPU_LIST_TOP_IDS));
+			if (!LAUNCH_OK(b->sink, "topk_tile_kernel"))
+				return false;
+		}
+		scatter_top_kernel<<<grid_for((long long) qn * I, 256), 256>>>(IBUF(b, CAGRA_GPU_LIST_TOP_IDS),
+																	   qn, I, d_qids,
+																	   IBUF(b, CAGRA_GPU_KNN_GRAPH));
+		if (!LAUNCH_OK(b->sink, "scatter_top_kernel"))
+			return false;
+		stats->row_blocks++;
+	}
+	return true;
+}
+
+/*
+ * The partitioned kNN: the inverted-file search of Jegou et al. (IEEE
+ * TPAMI 2011) applied to the data itself, with one set of probed lists per
+ * list, as src/cagra/cagra_partition.c does on the CPU; CAGRA's pruning
+ * tolerates a kNN graph that misses a few true neighbours (Ootomo et al.,
+ * ICDE 2024, sec. IV), and cuVS builds its intermediate graph
+ * approximately too (IVF-PQ or NN-descent).
+ */
+static bool
+partitioned_knn_stage(Build *b, GnnvecCudaCagraStats *stats)
+{
+	const CagraGpuPlan *pl = &b->plan;
+	int			widest = pl->assign_rows;
+
+	if (pl->list_queries > widest)
+		widest = pl->list_queries;
+	if (pl->list_candidates > widest)
+		widest = pl->list_candidates;
+	if (!host_alloc(b, (void **) &b->h_rows, (size_t) widest * b->dim * sizeof(float)) ||
+		!kmeans_stage(b) || !assign_stage(b) ||
+		!stage_enter(b, CAGRA_GPU_STAGE_LIST_SEARCH) ||
+		!host_alloc(b, (void **) &b->h_cands, (size_t) b->n * sizeof(int)) ||
+		!host_alloc(b, (void **) &b->h_stamp, (size_t) pl->n_lists * sizeof(int)))
+		return false;
+	/* the resident data set was prepared by the k-means stage */
+	memset(b->h_stamp, 0, (size_t) pl->n_lists * sizeof(int));
+	for (int l = 0; l < pl->n_lists; l++)
+		if (!search_list(b, l, stats))
+			return false;
+	return CUDA_OK(b->sink, cudaDeviceSynchronize());
+}
+
+/* ---------------------------------------------------------------------- */
+/* Stages 2 and 3 */
+
 static bool
 prune_stage(Build *b)
 {
-	if (!device_alloc(b, (void **) &b->d_pruned,
-					  (size_t) b->n * b->p.graph_degree * 4, "the pruned graph"))
+	if (!stage_enter(b, CAGRA_GPU_STAGE_PRUNE))
 		return false;
-	prune_kernel<<<(unsigned) b->n, PRUNE_THREADS>>>(b->d_knn, b->p.intermediate_degree,
+	prune_kernel<<<(unsigned) b->n, PRUNE_THREADS>>>(IBUF(b, CAGRA_GPU_KNN_GRAPH),
+													 b->p.intermediate_degree,
 													 b->p.graph_degree, b->p.detour,
-													 b->d_pruned);
+													 IBUF(b, CAGRA_GPU_PRUNED));
 	return LAUNCH_OK(b->sink, "prune_kernel") &&
 		CUDA_OK(b->sink, cudaDeviceSynchronize());
+}
+
+/* Bits of a destination key (0 .. n, n meaning none). */
+static int
+radix_end_bit(long long n)
+{
+	int			end_bit = 1;
+
+	while (end_bit < 31 && (1LL << end_bit) <= n)
+		end_bit++;
+	return end_bit;
+}
+
+/* CUB's scratch for the stable sort of the n x d reverse edges, for the plan. */
+static bool
+sort_scratch_bytes(Build *b, size_t *bytes)
+{
+	*bytes = 0;
+	if (!CUDA_OK(b->sink, cub::DeviceRadixSort::SortPairs(NULL, *bytes, (int *) NULL,
+														  (int *) NULL, (int *) NULL,
+														  (int *) NULL,
+														  (int) (b->n * b->p.graph_degree),
+														  0, radix_end_bit(b->n))))
+		return false;
+	/* never 0: a NULL scratch would make the sort a size query again */
+	if (*bytes == 0)
+		*bytes = 256;
+	return true;
 }
 
 /* Stage 3 into the host array graph. */
@@ -1058,53 +1509,33 @@ reverse_stage(Build *b, int32_t *graph)
 	int			n = (int) b->n;
 	int			d = b->p.graph_degree;
 	long long	n_edges = (long long) n * d;
-	int		   *keys = NULL,
-			   *keys_sorted = NULL,
-			   *sources = NULL,
-			   *sources_sorted = NULL,
-			   *d_graph = NULL;
-	void	   *temp = NULL;
-	size_t		temp_bytes = 0;
-	int			end_bit = 1;
-	bool		ok;
+	size_t		temp_bytes = b->pin.sort_scratch_bytes;
+	int		   *keys,
+			   *keys_sorted,
+			   *sources,
+			   *sources_sorted;
 
-	while (end_bit < 31 && (1LL << end_bit) <= n)
-		end_bit++;
-	ok = device_alloc(b, (void **) &keys, n_edges * 4, "reverse edges") &&
-		device_alloc(b, (void **) &keys_sorted, n_edges * 4, "reverse edges") &&
-		device_alloc(b, (void **) &sources, n_edges * 4, "reverse edges") &&
-		device_alloc(b, (void **) &sources_sorted, n_edges * 4, "reverse edges") &&
-		device_alloc(b, (void **) &d_graph, n_edges * 4, "the final graph");
-	if (ok)
-	{
-		reverse_edges_kernel<<<grid_for(n_edges, 256), 256>>>(b->d_pruned, n, d, keys, sources);
-		ok = LAUNCH_OK(b->sink, "reverse_edges_kernel") &&
-			CUDA_OK(b->sink, cub::DeviceRadixSort::SortPairs(NULL, temp_bytes, keys, keys_sorted,
-															 sources, sources_sorted,
-															 (int) n_edges, 0, end_bit)) &&
-			device_alloc(b, &temp, temp_bytes, "the radix sort");
-	}
-	if (ok)
-	{
-		ok = CUDA_OK(b->sink, cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys, keys_sorted,
-															  sources, sources_sorted,
-															  (int) n_edges, 0, end_bit));
-		if (ok)
-		{
-			merge_reverse_kernel<<<grid_for(n, 256), 256>>>(b->d_pruned, n, d, keys_sorted,
-															sources_sorted, d_graph);
-			ok = LAUNCH_OK(b->sink, "merge_reverse_kernel") &&
-				CUDA_OK(b->sink, cudaMemcpy(graph, d_graph, n_edges * sizeof(int32_t),
-											cudaMemcpyDeviceToHost));
-		}
-	}
-	free_device(keys);
-	free_device(keys_sorted);
-	free_device(sources);
-	free_device(sources_sorted);
-	free_device(d_graph);
-	free_device(temp);
-	return ok;
+	if (!stage_enter(b, CAGRA_GPU_STAGE_REVERSE))
+		return false;
+	keys = IBUF(b, CAGRA_GPU_EDGE_KEYS);
+	keys_sorted = IBUF(b, CAGRA_GPU_EDGE_KEYS_SORTED);
+	sources = IBUF(b, CAGRA_GPU_EDGE_SOURCES);
+	sources_sorted = IBUF(b, CAGRA_GPU_EDGE_SOURCES_SORTED);
+	reverse_edges_kernel<<<grid_for(n_edges, 256), 256>>>(IBUF(b, CAGRA_GPU_PRUNED), n, d,
+														  keys, sources);
+	if (!LAUNCH_OK(b->sink, "reverse_edges_kernel") ||
+		!CUDA_OK(b->sink, cub::DeviceRadixSort::SortPairs(b->buf[CAGRA_GPU_SORT_SCRATCH],
+														  temp_bytes, keys, keys_sorted,
+														  sources, sources_sorted,
+														  (int) n_edges, 0,
+														  radix_end_bit(n))))
+		return false;
+	merge_reverse_kernel<<<grid_for(n, 256), 256>>>(IBUF(b, CAGRA_GPU_PRUNED), n, d,
+													keys_sorted, sources_sorted,
+													IBUF(b, CAGRA_GPU_FINAL_GRAPH));
+	return LAUNCH_OK(b->sink, "merge_reverse_kernel") &&
+		CUDA_OK(b->sink, cudaMemcpy(graph, IBUF(b, CAGRA_GPU_FINAL_GRAPH),
+									n_edges * sizeof(int32_t), cudaMemcpyDeviceToHost));
 }
 
 static int
@@ -1130,6 +1561,14 @@ check_params(const float *data, int64_t n, int dim, const GnnvecCudaCagraParams 
 						 "knn_candidates %d must be in %d..%d and below the row count",
 						 p->knn_candidates, p->intermediate_degree,
 						 GNNVEC_CUDA_MAX_CANDIDATES);
+	if (p->knn_method != GNNVEC_CUDA_KNN_EXACT &&
+		(p->knn_method != GNNVEC_CUDA_KNN_PARTITIONED || p->list_rows < 2 ||
+		 p->list_probes < 1 ||
+		 p->list_probes > GNNVEC_CUDA_MAX_CANDIDATES - CAGRA_GPU_PROBE_EXTRA))
+		return set_error(sink, GNNVEC_CUDA_ERR_PARAM,
+						 "invalid kNN method %d: list_rows %d must be at least 2, list_probes %d in 1..%d",
+						 p->knn_method, p->list_rows, p->list_probes,
+						 GNNVEC_CUDA_MAX_CANDIDATES - CAGRA_GPU_PROBE_EXTRA);
 	if ((long long) n * p->graph_degree > INT_MAX)
 		return set_error(sink, GNNVEC_CUDA_ERR_PARAM,
 						 "%lld rows of degree %d exceed the 2^31 edges of the GPU merge",
@@ -1151,6 +1590,7 @@ select_device(int device, ErrorSink *sink)
 	return CUDA_OK(sink, cudaSetDevice(device));
 }
 
+/* 90% of the free memory (after the context and cuBLAS handle), or less if asked. */
 static bool
 memory_budget(const GnnvecCudaCagraParams *p, ErrorSink *sink, size_t *budget)
 {
@@ -1165,6 +1605,31 @@ memory_budget(const GnnvecCudaCagraParams *p, ErrorSink *sink, size_t *budget)
 	return true;
 }
 
+/* The plan for this build (cagra_gpu_plan.c), CUB's scratch included. */
+static bool
+make_plan(Build *b, size_t budget)
+{
+	char		msg[256];
+
+	memset(&b->pin, 0, sizeof(b->pin));
+	b->pin.n = b->n;
+	b->pin.dim = b->dim;
+	b->pin.intermediate_degree = b->p.intermediate_degree;
+	b->pin.graph_degree = b->p.graph_degree;
+	b->pin.knn_candidates = b->p.knn_candidates;
+	b->pin.partitioned = b->p.knn_method == GNNVEC_CUDA_KNN_PARTITIONED;
+	b->pin.list_rows = b->p.list_rows;
+	b->pin.probes = b->p.list_probes;
+	b->pin.budget = budget;
+	b->pin.stream = b->p.stream_data != 0;
+	if (!sort_scratch_bytes(b, &b->pin.sort_scratch_bytes))
+		return false;
+	if (!cagra_gpu_plan(&b->pin, &b->plan, msg, sizeof(msg)))
+		return fail(b->sink, GNNVEC_CUDA_ERR_NOMEM, "%s", msg);
+	b->partitioned = b->plan.n_lists > 1;
+	return true;
+}
+
 static void
 run_build(Build *b, int32_t *knn, int32_t *graph, GnnvecCudaCagraStats *stats)
 {
@@ -1172,23 +1637,32 @@ run_build(Build *b, int32_t *knn, int32_t *graph, GnnvecCudaCagraStats *stats)
 	double		t = now_seconds();
 
 	/* context creation, the first CUDA call's cost, is reported apart */
-	if (!select_device(b->p.device, b->sink) || !memory_budget(&b->p, b->sink, &budget) ||
-		!plan_memory(b, budget) ||
+	if (!select_device(b->p.device, b->sink) ||
 		!cublas_ok(b->sink, cublasCreate(&b->blas), "cublasCreate"))
 		return;
 	b->blas_ready = true;
 	if (!cublas_ok(b->sink, cublasSetMathMode(b->blas, CUBLAS_DEFAULT_MATH),
-				   "cublasSetMathMode"))
+				   "cublasSetMathMode") ||
+		!memory_budget(&b->p, b->sink, &budget) || !make_plan(b, budget))
 		return;
 	stats->data_resident = b->plan.resident;
+	stats->n_lists = b->plan.n_lists;
+	stats->planned_bytes = (int64_t) b->plan.peak_bytes;
+	stats->budget_bytes = (int64_t) budget;
+
+	/* our workspace for cuBLAS, so that the plan counts it */
+	if (!stage_enter(b, b->partitioned ? CAGRA_GPU_STAGE_KMEANS : CAGRA_GPU_STAGE_EXACT_KNN) ||
+		!cublas_ok(b->sink, cublasSetWorkspace(b->blas, b->buf[CAGRA_GPU_BLAS_WORKSPACE],
+											   CAGRA_GPU_BLAS_WORKSPACE_BYTES),
+				   "cublasSetWorkspace"))
+		return;
 	stats->setup_seconds = now_seconds() - t;
 
 	t = now_seconds();
-	if (!knn_stage(b, stats))
+	if (!(b->partitioned ? partitioned_knn_stage(b, stats) : exact_knn_stage(b, stats)))
 		return;
-	free_knn_buffers(b);
 	if (knn != NULL &&
-		!CUDA_OK(b->sink, cudaMemcpy(knn, b->d_knn,
+		!CUDA_OK(b->sink, cudaMemcpy(knn, IBUF(b, CAGRA_GPU_KNN_GRAPH),
 									 (size_t) b->n * b->p.intermediate_degree * sizeof(int32_t),
 									 cudaMemcpyDeviceToHost)))
 		return;
@@ -1197,8 +1671,6 @@ run_build(Build *b, int32_t *knn, int32_t *graph, GnnvecCudaCagraStats *stats)
 	t = now_seconds();
 	if (!prune_stage(b))
 		return;
-	free_device(b->d_knn);
-	b->d_knn = NULL;
 	stats->prune_seconds = now_seconds() - t;
 
 	t = now_seconds();

@@ -21,7 +21,7 @@ extern "C"
 #endif
 
 /* Bumped whenever a signature or a struct below changes. */
-#define GNNVEC_CUDA_ABI_VERSION 1
+#define GNNVEC_CUDA_ABI_VERSION 2
 
 /* Same values as CagraMetric and CagraDetour in src/cagra/cagra.h. */
 #define GNNVEC_CUDA_METRIC_L2			0
@@ -30,6 +30,9 @@ extern "C"
 #define GNNVEC_CUDA_METRIC_L1			3
 #define GNNVEC_CUDA_DETOUR_ANY_RANK		0
 #define GNNVEC_CUDA_DETOUR_RANK_BELOW	1
+/* Same values as CagraKnnMethod. */
+#define GNNVEC_CUDA_KNN_EXACT			0
+#define GNNVEC_CUDA_KNN_PARTITIONED		1
 
 /* Largest intermediate degree and candidate count the kernels accept. */
 #define GNNVEC_CUDA_MAX_DEGREE			1024
@@ -51,7 +54,13 @@ typedef struct GnnvecCudaCagraParams
 	int			intermediate_degree;	/* I */
 	int			graph_degree;	/* d <= I */
 	int			detour;			/* GNNVEC_CUDA_DETOUR_* */
-	int			knn_candidates; /* GEMM candidates per row, I..MAX_CANDIDATES */
+	int			knn_candidates; /* exact: GEMM candidates per row,
+								 * I..MAX_CANDIDATES */
+	int			knn_method;		/* GNNVEC_CUDA_KNN_* */
+	int			list_rows;		/* partitioned: rows per k-means list, >= 2 */
+	int			list_probes;	/* partitioned: lists searched per list, >= 1 */
+	int			stream_data;	/* 1: stream the data set even if it fits
+								 * (tests of the streamed path) */
 	int			device;			/* CUDA device ordinal */
 	size_t		device_bytes;	/* device memory to use; 0: 90% of free */
 } GnnvecCudaCagraParams;
@@ -62,8 +71,12 @@ typedef struct GnnvecCudaCagraStats
 	double		knn_seconds;	/* including uploads */
 	double		prune_seconds;
 	double		reverse_seconds;	/* including the download */
-	int64_t		row_blocks;		/* kNN row blocks processed */
+	int64_t		row_blocks;		/* kNN row blocks (exact) or list query
+								 * blocks (partitioned) processed */
 	int			data_resident;	/* 1: the data set stayed on the device */
+	int64_t		n_lists;		/* k-means lists (0: exact kNN) */
+	int64_t		planned_bytes;	/* the memory plan's peak */
+	int64_t		budget_bytes;	/* the device memory it was planned for */
 } GnnvecCudaCagraStats;
 
 /* GNNVEC_CUDA_ABI_VERSION of the library. */
@@ -78,13 +91,16 @@ int			gnnvec_cuda_device_info(int device, char *name, size_t name_len,
 									char *errbuf, size_t errlen);
 
 /*
- * CAGRA stages 1-3 (exact kNN by cuBLAS GEMM tiles + top-k, rank-based
- * pruning, reverse-edge merge) for n rows of dim floats in host memory.
- * graph receives n * graph_degree ids (host memory); knn, when not NULL,
- * the n * intermediate_degree kNN graph.  The result is the graph the CPU
- * functions of src/cagra/cagra.h compute, up to ties in distance.  The data
- * set streams through the device in blocks when it does not fit; the kNN
- * graph (n * I * 4 bytes) and the pruned graph must fit.
+ * CAGRA stages 1-3 for n rows of dim floats in host memory: the kNN graph
+ * (exact: cuBLAS GEMM tiles over all pairs, top-k, exact re-ranking;
+ * partitioned: k-means lists on the GPU, each list searched by GEMM among
+ * its probed lists, as src/cagra/cagra_partition.c does on the CPU),
+ * rank-based pruning, reverse-edge merge.  graph receives n * graph_degree
+ * ids (host memory); knn, when not NULL, the n * intermediate_degree kNN
+ * graph.  Given the same kNN graph, the pruned and merged graph is the
+ * CPU's bit for bit.  Device memory follows the plan of
+ * src/cagra/cagra_gpu_plan.h: the data set stays on the device when every
+ * stage fits with it, and streams through it otherwise.
  */
 int			gnnvec_cuda_cagra_build(const float *data, int64_t n, int dim,
 									const GnnvecCudaCagraParams *params,

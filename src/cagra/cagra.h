@@ -97,7 +97,7 @@ typedef enum CagraKnnMethod
 typedef struct CagraParams
 {
 	CagraMetric metric;
-	CagraKnnMethod knn_method;	/* the GPU is always exact */
+	CagraKnnMethod knn_method;	/* CPU and GPU alike */
 	int			list_rows;		/* partitioned: rows per k-means list, 0:
 								 * CAGRA_LIST_ROWS */
 	int			list_probes;	/* partitioned: lists searched per list, 0:
@@ -124,7 +124,10 @@ typedef struct CagraStats
 	int64_t		unreachable;	/* nodes unreachable from entry before repair */
 	int64_t		repair_edges;	/* edges the connectivity repair added */
 	bool		gpu_data_resident;	/* GPU only: data set stayed on the device */
-	int64_t		gpu_row_blocks; /* GPU only: kNN row blocks */
+	int64_t		gpu_row_blocks; /* GPU only: kNN row (or list query) blocks */
+	int64_t		gpu_lists;		/* GPU only: k-means lists (0: exact kNN) */
+	int64_t		gpu_planned_bytes;	/* GPU only: the memory plan's peak */
+	int64_t		gpu_budget_bytes;	/* GPU only: the memory it had */
 } CagraStats;
 
 /* Defaults derived from HNSW's m, as the index uses them: I = 3m, d = 2m. */
@@ -367,11 +370,13 @@ extern CagraStatus cagra_gpu_device_info(CagraGpu *gpu, int device,
 
 /*
  * Stages 1-3 on a GPU (device_bytes caps the device memory used, 0: what is
- * free), then stage 4 on the CPU when asked.  knn (may be NULL) receives the
+ * free; stream_data streams the data set through the device even when it
+ * would fit, to test that path), then stage 4 on the CPU when asked.  knn (may be NULL) receives the
  * kNN graph (n x I) for comparisons.  stats->connect_seconds covers stage 4.
  */
 extern CagraStatus cagra_gpu_build(CagraGpu *gpu, int device,
-								   size_t device_bytes, const float *data,
+								   size_t device_bytes, bool stream_data,
+								   const float *data,
 								   int64_t n, int dim, const CagraParams *params,
 								   int32_t *knn, int32_t *graph,
 								   CagraStats *stats,

@@ -4,13 +4,16 @@
  *
  * The module is opened with dlopen only when a GPU build is asked for, so
  * that gnnvec.so (and everything else) runs on machines with no CUDA at all.
- * Its ABI is the C one of cuda/gnnvec_cuda.h, checked by version.
+ * Its ABI is the C one of cuda/gnnvec_cuda.h, checked by version.  The
+ * device-memory plan (cagra_gpu_plan.h) is shared with the module: a build
+ * that cannot fit the device is refused here before its data is sent.
  */
 #include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cagra/cagra.h"
+#include "cagra/cagra_gpu_plan.h"
 #include "../../cuda/gnnvec_cuda.h"
 
 _Static_assert(GNNVEC_CUDA_METRIC_L2 == CAGRA_METRIC_L2 &&
@@ -21,6 +24,9 @@ _Static_assert(GNNVEC_CUDA_METRIC_L2 == CAGRA_METRIC_L2 &&
 _Static_assert(GNNVEC_CUDA_DETOUR_ANY_RANK == CAGRA_DETOUR_ANY_RANK &&
 			   GNNVEC_CUDA_DETOUR_RANK_BELOW == CAGRA_DETOUR_RANK_BELOW,
 			   "detour codes differ between cagra.h and gnnvec_cuda.h");
+_Static_assert(GNNVEC_CUDA_KNN_EXACT == CAGRA_KNN_EXACT &&
+			   GNNVEC_CUDA_KNN_PARTITIONED == CAGRA_KNN_PARTITIONED,
+			   "kNN method codes differ between cagra.h and gnnvec_cuda.h");
 _Static_assert(GNNVEC_CUDA_MAX_DEGREE == CAGRA_MAX_DEGREE,
 			   "degree limits differ between cagra.h and gnnvec_cuda.h");
 
@@ -140,9 +146,46 @@ cagra_gpu_device_info(CagraGpu *gpu, int device, char *name, size_t name_len,
 									   errbuf, errlen));
 }
 
+/*
+ * The memory plan of the build (cagra_gpu_plan.h) for the whole device, or
+ * for device_bytes when that is less: a build that cannot fit even then is
+ * refused here, before any data goes to the device.  The module plans
+ * again with the memory actually free and CUB's own scratch size, which
+ * only add to what is counted here (the scratch is taken as 0).
+ */
+static CagraStatus
+gpu_plan_check(CagraGpu *gpu, const GnnvecCudaCagraParams *gp, int64_t n,
+			   int dim, char *errbuf, size_t errlen)
+{
+	CagraGpuPlanInput in;
+	CagraGpuPlan plan;
+	size_t		total = 0;
+	CagraStatus status;
+
+	status = gpu_status(gpu->device_info(gp->device, NULL, 0, &total,
+										 errbuf, errlen));
+	if (status != CAGRA_OK)
+		return status;
+	memset(&in, 0, sizeof(in));
+	in.n = n;
+	in.dim = dim;
+	in.intermediate_degree = gp->intermediate_degree;
+	in.graph_degree = gp->graph_degree;
+	in.knn_candidates = gp->knn_candidates;
+	in.partitioned = gp->knn_method == GNNVEC_CUDA_KNN_PARTITIONED;
+	in.list_rows = gp->list_rows;
+	in.probes = gp->list_probes;
+	in.budget = gp->device_bytes > 0 && gp->device_bytes < total ?
+		gp->device_bytes : total;
+	in.stream = gp->stream_data != 0;
+	if (!cagra_gpu_plan(&in, &plan, errbuf, errlen))
+		return CAGRA_ERR_NOMEM;
+	return CAGRA_OK;
+}
+
 CagraStatus
 cagra_gpu_build(CagraGpu *gpu, int device, size_t device_bytes,
-				const float *data, int64_t n, int dim,
+				bool stream_data, const float *data, int64_t n, int dim,
 				const CagraParams *params, int32_t *knn, int32_t *graph,
 				CagraStats *stats, char *errbuf, size_t errlen)
 {
@@ -162,8 +205,16 @@ cagra_gpu_build(CagraGpu *gpu, int device, size_t device_bytes,
 	gp.graph_degree = params->graph_degree;
 	gp.detour = params->detour;
 	gp.knn_candidates = cagra_knn_candidates(params->intermediate_degree, n - 1);
+	/* the kNN method and its lists as the CPU would use them */
+	gp.knn_method = params->knn_method;
+	gp.list_rows = params->list_rows > 0 ? params->list_rows : CAGRA_LIST_ROWS;
+	gp.list_probes = params->list_probes > 0 ? params->list_probes : CAGRA_LIST_PROBES;
+	gp.stream_data = stream_data;
 	gp.device = device;
 	gp.device_bytes = device_bytes;
+	status = gpu_plan_check(gpu, &gp, n, dim, errbuf, errlen);
+	if (status != CAGRA_OK)
+		return status;
 	status = gpu_status(gpu->cagra_build(data, n, dim, &gp, knn, graph, &gs,
 										 errbuf, errlen));
 	if (status != CAGRA_OK)
@@ -174,5 +225,8 @@ cagra_gpu_build(CagraGpu *gpu, int device, size_t device_bytes,
 	stats->reverse_seconds = gs.reverse_seconds;
 	stats->gpu_data_resident = gs.data_resident != 0;
 	stats->gpu_row_blocks = gs.row_blocks;
+	stats->gpu_lists = gs.n_lists;
+	stats->gpu_planned_bytes = gs.planned_bytes;
+	stats->gpu_budget_bytes = gs.budget_bytes;
 	return cagra_finish(data, n, dim, params, graph, stats, errbuf, errlen);
 }

@@ -260,7 +260,7 @@ cagra_build_gpu(CagraGpu *gpu, const float *data, int64 n, int dim,
 
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE,
 								 PROGRESS_HNSW_PHASE_CAGRA_GPU);
-	status = cagra_gpu_build(gpu, 0, 0, data, n, dim, params, NULL, graph,
+	status = cagra_gpu_build(gpu, 0, 0, false, data, n, dim, params, NULL, graph,
 							 &stats, errbuf, sizeof(errbuf));
 	if (status == CAGRA_ERR_NOMEM)
 		ereport(ERROR,
