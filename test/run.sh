@@ -85,9 +85,10 @@ build() {
 	fi
 }
 
-# tests run an assert-enabled build; benchmarks must not
+# tests run an assert-enabled build; benchmarks and the demo, which print
+# timings, must not
 asserts=1
-[ "$mode" = bench ] && asserts=0
+[ "$mode" = test ] || asserts=0
 build_flags=(ASSERTS=$asserts)
 build "${build_flags[@]}"
 
