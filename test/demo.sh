@@ -98,7 +98,7 @@ INSERT INTO summary SELECT 3, 'training s (1,000 clicks, 3 epochs)', round(extra
 SELECT scope, kind, version, pg_size_pretty(bytes::bigint) AS size FROM gnnvec_model_info('docs_hnsw');
 
 SET gnnvec.rerank = on;   -- ORDER BY v <-> q LIMIT k now returns the model's order
-\echo '--- the same query, reranked ---'
+\echo '--- the same query, reranked: rows come in the model''s order; l2 stays the true distance ---'
 SELECT d.rank, d.id, d.topic, CASE WHEN d.topic = q.topic THEN 'yes' ELSE '' END AS same_topic,
        round((d.v <-> q.v)::numeric, 2) AS l2
 FROM (SELECT v, topic FROM heldout WHERE id = :query) q,
