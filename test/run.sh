@@ -91,6 +91,9 @@ build() {
 asserts=1
 [ "$mode" = test ] || asserts=0
 build_flags=(ASSERTS=$asserts)
+# the demo builds its CAGRA index on the CPU: no need for the GPU module,
+# whose nvcc build costs as much CPU time as all the rest of the build
+[ "$mode" = demo ] && build_flags+=(USE_CUDA=0)
 build "${build_flags[@]}"
 
 # --- a private installation the server user can read ------------------------
