@@ -1,144 +1,199 @@
 #!/usr/bin/env bash
-# make demo: a short, readable end-to-end run on the throwaway cluster that
-# test/run.sh started (PGHOST/PGPORT point at it).
+# make demo: the story of gnnvec in a few minutes, on the throwaway cluster
+# that test/run.sh started (PGHOST/PGPORT point at it).  psql echoes every
+# statement, so each step can be copied; every number printed is measured in
+# this run.
 set -euo pipefail
 createdb gnnvec_demo
-psql -X -e -v ON_ERROR_STOP=1 -d gnnvec_demo <<'SQL'
-\echo '-- 1. the extension and a table of 128-dimensional embeddings'
+psql -X -q -e -v ON_ERROR_STOP=1 -d gnnvec_demo <<'SQL'
+\pset footer off
+\echo
+\echo '=== 1. Data where the nearest neighbours are not what users want ==='
+\echo '200 topics in 64 dimensions; each document is its topic''s centre plus noise'
+\echo '(sigma 1.5), so many of a query''s nearest documents belong to other topics.'
 CREATE EXTENSION gnnvec;
-CREATE TABLE items (id bigint PRIMARY KEY, category int, embedding vector(128));
-
-\echo '-- 2. load 5000 clustered vectors (20 topics + noise), deterministically'
 SELECT setseed(0.42);
-CREATE TEMP TABLE topics AS
-  SELECT t, array_agg(random() * 2 - 1 ORDER BY d) AS centre
-  FROM generate_series(0, 19) t, generate_series(1, 128) d GROUP BY t;
-\timing on
-INSERT INTO items
-  SELECT i, i % 20,
-         (SELECT array_agg(c + (random() - 0.5) * 0.4 ORDER BY ord)
-            FROM unnest(centre) WITH ORDINALITY u(c, ord))::vector(128)
-  FROM generate_series(1, 5000) i JOIN topics ON t = i % 20;
-\timing off
-SELECT count(*) AS rows, max(vector_dims(embedding)) AS dims FROM items;
+CREATE FUNCTION gauss() RETURNS float8 LANGUAGE sql VOLATILE AS   -- Box-Muller: N(0, 1)
+  $$ SELECT sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()) $$;
+CREATE TABLE topic AS
+  SELECT t AS topic, array_agg(gauss() ORDER BY d) AS centre
+  FROM generate_series(0, 199) t, generate_series(1, 64) d GROUP BY t;
+-- 10,000 documents, 1,000 logged queries (for clicks), 200 held-out queries
+CREATE TABLE sample AS
+  SELECT i AS id, i % 200 AS topic,
+         (SELECT array_agg(c + 1.5 * gauss() ORDER BY n) FROM unnest(centre) WITH ORDINALITY u(c, n))::vector(64) AS v
+  FROM generate_series(1, 11200) i JOIN topic ON topic.topic = i % 200;
+CREATE TABLE docs (id int PRIMARY KEY, topic int, v vector(64));
+INSERT INTO docs SELECT * FROM sample WHERE id <= 10000;
+CREATE TABLE heldout AS SELECT * FROM sample WHERE id > 11000;
+CREATE TABLE summary (step int, measure text, value text, n serial);   -- the closing table
 
-\echo '-- 3. the 5 nearest neighbours of item 42 by L2 (<->), cosine (<=>), inner product (<#>)'
-\timing on
-SELECT id, category, round((embedding <-> (SELECT embedding FROM items WHERE id = 42))::numeric, 4) AS l2
-FROM items ORDER BY embedding <-> (SELECT embedding FROM items WHERE id = 42) LIMIT 5;
-SELECT id, round((embedding <=> (SELECT embedding FROM items WHERE id = 42))::numeric, 4) AS cosine
-FROM items ORDER BY embedding <=> (SELECT embedding FROM items WHERE id = 42) LIMIT 5;
-SELECT id, round((embedding <#> (SELECT embedding FROM items WHERE id = 42))::numeric, 2) AS neg_inner_product
-FROM items ORDER BY embedding <#> (SELECT embedding FROM items WHERE id = 42) LIMIT 5;
-\timing off
-
-\echo '-- 4. vector arithmetic and aggregates: the centroid of each category'
-SELECT category, subvector(avg(embedding), 1, 4) AS centroid_head,
-       round(vector_norm(avg(embedding))::numeric, 3) AS norm
-FROM items GROUP BY category ORDER BY category LIMIT 5;
-
-\echo '-- 5. how often is the nearest neighbour in the same category?'
-SELECT round(avg(((SELECT n.category FROM items n WHERE n.id <> q.id
-                    ORDER BY n.embedding <-> q.embedding LIMIT 1) = q.category)::int), 3) AS same_category
-FROM (SELECT * FROM items WHERE id <= 100) q;
-
-\echo '-- 6. a gnnhnsw index: the same query, now an index scan'
-\timing on
-CREATE INDEX items_embedding_idx ON items USING gnnhnsw (embedding vector_l2_ops) WITH (m = 16, ef_construction = 64);
-\timing off
-SELECT elements, levels, round(mean_degree::numeric, 1) AS mean_degree, pages FROM gnnvec_index_info('items_embedding_idx');
-EXPLAIN (COSTS OFF)
-SELECT id FROM items ORDER BY embedding <-> (SELECT embedding FROM items WHERE id = 42) LIMIT 5;
-\timing on
-SELECT id, category, round((embedding <-> (SELECT embedding FROM items WHERE id = 42))::numeric, 4) AS l2
-FROM items ORDER BY embedding <-> (SELECT embedding FROM items WHERE id = 42) LIMIT 5;
-\timing off
-
-\echo '-- 7. recall@10 of the index against exact search, for 50 queries, at two ef_search settings'
-SET enable_indexscan = off;   -- exact answers: a sequential scan and a sort
-CREATE TEMP TABLE exact AS
-  SELECT q.id AS qid, array(SELECT n.id FROM items n ORDER BY n.embedding <-> q.embedding LIMIT 10) AS ids
-  FROM items q WHERE q.id % 100 = 0;
-RESET enable_indexscan;
-SET gnnvec.ef_search = 10;
-SELECT 10 AS ef_search, round(avg(cardinality(ARRAY(SELECT unnest(e.ids) INTERSECT
-         SELECT unnest(array(SELECT n.id FROM items n ORDER BY n.embedding <-> q.embedding LIMIT 10))))) / 10.0, 3) AS recall_at_10
-FROM exact e JOIN items q ON q.id = e.qid;
-SET gnnvec.ef_search = 40;
-SELECT 40 AS ef_search, round(avg(cardinality(ARRAY(SELECT unnest(e.ids) INTERSECT
-         SELECT unnest(array(SELECT n.id FROM items n ORDER BY n.embedding <-> q.embedding LIMIT 10))))) / 10.0, 3) AS recall_at_10
-FROM exact e JOIN items q ON q.id = e.qid;
-SELECT count(*) AS problems FROM gnnvec_index_check('items_embedding_idx');
-
-\echo '-- 8. pgvector-compatible text and binary formats'
-SELECT '[1,2.5,3]'::vector AS text_form, vector_send('[1,2.5,3]') AS binary_form;
-
-\echo '-- 9. the same index built by CAGRA (kNN graph, pruned; level 0 given long edges): build time and recall side by side'
-\timing on
-CREATE INDEX items_cagra_idx ON items USING gnnhnsw (embedding vector_l2_ops)
+\echo
+\echo '--- the same documents indexed twice: an HNSW build and a CAGRA build ---'
+CREATE TABLE docs_cagra (LIKE docs INCLUDING ALL);   -- a copy, so both indexes can be queried
+INSERT INTO docs_cagra SELECT * FROM docs;
+SELECT clock_timestamp() AS t0 \gset
+CREATE INDEX docs_hnsw ON docs USING gnnhnsw (v vector_l2_ops)
+  WITH (m = 16, ef_construction = 64, build_method = 'hnsw');
+INSERT INTO summary SELECT 1, 'build s, hnsw', round(extract(epoch FROM clock_timestamp() - :'t0'::timestamptz), 2)::text;
+SELECT clock_timestamp() AS t0 \gset
+CREATE INDEX docs_cagra_v ON docs_cagra USING gnnhnsw (v vector_l2_ops)
   WITH (m = 16, build_method = 'cagra', device = 'cpu');
-\timing off
-DROP INDEX items_embedding_idx;   -- so that the scans below use the CAGRA-built graph
-SET gnnvec.ef_search = 40;
-SELECT 'cagra' AS build, 40 AS ef_search, round(avg(cardinality(ARRAY(SELECT unnest(e.ids) INTERSECT
-         SELECT unnest(array(SELECT n.id FROM items n ORDER BY n.embedding <-> q.embedding LIMIT 10))))) / 10.0, 3) AS recall_at_10
-FROM exact e JOIN items q ON q.id = e.qid;
-SELECT count(*) AS problems FROM gnnvec_index_check('items_cagra_idx');
-
-\echo '-- 10. search that learns: 30 topics, 1200 noisy items; nearest neighbours often come from another topic'
-SELECT setseed(0.42);
-CREATE TABLE normal AS
-  SELECT i, j, sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()) AS z
-  FROM generate_series(0, 1689) i, generate_series(1, 16) j;
-CREATE TABLE centre AS SELECT i AS topic, array_agg(z ORDER BY j) AS c FROM normal WHERE i < 30 GROUP BY i;
-CREATE TABLE view AS
-  SELECT n.i - 30 AS id, (n.i - 30) % 30 AS topic, array_agg((c.c[n.j] + n.z)::real ORDER BY n.j)::vector(16) AS v
-  FROM normal n JOIN centre c ON c.topic = (n.i - 30) % 30 WHERE n.i >= 30 GROUP BY n.i;
-CREATE TABLE docs (id int PRIMARY KEY, topic int, v vector(16));
-INSERT INTO docs SELECT id, topic, v FROM view WHERE id < 1200;
-CREATE INDEX docs_v ON docs USING gnnhnsw (v vector_l2_ops) WITH (m = 8);
--- clicks: for 400 queries, an item of the query's topic among the 100 nearest
-CREATE TABLE clicks AS SELECT * FROM (
-  SELECT q.v AS q, (SELECT s.v FROM (SELECT d.v, d.topic FROM docs d ORDER BY d.v <-> q.v LIMIT 100) s
-                    WHERE s.topic = q.topic ORDER BY random() LIMIT 1) AS p
-  FROM view q WHERE q.id BETWEEN 1200 AND 1599) t WHERE p IS NOT NULL;
-CREATE TABLE heldout AS SELECT id, topic, v FROM view WHERE id >= 1600;   -- 60 queries never trained on
-CREATE FUNCTION hits(q vector, t int) RETURNS bigint LANGUAGE sql AS $$
-  SELECT count(*) FROM (SELECT d.topic FROM docs d ORDER BY d.v <-> q LIMIT 10) s WHERE s.topic = t $$;
-CREATE FUNCTION p_at_10() RETURNS numeric LANGUAGE sql AS $$
-  SELECT round(avg((SELECT count(*) FROM (SELECT d.topic FROM docs d ORDER BY d.v <-> h.v LIMIT 10) t
-                    WHERE t.topic = h.topic) / 10.0), 3) FROM heldout h $$;
-SET gnnvec.ef_search = 100;
+INSERT INTO summary SELECT 1, 'build s, cagra', round(extract(epoch FROM clock_timestamp() - :'t0'::timestamptz), 2)::text;
+-- recall@10 against exact search (a sequential scan and a sort) for the 200 held-out queries
+SET enable_indexscan = off;
+CREATE TABLE exact AS
+  SELECT h.id, array(SELECT d.id FROM docs d ORDER BY d.v <-> h.v LIMIT 10) AS top10 FROM heldout h;
+RESET enable_indexscan;
 SET enable_seqscan = off;
-SELECT p_at_10() AS p10_plain_index_scan;
-CREATE TEMP TABLE plain_hits AS SELECT id, hits(v, topic) AS hits FROM heldout;
-\echo '-- the held-out query the plain scan serves worst: how many of its top 10 share its topic?'
-SELECT h.id AS worst FROM heldout h
-ORDER BY (SELECT count(*) FROM (SELECT d.topic FROM docs d ORDER BY d.v <-> h.v LIMIT 10) t WHERE t.topic = h.topic), h.id
-LIMIT 1 \gset
-SELECT :worst AS query, count(*) FILTER (WHERE d.topic = h.topic) AS same_topic_in_top10
-FROM heldout h, LATERAL (SELECT topic FROM docs d ORDER BY d.v <-> h.v LIMIT 10) d WHERE h.id = :worst;
-\echo '-- train the Rerank GNN from the clicks (one NOTICE per epoch), then rerank the scans'
-SET client_min_messages = notice;
-\timing on
-SELECT epoch, round(loss::numeric, 3) AS loss, round(val_recall_at_10::numeric, 3) AS val_recall_at_10
-FROM gnnvec_train('docs_v', 'SELECT q, p FROM clicks', epochs => 3, hidden => 16, validation_fraction => 0.5);
-\timing off
-SET gnnvec.rerank = on;
-SELECT p_at_10() AS p10_reranked_scan;
-SELECT count(*) FILTER (WHERE hits(h.v, h.topic) > p.hits) AS queries_better,
-       count(*) FILTER (WHERE hits(h.v, h.topic) < p.hits) AS queries_worse
-FROM heldout h JOIN plain_hits p USING (id);
-SELECT :worst AS query, count(*) FILTER (WHERE d.topic = h.topic) AS same_topic_in_top10
-FROM heldout h, LATERAL (SELECT topic FROM docs d ORDER BY d.v <-> h.v LIMIT 10) d WHERE h.id = :worst;
-\echo '-- latency: the 60 held-out queries, reranked then plain'
-\timing on
-SELECT count(*) FROM heldout h, LATERAL (SELECT id FROM docs d ORDER BY d.v <-> h.v LIMIT 10) t;
-SET gnnvec.rerank = off;
-SELECT count(*) FROM heldout h, LATERAL (SELECT id FROM docs d ORDER BY d.v <-> h.v LIMIT 10) t;
-\timing off
+CREATE FUNCTION recall_at_10(ef int, build text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM set_config('gnnvec.ef_search', ef::text, false);
+  RETURN (SELECT round(avg(cardinality(array(SELECT unnest(e.top10) INTERSECT SELECT unnest(f.ids)))) / 10.0, 3)
+          FROM exact e JOIN heldout h USING (id),
+               LATERAL (SELECT CASE build
+                   WHEN 'hnsw' THEN array(SELECT d.id FROM docs d ORDER BY d.v <-> h.v LIMIT 10)
+                   ELSE array(SELECT d.id FROM docs_cagra d ORDER BY d.v <-> h.v LIMIT 10) END) f(ids));
+END $$;
+INSERT INTO summary
+SELECT 1, format('recall@10 at ef_search %s, hnsw / cagra', ef), recall_at_10(ef, 'hnsw') || ' / ' || recall_at_10(ef, 'cagra')
+FROM unnest(array[10, 40, 100]) ef;
+SELECT measure, value FROM summary WHERE step = 1 ORDER BY n;
 
-\echo '-- 11. what this backend caches for its scans, and a last check of both indexes'
-SELECT index, elements, pg_size_pretty(bytes) AS memory FROM gnnvec_scan_cache();
-SELECT (SELECT count(*) FROM gnnvec_index_check('items_cagra_idx')) + (SELECT count(*) FROM gnnvec_index_check('docs_v')) AS problems;
+\echo
+\echo '=== 2. One query whose top 10 is mostly wrong ==='
+SET gnnvec.ef_search = 100;   -- from here on; reranked scans take 100 candidates too
+CREATE FUNCTION hits(q vector, t int) RETURNS int LANGUAGE sql AS   -- top-10 documents of topic t
+  $$ SELECT count(*)::int FROM (SELECT topic FROM docs ORDER BY v <-> q LIMIT 10) s WHERE topic = t $$;
+EXPLAIN (COSTS OFF) SELECT id FROM docs ORDER BY v <-> (SELECT v FROM heldout WHERE id = 11001) LIMIT 10;
+CREATE TABLE plain AS SELECT id, hits(v, topic) AS hits FROM heldout;   -- the plain scan, per query
+INSERT INTO summary SELECT 2, 'held-out P@10, plain index scan', round(avg(hits) / 10.0, 3) FROM plain;
+\echo '--- the held-out query the plain index scan serves worst ---'
+SELECT id AS query, topic AS query_topic, hits AS query_hits FROM heldout JOIN plain USING (id)
+ORDER BY hits, id LIMIT 1 \gset
+\echo 'query' :query 'of topic' :query_topic ':' :query_hits 'of its 10 nearest documents share its topic'
+SELECT d.rank, d.id, d.topic, CASE WHEN d.topic = q.topic THEN 'yes' ELSE '' END AS same_topic,
+       round((d.v <-> q.v)::numeric, 2) AS l2
+FROM (SELECT v, topic FROM heldout WHERE id = :query) q,
+     LATERAL (SELECT row_number() OVER () AS rank, * FROM
+              (SELECT id, topic, v FROM docs ORDER BY v <-> q.v LIMIT 10) s) d ORDER BY d.rank;
+SELECT value AS "held-out P@10, plain index scan" FROM summary WHERE step = 2;
+SELECT count(*) FILTER (WHERE hits <= 3) AS "queries with at most 3 of 10 right", count(*) AS queries FROM plain;
+
+\echo
+\echo '=== 3. Learning from clicks: a GNN reranker ==='
+\echo 'The clicks: for each of the 1,000 logged queries, one document of its topic among'
+\echo 'the 100 the index returned (the user looked past the first page).'
+CREATE TABLE clicks AS
+  SELECT q.v AS query, c.v AS clicked
+  FROM sample q, LATERAL (SELECT s.v FROM (SELECT v, topic FROM docs ORDER BY v <-> q.v LIMIT 100) s
+                          WHERE s.topic = q.topic ORDER BY random() LIMIT 1) c
+  WHERE q.id BETWEEN 10001 AND 11000;
+SELECT count(*) AS clicks FROM clicks;
+\echo 'Training: one NOTICE per epoch (loss, hit rate at 10 on the validation clicks).'
+SELECT clock_timestamp() AS t0 \gset
+SELECT epoch, round(loss::numeric, 3) AS loss, round(val_recall_at_10::numeric, 3) AS val_hit_rate_at_10
+FROM gnnvec_train('docs_hnsw', 'SELECT query, clicked FROM clicks', epochs => 3, hidden => 32);
+INSERT INTO summary SELECT 3, 'training s (1,000 clicks, 3 epochs)', round(extract(epoch FROM clock_timestamp() - :'t0'::timestamptz), 1)::text;
+SELECT scope, kind, version, pg_size_pretty(bytes::bigint) AS size FROM gnnvec_model_info('docs_hnsw');
+
+SET gnnvec.rerank = on;   -- ORDER BY v <-> q LIMIT k now returns the model's order
+\echo '--- the same query, reranked: rows come in the model''s order; l2 stays the true distance ---'
+SELECT d.rank, d.id, d.topic, CASE WHEN d.topic = q.topic THEN 'yes' ELSE '' END AS same_topic,
+       round((d.v <-> q.v)::numeric, 2) AS l2
+FROM (SELECT v, topic FROM heldout WHERE id = :query) q,
+     LATERAL (SELECT row_number() OVER () AS rank, * FROM
+              (SELECT id, topic, v FROM docs ORDER BY v <-> q.v LIMIT 10) s) d ORDER BY d.rank;
+\echo '--- all 200 held-out queries (never trained on) ---'
+CREATE TABLE reranked AS SELECT id, hits(v, topic) AS hits FROM heldout;
+INSERT INTO summary
+SELECT 3, 'held-out P@10, reranked', round(avg(r.hits) / 10.0, 3)::text FROM reranked r
+UNION ALL
+SELECT 3, format('query %s: same topic in top 10, plain / reranked', :query), format('%s / %s', p.hits, r.hits)
+FROM reranked r JOIN plain p USING (id) WHERE id = :query
+UNION ALL
+SELECT 3, 'held-out queries better / worse / same', format('%s / %s / %s',
+       count(*) FILTER (WHERE r.hits > p.hits), count(*) FILTER (WHERE r.hits < p.hits),
+       count(*) FILTER (WHERE r.hits = p.hits))
+FROM reranked r JOIN plain p USING (id);
+SELECT measure, value FROM summary WHERE step IN (2, 3) ORDER BY n;
+
+\echo '--- latency: ms per query over the 200 held-out queries, plain and reranked alternating (ef_search 100) ---'
+CREATE FUNCTION ms_per_query(rerank bool) RETURNS numeric LANGUAGE plpgsql AS $$
+DECLARE t0 timestamptz;
+BEGIN
+  PERFORM set_config('gnnvec.rerank', rerank::text, false);
+  t0 := clock_timestamp();
+  PERFORM count(*) FROM heldout h, LATERAL (SELECT id FROM docs d ORDER BY d.v <-> h.v LIMIT 10) t;
+  RETURN round(extract(epoch FROM clock_timestamp() - t0) * 1000 / (SELECT count(*) FROM heldout), 3);
+END $$;
+SELECT ms_per_query(true) AS "warm-up (fills the reranker's cache)";
+CREATE TABLE latency AS
+  SELECT pass, ms_per_query(false) AS plain_ms, ms_per_query(true) AS reranked_ms FROM generate_series(1, 3) pass;
+SELECT pass, plain_ms, reranked_ms, round(reranked_ms / plain_ms, 2) AS ratio FROM latency ORDER BY pass;
+INSERT INTO summary
+SELECT 3, 'ms per query, plain / reranked (median of 3 passes)', format('%s / %s',
+       percentile_disc(0.5) WITHIN GROUP (ORDER BY plain_ms), percentile_disc(0.5) WITHIN GROUP (ORDER BY reranked_ms))
+FROM latency;
+
+\echo
+\echo '=== 4. A query adapter for the index scan (MicroLoRA), and trajectories ==='
+\echo 'An HnswScan adapter maps each query before the graph search: y = x + alpha (x A) B.'
+SET gnnvec.rerank = off;
+SET gnnvec.lora_alpha = 1;
+SELECT epoch, round(loss::numeric, 3) AS loss, round(val_recall_at_10::numeric, 3) AS val_hit_rate_at_10
+FROM gnnvec_train('docs_hnsw', 'SELECT query, clicked FROM clicks', scope => 'HnswScan',
+                  epochs => 3, learning_rate => 0.05);
+\echo 'Training keeps the best epoch on the validation clicks; epoch 0 is the adapter as it was'
+\echo 'before (here: none, the identity).  The stored config has both validation recalls:'
+INSERT INTO summary
+SELECT 4, 'HnswScan adapter: validation recall@10 before / kept',
+       (regexp_match(config, '"start_recall_at_10": ([0-9.]+)'))[1] || ' / ' ||
+       (regexp_match(config, '"val_recall_at_10": ([0-9.]+)'))[1]
+FROM gnnvec_model_info('docs_hnsw') WHERE scope = 'HnswScan';
+SET gnnvec.adapt = on;   -- scans of docs_hnsw search with the adapted query
+INSERT INTO summary
+SELECT 4, 'held-out P@10, adapted', round(avg(hits(v, topic)) / 10.0, 3) FROM heldout;
+SET gnnvec.rerank = on;
+INSERT INTO summary
+SELECT 4, 'held-out P@10, adapted and reranked', round(avg(hits(v, topic)) / 10.0, 3) FROM heldout;
+SELECT measure, value FROM summary WHERE step = 4 ORDER BY n;
+SET gnnvec.adapt = off;
+SET gnnvec.rerank = off;
+
+\echo '--- trajectories: per-operator time of 20 held-out queries, recorded by the executor hook ---'
+SET gnnvec.record_trajectories = on;   -- superuser
+DO $$
+DECLARE q vector;
+BEGIN
+  FOR q IN SELECT v FROM heldout WHERE id <= 11020 LOOP
+    PERFORM id FROM docs ORDER BY v <-> q LIMIT 10;
+  END LOOP;
+END $$;
+SET gnnvec.record_trajectories = off;
+SELECT id, scope, round(execution_ms::numeric, 3) AS ms, round(baseline_ms::numeric, 3) AS baseline_ms,
+       round(improvement::numeric, 3) AS improvement, rows, subvector(embedding, 1, 3) AS query_head
+FROM gnnvec_trajectories() ORDER BY id LIMIT 5;
+SELECT total, round(mean_improvement::numeric, 3) AS mean_improvement,
+       round(success_rate::numeric, 3) AS success_rate, count_by_operator
+FROM gnnvec_trajectory_stats(0.5);
+INSERT INTO summary SELECT 4, 'trajectory records (nodes of 20 plans + the loop''s scan)', total::text
+FROM gnnvec_trajectory_stats(0.5);
+
+\echo '--- the shared per-operator adapter bank: rewarded with the recorded HnswScan improvements ---'
+\echo 'gnnvec_lora_* adapt this bank (one adapter per operator type, for every index); index'
+\echo 'scans read only their own index''s adapter above.'
+SELECT count(gnnvec_lora_reward('HnswScan', improvement)) AS rewards
+FROM (SELECT gnnvec_lora_forward('HnswScan', embedding), improvement
+      FROM gnnvec_trajectories() WHERE scope = 'HnswScan' ORDER BY id) t;
+SELECT name, category, dim, rank, forward_count, adapt_count, round(delta_norm::numeric, 4) AS delta_norm
+FROM gnnvec_lora_stats() WHERE forward_count > 0 OR name = 'HnswScan';
+
+\echo
+\echo '=== 5. Both indexes checked, and the summary ==='
+INSERT INTO summary
+SELECT 5, 'gnnvec_index_check problems, ' || i, count(c.*)::text
+FROM unnest(array['docs_hnsw', 'docs_cagra_v']) i LEFT JOIN LATERAL gnnvec_index_check(i::regclass) c ON true
+GROUP BY i;
+SELECT step, measure, value FROM summary ORDER BY n;
 SQL
