@@ -108,15 +108,34 @@ my @unshipped = $coord->safe_psql('postgres', "EXPLAIN (VERBOSE, COSTS OFF) $top
 unlike($unshipped[0], qr/ORDER BY/, 'without extensions \'gnnvec\' the shard is asked for every row, unsorted');
 $coord->safe_psql('postgres', q{ALTER SERVER shard1 OPTIONS (ADD extensions 'gnnvec')});
 
+# Over the partitioned table the LIMIT stays on the coordinator (the shard's
+# cursor is bounded by ef_search and fetch_size); a query over the foreign
+# partitions themselves, one subquery each, ships every LIMIT too.
+my $per_shard = join(' UNION ALL ',
+	map { "(SELECT id, v <-> '$q' AS d FROM items_$_ ORDER BY v <-> '$q' LIMIT 10)" } 1, 2);
+$per_shard = "SELECT id FROM ($per_shard) s ORDER BY d LIMIT 10";
+my @limited = $coord->safe_psql('postgres', "EXPLAIN (VERBOSE, COSTS OFF) $per_shard") =~ /Remote SQL: (.*)$/mg;
+like($limited[1], qr/ORDER BY \(v OPERATOR\(public\.<->\) '\[[^']*\]'\) ASC NULLS LAST LIMIT 10::bigint$/,
+	'per-partition subqueries ship their LIMIT');
+is($coord->safe_psql('postgres', $per_shard), $coord->safe_psql('postgres', $topk),
+	'and find the same rows');
+
 # --- results: recall@10 of 50 queries against the exact top 10
 
 # index statistics of a shard, "scans seq_scans"
-sub scan_counts
+sub scan_counts_sql
 {
-	my ($shard) = @_;
-	return $shard->safe_psql('postgres', q{
-		SELECT i.idx_scan || ' ' || t.seq_scan FROM pg_stat_user_indexes i
-		JOIN pg_stat_user_tables t USING (relid) WHERE i.indexrelname = 'items_s_v_idx'});
+	return q{SELECT i.idx_scan || ' ' || t.seq_scan FROM pg_stat_user_indexes i
+		JOIN pg_stat_user_tables t USING (relid) WHERE i.indexrelname = 'items_s_v_idx'};
+}
+sub scan_counts { return $_[0]->safe_psql('postgres', scan_counts_sql); }
+# The statistics of a postgres_fdw session arrive when it ends, after the
+# coordinator's session: wait for the two per-partition queries' scans.
+for my $shard (@shards)
+{
+	$shard->poll_query_until('postgres',
+		q{SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'items_s_v_idx'}, '2')
+	  or die 'the shard\'s index statistics did not arrive';
 }
 my @before = map { [ split / /, scan_counts($_) ] } @shards;
 
@@ -135,10 +154,7 @@ for my $i (0, 1)
 {
 	my ($scans, $seq) = @{ $before[$i] };
 	my $want = ($scans + 51) . " $seq";
-	ok($shards[$i]->poll_query_until('postgres', q{
-			SELECT i.idx_scan || ' ' || t.seq_scan FROM pg_stat_user_indexes i
-			JOIN pg_stat_user_tables t USING (relid) WHERE i.indexrelname = 'items_s_v_idx'},
-			$want),
+	ok($shards[$i]->poll_query_until('postgres', scan_counts_sql, $want),
 		"shard @{[ $i + 1 ]}: one index scan per query, no seq scan ($want)");
 }
 
