@@ -16,8 +16,10 @@
 # at ef_search 40 also postgres_fdw's default of 100), on shard 1 alone (its
 # half of the rows, no postgres_fdw: the search's share) and on shard 1's
 # foreign partition through the coordinator (the same search plus
-# postgres_fdw's cost for one shard).  Recall of the last two is against the
-# whole set's top 10, so about half.  Writes
+# postgres_fdw's cost for one shard), and through test/shard_topk.sql
+# (dblink: the shards searched concurrently, distances shipped; l2 sets).
+# Recall of shard1_alone and shard1_via_fdw is against the whole set's top
+# 10, so about half.  Writes
 # OUT_DIR/shard/shard.csv (setup, ef, fetch_size, seconds, queries, recall@10
 # against the set's exact top 10) and prints it.
 set -euo pipefail
@@ -94,6 +96,8 @@ done
 psql_q shard_coord <<SQL
 CREATE EXTENSION gnnvec;
 CREATE EXTENSION postgres_fdw;
+CREATE EXTENSION dblink;
+\i $here/../test/shard_topk.sql
 CREATE TABLE items (id int NOT NULL, v vector($dim) NOT NULL) PARTITION BY HASH (id);
 CREATE TABLE queries (id int PRIMARY KEY, v vector($dim) NOT NULL);
 COPY queries FROM '$dataset/queries.copy' (FORMAT binary);
@@ -133,17 +137,19 @@ import index_results as r
 meta = r.load_meta('$dataset')
 print('%.4f' % r.results_recall('$1', r.load_gt10('$dataset', meta)))"
 }
-# measure SETUP TABLE EF FETCH DB [psql args...]: best of 3 of the LATERAL statement
+# measure SETUP TOPK EF FETCH DB [psql args...]: best of 3 of the statement
+# answering every query through LATERAL (TOPK), TOPK a query of q.v
 measure() {
-	local setup=$1 table=$2 ef=$3 fetch=$4 db=$5 best= t res=$out/${1}_ef${3}_fetch${4}.csv
+	local setup=$1 topk=$2 ef=$3 fetch=$4 db=$5 best= t res=$out/${1}_ef${3}_fetch${4}.csv
 	shift 5
 	for _ in 1 2 3; do
-		t=$(timed "$db" "$@" -c "COPY (SELECT q.id, r.id FROM queries q CROSS JOIN LATERAL
-				(SELECT id FROM $table ORDER BY v $op q.v LIMIT 10) r) TO '$res' (FORMAT csv)")
+		t=$(timed "$db" "$@" -c "COPY (SELECT q.id, r.id FROM queries q CROSS JOIN LATERAL ($topk) r)
+				TO '$res' (FORMAT csv)")
 		if [ -z "$best" ] || awk "BEGIN { exit !($t < $best) }"; then best=$t; fi
 	done
 	echo "$setup,$ef,$fetch,$best,$nq,$(recall "$res")" >>"$csv"
 }
+nearest() { echo "SELECT id FROM $1 ORDER BY v $op q.v LIMIT 10"; }
 shard_options() {
 	local ef=$1 fetch=$2
 	for i in 1 2; do
@@ -152,14 +158,16 @@ shard_options() {
 	done
 }
 for ef in $ef_list; do
-	measure single items "$ef" - shard_single -c "SET gnnvec.ef_search = $ef"
-	measure shard1_alone items_s "$ef" - postgres -p $((PGPORT + 1)) -c "SET gnnvec.ef_search = $ef"
+	measure single "$(nearest items)" "$ef" - shard_single -c "SET gnnvec.ef_search = $ef"
+	measure shard1_alone "$(nearest items_s)" "$ef" - postgres -p $((PGPORT + 1)) -c "SET gnnvec.ef_search = $ef"
 	shard_options "$ef" 10
-	measure two_shards items "$ef" 10 shard_coord
-	measure shard1_via_fdw items_1 "$ef" 10 shard_coord
+	measure two_shards "$(nearest items)" "$ef" 10 shard_coord
+	measure shard1_via_fdw "$(nearest items_1)" "$ef" 10 shard_coord
+	# shard_topk orders by <->
+	[ "$op" = '<->' ] && measure two_shards_dblink "SELECT id FROM shard_topk('{shard1,shard2}', q.v, 10)" "$ef" - shard_coord
 	if [ "$ef" = 40 ]; then
 		shard_options "$ef" 100
-		measure two_shards items "$ef" 100 shard_coord
+		measure two_shards "$(nearest items)" "$ef" 100 shard_coord
 	fi
 	tail -n +2 "$csv" | grep ",$ef," | sed 's/^/  /'
 done

@@ -13,6 +13,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use GnnvecSession;
 
 my $dims = 24;
 my $rows = 4000;
@@ -172,6 +175,19 @@ is($shards[ 1 - $home ]->safe_psql('postgres', "SELECT count(*) FROM items_s WHE
 is($coord->safe_psql('postgres', "SELECT id FROM items ORDER BY v <-> '$q' LIMIT 1"), $rows + 1,
 	'the coordinator finds it first');
 
+# --- shard_topk (test/shard_topk.sql): the shards searched concurrently via dblink
+
+$coord->safe_psql('postgres',
+	'CREATE EXTENSION dblink;' . slurp_file("$FindBin::RealBin/../shard_topk.sql"));
+my $topk_dblink = "SELECT id FROM shard_topk('{shard1,shard2}', '$q', 10)";
+is($coord->safe_psql('postgres', $topk_dblink), $coord->safe_psql('postgres', $topk),
+	'shard_topk finds the rows the merged scans find');
+my $recall_dblink = $coord->safe_psql('postgres', q{
+	SELECT round(avg((SELECT count(*) FROM shard_topk('{shard1,shard2}', q.v, 10) s
+		WHERE s.id IN (SELECT id FROM ref ORDER BY v <-> q.v LIMIT 10)) / 10.0), 4)
+	FROM queries q});
+cmp_ok($recall_dblink, '>=', 0.95, "shard_topk recall\@10 against the exact top 10 ($recall_dblink)");
+
 # --- gnnvec.ef_search on the shards
 
 # A scan without iterative search returns at most ef_search rows
@@ -189,6 +205,8 @@ $coord->safe_psql('postgres', q{
 });
 is($coord->safe_psql('postgres', "$count_sql; $shard_efs"), "6\n3 3",
 	"the server's options set it in the shard sessions: 3 rows from each");
+is($coord->safe_psql('postgres', "SELECT count(*) FROM ($topk_dblink) s"), '6',
+	'and in shard_topk\'s dblink sessions');
 
 $coord->safe_psql('postgres', q{
 	ALTER SERVER shard1 OPTIONS (DROP options);
@@ -201,6 +219,10 @@ $_->safe_psql('postgres', 'ALTER ROLE CURRENT_USER RESET gnnvec.ef_search') for 
 is($coord->safe_psql('postgres', $count_sql), '10', 'back to 10 rows at the default');
 
 # --- a shard that is down: an error, never the other shard's rows alone
+
+# a session whose dblink connections are open when the shard goes
+my $session = GnnvecSession->new($coord);
+is($session->query("SELECT count(*) FROM ($topk_dblink) s"), '10', 'shard_topk in a long session');
 
 $shards[1]->stop;
 my ($out, $err);
@@ -228,7 +250,14 @@ like($err, qr/could not connect to server "shard2"/, 'naming the shard that is d
 is($shards[0]->safe_psql('postgres', "SELECT count(*) FROM items_s WHERE id = $id1"), '0',
 	'and leaves nothing on shard 1');
 
+$session->{err} = '';
+is($session->query("SELECT count(*) FROM ($topk_dblink) s"), '', 'shard_topk returns nothing while shard 2 is down');
+like($session->{err}, qr/ERROR:  (?s:.*)dblink connection named "shard2"/, 'but an error naming the shard\'s connection');
+
 $shards[1]->start;
+is($session->query("SELECT count(*) FROM ($topk_dblink) s"), '10',
+	'the same session\'s shard_topk reconnects once shard 2 is back');
+$session->quit;
 is($coord->safe_psql('postgres', $count_sql), '10', 'with shard 2 back, queries answer again');
 cmp_ok($coord->safe_psql('postgres', $recall_sql), '>=', 0.95, 'with the same recall');
 
