@@ -253,6 +253,9 @@ is($shards[0]->safe_psql('postgres', "SELECT count(*) FROM items_s WHERE id = $i
 $session->{err} = '';
 is($session->query("SELECT count(*) FROM ($topk_dblink) s"), '', 'shard_topk returns nothing while shard 2 is down');
 like($session->{err}, qr/ERROR:  (?s:.*)dblink connection named "shard2"/, 'but an error naming the shard\'s connection');
+$session->{err} = '';
+is($session->query("SELECT count(*) FROM ($topk_dblink) s"), '', 'and again');
+like($session->{err}, qr/ERROR:  could not establish connection/, 'now failing to connect');
 
 $shards[1]->start;
 is($session->query("SELECT count(*) FROM ($topk_dblink) s"), '10',
