@@ -3,8 +3,9 @@
 # partitions.  ORDER BY v <-> q LIMIT k on the coordinator runs a gnnhnsw
 # index scan on every shard (shipped through the servers' extensions option,
 # opened as a cursor, bounded by ef_search and fetch_size) and merges the
-# shards' rows; recall against the exact top 10; inserts route to their
-# shard; gnnvec.ef_search reaches the shards through the server's options or
+# shards' rows; recall against the exact top 10; shard_topk
+# (test/shard_topk.sql) finds the same rows through dblink; inserts route to
+# their shard; gnnvec.ef_search reaches the shards through the server's options or
 # the shard role's settings, never through the coordinator's SET; a shard
 # that is down is an error, never a partial answer; a model trained on one
 # server serves another once its row is copied with the index OID remapped.
