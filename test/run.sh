@@ -18,7 +18,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 PG_CONFIG=${PG_CONFIG:-pg_config}
-packages=(postgresql-server-dev-15 libopenblas-dev libipc-run-perl)
+# postgresql-15: the server and its contrib modules (postgres_fdw and dblink,
+# which the sharding test uses), copied into the private installation below
+packages=(postgresql-15 postgresql-server-dev-15 libopenblas-dev libipc-run-perl)
 
 log() { printf '== %s\n' "$*"; }
 
