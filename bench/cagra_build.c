@@ -436,6 +436,7 @@ cpu_knn(const Bench *b)
 		status = cagra_knn_partitioned(b->base, opt->n, opt->dim, opt->params.metric,
 									   knn_degree, opt->params.list_rows,
 									   opt->params.list_probes,
+									   opt->params.refine_iterations,
 									   opt->params.n_threads, NULL, knn, NULL,
 									   err, sizeof(err));
 	else
@@ -793,6 +794,7 @@ usage(void)
 			"         [--metric l2|ip|cosine|l1] [--I DEGREE] [--d DEGREE]\n"
 			"         [--detour cuvs|paper|both] [--connect] [--threads T]\n"
 			"         [--knn exact|partitioned] [--list-rows R] [--probes P]\n"
+			"         [--refine ITERATIONS]\n"
 			"         [--device cpu|gpu] [--compare-cpu] [--cuda-lib PATH]\n"
 			"         [--gpu-device N] [--gpu-mem-mb MB] [--ef 10,20,...]\n"
 			"         [--knn-sample S] [--seed S] [--dump PATH]\n"
@@ -897,6 +899,8 @@ parse_args(Options *opt, int argc, char **argv)
 			opt->params.list_rows = atoi(v);
 		else if (strcmp(a, "--probes") == 0)
 			opt->params.list_probes = atoi(v);
+		else if (strcmp(a, "--refine") == 0)
+			opt->params.refine_iterations = atoi(v);
 		else if (strcmp(a, "--threads") == 0)
 			opt->params.n_threads = atoi(v);
 		else if (strcmp(a, "--detour") == 0)
