@@ -596,8 +596,12 @@ cagra_knn_refine(const float *data, int64_t n, int dim, CagraMetric metric,
 			updates += job.updates[t];
 		if (check.n_rows > 0)
 		{
+			double		before = stats->recall_after;
+
+			/* done, or the rest of the way would cost too many iterations */
 			stats->recall_after = refine_check_recall(&check, knn);
-			if (stats->recall_after >= options->target_recall)
+			if (stats->recall_after >= options->target_recall ||
+				stats->recall_after - before < CAGRA_REFINE_MIN_GAIN)
 				break;
 		}
 		if ((double) updates < CAGRA_REFINE_DELTA * (double) n * k)
