@@ -215,7 +215,8 @@ extern CagraStatus cagra_knn_partitioned(const float *data, int64_t n, int dim,
  * target_recall > 0, as soon as the lists of CAGRA_REFINE_CHECK_ROWS evenly
  * spaced rows hold that share of their exact neighbours (found by brute
  * force first; no iteration at all when they do from the start) or an
- * iteration raised that share by less than CAGRA_REFINE_MIN_GAIN.  The rows
+ * iteration from the third on raised that share by less than
+ * CAGRA_REFINE_MIN_GAIN.  The rows
  * come back sorted by (distance, id), distances computed afresh; the result
  * does not depend on n_threads.  stats (may be NULL) reports the
  * iterations done and the checked rows' recall before and after (-1
@@ -240,6 +241,8 @@ typedef struct CagraRefineStats
 #define CAGRA_REFINE_DELTA 0.001
 #define CAGRA_REFINE_TARGET_RECALL 0.95
 #define CAGRA_REFINE_MIN_GAIN 0.01
+#define CAGRA_REFINE_MIN_GAIN_FROM 2	/* iteration (from 0) the gain rule
+										 * starts at */
 #define CAGRA_REFINE_CHECK_ROWS 256
 
 /* Bytes per row cagra_knn_refine allocates on top of the kNN graph and dists. */

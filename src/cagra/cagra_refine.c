@@ -598,10 +598,18 @@ cagra_knn_refine(const float *data, int64_t n, int dim, CagraMetric metric,
 		{
 			double		before = stats->recall_after;
 
-			/* done, or the rest of the way would cost too many iterations */
+			/*
+			 * Done, or the rest of the way would cost too many iterations.
+			 * The first iterations are spared that rule: they join mostly
+			 * neighbours that the lists already paired, and NN-descent
+			 * speeds up after them (on tf-idf the checked recall rose by
+			 * 2, 3, 4 and 4 points in iterations 2 to 5, by less than 1 in
+			 * the first).
+			 */
 			stats->recall_after = refine_check_recall(&check, knn);
 			if (stats->recall_after >= options->target_recall ||
-				stats->recall_after - before < CAGRA_REFINE_MIN_GAIN)
+				(it >= CAGRA_REFINE_MIN_GAIN_FROM &&
+				 stats->recall_after - before < CAGRA_REFINE_MIN_GAIN))
 				break;
 		}
 		if ((double) updates < CAGRA_REFINE_DELTA * (double) n * k)
