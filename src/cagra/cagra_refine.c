@@ -4,9 +4,8 @@
  *
  * The partitioned kNN stage (cagra_partition.c) finds a row's neighbours
  * only inside the k-means lists probed for the row's list.  On data whose
- * neighbourhoods cut across lists (high intrinsic dimension: tf-idf, or
- * clusters smaller than a list spread along a subspace) most true
- * neighbours lie elsewhere.  NN-descent (Dong, Charikar & Li, "Efficient
+ * neighbourhoods cut across lists (high intrinsic dimension: word vectors,
+ * tf-idf) most true neighbours lie elsewhere.  NN-descent (Dong, Charikar & Li, "Efficient
  * k-nearest neighbor graph construction for generic similarity measures",
  * WWW 2011) repairs that on the principle that a neighbour of a neighbour
  * is likely a neighbour: each iteration, for every node v, all pairs of
@@ -16,7 +15,9 @@
  * local join; pairs of two old entries were compared before and are
  * skipped, and at most `sample` new and `sample` old entries per direction
  * join each iteration.  The iterations stop when fewer than
- * CAGRA_REFINE_DELTA x n x k list entries changed, or after `iterations`.
+ * CAGRA_REFINE_DELTA x n x k list entries changed, after `iterations`, or
+ * when the recall of a few brute-forced rows says the graph is good
+ * enough or no longer improving enough (cagra.h).
  *
  * Parallel form: the local joins of different nodes run on different
  * threads and update other nodes' lists under a per-node spin lock; a
