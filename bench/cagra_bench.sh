@@ -13,7 +13,8 @@
 # Generated: 1000 separated clusters (100k x 128), 1000 clusters along a
 # 16-d subspace (20k x 64), heavy duplicates (100k rows of 10k vectors),
 # the clusters again under inner product.  Real, when bench/run.sh has
-# fetched them: fashion-mnist-784 (L2, 784-d) and tfidf-gcide-256 (cosine).
+# fetched them: fashion-mnist-784 (L2, 784-d), words-gcide-100 (cosine,
+# fastText word vectors) and tfidf-gcide-256 (cosine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=bench/data
@@ -56,6 +57,9 @@ run() {
 	run "1000 clusters along 16 dimensions, 20k x 64, L2" "$sub" 20000 64 --queries 300
 	if [ -f "$data/fashion-mnist-784/queries.f32" ]; then
 		run "fashion-mnist, 60k x 784, L2" "$(joined "$data/fashion-mnist-784")" 60000 784
+	fi
+	if [ -f "$data/words-gcide-100/queries.f32" ]; then
+		run "word vectors, 64654 x 100, cosine" "$(joined "$data/words-gcide-100")" 64654 100 --metric cosine
 	fi
 	if [ -f "$data/tfidf-gcide-256/queries.f32" ]; then
 		run "tf-idf, 118774 x 256, cosine" "$(joined "$data/tfidf-gcide-256")" 118774 256 --metric cosine

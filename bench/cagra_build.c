@@ -440,6 +440,7 @@ cpu_knn(const Bench *b)
 		status = cagra_knn_partitioned(b->base, opt->n, opt->dim, opt->params.metric,
 									   knn_degree, opt->params.list_rows,
 									   opt->params.list_probes,
+									   opt->params.refine_iterations,
 									   opt->params.n_threads, NULL, knn, NULL,
 									   err, sizeof(err));
 	else
@@ -802,6 +803,7 @@ usage(void)
 			"         [--metric l2|ip|cosine|l1] [--I DEGREE] [--d DEGREE]\n"
 			"         [--detour cuvs|paper|both] [--connect] [--threads T]\n"
 			"         [--knn exact|partitioned] [--list-rows R] [--probes P]\n"
+			"         [--refine ITERATIONS]\n"
 			"         [--device cpu|gpu] [--compare-cpu] [--cuda-lib PATH]\n"
 			"         [--gpu-device N] [--gpu-mem-mb MB] [--gpu-stream]\n"
 			"         [--ef 10,20,...]\n"
@@ -912,6 +914,8 @@ parse_args(Options *opt, int argc, char **argv)
 			opt->params.list_rows = atoi(v);
 		else if (strcmp(a, "--probes") == 0)
 			opt->params.list_probes = atoi(v);
+		else if (strcmp(a, "--refine") == 0)
+			opt->params.refine_iterations = atoi(v);
 		else if (strcmp(a, "--threads") == 0)
 			opt->params.n_threads = atoi(v);
 		else if (strcmp(a, "--detour") == 0)

@@ -11,7 +11,8 @@
  *	1. a kNN graph of degree I (intermediate_degree), rows sorted by
  *	   distance, no self edges: exact, by tiled GEMM (OpenBLAS) + per-row
  *	   top-k, or approximate, from k-means lists searched near each other
- *	   (cagra_partition.c) when n^2 is too much;
+ *	   (cagra_partition.c) and refined by NN-descent (cagra_refine.c) when
+ *	   n^2 is too much;
  *	2. rank-based pruning to degree d (graph_degree) by detourable-route
  *	   counts;
  *	3. reverse edges merged into the second half of every row;
@@ -102,6 +103,8 @@ typedef struct CagraParams
 								 * CAGRA_LIST_ROWS */
 	int			list_probes;	/* partitioned: lists searched per list, 0:
 								 * CAGRA_LIST_PROBES */
+	int			refine_iterations;	/* partitioned: NN-descent iterations at
+									 * most after the lists, 0: none */
 	int			intermediate_degree;	/* I: degree of the kNN graph */
 	int			graph_degree;	/* d: degree of the final graph, d <= I */
 	CagraDetour detour;
@@ -191,17 +194,70 @@ extern CagraStatus cagra_knn_gemm_serial(const float *data, int64_t n,
  * included.  Same output contract as cagra_knn_exact, except that rows
  * are ranked by the GEMM's values (cagra_knn_gemm_serial; for L2 on copies
  * centred on the list's own rows); rows whose probed lists hold fewer than
- * k other rows get an exact search.
+ * k other rows get an exact search.  Then at most refine_iterations (0:
+ * none) of cagra_knn_refine, aiming at CAGRA_REFINE_TARGET_RECALL; refined
+ * rows' distances are recomputed and the rows sorted by (distance, id).
  */
 #define CAGRA_LIST_ROWS 400
 #define CAGRA_LIST_PROBES 5
 extern CagraStatus cagra_knn_partitioned(const float *data, int64_t n, int dim,
 										 CagraMetric metric, int k,
 										 int list_rows, int probes,
+										 int refine_iterations,
 										 int n_threads,
 										 const CagraInterrupt *interrupt,
 										 int32_t *knn, float *dists,
 										 char *errbuf, size_t errlen);
+
+/*
+ * NN-descent refinement of a kNN graph (n rows of k ids, -1 allowed in
+ * empty slots; dists: its distances on return, or NULL): at most
+ * `iterations` local joins of `sample` new and old neighbours per node and
+ * direction (cagra_refine.c).  It stops early when fewer than
+ * CAGRA_REFINE_DELTA x n x k entries changed in an iteration, or, when
+ * target_recall > 0, as soon as the lists of CAGRA_REFINE_CHECK_ROWS evenly
+ * spaced rows hold that share of their exact neighbours (found by brute
+ * force first; no iteration at all when they do from the start) or an
+ * iteration from the third on raised that share by less than
+ * CAGRA_REFINE_MIN_GAIN.  The rows
+ * come back sorted by (distance, id), distances computed afresh; the result
+ * does not depend on n_threads.  stats (may be NULL) reports the
+ * iterations done and the checked rows' recall before and after (-1
+ * without a check).
+ */
+typedef struct CagraRefineOptions
+{
+	int			iterations;
+	int			sample;
+	double		target_recall;	/* 0: no check */
+} CagraRefineOptions;
+
+typedef struct CagraRefineStats
+{
+	int			iterations;
+	double		recall_before;
+	double		recall_after;
+} CagraRefineStats;
+
+#define CAGRA_REFINE_ITERATIONS 6
+#define CAGRA_REFINE_SAMPLE 10
+#define CAGRA_REFINE_DELTA 0.001
+#define CAGRA_REFINE_TARGET_RECALL 0.95
+#define CAGRA_REFINE_MIN_GAIN 0.01
+#define CAGRA_REFINE_MIN_GAIN_FROM 2	/* iteration (from 0) the gain rule
+										 * starts at */
+#define CAGRA_REFINE_CHECK_ROWS 256
+
+/* Bytes per row cagra_knn_refine allocates on top of the kNN graph and dists. */
+extern size_t cagra_knn_refine_row_bytes(int k, int sample);
+extern CagraStatus cagra_knn_refine(const float *data, int64_t n, int dim,
+									CagraMetric metric, int k,
+									const CagraRefineOptions *options,
+									int n_threads,
+									const CagraInterrupt *interrupt,
+									int32_t *knn, float *dists,
+									CagraRefineStats *stats,
+									char *errbuf, size_t errlen);
 
 /*
  * Exact k nearest rows of base for each of nq queries (ground truth for

@@ -71,6 +71,7 @@ cagra_build(const float *data, int64_t n, int dim, const CagraParams *params,
 		status = cagra_knn_partitioned(data, n, dim, params->metric, I,
 									   params->list_rows,
 									   params->list_probes,
+									   params->refine_iterations,
 									   params->n_threads, &params->interrupt,
 									   knn, NULL, errbuf, errlen);
 	else

@@ -65,6 +65,7 @@ cagra_row_bytes(int dim, int intermediate, int degree)
 	return sizeof(float) * dim		/* contiguous copy of the vectors */
 		+ sizeof(int32) * intermediate	/* kNN graph */
 		+ sizeof(float) * intermediate	/* kNN distances / candidate scratch */
+		+ cagra_knn_refine_row_bytes(intermediate, CAGRA_REFINE_SAMPLE)
 		+ 2 * sizeof(int32) * degree;	/* pruned and final graphs */
 }
 
@@ -187,6 +188,7 @@ cagra_build_cpu(const float *data, int64 n, int dim,
 		status = cagra_knn_partitioned(data, n, dim, params->metric, inter,
 									   params->list_rows,
 									   params->list_probes,
+									   params->refine_iterations,
 									   params->n_threads, &params->interrupt,
 									   knn, NULL, errbuf, sizeof(errbuf));
 	else

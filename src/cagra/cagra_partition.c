@@ -14,8 +14,11 @@
  * rows.  A row costs about probes x list_rows distances instead of n.
  * cuVS builds its intermediate graph approximately too (IVF-PQ or
  * NN-descent); CAGRA's pruning is robust to a kNN graph that misses a few
- * true neighbours (Ootomo et al., ICDE 2024, sec. IV).  bench/bin/cagra_build
- * measures the recall of this stage and of the final graph.
+ * true neighbours (Ootomo et al., ICDE 2024, sec. IV).  Where lists cut
+ * through neighbourhoods (high intrinsic dimension), NN-descent
+ * (cagra_refine.c) then finds the neighbours the lists missed among the
+ * neighbours' neighbours.  bench/bin/cagra_build measures the recall of
+ * this stage and of the final graph.
  */
 #include <cblas.h>
 #include <stdlib.h>
@@ -443,12 +446,13 @@ list_run(ListJob *job, int n_lists, int n_threads,
 
 CagraStatus
 cagra_knn_partitioned(const float *data, int64_t n, int dim, CagraMetric metric,
-					  int k, int list_rows, int probes, int n_threads,
-					  const CagraInterrupt *interrupt, int32_t *knn,
-					  float *dists, char *errbuf, size_t errlen)
+					  int k, int list_rows, int probes, int refine_iterations,
+					  int n_threads, const CagraInterrupt *interrupt,
+					  int32_t *knn, float *dists, char *errbuf, size_t errlen)
 {
 	ListJob		job = {0};
 	int64_t		n_lists;
+	CagraStatus status;
 
 	if (list_rows == 0)
 		list_rows = CAGRA_LIST_ROWS;
@@ -459,10 +463,10 @@ cagra_knn_partitioned(const float *data, int64_t n, int dim, CagraMetric metric,
 		return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
 						   "invalid partitioned kNN: %lld rows, dimension %d, k %d",
 						   (long long) n, dim, k);
-	if (list_rows < 2 || probes < 1)
+	if (list_rows < 2 || probes < 1 || refine_iterations < 0)
 		return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
-						   "list_rows %d must be at least 2 and probes %d at least 1",
-						   list_rows, probes);
+						   "list_rows %d must be at least 2, probes %d at least 1, refine_iterations %d not negative",
+						   list_rows, probes, refine_iterations);
 	n_lists = (n + list_rows - 1) / list_rows;
 	if (n_lists <= 1)
 		return cagra_knn_exact(data, n, dim, metric, k, n_threads, interrupt,
@@ -476,6 +480,15 @@ cagra_knn_partitioned(const float *data, int64_t n, int dim, CagraMetric metric,
 	job.probes = probes < n_lists ? probes : (int) n_lists;
 	job.knn = knn;
 	job.dists = dists;
-	return list_run(&job, (int) n_lists, cagra_thread_count(n_threads), interrupt,
-					errbuf, errlen);
+	status = list_run(&job, (int) n_lists, cagra_thread_count(n_threads),
+					  interrupt, errbuf, errlen);
+	if (status == CAGRA_OK && refine_iterations > 0)
+	{
+		CagraRefineOptions refine = {refine_iterations, CAGRA_REFINE_SAMPLE,
+		CAGRA_REFINE_TARGET_RECALL};
+
+		status = cagra_knn_refine(data, n, dim, metric, k, &refine, n_threads,
+								  interrupt, knn, dists, NULL, errbuf, errlen);
+	}
+	return status;
 }

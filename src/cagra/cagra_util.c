@@ -46,6 +46,7 @@ cagra_params_default(CagraParams *params, int m)
 	params->knn_method = CAGRA_KNN_EXACT;
 	params->list_rows = 0;
 	params->list_probes = 0;
+	params->refine_iterations = CAGRA_REFINE_ITERATIONS;
 	params->intermediate_degree = 3 * m;
 	params->graph_degree = 2 * m;
 	params->detour = CAGRA_DETOUR_ANY_RANK;
@@ -77,10 +78,11 @@ cagra_params_check(const CagraParams *params, int64_t n, int dim,
 		return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
 						   "unknown kNN method %d", (int) params->knn_method);
 	if (params->list_rows < 0 || params->list_rows == 1 ||
-		params->list_probes < 0)
+		params->list_probes < 0 || params->refine_iterations < 0)
 		return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
-						   "list_rows %d must be 0 or at least 2, list_probes %d not negative",
-						   params->list_rows, params->list_probes);
+						   "list_rows %d must be 0 or at least 2, list_probes %d and refine_iterations %d not negative",
+						   params->list_rows, params->list_probes,
+						   params->refine_iterations);
 	if ((unsigned) params->detour > CAGRA_DETOUR_RANK_BELOW)
 		return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
 						   "unknown detour definition %d",

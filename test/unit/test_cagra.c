@@ -513,6 +513,145 @@ knn_overlap(const int32_t *a, const int32_t *b, int64_t n, int k)
 }
 
 /*
+ * NN-descent from a random graph: on uniform data in 8 dimensions it
+ * climbs to nearly the exact kNN graph, under L2 and cosine; the result
+ * does not depend on the number of threads; from a half-right graph, a
+ * recall target stops it early, and a graph that meets the target is left
+ * alone; an exact graph
+ * stays exact (no distance ties in random floats); bad arguments are
+ * rejected.
+ */
+static void
+refine_from_ring(int32_t *knn, int64_t n, int k)
+{
+	/* row i starts with i+1 .. i+k (mod n): unrelated to the data */
+	for (int64_t i = 0; i < n; i++)
+		for (int j = 0; j < k; j++)
+			knn[i * k + j] = (int32_t) ((i + 1 + j) % n);
+	knn[5 * k + 3] = -1;		/* an empty slot fills up too */
+}
+
+static void
+test_knn_refine(void)
+{
+	int64_t		n = 3000;
+	int			dim = 8,
+				k = 12;
+	float	   *data = random_data(n, dim);
+	int32_t    *exact = malloc(n * k * sizeof(int32_t));
+	int32_t    *one = malloc(n * k * sizeof(int32_t));
+	int32_t    *two = malloc(n * k * sizeof(int32_t));
+	float	   *dists = malloc(n * k * sizeof(float));
+	CagraRefineOptions full = {30, 8, 0.0};
+	CagraRefineOptions bad;
+	CagraRefineStats st;
+	char		err[256];
+	double		start,
+				recall;
+	int			full_iterations;
+
+	for (int metric = CAGRA_METRIC_L2; metric <= CAGRA_METRIC_COSINE; metric += 2)
+	{
+		CHECK(cagra_knn_exact(data, n, dim, (CagraMetric) metric, k, 2, NULL, exact,
+							  NULL, err, sizeof(err)) == CAGRA_OK, "exact: %s", err);
+		refine_from_ring(one, n, k);
+		memcpy(two, one, n * k * sizeof(int32_t));
+		start = knn_overlap(one, exact, n, k);
+		CHECK(cagra_knn_refine(data, n, dim, (CagraMetric) metric, k, &full, 1, NULL,
+							   one, dists, &st, err, sizeof(err)) == CAGRA_OK,
+			  "refine, metric %d, 1 thread: %s", metric, err);
+		recall = knn_overlap(one, exact, n, k);
+		CHECK(recall >= 0.95 && start < 0.05,
+			  "metric %d: NN-descent from a random graph: recall %.4f -> %.4f",
+			  metric, start, recall);
+		CHECK(st.iterations >= 2 && st.iterations < 30 && st.recall_before == -1.0,
+			  "metric %d: stopped by the update count after %d iterations",
+			  metric, st.iterations);
+		CHECK(knn_rows_well_formed(one, dists, n, k), "refined rows well formed");
+		for (int64_t i = 0; i < n * k; i++)
+			if (fabs(dists[i] - cagra_distance((CagraMetric) metric, data + (i / k) * dim,
+											   data + (int64_t) one[i] * dim, dim)) > 1e-5)
+			{
+				CHECK(false, "row %lld: distance of %d wrong", (long long) (i / k), one[i]);
+				break;
+			}
+		CHECK(cagra_knn_refine(data, n, dim, (CagraMetric) metric, k, &full, 2, NULL,
+							   two, NULL, NULL, err, sizeof(err)) == CAGRA_OK,
+			  "refine, 2 threads: %s", err);
+		CHECK(rows_equal(one, two, n * k), "metric %d: 1 and 2 threads refine alike",
+			  metric);
+	}
+
+	/* L2 from here on */
+	CHECK(cagra_knn_exact(data, n, dim, CAGRA_METRIC_L2, k, 2, NULL, exact, NULL,
+						  err, sizeof(err)) == CAGRA_OK, "exact: %s", err);
+	/* half right: each row's second half replaced by ring entries */
+	for (int64_t i = 0; i < n; i++)
+		for (int j = 0; j < k; j++)
+		{
+			int32_t		ring = (int32_t) ((i + 1 + j) % n);
+			bool		taken = false;
+
+			for (int l = 0; l < k / 2; l++)
+				taken |= exact[i * k + l] == ring;
+			two[i * k + j] = j < k / 2 ? exact[i * k + j] : taken ? -1 : ring;
+		}
+	memcpy(one, two, n * k * sizeof(int32_t));
+	CHECK(cagra_knn_refine(data, n, dim, CAGRA_METRIC_L2, k, &full, 2, NULL, one,
+						   NULL, &st, err, sizeof(err)) == CAGRA_OK,
+		  "refine half right: %s", err);
+	full_iterations = st.iterations;
+	memcpy(one, two, n * k * sizeof(int32_t));
+	bad = full;
+	bad.target_recall = 0.8;
+	CHECK(cagra_knn_refine(data, n, dim, CAGRA_METRIC_L2, k, &bad, 2, NULL, one,
+						   NULL, &st, err, sizeof(err)) == CAGRA_OK &&
+		  st.recall_before > 0.4 && st.recall_before < 0.6 &&
+		  st.recall_after >= 0.8 && st.iterations >= 1 &&
+		  st.iterations < full_iterations,
+		  "target 0.8: %d of %d iterations, checked recall %.3f -> %.3f (%s)",
+		  st.iterations, full_iterations, st.recall_before, st.recall_after, err);
+	bad.target_recall = 0.4;
+	memcpy(one, two, n * k * sizeof(int32_t));
+	CHECK(cagra_knn_refine(data, n, dim, CAGRA_METRIC_L2, k, &bad, 2, NULL, one,
+						   NULL, &st, err, sizeof(err)) == CAGRA_OK &&
+		  st.iterations == 0 &&
+		  knn_overlap(one, exact, n, k) == knn_overlap(two, exact, n, k),
+		  "a graph past the target is left alone, only sorted (%d iterations)",
+		  st.iterations);
+
+	memcpy(one, exact, n * k * sizeof(int32_t));
+	CHECK(cagra_knn_refine(data, n, dim, CAGRA_METRIC_L2, k, &full, 2, NULL, one,
+						   dists, &st, err, sizeof(err)) == CAGRA_OK &&
+		  st.iterations == 1 && rows_equal(one, exact, n * k),
+		  "an exact graph is left as it is, after one iteration (%d)", st.iterations);
+
+	bad = full;
+	bad.sample = 0;
+	CHECK(cagra_knn_refine(data, n, dim, CAGRA_METRIC_L2, k, &bad, 2, NULL, one,
+						   NULL, NULL, err, sizeof(err)) == CAGRA_ERR_PARAM,
+		  "sample 0 is rejected");
+	bad = full;
+	bad.iterations = -1;
+	CHECK(cagra_knn_refine(data, n, dim, CAGRA_METRIC_L2, k, &bad, 2, NULL, one,
+						   NULL, NULL, err, sizeof(err)) == CAGRA_ERR_PARAM,
+		  "negative iterations are rejected");
+	bad = full;
+	bad.target_recall = 1.5;
+	CHECK(cagra_knn_refine(data, n, dim, CAGRA_METRIC_L2, k, &bad, 2, NULL, one,
+						   NULL, NULL, err, sizeof(err)) == CAGRA_ERR_PARAM,
+		  "a target recall above 1 is rejected");
+	CHECK(cagra_knn_refine(data, n, dim, CAGRA_METRIC_L2, (int) n, &full, 2, NULL,
+						   one, NULL, NULL, err, sizeof(err)) == CAGRA_ERR_PARAM,
+		  "k = n is rejected");
+	free(data);
+	free(exact);
+	free(one);
+	free(two);
+	free(dists);
+}
+
+/*
  * The partitioned kNN: exact when every list probes every list, exact when
  * the probed lists are too small to hold k neighbours (every row goes to
  * the exact fallback), and close to exact on clustered data.
@@ -538,7 +677,7 @@ test_knn_partitioned(void)
 						  err, sizeof(err)) == CAGRA_OK, "exact: %s", err);
 
 	/* 600 rows, 3 lists, 3 probes: every list is searched among all rows */
-	CHECK(cagra_knn_partitioned(data, 600, dim, CAGRA_METRIC_L2, k, 200, 3, 2, NULL,
+	CHECK(cagra_knn_partitioned(data, 600, dim, CAGRA_METRIC_L2, k, 200, 3, 0, 2, NULL,
 								part, part_d, err, sizeof(err)) == CAGRA_OK,
 		  "partitioned, every list probed: %s", err);
 	CHECK(cagra_knn_exact(data, 600, dim, CAGRA_METRIC_L2, k, 2, NULL, exact, exact_d,
@@ -546,21 +685,21 @@ test_knn_partitioned(void)
 	CHECK(rows_equal(part, exact, 600 * k), "probing every list equals the exact kNN");
 
 	/* one probe of a 2-row list cannot hold 16 neighbours: exact fallback */
-	CHECK(cagra_knn_partitioned(data, 600, dim, CAGRA_METRIC_L2, k, 2, 1, 2, NULL,
+	CHECK(cagra_knn_partitioned(data, 600, dim, CAGRA_METRIC_L2, k, 2, 1, 0, 2, NULL,
 								part, part_d, err, sizeof(err)) == CAGRA_OK,
 		  "partitioned, tiny lists: %s", err);
 	CHECK(rows_equal(part, exact, 600 * k), "tiny lists equal the exact kNN");
 
 	CHECK(cagra_knn_exact(data, n, dim, CAGRA_METRIC_L2, k, 2, NULL, exact, exact_d,
 						  err, sizeof(err)) == CAGRA_OK, "exact: %s", err);
-	CHECK(cagra_knn_partitioned(data, n, dim, CAGRA_METRIC_L2, k, 150, 3, 2, NULL,
+	CHECK(cagra_knn_partitioned(data, n, dim, CAGRA_METRIC_L2, k, 150, 3, 0, 2, NULL,
 								part, part_d, err, sizeof(err)) == CAGRA_OK,
 		  "partitioned: %s", err);
 	CHECK(knn_rows_well_formed(part, part_d, n, k), "partitioned rows well formed");
 	recall = knn_overlap(part, exact, n, k);
 	CHECK(recall >= 0.9, "partitioned kNN recall %.4f", recall);
 
-	CHECK(cagra_knn_partitioned(data, n, dim, CAGRA_METRIC_L2, k, 1, 3, 2, NULL,
+	CHECK(cagra_knn_partitioned(data, n, dim, CAGRA_METRIC_L2, k, 1, 3, 0, 2, NULL,
 								part, part_d, err, sizeof(err)) == CAGRA_ERR_PARAM,
 		  "list_rows 1 is rejected");
 
@@ -580,7 +719,7 @@ test_knn_partitioned(void)
 		CHECK(cagra_knn_exact(data, n, dim, (CagraMetric) metric, k, 2, NULL,
 							  exact, exact_d, err, sizeof(err)) == CAGRA_OK,
 			  "exact, metric %d: %s", metric, err);
-		CHECK(cagra_knn_partitioned(data, n, dim, (CagraMetric) metric, k, 750, 4, 2,
+		CHECK(cagra_knn_partitioned(data, n, dim, (CagraMetric) metric, k, 750, 4, 0, 2,
 									NULL, part, part_d, err, sizeof(err)) == CAGRA_OK,
 			  "partitioned, metric %d: %s", metric, err);
 		for (int64_t i = 0; i < n * k; i++)
@@ -888,6 +1027,7 @@ test_knn_stages(VecIsa isa)
 	test_knn_exact();
 	test_brute_force();
 	test_knn_partitioned();
+	test_knn_refine();
 	vec_distance_init(VEC_ISA_AVX512);
 }
 
