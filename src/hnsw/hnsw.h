@@ -765,7 +765,7 @@ typedef struct HnswSearch
 	HnswKeySet	visited;
 	HnswAllocator alloc;		/* the context of hnsw_search_init */
 	bool		load_vectors;	/* keep each element's vector */
-	int64		ntuples_read;	/* elements loaded (max_scan_tuples) */
+	int64		ntuples_read;	/* elements met (max_scan_tuples) */
 	HnswVecCache *cache;		/* scans: vectors by element, or NULL */
 	HnswVecQuery cquery;		/* the query, as cached distances need it */
 	float	   *cachebuf;		/* dim floats, for filling the cache */

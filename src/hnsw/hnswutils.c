@@ -599,7 +599,6 @@ load_element_pinned(HnswSearch *s, HnswElement *e, Buffer buf)
 	UnlockReleaseBuffer(buf);
 
 	e->dist = dist + load_data_chain(s, e, done, next, e->tid);
-	s->ntuples_read++;
 
 	/*
 	 * Only a live element's vector is cached: a deleted one may be taken
@@ -654,6 +653,8 @@ search_next_elem(HnswSearch *s, ItemPointer tid)
 	}
 	e = &s->elems[s->nelems];
 	e->tid = *tid;
+	/* max_scan_tuples bounds the elements met, from the cache or a page */
+	s->ntuples_read++;
 	return e;
 }
 
