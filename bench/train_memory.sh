@@ -17,8 +17,9 @@ psql_q() { psql -X -q -v ON_ERROR_STOP=1 -d postgres "$@"; }
 psql_q -c 'CREATE EXTENSION IF NOT EXISTS gnnvec'
 for n in "$@"; do
 	t=mem_$n
-	if [ "$(psql_q -At -c "SELECT to_regclass('$t') IS NOT NULL")" != t ]; then
+	if [ "$(psql_q -At -c "SELECT to_regclass('${t}_pairs') IS NOT NULL")" != t ]; then
 		psql_q <<SQL
+DROP TABLE IF EXISTS $t;
 SELECT setseed(0.42);
 CREATE TABLE $t (id int PRIMARY KEY, v vector(32));
 INSERT INTO $t SELECT i, (SELECT array_agg(random()::real) FROM generate_series(1, 32) WHERE i > 0)::vector
@@ -33,8 +34,9 @@ SQL
 	pidfile=$(mktemp)
 	start=$(date +%s.%N)
 	psql_q -At >/dev/null <<SQL &
-SELECT pg_backend_pid() AS pid \gset
-\! echo :pid > $pidfile
+\o $pidfile
+SELECT pg_backend_pid();
+\o
 SET maintenance_work_mem = '$mwm';
 SELECT count(*) FROM gnnvec_train('${t}_v', 'SELECT q, p FROM ${t}_pairs ORDER BY id', epochs => 2);
 SQL

@@ -175,6 +175,14 @@ SELECT * FROM gnnvec_train('gm_v', 'SELECT q, p FROM gm_log', candidates => 1);
 SELECT * FROM gnnvec_train('gm_v', 'SELECT q, p FROM gm_log', validation_fraction => 0.95);
 SELECT * FROM gnnvec_train('gm_pkey', 'SELECT q, p FROM gm_log');
 SELECT * FROM gnnvec_train(NULL, 'SELECT q, p FROM gm_log');
+-- pairs_sql runs once per pass and must return as many rows each time
+CREATE TEMP SEQUENCE gm_passes;
+SELECT * FROM gnnvec_train('gm_v', 'SELECT q, p FROM gm_log LIMIT 10 + nextval(''gm_passes'')');
+-- what training holds is bounded by maintenance_work_mem: a model that
+-- leaves too little of it is refused
+SET maintenance_work_mem = '1MB';
+SELECT * FROM gnnvec_train('gm_v', 'SELECT q, p FROM gm_log');
+RESET maintenance_work_mem;
 
 -- training is cancellable: a statement timeout stops it, and what it held
 -- (malloc'd model and optimiser) is released with its memory context

@@ -225,6 +225,20 @@ make_example(GnnIndexView *v, const float *query, int positive, int exclude,
 	return n >= 2;
 }
 
+/* A copy of src in the current memory context */
+static void
+example_copy(const Example *src, int dim, Example *dst)
+{
+	dst->n = src->n;
+	dst->positive = src->positive;
+	dst->query = palloc(sizeof(float) * dim);
+	memcpy(dst->query, src->query, sizeof(float) * dim);
+	dst->cand = palloc(sizeof(int) * src->n);
+	memcpy(dst->cand, src->cand, sizeof(int) * src->n);
+	dst->dist = palloc(sizeof(float) * src->n);
+	memcpy(dst->dist, src->dist, sizeof(float) * src->n);
+}
+
 static Oid
 vector_type_oid(void)
 {
@@ -634,6 +648,7 @@ typedef struct PairSource
 	float	   *positive;
 	bool		count_skips;
 	int64		skipped;		/* positive not in the index */
+	MemoryContext scratch;		/* a pair's searches: reset after each */
 } PairSource;
 
 /* Checks pairs_sql's columns: two of type vector. */
@@ -819,6 +834,8 @@ source_init(PairSource *ps, GnnIndexView *v, const TrainArgs *a,
 	ps->rng = rng;
 	ps->query = palloc(sizeof(float) * v->dim);
 	ps->positive = palloc(sizeof(float) * v->dim);
+	ps->scratch = AllocSetContextCreate(b->cxt, "gnnvec_train pair",
+										ALLOCSET_DEFAULT_SIZES);
 	ps->split_seed = (uint64) a->seed ^ UINT64CONST(0x9E3779B97F4A7C15);
 	if (a->pairs_sql)
 	{
@@ -863,8 +880,16 @@ source_init(PairSource *ps, GnnIndexView *v, const TrainArgs *a,
 	*held = palloc(sizeof(HeldPair) * Max(ps->held_target, 1));
 	ps->count_skips = true;
 	source_begin(ps);
-	while (source_next(ps, true, &pr))
+	for (;;)
 	{
+		MemoryContext old = MemoryContextSwitchTo(ps->scratch);
+		bool		got = source_next(ps, true, &pr);
+
+		MemoryContextSwitchTo(old);
+		budget_note(b);
+		MemoryContextReset(ps->scratch);
+		if (!got)
+			break;
 		(*held)[n].query = palloc(sizeof(float) * v->dim);
 		memcpy((*held)[n].query, pr.query, sizeof(float) * v->dim);
 		(*held)[n].positive = v->tid[pr.positive];
@@ -911,22 +936,28 @@ train_pass(PairSource *ps, const TrainArgs *a, TrainBudget *b, GnnRng *rng,
 	while (more)
 	{
 		int			n = 0;
-		MemoryContext old = MemoryContextSwitchTo(wcxt);
-		Pair		pr;
 
+		/* a pair's searches go with it; its example is copied out */
 		while (n < WINDOW && gnn_view_bytes(v) <= b->view)
 		{
-			if (!source_next(ps, false, &pr))
-			{
-				more = false;
+			MemoryContext old = MemoryContextSwitchTo(ps->scratch);
+			Pair		pr;
+			Example		ex;
+			bool		made;
+
+			more = source_next(ps, false, &pr);
+			made = more && make_example(v, pr.query, pr.positive, pr.exclude,
+										a->candidates, a->random_negatives,
+										ps->near_positive, rng, &ex);
+			MemoryContextSwitchTo(wcxt);
+			if (made)
+				example_copy(&ex, v->dim, &win[n++]);
+			MemoryContextSwitchTo(old);
+			budget_note(b);
+			MemoryContextReset(ps->scratch);
+			if (!more)
 				break;
-			}
-			if (make_example(v, pr.query, pr.positive, pr.exclude,
-							 a->candidates, a->random_negatives,
-							 ps->near_positive, rng, &win[n]))
-				n++;
 		}
-		MemoryContextSwitchTo(old);
 		for (int i = 0; i < n; i++)
 			perm[i] = i;
 		shuffle(perm, n, rng);
