@@ -64,6 +64,7 @@ typedef struct Example
 	float	   *query;			/* dim */
 	int			n;
 	int		   *cand;			/* nodes */
+	ItemPointerData *tid;		/* their elements, or NULL (example_copy) */
 	float	   *dist;
 	int			positive;
 } Example;
@@ -174,6 +175,7 @@ make_example(GnnIndexView *v, const float *query, int positive, int exclude,
 												  v->dim);
 
 	ex->cand = palloc(sizeof(int) * (ncand + nrandom + 1));
+	ex->tid = NULL;
 	ex->dist = palloc(sizeof(float) * (ncand + nrandom + 1));
 	ex->positive = -1;
 	gnn_view_neighbors(v, positive);
@@ -225,18 +227,41 @@ make_example(GnnIndexView *v, const float *query, int positive, int exclude,
 	return n >= 2;
 }
 
-/* A copy of src in the current memory context */
+/*
+ * A copy of src in the current memory context that names its candidates
+ * by element, so that it outlives a reset of the view (example_resolve
+ * finds their nodes again).
+ */
 static void
-example_copy(const Example *src, int dim, Example *dst)
+example_copy(GnnIndexView *v, const Example *src, Example *dst)
 {
 	dst->n = src->n;
 	dst->positive = src->positive;
-	dst->query = palloc(sizeof(float) * dim);
-	memcpy(dst->query, src->query, sizeof(float) * dim);
+	dst->query = palloc(sizeof(float) * v->dim);
+	memcpy(dst->query, src->query, sizeof(float) * v->dim);
 	dst->cand = palloc(sizeof(int) * src->n);
-	memcpy(dst->cand, src->cand, sizeof(int) * src->n);
+	dst->tid = palloc(sizeof(ItemPointerData) * src->n);
+	for (int i = 0; i < src->n; i++)
+		dst->tid[i] = v->tid[src->cand[i]];
 	dst->dist = palloc(sizeof(float) * src->n);
 	memcpy(dst->dist, src->dist, sizeof(float) * src->n);
+}
+
+/*
+ * The nodes of a copied example's candidates in the view as it is now;
+ * false if one of them is no longer a live element.
+ */
+static bool
+example_resolve(GnnIndexView *v, Example *ex)
+{
+	for (int i = 0; i < ex->n; i++)
+	{
+		ItemPointerData tid = ex->tid[i];
+
+		if ((ex->cand[i] = gnn_view_node(v, &tid)) < 0)
+			return false;
+	}
+	return true;
 }
 
 static Oid
@@ -258,6 +283,7 @@ validation_example(GnnIndexView *v, const float *query, int positive,
 	int			ef = Max(hnsw_ef_search, gnn_rerank_candidates);
 
 	ex->cand = palloc(sizeof(int) * ef);
+	ex->tid = NULL;
 	ex->dist = palloc(sizeof(float) * ef);
 	ex->n = gnn_view_search(v, query, ef, ex->cand, ex->dist, NULL);
 	ex->positive = -1;
@@ -937,8 +963,11 @@ train_pass(PairSource *ps, const TrainArgs *a, TrainBudget *b, GnnRng *rng,
 	{
 		int			n = 0;
 
-		/* a pair's searches go with it; its example is copied out */
-		while (n < WINDOW && gnn_view_bytes(v) <= b->view)
+		/*
+		 * A pair's searches go with it; its example is copied out, naming
+		 * its candidates by element, so the view may be reset after it.
+		 */
+		while (n < WINDOW)
 		{
 			MemoryContext old = MemoryContextSwitchTo(ps->scratch);
 			Pair		pr;
@@ -951,10 +980,10 @@ train_pass(PairSource *ps, const TrainArgs *a, TrainBudget *b, GnnRng *rng,
 										ps->near_positive, rng, &ex);
 			MemoryContextSwitchTo(wcxt);
 			if (made)
-				example_copy(&ex, v->dim, &win[n++]);
+				example_copy(v, &ex, &win[n++]);
 			MemoryContextSwitchTo(old);
-			budget_note(b);
 			MemoryContextReset(ps->scratch);
+			budget_check_view(b, v);
 			if (!more)
 				break;
 		}
@@ -1085,26 +1114,41 @@ choose_blend(GnnModel *model, GnnIndexView *v, const HeldPair *held, int n,
 	return recall;
 }
 
+/*
+ * One Adam step on a batch; returns its loss, or -1 when none of its
+ * examples is left (copied examples whose elements went meanwhile).  A
+ * scoring input holds copies of the vectors it needs, so with a budget
+ * the view may be reset between the examples of a batch (their
+ * neighbourhoods are what makes it grow).
+ */
 static double
 train_batch(GnnTrainer *tr, GnnIndexView *v, Example **batch, int n,
-			MemoryContext tmp)
+			TrainBudget *b, MemoryContext tmp)
 {
 	GnnExample *gex;
 	double		loss = 0;
 	GnnError	err;
+	int			m = 0;
 	MemoryContext old = MemoryContextSwitchTo(tmp);
 
 	gex = palloc(sizeof(GnnExample) * n);
 	for (int i = 0; i < n; i++)
 	{
+		if (batch[i]->tid && !example_resolve(v, batch[i]))
+			continue;
 		gnn_score_input(v, batch[i]->query, batch[i]->n, batch[i]->cand,
-						batch[i]->dist, &gex[i].in, NULL);
-		gex[i].positive = batch[i]->positive;
+						batch[i]->dist, &gex[m].in, NULL);
+		gex[m++].positive = batch[i]->positive;
+		if (b)
+			budget_check_view(b, v);
 	}
-	gnn_ereport_status(gnn_train_step(tr, gex, n, &loss, &err), &err);
+	if (m > 0)
+		gnn_ereport_status(gnn_train_step(tr, gex, m, &loss, &err), &err);
 	MemoryContextSwitchTo(old);
+	if (b)
+		budget_note(b);
 	MemoryContextReset(tmp);
-	return loss;
+	return m > 0 ? loss : -1;
 }
 
 /* ---- HnswScan: the index's MicroLoRA query adapter ----------------------- */
@@ -1264,6 +1308,7 @@ typedef struct AdapterLearner
 	GnnIndexView *v;
 	LoraAdapter *ad;
 	double		lr;
+	TrainBudget *b;
 	MemoryContext tmp;
 } AdapterLearner;
 
@@ -1279,10 +1324,14 @@ adapter_learn(void *arg, Example **ex, int n, double *loss, int *steps)
 		MemoryContext old = MemoryContextSwitchTo(l->tmp);
 
 		CHECK_FOR_INTERRUPTS();
-		*loss += adapter_step(l->v, l->ad, ex[i], l->lr);
-		(*steps)++;
+		if (example_resolve(l->v, ex[i]))
+		{
+			*loss += adapter_step(l->v, l->ad, ex[i], l->lr);
+			(*steps)++;
+		}
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(l->tmp);
+		budget_check_view(l->b, l->v);
 	}
 }
 
@@ -1320,6 +1369,7 @@ train_hnsw_adapter(ReturnSetInfo *rsinfo, GnnIndexView *v, const TrainArgs *a,
 	learner.v = v;
 	learner.ad = &ad;
 	learner.lr = a->lr;
+	learner.b = &b;
 	learner.tmp = tmp;
 
 	for (int e = 1; e <= a->epochs; e++)
@@ -1393,6 +1443,7 @@ typedef struct GnnLearner
 	GnnIndexView *v;
 	GnnTrainer *trainer;
 	GnnReplay  *replay;			/* the first pass's pairs go in; or NULL */
+	TrainBudget *b;
 	MemoryContext tmp;
 } GnnLearner;
 
@@ -1405,15 +1456,27 @@ gnn_learn(void *arg, Example **ex, int n, double *loss, int *steps)
 
 	for (int i = 0; i < n; i += BATCH_SIZE)
 	{
+		double		batch_loss;
+
 		CHECK_FOR_INTERRUPTS();
-		*loss += train_batch(l->trainer, v, ex + i, Min(BATCH_SIZE, n - i), l->tmp);
-		(*steps)++;
+		batch_loss = train_batch(l->trainer, v, ex + i, Min(BATCH_SIZE, n - i),
+								 l->b, l->tmp);
+		if (batch_loss >= 0)
+		{
+			*loss += batch_loss;
+			(*steps)++;
+		}
 	}
 	if (l->replay)
 		for (int i = 0; i < n; i++)
-			replay_add_pair(l->replay, ex[i]->query,
-							v->vecs + (size_t) ex[i]->cand[ex[i]->positive] * v->dim,
-							v->dim);
+		{
+			ItemPointerData tid = ex[i]->tid[ex[i]->positive];
+			int			positive = gnn_view_node(v, &tid);
+
+			if (positive >= 0)
+				replay_add_pair(l->replay, ex[i]->query,
+								v->vecs + (size_t) positive * v->dim, v->dim);
+		}
 }
 
 /* Bytes the core mallocs for a model in training (TrainBudget) */
@@ -1504,6 +1567,7 @@ train_gnn(ReturnSetInfo *rsinfo, GnnIndexView *v, const TrainArgs *a,
 	learner.v = v;
 	learner.trainer = &o->trainer;
 	learner.replay = &o->replay;
+	learner.b = &b;
 	learner.tmp = tmp;
 	for (int e = 1; e <= a->epochs; e++)
 	{
@@ -1847,7 +1911,7 @@ gnnvec_feedback_train(PG_FUNCTION_ARGS)
 		{
 			for (int i = 0; i < n; i++)
 				bp[i] = &batch[i];
-			loss += train_batch(&o->trainer, &v, bp, n, step);
+			loss += train_batch(&o->trainer, &v, bp, n, NULL, step);
 			steps++;
 			for (int i = 0; i < nevents; i++)
 				replay_add_pair(&o->replay, batch[i].query,
