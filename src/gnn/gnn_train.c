@@ -555,9 +555,9 @@ train_args(FunctionCallInfo fcinfo, TrainArgs *a)
  *	  maintenance_work_mem leaves after the model;
  *	- the view of the index (the elements met, their neighbour lists and
  *	  neighbourhood means): forgotten (gnn_view_reset) whenever it outgrows
- *	  half of what is left then, between examples;
- *	- the other half: a window of examples, a batch's scoring, the rows of
- *	  one cursor fetch.
+ *	  half of what the model leaves, between examples;
+ *	- the last quarter: a window of examples, a batch's scoring, the rows
+ *	  of one cursor fetch, and what one example adds to the view.
  * The model, its Adam moments, its batch gradient and EWC's three arrays
  * are malloc'd by the core; they count as TRAINER_COPIES copies of the
  * parameters, plus the replay buffer.  A call whose model leaves less than
@@ -599,7 +599,7 @@ budget_init(TrainBudget *b, MemoryContext cxt, Size fixed, int dim)
 	held_bytes = MAXALIGN(sizeof(float) * dim) + 16 + sizeof(float *) +
 		sizeof(ItemPointerData);
 	b->held_max = (int64) (rest / 4 / held_bytes);
-	b->view = (rest - rest / 4) / 2;
+	b->view = rest / 2;
 }
 
 /* Notes what the call holds now, for the peak it reports. */
