@@ -659,6 +659,7 @@ extern void gnn_ereport_status(GnnStatus rc, const GnnError *err);
  * A gnnhnsw index as the GNN reads it (gnn_view.c): elements met so far
  * are nodes 0..n-1, with their vectors (as the index stores them:
  * normalised for cosine) and, once asked for, their level-0 neighbours.
+ * Everything lives in cxt; gnn_view_reset forgets it (node numbers die).
  */
 typedef struct GnnIndexView
 {

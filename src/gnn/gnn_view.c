@@ -2,7 +2,9 @@
  * gnn_view.c
  *		The GNN's view of a gnnhnsw index: element vectors and level-0
  *		neighbour lists read from the index pages, numbered as nodes and
- *		read once each, and graph searches that return nodes.
+ *		read once each until the view is reset (training does that to stay
+ *		within its memory), graph searches that return nodes, and elements
+ *		drawn at random or found by vector.
  */
 #include "postgres.h"
 
