@@ -11,8 +11,9 @@
 #   untrained  gnnvec_search with a freshly initialised model (no steps)
 #   trained    gnnvec_train on the logged pairs (20% held out for model
 #              selection), then gnnvec_search
-#   feedback   a fresh model taught only by gnnvec_feedback, one call per
-#              logged pair (the first 300)
+#   feedback   a fresh model taught only by online feedback: the first 300
+#              logged pairs as gnnvec_feedback events, then
+#              gnnvec_feedback_train
 #   lora       the index's HnswScan MicroLoRA adapter trained on the logged
 #              pairs (6 epochs, alpha 1, SGD step 0.05), then the plain index
 #              scan with gnnvec.adapt = on
@@ -116,6 +117,7 @@ SELECT gnnvec_model_reset('items_v');
 -- online feedback only
 SELECT clock_timestamp() AS t0 \gset
 SELECT count(*) FROM (SELECT gnnvec_feedback('items_v', q, p) FROM (SELECT q, p FROM train LIMIT 300) t) f;
+SELECT * FROM gnnvec_feedback_train('items_v', 300);
 INSERT INTO results SELECT *, extract(epoch FROM clock_timestamp() - :'t0') FROM bench_eval('search', 'feedback');
 SELECT gnnvec_model_reset('items_v');
 -- trained

@@ -659,10 +659,12 @@ extern void gnn_ereport_status(GnnStatus rc, const GnnError *err);
  * A gnnhnsw index as the GNN reads it (gnn_view.c): elements met so far
  * are nodes 0..n-1, with their vectors (as the index stores them:
  * normalised for cosine) and, once asked for, their level-0 neighbours.
+ * Everything lives in cxt; gnn_view_reset forgets it (node numbers die).
  */
 typedef struct GnnIndexView
 {
 	Relation	index;
+	MemoryContext cxt;			/* everything below */
 	HnswMetaPageData meta;
 	HnswMetric	metric;
 	int			dim;
@@ -692,7 +694,10 @@ extern void gnn_view_neighbors(GnnIndexView *v, int node);
 extern XLogRecPtr gnn_view_neighbor_lsn(GnnIndexView *v, int node);
 extern int	gnn_view_search(GnnIndexView *v, const float *query, int ef,
 							int *nodes, float *dists, HnswCandidate *cands);
-extern int	gnn_view_all_elements(GnnIndexView *v, int **nodes);
+extern void gnn_view_reset(GnnIndexView *v);
+extern int	gnn_view_random_node(GnnIndexView *v, GnnRng *rng);
+extern int	gnn_view_find(GnnIndexView *v, const float *vec);
+extern Size gnn_view_bytes(const GnnIndexView *v);
 extern void gnn_view_query_vector(GnnIndexView *v, Datum vec, float *out,
 								  const char *what);
 
@@ -761,6 +766,12 @@ extern void gnn_store_snapshot_key(GnnSnapshotKey *key);
 extern bool gnn_store_fetch_blob(Relation index, const char *scope,
 								 const char *kind, GnnStoreRowId *known,
 								 bytea **blob);
+extern char *gnn_store_config(Relation index, const char *scope,
+							  const char *kind);
+extern int64 gnn_store_log_feedback(Relation index, Oid vtype, Datum query,
+									Datum positive);
+extern int	gnn_store_take_feedback(Relation index, int n, Datum *queries,
+									Datum *positives);
 extern char *gnn_index_qualified_name(Relation index);
 extern const char *gnn_scope_arg(const char *given);
 

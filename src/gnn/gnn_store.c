@@ -425,6 +425,25 @@ gnn_store_state(Relation index, const char *scope, const char *kind)
 	return state;
 }
 
+static void
+config_row(HeapTuple tup, Datum *values, bool *nulls, void *arg)
+{
+	char	  **out = (char **) arg;
+
+	*out = TextDatumGetCString(values[ATT_CONFIG - 1]);
+}
+
+/* The row's config column (the training's metadata), or NULL. */
+char *
+gnn_store_config(Relation index, const char *scope, const char *kind)
+{
+	char	   *config = NULL;
+
+	if (!with_row(index, scope, kind, read_snapshot(), config_row, &config))
+		return NULL;
+	return config;
+}
+
 typedef struct BlobArg
 {
 	GnnStoreRowId *known;
@@ -541,13 +560,13 @@ typedef struct OwnerSpi
 {
 	Oid			save_user;
 	int			save_sec;
-	char	   *table;			/* qualified name of gnnvec_models */
+	char	   *table;			/* qualified name of the table */
 } OwnerSpi;
 
 static void
-owner_spi_begin(OwnerSpi *os)
+owner_spi_begin(OwnerSpi *os, const char *table)
 {
-	Oid			relid = store_relid("gnnvec_models");
+	Oid			relid = store_relid(table);
 	Oid			owner;
 	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
 
@@ -556,7 +575,7 @@ owner_spi_begin(OwnerSpi *os)
 	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
 	ReleaseSysCache(tup);
 	os->table = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
-										   "gnnvec_models");
+										   table);
 	GetUserIdAndSecContext(&os->save_user, &os->save_sec);
 	SetUserIdAndSecContext(owner, os->save_sec | SECURITY_LOCAL_USERID_CHANGE |
 						   SECURITY_RESTRICTED_OPERATION);
@@ -618,7 +637,7 @@ gnn_store_save_blob(Relation index, const char *scope, const char *kind,
 	if (state == NULL)
 		argnulls[6] = 'n';
 
-	owner_spi_begin(&os);
+	owner_spi_begin(&os, "gnnvec_models");
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
 					 "WITH stale AS ("
@@ -642,6 +661,89 @@ gnn_store_save_blob(Relation index, const char *scope, const char *kind,
 										  SPI_tuptable->tupdesc, 1, &isnull));
 	owner_spi_end(&os);
 	return version;
+}
+
+/* ---- feedback events ---------------------------------------------------- */
+
+/*
+ * Logs a feedback event (query, positive: values of type vtype) of index
+ * in gnnvec_feedback_events, as the table's owner (the caller's right to
+ * log is checked by gnnvec_feedback); returns its id.  The model row is
+ * not touched: gnnvec_feedback_train learns from the events later.
+ */
+int64
+gnn_store_log_feedback(Relation index, Oid vtype, Datum query, Datum positive)
+{
+	char	   *who = GetUserNameFromId(GetUserId(), false);
+	OwnerSpi	os;
+	StringInfoData sql;
+	Oid			types[4] = {OIDOID, vtype, vtype, TEXTOID};
+	Datum		args[4];
+	int64		id;
+	bool		isnull;
+
+	args[0] = ObjectIdGetDatum(RelationGetRelid(index));
+	args[1] = query;
+	args[2] = positive;
+	args[3] = CStringGetTextDatum(who);
+	owner_spi_begin(&os, "gnnvec_feedback_events");
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "INSERT INTO %s (index_oid, query, positive, logged_by) "
+					 "VALUES ($1, $2, $3, $4) RETURNING id", os.table);
+	if (SPI_execute_with_args(sql.data, 4, types, args, NULL, false, 1) !=
+		SPI_OK_INSERT_RETURNING || SPI_processed != 1)
+		elog(ERROR, "logging the feedback event failed");
+	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+									 SPI_tuptable->tupdesc, 1, &isnull));
+	owner_spi_end(&os);
+	return id;
+}
+
+/*
+ * Takes up to n of the oldest feedback events of index: deletes them (so
+ * they are consumed with the transaction that trains on them, and come
+ * back if it aborts) and returns their vectors, copied into the caller's
+ * memory context, in queries[] and positives[].  Returns how many.
+ */
+int
+gnn_store_take_feedback(Relation index, int n, Datum *queries,
+						Datum *positives)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	OwnerSpi	os;
+	StringInfoData sql;
+	Oid			types[2] = {OIDOID, INT4OID};
+	Datum		args[2];
+	int			got;
+
+	args[0] = ObjectIdGetDatum(RelationGetRelid(index));
+	args[1] = Int32GetDatum(n);
+	owner_spi_begin(&os, "gnnvec_feedback_events");
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "DELETE FROM %s WHERE id IN (SELECT id FROM %s"
+					 "  WHERE index_oid = $1 ORDER BY id LIMIT $2) "
+					 "RETURNING query, positive",
+					 os.table, os.table);
+	if (SPI_execute_with_args(sql.data, 2, types, args, NULL, false, 0) !=
+		SPI_OK_DELETE_RETURNING)
+		elog(ERROR, "taking feedback events failed");
+	got = (int) SPI_processed;
+	for (int i = 0; i < got; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		bool		isnull;
+		Datum		q = SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull);
+		Datum		p = SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull);
+		MemoryContext old = MemoryContextSwitchTo(caller);
+
+		queries[i] = PointerGetDatum(PG_DETOAST_DATUM_COPY(q));
+		positives[i] = PointerGetDatum(PG_DETOAST_DATUM_COPY(p));
+		MemoryContextSwitchTo(old);
+	}
+	owner_spi_end(&os);
+	return got;
 }
 
 /* ---- SQL --------------------------------------------------------------- */
@@ -708,7 +810,7 @@ gnnvec_model_reset(PG_FUNCTION_ARGS)
 		argnulls[2] = 'n';
 	else
 		args[2] = CStringGetTextDatum(gnn_scope_arg(text_to_cstring(PG_GETARG_TEXT_PP(1))));
-	owner_spi_begin(&os);
+	owner_spi_begin(&os, "gnnvec_models");
 	sql = psprintf("DELETE FROM %s m WHERE (index_oid = $1 OR (index_name = $2 AND"
 				   " NOT EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = m.index_oid)))"
 				   " AND ($3 IS NULL OR scope = $3)", os.table);

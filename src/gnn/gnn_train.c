@@ -1,8 +1,7 @@
 /*
  * gnn_train.c
  *		gnnvec_train (supervised from (query, positive) pairs, or
- *		self-supervised from the graph) and gnnvec_feedback (online steps
- *		with a replay buffer and EWC).
+ *		self-supervised from the graph), streamed in bounded memory.
  *
  * A training example is what the reranker sees at search time: the
  * query's candidates from the index's own graph search (hard negatives),
@@ -18,6 +17,14 @@
  * no blend beats the plain index scan the model ranks by raw distance
  * alone, with a WARNING, so training cannot make ranking worse than the
  * plain scan on held-out pairs.  Progress: a NOTICE per epoch.
+ *
+ * Training streams (PairSource): pairs_sql is read through a cursor,
+ * FETCH_ROWS rows at a time, once per pass; examples are built WINDOW at
+ * a time, shuffled within the window and trained on in batches; random
+ * negatives are elements drawn from the index pages.  Only the held-out
+ * pairs stay for the whole call.  What a call holds is bounded by
+ * maintenance_work_mem (TrainBudget): the elements read from the index
+ * (GnnIndexView) are forgotten whenever they outgrow their share.
  *
  * With scope HnswScan the same examples train the index's MicroLoRA query
  * adapter instead of a GNN (train_hnsw_adapter; applied by lora_index.c).
@@ -36,16 +43,20 @@
 #include "lora/lora.h"
 #include "miscadmin.h"
 #include "parser/parse_type.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 
 #define BATCH_SIZE		8
+#define FETCH_ROWS		64		/* pairs_sql rows per cursor fetch */
+#define WINDOW			256		/* examples shuffled together */
 #define SELF_SUPERVISED_MAX 1000
 #define STATE_MAGIC		0x54534E47	/* "GNST" */
 #define REPLAY_CAPACITY 512
 #define FEEDBACK_CANDIDATES 32
+#define FEEDBACK_RANDOM_NEGATIVES 4 /* gnnvec_train's default */
 #define FEEDBACK_HIDDEN 64		/* a first model made by feedback: gnnvec_train's default */
 
 typedef struct Example
@@ -53,6 +64,7 @@ typedef struct Example
 	float	   *query;			/* dim */
 	int			n;
 	int		   *cand;			/* nodes */
+	ItemPointerData *tid;		/* their elements, or NULL (example_copy) */
 	float	   *dist;
 	int			positive;
 } Example;
@@ -92,6 +104,19 @@ contains(const int *a, int n, int x)
 	return false;
 }
 
+static void
+shuffle(int *a, int n, GnnRng *rng)
+{
+	for (int i = n - 1; i > 0; i--)
+	{
+		int			j = (int) gnn_rng_below(rng, i + 1);
+		int			t = a[i];
+
+		a[i] = a[j];
+		a[j] = t;
+	}
+}
+
 /*
  * Could node u be relevant too, so that it must not be a negative?  The
  * logged positive is one relevant item; the query's other candidates are
@@ -128,13 +153,14 @@ likely_relevant(GnnIndexView *v, int u, int positive, const int *pos_nbrs,
  * Builds the example of (query, positive node): ncand candidates from the
  * graph search (without exclude, the query's own node when self-supervised,
  * and without likely false negatives, near_positive as for
- * likely_relevant), the positive among them, then nrandom random nodes of
- * all[] (without the positive's graph neighbours).
+ * likely_relevant), the positive among them, then nrandom random elements
+ * drawn from the index pages (without the positive's graph neighbours).
+ * query must not point into the view, which the search may grow.
  */
 static bool
 make_example(GnnIndexView *v, const float *query, int positive, int exclude,
-			 int ncand, int nrandom, const int *all, int nall,
-			 bool near_positive, GnnRng *rng, Example *ex)
+			 int ncand, int nrandom, bool near_positive, GnnRng *rng,
+			 Example *ex)
 {
 	int			ef = Max(ncand + 1, hnsw_ef_search);
 	int		   *nodes = palloc(sizeof(int) * ef);
@@ -149,6 +175,7 @@ make_example(GnnIndexView *v, const float *query, int positive, int exclude,
 												  v->dim);
 
 	ex->cand = palloc(sizeof(int) * (ncand + nrandom + 1));
+	ex->tid = NULL;
 	ex->dist = palloc(sizeof(float) * (ncand + nrandom + 1));
 	ex->positive = -1;
 	gnn_view_neighbors(v, positive);
@@ -174,15 +201,17 @@ make_example(GnnIndexView *v, const float *query, int positive, int exclude,
 		ex->cand[n] = positive;
 		ex->dist[n++] = query_to_positive;
 	}
-	for (i = 0; i < nrandom && nall > n + 1; i++)
+	for (i = 0; i < nrandom; i++)
 	{
-		int			u = all[gnn_rng_below(rng, nall)];
+		int			u = gnn_view_random_node(v, rng);
 
 		/*
 		 * Only the neighbour rule here: a random row is rarely relevant,
 		 * and when the query lies at the edge of the data nearly every row
 		 * is nearer to the positive than the query is.
 		 */
+		if (u < 0)
+			break;
 		if (u == exclude || contains(ex->cand, n, u) ||
 			contains(pos_nbrs, npos_nbrs, u))
 			continue;
@@ -199,143 +228,46 @@ make_example(GnnIndexView *v, const float *query, int positive, int exclude,
 }
 
 /*
- * The node holding exactly this vector, or -1 if the index has none: a
- * graph search first (ef at least 100), every element if it misses.
+ * A copy of src in the current memory context that names its candidates
+ * by element, so that it outlives a reset of the view (example_resolve
+ * finds their nodes again).
  */
-static int
-find_node(GnnIndexView *v, const float *vec)
+static void
+example_copy(GnnIndexView *v, const Example *src, Example *dst)
 {
-	int			ef = Max(hnsw_ef_search, 100);
-	int		   *nodes = palloc(sizeof(int) * ef);
-	float	   *dists = palloc(sizeof(float) * ef);
-	int			n = gnn_view_search(v, vec, ef, nodes, dists, NULL);
-	int			found = -1;
+	dst->n = src->n;
+	dst->positive = src->positive;
+	dst->query = palloc(sizeof(float) * v->dim);
+	memcpy(dst->query, src->query, sizeof(float) * v->dim);
+	dst->cand = palloc(sizeof(int) * src->n);
+	dst->tid = palloc(sizeof(ItemPointerData) * src->n);
+	for (int i = 0; i < src->n; i++)
+		dst->tid[i] = v->tid[src->cand[i]];
+	dst->dist = palloc(sizeof(float) * src->n);
+	memcpy(dst->dist, src->dist, sizeof(float) * src->n);
+}
 
-	for (int i = 0; i < n && found < 0; i++)
-		if (memcmp(v->vecs + (size_t) nodes[i] * v->dim, vec,
-				   sizeof(float) * v->dim) == 0)
-			found = nodes[i];
-	pfree(nodes);
-	pfree(dists);
-	if (found < 0)
+/*
+ * The nodes of a copied example's candidates in the view as it is now;
+ * false if one of them is no longer a live element.
+ */
+static bool
+example_resolve(GnnIndexView *v, Example *ex)
+{
+	for (int i = 0; i < ex->n; i++)
 	{
-		/* the approximate search missed it: a pass over every element */
-		int		   *all;
-		int			nall = gnn_view_all_elements(v, &all);
+		ItemPointerData tid = ex->tid[i];
 
-		for (int i = 0; i < nall && found < 0; i++)
-			if (memcmp(v->vecs + (size_t) all[i] * v->dim, vec,
-					   sizeof(float) * v->dim) == 0)
-				found = all[i];
-		pfree(all);
+		if ((ex->cand[i] = gnn_view_node(v, &tid)) < 0)
+			return false;
 	}
-	return found;
+	return true;
 }
 
 static Oid
 vector_type_oid(void)
 {
 	return typenameTypeId(NULL, typeStringToTypeName("vector"));
-}
-
-/*
- * Runs pairs_sql and turns each (query, positive) row into an example.
- * Pairs whose positive is not an indexed vector are skipped, and so are
- * pairs left with no negative (both counted).
- */
-static int
-examples_from_sql(GnnIndexView *v, const char *sql, int ncand, int nrandom,
-				  const int *all, int nall, bool near_positive, GnnRng *rng,
-				  Example **out, int *skipped, int *no_negatives)
-{
-	Oid			vtype;
-	uint64		nrows;
-	Example    *ex;
-	int			n = 0;
-	float	   *q = palloc(sizeof(float) * v->dim);
-	float	   *p = palloc(sizeof(float) * v->dim);
-	MemoryContext outer = CurrentMemoryContext;
-
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	vtype = vector_type_oid();
-	if (SPI_execute(sql, true, 0) != SPI_OK_SELECT)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("pairs_sql must be a query that returns rows"),
-				 errhint("For example: SELECT query_embedding, clicked_embedding FROM clicks.")));
-	if (SPI_tuptable->tupdesc->natts != 2 ||
-		SPI_gettypeid(SPI_tuptable->tupdesc, 1) != vtype ||
-		SPI_gettypeid(SPI_tuptable->tupdesc, 2) != vtype)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATATYPE_MISMATCH),
-				 errmsg("pairs_sql must return two columns of type vector (query, positive)"),
-				 SPI_tuptable->tupdesc->natts == 2 ?
-				 errdetail("It returned columns of types %s and %s.",
-						   format_type_be(SPI_gettypeid(SPI_tuptable->tupdesc, 1)),
-						   format_type_be(SPI_gettypeid(SPI_tuptable->tupdesc, 2))) :
-				 errdetail("It returned %d column(s).", SPI_tuptable->tupdesc->natts)));
-	nrows = SPI_processed;
-	ex = MemoryContextAlloc(outer, sizeof(Example) * Max(nrows, 1));
-	*skipped = *no_negatives = 0;
-	for (uint64 r = 0; r < nrows; r++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[r];
-		bool		qnull,
-					pnull;
-		Datum		qd = SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &qnull);
-		Datum		pd = SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &pnull);
-		int			pos;
-		MemoryContext old;
-
-		CHECK_FOR_INTERRUPTS();
-		if (qnull || pnull)
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("pairs_sql returned a NULL vector in row " UINT64_FORMAT, r + 1)));
-		old = MemoryContextSwitchTo(outer);
-		gnn_view_query_vector(v, qd, q, "query vector of pairs_sql");
-		gnn_view_query_vector(v, pd, p, "positive vector of pairs_sql");
-		pos = find_node(v, p);
-		if (pos < 0)
-			(*skipped)++;
-		else if (!make_example(v, q, pos, -1, ncand, nrandom, all, nall,
-							   near_positive, rng, &ex[n]))
-			(*no_negatives)++;
-		else
-			n++;
-		MemoryContextSwitchTo(old);
-	}
-	SPI_finish();
-	*out = ex;
-	return n;
-}
-
-/* Self-supervised: a node's query is its own vector, a graph neighbour the positive. */
-static int
-examples_from_graph(GnnIndexView *v, int ncand, int nrandom, const int *all,
-					int nall, bool near_positive, GnnRng *rng, Example **out)
-{
-	int			want = Min(nall, SELF_SUPERVISED_MAX);
-	Example    *ex = palloc(sizeof(Example) * Max(want, 1));
-	int			n = 0;
-
-	for (int i = 0; i < want; i++)
-	{
-		int			node = all[gnn_rng_below(rng, nall)];
-		int			pos;
-
-		CHECK_FOR_INTERRUPTS();
-		gnn_view_neighbors(v, node);
-		if (v->nbr_count[node] == 0)
-			continue;
-		pos = v->nbr[v->nbr_start[node] + gnn_rng_below(rng, v->nbr_count[node])];
-		if (make_example(v, v->vecs + (size_t) node * v->dim, pos, node, ncand,
-						 nrandom, all, nall, near_positive, rng, &ex[n]))
-			n++;
-	}
-	*out = ex;
-	return n;
 }
 
 /*
@@ -351,6 +283,7 @@ validation_example(GnnIndexView *v, const float *query, int positive,
 	int			ef = Max(hnsw_ef_search, gnn_rerank_candidates);
 
 	ex->cand = palloc(sizeof(int) * ef);
+	ex->tid = NULL;
 	ex->dist = palloc(sizeof(float) * ef);
 	ex->n = gnn_view_search(v, query, ef, ex->cand, ex->dist, NULL);
 	ex->positive = -1;
@@ -361,111 +294,59 @@ validation_example(GnnIndexView *v, const float *query, int positive,
 	memcpy(ex->query, query, sizeof(float) * v->dim);
 }
 
-/* ---- training ------------------------------------------------------------ */
-
-/*
- * Tallies, for every blend of gnn_blends, how many of the examples put
- * their positive in the top 10 (gnn.h): the validation measure, and what
- * the blend is chosen by.
- */
-static void
-tally_at_10(GnnModel *model, GnnIndexView *v, Example **ex, int n,
-			GnnBlendTally *tally, MemoryContext tmp)
-{
-	MemoryContext old = MemoryContextSwitchTo(tmp);
-
-	gnn_blend_tally_init(tally);
-	for (int i = 0; i < n; i++)
-	{
-		GnnExample	gex;
-		GnnError	err;
-
-		CHECK_FOR_INTERRUPTS();
-		gnn_score_input(v, ex[i]->query, ex[i]->n, ex[i]->cand, ex[i]->dist,
-						&gex.in, NULL);
-		gex.positive = ex[i]->positive;
-		gnn_ereport_status(gnn_blend_tally_add(model, tally, &gex, 10, &err),
-						   &err);
-	}
-	MemoryContextSwitchTo(old);
-	MemoryContextReset(tmp);
-}
-
-/*
- * Sets the model's blend to the best on these examples (its number goes
- * to *blend, the mean rank of their positives under it to *rank, what
- * the blend is chosen by); returns its hit rate at 10 and, in
- * *raw_recall, that of raw distance alone: the plain index scan's, on
- * validation examples.
- */
-static double
-choose_blend(GnnModel *model, GnnIndexView *v, Example **ex, int n,
-			 double *raw_recall, int *blend, double *rank, MemoryContext tmp)
-{
-	GnnBlendTally tally;
-	double		recall;
-
-	tally_at_10(model, v, ex, n, &tally, tmp);
-	*blend = gnn_blend_apply_best(model, &tally, &recall);
-	*raw_recall = tally.n > 0 ? (double) tally.hits[0] / tally.n : 0;
-	*rank = tally.n > 0 ? tally.rank_sum[*blend] / tally.n : 0;
-	return recall;
-}
-
-static double
-train_batch(GnnTrainer *tr, GnnIndexView *v, Example **batch, int n,
-			MemoryContext tmp)
-{
-	GnnExample *gex;
-	double		loss = 0;
-	GnnError	err;
-	MemoryContext old = MemoryContextSwitchTo(tmp);
-
-	gex = palloc(sizeof(GnnExample) * n);
-	for (int i = 0; i < n; i++)
-	{
-		gnn_score_input(v, batch[i]->query, batch[i]->n, batch[i]->cand,
-						batch[i]->dist, &gex[i].in, NULL);
-		gex[i].positive = batch[i]->positive;
-	}
-	gnn_ereport_status(gnn_train_step(tr, gex, n, &loss, &err), &err);
-	MemoryContextSwitchTo(old);
-	MemoryContextReset(tmp);
-	return loss;
-}
-
-static void
-shuffle(int *a, int n, GnnRng *rng)
-{
-	for (int i = n - 1; i > 0; i--)
-	{
-		int			j = (int) gnn_rng_below(rng, i + 1);
-		int			t = a[i];
-
-		a[i] = a[j];
-		a[j] = t;
-	}
-}
-
 /* ---- state: EWC and the replay buffer, for online feedback ---------------- */
 
+/*
+ * The state column of a GNN model: what online learning continues from.
+ *	 u32 magic "GNST", u32 version, u32 EWC bytes, u32 Adam bytes;
+ *	 EWC (gnn_ewc_serialize);
+ *	 Adam (version 2): i64 steps taken, u64 n, n x f32 first moment,
+ *		 n x f32 second moment;
+ *	 the replay buffer: i32 capacity, record length and count, i64 records
+ *		 seen, u64 generator state, count x record length f32.
+ * Version 1 (before Adam was kept) has no Adam part, and reads as a fresh
+ * optimizer.
+ */
+#define STATE_VERSION	2
+
 static bytea *
-state_serialize(const GnnEwc *ewc, const GnnReplay *replay)
+state_serialize(const GnnTrainer *tr, const GnnReplay *replay)
 {
+	const GnnEwc *ewc = &tr->ewc;
+	const GnnAdam *adam = &tr->adam;
 	size_t		ewc_len = gnn_ewc_serialized_size(ewc);
+	size_t		adam_len = sizeof(int64) + sizeof(uint64) + 2 * sizeof(float) * adam->n;
 	size_t		rep_len = sizeof(float) * (size_t) replay->count * replay->record_len;
-	size_t		len = 4 * sizeof(uint32) + ewc_len + 3 * sizeof(int32) +
+	size_t		len = 4 * sizeof(uint32) + ewc_len + adam_len + 3 * sizeof(int32) +
 		sizeof(int64) + sizeof(uint64) + rep_len;
 	bytea	   *b = palloc(VARHDRSZ + len);
 	char	   *p = VARDATA(b);
-	uint32		hdr[4] = {STATE_MAGIC, 1, (uint32) ewc_len, 0};
+	uint32		hdr[4] = {STATE_MAGIC, STATE_VERSION, (uint32) ewc_len, (uint32) adam_len};
 	int32		ints[3] = {replay->capacity, replay->record_len, replay->count};
+	int64		steps = adam->t;
+	uint64		n = adam->n;
 
 	SET_VARSIZE(b, VARHDRSZ + len);
 	memcpy(p, hdr, sizeof(hdr));
 	p += sizeof(hdr);
 	gnn_ewc_serialize(ewc, (uint8_t *) p);
 	p += ewc_len;
+	memcpy(p, &steps, sizeof(int64));
+	p += sizeof(int64);
+	memcpy(p, &n, sizeof(uint64));
+	p += sizeof(uint64);
+	for (size_t i = 0; i < adam->n; i++, p += sizeof(float))
+	{
+		float		x = (float) adam->m[i];
+
+		memcpy(p, &x, sizeof(float));
+	}
+	for (size_t i = 0; i < adam->n; i++, p += sizeof(float))
+	{
+		float		x = (float) adam->v[i];
+
+		memcpy(p, &x, sizeof(float));
+	}
 	memcpy(p, ints, sizeof(ints));
 	p += sizeof(ints);
 	memcpy(p, &replay->seen, sizeof(int64));
@@ -476,10 +357,14 @@ state_serialize(const GnnEwc *ewc, const GnnReplay *replay)
 	return b;
 }
 
-/* Restores EWC and replay from a state blob; false if it is unusable. */
+/*
+ * Restores EWC, Adam (when restore_adam) and replay from a state blob;
+ * false if it is unusable.  Parts that do not fit this model are left as
+ * they were.
+ */
 static bool
-state_restore(bytea *b, size_t n_params, int record_len, GnnEwc *ewc,
-			  GnnReplay *replay, bool *replay_live)
+state_restore(bytea *b, size_t n_params, int record_len, GnnTrainer *tr,
+			  bool restore_adam, GnnReplay *replay, bool *replay_live)
 {
 	size_t		len = VARSIZE_ANY_EXHDR(b);
 	const char *p = VARDATA_ANY(b);
@@ -493,7 +378,8 @@ state_restore(bytea *b, size_t n_params, int record_len, GnnEwc *ewc,
 		return false;
 	memcpy(hdr, p, sizeof(hdr));
 	p += sizeof(hdr);
-	if (hdr[0] != STATE_MAGIC || hdr[1] != 1 || hdr[2] > (size_t) (end - p))
+	if (hdr[0] != STATE_MAGIC || hdr[1] < 1 || hdr[1] > STATE_VERSION ||
+		hdr[2] > (size_t) (end - p))
 		return false;
 	if (gnn_ewc_deserialize((const uint8_t *) p, hdr[2], &restored, &err) != GNN_OK)
 		return false;
@@ -503,8 +389,40 @@ state_restore(bytea *b, size_t n_params, int record_len, GnnEwc *ewc,
 		return false;
 	}
 	p += hdr[2];
-	gnn_ewc_free(ewc);
-	*ewc = restored;
+	gnn_ewc_free(&tr->ewc);
+	tr->ewc = restored;
+	if (hdr[1] >= 2)
+	{
+		int64		steps;
+		uint64		n;
+
+		if (hdr[3] > (size_t) (end - p) || hdr[3] < sizeof(int64) + sizeof(uint64))
+			return true;
+		memcpy(&steps, p, sizeof(int64));
+		memcpy(&n, p + sizeof(int64), sizeof(uint64));
+		if (restore_adam && n == tr->adam.n && steps >= 0 &&
+			hdr[3] == sizeof(int64) + sizeof(uint64) + 2 * sizeof(float) * n)
+		{
+			const char *q = p + sizeof(int64) + sizeof(uint64);
+
+			tr->adam.t = steps;
+			for (size_t i = 0; i < n; i++, q += sizeof(float))
+			{
+				float		x;
+
+				memcpy(&x, q, sizeof(float));
+				tr->adam.m[i] = x;
+			}
+			for (size_t i = 0; i < n; i++, q += sizeof(float))
+			{
+				float		x;
+
+				memcpy(&x, q, sizeof(float));
+				tr->adam.v[i] = x;
+			}
+		}
+		p += hdr[3];
+	}
 	if ((size_t) (end - p) < sizeof(ints) + sizeof(int64) + sizeof(uint64))
 		return true;
 	memcpy(ints, p, sizeof(ints));
@@ -629,56 +547,608 @@ train_args(FunctionCallInfo fcinfo, TrainArgs *a)
 	check_range("validation_fraction", a->val_fraction, 0, 0.9);
 }
 
+/* ---- memory: what a training call may hold ------------------------------ */
+
 /*
- * The examples of a training call (from pairs_sql, or from the graph when
- * it is NULL) in a seeded order whose last *nval are held out for
- * validation; returns how many.  Shared by the GNN and the adapter.
+ * A training call holds, besides the model:
+ *	- the held-out pairs, a query vector each: at most a quarter of what
+ *	  maintenance_work_mem leaves after the model;
+ *	- the view of the index (the elements met, their neighbour lists and
+ *	  neighbourhood means): forgotten (gnn_view_reset) whenever it outgrows
+ *	  half of what the model leaves, between examples;
+ *	- the last quarter: a window of examples, a batch's scoring, the rows
+ *	  of one cursor fetch, and what one example adds to the view.
+ * The model, its Adam moments, its batch gradient and EWC's three arrays
+ * are malloc'd by the core; they count as TRAINER_COPIES copies of the
+ * parameters, plus the replay buffer.  A call whose model leaves less than
+ * MIN_TRAIN_BYTES is refused.
+ */
+#define TRAINER_COPIES	10
+#define MIN_TRAIN_BYTES ((Size) 4 * 1024 * 1024)
+
+typedef struct TrainBudget
+{
+	Size		total;			/* maintenance_work_mem */
+	Size		fixed;			/* the model and its optimiser state */
+	Size		view;			/* the view is reset beyond this */
+	int64		held_max;		/* held-out pairs that fit */
+	MemoryContext cxt;			/* everything else the call holds */
+	Size		peak;			/* the most cxt held, plus fixed */
+	int			view_resets;
+} TrainBudget;
+
+static void
+budget_init(TrainBudget *b, MemoryContext cxt, Size fixed, int dim)
+{
+	Size		rest;
+	Size		held_bytes;
+
+	b->total = (Size) maintenance_work_mem * 1024;
+	b->fixed = fixed;
+	b->cxt = cxt;
+	b->peak = 0;
+	b->view_resets = 0;
+	if (fixed + MIN_TRAIN_BYTES > b->total)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("maintenance_work_mem is too small to train this model"),
+				 errdetail("The model and its optimizer state take about %zu kB, training needs %zu kB more, and maintenance_work_mem is %zu kB.",
+						   fixed / 1024, MIN_TRAIN_BYTES / 1024, b->total / 1024),
+				 errhint("Raise maintenance_work_mem, or train a smaller model (hidden).")));
+	rest = b->total - fixed;
+	held_bytes = MAXALIGN(sizeof(float) * dim) + 16 + sizeof(float *) +
+		sizeof(ItemPointerData);
+	b->held_max = (int64) (rest / 4 / held_bytes);
+	b->view = rest / 2;
+}
+
+/* Notes what the call holds now, for the peak it reports. */
+static void
+budget_note(TrainBudget *b)
+{
+	Size		now = MemoryContextMemAllocated(b->cxt, true) + b->fixed;
+
+	b->peak = Max(b->peak, now);
+}
+
+/* Between examples: forgets the view's elements when they take too much. */
+static void
+budget_check_view(TrainBudget *b, GnnIndexView *v)
+{
+	budget_note(b);
+	if (gnn_view_bytes(v) > b->view)
+	{
+		gnn_view_reset(v);
+		b->view_resets++;
+	}
+}
+
+/* ---- pairs: read pass after pass ----------------------------------------- */
+
+/* A held-out pair: its query, and its positive by element */
+typedef struct HeldPair
+{
+	float	   *query;
+	ItemPointerData positive;
+	ItemPointerData exclude;	/* the query's own element, or invalid */
+} HeldPair;
+
+typedef struct Pair
+{
+	const float *query;			/* dim: the source's buffer */
+	int			positive;		/* node; -1: not in the index */
+	int			exclude;		/* the query's own node, or -1 */
+} Pair;
+
+/*
+ * The (query, positive) pairs of a call, read once per pass: from
+ * pairs_sql through a cursor, or drawn from the graph (self-supervised: an
+ * element's vector is the query, one of its neighbours the positive).
+ * Which pairs are held out is decided row by row, with the number of rows
+ * known from a first pass that only counts them: selection sampling
+ * (Knuth, TAOCP vol. 2, 3.4.2, algorithm S) from a generator reseeded at
+ * every pass, so each pass holds out the same rows of pairs_sql, and
+ * exactly floor(rows * validation_fraction) of them.  That asks pairs_sql
+ * to return the same rows in the same order every time it runs; a pass
+ * that meets another number of rows is an ERROR.  Without a validation
+ * split (holdout false), the first held_target pairs are also kept, for
+ * choosing the blend, and still trained on.
+ */
+typedef struct PairSource
+{
+	GnnIndexView *v;
+	bool		near_positive;	/* likely_relevant's distance rule */
+	SPIPlanPtr	plan;			/* pairs_sql; NULL: self-supervised */
+	Portal		portal;
+	SPITupleTable *rows;		/* the rows of the last fetch */
+	uint64		next;			/* the next of them */
+	int64		nrows;			/* pairs of a pass */
+	int64		row;			/* pairs met in this pass */
+	bool		holdout;		/* held pairs are not trained on */
+	int64		held_target;	/* pairs held of nrows */
+	int64		held_taken;		/* held so far in this pass */
+	uint64		split_seed;
+	GnnRng		split;
+	GnnRng	   *rng;			/* self-supervised draws */
+	float	   *query;
+	float	   *positive;
+	bool		count_skips;
+	int64		skipped;		/* positive not in the index */
+	MemoryContext scratch;		/* a pair's searches: reset after each */
+} PairSource;
+
+/* Checks pairs_sql's columns: two of type vector. */
+static void
+check_pair_columns(TupleDesc desc)
+{
+	Oid			vtype = vector_type_oid();
+
+	if (desc->natts != 2 ||
+		SPI_gettypeid(desc, 1) != vtype || SPI_gettypeid(desc, 2) != vtype)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("pairs_sql must return two columns of type vector (query, positive)"),
+				 desc->natts == 2 ?
+				 errdetail("It returned columns of types %s and %s.",
+						   format_type_be(SPI_gettypeid(desc, 1)),
+						   format_type_be(SPI_gettypeid(desc, 2))) :
+				 errdetail("It returned %d column(s).", desc->natts)));
+}
+
+static void
+source_begin(PairSource *ps)
+{
+	ps->row = 0;
+	ps->held_taken = 0;
+	gnn_rng_seed(&ps->split, ps->split_seed);
+	if (ps->plan)
+	{
+		MemoryContext mine = CurrentMemoryContext;
+
+		ps->portal = SPI_cursor_open(NULL, ps->plan, NULL, NULL, true);
+		MemoryContextSwitchTo(mine);
+		check_pair_columns(ps->portal->tupDesc);
+		ps->rows = NULL;
+		ps->next = 0;
+	}
+}
+
+static void
+source_end(PairSource *ps)
+{
+	if (ps->plan)
+	{
+		MemoryContext mine = CurrentMemoryContext;
+
+		if (ps->rows)
+			SPI_freetuptable(ps->rows);
+		ps->rows = NULL;
+		SPI_cursor_close(ps->portal);
+		MemoryContextSwitchTo(mine);
+		if (ps->row != ps->nrows)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("pairs_sql returned " INT64_FORMAT " rows, then " INT64_FORMAT,
+							ps->nrows, ps->row),
+					 errhint("pairs_sql runs once per epoch and twice before them: it must return the same rows in the same order each time, for example with ORDER BY on a table that does not change meanwhile.")));
+	}
+}
+
+/* Is the next row held out?  One call per row, in order. */
+static bool
+next_row_held(PairSource *ps)
+{
+	bool		held;
+
+	if (ps->holdout)
+		held = gnn_rng_uniform(&ps->split) * (ps->nrows - ps->row) <
+			ps->held_target - ps->held_taken;
+	else
+		held = ps->held_taken < ps->held_target;
+	ps->row++;
+	if (held)
+		ps->held_taken++;
+	return held;
+}
+
+/* Reads the current row of pairs_sql into *pr. */
+static void
+read_sql_pair(PairSource *ps, Pair *pr)
+{
+	HeapTuple	tup = ps->rows->vals[ps->next - 1];
+	TupleDesc	desc = ps->rows->tupdesc;
+	bool		qnull,
+				pnull;
+	Datum		qd = SPI_getbinval(tup, desc, 1, &qnull);
+	Datum		pd = SPI_getbinval(tup, desc, 2, &pnull);
+
+	if (qnull || pnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("pairs_sql returned a NULL vector in row " INT64_FORMAT, ps->row)));
+	gnn_view_query_vector(ps->v, qd, ps->query, "query vector of pairs_sql");
+	gnn_view_query_vector(ps->v, pd, ps->positive, "positive vector of pairs_sql");
+	pr->query = ps->query;
+	pr->positive = gnn_view_find(ps->v, ps->positive);
+	pr->exclude = -1;
+}
+
+/* Draws a self-supervised pair; false if the drawn element has no neighbour. */
+static bool
+draw_graph_pair(PairSource *ps, Pair *pr)
+{
+	GnnIndexView *v = ps->v;
+	int			node = gnn_view_random_node(v, ps->rng);
+
+	if (node < 0)
+		return false;
+	gnn_view_neighbors(v, node);
+	if (v->nbr_count[node] == 0)
+		return false;
+	pr->positive = v->nbr[v->nbr_start[node] +
+						  gnn_rng_below(ps->rng, v->nbr_count[node])];
+	/* a copy: the view grows, and moves its vectors, as it searches */
+	memcpy(ps->query, v->vecs + (size_t) node * v->dim, sizeof(float) * v->dim);
+	pr->query = ps->query;
+	pr->exclude = node;
+	return true;
+}
+
+/*
+ * The next pair of this pass: of the held-out ones when held, else of the
+ * training ones (with holdout off, every pair is a training one too).
+ * Pairs whose positive is not in the index are skipped (and counted).
+ */
+static bool
+source_next(PairSource *ps, bool held, Pair *pr)
+{
+	for (;;)
+	{
+		bool		is_held;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ps->plan)
+		{
+			if (ps->rows == NULL || ps->next >= ps->rows->numvals)
+			{
+				MemoryContext mine = CurrentMemoryContext;
+
+				if (ps->rows)
+					SPI_freetuptable(ps->rows);
+				SPI_cursor_fetch(ps->portal, true, FETCH_ROWS);
+				MemoryContextSwitchTo(mine);
+				ps->rows = SPI_tuptable;
+				ps->next = 0;
+				if (SPI_processed == 0)
+					return false;
+			}
+			ps->next++;
+		}
+		else if (ps->row >= ps->nrows)
+			return false;
+		is_held = next_row_held(ps);
+		if (held ? !is_held : (is_held && ps->holdout))
+			continue;
+		if (ps->plan)
+			read_sql_pair(ps, pr);
+		else if (!draw_graph_pair(ps, pr))
+			continue;
+		if (pr->positive >= 0)
+			return true;
+		if (ps->count_skips)
+			ps->skipped++;
+	}
+}
+
+/*
+ * Prepares the pairs of a call: pairs_sql checked and its rows counted
+ * (or SELF_SUPERVISED_MAX draws), and the held-out pairs read into *held
+ * (at most what the budget allows: a NOTICE says when that cuts the split).
+ * Returns how many were read.
  */
 static int
-training_examples(GnnIndexView *v, const TrainArgs *a, GnnRng *rng,
-				  Example **ex, int **order, int *nval)
+source_init(PairSource *ps, GnnIndexView *v, const TrainArgs *a,
+			GnnRng *rng, bool near_positive, TrainBudget *b, HeldPair **held)
 {
-	int			nall;
-	int		   *all;
-	int			nex;
-	int			skipped = 0;
-	int			no_negatives = 0;
-	bool		near_positive = strcmp(a->scope, LORA_HNSW_SCOPE_NAME) != 0;
+	int64		want;
+	int			n = 0;
+	Pair		pr;
 
-	/* every element: random negatives, and the self-supervised queries */
-	nall = gnn_view_all_elements(v, &all);
+	memset(ps, 0, sizeof(*ps));
+	ps->v = v;
+	ps->near_positive = near_positive;
+	ps->rng = rng;
+	ps->query = palloc(sizeof(float) * v->dim);
+	ps->positive = palloc(sizeof(float) * v->dim);
+	ps->scratch = AllocSetContextCreate(b->cxt, "gnnvec_train pair",
+										ALLOCSET_DEFAULT_SIZES);
+	ps->split_seed = (uint64) a->seed ^ UINT64CONST(0x9E3779B97F4A7C15);
 	if (a->pairs_sql)
-		nex = examples_from_sql(v, a->pairs_sql, a->candidates, a->random_negatives,
-								all, nall, near_positive, rng, ex, &skipped,
-								&no_negatives);
+	{
+		MemoryContext mine = CurrentMemoryContext;
+
+		ps->plan = SPI_prepare(a->pairs_sql, 0, NULL);
+		MemoryContextSwitchTo(mine);
+		if (ps->plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		if (!SPI_is_cursor_plan(ps->plan))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("pairs_sql must be a query that returns rows"),
+					 errhint("For example: SELECT query_embedding, clicked_embedding FROM clicks.")));
+		/* the counting pass */
+		ps->portal = SPI_cursor_open(NULL, ps->plan, NULL, NULL, true);
+		MemoryContextSwitchTo(mine);
+		check_pair_columns(ps->portal->tupDesc);
+		SPI_cursor_move(ps->portal, true, FETCH_ALL);
+		ps->nrows = (int64) SPI_processed;
+		SPI_cursor_close(ps->portal);
+		MemoryContextSwitchTo(mine);
+	}
 	else
-		nex = examples_from_graph(v, a->candidates, a->random_negatives, all,
-								  nall, near_positive, rng, ex);
-	if (nex == 0)
+	{
+		/* a query per element, up to SELF_SUPERVISED_MAX (drawn) */
+		double		elements = v->index->rd_rel->reltuples;
+
+		ps->nrows = elements > 0 ? Min((int64) elements, SELF_SUPERVISED_MAX) :
+			SELF_SUPERVISED_MAX;
+	}
+
+	ps->holdout = a->val_fraction > 0 && ps->nrows >= 2;
+	want = ps->holdout ? Max(1, (int64) floor(ps->nrows * a->val_fraction)) :
+		Min(ps->nrows, SELF_SUPERVISED_MAX);
+	ps->held_target = Min(want, b->held_max);
+	if (ps->held_target < want)
+		ereport(NOTICE,
+				(errmsg("gnnvec_train: " INT64_FORMAT " pairs held out for validation instead of " INT64_FORMAT ", to stay within maintenance_work_mem",
+						ps->held_target, want)));
+
+	*held = palloc(sizeof(HeldPair) * Max(ps->held_target, 1));
+	ps->count_skips = true;
+	source_begin(ps);
+	for (;;)
+	{
+		MemoryContext old = MemoryContextSwitchTo(ps->scratch);
+		bool		got = source_next(ps, true, &pr);
+
+		MemoryContextSwitchTo(old);
+		budget_note(b);
+		MemoryContextReset(ps->scratch);
+		if (!got)
+			break;
+		(*held)[n].query = palloc(sizeof(float) * v->dim);
+		memcpy((*held)[n].query, pr.query, sizeof(float) * v->dim);
+		(*held)[n].positive = v->tid[pr.positive];
+		if (pr.exclude >= 0)
+			(*held)[n].exclude = v->tid[pr.exclude];
+		else
+			ItemPointerSetInvalid(&(*held)[n].exclude);
+		n++;
+		budget_check_view(b, v);
+	}
+	source_end(ps);
+	return n;
+}
+
+/*
+ * A learner's step on a window of examples: adds the sum of its losses to
+ * *loss and its number of steps to *steps.
+ */
+typedef void (*LearnFn) (void *arg, Example **ex, int n, double *loss,
+						 int *steps);
+
+/*
+ * One pass over the training pairs: windows of up to WINDOW examples, each
+ * shuffled and handed to learn().  A window ends early when the view
+ * outgrows its share, which is then reset (the window's node numbers die
+ * with it).  Returns the mean loss per step; *ntrain gets the examples.
+ */
+static double
+train_pass(PairSource *ps, const TrainArgs *a, TrainBudget *b, GnnRng *rng,
+		   LearnFn learn, void *arg, int *ntrain)
+{
+	GnnIndexView *v = ps->v;
+	MemoryContext wcxt = AllocSetContextCreate(b->cxt, "gnnvec_train window",
+											   ALLOCSET_DEFAULT_SIZES);
+	Example    *win = palloc(sizeof(Example) * WINDOW);
+	Example   **order = palloc(sizeof(Example *) * WINDOW);
+	int		   *perm = palloc(sizeof(int) * WINDOW);
+	double		loss = 0;
+	int			steps = 0;
+	bool		more = true;
+
+	*ntrain = 0;
+	source_begin(ps);
+	while (more)
+	{
+		int			n = 0;
+
+		/*
+		 * A pair's searches go with it; its example is copied out, naming
+		 * its candidates by element, so the view may be reset after it.
+		 */
+		while (n < WINDOW)
+		{
+			MemoryContext old = MemoryContextSwitchTo(ps->scratch);
+			Pair		pr;
+			Example		ex;
+			bool		made;
+
+			more = source_next(ps, false, &pr);
+			made = more && make_example(v, pr.query, pr.positive, pr.exclude,
+										a->candidates, a->random_negatives,
+										ps->near_positive, rng, &ex);
+			MemoryContextSwitchTo(wcxt);
+			if (made)
+				example_copy(v, &ex, &win[n++]);
+			MemoryContextSwitchTo(old);
+			MemoryContextReset(ps->scratch);
+			budget_check_view(b, v);
+			if (!more)
+				break;
+		}
+		for (int i = 0; i < n; i++)
+			perm[i] = i;
+		shuffle(perm, n, rng);
+		for (int i = 0; i < n; i++)
+			order[i] = &win[perm[i]];
+		budget_note(b);
+		if (n > 0)
+			learn(arg, order, n, &loss, &steps);
+		*ntrain += n;
+		MemoryContextReset(wcxt);
+		budget_check_view(b, v);
+	}
+	source_end(ps);
+	MemoryContextDelete(wcxt);
+	pfree(win);
+	pfree(order);
+	pfree(perm);
+	return steps > 0 ? loss / steps : 0;
+}
+
+/* After the first pass: no pair at all is an ERROR; skipped ones a NOTICE. */
+static void
+report_pairs(PairSource *ps, int ntrain, int nheld)
+{
+	ps->count_skips = false;
+	if (ntrain + nheld == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NO_DATA_FOUND),
-				 errmsg("no training data for index \"%s\"", RelationGetRelationName(v->index)),
-				 skipped > 0 ?
-				 errdetail("%d pair(s) were skipped: their positive vector is not in the index.", skipped) : 0,
+				 errmsg("no training data for index \"%s\"", RelationGetRelationName(ps->v->index)),
+				 ps->skipped > 0 ?
+				 errdetail(INT64_FORMAT " pair(s) were skipped: their positive vector is not in the index.", ps->skipped) : 0,
 				 errhint("pairs_sql must return (query, positive) rows whose positive is an indexed vector.")));
-	if (skipped > 0)
+	if (ps->skipped > 0)
 		ereport(NOTICE,
-				(errmsg("gnnvec_train: %d pair(s) skipped: their positive vector is not in the index",
-						skipped)));
-	if (no_negatives > 0)
-		ereport(NOTICE,
-				(errmsg("gnnvec_train: %d pair(s) skipped: no candidate was left to contrast the positive with",
-						no_negatives),
-				 errhint("Candidates likely relevant to the positive are not used as negatives; random_negatives adds others.")));
+				(errmsg("gnnvec_train: " INT64_FORMAT " pair(s) skipped: their positive vector is not in the index",
+						ps->skipped)));
+}
 
-	/* the split: a seeded shuffle, then the last nval examples */
-	*order = palloc(sizeof(int) * nex);
-	for (int i = 0; i < nex; i++)
-		(*order)[i] = i;
-	shuffle(*order, nex, rng);
-	*nval = (a->val_fraction > 0 && nex >= 2) ?
-		Max(1, (int) floor(nex * a->val_fraction)) : 0;
-	return nex;
+/* ---- training ------------------------------------------------------------ */
+
+/*
+ * How choose_blend builds its examples when there is no validation split:
+ * as training does (the blend is then chosen on training pairs, whose
+ * positive is always among the candidates).
+ */
+typedef struct AsTrained
+{
+	const TrainArgs *a;
+	bool		near_positive;
+	GnnRng	   *rng;
+} AsTrained;
+
+/*
+ * Tallies, for every blend of gnn_blends, how many of the pairs put their
+ * positive in the top 10 (gnn.h): the validation measure, and what the
+ * blend is chosen by.  Each pair is searched again, as the scan would
+ * (as_trained NULL), or made into a training example.
+ */
+static void
+tally_at_10(GnnModel *model, GnnIndexView *v, const HeldPair *held, int n,
+			const AsTrained *as_trained, TrainBudget *b, GnnBlendTally *tally,
+			MemoryContext tmp)
+{
+	gnn_blend_tally_init(tally);
+	for (int i = 0; i < n; i++)
+	{
+		MemoryContext old = MemoryContextSwitchTo(tmp);
+		ItemPointerData tid = held[i].positive;
+		int			positive = gnn_view_node(v, &tid);
+		Example		ex;
+		GnnExample	gex;
+		GnnError	err;
+		bool		made = true;
+
+		CHECK_FOR_INTERRUPTS();
+		if (as_trained == NULL)
+			validation_example(v, held[i].query, positive, &ex);
+		else
+		{
+			int			exclude = -1;
+
+			if (ItemPointerIsValid(&held[i].exclude))
+			{
+				tid = held[i].exclude;
+				exclude = gnn_view_node(v, &tid);
+			}
+			made = positive >= 0 &&
+				make_example(v, held[i].query, positive, exclude,
+							 as_trained->a->candidates,
+							 as_trained->a->random_negatives,
+							 as_trained->near_positive, as_trained->rng, &ex);
+		}
+		if (made)
+		{
+			gnn_score_input(v, ex.query, ex.n, ex.cand, ex.dist, &gex.in, NULL);
+			gex.positive = ex.positive;
+			gnn_ereport_status(gnn_blend_tally_add(model, tally, &gex, 10, &err),
+							   &err);
+		}
+		MemoryContextSwitchTo(old);
+		budget_note(b);
+		MemoryContextReset(tmp);
+		budget_check_view(b, v);
+	}
+}
+
+/*
+ * Sets the model's blend to the best on these pairs (its number goes to
+ * *blend, the mean rank of their positives under it to *rank, what the
+ * blend is chosen by); returns its hit rate at 10 and, in *raw_recall,
+ * that of raw distance alone: the plain index scan's, on validation pairs.
+ */
+static double
+choose_blend(GnnModel *model, GnnIndexView *v, const HeldPair *held, int n,
+			 const AsTrained *as_trained, TrainBudget *b, double *raw_recall,
+			 int *blend, double *rank, MemoryContext tmp)
+{
+	GnnBlendTally tally;
+	double		recall;
+
+	tally_at_10(model, v, held, n, as_trained, b, &tally, tmp);
+	*blend = gnn_blend_apply_best(model, &tally, &recall);
+	*raw_recall = tally.n > 0 ? (double) tally.hits[0] / tally.n : 0;
+	*rank = tally.n > 0 ? tally.rank_sum[*blend] / tally.n : 0;
+	return recall;
+}
+
+/*
+ * One Adam step on a batch; returns its loss, or -1 when none of its
+ * examples is left (copied examples whose elements went meanwhile).  A
+ * scoring input holds copies of the vectors it needs, so with a budget
+ * the view may be reset between the examples of a batch (their
+ * neighbourhoods are what makes it grow).
+ */
+static double
+train_batch(GnnTrainer *tr, GnnIndexView *v, Example **batch, int n,
+			TrainBudget *b, MemoryContext tmp)
+{
+	GnnExample *gex;
+	double		loss = 0;
+	GnnError	err;
+	int			m = 0;
+	MemoryContext old = MemoryContextSwitchTo(tmp);
+
+	gex = palloc(sizeof(GnnExample) * n);
+	for (int i = 0; i < n; i++)
+	{
+		if (batch[i]->tid && !example_resolve(v, batch[i]))
+			continue;
+		gnn_score_input(v, batch[i]->query, batch[i]->n, batch[i]->cand,
+						batch[i]->dist, &gex[m].in, NULL);
+		gex[m++].positive = batch[i]->positive;
+		if (b)
+			budget_check_view(b, v);
+	}
+	if (m > 0)
+		gnn_ereport_status(gnn_train_step(tr, gex, m, &loss, &err), &err);
+	MemoryContextSwitchTo(old);
+	if (b)
+		budget_note(b);
+	MemoryContextReset(tmp);
+	return m > 0 ? loss : -1;
 }
 
 /* ---- HnswScan: the index's MicroLoRA query adapter ----------------------- */
@@ -710,16 +1180,16 @@ training_examples(GnnIndexView *v, const TrainArgs *a, GnnRng *rng,
 
 /* Did the search with the (adapted) query put the positive in its top 10? */
 static bool
-adapted_hit_at_10(GnnIndexView *v, const LoraAdapter *ad, const Example *ex)
+adapted_hit_at_10(GnnIndexView *v, const LoraAdapter *ad, const float *query,
+				  int positive)
 {
 	int			ef = Max(hnsw_ef_search, 10);
 	int		   *nodes = palloc(sizeof(int) * ef);
 	float	   *dists = palloc(sizeof(float) * ef);
 	float	   *y = palloc(sizeof(float) * v->dim);
-	int			positive = ex->cand[ex->positive];
 	int			n;
 
-	memcpy(y, ex->query, sizeof(float) * v->dim);
+	memcpy(y, query, sizeof(float) * v->dim);
 	if (ad != NULL)
 		lora_index_apply(ad, y, v->metric == HNSW_METRIC_COSINE);
 	n = gnn_view_search(v, y, ef, nodes, dists, NULL);
@@ -730,19 +1200,24 @@ adapted_hit_at_10(GnnIndexView *v, const LoraAdapter *ad, const Example *ex)
 }
 
 static double
-adapted_recall_at_10(GnnIndexView *v, const LoraAdapter *ad, Example **val,
-					 int nval, MemoryContext tmp)
+adapted_recall_at_10(GnnIndexView *v, const LoraAdapter *ad,
+					 const HeldPair *held, int nval, TrainBudget *b,
+					 MemoryContext tmp)
 {
 	int			hits = 0;
-	MemoryContext old = MemoryContextSwitchTo(tmp);
 
 	for (int i = 0; i < nval; i++)
 	{
+		MemoryContext old = MemoryContextSwitchTo(tmp);
+		ItemPointerData tid = held[i].positive;
+		int			positive = gnn_view_node(v, &tid);
+
 		CHECK_FOR_INTERRUPTS();
-		hits += adapted_hit_at_10(v, ad, val[i]);
+		hits += positive >= 0 && adapted_hit_at_10(v, ad, held[i].query, positive);
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(tmp);
+		budget_check_view(b, v);
 	}
-	MemoryContextSwitchTo(old);
-	MemoryContextReset(tmp);
 	return nval > 0 ? (double) hits / nval : 0;
 }
 
@@ -828,6 +1303,38 @@ adapter_config(const LoraAdapter *ad, const TrainArgs *a, int ntrain, int nval,
 	return s.data;
 }
 
+typedef struct AdapterLearner
+{
+	GnnIndexView *v;
+	LoraAdapter *ad;
+	double		lr;
+	TrainBudget *b;
+	MemoryContext tmp;
+} AdapterLearner;
+
+/* LearnFn of the adapter: per-example SGD */
+static void
+adapter_learn(void *arg, Example **ex, int n, double *loss, int *steps)
+{
+	AdapterLearner *l = (AdapterLearner *) arg;
+
+	for (int i = 0; i < n; i++)
+	{
+		/* an example's scratch (its negatives: n x dim) goes with it */
+		MemoryContext old = MemoryContextSwitchTo(l->tmp);
+
+		CHECK_FOR_INTERRUPTS();
+		if (example_resolve(l->v, ex[i]))
+		{
+			*loss += adapter_step(l->v, l->ad, ex[i], l->lr);
+			(*steps)++;
+		}
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(l->tmp);
+		budget_check_view(l->b, l->v);
+	}
+}
+
 /*
  * gnnvec_train(..., scope => 'HnswScan'): epochs of per-example SGD on the
  * index's adapter, a row per epoch, the best epoch saved as the next
@@ -835,45 +1342,47 @@ adapter_config(const LoraAdapter *ad, const TrainArgs *a, int ntrain, int nval,
  */
 static void
 train_hnsw_adapter(ReturnSetInfo *rsinfo, GnnIndexView *v, const TrainArgs *a,
-				   Example *ex, int *order, int ntrain, int nval, GnnRng *rng,
-				   MemoryContext tmp)
+				   GnnRng *rng, MemoryContext cxt, MemoryContext tmp)
 {
 	LoraAdapter ad;
-	Example   **val = palloc(sizeof(Example *) * Max(nval, 1));
+	AdapterLearner learner;
+	TrainBudget b;
+	PairSource ps;
+	HeldPair   *held;
+	int			nheld;
+	int			nval;
+	int			ntrain = 0;
 	size_t		nparams;
 	float	   *best;
 	double		start_recall;
 	double		best_recall;
 	int			best_epoch = 0;
 
-	for (int i = 0; i < nval; i++)
-		val[i] = &ex[order[ntrain + i]];
 	(void) starting_adapter(v, a, &ad);
 	nparams = (size_t) 2 * ad.rank * ad.dim;
+	budget_init(&b, cxt, 3 * sizeof(float) * lora_adapter_floats(v->dim), v->dim);
+	nheld = source_init(&ps, v, a, rng, false, &b, &held);
+	nval = ps.holdout ? nheld : 0;
 	best = palloc(sizeof(float) * nparams);
 	memcpy(best, lora_adapter_at(&ad), sizeof(float) * nparams);
-	start_recall = best_recall = adapted_recall_at_10(v, &ad, val, nval, tmp);
+	start_recall = best_recall = adapted_recall_at_10(v, &ad, held, nval, &b, tmp);
+	learner.v = v;
+	learner.ad = &ad;
+	learner.lr = a->lr;
+	learner.b = &b;
+	learner.tmp = tmp;
 
 	for (int e = 1; e <= a->epochs; e++)
 	{
-		double		loss = 0;
+		double		loss;
 		double		recall;
 		Datum		values[3];
 		bool		nulls[3] = {false, false, nval == 0};
-		MemoryContext old;
 
-		shuffle(order, ntrain, rng);
-		for (int i = 0; i < ntrain; i++)
-		{
-			CHECK_FOR_INTERRUPTS();
-			/* an example's scratch (its negatives: n x dim) goes with it */
-			old = MemoryContextSwitchTo(tmp);
-			loss += adapter_step(v, &ad, &ex[order[i]], a->lr);
-			MemoryContextSwitchTo(old);
-			MemoryContextReset(tmp);
-		}
-		loss /= Max(ntrain, 1);
-		recall = adapted_recall_at_10(v, &ad, val, nval, tmp);
+		loss = train_pass(&ps, a, &b, rng, adapter_learn, &learner, &ntrain);
+		if (e == 1)
+			report_pairs(&ps, ntrain, nheld);
+		recall = adapted_recall_at_10(v, &ad, held, nval, &b, tmp);
 		if (nval == 0 || recall > best_recall)
 		{
 			best_recall = recall;
@@ -909,7 +1418,7 @@ blend_text(int blend)
 static char *
 train_config(const GnnModel *m, const TrainArgs *a, int ntrain, int nval,
 			 double val_recall, double raw_recall, double start_recall,
-			 int best_epoch, int blend)
+			 int best_epoch, int blend, const TrainBudget *b)
 {
 	StringInfoData s;
 
@@ -919,13 +1428,63 @@ train_config(const GnnModel *m, const TrainArgs *a, int ntrain, int nval,
 					 "\"train_pairs\": %d, \"validation_pairs\": %d, "
 					 "\"val_recall_at_10\": %.4f, \"raw_recall_at_10\": %.4f, "
 					 "\"start_recall_at_10\": %.4f, \"blend\": %s, "
-					 "\"raw_fallback\": %s, \"learning_rate\": %g, \"seed\": " INT64_FORMAT "}",
+					 "\"raw_fallback\": %s, \"learning_rate\": %g, \"seed\": " INT64_FORMAT ", "
+					 "\"memory_peak_kb\": %zu, \"memory_budget_kb\": %zu, \"view_resets\": %d}",
 					 m->cfg.in_dim, m->cfg.hidden_dim, m->cfg.heads,
 					 a->pairs_sql ? "false" : "true", a->epochs, best_epoch,
 					 ntrain, nval, val_recall, raw_recall, start_recall,
 					 blend_text(blend), blend == 0 ? "true" : "false", a->lr,
-					 a->seed);
+					 a->seed, b->peak / 1024, b->total / 1024, b->view_resets);
 	return s.data;
+}
+
+typedef struct GnnLearner
+{
+	GnnIndexView *v;
+	GnnTrainer *trainer;
+	GnnReplay  *replay;			/* the first pass's pairs go in; or NULL */
+	TrainBudget *b;
+	MemoryContext tmp;
+} GnnLearner;
+
+/* LearnFn of the GNN: batches of BATCH_SIZE, an Adam step each */
+static void
+gnn_learn(void *arg, Example **ex, int n, double *loss, int *steps)
+{
+	GnnLearner *l = (GnnLearner *) arg;
+	GnnIndexView *v = l->v;
+
+	for (int i = 0; i < n; i += BATCH_SIZE)
+	{
+		double		batch_loss;
+
+		CHECK_FOR_INTERRUPTS();
+		batch_loss = train_batch(l->trainer, v, ex + i, Min(BATCH_SIZE, n - i),
+								 l->b, l->tmp);
+		if (batch_loss >= 0)
+		{
+			*loss += batch_loss;
+			(*steps)++;
+		}
+	}
+	if (l->replay)
+		for (int i = 0; i < n; i++)
+		{
+			ItemPointerData tid = ex[i]->tid[ex[i]->positive];
+			int			positive = gnn_view_node(v, &tid);
+
+			if (positive >= 0)
+				replay_add_pair(l->replay, ex[i]->query,
+								v->vecs + (size_t) positive * v->dim, v->dim);
+		}
+}
+
+/* Bytes the core mallocs for a model in training (TrainBudget) */
+static Size
+trainer_bytes(const GnnModel *model, int dim)
+{
+	return TRAINER_COPIES * sizeof(gnn_real) * model->n_params +
+		sizeof(gnn_real) * REPLAY_CAPACITY * 2 * (Size) dim;
 }
 
 /*
@@ -937,9 +1496,164 @@ train_config(const GnnModel *m, const TrainArgs *a, int ntrain, int nval,
  * leaves a model that does worse on its validation pairs than before it,
  * and a blend that does not beat raw distance becomes raw distance alone
  * (gnn.h).  Without one, the last epoch is kept and the blend is chosen
- * on the training examples (one number, so the layer's fit to them
+ * on the first (up to SELF_SUPERVISED_MAX) training pairs, made into
+ * examples as training makes them (one number, so the layer's fit to them
  * biases it little).
  */
+static void
+train_gnn(ReturnSetInfo *rsinfo, GnnIndexView *v, const TrainArgs *a,
+		  GnnRng *rng, MemoryContext cxt, MemoryContext tmp)
+{
+	Relation	index = v->index;
+	Owned	   *o;
+	GnnTrainConfig tcfg;
+	GnnError	err;
+	TrainBudget b;
+	PairSource	ps;
+	GnnLearner	learner;
+	HeldPair   *held;
+	int			nheld;
+	int			nval;
+	int			ntrain = 0;
+	gnn_real   *best;
+	size_t		nbytes;
+	double		best_recall = 0;
+	double		start_recall = 0;
+	double		raw_recall = 0;
+	int			best_blend = 0;
+	double		best_rank = 0;
+	int			best_epoch = 0;
+	bytea	   *state;
+
+	o = palloc0(sizeof(Owned));
+	gnn_on_context_reset(free_owned, o);
+	o->model = stored_model_copy(index, a->scope);
+	if (o->model && (o->model->cfg.in_dim != v->dim ||
+					 o->model->cfg.hidden_dim != a->hidden))
+	{
+		gnn_model_free(o->model);	/* another shape: start over */
+		o->model = NULL;
+	}
+	if (o->model == NULL)
+	{
+		GnnConfig	cfg;
+
+		gnn_config_default(&cfg, v->dim, a->hidden);
+		cfg.seed = (uint64_t) a->seed;
+		gnn_ereport_status(gnn_model_create(&cfg, &o->model, &err), &err);
+	}
+	gnn_train_config_default(&tcfg);
+	tcfg.lr = a->lr;
+	gnn_ereport_status(gnn_trainer_init(&o->trainer, o->model, &tcfg, &err), &err);
+	o->trainer_live = true;
+	gnn_ereport_status(gnn_replay_init(&o->replay, REPLAY_CAPACITY, 2 * v->dim,
+									   (uint64_t) a->seed, &err), &err);
+	o->replay_live = true;
+	state = gnn_store_state(index, a->scope, GNN_KIND_GNN);
+	if (state)
+		(void) state_restore(state, o->model->n_params, 2 * v->dim,
+							 &o->trainer, false, &o->replay, &o->replay_live);
+
+	budget_init(&b, cxt, trainer_bytes(o->model, v->dim), v->dim);
+	nheld = source_init(&ps, v, a, rng, true, &b, &held);
+	nval = ps.holdout ? nheld : 0;
+	nbytes = sizeof(gnn_real) * o->model->n_params;
+	if (nval > 0)
+		start_recall = best_recall =
+			choose_blend(o->model, v, held, nval, NULL, &b, &raw_recall,
+						 &best_blend, &best_rank, tmp);
+	best = palloc(nbytes);
+	memcpy(best, o->model->params, nbytes);
+	learner.v = v;
+	learner.trainer = &o->trainer;
+	learner.replay = &o->replay;
+	learner.b = &b;
+	learner.tmp = tmp;
+	for (int e = 1; e <= a->epochs; e++)
+	{
+		double		loss;
+		double		recall = 0;
+		int			blend;
+		double		rank;
+		Datum		values[3];
+		bool		nulls[3] = {false, false, nval == 0};
+
+		loss = train_pass(&ps, a, &b, rng, gnn_learn, &learner, &ntrain);
+		if (e == 1)
+		{
+			report_pairs(&ps, ntrain, nheld);
+			learner.replay = NULL;
+			/* without a split the held pairs were trained on, and added */
+			for (int i = 0; i < (ps.holdout ? nheld : 0); i++)
+			{
+				ItemPointerData tid = held[i].positive;
+				int			node = gnn_view_node(v, &tid);
+
+				if (node >= 0)
+					replay_add_pair(&o->replay, held[i].query,
+									v->vecs + (size_t) node * v->dim, v->dim);
+			}
+		}
+		if (nval > 0)
+		{
+			recall = choose_blend(o->model, v, held, nval, NULL, &b,
+								  &raw_recall, &blend, &rank, tmp);
+			if (rank < best_rank)
+			{
+				best_rank = rank;
+				best_recall = recall;
+				best_blend = blend;
+				best_epoch = e;
+				memcpy(best, o->model->params, nbytes);
+			}
+			ereport(NOTICE,
+					(errmsg("gnnvec_train: epoch %d of %d: loss %.4f, validation hit rate at 10 %.3f at blend %s (plain index scan %.3f, before training %.3f)",
+							e, a->epochs, loss, recall, blend_text(blend),
+							raw_recall, start_recall)));
+		}
+		else
+		{
+			best_epoch = e;
+			memcpy(best, o->model->params, nbytes);
+			ereport(NOTICE,
+					(errmsg("gnnvec_train: epoch %d of %d: loss %.4f",
+							e, a->epochs, loss)));
+		}
+		values[0] = Int32GetDatum(e);
+		values[1] = Float8GetDatum(loss);
+		values[2] = Float8GetDatum(recall);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	memcpy(o->model->params, best, nbytes);
+	if (nval == 0)
+	{
+		AsTrained	as_trained = {a, true, rng};
+		double		unused;
+
+		(void) choose_blend(o->model, v, held, nheld, &as_trained, &b, &unused,
+							&best_blend, &unused, tmp);
+	}
+	if (nval > 0 && best_blend == 0)
+		ereport(WARNING,
+				(errmsg("gnnvec_train: the model does not beat the plain index scan on the %d validation pairs; reranking keeps the distance order",
+						nval),
+				 errdetail("Validation hit rate at 10 (positive among the first 10 of the scan's %d candidates): plain index scan %.3f, best reranking %.3f.",
+						   Max(hnsw_ef_search, gnn_rerank_candidates),
+						   raw_recall, best_recall),
+				 errhint("More or more varied training pairs may help; the model is stored with its GNN and neighbourhood terms off.")));
+	ereport(NOTICE,
+			(errmsg("gnnvec_train: held at most %zu kB of maintenance_work_mem's %zu kB; the index view was reset %d time(s)",
+					b.peak / 1024, b.total / 1024, b.view_resets)));
+	/* what this training taught is what EWC protects from now on */
+	gnn_ewc_consolidate(&o->trainer.ewc, o->model->params);
+	gnn_store_save(index, a->scope, GNN_KIND_GNN, o->model,
+				   train_config(o->model, a, ntrain, nval, best_recall,
+								raw_recall, start_recall, best_epoch,
+								best_blend, &b),
+				   state_serialize(&o->trainer, &o->replay));
+	free_owned(o);
+}
+
 PG_FUNCTION_INFO_V1(gnnvec_train);
 Datum
 gnnvec_train(PG_FUNCTION_ARGS)
@@ -949,225 +1663,170 @@ gnnvec_train(PG_FUNCTION_ARGS)
 	Relation	index;
 	GnnIndexView v;
 	GnnRng		rng;
-	Example    *ex;
-	int			nex;
-	int			nval,
-				ntrain;
-	int		   *order;
-	Owned	   *o;
-	GnnTrainConfig tcfg;
-	GnnError	err;
-	gnn_real   *best;
-	double		best_recall = 0;
-	double		start_recall = 0;
-	double		raw_recall = 0;
-	int			best_blend = 0;
-	double		best_rank = 0;
-	int			best_epoch = 0;
-	bytea	   *state;
+	MemoryContext cxt;
 	MemoryContext tmp;
+	MemoryContext old;
+	bool		adapter;
 
 	train_args(fcinfo, &a);
+	adapter = strcmp(a.scope, LORA_HNSW_SCOPE_NAME) == 0;
 	index = gnn_open_index(a.indexoid, true);
-	gnn_store_begin_update(index, a.scope,
-						   strcmp(a.scope, LORA_HNSW_SCOPE_NAME) == 0 ?
-						   LORA_KIND : GNN_KIND_GNN);
+	gnn_store_begin_update(index, a.scope, adapter ? LORA_KIND : GNN_KIND_GNN);
 	InitMaterializedSRF(fcinfo, 0);
+	cxt = AllocSetContextCreate(CurrentMemoryContext, "gnnvec_train",
+								ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(cxt);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	MemoryContextSwitchTo(cxt);
 	gnn_view_init(&v, index);
 	gnn_rng_seed(&rng, (uint64_t) a.seed);
-	tmp = AllocSetContextCreate(CurrentMemoryContext, "gnnvec_train step",
-								ALLOCSET_DEFAULT_SIZES);
-	nex = training_examples(&v, &a, &rng, &ex, &order, &nval);
-	ntrain = nex - nval;
-	if (strcmp(a.scope, LORA_HNSW_SCOPE_NAME) == 0)
-	{
-		train_hnsw_adapter(rsinfo, &v, &a, ex, order, ntrain, nval, &rng, tmp);
-		gnn_store_end_update();
-		relation_close(index, NoLock);
-		PG_RETURN_VOID();
-	}
-	{
-		Example   **val = palloc(sizeof(Example *) * Max(nval, 1));
-		Example   **batch = palloc(sizeof(Example *) * BATCH_SIZE);
-		size_t		nbytes;
-
-		/* the shuffles below reorder only order[0 .. ntrain-1] */
-		for (int i = 0; i < nval; i++)
-		{
-			Example    *held = &ex[order[ntrain + i]];
-
-			val[i] = palloc(sizeof(Example));
-			validation_example(&v, held->query, held->cand[held->positive],
-							   val[i]);
-		}
-
-		o = palloc0(sizeof(Owned));
-		gnn_on_context_reset(free_owned, o);
-		o->model = stored_model_copy(index, a.scope);
-		if (o->model && (o->model->cfg.in_dim != v.dim ||
-						 o->model->cfg.hidden_dim != a.hidden))
-		{
-			gnn_model_free(o->model);	/* another shape: start over */
-			o->model = NULL;
-		}
-		if (o->model == NULL)
-		{
-			GnnConfig	cfg;
-
-			gnn_config_default(&cfg, v.dim, a.hidden);
-			cfg.seed = (uint64_t) a.seed;
-			gnn_ereport_status(gnn_model_create(&cfg, &o->model, &err), &err);
-		}
-		gnn_train_config_default(&tcfg);
-		tcfg.lr = a.lr;
-		gnn_ereport_status(gnn_trainer_init(&o->trainer, o->model, &tcfg, &err), &err);
-		o->trainer_live = true;
-		gnn_ereport_status(gnn_replay_init(&o->replay, REPLAY_CAPACITY, 2 * v.dim,
-										   (uint64_t) a.seed, &err), &err);
-		o->replay_live = true;
-		state = gnn_store_state(index, a.scope, GNN_KIND_GNN);
-		if (state)
-			(void) state_restore(state, o->model->n_params, 2 * v.dim,
-								 &o->trainer.ewc, &o->replay, &o->replay_live);
-
-		nbytes = sizeof(gnn_real) * o->model->n_params;
-		if (nval > 0)
-			start_recall = best_recall =
-				choose_blend(o->model, &v, val, nval, &raw_recall, &best_blend,
-							 &best_rank, tmp);
-		best = palloc(nbytes);
-		memcpy(best, o->model->params, nbytes);
-		for (int e = 1; e <= a.epochs; e++)
-		{
-			double		loss = 0;
-			int			nb = 0;
-			double		recall = 0;
-			int			blend;
-			double		rank;
-			Datum		values[3];
-			bool		nulls[3] = {false, false, nval == 0};
-
-			shuffle(order, ntrain, &rng);
-			for (int i = 0; i < ntrain; i += BATCH_SIZE)
-			{
-				int			n = Min(BATCH_SIZE, ntrain - i);
-
-				CHECK_FOR_INTERRUPTS();
-				for (int j = 0; j < n; j++)
-					batch[j] = &ex[order[i + j]];
-				loss += train_batch(&o->trainer, &v, batch, n, tmp);
-				nb++;
-			}
-			loss /= Max(nb, 1);
-			if (nval > 0)
-			{
-				recall = choose_blend(o->model, &v, val, nval, &raw_recall,
-									  &blend, &rank, tmp);
-				if (rank < best_rank)
-				{
-					best_rank = rank;
-					best_recall = recall;
-					best_blend = blend;
-					best_epoch = e;
-					memcpy(best, o->model->params, nbytes);
-				}
-				ereport(NOTICE,
-						(errmsg("gnnvec_train: epoch %d of %d: loss %.4f, validation hit rate at 10 %.3f at blend %s (plain index scan %.3f, before training %.3f)",
-								e, a.epochs, loss, recall, blend_text(blend),
-								raw_recall, start_recall)));
-			}
-			else
-			{
-				best_epoch = e;
-				memcpy(best, o->model->params, nbytes);
-				ereport(NOTICE,
-						(errmsg("gnnvec_train: epoch %d of %d: loss %.4f",
-								e, a.epochs, loss)));
-			}
-			values[0] = Int32GetDatum(e);
-			values[1] = Float8GetDatum(loss);
-			values[2] = Float8GetDatum(recall);
-			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-		}
-		memcpy(o->model->params, best, nbytes);
-		if (nval == 0)
-		{
-			double		unused;
-
-			val = repalloc(val, sizeof(Example *) * Max(ntrain, 1));
-			for (int i = 0; i < ntrain; i++)
-				val[i] = &ex[order[i]];
-			(void) choose_blend(o->model, &v, val, ntrain, &unused, &best_blend,
-								&unused, tmp);
-		}
-		if (nval > 0 && best_blend == 0)
-			ereport(WARNING,
-					(errmsg("gnnvec_train: the model does not beat the plain index scan on the %d validation pairs; reranking keeps the distance order",
-							nval),
-					 errdetail("Validation hit rate at 10 (positive among the first 10 of the scan's %d candidates): plain index scan %.3f, best reranking %.3f.",
-							   Max(hnsw_ef_search, gnn_rerank_candidates),
-							   raw_recall, best_recall),
-					 errhint("More or more varied training pairs may help; the model is stored with its GNN and neighbourhood terms off.")));
-		/* what this training taught is what EWC protects from now on */
-		gnn_ewc_consolidate(&o->trainer.ewc, o->model->params);
-		for (int i = 0; i < nex; i++)
-			replay_add_pair(&o->replay, ex[i].query,
-							v.vecs + (size_t) ex[i].cand[ex[i].positive] * v.dim, v.dim);
-		gnn_store_save(index, a.scope, GNN_KIND_GNN, o->model,
-					   train_config(o->model, &a, ntrain, nval, best_recall,
-									raw_recall, start_recall, best_epoch,
-									best_blend),
-					   state_serialize(&o->trainer.ewc, &o->replay));
-	}
-	free_owned(o);
+	tmp = AllocSetContextCreate(cxt, "gnnvec_train step", ALLOCSET_DEFAULT_SIZES);
+	if (adapter)
+		train_hnsw_adapter(rsinfo, &v, &a, &rng, cxt, tmp);
+	else
+		train_gnn(rsinfo, &v, &a, &rng, cxt, tmp);
+	SPI_finish();
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(cxt);
 	gnn_store_end_update();
 	relation_close(index, NoLock);
 	PG_RETURN_VOID();
 }
 
-/* ---- gnnvec_feedback --------------------------------------------------- */
+/* ---- online feedback ----------------------------------------------------- */
 
+#define FEEDBACK_ROLE	"gnnvec_feedback"
+#define FEEDBACK_EVENTS_PER_STEP 4	/* and as many replayed pairs: a batch */
+
+/*
+ * gnnvec_feedback(index, query, positive): logs one event in
+ * gnnvec_feedback_events for gnnvec_feedback_train.  Callers: the owner
+ * of the index's table, and roles with the privileges of role
+ * gnnvec_feedback; either needs SELECT on the table.  Cheap: the vectors
+ * are checked against the index's dimensions and metric, nothing is
+ * searched, and the model row is not touched.  Returns the event's id.
+ */
 PG_FUNCTION_INFO_V1(gnnvec_feedback);
 Datum
 gnnvec_feedback(PG_FUNCTION_ARGS)
 {
-	Relation	index = gnn_open_index(PG_GETARG_OID(0), true);
+	Relation	index = gnn_open_index(PG_GETARG_OID(0), false);
+	Oid			heapoid = index->rd_index->indrelid;
+	Oid			role = get_role_oid(FEEDBACK_ROLE, true);
 	GnnIndexView v;
-	float	   *q;
-	float	   *p;
-	int			pos;
+	float	   *buf;
+	int64		id;
+
+	if (!pg_class_ownercheck(heapoid, GetUserId()) &&
+		!(OidIsValid(role) && has_privs_of_role(GetUserId(), role)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to log feedback for index %s",
+						RelationGetRelationName(index)),
+				 errdetail("Only the owner of table %s and roles with the privileges of role \"%s\" may log feedback.",
+						   get_rel_name(heapoid), FEEDBACK_ROLE),
+				 errhint("GRANT %s TO the role that logs feedback.", FEEDBACK_ROLE)));
+	gnn_view_init(&v, index);
+	buf = palloc(sizeof(float) * v.dim);
+	gnn_view_query_vector(&v, PG_GETARG_DATUM(1), buf, "query vector");
+	gnn_view_query_vector(&v, PG_GETARG_DATUM(2), buf, "positive vector");
+	id = gnn_store_log_feedback(index, get_fn_expr_argtype(fcinfo->flinfo, 1),
+								PG_GETARG_DATUM(1), PG_GETARG_DATUM(2));
+	relation_close(index, NoLock);
+	PG_RETURN_INT64(id);
+}
+
+/* An event's vector as the index sees it; false if it no longer fits. */
+static bool
+event_vector(GnnIndexView *v, Datum d, float *out)
+{
+	return DatumGetVector(d)->dim == v->dim &&
+		hnsw_form_vector(d, v->metric, v->dim, out);
+}
+
+/*
+ * The stored config with the feedback counters updated: the training's
+ * metadata stays.
+ */
+static char *
+feedback_config(const char *config, int64 events, int64 steps)
+{
+	Oid			types[3] = {TEXTOID, INT8OID, INT8OID};
+	Datum		args[3];
+	char		nulls[3] = {config ? ' ' : 'n', ' ', ' '};
+	MemoryContext caller = CurrentMemoryContext;
+	char	   *merged;
+	bool		isnull;
+
+	args[0] = config ? CStringGetTextDatum(config) : (Datum) 0;
+	args[1] = Int64GetDatum(events);
+	args[2] = Int64GetDatum(steps);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("SELECT (coalesce($1::pg_catalog.jsonb, '{}') || "
+							  "pg_catalog.jsonb_build_object('feedback_events', "
+							  "coalesce(($1::pg_catalog.jsonb ->> 'feedback_events')::bigint, 0) + $2, "
+							  "'optimizer_steps', $3))::text",
+							  3, types, args, nulls, true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "updating the model's config failed");
+	merged = MemoryContextStrdup(caller,
+								 TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
+																   SPI_tuptable->tupdesc,
+																   1, &isnull)));
+	SPI_finish();
+	return merged;
+}
+
+/*
+ * gnnvec_feedback_train(index, max_events): learns from up to max_events
+ * logged events of index, oldest first, and consumes them.  Each step
+ * takes FEEDBACK_EVENTS_PER_STEP events and as many pairs replayed from
+ * earlier training (reservoir sampling keeps old data in the batches),
+ * made into examples as gnnvec_train makes them (its default numbers of
+ * candidates and random negatives), one Adam step on the batch, with the
+ * EWC penalty of the last training.
+ * Adam's moments and step count come from the model's state and go back
+ * into it, so successive calls continue one optimisation; the stored
+ * config (the training's metadata) is kept, with feedback_events and
+ * optimizer_steps updated.  The model row is written once per call.
+ * Events whose positive is not in the index, or that leave no negative,
+ * are consumed and counted as skipped.
+ */
+PG_FUNCTION_INFO_V1(gnnvec_feedback_train);
+Datum
+gnnvec_feedback_train(PG_FUNCTION_ARGS)
+{
+	int			max_events = PG_GETARG_INT32(1);
+	Relation	index;
+	GnnIndexView v;
 	Owned	   *o;
 	GnnTrainConfig tcfg;
 	GnnError	err;
 	bytea	   *state;
 	GnnRng		rng;
-	int			slots[BATCH_SIZE - 1];
-	int			nslots;
-	Example    *batch;
-	Example   **bp;
-	int			n = 0;
-	double		loss;
-	int64		version;
-	TupleDesc	tdesc;
-	Datum		values[2];
-	bool		nulls[2] = {false, false};
 	MemoryContext tmp;
+	MemoryContext step;
+	float	   *q;
+	float	   *p;
+	int			taken = 0;
+	int			skipped = 0;
+	int			steps = 0;
+	double		loss = 0;
+	int64		version = 0;
+	TupleDesc	tdesc;
+	Datum		values[5];
+	bool		nulls[5] = {false, false, false, false, false};
 
+	check_range("max_events", max_events, 1, 100000000);
+	index = gnn_open_index(PG_GETARG_OID(0), true);
 	if (get_call_result_type(fcinfo, NULL, &tdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 	gnn_store_begin_update(index, GNN_RERANK_SCOPE, GNN_KIND_GNN);
 	gnn_view_init(&v, index);
 	q = palloc(sizeof(float) * v.dim);
 	p = palloc(sizeof(float) * v.dim);
-	gnn_view_query_vector(&v, PG_GETARG_DATUM(1), q, "query vector");
-	gnn_view_query_vector(&v, PG_GETARG_DATUM(2), p, "positive vector");
-	pos = find_node(&v, p);
-	if (pos < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("the positive vector is not in index \"%s\"",
-						RelationGetRelationName(index)),
-				 errhint("Feedback names a row of the indexed table by its vector.")));
 
 	o = palloc0(sizeof(Owned));
 	gnn_on_context_reset(free_owned, o);
@@ -1194,42 +1853,93 @@ gnnvec_feedback(PG_FUNCTION_ARGS)
 	state = gnn_store_state(index, GNN_RERANK_SCOPE, GNN_KIND_GNN);
 	if (state)
 		(void) state_restore(state, o->model->n_params, 2 * v.dim,
-							 &o->trainer.ewc, &o->replay, &o->replay_live);
-
-	/* this pair and up to BATCH_SIZE - 1 replayed ones, one step */
-	gnn_rng_seed(&rng, (uint64_t) o->replay.seen + 1);
-	nslots = gnn_replay_sample(&o->replay, BATCH_SIZE - 1, slots);
-	batch = palloc(sizeof(Example) * (nslots + 1));
-	bp = palloc(sizeof(Example *) * (nslots + 1));
-	if (make_example(&v, q, pos, -1, FEEDBACK_CANDIDATES, 0, NULL, 0, true, &rng,
-					 &batch[n]))
-		n++;
-	for (int i = 0; i < nslots; i++)
-	{
-		const gnn_real *rec = gnn_replay_record(&o->replay, slots[i]);
-		int			rp = find_node(&v, rec + v.dim);
-
-		if (rp >= 0 && make_example(&v, rec, rp, -1, FEEDBACK_CANDIDATES, 0,
-									NULL, 0, true, &rng, &batch[n]))
-			n++;
-	}
-	if (n == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_NO_DATA_FOUND),
-				 errmsg("index \"%s\" has too few rows to learn from", RelationGetRelationName(index))));
-	for (int i = 0; i < n; i++)
-		bp[i] = &batch[i];
-	tmp = AllocSetContextCreate(CurrentMemoryContext, "gnnvec_feedback step",
+							 &o->trainer, true, &o->replay, &o->replay_live);
+	gnn_rng_seed(&rng, (uint64) o->replay.seen + 1);
+	tmp = AllocSetContextCreate(CurrentMemoryContext, "gnnvec_feedback_train batch",
 								ALLOCSET_DEFAULT_SIZES);
-	loss = train_batch(&o->trainer, &v, bp, n, tmp);
-	replay_add_pair(&o->replay, q, p, v.dim);
-	version = gnn_store_save(index, GNN_RERANK_SCOPE, GNN_KIND_GNN, o->model,
-							 "{\"online\": true}",
-							 state_serialize(&o->trainer.ewc, &o->replay));
+	step = AllocSetContextCreate(CurrentMemoryContext, "gnnvec_feedback_train step",
+								 ALLOCSET_DEFAULT_SIZES);
+
+	while (taken < max_events)
+	{
+		int			want = Min(FEEDBACK_EVENTS_PER_STEP, max_events - taken);
+		Datum		queries[FEEDBACK_EVENTS_PER_STEP];
+		Datum		positives[FEEDBACK_EVENTS_PER_STEP];
+		int			slots[FEEDBACK_EVENTS_PER_STEP];
+		Example		batch[2 * FEEDBACK_EVENTS_PER_STEP];
+		Example    *bp[2 * FEEDBACK_EVENTS_PER_STEP];
+		int			n = 0;
+		int			nevents;
+		int			got;
+		int			nslots;
+		MemoryContext old;
+
+		CHECK_FOR_INTERRUPTS();
+		old = MemoryContextSwitchTo(tmp);
+		got = gnn_store_take_feedback(index, want, queries, positives);
+		taken += got;
+		for (int i = 0; i < got; i++)
+		{
+			int			pos;
+
+			if (!event_vector(&v, queries[i], q) ||
+				!event_vector(&v, positives[i], p) ||
+				(pos = gnn_view_find(&v, p)) < 0 ||
+				!make_example(&v, q, pos, -1, FEEDBACK_CANDIDATES,
+							  FEEDBACK_RANDOM_NEGATIVES, true, &rng, &batch[n]))
+				skipped++;
+			else
+				n++;
+		}
+		nevents = n;
+		nslots = nevents > 0 ?
+			gnn_replay_sample(&o->replay, FEEDBACK_EVENTS_PER_STEP, slots) : 0;
+		for (int i = 0; i < nslots; i++)
+		{
+			const gnn_real *rec = gnn_replay_record(&o->replay, slots[i]);
+			int			rp;
+
+			memcpy(q, rec, sizeof(float) * v.dim);
+			rp = gnn_view_find(&v, rec + v.dim);
+			if (rp >= 0 && make_example(&v, q, rp, -1, FEEDBACK_CANDIDATES,
+										FEEDBACK_RANDOM_NEGATIVES, true, &rng,
+										&batch[n]))
+				n++;
+		}
+		MemoryContextSwitchTo(old);
+		if (nevents > 0)
+		{
+			for (int i = 0; i < n; i++)
+				bp[i] = &batch[i];
+			loss += train_batch(&o->trainer, &v, bp, n, NULL, step);
+			steps++;
+			for (int i = 0; i < nevents; i++)
+				replay_add_pair(&o->replay, batch[i].query,
+								v.vecs + (size_t) batch[i].cand[batch[i].positive] * v.dim,
+								v.dim);
+		}
+		MemoryContextReset(tmp);
+		/* the elements met stay within half of maintenance_work_mem */
+		if (gnn_view_bytes(&v) > (Size) maintenance_work_mem * 1024 / 2)
+			gnn_view_reset(&v);
+		if (got < want)
+			break;
+	}
+	if (steps > 0)
+		version = gnn_store_save(index, GNN_RERANK_SCOPE, GNN_KIND_GNN, o->model,
+								 feedback_config(gnn_store_config(index, GNN_RERANK_SCOPE,
+																  GNN_KIND_GNN),
+												 taken, o->trainer.adam.t),
+								 state_serialize(&o->trainer, &o->replay));
+	values[0] = Int32GetDatum(taken);
+	values[1] = Int32GetDatum(skipped);
+	values[2] = Int64GetDatum(version);
+	nulls[2] = steps == 0;
+	values[3] = Float8GetDatum(steps > 0 ? loss / steps : 0);
+	nulls[3] = steps == 0;
+	values[4] = Int64GetDatum(o->trainer.adam.t);
 	free_owned(o);
 	gnn_store_end_update();
 	relation_close(index, NoLock);
-	values[0] = Int64GetDatum(version);
-	values[1] = Float8GetDatum(loss);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tdesc), values, nulls)));
 }

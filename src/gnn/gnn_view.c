@@ -2,7 +2,9 @@
  * gnn_view.c
  *		The GNN's view of a gnnhnsw index: element vectors and level-0
  *		neighbour lists read from the index pages, numbered as nodes and
- *		read once each, and graph searches that return nodes.
+ *		read once each until the view is reset (training does that to stay
+ *		within its memory), graph searches that return nodes, and elements
+ *		drawn at random or found by vector.
  */
 #include "postgres.h"
 
@@ -13,6 +15,7 @@
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 
 typedef struct ViewEntry
@@ -64,9 +67,13 @@ void
 gnn_view_init(GnnIndexView *v, Relation index)
 {
 	HASHCTL		ctl;
+	MemoryContext old;
 
 	memset(v, 0, sizeof(GnnIndexView));
 	v->index = index;
+	v->cxt = AllocSetContextCreate(CurrentMemoryContext, "gnn index view",
+								   ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(v->cxt);
 	hnsw_read_meta(index, &v->meta);
 	v->metric = (HnswMetric) v->meta.metric;
 	v->dim = v->meta.dims;
@@ -89,6 +96,24 @@ gnn_view_init(GnnIndexView *v, Relation index)
 	v->means_cap = 64;
 	v->means_used = 0;
 	v->means = palloc(sizeof(float) * v->dim * v->means_cap);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Forgets every node (their numbers become invalid): what keeps a view
+ * that met more elements than a memory budget allows within it.
+ */
+void
+gnn_view_reset(GnnIndexView *v)
+{
+	Relation	index = v->index;
+	MemoryContext parent = MemoryContextGetParent(v->cxt);
+	MemoryContext old;
+
+	MemoryContextDelete(v->cxt);
+	old = MemoryContextSwitchTo(parent);
+	gnn_view_init(v, index);
+	MemoryContextSwitchTo(old);
 }
 
 static int
@@ -265,59 +290,63 @@ gnn_view_search(GnnIndexView *v, const float *query, int ef, int *nodes,
 	return n;
 }
 
+#define RANDOM_NODE_DRAWS 64
+
 /*
- * Adds every live element of the index (a pass over its pages); *nodes
- * gets their node numbers.  Returns how many.
+ * A live element drawn at random from the pages (hnsw_random_element: near
+ * uniform), added as a node; -1 when RANDOM_NODE_DRAWS draws met only
+ * blocks without one (an index of very few elements).
  */
 int
-gnn_view_all_elements(GnnIndexView *v, int **nodes)
+gnn_view_random_node(GnnIndexView *v, GnnRng *rng)
 {
-	BlockNumber nblocks = RelationGetNumberOfBlocks(v->index);
-	BlockNumber blkno;
-	ItemPointerData *tids = NULL;
-	int			ntids = 0;
-	int			captids = 0;
-	int			n = 0;
-	int			i;
-
-	for (blkno = HNSW_METAPAGE_BLKNO + 1; blkno < nblocks; blkno++)
+	for (int i = 0; i < RANDOM_NODE_DRAWS; i++)
 	{
-		Buffer		buf;
-		Page		page;
-		OffsetNumber off;
+		ItemPointerData tid;
+		uint64		r = gnn_rng_below(rng, UINT64_MAX);
 
-		CHECK_FOR_INTERRUPTS();
-		buf = ReadBuffer(v->index, blkno);
-		LockBuffer(buf, BUFFER_LOCK_SHARE);
-		page = BufferGetPage(buf);
-		for (off = FirstOffsetNumber; off <= PageGetMaxOffsetNumber(page); off++)
+		if (hnsw_random_element(v->index, v->nblocks, r, &tid))
 		{
-			HnswElementTuple etup = hnsw_get_element(page, off);
+			int			node = gnn_view_node(v, &tid);
 
-			if (etup == NULL || etup->deleted || etup->nheaptids == 0)
-				continue;
-			if (ntids == captids)
-			{
-				captids = captids ? captids * 2 : 1024;
-				tids = tids ? repalloc_huge(tids, sizeof(ItemPointerData) * captids)
-					: palloc(sizeof(ItemPointerData) * captids);
-			}
-			ItemPointerSet(&tids[ntids], blkno, off);	/* a macro: no ++ inside */
-			ntids++;
+			if (node >= 0)
+				return node;
 		}
-		UnlockReleaseBuffer(buf);
 	}
-	*nodes = palloc(sizeof(int) * Max(ntids, 1));
-	for (i = 0; i < ntids; i++)
-	{
-		int			node = gnn_view_node(v, &tids[i]);
+	return -1;
+}
 
-		if (node >= 0)
-			(*nodes)[n++] = node;
-	}
-	if (tids)
-		pfree(tids);
-	return n;
+/*
+ * The node holding exactly this vector (as the index stores it), or -1 if
+ * the index has none: a graph search first (ef at least 100), a pass over
+ * the pages when it misses.
+ */
+int
+gnn_view_find(GnnIndexView *v, const float *vec)
+{
+	int			ef = Max(hnsw_ef_search, 100);
+	int		   *nodes = palloc(sizeof(int) * ef);
+	float	   *dists = palloc(sizeof(float) * ef);
+	int			n = gnn_view_search(v, vec, ef, nodes, dists, NULL);
+	int			found = -1;
+	ItemPointerData tid;
+
+	for (int i = 0; i < n && found < 0; i++)
+		if (memcmp(v->vecs + (size_t) nodes[i] * v->dim, vec,
+				   sizeof(float) * v->dim) == 0)
+			found = nodes[i];
+	pfree(nodes);
+	pfree(dists);
+	if (found < 0 && hnsw_find_element(v->index, vec, v->dim, &tid))
+		found = gnn_view_node(v, &tid);
+	return found;
+}
+
+/* Bytes the view holds (its arrays, the lookup table, the means). */
+Size
+gnn_view_bytes(const GnnIndexView *v)
+{
+	return MemoryContextMemAllocated(v->cxt, true);
 }
 
 /*

@@ -878,6 +878,15 @@ extern void hnsw_search_init(HnswSearch *s, Relation index, HnswMetric metric,
 extern void hnsw_search_reset(HnswSearch *s);
 extern void hnsw_load_element(HnswSearch *s, HnswElement *e);
 extern void hnsw_load_vector(Relation index, ItemPointer tid, float *out);
+
+/*
+ * Reads for learners (the GNN and adapter training): elements found in the
+ * pages one at a time, so that nothing copies the whole index.
+ */
+extern bool hnsw_random_element(Relation index, BlockNumber nblocks,
+								uint64 r, ItemPointer tid);
+extern bool hnsw_find_element(Relation index, const float *vec, int dim,
+							  ItemPointer tid);
 extern int	hnsw_load_neighbors(Relation index, ItemPointer neighbortid,
 								int m, int level, ItemPointerData *out);
 extern int	hnsw_search_layer(HnswSearch *s, int *entries, int nentries,

@@ -50,7 +50,7 @@ my $v2 = $session->query($scores_sql);
 isnt($v2, $v1, 'the caching backend scores with the committed version');
 
 # a rolled-back version leaves the committed one in place
-$node->safe_psql('postgres', q{BEGIN; SELECT gnnvec_feedback('items_v', (SELECT q FROM pairs LIMIT 1), (SELECT p FROM pairs LIMIT 1)); ROLLBACK;});
+$node->safe_psql('postgres', q{BEGIN; SELECT gnnvec_feedback('items_v', (SELECT q FROM pairs LIMIT 1), (SELECT p FROM pairs LIMIT 1)); SELECT gnnvec_feedback_train('items_v'); ROLLBACK;});
 is($session->query($scores_sql), $v2, 'a rolled-back version is never seen');
 $session->quit;
 
@@ -70,7 +70,7 @@ is($node->safe_psql('restored', q{SELECT scope || ' ' || kind || ' ' || version 
 is($node->safe_psql('restored', $scores_sql), $v2, 'the restored model scores as before');
 
 # the next save rebinds the row to the new OID; the old row is gone
-$node->safe_psql('restored', q{SELECT gnnvec_feedback('items_v', (SELECT q FROM pairs LIMIT 1), (SELECT p FROM pairs LIMIT 1))});
+$node->safe_psql('restored', q{SELECT gnnvec_feedback('items_v', (SELECT q FROM pairs LIMIT 1), (SELECT p FROM pairs LIMIT 1)); SELECT gnnvec_feedback_train('items_v')});
 is($node->safe_psql('restored', q{SELECT count(*) || ' ' || bool_and(index_oid = 'items_v'::regclass) || ' ' || max(version) FROM gnnvec_models}),
 	'1 true 3', 'saving rebinds the restored row to the new index');
 

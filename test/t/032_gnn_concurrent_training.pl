@@ -32,7 +32,9 @@ $node->safe_psql('postgres', q{
 sub feedback_sql
 {
 	my ($id) = @_;
-	return "SELECT version FROM gnnvec_feedback('items_v', (SELECT q FROM pairs WHERE id = $id), (SELECT p FROM pairs WHERE id = $id))";
+	# log the event, then train on it (the subquery runs first)
+	return "SELECT (gnnvec_feedback_train('items_v')).version FROM (SELECT gnnvec_feedback('items_v', "
+	  . "(SELECT q FROM pairs WHERE id = $id), (SELECT p FROM pairs WHERE id = $id)) OFFSET 0) logged";
 }
 
 my $train_sql = q{SELECT count(*) FROM gnnvec_train('items_v', 'SELECT q, p FROM pairs', scope => 'Rerank',
@@ -78,7 +80,7 @@ my $first = GnnvecSession->new($node);
 my $second = GnnvecSession->new($node);
 my $second_pid = $second->query('SELECT pg_backend_pid()');
 
-# ---- gnnvec_feedback, READ COMMITTED -----------------------------------------
+# ---- gnnvec_feedback_train, READ COMMITTED -----------------------------------------
 $node->safe_psql('postgres', feedback_sql(1));
 my $len1 = state_length('Rerank');
 
