@@ -92,7 +92,8 @@ def mib(b):
 
 
 gnn = Curve("gnnhnsw", "pg_hnsw.csv", "pg_results")
-cagra = Curve("gnnhnsw cagra", "pg_cagra.csv", "pg_cagra_results")
+# a CAGRA build that failed (pg_bench.sh says why) leaves no CSV
+cagra = Curve("gnnhnsw cagra", "pg_cagra.csv", "pg_cagra_results") if os.path.exists(f"{res}/pg_cagra.csv") else None
 hnswlib = Curve("hnswlib", "hnswlib.csv")
 pgv = Curve("pgvector", "pgv_hnsw.csv", "pgv_results") if os.path.exists(f"{res}/pgv_hnsw.csv") else None
 peers = [c for c in (pgv, hnswlib) if c]
@@ -125,8 +126,11 @@ for clock, what in (("cpu", "CPU"), ("wall", "wall")):
               + " | ".join(fmt_qps(p.qps_at(target, clock)) for p in peers)
               + " | " + " | ".join(fmt_ratio(g, p.qps_at(target, clock)) for p in peers) + " |")
 print()
-print(f"build_method = 'cagra' (cpu): build {cagra.build['wall']:.1f}s wall, {cagra.build['cpu']:.1f}s CPU "
-      f"({cagra.build['wall'] / gnn.build['wall']:.2f}x gnnhnsw's hnsw build in wall time), index {mib(cagra.bytes)}.")
+if cagra:
+    print(f"build_method = 'cagra' (cpu): build {cagra.build['wall']:.1f}s wall, {cagra.build['cpu']:.1f}s CPU "
+          f"({cagra.build['wall'] / gnn.build['wall']:.2f}x gnnhnsw's hnsw build in wall time), index {mib(cagra.bytes)}.")
+else:
+    print("build_method = 'cagra' (cpu): the build failed (see the bench log), no column.")
 print()
 gap_vs = "pgvector" if pgv else "hnswlib"
 ref = pgv or hnswlib
@@ -137,12 +141,12 @@ print("| ef_search | recall gnnhnsw | recall " + " | recall ".join(p.name for p 
 print("|---:|" + "---:|" * (5 + 3 * len(peers)))
 for ef, r, q in gnn.points:
     print(f"| {ef} | {r:.4f} | " + " | ".join(f"{p.recall(ef):.4f}" for p in peers)
-          + f" | {100 * (r - ref.recall(ef)):+.1f} | {cagra.recall(ef):.4f} | {q['cpu']:.0f} | "
+          + f" | {100 * (r - ref.recall(ef)):+.1f} | {cagra.recall(ef) if cagra else float('nan'):.4f} | {q['cpu']:.0f} | "
           + " | ".join(f"{p.qps(ef, 'cpu'):.0f}" for p in peers) + f" | {q['wall']:.0f} | "
           + " | ".join(f"{p.qps(ef, 'wall'):.0f}" for p in peers) + " |")
 
 fig, ax = plt.subplots(figsize=(7, 4))
-for c in [gnn, cagra] + peers:
+for c in [c for c in (gnn, cagra) if c] + peers:
     ax.plot([r for _, r, _ in c.points], [q["cpu"] for _, _, q in c.points], "o-", label=c.name)
 ax.set_yscale("log")
 ax.set_xlabel("recall@10")
