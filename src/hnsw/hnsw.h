@@ -474,10 +474,13 @@ extern void hnsw_vcache_query(HnswVecQuery *q, const float *x, int dim);
  */
 extern float hnsw_vcache_distance(const HnswVecCache *c, HnswMetric metric,
 								  const HnswVecQuery *q, const void *entry);
-/* The float vector an entry stands for (out: dim floats). */
-extern void hnsw_vcache_decode(const HnswVecCache *c, const void *entry,
-							   float *out);
-/* Largest |decoded - true| of one coordinate of an entry. */
+/*
+ * Whether an entry stands for vec (dim floats): a float vector bit for bit;
+ * a code within half a step of every coordinate, with the squared norm
+ * kept to float rounding.
+ */
+extern bool hnsw_vcache_matches(const HnswVecCache *c, const void *entry,
+								const float *vec);
 extern float hnsw_vcache_error(const HnswVecCache *c, const void *entry);
 
 /*

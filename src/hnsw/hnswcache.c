@@ -256,20 +256,25 @@ hnsw_vcache_distance(const HnswVecCache *c, HnswMetric metric,
 	return metric == HNSW_METRIC_L2 ? h.norm2 - 2 * dot + q->norm2 : -dot;
 }
 
-void
-hnsw_vcache_decode(const HnswVecCache *c, const void *entry, float *out)
+bool
+hnsw_vcache_matches(const HnswVecCache *c, const void *entry, const float *vec)
 {
 	HnswVecCode h;
 	const uint8_t *code = (const uint8_t *) entry + sizeof(h);
+	float		tol;
+	double		norm2 = 0;
 
 	if (!c->codes)
-	{
-		memcpy(out, entry, sizeof(float) * c->dim);
-		return;
-	}
+		return memcmp(vec, entry, sizeof(float) * c->dim) == 0;
 	memcpy(&h, entry, sizeof(h));
+	tol = h.scale / 2 * 1.001f;
 	for (int i = 0; i < c->dim; i++)
-		out[i] = h.offset + h.scale * code[i];
+	{
+		if (fabsf(h.offset + h.scale * code[i] - vec[i]) > tol + 1e-6f * fabsf(vec[i]))
+			return false;
+		norm2 += (double) vec[i] * vec[i];
+	}
+	return fabs(h.norm2 - norm2) <= 1e-5 * norm2 + 1e-30;
 }
 
 float

@@ -560,31 +560,6 @@ check_graph(Relation index, IndexImage *img)
 }
 
 /*
- * A cached float vector must be the element's, bit for bit; a code must
- * decode to within its half step of every coordinate and keep the exact
- * squared norm (to float rounding).
- */
-static bool
-cache_entry_matches(const HnswVecCache *c, const void *cached,
-					const float *vec, const float *decoded, int dim)
-{
-	float		tol = hnsw_vcache_error(c, cached);
-	double		norm2 = 0;
-	HnswVecCode h;
-
-	if (!c->codes)
-		return memcmp(vec, cached, sizeof(float) * dim) == 0;
-	for (int i = 0; i < dim; i++)
-	{
-		if (fabsf(decoded[i] - vec[i]) > tol * 1.001f + 1e-6f * fabsf(vec[i]))
-			return false;
-		norm2 += (double) vec[i] * vec[i];
-	}
-	memcpy(&h, cached, sizeof(h));
-	return fabs(h.norm2 - norm2) <= 1e-5 * norm2 + 1e-30;
-}
-
-/*
  * This backend's scan cache for the index (hnswscan.c), if it is of the
  * index's current generation: every vector (or code) and neighbour tuple
  * TID in it must be its live element's.
@@ -595,14 +570,12 @@ check_scan_cache(Relation index, IndexImage *img)
 	uint32		generation;
 	const HnswVecCache *c = hnsw_scan_cache_peek(index, &generation);
 	HnswSearch	loader;
-	float	   *decoded;
 
 	if (c == NULL || c->map == NULL || generation != img->meta.generation)
 		return;
 	hnsw_search_init(&loader, index, (HnswMetric) img->meta.metric,
 					 img->meta.dims, img->meta.m, NULL);
 	loader.load_vectors = true;
-	decoded = palloc(sizeof(float) * img->meta.dims);
 	for (uint64 i = 0; i <= c->mask; i++)
 	{
 		uint64		key = c->map[i].key;
@@ -622,15 +595,13 @@ check_scan_cache(Relation index, IndexImage *img)
 
 			ItemPointerSet(&e.tid, KEY_BLK(key), KEY_OFF(key));
 			hnsw_load_element(&loader, &e);
-			hnsw_vcache_decode(c, cached, decoded);
-			if (!cache_entry_matches(c, cached, e.vec, decoded, img->meta.dims) ||
+			if (!hnsw_vcache_matches(c, cached, e.vec) ||
 				hnsw_vcache_word(cached) != hnsw_tid_key(&img->elems[k].neighbortid))
 				problem(img, KEY_BLK(key), KEY_OFF(key),
 						"this backend's scan cache disagrees with the element's vector or neighbour tuple");
 			pfree(e.vec);
 		}
 	}
-	pfree(decoded);
 }
 
 PG_FUNCTION_INFO_V1(gnnvec_index_check);

@@ -213,9 +213,9 @@ get_scan_cache(Relation index, const HnswMetaPageData *meta)
 		sc->indexoid = RelationGetRelid(index);
 		memcpy(&sc->node, &INDEX_FILE(index), sizeof(sc->node));
 		sc->generation = meta->generation;
-		hnsw_vcache_init(&sc->vc, meta->dims,
-						 scan_cache_codes(index, meta, limit),
-						 &scanCacheUsed, limit, &scanCacheAlloc);
+		/* floats or codes: chosen below, while it is empty */
+		hnsw_vcache_init(&sc->vc, meta->dims, false, &scanCacheUsed, limit,
+						 &scanCacheAlloc);
 	}
 	sc->next = scanCaches;
 	scanCaches = sc;
