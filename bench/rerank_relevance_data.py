@@ -12,6 +12,14 @@ Sets (all deterministic):
       N_ITEMS training images are the items, test images the queries;
       pixels / 255, projected to 64 dimensions by a seeded Gaussian random
       projection.  Relevant = same class.
+  wordnet: WordNet 3.0 noun glosses (Debian package wordnet-base,
+      /usr/share/wordnet/data.noun), labelled by their lexicographer file
+      (26 classes: noun.animal, noun.artifact, ...).  A gloss is embedded
+      by TF-IDF (sublinear tf, smoothed idf over the sampled glosses, L2
+      normalised) and a seeded Gaussian random projection to 64
+      dimensions, normalised again (L2 distance then orders as cosine).
+      Items, training and held-out queries are disjoint random synsets.
+      Relevant = same lexicographer file.
 Training pairs: (query, an item of the query's class among its 100
 nearest, at random): the clicks a user would log.  Held-out queries have
 their class; P@10 = share of the top 10 in the query's class.
@@ -129,6 +137,39 @@ def fmnist(out, n_items, n_train, n_held):
               q[n_train:n_train + n_held], ty[n_train:n_train + n_held], rng)
 
 
+def wordnet(out, n_items, n_train, n_held):
+    import re
+    import scipy.sparse as sp
+    rng = np.random.default_rng(13)
+    glosses, label = [], []
+    with open("/usr/share/wordnet/data.noun", encoding="latin-1") as f:
+        for line in f:
+            if line.startswith("  "):	# the licence header
+                continue
+            head, _, gloss = line.partition("|")
+            glosses.append(gloss)
+            label.append(int(head.split()[1]))
+    pick = rng.permutation(len(glosses))[:n_items + n_train + n_held]
+    docs = [re.findall(r"[a-z][a-z0-9]+", glosses[i].lower()) for i in pick]
+    label = np.array(label)[pick]
+    vocab = {}
+    rows, cols, vals = [], [], []
+    for r, words in enumerate(docs):
+        ids, counts = np.unique([vocab.setdefault(w, len(vocab)) for w in words], return_counts=True)
+        rows += [r] * len(ids)
+        cols += list(ids)
+        vals += list(1 + np.log(counts))
+    tf = sp.csr_matrix((vals, (rows, cols)), shape=(len(docs), len(vocab)))
+    df = np.bincount(cols, minlength=len(vocab))
+    x = tf @ sp.diags(np.log((1 + len(docs)) / (1 + df)) + 1)
+    x = sp.diags(1 / np.maximum(np.sqrt(x.multiply(x).sum(1)).A1, 1e-12)) @ x
+    proj = rng.standard_normal((len(vocab), DIM)) / np.sqrt(DIM)
+    e = np.asarray(x @ proj, np.float32)
+    e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    a, b = n_items, n_items + n_train
+    write_set(out, "wordnet", e[:a], label[:a], e[a:b], label[a:b], e[b:], label[b:], rng)
+
+
 def main():
     out = sys.argv[1]
     n_items = int(os.environ.get("FMNIST_ITEMS", "10000"))
@@ -136,6 +177,8 @@ def main():
         topics(out, sigma, 2000, 400)
     if not os.path.exists(os.path.join(out, "fmnist", "baseline.txt")):
         fmnist(out, n_items, 2000, 400)
+    if not os.path.exists(os.path.join(out, "wordnet", "baseline.txt")):
+        wordnet(out, n_items, 2000, 400)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 # make bench: datasets, benchmarks, tables and plots under bench/out/.
 #
 #   bench/run.sh            everything
-#   bench/run.sh kernels    one part (data | kernels | index | rerank | real)
+#   bench/run.sh kernels    one part (data | kernels | index | rerank | relevance | real)
 #
 # The real-data part (docs/benchmarks.md) compares gnnhnsw with hnswlib and
 # with pgvector built from PGVECTOR_SRC (a pgvector source tree; without it
@@ -20,11 +20,11 @@ out=bench/out
 data=bench/data
 mkdir -p "$out" "$data" bench/bin
 
-# Debian's python3 (hnswlib, numpy and matplotlib are Debian packages)
+# Debian's python3 (hnswlib, numpy, scipy and matplotlib are Debian packages)
 PY=/usr/bin/python3
 need=()
 for p in libopenblas-dev python3-matplotlib python3-numpy python3-hnswlib \
-	fasttext dataset-fashion-mnist dict-gcide python3-sklearn; do
+	fasttext dataset-fashion-mnist dict-gcide python3-sklearn wordnet-base; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -111,12 +111,22 @@ rerank() {
 	$PY bench/report_rerank.py "$out" | tee "$out/rerank.md"
 }
 
+# Held-out relevance (docs/gnn.md): topics, Fashion-MNIST and WordNet glosses;
+# exact, plain scan, non-learned baseline, GNN rerank, HnswScan adapter
+relevance() {
+	$PY bench/rerank_relevance_data.py "$data/relevance"
+	rm -rf "${out:?}/relevance"
+	BENCH_SCRIPT=rerank_relevance.sh bash test/run.sh bench relevance
+	$PY bench/report_relevance.py "$out" | tee "$out/relevance.md"
+}
+
 case $what in
-	all) dataset; kernels; index; rerank; real ;;
+	all) dataset; kernels; index; rerank; relevance; real ;;
 	data) dataset ;;
 	kernels) kernels ;;
 	index) dataset; index ;;
 	rerank) rerank ;;
+	relevance) relevance ;;
 	real) real ;;
 	*) echo "unknown part: $what"; exit 2 ;;
 esac
