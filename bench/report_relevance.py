@@ -44,7 +44,7 @@ def main():
         r = parse(files[n])
         ms = {k: statistics.mean(r[k]) for k in ("plain_ms", "rerank_ms", "adapter_ms") if k in r}
         ratio = "%.2f" % (ms["rerank_ms"] / ms["plain_ms"]) if "rerank_ms" in ms and "plain_ms" in ms else ""
-        print("| %s |" % n + " | ".join(
+        print("| " + " | ".join([n] +
             [r.get(k, "") for k in ("exact", "plain_scan")] + [r.get("baseline", "")] +
             [r.get(k, "") for k in ("untrained", "trained", "adapter", "training_seconds",
                                     "adapter_training_seconds")] +

@@ -146,24 +146,25 @@ class Learner:
         if self.kind == "mlp":
             diff = self.embed(q)[0][:, None, :] - self.embed(c)[0]
             return -(diff * diff).sum(2)
-        return np.einsum("bd,de,bne->bn", q, p, c)
+        return ((q @ p)[:, None, :] * c).sum(2)
 
     def grads(self, q, c, g):
         """Gradients of the loss from g = dL/ds (B x n)."""
         p = self.ps[0]
         if self.kind == "metric":
             diff = q[:, None, :] - c	# B n D
-            return [-2 * np.einsum("bn,bnd,bne->de", g, diff @ p.T, diff)]
+            dim = q.shape[1]
+            return [-2 * (g[:, :, None] * (diff @ p.T)).reshape(-1, dim).T @ diff.reshape(-1, dim)]
         if self.kind == "query":
             diff = (q @ p.T)[:, None, :] - c
-            return [-2 * np.einsum("bn,bnd,be->de", g, diff, q)]
+            return [-2 * (g[:, :, None] * diff).sum(1).T @ q]
         if self.kind == "bilinear":
-            return [np.einsum("bn,bd,bne->de", g, q, c)]
+            return [q.T @ (g[:, :, None] * c).sum(1)]
         w1, b1, w2 = self.ps
         fq, hq = self.embed(q)
         fc, hc = self.embed(c)
         u = fq[:, None, :] - fc	# B n D
-        gq = -2 * np.einsum("bn,bnd->bd", g, u)	# dL/df(q)
+        gq = -2 * (g[:, :, None] * u).sum(1)	# dL/df(q)
         gc = 2 * g[:, :, None] * u	# dL/df(c_j)
         x = np.concatenate([q, c.reshape(-1, c.shape[2])])
         h = np.concatenate([hq, hc.reshape(-1, hc.shape[2])])

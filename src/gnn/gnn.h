@@ -507,6 +507,14 @@ typedef struct GnnBlendTally
  */
 #define GNN_BLEND_Z 2.0
 
+/*
+ * The sign test above: of the examples where a candidate ranking and the
+ * one it would replace disagree, does the candidate win significantly
+ * often?  Also what the HnswScan adapter's epochs must pass against the
+ * adapter they would replace.
+ */
+extern bool gnn_significantly_better(int better, int worse);
+
 extern void gnn_blend_tally_init(GnnBlendTally *tally);
 
 /*

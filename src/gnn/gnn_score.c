@@ -610,6 +610,12 @@ log_weight(double w)
 	return w > 0 ? (gnn_real) log(w) : -GNN_SCORE_LOG_LIMIT;
 }
 
+bool
+gnn_significantly_better(int better, int worse)
+{
+	return better - worse > GNN_BLEND_Z * sqrt((double) better + worse);
+}
+
 int
 gnn_blend_apply_best(GnnModel *model, const GnnBlendTally *tally,
 					 double *hit_rate)
@@ -620,8 +626,7 @@ gnn_blend_apply_best(GnnModel *model, const GnnBlendTally *tally,
 	for (int r = 1; r < GNN_BLENDS; r++)
 		if (tally->rank_sum[r] < tally->rank_sum[best] &&
 			tally->hits[r] >= tally->hits[0] &&
-			tally->better[r] - tally->worse[r] >
-			GNN_BLEND_Z * sqrt(tally->better[r] + tally->worse[r]))
+			gnn_significantly_better(tally->better[r], tally->worse[r]))
 			best = r;
 	mix[0] = log_weight(gnn_blends[best].raw);
 	mix[1] = log_weight(gnn_blends[best].gnn);

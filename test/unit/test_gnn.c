@@ -990,6 +990,22 @@ test_blend_choice(void)
 	gnn_model_free(model);
 }
 
+/*
+ * The sign test of gnn_significantly_better (better - worse > 2 sqrt(better
+ * + worse)) at its edges: what the HnswScan adapter's epochs must pass
+ * with the positives entering and leaving the top 10 (gnn_train.c).
+ */
+static void
+test_sign_test(void)
+{
+	CHECK(!gnn_significantly_better(0, 0), "no disagreement is not significant");
+	CHECK(!gnn_significantly_better(4, 0), "4 to 0: 4 = 2 sqrt(4), not above");
+	CHECK(gnn_significantly_better(5, 0), "5 to 0: 5 > 2 sqrt(5)");
+	CHECK(gnn_significantly_better(9, 2), "9 to 2: 7 > 2 sqrt(11) = 6.63");
+	CHECK(!gnn_significantly_better(20, 13), "20 to 13: 7 < 2 sqrt(33) = 11.5");
+	CHECK(!gnn_significantly_better(2, 9), "losing is never significant");
+}
+
 /* ---- EWC keeps an earlier task ------------------------------------------------ */
 
 /*
@@ -1180,6 +1196,7 @@ main(void)
 	test_serialisation();
 	test_training_improves_recall();
 	test_blend_choice();
+	test_sign_test();
 	test_serialisation_version_1();
 	test_ewc_keeps_earlier_task();
 	return unit_report("gnn");
