@@ -100,19 +100,13 @@ SELECT ms_per_query() >= 0 AS warm;
 SET gnnvec.rerank = on;
 SELECT ms_per_query() >= 0 AS warm;
 RESET gnnvec.rerank;
-SELECT '$set plain_ms ' || round(ms_per_query()::numeric, 3);
-SET gnnvec.rerank = on;
-SELECT '$set rerank_ms ' || round(ms_per_query()::numeric, 3);
-RESET gnnvec.rerank;
-SET gnnvec.adapt = on;
-SELECT '$set adapter_ms ' || round(ms_per_query()::numeric, 3);
-RESET gnnvec.adapt;
-SELECT '$set plain_ms ' || round(ms_per_query()::numeric, 3);
-SET gnnvec.rerank = on;
-SELECT '$set rerank_ms ' || round(ms_per_query()::numeric, 3);
-RESET gnnvec.rerank;
-SET gnnvec.adapt = on;
-SELECT '$set adapter_ms ' || round(ms_per_query()::numeric, 3);
-RESET gnnvec.adapt;
+$(for pass in 1 2; do
+	echo "SELECT '$set plain_ms ' || round(ms_per_query()::numeric, 3);"
+	for setting in rerank adapt; do
+		echo "SET gnnvec.$setting = on;"
+		echo "SELECT '$set ${setting/adapt/adapter}_ms ' || round(ms_per_query()::numeric, 3);"
+		echo "RESET gnnvec.$setting;"
+	done
+done)
 SQL
 echo "$set baseline(k val test exact_numpy) $(cat "$data/baseline.txt")"
