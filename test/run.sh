@@ -86,6 +86,26 @@ build() {
 		echo "build: 1 passed, 0 failed (no compiler warnings)"
 		count 1 0
 	fi
+	check_exports
+}
+
+# gnnvec.so exports only what PostgreSQL looks up by name (Makefile,
+# gnnvec.exports): another extension's same-named internals (pgvector's
+# hnswbuild) must never bind to ours
+check_exports() {
+	local extra
+	extra=$(nm -D --defined-only gnnvec.so | awk '{ print $3 }' |
+		grep -v -E '^(Pg_magic_func|_PG_init|pg_finfo_.*)$' |
+		while read -r s; do
+			nm -D --defined-only gnnvec.so | grep -q " pg_finfo_$s\$" || echo "$s"
+		done)
+	if [ -n "$extra" ]; then
+		echo "exports: 0 passed, 1 failed (exported without an info record: $(echo $extra | head -c 300))"
+		count 0 1
+	else
+		echo "exports: 1 passed, 0 failed (only Pg_magic_func, _PG_init and SQL-callable functions)"
+		count 1 0
+	fi
 }
 
 # tests run an assert-enabled build; benchmarks and the demo, which print
