@@ -426,15 +426,22 @@ typedef struct HnswVecCode
 	float		offset;
 	float		scale;
 	float		norm2;			/* the float vector's squared norm */
-	float		pad;
+	float		sum;			/* and the sum of its coordinates */
 } HnswVecCode;
 
-/* A query as cached distances need it: its sum and squared norm too. */
+/*
+ * A query as cached distances need it: its squared norm and its own 8-bit
+ * code (x ~ offset + scale * codes[i], codes in -127..127).
+ */
 typedef struct HnswVecQuery
 {
 	const float *x;
-	float		sum;
 	float		norm2;
+	int8_t	   *codes;			/* dim bytes, the caller's */
+	float		offset;
+	float		scale;
+	int32_t		codesum;		/* sum of codes */
+	float		absdev;			/* sum |x[i] - offset| */
 } HnswVecQuery;
 
 #define HNSW_VCACHE_CHUNK	256
@@ -466,7 +473,8 @@ hnsw_vcache_word(const void *entry)
 /* Add key with a copy (or the code) of vec; false when the budget is spent. */
 extern bool hnsw_vcache_put(HnswVecCache *c, uint64_t key, const float *vec,
 							uint64_t aux);
-extern void hnsw_vcache_query(HnswVecQuery *q, const float *x, int dim);
+extern void hnsw_vcache_query(HnswVecQuery *q, const float *x, int dim,
+							  int8_t *codes);
 /*
  * hnsw_distance of the query to an entry: exact for float vectors, an
  * approximation for codes (metrics L2, IP and cosine; codes are not made
@@ -477,11 +485,13 @@ extern float hnsw_vcache_distance(const HnswVecCache *c, HnswMetric metric,
 /*
  * Whether an entry stands for vec (dim floats): a float vector bit for bit;
  * a code within half a step of every coordinate, with the squared norm
- * kept to float rounding.
+ * and the sum kept to float rounding.
  */
 extern bool hnsw_vcache_matches(const HnswVecCache *c, const void *entry,
 								const float *vec);
-extern float hnsw_vcache_error(const HnswVecCache *c, const void *entry);
+/* A bound on the error of a code's dot product with q (L2: twice that). */
+extern float hnsw_vcache_error(const HnswVecCache *c, const HnswVecQuery *q,
+							   const void *entry);
 
 /*
  * hnswreach.c: a breadth-first walk over line-pointer slots (block,

@@ -442,7 +442,7 @@ hnsw_search_init(HnswSearch *s, Relation index, HnswMetric metric, int dim,
 	s->m = m;
 	s->query = query;
 	if (query)
-		hnsw_vcache_query(&s->cquery, query, dim);
+		hnsw_vcache_query(&s->cquery, query, dim, palloc(dim));
 	s->capelems = 256;
 	s->elems = palloc(sizeof(HnswElement) * s->capelems);
 	hnsw_bind_allocator(&s->alloc);
