@@ -93,12 +93,12 @@ build() {
 # gnnvec.exports): another extension's same-named internals (pgvector's
 # hnswbuild) must never bind to ours
 check_exports() {
-	local extra
-	extra=$(nm -D --defined-only gnnvec.so | awk '{ print $3 }' |
-		grep -v -E '^(Pg_magic_func|_PG_init|pg_finfo_.*)$' |
+	local syms extra
+	syms=$(nm -D --defined-only gnnvec.so | awk '{ print $3 }')
+	extra=$(grep -v -E '^(Pg_magic_func|_PG_init|pg_finfo_.*)$' <<<"$syms" |
 		while read -r s; do
-			nm -D --defined-only gnnvec.so | grep -q " pg_finfo_$s\$" || echo "$s"
-		done)
+			grep -qx "pg_finfo_$s" <<<"$syms" || echo "$s"
+		done || true)
 	if [ -n "$extra" ]; then
 		echo "exports: 0 passed, 1 failed (exported without an info record: $(echo $extra | head -c 300))"
 		count 0 1
