@@ -60,8 +60,9 @@ BUILD_FLAGS := asserts=$(ASSERTS) sanitize=$(SANITIZE)
 $(shell echo '$(BUILD_FLAGS)' | cmp -s - .build-flags || echo '$(BUILD_FLAGS)' > .build-flags)
 $(OBJS): .build-flags $(HEADERS)
 
+# (and the parallel build's worker entry point, named in CreateParallelContext)
 gnnvec.exports: $(OBJS)
-	{ echo '{ global: Pg_magic_func; _PG_init;'; \
+	{ echo '{ global: Pg_magic_func; _PG_init; hnsw_parallel_build_main;'; \
 	  nm --defined-only $(OBJS) | \
 	  awk '$$2 == "T" && $$3 ~ /^pg_finfo_/ { print substr($$3, 10) "; " $$3 ";" }'; \
 	  echo 'local: *; };'; } > $@
