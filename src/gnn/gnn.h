@@ -665,7 +665,7 @@ typedef struct GnnIndexView
 {
 	Relation	index;
 	MemoryContext cxt;			/* everything below */
-	HnswMetaPageData meta;
+	HnswReader	reader;
 	HnswMetric	metric;
 	int			dim;
 	BlockNumber nblocks;		/* when the view was made */

@@ -418,17 +418,10 @@ score_weight(float lambda)
 static XLogRecPtr
 page_lsn(GnnIndexView *v, ItemPointer tid)
 {
-	Buffer		buf;
-	XLogRecPtr	lsn;
-
 	/* a REINDEX may have made the file shorter than when it was cached */
 	if (!ItemPointerIsValid(tid) || ItemPointerGetBlockNumber(tid) >= v->nblocks)
 		return InvalidXLogRecPtr;
-	buf = ReadBuffer(v->index, ItemPointerGetBlockNumber(tid));
-	LockBuffer(buf, BUFFER_LOCK_SHARE);
-	lsn = PageGetLSN(BufferGetPage(buf));
-	UnlockReleaseBuffer(buf);
-	return lsn;
+	return hnsw_read_neighbors_lsn(v->index, tid);
 }
 
 /*
