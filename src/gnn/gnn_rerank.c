@@ -739,7 +739,7 @@ Datum
 gnnvec_search(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	Relation	index = gnn_open_index(PG_GETARG_OID(0), false);
+	Relation	index = store_open_index(PG_GETARG_OID(0), false);
 	int			k = PG_GETARG_INT32(2);
 	bool		rerank = PG_GETARG_BOOL(3);
 	GnnIndexView v;

@@ -8,13 +8,7 @@
  */
 #include "postgres.h"
 
-#include "access/relation.h"
-#include "catalog/pg_class.h"
-#include "commands/defrem.h"
 #include "gnn/gnn.h"
-#include "miscadmin.h"
-#include "utils/acl.h"
-#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 
@@ -23,45 +17,6 @@ typedef struct ViewEntry
 	uint64		key;			/* hnsw_tid_key of the element */
 	int			node;
 } ViewEntry;
-
-/*
- * Opens a gnnhnsw index after checking what the caller may do with it:
- * ownership of its table to change its models, SELECT on the table to
- * search.  The lock is held until the end of the transaction.
- */
-Relation
-gnn_open_index(Oid indexoid, bool need_owner)
-{
-	Relation	index;
-	Oid			amoid = get_index_am_oid("gnnhnsw", false);
-	Oid			heapoid;
-
-	index = try_relation_open(indexoid, AccessShareLock);
-	if (index == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("relation with OID %u does not exist", indexoid)));
-	if (index->rd_rel->relkind != RELKIND_INDEX || index->rd_rel->relam != amoid)
-		ereport(ERROR,
-				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("\"%s\" is not a gnnhnsw index",
-						RelationGetRelationName(index)),
-				 errhint("Pass an index created with USING gnnhnsw.")));
-	heapoid = index->rd_index->indrelid;
-	if (need_owner && !pg_class_ownercheck(heapoid, GetUserId()))
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("must be owner of table %s to change the models of index %s",
-						get_rel_name(heapoid), RelationGetRelationName(index))));
-	if (!need_owner &&
-		pg_class_aclcheck(heapoid, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied for table %s", get_rel_name(heapoid)),
-				 errhint("Searching index %s needs SELECT on its table.",
-						 RelationGetRelationName(index))));
-	return index;
-}
 
 void
 gnn_view_init(GnnIndexView *v, Relation index)
