@@ -630,8 +630,9 @@ extern gnn_real gnn_sigmoid(gnn_real x);
 
 
 /* ------------------------------------------------------------------------
- * PostgreSQL glue (gnn_store.c, gnn_view.c, gnn_rerank.c, gnn_train.c),
- * visible to files that include postgres.h before this header.
+ * PostgreSQL glue (gnn_store.c, gnn_view.c, gnn_rerank.c; the training
+ * driver, src/train, uses it too), visible to files that include
+ * postgres.h before this header.
  * ------------------------------------------------------------------------
  */
 #ifdef PG_VERSION_NUM
@@ -724,7 +725,6 @@ extern GnnCachedModel *gnn_store_lookup(Relation index, const char *scope,
 extern int64 gnn_store_save(Relation index, const char *scope,
 							const char *kind, const GnnModel *model,
 							const char *config, bytea *state);
-extern const char *gnn_scope_arg(const char *given);
 
 /* rerank (gnn_rerank.c) */
 extern bool gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v,

@@ -8,12 +8,7 @@
  */
 #include "postgres.h"
 
-#include "access/relation.h"
-#include "fmgr.h"
 #include "gnn/gnn.h"
-#include "lora/lora.h"
-#include "miscadmin.h"
-#include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 
@@ -72,23 +67,6 @@ gnn_ereport_status(GnnStatus rc, const GnnError *err)
 			break;
 	}
 	ereport(ERROR, (errcode(code), errmsg("%s", err->message)));
-}
-
-/*
- * A scope argument: one of the 17 operator type names (any case) or its
- * number, parsed by the LoRA scope parser; returns the canonical name.
- */
-const char *
-gnn_scope_arg(const char *given)
-{
-	int			scope = lora_scope_parse(given);
-
-	if (scope < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("unknown operator scope \"%s\"", given),
-				 errhint("Scopes are the operator type names listed by gnnvec_lora_scopes(), in any case, or their numbers 0 to 16.")));
-	return lora_scope_name(scope);
 }
 
 /* ---- the cache ----------------------------------------------------------- */
@@ -206,24 +184,4 @@ gnn_store_save(Relation index, const char *scope, const char *kind,
 	version = store_save_blob(index, scope, kind, blob, config, state);
 	pfree(blob);
 	return version;
-}
-
-/* ---- SQL --------------------------------------------------------------- */
-
-PG_FUNCTION_INFO_V1(gnnvec_model_reset);
-Datum
-gnnvec_model_reset(PG_FUNCTION_ARGS)
-{
-	Relation	index;
-	int			n;
-
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("index must not be NULL")));
-	index = store_open_index(PG_GETARG_OID(0), true);
-	n = store_delete(index, PG_ARGISNULL(1) ? NULL :
-					 gnn_scope_arg(text_to_cstring(PG_GETARG_TEXT_PP(1))));
-	relation_close(index, NoLock);
-	PG_RETURN_INT32(n);
 }

@@ -1,5 +1,5 @@
 /*
- * gnn_train.c
+ * train.c
  *		gnnvec_train (supervised from (query, positive) pairs, or
  *		self-supervised from the graph), streamed in bounded memory.
  *
@@ -43,6 +43,8 @@
 #include "lora/lora.h"
 #include "miscadmin.h"
 #include "parser/parse_type.h"
+#include "store/store.h"
+#include "train/train.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
@@ -518,7 +520,7 @@ train_args(FunctionCallInfo fcinfo, TrainArgs *a)
 			require_arg(fcinfo, i, names[i]);
 	a->indexoid = PG_GETARG_OID(0);
 	a->pairs_sql = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
-	a->scope = gnn_scope_arg(text_to_cstring(PG_GETARG_TEXT_PP(2)));
+	a->scope = train_scope_arg(text_to_cstring(PG_GETARG_TEXT_PP(2)));
 	/* a model of any other scope would be stored and never read */
 	if (strcmp(a->scope, GNN_RERANK_SCOPE) != 0 &&
 		strcmp(a->scope, LORA_HNSW_SCOPE_NAME) != 0)
