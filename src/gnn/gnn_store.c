@@ -115,9 +115,7 @@ gnn_store_lookup(Relation index, const char *scope, const char *kind)
 			strcmp(c->scope, scope) == 0 && strcmp(c->kind, kind) == 0)
 			cm = c;
 	}
-	/* checked under an equivalent snapshot already (e.g. a join's rescans) */
-	store_snapshot_key(&now);
-	if (cm && now.valid && memcmp(&now, &cm->checked, sizeof(now)) == 0)
+	if (store_snapshot_checked(cm ? &cm->checked : NULL, &now))
 		return cm;
 	memset(&row, 0, sizeof(row));
 	if (cm)

@@ -158,9 +158,7 @@ lora_index_adapter(Relation index, int dim)
 	bytea	   *blob;
 	MemoryContext old;
 
-	/* checked under an equivalent snapshot already (e.g. a join's rescans) */
-	store_snapshot_key(&now);
-	if (ca && now.valid && memcmp(&now, &ca->checked, sizeof(now)) == 0)
+	if (store_snapshot_checked(ca ? &ca->checked : NULL, &now))
 		return &ca->ad;
 	memset(&row, 0, sizeof(row));
 	if (ca)

@@ -161,13 +161,17 @@ snapshot_key(Snapshot snap, StoreSnapshotKey *key)
 }
 
 /*
- * The key of the snapshot model lookups read with now: a cache entry
- * checked under an equal key needs no new look at its row.
+ * The key of the snapshot reads of the store use now, in *now; returns
+ * whether a cache entry last checked under *checked (NULL: no entry) was
+ * checked under an equivalent snapshot (e.g. by a join's earlier rescan),
+ * so that it needs no new look at its row.
  */
-void
-store_snapshot_key(StoreSnapshotKey *key)
+bool
+store_snapshot_checked(const StoreSnapshotKey *checked, StoreSnapshotKey *now)
 {
-	snapshot_key(read_snapshot(), key);
+	snapshot_key(read_snapshot(), now);
+	return checked != NULL && now->valid &&
+		memcmp(now, checked, sizeof(StoreSnapshotKey)) == 0;
 }
 
 /* Does this row belong to the index?  By OID, or by name after a restore. */

@@ -57,8 +57,13 @@ typedef struct StoreRowId
 extern Relation store_open_index(Oid indexoid, bool need_owner);
 extern char *store_index_qualified_name(Relation index);
 
-/* The key of the snapshot that reads of the store use now. */
-extern void store_snapshot_key(StoreSnapshotKey *key);
+/*
+ * The key of the snapshot that reads of the store use now, and whether
+ * an entry last checked under *checked (NULL: none) needs no new look at
+ * its row.
+ */
+extern bool store_snapshot_checked(const StoreSnapshotKey *checked,
+								   StoreSnapshotKey *now);
 
 /* Reading one model's row */
 extern bool store_fetch_blob(Relation index, const char *scope,
