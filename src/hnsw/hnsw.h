@@ -48,7 +48,8 @@
  * scan plug-ins), hnswgraph.c (pure graph), hnswbuild.c (build, page
  * writer), hnswparallel.c (parallel build in shared memory), hnswinsert.c,
  * hnswscan.c, hnswvacuum.c, hnswutils.c (pages, WAL, searches over pages),
- * hnswcheck.c (gnnvec_index_info, gnnvec_index_check).
+ * hnswread.c (reads for learners), hnswcheck.c (gnnvec_index_info,
+ * gnnvec_index_check).
  */
 #ifndef GNNVEC_HNSW_H
 #define GNNVEC_HNSW_H
@@ -891,15 +892,6 @@ extern void hnsw_search_init(HnswSearch *s, Relation index, HnswMetric metric,
 extern void hnsw_search_reset(HnswSearch *s);
 extern void hnsw_load_element(HnswSearch *s, HnswElement *e);
 extern void hnsw_load_vector(Relation index, ItemPointer tid, float *out);
-
-/*
- * Reads for learners (the GNN and adapter training): elements found in the
- * pages one at a time, so that nothing copies the whole index.
- */
-extern bool hnsw_random_element(Relation index, BlockNumber nblocks,
-								uint64 r, ItemPointer tid);
-extern bool hnsw_find_element(Relation index, const float *vec, int dim,
-							  ItemPointer tid);
 extern int	hnsw_load_neighbors(Relation index, ItemPointer neighbortid,
 								int m, int level, ItemPointerData *out);
 extern int	hnsw_search_layer(HnswSearch *s, int *entries, int nentries,
@@ -922,6 +914,66 @@ hnsw_tid_key(ItemPointer tid)
 	return ((uint64) ItemPointerGetBlockNumberNoCheck(tid) << 16) |
 		ItemPointerGetOffsetNumberNoCheck(tid);
 }
+
+/*
+ * hnswread.c: reading an index for learners (the GNN's view of an index,
+ * training), one element at a time, so that nothing copies the whole
+ * index and the page format stays inside src/hnsw.  Elements are named by
+ * the TIDs of their element tuples; an element's level-0 neighbour list
+ * is found through the location hnsw_read_element gives (its neighbour
+ * tuple), and hnsw_read_neighbors_lsn tells whether the list may have
+ * changed since it was read: the LSN of that location's page moves with
+ * every change to the list.
+ */
+typedef struct HnswReader
+{
+	Relation	index;
+	HnswMetric	metric;
+	int			dim;
+	int			m;
+	BlockNumber nblocks;		/* when the reader was made */
+	HnswMetaPageData meta;		/* the entry point searches start from */
+} HnswReader;
+
+extern void hnsw_reader_init(HnswReader *r, Relation index);
+
+/*
+ * The vector of the element at tid (vec: dim floats, as the index stores
+ * it: normalised for cosine) and where its neighbour list is; false, with
+ * nothing written, when the element is deleted or holds no heap row.
+ */
+extern bool hnsw_read_element(const HnswReader *r, ItemPointer tid,
+							  float *vec, ItemPointer neighbors);
+
+/*
+ * The level-0 neighbours (element TIDs, up to 2m) of the list at
+ * neighbors, and in *lsn the LSN of its page when read; returns how many.
+ */
+extern int	hnsw_read_neighbors(const HnswReader *r, ItemPointer neighbors,
+								ItemPointerData *tids, XLogRecPtr *lsn);
+extern XLogRecPtr hnsw_read_neighbors_lsn(Relation index,
+										  ItemPointer neighbors);
+
+/*
+ * The graph search of a scan (greedy descent, then SEARCH-LAYER at level 0
+ * with this ef): calls found(arg, ...) for each of up to ef live elements,
+ * nearest first, with its vector and the location of its neighbour list
+ * (valid during the call); returns how many.
+ */
+typedef void (*HnswReadFound) (void *arg, const HnswCandidate *cand,
+							   const float *vec, ItemPointer neighbors);
+extern int	hnsw_read_search(const HnswReader *r, const float *query, int ef,
+							 HnswReadFound found, void *arg);
+
+/*
+ * A live element drawn with the random number r from the first nblocks
+ * blocks, or the live element holding exactly vec (dim floats, as the
+ * index stores them); false when there is none.
+ */
+extern bool hnsw_random_element(Relation index, BlockNumber nblocks,
+								uint64 r, ItemPointer tid);
+extern bool hnsw_find_element(Relation index, const float *vec, int dim,
+							  ItemPointer tid);
 
 /*
  * hnswbuild.c.  An HNSW build (ambuild) is
