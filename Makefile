@@ -12,7 +12,6 @@
 # loads only into a server started with libasan and libubsan in LD_PRELOAD).
 
 EXTENSION  = gnnvec
-EXTVERSION = 0.1.1
 MODULE_big = gnnvec
 DATA       = $(wildcard sql/gnnvec--*.sql)
 
@@ -37,6 +36,13 @@ ifeq ($(ASSERTS),1)
 PG_CPPFLAGS += -DUSE_ASSERT_CHECKING
 endif
 SHLIB_LINK  = -lopenblas -lm -lpthread -ldl
+# Export only what PostgreSQL looks up by name (the magic block, _PG_init,
+# each SQL-callable function and its info record), and bind our own calls
+# to our own definitions: without this, a backend that loaded gnnvec first
+# (shared_preload_libraries) sent another extension's calls to same-named
+# functions here (pgvector's CREATE INDEX ran gnnvec's hnswbuild and
+# crashed).
+SHLIB_LINK += -Wl,--version-script=gnnvec.exports -Wl,-Bsymbolic
 ifeq ($(SANITIZE),1)
 SANITIZE_FLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer
 PG_CFLAGS  += $(SANITIZE_FLAGS)
@@ -44,7 +50,7 @@ SHLIB_LINK += $(SANITIZE_FLAGS)
 endif
 
 # PGXS decides at include time whether there is anything extra to clean.
-EXTRA_CLEAN = test/unit/bin bench/bin cuda/gnnvec_cuda.so .build-flags
+EXTRA_CLEAN = test/unit/bin bench/bin cuda/gnnvec_cuda.so .build-flags gnnvec.exports
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
@@ -53,6 +59,14 @@ include $(PGXS)
 BUILD_FLAGS := asserts=$(ASSERTS) sanitize=$(SANITIZE)
 $(shell echo '$(BUILD_FLAGS)' | cmp -s - .build-flags || echo '$(BUILD_FLAGS)' > .build-flags)
 $(OBJS): .build-flags $(HEADERS)
+
+# (and the parallel build's worker entry point, named in CreateParallelContext)
+gnnvec.exports: $(OBJS)
+	{ echo '{ global: Pg_magic_func; _PG_init; hnsw_parallel_build_main;'; \
+	  nm --defined-only $(OBJS) | \
+	  awk '$$2 == "T" && $$3 ~ /^pg_finfo_/ { print substr($$3, 10) "; " $$3 ";" }'; \
+	  echo 'local: *; };'; } > $@
+$(shlib): gnnvec.exports
 
 # ---------------------------------------------------------------------------
 # GPU module: built when nvcc exists, never linked into gnnvec.so (dlopen'ed).

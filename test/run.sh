@@ -86,6 +86,27 @@ build() {
 		echo "build: 1 passed, 0 failed (no compiler warnings)"
 		count 1 0
 	fi
+	check_exports
+}
+
+# gnnvec.so exports only what PostgreSQL looks up by name (Makefile,
+# gnnvec.exports; the parallel build's worker entry point too): another
+# extension's same-named internals (pgvector's hnswbuild) must never bind
+# to ours
+check_exports() {
+	local syms extra
+	syms=$(nm -D --defined-only gnnvec.so | awk '{ print $3 }')
+	extra=$(grep -v -E '^(Pg_magic_func|_PG_init|hnsw_parallel_build_main|pg_finfo_.*)$' <<<"$syms" |
+		while read -r s; do
+			grep -qx "pg_finfo_$s" <<<"$syms" || echo "$s"
+		done || true)
+	if [ -n "$extra" ]; then
+		echo "exports: 0 passed, 1 failed (exported without an info record: $(echo $extra | head -c 300))"
+		count 0 1
+	else
+		echo "exports: 1 passed, 0 failed (only PostgreSQL's entry points and SQL-callable functions)"
+		count 1 0
+	fi
 }
 
 # tests run an assert-enabled build; benchmarks and the demo, which print

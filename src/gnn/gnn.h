@@ -638,14 +638,16 @@ extern gnn_real gnn_sigmoid(gnn_real x);
 
 
 /* ------------------------------------------------------------------------
- * PostgreSQL glue (gnn_store.c, gnn_view.c, gnn_rerank.c, gnn_train.c),
- * visible to files that include postgres.h before this header.
+ * PostgreSQL glue (gnn_store.c, gnn_view.c, gnn_rerank.c; the training
+ * driver, src/train, uses it too), visible to files that include
+ * postgres.h before this header.
  * ------------------------------------------------------------------------
  */
 #ifdef PG_VERSION_NUM
 
 #include "access/xlogdefs.h"
 #include "hnsw/hnsw.h"
+#include "store/store.h"
 #include "utils/hsearch.h"
 
 #define GNN_KIND_GNN		"gnn"
@@ -673,7 +675,7 @@ typedef struct GnnIndexView
 {
 	Relation	index;
 	MemoryContext cxt;			/* everything below */
-	HnswMetaPageData meta;
+	HnswReader	reader;
 	HnswMetric	metric;
 	int			dim;
 	BlockNumber nblocks;		/* when the view was made */
@@ -695,7 +697,6 @@ typedef struct GnnIndexView
 	int			means_cap;
 } GnnIndexView;
 
-extern Relation gnn_open_index(Oid indexoid, bool need_owner);
 extern void gnn_view_init(GnnIndexView *v, Relation index);
 extern int	gnn_view_node(GnnIndexView *v, ItemPointer tid);
 extern void gnn_view_neighbors(GnnIndexView *v, int node);
@@ -710,78 +711,28 @@ extern void gnn_view_query_vector(GnnIndexView *v, Datum vec, float *out,
 								  const char *what);
 
 /*
- * The model store (gnn_store.c).  A loaded model stays cached per backend
- * until the row it came from changes (xmin, ctid and version compared at
- * every lookup, under the caller's snapshot), with the refined candidate
- * embeddings c' computed for that version.
+ * GNN models in the model store (gnn_store.c, src/store): a loaded model
+ * stays cached per backend until the row it came from changes (looked at
+ * once per snapshot), with the refined candidate embeddings c' computed
+ * for that version.
  */
-/*
- * What decides an MVCC snapshot's view of other transactions and of its
- * own: two snapshots of one backend with equal keys see the same rows
- * (with xmin, xmax and the in-progress count equal, the in-progress sets
- * are equal too: a newly assigned XID below xmax would have moved xmax).
- */
-typedef struct GnnSnapshotKey
-{
-	bool		valid;
-	LocalTransactionId lxid;
-	SubTransactionId subxid;	/* a rolled-back savepoint changes it */
-	TransactionId xmin;
-	TransactionId xmax;
-	uint32		xcnt;
-	int32		subxcnt;
-	bool		suboverflowed;
-	CommandId	curcid;
-} GnnSnapshotKey;
-
 typedef struct GnnCachedModel
 {
 	Oid			indexoid;
 	char		scope[NAMEDATALEN];
 	char		kind[8];
-	int64		version;
-	TransactionId xmin;
-	ItemPointerData ctid;
+	StoreRowId	row;			/* the row version the model came from */
 	GnnModel   *model;			/* malloc'd, owned by the cache */
 	HTAB	   *cprime;			/* element TID -> c' (gnn_rerank.c) */
 	int64		cprime_entries;
-	GnnSnapshotKey checked;		/* the snapshot the row was last checked in */
+	StoreSnapshotKey checked;	/* the snapshot the row was last checked in */
 } GnnCachedModel;
 
 extern GnnCachedModel *gnn_store_lookup(Relation index, const char *scope,
 										const char *kind);
-extern bytea *gnn_store_state(Relation index, const char *scope,
-							  const char *kind);
 extern int64 gnn_store_save(Relation index, const char *scope,
 							const char *kind, const GnnModel *model,
 							const char *config, bytea *state);
-extern int64 gnn_store_save_blob(Relation index, const char *scope,
-								 const char *kind, bytea *blob,
-								 const char *config, bytea *state);
-
-/* Which row version a cached non-GNN model came from (version 0: none). */
-typedef struct GnnStoreRowId
-{
-	int64		version;
-	TransactionId xmin;
-	ItemPointerData ctid;
-} GnnStoreRowId;
-
-extern void gnn_store_begin_update(Relation index, const char *scope,
-								   const char *kind);
-extern void gnn_store_end_update(void);
-extern void gnn_store_snapshot_key(GnnSnapshotKey *key);
-extern bool gnn_store_fetch_blob(Relation index, const char *scope,
-								 const char *kind, GnnStoreRowId *known,
-								 bytea **blob);
-extern char *gnn_store_config(Relation index, const char *scope,
-							  const char *kind);
-extern int64 gnn_store_log_feedback(Relation index, Oid vtype, Datum query,
-									Datum positive);
-extern int	gnn_store_take_feedback(Relation index, int n, Datum *queries,
-									Datum *positives);
-extern char *gnn_index_qualified_name(Relation index);
-extern const char *gnn_scope_arg(const char *given);
 
 /* rerank (gnn_rerank.c) */
 extern bool gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v,

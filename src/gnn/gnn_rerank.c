@@ -418,17 +418,10 @@ score_weight(float lambda)
 static XLogRecPtr
 page_lsn(GnnIndexView *v, ItemPointer tid)
 {
-	Buffer		buf;
-	XLogRecPtr	lsn;
-
 	/* a REINDEX may have made the file shorter than when it was cached */
 	if (!ItemPointerIsValid(tid) || ItemPointerGetBlockNumber(tid) >= v->nblocks)
 		return InvalidXLogRecPtr;
-	buf = ReadBuffer(v->index, ItemPointerGetBlockNumber(tid));
-	LockBuffer(buf, BUFFER_LOCK_SHARE);
-	lsn = PageGetLSN(BufferGetPage(buf));
-	UnlockReleaseBuffer(buf);
-	return lsn;
+	return hnsw_read_neighbors_lsn(v->index, tid);
 }
 
 /*
@@ -746,7 +739,7 @@ Datum
 gnnvec_search(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	Relation	index = gnn_open_index(PG_GETARG_OID(0), false);
+	Relation	index = store_open_index(PG_GETARG_OID(0), false);
 	int			k = PG_GETARG_INT32(2);
 	bool		rerank = PG_GETARG_BOOL(3);
 	GnnIndexView v;

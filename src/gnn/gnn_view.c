@@ -1,20 +1,14 @@
 /*
  * gnn_view.c
  *		The GNN's view of a gnnhnsw index: element vectors and level-0
- *		neighbour lists read from the index pages, numbered as nodes and
- *		read once each until the view is reset (training does that to stay
- *		within its memory), graph searches that return nodes, and elements
- *		drawn at random or found by vector.
+ *		neighbour lists read through the index's read API (hnswread.c),
+ *		numbered as nodes and read once each until the view is reset
+ *		(training does that to stay within its memory), graph searches
+ *		that return nodes, and elements drawn at random or found by vector.
  */
 #include "postgres.h"
 
-#include "access/relation.h"
-#include "catalog/pg_class.h"
-#include "commands/defrem.h"
 #include "gnn/gnn.h"
-#include "miscadmin.h"
-#include "utils/acl.h"
-#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 
@@ -23,45 +17,6 @@ typedef struct ViewEntry
 	uint64		key;			/* hnsw_tid_key of the element */
 	int			node;
 } ViewEntry;
-
-/*
- * Opens a gnnhnsw index after checking what the caller may do with it:
- * ownership of its table to change its models, SELECT on the table to
- * search.  The lock is held until the end of the transaction.
- */
-Relation
-gnn_open_index(Oid indexoid, bool need_owner)
-{
-	Relation	index;
-	Oid			amoid = get_index_am_oid("gnnhnsw", false);
-	Oid			heapoid;
-
-	index = try_relation_open(indexoid, AccessShareLock);
-	if (index == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("relation with OID %u does not exist", indexoid)));
-	if (index->rd_rel->relkind != RELKIND_INDEX || index->rd_rel->relam != amoid)
-		ereport(ERROR,
-				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("\"%s\" is not a gnnhnsw index",
-						RelationGetRelationName(index)),
-				 errhint("Pass an index created with USING gnnhnsw.")));
-	heapoid = index->rd_index->indrelid;
-	if (need_owner && !pg_class_ownercheck(heapoid, GetUserId()))
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("must be owner of table %s to change the models of index %s",
-						get_rel_name(heapoid), RelationGetRelationName(index))));
-	if (!need_owner &&
-		pg_class_aclcheck(heapoid, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied for table %s", get_rel_name(heapoid)),
-				 errhint("Searching index %s needs SELECT on its table.",
-						 RelationGetRelationName(index))));
-	return index;
-}
 
 void
 gnn_view_init(GnnIndexView *v, Relation index)
@@ -74,10 +29,10 @@ gnn_view_init(GnnIndexView *v, Relation index)
 	v->cxt = AllocSetContextCreate(CurrentMemoryContext, "gnn index view",
 								   ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(v->cxt);
-	hnsw_read_meta(index, &v->meta);
-	v->metric = (HnswMetric) v->meta.metric;
-	v->dim = v->meta.dims;
-	v->nblocks = RelationGetNumberOfBlocks(index);
+	hnsw_reader_init(&v->reader, index);
+	v->metric = v->reader.metric;
+	v->dim = v->reader.dim;
+	v->nblocks = v->reader.nblocks;
 	ctl.keysize = sizeof(uint64);
 	ctl.entrysize = sizeof(ViewEntry);
 	ctl.hcxt = CurrentMemoryContext;
@@ -156,29 +111,16 @@ gnn_view_node(GnnIndexView *v, ItemPointer tid)
 {
 	uint64		key = hnsw_tid_key(tid);
 	ViewEntry  *ent = hash_search(v->lookup, &key, HASH_FIND, NULL);
-	HnswSearch	s;
-	HnswElement e;
-	int			node;
+	float	   *vec;
+	ItemPointerData nbrtid;
+	int			node = -1;
 
 	if (ent)
 		return ent->node;
-	memset(&s, 0, sizeof(s));
-	s.index = v->index;
-	s.dim = v->dim;
-	s.m = v->meta.m;
-	s.metric = v->metric;
-	s.load_vectors = true;
-	memset(&e, 0, sizeof(e));
-	e.tid = *tid;
-	hnsw_load_element(&s, &e);
-	if (e.deleted || e.nheaptids == 0)
-	{
-		if (e.vec)
-			pfree(e.vec);
-		return -1;
-	}
-	node = view_add(v, tid, e.vec, &e.neighbortid);
-	pfree(e.vec);
+	vec = palloc(sizeof(float) * v->dim);
+	if (hnsw_read_element(&v->reader, tid, vec, &nbrtid))
+		node = view_add(v, tid, vec, &nbrtid);
+	pfree(vec);
 	return node;
 }
 
@@ -187,16 +129,10 @@ XLogRecPtr
 gnn_view_neighbor_lsn(GnnIndexView *v, int node)
 {
 	ItemPointerData nt = v->nbrtid[node];
-	Buffer		buf;
-	XLogRecPtr	lsn;
 
 	if (v->nbr_start[node] >= 0 || !ItemPointerIsValid(&nt))
 		return v->nbr_lsn[node];
-	buf = ReadBuffer(v->index, ItemPointerGetBlockNumber(&nt));
-	LockBuffer(buf, BUFFER_LOCK_SHARE);
-	lsn = PageGetLSN(BufferGetPage(buf));
-	UnlockReleaseBuffer(buf);
-	return lsn;
+	return hnsw_read_neighbors_lsn(v->index, &nt);
 }
 
 /*
@@ -208,24 +144,13 @@ gnn_view_neighbors(GnnIndexView *v, int node)
 {
 	ItemPointerData *tids;
 	ItemPointerData nt = v->nbrtid[node];
-	int			slots = 2 * v->meta.m;
-	int			n = 0;
+	int			n;
 	int			i;
-	Buffer		buf;
-	HnswNeighborTuple ntup;
 
 	if (v->nbr_start[node] >= 0 || !ItemPointerIsValid(&nt))
 		return;
-	tids = palloc(sizeof(ItemPointerData) * slots);
-	buf = ReadBuffer(v->index, ItemPointerGetBlockNumber(&nt));
-	LockBuffer(buf, BUFFER_LOCK_SHARE);
-	v->nbr_lsn[node] = PageGetLSN(BufferGetPage(buf));
-	ntup = hnsw_get_neighbors(BufferGetPage(buf), ItemPointerGetOffsetNumber(&nt));
-	if (ntup && ntup->count >= slots)
-		for (i = 0; i < slots; i++)
-			if (ItemPointerIsValid(&ntup->tids[i]))
-				tids[n++] = ntup->tids[i];
-	UnlockReleaseBuffer(buf);
+	tids = palloc(sizeof(ItemPointerData) * 2 * v->reader.m);
+	n = hnsw_read_neighbors(&v->reader, &nt, tids, &v->nbr_lsn[node]);
 
 	if (v->nbr_used + n > v->nbr_cap)
 	{
@@ -251,43 +176,41 @@ gnn_view_neighbors(GnnIndexView *v, int node)
  * with this ef): up to ef live nodes, nearest first, with graph distances
  * and, when cands is not NULL, their heap TIDs.
  */
+typedef struct SearchResults
+{
+	GnnIndexView *v;
+	int			n;
+	int		   *nodes;
+	float	   *dists;
+	HnswCandidate *cands;		/* or NULL */
+} SearchResults;
+
+/* HnswReadFound of gnn_view_search: one more result, added as a node */
+static void
+search_found(void *arg, const HnswCandidate *cand, const float *vec,
+			 ItemPointer neighbors)
+{
+	SearchResults *r = (SearchResults *) arg;
+
+	r->nodes[r->n] = view_add(r->v, (ItemPointer) &cand->tid, vec, neighbors);
+	r->dists[r->n] = cand->distance;
+	if (r->cands)
+		r->cands[r->n] = *cand;
+	r->n++;
+}
+
 int
 gnn_view_search(GnnIndexView *v, const float *query, int ef, int *nodes,
 				float *dists, HnswCandidate *cands)
 {
-	HnswSearch	s;
-	HnswHeapItem *found = palloc(sizeof(HnswHeapItem) * (ef + 1));
-	int			ep;
-	int			nf = 0;
-	int			n = 0;
-	int			i;
+	SearchResults r;
 
-	hnsw_search_init(&s, v->index, v->metric, v->dim, v->meta.m, query);
-	s.load_vectors = true;
-	if (hnsw_search_to_level(&s, &v->meta, 0, &ep) >= 0)
-		nf = hnsw_search_layer(&s, &ep, 1, ef, 0, found);
-	for (i = 0; i < nf; i++)
-	{
-		HnswElement *e = &s.elems[found[i].id];
-
-		if (e->deleted || e->nheaptids == 0 || e->vec == NULL)
-			continue;
-		nodes[n] = view_add(v, &e->tid, e->vec, &e->neighbortid);
-		dists[n] = found[i].dist;
-		if (cands)
-		{
-			cands[n].tid = e->tid;
-			cands[n].distance = found[i].dist;
-			cands[n].lsn = e->lsn;
-			cands[n].nheaptids = e->nheaptids;
-			memcpy(cands[n].heaptids, e->heaptids,
-				   sizeof(ItemPointerData) * e->nheaptids);
-		}
-		n++;
-	}
-	hnsw_search_reset(&s);
-	pfree(found);
-	return n;
+	r.v = v;
+	r.n = 0;
+	r.nodes = nodes;
+	r.dists = dists;
+	r.cands = cands;
+	return hnsw_read_search(&v->reader, query, ef, search_found, &r);
 }
 
 #define RANDOM_NODE_DRAWS 64

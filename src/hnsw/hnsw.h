@@ -48,7 +48,8 @@
  * scan plug-ins), hnswgraph.c (pure graph), hnswbuild.c (build, page
  * writer), hnswparallel.c (parallel build in shared memory), hnswinsert.c,
  * hnswscan.c, hnswvacuum.c, hnswutils.c (pages, WAL, searches over pages),
- * hnswcheck.c (gnnvec_index_info, gnnvec_index_check).
+ * hnswread.c (reads for learners), hnswcheck.c (gnnvec_index_info,
+ * gnnvec_index_check).
  */
 #ifndef GNNVEC_HNSW_H
 #define GNNVEC_HNSW_H
@@ -426,15 +427,22 @@ typedef struct HnswVecCode
 	float		offset;
 	float		scale;
 	float		norm2;			/* the float vector's squared norm */
-	float		pad;
+	float		sum;			/* and the sum of its coordinates */
 } HnswVecCode;
 
-/* A query as cached distances need it: its sum and squared norm too. */
+/*
+ * A query as cached distances need it: its squared norm and its own 8-bit
+ * code (x ~ offset + scale * codes[i], codes in -127..127).
+ */
 typedef struct HnswVecQuery
 {
 	const float *x;
-	float		sum;
 	float		norm2;
+	int8_t	   *codes;			/* dim bytes, the caller's */
+	float		offset;
+	float		scale;
+	int32_t		codesum;		/* sum of codes */
+	float		absdev;			/* sum |x[i] - offset| */
 } HnswVecQuery;
 
 #define HNSW_VCACHE_CHUNK	256
@@ -466,7 +474,8 @@ hnsw_vcache_word(const void *entry)
 /* Add key with a copy (or the code) of vec; false when the budget is spent. */
 extern bool hnsw_vcache_put(HnswVecCache *c, uint64_t key, const float *vec,
 							uint64_t aux);
-extern void hnsw_vcache_query(HnswVecQuery *q, const float *x, int dim);
+extern void hnsw_vcache_query(HnswVecQuery *q, const float *x, int dim,
+							  int8_t *codes);
 /*
  * hnsw_distance of the query to an entry: exact for float vectors, an
  * approximation for codes (metrics L2, IP and cosine; codes are not made
@@ -477,11 +486,13 @@ extern float hnsw_vcache_distance(const HnswVecCache *c, HnswMetric metric,
 /*
  * Whether an entry stands for vec (dim floats): a float vector bit for bit;
  * a code within half a step of every coordinate, with the squared norm
- * kept to float rounding.
+ * and the sum kept to float rounding.
  */
 extern bool hnsw_vcache_matches(const HnswVecCache *c, const void *entry,
 								const float *vec);
-extern float hnsw_vcache_error(const HnswVecCache *c, const void *entry);
+/* A bound on the error of a code's dot product with q (L2: twice that). */
+extern float hnsw_vcache_error(const HnswVecCache *c, const HnswVecQuery *q,
+							   const void *entry);
 
 /*
  * hnswreach.c: a breadth-first walk over line-pointer slots (block,
@@ -881,15 +892,6 @@ extern void hnsw_search_init(HnswSearch *s, Relation index, HnswMetric metric,
 extern void hnsw_search_reset(HnswSearch *s);
 extern void hnsw_load_element(HnswSearch *s, HnswElement *e);
 extern void hnsw_load_vector(Relation index, ItemPointer tid, float *out);
-
-/*
- * Reads for learners (the GNN and adapter training): elements found in the
- * pages one at a time, so that nothing copies the whole index.
- */
-extern bool hnsw_random_element(Relation index, BlockNumber nblocks,
-								uint64 r, ItemPointer tid);
-extern bool hnsw_find_element(Relation index, const float *vec, int dim,
-							  ItemPointer tid);
 extern int	hnsw_load_neighbors(Relation index, ItemPointer neighbortid,
 								int m, int level, ItemPointerData *out);
 extern int	hnsw_search_layer(HnswSearch *s, int *entries, int nentries,
@@ -912,6 +914,66 @@ hnsw_tid_key(ItemPointer tid)
 	return ((uint64) ItemPointerGetBlockNumberNoCheck(tid) << 16) |
 		ItemPointerGetOffsetNumberNoCheck(tid);
 }
+
+/*
+ * hnswread.c: reading an index for learners (the GNN's view of an index,
+ * training), one element at a time, so that nothing copies the whole
+ * index and the page format stays inside src/hnsw.  Elements are named by
+ * the TIDs of their element tuples; an element's level-0 neighbour list
+ * is found through the location hnsw_read_element gives (its neighbour
+ * tuple), and hnsw_read_neighbors_lsn tells whether the list may have
+ * changed since it was read: the LSN of that location's page moves with
+ * every change to the list.
+ */
+typedef struct HnswReader
+{
+	Relation	index;
+	HnswMetric	metric;
+	int			dim;
+	int			m;
+	BlockNumber nblocks;		/* when the reader was made */
+	HnswMetaPageData meta;		/* the entry point searches start from */
+} HnswReader;
+
+extern void hnsw_reader_init(HnswReader *r, Relation index);
+
+/*
+ * The vector of the element at tid (vec: dim floats, as the index stores
+ * it: normalised for cosine) and where its neighbour list is; false, with
+ * nothing written, when the element is deleted or holds no heap row.
+ */
+extern bool hnsw_read_element(const HnswReader *r, ItemPointer tid,
+							  float *vec, ItemPointer neighbors);
+
+/*
+ * The level-0 neighbours (element TIDs, up to 2m) of the list at
+ * neighbors, and in *lsn the LSN of its page when read; returns how many.
+ */
+extern int	hnsw_read_neighbors(const HnswReader *r, ItemPointer neighbors,
+								ItemPointerData *tids, XLogRecPtr *lsn);
+extern XLogRecPtr hnsw_read_neighbors_lsn(Relation index,
+										  ItemPointer neighbors);
+
+/*
+ * The graph search of a scan (greedy descent, then SEARCH-LAYER at level 0
+ * with this ef): calls found(arg, ...) for each of up to ef live elements,
+ * nearest first, with its vector and the location of its neighbour list
+ * (valid during the call); returns how many.
+ */
+typedef void (*HnswReadFound) (void *arg, const HnswCandidate *cand,
+							   const float *vec, ItemPointer neighbors);
+extern int	hnsw_read_search(const HnswReader *r, const float *query, int ef,
+							 HnswReadFound found, void *arg);
+
+/*
+ * A live element drawn with the random number r from the first nblocks
+ * blocks, or the live element holding exactly vec (dim floats, as the
+ * index stores them); false when there is none.
+ */
+extern bool hnsw_random_element(Relation index, BlockNumber nblocks,
+								uint64 r, ItemPointer tid);
+extern bool hnsw_find_element(Relation index, const float *vec, int dim,
+							  ItemPointer tid);
 
 /*
  * hnswbuild.c.  An HNSW build (ambuild) is

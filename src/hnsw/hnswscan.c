@@ -275,6 +275,7 @@ candidate_ready(HnswScanOpaque so)
 {
 	HnswCandidate *c = &so->cands[so->pos];
 	HnswElement *e = &so->search.elems[so->candElems[so->pos]];
+	float		dist;
 	int			j;
 
 	if (c->nheaptids > 0)
@@ -291,7 +292,9 @@ candidate_ready(HnswScanOpaque so)
 	c->lsn = e->lsn;
 	c->nheaptids = e->nheaptids;
 	memcpy(c->heaptids, e->heaptids, sizeof(ItemPointerData) * e->nheaptids);
-	for (j = so->pos; j + 1 < so->ncands && so->cands[j + 1].distance < c->distance; j++)
+	/* c stays at so->pos while its place moves: compare with its copy */
+	dist = c->distance;
+	for (j = so->pos; j + 1 < so->ncands && so->cands[j + 1].distance < dist; j++)
 	{
 		HnswCandidate tc = so->cands[j];
 		int			te = so->candElems[j];
@@ -390,7 +393,10 @@ search_round(IndexScanDesc scan)
 		/*
 		 * Distances from 8-bit codes are off by up to a few percent, more
 		 * than separates near neighbours: read every candidate's vector and
-		 * return them in the order of their exact distances.
+		 * return them in the order of their exact distances.  (Ordering by
+		 * a statistical lower bound instead, reading pages only as rows are
+		 * asked for, read fewer but lost 0.4 point of recall@10 on
+		 * Fashion-MNIST: integer pixels make rounding errors correlated.)
 		 */
 		so->ncands = verify_candidates(so);
 		sort_candidates(so);

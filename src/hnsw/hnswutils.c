@@ -442,7 +442,7 @@ hnsw_search_init(HnswSearch *s, Relation index, HnswMetric metric, int dim,
 	s->m = m;
 	s->query = query;
 	if (query)
-		hnsw_vcache_query(&s->cquery, query, dim);
+		hnsw_vcache_query(&s->cquery, query, dim, palloc(dim));
 	s->capelems = 256;
 	s->elems = palloc(sizeof(HnswElement) * s->capelems);
 	hnsw_bind_allocator(&s->alloc);
@@ -638,97 +638,6 @@ hnsw_load_vector(Relation index, ItemPointer tid, float *out)
 	hnsw_load_element(&s, &e);
 	memcpy(out, e.vec, sizeof(float) * meta.dims);
 	pfree(e.vec);
-}
-
-/*
- * A live element drawn with the random number r: a block after the
- * metapage drawn uniformly among the first nblocks, then one of its live
- * elements uniformly.  Elements of blocks that hold fewer elements are
- * drawn more often, so the draw is near uniform over elements, not
- * exactly (the blocks of an index hold about as many elements each).
- * False when the drawn block holds no live element: the caller draws again.
- */
-bool
-hnsw_random_element(Relation index, BlockNumber nblocks, uint64 r,
-					ItemPointer tid)
-{
-	OffsetNumber live[MaxOffsetNumber];
-	int			nlive = 0;
-	BlockNumber blkno;
-	Buffer		buf;
-	Page		page;
-
-	if (nblocks <= HNSW_METAPAGE_BLKNO + 1)
-		return false;
-	blkno = HNSW_METAPAGE_BLKNO + 1 +
-		(BlockNumber) (r % (nblocks - HNSW_METAPAGE_BLKNO - 1));
-	buf = ReadBuffer(index, blkno);
-	LockBuffer(buf, BUFFER_LOCK_SHARE);
-	page = BufferGetPage(buf);
-	for (OffsetNumber off = FirstOffsetNumber; off <= PageGetMaxOffsetNumber(page); off++)
-	{
-		HnswElementTuple etup = hnsw_get_element(page, off);
-
-		if (etup != NULL && !etup->deleted && etup->nheaptids > 0)
-			live[nlive++] = off;
-	}
-	if (nlive > 0)
-		ItemPointerSet(tid, blkno, live[(r >> 32) % nlive]);
-	UnlockReleaseBuffer(buf);
-	return nlive > 0;
-}
-
-/*
- * The live element holding exactly vec (dim floats, as the index stores
- * them), by a pass over the pages: elements whose inline floats match are
- * read whole; false if there is none.
- */
-bool
-hnsw_find_element(Relation index, const float *vec, int dim, ItemPointer tid)
-{
-	BlockNumber nblocks = RelationGetNumberOfBlocks(index);
-	OffsetNumber match[MaxOffsetNumber];
-	float	   *whole = palloc(sizeof(float) * dim);
-	bool		found = false;
-
-	for (BlockNumber blkno = HNSW_METAPAGE_BLKNO + 1; blkno < nblocks && !found; blkno++)
-	{
-		Buffer		buf;
-		Page		page;
-		int			nmatch = 0;
-		bool		split = false;
-
-		CHECK_FOR_INTERRUPTS();
-		buf = ReadBuffer(index, blkno);
-		LockBuffer(buf, BUFFER_LOCK_SHARE);
-		page = BufferGetPage(buf);
-		for (OffsetNumber off = FirstOffsetNumber; off <= PageGetMaxOffsetNumber(page); off++)
-		{
-			HnswElementTuple etup = hnsw_get_element(page, off);
-
-			if (etup == NULL || etup->deleted || etup->nheaptids == 0 ||
-				etup->dim != dim || etup->ninline > dim ||
-				memcmp(etup->x, vec, sizeof(float) * etup->ninline) != 0)
-				continue;
-			match[nmatch++] = off;
-			split |= etup->ninline < dim;
-		}
-		UnlockReleaseBuffer(buf);
-		for (int i = 0; i < nmatch && !found; i++)
-		{
-			ItemPointerSet(tid, blkno, match[i]);
-			/* the rest of a long vector is in its data tuples */
-			if (split)
-			{
-				hnsw_load_vector(index, tid, whole);
-				found = memcmp(whole, vec, sizeof(float) * dim) == 0;
-			}
-			else
-				found = true;
-		}
-	}
-	pfree(whole);
-	return found;
 }
 
 /* Room for one more element in s->elems. */

@@ -24,8 +24,9 @@
 
 #include <math.h>
 
-#include "gnn/gnn.h"
+#include "hnsw/hnsw.h"
 #include "lora/lora.h"
+#include "store/store.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
@@ -39,8 +40,8 @@ bool		lora_adapt_setting = false;
 typedef struct CachedAdapter
 {
 	Oid			indexoid;
-	GnnStoreRowId row;
-	GnnSnapshotKey checked;		/* the snapshot the row was last checked in */
+	StoreRowId	row;
+	StoreSnapshotKey checked;	/* the snapshot the row was last checked in */
 	LoraAdapter ad;				/* mem allocated with the entry */
 } CachedAdapter;
 
@@ -152,19 +153,17 @@ const LoraAdapter *
 lora_index_adapter(Relation index, int dim)
 {
 	CachedAdapter *ca = cache_entry(RelationGetRelid(index));
-	GnnStoreRowId row;
-	GnnSnapshotKey now;
+	StoreRowId	row;
+	StoreSnapshotKey now;
 	bytea	   *blob;
 	MemoryContext old;
 
-	/* checked under an equivalent snapshot already (e.g. a join's rescans) */
-	gnn_store_snapshot_key(&now);
-	if (ca && now.valid && memcmp(&now, &ca->checked, sizeof(now)) == 0)
+	if (store_snapshot_checked(ca ? &ca->checked : NULL, &now))
 		return &ca->ad;
 	memset(&row, 0, sizeof(row));
 	if (ca)
 		row = ca->row;
-	if (!gnn_store_fetch_blob(index, LORA_HNSW_SCOPE_NAME, LORA_KIND, &row, &blob))
+	if (!store_fetch_blob(index, LORA_HNSW_SCOPE_NAME, LORA_KIND, &row, &blob))
 	{
 		if (ca)
 			cache_drop(ca);

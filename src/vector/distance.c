@@ -77,19 +77,19 @@ cosine_parts_scalar(const float *a, const float *b, int n,
 	*norm_b = bb;
 }
 
-static float
-dot_u8_scalar(const float *a, const uint8_t *b, int n)
+static int32_t
+dot_u8_i8_scalar(const uint8_t *a, const int8_t *b, int n)
 {
-	float		sum = 0.0f;
+	int32_t		sum = 0;
 
 	for (int i = 0; i < n; i++)
-		sum += a[i] * (float) b[i];
+		sum += (int32_t) a[i] * b[i];
 	return sum;
 }
 
 static const VecKernels scalar_kernels = {
 	l2_squared_scalar, inner_product_scalar, l1_scalar, cosine_parts_scalar,
-	dot_u8_scalar, VEC_ISA_SCALAR
+	dot_u8_i8_scalar, VEC_ISA_SCALAR
 };
 
 #ifdef VEC_HAVE_X86
@@ -255,40 +255,37 @@ cosine_parts_avx2(const float *a, const float *b, int n,
 	*norm_b = bb;
 }
 
-/* 8 bytes at a time widened to 8 float lanes */
-AVX2_TARGET static float
-dot_u8_avx2(const float *a, const uint8_t *b, int n)
+/*
+ * 16 pairs at a time, both widened to 16 bits: pmaddwd adds products in
+ * pairs into 32-bit lanes, exactly (pmaddubsw would saturate 16-bit sums).
+ */
+AVX2_TARGET static int32_t
+dot_u8_i8_avx2(const uint8_t *a, const int8_t *b, int n)
 {
-	__m256		s0 = _mm256_setzero_ps(),
-				s1 = _mm256_setzero_ps();
+	__m256i		s = _mm256_setzero_si256();
+	__m128i		h;
 	int			i = 0;
-	float		sum;
+	int32_t		sum;
 
 	for (; i + 16 <= n; i += 16)
 	{
-		__m128i		c = _mm_loadu_si128((const __m128i *) (b + i));
-		__m256		b0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c));
-		__m256		b1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(c, 8)));
+		__m256i		x = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *) (a + i)));
+		__m256i		y = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *) (b + i)));
 
-		s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), b0, s0);
-		s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), b1, s1);
+		s = _mm256_add_epi32(s, _mm256_madd_epi16(x, y));
 	}
-	for (; i + 8 <= n; i += 8)
-	{
-		__m128i		c = _mm_loadl_epi64((const __m128i *) (b + i));
-
-		s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i),
-							 _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c)), s0);
-	}
-	sum = hsum256(_mm256_add_ps(s0, s1));
+	h = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+	h = _mm_add_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(1, 0, 3, 2)));
+	h = _mm_add_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(2, 3, 0, 1)));
+	sum = _mm_cvtsi128_si32(h);
 	for (; i < n; i++)
-		sum += a[i] * (float) b[i];
+		sum += (int32_t) a[i] * b[i];
 	return sum;
 }
 
 static const VecKernels avx2_kernels = {
 	l2_squared_avx2, inner_product_avx2, l1_avx2, cosine_parts_avx2,
-	dot_u8_avx2, VEC_ISA_AVX2
+	dot_u8_i8_avx2, VEC_ISA_AVX2
 };
 
 /* ---------------------------------------------------------------------
@@ -400,36 +397,35 @@ cosine_parts_avx512(const float *a, const float *b, int n,
 	*norm_b = _mm512_reduce_add_ps(bb);
 }
 
-/* 16 bytes at a time widened to 16 float lanes; a scalar tail (a masked
- * byte load would need AVX512BW) */
-AVX512_TARGET static float
-dot_u8_avx512(const float *a, const uint8_t *b, int n)
+/*
+ * 64 pairs per instruction: vpdpbusd multiplies unsigned by signed bytes
+ * and adds each four products into a 32-bit lane, exactly.  AVX512-VNNI
+ * (Cascade Lake and later); masked byte loads need AVX512BW.
+ */
+#define AVX512_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vnni,bmi2")))
+
+AVX512_VNNI_TARGET static int32_t
+dot_u8_i8_avx512_vnni(const uint8_t *a, const int8_t *b, int n)
 {
-	__m512		s0 = _mm512_setzero_ps(),
-				s1 = _mm512_setzero_ps();
+	__m512i		s = _mm512_setzero_si512();
 	int			i = 0;
-	float		sum;
 
-	for (; i + 32 <= n; i += 32)
+	for (; i + 64 <= n; i += 64)
+		s = _mm512_dpbusd_epi32(s, _mm512_loadu_si512(a + i), _mm512_loadu_si512(b + i));
+	if (i < n)
 	{
-		__m512		b0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *) (b + i))));
-		__m512		b1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *) (b + i + 16))));
+		__mmask64	m = _bzhi_u64(~(uint64_t) 0, n - i);
 
-		s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), b0, s0);
-		s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), b1, s1);
+		s = _mm512_dpbusd_epi32(s, _mm512_maskz_loadu_epi8(m, a + i),
+								_mm512_maskz_loadu_epi8(m, b + i));
 	}
-	for (; i + 16 <= n; i += 16)
-		s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i),
-							 _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *) (b + i)))), s0);
-	sum = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
-	for (; i < n; i++)
-		sum += a[i] * (float) b[i];
-	return sum;
+	return _mm512_reduce_add_epi32(s);
 }
 
+/* the AVX-512 level without VNNI takes the AVX2 byte kernel */
 static const VecKernels avx512_kernels = {
 	l2_squared_avx512, inner_product_avx512, l1_avx512, cosine_parts_avx512,
-	dot_u8_avx512, VEC_ISA_AVX512
+	dot_u8_i8_avx2, VEC_ISA_AVX512
 };
 #endif							/* VEC_HAVE_X86 */
 
@@ -449,7 +445,16 @@ vec_kernels_for(VecIsa isa)
 		case VEC_ISA_AVX512:
 			__builtin_cpu_init();
 			if (__builtin_cpu_supports("avx512f"))
-				return &avx512_kernels;
+			{
+				static VecKernels k;
+
+				k = avx512_kernels;
+				if (__builtin_cpu_supports("avx512bw") &&
+					__builtin_cpu_supports("avx512vnni") &&
+					__builtin_cpu_supports("bmi2"))
+					k.dot_u8_i8 = dot_u8_i8_avx512_vnni;
+				return &k;
+			}
 			return NULL;
 #else
 		default:
@@ -536,13 +541,13 @@ vec_inner_product_ref(const float *a, const float *b, int n)
 	return sum;
 }
 
-double
-vec_dot_u8_ref(const float *a, const uint8_t *b, int n)
+int64_t
+vec_dot_u8_i8_ref(const uint8_t *a, const int8_t *b, int n)
 {
-	double		sum = 0.0;
+	int64_t		sum = 0;
 
 	for (int i = 0; i < n; i++)
-		sum += (double) a[i] * (double) b[i];
+		sum += (int64_t) a[i] * b[i];
 	return sum;
 }
 

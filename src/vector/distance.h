@@ -29,8 +29,11 @@ typedef struct VecKernels
 	/* dot product and both squared norms in one pass (cosine distance) */
 	void		(*cosine_parts) (const float *a, const float *b, int n,
 								 float *dot, float *norm_a, float *norm_b);
-	/* sum of a[i] * b[i] over float a and bytes b (8-bit codes) */
-	float		(*dot_u8) (const float *a, const uint8_t *b, int n);
+	/*
+	 * sum of a[i] * b[i] over unsigned and signed bytes (8-bit codes and a
+	 * quantised query), exact for n <= 66000
+	 */
+	int32_t		(*dot_u8_i8) (const uint8_t *a, const int8_t *b, int n);
 	VecIsa		isa;			/* the level of these kernels; other code
 								 * with SIMD versions follows it */
 } VecKernels;
@@ -77,7 +80,7 @@ extern double vec_cosine_distance(const float *a, const float *b, int n);
 /* Double-precision scalar references, for tests and ground truth. */
 extern double vec_l2_squared_ref(const float *a, const float *b, int n);
 extern double vec_inner_product_ref(const float *a, const float *b, int n);
-extern double vec_dot_u8_ref(const float *a, const uint8_t *b, int n);
+extern int64_t vec_dot_u8_i8_ref(const uint8_t *a, const int8_t *b, int n);
 extern double vec_l1_ref(const float *a, const float *b, int n);
 extern double vec_cosine_distance_ref(const float *a, const float *b, int n);
 

@@ -4,6 +4,7 @@
  *		double-precision scalar reference, for dimensions 1..2100.
  */
 #include <math.h>
+#include <string.h>
 
 #include "unit.h"
 #include "vector/distance.h"
@@ -32,7 +33,8 @@ close_enough(double got, double want, double magnitude, int n)
 }
 
 static void
-check_level(VecIsa isa, const float *a, const float *b, const uint8_t *codes)
+check_level(VecIsa isa, const float *a, const float *b, const uint8_t *codes,
+			const int8_t *qcodes)
 {
 	const VecKernels *k = vec_kernels_for(isa);
 	int			bad_l2 = 0,
@@ -51,8 +53,7 @@ check_level(VecIsa isa, const float *a, const float *b, const uint8_t *codes)
 		double		l2 = vec_l2_squared_ref(a, b, n);
 		double		ip = vec_inner_product_ref(a, b, n);
 		double		l1 = vec_l1_ref(a, b, n);
-		double		absip = 0.0,
-					absu8 = 0.0;
+		double		absip = 0.0;
 		float		dot,
 					na,
 					nb;
@@ -60,7 +61,6 @@ check_level(VecIsa isa, const float *a, const float *b, const uint8_t *codes)
 		for (int i = 0; i < n; i++)
 		{
 			absip += fabs((double) a[i] * b[i]);
-			absu8 += fabs((double) a[i] * codes[i]);
 		}
 
 		if (!close_enough(k->l2_squared(a, b, n), l2, l2, n))
@@ -74,14 +74,14 @@ check_level(VecIsa isa, const float *a, const float *b, const uint8_t *codes)
 			!close_enough(na, vec_inner_product_ref(a, a, n), na, n) ||
 			!close_enough(nb, vec_inner_product_ref(b, b, n), nb, n))
 			bad_cos++;
-		if (!close_enough(k->dot_u8(a, codes, n), vec_dot_u8_ref(a, codes, n), absu8, n))
+		if (k->dot_u8_i8(codes, qcodes, n) != vec_dot_u8_i8_ref(codes, qcodes, n))
 			bad_u8++;
 	}
 	CHECK(bad_l2 == 0, "%s l2: %d dims wrong", vec_isa_name(isa), bad_l2);
 	CHECK(bad_ip == 0, "%s inner product: %d dims wrong", vec_isa_name(isa), bad_ip);
 	CHECK(bad_l1 == 0, "%s l1: %d dims wrong", vec_isa_name(isa), bad_l1);
 	CHECK(bad_cos == 0, "%s cosine parts: %d dims wrong", vec_isa_name(isa), bad_cos);
-	CHECK(bad_u8 == 0, "%s float x byte dot: %d dims wrong", vec_isa_name(isa), bad_u8);
+	CHECK(bad_u8 == 0, "%s byte x signed byte dot: %d dims wrong", vec_isa_name(isa), bad_u8);
 }
 
 int
@@ -90,6 +90,7 @@ main(void)
 	static float a[MAX_DIM],
 				b[MAX_DIM];
 	static uint8_t codes[MAX_DIM];
+	static int8_t qcodes[MAX_DIM];
 	VecIsa		best;
 
 	for (int i = 0; i < MAX_DIM; i++)
@@ -97,9 +98,27 @@ main(void)
 		a[i] = rand_float();
 		b[i] = rand_float() * 3.0f;
 		codes[i] = (uint8_t) (rng_state >> 13);	/* 0..255, all of it */
+		qcodes[i] = (int8_t) (rng_state >> 21);	/* -128..127 */
 	}
 	for (int isa = VEC_ISA_SCALAR; isa <= VEC_ISA_AVX512; isa++)
-		check_level((VecIsa) isa, a, b, codes);
+		check_level((VecIsa) isa, a, b, codes, qcodes);
+
+	/* the byte dot's extremes, where 16-bit sums would saturate */
+	{
+		static uint8_t hi[MAX_DIM];
+		static int8_t lo[MAX_DIM];
+
+		memset(hi, 255, sizeof(hi));
+		memset(lo, -128, sizeof(lo));
+		for (int isa = VEC_ISA_SCALAR; isa <= VEC_ISA_AVX512; isa++)
+		{
+			const VecKernels *k = vec_kernels_for((VecIsa) isa);
+
+			if (k != NULL)
+				CHECK(k->dot_u8_i8(hi, lo, MAX_DIM) == -255 * 128 * MAX_DIM,
+					  "%s byte dot extremes", vec_isa_name((VecIsa) isa));
+		}
+	}
 
 	/* the kernels read nothing past n: an unaligned slice at the end */
 	best = vec_distance_init(VEC_ISA_AVX512);

@@ -993,7 +993,7 @@ test_blend_choice(void)
 /*
  * The sign test of gnn_significantly_better (better - worse > 2 sqrt(better
  * + worse)) at its edges: what the HnswScan adapter's epochs must pass
- * with the positives entering and leaving the top 10 (gnn_train.c).
+ * with the positives entering and leaving the top 10 (src/train/train.c).
  */
 static void
 test_sign_test(void)

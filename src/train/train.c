@@ -1,5 +1,5 @@
 /*
- * gnn_train.c
+ * train.c
  *		gnnvec_train (supervised from (query, positive) pairs, or
  *		self-supervised from the graph), streamed in bounded memory.
  *
@@ -43,6 +43,8 @@
 #include "lora/lora.h"
 #include "miscadmin.h"
 #include "parser/parse_type.h"
+#include "store/store.h"
+#include "train/train.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
@@ -518,7 +520,7 @@ train_args(FunctionCallInfo fcinfo, TrainArgs *a)
 			require_arg(fcinfo, i, names[i]);
 	a->indexoid = PG_GETARG_OID(0);
 	a->pairs_sql = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
-	a->scope = gnn_scope_arg(text_to_cstring(PG_GETARG_TEXT_PP(2)));
+	a->scope = train_scope_arg(text_to_cstring(PG_GETARG_TEXT_PP(2)));
 	/* a model of any other scope would be stored and never read */
 	if (strcmp(a->scope, GNN_RERANK_SCOPE) != 0 &&
 		strcmp(a->scope, LORA_HNSW_SCOPE_NAME) != 0)
@@ -1432,11 +1434,11 @@ train_hnsw_adapter(ReturnSetInfo *rsinfo, GnnIndexView *v, const TrainArgs *a,
 				 errdetail("An epoch must raise recall@10 (before training %.3f) significantly: more held-out positives entering the top 10 than leaving it, by the sign test.",
 						   start_recall)));
 	memcpy(lora_adapter_at(&ad), best, sizeof(float) * nparams);
-	gnn_store_save_blob(v->index, LORA_HNSW_SCOPE_NAME, LORA_KIND,
-						lora_index_serialize(&ad),
-						adapter_config(&ad, a, ntrain, nval, start_recall,
-									   nval > 0 ? best_recall : 0, best_epoch),
-						NULL);
+	store_save_blob(v->index, LORA_HNSW_SCOPE_NAME, LORA_KIND,
+					lora_index_serialize(&ad),
+					adapter_config(&ad, a, ntrain, nval, start_recall,
+								   nval > 0 ? best_recall : 0, best_epoch),
+					NULL);
 }
 
 /* A blend's weights, as a JSON object for the stored config and NOTICEs */
@@ -1583,7 +1585,7 @@ train_gnn(ReturnSetInfo *rsinfo, GnnIndexView *v, const TrainArgs *a,
 	gnn_ereport_status(gnn_replay_init(&o->replay, REPLAY_CAPACITY, 2 * v->dim,
 									   (uint64_t) a->seed, &err), &err);
 	o->replay_live = true;
-	state = gnn_store_state(index, a->scope, GNN_KIND_GNN);
+	state = store_state(index, a->scope, GNN_KIND_GNN);
 	if (state)
 		(void) state_restore(state, o->model->n_params, 2 * v->dim,
 							 &o->trainer, false, &o->replay, &o->replay_live);
@@ -1704,8 +1706,9 @@ gnnvec_train(PG_FUNCTION_ARGS)
 
 	train_args(fcinfo, &a);
 	adapter = strcmp(a.scope, LORA_HNSW_SCOPE_NAME) == 0;
-	index = gnn_open_index(a.indexoid, true);
-	gnn_store_begin_update(index, a.scope, adapter ? LORA_KIND : GNN_KIND_GNN);
+	index = store_open_index(a.indexoid, true);
+	store_begin_update(index, a.scope, lora_scope_parse(a.scope),
+					   adapter ? LORA_KIND : GNN_KIND_GNN);
 	InitMaterializedSRF(fcinfo, 0);
 	cxt = AllocSetContextCreate(CurrentMemoryContext, "gnnvec_train",
 								ALLOCSET_DEFAULT_SIZES);
@@ -1723,7 +1726,7 @@ gnnvec_train(PG_FUNCTION_ARGS)
 	SPI_finish();
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(cxt);
-	gnn_store_end_update();
+	store_end_update();
 	relation_close(index, NoLock);
 	PG_RETURN_VOID();
 }
@@ -1747,7 +1750,7 @@ PG_FUNCTION_INFO_V1(gnnvec_feedback);
 Datum
 gnnvec_feedback(PG_FUNCTION_ARGS)
 {
-	Relation	index = gnn_open_index(PG_GETARG_OID(0), false);
+	Relation	index = store_open_index(PG_GETARG_OID(0), false);
 	Oid			heapoid = index->rd_index->indrelid;
 	Oid			role = get_role_oid(FEEDBACK_ROLE, true);
 	GnnIndexView v;
@@ -1767,8 +1770,8 @@ gnnvec_feedback(PG_FUNCTION_ARGS)
 	buf = palloc(sizeof(float) * v.dim);
 	gnn_view_query_vector(&v, PG_GETARG_DATUM(1), buf, "query vector");
 	gnn_view_query_vector(&v, PG_GETARG_DATUM(2), buf, "positive vector");
-	id = gnn_store_log_feedback(index, get_fn_expr_argtype(fcinfo->flinfo, 1),
-								PG_GETARG_DATUM(1), PG_GETARG_DATUM(2));
+	id = store_log_feedback(index, get_fn_expr_argtype(fcinfo->flinfo, 1),
+							PG_GETARG_DATUM(1), PG_GETARG_DATUM(2));
 	relation_close(index, NoLock);
 	PG_RETURN_INT64(id);
 }
@@ -1901,10 +1904,10 @@ gnnvec_feedback_train(PG_FUNCTION_ARGS)
 	bool		nulls[5] = {false, false, false, false, false};
 
 	check_range("max_events", max_events, 1, 100000000);
-	index = gnn_open_index(PG_GETARG_OID(0), true);
+	index = store_open_index(PG_GETARG_OID(0), true);
 	if (get_call_result_type(fcinfo, NULL, &tdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
-	gnn_store_begin_update(index, GNN_RERANK_SCOPE, GNN_KIND_GNN);
+	store_begin_update(index, GNN_RERANK_SCOPE, LORA_RERANK, GNN_KIND_GNN);
 	gnn_view_init(&v, index);
 	q = palloc(sizeof(float) * v.dim);
 	p = palloc(sizeof(float) * v.dim);
@@ -1932,7 +1935,7 @@ gnnvec_feedback_train(PG_FUNCTION_ARGS)
 	gnn_ereport_status(gnn_replay_init(&o->replay, REPLAY_CAPACITY, 2 * v.dim, 42, &err),
 					   &err);
 	o->replay_live = true;
-	state = gnn_store_state(index, GNN_RERANK_SCOPE, GNN_KIND_GNN);
+	state = store_state(index, GNN_RERANK_SCOPE, GNN_KIND_GNN);
 	if (state)
 		(void) state_restore(state, o->model->n_params, 2 * v.dim,
 							 &o->trainer, true, &o->replay, &o->replay_live);
@@ -1958,7 +1961,7 @@ gnnvec_feedback_train(PG_FUNCTION_ARGS)
 
 		CHECK_FOR_INTERRUPTS();
 		old = MemoryContextSwitchTo(tmp);
-		got = gnn_store_take_feedback(index, want, queries, positives);
+		got = store_take_feedback(index, want, queries, positives);
 		taken += got;
 		for (int i = 0; i < got; i++)
 		{
@@ -2020,8 +2023,8 @@ gnnvec_feedback_train(PG_FUNCTION_ARGS)
 		patch = feedback_blend(o->model, &v, held, nheld, tmp);
 	if (steps > 0)
 		version = gnn_store_save(index, GNN_RERANK_SCOPE, GNN_KIND_GNN, o->model,
-								 feedback_config(gnn_store_config(index, GNN_RERANK_SCOPE,
-																  GNN_KIND_GNN),
+								 feedback_config(store_config(index, GNN_RERANK_SCOPE,
+															  GNN_KIND_GNN),
 												 patch, taken, o->trainer.adam.t),
 								 state_serialize(&o->trainer, &o->replay));
 	values[0] = Int32GetDatum(taken);
@@ -2032,7 +2035,7 @@ gnnvec_feedback_train(PG_FUNCTION_ARGS)
 	nulls[3] = steps == 0;
 	values[4] = Int64GetDatum(o->trainer.adam.t);
 	free_owned(o);
-	gnn_store_end_update();
+	store_end_update();
 	relation_close(index, NoLock);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tdesc), values, nulls)));
 }
