@@ -48,40 +48,23 @@ cpu_thread="split_part(pg_read_file('/proc/self/schedstat'), ' ', 1)::bigint / 1
 cpu_process="(split_part(pg_read_file('/proc/self/stat'), ' ', 14)::bigint +
 	split_part(pg_read_file('/proc/self/stat'), ' ', 15)::bigint) / $(getconf CLK_TCK)::numeric"
 
-# timed CPU_EXPR [-c SQL ...] -c STATEMENT: "WALL CPU", the seconds of the last
-# statement by psql's \timing and by CPU_EXPR, so that the second does not
-# depend on what else runs on a shared machine
+# timed RUNS CPU_EXPR [-c SQL ...] -c STATEMENT: "WALL CPU" for each of RUNS
+# runs of the last statement in one session, the seconds by psql's \timing
+# and by CPU_EXPR, so that the second does not depend on what else runs on
+# a shared machine
 timed() {
-	local cpu=$1 last=${*: -1}
-	set -- "${@:2:$#-3}"
-	psql -X -q -At -v ON_ERROR_STOP=1 -d $db "$@" -f - <<SQL |
-SELECT $cpu AS cpu0 \\gset
-\\timing on
+	local runs=$1 cpu=$2 last=${*: -1} one
+	set -- "${@:3:$#-4}"
+	one="SELECT $cpu AS cpu0 \gset
+\timing on
 $last;
-\\timing off
-SELECT 'cpu ' || ($cpu - :cpu0);
-SQL
-		awk '/^Time: / { wall = $2 / 1000 } /^cpu / { cpu = $2 } END { printf "%.4f %.4f", wall, cpu }'
-}
-
-# timed_twice CPU_EXPR [-c SQL ...] -c STATEMENT: "WALL CPU WALL CPU", the
-# statement run twice in one session
-timed_twice() {
-	local cpu=$1 last=${*: -1}
-	set -- "${@:2:$#-3}"
-	psql -X -q -At -v ON_ERROR_STOP=1 -d $db "$@" -f - <<SQL |
-SELECT $cpu AS cpu0 \\gset
-\\timing on
-$last;
-\\timing off
-SELECT 'cpu ' || ($cpu - :cpu0);
-SELECT $cpu AS cpu0 \\gset
-\\timing on
-$last;
-\\timing off
-SELECT 'cpu ' || ($cpu - :cpu0);
-SQL
-		awk '/^Time: / { printf "%.4f ", $2 / 1000 } /^cpu / { printf "%.4f ", $2 }'
+\timing off
+SELECT 'cpu ' || ($cpu - :cpu0);"
+	for _ in $(seq "$runs"); do echo "$one"; done |
+		psql -X -q -At -v ON_ERROR_STOP=1 -d $db "$@" -f - |
+		awk '/^Time: / { wall = $2 / 1000 }
+			/^cpu / { out = out sep sprintf("%.4f %.4f", wall, $2); sep = " " }
+			END { print out }'
 }
 
 # best CURRENT NEW: the smaller (CURRENT may be empty)
@@ -109,7 +92,7 @@ bench_index() {
 	echo "kind,ef,seconds,queries,bytes,cpu_seconds,cold_seconds,cold_cpu_seconds" >"$csv"
 	psql_q -c 'DROP INDEX IF EXISTS items_embedding'
 	# serial, so that the backend's CPU time is the whole build's work
-	build=$(timed "$cpu_process" -c "SET max_parallel_maintenance_workers = 0" \
+	build=$(timed 1 "$cpu_process" -c "SET max_parallel_maintenance_workers = 0" \
 		-c "CREATE INDEX items_embedding ON items USING $am (embedding $opclass) WITH ($with)")
 	# a build that fails (a CAGRA build beyond maintenance_work_mem) is
 	# reported and skipped; the caller goes on with the next engine
@@ -128,7 +111,7 @@ bench_index() {
 			# each run is a new backend: its first statement fills what it
 			# keeps between statements (gnnhnsw's scan cache), the second is
 			# the steady state a pooled connection sees
-			t=$(timed_twice "$cpu_thread" -c "SET $guc = $ef" -c "SET enable_seqscan = off" \
+			t=$(timed 2 "$cpu_thread" -c "SET $guc = $ef" -c "SET enable_seqscan = off" \
 				-c "COPY (SELECT q.id, r.id FROM queries q CROSS JOIN LATERAL
 				          (SELECT id FROM items ORDER BY embedding $op q.embedding LIMIT 10) r)
 				    TO '$out/${prefix}_ef$ef.csv' (FORMAT csv)")
