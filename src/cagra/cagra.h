@@ -258,7 +258,7 @@ typedef struct CagraRefineOptions
 	const CagraKnnCheck *check; /* NULL: prepared when target_recall > 0 */
 } CagraRefineOptions;
 
-#define CAGRA_REFINE_ITERATIONS 6
+#define CAGRA_REFINE_ITERATIONS 20	/* a bound: the checked gain stops first */
 #define CAGRA_REFINE_SAMPLE 10
 #define CAGRA_REFINE_DELTA 0.001
 #define CAGRA_REFINE_TARGET_RECALL 0.95
@@ -316,7 +316,9 @@ extern CagraStatus cagra_knn_partitioned(const float *data, int64_t n, int dim,
  * p >= 1 with recall[p] >= target, or the first p whose next
  * CAGRA_LIST_GAIN_WINDOW probes would add less than min_gain each on
  * average (a window, because one probe's gain on the checked rows is
- * noisy), or max_probes.
+ * noisy) unless the target lies within that window (then the probes that
+ * reach it: cheaper than NN-descent, whose setup alone costs about as much
+ * as a probe or two), or max_probes.
  *
  * Why min_gain: each probe costs every row a GEMM against list_rows more
  * rows, and NN-descent, which takes over from the lists, gains about as

@@ -249,9 +249,16 @@ cagra_list_choose_probes(const double *recall, int max_probes, double target,
 		int			ahead = p + CAGRA_LIST_GAIN_WINDOW < max_probes ?
 			p + CAGRA_LIST_GAIN_WINDOW : max_probes;
 
-		if (recall[p] >= target ||
-			recall[ahead] - recall[p] < min_gain * (ahead - p))
+		if (recall[p] >= target)
 			return p;
+		if (recall[ahead] - recall[p] < min_gain * (ahead - p))
+		{
+			/* a few probes more still cost less than NN-descent's setup */
+			for (int q = p + 1; q <= ahead; q++)
+				if (recall[q] >= target)
+					return q;
+			return p;
+		}
 	}
 	return max_probes;
 }

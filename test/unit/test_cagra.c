@@ -1029,6 +1029,7 @@ test_list_choose_probes(void)
 	double		flat[9] = {0, 0.10, 0.11, 0.12, 0.13, 0.14, 0.15, 0.16, 0.17};
 	double		stall[9] = {0, 0.10, 0.20, 0.21, 0.21, 0.21, 0.21, 0.50, 0.70};
 	double		jump[9] = {0, 0.10, 0.11, 0.11, 0.11, 0.30, 0.31, 0.31, 0.31};
+	double		near[9] = {0, 0.90, 0.93, 0.945, 0.949, 0.951, 0.952, 0.953, 0.954};
 
 	CHECK(cagra_list_choose_probes(steep, 8, 0.95, 0.005) == 5,
 		  "steep curve: the first probe count at the target");
@@ -1041,6 +1042,12 @@ test_list_choose_probes(void)
 	CHECK(cagra_list_choose_probes(stall, 8, 0.95, 0.02) == 2,
 		  "a window of flat probes stops the search (%d)",
 		  cagra_list_choose_probes(stall, 8, 0.95, 0.02));
+	CHECK(cagra_list_choose_probes(near, 8, 0.95, 0.02) == 5,
+		  "a flat window that reaches the target: the probes that reach it (%d)",
+		  cagra_list_choose_probes(near, 8, 0.95, 0.02));
+	CHECK(cagra_list_choose_probes(near, 8, 0.96, 0.02) == 1,
+		  "a flat window short of the target: stop (%d)",
+		  cagra_list_choose_probes(near, 8, 0.96, 0.02));
 	CHECK(cagra_list_choose_probes(jump, 8, 0.95, 0.02) == 5,
 		  "flat probes before a steep one within the window do not (%d)",
 		  cagra_list_choose_probes(jump, 8, 0.95, 0.02));
