@@ -464,6 +464,20 @@ cluster_data(int n_clusters, int per_cluster, int dim)
 	return data;
 }
 
+/*
+ * cluster_data with the clusters brought close: 1000 apart on axis 0 they
+ * would make k-means trivial.
+ */
+static float *
+close_cluster_data(int n_clusters, int per_cluster, int dim)
+{
+	float	   *data = cluster_data(n_clusters, per_cluster, dim);
+
+	for (int64_t i = 0; i < (int64_t) n_clusters * per_cluster; i++)
+		data[i * dim] *= 0.002f;
+	return data;
+}
+
 static bool
 graph_well_formed(const int32_t *graph, int64_t n, int d)
 {
@@ -662,7 +676,7 @@ test_knn_partitioned(void)
 	int			dim = 12,
 				k = 16;
 	int64_t		n = 3000;
-	float	   *data = cluster_data(30, 100, dim);
+	float	   *data = close_cluster_data(30, 100, dim);
 	int32_t    *exact = malloc(n * k * sizeof(int32_t));
 	int32_t    *part = malloc(n * k * sizeof(int32_t));
 	float	   *exact_d = malloc(n * k * sizeof(float));
@@ -670,9 +684,6 @@ test_knn_partitioned(void)
 	char		err[256];
 	double		recall;
 
-	/* clusters 1000 apart on axis 0 would make k-means trivial: bring them close */
-	for (int64_t i = 0; i < n; i++)
-		data[i * dim] *= 0.002f;
 	CHECK(cagra_knn_exact(data, n, dim, CAGRA_METRIC_L2, k, 2, NULL, exact, exact_d,
 						  err, sizeof(err)) == CAGRA_OK, "exact: %s", err);
 
@@ -1065,15 +1076,13 @@ test_knn_check(void)
 	int			dim = 12,
 				k = 16;
 	int64_t		n = 6000;
-	float	   *data = cluster_data(60, 100, dim);
+	float	   *data = close_cluster_data(60, 100, dim);
 	int32_t    *exact = malloc(n * k * sizeof(int32_t));
 	int32_t    *part = malloc(n * k * sizeof(int32_t));
 	CagraKnnCheck check;
 	CagraKnnStats st;
 	char		err[256];
 
-	for (int64_t i = 0; i < n; i++)
-		data[i * dim] *= 0.002f;
 	CHECK(cagra_knn_exact(data, n, dim, CAGRA_METRIC_L2, k, 2, NULL, exact, NULL,
 						  err, sizeof(err)) == CAGRA_OK, "exact: %s", err);
 	CHECK(cagra_knn_check_prepare(&check, data, n, dim, CAGRA_METRIC_L2, k, 2,
