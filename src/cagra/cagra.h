@@ -297,7 +297,7 @@ extern CagraStatus cagra_knn_refine(const float *data, int64_t n, int dim,
 #define CAGRA_LIST_ROWS 400
 #define CAGRA_LIST_PROBES 5		/* the GPU's fixed number (no check there) */
 #define CAGRA_LIST_TARGET_RECALL 0.95
-#define CAGRA_LIST_MIN_GAIN 0.005
+#define CAGRA_LIST_MIN_GAIN 0.002
 #define CAGRA_LIST_GAIN_WINDOW 4
 
 extern CagraStatus cagra_knn_partitioned(const float *data, int64_t n, int dim,
@@ -321,10 +321,12 @@ extern CagraStatus cagra_knn_partitioned(const float *data, int64_t n, int dim,
  * as a probe or two), or max_probes.
  *
  * Why min_gain: each probe costs every row a GEMM against list_rows more
- * rows, and NN-descent, which takes over from the lists, gains about as
- * much per CPU second as a probe that adds half a point of recall (on
- * Fashion-MNIST 2.7 points per iteration, an iteration costing about as
- * much as 4-5 probes; on tf-idf 2-4 points per iteration).
+ * rows, and NN-descent, which takes over from the lists, costs more per
+ * point of recall than a probe that adds 0.2 point: on the word vectors 8,
+ * 16, 26, 39 and 64 probes (then NN-descent to 0.95) cost 1.43, 1.45,
+ * 1.31, 0.99 and 0.94 times the HNSW build's CPU time; on tf-idf, where
+ * NN-descent from 12 probes stalls at 0.48, 64 probes start it at 0.41
+ * and it reaches 0.66 (bench/bin/cagra_build --index --probes N).
  */
 extern int	cagra_list_choose_probes(const double *recall, int max_probes,
 									 double target, double min_gain);
