@@ -19,18 +19,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 data=bench/data
 out=bench/out
-mkdir -p "$out" "$data"
+own=$out/cagra-data
+mkdir -p "$out" "$own"
 make -s bench/bin/gen_dataset bench/bin/cagra_build
 
 # one file of (n + queries) x dim floats, as the driver reads it
 joined() {
-	local dir=$1
-	[ -f "$dir/joined.f32" ] || cat "$dir/base.f32" "$dir/queries.f32" >"$dir/joined.f32"
-	echo "$dir/joined.f32"
+	local dir=$1 file=$own/$(basename "$1").f32
+	[ -f "$file" ] || cat "$dir/base.f32" "$dir/queries.f32" >"$file"
+	echo "$file"
 }
 
 gen() {
-	local dir=$data/$1
+	local dir=$own/$1
 	shift
 	[ -f "$dir/queries.f32" ] || bench/bin/gen_dataset --out "$dir" --k 10 "$@" >/dev/null
 	joined "$dir"
@@ -43,7 +44,8 @@ run() {
 	echo "== $name"
 	bench/bin/cagra_build --file "$file" --n "$n" --dim "$dim" --index \
 		--threads 2 --knn partitioned --I 48 --d 32 --knn-sample 10 \
-		--ef 10,20,40,80,160,320 "$@" | grep -E '^index build|^cagra index|  ef '
+		--ef 10,20,40,80,160,320 "$@" |
+		grep -E '^index build|^cagra index|  ef |lists probed|NN-descent'
 }
 
 {

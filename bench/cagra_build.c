@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cagra/cagra.h"
@@ -425,6 +426,23 @@ cpu_finish(const Bench *b, const int32_t *knn, CagraDetour detour,
 	free(pruned);
 }
 
+/* What the partitioned kNN measured and chose (nothing for the exact one). */
+static void
+print_knn_stats(const CagraKnnStats *st)
+{
+	if (st->n_lists == 0)
+		return;
+	printf("    %d of %d lists probed (check %.2f s, lists %.2f s); checked rows' "
+		   "neighbours within p probes:", st->probes, st->n_lists,
+		   st->check_seconds, st->list_seconds);
+	for (int p = 1; p < st->n_probe_recall; p++)
+		if (p <= 10 || p % 4 == 0 || p == st->n_probe_recall - 1)
+			printf(" %d:%.3f", p, st->probe_recall[p]);
+	printf("\n    NN-descent %d iterations %.2f s, checked kNN recall %.4f -> %.4f\n",
+		   st->refine.iterations, st->refine_seconds, st->refine.recall_before,
+		   st->refine.recall_after);
+}
+
 static int32_t *
 cpu_knn(const Bench *b)
 {
@@ -434,25 +452,18 @@ cpu_knn(const Bench *b)
 	char		err[256];
 	double		t = cagra_now();
 
+	CagraKnnStats st;
 	CagraStatus status;
 
-	if (opt->params.knn_method == CAGRA_KNN_PARTITIONED)
-		status = cagra_knn_partitioned(b->base, opt->n, opt->dim, opt->params.metric,
-									   knn_degree, opt->params.list_rows,
-									   opt->params.list_probes,
-									   opt->params.refine_iterations,
-									   opt->params.n_threads, NULL, knn, NULL,
-									   err, sizeof(err));
-	else
-		status = cagra_knn_exact(b->base, opt->n, opt->dim, opt->params.metric,
-								 knn_degree, opt->params.n_threads, NULL, knn, NULL,
-								 err, sizeof(err));
+	status = cagra_knn(b->base, opt->n, opt->dim, &opt->params, knn, &st,
+					   err, sizeof(err));
 	if (status != CAGRA_OK)
 		die("kNN", err);
 	printf("cpu kNN        %7.3f s  (%s, %d threads)  kNN recall %.4f\n",
 		   cagra_now() - t,
 		   opt->params.knn_method == CAGRA_KNN_PARTITIONED ? "partitioned" : "exact",
 		   cagra_thread_count(opt->params.n_threads), knn_recall(b, knn));
+	print_knn_stats(&st);
 	return knn;
 }
 
@@ -681,12 +692,23 @@ index_graph_new(const Options *opt)
 							 INDEX_SEED, &index_allocator);
 }
 
+/* CPU seconds of every thread of this process so far. */
+static double
+cpu_seconds(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+	return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
 static HnswGraph *
-index_build_hnsw(const Bench *b, double *seconds)
+index_build_hnsw(const Bench *b, double *seconds, double *cpu)
 {
 	const Options *opt = b->opt;
 	HnswGraph  *g = index_graph_new(opt);
 	double		t = cagra_now();
+	double		c = cpu_seconds();
 	int64_t		unreached;
 	bool		dup;
 
@@ -695,6 +717,7 @@ index_build_hnsw(const Bench *b, double *seconds)
 						  NULL, NULL, &dup);
 	hnsw_graph_connect(g, &unreached);
 	*seconds = cagra_now() - t;
+	*cpu = cpu_seconds() - c;
 	return g;
 }
 
@@ -706,7 +729,7 @@ index_link_upper(void *arg)
 
 /* As cagra_index.c builds it: upper levels on a thread while level 0 is made. */
 static HnswGraph *
-index_build_cagra(const Bench *b, double *seconds)
+index_build_cagra(const Bench *b, double *seconds, double *cpu)
 {
 	const Options *opt = b->opt;
 	HnswGraph  *g = index_graph_new(opt);
@@ -715,6 +738,7 @@ index_build_cagra(const Bench *b, double *seconds)
 	CagraStats	st;
 	char		err[256];
 	double		t = cagra_now();
+	double		c = cpu_seconds();
 	double		t_level0;
 	int64_t		unreached,
 				added,
@@ -738,10 +762,12 @@ index_build_cagra(const Bench *b, double *seconds)
 	t_level0 = cagra_now() - t_level0;
 	added = hnsw_graph_connect(g, &unreached);
 	*seconds = cagra_now() - t;
+	*cpu = cpu_seconds() - c;
 	printf("cagra index graph: kNN %.3f s, prune %.3f s, merge %.3f s, "
 		   "level 0 with long edges %.3f s, %lld reachability edges added\n",
 		   st.knn_seconds, st.prune_seconds, st.reverse_seconds, t_level0,
 		   (long long) added);
+	print_knn_stats(&st.knn);
 	free(graph);
 	return g;
 }
@@ -775,18 +801,21 @@ run_index(const Bench *b)
 	double		hnsw_recall[MAX_EFS],
 				cagra_recall[MAX_EFS];
 	double		hnsw_seconds,
-				cagra_seconds;
+				cagra_seconds,
+				hnsw_cpu,
+				cagra_cpu;
 	HnswGraph  *g;
 
-	g = index_build_cagra(b, &cagra_seconds);
+	g = index_build_cagra(b, &cagra_seconds, &cagra_cpu);
 	index_recall(b, g, cagra_recall);
 	hnsw_graph_free(g);
-	g = index_build_hnsw(b, &hnsw_seconds);
+	g = index_build_hnsw(b, &hnsw_seconds, &hnsw_cpu);
 	index_recall(b, g, hnsw_recall);
 	hnsw_graph_free(g);
-	printf("index build: hnsw %.2f s (serial), cagra %.2f s (%d threads): %.2fx\n",
+	printf("index build: hnsw %.2f s (serial), cagra %.2f s (%d threads): %.2fx; "
+		   "CPU time hnsw %.2f s, cagra %.2f s: %.2fx\n",
 		   hnsw_seconds, cagra_seconds, cagra_thread_count(opt->params.n_threads),
-		   cagra_seconds / hnsw_seconds);
+		   cagra_seconds / hnsw_seconds, hnsw_cpu, cagra_cpu, cagra_cpu / hnsw_cpu);
 	for (int e = 0; e < opt->n_efs; e++)
 		printf("    ef %4d  recall@%d hnsw-built %.4f  cagra-built %.4f  (%+.2f points)\n",
 			   opt->efs[e], RECALL_K, hnsw_recall[e], cagra_recall[e],

@@ -68,7 +68,10 @@ sanitizer="$CUDA_HOME/bin/compute-sanitizer"
 [ -x "$sanitizer" ] || sanitizer=$(command -v compute-sanitizer || true)
 [ -n "$sanitizer" ] || { echo "cagra_gpu_check: no compute-sanitizer"; exit 1; }
 
-common=(--device gpu --cuda-lib "$lib")
+# The GPU searches CAGRA_LIST_PROBES lists and runs no NN-descent; the CPU
+# is held to the same method, instead of choosing its probes from a check
+# and refining, so that the two kNN graphs compare.
+common=(--device gpu --cuda-lib "$lib" --probes 5 --refine 0)
 small_exact=(--n 3000 --dim 32 --queries 50 --knn-sample 20 --ef "10,40"
 			 --detour cuvs --expect-mode resident)
 small_lists=(--n 3000 --dim 32 --queries 50 --knn-sample 20 --ef "10,40"

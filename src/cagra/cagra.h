@@ -102,7 +102,8 @@ typedef struct CagraParams
 	int			list_rows;		/* partitioned: rows per k-means list, 0:
 								 * CAGRA_LIST_ROWS */
 	int			list_probes;	/* partitioned: lists searched per list, 0:
-								 * CAGRA_LIST_PROBES */
+								 * chosen by a check on the CPU,
+								 * CAGRA_LIST_PROBES on the GPU */
 	int			refine_iterations;	/* partitioned: NN-descent iterations at
 									 * most after the lists, 0: none */
 	int			intermediate_degree;	/* I: degree of the kNN graph */
@@ -115,6 +116,29 @@ typedef struct CagraParams
 	CagraInterrupt interrupt;	/* CPU stages only; the GPU's is one call */
 } CagraParams;
 
+/* What NN-descent did (cagra_knn_refine): -1 recalls without a check. */
+typedef struct CagraRefineStats
+{
+	int			iterations;
+	double		recall_before;
+	double		recall_after;
+} CagraRefineStats;
+
+/* What the kNN stage measured and chose (cagra_knn_partitioned). */
+#define CAGRA_LIST_PROBES_MAX 64
+typedef struct CagraKnnStats
+{
+	int			probes;			/* lists searched per list */
+	int			n_lists;
+	/* checked rows: share of exact neighbours within p probes, p = 0.. */
+	int			n_probe_recall;
+	double		probe_recall[CAGRA_LIST_PROBES_MAX + 1];
+	double		check_seconds;	/* the brute force of the checked rows */
+	double		list_seconds;	/* k-means and the lists' search */
+	double		refine_seconds;
+	CagraRefineStats refine;
+} CagraKnnStats;
+
 /* What cagra_build measured and decided. */
 typedef struct CagraStats
 {
@@ -123,6 +147,7 @@ typedef struct CagraStats
 	double		prune_seconds;
 	double		reverse_seconds;
 	double		connect_seconds;
+	CagraKnnStats knn;			/* CPU only */
 	int32_t		entry;			/* the entry node used */
 	int64_t		unreachable;	/* nodes unreachable from entry before repair */
 	int64_t		repair_edges;	/* edges the connectivity repair added */
@@ -186,28 +211,30 @@ extern CagraStatus cagra_knn_gemm_serial(const float *data, int64_t n,
 										 char *errbuf, size_t errlen);
 
 /*
- * Approximate kNN graph from k-means lists, for data sets where the exact
- * O(n^2) stage is too slow: one centroid per about list_rows rows (0:
- * CAGRA_LIST_ROWS), every row in the list of its nearest centroid, and the
- * rows of a list searched among the rows of the `probes` lists
- * whose centroids are nearest its own (0: CAGRA_LIST_PROBES), its own
- * included.  Same output contract as cagra_knn_exact, except that rows
- * are ranked by the GEMM's values (cagra_knn_gemm_serial; for L2 on copies
- * centred on the list's own rows); rows whose probed lists hold fewer than
- * k other rows get an exact search.  Then at most refine_iterations (0:
- * none) of cagra_knn_refine, aiming at CAGRA_REFINE_TARGET_RECALL; refined
- * rows' distances are recomputed and the rows sorted by (distance, id).
+ * Rows whose exact kNN is known, to measure an approximate kNN graph by
+ * (cagra_check.c): CAGRA_KNN_CHECK_ROWS evenly spaced rows (all rows of a
+ * smaller set), their k nearest rows by brute force, the row itself left
+ * out.  cagra_knn_check_recall gives the share of those neighbours that
+ * the rows of knn (n x k) hold.
  */
-#define CAGRA_LIST_ROWS 400
-#define CAGRA_LIST_PROBES 5
-extern CagraStatus cagra_knn_partitioned(const float *data, int64_t n, int dim,
-										 CagraMetric metric, int k,
-										 int list_rows, int probes,
-										 int refine_iterations,
-										 int n_threads,
-										 const CagraInterrupt *interrupt,
-										 int32_t *knn, float *dists,
-										 char *errbuf, size_t errlen);
+typedef struct CagraKnnCheck
+{
+	int64_t		n_rows;
+	int			k;
+	int64_t    *rows;
+	int32_t    *truth;			/* n_rows x k */
+} CagraKnnCheck;
+
+#define CAGRA_KNN_CHECK_ROWS 256
+extern CagraStatus cagra_knn_check_prepare(CagraKnnCheck *check,
+										   const float *data, int64_t n,
+										   int dim, CagraMetric metric, int k,
+										   int n_threads,
+										   const CagraInterrupt *interrupt,
+										   char *errbuf, size_t errlen);
+extern double cagra_knn_check_recall(const CagraKnnCheck *check,
+									 const int32_t *knn);
+extern void cagra_knn_check_free(CagraKnnCheck *check);
 
 /*
  * NN-descent refinement of a kNN graph (n rows of k ids, -1 allowed in
@@ -215,38 +242,29 @@ extern CagraStatus cagra_knn_partitioned(const float *data, int64_t n, int dim,
  * `iterations` local joins of `sample` new and old neighbours per node and
  * direction (cagra_refine.c).  It stops early when fewer than
  * CAGRA_REFINE_DELTA x n x k entries changed in an iteration, or, when
- * target_recall > 0, as soon as the lists of CAGRA_REFINE_CHECK_ROWS evenly
- * spaced rows hold that share of their exact neighbours (found by brute
- * force first; no iteration at all when they do from the start) or an
- * iteration from the third on raised that share by less than
- * CAGRA_REFINE_MIN_GAIN.  The rows
- * come back sorted by (distance, id), distances computed afresh; the result
- * does not depend on n_threads.  stats (may be NULL) reports the
- * iterations done and the checked rows' recall before and after (-1
- * without a check).
+ * target_recall > 0, as soon as the rows of `check` (prepared here when
+ * NULL) hold that share of their exact neighbours (no iteration at all
+ * when they do from the start) or an iteration from the third on raised
+ * that share by less than CAGRA_REFINE_MIN_GAIN.  The rows come back
+ * sorted by (distance, id), distances computed afresh; the result does not
+ * depend on n_threads.  stats (may be NULL) reports the iterations done and
+ * the checked rows' recall before and after (-1 without a check).
  */
 typedef struct CagraRefineOptions
 {
 	int			iterations;
 	int			sample;
 	double		target_recall;	/* 0: no check */
+	const CagraKnnCheck *check; /* NULL: prepared when target_recall > 0 */
 } CagraRefineOptions;
 
-typedef struct CagraRefineStats
-{
-	int			iterations;
-	double		recall_before;
-	double		recall_after;
-} CagraRefineStats;
-
-#define CAGRA_REFINE_ITERATIONS 6
+#define CAGRA_REFINE_ITERATIONS 20	/* a bound: the checked gain stops first */
 #define CAGRA_REFINE_SAMPLE 10
 #define CAGRA_REFINE_DELTA 0.001
 #define CAGRA_REFINE_TARGET_RECALL 0.95
 #define CAGRA_REFINE_MIN_GAIN 0.01
 #define CAGRA_REFINE_MIN_GAIN_FROM 2	/* iteration (from 0) the gain rule
 										 * starts at */
-#define CAGRA_REFINE_CHECK_ROWS 256
 
 /* Bytes per row cagra_knn_refine allocates on top of the kNN graph and dists. */
 extern size_t cagra_knn_refine_row_bytes(int k, int sample);
@@ -258,6 +276,65 @@ extern CagraStatus cagra_knn_refine(const float *data, int64_t n, int dim,
 									int32_t *knn, float *dists,
 									CagraRefineStats *stats,
 									char *errbuf, size_t errlen);
+
+/*
+ * Approximate kNN graph from k-means lists, for data sets where the exact
+ * O(n^2) stage is too slow: one centroid per about list_rows rows (0:
+ * CAGRA_LIST_ROWS), every row in the list of its nearest centroid, and the
+ * rows of a list searched among the rows of the `probes` lists whose
+ * centroids are nearest its own, its own included.  probes 0: chosen from
+ * the data set by the rows of a CagraKnnCheck: the share of their exact
+ * neighbours that p probed lists hold is known for every p without a
+ * search (cagra_list_choose_probes).  Same output contract as
+ * cagra_knn_exact, except that rows are ranked by the GEMM's values
+ * (cagra_knn_gemm_serial; for L2 on copies centred on the list's own
+ * rows); rows whose probed lists hold fewer than k other rows get an exact
+ * search.  Then at most refine_iterations (0: none) of cagra_knn_refine,
+ * aiming at CAGRA_REFINE_TARGET_RECALL on the same checked rows; refined
+ * rows' distances are recomputed and the rows sorted by (distance, id).
+ * stats (may be NULL) says what was measured and chosen.
+ */
+#define CAGRA_LIST_ROWS 400
+#define CAGRA_LIST_PROBES 5		/* the GPU's fixed number (no check there) */
+#define CAGRA_LIST_TARGET_RECALL 0.95
+#define CAGRA_LIST_MIN_GAIN 0.002
+#define CAGRA_LIST_GAIN_WINDOW 4
+
+extern CagraStatus cagra_knn_partitioned(const float *data, int64_t n, int dim,
+										 CagraMetric metric, int k,
+										 int list_rows, int probes,
+										 int refine_iterations,
+										 int n_threads,
+										 const CagraInterrupt *interrupt,
+										 int32_t *knn, float *dists,
+										 CagraKnnStats *stats,
+										 char *errbuf, size_t errlen);
+
+/*
+ * The probes for a recall curve (recall[p]: share of the checked rows'
+ * exact neighbours within p probed lists, p = 0 .. max_probes): the fewest
+ * p >= 1 with recall[p] >= target, or the first p whose next
+ * CAGRA_LIST_GAIN_WINDOW probes would add less than min_gain each on
+ * average (a window, because one probe's gain on the checked rows is
+ * noisy) unless the target lies within that window (then the probes that
+ * reach it: cheaper than NN-descent, whose setup alone costs about as much
+ * as a probe or two), or max_probes.
+ *
+ * Why min_gain: each probe costs every row a GEMM against list_rows more
+ * rows, and NN-descent, which takes over from the lists, costs more per
+ * point of recall than a probe that adds 0.2 point: on the word vectors 8,
+ * 16, 26, 39 and 64 probes (then NN-descent to 0.95) cost 1.43, 1.45,
+ * 1.31, 0.99 and 0.94 times the HNSW build's CPU time; on tf-idf, where
+ * NN-descent from 12 probes stalls at 0.48, 64 probes start it at 0.41
+ * and it reaches 0.66 (bench/bin/cagra_build --index --probes N).
+ */
+extern int	cagra_list_choose_probes(const double *recall, int max_probes,
+									 double target, double min_gain);
+
+/* Stage 1 as params say (exact or partitioned); stats may be NULL. */
+extern CagraStatus cagra_knn(const float *data, int64_t n, int dim,
+							 const CagraParams *params, int32_t *knn,
+							 CagraKnnStats *stats, char *errbuf, size_t errlen);
 
 /*
  * Exact k nearest rows of base for each of nq queries (ground truth for

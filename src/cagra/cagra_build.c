@@ -67,17 +67,7 @@ cagra_build(const float *data, int64_t n, int dim, const CagraParams *params,
 	}
 
 	t = cagra_now();
-	if (params->knn_method == CAGRA_KNN_PARTITIONED)
-		status = cagra_knn_partitioned(data, n, dim, params->metric, I,
-									   params->list_rows,
-									   params->list_probes,
-									   params->refine_iterations,
-									   params->n_threads, &params->interrupt,
-									   knn, NULL, errbuf, errlen);
-	else
-		status = cagra_knn_exact(data, n, dim, params->metric, I,
-								 params->n_threads, &params->interrupt,
-								 knn, NULL, errbuf, errlen);
+	status = cagra_knn(data, n, dim, params, knn, &stats->knn, errbuf, errlen);
 	stats->knn_seconds = cagra_now() - t;
 	if (status != CAGRA_OK)
 		goto done;

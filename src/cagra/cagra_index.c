@@ -58,15 +58,25 @@
  */
 #define CAGRA_INDEX_EXACT_MAX_ROWS	8000
 
-/* Bytes per row the CAGRA stages need on top of the build graph. */
+/*
+ * Bytes per row the CAGRA stages need on top of the build graph: the copy
+ * of the vectors, and the most any CPU stage holds at once.  Each graph is
+ * allocated when its stage starts and freed when the next one is done with
+ * it, so the kNN stage (the kNN graph, its distances and NN-descent's
+ * scratch) is the peak for any intermediate_graph_degree >= graph_degree:
+ * at 128 dimensions, I 48, d 32, 1,212 bytes instead of the 1,468 of all
+ * buffers at once, which let 1M x 128 fit into 2GB.
+ */
 static size_t
 cagra_row_bytes(int dim, int intermediate, int degree)
 {
-	return sizeof(float) * dim		/* contiguous copy of the vectors */
-		+ sizeof(int32) * intermediate	/* kNN graph */
-		+ sizeof(float) * intermediate	/* kNN distances / candidate scratch */
-		+ cagra_knn_refine_row_bytes(intermediate, CAGRA_REFINE_SAMPLE)
-		+ 2 * sizeof(int32) * degree;	/* pruned and final graphs */
+	size_t		knn_stage = sizeof(int32) * intermediate	/* kNN graph */
+		+ sizeof(float) * intermediate	/* its distances */
+		+ cagra_knn_refine_row_bytes(intermediate, CAGRA_REFINE_SAMPLE);
+	size_t		prune_stage = sizeof(int32) * (intermediate + degree);
+	size_t		merge_stage = 2 * sizeof(int32) * degree;	/* pruned, final */
+
+	return sizeof(float) * dim + Max(knn_stage, Max(prune_stage, merge_stage));
 }
 
 static CagraMetric
@@ -163,18 +173,22 @@ cagra_copy_vectors(HnswBuildState *bs)
 	return data;
 }
 
-/* CPU: the three stages on this thread and its workers, phase by phase. */
-static void
-cagra_build_cpu(const float *data, int64 n, int dim,
-				const CagraParams *params, int32 *graph)
+/*
+ * CPU: the three stages on this thread and its workers, phase by phase,
+ * each graph allocated when its stage starts (cagra_row_bytes); returns
+ * the final graph (n x graph_degree).
+ */
+static int32 *
+cagra_build_cpu(const float *data, int64 n, int dim, const CagraParams *params)
 {
 	int			inter = params->intermediate_degree;
 	int			d = params->graph_degree;
 	int32	   *knn = MemoryContextAllocHuge(CurrentMemoryContext,
 											 sizeof(int32) * (Size) n * inter);
-	int32	   *pruned = MemoryContextAllocHuge(CurrentMemoryContext,
-												sizeof(int32) * (Size) n * d);
+	int32	   *pruned;
+	int32	   *graph;
 	char		errbuf[512];
+	CagraKnnStats knn_stats;
 	CagraStatus status;
 	double		t0 = cagra_now(),
 				t1,
@@ -184,19 +198,12 @@ cagra_build_cpu(const float *data, int64 n, int dim,
 
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE,
 								 PROGRESS_HNSW_PHASE_CAGRA_KNN);
-	if (params->knn_method == CAGRA_KNN_PARTITIONED)
-		status = cagra_knn_partitioned(data, n, dim, params->metric, inter,
-									   params->list_rows,
-									   params->list_probes,
-									   params->refine_iterations,
-									   params->n_threads, &params->interrupt,
-									   knn, NULL, errbuf, sizeof(errbuf));
-	else
-		status = cagra_knn_exact(data, n, dim, params->metric, inter,
-								 params->n_threads, &params->interrupt,
-								 knn, NULL, errbuf, sizeof(errbuf));
+	status = cagra_knn(data, n, dim, params, knn, &knn_stats, errbuf,
+					   sizeof(errbuf));
 	cagra_report(status, "kNN graph", errbuf);
 	t1 = cagra_now();
+	pruned = MemoryContextAllocHuge(CurrentMemoryContext,
+									sizeof(int32) * (Size) n * d);
 
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE,
 								 PROGRESS_HNSW_PHASE_CAGRA_PRUNE);
@@ -205,6 +212,8 @@ cagra_build_cpu(const float *data, int64 n, int dim,
 	cagra_report(status, "pruning", errbuf);
 	pfree(knn);
 	t2 = cagra_now();
+	graph = MemoryContextAllocHuge(CurrentMemoryContext,
+								   sizeof(int32) * (Size) n * d);
 
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE,
 								 PROGRESS_HNSW_PHASE_CAGRA_MERGE);
@@ -214,10 +223,15 @@ cagra_build_cpu(const float *data, int64 n, int dim,
 	pfree(pruned);
 
 	ereport(DEBUG1,
-			(errmsg_internal("gnnhnsw cagra (cpu, %d threads, %s kNN): kNN %.2fs, prune %.2fs, merge %.2fs",
+			(errmsg_internal("gnnhnsw cagra (cpu, %d threads, %s kNN, %d of %d lists probed, %d NN-descent iterations, checked kNN recall %.3f -> %.3f): kNN %.2fs, prune %.2fs, merge %.2fs",
 							 params->n_threads,
 							 params->knn_method == CAGRA_KNN_EXACT ? "exact" : "partitioned",
+							 knn_stats.probes, knn_stats.n_lists,
+							 knn_stats.refine.iterations,
+							 knn_stats.refine.recall_before,
+							 knn_stats.refine.recall_after,
 							 t1 - t0, t2 - t1, cagra_now() - t2)));
+	return graph;
 }
 
 /*
@@ -252,10 +266,14 @@ cagra_choose_gpu(HnswDevice device)
 	return NULL;
 }
 
-static void
+/* GPU: stages 1-3 in one call; returns the final graph (n x graph_degree). */
+static int32 *
 cagra_build_gpu(CagraGpu *gpu, const float *data, int64 n, int dim,
-				const CagraParams *params, int32 *graph)
+				const CagraParams *params)
 {
+	int32	   *graph = MemoryContextAllocHuge(CurrentMemoryContext,
+											   sizeof(int32) * (Size) n *
+											   params->graph_degree);
 	CagraStats	stats;
 	char		errbuf[512];
 	CagraStatus status;
@@ -275,6 +293,7 @@ cagra_build_gpu(CagraGpu *gpu, const float *data, int64 n, int dim,
 			(errmsg_internal("gnnhnsw cagra (gpu): setup %.2fs, kNN %.2fs, prune %.2fs, merge %.2fs",
 							 stats.setup_seconds, stats.knn_seconds,
 							 stats.prune_seconds, stats.reverse_seconds)));
+	return graph;
 }
 
 /* The upper levels' thread (cagra_thread_start). */
@@ -285,7 +304,7 @@ cagra_link_upper_main(void *arg)
 }
 
 /*
- * Level 0 into graph, on the GPU or the CPU, and the upper levels of
+ * Level 0, on the GPU or the CPU (returned), and the upper levels of
  * bs->graph.  The upper levels need only the vectors and the sampled
  * levels, not level 0: they are linked meanwhile, on a thread of their
  * own, in the graph's own scratch (no allocation, no error), while level 0
@@ -293,11 +312,12 @@ cagra_link_upper_main(void *arg)
  * adding to the build's time (0.18 s of 1.4 s at 100k x 128).  The thread
  * is joined on every path, an ERROR included, before the graph can go.
  */
-static void
+static int32 *
 cagra_build_levels(HnswBuildState *bs, CagraGpu *gpu, const float *data,
-				   int64 n, const CagraParams *params, int32 *graph)
+				   int64 n, const CagraParams *params)
 {
 	CagraThread *upper;
+	int32	   *volatile graph = NULL;
 
 	hnsw_graph_reserve_search(bs->graph);
 	upper = cagra_thread_start(cagra_link_upper_main, bs->graph);
@@ -306,15 +326,16 @@ cagra_build_levels(HnswBuildState *bs, CagraGpu *gpu, const float *data,
 	PG_TRY();
 	{
 		if (gpu != NULL)
-			cagra_build_gpu(gpu, data, n, bs->dim, params, graph);
+			graph = cagra_build_gpu(gpu, data, n, bs->dim, params);
 		else
-			cagra_build_cpu(data, n, bs->dim, params, graph);
+			graph = cagra_build_cpu(data, n, bs->dim, params);
 	}
 	PG_FINALLY();
 	{
 		cagra_thread_join(upper);
 	}
 	PG_END_TRY();
+	return graph;
 }
 
 static void
@@ -403,10 +424,7 @@ cagra_link(HnswBuildState *bs, void *state)
 				 errmsg("invalid CAGRA parameters: %s", errbuf)));
 
 	data = cagra_copy_vectors(bs);
-	graph = MemoryContextAllocHuge(CurrentMemoryContext,
-								   sizeof(int32) * (Size) n * cs->opts.graphDegree);
-
-	cagra_build_levels(bs, cs->gpu, data, n, &params, graph);
+	graph = cagra_build_levels(bs, cs->gpu, data, n, &params);
 	pfree(data);
 	t_graph = cagra_now();
 

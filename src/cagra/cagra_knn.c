@@ -889,3 +889,21 @@ cagra_brute_force(const float *base, int64_t n, const float *queries,
 	return knn_run(&job, cagra_thread_count(n_threads), interrupt, NULL,
 				   errbuf, errlen);
 }
+
+CagraStatus
+cagra_knn(const float *data, int64_t n, int dim, const CagraParams *params,
+		  int32_t *knn, CagraKnnStats *stats, char *errbuf, size_t errlen)
+{
+	if (params->knn_method == CAGRA_KNN_PARTITIONED)
+		return cagra_knn_partitioned(data, n, dim, params->metric,
+									 params->intermediate_degree,
+									 params->list_rows, params->list_probes,
+									 params->refine_iterations,
+									 params->n_threads, &params->interrupt,
+									 knn, NULL, stats, errbuf, errlen);
+	if (stats != NULL)
+		memset(stats, 0, sizeof(CagraKnnStats));
+	return cagra_knn_exact(data, n, dim, params->metric,
+						   params->intermediate_degree, params->n_threads,
+						   &params->interrupt, knn, NULL, errbuf, errlen);
+}

@@ -62,15 +62,6 @@ typedef struct RefineJob
 	int64_t    *updates;		/* per thread */
 } RefineJob;
 
-/* Rows whose exact neighbours are known, to measure the graph by. */
-typedef struct RefineCheck
-{
-	int64_t		n_rows;
-	int			k;
-	int64_t    *rows;
-	int32_t    *truth;			/* n_rows x k */
-} RefineCheck;
-
 static bool
 entry_before(float da, int32_t a, float db, int32_t b)
 {
@@ -420,71 +411,6 @@ refine_free(RefineJob *job)
 	free(job->updates);
 }
 
-/*
- * The exact neighbours of evenly spaced rows (brute force, the row itself
- * left out), to tell how good the graph is: refining a graph that the
- * lists got nearly right costs more than it gains.
- */
-static CagraStatus
-refine_check_prepare(RefineCheck *check, const float *data, int64_t n,
-					 int dim, CagraMetric metric, int k, int n_threads,
-					 const CagraInterrupt *interrupt, char *errbuf,
-					 size_t errlen)
-{
-	int64_t		rows = n < CAGRA_REFINE_CHECK_ROWS ? n : CAGRA_REFINE_CHECK_ROWS;
-	float	   *queries = malloc((size_t) rows * dim * sizeof(float));
-	int32_t    *found = malloc((size_t) rows * (k + 1) * sizeof(int32_t));
-	CagraStatus status;
-
-	check->n_rows = rows;
-	check->k = k;
-	check->rows = malloc(rows * sizeof(int64_t));
-	check->truth = malloc((size_t) rows * k * sizeof(int32_t));
-	if (!queries || !found || !check->rows || !check->truth)
-		status = cagra_error(CAGRA_ERR_NOMEM, errbuf, errlen,
-							 "out of memory for the kNN refinement's check");
-	else
-	{
-		for (int64_t r = 0; r < rows; r++)
-		{
-			check->rows[r] = r * n / rows;
-			memcpy(queries + r * dim, data + check->rows[r] * dim,
-				   dim * sizeof(float));
-		}
-		status = cagra_brute_force(data, n, queries, rows, dim, metric, k + 1,
-								   n_threads, interrupt, found, NULL,
-								   errbuf, errlen);
-	}
-	for (int64_t r = 0; status == CAGRA_OK && r < rows; r++)
-	{
-		int			kept = 0;
-
-		for (int j = 0; j <= k && kept < k; j++)
-			if (found[r * (k + 1) + j] != check->rows[r])
-				check->truth[r * k + kept++] = found[r * (k + 1) + j];
-	}
-	free(queries);
-	free(found);
-	return status;
-}
-
-/* Share of the checked rows' true neighbours that their lists hold. */
-static double
-refine_check_recall(const RefineCheck *check, const int32_t *knn)
-{
-	int			k = check->k;
-	int64_t		hits = 0;
-
-	for (int64_t r = 0; r < check->n_rows; r++)
-	{
-		const int32_t *row = knn + check->rows[r] * k;
-
-		for (int j = 0; j < k; j++)
-			hits += list_contains(row, k, check->truth[r * k + j]);
-	}
-	return (double) hits / ((double) check->n_rows * k);
-}
-
 size_t
 cagra_knn_refine_row_bytes(int k, int sample)
 {
@@ -502,7 +428,8 @@ cagra_knn_refine(const float *data, int64_t n, int dim, CagraMetric metric,
 				 CagraRefineStats *stats, char *errbuf, size_t errlen)
 {
 	RefineJob	job = {0};
-	RefineCheck check = {0};
+	CagraKnnCheck own_check = {0};
+	const CagraKnnCheck *check = options->check;
 	CagraRefineStats local;
 	float	   *own_dists = NULL;
 	int64_t		chunk = 256;
@@ -559,13 +486,19 @@ cagra_knn_refine(const float *data, int64_t n, int dim, CagraMetric metric,
 	}
 	if (options->target_recall > 0.0 && options->iterations > 0)
 	{
-		status = refine_check_prepare(&check, data, n, dim, metric, k, n_threads,
-									  interrupt, errbuf, errlen);
-		if (status != CAGRA_OK)
-			goto done;
+		if (check == NULL)
+		{
+			status = cagra_knn_check_prepare(&own_check, data, n, dim, metric, k,
+											 n_threads, interrupt, errbuf, errlen);
+			if (status != CAGRA_OK)
+				goto done;
+			check = &own_check;
+		}
 		stats->recall_before = stats->recall_after =
-			refine_check_recall(&check, knn);
+			cagra_knn_check_recall(check, knn);
 	}
+	else
+		check = NULL;
 	cagra_kernels_ready();
 	if (metric == CAGRA_METRIC_COSINE)
 		rc = cagra_parallel_for(n_threads, n, chunk, refine_init_norms, &job,
@@ -595,7 +528,7 @@ cagra_knn_refine(const float *data, int64_t n, int dim, CagraMetric metric,
 		stats->iterations = it + 1;
 		for (int t = 0; t < n_threads; t++)
 			updates += job.updates[t];
-		if (check.n_rows > 0)
+		if (check != NULL)
 		{
 			double		before = stats->recall_after;
 
@@ -607,7 +540,7 @@ cagra_knn_refine(const float *data, int64_t n, int dim, CagraMetric metric,
 			 * 2, 3, 4 and 4 points in iterations 2 to 5, by less than 1 in
 			 * the first).
 			 */
-			stats->recall_after = refine_check_recall(&check, knn);
+			stats->recall_after = cagra_knn_check_recall(check, knn);
 			if (stats->recall_after >= options->target_recall ||
 				(it >= CAGRA_REFINE_MIN_GAIN_FROM &&
 				 stats->recall_after - before < CAGRA_REFINE_MIN_GAIN))
@@ -621,8 +554,7 @@ cagra_knn_refine(const float *data, int64_t n, int dim, CagraMetric metric,
 							 "kNN refinement canceled");
 done:
 	refine_free(&job);
-	free(check.rows);
-	free(check.truth);
+	cagra_knn_check_free(&own_check);
 	free(own_dists);
 	return status;
 }

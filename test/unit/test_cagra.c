@@ -464,6 +464,20 @@ cluster_data(int n_clusters, int per_cluster, int dim)
 	return data;
 }
 
+/*
+ * cluster_data with the clusters brought close: 1000 apart on axis 0 they
+ * would make k-means trivial.
+ */
+static float *
+close_cluster_data(int n_clusters, int per_cluster, int dim)
+{
+	float	   *data = cluster_data(n_clusters, per_cluster, dim);
+
+	for (int64_t i = 0; i < (int64_t) n_clusters * per_cluster; i++)
+		data[i * dim] *= 0.002f;
+	return data;
+}
+
 static bool
 graph_well_formed(const int32_t *graph, int64_t n, int d)
 {
@@ -542,7 +556,7 @@ test_knn_refine(void)
 	int32_t    *one = malloc(n * k * sizeof(int32_t));
 	int32_t    *two = malloc(n * k * sizeof(int32_t));
 	float	   *dists = malloc(n * k * sizeof(float));
-	CagraRefineOptions full = {30, 8, 0.0};
+	CagraRefineOptions full = {30, 8, 0.0, NULL};
 	CagraRefineOptions bad;
 	CagraRefineStats st;
 	char		err[256];
@@ -662,7 +676,7 @@ test_knn_partitioned(void)
 	int			dim = 12,
 				k = 16;
 	int64_t		n = 3000;
-	float	   *data = cluster_data(30, 100, dim);
+	float	   *data = close_cluster_data(30, 100, dim);
 	int32_t    *exact = malloc(n * k * sizeof(int32_t));
 	int32_t    *part = malloc(n * k * sizeof(int32_t));
 	float	   *exact_d = malloc(n * k * sizeof(float));
@@ -670,15 +684,12 @@ test_knn_partitioned(void)
 	char		err[256];
 	double		recall;
 
-	/* clusters 1000 apart on axis 0 would make k-means trivial: bring them close */
-	for (int64_t i = 0; i < n; i++)
-		data[i * dim] *= 0.002f;
 	CHECK(cagra_knn_exact(data, n, dim, CAGRA_METRIC_L2, k, 2, NULL, exact, exact_d,
 						  err, sizeof(err)) == CAGRA_OK, "exact: %s", err);
 
 	/* 600 rows, 3 lists, 3 probes: every list is searched among all rows */
 	CHECK(cagra_knn_partitioned(data, 600, dim, CAGRA_METRIC_L2, k, 200, 3, 0, 2, NULL,
-								part, part_d, err, sizeof(err)) == CAGRA_OK,
+								part, part_d, NULL, err, sizeof(err)) == CAGRA_OK,
 		  "partitioned, every list probed: %s", err);
 	CHECK(cagra_knn_exact(data, 600, dim, CAGRA_METRIC_L2, k, 2, NULL, exact, exact_d,
 						  err, sizeof(err)) == CAGRA_OK, "exact 600: %s", err);
@@ -686,21 +697,21 @@ test_knn_partitioned(void)
 
 	/* one probe of a 2-row list cannot hold 16 neighbours: exact fallback */
 	CHECK(cagra_knn_partitioned(data, 600, dim, CAGRA_METRIC_L2, k, 2, 1, 0, 2, NULL,
-								part, part_d, err, sizeof(err)) == CAGRA_OK,
+								part, part_d, NULL, err, sizeof(err)) == CAGRA_OK,
 		  "partitioned, tiny lists: %s", err);
 	CHECK(rows_equal(part, exact, 600 * k), "tiny lists equal the exact kNN");
 
 	CHECK(cagra_knn_exact(data, n, dim, CAGRA_METRIC_L2, k, 2, NULL, exact, exact_d,
 						  err, sizeof(err)) == CAGRA_OK, "exact: %s", err);
 	CHECK(cagra_knn_partitioned(data, n, dim, CAGRA_METRIC_L2, k, 150, 3, 0, 2, NULL,
-								part, part_d, err, sizeof(err)) == CAGRA_OK,
+								part, part_d, NULL, err, sizeof(err)) == CAGRA_OK,
 		  "partitioned: %s", err);
 	CHECK(knn_rows_well_formed(part, part_d, n, k), "partitioned rows well formed");
 	recall = knn_overlap(part, exact, n, k);
 	CHECK(recall >= 0.9, "partitioned kNN recall %.4f", recall);
 
 	CHECK(cagra_knn_partitioned(data, n, dim, CAGRA_METRIC_L2, k, 1, 3, 0, 2, NULL,
-								part, part_d, err, sizeof(err)) == CAGRA_ERR_PARAM,
+								part, part_d, NULL, err, sizeof(err)) == CAGRA_ERR_PARAM,
 		  "list_rows 1 is rejected");
 
 	/*
@@ -720,7 +731,7 @@ test_knn_partitioned(void)
 							  exact, exact_d, err, sizeof(err)) == CAGRA_OK,
 			  "exact, metric %d: %s", metric, err);
 		CHECK(cagra_knn_partitioned(data, n, dim, (CagraMetric) metric, k, 750, 4, 0, 2,
-									NULL, part, part_d, err, sizeof(err)) == CAGRA_OK,
+									NULL, part, part_d, NULL, err, sizeof(err)) == CAGRA_OK,
 			  "partitioned, metric %d: %s", metric, err);
 		for (int64_t i = 0; i < n * k; i++)
 		{
@@ -1018,6 +1029,110 @@ test_prune_simd_agrees(void)
 }
 
 /* The kNN stages and the pruning, with the distance kernels at `isa`. */
+/*
+ * The probe choice: the fewest probes that reach the target, or where the
+ * next window of probes gains too little, or the most allowed.
+ */
+static void
+test_list_choose_probes(void)
+{
+	double		steep[9] = {0, 0.5, 0.8, 0.9, 0.93, 0.96, 0.97, 0.98, 0.99};
+	double		flat[9] = {0, 0.10, 0.11, 0.12, 0.13, 0.14, 0.15, 0.16, 0.17};
+	double		stall[9] = {0, 0.10, 0.20, 0.21, 0.21, 0.21, 0.21, 0.50, 0.70};
+	double		jump[9] = {0, 0.10, 0.11, 0.11, 0.11, 0.30, 0.31, 0.31, 0.31};
+	double		near[9] = {0, 0.90, 0.93, 0.945, 0.949, 0.951, 0.952, 0.953, 0.954};
+
+	CHECK(cagra_list_choose_probes(steep, 8, 0.95, 0.005) == 5,
+		  "steep curve: the first probe count at the target");
+	CHECK(cagra_list_choose_probes(steep, 8, 0.999, 0.005) == 8,
+		  "steep curve, target never reached: the most allowed");
+	CHECK(cagra_list_choose_probes(flat, 8, 0.95, 0.02) == 1,
+		  "flat curve: one point a probe is below a gain of two");
+	CHECK(cagra_list_choose_probes(flat, 8, 0.95, 0.005) == 8,
+		  "flat curve: one point a probe is above a gain of half a point");
+	CHECK(cagra_list_choose_probes(stall, 8, 0.95, 0.02) == 2,
+		  "a window of flat probes stops the search (%d)",
+		  cagra_list_choose_probes(stall, 8, 0.95, 0.02));
+	CHECK(cagra_list_choose_probes(near, 8, 0.95, 0.02) == 5,
+		  "a flat window that reaches the target: the probes that reach it (%d)",
+		  cagra_list_choose_probes(near, 8, 0.95, 0.02));
+	CHECK(cagra_list_choose_probes(near, 8, 0.96, 0.02) == 1,
+		  "a flat window short of the target: stop (%d)",
+		  cagra_list_choose_probes(near, 8, 0.96, 0.02));
+	CHECK(cagra_list_choose_probes(jump, 8, 0.95, 0.02) == 5,
+		  "flat probes before a steep one within the window do not (%d)",
+		  cagra_list_choose_probes(jump, 8, 0.95, 0.02));
+}
+
+/*
+ * The check: exact rows score 1, and the partitioned stage's recall curve
+ * predicts what its search finds: with the probes it chose, the lists hold
+ * what the curve said (NN-descent's first check measures the lists before
+ * it changes them), and on well-separated clusters few probes suffice.
+ */
+static void
+test_knn_check(void)
+{
+	int			dim = 12,
+				k = 16;
+	int64_t		n = 6000;
+	float	   *data = close_cluster_data(60, 100, dim);
+	int32_t    *exact = malloc(n * k * sizeof(int32_t));
+	int32_t    *part = malloc(n * k * sizeof(int32_t));
+	CagraKnnCheck check;
+	CagraKnnStats st;
+	char		err[256];
+
+	CHECK(cagra_knn_exact(data, n, dim, CAGRA_METRIC_L2, k, 2, NULL, exact, NULL,
+						  err, sizeof(err)) == CAGRA_OK, "exact: %s", err);
+	CHECK(cagra_knn_check_prepare(&check, data, n, dim, CAGRA_METRIC_L2, k, 2,
+								  NULL, err, sizeof(err)) == CAGRA_OK &&
+		  check.n_rows == CAGRA_KNN_CHECK_ROWS, "check: %s", err);
+	CHECK(cagra_knn_check_recall(&check, exact) == 1.0, "the exact graph scores 1");
+	memcpy(part, exact, n * k * sizeof(int32_t));
+	for (int64_t i = 0; i < n; i++)
+		part[i * k] = -1;
+	CHECK(fabs(cagra_knn_check_recall(&check, part) - (k - 1.0) / k) < 1e-9,
+		  "one neighbour of k missing everywhere: %.4f",
+		  cagra_knn_check_recall(&check, part));
+	cagra_knn_check_free(&check);
+
+	/* lists of 50 rows on 60 clusters of 100: its own cluster in 2-3 lists */
+	CHECK(cagra_knn_partitioned(data, n, dim, CAGRA_METRIC_L2, k, 50, 0, 1, 2, NULL,
+								part, NULL, &st, err, sizeof(err)) == CAGRA_OK,
+		  "partitioned, probes chosen: %s", err);
+	CHECK(st.n_lists == 120 && st.n_probe_recall == CAGRA_LIST_PROBES_MAX + 1 &&
+		  st.probes >= 2 && st.probes < 10,
+		  "%d probes of %d lists chosen", st.probes, st.n_lists);
+	CHECK(st.probe_recall[st.probes] >= CAGRA_LIST_TARGET_RECALL &&
+		  st.probe_recall[st.probes - 1] < CAGRA_LIST_TARGET_RECALL,
+		  "the fewest probes reaching the target: %.4f at %d, %.4f at one fewer",
+		  st.probe_recall[st.probes], st.probes, st.probe_recall[st.probes - 1]);
+	CHECK(st.refine.recall_before >= st.probe_recall[st.probes] - 0.001 &&
+		  st.refine.recall_before <= st.probe_recall[st.probes] + 0.01 &&
+		  st.refine.iterations == 0,
+		  "the lists hold what the curve predicted: %.4f, predicted %.4f (%d iterations)",
+		  st.refine.recall_before, st.probe_recall[st.probes], st.refine.iterations);
+	CHECK(knn_overlap(part, exact, n, k) >= CAGRA_LIST_TARGET_RECALL - 0.02,
+		  "all rows: recall %.4f", knn_overlap(part, exact, n, k));
+
+	/*
+	 * A fixed count is searched as given, and the curve is still measured.
+	 * The lists may hold a little more than predicted: rows of lists too
+	 * small for k neighbours get an exact search.
+	 */
+	CHECK(cagra_knn_partitioned(data, n, dim, CAGRA_METRIC_L2, k, 50, 1, 1, 2, NULL,
+								part, NULL, &st, err, sizeof(err)) == CAGRA_OK &&
+		  st.probes == 1 &&
+		  st.refine.recall_before >= st.probe_recall[1] - 0.001 &&
+		  st.refine.recall_before <= st.probe_recall[1] + 0.01,
+		  "one probe: %.4f, predicted %.4f", st.refine.recall_before,
+		  st.probe_recall[1]);
+	free(data);
+	free(exact);
+	free(part);
+}
+
 static void
 test_knn_stages(VecIsa isa)
 {
@@ -1028,6 +1143,7 @@ test_knn_stages(VecIsa isa)
 	test_brute_force();
 	test_knn_partitioned();
 	test_knn_refine();
+	test_knn_check();
 	vec_distance_init(VEC_ISA_AVX512);
 }
 
@@ -1039,6 +1155,7 @@ main(void)
 	/* the same checks through the scalar scan and route-mask kernels */
 	test_knn_stages(VEC_ISA_SCALAR);
 	test_prune_simd_agrees();
+	test_list_choose_probes();
 	test_merge_reverse_by_hand();
 	test_merge_reverse_protected();
 	test_connectivity_free_slots();
