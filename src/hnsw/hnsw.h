@@ -171,6 +171,8 @@ typedef struct HnswGraphNode
 {
 	float	   *vec;			/* dim floats (normalised for cosine) */
 	int32_t    *nbrs;			/* 2m + level * m slots */
+	float	   *dists;			/* each slot's distance to vec, NaN where
+								 * not known (lists set from elsewhere) */
 	uint8_t    *counts;			/* level + 1 neighbour counts */
 	uint8_t		level;
 } HnswGraphNode;

@@ -47,6 +47,7 @@
 #define KEY_SCAN		UINT64CONST(0xA000000000000002)
 #define KEY_NODES		UINT64CONST(0xA000000000000003)
 #define KEY_SLOTS		UINT64CONST(0xA000000000000004)
+#define KEY_DISTS		UINT64CONST(0xA000000000000005)
 
 typedef struct SharedNode
 {
@@ -96,6 +97,7 @@ typedef struct ParallelBuilder
 	HnswShared *sh;
 	char	   *nodes;
 	int32	   *slots;
+	float	   *dists;			/* each slot's distance to its node */
 	HnswMetric	metric;
 	uint32	   *visited;
 	uint32		visitTag;
@@ -127,6 +129,12 @@ static inline int32 *
 sslots(ParallelBuilder *pb, SharedNode *node, int level)
 {
 	return pb->slots + node->slotsOff + hnsw_level_offset(pb->sh->m, level);
+}
+
+static inline float *
+sdists(ParallelBuilder *pb, SharedNode *node, int level)
+{
+	return pb->dists + node->slotsOff + hnsw_level_offset(pb->sh->m, level);
 }
 
 static inline float
@@ -234,12 +242,14 @@ add_link(ParallelBuilder *pb, int32 src, int32 dst, float dist, int level)
 	SharedNode *node = snode(pb, src);
 	int			max = hnsw_level_slots(pb->sh->m, level);
 	int32	   *nb;
+	float	   *nd;
 	int			cnt,
 				i,
 				n;
 
 	LWLockAcquire(&node->lock, LW_EXCLUSIVE);
 	nb = sslots(pb, node, level);
+	nd = sdists(pb, node, level);
 	cnt = node->counts[level];
 	for (i = 0; i < cnt; i++)
 		if (nb[i] == dst)
@@ -249,23 +259,25 @@ add_link(ParallelBuilder *pb, int32 src, int32 dst, float dist, int level)
 	else if (cnt < max)
 	{
 		nb[cnt] = dst;
+		nd[cnt] = dist;
 		node->counts[level] = cnt + 1;
 	}
 	else
 	{
-		const float *v = svec(pb, src);
-
 		for (i = 0; i < cnt; i++)
 		{
 			pb->scratch[i].id = nb[i];
-			pb->scratch[i].dist = sdist(pb, v, nb[i]);
+			pb->scratch[i].dist = nd[i];
 		}
 		pb->scratch[cnt].id = dst;
 		pb->scratch[cnt].dist = dist;
 		qsort(pb->scratch, cnt + 1, sizeof(HnswHeapItem), cmp_item);
 		n = select_neighbors(pb, pb->scratch, cnt + 1, max, pb->scratch2);
 		for (i = 0; i < n; i++)
+		{
 			nb[i] = pb->scratch2[i].id;
+			nd[i] = pb->scratch2[i].dist;
+		}
 		node->counts[level] = n;
 	}
 	LWLockRelease(&node->lock);
@@ -343,8 +355,10 @@ insert_row(ParallelBuilder *pb, const float *vec, ItemPointer heaptid)
 	{
 		int			nf = search_layer(pb, vec, ep, epdist, sh->efc, lc, pb->found);
 
-		selected[lc] = palloc(sizeof(HnswHeapItem) * m);
-		nselected[lc] = select_neighbors(pb, pb->found, nf, m, selected[lc]);
+		/* as many as the list holds: 2m at level 0 (hnswgraph.c) */
+		selected[lc] = palloc(sizeof(HnswHeapItem) * hnsw_level_slots(m, lc));
+		nselected[lc] = select_neighbors(pb, pb->found, nf,
+										 hnsw_level_slots(m, lc), selected[lc]);
 		ep = pb->found[0].id;
 		epdist = pb->found[0].dist;
 	}
@@ -353,9 +367,13 @@ insert_row(ParallelBuilder *pb, const float *vec, ItemPointer heaptid)
 	for (lc = top; lc >= 0; lc--)
 	{
 		int32	   *nb = sslots(pb, node, lc);
+		float	   *nd = sdists(pb, node, lc);
 
 		for (i = 0; i < nselected[lc]; i++)
+		{
 			nb[i] = selected[lc][i].id;
+			nd[i] = selected[lc][i].dist;
+		}
 		node->counts[lc] = nselected[lc];
 	}
 	/* then the links back (Alg. 1, lines 10-16) */
@@ -404,7 +422,8 @@ parallel_callback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
 /* The part every participant runs: its share of the scan, inserted. */
 static void
 participate(HnswShared *sh, ParallelTableScanDesc pscan, char *nodes,
-			int32 *slots, Relation heap, Relation index, IndexInfo *indexInfo)
+			int32 *slots, float *dists, Relation heap, Relation index,
+			IndexInfo *indexInfo)
 {
 	ParallelBuilder pb;
 	CallbackState cs;
@@ -417,6 +436,7 @@ participate(HnswShared *sh, ParallelTableScanDesc pscan, char *nodes,
 	pb.sh = sh;
 	pb.nodes = nodes;
 	pb.slots = slots;
+	pb.dists = dists;
 	pb.metric = (HnswMetric) sh->metric;
 	pb.visited = MemoryContextAllocHuge(CurrentMemoryContext,
 										sizeof(uint32) * sh->capacity);
@@ -456,6 +476,7 @@ hnsw_parallel_build_main(dsm_segment *seg, shm_toc *toc)
 	ParallelTableScanDesc pscan = shm_toc_lookup(toc, KEY_SCAN, false);
 	char	   *nodes = shm_toc_lookup(toc, KEY_NODES, false);
 	int32	   *slots = shm_toc_lookup(toc, KEY_SLOTS, false);
+	float	   *dists = shm_toc_lookup(toc, KEY_DISTS, false);
 	LOCKMODE	heapLockmode = sh->isconcurrent ? ShareUpdateExclusiveLock : ShareLock;
 	Relation	heap;
 	Relation	index;
@@ -466,7 +487,7 @@ hnsw_parallel_build_main(dsm_segment *seg, shm_toc *toc)
 	index = index_open(sh->indexrelid, RowExclusiveLock);
 	indexInfo = BuildIndexInfo(index);
 	indexInfo->ii_Concurrent = sh->isconcurrent;
-	participate(sh, pscan, nodes, slots, heap, index, indexInfo);
+	participate(sh, pscan, nodes, slots, dists, heap, index, indexInfo);
 	index_close(index, RowExclusiveLock);
 	table_close(heap, heapLockmode);
 }
@@ -491,6 +512,7 @@ hnsw_build_parallel(HnswBuildState *bs)
 	ParallelTableScanDesc pscan;
 	char	   *nodes;
 	int32	   *slots;
+	float	   *dists;
 	uint32		n,
 				i;
 	HnswGraph  *g;
@@ -504,7 +526,8 @@ hnsw_build_parallel(HnswBuildState *bs)
 
 	/* room for the rows, within maintenance_work_mem */
 	stride = MAXALIGN(NODE_HEADER + sizeof(float) * bs->dim);
-	capacity = bs->memLimit / (stride + sizeof(int32) * 4 * bs->m + sizeof(uint32));
+	capacity = bs->memLimit / (stride + (sizeof(int32) + sizeof(float)) * 4 * bs->m +
+							   sizeof(uint32));
 	estimate = bs->heap->rd_rel->reltuples;
 	if (estimate > 0 && capacity > (uint64) (estimate * 1.2 + 1000))
 		capacity = (uint64) (estimate * 1.2 + 1000);
@@ -527,7 +550,8 @@ hnsw_build_parallel(HnswBuildState *bs)
 	shm_toc_estimate_chunk(&pcxt->estimator, scanSize);
 	shm_toc_estimate_chunk(&pcxt->estimator, stride * capacity);
 	shm_toc_estimate_chunk(&pcxt->estimator, sizeof(int32) * slotCap);
-	shm_toc_estimate_keys(&pcxt->estimator, 4);
+	shm_toc_estimate_chunk(&pcxt->estimator, sizeof(float) * slotCap);
+	shm_toc_estimate_keys(&pcxt->estimator, 5);
 	InitializeParallelDSM(pcxt);
 	if (pcxt->seg == NULL)
 	{
@@ -563,16 +587,19 @@ hnsw_build_parallel(HnswBuildState *bs)
 	table_parallelscan_initialize(bs->heap, pscan, snapshot);
 	nodes = shm_toc_allocate(pcxt->toc, stride * capacity);
 	slots = shm_toc_allocate(pcxt->toc, sizeof(int32) * slotCap);
+	dists = shm_toc_allocate(pcxt->toc, sizeof(float) * slotCap);
 	shm_toc_insert(pcxt->toc, KEY_SHARED, sh);
 	shm_toc_insert(pcxt->toc, KEY_SCAN, pscan);
 	shm_toc_insert(pcxt->toc, KEY_NODES, nodes);
 	shm_toc_insert(pcxt->toc, KEY_SLOTS, slots);
+	shm_toc_insert(pcxt->toc, KEY_DISTS, dists);
 
 	LaunchParallelWorkers(pcxt);
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE,
 								 PROGRESS_HNSW_PHASE_LOAD);
 	/* the leader takes its share too */
-	participate(sh, pscan, nodes, slots, bs->heap, bs->index, bs->indexInfo);
+	participate(sh, pscan, nodes, slots, dists, bs->heap, bs->index,
+				bs->indexInfo);
 	WaitForParallelWorkersToFinish(pcxt);
 	if (IsMVCCSnapshot(snapshot))
 		UnregisterSnapshot(snapshot);
@@ -614,6 +641,7 @@ hnsw_build_parallel(HnswBuildState *bs)
 
 			g->nodes[i].vec = svec(&view, i);
 			g->nodes[i].nbrs = slots + node->slotsOff;
+			g->nodes[i].dists = dists + node->slotsOff;
 			g->nodes[i].counts = node->counts;
 			g->nodes[i].level = node->level;
 			bs->heaptids[i * HNSW_HEAPTIDS] = node->heaptid;
