@@ -56,6 +56,7 @@ typedef struct SharedNode
 	ItemPointerData heaptid;
 	uint8		level;
 	uint8		counts[HNSW_PURE_MAX_LEVELS];
+	uint8		nkept[HNSW_PURE_MAX_LEVELS];	/* hnsw_list_add's state */
 	/* the vector follows at NODE_HEADER */
 } SharedNode;
 
@@ -104,8 +105,7 @@ typedef struct ParallelBuilder
 	HnswHeap	cand;
 	HnswHeap	res;
 	HnswHeapItem *found;
-	HnswHeapItem *scratch;
-	HnswHeapItem *scratch2;
+	HnswHeapItem *scratch;		/* hnsw_list_add's */
 	int32	   *copy;
 	MemoryContext tmpCtx;
 	double		reltuples;
@@ -215,26 +215,6 @@ search_layer(ParallelBuilder *pb, const float *q, int32 ep, float epdist,
 	return hnsw_layer_search(&ls, q, ep, epdist, ef, level, out);
 }
 
-/* Alg. 4 over nodes of the shared graph. */
-static int
-select_neighbors(ParallelBuilder *pb, const HnswHeapItem *cands, int n,
-				 int max, HnswHeapItem *out)
-{
-	return hnsw_select_keep_pruned(pb->metric, pb->sh->dim, cands, n, max,
-								   shared_vector, pb, out);
-}
-
-static int
-cmp_item(const void *a, const void *b)
-{
-	const HnswHeapItem *x = a;
-	const HnswHeapItem *y = b;
-
-	if (x->dist != y->dist)
-		return x->dist < y->dist ? -1 : 1;
-	return x->id < y->id ? -1 : x->id > y->id;
-}
-
 /* Edge src -> dst at a level; a full list is re-selected (under its lock). */
 static void
 add_link(ParallelBuilder *pb, int32 src, int32 dst, float dist, int level)
@@ -244,8 +224,7 @@ add_link(ParallelBuilder *pb, int32 src, int32 dst, float dist, int level)
 	int32	   *nb;
 	float	   *nd;
 	int			cnt,
-				i,
-				n;
+				i;
 
 	LWLockAcquire(&node->lock, LW_EXCLUSIVE);
 	nb = sslots(pb, node, level);
@@ -254,32 +233,11 @@ add_link(ParallelBuilder *pb, int32 src, int32 dst, float dist, int level)
 	for (i = 0; i < cnt; i++)
 		if (nb[i] == dst)
 			break;
-	if (i < cnt)
-		;						/* already there */
-	else if (cnt < max)
-	{
-		nb[cnt] = dst;
-		nd[cnt] = dist;
-		node->counts[level] = cnt + 1;
-	}
-	else
-	{
-		for (i = 0; i < cnt; i++)
-		{
-			pb->scratch[i].id = nb[i];
-			pb->scratch[i].dist = nd[i];
-		}
-		pb->scratch[cnt].id = dst;
-		pb->scratch[cnt].dist = dist;
-		qsort(pb->scratch, cnt + 1, sizeof(HnswHeapItem), cmp_item);
-		n = select_neighbors(pb, pb->scratch, cnt + 1, max, pb->scratch2);
-		for (i = 0; i < n; i++)
-		{
-			nb[i] = pb->scratch2[i].id;
-			nd[i] = pb->scratch2[i].dist;
-		}
-		node->counts[level] = n;
-	}
+	if (i == cnt)
+		node->counts[level] = hnsw_list_add(pb->metric, pb->sh->dim, nb, nd,
+											&node->nkept[level], cnt, max,
+											dst, dist, shared_vector, pb,
+											pb->scratch);
 	LWLockRelease(&node->lock);
 }
 
@@ -303,6 +261,7 @@ insert_row(ParallelBuilder *pb, const float *vec, ItemPointer heaptid)
 				i;
 	HnswHeapItem *selected[HNSW_PURE_MAX_LEVELS];
 	int			nselected[HNSW_PURE_MAX_LEVELS];
+	int			nheuristic[HNSW_PURE_MAX_LEVELS];
 #if PG_VERSION_NUM >= 150000
 	double		u = pg_prng_double(&pg_global_prng_state);
 #else
@@ -328,6 +287,7 @@ insert_row(ParallelBuilder *pb, const float *vec, ItemPointer heaptid)
 	node->heaptid = *heaptid;
 	node->level = level;
 	memset(node->counts, 0, sizeof(node->counts));
+	memset(node->nkept, HNSW_KEPT_UNKNOWN, sizeof(node->nkept));
 	memcpy(svec(pb, id), vec, sizeof(float) * sh->dim);
 
 	LWLockAcquire(&sh->entryLock, mode);
@@ -357,8 +317,9 @@ insert_row(ParallelBuilder *pb, const float *vec, ItemPointer heaptid)
 
 		/* as many as the list holds: 2m at level 0 (hnswgraph.c) */
 		selected[lc] = palloc(sizeof(HnswHeapItem) * hnsw_level_slots(m, lc));
-		nselected[lc] = select_neighbors(pb, pb->found, nf,
-										 hnsw_level_slots(m, lc), selected[lc]);
+		nselected[lc] = hnsw_select_list(pb->metric, sh->dim, pb->found, nf,
+										 hnsw_level_slots(m, lc), shared_vector,
+										 pb, selected[lc], &nheuristic[lc]);
 		ep = pb->found[0].id;
 		epdist = pb->found[0].dist;
 	}
@@ -374,6 +335,9 @@ insert_row(ParallelBuilder *pb, const float *vec, ItemPointer heaptid)
 			nb[i] = selected[lc][i].id;
 			nd[i] = selected[lc][i].dist;
 		}
+		/* a full list's state for hnsw_list_add */
+		node->nkept[lc] = nselected[lc] == hnsw_level_slots(m, lc) ?
+			(uint8) nheuristic[lc] : HNSW_KEPT_UNKNOWN;
 		node->counts[lc] = nselected[lc];
 	}
 	/* then the links back (Alg. 1, lines 10-16) */
@@ -444,8 +408,7 @@ participate(HnswShared *sh, ParallelTableScanDesc pscan, char *nodes,
 	hnsw_heap_init(&pb.cand, false, sh->efc * 4, a);
 	hnsw_heap_init(&pb.res, true, sh->efc + 1, a);
 	pb.found = palloc(sizeof(HnswHeapItem) * (sh->efc + 1));
-	pb.scratch = palloc(sizeof(HnswHeapItem) * (2 * sh->m + 1));
-	pb.scratch2 = palloc(sizeof(HnswHeapItem) * (2 * sh->m + 1));
+	pb.scratch = palloc(sizeof(HnswHeapItem) * 2 * (2 * sh->m + 1));
 	pb.copy = palloc(sizeof(int32) * 2 * sh->m);
 	pb.tmpCtx = AllocSetContextCreate(CurrentMemoryContext,
 									  "gnnhnsw parallel build",
@@ -643,6 +606,7 @@ hnsw_build_parallel(HnswBuildState *bs)
 			g->nodes[i].nbrs = slots + node->slotsOff;
 			g->nodes[i].dists = dists + node->slotsOff;
 			g->nodes[i].counts = node->counts;
+			g->nodes[i].nkept = node->nkept;
 			g->nodes[i].level = node->level;
 			bs->heaptids[i * HNSW_HEAPTIDS] = node->heaptid;
 			bs->nheaptids[i] = 1;
