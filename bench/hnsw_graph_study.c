@@ -13,9 +13,11 @@
  *	make bench/bin/hnsw_graph_study
  *	bench/bin/hnsw_graph_study --data bench/data/tfidf-gcide-256 --efs 10,20,40,80
  *
- * --load FILE reads a graph written by bench/pgv_graph_dump.py: int32 n,
- * int32 maxlevel, entry; then per node: int32 row, int32 level, then per
- * level int32 count and count node ids.  Rows index base.f32.
+ * --load FILE [--rows FILE.rows] reads a graph written by
+ * bench/pgv_graph_dump.py (pgvector's index): int32 n, int32 top level,
+ * int32 entry; then per node: int32 row, int32 level, then per level int32
+ * count and count node ids.  Rows index base.f32.  The paper's timings
+ * are not what this is for: distances and lists read per query are.
  */
 #include <math.h>
 #include <stdio.h>
