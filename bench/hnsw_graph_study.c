@@ -16,8 +16,8 @@
  * --load FILE [--rows FILE.rows] reads a graph written by
  * bench/pgv_graph_dump.py (pgvector's index): int32 n, int32 top level,
  * int32 entry; then per node: int32 row, int32 level, then per level int32
- * count and count node ids.  Rows index base.f32.  The paper's timings
- * are not what this is for: distances and lists read per query are.
+ * count and count node ids.  Rows index base.f32.  Its CPU times depend
+ * on the machine; its distance and list counts are the graph's own.
  */
 #include <math.h>
 #include <stdio.h>
