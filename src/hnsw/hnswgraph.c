@@ -15,8 +15,10 @@
  * later nodes' back-links, to a mean of 24.7 of 32 on the TF-IDF set of
  * docs/benchmarks.md, and searches found less per ef and per distance
  * computed on TF-IDF and Fashion-MNIST (docs/gnnhnsw.md, Build).  A full
- * list is re-selected over its members plus the new one; each slot keeps
- * its member's distance, so that only the new one's is computed then.
+ * list is re-selected over its members plus the new one from the state the
+ * last selection left (hnsw_list_add): each slot keeps its member's
+ * distance, and only what the new one can change is recomputed, which
+ * more than pays for the extra links.
  */
 #define HNSW_PURE
 #include "hnsw/hnsw.h"
@@ -397,6 +399,19 @@ search_layer(HnswGraph *g, const float *q, int32_t ep, float epdist, int ef,
 	return hnsw_layer_search(&ls, q, ep, epdist, ef, level, out);
 }
 
+/* Whether c is nearer to one of kept[0..n) than to the list's owner. */
+static bool
+pruned_by(HnswMetric metric, int dim, const HnswHeapItem *c,
+		  const HnswHeapItem *kept, int n, HnswVectorOf vector_of, void *arg)
+{
+	const float *cv = vector_of(arg, c->id);
+
+	for (int j = 0; j < n; j++)
+		if (hnsw_distance(metric, cv, vector_of(arg, kept[j].id), dim) < c->dist)
+			return true;
+	return false;
+}
+
 int
 hnsw_heuristic_select(HnswMetric metric, int dim, const HnswHeapItem *cands,
 					  int ncands, int max, HnswVectorOf vector_of, void *arg,
@@ -405,16 +420,8 @@ hnsw_heuristic_select(HnswMetric metric, int dim, const HnswHeapItem *cands,
 	int			nout = 0;
 
 	for (int i = 0; i < ncands && nout < max; i++)
-	{
-		const float *cv = vector_of(arg, cands[i].id);
-		bool		good = true;
-
-		for (int j = 0; j < nout && good; j++)
-			if (hnsw_distance(metric, cv, vector_of(arg, out[j].id), dim) < cands[i].dist)
-				good = false;
-		if (good)
+		if (!pruned_by(metric, dim, &cands[i], out, nout, vector_of, arg))
 			out[nout++] = cands[i];
-	}
 	return nout;
 }
 
@@ -467,19 +474,6 @@ static inline bool
 item_before(const HnswHeapItem *x, const HnswHeapItem *y)
 {
 	return x->dist < y->dist || (x->dist == y->dist && x->id < y->id);
-}
-
-/* Whether c is nearer to one of kept[0..n) than to the list's owner. */
-static bool
-pruned_by(HnswMetric metric, int dim, const HnswHeapItem *c,
-		  const HnswHeapItem *kept, int n, HnswVectorOf vector_of, void *arg)
-{
-	const float *cv = vector_of(arg, c->id);
-
-	for (int j = 0; j < n; j++)
-		if (hnsw_distance(metric, cv, vector_of(arg, kept[j].id), dim) < c->dist)
-			return true;
-	return false;
 }
 
 int
