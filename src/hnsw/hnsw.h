@@ -172,7 +172,10 @@ typedef struct HnswGraphNode
 {
 	float	   *vec;			/* dim floats (normalised for cosine) */
 	int32_t    *nbrs;			/* 2m + level * m slots */
+	float	   *dists;			/* each slot's distance to vec, NaN where
+								 * not known (lists set from elsewhere) */
 	uint8_t    *counts;			/* level + 1 neighbour counts */
+	uint8_t    *nkept;			/* level + 1 (hnsw_list_add), after counts */
 	uint8_t		level;
 } HnswGraphNode;
 
@@ -376,16 +379,44 @@ extern int	hnsw_select_keep_pruned(HnswMetric metric, int dim,
 									HnswHeapItem *out);
 
 /*
+ * hnsw_select_keep_pruned that also says how many of the out[] it returns
+ * the heuristic kept (they come first).
+ */
+extern int	hnsw_select_list(HnswMetric metric, int dim,
+							 const HnswHeapItem *cands, int ncands, int max,
+							 HnswVectorOf vector_of, void *arg,
+							 HnswHeapItem *out, int *nheuristic);
+
+/* A list whose hnsw_list_add state is not known. */
+#define HNSW_KEPT_UNKNOWN	0xFF
+
+/*
+ * Add the candidate (id, dist) to a build's list: ids[] and their
+ * distances to the list's owner, cnt members of at most max (<= 254), id
+ * not among them.  A list with room takes it at the end.  A full list is
+ * re-selected over its members and the candidate: exactly
+ * hnsw_select_keep_pruned over them in ascending (distance, id) order,
+ * which drops one.  The list is then the heuristic's choice (*nkept
+ * members) followed by the others, each part ascending: from that state
+ * the next re-selection computes only the distances whose outcome the
+ * candidate can change (the candidate's to the kept members before it, then
+ * one per kept member after it, or more when one of those is dropped).
+ * *nkept is HNSW_KEPT_UNKNOWN where the state is not known (after an append
+ * or a list set from elsewhere): that re-selection computes them all.
+ * scratch: room for 2 * (max + 1).  Returns the new count.
+ */
+extern int	hnsw_list_add(HnswMetric metric, int dim, int32_t *ids,
+						  float *dists, uint8_t *nkept, int cnt, int max,
+						  int32_t id, float dist, HnswVectorOf vector_of,
+						  void *arg, HnswHeapItem *scratch);
+
+/*
  * The in-memory graph's lists and vectors as HnswLayerSearch and
  * hnsw_heuristic_select read them (arg is the HnswGraph).
  */
 extern int	hnsw_graph_neighbors_of(void *arg, int32_t id, int level,
 									const int32_t **list);
 extern const float *hnsw_graph_vector_of(void *arg, int32_t id);
-
-/* Alg. 4 over nodes of the in-memory graph (ids are node ids). */
-extern int	hnsw_select_neighbors(HnswGraph *g, const HnswHeapItem *cands,
-								  int ncands, int max, HnswHeapItem *out);
 
 /*
  * hnswcache.c: vectors by 64-bit key (an element's TID), each with one

@@ -47,6 +47,7 @@
 #define KEY_SCAN		UINT64CONST(0xA000000000000002)
 #define KEY_NODES		UINT64CONST(0xA000000000000003)
 #define KEY_SLOTS		UINT64CONST(0xA000000000000004)
+#define KEY_DISTS		UINT64CONST(0xA000000000000005)
 
 typedef struct SharedNode
 {
@@ -55,6 +56,7 @@ typedef struct SharedNode
 	ItemPointerData heaptid;
 	uint8		level;
 	uint8		counts[HNSW_PURE_MAX_LEVELS];
+	uint8		nkept[HNSW_PURE_MAX_LEVELS];	/* hnsw_list_add's state */
 	/* the vector follows at NODE_HEADER */
 } SharedNode;
 
@@ -96,14 +98,14 @@ typedef struct ParallelBuilder
 	HnswShared *sh;
 	char	   *nodes;
 	int32	   *slots;
+	float	   *dists;			/* each slot's distance to its node */
 	HnswMetric	metric;
 	uint32	   *visited;
 	uint32		visitTag;
 	HnswHeap	cand;
 	HnswHeap	res;
 	HnswHeapItem *found;
-	HnswHeapItem *scratch;
-	HnswHeapItem *scratch2;
+	HnswHeapItem *scratch;		/* hnsw_list_add's */
 	int32	   *copy;
 	MemoryContext tmpCtx;
 	double		reltuples;
@@ -127,6 +129,12 @@ static inline int32 *
 sslots(ParallelBuilder *pb, SharedNode *node, int level)
 {
 	return pb->slots + node->slotsOff + hnsw_level_offset(pb->sh->m, level);
+}
+
+static inline float *
+sdists(ParallelBuilder *pb, SharedNode *node, int level)
+{
+	return pb->dists + node->slotsOff + hnsw_level_offset(pb->sh->m, level);
 }
 
 static inline float
@@ -207,26 +215,6 @@ search_layer(ParallelBuilder *pb, const float *q, int32 ep, float epdist,
 	return hnsw_layer_search(&ls, q, ep, epdist, ef, level, out);
 }
 
-/* Alg. 4 over nodes of the shared graph. */
-static int
-select_neighbors(ParallelBuilder *pb, const HnswHeapItem *cands, int n,
-				 int max, HnswHeapItem *out)
-{
-	return hnsw_select_keep_pruned(pb->metric, pb->sh->dim, cands, n, max,
-								   shared_vector, pb, out);
-}
-
-static int
-cmp_item(const void *a, const void *b)
-{
-	const HnswHeapItem *x = a;
-	const HnswHeapItem *y = b;
-
-	if (x->dist != y->dist)
-		return x->dist < y->dist ? -1 : 1;
-	return x->id < y->id ? -1 : x->id > y->id;
-}
-
 /* Edge src -> dst at a level; a full list is re-selected (under its lock). */
 static void
 add_link(ParallelBuilder *pb, int32 src, int32 dst, float dist, int level)
@@ -234,40 +222,22 @@ add_link(ParallelBuilder *pb, int32 src, int32 dst, float dist, int level)
 	SharedNode *node = snode(pb, src);
 	int			max = hnsw_level_slots(pb->sh->m, level);
 	int32	   *nb;
+	float	   *nd;
 	int			cnt,
-				i,
-				n;
+				i;
 
 	LWLockAcquire(&node->lock, LW_EXCLUSIVE);
 	nb = sslots(pb, node, level);
+	nd = sdists(pb, node, level);
 	cnt = node->counts[level];
 	for (i = 0; i < cnt; i++)
 		if (nb[i] == dst)
 			break;
-	if (i < cnt)
-		;						/* already there */
-	else if (cnt < max)
-	{
-		nb[cnt] = dst;
-		node->counts[level] = cnt + 1;
-	}
-	else
-	{
-		const float *v = svec(pb, src);
-
-		for (i = 0; i < cnt; i++)
-		{
-			pb->scratch[i].id = nb[i];
-			pb->scratch[i].dist = sdist(pb, v, nb[i]);
-		}
-		pb->scratch[cnt].id = dst;
-		pb->scratch[cnt].dist = dist;
-		qsort(pb->scratch, cnt + 1, sizeof(HnswHeapItem), cmp_item);
-		n = select_neighbors(pb, pb->scratch, cnt + 1, max, pb->scratch2);
-		for (i = 0; i < n; i++)
-			nb[i] = pb->scratch2[i].id;
-		node->counts[level] = n;
-	}
+	if (i == cnt)
+		node->counts[level] = hnsw_list_add(pb->metric, pb->sh->dim, nb, nd,
+											&node->nkept[level], cnt, max,
+											dst, dist, shared_vector, pb,
+											pb->scratch);
 	LWLockRelease(&node->lock);
 }
 
@@ -291,6 +261,7 @@ insert_row(ParallelBuilder *pb, const float *vec, ItemPointer heaptid)
 				i;
 	HnswHeapItem *selected[HNSW_PURE_MAX_LEVELS];
 	int			nselected[HNSW_PURE_MAX_LEVELS];
+	int			nheuristic[HNSW_PURE_MAX_LEVELS];
 #if PG_VERSION_NUM >= 150000
 	double		u = pg_prng_double(&pg_global_prng_state);
 #else
@@ -316,6 +287,7 @@ insert_row(ParallelBuilder *pb, const float *vec, ItemPointer heaptid)
 	node->heaptid = *heaptid;
 	node->level = level;
 	memset(node->counts, 0, sizeof(node->counts));
+	memset(node->nkept, HNSW_KEPT_UNKNOWN, sizeof(node->nkept));
 	memcpy(svec(pb, id), vec, sizeof(float) * sh->dim);
 
 	LWLockAcquire(&sh->entryLock, mode);
@@ -343,8 +315,11 @@ insert_row(ParallelBuilder *pb, const float *vec, ItemPointer heaptid)
 	{
 		int			nf = search_layer(pb, vec, ep, epdist, sh->efc, lc, pb->found);
 
-		selected[lc] = palloc(sizeof(HnswHeapItem) * m);
-		nselected[lc] = select_neighbors(pb, pb->found, nf, m, selected[lc]);
+		/* as many as the list holds: 2m at level 0 (hnswgraph.c) */
+		selected[lc] = palloc(sizeof(HnswHeapItem) * hnsw_level_slots(m, lc));
+		nselected[lc] = hnsw_select_list(pb->metric, sh->dim, pb->found, nf,
+										 hnsw_level_slots(m, lc), shared_vector,
+										 pb, selected[lc], &nheuristic[lc]);
 		ep = pb->found[0].id;
 		epdist = pb->found[0].dist;
 	}
@@ -353,9 +328,16 @@ insert_row(ParallelBuilder *pb, const float *vec, ItemPointer heaptid)
 	for (lc = top; lc >= 0; lc--)
 	{
 		int32	   *nb = sslots(pb, node, lc);
+		float	   *nd = sdists(pb, node, lc);
 
 		for (i = 0; i < nselected[lc]; i++)
+		{
 			nb[i] = selected[lc][i].id;
+			nd[i] = selected[lc][i].dist;
+		}
+		/* a full list's state for hnsw_list_add */
+		node->nkept[lc] = nselected[lc] == hnsw_level_slots(m, lc) ?
+			(uint8) nheuristic[lc] : HNSW_KEPT_UNKNOWN;
 		node->counts[lc] = nselected[lc];
 	}
 	/* then the links back (Alg. 1, lines 10-16) */
@@ -404,7 +386,8 @@ parallel_callback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
 /* The part every participant runs: its share of the scan, inserted. */
 static void
 participate(HnswShared *sh, ParallelTableScanDesc pscan, char *nodes,
-			int32 *slots, Relation heap, Relation index, IndexInfo *indexInfo)
+			int32 *slots, float *dists, Relation heap, Relation index,
+			IndexInfo *indexInfo)
 {
 	ParallelBuilder pb;
 	CallbackState cs;
@@ -417,6 +400,7 @@ participate(HnswShared *sh, ParallelTableScanDesc pscan, char *nodes,
 	pb.sh = sh;
 	pb.nodes = nodes;
 	pb.slots = slots;
+	pb.dists = dists;
 	pb.metric = (HnswMetric) sh->metric;
 	pb.visited = MemoryContextAllocHuge(CurrentMemoryContext,
 										sizeof(uint32) * sh->capacity);
@@ -424,8 +408,7 @@ participate(HnswShared *sh, ParallelTableScanDesc pscan, char *nodes,
 	hnsw_heap_init(&pb.cand, false, sh->efc * 4, a);
 	hnsw_heap_init(&pb.res, true, sh->efc + 1, a);
 	pb.found = palloc(sizeof(HnswHeapItem) * (sh->efc + 1));
-	pb.scratch = palloc(sizeof(HnswHeapItem) * (2 * sh->m + 1));
-	pb.scratch2 = palloc(sizeof(HnswHeapItem) * (2 * sh->m + 1));
+	pb.scratch = palloc(sizeof(HnswHeapItem) * 2 * (2 * sh->m + 1));
 	pb.copy = palloc(sizeof(int32) * 2 * sh->m);
 	pb.tmpCtx = AllocSetContextCreate(CurrentMemoryContext,
 									  "gnnhnsw parallel build",
@@ -456,6 +439,7 @@ hnsw_parallel_build_main(dsm_segment *seg, shm_toc *toc)
 	ParallelTableScanDesc pscan = shm_toc_lookup(toc, KEY_SCAN, false);
 	char	   *nodes = shm_toc_lookup(toc, KEY_NODES, false);
 	int32	   *slots = shm_toc_lookup(toc, KEY_SLOTS, false);
+	float	   *dists = shm_toc_lookup(toc, KEY_DISTS, false);
 	LOCKMODE	heapLockmode = sh->isconcurrent ? ShareUpdateExclusiveLock : ShareLock;
 	Relation	heap;
 	Relation	index;
@@ -466,7 +450,7 @@ hnsw_parallel_build_main(dsm_segment *seg, shm_toc *toc)
 	index = index_open(sh->indexrelid, RowExclusiveLock);
 	indexInfo = BuildIndexInfo(index);
 	indexInfo->ii_Concurrent = sh->isconcurrent;
-	participate(sh, pscan, nodes, slots, heap, index, indexInfo);
+	participate(sh, pscan, nodes, slots, dists, heap, index, indexInfo);
 	index_close(index, RowExclusiveLock);
 	table_close(heap, heapLockmode);
 }
@@ -491,6 +475,7 @@ hnsw_build_parallel(HnswBuildState *bs)
 	ParallelTableScanDesc pscan;
 	char	   *nodes;
 	int32	   *slots;
+	float	   *dists;
 	uint32		n,
 				i;
 	HnswGraph  *g;
@@ -504,7 +489,8 @@ hnsw_build_parallel(HnswBuildState *bs)
 
 	/* room for the rows, within maintenance_work_mem */
 	stride = MAXALIGN(NODE_HEADER + sizeof(float) * bs->dim);
-	capacity = bs->memLimit / (stride + sizeof(int32) * 4 * bs->m + sizeof(uint32));
+	capacity = bs->memLimit / (stride + (sizeof(int32) + sizeof(float)) * 4 * bs->m +
+							   sizeof(uint32));
 	estimate = bs->heap->rd_rel->reltuples;
 	if (estimate > 0 && capacity > (uint64) (estimate * 1.2 + 1000))
 		capacity = (uint64) (estimate * 1.2 + 1000);
@@ -527,7 +513,8 @@ hnsw_build_parallel(HnswBuildState *bs)
 	shm_toc_estimate_chunk(&pcxt->estimator, scanSize);
 	shm_toc_estimate_chunk(&pcxt->estimator, stride * capacity);
 	shm_toc_estimate_chunk(&pcxt->estimator, sizeof(int32) * slotCap);
-	shm_toc_estimate_keys(&pcxt->estimator, 4);
+	shm_toc_estimate_chunk(&pcxt->estimator, sizeof(float) * slotCap);
+	shm_toc_estimate_keys(&pcxt->estimator, 5);
 	InitializeParallelDSM(pcxt);
 	if (pcxt->seg == NULL)
 	{
@@ -563,16 +550,19 @@ hnsw_build_parallel(HnswBuildState *bs)
 	table_parallelscan_initialize(bs->heap, pscan, snapshot);
 	nodes = shm_toc_allocate(pcxt->toc, stride * capacity);
 	slots = shm_toc_allocate(pcxt->toc, sizeof(int32) * slotCap);
+	dists = shm_toc_allocate(pcxt->toc, sizeof(float) * slotCap);
 	shm_toc_insert(pcxt->toc, KEY_SHARED, sh);
 	shm_toc_insert(pcxt->toc, KEY_SCAN, pscan);
 	shm_toc_insert(pcxt->toc, KEY_NODES, nodes);
 	shm_toc_insert(pcxt->toc, KEY_SLOTS, slots);
+	shm_toc_insert(pcxt->toc, KEY_DISTS, dists);
 
 	LaunchParallelWorkers(pcxt);
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE,
 								 PROGRESS_HNSW_PHASE_LOAD);
 	/* the leader takes its share too */
-	participate(sh, pscan, nodes, slots, bs->heap, bs->index, bs->indexInfo);
+	participate(sh, pscan, nodes, slots, dists, bs->heap, bs->index,
+				bs->indexInfo);
 	WaitForParallelWorkersToFinish(pcxt);
 	if (IsMVCCSnapshot(snapshot))
 		UnregisterSnapshot(snapshot);
@@ -614,7 +604,9 @@ hnsw_build_parallel(HnswBuildState *bs)
 
 			g->nodes[i].vec = svec(&view, i);
 			g->nodes[i].nbrs = slots + node->slotsOff;
+			g->nodes[i].dists = dists + node->slotsOff;
 			g->nodes[i].counts = node->counts;
+			g->nodes[i].nkept = node->nkept;
 			g->nodes[i].level = node->level;
 			bs->heaptids[i * HNSW_HEAPTIDS] = node->heaptid;
 			bs->nheaptids[i] = 1;

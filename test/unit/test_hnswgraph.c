@@ -532,6 +532,113 @@ test_vcache_codes(void)
 	CHECK(used == 0, "codes give their budget back");
 }
 
+/*
+ * hnsw_list_add against a full re-selection: a stream of candidates (not
+ * yet members) into one list, from an unknown state and from the state
+ * each re-selection leaves, must give the members
+ * hnsw_select_keep_pruned gives over the old members and the candidate in
+ * ascending (distance, id) order, the heuristic's first; clustered points
+ * so that both the heuristic and the fill decide.
+ */
+static long list_vectors_read;
+
+static const float *
+list_vector_of(void *arg, int32_t id)
+{
+	list_vectors_read++;
+	return (const float *) arg + (size_t) id * 8;
+}
+
+static int
+cmp_heap_item(const void *a, const void *b)
+{
+	const HnswHeapItem *x = a,
+			   *y = b;
+
+	if (x->dist != y->dist)
+		return x->dist < y->dist ? -1 : 1;
+	return x->id < y->id ? -1 : x->id > y->id;
+}
+
+static void
+test_list_add(void)
+{
+	enum
+	{
+		DIM = 8, N = 2000, MAX = 32
+	};
+	static float vecs[N + 1][DIM];
+	int32_t		ids[MAX];
+	float		dists[MAX];
+	uint8_t		nkept = HNSW_KEPT_UNKNOWN;
+	HnswHeapItem scratch[2 * (MAX + 1)];
+	HnswHeapItem cands[MAX + 1];
+	HnswHeapItem want[MAX];
+	int			cnt = 0,
+				wrong = 0,
+				known = 0;
+	long		before,
+				full_reads = 0,
+				incremental_reads = 0;
+
+	for (int i = 0; i <= N; i++)
+		for (int d = 0; d < DIM; d++)
+			vecs[i][d] = (i % 7) * 0.3f + urand();
+	/* node N owns the list; 0..N-1 arrive in turn */
+	for (int32_t id = 0; id < N; id++)
+	{
+		float		dist = hnsw_distance(HNSW_METRIC_L2, vecs[N], vecs[id], DIM);
+		int			nwant = 0,
+					nh = 0;
+
+		if (cnt == MAX)
+		{
+			for (int i = 0; i < cnt; i++)
+			{
+				cands[i].id = ids[i];
+				cands[i].dist = dists[i];
+			}
+			cands[cnt].id = id;
+			cands[cnt].dist = dist;
+			qsort(cands, cnt + 1, sizeof(HnswHeapItem), cmp_heap_item);
+			before = list_vectors_read;
+			nwant = hnsw_select_list(HNSW_METRIC_L2, DIM, cands, cnt + 1, MAX,
+									 list_vector_of, vecs, want, &nh);
+			if (nkept != HNSW_KEPT_UNKNOWN)
+			{
+				known++;
+				full_reads += list_vectors_read - before;
+			}
+		}
+		before = list_vectors_read;
+		{
+			bool		was_known = cnt == MAX && nkept != HNSW_KEPT_UNKNOWN;
+
+			cnt = hnsw_list_add(HNSW_METRIC_L2, DIM, ids, dists, &nkept, cnt, MAX,
+								id, dist, list_vector_of, vecs, scratch);
+			if (was_known)
+				incremental_reads += list_vectors_read - before;
+		}
+		if (nwant > 0)
+		{
+			bool		same = cnt == nwant && nkept == nh;
+
+			for (int i = 0; i < nwant && same; i++)
+				same = ids[i] == want[i].id && dists[i] == want[i].dist;
+			wrong += !same;
+		}
+		/* now and then an append-like reset, as the builds' other writers do */
+		if (id % 500 == 499)
+			nkept = HNSW_KEPT_UNKNOWN;
+	}
+	CHECK(cnt == MAX, "the list is full (%d)", cnt);
+	CHECK(known > N / 2, "most re-selections started from a known state (%d)", known);
+	CHECK(wrong == 0, "%d incremental re-selections differ from the full one", wrong);
+	CHECK(incremental_reads * 4 < full_reads,
+		  "from a known state a re-selection reads a quarter of the vectors or fewer (%ld of %ld)",
+		  incremental_reads, full_reads);
+}
+
 int
 main(void)
 {
@@ -548,5 +655,6 @@ main(void)
 	test_reach();
 	test_vcache();
 	test_vcache_codes();
+	test_list_add();
 	return unit_report("hnswgraph");
 }
