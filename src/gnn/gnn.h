@@ -716,6 +716,8 @@ extern void gnn_view_query_vector(GnnIndexView *v, Datum vec, float *out,
  * once per snapshot), with the refined candidate embeddings c' computed
  * for that version.
  */
+typedef struct GnnCprimeCache GnnCprimeCache;
+
 typedef struct GnnCachedModel
 {
 	Oid			indexoid;
@@ -723,8 +725,7 @@ typedef struct GnnCachedModel
 	char		kind[8];
 	StoreRowId	row;			/* the row version the model came from */
 	GnnModel   *model;			/* malloc'd, owned by the cache */
-	HTAB	   *cprime;			/* element TID -> c' (gnn_rerank.c) */
-	int64		cprime_entries;
+	GnnCprimeCache *cprime;		/* element TID -> c' (gnn_rerank.c) */
 	StoreSnapshotKey checked;	/* the snapshot the row was last checked in */
 } GnnCachedModel;
 
@@ -735,6 +736,8 @@ extern int64 gnn_store_save(Relation index, const char *scope,
 							const char *config, bytea *state);
 
 /* rerank (gnn_rerank.c) */
+/* Frees a cached model's refined embeddings (gnn_store.c, on reload). */
+extern void gnn_rerank_cache_free(GnnCachedModel *cm);
 extern bool gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v,
 							 const float *query, int n,
 							 const ItemPointerData *tids,

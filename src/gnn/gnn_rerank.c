@@ -31,6 +31,7 @@
 #include "access/relation.h"
 #include "access/table.h"
 #include "access/tableam.h"
+#include "common/hashfn.h"
 #include "executor/tuptable.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -82,11 +83,44 @@ gnn_init(void)
  */
 typedef struct CprimeEntry
 {
-	uint64		key;			/* hnsw_tid_key of the element */
 	ItemPointerData nbrtid;		/* its neighbour tuple */
 	XLogRecPtr	lsn;			/* of that tuple's page when computed */
 	float		emb[FLEXIBLE_ARRAY_MEMBER]; /* unit c' (H), projection (3H), c~ (D) */
 } CprimeEntry;
+
+/*
+ * The map from element to entry is an open-addressing table of small slots
+ * (lib/simplehash.h), the entries outside it: a reranked scan looks up
+ * every candidate, and dynahash's chained buckets of whole entries (1.3 kB
+ * each at 64-d) cost it about 190 ns a lookup in cache misses, a sixth of
+ * the rerank's time (docs/gnn.md, "Latency").
+ */
+typedef struct CprimeSlot
+{
+	uint64		key;			/* hnsw_tid_key of the element */
+	char		status;			/* simplehash's */
+	CprimeEntry *entry;
+} CprimeSlot;
+
+#define SH_PREFIX cprime
+#define SH_ELEMENT_TYPE CprimeSlot
+#define SH_KEY_TYPE uint64
+#define SH_KEY key
+#define SH_HASH_KEY(tb, key) \
+	hash_combine(murmurhash32((uint32) (key)), murmurhash32((uint32) ((key) >> 32)))
+#define SH_EQUAL(tb, a, b) ((a) == (b))
+#define SH_SCOPE static inline
+#define SH_DECLARE
+#define SH_DEFINE
+#include "lib/simplehash.h"
+
+/* One model's cache: the map and the entries, all in cxt. */
+struct GnnCprimeCache
+{
+	MemoryContext cxt;
+	cprime_hash *map;
+	int64		entries;
+};
 
 static int
 cprime_floats(const GnnModel *m)
@@ -97,28 +131,38 @@ cprime_floats(const GnnModel *m)
 static Size
 cprime_entry_size(const GnnModel *m)
 {
-	return MAXALIGN(offsetof(CprimeEntry, emb) + sizeof(float) * cprime_floats(m));
+	return offsetof(CprimeEntry, emb) + sizeof(float) * cprime_floats(m);
 }
 
-static HTAB *
+void
+gnn_rerank_cache_free(GnnCachedModel *cm)
+{
+	if (cm->cprime)
+		MemoryContextDelete(cm->cprime->cxt);
+	cm->cprime = NULL;
+}
+
+static GnnCprimeCache *
 cprime_table(GnnCachedModel *cm)
 {
-	HASHCTL		ctl;
+	MemoryContext cxt;
+	GnnCprimeCache *c;
 
 	if (cm->cprime)
 	{
-		if (cm->cprime_entries * (int64) cprime_entry_size(cm->model) <
+		if (cm->cprime->entries * (int64) cprime_entry_size(cm->model) <
 			(int64) gnn_rerank_cache_mb * 1024 * 1024)
 			return cm->cprime;
-		hash_destroy(cm->cprime);	/* full: start over */
+		gnn_rerank_cache_free(cm);	/* full: start over */
 	}
-	ctl.keysize = sizeof(uint64);
-	ctl.entrysize = cprime_entry_size(cm->model);
-	ctl.hcxt = TopMemoryContext;
-	cm->cprime = hash_create("gnnvec refined embeddings", 1024, &ctl,
-							 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	cm->cprime_entries = 0;
-	return cm->cprime;
+	cxt = AllocSetContextCreate(TopMemoryContext, "gnnvec refined embeddings",
+								ALLOCSET_DEFAULT_SIZES);
+	c = MemoryContextAlloc(cxt, sizeof(GnnCprimeCache));
+	c->cxt = cxt;
+	c->map = cprime_create(cxt, 1024, NULL);
+	c->entries = 0;
+	cm->cprime = c;
+	return c;
 }
 
 /*
@@ -451,7 +495,7 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 	int		   *miss_at = palloc(sizeof(int) * n);
 	XLogRecPtr *miss_lsn = palloc(sizeof(XLogRecPtr) * n);
 	int			nmiss = 0;
-	HTAB	   *cache = cprime_table(cm);
+	GnnCprimeCache *cache = cprime_table(cm);
 	const float *mix = gnn_model_tensor(cm->model, GNN_MIX);
 	double		a = score_weight(mix[0]);
 	double		b = score_weight(mix[1]);
@@ -462,8 +506,9 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 
 	for (i = 0; i < n; i++)
 	{
-		uint64		key = hnsw_tid_key((ItemPointer) &tids[i]);
-		CprimeEntry *ent = hash_search(cache, &key, HASH_FIND, NULL);
+		CprimeSlot *slot = cprime_lookup(cache->map,
+										 hnsw_tid_key((ItemPointer) &tids[i]));
+		CprimeEntry *ent = slot ? slot->entry : NULL;
 		XLogRecPtr	lsn;
 
 		if (cand[i] < 0 && ent == NULL &&
@@ -503,8 +548,8 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 		project_nodes(cm, v, nmiss, miss, fresh_proj);
 		for (i = 0; i < nmiss; i++)
 		{
-			uint64		key = hnsw_tid_key(&v->tid[miss[i]]);
 			bool		found;
+			CprimeSlot *slot;
 			CprimeEntry *ent;
 
 			unit_length(fresh + (size_t) i * h, h);
@@ -514,9 +559,15 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 				proj[miss_at[i]] = fresh_proj + (size_t) i * 3 * h;
 			if (gnn_rerank_cache_mb == 0)
 				continue;
-			ent = hash_search(cache, &key, HASH_ENTER, &found);
+			slot = cprime_insert(cache->map, hnsw_tid_key(&v->tid[miss[i]]),
+								 &found);
 			if (!found)
-				cm->cprime_entries++;
+			{
+				slot->entry = MemoryContextAlloc(cache->cxt,
+												 cprime_entry_size(cm->model));
+				cache->entries++;
+			}
+			ent = slot->entry;
 			ent->lsn = miss_lsn[i];
 			ent->nbrtid = v->nbrtid[miss[i]];
 			memcpy(ent->emb, fresh + (size_t) i * h, sizeof(float) * h);
@@ -546,16 +597,24 @@ typedef struct Ranked
 	double		score;
 } Ranked;
 
-static int
-ranked_cmp(const void *a, const void *b)
+static inline int
+ranked_cmp(const Ranked *x, const Ranked *y)
 {
-	const Ranked *x = a;
-	const Ranked *y = b;
-
 	if (x->score != y->score)
 		return x->score > y->score ? -1 : 1;
 	return x->pos - y->pos;
 }
+
+/*
+ * A sort with the comparison inlined (lib/sort_template.h): qsort's calls
+ * through a pointer were a sixth of the rerank's time at 100 candidates.
+ */
+#define ST_SORT sort_ranked
+#define ST_ELEMENT_TYPE Ranked
+#define ST_COMPARE(a, b) ranked_cmp(a, b)
+#define ST_SCOPE static
+#define ST_DEFINE
+#include "lib/sort_template.h"
 
 /* Positions 0..n-1 by descending score, ties in distance order (order: n). */
 static void
@@ -569,7 +628,7 @@ order_by_score(const double *scores, int n, int *order)
 		r[i].pos = i;
 		r[i].score = scores[i];
 	}
-	qsort(r, n, sizeof(Ranked), ranked_cmp);
+	sort_ranked(r, n);
 	for (i = 0; i < n; i++)
 		order[i] = r[i].pos;
 	pfree(r);
