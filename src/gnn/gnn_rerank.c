@@ -79,13 +79,15 @@ gnn_init(void)
  * element's projection (m, k, val: 3H, gnn_layer_project), which q' needs
  * for the nearest candidates, and its neighbourhood mean c~ (D).  The
  * projection depends on the element's vector only, c' and c~ on its
- * neighbour list too; all are renewed together when that changes.
+ * neighbour list too; all are renewed together when that changes.  Every
+ * candidate's score reads c' and c~, only the nearest GNN_QUERY_CONTEXT
+ * read the projection: c' and c~ come first, side by side.
  */
 typedef struct CprimeEntry
 {
 	ItemPointerData nbrtid;		/* its neighbour tuple */
 	XLogRecPtr	lsn;			/* of that tuple's page when computed */
-	float		emb[FLEXIBLE_ARRAY_MEMBER]; /* unit c' (H), projection (3H), c~ (D) */
+	float		emb[FLEXIBLE_ARRAY_MEMBER]; /* unit c' (H), c~ (D), projection (3H) */
 } CprimeEntry;
 
 /*
@@ -458,6 +460,14 @@ score_weight(float lambda)
 	return exp(Max(-GNN_SCORE_LOG_LIMIT, Min(GNN_SCORE_LOG_LIMIT, (double) lambda)));
 }
 
+/* Asks for the cache lines of n floats at p. */
+static inline void
+prefetch_floats(const float *p, int n)
+{
+	for (int off = 0; off < n * (int) sizeof(float); off += 64)
+		hnsw_prefetch((const char *) p + off);
+}
+
 /* LSN of the page holding the tuple at tid (a neighbour tuple). */
 static XLogRecPtr
 page_lsn(GnnIndexView *v, ItemPointer tid)
@@ -493,6 +503,7 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 	float	   *qp = palloc(sizeof(float) * h);
 	int		   *miss = palloc(sizeof(int) * n);
 	int		   *miss_at = palloc(sizeof(int) * n);
+	CprimeEntry **ents = palloc(sizeof(CprimeEntry *) * n);
 	XLogRecPtr *miss_lsn = palloc(sizeof(XLogRecPtr) * n);
 	int			nmiss = 0;
 	GnnCprimeCache *cache = cprime_table(cm);
@@ -504,11 +515,23 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 	float	   *sigma = palloc(sizeof(float) * n);
 	int			i;
 
+	/*
+	 * The entries are scattered over the cache, each a cache miss: look
+	 * them all up and ask for their first lines before reading any, so
+	 * that the misses overlap.
+	 */
 	for (i = 0; i < n; i++)
 	{
 		CprimeSlot *slot = cprime_lookup(cache->map,
 										 hnsw_tid_key((ItemPointer) &tids[i]));
-		CprimeEntry *ent = slot ? slot->entry : NULL;
+
+		ents[i] = slot ? slot->entry : NULL;
+		if (ents[i])
+			hnsw_prefetch(ents[i]);
+	}
+	for (i = 0; i < n; i++)
+	{
+		CprimeEntry *ent = ents[i];
 		XLogRecPtr	lsn;
 
 		if (cand[i] < 0 && ent == NULL &&
@@ -526,9 +549,13 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 			(cand[i] < 0 || ItemPointerEquals(&ent->nbrtid, &v->nbrtid[cand[i]])))
 		{
 			cp[i] = ent->emb;
-			cm_mean[i] = ent->emb + 4 * h;
+			cm_mean[i] = ent->emb + h;
+			prefetch_floats(ent->emb, h + d);
 			if (i < nq)
-				proj[i] = ent->emb + h;
+			{
+				proj[i] = ent->emb + h + d;
+				prefetch_floats(proj[i], 3 * h);
+			}
 			continue;
 		}
 		/* stale or missing: read the element (if not yet) and refine it */
@@ -571,10 +598,10 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 			ent->lsn = miss_lsn[i];
 			ent->nbrtid = v->nbrtid[miss[i]];
 			memcpy(ent->emb, fresh + (size_t) i * h, sizeof(float) * h);
-			memcpy(ent->emb + h, fresh_proj + (size_t) i * 3 * h,
-				   sizeof(float) * 3 * h);
-			memcpy(ent->emb + 4 * h, fresh_mean + (size_t) i * d,
+			memcpy(ent->emb + h, fresh_mean + (size_t) i * d,
 				   sizeof(float) * d);
+			memcpy(ent->emb + h + d, fresh_proj + (size_t) i * 3 * h,
+				   sizeof(float) * 3 * h);
 		}
 	}
 	refine_query(cm, query, nq, proj, cand_dist, qp);
