@@ -516,7 +516,7 @@ typedef struct GnnBlendTally
  * chance that any of them passes by chance stays at most that tail, the
  * one of z = 2 for a single comparison; z is 3.34 for 55.  Also what the
  * HnswScan adapter's epochs must pass against the adapter they would
- * replace (the epochs of a call are its family).
+ * replace, each epoch as a single comparison (src/train/train.c).
  */
 #define GNN_SIGN_TEST_TAIL 0.02275
 extern bool gnn_significantly_better(int better, int worse, int comparisons);
