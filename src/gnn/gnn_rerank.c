@@ -94,8 +94,8 @@ typedef struct CprimeEntry
  * The map from element to entry is an open-addressing table of small slots
  * (lib/simplehash.h), the entries outside it: a reranked scan looks up
  * every candidate, and dynahash's chained buckets of whole entries (1.3 kB
- * each at 64-d) cost it about 190 ns a lookup in cache misses, a sixth of
- * the rerank's time (docs/gnn.md, "Latency").
+ * each at 64-d) cost it about 190 ns a lookup in cache misses, a quarter of
+ * the rerank's time (docs/gnn.md, "Rerank latency").
  */
 typedef struct CprimeSlot
 {
