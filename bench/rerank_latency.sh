@@ -31,31 +31,20 @@ for set in ${*:-${RELEVANCE_SETS:-topics-s1.3 topics-s1.5 topics-s1.7 fmnist wor
 			SELECT count(*) FROM gnnvec_train('items_v', 'SELECT q, p FROM train', epochs => 3);
 		SQL
 	fi
+	relevance_timing "$db"
 	psql -X -q -At -v ON_ERROR_STOP=1 -d "$db" <<-SQL | tr '\n' ' ' |
-		CREATE OR REPLACE FUNCTION pg_temp.cpu_ms_per_query() RETURNS float8 LANGUAGE plpgsql AS \$\$
-		DECLARE
-			c0 float8 := split_part(pg_read_file('/proc/self/schedstat'), ' ', 1)::bigint / 1e6;
-			n int := 0;
-			r record;
-		BEGIN
-			FOR r IN SELECT q FROM heldout LOOP
-				PERFORM id FROM (SELECT id FROM items ORDER BY v <-> r.q LIMIT 10) t;
-				n := n + 1;
-			END LOOP;
-			RETURN (split_part(pg_read_file('/proc/self/schedstat'), ' ', 1)::bigint / 1e6 - c0) / n;
-		END \$\$;
 		CREATE TEMP TABLE passes (what text, ms float8);
 		SET gnnvec.ef_search = 100;
 		SET gnnvec.rerank_candidates = 100;
 		SET enable_seqscan = off;
-		SELECT pg_temp.cpu_ms_per_query() >= 0 AS warm \g /dev/null
+		SELECT ms_per_query(true) >= 0 AS warm \g /dev/null
 		SET gnnvec.rerank = on;
-		SELECT pg_temp.cpu_ms_per_query() >= 0 AS warm \g /dev/null
+		SELECT ms_per_query(true) >= 0 AS warm \g /dev/null
 		RESET gnnvec.rerank;
 		$(for pass in $(seq "${LATENCY_PASSES:-5}"); do
-			echo "INSERT INTO passes SELECT 'plain', pg_temp.cpu_ms_per_query();"
+			echo "INSERT INTO passes SELECT 'plain', ms_per_query(true);"
 			echo "SET gnnvec.rerank = on;"
-			echo "INSERT INTO passes SELECT 'rerank', pg_temp.cpu_ms_per_query();"
+			echo "INSERT INTO passes SELECT 'rerank', ms_per_query(true);"
 			echo "RESET gnnvec.rerank;"
 		done)
 		SELECT round(min(ms)::numeric, 4) FROM passes GROUP BY what ORDER BY what;

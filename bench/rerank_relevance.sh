@@ -26,6 +26,7 @@ psql_q() { psql -X -q -v ON_ERROR_STOP=1 -d postgres "$@"; }
 # items, train and heldout tables of the set, and the index (bench/relevance_load.sh)
 . "$(dirname "$0")/relevance_load.sh"
 relevance_load "$data" postgres
+relevance_timing postgres
 psql_q <<SQL
 CREATE OR REPLACE FUNCTION p10(exact bool) RETURNS float8 LANGUAGE plpgsql AS \$\$
 DECLARE
@@ -44,18 +45,6 @@ BEGIN
 		n := n + 1;
 	END LOOP;
 	RETURN s / n;
-END \$\$;
-CREATE OR REPLACE FUNCTION ms_per_query() RETURNS float8 LANGUAGE plpgsql AS \$\$
-DECLARE
-	t0 timestamptz := clock_timestamp();
-	n int := 0;
-	r record;
-BEGIN
-	FOR r IN SELECT q FROM heldout LOOP
-		PERFORM id FROM (SELECT id FROM items ORDER BY v <-> r.q LIMIT 10) t;
-		n := n + 1;
-	END LOOP;
-	RETURN extract(epoch FROM clock_timestamp() - t0) * 1000 / n;
 END \$\$;
 SQL
 psql_q -At <<SQL
