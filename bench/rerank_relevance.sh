@@ -23,17 +23,11 @@ fi
 data=$2
 set=$3
 psql_q() { psql -X -q -v ON_ERROR_STOP=1 -d postgres "$@"; }
+# items, train and heldout tables of the set, and the index (bench/relevance_load.sh)
+. "$(dirname "$0")/relevance_load.sh"
+relevance_load "$data" postgres
+relevance_timing postgres
 psql_q <<SQL
-CREATE EXTENSION IF NOT EXISTS gnnvec;
-DROP TABLE IF EXISTS items, train, heldout;
-CREATE TABLE items (id int PRIMARY KEY, label int, v vector(64));
-CREATE TABLE train (q vector(64), p vector(64));
-CREATE TABLE heldout (qid int, label int, q vector(64));
-\copy items FROM '$data/items.copy'
-\copy train FROM '$data/train.copy'
-\copy heldout FROM '$data/heldout.copy'
-CREATE INDEX items_v ON items USING gnnhnsw (v vector_l2_ops) WITH (m = 16, ef_construction = 64);
-ANALYZE items;
 CREATE OR REPLACE FUNCTION p10(exact bool) RETURNS float8 LANGUAGE plpgsql AS \$\$
 DECLARE
 	s float8 := 0;
@@ -51,18 +45,6 @@ BEGIN
 		n := n + 1;
 	END LOOP;
 	RETURN s / n;
-END \$\$;
-CREATE OR REPLACE FUNCTION ms_per_query() RETURNS float8 LANGUAGE plpgsql AS \$\$
-DECLARE
-	t0 timestamptz := clock_timestamp();
-	n int := 0;
-	r record;
-BEGIN
-	FOR r IN SELECT q FROM heldout LOOP
-		PERFORM id FROM (SELECT id FROM items ORDER BY v <-> r.q LIMIT 10) t;
-		n := n + 1;
-	END LOOP;
-	RETURN extract(epoch FROM clock_timestamp() - t0) * 1000 / n;
 END \$\$;
 SQL
 psql_q -At <<SQL

@@ -2,7 +2,7 @@
 # make bench: datasets, benchmarks, tables and plots under bench/out/.
 #
 #   bench/run.sh            everything
-#   bench/run.sh kernels    one part (data | kernels | index | rerank | relevance | real)
+#   bench/run.sh kernels    one part (data | kernels | index | rerank | relevance | latency | real)
 #
 # The real-data part (docs/benchmarks.md) compares gnnhnsw with hnswlib and
 # with pgvector built from PGVECTOR_SRC (a pgvector source tree; without it
@@ -120,6 +120,12 @@ relevance() {
 	$PY bench/report_relevance.py "$out" | tee "$out/relevance.md"
 }
 
+# Reranked against plain scans at the same ef, backend CPU time (docs/gnn.md)
+latency() {
+	$PY bench/rerank_relevance_data.py "$data/relevance"
+	BENCH_SCRIPT=rerank_latency.sh bash test/run.sh bench relevance
+}
+
 case $what in
 	all) dataset; kernels; index; rerank; relevance; real ;;
 	data) dataset ;;
@@ -127,6 +133,7 @@ case $what in
 	index) dataset; index ;;
 	rerank) rerank ;;
 	relevance) relevance ;;
+	latency) latency ;;
 	real) real ;;
 	*) echo "unknown part: $what"; exit 2 ;;
 esac

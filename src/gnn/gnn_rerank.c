@@ -31,6 +31,7 @@
 #include "access/relation.h"
 #include "access/table.h"
 #include "access/tableam.h"
+#include "common/hashfn.h"
 #include "executor/tuptable.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -78,15 +79,50 @@ gnn_init(void)
  * element's projection (m, k, val: 3H, gnn_layer_project), which q' needs
  * for the nearest candidates, and its neighbourhood mean c~ (D).  The
  * projection depends on the element's vector only, c' and c~ on its
- * neighbour list too; all are renewed together when that changes.
+ * neighbour list too; all are renewed together when that changes.  Every
+ * candidate's score reads c' and c~, only the nearest GNN_QUERY_CONTEXT
+ * read the projection: c' and c~ come first, side by side.
  */
 typedef struct CprimeEntry
 {
-	uint64		key;			/* hnsw_tid_key of the element */
 	ItemPointerData nbrtid;		/* its neighbour tuple */
 	XLogRecPtr	lsn;			/* of that tuple's page when computed */
-	float		emb[FLEXIBLE_ARRAY_MEMBER]; /* unit c' (H), projection (3H), c~ (D) */
+	float		emb[FLEXIBLE_ARRAY_MEMBER]; /* unit c' (H), c~ (D), projection (3H) */
 } CprimeEntry;
+
+/*
+ * The map from element to entry is an open-addressing table of small slots
+ * (lib/simplehash.h), the entries outside it: a reranked scan looks up
+ * every candidate, and dynahash's chained buckets of whole entries (1.3 kB
+ * each at 64-d) cost it about 190 ns a lookup in cache misses, a quarter of
+ * the rerank's time (docs/gnn.md, "Rerank latency").
+ */
+typedef struct CprimeSlot
+{
+	uint64		key;			/* hnsw_tid_key of the element */
+	char		status;			/* simplehash's */
+	CprimeEntry *entry;
+} CprimeSlot;
+
+#define SH_PREFIX cprime
+#define SH_ELEMENT_TYPE CprimeSlot
+#define SH_KEY_TYPE uint64
+#define SH_KEY key
+#define SH_HASH_KEY(tb, key) \
+	hash_combine(murmurhash32((uint32) (key)), murmurhash32((uint32) ((key) >> 32)))
+#define SH_EQUAL(tb, a, b) ((a) == (b))
+#define SH_SCOPE static inline
+#define SH_DECLARE
+#define SH_DEFINE
+#include "lib/simplehash.h"
+
+/* One model's cache: the map and the entries, all in cxt. */
+struct GnnCprimeCache
+{
+	MemoryContext cxt;
+	cprime_hash *map;
+	int64		entries;
+};
 
 static int
 cprime_floats(const GnnModel *m)
@@ -97,28 +133,38 @@ cprime_floats(const GnnModel *m)
 static Size
 cprime_entry_size(const GnnModel *m)
 {
-	return MAXALIGN(offsetof(CprimeEntry, emb) + sizeof(float) * cprime_floats(m));
+	return offsetof(CprimeEntry, emb) + sizeof(float) * cprime_floats(m);
 }
 
-static HTAB *
+void
+gnn_rerank_cache_free(GnnCachedModel *cm)
+{
+	if (cm->cprime)
+		MemoryContextDelete(cm->cprime->cxt);
+	cm->cprime = NULL;
+}
+
+static GnnCprimeCache *
 cprime_table(GnnCachedModel *cm)
 {
-	HASHCTL		ctl;
+	MemoryContext cxt;
+	GnnCprimeCache *c;
 
 	if (cm->cprime)
 	{
-		if (cm->cprime_entries * (int64) cprime_entry_size(cm->model) <
+		if (cm->cprime->entries * (int64) cprime_entry_size(cm->model) <
 			(int64) gnn_rerank_cache_mb * 1024 * 1024)
 			return cm->cprime;
-		hash_destroy(cm->cprime);	/* full: start over */
+		gnn_rerank_cache_free(cm);	/* full: start over */
 	}
-	ctl.keysize = sizeof(uint64);
-	ctl.entrysize = cprime_entry_size(cm->model);
-	ctl.hcxt = TopMemoryContext;
-	cm->cprime = hash_create("gnnvec refined embeddings", 1024, &ctl,
-							 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	cm->cprime_entries = 0;
-	return cm->cprime;
+	cxt = AllocSetContextCreate(TopMemoryContext, "gnnvec refined embeddings",
+								ALLOCSET_DEFAULT_SIZES);
+	c = MemoryContextAlloc(cxt, sizeof(GnnCprimeCache));
+	c->cxt = cxt;
+	c->map = cprime_create(cxt, 1024, NULL);
+	c->entries = 0;
+	cm->cprime = c;
+	return c;
 }
 
 /*
@@ -414,6 +460,14 @@ score_weight(float lambda)
 	return exp(Max(-GNN_SCORE_LOG_LIMIT, Min(GNN_SCORE_LOG_LIMIT, (double) lambda)));
 }
 
+/* Asks for the cache lines of n floats at p. */
+static inline void
+prefetch_floats(const float *p, int n)
+{
+	for (int off = 0; off < n * (int) sizeof(float); off += 64)
+		hnsw_prefetch((const char *) p + off);
+}
+
 /* LSN of the page holding the tuple at tid (a neighbour tuple). */
 static XLogRecPtr
 page_lsn(GnnIndexView *v, ItemPointer tid)
@@ -449,9 +503,10 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 	float	   *qp = palloc(sizeof(float) * h);
 	int		   *miss = palloc(sizeof(int) * n);
 	int		   *miss_at = palloc(sizeof(int) * n);
+	CprimeEntry **ents = palloc(sizeof(CprimeEntry *) * n);
 	XLogRecPtr *miss_lsn = palloc(sizeof(XLogRecPtr) * n);
 	int			nmiss = 0;
-	HTAB	   *cache = cprime_table(cm);
+	GnnCprimeCache *cache = cprime_table(cm);
 	const float *mix = gnn_model_tensor(cm->model, GNN_MIX);
 	double		a = score_weight(mix[0]);
 	double		b = score_weight(mix[1]);
@@ -460,10 +515,23 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 	float	   *sigma = palloc(sizeof(float) * n);
 	int			i;
 
+	/*
+	 * The entries are scattered over the cache, each a cache miss: look
+	 * them all up and ask for their first lines before reading any, so
+	 * that the misses overlap.
+	 */
 	for (i = 0; i < n; i++)
 	{
-		uint64		key = hnsw_tid_key((ItemPointer) &tids[i]);
-		CprimeEntry *ent = hash_search(cache, &key, HASH_FIND, NULL);
+		CprimeSlot *slot = cprime_lookup(cache->map,
+										 hnsw_tid_key((ItemPointer) &tids[i]));
+
+		ents[i] = slot ? slot->entry : NULL;
+		if (ents[i])
+			hnsw_prefetch(ents[i]);
+	}
+	for (i = 0; i < n; i++)
+	{
+		CprimeEntry *ent = ents[i];
 		XLogRecPtr	lsn;
 
 		if (cand[i] < 0 && ent == NULL &&
@@ -481,9 +549,13 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 			(cand[i] < 0 || ItemPointerEquals(&ent->nbrtid, &v->nbrtid[cand[i]])))
 		{
 			cp[i] = ent->emb;
-			cm_mean[i] = ent->emb + 4 * h;
+			cm_mean[i] = ent->emb + h;
+			prefetch_floats(ent->emb, h + d);
 			if (i < nq)
-				proj[i] = ent->emb + h;
+			{
+				proj[i] = ent->emb + h + d;
+				prefetch_floats(proj[i], 3 * h);
+			}
 			continue;
 		}
 		/* stale or missing: read the element (if not yet) and refine it */
@@ -503,8 +575,8 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 		project_nodes(cm, v, nmiss, miss, fresh_proj);
 		for (i = 0; i < nmiss; i++)
 		{
-			uint64		key = hnsw_tid_key(&v->tid[miss[i]]);
 			bool		found;
+			CprimeSlot *slot;
 			CprimeEntry *ent;
 
 			unit_length(fresh + (size_t) i * h, h);
@@ -514,16 +586,22 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 				proj[miss_at[i]] = fresh_proj + (size_t) i * 3 * h;
 			if (gnn_rerank_cache_mb == 0)
 				continue;
-			ent = hash_search(cache, &key, HASH_ENTER, &found);
+			slot = cprime_insert(cache->map, hnsw_tid_key(&v->tid[miss[i]]),
+								 &found);
 			if (!found)
-				cm->cprime_entries++;
+			{
+				slot->entry = MemoryContextAlloc(cache->cxt,
+												 cprime_entry_size(cm->model));
+				cache->entries++;
+			}
+			ent = slot->entry;
 			ent->lsn = miss_lsn[i];
 			ent->nbrtid = v->nbrtid[miss[i]];
 			memcpy(ent->emb, fresh + (size_t) i * h, sizeof(float) * h);
-			memcpy(ent->emb + h, fresh_proj + (size_t) i * 3 * h,
-				   sizeof(float) * 3 * h);
-			memcpy(ent->emb + 4 * h, fresh_mean + (size_t) i * d,
+			memcpy(ent->emb + h, fresh_mean + (size_t) i * d,
 				   sizeof(float) * d);
+			memcpy(ent->emb + h + d, fresh_proj + (size_t) i * 3 * h,
+				   sizeof(float) * 3 * h);
 		}
 	}
 	refine_query(cm, query, nq, proj, cand_dist, qp);
@@ -546,16 +624,24 @@ typedef struct Ranked
 	double		score;
 } Ranked;
 
-static int
-ranked_cmp(const void *a, const void *b)
+static inline int
+ranked_cmp(const Ranked *x, const Ranked *y)
 {
-	const Ranked *x = a;
-	const Ranked *y = b;
-
 	if (x->score != y->score)
 		return x->score > y->score ? -1 : 1;
 	return x->pos - y->pos;
 }
+
+/*
+ * A sort with the comparison inlined (lib/sort_template.h): qsort's calls
+ * through a pointer were a sixth of the rerank's time at 100 candidates.
+ */
+#define ST_SORT sort_ranked
+#define ST_ELEMENT_TYPE Ranked
+#define ST_COMPARE(a, b) ranked_cmp(a, b)
+#define ST_SCOPE static
+#define ST_DEFINE
+#include "lib/sort_template.h"
 
 /* Positions 0..n-1 by descending score, ties in distance order (order: n). */
 static void
@@ -569,7 +655,7 @@ order_by_score(const double *scores, int n, int *order)
 		r[i].pos = i;
 		r[i].score = scores[i];
 	}
-	qsort(r, n, sizeof(Ranked), ranked_cmp);
+	sort_ranked(r, n);
 	for (i = 0; i < n; i++)
 		order[i] = r[i].pos;
 	pfree(r);
@@ -581,7 +667,8 @@ order_by_score(const double *scores, int n, int *order)
  * Is the model kept at raw distance (its GNN and neighbourhood weights at
  * the lower clamp, as gnnvec_train stores a model that does not beat the
  * plain scan)?  Its scores would only break exact distance ties, so the
- * scan skips scoring and keeps the distance order at the plain scan's cost.
+ * scan does not rerank and keeps the distance order at the plain scan's
+ * cost.
  */
 static bool
 raw_distance_only(GnnModel *model)
@@ -591,6 +678,22 @@ raw_distance_only(GnnModel *model)
 	return mix[1] <= -GNN_SCORE_LOG_LIMIT && mix[2] <= -GNN_SCORE_LOG_LIMIT;
 }
 
+/*
+ * The index's Rerank model, when scans are to be reordered by it: NULL
+ * when gnnvec.rerank is off, the index has none, or it is kept at raw
+ * distance.
+ */
+static GnnCachedModel *
+scan_model(Relation index)
+{
+	GnnCachedModel *cm;
+
+	if (!gnn_rerank_setting)
+		return NULL;
+	cm = gnn_store_lookup(index, GNN_RERANK_SCOPE, GNN_KIND_GNN);
+	return cm == NULL || raw_distance_only(cm->model) ? NULL : cm;
+}
+
 int
 hnsw_scan_ef(Relation index)
 {
@@ -598,10 +701,16 @@ hnsw_scan_ef(Relation index)
 		hnsw_ef_search;
 }
 
+/*
+ * Only a scan its model reorders reads all its candidates' pages up front
+ * (hnswscan.c); the others read them as rows are asked for, like a plain
+ * scan: measured on Fashion-MNIST and WordNet with models at raw distance
+ * (docs/gnn.md), reading them all cost 9-17% of the plain scan's time.
+ */
 bool
 hnsw_scan_reranks(Relation index)
 {
-	return gnn_rerank_setting;
+	return scan_model(index) != NULL;
 }
 
 /*
@@ -624,10 +733,10 @@ hnsw_scan_rerank(Relation index, const float *query, int dim,
 	HnswCandidate *sorted;
 	int			i;
 
-	if (!gnn_rerank_setting || ncands < 2)
+	if (ncands < 2)
 		return ncands;
-	cm = gnn_store_lookup(index, GNN_RERANK_SCOPE, GNN_KIND_GNN);
-	if (cm == NULL || cm->model->cfg.in_dim != dim || raw_distance_only(cm->model))
+	cm = scan_model(index);
+	if (cm == NULL || cm->model->cfg.in_dim != dim)
 		return ncands;
 	gnn_view_init(&v, index);
 	nodes = palloc(sizeof(int) * ncands);

@@ -610,10 +610,32 @@ log_weight(double w)
 	return w > 0 ? (gnn_real) log(w) : -GNN_SCORE_LOG_LIMIT;
 }
 
-bool
-gnn_significantly_better(int better, int worse)
+/* z with a one-sided normal tail of p (0 < p < 0.5), by bisection */
+static double
+normal_quantile_above(double p)
 {
-	return better - worse > GNN_BLEND_Z * sqrt((double) better + worse);
+	double		lo = 0;
+	double		hi = 40;
+
+	for (int i = 0; i < 100; i++)
+	{
+		double		mid = (lo + hi) / 2;
+
+		if (0.5 * erfc(mid / M_SQRT2) > p)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	return (lo + hi) / 2;
+}
+
+bool
+gnn_significantly_better(int better, int worse, int comparisons)
+{
+	double		z = normal_quantile_above(GNN_SIGN_TEST_TAIL /
+											 (comparisons > 1 ? comparisons : 1));
+
+	return better - worse > z * sqrt((double) better + worse);
 }
 
 int
@@ -626,7 +648,8 @@ gnn_blend_apply_best(GnnModel *model, const GnnBlendTally *tally,
 	for (int r = 1; r < GNN_BLENDS; r++)
 		if (tally->rank_sum[r] < tally->rank_sum[best] &&
 			tally->hits[r] >= tally->hits[0] &&
-			gnn_significantly_better(tally->better[r], tally->worse[r]))
+			gnn_significantly_better(tally->better[r], tally->worse[r],
+									 GNN_BLENDS - 1))
 			best = r;
 	mix[0] = log_weight(gnn_blends[best].raw);
 	mix[1] = log_weight(gnn_blends[best].gnn);

@@ -74,8 +74,7 @@ gnn_ereport_status(GnnStatus rc, const GnnError *err)
 static void
 cached_model_free(GnnCachedModel *cm)
 {
-	if (cm->cprime)
-		hash_destroy(cm->cprime);
+	gnn_rerank_cache_free(cm);
 	gnn_model_free(cm->model);
 	pfree(cm);
 }
@@ -151,10 +150,7 @@ gnn_store_lookup(Relation index, const char *scope, const char *kind)
 		}
 		else
 		{
-			if (cm->cprime)
-				hash_destroy(cm->cprime);
-			cm->cprime = NULL;
-			cm->cprime_entries = 0;
+			gnn_rerank_cache_free(cm);
 			gnn_model_free(cm->model);
 		}
 		/* nothing between the deserialiser and here can fail: no leak */

@@ -1413,7 +1413,7 @@ train_hnsw_adapter(ReturnSetInfo *rsinfo, GnnIndexView *v, const TrainArgs *a,
 			left += !hit[i] && start_hit[i];
 		}
 		if (nval == 0 ||
-			(recall > best_recall && gnn_significantly_better(entered, left)))
+			(recall > best_recall && gnn_significantly_better(entered, left, 1)))
 		{
 			best_recall = recall;
 			best_epoch = e;

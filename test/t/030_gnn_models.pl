@@ -16,11 +16,17 @@ $node->start;
 
 $node->safe_psql('postgres', q{
 	CREATE EXTENSION gnnvec;
+	-- 30 topics in 8 dimensions, 10 noisy views each (sigma 1.2); a pair is
+	-- two views of a topic, so that the trained models rank by more than
+	-- raw distance (their blends pass the sign test) and versions differ
+	SELECT setseed(0.42);
+	CREATE TABLE normal AS SELECT i, j, sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()) AS z
+		FROM generate_series(0, 329) i, generate_series(1, 8) j;
 	CREATE TABLE items (id int PRIMARY KEY, v vector(8));
-	INSERT INTO items SELECT i, (SELECT array_agg(sin(i * j * 0.37 + j)::real) FROM generate_series(1, 8) j)::vector
-		FROM generate_series(1, 300) i;
+	INSERT INTO items SELECT n.i - 29, array_agg((c.z + 1.2 * n.z)::real ORDER BY n.j)::vector
+		FROM normal n JOIN normal c ON c.i = (n.i - 30) % 30 AND c.j = n.j WHERE n.i >= 30 GROUP BY n.i;
 	CREATE INDEX items_v ON items USING gnnhnsw (v vector_l2_ops) WITH (m = 8);
-	CREATE TABLE pairs AS SELECT a.v AS q, b.v AS p FROM items a JOIN items b ON b.id = a.id + 150 WHERE a.id <= 100;
+	CREATE TABLE pairs AS SELECT a.v AS q, b.v AS p FROM items a JOIN items b ON b.id = a.id + 150 WHERE a.id <= 150;
 	SELECT count(*) FROM gnnvec_train('items_v', 'SELECT q, p FROM pairs', epochs => 2, hidden => 8,
 		validation_fraction => 0);
 });

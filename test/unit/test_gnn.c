@@ -945,10 +945,10 @@ test_blend_choice(void)
 	int			smooth_alone = -1;
 
 	gnn_blend_tally_init(&tally);
-	tally.n = 10;
+	tally.n = 20;
 	for (int r = 0; r < GNN_BLENDS; r++)
 	{
-		tally.hits[r] = 6;
+		tally.hits[r] = 12;
 		tally.rank_sum[r] = 50;
 		if (gnn_blends[r].raw == 0 && gnn_blends[r].gnn == 0)
 			smooth_alone = r;
@@ -964,29 +964,49 @@ test_blend_choice(void)
 	tally.worse[3] = 1;
 	best = gnn_blend_apply_best(model, &tally, &rate);
 	CHECK(best == 0, "an insignificant gain keeps raw distance: blend %d", best);
-	/* significantly better ranks, but fewer positives in the top k */
+	/* significantly better ranks (12 to 0), but fewer positives in the top k */
 	tally.rank_sum[4] = 20;
-	tally.better[4] = 9;
-	tally.hits[4] = 5;
+	tally.better[4] = 12;
+	tally.hits[4] = 11;
 	best = gnn_blend_apply_best(model, &tally, &rate);
 	CHECK(best == 0, "a blend with fewer hits than raw distance is not chosen: blend %d",
 		  best);
-	tally.hits[smooth_alone] = 9;
+	tally.hits[smooth_alone] = 18;
 	tally.rank_sum[smooth_alone] = 30;
-	tally.better[smooth_alone] = 9;
+	tally.better[smooth_alone] = 12;
 	best = gnn_blend_apply_best(model, &tally, &rate);
 	CHECK(best == smooth_alone && rate == 0.9 && mix[0] == -30 &&
 		  mix[1] == -30 && mix[2] == 0,
 		  "the neighbourhood term alone when it wins: blend %d, weights %g %g %g",
 		  best, mix[0], mix[1], mix[2]);
 	tally.rank_sum[10] = 30;
-	tally.better[10] = 9;
+	tally.better[10] = 12;
 	best = gnn_blend_apply_best(model, &tally, &rate);
 	CHECK(best == 10 &&
 		  fabs(exp(mix[1] - mix[0]) - gnn_blends[10].gnn) < 1e-6 &&
 		  fabs(exp(mix[2] - mix[0]) - gnn_blends[10].smooth) < 1e-6,
 		  "a tie between blends goes to the earlier: %d, b/a %g, g/a %g",
 		  best, exp(mix[1] - mix[0]), exp(mix[2] - mix[0]));
+
+	/*
+	 * Fashion-MNIST's tally (docs/gnn.md): one blend of the 55 ranks 103
+	 * positives higher and 74 lower, with more hits; significant alone
+	 * (z 2.18), not as one of 55, so raw distance stays.
+	 */
+	gnn_blend_tally_init(&tally);
+	tally.n = 399;
+	for (int r = 0; r < GNN_BLENDS; r++)
+	{
+		tally.hits[r] = 45;
+		tally.rank_sum[r] = 47.9 * 399;
+	}
+	tally.hits[4] = 48;
+	tally.rank_sum[4] = 47.8 * 399;
+	tally.better[4] = 103;
+	tally.worse[4] = 74;
+	best = gnn_blend_apply_best(model, &tally, &rate);
+	CHECK(best == 0, "a gain significant only as one test of 55 keeps raw distance: blend %d",
+		  best);
 	gnn_model_free(model);
 }
 
@@ -998,12 +1018,20 @@ test_blend_choice(void)
 static void
 test_sign_test(void)
 {
-	CHECK(!gnn_significantly_better(0, 0), "no disagreement is not significant");
-	CHECK(!gnn_significantly_better(4, 0), "4 to 0: 4 = 2 sqrt(4), not above");
-	CHECK(gnn_significantly_better(5, 0), "5 to 0: 5 > 2 sqrt(5)");
-	CHECK(gnn_significantly_better(9, 2), "9 to 2: 7 > 2 sqrt(11) = 6.63");
-	CHECK(!gnn_significantly_better(20, 13), "20 to 13: 7 < 2 sqrt(33) = 11.5");
-	CHECK(!gnn_significantly_better(2, 9), "losing is never significant");
+	CHECK(!gnn_significantly_better(0, 0, 1), "no disagreement is not significant");
+	CHECK(!gnn_significantly_better(4, 0, 1), "4 to 0: 4 = 2 sqrt(4), not above");
+	CHECK(gnn_significantly_better(5, 0, 1), "5 to 0: 5 > 2 sqrt(5)");
+	CHECK(gnn_significantly_better(9, 2, 1), "9 to 2: 7 > 2 sqrt(11) = 6.63");
+	CHECK(!gnn_significantly_better(20, 13, 1), "20 to 13: 7 < 2 sqrt(33) = 11.5");
+	CHECK(!gnn_significantly_better(2, 9, 1), "losing is never significant");
+	/* one of 55 (the blends): z 3.34 */
+	CHECK(gnn_significantly_better(103, 74, 1),
+		  "Fashion-MNIST's 103 to 74 alone: 29 > 2 sqrt(177) = 26.6");
+	CHECK(!gnn_significantly_better(103, 74, 55),
+		  "103 to 74, one of 55: 29 < 3.34 sqrt(177) = 44.4");
+	CHECK(gnn_significantly_better(120, 57, 55), "120 to 57, one of 55: 63 > 44.4");
+	CHECK(!gnn_significantly_better(11, 0, 55), "11 to 0, one of 55: 11 < 3.34 sqrt(11) = 11.08");
+	CHECK(gnn_significantly_better(12, 0, 55), "12 to 0, one of 55: 12 > 3.34 sqrt(12) = 11.57");
 }
 
 /* ---- EWC keeps an earlier task ------------------------------------------------ */
