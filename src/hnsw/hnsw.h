@@ -920,6 +920,7 @@ extern int	hnsw_search_add(HnswSearch *s, ItemPointer tid);
 extern void hnsw_search_verify(HnswSearch *s, HnswElement *e);
 extern void hnsw_search_init(HnswSearch *s, Relation index, HnswMetric metric,
 							 int dim, int m, const float *query);
+extern void hnsw_search_use_cache(HnswSearch *s, HnswVecCache *cache);
 extern void hnsw_search_reset(HnswSearch *s);
 extern void hnsw_load_element(HnswSearch *s, HnswElement *e);
 extern void hnsw_load_vector(Relation index, ItemPointer tid, float *out);

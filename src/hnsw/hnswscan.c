@@ -459,8 +459,7 @@ start_scan(IndexScanDesc scan)
 
 	hnsw_search_init(&so->search, index, so->metric, so->meta.dims,
 					 so->meta.m, so->query);
-	so->search.cache = get_scan_cache(index, &so->meta);
-	so->search.cachebuf = palloc(sizeof(float) * so->meta.dims);
+	hnsw_search_use_cache(&so->search, get_scan_cache(index, &so->meta));
 	so->lastDist = 0;
 	so->haveLast = false;
 	if (hnsw_search_to_level(&so->search, &so->meta, 0, &ep) < 0)

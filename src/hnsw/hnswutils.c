@@ -441,12 +441,27 @@ hnsw_search_init(HnswSearch *s, Relation index, HnswMetric metric, int dim,
 	s->dim = dim;
 	s->m = m;
 	s->query = query;
-	if (query)
-		hnsw_vcache_query(&s->cquery, query, dim, palloc(dim));
 	s->capelems = 256;
 	s->elems = palloc(sizeof(HnswElement) * s->capelems);
 	hnsw_bind_allocator(&s->alloc);
 	hnsw_keyset_init(&s->visited, 256, &s->alloc);
+}
+
+/*
+ * Let a search with a query meet elements through a scan cache: the query
+ * as cached distances need it (its 8-bit code too) and a buffer for the
+ * vectors it puts in the cache.  Only scans have a cache; other searches
+ * (inserts, VACUUM) skip this work.
+ */
+void
+hnsw_search_use_cache(HnswSearch *s, HnswVecCache *cache)
+{
+	Assert(s->query != NULL);
+	s->cache = cache;
+	if (cache == NULL)
+		return;
+	hnsw_vcache_query(&s->cquery, s->query, s->dim, palloc(s->dim));
+	s->cachebuf = palloc(sizeof(float) * s->dim);
 }
 
 /* Forget every element met; keeps the query and the memory. */
