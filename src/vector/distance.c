@@ -427,6 +427,11 @@ static const VecKernels avx512_kernels = {
 	l2_squared_avx512, inner_product_avx512, l1_avx512, cosine_parts_avx512,
 	dot_u8_i8_avx2, VEC_ISA_AVX512
 };
+
+static const VecKernels avx512_vnni_kernels = {
+	l2_squared_avx512, inner_product_avx512, l1_avx512, cosine_parts_avx512,
+	dot_u8_i8_avx512_vnni, VEC_ISA_AVX512
+};
 #endif							/* VEC_HAVE_X86 */
 
 const VecKernels *
@@ -444,18 +449,13 @@ vec_kernels_for(VecIsa isa)
 			return NULL;
 		case VEC_ISA_AVX512:
 			__builtin_cpu_init();
-			if (__builtin_cpu_supports("avx512f"))
-			{
-				static VecKernels k;
-
-				k = avx512_kernels;
-				if (__builtin_cpu_supports("avx512bw") &&
-					__builtin_cpu_supports("avx512vnni") &&
-					__builtin_cpu_supports("bmi2"))
-					k.dot_u8_i8 = dot_u8_i8_avx512_vnni;
-				return &k;
-			}
-			return NULL;
+			if (!__builtin_cpu_supports("avx512f"))
+				return NULL;
+			if (__builtin_cpu_supports("avx512bw") &&
+				__builtin_cpu_supports("avx512vnni") &&
+				__builtin_cpu_supports("bmi2"))
+				return &avx512_vnni_kernels;
+			return &avx512_kernels;
 #else
 		default:
 			return NULL;
