@@ -117,9 +117,10 @@ hnsw_init(void)
 							PGC_USERSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("gnnvec.scan_cache_size",
 							"Memory each backend may keep gnnhnsw vectors in for its index scans.",
-							"0 turns the cache off; every visited element is then read from its page.",
+							"0 turns this backend's scan caches off, the shared one too; every visited element is then read from its page.",
 							&hnsw_scan_cache_kb, 65536, 0, MAX_KILOBYTES,
 							PGC_USERSET, GUC_UNIT_KB, NULL, NULL, NULL);
+	hnsw_shared_cache_init();
 }
 
 /*

@@ -432,17 +432,19 @@ extern const float *hnsw_graph_vector_of(void *arg, int32_t id);
  */
 typedef struct HnswVecCacheEntry
 {
-	uint64_t	key;			/* 0 = empty */
-	int32_t		slot;
+	uint64_t	key;			/* 0 = empty; stored after slot */
+	uint32_t	slot;			/* 1 + the slot; 0 = not taken */
 } HnswVecCacheEntry;
 
 typedef struct HnswVecCache
 {
 	int			dim;
 	bool		codes;			/* 8-bit codes, not float vectors */
+	bool		fixed;			/* in memory of the caller's, never grows */
 	HnswVecCacheEntry *map;		/* open addressing */
 	uint64_t	mask;
-	int32_t		n;
+	int32_t		n;				/* slots taken (fixed: may pass capacity) */
+	int32_t		capacity;		/* fixed: most slots */
 	char	  **chunks;			/* HNSW_VCACHE_CHUNK slots each */
 	int			nchunks;
 	int			capchunks;
@@ -481,7 +483,21 @@ typedef struct HnswVecQuery
 extern void hnsw_vcache_init(HnswVecCache *c, int dim, bool codes,
 							 size_t *used, size_t limit,
 							 const HnswAllocator *a);
-/* Forget every entry and give the memory back. */
+/*
+ * A cache of at most capacity entries in the bytes at mem (aligned to 16,
+ * hnsw_vcache_fixed_bytes of them), for memory several processes map at
+ * the same address: gets and puts may run in any number of them at once
+ * (a put publishes its entry with atomic operations, after its slot is
+ * written), a clear in none but one.
+ */
+extern size_t hnsw_vcache_fixed_bytes(int dim, bool codes, int64_t capacity);
+/* The largest capacity whose hnsw_vcache_fixed_bytes are at most bytes. */
+extern int64_t hnsw_vcache_fixed_capacity(int dim, bool codes, size_t bytes);
+extern void hnsw_vcache_init_fixed(HnswVecCache *c, int dim, bool codes,
+								   int64_t capacity, void *mem);
+/* Entries held (a fixed cache's n may pass its capacity). */
+extern int64_t hnsw_vcache_count(const HnswVecCache *c);
+/* Forget every entry (and give the memory back, unless fixed). */
 extern void hnsw_vcache_clear(HnswVecCache *c);
 /* Bring key's map entry towards the CPU before a get. */
 extern void hnsw_vcache_prefetch(const HnswVecCache *c, uint64_t key);
@@ -1082,6 +1098,44 @@ extern bool hnswgettuple(IndexScanDesc scan, ScanDirection dir);
 extern void hnswendscan(IndexScanDesc scan);
 extern const HnswVecCache *hnsw_scan_cache_peek(Relation index,
 												uint32 *generation);
+
+/* What gnnvec_scan_cache shows of one cache. */
+typedef struct HnswScanCacheInfo
+{
+	Oid			indexoid;
+	uint32		generation;
+	int64		elements;
+	int64		bytes;
+	bool		codes;
+	bool		shared;
+} HnswScanCacheInfo;
+
+/* hnswshared.c: the scan caches in shared memory */
+#if PG_VERSION_NUM >= 160000
+typedef RelFileLocator HnswRelFile;
+#define HNSW_INDEX_FILE(rel) ((rel)->rd_locator)
+#else
+typedef RelFileNode HnswRelFile;
+#define HNSW_INDEX_FILE(rel) ((rel)->rd_node)
+#endif
+
+/* A scan's hold on a shared cache (hnsw_shared_cache_get). */
+typedef struct HnswSharedCacheRef
+{
+	int			id;				/* -1: none */
+	uint64		incarnation;
+	uint32		generation;
+} HnswSharedCacheRef;
+
+extern int	hnsw_shared_cache_kb;
+extern void hnsw_shared_cache_init(void);
+extern HnswVecCache *hnsw_shared_cache_get(Relation index,
+										   const HnswMetaPageData *meta,
+										   bool for_scan,
+										   HnswSharedCacheRef *ref);
+extern bool hnsw_shared_cache_enter(const HnswSharedCacheRef *ref);
+extern void hnsw_shared_cache_leave(const HnswSharedCacheRef *ref);
+extern int	hnsw_shared_cache_list(HnswScanCacheInfo *out, int max);
 
 /*
  * Scan plug-in points.

@@ -42,6 +42,12 @@ hnsw_vcache_clear(HnswVecCache *c)
 {
 	const HnswAllocator *a = c->a;
 
+	if (c->fixed)
+	{
+		memset(c->map, 0, sizeof(HnswVecCacheEntry) * (c->mask + 1));
+		c->n = 0;
+		return;
+	}
 	for (int i = 0; i < c->nchunks; i++)
 		a->free(a->ctx, c->chunks[i]);
 	if (c->chunks)
@@ -103,12 +109,18 @@ map_resize(HnswVecCache *c, uint64_t size)
 	return true;
 }
 
+static inline size_t
+entry_bytes(int dim, bool codes)
+{
+	if (codes)					/* padded: the next slot's word stays aligned */
+		return sizeof(HnswVecCode) + (((size_t) dim + 7) & ~(size_t) 7);
+	return sizeof(float) * dim;
+}
+
 size_t
 hnsw_vcache_entry_bytes(const HnswVecCache *c)
 {
-	if (c->codes)				/* padded: the next slot's word stays aligned */
-		return sizeof(HnswVecCode) + (((size_t) c->dim + 7) & ~(size_t) 7);
-	return sizeof(float) * c->dim;
+	return entry_bytes(c->dim, c->codes);
 }
 
 /* Bytes of one slot: the caller's word, then the entry. */
@@ -116,6 +128,88 @@ static inline size_t
 slot_bytes(const HnswVecCache *c)
 {
 	return sizeof(uint64_t) + hnsw_vcache_entry_bytes(c);
+}
+
+/*
+ * A fixed cache's layout: its map (a power of two, at least twice the
+ * capacity, so that a put always finds a free entry), the chunk pointers,
+ * then the slots.
+ */
+static uint64_t
+fixed_map_size(int64_t capacity)
+{
+	uint64_t	size = 16;
+
+	while (size < 2 * (uint64_t) capacity)
+		size *= 2;
+	return size;
+}
+
+static size_t
+fixed_chunks(int64_t capacity)
+{
+	return (capacity + HNSW_VCACHE_CHUNK - 1) / HNSW_VCACHE_CHUNK;
+}
+
+#define ALIGN16(x) (((x) + 15) & ~(size_t) 15)
+
+size_t
+hnsw_vcache_fixed_bytes(int dim, bool codes, int64_t capacity)
+{
+	return sizeof(HnswVecCacheEntry) * fixed_map_size(capacity) +
+		ALIGN16(sizeof(char *) * fixed_chunks(capacity)) +
+		(size_t) capacity * (sizeof(uint64_t) + entry_bytes(dim, codes));
+}
+
+int64_t
+hnsw_vcache_fixed_capacity(int dim, bool codes, size_t bytes)
+{
+	int64_t		lo = 0,
+				hi = (int64_t) (bytes / (sizeof(uint64_t) + entry_bytes(dim, codes)));
+
+	if (hi > INT32_MAX - 1)
+		hi = INT32_MAX - 1;
+	while (lo < hi)
+	{
+		int64_t		mid = lo + (hi - lo + 1) / 2;
+
+		if (hnsw_vcache_fixed_bytes(dim, codes, mid) <= bytes)
+			lo = mid;
+		else
+			hi = mid - 1;
+	}
+	return lo;
+}
+
+void
+hnsw_vcache_init_fixed(HnswVecCache *c, int dim, bool codes,
+					   int64_t capacity, void *mem)
+{
+	uint64_t	mapsize = fixed_map_size(capacity);
+	char	   *slots;
+
+	memset(c, 0, sizeof(HnswVecCache));
+	c->dim = dim;
+	c->codes = codes;
+	c->fixed = true;
+	c->capacity = (int32_t) capacity;
+	c->map = mem;
+	c->mask = mapsize - 1;
+	memset(c->map, 0, sizeof(HnswVecCacheEntry) * mapsize);
+	c->chunks = (char **) (c->map + mapsize);
+	c->nchunks = c->capchunks = (int) fixed_chunks(capacity);
+	slots = (char *) c->chunks + ALIGN16(sizeof(char *) * c->nchunks);
+	for (int i = 0; i < c->nchunks; i++)
+		c->chunks[i] = slots + (size_t) i * HNSW_VCACHE_CHUNK * slot_bytes(c);
+	c->bytes = hnsw_vcache_fixed_bytes(dim, codes, capacity);
+}
+
+int64_t
+hnsw_vcache_count(const HnswVecCache *c)
+{
+	int32_t		n = __atomic_load_n(&c->n, __ATOMIC_RELAXED);
+
+	return c->fixed && n > c->capacity ? c->capacity : n;
 }
 
 static inline char *
@@ -157,18 +251,23 @@ hnsw_vcache_prefetch(const HnswVecCache *c, uint64_t key)
 		hnsw_prefetch(&c->map[hnsw_key_hash(key) & c->mask]);
 }
 
+/*
+ * An entry's key is stored last (release), so that one seen here (acquire)
+ * comes with its slot number and its slot's contents.
+ */
 const void *
 hnsw_vcache_get(const HnswVecCache *c, uint64_t key)
 {
-	uint64_t	j;
+	uint64_t	j,
+				k;
 
 	if (c->map == NULL)
 		return NULL;
 	j = hnsw_key_hash(key) & c->mask;
-	while (c->map[j].key != 0)
+	while ((k = __atomic_load_n(&c->map[j].key, __ATOMIC_ACQUIRE)) != 0)
 	{
-		if (c->map[j].key == key)
-			return slot_at(c, c->map[j].slot) + sizeof(uint64_t);
+		if (k == key)
+			return slot_at(c, (int32_t) c->map[j].slot - 1) + sizeof(uint64_t);
 		j = (j + 1) & c->mask;
 	}
 	return NULL;
@@ -239,19 +338,45 @@ encode(const float *vec, int dim, char *out)
 	memcpy(out, &h, sizeof(h));
 }
 
+/* A slot of a fixed cache, or -1 when it is full. */
+static int32_t
+take_fixed_slot(HnswVecCache *c)
+{
+	int32_t		slot;
+
+	/* look first, so that a full cache's n stops growing */
+	if (__atomic_load_n(&c->n, __ATOMIC_RELAXED) >= c->capacity)
+		return -1;
+	slot = __atomic_fetch_add(&c->n, 1, __ATOMIC_RELAXED);
+	return slot < c->capacity ? slot : -1;
+}
+
+/*
+ * A slot of a growing cache (the map grown first, to keep it at most half
+ * full), or -1 when the budget is spent.
+ */
+static int32_t
+take_slot(HnswVecCache *c)
+{
+	if ((c->map == NULL || (uint64_t) (c->n + 1) * 2 > c->mask + 1) &&
+		!map_resize(c, c->map ? (c->mask + 1) * 2 : 1024))
+		return -1;
+	if (c->n == c->nchunks * HNSW_VCACHE_CHUNK && !add_chunk(c))
+		return -1;
+	return c->n++;
+}
+
 bool
 hnsw_vcache_put(HnswVecCache *c, uint64_t key, const float *vec, uint64_t aux)
 {
 	uint64_t	j;
-	int32_t		slot = c->n;
+	int32_t		slot;
 	char	   *p;
 
 	if (hnsw_vcache_get(c, key) != NULL)
 		return true;
-	if ((c->map == NULL || (uint64_t) (c->n + 1) * 2 > c->mask + 1) &&
-		!map_resize(c, c->map ? (c->mask + 1) * 2 : 1024))
-		return false;
-	if (slot == c->nchunks * HNSW_VCACHE_CHUNK && !add_chunk(c))
+	slot = c->fixed ? take_fixed_slot(c) : take_slot(c);
+	if (slot < 0)
 		return false;
 	p = slot_at(c, slot);
 	memcpy(p, &aux, sizeof(uint64_t));
@@ -259,12 +384,26 @@ hnsw_vcache_put(HnswVecCache *c, uint64_t key, const float *vec, uint64_t aux)
 		encode(vec, c->dim, p + sizeof(uint64_t));
 	else
 		memcpy(p + sizeof(uint64_t), vec, sizeof(float) * c->dim);
+
+	/*
+	 * Take a free map entry (another process may be taking it too), then
+	 * publish the key: the slot's contents and number are visible to any
+	 * reader that sees it.  Two processes putting the same key both succeed,
+	 * in two entries; a get finds the first.
+	 */
 	j = hnsw_key_hash(key) & c->mask;
-	while (c->map[j].key != 0)
+	for (;;)
+	{
+		uint32_t	free_entry = 0;
+
+		if (__atomic_load_n(&c->map[j].slot, __ATOMIC_RELAXED) == 0 &&
+			__atomic_compare_exchange_n(&c->map[j].slot, &free_entry,
+										(uint32_t) slot + 1, false,
+										__ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+			break;
 		j = (j + 1) & c->mask;
-	c->map[j].key = key;
-	c->map[j].slot = slot;
-	c->n++;
+	}
+	__atomic_store_n(&c->map[j].key, key, __ATOMIC_RELEASE);
 	return true;
 }
 

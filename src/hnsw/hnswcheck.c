@@ -560,18 +560,17 @@ check_graph(Relation index, IndexImage *img)
 }
 
 /*
- * This backend's scan cache for the index (hnswscan.c), if it is of the
+ * A scan cache of the index (hnswscan.c, hnswshared.c), filled under the
  * index's current generation: every vector (or code) and neighbour tuple
  * TID in it must be its live element's.
  */
 static void
-check_scan_cache(Relation index, IndexImage *img)
+check_cache(Relation index, IndexImage *img, const HnswVecCache *c,
+			const char *which)
 {
-	uint32		generation;
-	const HnswVecCache *c = hnsw_scan_cache_peek(index, &generation);
 	HnswSearch	loader;
 
-	if (c == NULL || c->map == NULL || generation != img->meta.generation)
+	if (c->map == NULL)
 		return;
 	hnsw_search_init(&loader, index, (HnswMetric) img->meta.metric,
 					 img->meta.dims, img->meta.m, NULL);
@@ -588,7 +587,7 @@ check_scan_cache(Relation index, IndexImage *img)
 		FIND(img->elems, img->nelems, key, k);
 		if (k < 0)
 			problem(img, KEY_BLK(key), KEY_OFF(key),
-					"this backend's scan cache holds an element the index does not have");
+					"%s holds an element the index does not have", which);
 		else if (!img->elems[k].deleted)
 		{
 			HnswElement e;
@@ -598,9 +597,28 @@ check_scan_cache(Relation index, IndexImage *img)
 			if (!hnsw_vcache_matches(c, cached, e.vec) ||
 				hnsw_vcache_word(cached) != hnsw_tid_key(&img->elems[k].neighbortid))
 				problem(img, KEY_BLK(key), KEY_OFF(key),
-						"this backend's scan cache disagrees with the element's vector or neighbour tuple");
+						"%s disagrees with the element's vector or neighbour tuple",
+						which);
 			pfree(e.vec);
 		}
+	}
+}
+
+/* This backend's scan cache of the index, and the shared one. */
+static void
+check_scan_caches(Relation index, IndexImage *img)
+{
+	uint32		generation;
+	const HnswVecCache *c = hnsw_scan_cache_peek(index, &generation);
+	HnswSharedCacheRef ref;
+
+	if (c != NULL && generation == img->meta.generation)
+		check_cache(index, img, c, "this backend's scan cache");
+	c = hnsw_shared_cache_get(index, &img->meta, false, &ref);
+	if (c != NULL && hnsw_shared_cache_enter(&ref))
+	{
+		check_cache(index, img, c, "the shared scan cache");
+		hnsw_shared_cache_leave(&ref);
 	}
 }
 
@@ -635,7 +653,7 @@ gnnvec_index_check(PG_FUNCTION_ARGS)
 	if (img.metaOk)
 	{
 		check_graph(index, &img);
-		check_scan_cache(index, &img);
+		check_scan_caches(index, &img);
 	}
 	relation_close(index, AccessShareLock);
 

@@ -32,6 +32,8 @@
  * element freed by a VACUUM still running can leave a scan of the old
  * generation with the old vector: that misguides the search for that
  * scan, never the rows returned or their order, which come from the pages.
+ * With gnnvec preloaded, an index's cache is in shared memory, one for
+ * every backend (hnswshared.c); the backend's own is then the fallback.
  */
 #include "postgres.h"
 
@@ -47,21 +49,11 @@
 typedef struct ScanCache
 {
 	Oid			indexoid;
-#if PG_VERSION_NUM >= 160000
-	RelFileLocator node;
-#else
-	RelFileNode node;
-#endif
+	HnswRelFile node;
 	uint32		generation;
 	HnswVecCache vc;
 	struct ScanCache *next;
 } ScanCache;
-
-#if PG_VERSION_NUM >= 160000
-#define INDEX_FILE(rel) ((rel)->rd_locator)
-#else
-#define INDEX_FILE(rel) ((rel)->rd_node)
-#endif
 
 /* The caches of this backend, most recently used first. */
 #define HNSW_SCAN_CACHES	4
@@ -78,6 +70,8 @@ typedef struct HnswScanOpaqueData
 	HnswMetric	metric;
 	float	   *query;
 	HnswSearch	search;
+	HnswSharedCacheRef shared;	/* search.cache is a shared one */
+	bool		cacheCodes;		/* search.cache holds 8-bit codes */
 	HnswIterativeScan iterative;	/* gnnvec.iterative_scan when it began */
 	HnswLevelSearch level0;		/* valid while !done */
 	HnswHeapItem *found;		/* room for one round (ef) */
@@ -99,7 +93,7 @@ static bool
 scan_cache_is_for(const ScanCache *sc, Relation index)
 {
 	return sc->indexoid == RelationGetRelid(index) &&
-		memcmp(&sc->node, &INDEX_FILE(index), sizeof(sc->node)) == 0;
+		memcmp(&sc->node, &HNSW_INDEX_FILE(index), sizeof(sc->node)) == 0;
 }
 
 /* This backend's cache for the index, if it has one (no side effects). */
@@ -117,23 +111,44 @@ hnsw_scan_cache_peek(Relation index, uint32 *generation)
 
 PG_FUNCTION_INFO_V1(gnnvec_scan_cache);
 
-/* This backend's scan caches: index, generation, elements, bytes, codes. */
+/*
+ * The scan caches this backend may use: its own, then the shared ones of
+ * this database's indexes (index, generation, elements, bytes, codes,
+ * shared).
+ */
 Datum
 gnnvec_scan_cache(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	HnswScanCacheInfo info[HNSW_SCAN_CACHES + 16];
+	int			n = 0;
 
 	InitMaterializedSRF(fcinfo, 0);
-	for (ScanCache *sc = scanCaches; sc != NULL; sc = sc->next)
+	for (ScanCache *sc = scanCaches; sc != NULL; sc = sc->next, n++)
 	{
-		Datum		values[5];
-		bool		nulls[5] = {false, false, false, false, false};
+		info[n].indexoid = sc->indexoid;
+		info[n].generation = sc->generation;
+		info[n].elements = hnsw_vcache_count(&sc->vc);
+		info[n].bytes = (int64) sc->vc.bytes;
+		info[n].codes = sc->vc.codes;
+		info[n].shared = false;
+	}
+	n += hnsw_shared_cache_list(info + n, lengthof(info) - n);
+	/*
+	 * An installation not updated to 0.1.3 has no shared column: the
+	 * tuplestore takes as many values as its descriptor has.
+	 */
+	for (int i = 0; i < n; i++)
+	{
+		Datum		values[6];
+		bool		nulls[6] = {false, false, false, false, false, false};
 
-		values[0] = ObjectIdGetDatum(sc->indexoid);
-		values[1] = Int64GetDatum(sc->generation);
-		values[2] = Int64GetDatum(sc->vc.n);
-		values[3] = Int64GetDatum((int64) sc->vc.bytes);
-		values[4] = BoolGetDatum(sc->vc.codes);
+		values[0] = ObjectIdGetDatum(info[i].indexoid);
+		values[1] = Int64GetDatum(info[i].generation);
+		values[2] = Int64GetDatum(info[i].elements);
+		values[3] = Int64GetDatum(info[i].bytes);
+		values[4] = BoolGetDatum(info[i].codes);
+		values[5] = BoolGetDatum(info[i].shared);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
@@ -161,14 +176,17 @@ scan_cache_codes(Relation index, const HnswMetaPageData *meta, size_t limit)
 }
 
 /*
- * This backend's cache for the index, valid for the generation in meta;
- * NULL when gnnvec.scan_cache_size is 0.  Whether it holds codes is
+ * The scan's cache for the index, valid for the generation in meta: the
+ * shared one if the index has one (so->shared), else this backend's; NULL
+ * when gnnvec.scan_cache_size is 0.  Whether the backend's holds codes is
  * decided when it starts empty (after each generation change too).
  */
 static HnswVecCache *
-get_scan_cache(Relation index, const HnswMetaPageData *meta)
+get_scan_cache(Relation index, HnswScanOpaque so)
 {
+	const HnswMetaPageData *meta = &so->meta;
 	size_t		limit = (size_t) hnsw_scan_cache_kb * 1024;
+	HnswVecCache *shared;
 	ScanCache **link;
 	ScanCache  *sc;
 	int			n = 0;
@@ -192,6 +210,8 @@ get_scan_cache(Relation index, const HnswMetaPageData *meta)
 	}
 	if (limit == 0)
 		return NULL;
+	if ((shared = hnsw_shared_cache_get(index, meta, true, &so->shared)) != NULL)
+		return shared;
 	for (link = &scanCaches; (sc = *link) != NULL; link = &sc->next, n++)
 	{
 		if (scan_cache_is_for(sc, index))
@@ -211,7 +231,7 @@ get_scan_cache(Relation index, const HnswMetaPageData *meta)
 		}
 		sc = MemoryContextAllocZero(scanCacheCtx, sizeof(ScanCache));
 		sc->indexoid = RelationGetRelid(index);
-		memcpy(&sc->node, &INDEX_FILE(index), sizeof(sc->node));
+		memcpy(&sc->node, &HNSW_INDEX_FILE(index), sizeof(sc->node));
 		sc->generation = meta->generation;
 		/* floats or codes: chosen below, while it is empty */
 		hnsw_vcache_init(&sc->vc, meta->dims, false, &scanCacheUsed, limit,
@@ -225,7 +245,7 @@ get_scan_cache(Relation index, const HnswMetaPageData *meta)
 		hnsw_vcache_clear(&sc->vc);
 		sc->generation = meta->generation;
 	}
-	if (sc->vc.n == 0)
+	if (hnsw_vcache_count(&sc->vc) == 0)
 		sc->vc.codes = scan_cache_codes(index, meta, limit);
 	return &sc->vc;
 }
@@ -261,6 +281,28 @@ hnswrescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys,
 	so->pos = 0;
 	so->heappos = 0;
 	so->done = false;
+}
+
+/*
+ * Hold the scan's shared cache, if it has one, for a stretch of graph
+ * search; a scan whose cache was cleared or given away since goes on
+ * without one.  Rows go back to the executor only after scan_cache_leave.
+ */
+static void
+scan_cache_enter(HnswScanOpaque so)
+{
+	if (so->shared.id >= 0 && !hnsw_shared_cache_enter(&so->shared))
+	{
+		so->shared.id = -1;
+		so->search.cache = NULL;
+	}
+}
+
+static void
+scan_cache_leave(HnswScanOpaque so)
+{
+	if (so->shared.id >= 0)
+		hnsw_shared_cache_leave(&so->shared);
 }
 
 /*
@@ -361,7 +403,9 @@ search_round(IndexScanDesc scan)
 	int			nf;
 	int			i;
 
+	scan_cache_enter(so);
 	nf = hnsw_level_search_round(&so->level0, hnsw_max_scan_tuples, so->found);
+	scan_cache_leave(so);
 	if (so->cands)
 	{
 		pfree(so->cands);
@@ -388,7 +432,7 @@ search_round(IndexScanDesc scan)
 		so->ncands = hnsw_scan_rerank(scan->indexRelation, so->query,
 									  so->meta.dims, so->cands, n);
 	}
-	else if (so->search.cache != NULL && so->search.cache->codes)
+	else if (so->cacheCodes)
 	{
 		/*
 		 * Distances from 8-bit codes are off by up to a few percent, more
@@ -459,15 +503,21 @@ start_scan(IndexScanDesc scan)
 
 	hnsw_search_init(&so->search, index, so->metric, so->meta.dims,
 					 so->meta.m, so->query);
-	hnsw_search_use_cache(&so->search, get_scan_cache(index, &so->meta));
+	so->shared.id = -1;
+	hnsw_search_use_cache(&so->search, get_scan_cache(index, so));
+	/* a shared cache's kind does not change while its index has it */
+	so->cacheCodes = so->search.cache != NULL && so->search.cache->codes;
 	so->lastDist = 0;
 	so->haveLast = false;
+	scan_cache_enter(so);
 	if (hnsw_search_to_level(&so->search, &so->meta, 0, &ep) < 0)
 	{
 		/* an empty index */
+		scan_cache_leave(so);
 		so->done = true;
 		return;
 	}
+	scan_cache_leave(so);
 	ef = hnsw_scan_ef(index);
 	so->found = palloc(sizeof(HnswHeapItem) * ef);
 	so->iterative = (HnswIterativeScan) hnsw_iterative_scan;

@@ -713,13 +713,19 @@ search_cached(HnswSearch *s, ItemPointer tid)
 
 /*
  * Read an element met through the cache from its page: its heap TIDs,
- * flags and exact distance.
+ * flags and exact distance.  It is in the cache already, and a scan
+ * verifies while it does not hold a shared cache (hnswscan.c): no put.
  */
 void
 hnsw_search_verify(HnswSearch *s, HnswElement *e)
 {
-	if (!e->verified)
-		load_element_pinned(s, e, InvalidBuffer);
+	HnswVecCache *cache = s->cache;
+
+	if (e->verified)
+		return;
+	s->cache = NULL;
+	load_element_pinned(s, e, InvalidBuffer);
+	s->cache = cache;
 }
 
 /*

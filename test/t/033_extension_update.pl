@@ -1,6 +1,7 @@
-# CREATE EXTENSION gives 0.1.2 (0.1.0 and the update scripts), and a 0.1.0
+# CREATE EXTENSION gives 0.1.3 (0.1.0 and the update scripts), and a 0.1.0
 # installation updates to it: the MicroLoRA mutators are closed to PUBLIC
-# either way, while the rest stays open.
+# either way, while the rest stays open, and gnnvec_scan_cache has the
+# shared column of 0.1.3.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -24,7 +25,7 @@ my $closed = 'false false false false false false false false true true';
 
 $node->safe_psql('postgres', 'CREATE EXTENSION gnnvec');
 is($node->safe_psql('postgres', q{SELECT extversion FROM pg_extension WHERE extname = 'gnnvec'}),
-	'0.1.2', 'CREATE EXTENSION installs 0.1.2');
+	'0.1.3', 'CREATE EXTENSION installs 0.1.3');
 is($node->safe_psql('postgres', $privileges), $closed, 'mutators closed to PUBLIC in a new installation');
 
 $node->safe_psql('old', q{CREATE EXTENSION gnnvec VERSION '0.1.0'});
@@ -32,8 +33,11 @@ is($node->safe_psql('old', $privileges), 'true true true true true true true tru
 	'0.1.0 left them open');
 $node->safe_psql('old', 'ALTER EXTENSION gnnvec UPDATE');
 is($node->safe_psql('old', q{SELECT extversion FROM pg_extension WHERE extname = 'gnnvec'}),
-	'0.1.2', 'ALTER EXTENSION UPDATE reaches 0.1.2');
+	'0.1.3', 'ALTER EXTENSION UPDATE reaches 0.1.3');
 is($node->safe_psql('old', $privileges), $closed, 'the update closes them');
+is($node->safe_psql('old', q{SELECT string_agg(a, ' ' ORDER BY n) FROM unnest(
+		(SELECT proargnames FROM pg_proc WHERE proname = 'gnnvec_scan_cache')) WITH ORDINALITY AS t(a, n)}),
+	'index generation elements bytes codes shared', 'gnnvec_scan_cache has the 0.1.3 columns');
 
 $node->stop;
 done_testing();

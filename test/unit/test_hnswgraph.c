@@ -5,6 +5,7 @@
  *		level 0 given from outside (the CAGRA plug-in point).
  */
 #include <math.h>
+#include <pthread.h>
 #include <string.h>
 
 #include "unit.h"
@@ -459,6 +460,119 @@ test_vcache(void)
 }
 
 /*
+ * A fixed cache (the shared scan cache's): its layout fits the bytes it is
+ * given, and four threads putting overlapping keys at once while they read
+ * never see an entry that is not its key's, never pass the capacity, and
+ * leave every key they were told was stored readable.
+ */
+enum
+{
+	FIXED_DIM = 20,
+	FIXED_CAPACITY = 3000,
+	FIXED_KEYS = 4000,
+	FIXED_THREADS = 4
+};
+
+typedef struct FixedWorker
+{
+	HnswVecCache *c;
+	int			first;
+	int			wrong;
+	char		stored[FIXED_KEYS + 1];
+} FixedWorker;
+
+static void
+fixed_vector(int key, float *v)
+{
+	for (int d = 0; d < FIXED_DIM; d++)
+		v[d] = (float) (key * 32 + d);
+}
+
+static void *
+fixed_worker(void *arg)
+{
+	FixedWorker *w = arg;
+	float		v[FIXED_DIM];
+
+	for (int i = 0; i < FIXED_KEYS; i++)
+	{
+		int			key = (w->first + i * 7) % FIXED_KEYS + 1;
+		const float *got;
+
+		fixed_vector(key, v);
+		w->stored[key] = hnsw_vcache_put(w->c, (uint64_t) key << 16 | 1, v,
+										 (uint64_t) key * 3);
+		/* a key another thread stored, maybe a moment ago */
+		key = (key * 13) % FIXED_KEYS + 1;
+		got = hnsw_vcache_get(w->c, (uint64_t) key << 16 | 1);
+		fixed_vector(key, v);
+		if (got != NULL && (memcmp(got, v, sizeof(v)) != 0 ||
+							hnsw_vcache_word(got) != (uint64_t) key * 3))
+			w->wrong++;
+	}
+	return NULL;
+}
+
+static void
+test_vcache_fixed(void)
+{
+	size_t		bytes = hnsw_vcache_fixed_bytes(FIXED_DIM, false, FIXED_CAPACITY);
+	char	   *mem = aligned_alloc(16, bytes + 64);
+	HnswVecCache c;
+	FixedWorker w[FIXED_THREADS];
+	pthread_t	th[FIXED_THREADS];
+	int			lost = 0,
+				wrong = 0;
+	float		v[FIXED_DIM];
+
+	CHECK(hnsw_vcache_fixed_capacity(FIXED_DIM, false, bytes) == FIXED_CAPACITY &&
+		  hnsw_vcache_fixed_capacity(FIXED_DIM, false, bytes - 1) < FIXED_CAPACITY,
+		  "the capacity of the bytes a capacity takes is that capacity");
+	CHECK(hnsw_vcache_fixed_capacity(FIXED_DIM, true, bytes) > FIXED_CAPACITY,
+		  "codes hold more 20-d vectors than floats in the same bytes");
+	memset(mem + bytes, 0x5a, 64);
+	hnsw_vcache_init_fixed(&c, FIXED_DIM, false, FIXED_CAPACITY, mem);
+	for (int t = 0; t < FIXED_THREADS; t++)
+	{
+		memset(&w[t], 0, sizeof(FixedWorker));
+		w[t].c = &c;
+		w[t].first = t * 1000;
+		pthread_create(&th[t], NULL, fixed_worker, &w[t]);
+	}
+	for (int t = 0; t < FIXED_THREADS; t++)
+	{
+		pthread_join(th[t], NULL);
+		wrong += w[t].wrong;
+	}
+	CHECK(wrong == 0, "%d entries read while others were put were not their key's", wrong);
+	CHECK(hnsw_vcache_count(&c) == FIXED_CAPACITY,
+		  "a fixed cache fills to its capacity and no further (%lld)",
+		  (long long) hnsw_vcache_count(&c));
+	for (int key = 1; key <= FIXED_KEYS; key++)
+	{
+		const float *got = hnsw_vcache_get(&c, (uint64_t) key << 16 | 1);
+		bool		stored = false;
+
+		for (int t = 0; t < FIXED_THREADS; t++)
+			stored |= w[t].stored[key];
+		fixed_vector(key, v);
+		if (stored && (got == NULL || memcmp(got, v, sizeof(v)) != 0))
+			lost++;
+	}
+	CHECK(lost == 0, "%d keys a put said were stored cannot be read back", lost);
+	CHECK(((unsigned char *) mem)[bytes] == 0x5a && ((unsigned char *) mem)[bytes + 63] == 0x5a,
+		  "nothing is written past the cache's bytes");
+	hnsw_vcache_clear(&c);
+	CHECK(hnsw_vcache_count(&c) == 0 && hnsw_vcache_get(&c, 5ULL << 16 | 1) == NULL,
+		  "a cleared fixed cache is empty");
+	fixed_vector(5, v);
+	CHECK(hnsw_vcache_put(&c, 5ULL << 16 | 1, v, 15) &&
+		  hnsw_vcache_get(&c, 5ULL << 16 | 1) != NULL,
+		  "and takes puts again");
+	free(mem);
+}
+
+/*
  * 8-bit codes: each coordinate decodes to within half a step of the
  * vector's own range, the distances read from codes stay within the bound
  * that error implies, for L2 and inner product, and a code takes a
@@ -654,6 +768,7 @@ main(void)
 	test_level0();
 	test_reach();
 	test_vcache();
+	test_vcache_fixed();
 	test_vcache_codes();
 	test_list_add();
 	return unit_report("hnswgraph");
