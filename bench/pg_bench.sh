@@ -8,7 +8,10 @@
 # each ef_search runs ONE statement that answers all queries through
 # LATERAL (... ORDER BY embedding <-> q.embedding LIMIT 10), timed twice in
 # each of 3 new sessions: the first time in a new backend (cold_* columns)
-# and the steady state after it, best of 3 each.
+# and the steady state after it, best of 3 each.  The server has gnnvec
+# preloaded (test/run.sh), so gnnhnsw's scan cache is shared: the first
+# session fills it, and the best new backend meets it warm, as pgvector's
+# meets shared_buffers warm.
 # Writes OUT_DIR/pg_hnsw.csv and OUT_DIR/pg_results_ef*.csv (query id, item id);
 # then the same for an index built with build_method = 'cagra' (same m,
 # graph_degree 2m, intermediate_graph_degree 3m): OUT_DIR/pg_cagra.csv and
@@ -109,8 +112,8 @@ bench_index() {
 		wall= cpu= cold_wall= cold_cpu=
 		for _ in $(seq "$reps"); do
 			# each run is a new backend: its first statement fills what it
-			# keeps between statements (gnnhnsw's scan cache), the second is
-			# the steady state a pooled connection sees
+			# keeps between statements (what gnnhnsw's shared scan cache
+			# lacks), the second is the steady state a pooled connection sees
 			t=$(timed 2 "$cpu_thread" -c "SET $guc = $ef" -c "SET enable_seqscan = off" \
 				-c "COPY (SELECT q.id, r.id FROM queries q CROSS JOIN LATERAL
 				          (SELECT id FROM items ORDER BY embedding $op q.embedding LIMIT 10) r)

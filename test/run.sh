@@ -184,7 +184,10 @@ start_cluster() {
 		max_parallel_maintenance_workers = 2
 	EOF
 	if [ "$mode" = bench ]; then
+		# preloaded, as a production server would have it: the scan caches
+		# are then shared (gnnvec.shared_scan_cache_size, default 128MB)
 		cat >>"$data/postgresql.conf" <<-EOF
+			shared_preload_libraries = 'gnnvec'
 			shared_buffers = 2GB
 			maintenance_work_mem = 2GB
 			max_parallel_maintenance_workers = 1
