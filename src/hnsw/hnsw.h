@@ -1120,9 +1120,11 @@ typedef RelFileNode HnswRelFile;
 #endif
 
 /* A scan's hold on a shared cache (hnsw_shared_cache_get). */
+#define HNSW_SHARED_NONE	(-1)
+#define HNSW_SHARED_BUSY	(-2)
 typedef struct HnswSharedCacheRef
 {
-	int			id;				/* -1: none */
+	int			id;				/* or HNSW_SHARED_NONE / _BUSY */
 	uint64		incarnation;
 	uint32		generation;
 } HnswSharedCacheRef;

@@ -212,6 +212,8 @@ get_scan_cache(Relation index, HnswScanOpaque so)
 		return NULL;
 	if ((shared = hnsw_shared_cache_get(index, meta, true, &so->shared)) != NULL)
 		return shared;
+	if (so->shared.id == HNSW_SHARED_BUSY)
+		return NULL;
 	for (link = &scanCaches; (sc = *link) != NULL; link = &sc->next, n++)
 	{
 		if (scan_cache_is_for(sc, index))
@@ -293,7 +295,7 @@ scan_cache_enter(HnswScanOpaque so)
 {
 	if (so->shared.id >= 0 && !hnsw_shared_cache_enter(&so->shared))
 	{
-		so->shared.id = -1;
+		so->shared.id = HNSW_SHARED_NONE;
 		so->search.cache = NULL;
 	}
 }
@@ -503,7 +505,7 @@ start_scan(IndexScanDesc scan)
 
 	hnsw_search_init(&so->search, index, so->metric, so->meta.dims,
 					 so->meta.m, so->query);
-	so->shared.id = -1;
+	so->shared.id = HNSW_SHARED_NONE;
 	hnsw_search_use_cache(&so->search, get_scan_cache(index, so));
 	/* a shared cache's kind does not change while its index has it */
 	so->cacheCodes = so->search.cache != NULL && so->search.cache->codes;

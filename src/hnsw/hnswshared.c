@@ -42,6 +42,8 @@
 #define HNSW_SHARED_IDLE_SECS	60
 /* a cache for fewer elements than this is not worth a directory entry */
 #define HNSW_SHARED_MIN_ELEMENTS 1024
+/* an index that found no room asks again after this long */
+#define HNSW_SHARED_RETRY_SECS	10
 
 typedef struct SharedCache
 {
@@ -72,6 +74,22 @@ typedef struct SharedCacheDir
 
 int			hnsw_shared_cache_kb = 131072;
 static SharedCacheDir *cacheDir = NULL;
+
+/*
+ * The indexes this backend found no room for, and when: their scans use
+ * the backend's own cache without asking the directory (exclusively) each
+ * time.
+ */
+typedef struct NoRoom
+{
+	Oid			indexoid;
+	HnswRelFile file;
+	TimestampTz when;
+} NoRoom;
+
+#define HNSW_NO_ROOM_MEMO	8
+static NoRoom noRoom[HNSW_NO_ROOM_MEMO];
+static int	noRoomNext = 0;
 
 #if PG_VERSION_NUM >= 150000
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -261,6 +279,28 @@ evict_idle_cache(void)
 	return true;
 }
 
+static bool
+no_room_recently(Relation index)
+{
+	for (int i = 0; i < HNSW_NO_ROOM_MEMO; i++)
+		if (noRoom[i].indexoid == RelationGetRelid(index) &&
+			memcmp(&noRoom[i].file, &HNSW_INDEX_FILE(index), sizeof(HnswRelFile)) == 0)
+			return !TimestampDifferenceExceeds(noRoom[i].when,
+											   GetCurrentStatementStartTimestamp(),
+											   HNSW_SHARED_RETRY_SECS * 1000);
+	return false;
+}
+
+static void
+note_no_room(Relation index)
+{
+	NoRoom	   *r = &noRoom[noRoomNext++ % HNSW_NO_ROOM_MEMO];
+
+	r->indexoid = RelationGetRelid(index);
+	memcpy(&r->file, &HNSW_INDEX_FILE(index), sizeof(HnswRelFile));
+	r->when = GetCurrentStatementStartTimestamp();
+}
+
 /*
  * A cache for the index, made in the largest free memory (after giving up
  * idle caches if there is not room for all of its elements); -1 when there
@@ -301,6 +341,7 @@ make_cache(Relation index, const HnswMetaPageData *meta)
 	if (id == HNSW_SHARED_CACHES || capacity < Min(want, HNSW_SHARED_MIN_ELEMENTS))
 	{
 		LWLockRelease(cacheDir->lock);
+		note_no_room(index);
 		return -1;
 	}
 	sc = &cacheDir->caches[id];
@@ -353,9 +394,12 @@ renew_cache(Relation index, SharedCache *sc, uint64 incarnation,
 
 /*
  * The shared cache of the index for its generation in meta, or NULL: no
- * shared cache (not preloaded, or size 0), or no room for the index, or
- * one of another generation that could not be cleared now.  With for_scan
- * a cache is made or cleared as needed, and its use is noted; otherwise
+ * shared cache (not preloaded, or size 0), or no room for the index
+ * (ref->id HNSW_SHARED_NONE: the backend's own cache may serve), or one of
+ * another generation that could not be cleared now (HNSW_SHARED_BUSY: the
+ * scan is to go without a cache, so that the backend does not build a
+ * cache of its own for a moment's contention).  With for_scan a cache is
+ * made or cleared as needed, and its use is noted; otherwise
  * (gnnvec_index_check) only one of meta's generation is returned.  The
  * caller reads it only between hnsw_shared_cache_enter and _leave.
  */
@@ -369,7 +413,7 @@ hnsw_shared_cache_get(Relation index, const HnswMetaPageData *meta,
 	bool		stale;
 	int			id;
 
-	ref->id = -1;
+	ref->id = HNSW_SHARED_NONE;
 	if (cacheDir == NULL)
 		return NULL;
 	LWLockAcquire(cacheDir->lock, LW_SHARED);
@@ -383,7 +427,8 @@ hnsw_shared_cache_get(Relation index, const HnswMetaPageData *meta,
 	LWLockRelease(cacheDir->lock);
 	if (id < 0)
 	{
-		if (!for_scan || (id = make_cache(index, meta)) < 0)
+		if (!for_scan || no_room_recently(index) ||
+			(id = make_cache(index, meta)) < 0)
 			return NULL;
 		LWLockAcquire(cacheDir->lock, LW_SHARED);
 		incarnation = cacheDir->caches[id].incarnation;
@@ -395,7 +440,10 @@ hnsw_shared_cache_get(Relation index, const HnswMetaPageData *meta,
 	if (generation != meta->generation || stale)
 	{
 		if (!for_scan || !renew_cache(index, sc, incarnation, meta))
+		{
+			ref->id = HNSW_SHARED_BUSY;
 			return NULL;
+		}
 	}
 	if (for_scan)
 	{
