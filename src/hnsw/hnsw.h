@@ -844,6 +844,8 @@ typedef struct HnswLevelSearch
 	bool		resumable;		/* keep what a round leaves for the next */
 	HnswHeap	cand;			/* min-heap: met, neighbours not read yet */
 	HnswHeap	res;			/* max-heap: the current round's ef nearest */
+	int			extra;			/* the next nearest a round also returns */
+	HnswHeap	spill;			/* max-heap: those */
 	HnswHeap	left;			/* min-heap: met, returned by no round yet */
 	ItemPointerData *nbrs;		/* scratch, 2m each */
 	ItemPointerData *todo;
@@ -946,7 +948,7 @@ extern int	hnsw_search_layer(HnswSearch *s, int *entries, int nentries,
 							  int ef, int level, HnswHeapItem *out);
 extern void hnsw_level_search_begin(HnswLevelSearch *ls, HnswSearch *s,
 									int *entries, int nentries, int ef,
-									int level, bool resumable);
+									int extra, int level, bool resumable);
 extern int	hnsw_level_search_round(HnswLevelSearch *ls, int64 maxRead,
 									HnswHeapItem *out);
 extern void hnsw_level_search_end(HnswLevelSearch *ls);

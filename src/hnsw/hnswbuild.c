@@ -420,7 +420,7 @@ hnsw_build_write(HnswBuildState *bs)
 		int64		added = hnsw_graph_connect(g, &unreached);
 
 		if (added > 0 || unreached > 0)
-			elog(DEBUG1, "gnnhnsw build: %lld edges added for reachability, %lld elements still unreachable",
+			elog(DEBUG2, "gnnhnsw build: %lld edges added for reachability, %lld elements still unreachable",
 				 (long long) added, (long long) unreached);
 	}
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE, 0);

@@ -839,15 +839,23 @@ prefetch_tuple(Page page, OffsetNumber off, Size len)
  * neighbours are read and in left until a round returns it, so the next
  * round continues where the last one stopped and, round after round,
  * reaches every element reachable from the entry.
+ *
+ * A round also returns, after its ef nearest, the extra nearest elements
+ * behind them that it met (the search still stops by the ef nearest): for
+ * distances from 8-bit codes, whose errors can put a near neighbour just
+ * behind the ef-th, so that the caller finds it among the extra when it
+ * orders them by exact distance.
  */
 void
 hnsw_level_search_begin(HnswLevelSearch *ls, HnswSearch *s, int *entries,
-				   int nentries, int ef, int level, bool resumable)
+						int nentries, int ef, int extra, int level,
+						bool resumable)
 {
 	int			i;
 
 	ls->s = s;
 	ls->ef = ef;
+	ls->extra = extra;
 	ls->level = level;
 	ls->resumable = resumable;
 	ls->nbrs = palloc(sizeof(ItemPointerData) * 2 * s->m);
@@ -860,6 +868,7 @@ hnsw_level_search_begin(HnswLevelSearch *ls, HnswSearch *s, int *entries,
 					 &s->alloc);
 	hnsw_heap_init(&ls->cand, false, ef * 2, &s->alloc);
 	hnsw_heap_init(&ls->res, true, ef + 1, &s->alloc);
+	hnsw_heap_init(&ls->spill, true, extra + 1, &s->alloc);
 	hnsw_heap_init(&ls->left, false, resumable ? ef * 2 : 1, &s->alloc);
 	for (i = 0; i < nentries; i++)
 	{
@@ -871,7 +880,30 @@ hnsw_level_search_begin(HnswLevelSearch *ls, HnswSearch *s, int *entries,
 	}
 }
 
-/* An element met: into this round's result, or kept for later, or dropped. */
+/*
+ * An element behind the round's ef nearest: among the extra, or kept for a
+ * later round, or dropped.
+ */
+static void
+level_search_behind(HnswLevelSearch *ls, float d, int idx)
+{
+	if (ls->extra > 0 && (ls->spill.n < ls->extra || d < hnsw_heap_top(&ls->spill)->dist))
+	{
+		hnsw_heap_push(&ls->spill, d, idx);
+		if (ls->spill.n <= ls->extra)
+			return;
+		{
+			HnswHeapItem out = hnsw_heap_pop(&ls->spill);
+
+			d = out.dist;
+			idx = out.id;
+		}
+	}
+	if (ls->resumable)
+		hnsw_heap_push(&ls->left, d, idx);
+}
+
+/* An element met: into this round's result, or behind it. */
 static void
 level_search_meet(HnswLevelSearch *ls, float d, int idx)
 {
@@ -883,14 +915,14 @@ level_search_meet(HnswLevelSearch *ls, float d, int idx)
 		{
 			HnswHeapItem out = hnsw_heap_pop(&ls->res);
 
-			if (ls->resumable)
-				hnsw_heap_push(&ls->left, out.dist, out.id);
+			level_search_behind(ls, out.dist, out.id);
 		}
 	}
-	else if (ls->resumable)
+	else
 	{
-		hnsw_heap_push(&ls->cand, d, idx);
-		hnsw_heap_push(&ls->left, d, idx);
+		if (ls->resumable)
+			hnsw_heap_push(&ls->cand, d, idx);
+		level_search_behind(ls, d, idx);
 	}
 }
 
@@ -967,8 +999,9 @@ level_search_expand(HnswLevelSearch *ls, int id)
 }
 
 /*
- * One round: out (room for ef) gets, ascending, the ef nearest elements met
- * that no earlier round returned; returns how many (0: nothing is left).
+ * One round: out (room for ef + extra) gets, ascending, the ef nearest
+ * elements met that no earlier round returned, then the extra behind them;
+ * returns how many (0: nothing is left).
  * A resumable search reads no more neighbours once maxRead elements have
  * been read, but still returns what it has met.
  */
@@ -1001,13 +1034,25 @@ hnsw_level_search_round(HnswLevelSearch *ls, int64 maxRead, HnswHeapItem *out)
 		level_search_expand(ls, c.id);
 	}
 
-	/* drain the max-heap from the back: ascending order */
+	/*
+	 * Drain the max-heaps from the back: ascending order, the extra after
+	 * the ef nearest (each was behind the ef-th when it was met, and the
+	 * ef-th only comes nearer).
+	 */
 	n = res->n;
 	while (res->n > 0)
 	{
 		HnswHeapItem it = hnsw_heap_pop(res);
 
 		out[res->n] = it;
+	}
+	out += n;
+	n += ls->spill.n;
+	while (ls->spill.n > 0)
+	{
+		HnswHeapItem it = hnsw_heap_pop(&ls->spill);
+
+		out[ls->spill.n] = it;
 	}
 	return n;
 }
@@ -1017,6 +1062,7 @@ hnsw_level_search_end(HnswLevelSearch *ls)
 {
 	hnsw_heap_free(&ls->cand);
 	hnsw_heap_free(&ls->res);
+	hnsw_heap_free(&ls->spill);
 	hnsw_heap_free(&ls->left);
 	pfree(ls->nbrs);
 	pfree(ls->todo);
@@ -1035,7 +1081,7 @@ hnsw_search_layer(HnswSearch *s, int *entries, int nentries, int ef,
 	HnswLevelSearch ls;
 	int			n;
 
-	hnsw_level_search_begin(&ls, s, entries, nentries, ef, level, false);
+	hnsw_level_search_begin(&ls, s, entries, nentries, ef, 0, level, false);
 	n = hnsw_level_search_round(&ls, 0, out);
 	hnsw_level_search_end(&ls);
 	return n;
