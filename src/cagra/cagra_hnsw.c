@@ -53,7 +53,7 @@
  * edges it gives all point the same way: a beam of m and all their lists
  * (at 100k x 128 in 1000 clusters, recall@10 at ef 80 / 160 / 320 0.970 /
  * 0.983 / 0.989 against 0.953 / 0.965 / 0.976 from the nearest alone).
- * For the metrics the beam cost 8 times the CPU time for a worse graph
+ * For the metrics the beam cost 3-8 times the CPU time for a worse graph
  * (docs/cagra.md).
  */
 #define LONG_EDGES_BEAM(metric, m)	((metric) == HNSW_METRIC_IP ? (m) : 1)
