@@ -256,11 +256,20 @@ extern int32_t hnsw_graph_append(HnswGraph *g, const float *vec, int level);
 
 /*
  * From now on (the graph still empty), keep the vectors of appended nodes
- * in one n x dim array, g->vecs, room for expected_rows first (doubled when
- * full), instead of one allocation each: a build whose level 0 comes from
- * CAGRA reads them as that array and needs no copy.
+ * in one n x dim array, g->vecs, room for expected_rows first, instead of
+ * one allocation each: a build whose level 0 comes from CAGRA reads them
+ * as that array and needs no copy.  When full, the array grows to
+ * hnsw_graph_vecs_grown(g->vecs_cap) rows: by a quarter, not double, so
+ * that a row estimate a little short does not cost a build near its
+ * memory limit twice the vectors.
  */
 extern void hnsw_graph_pack_vectors(HnswGraph *g, int32_t expected_rows);
+
+static inline int32_t
+hnsw_graph_vecs_grown(int32_t cap)
+{
+	return cap <= (INT32_MAX - 1024) / 5 * 4 ? cap + cap / 4 + 1024 : INT32_MAX;
+}
 
 /*
  * A graph whose level 0 comes from elsewhere (CAGRA), in two independent

@@ -285,7 +285,8 @@ hnsw_build_add_unlinked(HnswBuildState *bs, const float *vec,
 	 */
 	next = hnsw_graph_node_bytes(bs->dim, bs->m, 1, true) + bs->unlinkedRowBytes;
 	if (bs->graph->n == bs->graph->vecs_cap)
-		next += sizeof(float) * bs->dim * (size_t) bs->graph->vecs_cap;
+		next += sizeof(float) * bs->dim *
+			(size_t) (hnsw_graph_vecs_grown(bs->graph->vecs_cap) - bs->graph->vecs_cap);
 	if (build_memory(bs) + next +
 		(size_t) bs->graph->n * bs->unlinkedRowBytes > bs->memLimit)
 		ereport(ERROR,
@@ -634,13 +635,14 @@ build_by_provider(HnswBuildState *bs, const HnswLevel0Provider *provider)
 
 	/*
 	 * The rows' vectors in one array, room for the table's estimated rows
-	 * (no more than maintenance_work_mem holds), doubled when full.  While
-	 * it doubles, the old array lives on for a moment: at most 4 dim bytes
-	 * per row so far, less than the provider's stages take later.
+	 * and 2% (ANALYZE's estimate of 1M rows came out 8 rows short), no more
+	 * than maintenance_work_mem holds; grown when full.  While it grows,
+	 * the old array lives on for a moment: at most 4 dim bytes per row so
+	 * far, less than the provider's stages take later.
 	 */
 	row_bytes = hnsw_graph_node_bytes(bs->dim, bs->m, 1, true) +
 		sizeof(float) * bs->dim + bs->unlinkedRowBytes;
-	rows = Min(Max(bs->heap->rd_rel->reltuples, 0.0),
+	rows = Min(Max(bs->heap->rd_rel->reltuples, 0.0) * 1.02,
 			   (double) (bs->memLimit / row_bytes));
 	hnsw_graph_pack_vectors(bs->graph, (int32) Min(rows, (double) (INT32_MAX / 2)));
 	hnsw_build_collect(bs, false);

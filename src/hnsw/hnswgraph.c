@@ -225,12 +225,15 @@ hnsw_graph_pack_vectors(HnswGraph *g, int32_t expected_rows)
 	g->mem += sizeof(float) * g->dim * (size_t) g->vecs_cap;
 }
 
-/* Room for one more row in the packed array; the nodes point into the new one. */
+/*
+ * Room for more rows in the packed array (hnsw_graph_vecs_grown); the
+ * nodes point into the new one.
+ */
 static void
 grow_vectors(HnswGraph *g)
 {
 	const HnswAllocator *a = g->a;
-	int32_t		newcap = g->vecs_cap <= INT32_MAX / 2 ? 2 * g->vecs_cap : INT32_MAX;
+	int32_t		newcap = hnsw_graph_vecs_grown(g->vecs_cap);
 	float	   *vecs = a->alloc(a->ctx, sizeof(float) * g->dim * (size_t) newcap);
 
 	memcpy(vecs, g->vecs, sizeof(float) * g->dim * (size_t) g->n);
