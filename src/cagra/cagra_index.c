@@ -33,7 +33,8 @@
  * path.  The GPU build is a single call into cuda/gnnvec_cuda.so and cannot
  * be canceled while it runs.
  *
- * Memory: the build graph, the n x dim copy and the CAGRA graphs must all
+ * Memory: the build graph (its vectors in one array, which CAGRA reads in
+ * place, hnsw_graph_pack_vectors) and the CAGRA graphs must all
  * fit in maintenance_work_mem; the collection stops with an ERROR as soon as
  * they would not (there is no on-disk fallback: CAGRA needs every row at
  * once).
@@ -59,16 +60,16 @@
 #define CAGRA_INDEX_EXACT_MAX_ROWS	8000
 
 /*
- * Bytes per row the CAGRA stages need on top of the build graph: the copy
- * of the vectors, and the most any CPU stage holds at once.  Each graph is
- * allocated when its stage starts and freed when the next one is done with
- * it, so the kNN stage (the kNN graph, its distances and NN-descent's
- * scratch) is the peak for any intermediate_graph_degree >= graph_degree:
- * at 128 dimensions, I 48, d 32, 1,212 bytes instead of the 1,468 of all
- * buffers at once, which let 1M x 128 fit into 2GB.
+ * Bytes per row the CAGRA stages need on top of the build graph, whose
+ * vectors they read in place (hnsw_graph_pack_vectors): the most any CPU
+ * stage holds at once.  Each graph is allocated when its stage starts and
+ * freed when the next one is done with it, so the kNN stage (the kNN
+ * graph, its distances and NN-descent's scratch) is the peak for any
+ * intermediate_graph_degree >= graph_degree: at I 48, d 32, 700 bytes
+ * instead of the 956 of all buffers at once.
  */
 static size_t
-cagra_row_bytes(int dim, int intermediate, int degree)
+cagra_row_bytes(int intermediate, int degree)
 {
 	size_t		knn_stage = sizeof(int32) * intermediate	/* kNN graph */
 		+ sizeof(float) * intermediate	/* its distances */
@@ -76,7 +77,7 @@ cagra_row_bytes(int dim, int intermediate, int degree)
 	size_t		prune_stage = sizeof(int32) * (intermediate + degree);
 	size_t		merge_stage = 2 * sizeof(int32) * degree;	/* pruned, final */
 
-	return sizeof(float) * dim + Max(knn_stage, Max(prune_stage, merge_stage));
+	return Max(knn_stage, Max(prune_stage, merge_stage));
 }
 
 static CagraMetric
@@ -157,20 +158,6 @@ cagra_check_blas_kernels(CagraMetric metric)
 							 isa == VEC_ISA_AVX512 ? "SkylakeX" : "Haswell")));
 			return;
 		}
-}
-
-/* The collected rows as one n x dim array, the layout CAGRA reads. */
-static float *
-cagra_copy_vectors(HnswBuildState *bs)
-{
-	HnswGraph  *g = bs->graph;
-	float	   *data = MemoryContextAllocHuge(CurrentMemoryContext,
-											  sizeof(float) * (Size) g->n * bs->dim);
-
-	for (int32 i = 0; i < g->n; i++)
-		memcpy(data + (Size) i * bs->dim, g->nodes[i].vec,
-			   sizeof(float) * bs->dim);
-	return data;
 }
 
 /*
@@ -375,8 +362,7 @@ cagra_prepare(HnswBuildState *bs, void **state)
 	hnsw_get_cagra_options(bs->index, &cs->opts);
 	cs->gpu = cagra_choose_gpu(cs->opts.device);
 	*state = cs;
-	return cagra_row_bytes(bs->dim, cs->opts.intermediateDegree,
-						   cs->opts.graphDegree);
+	return cagra_row_bytes(cs->opts.intermediateDegree, cs->opts.graphDegree);
 }
 
 /* Level 0 of the CAGRA graph plus long edges; reports dropped edges. */
@@ -402,7 +388,6 @@ cagra_link(HnswBuildState *bs, void *state)
 {
 	CagraBuildState *cs = state;
 	CagraParams params;
-	float	   *data;
 	int32	   *graph;
 	int64		n = bs->graph->n;
 	char		errbuf[512];
@@ -423,9 +408,9 @@ cagra_link(HnswBuildState *bs, void *state)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid CAGRA parameters: %s", errbuf)));
 
-	data = cagra_copy_vectors(bs);
-	graph = cagra_build_levels(bs, cs->gpu, data, n, &params);
-	pfree(data);
+	/* the collected rows, one n x dim array, the layout CAGRA reads */
+	Assert(bs->graph->vecs != NULL);
+	graph = cagra_build_levels(bs, cs->gpu, bs->graph->vecs, n, &params);
 	t_graph = cagra_now();
 
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE,

@@ -198,6 +198,10 @@ typedef struct HnswGraph
 	size_t		mem;			/* bytes allocated for nodes */
 	bool		borrowed;		/* node storage belongs to someone else */
 
+	/* hnsw_graph_pack_vectors: every vector in one n x dim array */
+	float	   *vecs;			/* NULL: one allocation per node */
+	int32_t		vecs_cap;		/* rows it has room for */
+
 	/* scratch for searches and links (one at a time) */
 	uint32_t   *visited;
 	uint32_t	visit_tag;
@@ -222,8 +226,11 @@ hnsw_level_slots(int m, int level)
 	return level == 0 ? 2 * m : m;
 }
 
-/* Bytes one node of a given level costs (memory accounting). */
-extern size_t hnsw_graph_node_bytes(int dim, int m, int level);
+/*
+ * Bytes one node of a given level costs (memory accounting); packed: its
+ * vector lies in the graph's array (hnsw_graph_pack_vectors), counted there.
+ */
+extern size_t hnsw_graph_node_bytes(int dim, int m, int level, bool packed);
 
 extern HnswGraph *hnsw_graph_create(int dim, int m, int ef_construction,
 									HnswMetric metric, int level_cap,
@@ -246,6 +253,23 @@ extern int32_t hnsw_graph_insert(HnswGraph *g, const float *vec, int level,
 
 /* Append a node without linking it (for hnsw_graph_set_level0). */
 extern int32_t hnsw_graph_append(HnswGraph *g, const float *vec, int level);
+
+/*
+ * From now on (the graph still empty), keep the vectors of appended nodes
+ * in one n x dim array, g->vecs, room for expected_rows first, instead of
+ * one allocation each: a build whose level 0 comes from CAGRA reads them
+ * as that array and needs no copy.  When full, the array grows to
+ * hnsw_graph_vecs_grown(g->vecs_cap) rows: by a quarter, not double, so
+ * that a row estimate a little short does not cost a build near its
+ * memory limit twice the vectors.
+ */
+extern void hnsw_graph_pack_vectors(HnswGraph *g, int32_t expected_rows);
+
+static inline int32_t
+hnsw_graph_vecs_grown(int32_t cap)
+{
+	return cap <= (INT32_MAX - 1024) / 5 * 4 ? cap + cap / 4 + 1024 : INT32_MAX;
+}
 
 /*
  * A graph whose level 0 comes from elsewhere (CAGRA), in two independent

@@ -173,7 +173,7 @@ hnsw_build_add(HnswBuildState *bs, const float *vec, ItemPointer heaptid)
 	bool		is_dup;
 
 	if (!bs->onDisk &&
-		build_memory(bs) + hnsw_graph_node_bytes(bs->dim, bs->m, 1) > bs->memLimit &&
+		build_memory(bs) + hnsw_graph_node_bytes(bs->dim, bs->m, 1, false) > bs->memLimit &&
 		bs->graph->n > 0)
 		spill_to_disk(bs);
 
@@ -266,6 +266,7 @@ hnsw_build_add_unlinked(HnswBuildState *bs, const float *vec,
 {
 	int32		id;
 	uint32		slot;
+	size_t		next;
 
 	if ((uint32) bs->graph->n >= bs->unlinkedMask / 2)
 		unlinked_grow(bs);
@@ -277,15 +278,24 @@ hnsw_build_add_unlinked(HnswBuildState *bs, const float *vec,
 		return;
 	}
 
-	/* CAGRA needs every row in memory at once: no spilling to disk */
-	if (build_memory(bs) + hnsw_graph_node_bytes(bs->dim, bs->m, 1) +
-		(size_t) (bs->graph->n + 1) * bs->unlinkedRowBytes > bs->memLimit)
+	/*
+	 * CAGRA needs every row in memory at once: no spilling to disk.  The
+	 * next row costs its node, its share of the vector array (all of the
+	 * array's growth when it is full) and what the provider said.
+	 */
+	next = hnsw_graph_node_bytes(bs->dim, bs->m, 1, true) + bs->unlinkedRowBytes;
+	if (bs->graph->n == bs->graph->vecs_cap)
+		next += sizeof(float) * bs->dim *
+			(size_t) (hnsw_graph_vecs_grown(bs->graph->vecs_cap) - bs->graph->vecs_cap);
+	if (build_memory(bs) + next +
+		(size_t) bs->graph->n * bs->unlinkedRowBytes > bs->memLimit)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("gnnhnsw CAGRA build does not fit into maintenance_work_mem after %d rows",
 						bs->graph->n),
 				 errdetail("A CAGRA build keeps every row and its kNN graph in memory, about %zu bytes per row.",
-						   hnsw_graph_node_bytes(bs->dim, bs->m, 1) + bs->unlinkedRowBytes),
+						   hnsw_graph_node_bytes(bs->dim, bs->m, 1, true) +
+						   sizeof(float) * bs->dim + bs->unlinkedRowBytes),
 				 errhint("Increase maintenance_work_mem, or build with build_method = 'hnsw', which can continue on disk.")));
 	id = hnsw_graph_append(bs->graph, vec, hnsw_graph_random_level(bs->graph));
 	ensure_tid_room(bs, id);
@@ -618,7 +628,23 @@ build_by_provider(HnswBuildState *bs, const HnswLevel0Provider *provider)
 {
 	void	   *state;
 
+	size_t		row_bytes;
+	double		rows;
+
 	bs->unlinkedRowBytes = provider->prepare(bs, &state);
+
+	/*
+	 * The rows' vectors in one array, room for the table's estimated rows
+	 * and 2% (ANALYZE's estimate of 1M rows came out 8 rows short), no more
+	 * than maintenance_work_mem holds; grown when full.  While it grows,
+	 * the old array lives on for a moment: at most 4 dim bytes per row so
+	 * far, less than the provider's stages take later.
+	 */
+	row_bytes = hnsw_graph_node_bytes(bs->dim, bs->m, 1, true) +
+		sizeof(float) * bs->dim + bs->unlinkedRowBytes;
+	rows = Min(Max(bs->heap->rd_rel->reltuples, 0.0) * 1.02,
+			   (double) (bs->memLimit / row_bytes));
+	hnsw_graph_pack_vectors(bs->graph, (int32) Min(rows, (double) (INT32_MAX / 2)));
 	hnsw_build_collect(bs, false);
 	if (bs->graph->n > 0)
 		provider->link(bs, state);

@@ -23,6 +23,7 @@
 #define HNSW_PURE
 #include "hnsw/hnsw.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -200,13 +201,48 @@ hnsw_keyset_contains(const HnswKeySet *s, uint64_t key)
  * --------------------------------------------------------------------- */
 
 size_t
-hnsw_graph_node_bytes(int dim, int m, int level)
+hnsw_graph_node_bytes(int dim, int m, int level, bool packed)
 {
 	/* vector, slots and their distances, counts, the node, the visited tag */
+	if (packed)
+		return (sizeof(int32_t) + sizeof(float)) * (2 * m + level * m) +
+			(size_t) 2 * (level + 1) + sizeof(HnswGraphNode) + sizeof(uint32_t) +
+			48;					/* allocator overhead, three chunks */
 	return sizeof(float) * dim +
 		(sizeof(int32_t) + sizeof(float)) * (2 * m + level * m) +
 		(size_t) 2 * (level + 1) + sizeof(HnswGraphNode) + sizeof(uint32_t) +
 		64;						/* allocator overhead, four chunks */
+}
+
+void
+hnsw_graph_pack_vectors(HnswGraph *g, int32_t expected_rows)
+{
+	const HnswAllocator *a = g->a;
+
+	assert(g->n == 0 && g->vecs == NULL);
+	g->vecs_cap = expected_rows > 1024 ? expected_rows : 1024;
+	g->vecs = a->alloc(a->ctx, sizeof(float) * g->dim * (size_t) g->vecs_cap);
+	g->mem += sizeof(float) * g->dim * (size_t) g->vecs_cap;
+}
+
+/*
+ * Room for more rows in the packed array (hnsw_graph_vecs_grown); the
+ * nodes point into the new one.
+ */
+static void
+grow_vectors(HnswGraph *g)
+{
+	const HnswAllocator *a = g->a;
+	int32_t		newcap = hnsw_graph_vecs_grown(g->vecs_cap);
+	float	   *vecs = a->alloc(a->ctx, sizeof(float) * g->dim * (size_t) newcap);
+
+	memcpy(vecs, g->vecs, sizeof(float) * g->dim * (size_t) g->n);
+	a->free(a->ctx, g->vecs);
+	g->vecs = vecs;
+	for (int32_t i = 0; i < g->n; i++)
+		g->nodes[i].vec = vecs + (size_t) i * g->dim;
+	g->mem += sizeof(float) * g->dim * (size_t) (newcap - g->vecs_cap);
+	g->vecs_cap = newcap;
 }
 
 HnswGraph *
@@ -248,11 +284,14 @@ hnsw_graph_free(HnswGraph *g)
 
 	for (i = 0; i < g->n && !g->borrowed; i++)
 	{
-		a->free(a->ctx, g->nodes[i].vec);
+		if (g->vecs == NULL)
+			a->free(a->ctx, g->nodes[i].vec);
 		a->free(a->ctx, g->nodes[i].nbrs);
 		a->free(a->ctx, g->nodes[i].dists);
 		a->free(a->ctx, g->nodes[i].counts);
 	}
+	if (g->vecs != NULL)
+		a->free(a->ctx, g->vecs);
 	a->free(a->ctx, g->nodes);
 	a->free(a->ctx, g->visited);
 	hnsw_heap_free(&g->cand);
@@ -314,7 +353,14 @@ hnsw_graph_append(HnswGraph *g, const float *vec, int level)
 		g->cap = newcap;
 	}
 	node = &g->nodes[g->n];
-	node->vec = a->alloc(a->ctx, sizeof(float) * g->dim);
+	if (g->vecs != NULL)
+	{
+		if (g->n == g->vecs_cap)
+			grow_vectors(g);
+		node->vec = g->vecs + (size_t) g->n * g->dim;
+	}
+	else
+		node->vec = a->alloc(a->ctx, sizeof(float) * g->dim);
 	memcpy(node->vec, vec, sizeof(float) * g->dim);
 	node->nbrs = a->alloc(a->ctx, sizeof(int32_t) * slots);
 	node->dists = a->alloc(a->ctx, sizeof(float) * slots);
@@ -323,7 +369,7 @@ hnsw_graph_append(HnswGraph *g, const float *vec, int level)
 	node->nkept = node->counts + level + 1;
 	memset(node->nkept, HNSW_KEPT_UNKNOWN, level + 1);
 	node->level = (uint8_t) level;
-	g->mem += hnsw_graph_node_bytes(g->dim, g->m, level);
+	g->mem += hnsw_graph_node_bytes(g->dim, g->m, level, g->vecs != NULL);
 	return g->n++;
 }
 
@@ -712,8 +758,10 @@ hnsw_graph_insert(HnswGraph *g, const float *vec, int level,
 		/* take the node back off the end */
 		HnswGraphNode *node = &g->nodes[q];
 
-		g->mem -= hnsw_graph_node_bytes(g->dim, g->m, node->level);
-		g->a->free(g->a->ctx, node->vec);
+		g->mem -= hnsw_graph_node_bytes(g->dim, g->m, node->level,
+										g->vecs != NULL);
+		if (g->vecs == NULL)
+			g->a->free(g->a->ctx, node->vec);
 		g->a->free(g->a->ctx, node->nbrs);
 		g->a->free(g->a->ctx, node->dists);
 		g->a->free(g->a->ctx, node->counts);

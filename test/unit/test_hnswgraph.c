@@ -310,8 +310,25 @@ test_level0(void)
 			}
 		}
 	}
+	/* vectors in one array, as CAGRA builds keep them: it grows once (to 2304) */
+	hnsw_graph_pack_vectors(g, 0);
+	CHECK(g->vecs != NULL && g->vecs_cap == 1024, "packed vectors: room for 1024 rows first");
 	for (i = 0; i < n; i++)
 		hnsw_graph_append(g, data + (size_t) i * d, hnsw_graph_random_level(g));
+	{
+		int			misplaced = 0;
+		size_t		mem = sizeof(float) * d * (size_t) g->vecs_cap;
+
+		for (i = 0; i < n; i++)
+		{
+			misplaced += g->nodes[i].vec != g->vecs + (size_t) i * d ||
+				memcmp(g->nodes[i].vec, data + (size_t) i * d, sizeof(float) * d) != 0;
+			mem += hnsw_graph_node_bytes(d, 8, g->nodes[i].level, true);
+		}
+		CHECK(g->vecs_cap == hnsw_graph_vecs_grown(1024) && misplaced == 0,
+			  "packed vectors: grown to %d rows, %d nodes not at their row", g->vecs_cap, misplaced);
+		CHECK(g->mem == mem, "packed vectors: %zu bytes counted, %zu expected", g->mem, mem);
+	}
 	knn[0] = n + 5;				/* out of range: dropped */
 	hnsw_graph_reserve_search(g);
 	hnsw_graph_link_upper(g);
