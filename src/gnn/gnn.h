@@ -744,7 +744,7 @@ extern int64 gnn_store_save(Relation index, const char *scope,
 /* rerank (gnn_rerank.c) */
 /* Frees a cached model's refined embeddings (gnn_store.c, on reload). */
 extern void gnn_rerank_cache_free(GnnCachedModel *cm);
-extern bool gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v,
+extern int	gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v,
 							 const float *query, int n,
 							 const ItemPointerData *tids,
 							 const XLogRecPtr *elem_lsn, int *cand,

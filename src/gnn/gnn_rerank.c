@@ -482,30 +482,35 @@ page_lsn(GnnIndexView *v, ItemPointer tid)
  * Scores n candidates (element TIDs, nearest first, at graph distances
  * cand_dist).  cand[i] is the candidate's node in v, or -1 when not read
  * yet: a candidate whose c' and projection are cached is not read at all.
- * elem_lsn[i] (elem_lsn may be NULL) is the LSN the candidate's element
- * page had when the search read it: when its neighbour tuple is on the
- * same page, as the build and inserts place it where there is room, that
- * LSN validates the cached c' without reading the page again.  Returns
- * false, scoring nothing, when a candidate's element is gone (changed
- * under the scan).
+ * elem_lsn[i] (elem_lsn may be NULL, an entry invalid) is the LSN the
+ * candidate's element page had when the search read it: when its
+ * neighbour tuple is on the same page, as the build and inserts place it
+ * where there is room, that LSN validates the cached c' without reading
+ * the page again.  A candidate whose element is gone (deleted, or without
+ * rows: a scan reranks before it reads its candidates' pages) scores
+ * -DBL_MAX and takes no part in the others' scores.  Returns how many
+ * candidates were scored (not gone).
  */
-bool
+int
 gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 				 int n, const ItemPointerData *tids, const XLogRecPtr *elem_lsn,
 				 int *cand, const float *cand_dist, double *scores)
 {
 	int			h = cm->model->cfg.hidden_dim;
 	int			d = cm->model->cfg.in_dim;
-	int			nq = Min(n, GNN_QUERY_CONTEXT);
 	const float **cp = palloc(sizeof(float *) * n);	/* unit c' of each */
 	const float **cm_mean = palloc(sizeof(float *) * n);	/* c~ of each */
-	const float **proj = palloc(sizeof(float *) * nq);	/* of the nearest nq */
+	const float **proj = palloc(sizeof(float *) * n);	/* projection of each */
+	int		   *live = palloc(sizeof(int) * n);	/* positions not gone */
+	float	   *live_dist = palloc(sizeof(float) * n);
 	float	   *qp = palloc(sizeof(float) * h);
 	int		   *miss = palloc(sizeof(int) * n);
 	int		   *miss_at = palloc(sizeof(int) * n);
 	CprimeEntry **ents = palloc(sizeof(CprimeEntry *) * n);
 	XLogRecPtr *miss_lsn = palloc(sizeof(XLogRecPtr) * n);
 	int			nmiss = 0;
+	int			nlive = 0;
+	int			nq;
 	GnnCprimeCache *cache = cprime_table(cm);
 	const float *mix = gnn_model_tensor(cm->model, GNN_MIX);
 	double		a = score_weight(mix[0]);
@@ -536,7 +541,10 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 
 		if (cand[i] < 0 && ent == NULL &&
 			(cand[i] = gnn_view_node(v, (ItemPointer) &tids[i])) < 0)
-			return false;
+		{
+			scores[i] = -DBL_MAX;	/* gone */
+			continue;
+		}
 		if (cand[i] >= 0)
 			lsn = gnn_view_neighbor_lsn(v, cand[i]);
 		else if (elem_lsn != NULL && !XLogRecPtrIsInvalid(elem_lsn[i]) &&
@@ -550,17 +558,22 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 		{
 			cp[i] = ent->emb;
 			cm_mean[i] = ent->emb + h;
+			proj[i] = ent->emb + h + d;
 			prefetch_floats(ent->emb, h + d);
-			if (i < nq)
-			{
-				proj[i] = ent->emb + h + d;
+			if (nlive < GNN_QUERY_CONTEXT)
 				prefetch_floats(proj[i], 3 * h);
-			}
+			live_dist[nlive] = cand_dist[i];
+			live[nlive++] = i;
 			continue;
 		}
 		/* stale or missing: read the element (if not yet) and refine it */
 		if (cand[i] < 0 && (cand[i] = gnn_view_node(v, (ItemPointer) &tids[i])) < 0)
-			return false;
+		{
+			scores[i] = -DBL_MAX;
+			continue;
+		}
+		live_dist[nlive] = cand_dist[i];
+		live[nlive++] = i;
 		miss_at[nmiss] = i;
 		miss_lsn[nmiss] = gnn_view_neighbor_lsn(v, cand[i]);
 		miss[nmiss++] = cand[i];
@@ -582,8 +595,7 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 			unit_length(fresh + (size_t) i * h, h);
 			cp[miss_at[i]] = fresh + (size_t) i * h;
 			cm_mean[miss_at[i]] = fresh_mean + (size_t) i * d;
-			if (miss_at[i] < nq)
-				proj[miss_at[i]] = fresh_proj + (size_t) i * 3 * h;
+			proj[miss_at[i]] = fresh_proj + (size_t) i * 3 * h;
 			if (gnn_rerank_cache_mb == 0)
 				continue;
 			slot = cprime_insert(cache->map, hnsw_tid_key(&v->tid[miss[i]]),
@@ -604,16 +616,23 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 				   sizeof(float) * 3 * h);
 		}
 	}
-	refine_query(cm, query, nq, proj, cand_dist, qp);
+	if (nlive == 0)
+		return 0;
+	/* q' attends over the nearest live candidates */
+	nq = Min(nlive, GNN_QUERY_CONTEXT);
+	for (i = 0; i < nq; i++)
+		proj[i] = proj[live[i]];	/* live[i] >= i: not overwritten yet */
+	refine_query(cm, query, nq, proj, live_dist, qp);
 	unit_length(qp, h);
 
-	for (i = 0; i < n; i++)
-		sigma[i] = hnsw_distance(v->metric, query, cm_mean[i], d);
-	gnn_distance_zscores(cand_dist, n, rho);
-	gnn_distance_zscores(sigma, n, sigma);
-	for (i = 0; i < n; i++)
-		scores[i] = a * rho[i] + b * cblas_sdot(h, qp, 1, cp[i], 1) + g * sigma[i];
-	return true;
+	for (i = 0; i < nlive; i++)
+		sigma[i] = hnsw_distance(v->metric, query, cm_mean[live[i]], d);
+	gnn_distance_zscores(live_dist, nlive, rho);
+	gnn_distance_zscores(sigma, nlive, sigma);
+	for (i = 0; i < nlive; i++)
+		scores[live[i]] = a * rho[i] +
+			b * cblas_sdot(h, qp, 1, cp[live[i]], 1) + g * sigma[i];
+	return nlive;
 }
 
 /* ---- ordering ------------------------------------------------------------ */
@@ -714,30 +733,30 @@ hnsw_scan_reranks(Relation index)
 }
 
 /*
- * Reorders one round of scan candidates by model score when gnnvec.rerank
- * is on and the index has a Rerank model of its dimension; otherwise, or
- * when an element cannot be read, leaves them in distance order.
+ * The order of one round of scan candidates by model score when
+ * gnnvec.rerank is on and the index has a Rerank model of its dimension;
+ * otherwise distance order.  Candidates whose element is gone come last.
  */
-int
+void
 hnsw_scan_rerank(Relation index, const float *query, int dim,
-				 HnswCandidate *cands, int ncands)
+				 const HnswCandidate *cands, int ncands, int *order)
 {
 	GnnCachedModel *cm;
 	GnnIndexView v;
 	int		   *nodes;
 	float	   *dists;
 	double	   *scores;
-	int		   *order;
 	ItemPointerData *tids;
 	XLogRecPtr *lsns;
-	HnswCandidate *sorted;
 	int			i;
 
+	for (i = 0; i < ncands; i++)
+		order[i] = i;
 	if (ncands < 2)
-		return ncands;
+		return;
 	cm = scan_model(index);
 	if (cm == NULL || cm->model->cfg.in_dim != dim)
-		return ncands;
+		return;
 	gnn_view_init(&v, index);
 	nodes = palloc(sizeof(int) * ncands);
 	dists = palloc(sizeof(float) * ncands);
@@ -751,15 +770,9 @@ hnsw_scan_rerank(Relation index, const float *query, int dim,
 		lsns[i] = cands[i].lsn;
 	}
 	scores = palloc(sizeof(double) * ncands);
-	order = palloc(sizeof(int) * ncands);
-	if (!gnn_rerank_score(cm, &v, query, ncands, tids, lsns, nodes, dists, scores))
-		return ncands;			/* changed under us: keep distance order */
-	order_by_score(scores, ncands, order);
-	sorted = palloc(sizeof(HnswCandidate) * ncands);
-	for (i = 0; i < ncands; i++)
-		sorted[i] = cands[order[i]];
-	memcpy(cands, sorted, sizeof(HnswCandidate) * ncands);
-	return ncands;
+	if (gnn_rerank_score(cm, &v, query, ncands, tids, lsns, nodes, dists,
+						 scores) > 0)
+		order_by_score(scores, ncands, order);
 }
 
 /* ---- gnnvec_search --------------------------------------------------- */
@@ -895,7 +908,7 @@ gnnvec_search(PG_FUNCTION_ARGS)
 		for (i = 0; i < n; i++)
 			tids[i] = cands[i].tid;
 		scores = palloc(sizeof(double) * n);
-		if (!gnn_rerank_score(cm, &v, query, n, tids, NULL, nodes, dists, scores))
+		if (gnn_rerank_score(cm, &v, query, n, tids, NULL, nodes, dists, scores) < n)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("an element of index \"%s\" changed during the search",

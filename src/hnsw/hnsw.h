@@ -1174,8 +1174,10 @@ extern int	hnsw_shared_cache_list(HnswScanCacheInfo *out, int max);
  * gnnvec.adapt is on; the result is unit length again for cosine).
  *
  * hnsw_scan_rerank: called with the candidates of each search round,
- * sorted by graph distance; may reorder them in place (the GNN reranker),
- * and returns how many to emit.  The executor still
+ * sorted by graph distance, whose pages may not have been read yet (lsn
+ * invalid, heap TIDs not filled in; their elements may since have been
+ * deleted); writes the order to return them in to order (ncands
+ * positions: the GNN reranker's, or distance order).  The executor still
  * sees distances through the ORDER BY operator.
  *
  * hnsw_scan_ef: the ef of a scan's first round (gnnvec.ef_search, or more
@@ -1191,8 +1193,9 @@ extern void hnsw_scan_adapt_query(Relation index, HnswMetric metric,
 								  float *query, int dim);
 extern int	hnsw_scan_ef(Relation index);
 extern bool hnsw_scan_reranks(Relation index);
-extern int	hnsw_scan_rerank(Relation index, const float *query, int dim,
-							 HnswCandidate *cands, int ncands);
+extern void hnsw_scan_rerank(Relation index, const float *query, int dim,
+							 const HnswCandidate *cands, int ncands,
+							 int *order);
 
 /* hnswvacuum.c */
 extern IndexBulkDeleteResult *hnswbulkdelete(IndexVacuumInfo *info,
