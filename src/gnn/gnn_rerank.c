@@ -81,13 +81,17 @@ gnn_init(void)
  * projection depends on the element's vector only, c' and c~ on its
  * neighbour list too; all are renewed together when that changes.  Every
  * candidate's score reads c' and c~, only the nearest GNN_QUERY_CONTEXT
- * read the projection: c' and c~ come first, side by side.
+ * read the projection: c' and c~ come first, side by side  They are kept
+ * as bfloat16 (gnn.h): scoring is bound by the cache misses on the
+ * entries (docs/gnn.md, "Rerank latency"), and an entry of 64-d floats
+ * took 1.3 kB.  The first scoring of an element reads them back from
+ * bfloat16 too, so that every scan scores alike.
  */
 typedef struct CprimeEntry
 {
 	ItemPointerData nbrtid;		/* its neighbour tuple */
 	XLogRecPtr	lsn;			/* of that tuple's page when computed */
-	float		emb[FLEXIBLE_ARRAY_MEMBER]; /* unit c' (H), c~ (D), projection (3H) */
+	gnn_bf16	emb[FLEXIBLE_ARRAY_MEMBER]; /* unit c' (H), c~ (D), projection (3H) */
 } CprimeEntry;
 
 /*
@@ -104,12 +108,17 @@ typedef struct CprimeSlot
 	CprimeEntry *entry;
 } CprimeSlot;
 
+static inline uint32
+cprime_key_hash(uint64 key)
+{
+	return hash_combine(murmurhash32((uint32) key), murmurhash32((uint32) (key >> 32)));
+}
+
 #define SH_PREFIX cprime
 #define SH_ELEMENT_TYPE CprimeSlot
 #define SH_KEY_TYPE uint64
 #define SH_KEY key
-#define SH_HASH_KEY(tb, key) \
-	hash_combine(murmurhash32((uint32) (key)), murmurhash32((uint32) ((key) >> 32)))
+#define SH_HASH_KEY(tb, key) cprime_key_hash(key)
 #define SH_EQUAL(tb, a, b) ((a) == (b))
 #define SH_SCOPE static inline
 #define SH_DECLARE
@@ -133,7 +142,7 @@ cprime_floats(const GnnModel *m)
 static Size
 cprime_entry_size(const GnnModel *m)
 {
-	return offsetof(CprimeEntry, emb) + sizeof(float) * cprime_floats(m);
+	return offsetof(CprimeEntry, emb) + sizeof(gnn_bf16) * cprime_floats(m);
 }
 
 void
@@ -433,21 +442,21 @@ project_nodes(GnnCachedModel *cm, GnnIndexView *v, int n, const int *nodes,
 }
 
 /*
- * q': the query attending over its n nearest candidates (their
- * projections: 3H each), weights from their d_i.
+ * q': the query attending over its nearest candidates (their
+ * projections), weights from their d_i.
  */
 static void
-refine_query(GnnCachedModel *cm, const float *query, int n,
-			 const float *const *cand_proj, const float *cand_dist, float *out)
+refine_query(GnnCachedModel *cm, const float *query,
+			 const GnnProjections *cand_proj, const float *cand_dist, float *out)
 {
 	int			h = cm->model->cfg.hidden_dim;
 	float	   *self = palloc(sizeof(float) * 3 * h);
-	float	   *edge_w = palloc(sizeof(float) * Max(n, 1));
+	float	   *edge_w = palloc(sizeof(float) * Max(cand_proj->n, 1));
 	GnnError	err;
 
 	gnn_ereport_status(gnn_layer_project(cm->model, query, 1, self, &err), &err);
-	gnn_edge_weights_from_distances(cand_dist, n, edge_w);
-	gnn_ereport_status(gnn_layer_forward_projected(cm->model, self, cand_proj, n,
+	gnn_edge_weights_from_distances(cand_dist, cand_proj->n, edge_w);
+	gnn_ereport_status(gnn_layer_forward_projected(cm->model, self, cand_proj,
 												   edge_w, out, &err), &err);
 	pfree(self);
 	pfree(edge_w);
@@ -460,11 +469,11 @@ score_weight(float lambda)
 	return exp(Max(-GNN_SCORE_LOG_LIMIT, Min(GNN_SCORE_LOG_LIMIT, (double) lambda)));
 }
 
-/* Asks for the cache lines of n floats at p. */
+/* Asks for the cache lines of len bytes at p. */
 static inline void
-prefetch_floats(const float *p, int n)
+prefetch_bytes(const void *p, Size len)
 {
-	for (int off = 0; off < n * (int) sizeof(float); off += 64)
+	for (Size off = 0; off < len; off += 64)
 		hnsw_prefetch((const char *) p + off);
 }
 
@@ -498,19 +507,22 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 {
 	int			h = cm->model->cfg.hidden_dim;
 	int			d = cm->model->cfg.in_dim;
-	const float **cp = palloc(sizeof(float *) * n);	/* unit c' of each */
-	const float **cm_mean = palloc(sizeof(float *) * n);	/* c~ of each */
-	const float **proj = palloc(sizeof(float *) * n);	/* projection of each */
+	int			nemb = cprime_floats(cm->model);
+	const gnn_bf16 **emb = palloc(sizeof(gnn_bf16 *) * n); /* of each */
 	int		   *live = palloc(sizeof(int) * n);	/* positions not gone */
 	float	   *live_dist = palloc(sizeof(float) * n);
 	float	   *qp = palloc(sizeof(float) * h);
 	int		   *miss = palloc(sizeof(int) * n);
 	int		   *miss_at = palloc(sizeof(int) * n);
 	CprimeEntry **ents = palloc(sizeof(CprimeEntry *) * n);
+	uint32	   *hashes = palloc(sizeof(uint32) * n);
 	XLogRecPtr *miss_lsn = palloc(sizeof(XLogRecPtr) * n);
 	int			nmiss = 0;
 	int			nlive = 0;
 	int			nq;
+	float	   *cpf;			/* c' and c~ of each live candidate */
+	float	   *projf;			/* m, k and val of the nq nearest */
+	GnnProjections proj;
 	GnnCprimeCache *cache = cprime_table(cm);
 	const float *mix = gnn_model_tensor(cm->model, GNN_MIX);
 	double		a = score_weight(mix[0]);
@@ -521,14 +533,23 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 	int			i;
 
 	/*
-	 * The entries are scattered over the cache, each a cache miss: look
-	 * them all up and ask for their first lines before reading any, so
-	 * that the misses overlap.
+	 * The map's slots and the entries are scattered, each a cache miss:
+	 * ask for all the slots, then look them all up and ask for the
+	 * entries' first lines, before reading any, so that the misses
+	 * overlap.
 	 */
 	for (i = 0; i < n; i++)
 	{
-		CprimeSlot *slot = cprime_lookup(cache->map,
-										 hnsw_tid_key((ItemPointer) &tids[i]));
+		uint64		key = hnsw_tid_key((ItemPointer) &tids[i]);
+
+		hashes[i] = cprime_key_hash(key);
+		hnsw_prefetch(&cache->map->data[hashes[i] & cache->map->sizemask]);
+	}
+	for (i = 0; i < n; i++)
+	{
+		CprimeSlot *slot = cprime_lookup_hash(cache->map,
+											  hnsw_tid_key((ItemPointer) &tids[i]),
+											  hashes[i]);
 
 		ents[i] = slot ? slot->entry : NULL;
 		if (ents[i])
@@ -556,12 +577,9 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 		if (ent && ent->lsn == lsn &&
 			(cand[i] < 0 || ItemPointerEquals(&ent->nbrtid, &v->nbrtid[cand[i]])))
 		{
-			cp[i] = ent->emb;
-			cm_mean[i] = ent->emb + h;
-			proj[i] = ent->emb + h + d;
-			prefetch_floats(ent->emb, h + d);
-			if (nlive < GNN_QUERY_CONTEXT)
-				prefetch_floats(proj[i], 3 * h);
+			emb[i] = ent->emb;
+			prefetch_bytes(ent->emb, sizeof(gnn_bf16) *
+						   (nlive < GNN_QUERY_CONTEXT ? nemb : h + d));
 			live_dist[nlive] = cand_dist[i];
 			live[nlive++] = i;
 			continue;
@@ -590,48 +608,58 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 		{
 			bool		found;
 			CprimeSlot *slot;
-			CprimeEntry *ent;
+			gnn_bf16   *e;
 
-			unit_length(fresh + (size_t) i * h, h);
-			cp[miss_at[i]] = fresh + (size_t) i * h;
-			cm_mean[miss_at[i]] = fresh_mean + (size_t) i * d;
-			proj[miss_at[i]] = fresh_proj + (size_t) i * 3 * h;
 			if (gnn_rerank_cache_mb == 0)
-				continue;
-			slot = cprime_insert(cache->map, hnsw_tid_key(&v->tid[miss[i]]),
-								 &found);
-			if (!found)
+				e = palloc(sizeof(gnn_bf16) * nemb);
+			else
 			{
-				slot->entry = MemoryContextAlloc(cache->cxt,
-												 cprime_entry_size(cm->model));
-				cache->entries++;
+				slot = cprime_insert(cache->map, hnsw_tid_key(&v->tid[miss[i]]),
+									 &found);
+				if (!found)
+				{
+					slot->entry = MemoryContextAlloc(cache->cxt,
+													 cprime_entry_size(cm->model));
+					cache->entries++;
+				}
+				slot->entry->lsn = miss_lsn[i];
+				slot->entry->nbrtid = v->nbrtid[miss[i]];
+				e = slot->entry->emb;
 			}
-			ent = slot->entry;
-			ent->lsn = miss_lsn[i];
-			ent->nbrtid = v->nbrtid[miss[i]];
-			memcpy(ent->emb, fresh + (size_t) i * h, sizeof(float) * h);
-			memcpy(ent->emb + h, fresh_mean + (size_t) i * d,
-				   sizeof(float) * d);
-			memcpy(ent->emb + h + d, fresh_proj + (size_t) i * 3 * h,
-				   sizeof(float) * 3 * h);
+			unit_length(fresh + (size_t) i * h, h);
+			gnn_bf16_from_floats(fresh + (size_t) i * h, h, e);
+			gnn_bf16_from_floats(fresh_mean + (size_t) i * d, d, e + h);
+			gnn_bf16_from_floats(fresh_proj + (size_t) i * 3 * h, 3 * h,
+								 e + h + d);
+			emb[miss_at[i]] = e;
 		}
 	}
 	if (nlive == 0)
 		return 0;
 	/* q' attends over the nearest live candidates */
 	nq = Min(nlive, GNN_QUERY_CONTEXT);
+	cpf = palloc(sizeof(float) * (h + d) * nlive);
+	projf = palloc(sizeof(float) * 3 * h * nq);
+	proj.n = nq;
+	proj.msg = projf;
+	proj.key = projf + (size_t) nq * h;
+	proj.val = projf + (size_t) 2 * nq * h;
+	for (i = 0; i < nlive; i++)
+		gnn_bf16_to_floats(emb[live[i]], h + d, cpf + (size_t) i * (h + d));
 	for (i = 0; i < nq; i++)
-		proj[i] = proj[live[i]];	/* live[i] >= i: not overwritten yet */
-	refine_query(cm, query, nq, proj, live_dist, qp);
+		for (int part = 0; part < 3; part++)
+			gnn_bf16_to_floats(emb[live[i]] + h + d + part * h, h,
+							   projf + ((size_t) part * nq + i) * h);
+	refine_query(cm, query, &proj, live_dist, qp);
 	unit_length(qp, h);
 
 	for (i = 0; i < nlive; i++)
-		sigma[i] = hnsw_distance(v->metric, query, cm_mean[live[i]], d);
+		sigma[i] = hnsw_distance(v->metric, query, cpf + (size_t) i * (h + d) + h, d);
 	gnn_distance_zscores(live_dist, nlive, rho);
 	gnn_distance_zscores(sigma, nlive, sigma);
 	for (i = 0; i < nlive; i++)
 		scores[live[i]] = a * rho[i] +
-			b * cblas_sdot(h, qp, 1, cp[live[i]], 1) + g * sigma[i];
+			b * cblas_sdot(h, qp, 1, cpf + (size_t) i * (h + d), 1) + g * sigma[i];
 	return nlive;
 }
 
