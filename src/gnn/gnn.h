@@ -766,7 +766,7 @@ extern void gnn_rerank_cache_free(GnnCachedModel *cm);
 extern int	gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v,
 							 const float *query, int n,
 							 const ItemPointerData *tids,
-							 const XLogRecPtr *elem_lsn, int *cand,
+							 const XLogRecPtr *nbr_lsn, int *cand,
 							 const float *cand_dist, double *scores);
 extern void gnn_score_input(GnnIndexView *v, const float *query, int n,
 							const int *cand, const float *cand_dist,

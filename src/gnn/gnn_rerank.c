@@ -491,18 +491,16 @@ page_lsn(GnnIndexView *v, ItemPointer tid)
  * Scores n candidates (element TIDs, nearest first, at graph distances
  * cand_dist).  cand[i] is the candidate's node in v, or -1 when not read
  * yet: a candidate whose c' and projection are cached is not read at all.
- * elem_lsn[i] (elem_lsn may be NULL, an entry invalid) is the LSN the
- * candidate's element page had when the search read it: when its
- * neighbour tuple is on the same page, as the build and inserts place it
- * where there is room, that LSN validates the cached c' without reading
- * the page again.  A candidate whose element is gone (deleted, or without
+ * nbr_lsn[i] (nbr_lsn may be NULL, an entry invalid) is the LSN the page
+ * of the candidate's neighbour tuple had when the search read it: it
+ * validates the cached c' without reading the page again.  A candidate whose element is gone (deleted, or without
  * rows: a scan reranks before it reads its candidates' pages) scores
  * -DBL_MAX and takes no part in the others' scores.  Returns how many
  * candidates were scored (not gone).
  */
 int
 gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
-				 int n, const ItemPointerData *tids, const XLogRecPtr *elem_lsn,
+				 int n, const ItemPointerData *tids, const XLogRecPtr *nbr_lsn,
 				 int *cand, const float *cand_dist, double *scores)
 {
 	int			h = cm->model->cfg.hidden_dim;
@@ -568,10 +566,8 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 		}
 		if (cand[i] >= 0)
 			lsn = gnn_view_neighbor_lsn(v, cand[i]);
-		else if (elem_lsn != NULL && !XLogRecPtrIsInvalid(elem_lsn[i]) &&
-				 ItemPointerGetBlockNumber(&ent->nbrtid) ==
-				 ItemPointerGetBlockNumber(&tids[i]))
-			lsn = elem_lsn[i];
+		else if (nbr_lsn != NULL && !XLogRecPtrIsInvalid(nbr_lsn[i]))
+			lsn = nbr_lsn[i];
 		else
 			lsn = page_lsn(v, &ent->nbrtid);
 		if (ent && ent->lsn == lsn &&
@@ -795,7 +791,7 @@ hnsw_scan_rerank(Relation index, const float *query, int dim,
 		nodes[i] = -1;			/* read only when needed */
 		dists[i] = cands[i].distance;
 		tids[i] = cands[i].tid;
-		lsns[i] = cands[i].lsn;
+		lsns[i] = cands[i].nbr_lsn;
 	}
 	scores = palloc(sizeof(double) * ncands);
 	if (gnn_rerank_score(cm, &v, query, ncands, tids, lsns, nodes, dists,

@@ -828,6 +828,8 @@ typedef struct HnswElement
 	float		dist;			/* to the query of the search */
 	float	   *vec;			/* loaded only when asked */
 	XLogRecPtr	lsn;			/* of the element's page when it was read */
+	XLogRecPtr	nbr_lsn;		/* of its neighbour tuple's page when a search
+								 * read its level-0 list; else invalid */
 	bool		verified;		/* read from its page; false: only tid,
 								 * neighbortid and dist are known (from the
 								 * scan cache) */
@@ -885,6 +887,9 @@ typedef struct HnswCandidate
 	ItemPointerData heaptids[HNSW_HEAPTIDS];
 	XLogRecPtr	lsn;			/* of the element's page when the search read
 								 * it */
+	XLogRecPtr	nbr_lsn;		/* of the page of its neighbour tuple when
+								 * the search read it, or invalid (for the
+								 * rerank plug-in) */
 } HnswCandidate;
 
 /* Build state (also what the CAGRA build drives). */
@@ -967,7 +972,8 @@ extern void hnsw_search_reset(HnswSearch *s);
 extern void hnsw_load_element(HnswSearch *s, HnswElement *e);
 extern void hnsw_load_vector(Relation index, ItemPointer tid, float *out);
 extern int	hnsw_load_neighbors(Relation index, ItemPointer neighbortid,
-								int m, int level, ItemPointerData *out);
+								int m, int level, ItemPointerData *out,
+								XLogRecPtr *lsn);
 extern int	hnsw_search_layer(HnswSearch *s, int *entries, int nentries,
 							  int ef, int level, HnswHeapItem *out);
 extern void hnsw_level_search_begin(HnswLevelSearch *ls, HnswSearch *s,

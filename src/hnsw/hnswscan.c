@@ -427,13 +427,22 @@ rerank_round(IndexScanDesc scan)
 
 	if (so->cacheCodes || so->iterative == HNSW_ITERATIVE_SCAN_STRICT)
 		so->ncands = verify_candidates(so);
-	else
-		for (i = 0; i < so->ncands; i++)
-		{
-			HnswElement *e = &so->search.elems[so->candElems[i]];
+	for (i = 0; i < so->ncands; i++)
+	{
+		HnswElement *e = &so->search.elems[so->candElems[i]];
 
-			so->cands[i].lsn = e->verified ? e->lsn : InvalidXLogRecPtr;
-		}
+		/*
+		 * The LSN that validates the plug-in's cached state of the
+		 * candidate, without reading its page: the search read the page of
+		 * its neighbour tuple when it expanded it, or that of its element,
+		 * where its neighbour tuple usually is.
+		 */
+		so->cands[i].nbr_lsn = e->nbr_lsn;
+		if (XLogRecPtrIsInvalid(e->nbr_lsn) && e->verified &&
+			ItemPointerGetBlockNumber(&e->neighbortid) ==
+			ItemPointerGetBlockNumber(&e->tid))
+			so->cands[i].nbr_lsn = e->lsn;
+	}
 	order = palloc(sizeof(int) * Max(so->ncands, 1));
 	hnsw_scan_rerank(scan->indexRelation, so->query, so->meta.dims, so->cands,
 					 so->ncands, order);

@@ -668,6 +668,7 @@ search_next_elem(HnswSearch *s, ItemPointer tid)
 	}
 	e = &s->elems[s->nelems];
 	e->tid = *tid;
+	e->nbr_lsn = InvalidXLogRecPtr;
 	/* max_scan_tuples bounds the elements met, from the cache or a page */
 	s->ntuples_read++;
 	return e;
@@ -753,7 +754,7 @@ hnsw_search_add(HnswSearch *s, ItemPointer tid)
  */
 int
 hnsw_load_neighbors(Relation index, ItemPointer neighbortid, int m, int level,
-					ItemPointerData *out)
+					ItemPointerData *out, XLogRecPtr *lsn)
 {
 	BlockNumber blkno;
 	OffsetNumber off;
@@ -768,6 +769,8 @@ hnsw_load_neighbors(Relation index, ItemPointer neighbortid, int m, int level,
 	off = ItemPointerGetOffsetNumber(neighbortid);
 	buf = ReadBuffer(index, blkno);
 	LockBuffer(buf, BUFFER_LOCK_SHARE);
+	if (lsn != NULL)
+		*lsn = PageGetLSN(BufferGetPage(buf));
 	ntup = neighbors_at(BufferGetPage(buf), off, &why);
 	if (ntup == NULL)
 		tuple_corrupted(index, blkno, off, "%s", why);
@@ -954,7 +957,8 @@ level_search_expand(HnswLevelSearch *ls, int id)
 	int			i;
 
 	nn = hnsw_load_neighbors(s->index, &s->elems[id].neighbortid, s->m,
-							 ls->level, ls->nbrs);
+							 ls->level, ls->nbrs,
+							 ls->level == 0 ? &s->elems[id].nbr_lsn : NULL);
 	for (i = 0; i < nn; i++)
 	{
 		if (hnsw_keyset_test_and_add(&s->visited, hnsw_tid_key(&ls->nbrs[i])))
