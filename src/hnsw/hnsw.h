@@ -824,12 +824,13 @@ typedef struct HnswElement
 	uint8		level;
 	bool		deleted;
 	uint8		nheaptids;
+	XLogRecPtr	nbr_lsn;		/* of its neighbour tuple's page when the
+								 * search read its level-0 list, if it
+								 * records them (nbr_lsns); else invalid */
 	ItemPointerData heaptids[HNSW_HEAPTIDS];
 	float		dist;			/* to the query of the search */
 	float	   *vec;			/* loaded only when asked */
 	XLogRecPtr	lsn;			/* of the element's page when it was read */
-	XLogRecPtr	nbr_lsn;		/* of its neighbour tuple's page when a search
-								 * read its level-0 list; else invalid */
 	bool		verified;		/* read from its page; false: only tid,
 								 * neighbortid and dist are known (from the
 								 * scan cache) */
@@ -852,6 +853,8 @@ typedef struct HnswSearch
 	HnswKeySet	visited;
 	HnswAllocator alloc;		/* the context of hnsw_search_init */
 	bool		load_vectors;	/* keep each element's vector */
+	bool		nbr_lsns;		/* record the elements' nbr_lsn (a reranked
+								 * scan's, for the rerank plug-in) */
 	int64		ntuples_read;	/* elements met (max_scan_tuples) */
 	HnswVecCache *cache;		/* scans: vectors by element, or NULL */
 	HnswVecQuery cquery;		/* the query, as cached distances need it */

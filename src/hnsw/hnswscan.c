@@ -579,6 +579,7 @@ start_scan(IndexScanDesc scan)
 	hnsw_search_use_cache(&so->search, get_scan_cache(index, so));
 	/* a shared cache's kind does not change while its index has it */
 	so->cacheCodes = so->search.cache != NULL && so->search.cache->codes;
+	so->search.nbr_lsns = hnsw_scan_reranks(index);
 	so->lastDist = 0;
 	so->haveLast = false;
 	scan_cache_enter(so);

@@ -958,7 +958,8 @@ level_search_expand(HnswLevelSearch *ls, int id)
 
 	nn = hnsw_load_neighbors(s->index, &s->elems[id].neighbortid, s->m,
 							 ls->level, ls->nbrs,
-							 ls->level == 0 ? &s->elems[id].nbr_lsn : NULL);
+							 ls->level == 0 && s->nbr_lsns ?
+							 &s->elems[id].nbr_lsn : NULL);
 	for (i = 0; i < nn; i++)
 	{
 		if (hnsw_keyset_test_and_add(&s->visited, hnsw_tid_key(&ls->nbrs[i])))
