@@ -203,8 +203,9 @@ extern void gnn_layer_tape_free(GnnLayerTape *tape);
  * W_k m, W_v m), 3H values.  gnn_layer_project writes the projections of
  * n vectors to proj (n x 3H, each row m, k, val).
  * gnn_layer_forward_projected computes one node's output (out: H) from its
- * projection (node_proj: its m is read) and its neighbours' (nbr: the
- * three parts as separate n x H arrays, which it reads in place) with edge
+ * vector (node_vector: D; only its message is needed) and its neighbours'
+ * projections (nbr: the three parts as separate n x H arrays, read in
+ * place) with edge
  * weights (NULL: uniform), equal up to rounding to gnn_layer_forward
  * without training on the same vectors.
  */
@@ -219,7 +220,7 @@ typedef struct GnnProjections
 extern GnnStatus gnn_layer_project(GnnModel *model, const gnn_real *vectors,
 								   int n, gnn_real *proj, GnnError *err);
 extern GnnStatus gnn_layer_forward_projected(GnnModel *model,
-											 const gnn_real *node_proj,
+											 const gnn_real *node_vector,
 											 const GnnProjections *nbr,
 											 const gnn_real *edge_w,
 											 gnn_real *out, GnnError *err);

@@ -372,24 +372,33 @@ dropout_layernorm(GnnModel *model, GnnLayerTape *tp, int n, int h,
 	}
 }
 
+/* xs, then the message m of every row of the table. */
+static void
+project_messages(GnnModel *model, GnnLayerTape *tp)
+{
+	const GnnGraph *g = &tp->g;
+	int			d = model->cfg.in_dim;
+
+	normalise_inputs(g, d, tp);
+	linear_rows(tp->xs, g->n_vectors, d, gnn_model_tensor(model, GNN_W_MSG),
+				gnn_model_tensor(model, GNN_B_MSG), model->cfg.hidden_dim,
+				tp->msg);
+}
+
 /* The per-vector half: xs, then m, k and v of every row of the table. */
 static void
 project_table(GnnModel *model, GnnLayerTape *tp)
 {
 	const GnnGraph *g = &tp->g;
-	int			d = model->cfg.in_dim;
 	int			h = model->cfg.hidden_dim;
 
-	normalise_inputs(g, d, tp);
-	linear_rows(tp->xs, g->n_vectors, d, gnn_model_tensor(model, GNN_W_MSG),
-				gnn_model_tensor(model, GNN_B_MSG), h, tp->msg);
+	project_messages(model, tp);
 	linear_rows(tp->msg, g->n_vectors, h, gnn_model_tensor(model, GNN_W_K),
 				NULL, h, tp->key);
 	linear_rows(tp->msg, g->n_vectors, h, gnn_model_tensor(model, GNN_W_V),
 				NULL, h, tp->val);
 }
 
-/* The per-node half, from the table's m, k and v: attention, GRU, LN. */
 /* From the nodes' attention on: W_o, W_agg, GRU and LayerNorm. */
 static void
 nodes_finish(GnnModel *model, GnnLayerTape *tp, int n, bool training,
@@ -406,6 +415,7 @@ nodes_finish(GnnModel *model, GnnLayerTape *tp, int n, bool training,
 	dropout_layernorm(model, tp, n, h, training, out);
 }
 
+/* The per-node half, from the table's m, k and v: attention, GRU, LN. */
 static void
 nodes_forward(GnnModel *model, GnnLayerTape *tp, bool training, gnn_real *out)
 {
@@ -487,7 +497,7 @@ gnn_layer_project(GnnModel *model, const gnn_real *vectors, int n,
 }
 
 GnnStatus
-gnn_layer_forward_projected(GnnModel *model, const gnn_real *node_proj,
+gnn_layer_forward_projected(GnnModel *model, const gnn_real *node_vector,
 							const GnnProjections *nbr, const gnn_real *edge_w,
 							gnn_real *out, GnnError *err)
 {
@@ -516,20 +526,22 @@ gnn_layer_forward_projected(GnnModel *model, const gnn_real *node_proj,
 	}
 	for (int j = 0; j < n_nbr; j++)
 		idx[j] = j;
-	/* no table of its own: the neighbours' rows are the caller's arrays */
-	g.n_vectors = 0;
-	g.vectors = NULL;
+	/* a table of the node alone: the neighbours' rows are the caller's */
+	g.n_vectors = 1;
+	g.vectors = node_vector;
 	g.n_nodes = 1;
 	g.node = &node;
 	g.nbr_offset = offsets;
 	g.nbr = idx;
 	g.edge_w = edge_w;
-	if ((rc = tape_reserve(tp, model, &g, err)) == GNN_OK)
+	if ((rc = check_rows(node_vector, model->cfg.in_dim, "vectors", err)) == GNN_OK &&
+		(rc = tape_reserve(tp, model, &g, err)) == GNN_OK)
 	{
+		project_messages(model, tp);
+		memcpy(tp->node_msg, tp->msg, h * sizeof(gnn_real));
 		tp->msg = (gnn_real *) nbr->msg;	/* read only below */
 		tp->key = (gnn_real *) nbr->key;
 		tp->val = (gnn_real *) nbr->val;
-		memcpy(tp->node_msg, node_proj, h * sizeof(gnn_real));
 		linear_rows(tp->node_msg, 1, h, gnn_model_tensor(model, GNN_W_Q), NULL,
 					h, tp->query);
 		attend_node(tp, 0, h, model->cfg.heads);

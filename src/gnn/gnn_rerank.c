@@ -449,16 +449,12 @@ static void
 refine_query(GnnCachedModel *cm, const float *query,
 			 const GnnProjections *cand_proj, const float *cand_dist, float *out)
 {
-	int			h = cm->model->cfg.hidden_dim;
-	float	   *self = palloc(sizeof(float) * 3 * h);
 	float	   *edge_w = palloc(sizeof(float) * Max(cand_proj->n, 1));
 	GnnError	err;
 
-	gnn_ereport_status(gnn_layer_project(cm->model, query, 1, self, &err), &err);
 	gnn_edge_weights_from_distances(cand_dist, cand_proj->n, edge_w);
-	gnn_ereport_status(gnn_layer_forward_projected(cm->model, self, cand_proj,
+	gnn_ereport_status(gnn_layer_forward_projected(cm->model, query, cand_proj,
 												   edge_w, out, &err), &err);
-	pfree(self);
 	pfree(edge_w);
 }
 

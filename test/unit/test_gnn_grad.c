@@ -378,7 +378,7 @@ test_projected_forward_matches(void)
 				memcpy(nbr_part[part] + j * H, proj + lc.nbr[lo + j] * 3 * H + part * H,
 					   sizeof(gnn_real) * H);
 		nbr.n = n;
-		CHECK(gnn_layer_forward_projected(model, proj + lc.node[i] * 3 * H,
+		CHECK(gnn_layer_forward_projected(model, lc.vectors + lc.node[i] * D,
 										  &nbr, lc.edge_w + lo, one,
 										  &err) == GNN_OK,
 			  "projected forward: %s", err.message);
