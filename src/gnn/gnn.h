@@ -555,7 +555,7 @@ extern void gnn_distance_zscores(const gnn_real *dist, int n, gnn_real *rho);
 
 /*
  * bfloat16: the upper half of a float (sign, 8-bit exponent, 7-bit
- * mantissa; relative error at most 2^-9 after rounding), the form of the
+ * mantissa: after rounding, relative error at most 2^-8), the form of the
  * rerank's cached per-element vectors (gnn_rerank.c): half a float's
  * bytes, a float's range.  From floats: rounded to nearest, ties to even;
  * a finite value that would round to infinity is truncated instead.
