@@ -14,10 +14,11 @@
  * neighbour list only, so they are computed once per model version and
  * element and kept in the cached model (GnnCachedModel.cprime), checked
  * against the LSN of the element's neighbour page (which changes whenever
- * the list does).  So is the element's projection (m, k, val of the layer, gnn_layer_project),
- * the per-vector half of q''s layer call: per query only the query's own
- * projection and one node's attention, GRU and LayerNorm are computed
- * (gnn_layer_forward_projected), not the projections of 32 candidates.
+ * the list does).  So is the element's projection (m, k, val of the layer,
+ * gnn_layer_project), the per-vector half of q''s layer call: per query
+ * only the query's own message and one node's attention, GRU and LayerNorm
+ * are computed (gnn_layer_forward_projected), not the projections of 32
+ * candidates.
  * This is the arithmetic of gnn_score_forward (inference, no dropout),
  * split so the candidate half can be cached; q' attends over the nearest
  * GNN_QUERY_CONTEXT candidates here as in training and validation.
@@ -81,7 +82,7 @@ gnn_init(void)
  * projection depends on the element's vector only, c' and c~ on its
  * neighbour list too; all are renewed together when that changes.  Every
  * candidate's score reads c' and c~, only the nearest GNN_QUERY_CONTEXT
- * read the projection: c' and c~ come first, side by side  They are kept
+ * read the projection: c' and c~ come first, side by side.  They are kept
  * as bfloat16 (gnn.h): scoring is bound by the cache misses on the
  * entries (docs/gnn.md, "Rerank latency"), and an entry of 64-d floats
  * took 1.3 kB.  The first scoring of an element reads them back from
