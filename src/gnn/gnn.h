@@ -714,6 +714,7 @@ typedef struct GnnIndexView
 	int		   *nbr_start;		/* into nbr; -1: neighbours not read yet */
 	int		   *nbr_count;
 	XLogRecPtr *nbr_lsn;		/* LSN of the neighbour page when read */
+	uint64	   *nbr_sum;		/* hnsw_neighbors_fingerprint of the list read */
 	int		   *nbr;			/* pool of neighbour node numbers */
 	int			nbr_used;
 	int			nbr_cap;
@@ -767,7 +768,7 @@ extern void gnn_rerank_cache_free(GnnCachedModel *cm);
 extern int	gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v,
 							 const float *query, int n,
 							 const ItemPointerData *tids,
-							 const XLogRecPtr *nbr_lsn, int *cand,
+							 const uint64 *nbr_sum, int *cand,
 							 const float *cand_dist, double *scores);
 extern void gnn_score_input(GnnIndexView *v, const float *query, int n,
 							const int *cand, const float *cand_dist,

@@ -92,6 +92,7 @@ typedef struct CprimeEntry
 {
 	ItemPointerData nbrtid;		/* its neighbour tuple */
 	XLogRecPtr	lsn;			/* of that tuple's page when computed */
+	uint64		nbr_sum;		/* hnsw_neighbors_fingerprint of its list */
 	gnn_bf16	emb[FLEXIBLE_ARRAY_MEMBER]; /* unit c' (H), c~ (D), projection (3H) */
 } CprimeEntry;
 
@@ -488,16 +489,19 @@ page_lsn(GnnIndexView *v, ItemPointer tid)
  * Scores n candidates (element TIDs, nearest first, at graph distances
  * cand_dist).  cand[i] is the candidate's node in v, or -1 when not read
  * yet: a candidate whose c' and projection are cached is not read at all.
- * nbr_lsn[i] (nbr_lsn may be NULL, an entry invalid) is the LSN the page
- * of the candidate's neighbour tuple had when the search read it: it
- * validates the cached c' without reading the page again.  A candidate whose element is gone (deleted, or without
+ * nbr_sum[i] (nbr_sum may be NULL, an entry 0: unknown) is the
+ * fingerprint of the candidate's level-0 neighbour list as the search read
+ * it: when it is the one the cached c' was computed from, the entry is
+ * valid without reading the page of the list again (a list that changes
+ * while its page's LSN stays the same cannot happen; the fingerprint may
+ * also match after a change with probability 2^-64).  A candidate whose element is gone (deleted, or without
  * rows: a scan reranks before it reads its candidates' pages) scores
  * -DBL_MAX and takes no part in the others' scores.  Returns how many
  * candidates were scored (not gone).
  */
 int
 gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
-				 int n, const ItemPointerData *tids, const XLogRecPtr *nbr_lsn,
+				 int n, const ItemPointerData *tids, const uint64 *nbr_sum,
 				 int *cand, const float *cand_dist, double *scores)
 {
 	int			h = cm->model->cfg.hidden_dim;
@@ -553,7 +557,7 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 	for (i = 0; i < n; i++)
 	{
 		CprimeEntry *ent = ents[i];
-		XLogRecPtr	lsn;
+		bool		valid;
 
 		if (cand[i] < 0 && ent == NULL &&
 			(cand[i] = gnn_view_node(v, (ItemPointer) &tids[i])) < 0)
@@ -561,14 +565,16 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 			scores[i] = -DBL_MAX;	/* gone */
 			continue;
 		}
-		if (cand[i] >= 0)
-			lsn = gnn_view_neighbor_lsn(v, cand[i]);
-		else if (nbr_lsn != NULL && !XLogRecPtrIsInvalid(nbr_lsn[i]))
-			lsn = nbr_lsn[i];
+		if (ent == NULL)
+			valid = false;
+		else if (cand[i] >= 0)
+			valid = ent->lsn == gnn_view_neighbor_lsn(v, cand[i]) &&
+				ItemPointerEquals(&ent->nbrtid, &v->nbrtid[cand[i]]);
+		else if (nbr_sum != NULL && nbr_sum[i] != 0)
+			valid = ent->nbr_sum == nbr_sum[i];
 		else
-			lsn = page_lsn(v, &ent->nbrtid);
-		if (ent && ent->lsn == lsn &&
-			(cand[i] < 0 || ItemPointerEquals(&ent->nbrtid, &v->nbrtid[cand[i]])))
+			valid = ent->lsn == page_lsn(v, &ent->nbrtid);
+		if (valid)
 		{
 			emb[i] = ent->emb;
 			prefetch_bytes(ent->emb, sizeof(gnn_bf16) *
@@ -617,6 +623,8 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 				}
 				slot->entry->lsn = miss_lsn[i];
 				slot->entry->nbrtid = v->nbrtid[miss[i]];
+				/* the list read for c' (refine_candidates read it) */
+				slot->entry->nbr_sum = v->nbr_sum[miss[i]];
 				e = slot->entry->emb;
 			}
 			unit_length(fresh + (size_t) i * h, h);
@@ -768,7 +776,7 @@ hnsw_scan_rerank(Relation index, const float *query, int dim,
 	float	   *dists;
 	double	   *scores;
 	ItemPointerData *tids;
-	XLogRecPtr *lsns;
+	uint64	   *sums;
 	int			i;
 
 	for (i = 0; i < ncands; i++)
@@ -782,16 +790,16 @@ hnsw_scan_rerank(Relation index, const float *query, int dim,
 	nodes = palloc(sizeof(int) * ncands);
 	dists = palloc(sizeof(float) * ncands);
 	tids = palloc(sizeof(ItemPointerData) * ncands);
-	lsns = palloc(sizeof(XLogRecPtr) * ncands);
+	sums = palloc(sizeof(uint64) * ncands);
 	for (i = 0; i < ncands; i++)
 	{
 		nodes[i] = -1;			/* read only when needed */
 		dists[i] = cands[i].distance;
 		tids[i] = cands[i].tid;
-		lsns[i] = cands[i].nbr_lsn;
+		sums[i] = cands[i].nbr_sum;
 	}
 	scores = palloc(sizeof(double) * ncands);
-	if (gnn_rerank_score(cm, &v, query, ncands, tids, lsns, nodes, dists,
+	if (gnn_rerank_score(cm, &v, query, ncands, tids, sums, nodes, dists,
 						 scores) > 0)
 		order_by_score(scores, ncands, order);
 }

@@ -824,9 +824,9 @@ typedef struct HnswElement
 	uint8		level;
 	bool		deleted;
 	uint8		nheaptids;
-	XLogRecPtr	nbr_lsn;		/* of its neighbour tuple's page when the
-								 * search read its level-0 list, if it
-								 * records them (nbr_lsns); else invalid */
+	uint64		nbr_sum;		/* hnsw_neighbors_fingerprint of its level-0
+								 * list when the search read it, if it
+								 * records them (nbr_sums); else 0 */
 	ItemPointerData heaptids[HNSW_HEAPTIDS];
 	float		dist;			/* to the query of the search */
 	float	   *vec;			/* loaded only when asked */
@@ -853,7 +853,7 @@ typedef struct HnswSearch
 	HnswKeySet	visited;
 	HnswAllocator alloc;		/* the context of hnsw_search_init */
 	bool		load_vectors;	/* keep each element's vector */
-	bool		nbr_lsns;		/* record the elements' nbr_lsn (a reranked
+	bool		nbr_sums;		/* record the elements' nbr_sum (a reranked
 								 * scan's, for the rerank plug-in) */
 	int64		ntuples_read;	/* elements met (max_scan_tuples) */
 	HnswVecCache *cache;		/* scans: vectors by element, or NULL */
@@ -890,9 +890,9 @@ typedef struct HnswCandidate
 	ItemPointerData heaptids[HNSW_HEAPTIDS];
 	XLogRecPtr	lsn;			/* of the element's page when the search read
 								 * it */
-	XLogRecPtr	nbr_lsn;		/* of the page of its neighbour tuple when
-								 * the search read it, or invalid (for the
-								 * rerank plug-in) */
+	uint64		nbr_sum;		/* hnsw_neighbors_fingerprint of its level-0
+								 * list when the search read it, or 0 (for
+								 * the rerank plug-in) */
 } HnswCandidate;
 
 /* Build state (also what the CAGRA build drives). */
@@ -975,8 +975,8 @@ extern void hnsw_search_reset(HnswSearch *s);
 extern void hnsw_load_element(HnswSearch *s, HnswElement *e);
 extern void hnsw_load_vector(Relation index, ItemPointer tid, float *out);
 extern int	hnsw_load_neighbors(Relation index, ItemPointer neighbortid,
-								int m, int level, ItemPointerData *out,
-								XLogRecPtr *lsn);
+								int m, int level, ItemPointerData *out);
+extern uint64 hnsw_neighbors_fingerprint(const ItemPointerData *tids, int n);
 extern int	hnsw_search_layer(HnswSearch *s, int *entries, int nentries,
 							  int ef, int level, HnswHeapItem *out);
 extern void hnsw_level_search_begin(HnswLevelSearch *ls, HnswSearch *s,

@@ -477,7 +477,7 @@ update_connection(HnswSearch *s, HnswElement *e, const float *evec,
 	int			m = s->m;
 	int			max = hnsw_level_slots(m, lc);
 	ItemPointerData *cur = palloc(sizeof(ItemPointerData) * 2 * m);
-	int			n = hnsw_load_neighbors(index, &e->neighbortid, m, lc, cur, NULL);
+	int			n = hnsw_load_neighbors(index, &e->neighbortid, m, lc, cur);
 	ItemPointerData replace;
 	int			i;
 	Buffer		buf;

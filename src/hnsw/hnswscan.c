@@ -427,22 +427,9 @@ rerank_round(IndexScanDesc scan)
 
 	if (so->cacheCodes || so->iterative == HNSW_ITERATIVE_SCAN_STRICT)
 		so->ncands = verify_candidates(so);
+	/* what validates the plug-in's cached state without reading pages */
 	for (i = 0; i < so->ncands; i++)
-	{
-		HnswElement *e = &so->search.elems[so->candElems[i]];
-
-		/*
-		 * The LSN that validates the plug-in's cached state of the
-		 * candidate, without reading its page: the search read the page of
-		 * its neighbour tuple when it expanded it, or that of its element,
-		 * where its neighbour tuple usually is.
-		 */
-		so->cands[i].nbr_lsn = e->nbr_lsn;
-		if (XLogRecPtrIsInvalid(e->nbr_lsn) && e->verified &&
-			ItemPointerGetBlockNumber(&e->neighbortid) ==
-			ItemPointerGetBlockNumber(&e->tid))
-			so->cands[i].nbr_lsn = e->lsn;
-	}
+		so->cands[i].nbr_sum = so->search.elems[so->candElems[i]].nbr_sum;
 	order = palloc(sizeof(int) * Max(so->ncands, 1));
 	hnsw_scan_rerank(scan->indexRelation, so->query, so->meta.dims, so->cands,
 					 so->ncands, order);
@@ -579,7 +566,7 @@ start_scan(IndexScanDesc scan)
 	hnsw_search_use_cache(&so->search, get_scan_cache(index, so));
 	/* a shared cache's kind does not change while its index has it */
 	so->cacheCodes = so->search.cache != NULL && so->search.cache->codes;
-	so->search.nbr_lsns = hnsw_scan_reranks(index);
+	so->search.nbr_sums = hnsw_scan_reranks(index);
 	so->lastDist = 0;
 	so->haveLast = false;
 	scan_cache_enter(so);

@@ -470,7 +470,7 @@ repair_element(VacState *vs, ItemPointer etid, void *arg)
 
 	for (lc = 0; lc <= e->level; lc++)
 	{
-		int			n = hnsw_load_neighbors(vs->index, &e->neighbortid, m, lc, cur, NULL);
+		int			n = hnsw_load_neighbors(vs->index, &e->neighbortid, m, lc, cur);
 		int			max = hnsw_level_slots(m, lc);
 		bool		broken = false;
 		HnswSearch	t;
@@ -509,7 +509,7 @@ repair_element(VacState *vs, ItemPointer etid, void *arg)
 				{
 					int			nm = hnsw_load_neighbors(vs->index,
 														 &d.elems[didx].neighbortid,
-														 m, lc, more, NULL);
+														 m, lc, more);
 
 					for (j = 0; j < nm; j++)
 						if (!is_deleted(vs, &more[j]))
@@ -656,7 +656,7 @@ expand_element(VacState *vs, VacReach *r, ItemPointer tid, ItemPointerData *nb)
 	for (lc = 0; lc <= e.level; lc++)
 	{
 		int			n = hnsw_load_neighbors(vs->index, &e.neighbortid, vs->meta.m,
-											lc, nb, NULL);
+											lc, nb);
 
 		for (int j = 0; j < n; j++)
 			hnsw_reach_add(&r->walk, ItemPointerGetBlockNumber(&nb[j]),
