@@ -13,8 +13,9 @@
  * c_i' and c~_i depend on the model, the candidate's vector and its
  * neighbour list only, so they are computed once per model version and
  * element and kept in the cached model (GnnCachedModel.cprime), checked
- * against the LSN of the element's neighbour page (which changes whenever
- * the list does).  So is the element's projection (m, k, val of the layer,
+ * against the fingerprint of the neighbour list the scan's search read, or
+ * else the LSN of the element's neighbour page (which changes whenever the
+ * list does).  So is the element's projection (m, k, val of the layer,
  * gnn_layer_project), the per-vector half of q''s layer call: per query
  * only the query's own message and one node's attention, GRU and LayerNorm
  * are computed (gnn_layer_forward_projected), not the projections of 32
