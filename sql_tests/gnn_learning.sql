@@ -52,6 +52,21 @@ SELECT gl_p10() > :plain_p10 + 0.04 AS rerank_beats_plain_scan;
 SELECT bool_and(abs(d - (v <-> (SELECT v FROM gl_heldout LIMIT 1))) < 1e-6) AS true_distance
 FROM (SELECT v, v <-> (SELECT v FROM gl_heldout LIMIT 1) AS d FROM gl
 	ORDER BY v <-> (SELECT v FROM gl_heldout LIMIT 1) LIMIT 10) t;
+-- reranked rounds are returned before their pages are read: under a
+-- filter, an iterative scan goes on to later rounds and returns each row
+-- once, with its own true distance, and rows deleted in this transaction
+-- (their elements still in the graph) are not returned
+SELECT v AS q FROM gl_heldout ORDER BY id LIMIT 1 \gset
+SET gnnvec.iterative_scan = relaxed_order;
+BEGIN;
+DELETE FROM gl WHERE id % 7 = 0;
+SELECT count(*) AS filtered_rows, count(DISTINCT id) AS distinct_rows,
+	bool_and(topic % 4 = 0 AND id % 7 <> 0) AS all_pass,
+	bool_and(abs(d - (v <-> :'q')) < 1e-6) AS true_distance
+FROM (SELECT id, topic, v, v <-> :'q' AS d FROM gl WHERE topic % 4 = 0
+	ORDER BY v <-> :'q' LIMIT 150) t;
+ROLLBACK;
+RESET gnnvec.iterative_scan;
 RESET gnnvec.rerank;
 
 -- relevance that raw distance already gives (the click is the query's

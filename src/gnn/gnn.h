@@ -201,18 +201,27 @@ extern void gnn_layer_tape_free(GnnLayerTape *tape);
  * The layer in two halves, for inference with a cache.  The first depends
  * on a vector alone: its projection p = (m, k, val) = (W_msg x~ + b_msg,
  * W_k m, W_v m), 3H values.  gnn_layer_project writes the projections of
- * n vectors to proj (n x 3H).  gnn_layer_forward_projected computes one
- * node's output (out: H) from its projection and its n_nbr neighbours'
- * (nbr_proj[j]: 3H values each, wherever the caller keeps them) with edge
+ * n vectors to proj (n x 3H, each row m, k, val).
+ * gnn_layer_forward_projected computes one node's output (out: H) from its
+ * vector (node_vector: D; only its message is needed) and its neighbours'
+ * projections (nbr: the three parts as separate n x H arrays, read in
+ * place) with edge
  * weights (NULL: uniform), equal up to rounding to gnn_layer_forward
  * without training on the same vectors.
  */
+typedef struct GnnProjections
+{
+	int			n;
+	const gnn_real *msg;		/* n x H */
+	const gnn_real *key;		/* n x H */
+	const gnn_real *val;		/* n x H */
+} GnnProjections;
+
 extern GnnStatus gnn_layer_project(GnnModel *model, const gnn_real *vectors,
 								   int n, gnn_real *proj, GnnError *err);
 extern GnnStatus gnn_layer_forward_projected(GnnModel *model,
-											 const gnn_real *node_proj,
-											 const gnn_real *const *nbr_proj,
-											 int n_nbr,
+											 const gnn_real *node_vector,
+											 const GnnProjections *nbr,
 											 const gnn_real *edge_w,
 											 gnn_real *out, GnnError *err);
 
@@ -544,6 +553,17 @@ extern int	gnn_blend_apply_best(GnnModel *model, const GnnBlendTally *tally,
 /* z(-x): rho_i = -(x_i - mean) / sd, or 0 when every x_i is equal. */
 extern void gnn_distance_zscores(const gnn_real *dist, int n, gnn_real *rho);
 
+/*
+ * bfloat16: the upper half of a float (sign, 8-bit exponent, 7-bit
+ * mantissa: after rounding, relative error at most 2^-8), the form of the
+ * rerank's cached per-element vectors (gnn_rerank.c): half a float's
+ * bytes, a float's range.  From floats: rounded to nearest, ties to even;
+ * a finite value that would round to infinity is truncated instead.
+ */
+typedef uint16_t gnn_bf16;
+extern void gnn_bf16_from_floats(const float *in, int n, gnn_bf16 *out);
+extern void gnn_bf16_to_floats(const gnn_bf16 *in, int n, float *out);
+
 typedef struct GnnTrainConfig
 {
 	double		lr;				/* Adam step size */
@@ -694,6 +714,7 @@ typedef struct GnnIndexView
 	int		   *nbr_start;		/* into nbr; -1: neighbours not read yet */
 	int		   *nbr_count;
 	XLogRecPtr *nbr_lsn;		/* LSN of the neighbour page when read */
+	uint64	   *nbr_sum;		/* hnsw_neighbors_fingerprint of the list read */
 	int		   *nbr;			/* pool of neighbour node numbers */
 	int			nbr_used;
 	int			nbr_cap;
@@ -744,10 +765,10 @@ extern int64 gnn_store_save(Relation index, const char *scope,
 /* rerank (gnn_rerank.c) */
 /* Frees a cached model's refined embeddings (gnn_store.c, on reload). */
 extern void gnn_rerank_cache_free(GnnCachedModel *cm);
-extern bool gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v,
+extern int	gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v,
 							 const float *query, int n,
 							 const ItemPointerData *tids,
-							 const XLogRecPtr *elem_lsn, int *cand,
+							 const uint64 *nbr_sum, int *cand,
 							 const float *cand_dist, double *scores);
 extern void gnn_score_input(GnnIndexView *v, const float *query, int n,
 							const int *cand, const float *cand_dist,

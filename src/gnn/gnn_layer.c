@@ -372,21 +372,47 @@ dropout_layernorm(GnnModel *model, GnnLayerTape *tp, int n, int h,
 	}
 }
 
+/* xs, then the message m of every row of the table. */
+static void
+project_messages(GnnModel *model, GnnLayerTape *tp)
+{
+	const GnnGraph *g = &tp->g;
+	int			d = model->cfg.in_dim;
+
+	normalise_inputs(g, d, tp);
+	linear_rows(tp->xs, g->n_vectors, d, gnn_model_tensor(model, GNN_W_MSG),
+				gnn_model_tensor(model, GNN_B_MSG), model->cfg.hidden_dim,
+				tp->msg);
+}
+
 /* The per-vector half: xs, then m, k and v of every row of the table. */
 static void
 project_table(GnnModel *model, GnnLayerTape *tp)
 {
 	const GnnGraph *g = &tp->g;
-	int			d = model->cfg.in_dim;
 	int			h = model->cfg.hidden_dim;
 
-	normalise_inputs(g, d, tp);
-	linear_rows(tp->xs, g->n_vectors, d, gnn_model_tensor(model, GNN_W_MSG),
-				gnn_model_tensor(model, GNN_B_MSG), h, tp->msg);
+	project_messages(model, tp);
 	linear_rows(tp->msg, g->n_vectors, h, gnn_model_tensor(model, GNN_W_K),
 				NULL, h, tp->key);
 	linear_rows(tp->msg, g->n_vectors, h, gnn_model_tensor(model, GNN_W_V),
 				NULL, h, tp->val);
+}
+
+/* From the nodes' attention on: W_o, W_agg, GRU and LayerNorm. */
+static void
+nodes_finish(GnnModel *model, GnnLayerTape *tp, int n, bool training,
+			 gnn_real *out)
+{
+	int			h = model->cfg.hidden_dim;
+
+	/* comb = agg (filled by attend_node) + W_o heads_out */
+	gnn_gemm_xwt(tp->heads_out, n, h, gnn_model_tensor(model, GNN_W_O), h, 1,
+				 tp->comb, h, h);
+	linear_rows(tp->comb, n, h, gnn_model_tensor(model, GNN_W_AGG),
+				gnn_model_tensor(model, GNN_B_AGG), h, tp->t);
+	gru_forward(model, tp, n, h, out);
+	dropout_layernorm(model, tp, n, h, training, out);
 }
 
 /* The per-node half, from the table's m, k and v: attention, GRU, LN. */
@@ -404,13 +430,7 @@ nodes_forward(GnnModel *model, GnnLayerTape *tp, bool training, gnn_real *out)
 				tp->query);
 	for (int i = 0; i < n; i++)
 		attend_node(tp, i, h, model->cfg.heads);
-	/* comb = agg (filled above) + W_o heads_out */
-	gnn_gemm_xwt(tp->heads_out, n, h, gnn_model_tensor(model, GNN_W_O), h, 1,
-				 tp->comb, h, h);
-	linear_rows(tp->comb, n, h, gnn_model_tensor(model, GNN_W_AGG),
-				gnn_model_tensor(model, GNN_B_AGG), h, tp->t);
-	gru_forward(model, tp, n, h, out);
-	dropout_layernorm(model, tp, n, h, training, out);
+	nodes_finish(model, tp, n, training, out);
 }
 
 static void
@@ -477,15 +497,15 @@ gnn_layer_project(GnnModel *model, const gnn_real *vectors, int n,
 }
 
 GnnStatus
-gnn_layer_forward_projected(GnnModel *model, const gnn_real *node_proj,
-							const gnn_real *const *nbr_proj, int n_nbr,
-							const gnn_real *edge_w, gnn_real *out,
-							GnnError *err)
+gnn_layer_forward_projected(GnnModel *model, const gnn_real *node_vector,
+							const GnnProjections *nbr, const gnn_real *edge_w,
+							gnn_real *out, GnnError *err)
 {
 	int			h = model->cfg.hidden_dim;
+	int			n_nbr = nbr->n;
 	int			node = 0;
 	int			offsets[2] = {0, n_nbr};
-	int		   *nbr;
+	int		   *idx;
 	GnnGraph	g;
 	GnnLayerTape *tp;
 	GnnStatus	rc;
@@ -496,37 +516,39 @@ gnn_layer_forward_projected(GnnModel *model, const gnn_real *node_proj,
 		if (!(edge_w[j] >= 0 && isfinite(edge_w[j])))
 			return gnn_error(err, GNN_ERR_ARG,
 							 "GNN edge weight %d must be finite and >= 0", j);
-	nbr = malloc((n_nbr > 0 ? n_nbr : 1) * sizeof(int));
+	idx = malloc((n_nbr > 0 ? n_nbr : 1) * sizeof(int));
 	tp = calloc(1, sizeof(GnnLayerTape));
-	if (nbr == NULL || tp == NULL)
+	if (idx == NULL || tp == NULL)
 	{
-		free(nbr);
+		free(idx);
 		free(tp);
 		return gnn_error(err, GNN_ERR_NOMEM, "out of memory for GNN layer tape");
 	}
 	for (int j = 0; j < n_nbr; j++)
-		nbr[j] = j + 1;
-	g.n_vectors = n_nbr + 1;
-	g.vectors = NULL;			/* the projections stand in for them */
+		idx[j] = j;
+	/* a table of the node alone: the neighbours' rows are the caller's */
+	g.n_vectors = 1;
+	g.vectors = node_vector;
 	g.n_nodes = 1;
 	g.node = &node;
 	g.nbr_offset = offsets;
-	g.nbr = nbr;
+	g.nbr = idx;
 	g.edge_w = edge_w;
-	if ((rc = tape_reserve(tp, model, &g, err)) == GNN_OK)
+	if ((rc = check_rows(node_vector, model->cfg.in_dim, "vectors", err)) == GNN_OK &&
+		(rc = tape_reserve(tp, model, &g, err)) == GNN_OK)
 	{
-		for (int v = 0; v < n_nbr + 1; v++)
-		{
-			const gnn_real *row = v == 0 ? node_proj : nbr_proj[v - 1];
-
-			memcpy(tp->msg + (size_t) v * h, row, h * sizeof(gnn_real));
-			memcpy(tp->key + (size_t) v * h, row + h, h * sizeof(gnn_real));
-			memcpy(tp->val + (size_t) v * h, row + 2 * h, h * sizeof(gnn_real));
-		}
-		nodes_forward(model, tp, false, out);
+		project_messages(model, tp);
+		memcpy(tp->node_msg, tp->msg, h * sizeof(gnn_real));
+		tp->msg = (gnn_real *) nbr->msg;	/* read only below */
+		tp->key = (gnn_real *) nbr->key;
+		tp->val = (gnn_real *) nbr->val;
+		linear_rows(tp->node_msg, 1, h, gnn_model_tensor(model, GNN_W_Q), NULL,
+					h, tp->query);
+		attend_node(tp, 0, h, model->cfg.heads);
+		nodes_finish(model, tp, 1, false, out);
 	}
 	gnn_layer_tape_free(tp);
-	free(nbr);
+	free(idx);
 	return rc;
 }
 

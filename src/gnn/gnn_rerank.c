@@ -13,11 +13,13 @@
  * c_i' and c~_i depend on the model, the candidate's vector and its
  * neighbour list only, so they are computed once per model version and
  * element and kept in the cached model (GnnCachedModel.cprime), checked
- * against the LSN of the element's neighbour page (which changes whenever
- * the list does).  So is the element's projection (m, k, val of the layer, gnn_layer_project),
- * the per-vector half of q''s layer call: per query only the query's own
- * projection and one node's attention, GRU and LayerNorm are computed
- * (gnn_layer_forward_projected), not the projections of 32 candidates.
+ * against the fingerprint of the neighbour list the scan's search read, or
+ * else the LSN of the element's neighbour page (which changes whenever the
+ * list does).  So is the element's projection (m, k, val of the layer,
+ * gnn_layer_project), the per-vector half of q''s layer call: per query
+ * only the query's own message and one node's attention, GRU and LayerNorm
+ * are computed (gnn_layer_forward_projected), not the projections of 32
+ * candidates.
  * This is the arithmetic of gnn_score_forward (inference, no dropout),
  * split so the candidate half can be cached; q' attends over the nearest
  * GNN_QUERY_CONTEXT candidates here as in training and validation.
@@ -81,13 +83,18 @@ gnn_init(void)
  * projection depends on the element's vector only, c' and c~ on its
  * neighbour list too; all are renewed together when that changes.  Every
  * candidate's score reads c' and c~, only the nearest GNN_QUERY_CONTEXT
- * read the projection: c' and c~ come first, side by side.
+ * read the projection: c' and c~ come first, side by side.  They are kept
+ * as bfloat16 (gnn.h): scoring is bound by the cache misses on the
+ * entries (docs/gnn.md, "Rerank latency"), and an entry of 64-d floats
+ * took 1.3 kB.  The first scoring of an element reads them back from
+ * bfloat16 too, so that every scan scores alike.
  */
 typedef struct CprimeEntry
 {
 	ItemPointerData nbrtid;		/* its neighbour tuple */
 	XLogRecPtr	lsn;			/* of that tuple's page when computed */
-	float		emb[FLEXIBLE_ARRAY_MEMBER]; /* unit c' (H), c~ (D), projection (3H) */
+	uint64		nbr_sum;		/* hnsw_neighbors_fingerprint of its list */
+	gnn_bf16	emb[FLEXIBLE_ARRAY_MEMBER]; /* unit c' (H), c~ (D), projection (3H) */
 } CprimeEntry;
 
 /*
@@ -104,12 +111,17 @@ typedef struct CprimeSlot
 	CprimeEntry *entry;
 } CprimeSlot;
 
+static inline uint32
+cprime_key_hash(uint64 key)
+{
+	return hash_combine(murmurhash32((uint32) key), murmurhash32((uint32) (key >> 32)));
+}
+
 #define SH_PREFIX cprime
 #define SH_ELEMENT_TYPE CprimeSlot
 #define SH_KEY_TYPE uint64
 #define SH_KEY key
-#define SH_HASH_KEY(tb, key) \
-	hash_combine(murmurhash32((uint32) (key)), murmurhash32((uint32) ((key) >> 32)))
+#define SH_HASH_KEY(tb, key) cprime_key_hash(key)
 #define SH_EQUAL(tb, a, b) ((a) == (b))
 #define SH_SCOPE static inline
 #define SH_DECLARE
@@ -133,7 +145,7 @@ cprime_floats(const GnnModel *m)
 static Size
 cprime_entry_size(const GnnModel *m)
 {
-	return offsetof(CprimeEntry, emb) + sizeof(float) * cprime_floats(m);
+	return offsetof(CprimeEntry, emb) + sizeof(gnn_bf16) * cprime_floats(m);
 }
 
 void
@@ -433,23 +445,19 @@ project_nodes(GnnCachedModel *cm, GnnIndexView *v, int n, const int *nodes,
 }
 
 /*
- * q': the query attending over its n nearest candidates (their
- * projections: 3H each), weights from their d_i.
+ * q': the query attending over its nearest candidates (their
+ * projections), weights from their d_i.
  */
 static void
-refine_query(GnnCachedModel *cm, const float *query, int n,
-			 const float *const *cand_proj, const float *cand_dist, float *out)
+refine_query(GnnCachedModel *cm, const float *query,
+			 const GnnProjections *cand_proj, const float *cand_dist, float *out)
 {
-	int			h = cm->model->cfg.hidden_dim;
-	float	   *self = palloc(sizeof(float) * 3 * h);
-	float	   *edge_w = palloc(sizeof(float) * Max(n, 1));
+	float	   *edge_w = palloc(sizeof(float) * Max(cand_proj->n, 1));
 	GnnError	err;
 
-	gnn_ereport_status(gnn_layer_project(cm->model, query, 1, self, &err), &err);
-	gnn_edge_weights_from_distances(cand_dist, n, edge_w);
-	gnn_ereport_status(gnn_layer_forward_projected(cm->model, self, cand_proj, n,
+	gnn_edge_weights_from_distances(cand_dist, cand_proj->n, edge_w);
+	gnn_ereport_status(gnn_layer_forward_projected(cm->model, query, cand_proj,
 												   edge_w, out, &err), &err);
-	pfree(self);
 	pfree(edge_w);
 }
 
@@ -460,11 +468,11 @@ score_weight(float lambda)
 	return exp(Max(-GNN_SCORE_LOG_LIMIT, Min(GNN_SCORE_LOG_LIMIT, (double) lambda)));
 }
 
-/* Asks for the cache lines of n floats at p. */
+/* Asks for the cache lines of len bytes at p. */
 static inline void
-prefetch_floats(const float *p, int n)
+prefetch_bytes(const void *p, Size len)
 {
-	for (int off = 0; off < n * (int) sizeof(float); off += 64)
+	for (Size off = 0; off < len; off += 64)
 		hnsw_prefetch((const char *) p + off);
 }
 
@@ -482,30 +490,39 @@ page_lsn(GnnIndexView *v, ItemPointer tid)
  * Scores n candidates (element TIDs, nearest first, at graph distances
  * cand_dist).  cand[i] is the candidate's node in v, or -1 when not read
  * yet: a candidate whose c' and projection are cached is not read at all.
- * elem_lsn[i] (elem_lsn may be NULL) is the LSN the candidate's element
- * page had when the search read it: when its neighbour tuple is on the
- * same page, as the build and inserts place it where there is room, that
- * LSN validates the cached c' without reading the page again.  Returns
- * false, scoring nothing, when a candidate's element is gone (changed
- * under the scan).
+ * nbr_sum[i] (nbr_sum may be NULL, an entry 0: unknown) is the
+ * fingerprint of the candidate's level-0 neighbour list as the search read
+ * it: when it is the one the cached c' was computed from, the entry is
+ * valid without reading the page of the list again (a list that changes
+ * while its page's LSN stays the same cannot happen; the fingerprint may
+ * also match after a change with probability 2^-64).  A candidate whose element is gone (deleted, or without
+ * rows: a scan reranks before it reads its candidates' pages) scores
+ * -DBL_MAX and takes no part in the others' scores.  Returns how many
+ * candidates were scored (not gone).
  */
-bool
+int
 gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
-				 int n, const ItemPointerData *tids, const XLogRecPtr *elem_lsn,
+				 int n, const ItemPointerData *tids, const uint64 *nbr_sum,
 				 int *cand, const float *cand_dist, double *scores)
 {
 	int			h = cm->model->cfg.hidden_dim;
 	int			d = cm->model->cfg.in_dim;
-	int			nq = Min(n, GNN_QUERY_CONTEXT);
-	const float **cp = palloc(sizeof(float *) * n);	/* unit c' of each */
-	const float **cm_mean = palloc(sizeof(float *) * n);	/* c~ of each */
-	const float **proj = palloc(sizeof(float *) * nq);	/* of the nearest nq */
+	int			nemb = cprime_floats(cm->model);
+	const gnn_bf16 **emb = palloc(sizeof(gnn_bf16 *) * n); /* of each */
+	int		   *live = palloc(sizeof(int) * n);	/* positions not gone */
+	float	   *live_dist = palloc(sizeof(float) * n);
 	float	   *qp = palloc(sizeof(float) * h);
 	int		   *miss = palloc(sizeof(int) * n);
 	int		   *miss_at = palloc(sizeof(int) * n);
 	CprimeEntry **ents = palloc(sizeof(CprimeEntry *) * n);
+	uint32	   *hashes = palloc(sizeof(uint32) * n);
 	XLogRecPtr *miss_lsn = palloc(sizeof(XLogRecPtr) * n);
 	int			nmiss = 0;
+	int			nlive = 0;
+	int			nq;
+	float	   *cpf;			/* c' and c~ of each live candidate */
+	float	   *projf;			/* m, k and val of the nq nearest */
+	GnnProjections proj;
 	GnnCprimeCache *cache = cprime_table(cm);
 	const float *mix = gnn_model_tensor(cm->model, GNN_MIX);
 	double		a = score_weight(mix[0]);
@@ -516,14 +533,23 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 	int			i;
 
 	/*
-	 * The entries are scattered over the cache, each a cache miss: look
-	 * them all up and ask for their first lines before reading any, so
-	 * that the misses overlap.
+	 * The map's slots and the entries are scattered, each a cache miss:
+	 * ask for all the slots, then look them all up and ask for the
+	 * entries' first lines, before reading any, so that the misses
+	 * overlap.
 	 */
 	for (i = 0; i < n; i++)
 	{
-		CprimeSlot *slot = cprime_lookup(cache->map,
-										 hnsw_tid_key((ItemPointer) &tids[i]));
+		uint64		key = hnsw_tid_key((ItemPointer) &tids[i]);
+
+		hashes[i] = cprime_key_hash(key);
+		hnsw_prefetch(&cache->map->data[hashes[i] & cache->map->sizemask]);
+	}
+	for (i = 0; i < n; i++)
+	{
+		CprimeSlot *slot = cprime_lookup_hash(cache->map,
+											  hnsw_tid_key((ItemPointer) &tids[i]),
+											  hashes[i]);
 
 		ents[i] = slot ? slot->entry : NULL;
 		if (ents[i])
@@ -532,35 +558,40 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 	for (i = 0; i < n; i++)
 	{
 		CprimeEntry *ent = ents[i];
-		XLogRecPtr	lsn;
+		bool		valid;
 
 		if (cand[i] < 0 && ent == NULL &&
 			(cand[i] = gnn_view_node(v, (ItemPointer) &tids[i])) < 0)
-			return false;
-		if (cand[i] >= 0)
-			lsn = gnn_view_neighbor_lsn(v, cand[i]);
-		else if (elem_lsn != NULL && !XLogRecPtrIsInvalid(elem_lsn[i]) &&
-				 ItemPointerGetBlockNumber(&ent->nbrtid) ==
-				 ItemPointerGetBlockNumber(&tids[i]))
-			lsn = elem_lsn[i];
-		else
-			lsn = page_lsn(v, &ent->nbrtid);
-		if (ent && ent->lsn == lsn &&
-			(cand[i] < 0 || ItemPointerEquals(&ent->nbrtid, &v->nbrtid[cand[i]])))
 		{
-			cp[i] = ent->emb;
-			cm_mean[i] = ent->emb + h;
-			prefetch_floats(ent->emb, h + d);
-			if (i < nq)
-			{
-				proj[i] = ent->emb + h + d;
-				prefetch_floats(proj[i], 3 * h);
-			}
+			scores[i] = -DBL_MAX;	/* gone */
+			continue;
+		}
+		if (ent == NULL)
+			valid = false;
+		else if (cand[i] >= 0)
+			valid = ent->lsn == gnn_view_neighbor_lsn(v, cand[i]) &&
+				ItemPointerEquals(&ent->nbrtid, &v->nbrtid[cand[i]]);
+		else if (nbr_sum != NULL && nbr_sum[i] != 0)
+			valid = ent->nbr_sum == nbr_sum[i];
+		else
+			valid = ent->lsn == page_lsn(v, &ent->nbrtid);
+		if (valid)
+		{
+			emb[i] = ent->emb;
+			prefetch_bytes(ent->emb, sizeof(gnn_bf16) *
+						   (nlive < GNN_QUERY_CONTEXT ? nemb : h + d));
+			live_dist[nlive] = cand_dist[i];
+			live[nlive++] = i;
 			continue;
 		}
 		/* stale or missing: read the element (if not yet) and refine it */
 		if (cand[i] < 0 && (cand[i] = gnn_view_node(v, (ItemPointer) &tids[i])) < 0)
-			return false;
+		{
+			scores[i] = -DBL_MAX;
+			continue;
+		}
+		live_dist[nlive] = cand_dist[i];
+		live[nlive++] = i;
 		miss_at[nmiss] = i;
 		miss_lsn[nmiss] = gnn_view_neighbor_lsn(v, cand[i]);
 		miss[nmiss++] = cand[i];
@@ -577,43 +608,61 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 		{
 			bool		found;
 			CprimeSlot *slot;
-			CprimeEntry *ent;
+			gnn_bf16   *e;
 
-			unit_length(fresh + (size_t) i * h, h);
-			cp[miss_at[i]] = fresh + (size_t) i * h;
-			cm_mean[miss_at[i]] = fresh_mean + (size_t) i * d;
-			if (miss_at[i] < nq)
-				proj[miss_at[i]] = fresh_proj + (size_t) i * 3 * h;
 			if (gnn_rerank_cache_mb == 0)
-				continue;
-			slot = cprime_insert(cache->map, hnsw_tid_key(&v->tid[miss[i]]),
-								 &found);
-			if (!found)
+				e = palloc(sizeof(gnn_bf16) * nemb);
+			else
 			{
-				slot->entry = MemoryContextAlloc(cache->cxt,
-												 cprime_entry_size(cm->model));
-				cache->entries++;
+				slot = cprime_insert(cache->map, hnsw_tid_key(&v->tid[miss[i]]),
+									 &found);
+				if (!found)
+				{
+					slot->entry = MemoryContextAlloc(cache->cxt,
+													 cprime_entry_size(cm->model));
+					cache->entries++;
+				}
+				slot->entry->lsn = miss_lsn[i];
+				slot->entry->nbrtid = v->nbrtid[miss[i]];
+				/* the list read for c' (refine_candidates read it) */
+				slot->entry->nbr_sum = v->nbr_sum[miss[i]];
+				e = slot->entry->emb;
 			}
-			ent = slot->entry;
-			ent->lsn = miss_lsn[i];
-			ent->nbrtid = v->nbrtid[miss[i]];
-			memcpy(ent->emb, fresh + (size_t) i * h, sizeof(float) * h);
-			memcpy(ent->emb + h, fresh_mean + (size_t) i * d,
-				   sizeof(float) * d);
-			memcpy(ent->emb + h + d, fresh_proj + (size_t) i * 3 * h,
-				   sizeof(float) * 3 * h);
+			unit_length(fresh + (size_t) i * h, h);
+			gnn_bf16_from_floats(fresh + (size_t) i * h, h, e);
+			gnn_bf16_from_floats(fresh_mean + (size_t) i * d, d, e + h);
+			gnn_bf16_from_floats(fresh_proj + (size_t) i * 3 * h, 3 * h,
+								 e + h + d);
+			emb[miss_at[i]] = e;
 		}
 	}
-	refine_query(cm, query, nq, proj, cand_dist, qp);
+	if (nlive == 0)
+		return 0;
+	/* q' attends over the nearest live candidates */
+	nq = Min(nlive, GNN_QUERY_CONTEXT);
+	cpf = palloc(sizeof(float) * (h + d) * nlive);
+	projf = palloc(sizeof(float) * 3 * h * nq);
+	proj.n = nq;
+	proj.msg = projf;
+	proj.key = projf + (size_t) nq * h;
+	proj.val = projf + (size_t) 2 * nq * h;
+	for (i = 0; i < nlive; i++)
+		gnn_bf16_to_floats(emb[live[i]], h + d, cpf + (size_t) i * (h + d));
+	for (i = 0; i < nq; i++)
+		for (int part = 0; part < 3; part++)
+			gnn_bf16_to_floats(emb[live[i]] + h + d + part * h, h,
+							   projf + ((size_t) part * nq + i) * h);
+	refine_query(cm, query, &proj, live_dist, qp);
 	unit_length(qp, h);
 
-	for (i = 0; i < n; i++)
-		sigma[i] = hnsw_distance(v->metric, query, cm_mean[i], d);
-	gnn_distance_zscores(cand_dist, n, rho);
-	gnn_distance_zscores(sigma, n, sigma);
-	for (i = 0; i < n; i++)
-		scores[i] = a * rho[i] + b * cblas_sdot(h, qp, 1, cp[i], 1) + g * sigma[i];
-	return true;
+	for (i = 0; i < nlive; i++)
+		sigma[i] = hnsw_distance(v->metric, query, cpf + (size_t) i * (h + d) + h, d);
+	gnn_distance_zscores(live_dist, nlive, rho);
+	gnn_distance_zscores(sigma, nlive, sigma);
+	for (i = 0; i < nlive; i++)
+		scores[live[i]] = a * rho[i] +
+			b * cblas_sdot(h, qp, 1, cpf + (size_t) i * (h + d), 1) + g * sigma[i];
+	return nlive;
 }
 
 /* ---- ordering ------------------------------------------------------------ */
@@ -714,52 +763,46 @@ hnsw_scan_reranks(Relation index)
 }
 
 /*
- * Reorders one round of scan candidates by model score when gnnvec.rerank
- * is on and the index has a Rerank model of its dimension; otherwise, or
- * when an element cannot be read, leaves them in distance order.
+ * The order of one round of scan candidates by model score when
+ * gnnvec.rerank is on and the index has a Rerank model of its dimension;
+ * otherwise distance order.  Candidates whose element is gone come last.
  */
-int
+void
 hnsw_scan_rerank(Relation index, const float *query, int dim,
-				 HnswCandidate *cands, int ncands)
+				 const HnswCandidate *cands, int ncands, int *order)
 {
 	GnnCachedModel *cm;
 	GnnIndexView v;
 	int		   *nodes;
 	float	   *dists;
 	double	   *scores;
-	int		   *order;
 	ItemPointerData *tids;
-	XLogRecPtr *lsns;
-	HnswCandidate *sorted;
+	uint64	   *sums;
 	int			i;
 
+	for (i = 0; i < ncands; i++)
+		order[i] = i;
 	if (ncands < 2)
-		return ncands;
+		return;
 	cm = scan_model(index);
 	if (cm == NULL || cm->model->cfg.in_dim != dim)
-		return ncands;
+		return;
 	gnn_view_init(&v, index);
 	nodes = palloc(sizeof(int) * ncands);
 	dists = palloc(sizeof(float) * ncands);
 	tids = palloc(sizeof(ItemPointerData) * ncands);
-	lsns = palloc(sizeof(XLogRecPtr) * ncands);
+	sums = palloc(sizeof(uint64) * ncands);
 	for (i = 0; i < ncands; i++)
 	{
 		nodes[i] = -1;			/* read only when needed */
 		dists[i] = cands[i].distance;
 		tids[i] = cands[i].tid;
-		lsns[i] = cands[i].lsn;
+		sums[i] = cands[i].nbr_sum;
 	}
 	scores = palloc(sizeof(double) * ncands);
-	order = palloc(sizeof(int) * ncands);
-	if (!gnn_rerank_score(cm, &v, query, ncands, tids, lsns, nodes, dists, scores))
-		return ncands;			/* changed under us: keep distance order */
-	order_by_score(scores, ncands, order);
-	sorted = palloc(sizeof(HnswCandidate) * ncands);
-	for (i = 0; i < ncands; i++)
-		sorted[i] = cands[order[i]];
-	memcpy(cands, sorted, sizeof(HnswCandidate) * ncands);
-	return ncands;
+	if (gnn_rerank_score(cm, &v, query, ncands, tids, sums, nodes, dists,
+						 scores) > 0)
+		order_by_score(scores, ncands, order);
 }
 
 /* ---- gnnvec_search --------------------------------------------------- */
@@ -895,7 +938,7 @@ gnnvec_search(PG_FUNCTION_ARGS)
 		for (i = 0; i < n; i++)
 			tids[i] = cands[i].tid;
 		scores = palloc(sizeof(double) * n);
-		if (!gnn_rerank_score(cm, &v, query, n, tids, NULL, nodes, dists, scores))
+		if (gnn_rerank_score(cm, &v, query, n, tids, NULL, nodes, dists, scores) < n)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("an element of index \"%s\" changed during the search",

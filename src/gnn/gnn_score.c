@@ -11,6 +11,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include "gnn/gnn.h"
 
@@ -656,4 +659,58 @@ gnn_blend_apply_best(GnnModel *model, const GnnBlendTally *tally,
 	mix[2] = log_weight(gnn_blends[best].smooth);
 	*hit_rate = tally->n > 0 ? (double) tally->hits[best] / tally->n : 0;
 	return best;
+}
+
+/* ---- bfloat16 ------------------------------------------------------------ */
+
+void
+gnn_bf16_from_floats(const float *in, int n, gnn_bf16 *out)
+{
+	for (int i = 0; i < n; i++)
+	{
+		uint32_t	u;
+		uint32_t	r;
+
+		memcpy(&u, &in[i], sizeof(u));
+		if ((u & 0x7f800000) == 0x7f800000)
+		{
+			/* infinity stays, NaN stays NaN (a mantissa bit kept) */
+			out[i] = (gnn_bf16) ((u >> 16) | ((u & 0xffff) ? 0x40 : 0));
+			continue;
+		}
+		r = u + 0x7fff + ((u >> 16) & 1);
+		if ((r & 0x7f800000) == 0x7f800000)
+			r = u;				/* would round to infinity: truncate */
+		out[i] = (gnn_bf16) (r >> 16);
+	}
+}
+
+/*
+ * A read of every cached candidate of every reranked scan: eight at a
+ * time with SSE2 (x86-64's baseline; interleaving zeros below each value
+ * shifts it into a float's upper half), which the compiler does not find
+ * at -O2 on its own.
+ */
+void
+gnn_bf16_to_floats(const gnn_bf16 *in, int n, float *out)
+{
+	int			i = 0;
+
+#ifdef __SSE2__
+	const __m128i zero = _mm_setzero_si128();
+
+	for (; i + 8 <= n; i += 8)
+	{
+		__m128i		x = _mm_loadu_si128((const __m128i *) (in + i));
+
+		_mm_storeu_si128((__m128i *) (out + i), _mm_unpacklo_epi16(zero, x));
+		_mm_storeu_si128((__m128i *) (out + i + 4), _mm_unpackhi_epi16(zero, x));
+	}
+#endif
+	for (; i < n; i++)
+	{
+		uint32_t	u = (uint32_t) in[i] << 16;
+
+		memcpy(&out[i], &u, sizeof(u));
+	}
 }

@@ -45,6 +45,7 @@ gnn_view_init(GnnIndexView *v, Relation index)
 	v->nbr_start = palloc(sizeof(int) * v->cap);
 	v->nbr_count = palloc(sizeof(int) * v->cap);
 	v->nbr_lsn = palloc(sizeof(XLogRecPtr) * v->cap);
+	v->nbr_sum = palloc(sizeof(uint64) * v->cap);
 	v->nbr_cap = 1024;
 	v->nbr = palloc(sizeof(int) * v->nbr_cap);
 	v->mean_slot = palloc(sizeof(int) * v->cap);
@@ -91,6 +92,7 @@ view_add(GnnIndexView *v, ItemPointer tid, const float *vec,
 		v->nbr_start = repalloc_huge(v->nbr_start, sizeof(int) * v->cap);
 		v->nbr_count = repalloc_huge(v->nbr_count, sizeof(int) * v->cap);
 		v->nbr_lsn = repalloc_huge(v->nbr_lsn, sizeof(XLogRecPtr) * v->cap);
+		v->nbr_sum = repalloc_huge(v->nbr_sum, sizeof(uint64) * v->cap);
 		v->mean_slot = repalloc_huge(v->mean_slot, sizeof(int) * v->cap);
 	}
 	node = v->n++;
@@ -101,6 +103,7 @@ view_add(GnnIndexView *v, ItemPointer tid, const float *vec,
 	v->nbr_start[node] = -1;
 	v->nbr_count[node] = 0;
 	v->nbr_lsn[node] = InvalidXLogRecPtr;
+	v->nbr_sum[node] = 0;
 	v->mean_slot[node] = -1;
 	return node;
 }
@@ -151,6 +154,7 @@ gnn_view_neighbors(GnnIndexView *v, int node)
 		return;
 	tids = palloc(sizeof(ItemPointerData) * 2 * v->reader.m);
 	n = hnsw_read_neighbors(&v->reader, &nt, tids, &v->nbr_lsn[node]);
+	v->nbr_sum[node] = hnsw_neighbors_fingerprint(tids, n);
 
 	if (v->nbr_used + n > v->nbr_cap)
 	{

@@ -824,6 +824,9 @@ typedef struct HnswElement
 	uint8		level;
 	bool		deleted;
 	uint8		nheaptids;
+	uint64		nbr_sum;		/* hnsw_neighbors_fingerprint of its level-0
+								 * list when the search read it, if it
+								 * records them (nbr_sums); else 0 */
 	ItemPointerData heaptids[HNSW_HEAPTIDS];
 	float		dist;			/* to the query of the search */
 	float	   *vec;			/* loaded only when asked */
@@ -850,6 +853,8 @@ typedef struct HnswSearch
 	HnswKeySet	visited;
 	HnswAllocator alloc;		/* the context of hnsw_search_init */
 	bool		load_vectors;	/* keep each element's vector */
+	bool		nbr_sums;		/* record the elements' nbr_sum (a reranked
+								 * scan's, for the rerank plug-in) */
 	int64		ntuples_read;	/* elements met (max_scan_tuples) */
 	HnswVecCache *cache;		/* scans: vectors by element, or NULL */
 	HnswVecQuery cquery;		/* the query, as cached distances need it */
@@ -885,6 +890,9 @@ typedef struct HnswCandidate
 	ItemPointerData heaptids[HNSW_HEAPTIDS];
 	XLogRecPtr	lsn;			/* of the element's page when the search read
 								 * it */
+	uint64		nbr_sum;		/* hnsw_neighbors_fingerprint of its level-0
+								 * list when the search read it, or 0 (for
+								 * the rerank plug-in) */
 } HnswCandidate;
 
 /* Build state (also what the CAGRA build drives). */
@@ -968,6 +976,7 @@ extern void hnsw_load_element(HnswSearch *s, HnswElement *e);
 extern void hnsw_load_vector(Relation index, ItemPointer tid, float *out);
 extern int	hnsw_load_neighbors(Relation index, ItemPointer neighbortid,
 								int m, int level, ItemPointerData *out);
+extern uint64 hnsw_neighbors_fingerprint(const ItemPointerData *tids, int n);
 extern int	hnsw_search_layer(HnswSearch *s, int *entries, int nentries,
 							  int ef, int level, HnswHeapItem *out);
 extern void hnsw_level_search_begin(HnswLevelSearch *ls, HnswSearch *s,
@@ -1174,8 +1183,10 @@ extern int	hnsw_shared_cache_list(HnswScanCacheInfo *out, int max);
  * gnnvec.adapt is on; the result is unit length again for cosine).
  *
  * hnsw_scan_rerank: called with the candidates of each search round,
- * sorted by graph distance; may reorder them in place (the GNN reranker),
- * and returns how many to emit.  The executor still
+ * sorted by graph distance, whose pages may not have been read yet (lsn
+ * invalid, heap TIDs not filled in; their elements may since have been
+ * deleted); writes the order to return them in to order (ncands
+ * positions: the GNN reranker's, or distance order).  The executor still
  * sees distances through the ORDER BY operator.
  *
  * hnsw_scan_ef: the ef of a scan's first round (gnnvec.ef_search, or more
@@ -1191,8 +1202,9 @@ extern void hnsw_scan_adapt_query(Relation index, HnswMetric metric,
 								  float *query, int dim);
 extern int	hnsw_scan_ef(Relation index);
 extern bool hnsw_scan_reranks(Relation index);
-extern int	hnsw_scan_rerank(Relation index, const float *query, int dim,
-							 HnswCandidate *cands, int ncands);
+extern void hnsw_scan_rerank(Relation index, const float *query, int dim,
+							 const HnswCandidate *cands, int ncands,
+							 int *order);
 
 /* hnswvacuum.c */
 extern IndexBulkDeleteResult *hnswbulkdelete(IndexVacuumInfo *info,

@@ -116,6 +116,7 @@ hnsw_read_search(const HnswReader *r, const float *query, int ef,
 		cand.tid = e->tid;
 		cand.distance = items[i].dist;
 		cand.lsn = e->lsn;
+		cand.nbr_sum = e->nbr_sum;
 		cand.nheaptids = e->nheaptids;
 		memcpy(cand.heaptids, e->heaptids,
 			   sizeof(ItemPointerData) * e->nheaptids);

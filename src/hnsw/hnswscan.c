@@ -93,6 +93,7 @@ typedef struct HnswScanOpaqueData
 	int			ncands;
 	int			pos;
 	int			heappos;
+	bool		reranked;		/* cands in the rerank plug-in's order */
 
 	float		lastDist;		/* distance of the last row returned */
 	bool		haveLast;
@@ -294,6 +295,7 @@ hnswrescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys,
 	so->ncands = 0;
 	so->pos = 0;
 	so->heappos = 0;
+	so->reranked = false;
 	so->done = false;
 }
 
@@ -324,7 +326,8 @@ scan_cache_leave(HnswScanOpaque so)
  * the scan cache, and fill in its heap TIDs and exact distance.  False when
  * the candidate at so->pos is not to be returned after all: its element is
  * deleted or has no rows, strict order drops it, or its exact distance (a
- * cached vector can be stale, see above) moved it further down the list.
+ * cached vector can be stale, see above) moved it further down the list
+ * (not in a reranked round, whose order is not by distance).
  */
 static bool
 candidate_ready(HnswScanOpaque so)
@@ -348,6 +351,8 @@ candidate_ready(HnswScanOpaque so)
 	c->lsn = e->lsn;
 	c->nheaptids = e->nheaptids;
 	memcpy(c->heaptids, e->heaptids, sizeof(ItemPointerData) * e->nheaptids);
+	if (so->reranked)
+		return true;
 	/* c stays at so->pos while its place moves: compare with its copy */
 	dist = c->distance;
 	for (j = so->pos; j + 1 < so->ncands && so->cands[j + 1].distance < dist; j++)
@@ -404,16 +409,58 @@ sort_candidates(HnswScanOpaque so)
 }
 
 /*
+ * Puts the round's candidates in the rerank plug-in's order.  Their search
+ * distances are exact when the scan cache holds float vectors (the same
+ * as the pages'), so they go to the plug-in as found, and their pages are
+ * read only as rows are asked for (candidate_ready), as in a plain scan:
+ * reading all of them first was about a tenth of a plain scan's time at
+ * ef 100 (docs/gnn.md).  Distances from 8-bit codes are not exact, and
+ * strict order must drop candidates nearer than the last row returned
+ * before any is returned: then every candidate is read first.
+ */
+static void
+rerank_round(IndexScanDesc scan)
+{
+	HnswScanOpaque so = (HnswScanOpaque) scan->opaque;
+	HnswCandidate *cands;
+	int		   *elems;
+	int		   *order;
+	int			i;
+
+	if (so->cacheCodes || so->iterative == HNSW_ITERATIVE_SCAN_STRICT)
+		so->ncands = verify_candidates(so);
+	/* what validates the plug-in's cached state without reading pages */
+	for (i = 0; i < so->ncands; i++)
+		so->cands[i].nbr_sum = so->search.elems[so->candElems[i]].nbr_sum;
+	order = palloc(sizeof(int) * Max(so->ncands, 1));
+	hnsw_scan_rerank(scan->indexRelation, so->query, so->meta.dims, so->cands,
+					 so->ncands, order);
+	cands = palloc(sizeof(HnswCandidate) * Max(so->ncands, 1));
+	elems = palloc(sizeof(int) * Max(so->ncands, 1));
+	for (i = 0; i < so->ncands; i++)
+	{
+		cands[i] = so->cands[order[i]];
+		elems[i] = so->candElems[order[i]];
+	}
+	pfree(so->cands);
+	pfree(so->candElems);
+	pfree(order);
+	so->cands = cands;
+	so->candElems = elems;
+	so->reranked = true;
+}
+
+/*
  * One round of the level-0 search: fills so->cands with the elements found
- * that no earlier round returned, in order of distance.  Their pages are
- * read as the executor asks for rows (candidate_ready), or all at once
- * when the rerank plug-in is to see them.
+ * that no earlier round returned, in order of distance, or of the rerank
+ * plug-in's score.  Their pages are read as the executor asks for rows
+ * (candidate_ready), or all at once when their exact distances are needed
+ * first.
  */
 static void
 search_round(IndexScanDesc scan)
 {
 	HnswScanOpaque so = (HnswScanOpaque) scan->opaque;
-	bool		rerank = hnsw_scan_reranks(scan->indexRelation);
 	int			nf;
 	int			i;
 
@@ -439,13 +486,9 @@ search_round(IndexScanDesc scan)
 	}
 	so->pos = 0;
 	so->heappos = 0;
-	if (rerank)
-	{
-		int			n = verify_candidates(so);
-
-		so->ncands = hnsw_scan_rerank(scan->indexRelation, so->query,
-									  so->meta.dims, so->cands, n);
-	}
+	so->reranked = false;
+	if (hnsw_scan_reranks(scan->indexRelation))
+		rerank_round(scan);
 	else if (so->cacheCodes)
 	{
 		/*
@@ -525,6 +568,7 @@ start_scan(IndexScanDesc scan)
 	hnsw_search_use_cache(&so->search, get_scan_cache(index, so));
 	/* a shared cache's kind does not change while its index has it */
 	so->cacheCodes = so->search.cache != NULL && so->search.cache->codes;
+	so->search.nbr_sums = hnsw_scan_reranks(index);
 	so->lastDist = 0;
 	so->haveLast = false;
 	scan_cache_enter(so);

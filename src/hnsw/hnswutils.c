@@ -668,6 +668,7 @@ search_next_elem(HnswSearch *s, ItemPointer tid)
 	}
 	e = &s->elems[s->nelems];
 	e->tid = *tid;
+	e->nbr_sum = 0;
 	/* max_scan_tuples bounds the elements met, from the cache or a page */
 	s->ntuples_read++;
 	return e;
@@ -742,6 +743,29 @@ hnsw_search_add(HnswSearch *s, ItemPointer tid)
 	entry = search_cached(s, tid);
 	return entry ? search_add_cached(s, tid, entry) :
 		search_add_pinned(s, tid, InvalidBuffer);
+}
+
+/*
+ * A fingerprint of a level-0 neighbour list (its valid TIDs, as
+ * hnsw_load_neighbors and hnsw_read_neighbors return them): the sum of a
+ * 64-bit mix of each (Steele et al. 2014, SplitMix64's finaliser), never 0.
+ * It is computed from a list just read, where reading the page's LSN to
+ * tell whether the list changed would be one more cache miss.
+ */
+uint64
+hnsw_neighbors_fingerprint(const ItemPointerData *tids, int n)
+{
+	uint64		sum = 0;
+
+	for (int i = 0; i < n; i++)
+	{
+		uint64		z = hnsw_tid_key((ItemPointer) &tids[i]) + UINT64CONST(0x9e3779b97f4a7c15);
+
+		z = (z ^ (z >> 30)) * UINT64CONST(0xbf58476d1ce4e5b9);
+		z = (z ^ (z >> 27)) * UINT64CONST(0x94d049bb133111eb);
+		sum += z ^ (z >> 31);
+	}
+	return sum != 0 ? sum : 1;
 }
 
 /*
@@ -955,6 +979,8 @@ level_search_expand(HnswLevelSearch *ls, int id)
 
 	nn = hnsw_load_neighbors(s->index, &s->elems[id].neighbortid, s->m,
 							 ls->level, ls->nbrs);
+	if (ls->level == 0 && s->nbr_sums)
+		s->elems[id].nbr_sum = hnsw_neighbors_fingerprint(ls->nbrs, nn);
 	for (i = 0; i < nn; i++)
 	{
 		if (hnsw_keyset_test_and_add(&s->visited, hnsw_tid_key(&ls->nbrs[i])))

@@ -6,6 +6,7 @@
  *		end-to-end test that training the reranker really improves recall on
  *		held-out queries.  (Gradients: test_gnn_grad.c, double build.)
  */
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -1209,6 +1210,60 @@ test_ewc_keeps_earlier_task(void)
 	free(ewc_buf);
 }
 
+/*
+ * bfloat16, the rerank cache's form: round trip within 2^-8 relative, ties
+ * to even, infinities and NaN kept, a finite value never made infinite,
+ * and the vector path (eight at a time) equal to the scalar tail.
+ */
+static void
+test_bf16(void)
+{
+	float		in[37],
+				back[37];
+	gnn_bf16	h[37];
+	double		worst = 0;
+	uint32_t	u;
+	float		f;
+
+	for (int i = 0; i < 37; i++)
+		in[i] = (float) ((gnn_rng_uniform(&test_rng) - 0.5) * pow(10, i % 9 - 4));
+	gnn_bf16_from_floats(in, 37, h);
+	gnn_bf16_to_floats(h, 37, back);
+	for (int i = 0; i < 37; i++)
+		worst = fmax(worst, fabs(back[i] - in[i]) / fabs(in[i]));
+	CHECK(worst <= 1.0 / 256, "bfloat16 round trip relative error %g", worst);
+	for (int i = 0; i < 37; i++)
+	{
+		float		one;
+
+		gnn_bf16_to_floats(&h[i], 1, &one);
+		CHECK(one == back[i], "element %d read alone differs from the batch", i);
+	}
+	/* 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: to even (1) */
+	in[0] = 1.0f + 1.0f / 256;
+	/* 1 + 3 * 2^-8 lies halfway between 1 + 2^-7 and 1 + 2^-6: to even */
+	in[1] = 1.0f + 3.0f / 256;
+	in[2] = INFINITY;
+	in[3] = -INFINITY;
+	in[4] = NAN;
+	in[5] = FLT_MAX;
+	in[6] = -FLT_MAX;
+	gnn_bf16_from_floats(in, 7, h);
+	gnn_bf16_to_floats(h, 7, back);
+	CHECK(back[0] == 1.0f, "1 + 2^-8 rounds to %.9g, not to even 1", back[0]);
+	CHECK(back[1] == 1.0f + 4.0f / 256, "1 + 3 * 2^-8 rounds to %.9g, not to even",
+		  back[1]);
+	CHECK(isinf(back[2]) && back[2] > 0 && isinf(back[3]) && back[3] < 0,
+		  "infinities kept");
+	CHECK(isnan(back[4]), "NaN kept");
+	CHECK(isfinite(back[5]) && back[5] > 0.99f * FLT_MAX &&
+		  isfinite(back[6]) && back[6] < -0.99f * FLT_MAX,
+		  "FLT_MAX stays finite: %g %g", back[5], back[6]);
+	u = (uint32_t) h[0] << 16;
+	memcpy(&f, &u, sizeof(f));
+	CHECK(f == back[0], "a bfloat16 is a float's upper half");
+}
+
 int
 main(void)
 {
@@ -1227,5 +1282,6 @@ main(void)
 	test_sign_test();
 	test_serialisation_version_1();
 	test_ewc_keeps_earlier_task();
+	test_bf16();
 	return unit_report("gnn");
 }

@@ -358,8 +358,9 @@ test_projected_forward_matches(void)
 	LayerCase	lc;
 	gnn_real	out[NN * H],
 				proj[NV * 3 * H],
+				nbr_part[3][8 * H],
 				one[H];
-	const gnn_real *nbr_proj[8];
+	GnnProjections nbr = {0, nbr_part[0], nbr_part[1], nbr_part[2]};
 	double		worst = 0;
 	GnnError	err;
 
@@ -373,9 +374,12 @@ test_projected_forward_matches(void)
 					n = lc.nbr_offset[i + 1] - lo;
 
 		for (int j = 0; j < n; j++)
-			nbr_proj[j] = proj + lc.nbr[lo + j] * 3 * H;
-		CHECK(gnn_layer_forward_projected(model, proj + lc.node[i] * 3 * H,
-										  nbr_proj, n, lc.edge_w + lo, one,
+			for (int part = 0; part < 3; part++)
+				memcpy(nbr_part[part] + j * H, proj + lc.nbr[lo + j] * 3 * H + part * H,
+					   sizeof(gnn_real) * H);
+		nbr.n = n;
+		CHECK(gnn_layer_forward_projected(model, lc.vectors + lc.node[i] * D,
+										  &nbr, lc.edge_w + lo, one,
 										  &err) == GNN_OK,
 			  "projected forward: %s", err.message);
 		for (int c = 0; c < H; c++)
