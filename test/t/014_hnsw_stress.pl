@@ -13,7 +13,6 @@ use Test::More;
 use FindBin;
 use lib $FindBin::RealBin;
 use GnnvecIndex;
-use IPC::Run;
 
 # seconds of load
 my $duration = 45;
@@ -32,14 +31,7 @@ $node->safe_psql('postgres', q{
 });
 
 # one session runs VACUUM back to back for as long as the load lasts
-my $vacfile = $node->basedir . '/vacuum.sql';
-open(my $fh, '>', $vacfile) or die;
-print $fh "VACUUM items;\n";
-close($fh);
-my ($vout, $verr) = ('', '');
-my $vacuum = IPC::Run::start(
-	[ 'pgbench', '--no-vacuum', '--client=1', "--time=$duration", '--file', $vacfile, $node->connstr('postgres') ],
-	'>', \$vout, '2>', \$verr);
+my ($vacuum, $vout) = GnnvecIndex::vacuum_loop($node, 'items', $duration);
 
 $node->pgbench(
 	"--no-vacuum --client=6 --jobs=2 --time=$duration",
@@ -64,8 +56,8 @@ $node->pgbench(
 	});
 $vacuum->finish;
 is($?, 0, 'the VACUUM session ran without errors');
-like($vout, qr/processed: [1-9]/, 'VACUUM ran during the load');
-note("VACUUM session: " . ($vout =~ /(number of transactions actually processed: \d+)/)[0]);
+like($$vout, qr/processed: [1-9]/, 'VACUUM ran during the load');
+note("VACUUM session: " . ($$vout =~ /(number of transactions actually processed: \d+)/)[0]);
 
 $node->safe_psql('postgres', 'VACUUM items');
 is($node->safe_psql('postgres', q{

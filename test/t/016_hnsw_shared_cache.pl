@@ -10,7 +10,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use IPC::Run;
+use FindBin;
+use lib $FindBin::RealBin;
+use GnnvecIndex;
 
 my $node = PostgreSQL::Test::Cluster->new('shared_cache');
 $node->init;
@@ -94,14 +96,7 @@ is($node->safe_psql('postgres', join('', map { qq{
 # concurrent load: scans, inserts and deletes while VACUUM runs again and
 # again (each VACUUM that frees elements starts a new generation)
 my $duration = 15;
-my $vacfile = $node->basedir . '/vacuum.sql';
-open(my $fh, '>', $vacfile) or die;
-print $fh "VACUUM t;\n";
-close($fh);
-my ($vout, $verr) = ('', '');
-my $vacuum = IPC::Run::start(
-	[ 'pgbench', '--no-vacuum', '--client=1', "--time=$duration", '--file', $vacfile, $node->connstr('postgres') ],
-	'>', \$vout, '2>', \$verr);
+my ($vacuum) = GnnvecIndex::vacuum_loop($node, 't', $duration);
 $node->pgbench(
 	"--no-vacuum --client=6 --jobs=2 --time=$duration",
 	0,
