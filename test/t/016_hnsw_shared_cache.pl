@@ -2,9 +2,10 @@
 # what one session's scans read, a new session finds; scans through it
 # return what scans without any cache return; VACUUM's new generation
 # clears it; gnnvec_index_check checks it against the pages; an index that
-# finds no directory entry left falls back to the backend's own cache; and
+# finds no directory entry left falls back to the backend's own cache;
 # under concurrent scans, inserts, deletes and VACUUM nothing fails and
-# recall holds.
+# recall holds; and a streaming standby's cache follows the primary's
+# VACUUM through the WAL.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -15,7 +16,7 @@ use lib $FindBin::RealBin;
 use GnnvecIndex;
 
 my $node = PostgreSQL::Test::Cluster->new('shared_cache');
-$node->init;
+$node->init(allows_streaming => 1);
 $node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'gnnvec'
 gnnvec.shared_scan_cache_size = '4MB'
@@ -133,5 +134,34 @@ my $recall = $node->safe_psql('postgres', q{
 		(SELECT qid, id FROM q, LATERAL (SELECT id FROM t ORDER BY v <-> q LIMIT 10) s) a USING (qid, id);
 });
 ok($recall >= 0.95, "recall\@10 at ef_search 40 through the shared cache: $recall >= 0.95");
+
+# a streaming standby has a shared cache of its own; the generation comes
+# with the primary's WAL, so a VACUUM there clears the standby's cache too
+$node->backup('b');
+my $standby = PostgreSQL::Test::Cluster->new('shared_cache_standby');
+$standby->init_from_backup($node, 'b', has_streaming => 1);
+$standby->start;
+my $rows = q{SELECT string_agg(qid || ':' || array_to_string(ids, ','), ';' ORDER BY qid) FROM top10()};
+my $cached = qq{SET enable_seqscan = off; SET gnnvec.ef_search = 100; $rows};
+my $uncached = qq{SET enable_seqscan = off; SET gnnvec.ef_search = 100; SET gnnvec.scan_cache_size = 0; $rows};
+is($standby->safe_psql('postgres', $cached), $standby->safe_psql('postgres', $uncached),
+	'standby: scans through its shared cache return what scans without a cache return');
+my $sgen = $standby->safe_psql('postgres',
+	q{SELECT generation FROM gnnvec_scan_cache() WHERE index = 't_v'::regclass AND shared});
+ok($sgen ne '', 'standby: the cache is in its shared memory');
+$node->safe_psql('postgres', q{
+	DELETE FROM t WHERE id % 5 = 0;
+	VACUUM t;
+	INSERT INTO t SELECT i, (SELECT array_agg(random()::real) FROM generate_series(1, 16) WHERE i > 0)::vector
+		FROM generate_series(5001, 5400) i;
+});
+$node->wait_for_catchup($standby);
+is($standby->safe_psql('postgres', $cached), $standby->safe_psql('postgres', $uncached),
+	'standby, after the primary\'s VACUUM and inserts: the same rows as without a cache');
+is($standby->safe_psql('postgres',
+	qq{SELECT generation <> $sgen FROM gnnvec_scan_cache() WHERE index = 't_v'::regclass AND shared}),
+	't', "standby: the cache was cleared for the primary's new generation");
+is($standby->safe_psql('postgres', $check), '', 'standby: gnnvec_index_check agrees with its cache');
+$standby->stop;
 
 done_testing();
