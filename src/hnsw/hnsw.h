@@ -446,8 +446,10 @@ extern const float *hnsw_graph_vector_of(void *arg, int32_t id);
  * hnswcache.c: vectors by 64-bit key (an element's TID), each with one
  * 64-bit word for the caller (its neighbour tuple's TID), in memory that
  * grows in chunks up to a byte budget shared by every cache that points at
- * the same counter.  Once the budget is spent, puts are refused: what was
- * cached first stays (a scan meets the upper levels' elements first).
+ * the same counter, or (a fixed cache, hnsw_vcache_init_fixed) in memory
+ * of the caller's that several processes share.  Once the budget or the
+ * capacity is spent, puts are refused: what was cached first stays (a scan
+ * meets the upper levels' elements first).
  *
  * A cache holds either the float vectors, whose distances are exact, or
  * 8-bit codes (scalar quantisation per vector: x[i] ~ offset + scale *

@@ -8,7 +8,10 @@
  * one cache line per probe), and the slots in chunks of HNSW_VCACHE_CHUNK,
  * so that growing never moves a vector; a slot is the caller's word then
  * the vector (or its 8-bit code), read together.  Every byte counts
- * against the budget (*used <= limit), the map included.  PostgreSQL-free;
+ * against the budget (*used <= limit), the map included.  A fixed cache
+ * (the shared scan cache, hnswshared.c) is laid out once in memory it is
+ * given and never grows; puts publish their entries with atomic
+ * operations, so that processes may put and get at once.  PostgreSQL-free;
  * unit-tested in test/unit/test_hnswgraph.c.
  *
  * Codes are per-vector scalar quantisation (min and step of the vector's
