@@ -445,6 +445,23 @@ owner_spi_end(OwnerSpi *os)
 }
 
 /*
+ * Runs an INSERT ... RETURNING one bigint (between owner_spi_begin and
+ * _end) and returns it; "<what> failed" is the ERROR otherwise.
+ */
+static int64
+insert_returning_int8(const char *sql, int nargs, Oid *types, Datum *args,
+					  const char *nulls, const char *what)
+{
+	bool		isnull;
+
+	if (SPI_execute_with_args(sql, nargs, types, args, nulls, false, 1) !=
+		SPI_OK_INSERT_RETURNING || SPI_processed != 1)
+		elog(ERROR, "%s failed", what);
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+									   SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
  * Saves a serialised model (and optional state) as the next version of
  * (index, scope, kind); returns that version.  Rows of the same index name
  * left by a restore (their OID names no relation) are replaced.
@@ -460,7 +477,6 @@ store_save_blob(Relation index, const char *scope, const char *kind,
 	Datum		args[7];
 	char		argnulls[8] = "       ";
 	int64		version;
-	bool		isnull;
 
 	args[0] = ObjectIdGetDatum(RelationGetRelid(index));
 	args[1] = CStringGetTextDatum(qualname);
@@ -489,11 +505,8 @@ store_save_blob(Relation index, const char *scope, const char *kind,
 					 "  state = excluded.state, updated = pg_catalog.now() "
 					 "RETURNING version",
 					 os.table, os.table);
-	if (SPI_execute_with_args(sql.data, 7, types, args, argnulls, false, 1) !=
-		SPI_OK_INSERT_RETURNING || SPI_processed != 1)
-		elog(ERROR, "saving the model failed");
-	version = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-										  SPI_tuptable->tupdesc, 1, &isnull));
+	version = insert_returning_int8(sql.data, 7, types, args, argnulls,
+									"saving the model");
 	owner_spi_end(&os);
 	return version;
 }
@@ -515,7 +528,6 @@ store_log_feedback(Relation index, Oid vtype, Datum query, Datum positive)
 	Oid			types[4] = {OIDOID, vtype, vtype, TEXTOID};
 	Datum		args[4];
 	int64		id;
-	bool		isnull;
 
 	args[0] = ObjectIdGetDatum(RelationGetRelid(index));
 	args[1] = query;
@@ -526,11 +538,8 @@ store_log_feedback(Relation index, Oid vtype, Datum query, Datum positive)
 	appendStringInfo(&sql,
 					 "INSERT INTO %s (index_oid, query, positive, logged_by) "
 					 "VALUES ($1, $2, $3, $4) RETURNING id", os.table);
-	if (SPI_execute_with_args(sql.data, 4, types, args, NULL, false, 1) !=
-		SPI_OK_INSERT_RETURNING || SPI_processed != 1)
-		elog(ERROR, "logging the feedback event failed");
-	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-									 SPI_tuptable->tupdesc, 1, &isnull));
+	id = insert_returning_int8(sql.data, 4, types, args, NULL,
+							   "logging the feedback event");
 	owner_spi_end(&os);
 	return id;
 }
