@@ -1147,14 +1147,25 @@ typedef struct HnswScanCacheInfo
 	bool		shared;
 } HnswScanCacheInfo;
 
-/* hnswshared.c: the scan caches in shared memory */
+/*
+ * Which index a cache is for: its OID and its file, which a rebuild
+ * (REINDEX, TRUNCATE) changes (hnswutils.c).
+ */
+typedef struct HnswIndexId
+{
+	Oid			indexoid;
 #if PG_VERSION_NUM >= 160000
-typedef RelFileLocator HnswRelFile;
-#define HNSW_INDEX_FILE(rel) ((rel)->rd_locator)
+	RelFileLocator file;
 #else
-typedef RelFileNode HnswRelFile;
-#define HNSW_INDEX_FILE(rel) ((rel)->rd_node)
+	RelFileNode file;
 #endif
+} HnswIndexId;
+
+extern void hnsw_index_id(Relation index, HnswIndexId *id);
+extern bool hnsw_index_id_is(const HnswIndexId *id, Relation index);
+
+/* hnswshared.c: the scan caches in shared memory */
+#define HNSW_SHARED_CACHES		8
 
 /* A scan's hold on a shared cache (hnsw_shared_cache_get). */
 #define HNSW_SHARED_NONE	(-1)

@@ -60,8 +60,7 @@
 /* One index's cache in this backend. */
 typedef struct ScanCache
 {
-	Oid			indexoid;
-	HnswRelFile node;
+	HnswIndexId id;
 	uint32		generation;
 	HnswVecCache vc;
 	struct ScanCache *next;
@@ -84,6 +83,7 @@ typedef struct HnswScanOpaqueData
 	HnswSearch	search;
 	HnswSharedCacheRef shared;	/* search.cache is a shared one */
 	bool		cacheCodes;		/* search.cache holds 8-bit codes */
+	bool		reranks;		/* the rerank plug-in sees the rounds */
 	HnswIterativeScan iterative;	/* gnnvec.iterative_scan when it began */
 	HnswLevelSearch level0;		/* valid while !done */
 	HnswHeapItem *found;		/* room for one round (ef) */
@@ -102,19 +102,12 @@ typedef struct HnswScanOpaqueData
 
 typedef HnswScanOpaqueData *HnswScanOpaque;
 
-static bool
-scan_cache_is_for(const ScanCache *sc, Relation index)
-{
-	return sc->indexoid == RelationGetRelid(index) &&
-		memcmp(&sc->node, &HNSW_INDEX_FILE(index), sizeof(sc->node)) == 0;
-}
-
 /* This backend's cache for the index, if it has one (no side effects). */
 const HnswVecCache *
 hnsw_scan_cache_peek(Relation index, uint32 *generation)
 {
 	for (ScanCache *sc = scanCaches; sc != NULL; sc = sc->next)
-		if (scan_cache_is_for(sc, index))
+		if (hnsw_index_id_is(&sc->id, index))
 		{
 			*generation = sc->generation;
 			return &sc->vc;
@@ -133,13 +126,13 @@ Datum
 gnnvec_scan_cache(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	HnswScanCacheInfo info[HNSW_SCAN_CACHES + 16];
+	HnswScanCacheInfo info[HNSW_SCAN_CACHES + HNSW_SHARED_CACHES];
 	int			n = 0;
 
 	InitMaterializedSRF(fcinfo, 0);
 	for (ScanCache *sc = scanCaches; sc != NULL; sc = sc->next, n++)
 	{
-		info[n].indexoid = sc->indexoid;
+		info[n].indexoid = sc->id.indexoid;
 		info[n].generation = sc->generation;
 		info[n].elements = hnsw_vcache_count(&sc->vc);
 		info[n].bytes = (int64) sc->vc.bytes;
@@ -229,7 +222,7 @@ get_scan_cache(Relation index, HnswScanOpaque so)
 		return NULL;
 	for (link = &scanCaches; (sc = *link) != NULL; link = &sc->next, n++)
 	{
-		if (scan_cache_is_for(sc, index))
+		if (hnsw_index_id_is(&sc->id, index))
 			break;
 	}
 	if (sc != NULL)
@@ -245,8 +238,7 @@ get_scan_cache(Relation index, HnswScanOpaque so)
 			*link = NULL;
 		}
 		sc = MemoryContextAllocZero(scanCacheCtx, sizeof(ScanCache));
-		sc->indexoid = RelationGetRelid(index);
-		memcpy(&sc->node, &HNSW_INDEX_FILE(index), sizeof(sc->node));
+		hnsw_index_id(index, &sc->id);
 		sc->generation = meta->generation;
 		/* floats or codes: chosen below, while it is empty */
 		hnsw_vcache_init(&sc->vc, meta->dims, false, &scanCacheUsed, limit,
@@ -487,7 +479,7 @@ search_round(IndexScanDesc scan)
 	so->pos = 0;
 	so->heappos = 0;
 	so->reranked = false;
-	if (hnsw_scan_reranks(scan->indexRelation))
+	if (so->reranks)
 		rerank_round(scan);
 	else if (so->cacheCodes)
 	{
@@ -521,6 +513,7 @@ start_scan(IndexScanDesc scan)
 	Relation	index = scan->indexRelation;
 	ScanKey		key;
 	int			ep;
+	int			found;
 	int			ef;
 	int			extra;
 
@@ -568,20 +561,22 @@ start_scan(IndexScanDesc scan)
 	hnsw_search_use_cache(&so->search, get_scan_cache(index, so));
 	/* a shared cache's kind does not change while its index has it */
 	so->cacheCodes = so->search.cache != NULL && so->search.cache->codes;
-	so->search.nbr_sums = hnsw_scan_reranks(index);
+	/* decided once: the search records what the plug-in is to check */
+	so->reranks = hnsw_scan_reranks(index);
+	so->search.nbr_sums = so->reranks;
 	so->lastDist = 0;
 	so->haveLast = false;
 	scan_cache_enter(so);
-	if (hnsw_search_to_level(&so->search, &so->meta, 0, &ep) < 0)
+	found = hnsw_search_to_level(&so->search, &so->meta, 0, &ep);
+	scan_cache_leave(so);
+	if (found < 0)
 	{
 		/* an empty index */
-		scan_cache_leave(so);
 		so->done = true;
 		return;
 	}
-	scan_cache_leave(so);
 	ef = hnsw_scan_ef(index);
-	extra = so->cacheCodes && !hnsw_scan_reranks(index) ? HNSW_CODES_EXTRA : 0;
+	extra = so->cacheCodes && !so->reranks ? HNSW_CODES_EXTRA : 0;
 	so->found = palloc(sizeof(HnswHeapItem) * (ef + extra));
 	so->iterative = (HnswIterativeScan) hnsw_iterative_scan;
 	hnsw_level_search_begin(&so->level0, &so->search, &ep, 1, ef, extra, 0,

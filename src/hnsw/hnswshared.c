@@ -38,7 +38,6 @@
 #include "utils/guc.h"
 #include "utils/timestamp.h"
 
-#define HNSW_SHARED_CACHES		8
 #define HNSW_SHARED_IDLE_SECS	60
 /* a cache for fewer elements than this is not worth a directory entry */
 #define HNSW_SHARED_MIN_ELEMENTS 1024
@@ -50,8 +49,7 @@ typedef struct SharedCache
 	/* under the directory lock (and this cache's, exclusive, to change) */
 	bool		inuse;
 	Oid			dbid;
-	Oid			indexoid;
-	HnswRelFile file;
+	HnswIndexId index;
 	uint64		incarnation;
 	Size		offset;			/* its memory in the arena */
 	Size		bytes;
@@ -82,8 +80,7 @@ static SharedCacheDir *cacheDir = NULL;
  */
 typedef struct NoRoom
 {
-	Oid			indexoid;
-	HnswRelFile file;
+	HnswIndexId index;
 	TimestampTz when;
 } NoRoom;
 
@@ -182,17 +179,23 @@ static bool
 cache_is_for(const SharedCache *sc, Relation index)
 {
 	return sc->inuse && sc->dbid == MyDatabaseId &&
-		sc->indexoid == RelationGetRelid(index) &&
-		memcmp(&sc->file, &HNSW_INDEX_FILE(index), sizeof(HnswRelFile)) == 0;
+		hnsw_index_id_is(&sc->index, index);
 }
 
-/* The cache of the index, or -1; the caller holds the directory lock. */
+/*
+ * The cache of the index, with its incarnation and generation, or -1; the
+ * caller holds the directory lock.
+ */
 static int
-find_cache(Relation index)
+find_cache(Relation index, uint64 *incarnation, uint32 *generation)
 {
 	for (int i = 0; i < HNSW_SHARED_CACHES; i++)
 		if (cache_is_for(&cacheDir->caches[i], index))
+		{
+			*incarnation = cacheDir->caches[i].incarnation;
+			*generation = cacheDir->caches[i].generation;
 			return i;
+		}
 	return -1;
 }
 
@@ -283,8 +286,7 @@ static bool
 no_room_recently(Relation index)
 {
 	for (int i = 0; i < HNSW_NO_ROOM_MEMO; i++)
-		if (noRoom[i].indexoid == RelationGetRelid(index) &&
-			memcmp(&noRoom[i].file, &HNSW_INDEX_FILE(index), sizeof(HnswRelFile)) == 0)
+		if (hnsw_index_id_is(&noRoom[i].index, index))
 			return !TimestampDifferenceExceeds(noRoom[i].when,
 											   GetCurrentStatementStartTimestamp(),
 											   HNSW_SHARED_RETRY_SECS * 1000);
@@ -296,8 +298,7 @@ note_no_room(Relation index)
 {
 	NoRoom	   *r = &noRoom[noRoomNext++ % HNSW_NO_ROOM_MEMO];
 
-	r->indexoid = RelationGetRelid(index);
-	memcpy(&r->file, &HNSW_INDEX_FILE(index), sizeof(HnswRelFile));
+	hnsw_index_id(index, &r->index);
 	r->when = GetCurrentStatementStartTimestamp();
 }
 
@@ -305,10 +306,12 @@ note_no_room(Relation index)
  * A cache for the index, made in the largest free memory (after giving up
  * idle caches if there is not room for all of its elements); -1 when there
  * is not room for HNSW_SHARED_MIN_ELEMENTS.  Float vectors when all fit,
- * 8-bit codes otherwise (never for L1: see hnswscan.c).
+ * 8-bit codes otherwise (never for L1: see hnswscan.c).  Like
+ * find_cache, it gives the cache's incarnation and generation.
  */
 static int
-make_cache(Relation index, const HnswMetaPageData *meta)
+make_cache(Relation index, const HnswMetaPageData *meta, uint64 *incarnation,
+		   uint32 *generation)
 {
 	int64		want = estimate_elements(index, meta);
 	bool		codes_ok = meta->metric != HNSW_METRIC_L1;
@@ -320,7 +323,7 @@ make_cache(Relation index, const HnswMetaPageData *meta)
 	int			id;
 
 	LWLockAcquire(cacheDir->lock, LW_EXCLUSIVE);
-	if ((id = find_cache(index)) >= 0)
+	if ((id = find_cache(index, incarnation, generation)) >= 0)
 	{
 		LWLockRelease(cacheDir->lock);
 		return id;
@@ -349,8 +352,7 @@ make_cache(Relation index, const HnswMetaPageData *meta)
 	hnsw_vcache_init_fixed(&sc->vc, meta->dims, codes, capacity,
 						   cacheDir->arena + offset);
 	sc->dbid = MyDatabaseId;
-	sc->indexoid = RelationGetRelid(index);
-	memcpy(&sc->file, &HNSW_INDEX_FILE(index), sizeof(HnswRelFile));
+	hnsw_index_id(index, &sc->index);
 	sc->incarnation = ++cacheDir->incarnations;
 	sc->offset = offset;
 	sc->bytes = sc->vc.bytes;
@@ -358,6 +360,8 @@ make_cache(Relation index, const HnswMetaPageData *meta)
 	pg_atomic_write_u32(&sc->stale, 0);
 	pg_atomic_write_u64(&sc->last_used, (uint64) GetCurrentTimestamp());
 	sc->inuse = true;
+	*incarnation = sc->incarnation;
+	*generation = sc->generation;
 	LWLockRelease(sc->lock);
 	LWLockRelease(cacheDir->lock);
 	return id;
@@ -417,24 +421,12 @@ hnsw_shared_cache_get(Relation index, const HnswMetaPageData *meta,
 	if (cacheDir == NULL)
 		return NULL;
 	LWLockAcquire(cacheDir->lock, LW_SHARED);
-	id = find_cache(index);
-	if (id >= 0)
-	{
-		sc = &cacheDir->caches[id];
-		incarnation = sc->incarnation;
-		generation = sc->generation;
-	}
+	id = find_cache(index, &incarnation, &generation);
 	LWLockRelease(cacheDir->lock);
-	if (id < 0)
-	{
-		if (!for_scan || no_room_recently(index) ||
-			(id = make_cache(index, meta)) < 0)
-			return NULL;
-		LWLockAcquire(cacheDir->lock, LW_SHARED);
-		incarnation = cacheDir->caches[id].incarnation;
-		generation = cacheDir->caches[id].generation;
-		LWLockRelease(cacheDir->lock);
-	}
+	if (id < 0 &&
+		(!for_scan || no_room_recently(index) ||
+		 (id = make_cache(index, meta, &incarnation, &generation)) < 0))
+		return NULL;
 	sc = &cacheDir->caches[id];
 	stale = pg_atomic_read_u32(&sc->stale) != 0;
 	if (generation != meta->generation || stale)
@@ -506,7 +498,7 @@ hnsw_shared_cache_list(HnswScanCacheInfo *out, int max)
 
 		if (!sc->inuse || sc->dbid != MyDatabaseId)
 			continue;
-		out[n].indexoid = sc->indexoid;
+		out[n].indexoid = sc->index.indexoid;
 		out[n].generation = sc->generation;
 		out[n].elements = hnsw_vcache_count(&sc->vc);
 		out[n].bytes = sc->bytes;

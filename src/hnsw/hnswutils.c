@@ -464,6 +464,27 @@ hnsw_search_use_cache(HnswSearch *s, HnswVecCache *cache)
 	s->cachebuf = palloc(sizeof(float) * s->dim);
 }
 
+#if PG_VERSION_NUM >= 160000
+#define INDEX_FILE(rel) ((rel)->rd_locator)
+#else
+#define INDEX_FILE(rel) ((rel)->rd_node)
+#endif
+
+void
+hnsw_index_id(Relation index, HnswIndexId *id)
+{
+	memset(id, 0, sizeof(HnswIndexId));
+	id->indexoid = RelationGetRelid(index);
+	memcpy(&id->file, &INDEX_FILE(index), sizeof(id->file));
+}
+
+bool
+hnsw_index_id_is(const HnswIndexId *id, Relation index)
+{
+	return id->indexoid == RelationGetRelid(index) &&
+		memcmp(&id->file, &INDEX_FILE(index), sizeof(id->file)) == 0;
+}
+
 /* Forget every element met; keeps the query and the memory. */
 void
 hnsw_search_reset(HnswSearch *s)
@@ -566,11 +587,12 @@ load_data_chain(HnswSearch *s, HnswElement *e, int done, ItemPointerData next,
 /*
  * Read the element at e->tid: header fields, the distance to the query
  * (summed tuple by tuple for a vector split over several), and the vector
- * itself when s->load_vectors.  TIDs come from the graph, which points only
- * at elements: anything else there is damage (an ERROR).
+ * itself when s->load_vectors; with put, a live element's vector goes into
+ * the search's scan cache, if it has one.  TIDs come from the graph, which
+ * points only at elements: anything else there is damage (an ERROR).
  */
 static void
-load_element_pinned(HnswSearch *s, HnswElement *e, Buffer buf)
+load_element_pinned(HnswSearch *s, HnswElement *e, Buffer buf, bool put)
 {
 	BlockNumber blkno = ItemPointerGetBlockNumberNoCheck(&e->tid);
 	OffsetNumber off = ItemPointerGetOffsetNumberNoCheck(&e->tid);
@@ -602,7 +624,7 @@ load_element_pinned(HnswSearch *s, HnswElement *e, Buffer buf)
 	e->neighbortid = etup->neighbortid;
 	e->lsn = PageGetLSN(page);
 	e->verified = true;
-	caching = s->cache != NULL && !s->load_vectors && !etup->deleted;
+	caching = put && s->cache != NULL && !s->load_vectors && !etup->deleted;
 	e->vec = s->load_vectors ? palloc(sizeof(float) * s->dim) :
 		caching ? s->cachebuf : NULL;
 	if (s->query)
@@ -631,7 +653,7 @@ load_element_pinned(HnswSearch *s, HnswElement *e, Buffer buf)
 void
 hnsw_load_element(HnswSearch *s, HnswElement *e)
 {
-	load_element_pinned(s, e, InvalidBuffer);
+	load_element_pinned(s, e, InvalidBuffer, true);
 }
 
 /* The whole vector of the element at tid (out: dim floats). */
@@ -678,7 +700,7 @@ search_next_elem(HnswSearch *s, ItemPointer tid)
 static int
 search_add_pinned(HnswSearch *s, ItemPointer tid, Buffer buf)
 {
-	load_element_pinned(s, search_next_elem(s, tid), buf);
+	load_element_pinned(s, search_next_elem(s, tid), buf, true);
 	return s->nelems++;
 }
 
@@ -720,13 +742,8 @@ search_cached(HnswSearch *s, ItemPointer tid)
 void
 hnsw_search_verify(HnswSearch *s, HnswElement *e)
 {
-	HnswVecCache *cache = s->cache;
-
-	if (e->verified)
-		return;
-	s->cache = NULL;
-	load_element_pinned(s, e, InvalidBuffer);
-	s->cache = cache;
+	if (!e->verified)
+		load_element_pinned(s, e, InvalidBuffer, false);
 }
 
 /*
@@ -911,20 +928,17 @@ hnsw_level_search_begin(HnswLevelSearch *ls, HnswSearch *s, int *entries,
 static void
 level_search_behind(HnswLevelSearch *ls, float d, int idx)
 {
+	HnswHeapItem out = {d, idx};
+
 	if (ls->extra > 0 && (ls->spill.n < ls->extra || d < hnsw_heap_top(&ls->spill)->dist))
 	{
 		hnsw_heap_push(&ls->spill, d, idx);
 		if (ls->spill.n <= ls->extra)
 			return;
-		{
-			HnswHeapItem out = hnsw_heap_pop(&ls->spill);
-
-			d = out.dist;
-			idx = out.id;
-		}
+		out = hnsw_heap_pop(&ls->spill);
 	}
 	if (ls->resumable)
-		hnsw_heap_push(&ls->left, d, idx);
+		hnsw_heap_push(&ls->left, out.dist, out.id);
 }
 
 /* An element met: into this round's result, or behind it. */
