@@ -462,9 +462,24 @@ typedef struct HnswVecCacheEntry
 	uint32_t	slot;			/* 1 + the slot; 0 = not taken */
 } HnswVecCacheEntry;
 
+/*
+ * A fixed cache's level-0 neighbour list of an element, before its word:
+ * the element's key, then its neighbours' slots, valid for tag and above.
+ */
+typedef struct HnswVecLinks
+{
+	uint64_t	key;			/* the element's */
+	uint64_t	tag;			/* 0: none; HNSW_LINKS_WRITING: being written */
+	int32_t		n;
+	int32_t		slots[];
+} HnswVecLinks;
+
+#define HNSW_LINKS_WRITING	UINT64_MAX
+
 typedef struct HnswVecCache
 {
 	int			dim;
+	int			nlinks;			/* fixed: room for a list of so many, or 0 */
 	bool		codes;			/* 8-bit codes, not float vectors */
 	bool		fixed;			/* in memory of the caller's, never grows */
 	HnswVecCacheEntry *map;		/* open addressing */
@@ -472,6 +487,9 @@ typedef struct HnswVecCache
 	int32_t		n;				/* slots taken (fixed: may pass capacity) */
 	int32_t		capacity;		/* fixed: most slots */
 	char	  **chunks;			/* HNSW_VCACHE_CHUNK slots each */
+	char	   *slots;			/* fixed: all of them, slot_size bytes each */
+	size_t		slot_size;		/* fixed */
+	size_t		links_size;		/* fixed: of a slot's list, before its word */
 	int			nchunks;
 	int			capchunks;
 	size_t		bytes;			/* what this cache holds */
@@ -516,11 +534,14 @@ extern void hnsw_vcache_init(HnswVecCache *c, int dim, bool codes,
  * (a put publishes its entry with atomic operations, after its slot is
  * written), a clear in none but one.
  */
-extern size_t hnsw_vcache_fixed_bytes(int dim, bool codes, int64_t capacity);
+extern size_t hnsw_vcache_fixed_bytes(int dim, bool codes, int nlinks,
+									  int64_t capacity);
 /* The largest capacity whose hnsw_vcache_fixed_bytes are at most bytes. */
-extern int64_t hnsw_vcache_fixed_capacity(int dim, bool codes, size_t bytes);
+extern int64_t hnsw_vcache_fixed_capacity(int dim, bool codes, int nlinks,
+										  size_t bytes);
+/* nlinks > 0: with room for a neighbour list of so many per entry. */
 extern void hnsw_vcache_init_fixed(HnswVecCache *c, int dim, bool codes,
-								   int64_t capacity, void *mem);
+								   int nlinks, int64_t capacity, void *mem);
 /* Entries held (a fixed cache's n may pass its capacity). */
 extern int64_t hnsw_vcache_count(const HnswVecCache *c);
 /* Forget every entry (and give the memory back, unless fixed). */
@@ -533,7 +554,38 @@ extern void hnsw_vcache_prefetch(const HnswVecCache *c, uint64_t key);
  * hnsw_vcache_entry_bytes of them, before they are used.
  */
 extern const void *hnsw_vcache_get(const HnswVecCache *c, uint64_t key);
+/* The same, with the entry's slot (out), for neighbour lists. */
+extern const void *hnsw_vcache_lookup(const HnswVecCache *c, uint64_t key,
+									  int32_t *slot);
 extern size_t hnsw_vcache_entry_bytes(const HnswVecCache *c);
+
+/*
+ * Neighbour lists (caches with nlinks > 0).  hnsw_vcache_links copies the
+ * list of an entry into out (nlinks slots) and returns its length, or -1
+ * when it has none valid for tag (one written with tag or a higher one);
+ * hnsw_vcache_slot_entry gives a slot's entry and key (prefetch its slot
+ * first: the key is at its start).  hnsw_vcache_set_links stores a list
+ * for tag (> 0) unless one for tag or higher is there or being written.
+ */
+extern int	hnsw_vcache_links(const HnswVecCache *c, const void *entry,
+							  uint64_t tag, int32_t *out);
+
+static inline void
+hnsw_vcache_prefetch_slot(const HnswVecCache *c, int32_t slot)
+{
+	hnsw_prefetch(c->slots + (size_t) slot * c->slot_size);
+}
+
+static inline const void *
+hnsw_vcache_slot_entry(const HnswVecCache *c, int32_t slot, uint64_t *key)
+{
+	const char *p = c->slots + (size_t) slot * c->slot_size;
+
+	*key = ((const HnswVecLinks *) p)->key;
+	return p + c->links_size + sizeof(uint64_t);
+}
+extern void hnsw_vcache_set_links(HnswVecCache *c, const void *entry,
+								  uint64_t tag, const int32_t *slots, int n);
 
 /* The caller's word of an entry hnsw_vcache_get returned. */
 static inline uint64_t
@@ -832,6 +884,7 @@ typedef struct HnswElement
 	ItemPointerData heaptids[HNSW_HEAPTIDS];
 	float		dist;			/* to the query of the search */
 	float	   *vec;			/* loaded only when asked */
+	const void *centry;			/* its scan-cache entry, if met through it */
 	XLogRecPtr	lsn;			/* of the element's page when it was read */
 	bool		verified;		/* read from its page; false: only tid,
 								 * neighbortid and dist are known (from the
@@ -859,6 +912,7 @@ typedef struct HnswSearch
 								 * scan's, for the rerank plug-in) */
 	int64		ntuples_read;	/* elements met (max_scan_tuples) */
 	HnswVecCache *cache;		/* scans: vectors by element, or NULL */
+	uint64		links_tag;		/* its neighbour lists' tag, or 0: none */
 	HnswVecQuery cquery;		/* the query, as cached distances need it */
 	float	   *cachebuf;		/* dim floats, for filling the cache */
 } HnswSearch;
@@ -879,6 +933,7 @@ typedef struct HnswLevelSearch
 	HnswHeap	spill;			/* max-heap: those */
 	HnswHeap	left;			/* min-heap: met, returned by no round yet */
 	ItemPointerData *nbrs;		/* scratch, 2m each */
+	int32	   *slots;
 	ItemPointerData *todo;
 	Buffer	   *bufs;
 } HnswLevelSearch;
@@ -945,6 +1000,7 @@ extern void hnsw_get_cagra_options(Relation index, HnswCagraOptions *opts);
  */
 typedef struct HnswEdit
 {
+	Relation	index;
 	GenericXLogState *state;
 	Buffer		buf;
 	Page		page;
@@ -1185,6 +1241,8 @@ extern HnswVecCache *hnsw_shared_cache_get(Relation index,
 										   HnswSharedCacheRef *ref);
 extern bool hnsw_shared_cache_enter(const HnswSharedCacheRef *ref);
 extern void hnsw_shared_cache_leave(const HnswSharedCacheRef *ref);
+extern uint64 hnsw_shared_cache_links_tag(const HnswSharedCacheRef *ref);
+extern void hnsw_shared_cache_modified(Relation index);
 extern int	hnsw_shared_cache_list(HnswScanCacheInfo *out, int max);
 
 /*

@@ -14,6 +14,16 @@
  * operations, so that processes may put and get at once.  PostgreSQL-free;
  * unit-tested in test/unit/test_hnswgraph.c.
  *
+ * A fixed cache may also hold each element's level-0 neighbour list, as
+ * the slots of its neighbours (nlinks of them at most), so that a scan
+ * walks the graph by slot numbers as an in-memory HNSW does (Malkov &
+ * Yashunin 2018, and hnswlib's layout): no page and no map lookup per
+ * neighbour.  A list is valid for a tag its writer gives, which the caller
+ * ties to its index's modifications (hnswshared.c): writers claim a list by
+ * a compare-and-swap of its tag to HNSW_LINKS_WRITING and only ever raise
+ * it, and readers check it before and after they copy (a sequence lock), so
+ * that a list is read whole or not at all.
+ *
  * Codes are per-vector scalar quantisation (min and step of the vector's
  * own coordinates, 256 levels), so no training pass is needed and a
  * coordinate is off by at most half a step.  The query gets a signed 8-bit
@@ -126,11 +136,26 @@ hnsw_vcache_entry_bytes(const HnswVecCache *c)
 	return entry_bytes(c->dim, c->codes);
 }
 
-/* Bytes of one slot: the caller's word, then the entry. */
+/* Bytes of a slot's neighbour list (its head and nlinks slot numbers). */
+static inline size_t
+links_bytes(int nlinks)
+{
+	if (nlinks == 0)
+		return 0;
+	return (sizeof(HnswVecLinks) + sizeof(int32_t) * nlinks + 7) & ~(size_t) 7;
+}
+
+/* Bytes of one slot: its neighbour list, the caller's word, the entry. */
+static inline size_t
+layout_slot_bytes(int dim, bool codes, int nlinks)
+{
+	return links_bytes(nlinks) + sizeof(uint64_t) + entry_bytes(dim, codes);
+}
+
 static inline size_t
 slot_bytes(const HnswVecCache *c)
 {
-	return sizeof(uint64_t) + hnsw_vcache_entry_bytes(c);
+	return layout_slot_bytes(c->dim, c->codes, c->nlinks);
 }
 
 /*
@@ -157,18 +182,18 @@ fixed_chunks(int64_t capacity)
 #define ALIGN16(x) (((x) + 15) & ~(size_t) 15)
 
 size_t
-hnsw_vcache_fixed_bytes(int dim, bool codes, int64_t capacity)
+hnsw_vcache_fixed_bytes(int dim, bool codes, int nlinks, int64_t capacity)
 {
 	return sizeof(HnswVecCacheEntry) * fixed_map_size(capacity) +
 		ALIGN16(sizeof(char *) * fixed_chunks(capacity)) +
-		(size_t) capacity * (sizeof(uint64_t) + entry_bytes(dim, codes));
+		(size_t) capacity * layout_slot_bytes(dim, codes, nlinks);
 }
 
 int64_t
-hnsw_vcache_fixed_capacity(int dim, bool codes, size_t bytes)
+hnsw_vcache_fixed_capacity(int dim, bool codes, int nlinks, size_t bytes)
 {
 	int64_t		lo = 0,
-				hi = (int64_t) (bytes / (sizeof(uint64_t) + entry_bytes(dim, codes)));
+				hi = (int64_t) (bytes / layout_slot_bytes(dim, codes, nlinks));
 
 	if (hi > INT32_MAX - 1)
 		hi = INT32_MAX - 1;
@@ -176,7 +201,7 @@ hnsw_vcache_fixed_capacity(int dim, bool codes, size_t bytes)
 	{
 		int64_t		mid = lo + (hi - lo + 1) / 2;
 
-		if (hnsw_vcache_fixed_bytes(dim, codes, mid) <= bytes)
+		if (hnsw_vcache_fixed_bytes(dim, codes, nlinks, mid) <= bytes)
 			lo = mid;
 		else
 			hi = mid - 1;
@@ -185,7 +210,7 @@ hnsw_vcache_fixed_capacity(int dim, bool codes, size_t bytes)
 }
 
 void
-hnsw_vcache_init_fixed(HnswVecCache *c, int dim, bool codes,
+hnsw_vcache_init_fixed(HnswVecCache *c, int dim, bool codes, int nlinks,
 					   int64_t capacity, void *mem)
 {
 	uint64_t	mapsize = fixed_map_size(capacity);
@@ -194,6 +219,7 @@ hnsw_vcache_init_fixed(HnswVecCache *c, int dim, bool codes,
 	memset(c, 0, sizeof(HnswVecCache));
 	c->dim = dim;
 	c->codes = codes;
+	c->nlinks = nlinks;
 	c->fixed = true;
 	c->capacity = (int32_t) capacity;
 	c->map = mem;
@@ -202,9 +228,12 @@ hnsw_vcache_init_fixed(HnswVecCache *c, int dim, bool codes,
 	c->chunks = (char **) (c->map + mapsize);
 	c->nchunks = c->capchunks = (int) fixed_chunks(capacity);
 	slots = (char *) c->chunks + ALIGN16(sizeof(char *) * c->nchunks);
+	c->slots = slots;
+	c->slot_size = slot_bytes(c);
+	c->links_size = links_bytes(nlinks);
 	for (int i = 0; i < c->nchunks; i++)
 		c->chunks[i] = slots + (size_t) i * HNSW_VCACHE_CHUNK * slot_bytes(c);
-	c->bytes = hnsw_vcache_fixed_bytes(dim, codes, capacity);
+	c->bytes = hnsw_vcache_fixed_bytes(dim, codes, nlinks, capacity);
 }
 
 int64_t
@@ -254,12 +283,26 @@ hnsw_vcache_prefetch(const HnswVecCache *c, uint64_t key)
 		hnsw_prefetch(&c->map[hnsw_key_hash(key) & c->mask]);
 }
 
+/* The entry of a slot, after its list and the caller's word. */
+static inline const void *
+slot_entry(const HnswVecCache *c, int32_t slot)
+{
+	return slot_at(c, slot) + links_bytes(c->nlinks) + sizeof(uint64_t);
+}
+
+static inline HnswVecLinks *
+entry_links(const HnswVecCache *c, const void *entry)
+{
+	return (HnswVecLinks *) ((char *) entry - sizeof(uint64_t) -
+							 links_bytes(c->nlinks));
+}
+
 /*
  * An entry's key is stored last (release), so that one seen here (acquire)
  * comes with its slot number and its slot's contents.
  */
 const void *
-hnsw_vcache_get(const HnswVecCache *c, uint64_t key)
+hnsw_vcache_lookup(const HnswVecCache *c, uint64_t key, int32_t *slot)
 {
 	uint64_t	j,
 				k;
@@ -270,10 +313,69 @@ hnsw_vcache_get(const HnswVecCache *c, uint64_t key)
 	while ((k = __atomic_load_n(&c->map[j].key, __ATOMIC_ACQUIRE)) != 0)
 	{
 		if (k == key)
-			return slot_at(c, (int32_t) c->map[j].slot - 1) + sizeof(uint64_t);
+		{
+			*slot = (int32_t) c->map[j].slot - 1;
+			return slot_entry(c, *slot);
+		}
 		j = (j + 1) & c->mask;
 	}
 	return NULL;
+}
+
+const void *
+hnsw_vcache_get(const HnswVecCache *c, uint64_t key)
+{
+	int32_t		slot;
+
+	return hnsw_vcache_lookup(c, key, &slot);
+}
+
+/*
+ * The list is copied between two reads of its tag: a writer that claimed
+ * it in between changed the tag, and tags only rise, so that equal tags
+ * mean nothing was written.  The slot numbers are checked against the
+ * slots taken all the same, as a page's TIDs are against the index.
+ */
+int
+hnsw_vcache_links(const HnswVecCache *c, const void *entry, uint64_t tag,
+				  int32_t *out)
+{
+	HnswVecLinks *l = entry_links(c, entry);
+	uint64_t	t = __atomic_load_n(&l->tag, __ATOMIC_ACQUIRE);
+	int32_t		n,
+				taken = (int32_t) hnsw_vcache_count(c);
+
+	if (t < tag || t == HNSW_LINKS_WRITING)
+		return -1;
+	n = __atomic_load_n(&l->n, __ATOMIC_RELAXED);
+	if (n < 0 || n > c->nlinks)
+		return -1;
+	for (int i = 0; i < n; i++)
+		out[i] = __atomic_load_n(&l->slots[i], __ATOMIC_RELAXED);
+	__atomic_thread_fence(__ATOMIC_ACQUIRE);
+	if (__atomic_load_n(&l->tag, __ATOMIC_RELAXED) != t)
+		return -1;
+	for (int i = 0; i < n; i++)
+		if (out[i] < 0 || out[i] >= taken)
+			return -1;
+	return n;
+}
+
+void
+hnsw_vcache_set_links(HnswVecCache *c, const void *entry, uint64_t tag,
+					  const int32_t *slots, int n)
+{
+	HnswVecLinks *l = entry_links(c, entry);
+	uint64_t	t = __atomic_load_n(&l->tag, __ATOMIC_RELAXED);
+
+	if (n > c->nlinks || t >= tag ||
+		!__atomic_compare_exchange_n(&l->tag, &t, HNSW_LINKS_WRITING, false,
+									 __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+		return;
+	__atomic_store_n(&l->n, n, __ATOMIC_RELAXED);
+	for (int i = 0; i < n; i++)
+		__atomic_store_n(&l->slots[i], slots[i], __ATOMIC_RELAXED);
+	__atomic_store_n(&l->tag, tag, __ATOMIC_RELEASE);
 }
 
 /*
@@ -382,6 +484,15 @@ hnsw_vcache_put(HnswVecCache *c, uint64_t key, const float *vec, uint64_t aux)
 	if (slot < 0)
 		return false;
 	p = slot_at(c, slot);
+	if (c->nlinks > 0)
+	{
+		/* a cleared cache's slots keep their old lists: no list yet */
+		HnswVecLinks *l = (HnswVecLinks *) p;
+
+		l->key = key;
+		__atomic_store_n(&l->tag, 0, __ATOMIC_RELAXED);
+		p += links_bytes(c->nlinks);
+	}
 	memcpy(p, &aux, sizeof(uint64_t));
 	if (c->codes)
 		encode(vec, c->dim, p + sizeof(uint64_t));

@@ -559,14 +559,57 @@ check_graph(Relation index, IndexImage *img)
 	}
 }
 
+static int
+cmp_uint64(const void *a, const void *b)
+{
+	uint64		x = *(const uint64 *) a,
+				y = *(const uint64 *) b;
+
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * The level-0 neighbour list the cache keeps for the element at key (valid
+ * for tag) must be the one on its page: the same TIDs, in any order.
+ */
+static void
+check_links(Relation index, IndexImage *img, const HnswVecCache *c,
+			const void *cached, uint64 tag, uint64 key, const char *which)
+{
+	int32		slots[2 * HNSW_MAX_M];
+	ItemPointerData tids[2 * HNSW_MAX_M];
+	ItemPointerData nbrtid;
+	uint64		want[2 * HNSW_MAX_M],
+				got[2 * HNSW_MAX_M];
+	int			n = hnsw_vcache_links(c, cached, tag, slots),
+				npage;
+
+	if (n < 0)
+		return;
+	ItemPointerSet(&nbrtid, KEY_BLK(hnsw_vcache_word(cached)),
+				   KEY_OFF(hnsw_vcache_word(cached)));
+	npage = hnsw_load_neighbors(index, &nbrtid, img->meta.m, 0, tids);
+	for (int i = 0; i < npage; i++)
+		want[i] = hnsw_tid_key(&tids[i]);
+	for (int i = 0; i < n; i++)
+		hnsw_vcache_slot_entry(c, slots[i], &got[i]);
+	qsort(want, npage, sizeof(uint64), cmp_uint64);
+	qsort(got, n, sizeof(uint64), cmp_uint64);
+	if (n != npage || memcmp(want, got, sizeof(uint64) * n) != 0)
+		problem(img, KEY_BLK(key), KEY_OFF(key),
+				"%s keeps a neighbour list (%d) that is not the page's (%d)",
+				which, n, npage);
+}
+
 /*
  * A scan cache of the index (hnswscan.c, hnswshared.c), filled under the
  * index's current generation: every vector (or code) and neighbour tuple
- * TID in it must be its live element's.
+ * TID in it must be its live element's, and every neighbour list it keeps
+ * for tag (0: none) its page's.
  */
 static void
 check_cache(Relation index, IndexImage *img, const HnswVecCache *c,
-			const char *which)
+			uint64 tag, const char *which)
 {
 	HnswSearch	loader;
 
@@ -599,6 +642,8 @@ check_cache(Relation index, IndexImage *img, const HnswVecCache *c,
 				problem(img, KEY_BLK(key), KEY_OFF(key),
 						"%s disagrees with the element's vector or neighbour tuple",
 						which);
+			else if (tag != 0)
+				check_links(index, img, c, cached, tag, key, which);
 			pfree(e.vec);
 		}
 	}
@@ -613,11 +658,12 @@ check_scan_caches(Relation index, IndexImage *img)
 	HnswSharedCacheRef ref;
 
 	if (c != NULL && generation == img->meta.generation)
-		check_cache(index, img, c, "this backend's scan cache");
+		check_cache(index, img, c, 0, "this backend's scan cache");
 	c = hnsw_shared_cache_get(index, &img->meta, false, &ref);
 	if (c != NULL && hnsw_shared_cache_enter(&ref))
 	{
-		check_cache(index, img, c, "the shared scan cache");
+		check_cache(index, img, c, hnsw_shared_cache_links_tag(&ref),
+					"the shared scan cache");
 		hnsw_shared_cache_leave(&ref);
 	}
 }

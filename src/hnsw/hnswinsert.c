@@ -229,7 +229,10 @@ reuse_element(Relation index, Buffer buf, OffsetNumber off,
 	}
 	memcpy(old, etup, esize);
 	if (state)
+	{
 		GenericXLogFinish(state);
+		hnsw_shared_cache_modified(index);
+	}
 	else
 	{
 		MarkBufferDirty(buf);

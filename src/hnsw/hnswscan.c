@@ -299,7 +299,12 @@ hnswrescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys,
 static void
 scan_cache_enter(HnswScanOpaque so)
 {
-	if (so->shared.id >= 0 && !hnsw_shared_cache_enter(&so->shared))
+	so->search.links_tag = 0;
+	if (so->shared.id < 0)
+		return;
+	if (hnsw_shared_cache_enter(&so->shared))
+		so->search.links_tag = hnsw_shared_cache_links_tag(&so->shared);
+	else
 	{
 		so->shared.id = HNSW_SHARED_NONE;
 		so->search.cache = NULL;

@@ -23,12 +23,25 @@
  *
  * A cache is sized when it is made, from the index's pages, and does not
  * grow: elements inserted past its capacity are read from their pages.
+ *
+ * Neighbour lists.  A cache made on a primary with room for every element
+ * and its level-0 list also keeps the lists scans read (hnswcache.c), so
+ * that later scans walk the graph in memory.  Inserts change lists in
+ * place, so every change to an index page counts in its cache's modcount
+ * (hnsw_shared_cache_modified, after the change); a scan takes modcount + 1
+ * as its tag before it reads a page, stores the lists it reads under that
+ * tag and uses only lists of its tag or later.  A list read before a
+ * change was stored under a tag from before its count, so no scan that
+ * starts after the change uses it; a row inserted is found at once.  On a
+ * standby the startup process changes pages without counting, so lists
+ * are neither kept nor used during recovery.
  * It is given to another index only after HNSW_SHARED_IDLE_SECS without a
  * scan (a dropped or rebuilt index's cache ends that way).
  */
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "hnsw/hnsw.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
@@ -58,6 +71,8 @@ typedef struct SharedCache
 	LWLock	   *lock;
 	pg_atomic_uint32 stale;		/* to be cleared: no scan enters */
 	pg_atomic_uint64 last_used; /* TimestampTz of a recent scan */
+	pg_atomic_uint64 modcount;	/* changes to its index's pages (never
+								 * reset: list tags only rise) */
 	HnswVecCache vc;
 } SharedCache;
 
@@ -142,6 +157,7 @@ shared_cache_shmem_startup(void)
 			cacheDir->caches[i].lock = &locks[1 + i].lock;
 			pg_atomic_init_u32(&cacheDir->caches[i].stale, 0);
 			pg_atomic_init_u64(&cacheDir->caches[i].last_used, 0);
+			pg_atomic_init_u64(&cacheDir->caches[i].modcount, 0);
 		}
 	}
 	LWLockRelease(AddinShmemInitLock);
@@ -306,7 +322,8 @@ note_no_room(Relation index)
  * A cache for the index, made in the largest free memory (after giving up
  * idle caches if there is not room for all of its elements); -1 when there
  * is not room for HNSW_SHARED_MIN_ELEMENTS.  Float vectors when all fit,
- * 8-bit codes otherwise (never for L1: see hnswscan.c).  Like
+ * 8-bit codes otherwise (never for L1: see hnswscan.c), and neighbour
+ * lists too when all fit with them and this is not a standby.  Like
  * find_cache, it gives the cache's incarnation and generation.
  */
 static int
@@ -320,6 +337,7 @@ make_cache(Relation index, const HnswMetaPageData *meta, uint64 *incarnation,
 				gap;
 	int64		capacity;
 	bool		codes;
+	int			nlinks;
 	int			id;
 
 	LWLockAcquire(cacheDir->lock, LW_EXCLUSIVE);
@@ -334,8 +352,12 @@ make_cache(Relation index, const HnswMetaPageData *meta, uint64 *incarnation,
 			;
 		gap = largest_gap(&offset);
 		codes = codes_ok &&
-			hnsw_vcache_fixed_bytes(meta->dims, false, want) > gap;
-		capacity = Min(want, hnsw_vcache_fixed_capacity(meta->dims, codes, gap));
+			hnsw_vcache_fixed_bytes(meta->dims, false, 0, want) > gap;
+		nlinks = !RecoveryInProgress() &&
+			hnsw_vcache_fixed_bytes(meta->dims, codes, 2 * meta->m, want) <= gap ?
+			2 * meta->m : 0;
+		capacity = Min(want, hnsw_vcache_fixed_capacity(meta->dims, codes,
+														nlinks, gap));
 		if (id < HNSW_SHARED_CACHES && capacity == want)
 			break;
 		if (!evict_idle_cache())
@@ -349,7 +371,7 @@ make_cache(Relation index, const HnswMetaPageData *meta, uint64 *incarnation,
 	}
 	sc = &cacheDir->caches[id];
 	LWLockAcquire(sc->lock, LW_EXCLUSIVE);
-	hnsw_vcache_init_fixed(&sc->vc, meta->dims, codes, capacity,
+	hnsw_vcache_init_fixed(&sc->vc, meta->dims, codes, nlinks, capacity,
 						   cacheDir->arena + offset);
 	sc->dbid = MyDatabaseId;
 	hnsw_index_id(index, &sc->index);
@@ -471,6 +493,40 @@ hnsw_shared_cache_enter(const HnswSharedCacheRef *ref)
 		return true;
 	LWLockRelease(sc->lock);
 	return false;
+}
+
+/*
+ * The tag of the neighbour lists a scan that holds the cache may use and
+ * store (see the top of this file), or 0: none.  Read before the scan
+ * reads any page of the index.
+ */
+uint64
+hnsw_shared_cache_links_tag(const HnswSharedCacheRef *ref)
+{
+	SharedCache *sc = &cacheDir->caches[ref->id];
+	uint64		tag;
+
+	if (sc->vc.nlinks == 0 || RecoveryInProgress())
+		return 0;
+	tag = pg_atomic_read_u64(&sc->modcount) + 1;
+	pg_read_barrier();
+	return tag;
+}
+
+/*
+ * Count a change to a page of the index, after it is made and before it
+ * is committed (see the top of this file).
+ */
+void
+hnsw_shared_cache_modified(Relation index)
+{
+	if (cacheDir == NULL)
+		return;
+	LWLockAcquire(cacheDir->lock, LW_SHARED);
+	for (int i = 0; i < HNSW_SHARED_CACHES; i++)
+		if (cache_is_for(&cacheDir->caches[i], index))
+			pg_atomic_fetch_add_u64(&cacheDir->caches[i].modcount, 1);
+	LWLockRelease(cacheDir->lock);
 }
 
 /* An ERROR in between releases the lock with every other LWLock. */

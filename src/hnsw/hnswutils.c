@@ -94,6 +94,7 @@ hnsw_edit_start(HnswEdit *ed, Relation index, Buffer buf, bool building,
 				bool fullImage)
 {
 	ed->buf = buf;
+	ed->index = index;
 	if (building)
 	{
 		ed->state = NULL;
@@ -108,11 +109,18 @@ hnsw_edit_start(HnswEdit *ed, Relation index, Buffer buf, bool building,
 	return ed->page;
 }
 
+/*
+ * A change to a live index (not one being built) counts for the shared
+ * scan cache's neighbour lists (hnswshared.c).
+ */
 void
 hnsw_edit_finish(HnswEdit *ed)
 {
 	if (ed->state)
+	{
 		GenericXLogFinish(ed->state);
+		hnsw_shared_cache_modified(ed->index);
+	}
 	else
 		MarkBufferDirty(ed->buf);
 }
@@ -691,6 +699,7 @@ search_next_elem(HnswSearch *s, ItemPointer tid)
 	e = &s->elems[s->nelems];
 	e->tid = *tid;
 	e->nbr_sum = 0;
+	e->centry = NULL;
 	/* max_scan_tuples bounds the elements met, from the cache or a page */
 	s->ntuples_read++;
 	return e;
@@ -722,6 +731,7 @@ search_add_cached(HnswSearch *s, ItemPointer tid, const void *entry)
 	e->deleted = false;
 	e->nheaptids = 0;
 	e->vec = NULL;
+	e->centry = entry;
 	e->lsn = InvalidXLogRecPtr;
 	e->verified = false;
 	return s->nelems++;
@@ -900,6 +910,7 @@ hnsw_level_search_begin(HnswLevelSearch *ls, HnswSearch *s, int *entries,
 	ls->level = level;
 	ls->resumable = resumable;
 	ls->nbrs = palloc(sizeof(ItemPointerData) * 2 * s->m);
+	ls->slots = palloc(sizeof(int32) * 2 * s->m);
 	ls->todo = palloc(sizeof(ItemPointerData) * 2 * s->m);
 	ls->bufs = palloc(sizeof(Buffer) * 2 * s->m);
 
@@ -972,12 +983,83 @@ prefetch_bytes(const void *p, Size len)
 		hnsw_prefetch((const char *) p + o);
 }
 
+static inline void
+tid_from_key(ItemPointer tid, uint64 key)
+{
+	ItemPointerSet(tid, (BlockNumber) (key >> 16), (OffsetNumber) (key & 0xFFFF));
+}
+
 /*
- * Read the neighbours of one element and meet those not visited yet.
- * Memory is touched in stages, each prefetched for all neighbours before
- * any is used, so that the cache misses overlap: the scan cache's map
- * entries, then the cached vectors; for the others, their pages' line
- * pointers, then their tuples.
+ * Meet the neighbours of a cached element from the list the cache keeps
+ * for it (see hnswshared.c); false when it keeps none valid for this scan.
+ * As below, in stages: the neighbours' slots (their keys), then their
+ * entries.
+ */
+static int
+level_search_expand_cached(HnswLevelSearch *ls, const void *centry)
+{
+	HnswSearch *s = ls->s;
+	const void *entries[2 * HNSW_MAX_M];
+	uint64		keys[2 * HNSW_MAX_M];
+	int			n,
+				nh = 0;
+
+	n = hnsw_vcache_links(s->cache, centry, s->links_tag, ls->slots);
+	if (n < 0)
+		return -1;
+	for (int i = 0; i < n; i++)
+		hnsw_vcache_prefetch_slot(s->cache, ls->slots[i]);
+	for (int i = 0; i < n; i++)
+	{
+		const void *entry = hnsw_vcache_slot_entry(s->cache, ls->slots[i], &keys[i]);
+
+		tid_from_key(&ls->nbrs[i], keys[i]);
+		if (hnsw_keyset_test_and_add(&s->visited, keys[i]))
+			continue;
+		prefetch_bytes((const char *) entry - sizeof(uint64),
+					   sizeof(uint64) + hnsw_vcache_entry_bytes(s->cache));
+		entries[nh] = entry;
+		keys[nh++] = keys[i];
+	}
+	for (int i = 0; i < nh; i++)
+	{
+		ItemPointerData tid;
+		int			idx;
+
+		tid_from_key(&tid, keys[i]);
+		idx = search_add_cached(s, &tid, entries[i]);
+		level_search_meet(ls, s->elems[idx].dist, idx);
+	}
+	return n;
+}
+
+/*
+ * Keep the list of the element at tid just read from its page (nbrs, n)
+ * in the cache for this scan's tag, if the element and every neighbour
+ * are cached: later scans then walk it in memory.
+ */
+static void
+keep_links(HnswLevelSearch *ls, ItemPointer tid, const void *centry, int n)
+{
+	HnswSearch *s = ls->s;
+
+	if (centry == NULL &&
+		(centry = hnsw_vcache_get(s->cache, hnsw_tid_key(tid))) == NULL)
+		return;
+	for (int i = 0; i < n; i++)
+		if (hnsw_vcache_lookup(s->cache, hnsw_tid_key(&ls->nbrs[i]),
+							   &ls->slots[i]) == NULL)
+			return;
+	hnsw_vcache_set_links(s->cache, centry, s->links_tag, ls->slots, n);
+}
+
+/*
+ * Read the neighbours of one element and meet those not visited yet: from
+ * the scan cache's list when it keeps one, else from the page.  Memory is
+ * touched in stages, each prefetched for all neighbours before any is
+ * used, so that the cache misses overlap: the scan cache's map entries,
+ * then the cached vectors; for the others, their pages' line pointers,
+ * then their tuples.
  */
 static void
 level_search_expand(HnswLevelSearch *ls, int id)
@@ -985,12 +1067,23 @@ level_search_expand(HnswLevelSearch *ls, int id)
 	HnswSearch *s = ls->s;
 	const void *entries[2 * HNSW_MAX_M];
 	ItemPointerData hits[2 * HNSW_MAX_M];
-	int			nn,
-				nt = 0,
+	ItemPointerData fresh[2 * HNSW_MAX_M];
+	ItemPointerData tid = s->elems[id].tid;
+	bool		lists = ls->level == 0 && s->links_tag != 0;
+	const void *centry = lists ? s->elems[id].centry : NULL;
+	int			nn = -1,
+				nf = 0,
 				nh = 0,
 				nu = 0;
 	int			i;
 
+	if (centry != NULL &&
+		(nn = level_search_expand_cached(ls, centry)) >= 0)
+	{
+		if (s->nbr_sums)
+			s->elems[id].nbr_sum = hnsw_neighbors_fingerprint(ls->nbrs, nn);
+		return;
+	}
 	nn = hnsw_load_neighbors(s->index, &s->elems[id].neighbortid, s->m,
 							 ls->level, ls->nbrs);
 	if (ls->level == 0 && s->nbr_sums)
@@ -1001,24 +1094,24 @@ level_search_expand(HnswLevelSearch *ls, int id)
 			continue;
 		if (s->cache)
 			hnsw_vcache_prefetch(s->cache, hnsw_tid_key(&ls->nbrs[i]));
-		ls->nbrs[nt++] = ls->nbrs[i];
+		fresh[nf++] = ls->nbrs[i];
 	}
-	for (i = 0; i < nt; i++)
+	for (i = 0; i < nf; i++)
 	{
-		const void *entry = search_cached(s, &ls->nbrs[i]);
+		const void *entry = search_cached(s, &fresh[i]);
 
 		if (entry)
 		{
 			prefetch_bytes((const char *) entry - sizeof(uint64),
 						   sizeof(uint64) + hnsw_vcache_entry_bytes(s->cache));
 			entries[nh] = entry;
-			hits[nh++] = ls->nbrs[i];
+			hits[nh++] = fresh[i];
 			continue;
 		}
-		ls->todo[nu] = ls->nbrs[i];
-		ls->bufs[nu] = ReadBuffer(s->index, ItemPointerGetBlockNumber(&ls->nbrs[i]));
+		ls->todo[nu] = fresh[i];
+		ls->bufs[nu] = ReadBuffer(s->index, ItemPointerGetBlockNumber(&fresh[i]));
 		prefetch_itemid(BufferGetPage(ls->bufs[nu]),
-						ItemPointerGetOffsetNumber(&ls->nbrs[i]));
+						ItemPointerGetOffsetNumber(&fresh[i]));
 		nu++;
 	}
 	for (i = 0; i < nh; i++)
@@ -1036,6 +1129,8 @@ level_search_expand(HnswLevelSearch *ls, int id)
 
 		level_search_meet(ls, s->elems[idx].dist, idx);
 	}
+	if (lists)
+		keep_links(ls, &tid, centry, nn);
 }
 
 /*
@@ -1105,6 +1200,7 @@ hnsw_level_search_end(HnswLevelSearch *ls)
 	hnsw_heap_free(&ls->spill);
 	hnsw_heap_free(&ls->left);
 	pfree(ls->nbrs);
+	pfree(ls->slots);
 	pfree(ls->todo);
 	pfree(ls->bufs);
 }

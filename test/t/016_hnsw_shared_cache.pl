@@ -62,6 +62,22 @@ my $filled = $node->safe_psql('postgres',
 ok($filled >= 1000, "it holds the elements the scans met ($filled)");
 is($node->safe_psql('postgres', $check), '', 'gnnvec_index_check finds it agrees with the pages');
 
+# The cache also keeps the neighbour lists the scans read, and scans walk
+# them instead of the pages.  Inserts change lists on the pages in place:
+# a row inserted next to each query must be found at once by a new
+# session, through the lists the earlier scans kept (stale lists would not
+# lead to it), and the lists kept must still be the pages'.
+$node->safe_psql('postgres', q{
+	INSERT INTO t SELECT 100000 + qid, (SELECT array_agg(x + 0.0001) FROM unnest(q::real[]) x)::vector(16) FROM q;
+});
+is($node->safe_psql('postgres', q{
+	SET enable_seqscan = off;
+	SET gnnvec.ef_search = 40;
+	SELECT count(*) FROM q
+	WHERE 100000 + qid = ANY (array(SELECT id FROM t ORDER BY v <-> q LIMIT 2));
+}), '50', 'rows inserted next to each query are found at once through the cached lists');
+is($node->safe_psql('postgres', $check), '', 'and the lists the cache keeps are the pages\' after the inserts');
+
 # VACUUM frees elements and bumps the generation; inserts take the freed
 # elements over with other vectors.  The old cache is not checked against
 # them, and the next scan clears it.

@@ -533,7 +533,7 @@ fixed_worker(void *arg)
 static void
 test_vcache_fixed(void)
 {
-	size_t		bytes = hnsw_vcache_fixed_bytes(FIXED_DIM, false, FIXED_CAPACITY);
+	size_t		bytes = hnsw_vcache_fixed_bytes(FIXED_DIM, false, 0, FIXED_CAPACITY);
 	char	   *mem = aligned_alloc(16, bytes + 64);
 	HnswVecCache c;
 	FixedWorker w[FIXED_THREADS];
@@ -542,13 +542,13 @@ test_vcache_fixed(void)
 				wrong = 0;
 	float		v[FIXED_DIM];
 
-	CHECK(hnsw_vcache_fixed_capacity(FIXED_DIM, false, bytes) == FIXED_CAPACITY &&
-		  hnsw_vcache_fixed_capacity(FIXED_DIM, false, bytes - 1) < FIXED_CAPACITY,
+	CHECK(hnsw_vcache_fixed_capacity(FIXED_DIM, false, 0, bytes) == FIXED_CAPACITY &&
+		  hnsw_vcache_fixed_capacity(FIXED_DIM, false, 0, bytes - 1) < FIXED_CAPACITY,
 		  "the capacity of the bytes a capacity takes is that capacity");
-	CHECK(hnsw_vcache_fixed_capacity(FIXED_DIM, true, bytes) > FIXED_CAPACITY,
+	CHECK(hnsw_vcache_fixed_capacity(FIXED_DIM, true, 0, bytes) > FIXED_CAPACITY,
 		  "codes hold more 20-d vectors than floats in the same bytes");
 	memset(mem + bytes, 0x5a, 64);
-	hnsw_vcache_init_fixed(&c, FIXED_DIM, false, FIXED_CAPACITY, mem);
+	hnsw_vcache_init_fixed(&c, FIXED_DIM, false, 0, FIXED_CAPACITY, mem);
 	for (int t = 0; t < FIXED_THREADS; t++)
 	{
 		memset(&w[t], 0, sizeof(FixedWorker));
@@ -586,6 +586,198 @@ test_vcache_fixed(void)
 	CHECK(hnsw_vcache_put(&c, 5ULL << 16 | 1, v, 15) &&
 		  hnsw_vcache_get(&c, 5ULL << 16 | 1) != NULL,
 		  "and takes puts again");
+	free(mem);
+}
+
+/*
+ * Neighbour lists in a fixed cache: read whole for their tag or a lower
+ * one, never for a higher one, only raised by a writer, gone after a
+ * clear; and under concurrent writers every list read is one a writer
+ * wrote (a torn read would mix two).
+ */
+#define LINKS_N		32
+#define LINKS_KEYS	64
+#define LINKS_WRITES 20000
+
+typedef struct LinksWorker
+{
+	HnswVecCache *c;
+	const void *entry;
+	bool		writer;
+	volatile int *writing;		/* writers not done yet */
+	volatile int *ready;		/* threads started */
+	int			torn;
+	int			reads;
+} LinksWorker;
+
+/* The list a writer stores for tag: (tag % LINKS_N) + 1 copies of one slot. */
+static int
+links_for(uint64_t tag, int32_t *slots)
+{
+	int			n = (int) (tag % LINKS_N) + 1;
+
+	for (int i = 0; i < n; i++)
+		slots[i] = (int32_t) (tag % LINKS_KEYS);
+	return n;
+}
+
+static void *
+links_worker(void *arg)
+{
+	LinksWorker *w = arg;
+	int32_t		slots[LINKS_N];
+
+	/* all start together, so that reads and writes overlap */
+	__atomic_fetch_add(w->ready, 1, __ATOMIC_ACQ_REL);
+	while (__atomic_load_n(w->ready, __ATOMIC_ACQUIRE) < FIXED_THREADS)
+		;
+	if (w->writer)
+	{
+		for (uint64_t tag = 1; tag <= LINKS_WRITES; tag++)
+		{
+			int			n = links_for(tag, slots);
+
+			hnsw_vcache_set_links(w->c, w->entry, tag, slots, n);
+			/* leave readers a moment between writes */
+			for (volatile int spin = 0; spin < 200; spin++)
+				;
+		}
+		__atomic_fetch_sub(w->writing, 1, __ATOMIC_RELEASE);
+		return NULL;
+	}
+	while (__atomic_load_n(w->writing, __ATOMIC_ACQUIRE) > 0 || w->reads < 100)
+	{
+		int			n = hnsw_vcache_links(w->c, w->entry, 1, slots);
+
+		if (n < 0)
+			continue;
+		w->reads++;
+		for (int i = 0; i < n; i++)
+			if (slots[i] != slots[0])
+				w->torn++;
+		/* LINKS_KEYS is a multiple of LINKS_N: the slot gives tag % LINKS_N */
+		if (n != slots[0] % LINKS_N + 1)
+			w->torn++;
+	}
+	return NULL;
+}
+
+static void
+test_vcache_links(void)
+{
+	size_t		bytes = hnsw_vcache_fixed_bytes(FIXED_DIM, false, LINKS_N, 128);
+	char	   *mem = aligned_alloc(16, bytes);
+	HnswVecCache c;
+	const void *entry[LINKS_KEYS + 1];
+	int32_t		slots[LINKS_N],
+				got[LINKS_N];
+	float		v[FIXED_DIM];
+	int			bad = 0,
+				n;
+	LinksWorker w[FIXED_THREADS];
+	pthread_t	th[FIXED_THREADS];
+	volatile int writing = 2,
+				ready = 0;
+
+	CHECK(bytes > hnsw_vcache_fixed_bytes(FIXED_DIM, false, 0, 128) &&
+		  hnsw_vcache_fixed_capacity(FIXED_DIM, false, LINKS_N, bytes) == 128,
+		  "lists take room, counted in the capacity");
+	hnsw_vcache_init_fixed(&c, FIXED_DIM, false, LINKS_N, 128, mem);
+	for (int key = 1; key <= LINKS_KEYS; key++)
+	{
+		int32_t		slot;
+
+		fixed_vector(key, v);
+		hnsw_vcache_put(&c, (uint64_t) key << 16 | 1, v, (uint64_t) key);
+		entry[key] = hnsw_vcache_lookup(&c, (uint64_t) key << 16 | 1, &slot);
+		bad += slot != key - 1;
+	}
+	CHECK(bad == 0, "slots are taken in order");
+
+	/* key's list: the slots of the next three keys */
+	for (int key = 1; key <= LINKS_KEYS; key++)
+	{
+		for (int i = 0; i < 3; i++)
+			slots[i] = (key + i) % LINKS_KEYS;
+		hnsw_vcache_set_links(&c, entry[key], 5, slots, 3);
+	}
+	bad = 0;
+	for (int key = 1; key <= LINKS_KEYS; key++)
+	{
+		n = hnsw_vcache_links(&c, entry[key], 5, got);
+		bad += n != 3;
+		for (int i = 0; i < 3 && n == 3; i++)
+		{
+			uint64_t	k;
+			const float *e = hnsw_vcache_slot_entry(&c, got[i], &k);
+
+			fixed_vector((int) (k >> 16), v);
+			bad += k != ((uint64_t) ((key + i) % LINKS_KEYS + 1) << 16 | 1) ||
+				memcmp(e, v, sizeof(v)) != 0;
+		}
+	}
+	CHECK(bad == 0, "every list reads back with its neighbours' keys and vectors (%d wrong)", bad);
+	CHECK(hnsw_vcache_links(&c, entry[7], 4, got) == 3 &&
+		  hnsw_vcache_links(&c, entry[7], 6, got) == -1,
+		  "a list serves its tag and lower ones, not a later one");
+	slots[0] = 9;
+	hnsw_vcache_set_links(&c, entry[7], 3, slots, 1);
+	CHECK(hnsw_vcache_links(&c, entry[7], 5, got) == 3,
+		  "a writer with a lower tag does not replace a list");
+	hnsw_vcache_set_links(&c, entry[7], 6, slots, 1);
+	CHECK(hnsw_vcache_links(&c, entry[7], 6, got) == 1 && got[0] == 9,
+		  "a writer with a higher tag does");
+	slots[0] = 100;
+	hnsw_vcache_set_links(&c, entry[8], 6, slots, 1);
+	CHECK(hnsw_vcache_links(&c, entry[8], 6, got) == -1,
+		  "a list naming a slot not taken is not read");
+	hnsw_vcache_set_links(&c, entry[9], 6, slots, LINKS_N + 1);
+	CHECK(hnsw_vcache_links(&c, entry[9], 6, got) == -1,
+		  "a list longer than the room is not stored");
+	{
+		/* a list being written (its tag claimed) is neither read nor taken over */
+		HnswVecLinks *l = (HnswVecLinks *) ((const char *) entry[10] -
+											sizeof(uint64_t) - c.links_size);
+
+		l->tag = HNSW_LINKS_WRITING;
+		slots[0] = 1;
+		hnsw_vcache_set_links(&c, entry[10], 7, slots, 1);
+		CHECK(hnsw_vcache_links(&c, entry[10], 1, got) == -1 &&
+			  l->tag == HNSW_LINKS_WRITING,
+			  "a list being written is not read, nor written by another");
+	}
+	hnsw_vcache_clear(&c);
+	fixed_vector(3, v);
+	hnsw_vcache_put(&c, 3ULL << 16 | 1, v, 3);
+	CHECK(hnsw_vcache_links(&c, hnsw_vcache_get(&c, 3ULL << 16 | 1), 1, got) == -1,
+		  "a slot put after a clear has no list");
+	for (int key = 4; key <= LINKS_KEYS + 1; key++)
+	{
+		fixed_vector(key, v);
+		hnsw_vcache_put(&c, (uint64_t) key << 16 | 1, v, 0);
+	}
+
+	for (int t = 0; t < FIXED_THREADS; t++)
+	{
+		memset(&w[t], 0, sizeof(LinksWorker));
+		w[t].c = &c;
+		w[t].entry = hnsw_vcache_get(&c, 3ULL << 16 | 1);
+		w[t].writer = t < 2;
+		w[t].writing = &writing;
+		w[t].ready = &ready;
+		pthread_create(&th[t], NULL, links_worker, &w[t]);
+	}
+	bad = 0;
+	n = 0;
+	for (int t = 0; t < FIXED_THREADS; t++)
+	{
+		pthread_join(th[t], NULL);
+		bad += w[t].torn;
+		n += w[t].reads;
+	}
+	CHECK(bad == 0 && n > 0,
+		  "lists read while two threads rewrite them are whole (%d reads, %d torn)",
+		  n, bad);
 	free(mem);
 }
 
@@ -786,6 +978,7 @@ main(void)
 	test_reach();
 	test_vcache();
 	test_vcache_fixed();
+	test_vcache_links();
 	test_vcache_codes();
 	test_list_add();
 	return unit_report("hnswgraph");
