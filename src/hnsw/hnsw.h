@@ -469,6 +469,8 @@ typedef struct HnswVecCacheEntry
 typedef struct HnswVecLinks
 {
 	uint64_t	key;			/* the element's */
+	uint64_t	htag;			/* of heap, as tag is of the list */
+	uint64_t	heap;			/* its one heap TID's key, for htag */
 	uint64_t	tag;			/* 0: none; HNSW_LINKS_WRITING: being written */
 	int32_t		n;
 	int32_t		slots[];
@@ -586,6 +588,14 @@ hnsw_vcache_slot_entry(const HnswVecCache *c, int32_t slot, uint64_t *key)
 }
 extern void hnsw_vcache_set_links(HnswVecCache *c, const void *entry,
 								  uint64_t tag, const int32_t *slots, int n);
+/*
+ * The same for an element's one heap TID (as a key, never 0): 0 when none
+ * is kept for tag.
+ */
+extern uint64_t hnsw_vcache_heap(const HnswVecCache *c, const void *entry,
+								 uint64_t tag);
+extern void hnsw_vcache_set_heap(HnswVecCache *c, const void *entry,
+								 uint64_t tag, uint64_t heap);
 
 /* The caller's word of an entry hnsw_vcache_get returned. */
 static inline uint64_t
@@ -913,6 +923,9 @@ typedef struct HnswSearch
 	int64		ntuples_read;	/* elements met (max_scan_tuples) */
 	HnswVecCache *cache;		/* scans: vectors by element, or NULL */
 	uint64		links_tag;		/* its neighbour lists' tag, or 0: none */
+	uint32	   *seen;			/* with lists: per cache slot, seen_epoch
+								 * when the level-0 search met it there */
+	uint32		seen_epoch;
 	HnswVecQuery cquery;		/* the query, as cached distances need it */
 	float	   *cachebuf;		/* dim floats, for filling the cache */
 } HnswSearch;

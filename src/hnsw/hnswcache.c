@@ -331,29 +331,62 @@ hnsw_vcache_get(const HnswVecCache *c, uint64_t key)
 }
 
 /*
- * The list is copied between two reads of its tag: a writer that claimed
- * it in between changed the tag, and tags only rise, so that equal tags
- * mean nothing was written.  The slot numbers are checked against the
- * slots taken all the same, as a page's TIDs are against the index.
+ * Tagged records (a list, a heap TID) are a sequence lock whose tags only
+ * rise: a reader reads the tag, copies, and reads the tag again; a writer
+ * claims the record by a compare-and-swap of its tag to
+ * HNSW_LINKS_WRITING, writes, and publishes its tag.  Equal tags around a
+ * copy mean nothing was written in between, since no tag comes back.
  */
+static inline uint64_t
+tagged_begin(const uint64_t *tagp, uint64_t tag)
+{
+	uint64_t	t = __atomic_load_n(tagp, __ATOMIC_ACQUIRE);
+
+	return t >= tag && t != HNSW_LINKS_WRITING ? t : 0;
+}
+
+static inline bool
+tagged_end(const uint64_t *tagp, uint64_t t)
+{
+	__atomic_thread_fence(__ATOMIC_ACQUIRE);
+	return __atomic_load_n(tagp, __ATOMIC_RELAXED) == t;
+}
+
+/* Claim for tag, unless a record of tag or later is there or being written. */
+static inline bool
+tagged_claim(uint64_t *tagp, uint64_t tag)
+{
+	uint64_t	t = __atomic_load_n(tagp, __ATOMIC_RELAXED);
+
+	return t < tag &&
+		__atomic_compare_exchange_n(tagp, &t, HNSW_LINKS_WRITING, false,
+									__ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
+}
+
+static inline void
+tagged_publish(uint64_t *tagp, uint64_t tag)
+{
+	__atomic_store_n(tagp, tag, __ATOMIC_RELEASE);
+}
+
+/* The slot numbers are checked against the slots taken all the same. */
 int
 hnsw_vcache_links(const HnswVecCache *c, const void *entry, uint64_t tag,
 				  int32_t *out)
 {
 	HnswVecLinks *l = entry_links(c, entry);
-	uint64_t	t = __atomic_load_n(&l->tag, __ATOMIC_ACQUIRE);
+	uint64_t	t = tagged_begin(&l->tag, tag);
 	int32_t		n,
 				taken = (int32_t) hnsw_vcache_count(c);
 
-	if (t < tag || t == HNSW_LINKS_WRITING)
+	if (t == 0)
 		return -1;
 	n = __atomic_load_n(&l->n, __ATOMIC_RELAXED);
 	if (n < 0 || n > c->nlinks)
 		return -1;
 	for (int i = 0; i < n; i++)
 		out[i] = __atomic_load_n(&l->slots[i], __ATOMIC_RELAXED);
-	__atomic_thread_fence(__ATOMIC_ACQUIRE);
-	if (__atomic_load_n(&l->tag, __ATOMIC_RELAXED) != t)
+	if (!tagged_end(&l->tag, t))
 		return -1;
 	for (int i = 0; i < n; i++)
 		if (out[i] < 0 || out[i] >= taken)
@@ -366,16 +399,38 @@ hnsw_vcache_set_links(HnswVecCache *c, const void *entry, uint64_t tag,
 					  const int32_t *slots, int n)
 {
 	HnswVecLinks *l = entry_links(c, entry);
-	uint64_t	t = __atomic_load_n(&l->tag, __ATOMIC_RELAXED);
 
-	if (n > c->nlinks || t >= tag ||
-		!__atomic_compare_exchange_n(&l->tag, &t, HNSW_LINKS_WRITING, false,
-									 __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+	if (n > c->nlinks || !tagged_claim(&l->tag, tag))
 		return;
 	__atomic_store_n(&l->n, n, __ATOMIC_RELAXED);
 	for (int i = 0; i < n; i++)
 		__atomic_store_n(&l->slots[i], slots[i], __ATOMIC_RELAXED);
-	__atomic_store_n(&l->tag, tag, __ATOMIC_RELEASE);
+	tagged_publish(&l->tag, tag);
+}
+
+uint64_t
+hnsw_vcache_heap(const HnswVecCache *c, const void *entry, uint64_t tag)
+{
+	HnswVecLinks *l = entry_links(c, entry);
+	uint64_t	t = tagged_begin(&l->htag, tag),
+				heap;
+
+	if (t == 0)
+		return 0;
+	heap = __atomic_load_n(&l->heap, __ATOMIC_RELAXED);
+	return tagged_end(&l->htag, t) ? heap : 0;
+}
+
+void
+hnsw_vcache_set_heap(HnswVecCache *c, const void *entry, uint64_t tag,
+					 uint64_t heap)
+{
+	HnswVecLinks *l = entry_links(c, entry);
+
+	if (!tagged_claim(&l->htag, tag))
+		return;
+	__atomic_store_n(&l->heap, heap, __ATOMIC_RELAXED);
+	tagged_publish(&l->htag, tag);
 }
 
 /*
@@ -491,6 +546,7 @@ hnsw_vcache_put(HnswVecCache *c, uint64_t key, const float *vec, uint64_t aux)
 
 		l->key = key;
 		__atomic_store_n(&l->tag, 0, __ATOMIC_RELAXED);
+		__atomic_store_n(&l->htag, 0, __ATOMIC_RELAXED);
 		p += links_bytes(c->nlinks);
 	}
 	memcpy(p, &aux, sizeof(uint64_t));

@@ -604,8 +604,8 @@ check_links(Relation index, IndexImage *img, const HnswVecCache *c,
 /*
  * A scan cache of the index (hnswscan.c, hnswshared.c), filled under the
  * index's current generation: every vector (or code) and neighbour tuple
- * TID in it must be its live element's, and every neighbour list it keeps
- * for tag (0: none) its page's.
+ * TID in it must be its live element's, and every neighbour list and heap
+ * TID it keeps for tag (0: none) its page's.
  */
 static void
 check_cache(Relation index, IndexImage *img, const HnswVecCache *c,
@@ -643,7 +643,16 @@ check_cache(Relation index, IndexImage *img, const HnswVecCache *c,
 						"%s disagrees with the element's vector or neighbour tuple",
 						which);
 			else if (tag != 0)
+			{
+				uint64		heap = hnsw_vcache_heap(c, cached, tag);
+
+				if (heap != 0 && (e.deleted || e.nheaptids != 1 ||
+								  hnsw_tid_key(&e.heaptids[0]) != heap))
+					problem(img, KEY_BLK(key), KEY_OFF(key),
+							"%s keeps a heap TID that is not the element's",
+							which);
 				check_links(index, img, c, cached, tag, key, which);
+			}
 			pfree(e.vec);
 		}
 	}

@@ -87,6 +87,9 @@ typedef struct HnswScanOpaqueData
 	HnswIterativeScan iterative;	/* gnnvec.iterative_scan when it began */
 	HnswLevelSearch level0;		/* valid while !done */
 	HnswHeapItem *found;		/* room for one round (ef) */
+	uint32	   *seen;			/* search.seen, kept across rescans */
+	int32		seencap;
+	uint32		seenepoch;
 
 	HnswCandidate *cands;		/* current round */
 	int		   *candElems;		/* their indexes into search.elems */
@@ -158,6 +161,35 @@ gnnvec_scan_cache(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
+}
+
+/*
+ * The seen marks of a search that walks a cache's neighbour lists: one
+ * word per slot of the cache, kept by the scan across rescans (a lateral
+ * join rescans once per outer row) and made new for each by a new epoch.
+ */
+static void
+scan_seen_marks(HnswScanOpaque so)
+{
+	int32		cap = so->search.cache->capacity;
+
+	if (so->seencap < cap)
+	{
+		if (so->seen)
+			pfree(so->seen);
+		so->seen = MemoryContextAllocExtended(GetMemoryChunkContext(so),
+											  sizeof(uint32) * cap,
+											  MCXT_ALLOC_HUGE | MCXT_ALLOC_ZERO);
+		so->seencap = cap;
+		so->seenepoch = 0;
+	}
+	if (++so->seenepoch == 0)
+	{
+		memset(so->seen, 0, sizeof(uint32) * so->seencap);
+		so->seenepoch = 1;
+	}
+	so->search.seen = so->seen;
+	so->search.seen_epoch = so->seenepoch;
 }
 
 static void
@@ -319,6 +351,61 @@ scan_cache_leave(HnswScanOpaque so)
 }
 
 /*
+ * Whether the scan's shared cache keeps its candidates' heap TIDs: a plain
+ * scan (candidates in distance order) over float vectors (exact distances)
+ * with neighbour lists, whose tag also serves the heap TIDs (hnswshared.c:
+ * every change to an element's heap TIDs or flags is a change to a page).
+ */
+static bool
+rows_kept(HnswScanOpaque so)
+{
+	return so->search.links_tag != 0 && !so->cacheCodes && !so->reranks;
+}
+
+/*
+ * Under the shared cache's lock: the candidates whose one heap TID the
+ * cache keeps for this scan's tag need not be read from their pages.
+ */
+static void
+known_rows(HnswScanOpaque so, int nf)
+{
+	HnswSearch *s = &so->search;
+
+	if (!rows_kept(so))
+		return;
+	for (int i = 0; i < nf; i++)
+	{
+		HnswElement *e = &s->elems[so->found[i].id];
+		uint64		heap;
+
+		if (e->verified || e->centry == NULL ||
+			(heap = hnsw_vcache_heap(s->cache, e->centry, s->links_tag)) == 0)
+			continue;
+		ItemPointerSet(&e->heaptids[0], (BlockNumber) (heap >> 16),
+					   (OffsetNumber) (heap & 0xFFFF));
+		e->nheaptids = 1;
+		e->deleted = false;
+		e->verified = true;
+	}
+}
+
+/*
+ * Keep the heap TID of a candidate just read from its page, for later
+ * scans, if it has one; the cache is held again for the write, and only
+ * if it is still the one the element was met in.
+ */
+static void
+keep_row(HnswScanOpaque so, HnswElement *e)
+{
+	if (!rows_kept(so) || e->centry == NULL || e->deleted ||
+		e->nheaptids != 1 || !hnsw_shared_cache_enter(&so->shared))
+		return;
+	hnsw_vcache_set_heap(so->search.cache, e->centry, so->search.links_tag,
+						 hnsw_tid_key(&e->heaptids[0]));
+	hnsw_shared_cache_leave(&so->shared);
+}
+
+/*
  * Read a candidate's element from its page if the search met it through
  * the scan cache, and fill in its heap TIDs and exact distance.  False when
  * the candidate at so->pos is not to be returned after all: its element is
@@ -336,7 +423,11 @@ candidate_ready(HnswScanOpaque so)
 
 	if (c->nheaptids > 0)
 		return true;
-	hnsw_search_verify(&so->search, e);
+	if (!e->verified)
+	{
+		hnsw_search_verify(&so->search, e);
+		keep_row(so, e);
+	}
 	if (e->deleted || e->nheaptids == 0 ||
 		(so->iterative == HNSW_ITERATIVE_SCAN_STRICT && so->haveLast &&
 		 e->dist < so->lastDist))
@@ -463,6 +554,7 @@ search_round(IndexScanDesc scan)
 
 	scan_cache_enter(so);
 	nf = hnsw_level_search_round(&so->level0, hnsw_max_scan_tuples, so->found);
+	known_rows(so, nf);
 	scan_cache_leave(so);
 	if (so->cands)
 	{
@@ -566,6 +658,8 @@ start_scan(IndexScanDesc scan)
 	hnsw_search_use_cache(&so->search, get_scan_cache(index, so));
 	/* a shared cache's kind does not change while its index has it */
 	so->cacheCodes = so->search.cache != NULL && so->search.cache->codes;
+	if (so->search.cache != NULL && so->search.cache->nlinks > 0)
+		scan_seen_marks(so);
 	/* decided once: the search records what the plug-in is to check */
 	so->reranks = hnsw_scan_reranks(index);
 	so->search.nbr_sums = so->reranks;
@@ -639,6 +733,8 @@ hnswendscan(IndexScanDesc scan)
 	HnswScanOpaque so = (HnswScanOpaque) scan->opaque;
 
 	MemoryContextDelete(so->ctx);
+	if (so->seen)
+		pfree(so->seen);
 	pfree(so);
 	scan->opaque = NULL;
 }

@@ -1002,18 +1002,42 @@ level_search_expand_cached(HnswLevelSearch *ls, const void *centry)
 	const void *entries[2 * HNSW_MAX_M];
 	uint64		keys[2 * HNSW_MAX_M];
 	int			n,
+				nf = 0,
 				nh = 0;
 
 	n = hnsw_vcache_links(s->cache, centry, s->links_tag, ls->slots);
 	if (n < 0)
 		return -1;
+
+	/* a reranked scan records the list's fingerprint: every neighbour's TID */
+	if (s->nbr_sums)
+	{
+		for (int i = 0; i < n; i++)
+			hnsw_vcache_prefetch_slot(s->cache, ls->slots[i]);
+		for (int i = 0; i < n; i++)
+		{
+			hnsw_vcache_slot_entry(s->cache, ls->slots[i], &keys[i]);
+			tid_from_key(&ls->nbrs[i], keys[i]);
+		}
+	}
+
+	/*
+	 * Most neighbours were met before, and the seen marks tell without
+	 * touching their slots; the visited set stays the authority for the
+	 * others (an element read from its page and cached since has no mark).
+	 */
 	for (int i = 0; i < n; i++)
+	{
+		if (s->seen[ls->slots[i]] == s->seen_epoch)
+			continue;
+		s->seen[ls->slots[i]] = s->seen_epoch;
 		hnsw_vcache_prefetch_slot(s->cache, ls->slots[i]);
-	for (int i = 0; i < n; i++)
+		ls->slots[nf++] = ls->slots[i];
+	}
+	for (int i = 0; i < nf; i++)
 	{
 		const void *entry = hnsw_vcache_slot_entry(s->cache, ls->slots[i], &keys[i]);
 
-		tid_from_key(&ls->nbrs[i], keys[i]);
 		if (hnsw_keyset_test_and_add(&s->visited, keys[i]))
 			continue;
 		prefetch_bytes((const char *) entry - sizeof(uint64),
@@ -1069,7 +1093,7 @@ level_search_expand(HnswLevelSearch *ls, int id)
 	ItemPointerData hits[2 * HNSW_MAX_M];
 	ItemPointerData fresh[2 * HNSW_MAX_M];
 	ItemPointerData tid = s->elems[id].tid;
-	bool		lists = ls->level == 0 && s->links_tag != 0;
+	bool		lists = ls->level == 0 && s->links_tag != 0 && s->seen != NULL;
 	const void *centry = lists ? s->elems[id].centry : NULL;
 	int			nn = -1,
 				nf = 0,
@@ -1098,10 +1122,14 @@ level_search_expand(HnswLevelSearch *ls, int id)
 	}
 	for (i = 0; i < nf; i++)
 	{
-		const void *entry = search_cached(s, &fresh[i]);
+		int32		slot;
+		const void *entry = s->cache == NULL ? NULL :
+			hnsw_vcache_lookup(s->cache, hnsw_tid_key(&fresh[i]), &slot);
 
 		if (entry)
 		{
+			if (s->seen && ls->level == 0)
+				s->seen[slot] = s->seen_epoch;
 			prefetch_bytes((const char *) entry - sizeof(uint64),
 						   sizeof(uint64) + hnsw_vcache_entry_bytes(s->cache));
 			entries[nh] = entry;

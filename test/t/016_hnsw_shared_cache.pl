@@ -77,6 +77,19 @@ is($node->safe_psql('postgres', q{
 	WHERE 100000 + qid = ANY (array(SELECT id FROM t ORDER BY v <-> q LIMIT 2));
 }), '50', 'rows inserted next to each query are found at once through the cached lists');
 is($node->safe_psql('postgres', $check), '', 'and the lists the cache keeps are the pages\' after the inserts');
+# the cache keeps the heap TID of each row those scans returned; a
+# duplicate of each row joins its element (a second heap TID), and both
+# rows must come back at once
+$node->safe_psql('postgres', q{
+	INSERT INTO t SELECT id + 100000, v FROM t WHERE id > 100000;
+});
+is($node->safe_psql('postgres', q{
+	SET enable_seqscan = off;
+	SET gnnvec.ef_search = 40;
+	SELECT count(*) FROM q
+	WHERE array[100000 + qid, 200000 + qid] <@ array(SELECT id FROM t ORDER BY v <-> q LIMIT 3);
+}), '50', 'a duplicate inserted since comes back with its row: the heap TIDs kept follow the pages');
+is($node->safe_psql('postgres', $check), '', 'and the heap TIDs the cache keeps are the elements\'');
 
 # VACUUM frees elements and bumps the generation; inserts take the freed
 # elements over with other vectors.  The old cache is not checked against
