@@ -441,6 +441,14 @@ extern CagraStatus cagra_prune_graph(const float *data, int64_t n, int dim,
 									 char *errbuf, size_t errlen);
 
 /*
+ * The reverse lists of a graph (n x d): rev (n x d) receives, for each
+ * node, the nodes whose rows hold it, by the edge's place in its source's
+ * row, then by source id, at most d; n_rev (n) how many.
+ */
+extern void cagra_reverse_lists(const int32_t *graph, int64_t n, int d,
+								int32_t *rev, int *n_rev);
+
+/*
  * Stage 3: graph (n x d) = the first d/2 edges of each pruned row, then the
  * reverse edges of the pruned graph (sources in order of the edge's rank in
  * the source's row, then of source id), then the remaining pruned edges;
@@ -542,6 +550,14 @@ extern int	cagra_thread_count(int n_threads);
 extern CagraStatus cagra_error(CagraStatus status, char *errbuf, size_t errlen,
 							   const char *fmt,...)
 			__attribute__((format(printf, 4, 5)));
+
+/*
+ * CAGRA_ERR_PARAM with a message naming the graph (name) unless every entry
+ * of graph (n rows of degree ids) is -1 or a node 0..n-1.
+ */
+extern CagraStatus cagra_graph_check(const int32_t *graph, int64_t n,
+									 int degree, const char *name,
+									 char *errbuf, size_t errlen);
 
 /* Pick the distance kernels if nobody has yet (call before threads start). */
 extern void cagra_kernels_ready(void);

@@ -54,7 +54,8 @@ typedef struct SelectJob
 	const int32_t *knn;
 	int			I;
 	int			d;
-	const int32_t *rev;			/* pass 2: its reverse lists, n x d */
+	const int32_t *rev;			/* pass 2: the pass-1 graph's reverse lists,
+								 * n x d */
 	const int  *n_rev;
 	int32_t    *out;			/* n x d */
 	/* per-thread scratch: I + d candidates, I + d flags */
@@ -159,26 +160,6 @@ select_range(void *arg, int thread_no, int64_t begin, int64_t end)
 	return 0;
 }
 
-/*
- * rev (n x d) receives, for each node, the sources of the pass-1 edges into
- * it: by the edge's place in its source's list, then by source id, at most
- * d (the rest would rank behind the kNN list's own candidates anyway).
- */
-static void
-select_gather_reverse(const int32_t *pruned, int64_t n, int d, int32_t *rev,
-					  int *n_rev)
-{
-	memset(n_rev, 0, n * sizeof(int));
-	for (int k = 0; k < d; k++)
-		for (int64_t src = 0; src < n; src++)
-		{
-			int32_t		dst = pruned[src * d + k];
-
-			if (dst >= 0 && dst != src && n_rev[dst] < d)
-				rev[(int64_t) dst * d + n_rev[dst]++] = (int32_t) src;
-		}
-}
-
 CagraStatus
 cagra_prune_distance(const float *data, int64_t n, int dim,
 					 CagraMetric metric, const int32_t *knn, int I, int d,
@@ -198,12 +179,8 @@ cagra_prune_distance(const float *data, int64_t n, int dim,
 		return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
 						   "cannot prune %lld rows of degree %d to degree %d by distance",
 						   (long long) n, I, d);
-	for (int64_t i = 0; i < n * I; i++)
-		if (knn[i] < -1 || knn[i] >= n)
-			return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
-							   "kNN graph row %lld holds node %d, not in 0..%lld",
-							   (long long) (i / I), (int) knn[i],
-							   (long long) n - 1);
+	if (cagra_graph_check(knn, n, I, "kNN graph", errbuf, errlen) != CAGRA_OK)
+		return CAGRA_ERR_PARAM;
 
 	cagra_kernels_ready();
 	n_threads = cagra_thread_count(n_threads);
@@ -249,7 +226,7 @@ cagra_prune_distance(const float *data, int64_t n, int dim,
 	if (ok && rc == 0)
 	{
 		/* pass 2: the kNN list and the pass-1 edges into the node */
-		select_gather_reverse(pruned, n, d, rev, n_rev);
+		cagra_reverse_lists(pruned, n, d, rev, n_rev);
 		job.rev = rev;
 		job.n_rev = n_rev;
 		job.out = graph;

@@ -31,6 +31,19 @@ cagra_error(CagraStatus status, char *errbuf, size_t errlen,
 	return status;
 }
 
+CagraStatus
+cagra_graph_check(const int32_t *graph, int64_t n, int degree,
+				  const char *name, char *errbuf, size_t errlen)
+{
+	for (int64_t i = 0; i < n * degree; i++)
+		if (graph[i] < -1 || graph[i] >= n)
+			return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
+							   "%s row %lld holds node %d, not in 0..%lld",
+							   name, (long long) (i / degree), (int) graph[i],
+							   (long long) n - 1);
+	return CAGRA_OK;
+}
+
 void
 cagra_kernels_ready(void)
 {
