@@ -126,7 +126,8 @@ select_row(const SelectJob *job, const SelectCandidate *cands, int n_cands,
 		bool		occluded = false;
 
 		for (int j = 0; j < len && !occluded; j++)
-			occluded = select_distance(job, cands[i].id, out[j]) < cands[i].dist;
+			occluded = select_distance(job, cands[i].id, out[j]) <
+				cands[i].dist;
 		if (!occluded)
 		{
 			kept[i] = 1;
@@ -256,13 +257,19 @@ cagra_prune_distance(const float *data, int64_t n, int dim,
 						   "out of memory for pruning %lld rows by distance",
 						   (long long) n);
 	if (rc == CAGRA_ERR_CANCELED)
-		return cagra_error(CAGRA_ERR_CANCELED, errbuf, errlen, "pruning canceled");
+		return cagra_error(CAGRA_ERR_CANCELED, errbuf, errlen,
+						   "pruning canceled");
 	return CAGRA_OK;
 }
 
 /* ---------------------------------------------------------------------- */
 
-/* The survey's rows: this many, evenly spaced. */
+/*
+ * The survey's rows: this many, evenly spaced.  Per row, the detour share
+ * (what cagra_prune_graph decides by) is counted over all pairs of its
+ * list, O(I^3) id comparisons; what the heuristic keeps and the local
+ * intrinsic dimension are diagnostics for the driver.
+ */
 #define SURVEY_ROWS 256
 
 void
@@ -317,7 +324,10 @@ cagra_prune_survey(const float *data, int64_t n, int dim, CagraMetric metric,
 					}
 			}
 		}
-		/* Levina & Bickel's MLE of the local intrinsic dimension */
+		/*
+		 * the local intrinsic dimension by maximum likelihood (Levina &
+		 * Bickel, NIPS 2004) over the row's list
+		 */
 		if (metric != CAGRA_METRIC_INNER_PRODUCT && n_cands > 1)
 		{
 			/* L2 and cosine distances are squares of lengths (chords) */
@@ -327,7 +337,8 @@ cagra_prune_survey(const float *data, int64_t n, int dim, CagraMetric metric,
 
 			for (int i = 0; i < n_cands - 1; i++)
 			{
-				double		near = squared ? sqrt(cands[i].dist) : cands[i].dist;
+				double		near = squared ? sqrt(cands[i].dist) :
+					cands[i].dist;
 
 				if (near > 0 && far > near)
 				{
