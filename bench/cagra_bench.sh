@@ -9,10 +9,15 @@
 #
 #	bash bench/cagra_bench.sh			the generated sets, and the real sets
 #										found under bench/data
+#	PRUNE=detour,auto bash bench/cagra_bench.sh
+#										one CAGRA build per pruning (driver's
+#										--prune; default auto, as the index)
 #
 # Generated: 1000 separated clusters (100k x 128), 1000 clusters along a
 # 16-d subspace (20k x 64), heavy duplicates (100k rows of 10k vectors),
-# the clusters again under inner product.  Real, when bench/run.sh has
+# the clusters again under inner product, the demo's data (200 Gaussian
+# topics of sigma 1.5 in 64-d, 10k rows) and 10k random rows in 32-d under
+# the cosine metric (no cluster structure).  Real, when bench/run.sh has
 # fetched them: fashion-mnist-784 (L2, 784-d), words-gcide-100 (cosine,
 # fastText word vectors) and tfidf-gcide-256 (cosine).
 set -euo pipefail
@@ -44,8 +49,8 @@ run() {
 	echo "== $name"
 	bench/bin/cagra_build --file "$file" --n "$n" --dim "$dim" --index \
 		--threads 2 --knn partitioned --I 48 --d 32 --knn-sample 10 \
-		--ef 10,20,40,80,160,320 "$@" |
-		grep -E '^index build|^cagra index|  ef |lists probed|NN-descent'
+		--ef 10,20,40,80,160,320 --prune "${PRUNE:-auto}" "$@" |
+		grep -E '^index build|^cagra index|  ef |lists probed|NN-descent|^pruning'
 }
 
 {
@@ -57,6 +62,12 @@ run() {
 	sub=$(gen cagra-sub16-20k-64 --n 20000 --dim 64 --queries 300 \
 		--clusters 1000 --spread 0.05 --noise 0.02 --intrinsic 16 --seed 3)
 	run "1000 clusters along 16 dimensions, 20k x 64, L2" "$sub" 20000 64 --queries 300
+	topics=$(gen cagra-topics-10k-64 --n 10000 --dim 64 --intrinsic 64 --queries 1000 \
+		--clusters 200 --spread 1.5 --noise 0 --plain 1 --seed 11)
+	run "the demo's topics: 200 in 64-d, sigma 1.5, 10k rows, L2" "$topics" 10000 64
+	random=$(gen cagra-random-10k-32 --n 10000 --dim 32 --intrinsic 32 --queries 1000 \
+		--clusters 1 --spread 1 --centre-scale 0 --noise 0 --plain 1 --seed 13)
+	run "random rows, 10k x 32, cosine" "$random" 10000 32 --metric cosine
 	if [ -f "$data/fashion-mnist-784/queries.f32" ]; then
 		run "fashion-mnist, 60k x 784, L2" "$(joined "$data/fashion-mnist-784")" 60000 784
 	fi

@@ -46,6 +46,8 @@ typedef struct Options
 	int			n_queries;		/* held out after the base rows */
 	CagraParams params;
 	int			detours;		/* bit 0: any rank (cuVS), bit 1: paper */
+	CagraPruning prunings[3];	/* index: CAGRA builds, one per pruning */
+	int			n_prunings;
 	bool		gpu;
 	bool		compare_cpu;
 	bool		index;			/* compare HNSW- and CAGRA-built index graphs */
@@ -652,6 +654,39 @@ run_gpu(const Bench *b, double recall[2][MAX_EFS], int32_t *knn)
 /* ---------------------------------------------------------------------- */
 /* Index graphs */
 
+static const char *
+pruning_name(CagraPruning pruning)
+{
+	return pruning == CAGRA_PRUNE_AUTO ? "auto" :
+		pruning == CAGRA_PRUNE_DETOUR ? "detour" : "distance";
+}
+
+/* --prune: a comma-separated list of auto, detour, distance */
+static void
+parse_prunings(Options *opt, const char *list)
+{
+	char		buf[64];
+	char	   *save = NULL;
+
+	snprintf(buf, sizeof(buf), "%s", list);
+	opt->n_prunings = 0;
+	for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save))
+	{
+		if (opt->n_prunings == 3)
+			die("--prune", "at most three prunings");
+		if (strcmp(t, "auto") == 0)
+			opt->prunings[opt->n_prunings++] = CAGRA_PRUNE_AUTO;
+		else if (strcmp(t, "detour") == 0)
+			opt->prunings[opt->n_prunings++] = CAGRA_PRUNE_DETOUR;
+		else if (strcmp(t, "distance") == 0)
+			opt->prunings[opt->n_prunings++] = CAGRA_PRUNE_DISTANCE;
+		else
+			die("--prune", "expected auto, detour or distance, comma-separated");
+	}
+	if (opt->n_prunings == 0)
+		die("--prune", "expected auto, detour or distance, comma-separated");
+}
+
 /*
  * --index: the graphs the index writes, searched as the index searches
  * them (hnsw.h, pure half): HNSW insertion of every row against CAGRA's
@@ -730,7 +765,8 @@ index_link_upper(void *arg)
 
 /* As cagra_index.c builds it: upper levels on a thread while level 0 is made. */
 static HnswGraph *
-index_build_cagra(const Bench *b, double *seconds, double *cpu)
+index_build_cagra(const Bench *b, const CagraParams *params, double *seconds,
+				  double *cpu)
 {
 	const Options *opt = b->opt;
 	HnswGraph  *g = index_graph_new(opt);
@@ -753,7 +789,7 @@ index_build_cagra(const Bench *b, double *seconds, double *cpu)
 	upper = cagra_thread_start(index_link_upper, g);
 	if (upper == NULL)
 		hnsw_graph_link_upper(g);
-	if (cagra_build(b->base, opt->n, opt->dim, &opt->params, graph, &st,
+	if (cagra_build(b->base, opt->n, opt->dim, params, graph, &st,
 					err, sizeof(err)) != CAGRA_OK)
 		die("cagra build", err);
 	cagra_thread_join(upper);
@@ -761,6 +797,7 @@ index_build_cagra(const Bench *b, double *seconds, double *cpu)
 	c_graph = cpu_seconds() - c;
 	c_level0 = cpu_seconds();
 	if (cagra_hnsw_level0(g, graph, opt->params.graph_degree,
+						  st.prune.pruning == CAGRA_PRUNE_DISTANCE,
 						  opt->params.n_threads, NULL, &dropped,
 						  err, sizeof(err)) != CAGRA_OK)
 		die("level 0", err);
@@ -776,6 +813,14 @@ index_build_cagra(const Bench *b, double *seconds, double *cpu)
 		   st.knn_seconds, st.prune_seconds, st.reverse_seconds, t_level0,
 		   (long long) added, c_graph, c_level0);
 	print_knn_stats(&st.knn);
+	printf("pruning %s -> %s: survey of %lld rows: detour share %.4f, heuristic keeps %.2f of %d, "
+		   "local intrinsic dimension %.2f; seconds: survey %.3f, detours %.3f, merge %.3f, distance %.3f\n",
+		   pruning_name(params->pruning), pruning_name(st.prune.pruning),
+		   (long long) st.prune.survey.rows,
+		   st.prune.survey.detour_share, st.prune.survey.heuristic_kept,
+		   params->intermediate_degree, st.prune.survey.lid,
+		   st.prune.survey_seconds, st.prune.detour_seconds,
+		   st.prune.merge_seconds, st.prune.distance_seconds);
 	free(graph);
 	return g;
 }
@@ -807,37 +852,53 @@ run_index(const Bench *b)
 {
 	const Options *opt = b->opt;
 	double		hnsw_recall[MAX_EFS],
-				cagra_recall[MAX_EFS];
-	double		hnsw_seconds,
-				cagra_seconds,
-				hnsw_cpu,
-				cagra_cpu;
+				cagra_recall[3][MAX_EFS];
+	double		hnsw_seconds = 0,
+				cagra_seconds[3],
+				hnsw_cpu = 0,
+				cagra_cpu[3];
 	HnswGraph  *g;
 
-	g = index_build_cagra(b, &cagra_seconds, &cagra_cpu);
-	index_recall(b, g, cagra_recall);
-	hnsw_graph_free(g);
-	if (opt->cagra_only)
+	for (int p = 0; p < opt->n_prunings; p++)
 	{
-		printf("index build: cagra %.2f s (%d threads), CPU time %.2f s\n",
-			   cagra_seconds, cagra_thread_count(opt->params.n_threads),
-			   cagra_cpu);
-		for (int e = 0; e < opt->n_efs; e++)
-			printf("    ef %4d  recall@%d cagra-built %.4f\n",
-				   opt->efs[e], RECALL_K, cagra_recall[e]);
-		return;
+		CagraParams params = opt->params;
+
+		params.pruning = opt->prunings[p];
+		g = index_build_cagra(b, &params, &cagra_seconds[p], &cagra_cpu[p]);
+		index_recall(b, g, cagra_recall[p]);
+		hnsw_graph_free(g);
 	}
-	g = index_build_hnsw(b, &hnsw_seconds, &hnsw_cpu);
-	index_recall(b, g, hnsw_recall);
-	hnsw_graph_free(g);
-	printf("index build: hnsw %.2f s (serial), cagra %.2f s (%d threads): %.2fx; "
-		   "CPU time hnsw %.2f s, cagra %.2f s: %.2fx\n",
-		   hnsw_seconds, cagra_seconds, cagra_thread_count(opt->params.n_threads),
-		   cagra_seconds / hnsw_seconds, hnsw_cpu, cagra_cpu, cagra_cpu / hnsw_cpu);
-	for (int e = 0; e < opt->n_efs; e++)
-		printf("    ef %4d  recall@%d hnsw-built %.4f  cagra-built %.4f  (%+.2f points)\n",
-			   opt->efs[e], RECALL_K, hnsw_recall[e], cagra_recall[e],
-			   100.0 * (cagra_recall[e] - hnsw_recall[e]));
+	if (!opt->cagra_only)
+	{
+		g = index_build_hnsw(b, &hnsw_seconds, &hnsw_cpu);
+		index_recall(b, g, hnsw_recall);
+		hnsw_graph_free(g);
+	}
+	for (int p = 0; p < opt->n_prunings; p++)
+	{
+		const char *name = pruning_name(opt->prunings[p]);
+
+		if (opt->cagra_only)
+			printf("index build: cagra (%s) %.2f s (%d threads), CPU time %.2f s\n",
+				   name, cagra_seconds[p],
+				   cagra_thread_count(opt->params.n_threads), cagra_cpu[p]);
+		else
+			printf("index build: hnsw %.2f s (serial), cagra (%s) %.2f s (%d threads): %.2fx; "
+				   "CPU time hnsw %.2f s, cagra %.2f s: %.2fx\n",
+				   hnsw_seconds, name, cagra_seconds[p],
+				   cagra_thread_count(opt->params.n_threads),
+				   cagra_seconds[p] / hnsw_seconds, hnsw_cpu, cagra_cpu[p],
+				   cagra_cpu[p] / hnsw_cpu);
+		for (int e = 0; e < opt->n_efs; e++)
+			if (opt->cagra_only)
+				printf("    ef %4d  recall@%d cagra-built (%s) %.4f\n",
+					   opt->efs[e], RECALL_K, name, cagra_recall[p][e]);
+			else
+				printf("    ef %4d  recall@%d hnsw-built %.4f  cagra-built (%s) %.4f  (%+.2f points)\n",
+					   opt->efs[e], RECALL_K, hnsw_recall[e], name,
+					   cagra_recall[p][e],
+					   100.0 * (cagra_recall[p][e] - hnsw_recall[e]));
+	}
 }
 
 /* ---------------------------------------------------------------------- */
@@ -856,6 +917,7 @@ usage(void)
 			"         [--ef 10,20,...]\n"
 			"         [--knn-sample S] [--seed S] [--dump PATH]\n"
 			"         [--index [--m M] [--ef-construction EF]] [--cagra-only]\n"
+			"         [--prune auto|detour|distance[,...]]\n"
 			"         [--expect-mode resident|streamed] [--max-gpu-seconds S]\n"
 			"         [--min-knn-recall R] [--distinct N]\n"
 			"The file holds (N + Q) x D float32, row-major; the last Q rows are\n"
@@ -906,6 +968,8 @@ parse_args(Options *opt, int argc, char **argv)
 	opt->dim = 128;
 	opt->n_queries = 1000;
 	opt->detours = 3;
+	opt->prunings[0] = CAGRA_PRUNE_AUTO;
+	opt->n_prunings = 1;
 	opt->cuda_lib = "cuda/gnnvec_cuda.so";
 	opt->knn_sample = 200;
 	opt->seed = 42;
@@ -972,6 +1036,8 @@ parse_args(Options *opt, int argc, char **argv)
 			opt->params.refine_iterations = atoi(v);
 		else if (strcmp(a, "--threads") == 0)
 			opt->params.n_threads = atoi(v);
+		else if (strcmp(a, "--prune") == 0)
+			parse_prunings(opt, v);
 		else if (strcmp(a, "--detour") == 0)
 			opt->detours = strcmp(v, "cuvs") == 0 ? 1 : strcmp(v, "paper") == 0 ? 2 : 3;
 		else if (strcmp(a, "--device") == 0)

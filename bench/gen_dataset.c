@@ -14,6 +14,11 @@
  *     Gaussian matrix (dim x intrinsic, scaled by 1/sqrt(intrinsic));
  *   - finally isotropic noise N(0, noise^2) is added in all `dim` dimensions.
  *
+ * --plain 1 (intrinsic = dim) drops the map and the Zipf weights: topics of
+ * equal size in the output space itself, the data of the demo (200 topics,
+ * spread 1.5) or, with one topic and --centre-scale 0, Gaussian rows whose
+ * directions are uniform (random rows under the cosine metric).
+ *
  * Queries are drawn from the same distribution (not copies of base rows).
  * Ground truth is the exact top-k by L2 distance, computed with a GEMM pass
  * (OpenBLAS) for candidates and re-ranked in double precision.
@@ -43,6 +48,8 @@ typedef struct Params
 	int			k;
 	double		spread;
 	double		noise;
+	double		centre_scale;	/* topic centres ~ N(0, centre_scale^2) */
+	int			plain;			/* topics of equal weight, no random map */
 	uint64_t	seed;
 	const char *out;
 } Params;
@@ -243,14 +250,14 @@ usage(void)
 	fprintf(stderr,
 			"usage: gen_dataset --out DIR [--n 100000] [--dim 128] [--queries 1000]\n"
 			"       [--clusters 100] [--intrinsic 16] [--k 100] [--spread 0.35]\n"
-			"       [--noise 0.05] [--seed 42]\n");
+			"       [--noise 0.05] [--centre-scale 1] [--plain 0|1] [--seed 42]\n");
 	exit(2);
 }
 
 int
 main(int argc, char **argv)
 {
-	Params		p = {100000, 128, 1000, 100, 16, 100, 0.35, 0.05, 42, NULL};
+	Params		p = {100000, 128, 1000, 100, 16, 100, 0.35, 0.05, 1.0, 0, 42, NULL};
 	uint64_t	s;
 	double	   *centres,
 			   *cumulative,
@@ -281,6 +288,10 @@ main(int argc, char **argv)
 			p.spread = atof(v);
 		else if (!strcmp(k, "--noise"))
 			p.noise = atof(v);
+		else if (!strcmp(k, "--centre-scale"))
+			p.centre_scale = atof(v);
+		else if (!strcmp(k, "--plain"))
+			p.plain = atoi(v);
 		else if (!strcmp(k, "--seed"))
 			p.seed = strtoull(v, NULL, 10);
 		else if (!strcmp(k, "--out"))
@@ -289,7 +300,7 @@ main(int argc, char **argv)
 			usage();
 	}
 	if (p.out == NULL || p.n < p.k || p.dim < 1 || p.queries < 1 || p.clusters < 1 ||
-		p.intrinsic < 1 || p.k < 1)
+		p.intrinsic < 1 || p.k < 1 || (p.plain && p.intrinsic != p.dim))
 		usage();
 	mkdir(p.out, 0755);
 
@@ -298,11 +309,13 @@ main(int argc, char **argv)
 	cumulative = xmalloc(sizeof(double) * p.clusters);
 	proj = xmalloc(sizeof(double) * p.dim * p.intrinsic);
 	for (long i = 0; i < (long) p.clusters * p.intrinsic; i++)
-		centres[i] = splitmix64_normal(&s);
+		centres[i] = p.centre_scale * splitmix64_normal(&s);
 	for (int t = 0; t < p.clusters; t++)
-		cumulative[t] = (t ? cumulative[t - 1] : 0.0) + 1.0 / (1.0 + t / 8.0);
+		cumulative[t] = (t ? cumulative[t - 1] : 0.0) +
+			(p.plain ? 1.0 : 1.0 / (1.0 + t / 8.0));
 	for (long i = 0; i < (long) p.dim * p.intrinsic; i++)
-		proj[i] = splitmix64_normal(&s) / sqrt((double) p.intrinsic);
+		proj[i] = p.plain ? (double) (i / p.intrinsic == i % p.intrinsic) :
+			splitmix64_normal(&s) / sqrt((double) p.intrinsic);
 
 	base = xmalloc(sizeof(float) * p.n * p.dim);
 	queries = xmalloc(sizeof(float) * p.queries * p.dim);
@@ -316,8 +329,9 @@ main(int argc, char **argv)
 	write_file(p.out, "gt.i32", gt, sizeof(int32_t) * p.queries * p.k);
 	snprintf(meta, sizeof(meta),
 			 "n=%ld\ndim=%d\nqueries=%d\nk=%d\nclusters=%d\nintrinsic=%d\n"
-			 "spread=%g\nnoise=%g\nseed=%llu\nmetric=l2\n",
+			 "spread=%g\nnoise=%g\ncentre_scale=%g\nplain=%d\nseed=%llu\nmetric=l2\n",
 			 p.n, p.dim, p.queries, p.k, p.clusters, p.intrinsic, p.spread, p.noise,
+			 p.centre_scale, p.plain,
 			 (unsigned long long) p.seed);
 	write_file(p.out, "meta.txt", meta, strlen(meta));
 	printf("wrote %s: %ld x %d base, %d queries, top-%d ground truth\n",

@@ -3,7 +3,9 @@
 -- exact search on 10,000 vectors (half uniform, half in 20 clusters) for
 -- every operator class, and gnnvec_index_check after the build, after
 -- inserts and after DELETE + VACUUM; recall floors on 20,000 vectors in
--- 1,000 small clusters, where a kNN graph is islands.
+-- 1,000 small clusters, where a kNN graph is islands, and against the hnsw
+-- build on random rows and the demo's topics, where the build prunes by
+-- distance.
 CREATE EXTENSION IF NOT EXISTS gnnvec;
 SET client_min_messages = warning;
 SELECT setseed(0.5);
@@ -224,21 +226,23 @@ DROP TABLE cc;
 
 -- high intrinsic dimension: 10,000 random directions in 32 dimensions
 -- (cosine), where the k-means lists of the partitioned kNN hold few of a
--- row's true neighbours and NN-descent (cagra_refine.c) finds the rest.
--- recall@10 at ef_search 10 / 20 / 40 / 80: 0.492 / 0.646 / 0.788 / 0.917
--- without NN-descent, 0.576 / 0.775 / 0.900 / 0.981 with it; the hnsw
--- build of the same rows gave 0.591 / 0.755 / 0.904 / 0.982 while new
--- elements linked to m neighbours at level 0, and gives 0.707 / 0.878 /
--- 0.964 / 0.993 since they link to 2m (cagra 0.644 / 0.831 / 0.932 / 0.992
--- in the same run): CAGRA trails by about 3 points at ef 40 here, short of
--- issue 13's half a point; the check below guards against a wider gap.
+-- row's true neighbours and NN-descent (cagra_refine.c) finds the rest,
+-- and where a closer neighbour rarely lists a farther one (detour share
+-- about 0.07), so the build prunes by distance and keeps only the long
+-- edges no CAGRA edge covers (cagra_select.c, cagra_hnsw.c).  recall@10
+-- at ef_search 10 / 20 / 40 (300 queries, 2026-12-07): 0.676 / 0.832 /
+-- 0.957, the hnsw build 0.663 / 0.829 / 0.950.  Pruned by detour counts
+-- with all long edges, the CAGRA build trailed by 1-1.5 points at ef 10
+-- (bench/bin/cagra_build on four such sets; in an earlier run of this
+-- test with 100 queries, 0.644 / 0.831 / 0.932 against 0.707 / 0.878 /
+-- 0.964).
 CREATE TABLE cr (id int PRIMARY KEY, v vector(32));
 INSERT INTO cr
 	SELECT i, (SELECT array_agg((random() + random() + random() - 1.5)::real) FROM generate_series(1, 32) WHERE i > 0)::vector
 	FROM generate_series(1, 10000) i;
 CREATE TEMP TABLE cr_q AS
 	SELECT i AS qid, (SELECT array_agg((random() + random() + random() - 1.5)::real) FROM generate_series(1, 32) WHERE i > 0)::vector AS q
-	FROM generate_series(1, 100) i;
+	FROM generate_series(1, 300) i;
 SET enable_indexscan = off;
 SET enable_bitmapscan = off;
 CREATE TEMP TABLE cr_truth AS
@@ -256,15 +260,65 @@ BEGIN
 	RETURN r;
 END $$;
 CREATE INDEX cr_v ON cr USING gnnhnsw (v vector_cosine_ops) WITH (build_method = 'cagra');
-CREATE TEMP TABLE cr_cagra AS SELECT cr_recall(40) AS r40;
-SELECT cr_recall(20) >= 0.72 AS random_recall_ef20_ok,
-	(SELECT r40 FROM cr_cagra) >= 0.86 AS random_recall_ef40_ok;
+CREATE TEMP TABLE cr_cagra AS SELECT cr_recall(10) AS r10, cr_recall(20) AS r20, cr_recall(40) AS r40;
+SELECT r10 >= 0.63 AS random_recall_ef10_ok, r20 >= 0.8 AS random_recall_ef20_ok,
+	r40 >= 0.93 AS random_recall_ef40_ok FROM cr_cagra;
 SELECT count(*) AS random_problems FROM gnnvec_index_check('cr_v');
 DROP INDEX cr_v;
 CREATE INDEX cr_h ON cr USING gnnhnsw (v vector_cosine_ops);
-SELECT (SELECT r40 FROM cr_cagra) >= cr_recall(40) - 0.05 AS random_near_hnsw_ef40;
+SELECT r10 >= cr_recall(10) - 0.01 AS random_near_hnsw_ef10,
+	r20 >= cr_recall(20) - 0.01 AS random_near_hnsw_ef20 FROM cr_cagra;
 DROP FUNCTION cr_recall(int);
 DROP TABLE cr;
+
+-- the demo's data (test/demo.sh): 200 Gaussian topics in 64 dimensions,
+-- each row its topic's centre plus noise of sigma 1.5, so that topics
+-- overlap and a row's kNN list is nearly random among its neighbours'
+-- (detour share about 0.11): pruned by detour counts, the CAGRA build
+-- trailed the hnsw build by 5.0 / 3.0 / 1.6 points at ef 10 / 20 / 40
+-- (bench/cagra_bench.sh; -5.7 / -3.0 / -2.2 in an earlier run); pruned by
+-- distance it is at or above it.  Here (300 queries, 2026-12-07) recall@10
+-- at ef_search 10 / 20 / 40: 0.751 / 0.861 / 0.933, the hnsw build 0.743 /
+-- 0.847 / 0.933.
+CREATE FUNCTION ct_gauss() RETURNS float8 LANGUAGE sql VOLATILE AS
+	$$ SELECT sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()) $$;
+CREATE TEMP TABLE ct_topic AS
+	SELECT t, array_agg(ct_gauss() ORDER BY d) AS c
+	FROM generate_series(0, 199) t, generate_series(1, 64) d GROUP BY t;
+CREATE TABLE ct (id int PRIMARY KEY, v vector(64));
+INSERT INTO ct
+	SELECT i, (SELECT array_agg(x + 1.5 * ct_gauss() ORDER BY k) FROM unnest(c) WITH ORDINALITY u(x, k))::vector
+	FROM generate_series(1, 10000) i JOIN ct_topic ON t = i % 200;
+CREATE TEMP TABLE ct_q AS
+	SELECT i AS qid, (SELECT array_agg(x + 1.5 * ct_gauss() ORDER BY k) FROM unnest(c) WITH ORDINALITY u(x, k))::vector(64) AS q
+	FROM generate_series(1, 300) i JOIN ct_topic ON t = i % 200;
+SET enable_indexscan = off;
+SET enable_bitmapscan = off;
+CREATE TEMP TABLE ct_truth AS
+	SELECT qid, id FROM ct_q, LATERAL (SELECT id FROM ct ORDER BY v <-> q, id LIMIT 10) s;
+RESET enable_indexscan;
+RESET enable_bitmapscan;
+CREATE FUNCTION ct_recall(ef int) RETURNS float8 LANGUAGE plpgsql AS $$
+DECLARE
+	r float8;
+BEGIN
+	EXECUTE format('SET LOCAL gnnvec.ef_search = %s', ef);
+	SET LOCAL enable_seqscan = off;
+	SELECT count(*)::float8 / (SELECT count(*) FROM ct_truth) INTO r
+		FROM ct_truth JOIN (SELECT qid, id FROM ct_q, LATERAL (SELECT id FROM ct ORDER BY v <-> q LIMIT 10) s) a USING (qid, id);
+	RETURN r;
+END $$;
+CREATE INDEX ct_v ON ct USING gnnhnsw (v) WITH (build_method = 'cagra');
+CREATE TEMP TABLE ct_cagra AS SELECT ct_recall(10) AS r10, ct_recall(20) AS r20;
+SELECT r10 >= 0.73 AS topics_recall_ef10_ok, r20 >= 0.84 AS topics_recall_ef20_ok FROM ct_cagra;
+SELECT count(*) AS topics_problems FROM gnnvec_index_check('ct_v');
+DROP INDEX ct_v;
+CREATE INDEX ct_h ON ct USING gnnhnsw (v);
+SELECT r10 >= ct_recall(10) - 0.01 AS topics_near_hnsw_ef10,
+	r20 >= ct_recall(20) - 0.01 AS topics_near_hnsw_ef20 FROM ct_cagra;
+DROP FUNCTION ct_recall(int);
+DROP FUNCTION ct_gauss();
+DROP TABLE ct;
 
 -- heavy duplicates: 1,000 vectors ten times each.  Identical vectors share
 -- one element, as in an HNSW build; each stored vector's ten copies are the

@@ -65,6 +65,15 @@ typedef enum CagraDetour
 	CAGRA_DETOUR_RANK_BELOW		/* paper: B's rank in D's list is < b */
 } CagraDetour;
 
+/* How stage 2 chooses each node's d edges (cagra_select.c). */
+typedef enum CagraPruning
+{
+	CAGRA_PRUNE_AUTO = 0,		/* by the survey's detour share
+								 * (cagra_prune_graph) */
+	CAGRA_PRUNE_DETOUR,			/* CAGRA's detour counts (cagra_prune) */
+	CAGRA_PRUNE_DISTANCE		/* HNSW's heuristic (cagra_prune_distance) */
+} CagraPruning;
+
 typedef enum CagraStatus
 {
 	CAGRA_OK = 0,
@@ -109,6 +118,7 @@ typedef struct CagraParams
 	int			intermediate_degree;	/* I: degree of the kNN graph */
 	int			graph_degree;	/* d: degree of the final graph, d <= I */
 	CagraDetour detour;
+	CagraPruning pruning;		/* CPU only: the GPU prunes by detours */
 	bool		guarantee_connectivity;
 	int32_t		entry;			/* node the graph must be reachable from; -1:
 								 * the node closest to the mean */
@@ -139,6 +149,27 @@ typedef struct CagraKnnStats
 	CagraRefineStats refine;
 } CagraKnnStats;
 
+/* What cagra_prune_survey measured on a kNN graph. */
+typedef struct CagraPruneSurvey
+{
+	int64_t		rows;			/* rows surveyed */
+	double		detour_share;	/* pairs (closer a, farther b) of a list with b
+								 * in a's list */
+	double		heuristic_kept; /* candidates of I the heuristic keeps, mean */
+	double		lid;			/* local intrinsic dimension (MLE), -1: none */
+} CagraPruneSurvey;
+
+/* What cagra_prune_graph measured and chose. */
+typedef struct CagraPruneStats
+{
+	CagraPruning pruning;		/* the one used: DETOUR or DISTANCE */
+	CagraPruneSurvey survey;	/* AUTO only */
+	double		survey_seconds;
+	double		detour_seconds; /* cagra_prune */
+	double		merge_seconds;	/* cagra_merge_reverse */
+	double		distance_seconds;	/* cagra_prune_distance */
+} CagraPruneStats;
+
 /* What cagra_build measured and decided. */
 typedef struct CagraStats
 {
@@ -148,6 +179,7 @@ typedef struct CagraStats
 	double		reverse_seconds;
 	double		connect_seconds;
 	CagraKnnStats knn;			/* CPU only */
+	CagraPruneStats prune;		/* CPU only */
 	int32_t		entry;			/* the entry node used */
 	int64_t		unreachable;	/* nodes unreachable from entry before repair */
 	int64_t		repair_edges;	/* edges the connectivity repair added */
@@ -365,6 +397,58 @@ extern CagraStatus cagra_prune(const int32_t *knn, int64_t n, int knn_degree,
 							   int32_t *pruned, char *errbuf, size_t errlen);
 
 /*
+ * Stages 2 and 3 by distance (cagra_select.c): graph (n x d) receives each
+ * node's list selected by HNSW's neighbour heuristic among its kNN list
+ * (n x I, -1 allowed), then again among that list and the nodes whose
+ * selected lists hold it.  The result does not depend on n_threads.
+ */
+extern CagraStatus cagra_prune_distance(const float *data, int64_t n, int dim,
+										CagraMetric metric, const int32_t *knn,
+										int knn_degree, int d, int n_threads,
+										const CagraInterrupt *interrupt,
+										int32_t *graph,
+										char *errbuf, size_t errlen);
+
+/* Measure a kNN graph (n x I) on evenly spaced rows, to choose the pruning. */
+extern void cagra_prune_survey(const float *data, int64_t n, int dim,
+							   CagraMetric metric, const int32_t *knn,
+							   int knn_degree, CagraPruneSurvey *survey);
+
+/*
+ * Stages 2 and 3 as params->pruning says, from the kNN graph (n x I) into
+ * graph (n x d): DETOUR, cagra_prune and cagra_merge_reverse; DISTANCE,
+ * cagra_prune_distance; AUTO, DISTANCE when the survey's detour share is
+ * below CAGRA_PRUNE_DISTANCE_SHARE, except under inner product (whose
+ * "distance" is no metric: the heuristic's geometry does not hold), and
+ * DETOUR otherwise.  At most 3 d + 1 ints per row of scratch.  The result
+ * does not depend on n_threads.
+ *
+ * The share says how much the counts can tell: an edge at rank b has about
+ * share x b detourable routes, so at share 0.2 and d = 32 the edges around
+ * the cut average fewer than 7, a count whose chance variation (Poisson,
+ * about its square root) is as large as the differences the pruning ranks
+ * by.  Measured (bench/cagra_bench.sh, docs/cagra.md): 0.07 on random
+ * rows, 0.09 on tf-idf, 0.11 on the demo's topics, where distance pruning
+ * gains up to 5 points at ef 10 or loses within noise; 0.24 on the word
+ * vectors and 0.32 on Fashion-MNIST, where it loses 0.5-1 point and costs
+ * CPU time; 0.5-0.8 on the clustered sets.
+ */
+#define CAGRA_PRUNE_DISTANCE_SHARE 0.2
+extern CagraStatus cagra_prune_graph(const float *data, int64_t n, int dim,
+									 const CagraParams *params,
+									 const int32_t *knn, int32_t *graph,
+									 CagraPruneStats *stats,
+									 char *errbuf, size_t errlen);
+
+/*
+ * The reverse lists of a graph (n x d): rev (n x d) receives, for each
+ * node, the nodes whose rows hold it, by the edge's place in its source's
+ * row, then by source id, at most d; n_rev (n) how many.
+ */
+extern void cagra_reverse_lists(const int32_t *graph, int64_t n, int d,
+								int32_t *rev, int *n_rev);
+
+/*
  * Stage 3: graph (n x d) = the first d/2 edges of each pruned row, then the
  * reverse edges of the pruned graph (sources in order of the edge's rank in
  * the source's row, then of source id), then the remaining pruned edges;
@@ -427,6 +511,7 @@ extern int	cagra_search(CagraSearch *search, const int32_t *graph, int64_t n,
 						 const float *query, int32_t entry, int ef, int k,
 						 int32_t *ids, float *dists);
 
+
 /* Seconds since an arbitrary point (monotonic clock), for stage timings. */
 extern double cagra_now(void);
 
@@ -466,6 +551,14 @@ extern CagraStatus cagra_error(CagraStatus status, char *errbuf, size_t errlen,
 							   const char *fmt,...)
 			__attribute__((format(printf, 4, 5)));
 
+/*
+ * CAGRA_ERR_PARAM with a message naming the graph (name) unless every entry
+ * of graph (n rows of degree ids) is -1 or a node 0..n-1.
+ */
+extern CagraStatus cagra_graph_check(const int32_t *graph, int64_t n,
+									 int degree, const char *name,
+									 char *errbuf, size_t errlen);
+
 /* Pick the distance kernels if nobody has yet (call before threads start). */
 extern void cagra_kernels_ready(void);
 
@@ -473,13 +566,15 @@ extern void cagra_kernels_ready(void);
  * Level 0 of an HNSW build graph (hnsw.h) from a CAGRA graph of g->n rows
  * of degree ids, made navigable by long edges through the graph's upper
  * levels (cagra_hnsw.c), which must be linked already
- * (hnsw_graph_link_upper).  dropped receives the number of CAGRA edges
- * dropped (out of range, or beyond 2m).  Runs on n_threads threads (0:
- * every online CPU).
+ * (hnsw_graph_link_upper); with drop_covered_long_edges (for graphs pruned
+ * by distance) only those whose direction no CAGRA edge of the row covers.
+ * dropped receives the number of CAGRA edges dropped (out of range, or
+ * beyond 2m).  Runs on n_threads threads (0: every online CPU).
  */
 struct HnswGraph;
 extern CagraStatus cagra_hnsw_level0(struct HnswGraph *g, const int32_t *graph,
-									 int degree, int n_threads,
+									 int degree, bool drop_covered_long_edges,
+									 int n_threads,
 									 const CagraInterrupt *interrupt,
 									 int64_t *dropped,
 									 char *errbuf, size_t errlen);

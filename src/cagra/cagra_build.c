@@ -45,9 +45,7 @@ cagra_build(const float *data, int64_t n, int dim, const CagraParams *params,
 	CagraStats	local;
 	CagraStatus status;
 	int32_t    *knn = NULL;
-	int32_t    *pruned = NULL;
 	int			I = params->intermediate_degree;
-	int			d = params->graph_degree;
 	double		t;
 
 	if (stats == NULL)
@@ -57,11 +55,10 @@ cagra_build(const float *data, int64_t n, int dim, const CagraParams *params,
 	if (status != CAGRA_OK)
 		return status;
 	knn = malloc((size_t) n * I * sizeof(int32_t));
-	pruned = malloc((size_t) n * d * sizeof(int32_t));
-	if (knn == NULL || pruned == NULL)
+	if (knn == NULL)
 	{
 		status = cagra_error(CAGRA_ERR_NOMEM, errbuf, errlen,
-							 "out of memory for the graphs of %lld rows",
+							 "out of memory for the kNN graph of %lld rows",
 							 (long long) n);
 		goto done;
 	}
@@ -72,17 +69,11 @@ cagra_build(const float *data, int64_t n, int dim, const CagraParams *params,
 	if (status != CAGRA_OK)
 		goto done;
 
-	t = cagra_now();
-	status = cagra_prune(knn, n, I, d, params->detour, params->n_threads,
-						 &params->interrupt, pruned, errbuf, errlen);
-	stats->prune_seconds = cagra_now() - t;
-	if (status != CAGRA_OK)
-		goto done;
-
-	t = cagra_now();
-	status = cagra_merge_reverse(pruned, n, d, params->n_threads, graph,
-								 errbuf, errlen);
-	stats->reverse_seconds = cagra_now() - t;
+	status = cagra_prune_graph(data, n, dim, params, knn, graph, &stats->prune,
+							   errbuf, errlen);
+	stats->prune_seconds = stats->prune.survey_seconds +
+		stats->prune.detour_seconds + stats->prune.distance_seconds;
+	stats->reverse_seconds = stats->prune.merge_seconds;
 	if (status != CAGRA_OK)
 		goto done;
 
@@ -90,6 +81,5 @@ cagra_build(const float *data, int64_t n, int dim, const CagraParams *params,
 
 done:
 	free(knn);
-	free(pruned);
 	return status;
 }

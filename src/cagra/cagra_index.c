@@ -66,7 +66,7 @@
  * freed when the next one is done with it, so the kNN stage (the kNN
  * graph, its distances and NN-descent's scratch) is the peak for any
  * intermediate_graph_degree >= graph_degree: at I 48, d 32, 700 bytes
- * instead of the 956 of all buffers at once.
+ * against 584 for the pruning.
  */
 static size_t
 cagra_row_bytes(int intermediate, int degree)
@@ -74,10 +74,16 @@ cagra_row_bytes(int intermediate, int degree)
 	size_t		knn_stage = sizeof(int32) * intermediate	/* kNN graph */
 		+ sizeof(float) * intermediate	/* its distances */
 		+ cagra_knn_refine_row_bytes(intermediate, CAGRA_REFINE_SAMPLE);
-	size_t		prune_stage = sizeof(int32) * (intermediate + degree);
-	size_t		merge_stage = 2 * sizeof(int32) * degree;	/* pruned, final */
 
-	return Max(knn_stage, Max(prune_stage, merge_stage));
+	/*
+	 * Pruning (cagra_prune_graph): the kNN graph, the final graph, the
+	 * pruned graph and its reverse lists and counts, and by distance under
+	 * cosine the rows' reciprocal lengths.
+	 */
+	size_t		prune_stage = sizeof(int32) * (intermediate + 3 * degree + 1) +
+		sizeof(float);
+
+	return Max(knn_stage, prune_stage);
 }
 
 static CagraMetric
@@ -166,20 +172,20 @@ cagra_check_blas_kernels(CagraMetric metric)
  * the final graph (n x graph_degree).
  */
 static int32 *
-cagra_build_cpu(const float *data, int64 n, int dim, const CagraParams *params)
+cagra_build_cpu(const float *data, int64 n, int dim, const CagraParams *params,
+				CagraPruning *pruning)
 {
 	int			inter = params->intermediate_degree;
 	int			d = params->graph_degree;
 	int32	   *knn = MemoryContextAllocHuge(CurrentMemoryContext,
 											 sizeof(int32) * (Size) n * inter);
-	int32	   *pruned;
 	int32	   *graph;
 	char		errbuf[512];
 	CagraKnnStats knn_stats;
+	CagraPruneStats prune;
 	CagraStatus status;
 	double		t0 = cagra_now(),
-				t1,
-				t2;
+				t1;
 
 	cagra_check_blas_kernels(params->metric);
 
@@ -189,35 +195,30 @@ cagra_build_cpu(const float *data, int64 n, int dim, const CagraParams *params)
 					   sizeof(errbuf));
 	cagra_report(status, "kNN graph", errbuf);
 	t1 = cagra_now();
-	pruned = MemoryContextAllocHuge(CurrentMemoryContext,
-									sizeof(int32) * (Size) n * d);
-
-	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE,
-								 PROGRESS_HNSW_PHASE_CAGRA_PRUNE);
-	status = cagra_prune(knn, n, inter, d, params->detour, params->n_threads,
-						 &params->interrupt, pruned, errbuf, sizeof(errbuf));
-	cagra_report(status, "pruning", errbuf);
-	pfree(knn);
-	t2 = cagra_now();
 	graph = MemoryContextAllocHuge(CurrentMemoryContext,
 								   sizeof(int32) * (Size) n * d);
 
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE,
-								 PROGRESS_HNSW_PHASE_CAGRA_MERGE);
-	status = cagra_merge_reverse(pruned, n, d, params->n_threads, graph, errbuf,
-								 sizeof(errbuf));
-	cagra_report(status, "reverse-edge merge", errbuf);
-	pfree(pruned);
+								 PROGRESS_HNSW_PHASE_CAGRA_PRUNE);
+	status = cagra_prune_graph(data, n, dim, params, knn, graph, &prune,
+							   errbuf, sizeof(errbuf));
+	cagra_report(status, "pruning", errbuf);
+	pfree(knn);
+	*pruning = prune.pruning;
 
 	ereport(DEBUG1,
-			(errmsg_internal("gnnhnsw cagra (cpu, %d threads, %s kNN, %d of %d lists probed, %d NN-descent iterations, checked kNN recall %.3f -> %.3f): kNN %.2fs, prune %.2fs, merge %.2fs",
+			(errmsg_internal("gnnhnsw cagra (cpu, %d threads, %s kNN, %d of %d lists probed, %d NN-descent iterations, checked kNN recall %.3f -> %.3f, pruned by %s, detour share %.3f): kNN %.2fs, survey %.2fs, prune by detours %.2fs, merge %.2fs, prune by distance %.2fs",
 							 params->n_threads,
 							 params->knn_method == CAGRA_KNN_EXACT ? "exact" : "partitioned",
 							 knn_stats.probes, knn_stats.n_lists,
 							 knn_stats.refine.iterations,
 							 knn_stats.refine.recall_before,
 							 knn_stats.refine.recall_after,
-							 t1 - t0, t2 - t1, cagra_now() - t2)));
+							 prune.pruning == CAGRA_PRUNE_DISTANCE ? "distance" : "detour counts",
+							 prune.survey.detour_share,
+							 t1 - t0, prune.survey_seconds,
+							 prune.detour_seconds, prune.merge_seconds,
+							 prune.distance_seconds)));
 	return graph;
 }
 
@@ -301,7 +302,7 @@ cagra_link_upper_main(void *arg)
  */
 static int32 *
 cagra_build_levels(HnswBuildState *bs, CagraGpu *gpu, const float *data,
-				   int64 n, const CagraParams *params)
+				   int64 n, const CagraParams *params, CagraPruning *pruning)
 {
 	CagraThread *upper;
 	int32	   *volatile graph = NULL;
@@ -312,10 +313,12 @@ cagra_build_levels(HnswBuildState *bs, CagraGpu *gpu, const float *data,
 		hnsw_graph_link_upper(bs->graph);
 	PG_TRY();
 	{
+		/* the GPU prunes by detour counts */
+		*pruning = CAGRA_PRUNE_DETOUR;
 		if (gpu != NULL)
 			graph = cagra_build_gpu(gpu, data, n, bs->dim, params);
 		else
-			graph = cagra_build_cpu(data, n, bs->dim, params);
+			graph = cagra_build_cpu(data, n, bs->dim, params, pruning);
 	}
 	PG_FINALLY();
 	{
@@ -365,17 +368,21 @@ cagra_prepare(HnswBuildState *bs, void **state)
 	return cagra_row_bytes(cs->opts.intermediateDegree, cs->opts.graphDegree);
 }
 
-/* Level 0 of the CAGRA graph plus long edges; reports dropped edges. */
+/*
+ * Level 0 of the CAGRA graph plus long edges (only those no CAGRA edge
+ * covers in a graph pruned by distance); reports dropped edges.
+ */
 static void
 cagra_set_level0(HnswBuildState *bs, const int32 *graph, int degree,
-				 const CagraParams *params)
+				 CagraPruning pruning, const CagraParams *params)
 {
 	char		errbuf[512];
 	int64		dropped;
 	CagraStatus status;
 
-	status = cagra_hnsw_level0(bs->graph, graph, degree, params->n_threads,
-							   &params->interrupt, &dropped,
+	status = cagra_hnsw_level0(bs->graph, graph, degree,
+							   pruning == CAGRA_PRUNE_DISTANCE,
+							   params->n_threads, &params->interrupt, &dropped,
 							   errbuf, sizeof(errbuf));
 	cagra_report(status, "level 0", errbuf);
 	if (dropped > 0)
@@ -388,6 +395,7 @@ cagra_link(HnswBuildState *bs, void *state)
 {
 	CagraBuildState *cs = state;
 	CagraParams params;
+	CagraPruning pruning;
 	int32	   *graph;
 	int64		n = bs->graph->n;
 	char		errbuf[512];
@@ -410,12 +418,13 @@ cagra_link(HnswBuildState *bs, void *state)
 
 	/* the collected rows, one n x dim array, the layout CAGRA reads */
 	Assert(bs->graph->vecs != NULL);
-	graph = cagra_build_levels(bs, cs->gpu, bs->graph->vecs, n, &params);
+	graph = cagra_build_levels(bs, cs->gpu, bs->graph->vecs, n, &params,
+							   &pruning);
 	t_graph = cagra_now();
 
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE,
 								 PROGRESS_HNSW_PHASE_CAGRA_UPPER);
-	cagra_set_level0(bs, graph, cs->opts.graphDegree, &params);
+	cagra_set_level0(bs, graph, cs->opts.graphDegree, pruning, &params);
 	pfree(graph);
 	pfree(cs);
 	ereport(DEBUG1,

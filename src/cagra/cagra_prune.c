@@ -276,12 +276,8 @@ cagra_prune(const int32_t *knn, int64_t n, int I, int d, CagraDetour detour,
 		return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
 						   "invalid detour definition %d or thread count %d",
 						   (int) detour, n_threads);
-	for (int64_t i = 0; i < n * I; i++)
-		if (knn[i] < -1 || knn[i] >= n)
-			return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
-							   "kNN graph row %lld holds node %d, not in 0..%lld",
-							   (long long) (i / I), (int) knn[i],
-							   (long long) n - 1);
+	if (cagra_graph_check(knn, n, I, "kNN graph", errbuf, errlen) != CAGRA_OK)
+		return CAGRA_ERR_PARAM;
 
 	n_threads = cagra_thread_count(n_threads);
 	job.knn = knn;
@@ -312,6 +308,25 @@ cagra_prune(const int32_t *knn, int64_t n, int I, int d, CagraDetour detour,
 }
 
 /* ---------------------------------------------------------------------- */
+
+/*
+ * In order of the edge's rank in its source, then of the source: edges
+ * their source ranks high come first.
+ */
+void
+cagra_reverse_lists(const int32_t *graph, int64_t n, int d, int32_t *rev,
+					int *n_rev)
+{
+	memset(n_rev, 0, n * sizeof(int));
+	for (int k = 0; k < d; k++)
+		for (int64_t src = 0; src < n; src++)
+		{
+			int32_t		dst = graph[src * d + k];
+
+			if (dst >= 0 && dst != src && n_rev[dst] < d)
+				rev[(int64_t) dst * d + n_rev[dst]++] = (int32_t) src;
+		}
+}
 
 static bool
 row_contains(const int32_t *row, int len, int32_t id)
@@ -383,14 +398,10 @@ cagra_merge_reverse(const int32_t *pruned, int64_t n, int d, int n_threads,
 		return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
 						   "cannot merge reverse edges of %lld rows of degree %d",
 						   (long long) n, d);
-	for (int64_t i = 0; i < n * d; i++)
-		if (pruned[i] < -1 || pruned[i] >= n)
-			return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
-							   "pruned graph row %lld holds node %d, not in 0..%lld",
-							   (long long) (i / d), (int) pruned[i],
-							   (long long) n - 1);
+	if (cagra_graph_check(pruned, n, d, "pruned graph", errbuf, errlen) != CAGRA_OK)
+		return CAGRA_ERR_PARAM;
 	rev = malloc((size_t) n * d * sizeof(int32_t));
-	n_rev = calloc(n, sizeof(int));
+	n_rev = malloc(n * sizeof(int));
 	if (rev == NULL || n_rev == NULL)
 	{
 		free(rev);
@@ -400,19 +411,8 @@ cagra_merge_reverse(const int32_t *pruned, int64_t n, int d, int n_threads,
 						   (long long) n);
 	}
 
-	/*
-	 * Reverse lists in order of the edge's rank in its source, then of the
-	 * source: edges their source ranks high come first.  d of them suffice,
-	 * since at most d/2 can repeat a protected forward edge.
-	 */
-	for (int k = 0; k < d; k++)
-		for (int64_t src = 0; src < n; src++)
-		{
-			int32_t		dst = pruned[src * d + k];
-
-			if (dst >= 0 && dst != src && n_rev[dst] < d)
-				rev[(int64_t) dst * d + n_rev[dst]++] = (int32_t) src;
-		}
+	/* d reverse edges suffice: at most d/2 repeat a protected forward edge */
+	cagra_reverse_lists(pruned, n, d, rev, n_rev);
 	/* the rows are independent from here on */
 	job.pruned = pruned;
 	job.rev = rev;

@@ -31,6 +31,19 @@ cagra_error(CagraStatus status, char *errbuf, size_t errlen,
 	return status;
 }
 
+CagraStatus
+cagra_graph_check(const int32_t *graph, int64_t n, int degree,
+				  const char *name, char *errbuf, size_t errlen)
+{
+	for (int64_t i = 0; i < n * degree; i++)
+		if (graph[i] < -1 || graph[i] >= n)
+			return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
+							   "%s row %lld holds node %d, not in 0..%lld",
+							   name, (long long) (i / degree), (int) graph[i],
+							   (long long) n - 1);
+	return CAGRA_OK;
+}
+
 void
 cagra_kernels_ready(void)
 {
@@ -50,6 +63,7 @@ cagra_params_default(CagraParams *params, int m)
 	params->intermediate_degree = 3 * m;
 	params->graph_degree = 2 * m;
 	params->detour = CAGRA_DETOUR_ANY_RANK;
+	params->pruning = CAGRA_PRUNE_AUTO;
 	params->guarantee_connectivity = false;
 	params->entry = -1;
 	params->n_threads = 0;
@@ -83,6 +97,9 @@ cagra_params_check(const CagraParams *params, int64_t n, int dim,
 						   "list_rows %d must be 0 or at least 2, list_probes %d and refine_iterations %d not negative",
 						   params->list_rows, params->list_probes,
 						   params->refine_iterations);
+	if ((unsigned) params->pruning > CAGRA_PRUNE_DISTANCE)
+		return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
+						   "unknown pruning %d", (int) params->pruning);
 	if ((unsigned) params->detour > CAGRA_DETOUR_RANK_BELOW)
 		return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
 						   "unknown detour definition %d",
