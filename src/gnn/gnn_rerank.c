@@ -87,28 +87,36 @@ gnn_init(void)
  * as bfloat16 (gnn.h): scoring is bound by the cache misses on the
  * entries (docs/gnn.md, "Rerank latency"), and an entry of 64-d floats
  * took 1.3 kB.  The first scoring of an element reads them back from
- * bfloat16 too, so that every scan scores alike.
+ * bfloat16 too, so that every scan scores alike.  An entry starts on a
+ * cache line (CPRIME_ALIGN) with c' and c~: at 64-d they are four lines,
+ * where a header before them and the allocator's chunk header made five or
+ * six; what only a stale entry's check reads comes after them
+ * (cprime_check).
  */
-typedef struct CprimeEntry
+typedef struct CprimeCheck
 {
 	ItemPointerData nbrtid;		/* its neighbour tuple */
 	XLogRecPtr	lsn;			/* of that tuple's page when computed */
-	uint64		nbr_sum;		/* hnsw_neighbors_fingerprint of its list */
-	gnn_bf16	emb[FLEXIBLE_ARRAY_MEMBER]; /* unit c' (H), c~ (D), projection (3H) */
-} CprimeEntry;
+} CprimeCheck;
+
+#define CPRIME_ALIGN	64
 
 /*
  * The map from element to entry is an open-addressing table of small slots
  * (lib/simplehash.h), the entries outside it: a reranked scan looks up
  * every candidate, and dynahash's chained buckets of whole entries (1.3 kB
  * each at 64-d) cost it about 190 ns a lookup in cache misses, a quarter of
- * the rerank's time (docs/gnn.md, "Rerank latency").
+ * the rerank's time (docs/gnn.md, "Rerank latency").  The slot holds the
+ * fingerprint that validates the entry, so that a valid entry's lines are
+ * read only for scoring, all asked for at once.
  */
 typedef struct CprimeSlot
 {
 	uint64		key;			/* hnsw_tid_key of the element */
+	uint64		nbr_sum;		/* hnsw_neighbors_fingerprint of its list */
+	gnn_bf16   *emb;			/* the entry: unit c' (H), c~ (D), projection
+								 * (3H), then its CprimeCheck */
 	char		status;			/* simplehash's */
-	CprimeEntry *entry;
 } CprimeSlot;
 
 static inline uint32
@@ -128,12 +136,21 @@ cprime_key_hash(uint64 key)
 #define SH_DEFINE
 #include "lib/simplehash.h"
 
-/* One model's cache: the map and the entries, all in cxt. */
+/*
+ * One model's cache: the map and the entries, all in cxt.  Entries are
+ * never freed one by one (the cache starts over when full): they are cut
+ * from blocks of CPRIME_BLOCK_ENTRIES, each entry's values at a multiple
+ * of CPRIME_ALIGN.
+ */
+#define CPRIME_BLOCK_ENTRIES	64
+
 struct GnnCprimeCache
 {
 	MemoryContext cxt;
 	cprime_hash *map;
 	int64		entries;
+	char	   *block;			/* the block entries are cut from */
+	int			block_left;		/* entries it has room for */
 };
 
 static int
@@ -142,10 +159,40 @@ cprime_floats(const GnnModel *m)
 	return 4 * m->cfg.hidden_dim + m->cfg.in_dim;
 }
 
+/* The check of the entry whose values are at emb. */
+static inline CprimeCheck *
+cprime_check(const GnnModel *m, const gnn_bf16 *emb)
+{
+	return (CprimeCheck *) ((char *) emb + MAXALIGN(sizeof(gnn_bf16) * cprime_floats(m)));
+}
+
+/* Bytes an entry takes in a block: its values, then its check. */
 static Size
 cprime_entry_size(const GnnModel *m)
 {
-	return offsetof(CprimeEntry, emb) + sizeof(gnn_bf16) * cprime_floats(m);
+	return TYPEALIGN(CPRIME_ALIGN, MAXALIGN(sizeof(gnn_bf16) * cprime_floats(m)) +
+					 sizeof(CprimeCheck));
+}
+
+/* A new entry (its values), on a cache line. */
+static gnn_bf16 *
+cprime_new_entry(GnnCprimeCache *c, const GnnModel *m)
+{
+	Size		size = cprime_entry_size(m);
+	gnn_bf16   *emb;
+
+	if (c->block_left == 0)
+	{
+		c->block = MemoryContextAlloc(c->cxt, size * CPRIME_BLOCK_ENTRIES +
+									  CPRIME_ALIGN - 1);
+		c->block = (char *) TYPEALIGN(CPRIME_ALIGN, c->block);
+		c->block_left = CPRIME_BLOCK_ENTRIES;
+	}
+	emb = (gnn_bf16 *) c->block;
+	c->block += size;
+	c->block_left--;
+	c->entries++;
+	return emb;
 }
 
 void
@@ -175,6 +222,8 @@ cprime_table(GnnCachedModel *cm)
 	c->cxt = cxt;
 	c->map = cprime_create(cxt, 1024, NULL);
 	c->entries = 0;
+	c->block = NULL;
+	c->block_left = 0;
 	cm->cprime = c;
 	return c;
 }
@@ -514,10 +563,12 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 	float	   *qp = palloc(sizeof(float) * h);
 	int		   *miss = palloc(sizeof(int) * n);
 	int		   *miss_at = palloc(sizeof(int) * n);
-	CprimeEntry **ents = palloc(sizeof(CprimeEntry *) * n);
+	const gnn_bf16 **ents = palloc(sizeof(gnn_bf16 *) * n); /* cached */
+	bool	   *checked = palloc(sizeof(bool) * n);	/* by its slot */
 	uint32	   *hashes = palloc(sizeof(uint32) * n);
 	XLogRecPtr *miss_lsn = palloc(sizeof(XLogRecPtr) * n);
 	int			nmiss = 0;
+	int			nchecked = 0;
 	int			nlive = 0;
 	int			nq;
 	float	   *cpf;			/* c' and c~ of each live candidate */
@@ -534,9 +585,9 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 
 	/*
 	 * The map's slots and the entries are scattered, each a cache miss:
-	 * ask for all the slots, then look them all up and ask for the
-	 * entries' first lines, before reading any, so that the misses
-	 * overlap.
+	 * ask for all the slots, then look them all up, checking each entry by
+	 * the fingerprint in its slot, and ask for the lines of the valid
+	 * entries, before reading any, so that the misses overlap.
 	 */
 	for (i = 0; i < n; i++)
 	{
@@ -551,13 +602,17 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 											  hnsw_tid_key((ItemPointer) &tids[i]),
 											  hashes[i]);
 
-		ents[i] = slot ? slot->entry : NULL;
-		if (ents[i])
-			hnsw_prefetch(ents[i]);
+		ents[i] = slot ? slot->emb : NULL;
+		checked[i] = slot != NULL && cand[i] < 0 && nbr_sum != NULL &&
+			nbr_sum[i] != 0 && slot->nbr_sum == nbr_sum[i];
+		/* the nearest live ones read their projection too */
+		if (checked[i])
+			prefetch_bytes(ents[i], sizeof(gnn_bf16) *
+						   (nchecked++ < GNN_QUERY_CONTEXT ? nemb : h + d));
 	}
 	for (i = 0; i < n; i++)
 	{
-		CprimeEntry *ent = ents[i];
+		const gnn_bf16 *ent = ents[i];
 		bool		valid;
 
 		if (cand[i] < 0 && ent == NULL &&
@@ -569,17 +624,17 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 		if (ent == NULL)
 			valid = false;
 		else if (cand[i] >= 0)
-			valid = ent->lsn == gnn_view_neighbor_lsn(v, cand[i]) &&
-				ItemPointerEquals(&ent->nbrtid, &v->nbrtid[cand[i]]);
+			valid = cprime_check(cm->model, ent)->lsn == gnn_view_neighbor_lsn(v, cand[i]) &&
+				ItemPointerEquals(&cprime_check(cm->model, ent)->nbrtid,
+								  &v->nbrtid[cand[i]]);
 		else if (nbr_sum != NULL && nbr_sum[i] != 0)
-			valid = ent->nbr_sum == nbr_sum[i];
+			valid = checked[i];
 		else
-			valid = ent->lsn == page_lsn(v, &ent->nbrtid);
+			valid = cprime_check(cm->model, ent)->lsn ==
+				page_lsn(v, &cprime_check(cm->model, ent)->nbrtid);
 		if (valid)
 		{
-			emb[i] = ent->emb;
-			prefetch_bytes(ent->emb, sizeof(gnn_bf16) *
-						   (nlive < GNN_QUERY_CONTEXT ? nemb : h + d));
+			emb[i] = ent;
 			live_dist[nlive] = cand_dist[i];
 			live[nlive++] = i;
 			continue;
@@ -608,6 +663,7 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 		{
 			bool		found;
 			CprimeSlot *slot;
+			CprimeCheck *check;
 			gnn_bf16   *e;
 
 			if (gnn_rerank_cache_mb == 0)
@@ -617,16 +673,13 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 				slot = cprime_insert(cache->map, hnsw_tid_key(&v->tid[miss[i]]),
 									 &found);
 				if (!found)
-				{
-					slot->entry = MemoryContextAlloc(cache->cxt,
-													 cprime_entry_size(cm->model));
-					cache->entries++;
-				}
-				slot->entry->lsn = miss_lsn[i];
-				slot->entry->nbrtid = v->nbrtid[miss[i]];
+					slot->emb = cprime_new_entry(cache, cm->model);
 				/* the list read for c' (refine_candidates read it) */
-				slot->entry->nbr_sum = v->nbr_sum[miss[i]];
-				e = slot->entry->emb;
+				slot->nbr_sum = v->nbr_sum[miss[i]];
+				e = slot->emb;
+				check = cprime_check(cm->model, e);
+				check->lsn = miss_lsn[i];
+				check->nbrtid = v->nbrtid[miss[i]];
 			}
 			unit_length(fresh + (size_t) i * h, h);
 			gnn_bf16_from_floats(fresh + (size_t) i * h, h, e);
