@@ -530,7 +530,7 @@ static XLogRecPtr
 page_lsn(GnnIndexView *v, ItemPointer tid)
 {
 	/* a REINDEX may have made the file shorter than when it was cached */
-	if (!ItemPointerIsValid(tid) || ItemPointerGetBlockNumber(tid) >= v->nblocks)
+	if (!ItemPointerIsValid(tid) || ItemPointerGetBlockNumber(tid) >= gnn_view_nblocks(v))
 		return InvalidXLogRecPtr;
 	return hnsw_read_neighbors_lsn(v->index, tid);
 }
@@ -571,7 +571,7 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 	int			nchecked = 0;
 	int			nlive = 0;
 	int			nq;
-	float	   *cpf;			/* c' and c~ of each live candidate */
+	float	   *cpf;			/* c' and c~ of a live candidate */
 	float	   *projf;			/* m, k and val of the nq nearest */
 	GnnProjections proj;
 	GnnCprimeCache *cache = cprime_table(cm);
@@ -581,6 +581,7 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 	double		g = score_weight(mix[2]);
 	float	   *rho = palloc(sizeof(float) * n);
 	float	   *sigma = palloc(sizeof(float) * n);
+	float	   *cos_q = palloc(sizeof(float) * n);	/* cos(q', c') */
 	int			i;
 
 	/*
@@ -693,14 +694,11 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 		return 0;
 	/* q' attends over the nearest live candidates */
 	nq = Min(nlive, GNN_QUERY_CONTEXT);
-	cpf = palloc(sizeof(float) * (h + d) * nlive);
 	projf = palloc(sizeof(float) * 3 * h * nq);
 	proj.n = nq;
 	proj.msg = projf;
 	proj.key = projf + (size_t) nq * h;
 	proj.val = projf + (size_t) 2 * nq * h;
-	for (i = 0; i < nlive; i++)
-		gnn_bf16_to_floats(emb[live[i]], h + d, cpf + (size_t) i * (h + d));
 	for (i = 0; i < nq; i++)
 		for (int part = 0; part < 3; part++)
 			gnn_bf16_to_floats(emb[live[i]] + h + d + part * h, h,
@@ -708,13 +706,18 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 	refine_query(cm, query, &proj, live_dist, qp);
 	unit_length(qp, h);
 
+	/* one candidate's c' and c~ at a time, read after q' (its prefetches) */
+	cpf = palloc(sizeof(float) * (h + d));
 	for (i = 0; i < nlive; i++)
-		sigma[i] = hnsw_distance(v->metric, query, cpf + (size_t) i * (h + d) + h, d);
+	{
+		gnn_bf16_to_floats(emb[live[i]], h + d, cpf);
+		cos_q[i] = cblas_sdot(h, qp, 1, cpf, 1);
+		sigma[i] = hnsw_distance(v->metric, query, cpf + h, d);
+	}
 	gnn_distance_zscores(live_dist, nlive, rho);
 	gnn_distance_zscores(sigma, nlive, sigma);
 	for (i = 0; i < nlive; i++)
-		scores[live[i]] = a * rho[i] +
-			b * cblas_sdot(h, qp, 1, cpf + (size_t) i * (h + d), 1) + g * sigma[i];
+		scores[live[i]] = a * rho[i] + b * cos_q[i] + g * sigma[i];
 	return nlive;
 }
 

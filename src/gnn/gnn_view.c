@@ -21,7 +21,6 @@ typedef struct ViewEntry
 void
 gnn_view_init(GnnIndexView *v, Relation index)
 {
-	HASHCTL		ctl;
 	MemoryContext old;
 
 	memset(v, 0, sizeof(GnnIndexView));
@@ -32,7 +31,17 @@ gnn_view_init(GnnIndexView *v, Relation index)
 	hnsw_reader_init(&v->reader, index);
 	v->metric = v->reader.metric;
 	v->dim = v->reader.dim;
-	v->nblocks = v->reader.nblocks;
+	v->nblocks = InvalidBlockNumber;
+	MemoryContextSwitchTo(old);
+}
+
+/* The lookup table and the arrays, for the first node. */
+static void
+view_alloc(GnnIndexView *v)
+{
+	HASHCTL		ctl;
+	MemoryContext old = MemoryContextSwitchTo(v->cxt);
+
 	ctl.keysize = sizeof(uint64);
 	ctl.entrysize = sizeof(ViewEntry);
 	ctl.hcxt = CurrentMemoryContext;
@@ -78,9 +87,12 @@ view_add(GnnIndexView *v, ItemPointer tid, const float *vec,
 {
 	uint64		key = hnsw_tid_key(tid);
 	bool		found;
-	ViewEntry  *ent = hash_search(v->lookup, &key, HASH_ENTER, &found);
+	ViewEntry  *ent;
 	int			node;
 
+	if (v->lookup == NULL)
+		view_alloc(v);
+	ent = hash_search(v->lookup, &key, HASH_ENTER, &found);
 	if (found)
 		return ent->node;
 	if (v->n == v->cap)
@@ -113,7 +125,7 @@ int
 gnn_view_node(GnnIndexView *v, ItemPointer tid)
 {
 	uint64		key = hnsw_tid_key(tid);
-	ViewEntry  *ent = hash_search(v->lookup, &key, HASH_FIND, NULL);
+	ViewEntry  *ent = v->lookup ? hash_search(v->lookup, &key, HASH_FIND, NULL) : NULL;
 	float	   *vec;
 	ItemPointerData nbrtid;
 	int			node = -1;
@@ -125,6 +137,15 @@ gnn_view_node(GnnIndexView *v, ItemPointer tid)
 		node = view_add(v, tid, vec, &nbrtid);
 	pfree(vec);
 	return node;
+}
+
+/* The index's size in blocks, read the first time the view is asked. */
+BlockNumber
+gnn_view_nblocks(GnnIndexView *v)
+{
+	if (v->nblocks == InvalidBlockNumber)
+		v->nblocks = RelationGetNumberOfBlocks(v->index);
+	return v->nblocks;
 }
 
 /* LSN of the page of a node's neighbour tuple: changes with the list. */
@@ -232,7 +253,7 @@ gnn_view_random_node(GnnIndexView *v, GnnRng *rng)
 		ItemPointerData tid;
 		uint64		r = gnn_rng_below(rng, UINT64_MAX);
 
-		if (hnsw_random_element(v->index, v->nblocks, r, &tid))
+		if (hnsw_random_element(v->index, gnn_view_nblocks(v), r, &tid))
 		{
 			int			node = gnn_view_node(v, &tid);
 

@@ -1085,7 +1085,6 @@ typedef struct HnswReader
 	HnswMetric	metric;
 	int			dim;
 	int			m;
-	BlockNumber nblocks;		/* when the reader was made */
 	HnswMetaPageData meta;		/* the entry point searches start from */
 } HnswReader;
 

@@ -21,7 +21,6 @@ hnsw_reader_init(HnswReader *r, Relation index)
 	r->metric = (HnswMetric) r->meta.metric;
 	r->dim = r->meta.dims;
 	r->m = r->meta.m;
-	r->nblocks = RelationGetNumberOfBlocks(index);
 }
 
 bool
