@@ -272,8 +272,37 @@ attend_node(GnnLayerTape *tp, int i, int h, int heads)
 	{
 		gnn_real   *a = tp->alpha + (size_t) lo * heads + (size_t) hd * n;
 		int			c0 = hd * dk;
+		int			j = 0;
 
-		for (int j = 0; j < n; j++)
+		/*
+		 * Four neighbours' scores at a time: four independent sums, each
+		 * added in the order of c as one at a time would (the same
+		 * values), where one sum's chain of additions bounded the loop.
+		 */
+		for (; j + 4 <= n; j += 4)
+		{
+			const gnn_real *k0 = tp->key + (size_t) tp->g.nbr[lo + j] * h + c0;
+			const gnn_real *k1 = tp->key + (size_t) tp->g.nbr[lo + j + 1] * h + c0;
+			const gnn_real *k2 = tp->key + (size_t) tp->g.nbr[lo + j + 2] * h + c0;
+			const gnn_real *k3 = tp->key + (size_t) tp->g.nbr[lo + j + 3] * h + c0;
+			gnn_real	s0 = 0,
+						s1 = 0,
+						s2 = 0,
+						s3 = 0;
+
+			for (int c = 0; c < dk; c++)
+			{
+				s0 += q[c0 + c] * k0[c];
+				s1 += q[c0 + c] * k1[c];
+				s2 += q[c0 + c] * k2[c];
+				s3 += q[c0 + c] * k3[c];
+			}
+			a[j] = s0 * scale;
+			a[j + 1] = s1 * scale;
+			a[j + 2] = s2 * scale;
+			a[j + 3] = s3 * scale;
+		}
+		for (; j < n; j++)
 		{
 			const gnn_real *k = tp->key + (size_t) tp->g.nbr[lo + j] * h + c0;
 			gnn_real	s = 0;
