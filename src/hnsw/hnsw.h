@@ -472,6 +472,7 @@ typedef struct HnswVecLinks
 	uint64_t	htag;			/* of heap, as tag is of the list */
 	uint64_t	heap;			/* its one heap TID's key, for htag */
 	uint64_t	tag;			/* 0: none; HNSW_LINKS_WRITING: being written */
+	uint64_t	nbr_sum;		/* the list's hnsw_neighbors_fingerprint */
 	int32_t		n;
 	int32_t		slots[];
 } HnswVecLinks;
@@ -563,14 +564,16 @@ extern size_t hnsw_vcache_entry_bytes(const HnswVecCache *c);
 
 /*
  * Neighbour lists (caches with nlinks > 0).  hnsw_vcache_links copies the
- * list of an entry into out (nlinks slots) and returns its length, or -1
+ * list of an entry into out (nlinks slots) and its fingerprint (of its
+ * TIDs, as the search records for the rerank) into *nbr_sum (if not NULL)
+ * and returns its length, or -1
  * when it has none valid for tag (one written with tag or a higher one);
  * hnsw_vcache_slot_entry gives a slot's entry and key (prefetch its slot
  * first: the key is at its start).  hnsw_vcache_set_links stores a list
  * for tag (> 0) unless one for tag or higher is there or being written.
  */
 extern int	hnsw_vcache_links(const HnswVecCache *c, const void *entry,
-							  uint64_t tag, int32_t *out);
+							  uint64_t tag, int32_t *out, uint64_t *nbr_sum);
 
 static inline void
 hnsw_vcache_prefetch_slot(const HnswVecCache *c, int32_t slot)
@@ -587,7 +590,8 @@ hnsw_vcache_slot_entry(const HnswVecCache *c, int32_t slot, uint64_t *key)
 	return p + c->links_size + sizeof(uint64_t);
 }
 extern void hnsw_vcache_set_links(HnswVecCache *c, const void *entry,
-								  uint64_t tag, const int32_t *slots, int n);
+								  uint64_t tag, const int32_t *slots, int n,
+								  uint64_t nbr_sum);
 /*
  * The same for an element's one heap TID (as a key, never 0): 0 when none
  * is kept for tag.

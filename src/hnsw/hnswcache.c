@@ -372,7 +372,7 @@ tagged_publish(uint64_t *tagp, uint64_t tag)
 /* The slot numbers are checked against the slots taken all the same. */
 int
 hnsw_vcache_links(const HnswVecCache *c, const void *entry, uint64_t tag,
-				  int32_t *out)
+				  int32_t *out, uint64_t *nbr_sum)
 {
 	HnswVecLinks *l = entry_links(c, entry);
 	uint64_t	t = tagged_begin(&l->tag, tag);
@@ -386,6 +386,8 @@ hnsw_vcache_links(const HnswVecCache *c, const void *entry, uint64_t tag,
 		return -1;
 	for (int i = 0; i < n; i++)
 		out[i] = __atomic_load_n(&l->slots[i], __ATOMIC_RELAXED);
+	if (nbr_sum != NULL)
+		*nbr_sum = __atomic_load_n(&l->nbr_sum, __ATOMIC_RELAXED);
 	if (!tagged_end(&l->tag, t))
 		return -1;
 	for (int i = 0; i < n; i++)
@@ -396,13 +398,14 @@ hnsw_vcache_links(const HnswVecCache *c, const void *entry, uint64_t tag,
 
 void
 hnsw_vcache_set_links(HnswVecCache *c, const void *entry, uint64_t tag,
-					  const int32_t *slots, int n)
+					  const int32_t *slots, int n, uint64_t nbr_sum)
 {
 	HnswVecLinks *l = entry_links(c, entry);
 
 	if (n > c->nlinks || !tagged_claim(&l->tag, tag))
 		return;
 	__atomic_store_n(&l->n, n, __ATOMIC_RELAXED);
+	__atomic_store_n(&l->nbr_sum, nbr_sum, __ATOMIC_RELAXED);
 	for (int i = 0; i < n; i++)
 		__atomic_store_n(&l->slots[i], slots[i], __ATOMIC_RELAXED);
 	tagged_publish(&l->tag, tag);

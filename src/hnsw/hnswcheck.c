@@ -581,7 +581,7 @@ check_links(Relation index, IndexImage *img, const HnswVecCache *c,
 	ItemPointerData nbrtid;
 	uint64		want[2 * HNSW_MAX_M],
 				got[2 * HNSW_MAX_M];
-	int			n = hnsw_vcache_links(c, cached, tag, slots),
+	int			n = hnsw_vcache_links(c, cached, tag, slots, NULL),
 				npage;
 
 	if (n < 0)

@@ -1011,7 +1011,8 @@ tid_from_key(ItemPointer tid, uint64 key)
  * entries.
  */
 static int
-level_search_expand_cached(HnswLevelSearch *ls, const void *centry)
+level_search_expand_cached(HnswLevelSearch *ls, const void *centry,
+						   uint64 *nbr_sum)
 {
 	HnswSearch *s = ls->s;
 	const void *entries[2 * HNSW_MAX_M];
@@ -1020,21 +1021,15 @@ level_search_expand_cached(HnswLevelSearch *ls, const void *centry)
 				nf = 0,
 				nh = 0;
 
-	n = hnsw_vcache_links(s->cache, centry, s->links_tag, ls->slots);
+	/*
+	 * The list's fingerprint (a reranked scan records it) was kept with
+	 * it: computing it here read every neighbour's slot for its TID,
+	 * those the seen marks spare a plain scan (docs/gnn.md, "Rerank
+	 * latency").
+	 */
+	n = hnsw_vcache_links(s->cache, centry, s->links_tag, ls->slots, nbr_sum);
 	if (n < 0)
 		return -1;
-
-	/* a reranked scan records the list's fingerprint: every neighbour's TID */
-	if (s->nbr_sums)
-	{
-		for (int i = 0; i < n; i++)
-			hnsw_vcache_prefetch_slot(s->cache, ls->slots[i]);
-		for (int i = 0; i < n; i++)
-		{
-			hnsw_vcache_slot_entry(s->cache, ls->slots[i], &keys[i]);
-			tid_from_key(&ls->nbrs[i], keys[i]);
-		}
-	}
 
 	/*
 	 * Most neighbours were met before, and the seen marks tell without
@@ -1089,7 +1084,8 @@ keep_links(HnswLevelSearch *ls, ItemPointer tid, const void *centry, int n)
 		if (hnsw_vcache_lookup(s->cache, hnsw_tid_key(&ls->nbrs[i]),
 							   &ls->slots[i]) == NULL)
 			return;
-	hnsw_vcache_set_links(s->cache, centry, s->links_tag, ls->slots, n);
+	hnsw_vcache_set_links(s->cache, centry, s->links_tag, ls->slots, n,
+						  hnsw_neighbors_fingerprint(ls->nbrs, n));
 }
 
 /*
@@ -1110,6 +1106,7 @@ level_search_expand(HnswLevelSearch *ls, int id)
 	ItemPointerData tid = s->elems[id].tid;
 	bool		lists = ls->level == 0 && s->links_tag != 0 && s->seen != NULL;
 	const void *centry = lists ? s->elems[id].centry : NULL;
+	uint64		nbr_sum;
 	int			nn = -1,
 				nf = 0,
 				nh = 0,
@@ -1117,10 +1114,10 @@ level_search_expand(HnswLevelSearch *ls, int id)
 	int			i;
 
 	if (centry != NULL &&
-		(nn = level_search_expand_cached(ls, centry)) >= 0)
+		(nn = level_search_expand_cached(ls, centry, &nbr_sum)) >= 0)
 	{
 		if (s->nbr_sums)
-			s->elems[id].nbr_sum = hnsw_neighbors_fingerprint(ls->nbrs, nn);
+			s->elems[id].nbr_sum = nbr_sum;
 		return;
 	}
 	nn = hnsw_load_neighbors(s->index, &s->elems[id].neighbortid, s->m,

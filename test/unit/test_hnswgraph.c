@@ -637,7 +637,8 @@ links_worker(void *arg)
 		{
 			int			n = links_for(tag, slots);
 
-			hnsw_vcache_set_links(w->c, w->entry, tag, slots, n);
+			/* the fingerprint written with the list: its first slot */
+			hnsw_vcache_set_links(w->c, w->entry, tag, slots, n, (uint64_t) slots[0]);
 			/* leave readers a moment between writes */
 			for (volatile int spin = 0; spin < 200; spin++)
 				;
@@ -647,11 +648,14 @@ links_worker(void *arg)
 	}
 	while (__atomic_load_n(w->writing, __ATOMIC_ACQUIRE) > 0 || w->reads < 100)
 	{
-		int			n = hnsw_vcache_links(w->c, w->entry, 1, slots);
+		uint64_t	sum;
+		int			n = hnsw_vcache_links(w->c, w->entry, 1, slots, &sum);
 
 		if (n < 0)
 			continue;
 		w->reads++;
+		if (sum != (uint64_t) slots[0])
+			w->torn++;
 		for (int i = 0; i < n; i++)
 			if (slots[i] != slots[0])
 				w->torn++;
@@ -699,13 +703,15 @@ test_vcache_links(void)
 	{
 		for (int i = 0; i < 3; i++)
 			slots[i] = (key + i) % LINKS_KEYS;
-		hnsw_vcache_set_links(&c, entry[key], 5, slots, 3);
+		hnsw_vcache_set_links(&c, entry[key], 5, slots, 3, 1000 + key);
 	}
 	bad = 0;
 	for (int key = 1; key <= LINKS_KEYS; key++)
 	{
-		n = hnsw_vcache_links(&c, entry[key], 5, got);
-		bad += n != 3;
+		uint64_t	sum = 0;
+
+		n = hnsw_vcache_links(&c, entry[key], 5, got, &sum);
+		bad += n != 3 || sum != (uint64_t) (1000 + key);
 		for (int i = 0; i < 3 && n == 3; i++)
 		{
 			uint64_t	k;
@@ -717,22 +723,22 @@ test_vcache_links(void)
 		}
 	}
 	CHECK(bad == 0, "every list reads back with its neighbours' keys and vectors (%d wrong)", bad);
-	CHECK(hnsw_vcache_links(&c, entry[7], 4, got) == 3 &&
-		  hnsw_vcache_links(&c, entry[7], 6, got) == -1,
+	CHECK(hnsw_vcache_links(&c, entry[7], 4, got, NULL) == 3 &&
+		  hnsw_vcache_links(&c, entry[7], 6, got, NULL) == -1,
 		  "a list serves its tag and lower ones, not a later one");
 	slots[0] = 9;
-	hnsw_vcache_set_links(&c, entry[7], 3, slots, 1);
-	CHECK(hnsw_vcache_links(&c, entry[7], 5, got) == 3,
+	hnsw_vcache_set_links(&c, entry[7], 3, slots, 1, 0);
+	CHECK(hnsw_vcache_links(&c, entry[7], 5, got, NULL) == 3,
 		  "a writer with a lower tag does not replace a list");
-	hnsw_vcache_set_links(&c, entry[7], 6, slots, 1);
-	CHECK(hnsw_vcache_links(&c, entry[7], 6, got) == 1 && got[0] == 9,
+	hnsw_vcache_set_links(&c, entry[7], 6, slots, 1, 0);
+	CHECK(hnsw_vcache_links(&c, entry[7], 6, got, NULL) == 1 && got[0] == 9,
 		  "a writer with a higher tag does");
 	slots[0] = 100;
-	hnsw_vcache_set_links(&c, entry[8], 6, slots, 1);
-	CHECK(hnsw_vcache_links(&c, entry[8], 6, got) == -1,
+	hnsw_vcache_set_links(&c, entry[8], 6, slots, 1, 0);
+	CHECK(hnsw_vcache_links(&c, entry[8], 6, got, NULL) == -1,
 		  "a list naming a slot not taken is not read");
-	hnsw_vcache_set_links(&c, entry[9], 6, slots, LINKS_N + 1);
-	CHECK(hnsw_vcache_links(&c, entry[9], 6, got) == -1,
+	hnsw_vcache_set_links(&c, entry[9], 6, slots, LINKS_N + 1, 0);
+	CHECK(hnsw_vcache_links(&c, entry[9], 6, got, NULL) == -1,
 		  "a list longer than the room is not stored");
 	{
 		/* a list being written (its tag claimed) is neither read nor taken over */
@@ -741,15 +747,15 @@ test_vcache_links(void)
 
 		l->tag = HNSW_LINKS_WRITING;
 		slots[0] = 1;
-		hnsw_vcache_set_links(&c, entry[10], 7, slots, 1);
-		CHECK(hnsw_vcache_links(&c, entry[10], 1, got) == -1 &&
+		hnsw_vcache_set_links(&c, entry[10], 7, slots, 1, 0);
+		CHECK(hnsw_vcache_links(&c, entry[10], 1, got, NULL) == -1 &&
 			  l->tag == HNSW_LINKS_WRITING,
 			  "a list being written is not read, nor written by another");
 	}
 	hnsw_vcache_clear(&c);
 	fixed_vector(3, v);
 	hnsw_vcache_put(&c, 3ULL << 16 | 1, v, 3);
-	CHECK(hnsw_vcache_links(&c, hnsw_vcache_get(&c, 3ULL << 16 | 1), 1, got) == -1,
+	CHECK(hnsw_vcache_links(&c, hnsw_vcache_get(&c, 3ULL << 16 | 1), 1, got, NULL) == -1,
 		  "a slot put after a clear has no list");
 	for (int key = 4; key <= LINKS_KEYS + 1; key++)
 	{
