@@ -351,15 +351,17 @@ scan_cache_leave(HnswScanOpaque so)
 }
 
 /*
- * Whether the scan's shared cache keeps its candidates' heap TIDs: a plain
- * scan (candidates in distance order) over float vectors (exact distances)
- * with neighbour lists, whose tag also serves the heap TIDs (hnswshared.c:
- * every change to an element's heap TIDs or flags is a change to a page).
+ * Whether the scan's shared cache keeps its candidates' heap TIDs: a scan
+ * over float vectors (exact distances, so a candidate needs its page only
+ * for its rows) with neighbour lists, whose tag also serves the heap TIDs
+ * (hnswshared.c: every change to an element's heap TIDs or flags is a
+ * change to a page).  Reranked scans too: the plug-in orders candidates by
+ * their distances and the model, not by anything on their pages.
  */
 static bool
 rows_kept(HnswScanOpaque so)
 {
-	return so->search.links_tag != 0 && !so->cacheCodes && !so->reranks;
+	return so->search.links_tag != 0 && !so->cacheCodes;
 }
 
 /*
