@@ -1006,9 +1006,9 @@ tid_from_key(ItemPointer tid, uint64 key)
 
 /*
  * Meet the neighbours of a cached element from the list the cache keeps
- * for it (see hnswshared.c); false when it keeps none valid for this scan.
- * As below, in stages: the neighbours' slots (their keys), then their
- * entries.
+ * for it (see hnswshared.c): the list's length, or -1 when the cache keeps
+ * none valid for this scan.  As below, in stages: the neighbours' slots
+ * (their keys), then their entries.
  */
 static int
 level_search_expand_cached(HnswLevelSearch *ls, const void *centry,
