@@ -580,8 +580,9 @@ check_links(Relation index, IndexImage *img, const HnswVecCache *c,
 	ItemPointerData tids[2 * HNSW_MAX_M];
 	ItemPointerData nbrtid;
 	uint64		want[2 * HNSW_MAX_M],
-				got[2 * HNSW_MAX_M];
-	int			n = hnsw_vcache_links(c, cached, tag, slots, NULL),
+				got[2 * HNSW_MAX_M],
+				nbr_sum;
+	int			n = hnsw_vcache_links(c, cached, tag, slots, &nbr_sum),
 				npage;
 
 	if (n < 0)
@@ -599,6 +600,10 @@ check_links(Relation index, IndexImage *img, const HnswVecCache *c,
 		problem(img, KEY_BLK(key), KEY_OFF(key),
 				"%s keeps a neighbour list (%d) that is not the page's (%d)",
 				which, n, npage);
+	else if (nbr_sum != hnsw_neighbors_fingerprint(tids, npage))
+		problem(img, KEY_BLK(key), KEY_OFF(key),
+				"%s keeps a neighbour list whose fingerprint is not the list's",
+				which);
 }
 
 /*
