@@ -677,6 +677,7 @@ extern bool hnsw_reach_next(HnswReachWalk *w, uint32_t *blk, uint16_t *off);
 #include "access/generic_xlog.h"
 #include "access/reloptions.h"
 #include "nodes/execnodes.h"
+#include "port/atomics.h"
 #include "storage/bufmgr.h"
 #include "storage/itemptr.h"
 #include "utils/relcache.h"
@@ -926,7 +927,8 @@ typedef struct HnswSearch
 								 * scan's, for the rerank plug-in) */
 	int64		ntuples_read;	/* elements met (max_scan_tuples) */
 	HnswVecCache *cache;		/* scans: vectors by element, or NULL */
-	uint64		links_tag;		/* its neighbour lists' tag, or 0: none */
+	pg_atomic_uint64 *list_changes;	/* its shared cache's change counts
+									 * (hnsw_list_tag), or NULL: no lists */
 	uint32	   *seen;			/* with lists: per cache slot, seen_epoch
 								 * when the level-0 search met it there */
 	uint32		seen_epoch;
@@ -1257,8 +1259,27 @@ extern HnswVecCache *hnsw_shared_cache_get(Relation index,
 										   HnswSharedCacheRef *ref);
 extern bool hnsw_shared_cache_enter(const HnswSharedCacheRef *ref);
 extern void hnsw_shared_cache_leave(const HnswSharedCacheRef *ref);
-extern uint64 hnsw_shared_cache_links_tag(const HnswSharedCacheRef *ref);
-extern void hnsw_shared_cache_modified(Relation index);
+extern pg_atomic_uint64 *hnsw_shared_cache_changes(const HnswSharedCacheRef *ref);
+extern void hnsw_shared_cache_modified(Relation index, BlockNumber blkno);
+
+/*
+ * The changes to an index's pages are counted per stripe of blocks (block
+ * number modulo HNSW_LIST_STRIPES), so that a change stales the lists and
+ * heap TIDs kept from the pages of its stripe only.  hnsw_list_tag: the tag
+ * under which what is read from block blkno next may be kept, and the
+ * lowest tag a kept record of that block must have to be used now.  Read
+ * before the page (hnswshared.c).
+ */
+#define HNSW_LIST_STRIPES 1024
+
+static inline uint64
+hnsw_list_tag(pg_atomic_uint64 *changes, BlockNumber blkno)
+{
+	uint64		tag = pg_atomic_read_u64(&changes[blkno & (HNSW_LIST_STRIPES - 1)]) + 1;
+
+	pg_read_barrier();
+	return tag;
+}
 extern int	hnsw_shared_cache_list(HnswScanCacheInfo *out, int max);
 
 /*

@@ -610,11 +610,12 @@ check_links(Relation index, IndexImage *img, const HnswVecCache *c,
  * A scan cache of the index (hnswscan.c, hnswshared.c), filled under the
  * index's current generation: every vector (or code) and neighbour tuple
  * TID in it must be its live element's, and every neighbour list and heap
- * TID it keeps for tag (0: none) its page's.
+ * TID it keeps valid under its stripe's change count (changes; NULL: none)
+ * its page's.
  */
 static void
 check_cache(Relation index, IndexImage *img, const HnswVecCache *c,
-			uint64 tag, const char *which)
+			pg_atomic_uint64 *changes, const char *which)
 {
 	HnswSearch	loader;
 
@@ -647,16 +648,19 @@ check_cache(Relation index, IndexImage *img, const HnswVecCache *c,
 				problem(img, KEY_BLK(key), KEY_OFF(key),
 						"%s disagrees with the element's vector or neighbour tuple",
 						which);
-			else if (tag != 0)
+			else if (changes != NULL)
 			{
-				uint64		heap = hnsw_vcache_heap(c, cached, tag);
+				uint64		heap = hnsw_vcache_heap(c, cached,
+													hnsw_list_tag(changes, KEY_BLK(key)));
 
 				if (heap != 0 && (e.deleted || e.nheaptids != 1 ||
 								  hnsw_tid_key(&e.heaptids[0]) != heap))
 					problem(img, KEY_BLK(key), KEY_OFF(key),
 							"%s keeps a heap TID that is not the element's",
 							which);
-				check_links(index, img, c, cached, tag, key, which);
+				check_links(index, img, c, cached,
+							hnsw_list_tag(changes, KEY_BLK(hnsw_vcache_word(cached))),
+							key, which);
 			}
 			pfree(e.vec);
 		}
@@ -672,11 +676,11 @@ check_scan_caches(Relation index, IndexImage *img)
 	HnswSharedCacheRef ref;
 
 	if (c != NULL && generation == img->meta.generation)
-		check_cache(index, img, c, 0, "this backend's scan cache");
+		check_cache(index, img, c, NULL, "this backend's scan cache");
 	c = hnsw_shared_cache_get(index, &img->meta, false, &ref);
 	if (c != NULL && hnsw_shared_cache_enter(&ref))
 	{
-		check_cache(index, img, c, hnsw_shared_cache_links_tag(&ref),
+		check_cache(index, img, c, hnsw_shared_cache_changes(&ref),
 					"the shared scan cache");
 		hnsw_shared_cache_leave(&ref);
 	}

@@ -231,7 +231,9 @@ reuse_element(Relation index, Buffer buf, OffsetNumber off,
 	if (state)
 	{
 		GenericXLogFinish(state);
-		hnsw_shared_cache_modified(index);
+		hnsw_shared_cache_modified(index, BufferGetBlockNumber(buf));
+		if (BufferIsValid(nbuf))
+			hnsw_shared_cache_modified(index, nblk);
 	}
 	else
 	{

@@ -331,11 +331,11 @@ hnswrescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys,
 static void
 scan_cache_enter(HnswScanOpaque so)
 {
-	so->search.links_tag = 0;
+	so->search.list_changes = NULL;
 	if (so->shared.id < 0)
 		return;
 	if (hnsw_shared_cache_enter(&so->shared))
-		so->search.links_tag = hnsw_shared_cache_links_tag(&so->shared);
+		so->search.list_changes = hnsw_shared_cache_changes(&so->shared);
 	else
 	{
 		so->shared.id = HNSW_SHARED_NONE;
@@ -361,7 +361,7 @@ scan_cache_leave(HnswScanOpaque so)
 static bool
 rows_kept(HnswScanOpaque so)
 {
-	return so->search.links_tag != 0 && !so->cacheCodes;
+	return so->search.list_changes != NULL && !so->cacheCodes;
 }
 
 /*
@@ -381,7 +381,9 @@ known_rows(HnswScanOpaque so, int nf)
 		uint64		heap;
 
 		if (e->verified || e->centry == NULL ||
-			(heap = hnsw_vcache_heap(s->cache, e->centry, s->links_tag)) == 0)
+			(heap = hnsw_vcache_heap(s->cache, e->centry,
+									 hnsw_list_tag(s->list_changes,
+												   ItemPointerGetBlockNumber(&e->tid)))) == 0)
 			continue;
 		ItemPointerSet(&e->heaptids[0], (BlockNumber) (heap >> 16),
 					   (OffsetNumber) (heap & 0xFFFF));
@@ -393,16 +395,17 @@ known_rows(HnswScanOpaque so, int nf)
 
 /*
  * Keep the heap TID of a candidate just read from its page, for later
- * scans, if it has one; the cache is held again for the write, and only
- * if it is still the one the element was met in.
+ * scans, if it has one, under the tag its page had before it was read;
+ * the cache is held again for the write, and only if it is still the one
+ * the element was met in.
  */
 static void
-keep_row(HnswScanOpaque so, HnswElement *e)
+keep_row(HnswScanOpaque so, HnswElement *e, uint64 tag)
 {
-	if (!rows_kept(so) || e->centry == NULL || e->deleted ||
-		e->nheaptids != 1 || !hnsw_shared_cache_enter(&so->shared))
+	if (e->centry == NULL || e->deleted || e->nheaptids != 1 ||
+		!hnsw_shared_cache_enter(&so->shared))
 		return;
-	hnsw_vcache_set_heap(so->search.cache, e->centry, so->search.links_tag,
+	hnsw_vcache_set_heap(so->search.cache, e->centry, tag,
 						 hnsw_tid_key(&e->heaptids[0]));
 	hnsw_shared_cache_leave(&so->shared);
 }
@@ -427,8 +430,12 @@ candidate_ready(HnswScanOpaque so)
 		return true;
 	if (!e->verified)
 	{
+		uint64		tag = rows_kept(so) ?
+			hnsw_list_tag(so->search.list_changes, ItemPointerGetBlockNumber(&e->tid)) : 0;
+
 		hnsw_search_verify(&so->search, e);
-		keep_row(so, e);
+		if (tag != 0)
+			keep_row(so, e, tag);
 	}
 	if (e->deleted || e->nheaptids == 0 ||
 		(so->iterative == HNSW_ITERATIVE_SCAN_STRICT && so->haveLast &&

@@ -26,15 +26,20 @@
  *
  * Neighbour lists.  A cache made on a primary with room for every element
  * and its level-0 list also keeps the lists scans read (hnswcache.c), so
- * that later scans walk the graph in memory.  Inserts change lists in
- * place, so every change to an index page counts in its cache's modcount
- * (hnsw_shared_cache_modified, after the change); a scan takes modcount + 1
- * as its tag before it reads a page, stores the lists it reads under that
- * tag and uses only lists of its tag or later.  A list read before a
- * change was stored under a tag from before its count, so no scan that
- * starts after the change uses it; a row inserted is found at once.  On a
- * standby the startup process changes pages without counting, so lists
- * are neither kept nor used during recovery.
+ * that later scans walk the graph in memory, and the heap TIDs of the
+ * elements they return.  Inserts change lists and heap TIDs in place, so
+ * every change to an index page counts in its cache's count for the
+ * page's stripe of blocks (hnsw_shared_cache_modified, after the change);
+ * a scan reads the count of a page's stripe plus one (hnsw_list_tag)
+ * before it reads the page, keeps what it read under that tag, and uses a
+ * kept record only if its tag is the stripe's count plus one when it is
+ * used.  A record read before a change was kept under a tag from before
+ * its count, so no scan that starts after the change uses it: a row
+ * inserted is found at once.  A change stales only its stripe's records
+ * (1/HNSW_LIST_STRIPES of them for each block it changes), so scans under
+ * a stream of inserts still find most lists kept.  On a standby the
+ * startup process changes pages without counting, so lists are neither
+ * kept nor used during recovery.
  * It is given to another index only after HNSW_SHARED_IDLE_SECS without a
  * scan (a dropped or rebuilt index's cache ends that way).
  */
@@ -71,8 +76,9 @@ typedef struct SharedCache
 	LWLock	   *lock;
 	pg_atomic_uint32 stale;		/* to be cleared: no scan enters */
 	pg_atomic_uint64 last_used; /* TimestampTz of a recent scan */
-	pg_atomic_uint64 modcount;	/* changes to its index's pages (never
-								 * reset: list tags only rise) */
+	pg_atomic_uint64 changes[HNSW_LIST_STRIPES];	/* to its index's pages,
+													 * by stripe (never reset:
+													 * tags only rise) */
 	HnswVecCache vc;
 } SharedCache;
 
@@ -157,7 +163,8 @@ shared_cache_shmem_startup(void)
 			cacheDir->caches[i].lock = &locks[1 + i].lock;
 			pg_atomic_init_u32(&cacheDir->caches[i].stale, 0);
 			pg_atomic_init_u64(&cacheDir->caches[i].last_used, 0);
-			pg_atomic_init_u64(&cacheDir->caches[i].modcount, 0);
+			for (int j = 0; j < HNSW_LIST_STRIPES; j++)
+				pg_atomic_init_u64(&cacheDir->caches[i].changes[j], 0);
 		}
 	}
 	LWLockRelease(AddinShmemInitLock);
@@ -496,36 +503,32 @@ hnsw_shared_cache_enter(const HnswSharedCacheRef *ref)
 }
 
 /*
- * The tag of the neighbour lists a scan that holds the cache may use and
- * store (see the top of this file), or 0: none.  Read before the scan
- * reads any page of the index.
+ * The change counts by stripe (hnsw_list_tag) of the cache a scan holds,
+ * or NULL when it keeps no lists (see the top of this file).
  */
-uint64
-hnsw_shared_cache_links_tag(const HnswSharedCacheRef *ref)
+pg_atomic_uint64 *
+hnsw_shared_cache_changes(const HnswSharedCacheRef *ref)
 {
 	SharedCache *sc = &cacheDir->caches[ref->id];
-	uint64		tag;
 
 	if (sc->vc.nlinks == 0 || RecoveryInProgress())
-		return 0;
-	tag = pg_atomic_read_u64(&sc->modcount) + 1;
-	pg_read_barrier();
-	return tag;
+		return NULL;
+	return sc->changes;
 }
 
 /*
- * Count a change to a page of the index, after it is made and before it
- * is committed (see the top of this file).
+ * Count a change to block blkno of the index, after it is made and before
+ * it is committed (see the top of this file).
  */
 void
-hnsw_shared_cache_modified(Relation index)
+hnsw_shared_cache_modified(Relation index, BlockNumber blkno)
 {
 	if (cacheDir == NULL)
 		return;
 	LWLockAcquire(cacheDir->lock, LW_SHARED);
 	for (int i = 0; i < HNSW_SHARED_CACHES; i++)
 		if (cache_is_for(&cacheDir->caches[i], index))
-			pg_atomic_fetch_add_u64(&cacheDir->caches[i].modcount, 1);
+			pg_atomic_fetch_add_u64(&cacheDir->caches[i].changes[blkno & (HNSW_LIST_STRIPES - 1)], 1);
 	LWLockRelease(cacheDir->lock);
 }
 

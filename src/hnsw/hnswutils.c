@@ -119,7 +119,7 @@ hnsw_edit_finish(HnswEdit *ed)
 	if (ed->state)
 	{
 		GenericXLogFinish(ed->state);
-		hnsw_shared_cache_modified(ed->index);
+		hnsw_shared_cache_modified(ed->index, BufferGetBlockNumber(ed->buf));
 	}
 	else
 		MarkBufferDirty(ed->buf);
@@ -1012,7 +1012,7 @@ tid_from_key(ItemPointer tid, uint64 key)
  */
 static int
 level_search_expand_cached(HnswLevelSearch *ls, const void *centry,
-						   uint64 *nbr_sum)
+						   uint64 tag, uint64 *nbr_sum)
 {
 	HnswSearch *s = ls->s;
 	const void *entries[2 * HNSW_MAX_M];
@@ -1027,7 +1027,7 @@ level_search_expand_cached(HnswLevelSearch *ls, const void *centry,
 	 * those the seen marks spare a plain scan (docs/gnn.md, "Rerank
 	 * latency").
 	 */
-	n = hnsw_vcache_links(s->cache, centry, s->links_tag, ls->slots, nbr_sum);
+	n = hnsw_vcache_links(s->cache, centry, tag, ls->slots, nbr_sum);
 	if (n < 0)
 		return -1;
 
@@ -1073,7 +1073,8 @@ level_search_expand_cached(HnswLevelSearch *ls, const void *centry,
  * are cached: later scans then walk it in memory.
  */
 static void
-keep_links(HnswLevelSearch *ls, ItemPointer tid, const void *centry, int n)
+keep_links(HnswLevelSearch *ls, ItemPointer tid, const void *centry, int n,
+		   uint64 tag)
 {
 	HnswSearch *s = ls->s;
 
@@ -1084,7 +1085,7 @@ keep_links(HnswLevelSearch *ls, ItemPointer tid, const void *centry, int n)
 		if (hnsw_vcache_lookup(s->cache, hnsw_tid_key(&ls->nbrs[i]),
 							   &ls->slots[i]) == NULL)
 			return;
-	hnsw_vcache_set_links(s->cache, centry, s->links_tag, ls->slots, n,
+	hnsw_vcache_set_links(s->cache, centry, tag, ls->slots, n,
 						  hnsw_neighbors_fingerprint(ls->nbrs, n));
 }
 
@@ -1104,17 +1105,22 @@ level_search_expand(HnswLevelSearch *ls, int id)
 	ItemPointerData hits[2 * HNSW_MAX_M];
 	ItemPointerData fresh[2 * HNSW_MAX_M];
 	ItemPointerData tid = s->elems[id].tid;
-	bool		lists = ls->level == 0 && s->links_tag != 0 && s->seen != NULL;
+	bool		lists = ls->level == 0 && s->list_changes != NULL && s->seen != NULL;
 	const void *centry = lists ? s->elems[id].centry : NULL;
-	uint64		nbr_sum;
+	uint64		tag = 0,
+				nbr_sum;
 	int			nn = -1,
 				nf = 0,
 				nh = 0,
 				nu = 0;
 	int			i;
 
+	/* the tag of the list's page, read before the page (hnswshared.c) */
+	if (lists)
+		tag = hnsw_list_tag(s->list_changes,
+							ItemPointerGetBlockNumberNoCheck(&s->elems[id].neighbortid));
 	if (centry != NULL &&
-		(nn = level_search_expand_cached(ls, centry, &nbr_sum)) >= 0)
+		(nn = level_search_expand_cached(ls, centry, tag, &nbr_sum)) >= 0)
 	{
 		if (s->nbr_sums)
 			s->elems[id].nbr_sum = nbr_sum;
@@ -1170,7 +1176,7 @@ level_search_expand(HnswLevelSearch *ls, int id)
 		level_search_meet(ls, s->elems[idx].dist, idx);
 	}
 	if (lists)
-		keep_links(ls, &tid, centry, nn);
+		keep_links(ls, &tid, centry, nn, tag);
 }
 
 /*
