@@ -492,7 +492,7 @@ typedef struct HnswVecCache
 	char	  **chunks;			/* HNSW_VCACHE_CHUNK slots each */
 	char	   *slots;			/* fixed: all of them, slot_size bytes each */
 	size_t		slot_size;		/* fixed */
-	size_t		links_size;		/* fixed: of a slot's list, before its word */
+	size_t		links_size;		/* of a slot's list, before its word (0: no lists) */
 	int			nchunks;
 	int			capchunks;
 	size_t		bytes;			/* what this cache holds */
@@ -1073,6 +1073,13 @@ hnsw_tid_key(ItemPointer tid)
 {
 	return ((uint64) ItemPointerGetBlockNumberNoCheck(tid) << 16) |
 		ItemPointerGetOffsetNumberNoCheck(tid);
+}
+
+/* The TID of a key hnsw_tid_key made. */
+static inline void
+hnsw_key_tid(uint64 key, ItemPointer tid)
+{
+	ItemPointerSet(tid, (BlockNumber) (key >> 16), (OffsetNumber) (key & 0xFFFF));
 }
 
 /*

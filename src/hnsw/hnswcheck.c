@@ -587,8 +587,7 @@ check_links(Relation index, IndexImage *img, const HnswVecCache *c,
 
 	if (n < 0)
 		return;
-	ItemPointerSet(&nbrtid, KEY_BLK(hnsw_vcache_word(cached)),
-				   KEY_OFF(hnsw_vcache_word(cached)));
+	hnsw_key_tid(hnsw_vcache_word(cached), &nbrtid);
 	npage = hnsw_load_neighbors(index, &nbrtid, img->meta.m, 0, tids);
 	for (int i = 0; i < npage; i++)
 		want[i] = hnsw_tid_key(&tids[i]);
@@ -641,7 +640,7 @@ check_cache(Relation index, IndexImage *img, const HnswVecCache *c,
 		{
 			HnswElement e;
 
-			ItemPointerSet(&e.tid, KEY_BLK(key), KEY_OFF(key));
+			hnsw_key_tid(key, &e.tid);
 			hnsw_load_element(&loader, &e);
 			if (!hnsw_vcache_matches(c, cached, e.vec) ||
 				hnsw_vcache_word(cached) != hnsw_tid_key(&img->elems[k].neighbortid))

@@ -385,8 +385,7 @@ known_rows(HnswScanOpaque so, int nf)
 									 hnsw_list_tag(s->list_changes,
 												   ItemPointerGetBlockNumber(&e->tid)))) == 0)
 			continue;
-		ItemPointerSet(&e->heaptids[0], (BlockNumber) (heap >> 16),
-					   (OffsetNumber) (heap & 0xFFFF));
+		hnsw_key_tid(heap, &e->heaptids[0]);
 		e->nheaptids = 1;
 		e->deleted = false;
 		e->verified = true;

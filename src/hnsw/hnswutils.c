@@ -730,8 +730,7 @@ search_add_cached(HnswSearch *s, ItemPointer tid, const void *entry)
 	HnswElement *e = search_next_elem(s, tid);
 	uint64		aux = hnsw_vcache_word(entry);
 
-	ItemPointerSet(&e->neighbortid, (BlockNumber) (aux >> 16),
-				   (OffsetNumber) (aux & 0xFFFF));
+	hnsw_key_tid(aux, &e->neighbortid);
 	e->dist = hnsw_vcache_distance(s->cache, s->metric, &s->cquery, entry);
 	e->level = 0;
 	e->deleted = false;
@@ -998,12 +997,6 @@ prefetch_bytes(const void *p, Size len)
 		hnsw_prefetch((const char *) p + o);
 }
 
-static inline void
-tid_from_key(ItemPointer tid, uint64 key)
-{
-	ItemPointerSet(tid, (BlockNumber) (key >> 16), (OffsetNumber) (key & 0xFFFF));
-}
-
 /*
  * Meet the neighbours of a cached element from the list the cache keeps
  * for it (see hnswshared.c): the list's length, or -1 when the cache keeps
@@ -1060,7 +1053,7 @@ level_search_expand_cached(HnswLevelSearch *ls, const void *centry,
 		ItemPointerData tid;
 		int			idx;
 
-		tid_from_key(&tid, keys[i]);
+		hnsw_key_tid(keys[i], &tid);
 		idx = search_add_cached(s, &tid, entries[i]);
 		level_search_meet(ls, s->elems[idx].dist, idx);
 	}
