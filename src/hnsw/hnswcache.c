@@ -287,14 +287,13 @@ hnsw_vcache_prefetch(const HnswVecCache *c, uint64_t key)
 static inline const void *
 slot_entry(const HnswVecCache *c, int32_t slot)
 {
-	return slot_at(c, slot) + links_bytes(c->nlinks) + sizeof(uint64_t);
+	return slot_at(c, slot) + c->links_size + sizeof(uint64_t);
 }
 
 static inline HnswVecLinks *
 entry_links(const HnswVecCache *c, const void *entry)
 {
-	return (HnswVecLinks *) ((char *) entry - sizeof(uint64_t) -
-							 links_bytes(c->nlinks));
+	return (HnswVecLinks *) ((char *) entry - sizeof(uint64_t) - c->links_size);
 }
 
 /*
@@ -550,7 +549,7 @@ hnsw_vcache_put(HnswVecCache *c, uint64_t key, const float *vec, uint64_t aux)
 		l->key = key;
 		__atomic_store_n(&l->tag, 0, __ATOMIC_RELAXED);
 		__atomic_store_n(&l->htag, 0, __ATOMIC_RELAXED);
-		p += links_bytes(c->nlinks);
+		p += c->links_size;
 	}
 	memcpy(p, &aux, sizeof(uint64_t));
 	if (c->codes)
