@@ -138,6 +138,17 @@ hnsw_heap_top(HnswHeap *h)
 #define hnsw_prefetch(p) ((void) 0)
 #endif
 
+/*
+ * Prefetch a vector's first four cache lines: enough to start its distance
+ * while the hardware prefetcher streams the rest of a long one.
+ */
+static inline void
+hnsw_prefetch_vector(const float *v, int dim)
+{
+	for (int off = 0; off < dim && off < 64; off += 16)
+		hnsw_prefetch(v + off);
+}
+
 /* The hash of the key sets and maps below (a 64-bit finaliser). */
 static inline uint64_t
 hnsw_key_hash(uint64_t k)
@@ -339,6 +350,8 @@ typedef struct HnswLayerSearch
 	uint32_t	tag;
 } HnswLayerSearch;
 
+#define HNSW_LAYER_BATCH 64		/* list members prefetched at once */
+
 static inline int
 hnsw_layer_search(const HnswLayerSearch *ls, const float *q, int32_t ep,
 				  float epdist, int ef, int level, HnswHeapItem *out)
@@ -361,21 +374,40 @@ hnsw_layer_search(const HnswLayerSearch *ls, const float *q, int32_t ep,
 		if (c.dist > hnsw_heap_top(res)->dist && res->n >= ef)
 			break;
 		cnt = ls->neighbors_of(ls->arg, c.id, level, &list);
-		for (int i = 0; i < cnt; i++)
+		for (int start = 0; start < cnt; start += HNSW_LAYER_BATCH)
 		{
-			int32_t		e = list[i];
-			float		d;
+			int32_t		fresh[HNSW_LAYER_BATCH];
+			int			nfresh = 0;
 
-			if (ls->visited[e] == ls->tag)
-				continue;
-			ls->visited[e] = ls->tag;
-			d = hnsw_distance(ls->metric, q, ls->vector_of(ls->arg, e), ls->dim);
-			if (res->n < ef || d < hnsw_heap_top(res)->dist)
+			/*
+			 * Mark the unvisited members first and prefetch their vectors,
+			 * so that their cache misses overlap instead of coming one per
+			 * distance.
+			 */
+			for (int i = start; i < cnt && i < start + HNSW_LAYER_BATCH; i++)
 			{
-				hnsw_heap_push(cand, d, e);
-				hnsw_heap_push(res, d, e);
-				if (res->n > ef)
-					hnsw_heap_pop(res);
+				int32_t		e = list[i];
+
+				if (ls->visited[e] == ls->tag)
+					continue;
+				ls->visited[e] = ls->tag;
+				hnsw_prefetch_vector(ls->vector_of(ls->arg, e), ls->dim);
+				fresh[nfresh++] = e;
+			}
+			for (int i = 0; i < nfresh; i++)
+			{
+				int32_t		e = fresh[i];
+				float		d = hnsw_distance(ls->metric, q,
+											  ls->vector_of(ls->arg, e),
+											  ls->dim);
+
+				if (res->n < ef || d < hnsw_heap_top(res)->dist)
+				{
+					hnsw_heap_push(cand, d, e);
+					hnsw_heap_push(res, d, e);
+					if (res->n > ef)
+						hnsw_heap_pop(res);
+				}
 			}
 		}
 	}
