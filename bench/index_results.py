@@ -18,10 +18,16 @@ def rows(path):
     return list(csv.DictReader(open(path)))
 
 
-def results_recall(path, gt):
-    """recall@10 of a (query id, item id) CSV written by pg_bench.sh."""
+def results_recall_per_query(path, gt):
+    """Each query's recall@10 in a (query id, item id) CSV written by
+    pg_bench.sh."""
     found = {}
     for q, item in csv.reader(open(path)):
         found.setdefault(int(q), set()).add(int(item))
-    hits = sum(len(found.get(q, set()) & set(gt[q].tolist())) for q in range(len(gt)))
-    return hits / (10 * len(gt))
+    return [len(found.get(q, set()) & set(gt[q].tolist())) / 10 for q in range(len(gt))]
+
+
+def results_recall(path, gt):
+    """recall@10 of a (query id, item id) CSV written by pg_bench.sh."""
+    per_query = results_recall_per_query(path, gt)
+    return sum(per_query) / len(per_query)

@@ -23,7 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from index_results import load_gt10, load_meta, results_recall, rows
+from index_results import load_gt10, load_meta, results_recall_per_query, rows
 
 TARGETS = (0.95, 0.99)
 res, dataset = sys.argv[1], sys.argv[2]
@@ -43,10 +43,13 @@ class Curve:
         self.build = {"wall": float(build["seconds"]), "cpu": float(build["cpu_seconds"])}
         self.bytes = int(build["bytes"]) if build.get("bytes") else None
         self.points = []
+        self.per_query = {}     # ef -> each query's recall, when results were kept
         for x in (x for x in r if x["kind"] == "search"):
             ef = int(x["ef"])
             if results_prefix:
-                recall = results_recall(f"{res}/{results_prefix}_ef{ef}.csv", gt)
+                per_query = results_recall_per_query(f"{res}/{results_prefix}_ef{ef}.csv", gt)
+                self.per_query[ef] = per_query
+                recall = sum(per_query) / len(per_query)
             else:
                 recall = float(x["recall_at_10"])
             n = int(x["queries"])
@@ -58,6 +61,19 @@ class Curve:
 
     def recall(self, ef):
         return next(r for e, r, _ in self.points if e == ef)
+
+    def gap(self, other, ef):
+        """Recall difference to other at ef in points, with the standard
+        error of that mean difference over the queries (paired: the same
+        queries), when both kept their results."""
+        d = 100 * (self.recall(ef) - other.recall(ef))
+        a, b = self.per_query.get(ef), other.per_query.get(ef)
+        if not a or not b or len(a) < 2:
+            return f"{d:+.1f}"
+        diffs = [x - y for x, y in zip(a, b)]
+        mean = sum(diffs) / len(diffs)
+        var = sum((x - mean) ** 2 for x in diffs) / (len(diffs) - 1)
+        return f"{d:+.1f} ± {100 * math.sqrt(var / len(diffs)):.1f}"
 
     def qps(self, ef, clock):
         return next(q[clock] for e, _, q in self.points if e == ef)
@@ -140,13 +156,13 @@ print()
 gap_vs = "pgvector" if pgv else "hnswlib"
 ref = pgv or hnswlib
 print("| ef_search | recall gnnhnsw | recall " + " | recall ".join(p.name for p in peers)
-      + f" | gap vs {gap_vs} (points) | recall cagra | CPU q/s gnnhnsw | CPU q/s "
+      + f" | gap vs {gap_vs} (points ± standard error) | recall cagra | CPU q/s gnnhnsw | CPU q/s "
       + " | CPU q/s ".join(p.name for p in peers) + " | wall q/s gnnhnsw | wall q/s "
       + " | wall q/s ".join(p.name for p in peers) + " |")
 print("|---:|" + "---:|" * (5 + 3 * len(peers)))
 for ef, r, q in gnn.points:
     print(f"| {ef} | {r:.4f} | " + " | ".join(f"{p.recall(ef):.4f}" for p in peers)
-          + f" | {100 * (r - ref.recall(ef)):+.1f} | {cagra.recall(ef) if cagra else float('nan'):.4f} | {q['cpu']:.0f} | "
+          + f" | {gnn.gap(ref, ef)} | {cagra.recall(ef) if cagra else float('nan'):.4f} | {q['cpu']:.0f} | "
           + " | ".join(f"{p.qps(ef, 'cpu'):.0f}" for p in peers) + f" | {q['wall']:.0f} | "
           + " | ".join(f"{p.qps(ef, 'wall'):.0f}" for p in peers) + " |")
 
