@@ -1088,7 +1088,8 @@ usage(void)
 			"writes the data set in that format (for reference runs).  --index\n"
 			"compares the HNSW-built and CAGRA-built index graphs instead\n"
 			"(--cagra-only: the CAGRA-built one alone, for quick trials).  --distinct\n"
-			"makes the base rows copies of N vectors (heavy duplicates).\n");
+			"makes the base rows copies of N vectors (heavy duplicates); --index\n"
+			"merges identical rows into elements as the index does, both builds.\n");
 	exit(1);
 }
 
