@@ -691,11 +691,117 @@ parse_prunings(Options *opt, const char *list)
  * --index: the graphs the index writes, searched as the index searches
  * them (hnsw.h, pure half): HNSW insertion of every row against CAGRA's
  * level 0 under upper levels linked by HNSW insertion, both from the same
- * sampled levels.  Identical vectors are not merged into one node here, as
- * the index's HNSW build does.
+ * sampled levels.  Identical vectors share one element of up to
+ * INDEX_ROWS_PER_ELEMENT rows, as in the index: the HNSW build merges a
+ * row into the element its insertion finds nearest when that holds the
+ * same vector and has room (hnsw_graph_insert's dup_ok, as the serial
+ * build does), the CAGRA build merges every row into an element of the
+ * same vector with room (a hash table, as hnsw_build_add_unlinked does).
+ * A search returns an element's rows in row order, as the index's scan
+ * returns its heap TIDs, so recall@10 counts the rows a user gets.
  */
 #define INDEX_LEVEL_CAP 16
 #define INDEX_SEED 0x5DEECE66DULL
+#define INDEX_ROWS_PER_ELEMENT 10	/* HNSW_HEAPTIDS */
+
+/* The rows of each element (at most n elements). */
+typedef struct IndexRows
+{
+	int32_t    *rows;			/* n x INDEX_ROWS_PER_ELEMENT */
+	uint8_t    *count;			/* n */
+	int64_t		n_elements;
+	float	   *vectors;		/* the CAGRA build's: n_elements x dim */
+} IndexRows;
+
+static void
+index_rows_init(IndexRows *r, int64_t n)
+{
+	r->rows = malloc((size_t) n * INDEX_ROWS_PER_ELEMENT * sizeof(int32_t));
+	r->count = calloc(n, 1);
+	r->n_elements = 0;
+	r->vectors = NULL;
+	if (r->rows == NULL || r->count == NULL)
+		die("element rows", "out of memory");
+}
+
+static void
+index_rows_free(IndexRows *r)
+{
+	free(r->rows);
+	free(r->count);
+	free(r->vectors);
+}
+
+static void
+index_rows_add(IndexRows *r, int32_t element, int64_t row)
+{
+	if (r->count[element] == 0)
+		r->n_elements++;
+	r->rows[(int64_t) element * INDEX_ROWS_PER_ELEMENT + r->count[element]++] =
+		(int32_t) row;
+}
+
+static bool
+index_element_has_room(void *arg, int32_t element)
+{
+	const IndexRows *r = arg;
+
+	return r->count[element] < INDEX_ROWS_PER_ELEMENT;
+}
+
+/* FNV-1a of a vector's bytes. */
+static uint64_t
+vector_hash(const float *v, int dim)
+{
+	const unsigned char *p = (const unsigned char *) v;
+	uint64_t	h = 0xcbf29ce484222325ULL;
+
+	for (size_t i = 0; i < (size_t) dim * sizeof(float); i++)
+		h = (h ^ p[i]) * 0x100000001b3ULL;
+	return h;
+}
+
+/*
+ * The CAGRA build's elements: each row joins an element of the same vector
+ * with room, else starts one; elements receives their vectors, in order.
+ */
+static void
+index_merge_identical(const float *base, int64_t n, int dim, IndexRows *rows,
+					  float *elements)
+{
+	uint64_t	size = 1024;
+	int32_t    *slots;
+
+	while (size < 2 * (uint64_t) n)
+		size *= 2;
+	slots = malloc(size * sizeof(int32_t));
+	if (slots == NULL)
+		die("element table", "out of memory");
+	memset(slots, 0xFF, size * sizeof(int32_t));
+	for (int64_t i = 0; i < n; i++)
+	{
+		const float *v = base + i * dim;
+		uint64_t	at = vector_hash(v, dim) & (size - 1);
+		int32_t		element;
+
+		for (;; at = (at + 1) & (size - 1))
+		{
+			element = slots[at];
+			if (element < 0 ||
+				(rows->count[element] < INDEX_ROWS_PER_ELEMENT &&
+				 memcmp(elements + (int64_t) element * dim, v, dim * sizeof(float)) == 0))
+				break;
+		}
+		if (element < 0)
+		{
+			element = (int32_t) rows->n_elements;
+			memcpy(elements + (int64_t) element * dim, v, dim * sizeof(float));
+			slots[at] = element;
+		}
+		index_rows_add(rows, element, i);
+	}
+	free(slots);
+}
 
 static void *
 index_alloc(void *ctx, size_t size)
@@ -739,7 +845,7 @@ cpu_seconds(void)
 }
 
 static HnswGraph *
-index_build_hnsw(const Bench *b, double *seconds, double *cpu)
+index_build_hnsw(const Bench *b, IndexRows *rows, double *seconds, double *cpu)
 {
 	const Options *opt = b->opt;
 	HnswGraph  *g = index_graph_new(opt);
@@ -749,8 +855,11 @@ index_build_hnsw(const Bench *b, double *seconds, double *cpu)
 	bool		dup;
 
 	for (int64_t i = 0; i < opt->n; i++)
-		hnsw_graph_insert(g, b->base + i * opt->dim, hnsw_graph_random_level(g),
-						  NULL, NULL, &dup);
+		index_rows_add(rows,
+					   hnsw_graph_insert(g, b->base + i * opt->dim,
+										 hnsw_graph_random_level(g),
+										 index_element_has_room, rows, &dup),
+					   i);
 	hnsw_graph_connect(g, &unreached);
 	*seconds = cagra_now() - t;
 	*cpu = cpu_seconds() - c;
@@ -765,12 +874,13 @@ index_link_upper(void *arg)
 
 /* As cagra_index.c builds it: upper levels on a thread while level 0 is made. */
 static HnswGraph *
-index_build_cagra(const Bench *b, const CagraParams *params, double *seconds,
-				  double *cpu)
+index_build_cagra(const Bench *b, const CagraParams *params, IndexRows *rows,
+				  double *seconds, double *cpu)
 {
 	const Options *opt = b->opt;
 	HnswGraph  *g = index_graph_new(opt);
 	int32_t    *graph = malloc((size_t) opt->n * opt->params.graph_degree * sizeof(int32_t));
+	int64_t		n;
 	CagraThread *upper;
 	CagraStats	st;
 	char		err[256];
@@ -783,13 +893,18 @@ index_build_cagra(const Bench *b, const CagraParams *params, double *seconds,
 				added,
 				dropped;
 
-	for (int64_t i = 0; i < opt->n; i++)
-		hnsw_graph_append(g, b->base + i * opt->dim, hnsw_graph_random_level(g));
+	rows->vectors = malloc((size_t) opt->n * opt->dim * sizeof(float));
+	if (rows->vectors == NULL || graph == NULL)
+		die("cagra index graph", "out of memory");
+	index_merge_identical(b->base, opt->n, opt->dim, rows, rows->vectors);
+	n = rows->n_elements;
+	for (int64_t i = 0; i < n; i++)
+		hnsw_graph_append(g, rows->vectors + i * opt->dim, hnsw_graph_random_level(g));
 	hnsw_graph_reserve_search(g);
 	upper = cagra_thread_start(index_link_upper, g);
 	if (upper == NULL)
 		hnsw_graph_link_upper(g);
-	if (cagra_build(b->base, opt->n, opt->dim, params, graph, &st,
+	if (cagra_build(rows->vectors, n, opt->dim, params, graph, &st,
 					err, sizeof(err)) != CAGRA_OK)
 		die("cagra build", err);
 	cagra_thread_join(upper);
@@ -825,13 +940,38 @@ index_build_cagra(const Bench *b, const CagraParams *params, double *seconds,
 	return g;
 }
 
+/*
+ * recall@RECALL_K of the rows of the elements found, as the scan returns
+ * them.  A row counts when it is no farther than the query's RECALL_K-th
+ * true neighbour (both by cagra_distance, so copies of a vector tie
+ * exactly): among many copies at one distance any RECALL_K are right,
+ * while recall by id would want the lowest ids.  Without ties it is recall
+ * by id.
+ */
 static void
-index_recall(const Bench *b, HnswGraph *g, double *recall)
+index_recall(const Bench *b, HnswGraph *g, const IndexRows *rows, double *recall)
 {
 	const Options *opt = b->opt;
 	int32_t		ids[RECALL_K];
 	float		dists[RECALL_K];
+	float	   *kth = malloc(opt->n_queries * sizeof(float));
 
+	if (kth == NULL)
+		die("recall", "out of memory");
+	for (int q = 0; q < opt->n_queries; q++)
+	{
+		kth[q] = -INFINITY;
+		for (int j = 0; j < RECALL_K; j++)
+		{
+			float		d = cagra_distance(opt->params.metric,
+										   b->queries + (int64_t) q * opt->dim,
+										   b->base + (int64_t) b->truth[q * RECALL_K + j] * opt->dim,
+										   opt->dim);
+
+			if (d > kth[q])
+				kth[q] = d;
+		}
+	}
 	for (int e = 0; e < opt->n_efs; e++)
 	{
 		int64_t		hits = 0;
@@ -840,11 +980,21 @@ index_recall(const Bench *b, HnswGraph *g, double *recall)
 		{
 			int			got = hnsw_graph_search(g, b->queries + (int64_t) q * opt->dim,
 												RECALL_K, opt->efs[e], ids, dists);
+			int			n_rows = 0;
 
-			hits += overlap(ids, got, b->truth + (int64_t) q * RECALL_K, RECALL_K);
+			for (int i = 0; i < got && n_rows < RECALL_K; i++)
+				for (int r = 0; r < rows->count[ids[i]] && n_rows < RECALL_K; r++, n_rows++)
+				{
+					int64_t		row = rows->rows[(int64_t) ids[i] * INDEX_ROWS_PER_ELEMENT + r];
+
+					hits += cagra_distance(opt->params.metric,
+										   b->queries + (int64_t) q * opt->dim,
+										   b->base + row * opt->dim, opt->dim) <= kth[q];
+				}
 		}
 		recall[e] = (double) hits / ((double) opt->n_queries * RECALL_K);
 	}
+	free(kth);
 }
 
 static void
@@ -857,6 +1007,9 @@ run_index(const Bench *b)
 				cagra_seconds[3],
 				hnsw_cpu = 0,
 				cagra_cpu[3];
+	IndexRows	rows;
+	int64_t		cagra_elements = opt->n,
+				hnsw_elements = opt->n;
 	HnswGraph  *g;
 
 	for (int p = 0; p < opt->n_prunings; p++)
@@ -864,16 +1017,26 @@ run_index(const Bench *b)
 		CagraParams params = opt->params;
 
 		params.pruning = opt->prunings[p];
-		g = index_build_cagra(b, &params, &cagra_seconds[p], &cagra_cpu[p]);
-		index_recall(b, g, cagra_recall[p]);
+		index_rows_init(&rows, opt->n);
+		g = index_build_cagra(b, &params, &rows, &cagra_seconds[p], &cagra_cpu[p]);
+		index_recall(b, g, &rows, cagra_recall[p]);
+		cagra_elements = rows.n_elements;
 		hnsw_graph_free(g);
+		index_rows_free(&rows);
 	}
 	if (!opt->cagra_only)
 	{
-		g = index_build_hnsw(b, &hnsw_seconds, &hnsw_cpu);
-		index_recall(b, g, hnsw_recall);
+		index_rows_init(&rows, opt->n);
+		g = index_build_hnsw(b, &rows, &hnsw_seconds, &hnsw_cpu);
+		index_recall(b, g, &rows, hnsw_recall);
+		hnsw_elements = rows.n_elements;
 		hnsw_graph_free(g);
+		index_rows_free(&rows);
 	}
+	if (cagra_elements < opt->n || hnsw_elements < opt->n)
+		printf("identical vectors merged: %lld rows in %lld elements (cagra), %lld (hnsw)\n",
+			   (long long) opt->n, (long long) cagra_elements,
+			   (long long) hnsw_elements);
 	for (int p = 0; p < opt->n_prunings; p++)
 	{
 		const char *name = pruning_name(opt->prunings[p]);
@@ -925,7 +1088,8 @@ usage(void)
 			"writes the data set in that format (for reference runs).  --index\n"
 			"compares the HNSW-built and CAGRA-built index graphs instead\n"
 			"(--cagra-only: the CAGRA-built one alone, for quick trials).  --distinct\n"
-			"makes the base rows copies of N vectors (heavy duplicates).\n");
+			"makes the base rows copies of N vectors (heavy duplicates); --index\n"
+			"merges identical rows into elements as the index does, both builds.\n");
 	exit(1);
 }
 

@@ -73,7 +73,9 @@ cagra_row_bytes(int intermediate, int degree)
 {
 	size_t		knn_stage = sizeof(int32) * intermediate	/* kNN graph */
 		+ sizeof(float) * intermediate	/* its distances */
-		+ cagra_knn_refine_row_bytes(intermediate, CAGRA_REFINE_SAMPLE);
+		+ cagra_knn_refine_row_bytes(intermediate, CAGRA_REFINE_SAMPLE)
+		+ sizeof(int32) + CAGRA_SEARCHED_ROW_BYTES;	/* the lists' searched
+														 * pairs */
 
 	/*
 	 * Pruning (cagra_prune_graph): the kNN graph, the final graph, the

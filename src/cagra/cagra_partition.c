@@ -449,15 +449,33 @@ list_alloc_scratch(ListJob *job, int n_threads, int n_lists)
 	return true;
 }
 
-/* Lists, probes, the search of every list: all allocations made here. */
+/* Set the bits of the pairs of lists that the search ranked: l x its probes. */
+static void
+list_mark_searched(const ListJob *job, int n_lists, uint64_t *searched)
+{
+	memset(searched, 0, CAGRA_SEARCHED_WORDS(n_lists) * sizeof(uint64_t));
+	for (int l = 0; l < n_lists; l++)
+		for (int j = 0; j < job->probes; j++)
+		{
+			uint64_t	bit = (uint64_t) l * n_lists +
+				job->probe[(int64_t) l * job->probe_stride + j];
+
+			searched[bit >> 6] |= UINT64_C(1) << (bit & 63);
+		}
+}
+
+/*
+ * Lists, probes, the search of every list: all allocations made here
+ * except assign (n: each row's list) and searched (NULL, or the bits of
+ * the pairs of lists searched, for NN-descent), which the caller keeps.
+ */
 static CagraStatus
 list_run(ListJob *job, int n_lists, int n_threads,
-		 const CagraInterrupt *interrupt, CagraKnnStats *stats,
-		 char *errbuf, size_t errlen)
+		 const CagraInterrupt *interrupt, int32_t *assign, uint64_t *searched,
+		 CagraKnnStats *stats, char *errbuf, size_t errlen)
 {
 	CagraMetric pmetric = partition_metric(job->metric);
 	float	   *centroids = malloc((size_t) n_lists * job->dim * sizeof(float));
-	int32_t    *assign = malloc((size_t) job->n * sizeof(int32_t));
 	int64_t    *offsets = malloc((n_lists + 1) * sizeof(int64_t));
 	int32_t    *members = malloc((size_t) job->n * sizeof(int32_t));
 	int32_t    *order = malloc(n_lists * sizeof(int32_t));
@@ -465,7 +483,7 @@ list_run(ListJob *job, int n_lists, int n_threads,
 	ListSize   *sizes = malloc(n_lists * sizeof(ListSize));
 	CagraStatus status = CAGRA_OK;
 
-	if (!centroids || !assign || !offsets || !members || !order || !probe || !sizes)
+	if (!centroids || !offsets || !members || !order || !probe || !sizes)
 		status = cagra_error(CAGRA_ERR_NOMEM, errbuf, errlen,
 							 "out of memory for %d lists of %lld rows",
 							 n_lists, (long long) job->n);
@@ -499,6 +517,8 @@ list_run(ListJob *job, int n_lists, int n_threads,
 													   CAGRA_LIST_MIN_GAIN);
 		}
 		stats->probes = job->probes;
+		if (searched != NULL)
+			list_mark_searched(job, n_lists, searched);
 	}
 	if (status == CAGRA_OK)
 	{
@@ -526,7 +546,6 @@ list_run(ListJob *job, int n_lists, int n_threads,
 		status = list_fill_short(job, n_threads, interrupt, errbuf, errlen);
 	list_free_scratch(job, n_threads);
 	free(centroids);
-	free(assign);
 	free(offsets);
 	free(members);
 	free(order);
@@ -545,6 +564,9 @@ cagra_knn_partitioned(const float *data, int64_t n, int dim, CagraMetric metric,
 	ListJob		job = {0};
 	CagraKnnCheck check = {0};
 	CagraKnnStats local;
+	int32_t    *assign = NULL;
+	uint64_t   *searched = NULL;
+	bool		keep_searched;
 	int64_t		n_lists;
 	CagraStatus status = CAGRA_OK;
 	double		t;
@@ -590,10 +612,20 @@ cagra_knn_partitioned(const float *data, int64_t n, int dim, CagraMetric metric,
 		job.check = &check;
 		stats->check_seconds = cagra_now() - t;
 	}
+	assign = malloc((size_t) n * sizeof(int32_t));
+	keep_searched = refine_iterations > 0 &&
+		CAGRA_SEARCHED_WORDS(n_lists) * sizeof(uint64_t) <=
+		(uint64_t) n * CAGRA_SEARCHED_ROW_BYTES;
+	if (keep_searched)
+		searched = malloc(CAGRA_SEARCHED_WORDS(n_lists) * sizeof(uint64_t));
+	if (status == CAGRA_OK && (assign == NULL || (keep_searched && searched == NULL)))
+		status = cagra_error(CAGRA_ERR_NOMEM, errbuf, errlen,
+							 "out of memory for the lists of %lld rows",
+							 (long long) n);
 	t = cagra_now();
 	if (status == CAGRA_OK)
 		status = list_run(&job, (int) n_lists, cagra_thread_count(n_threads),
-						  interrupt, stats, errbuf, errlen);
+						  interrupt, assign, searched, stats, errbuf, errlen);
 	stats->list_seconds = cagra_now() - t;
 	if (status == CAGRA_OK && refine_iterations > 0)
 		stats->refine.recall_before = stats->refine.recall_after =
@@ -602,8 +634,9 @@ cagra_knn_partitioned(const float *data, int64_t n, int dim, CagraMetric metric,
 	if (status == CAGRA_OK && refine_iterations > 0 &&
 		stats->refine.recall_before < CAGRA_REFINE_TARGET_RECALL)
 	{
+		CagraSearchedPairs pairs = {(int) n_lists, assign, searched};
 		CagraRefineOptions refine = {refine_iterations, CAGRA_REFINE_SAMPLE,
-		CAGRA_REFINE_TARGET_RECALL, &check};
+			CAGRA_REFINE_TARGET_RECALL, &check, searched ? &pairs : NULL};
 
 		t = cagra_now();
 		status = cagra_knn_refine(data, n, dim, metric, k, &refine, n_threads,
@@ -612,5 +645,7 @@ cagra_knn_partitioned(const float *data, int64_t n, int dim, CagraMetric metric,
 		stats->refine_seconds = cagra_now() - t;
 	}
 	cagra_knn_check_free(&check);
+	free(assign);
+	free(searched);
 	return status;
 }

@@ -17,7 +17,9 @@
  * join each iteration.  The iterations stop when fewer than
  * CAGRA_REFINE_DELTA x n x k list entries changed, after `iterations`, or
  * when the recall of a few brute-forced rows says the graph is good
- * enough or no longer improving enough (cagra.h).
+ * enough or no longer improving enough (cagra.h).  Pairs that the caller
+ * says were ranked already (CagraSearchedPairs: the partitioned stage's
+ * probed lists) are not offered again.
  *
  * Parallel form: the local joins of different nodes run on different
  * threads and update other nodes' lists under a per-node spin lock; a
@@ -60,6 +62,7 @@ typedef struct RefineJob
 	int32_t    *seen_new;
 	int32_t    *seen_old;
 	int64_t    *updates;		/* per thread */
+	const CagraSearchedPairs *searched; /* NULL: no pair ranked before */
 } RefineJob;
 
 static bool
@@ -379,13 +382,24 @@ refine_local_join(void *arg, int thread_no, int64_t begin, int64_t end)
 			{
 				int32_t		q = b < job->n_new[v] ? new_ids[b] :
 					old_ids[b - job->n_new[v]];
+				bool		to_p = true,
+							to_q = true;
 				float		d;
 
 				if (q == p)
 					continue;
+				if (job->searched != NULL)
+				{
+					to_p = !cagra_pair_searched(job->searched, p, q);
+					to_q = !cagra_pair_searched(job->searched, q, p);
+					if (!to_p && !to_q)
+						continue;
+				}
 				d = refine_distance(job, p, q);
-				updates += refine_offer(job, p, q, d);
-				updates += refine_offer(job, q, p, d);
+				if (to_p)
+					updates += refine_offer(job, p, q, d);
+				if (to_q)
+					updates += refine_offer(job, q, p, d);
 			}
 		}
 	}
@@ -445,7 +459,10 @@ cagra_knn_refine(const float *data, int64_t n, int dim, CagraMetric metric,
 	if (n < 2 || n > INT32_MAX || dim < 1 || k < 1 || k >= n ||
 		options->iterations < 0 || sample < 1 || n_threads < 0 ||
 		!(options->target_recall >= 0.0 && options->target_recall <= 1.0) ||
-		(unsigned) metric > CAGRA_METRIC_L1)
+		(unsigned) metric > CAGRA_METRIC_L1 ||
+		(options->searched != NULL &&
+		 (options->searched->n_lists < 1 || options->searched->list_of == NULL ||
+		  options->searched->searched == NULL)))
 		return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
 						   "invalid kNN refinement: %lld rows, dimension %d, k %d, %d iterations, sample %d, target recall %g",
 						   (long long) n, dim, k, options->iterations, sample,
@@ -459,6 +476,7 @@ cagra_knn_refine(const float *data, int64_t n, int dim, CagraMetric metric,
 	job.metric = metric;
 	job.k = k;
 	job.sample = sample;
+	job.searched = options->searched;
 	job.ids = knn;
 	job.dists = dists;
 	job.is_new = malloc((size_t) n * k);

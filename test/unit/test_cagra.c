@@ -619,7 +619,7 @@ test_knn_refine(void)
 	int32_t    *one = malloc(n * k * sizeof(int32_t));
 	int32_t    *two = malloc(n * k * sizeof(int32_t));
 	float	   *dists = malloc(n * k * sizeof(float));
-	CagraRefineOptions full = {30, 8, 0.0, NULL};
+	CagraRefineOptions full = {30, 8, 0.0, NULL, NULL};
 	CagraRefineOptions bad;
 	CagraRefineStats st;
 	char		err[256];
@@ -726,6 +726,102 @@ test_knn_refine(void)
 	free(one);
 	free(two);
 	free(dists);
+}
+
+/*
+ * NN-descent told which pairs were ranked already.  Rows are in 3 lists by
+ * id, list l having searched itself and list l + 1 (one way only); every
+ * row starts from its exact kNN among the rows of its searched lists.
+ * Told so, NN-descent must end where it ends untold, as those pairs would
+ * only be rejected again, and it does end elsewhere if the two ends of a
+ * pair are mixed up; told that every pair was ranked, it leaves the graph
+ * as it is.
+ */
+static void
+test_knn_refine_searched(void)
+{
+	int64_t		n = 3000;
+	int			dim = 8,
+				k = 12,
+				n_lists = 3;
+	float	   *data = random_data(n, dim);
+	int32_t    *list_of = malloc(n * sizeof(int32_t));
+	int32_t    *start = malloc(n * k * sizeof(int32_t));
+	float	   *start_d = malloc(n * k * sizeof(float));
+	int32_t    *told = malloc(n * k * sizeof(int32_t));
+	int32_t    *untold = malloc(n * k * sizeof(int32_t));
+	uint64_t	searched = 0;
+	uint64_t	everything = 1;
+	int32_t    *one_list = calloc(n, sizeof(int32_t));
+	CagraSearchedPairs pairs = {n_lists, list_of, &searched};
+	CagraSearchedPairs all_pairs = {1, one_list, &everything};
+	CagraRefineOptions plain = {30, 8, 0.0, NULL, NULL};
+	CagraRefineOptions with_pairs = {30, 8, 0.0, NULL, &pairs};
+	CagraRefineStats st;
+	char		err[256];
+
+	for (int64_t i = 0; i < n; i++)
+		list_of[i] = (int32_t) (i % n_lists);
+	for (int l = 0; l < n_lists; l++)
+	{
+		searched |= UINT64_C(1) << (l * n_lists + l);
+		searched |= UINT64_C(1) << (l * n_lists + (l + 1) % n_lists);
+	}
+	CHECK(cagra_pair_searched(&pairs, 0, 1) && !cagra_pair_searched(&pairs, 1, 0) &&
+		  cagra_pair_searched(&pairs, 2, 0) && cagra_pair_searched(&pairs, 3, 6),
+		  "searched bits by list, one way");
+	/* each row's exact kNN among its searched lists, by insertion */
+	for (int64_t p = 0; p < n; p++)
+	{
+		int32_t    *ids = start + p * k;
+		float	   *ds = start_d + p * k;
+		int			len = 0;
+
+		for (int64_t q = 0; q < n; q++)
+		{
+			float		d;
+			int			at;
+
+			if (q == p || !cagra_pair_searched(&pairs, (int32_t) p, (int32_t) q))
+				continue;
+			d = cagra_distance(CAGRA_METRIC_L2, data + p * dim, data + q * dim, dim);
+			if (len == k && d >= ds[k - 1])
+				continue;
+			at = len < k ? len++ : k - 1;
+			while (at > 0 && ds[at - 1] > d)
+			{
+				ids[at] = ids[at - 1];
+				ds[at] = ds[at - 1];
+				at--;
+			}
+			ids[at] = (int32_t) q;
+			ds[at] = d;
+		}
+	}
+	memcpy(told, start, n * k * sizeof(int32_t));
+	memcpy(untold, start, n * k * sizeof(int32_t));
+	CHECK(cagra_knn_refine(data, n, dim, CAGRA_METRIC_L2, k, &plain, 2, NULL,
+						   untold, NULL, NULL, err, sizeof(err)) == CAGRA_OK,
+		  "refine untold: %s", err);
+	CHECK(cagra_knn_refine(data, n, dim, CAGRA_METRIC_L2, k, &with_pairs, 2, NULL,
+						   told, NULL, NULL, err, sizeof(err)) == CAGRA_OK,
+		  "refine told: %s", err);
+	CHECK(!rows_equal(untold, start, n * k) && rows_equal(told, untold, n * k),
+		  "told which pairs were ranked, NN-descent ends where it ends untold");
+	memcpy(told, start, n * k * sizeof(int32_t));
+	with_pairs.searched = &all_pairs;
+	CHECK(cagra_knn_refine(data, n, dim, CAGRA_METRIC_L2, k, &with_pairs, 2, NULL,
+						   told, NULL, &st, err, sizeof(err)) == CAGRA_OK &&
+		  rows_equal(told, start, n * k) && st.iterations == 1,
+		  "told every pair was ranked, NN-descent changes nothing (%d iterations)",
+		  st.iterations);
+	free(data);
+	free(list_of);
+	free(start);
+	free(start_d);
+	free(told);
+	free(untold);
+	free(one_list);
 }
 
 /*
@@ -1144,8 +1240,8 @@ stop_after(void *arg)
 }
 
 /*
- * The interrupt check: polled on the calling thread before each chunk (32
- * query blocks of 128 rows here), it stops a build part-way through.
+ * The interrupt check: polled on the calling thread before each chunk (8
+ * query blocks of 512 rows here), it stops a build part-way through.
  */
 static void
 test_interrupt(void)
@@ -1171,7 +1267,7 @@ test_interrupt(void)
 	stop.polls = 0;
 	stop.limit = 1000000;
 	CHECK(cagra_build(data, n, dim, &params, graph, NULL, err, sizeof(err)) == CAGRA_OK &&
-		  stop.polls >= 32, "a check that never says stop: %s, %d polls", err, stop.polls);
+		  stop.polls >= 8, "a check that never says stop: %s, %d polls", err, stop.polls);
 
 	stop.polls = 0;
 	stop.limit = 0;
@@ -1458,5 +1554,7 @@ main(void)
 	test_index_level0_topics();
 	test_interrupt();
 	test_errors();
+	/* last: its random rows would change every later test's data */
+	test_knn_refine_searched();
 	return unit_report("cagra");
 }
