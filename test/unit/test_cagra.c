@@ -1223,6 +1223,55 @@ test_index_level0_topics(void)
 	free(queries);
 }
 
+/*
+ * Long edges under inner product (cagra_hnsw.c, LONG_EDGES_SELECT): rows
+ * of norms from 1 to 10, level 0 given no CAGRA edges, so that each
+ * node's level-0 list is its long edges alone.  The heuristic's test keeps
+ * a candidate only when no kept node has a larger inner product with it
+ * than the node has, which a large-norm kept node almost always has: alone
+ * it left nodes with one or two long edges.  Filled with the nearest it
+ * passed over, every node holds its m / 2 at least.
+ */
+static void
+test_index_level0_inner_product(void)
+{
+	int			dim = 16,
+				m = 8;
+	int64_t		n = 2000;
+	float	   *data = random_data(n, dim);
+	int32_t    *graph = malloc(sizeof(int32_t) * n * 2 * m);
+	HnswGraph  *g = hnsw_graph_create(dim, m, 64, HNSW_METRIC_IP, 16, 7,
+									  &index_allocator);
+	char		err[256];
+	int64_t		dropped;
+	int			fewest = 2 * m;
+
+	for (int64_t i = 0; i < n; i++)
+	{
+		float		norm = 1.0f + 4.5f * (rand_uniform() + 1.0f);
+
+		for (int j = 0; j < dim; j++)
+			data[i * dim + j] *= norm;
+		hnsw_graph_append(g, data + i * dim, hnsw_graph_random_level(g));
+	}
+	for (int64_t i = 0; i < n * 2 * m; i++)
+		graph[i] = -1;
+	hnsw_graph_reserve_search(g);
+	hnsw_graph_link_upper(g);
+	CHECK(cagra_hnsw_level0(g, graph, 2 * m, false, 2, NULL, &dropped, err,
+							sizeof(err)) == CAGRA_OK, "inner product level 0: %s",
+		  err);
+	for (int64_t i = 0; i < n; i++)
+		if (g->nodes[i].counts[0] < fewest)
+			fewest = g->nodes[i].counts[0];
+	CHECK(fewest >= m / 2,
+		  "inner product: a node has %d long edges, fewer than m / 2 = %d",
+		  fewest, m / 2);
+	hnsw_graph_free(g);
+	free(graph);
+	free(data);
+}
+
 /* ---------------------------------------------------------------------- */
 
 typedef struct StopAfter
@@ -1552,6 +1601,7 @@ main(void)
 	test_build_recall();
 	test_index_level0();
 	test_index_level0_topics();
+	test_index_level0_inner_product();
 	test_interrupt();
 	test_errors();
 	/* last: its random rows would change every later test's data */
