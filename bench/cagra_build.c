@@ -63,6 +63,7 @@ typedef struct Options
 	int			knn_sample;
 	uint64_t	seed;
 	int64_t		distinct;		/* > 0: base rows repeat this many vectors */
+	uint64_t	level_seed;		/* index: the sampled levels, both builds */
 	/* GPU assertions (bench/cagra_gpu_check.sh) */
 	const char *expect_mode;	/* "resident" or "streamed" */
 	double		max_gpu_seconds;	/* kNN + prune + merge, 0: no limit */
@@ -831,7 +832,7 @@ index_graph_new(const Options *opt)
 
 	return hnsw_graph_create(opt->dim, opt->m, opt->ef_construction,
 							 metrics[opt->params.metric], INDEX_LEVEL_CAP,
-							 INDEX_SEED, &index_allocator);
+							 opt->level_seed, &index_allocator);
 }
 
 /* CPU seconds of every thread of this process so far. */
@@ -1082,14 +1083,16 @@ usage(void)
 			"         [--index [--m M] [--ef-construction EF]] [--cagra-only]\n"
 			"         [--prune auto|detour|distance[,...]]\n"
 			"         [--expect-mode resident|streamed] [--max-gpu-seconds S]\n"
-			"         [--min-knn-recall R] [--distinct N]\n"
+			"         [--min-knn-recall R] [--distinct N] [--level-seed S]\n"
 			"The file holds (N + Q) x D float32, row-major; the last Q rows are\n"
 			"the queries.  Without --file, clustered data is generated; --dump\n"
 			"writes the data set in that format (for reference runs).  --index\n"
 			"compares the HNSW-built and CAGRA-built index graphs instead\n"
 			"(--cagra-only: the CAGRA-built one alone, for quick trials).  --distinct\n"
 			"makes the base rows copies of N vectors (heavy duplicates); --index\n"
-			"merges identical rows into elements as the index does, both builds.\n");
+			"merges identical rows into elements as the index does, both builds.\n"
+			"--level-seed draws other sampled levels for both builds: at ef 10\n"
+			"a few queries more or fewer find their cluster (docs/cagra.md).\n");
 	exit(1);
 }
 
@@ -1137,6 +1140,7 @@ parse_args(Options *opt, int argc, char **argv)
 	opt->cuda_lib = "cuda/gnnvec_cuda.so";
 	opt->knn_sample = 200;
 	opt->seed = 42;
+	opt->level_seed = INDEX_SEED;
 	opt->m = 16;
 	opt->ef_construction = 64;
 	parse_efs(opt, "10,20,40,80,160");
@@ -1218,6 +1222,8 @@ parse_args(Options *opt, int argc, char **argv)
 			opt->knn_sample = atoi(v);
 		else if (strcmp(a, "--distinct") == 0)
 			opt->distinct = atoll(v);
+		else if (strcmp(a, "--level-seed") == 0)
+			opt->level_seed = strtoull(v, NULL, 0);
 		else if (strcmp(a, "--expect-mode") == 0)
 			opt->expect_mode = v;
 		else if (strcmp(a, "--max-gpu-seconds") == 0)
