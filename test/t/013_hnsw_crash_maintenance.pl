@@ -144,13 +144,17 @@ sub build_crash
 {
 	my ($what, $workers, $query) = @_;
 
+	# The session stays (pg_sleep) after the build, so that the kill always
+	# finds its backend: a serial build's last phase is short, and once the
+	# session had ended, the kill hit nothing and no crash recovery came.
 	my $build = start_sql("SET max_parallel_maintenance_workers = $workers",
-		'CREATE INDEX items_built ON items USING gnnhnsw (v) WITH (m = 16, ef_construction = 64)');
+		'CREATE INDEX items_built ON items USING gnnhnsw (v) WITH (m = 16, ef_construction = 64)',
+		'SELECT pg_sleep(600)');
 	kill_when($what, $query, 0);
 	$build->finish;
 	# The kill lands in the phase the query caught, or, when that phase is
-	# over within the moment the kill takes (a serial build's last phase is
-	# short), after the build committed: then the index must be whole.
+	# over within the moment the kill takes, after the build committed: then
+	# the index must be whole.
 	if ($node->safe_psql('postgres', q{SELECT count(*) FROM pg_class WHERE relname = 'items_built'}) eq '0')
 	{
 		pass("$what: the interrupted build left no index");
