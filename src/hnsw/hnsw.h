@@ -377,6 +377,7 @@ hnsw_layer_search(const HnswLayerSearch *ls, const float *q, int32_t ep,
 		for (int start = 0; start < cnt; start += HNSW_LAYER_BATCH)
 		{
 			int32_t		fresh[HNSW_LAYER_BATCH];
+			const float *vecs[HNSW_LAYER_BATCH];
 			int			nfresh = 0;
 
 			/*
@@ -391,15 +392,14 @@ hnsw_layer_search(const HnswLayerSearch *ls, const float *q, int32_t ep,
 				if (ls->visited[e] == ls->tag)
 					continue;
 				ls->visited[e] = ls->tag;
-				hnsw_prefetch_vector(ls->vector_of(ls->arg, e), ls->dim);
+				vecs[nfresh] = ls->vector_of(ls->arg, e);
+				hnsw_prefetch_vector(vecs[nfresh], ls->dim);
 				fresh[nfresh++] = e;
 			}
 			for (int i = 0; i < nfresh; i++)
 			{
 				int32_t		e = fresh[i];
-				float		d = hnsw_distance(ls->metric, q,
-											  ls->vector_of(ls->arg, e),
-											  ls->dim);
+				float		d = hnsw_distance(ls->metric, q, vecs[i], ls->dim);
 
 				if (res->n < ef || d < hnsw_heap_top(res)->dist)
 				{
