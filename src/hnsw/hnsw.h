@@ -132,6 +132,31 @@ hnsw_heap_top(HnswHeap *h)
 	return h->n > 0 ? &h->items[0] : NULL;
 }
 
+/*
+ * Positions 0..n-1 by descending score, ties by position, handed out one
+ * at a time: a binary heap of (score, position), built in O(n) (Floyd
+ * 1964), each next in O(log n).  A reranked scan returns the first rows of
+ * its rerank's order and the executor stops after LIMIT k of ef (10 of
+ * 100): sorting all 100 scores was 2-3% of its time (docs/gnn.md).  The
+ * caller gives items room for n.
+ */
+typedef struct HnswRankItem
+{
+	double		score;
+	int32_t		pos;
+} HnswRankItem;
+
+typedef struct HnswRank
+{
+	HnswRankItem *items;
+	int			n;				/* not handed out yet */
+} HnswRank;
+
+extern void hnsw_rank_init(HnswRank *r, const double *scores, int n,
+						   HnswRankItem *items);
+/* The next position in the order, or -1 when all are handed out. */
+extern int	hnsw_rank_next(HnswRank *r);
+
 #if defined(__GNUC__) || defined(__clang__)
 #define hnsw_prefetch(p) __builtin_prefetch(p)
 #else
@@ -1332,9 +1357,10 @@ extern int	hnsw_shared_cache_list(HnswScanCacheInfo *out, int max);
  * hnsw_scan_rerank: called with the candidates of each search round,
  * sorted by graph distance, whose pages may not have been read yet (lsn
  * invalid, heap TIDs not filled in; their elements may since have been
- * deleted); writes the order to return them in to order (ncands
- * positions: the GNN reranker's, or distance order).  The executor still
- * sees distances through the ORDER BY operator.
+ * deleted); returns true when it wrote a score for each to scores (the
+ * GNN reranker's: the round is returned by descending score, ties in
+ * distance order, see HnswRank), false to keep distance order.  The
+ * executor still sees distances through the ORDER BY operator.
  *
  * hnsw_scan_ef: the ef of a scan's first round (gnnvec.ef_search, or more
  * when reranking wants more candidates).
@@ -1349,9 +1375,9 @@ extern void hnsw_scan_adapt_query(Relation index, HnswMetric metric,
 								  float *query, int dim);
 extern int	hnsw_scan_ef(Relation index);
 extern bool hnsw_scan_reranks(Relation index);
-extern void hnsw_scan_rerank(Relation index, const float *query, int dim,
+extern bool hnsw_scan_rerank(Relation index, const float *query, int dim,
 							 const HnswCandidate *cands, int ncands,
-							 int *order);
+							 double *scores);
 
 /* hnswvacuum.c */
 extern IndexBulkDeleteResult *hnswbulkdelete(IndexVacuumInfo *info,

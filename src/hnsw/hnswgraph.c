@@ -114,6 +114,65 @@ hnsw_heap_pop(HnswHeap *h)
 }
 
 /* ---------------------------------------------------------------------
+ * Rank order (hnsw.h, HnswRank)
+ * --------------------------------------------------------------------- */
+
+static inline bool
+rank_before(const HnswRankItem *a, const HnswRankItem *b)
+{
+	if (a->score != b->score)
+		return a->score > b->score;
+	return a->pos < b->pos;
+}
+
+/* Moves x down from slot i of the heap of n items to where it belongs. */
+static void
+rank_sift_down(HnswRankItem *items, int n, int i, HnswRankItem x)
+{
+	for (;;)
+	{
+		int			child = 2 * i + 1;
+
+		if (child >= n)
+			break;
+		if (child + 1 < n && rank_before(&items[child + 1], &items[child]))
+			child++;
+		if (!rank_before(&items[child], &x))
+			break;
+		items[i] = items[child];
+		i = child;
+	}
+	items[i] = x;
+}
+
+void
+hnsw_rank_init(HnswRank *r, const double *scores, int n, HnswRankItem *items)
+{
+	for (int i = 0; i < n; i++)
+	{
+		items[i].score = scores[i];
+		items[i].pos = i;
+	}
+	for (int i = n / 2 - 1; i >= 0; i--)
+		rank_sift_down(items, n, i, items[i]);
+	r->items = items;
+	r->n = n;
+}
+
+int
+hnsw_rank_next(HnswRank *r)
+{
+	int			top;
+
+	if (r->n == 0)
+		return -1;
+	top = r->items[0].pos;
+	if (--r->n > 0)
+		rank_sift_down(r->items, r->n, 0, r->items[r->n]);
+	return top;
+}
+
+/* ---------------------------------------------------------------------
  * Key set: open addressing, linear probing, load factor <= 1/2
  * --------------------------------------------------------------------- */
 
