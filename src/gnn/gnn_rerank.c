@@ -26,7 +26,6 @@
  */
 #include "postgres.h"
 
-#include <cblas.h>
 #include <float.h>
 #include <math.h>
 
@@ -711,7 +710,7 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 	for (i = 0; i < nlive; i++)
 	{
 		gnn_bf16_to_floats(emb[live[i]], h + d, cpf);
-		cos_q[i] = cblas_sdot(h, qp, 1, cpf, 1);
+		cos_q[i] = vec_inner_product(qp, cpf, h);
 		sigma[i] = hnsw_distance(v->metric, query, cpf + h, d);
 	}
 	gnn_distance_zscores(live_dist, nlive, rho);
