@@ -726,13 +726,13 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 static void
 order_by_score(const double *scores, int n, int *order)
 {
-	HnswRankItem *items = palloc(sizeof(HnswRankItem) * Max(n, 1));
+	void	   *space = palloc(hnsw_rank_size(n));
 	HnswRank	rank;
 
-	hnsw_rank_init(&rank, scores, n, items);
+	hnsw_rank_init(&rank, scores, n, space);
 	for (int i = 0; i < n; i++)
 		order[i] = hnsw_rank_next(&rank);
-	pfree(items);
+	pfree(space);
 }
 
 /* ---- scan plug-ins (hnsw.h) --------------------------------------------- */

@@ -134,26 +134,28 @@ hnsw_heap_top(HnswHeap *h)
 
 /*
  * Positions 0..n-1 by descending score, ties by position, handed out one
- * at a time: a binary heap of (score, position), built in O(n) (Floyd
- * 1964), each next in O(log n).  A reranked scan returns the first rows of
- * its rerank's order and the executor stops after LIMIT k of ef (10 of
- * 100): sorting all 100 scores was 2-3% of its time (docs/gnn.md).  The
- * caller gives items room for n.
+ * at a time: a winner tree (a knockout tournament over the positions,
+ * Knuth, TAOCP vol. 3, 5.4.1) built with n - 1 comparisons, each next in
+ * log2 n, replaying only the matches of the position just handed out.  A
+ * reranked scan returns the first rows of its rerank's order and the
+ * executor stops after LIMIT k of ef (10 of 100): sorting all 100 scores
+ * was 2-3% of its time, a binary heap still 1% (docs/gnn.md).  A match is
+ * one comparison whose result picks an index, without a branch to
+ * mispredict.  Scores below -DBL_MAX (and NaN) count as -DBL_MAX.  The
+ * caller gives hnsw_rank_size(n) bytes of space.
  */
-typedef struct HnswRankItem
-{
-	double		score;
-	int32_t		pos;
-} HnswRankItem;
-
 typedef struct HnswRank
 {
-	HnswRankItem *items;
+	double	   *key;			/* leaves' scores; -inf once handed out */
+	int32_t    *tree;			/* tree[k]: winner below node k; leaves at
+								 * leaves + position */
+	int			leaves;			/* a power of two >= n */
 	int			n;				/* not handed out yet */
 } HnswRank;
 
+extern size_t hnsw_rank_size(int n);
 extern void hnsw_rank_init(HnswRank *r, const double *scores, int n,
-						   HnswRankItem *items);
+						   void *space);
 /* The next position in the order, or -1 when all are handed out. */
 extern int	hnsw_rank_next(HnswRank *r);
 

@@ -24,6 +24,7 @@
 #include "hnsw/hnsw.h"
 
 #include <assert.h>
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -117,58 +118,66 @@ hnsw_heap_pop(HnswHeap *h)
  * Rank order (hnsw.h, HnswRank)
  * --------------------------------------------------------------------- */
 
-static inline bool
-rank_before(const HnswRankItem *a, const HnswRankItem *b)
+static int
+rank_leaves(int n)
 {
-	if (a->score != b->score)
-		return a->score > b->score;
-	return a->pos < b->pos;
+	int			leaves = 1;
+
+	while (leaves < n)
+		leaves *= 2;
+	return leaves;
 }
 
-/* Moves x down from slot i of the heap of n items to where it belongs. */
-static void
-rank_sift_down(HnswRankItem *items, int n, int i, HnswRankItem x)
+size_t
+hnsw_rank_size(int n)
 {
-	for (;;)
-	{
-		int			child = 2 * i + 1;
+	int			leaves = rank_leaves(n);
 
-		if (child >= n)
-			break;
-		if (child + 1 < n && rank_before(&items[child + 1], &items[child]))
-			child++;
-		if (!rank_before(&items[child], &x))
-			break;
-		items[i] = items[child];
-		i = child;
-	}
-	items[i] = x;
+	return sizeof(double) * leaves + sizeof(int32_t) * 2 * leaves;
+}
+
+/*
+ * The winner of a match: every position below a node's left child is
+ * smaller than every one below its right child, so a tie goes left.
+ */
+static inline int32_t
+rank_match(const double *key, int32_t left, int32_t right)
+{
+	return key[right] > key[left] ? right : left;
 }
 
 void
-hnsw_rank_init(HnswRank *r, const double *scores, int n, HnswRankItem *items)
+hnsw_rank_init(HnswRank *r, const double *scores, int n, void *space)
 {
-	for (int i = 0; i < n; i++)
-	{
-		items[i].score = scores[i];
-		items[i].pos = i;
-	}
-	for (int i = n / 2 - 1; i >= 0; i--)
-		rank_sift_down(items, n, i, items[i]);
-	r->items = items;
+	int			leaves = rank_leaves(n);
+
+	r->key = space;
+	r->tree = (int32_t *) (r->key + leaves);
+	r->leaves = leaves;
 	r->n = n;
+	for (int i = 0; i < leaves; i++)
+	{
+		/* NaN and -inf would tie with the leaves handed out (or lose) */
+		r->key[i] = i >= n ? -INFINITY :
+			scores[i] >= -DBL_MAX ? scores[i] : -DBL_MAX;
+		r->tree[leaves + i] = i;
+	}
+	for (int k = leaves - 1; k >= 1; k--)
+		r->tree[k] = rank_match(r->key, r->tree[2 * k], r->tree[2 * k + 1]);
 }
 
 int
 hnsw_rank_next(HnswRank *r)
 {
-	int			top;
+	int32_t		top;
 
 	if (r->n == 0)
 		return -1;
-	top = r->items[0].pos;
-	if (--r->n > 0)
-		rank_sift_down(r->items, r->n, 0, r->items[r->n]);
+	r->n--;
+	top = r->tree[1];			/* with one leaf, the leaf */
+	r->key[top] = -INFINITY;
+	for (int k = (r->leaves + top) / 2; k >= 1; k /= 2)
+		r->tree[k] = rank_match(r->key, r->tree[2 * k], r->tree[2 * k + 1]);
 	return top;
 }
 

@@ -100,7 +100,7 @@ typedef struct HnswScanOpaqueData
 	int			placed;			/* cands[0..placed-1] are in that order; the
 								 * rest are placed as pos reaches them */
 	HnswRank	rank;			/* the order still to be placed */
-	HnswRankItem *rankItems;	/* rank's heap */
+	char	   *rankSpace;		/* rank's tree, then rankAt and rankOf */
 	int		   *rankAt;			/* position in distance order -> in cands */
 	int		   *rankOf;			/* position in cands -> in distance order */
 
@@ -327,7 +327,7 @@ hnswrescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys,
 	so->heappos = 0;
 	so->reranked = false;
 	so->placed = 0;
-	so->rankItems = NULL;
+	so->rankSpace = NULL;
 	so->done = false;
 }
 
@@ -542,13 +542,13 @@ rerank_round(IndexScanDesc scan)
 	if (hnsw_scan_rerank(scan->indexRelation, so->query, so->meta.dims,
 						 so->cands, n, scores))
 	{
-		if (so->rankItems)
-			pfree(so->rankItems);
-		/* one allocation: the heap, then the two maps */
-		so->rankItems = palloc(sizeof(HnswRankItem) * n + sizeof(int) * 2 * n);
-		so->rankAt = (int *) (so->rankItems + n);
+		if (so->rankSpace)
+			pfree(so->rankSpace);
+		/* one allocation: the tree, then the two maps */
+		so->rankSpace = palloc(hnsw_rank_size(n) + sizeof(int) * 2 * n);
+		so->rankAt = (int *) (so->rankSpace + hnsw_rank_size(n));
 		so->rankOf = so->rankAt + n;
-		hnsw_rank_init(&so->rank, scores, n, so->rankItems);
+		hnsw_rank_init(&so->rank, scores, n, so->rankSpace);
 		for (i = 0; i < n; i++)
 			so->rankAt[i] = so->rankOf[i] = i;
 		so->placed = 0;
