@@ -738,7 +738,9 @@ typedef struct GnnIndexView
 	int			means_cap;
 } GnnIndexView;
 
-extern void gnn_view_init(GnnIndexView *v, Relation index);
+/* meta: as hnsw_reader_init's (a scan passes the metapage it read) */
+extern void gnn_view_init(GnnIndexView *v, Relation index,
+						  const HnswMetaPageData *meta);
 extern int	gnn_view_node(GnnIndexView *v, ItemPointer tid);
 extern BlockNumber gnn_view_nblocks(GnnIndexView *v);
 extern void gnn_view_neighbors(GnnIndexView *v, int node);

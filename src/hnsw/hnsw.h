@@ -1160,7 +1160,9 @@ typedef struct HnswReader
 	HnswMetaPageData meta;		/* the entry point searches start from */
 } HnswReader;
 
-extern void hnsw_reader_init(HnswReader *r, Relation index);
+/* meta: the index's metapage as the caller just read it, or NULL to read it */
+extern void hnsw_reader_init(HnswReader *r, Relation index,
+							 const HnswMetaPageData *meta);
 
 /*
  * The vector of the element at tid (vec: dim floats, as the index stores
@@ -1356,9 +1358,10 @@ extern int	hnsw_shared_cache_list(HnswScanCacheInfo *out, int max);
  * rewrite it in place (the index's MicroLoRA HnswScan adapter when
  * gnnvec.adapt is on; the result is unit length again for cosine).
  *
- * hnsw_scan_rerank: called with the candidates of each search round,
- * sorted by graph distance, whose pages may not have been read yet (lsn
- * invalid, heap TIDs not filled in; their elements may since have been
+ * hnsw_scan_rerank: called with the metapage the scan read and the
+ * candidates of each search round, sorted by graph distance, whose pages
+ * may not have been read yet (lsn invalid, heap TIDs not filled in;
+ * their elements may since have been
  * deleted); returns true when it wrote a score for each to scores (the
  * GNN reranker's: the round is returned by descending score, ties in
  * distance order, see HnswRank), false to keep distance order.  The
@@ -1377,9 +1380,9 @@ extern void hnsw_scan_adapt_query(Relation index, HnswMetric metric,
 								  float *query, int dim);
 extern int	hnsw_scan_ef(Relation index);
 extern bool hnsw_scan_reranks(Relation index);
-extern bool hnsw_scan_rerank(Relation index, const float *query, int dim,
-							 const HnswCandidate *cands, int ncands,
-							 double *scores);
+extern bool hnsw_scan_rerank(Relation index, const HnswMetaPageData *meta,
+							 const float *query, const HnswCandidate *cands,
+							 int ncands, double *scores);
 
 /* hnswvacuum.c */
 extern IndexBulkDeleteResult *hnswbulkdelete(IndexVacuumInfo *info,

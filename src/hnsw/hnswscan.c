@@ -539,7 +539,7 @@ rerank_round(IndexScanDesc scan)
 	for (i = 0; i < n; i++)
 		so->cands[i].nbr_sum = so->search.elems[so->candElems[i]].nbr_sum;
 	scores = palloc(sizeof(double) * Max(n, 1));
-	if (hnsw_scan_rerank(scan->indexRelation, so->query, so->meta.dims,
+	if (hnsw_scan_rerank(scan->indexRelation, &so->meta, so->query,
 						 so->cands, n, scores))
 	{
 		if (so->rankSpace)
