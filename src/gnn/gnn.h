@@ -207,7 +207,8 @@ extern void gnn_layer_tape_free(GnnLayerTape *tape);
  * projections (nbr: the three parts as separate n x H arrays, read in
  * place) with edge
  * weights (NULL: uniform), equal up to rounding to gnn_layer_forward
- * without training on the same vectors.
+ * without training on the same vectors (its activations go through
+ * gnn_exp_approx: relative error a few units in the last place).
  */
 typedef struct GnnProjections
 {
@@ -227,6 +228,14 @@ extern GnnStatus gnn_layer_forward_projected(GnnModel *model,
 
 /* Numerically stable softmax (max subtracted); in and out may alias. */
 extern void gnn_softmax(const gnn_real *in, int n, gnn_real *out);
+
+/*
+ * e^x of n values (in and out may alias), four at a time: relative error
+ * under 3 * 2^-24 for x in [-87, 88], arguments clamped to it (libm's
+ * exp in the double build).  gnn_layer_forward_projected's activations
+ * (gnn_layer.c).
+ */
+extern void gnn_exp_approx(const gnn_real *in, int n, gnn_real *out);
 
 /*
  * Edge weights from distances, for the GnnGraph: w_j = exp(-(d_j - min d) /
@@ -729,7 +738,9 @@ typedef struct GnnIndexView
 	int			means_cap;
 } GnnIndexView;
 
-extern void gnn_view_init(GnnIndexView *v, Relation index);
+/* meta: as hnsw_reader_init's (a scan passes the metapage it read) */
+extern void gnn_view_init(GnnIndexView *v, Relation index,
+						  const HnswMetaPageData *meta);
 extern int	gnn_view_node(GnnIndexView *v, ItemPointer tid);
 extern BlockNumber gnn_view_nblocks(GnnIndexView *v);
 extern void gnn_view_neighbors(GnnIndexView *v, int node);

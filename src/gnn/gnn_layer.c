@@ -27,6 +27,7 @@ struct GnnLayerTape
 {
 	GnnGraph	g;				/* the caller's arrays, by reference */
 	bool		has_mask;		/* dropout was applied */
+	bool		approx;			/* activations by gnn_exp_approx (a scan's q') */
 	size_t		cap;			/* gnn_reals allocated in buf */
 	gnn_real   *buf;
 	/* views into buf */
@@ -169,10 +170,110 @@ gnn_layer_tape_free(GnnLayerTape *tape)
 	free(tape);
 }
 
-/* ---- forward -------------------------------------------------------------- */
+/* ---- activations ---------------------------------------------------------- */
+
+/*
+ * exp, four values at a time (SSE2, float build): x = n ln 2 + r with
+ * |r| <= ln 2 / 2 (Cody & Waite's two-part ln 2), e^r by a degree-7
+ * polynomial (Cephes' coefficients for expf), times 2^n from the exponent
+ * bits.  Relative error under 3 * 2^-24 (test_gnn.c); arguments are
+ * clamped to [-87, 88], where 2^n stays a normal float.  A reranked
+ * scan's q' computes 448 activations (128 attention weights, 256 gate
+ * values, 64 candidates): through libm they were about an eighth of the
+ * rerank's time (docs/gnn.md, "Rerank latency").  Training and validation
+ * keep libm's functions: approx is for gnn_layer_forward_projected only.
+ */
+#if defined(__SSE2__) && !defined(GNN_DOUBLE)
+static inline __m128
+exp4(__m128 x)
+{
+	const __m128 ln2_hi = _mm_set1_ps(0.693359375f);
+	const __m128 ln2_lo = _mm_set1_ps(-2.12194440e-4f);
+	__m128		fn,
+				r,
+				r2,
+				p;
+	__m128i		n;
+
+	x = _mm_min_ps(_mm_max_ps(x, _mm_set1_ps(-87.0f)), _mm_set1_ps(88.0f));
+	n = _mm_cvtps_epi32(_mm_mul_ps(x, _mm_set1_ps(1.44269504088896341f)));
+	fn = _mm_cvtepi32_ps(n);
+	r = _mm_sub_ps(_mm_sub_ps(x, _mm_mul_ps(fn, ln2_hi)), _mm_mul_ps(fn, ln2_lo));
+	r2 = _mm_mul_ps(r, r);
+	p = _mm_set1_ps(1.9875691500e-4f);
+	p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(1.3981999507e-3f));
+	p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(8.3334519073e-3f));
+	p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(4.1665795894e-2f));
+	p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(1.6666665459e-1f));
+	p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(5.0000001201e-1f));
+	p = _mm_add_ps(_mm_add_ps(_mm_mul_ps(p, r2), r), _mm_set1_ps(1.0f));
+	return _mm_mul_ps(p, _mm_castsi128_ps(_mm_slli_epi32(_mm_add_epi32(n, _mm_set1_epi32(127)), 23)));
+}
+#endif
 
 void
-gnn_softmax(const gnn_real *in, int n, gnn_real *out)
+gnn_exp_approx(const gnn_real *in, int n, gnn_real *out)
+{
+	int			i = 0;
+
+#if defined(__SSE2__) && !defined(GNN_DOUBLE)
+	for (; i + 4 <= n; i += 4)
+		_mm_storeu_ps(out + i, exp4(_mm_loadu_ps(in + i)));
+	if (i < n)
+	{
+		float		buf[4] = {0, 0, 0, 0};
+
+		memcpy(buf, in + i, (n - i) * sizeof(float));
+		_mm_storeu_ps(buf, exp4(_mm_loadu_ps(buf)));
+		memcpy(out + i, buf, (n - i) * sizeof(float));
+		i = n;
+	}
+#endif
+	for (; i < n; i++)
+		out[i] = gnn_exp(in[i]);
+}
+
+/*
+ * Logistic sigmoid and tanh of n values in place, by libm or, with
+ * approx, gnn_exp_approx: sigm(x) = 1 / (1 + e^-x), tanh(x) = 1 - 2 /
+ * (e^2x + 1) (absolute error about 2^-23 near 0, where libm's is relative).
+ */
+static void
+sigmoid_rows(gnn_real *x, int n, bool approx)
+{
+	if (!approx)
+	{
+		for (int i = 0; i < n; i++)
+			x[i] = gnn_sigmoid(x[i]);
+		return;
+	}
+	for (int i = 0; i < n; i++)
+		x[i] = -x[i];
+	gnn_exp_approx(x, n, x);
+	for (int i = 0; i < n; i++)
+		x[i] = 1 / (1 + x[i]);
+}
+
+static void
+tanh_rows(gnn_real *x, int n, bool approx)
+{
+	if (!approx)
+	{
+		for (int i = 0; i < n; i++)
+			x[i] = gnn_tanh(x[i]);
+		return;
+	}
+	for (int i = 0; i < n; i++)
+		x[i] = 2 * x[i];
+	gnn_exp_approx(x, n, x);
+	for (int i = 0; i < n; i++)
+		x[i] = 1 - 2 / (x[i] + 1);
+}
+
+/* ---- forward -------------------------------------------------------------- */
+
+static void
+softmax(const gnn_real *in, int n, gnn_real *out, bool approx)
 {
 	gnn_real	mx;
 	gnn_real	sum = 0;
@@ -185,12 +286,22 @@ gnn_softmax(const gnn_real *in, int n, gnn_real *out)
 			mx = in[i];
 	/* after subtracting the max the largest term is exp(0) = 1, so sum >= 1 */
 	for (int i = 0; i < n; i++)
-	{
-		out[i] = gnn_exp(in[i] - mx);
+		out[i] = in[i] - mx;
+	if (approx)
+		gnn_exp_approx(out, n, out);
+	else
+		for (int i = 0; i < n; i++)
+			out[i] = gnn_exp(out[i]);
+	for (int i = 0; i < n; i++)
 		sum += out[i];
-	}
 	for (int i = 0; i < n; i++)
 		out[i] /= sum;
+}
+
+void
+gnn_softmax(const gnn_real *in, int n, gnn_real *out)
+{
+	softmax(in, n, out, false);
 }
 
 /*
@@ -336,7 +447,7 @@ attend_node(GnnLayerTape *tp, int i, int h, int heads)
 				s += q[c0 + c] * k[c];
 			a[j] = s * scale;
 		}
-		gnn_softmax(a, n, a);
+		softmax(a, n, a, tp->approx);
 		for (int j = 0; j < n; j++)
 			add_scaled(o + c0, a[j], tp->val + (size_t) tp->g.nbr[lo + j] * h + c0, dk);
 	}
@@ -354,6 +465,7 @@ gru_forward(GnnModel *model, GnnLayerTape *tp, int n, int h, gnn_real *hid)
 
 	gnn_gemm_xwt(tp->t, n, h, wg, 3 * h, 0, tp->gx, h, 3 * h);
 	gnn_gemm_xwt(tp->node_msg, n, h, ug, 2 * h, 0, tp->gh, h, 2 * h);
+	/* the gates' pre-activations, then the activations of all at once */
 	for (int i = 0; i < n; i++)
 		for (int c = 0; c < h; c++)
 		{
@@ -361,21 +473,25 @@ gru_forward(GnnModel *model, GnnLayerTape *tp, int n, int h, gnn_real *hid)
 			const gnn_real *gx = tp->gx + (size_t) i * 3 * h;
 			const gnn_real *gh = tp->gh + (size_t) i * 2 * h;
 
-			tp->z[k] = gnn_sigmoid(gx[c] + gh[c] + bg[c]);
-			tp->r[k] = gnn_sigmoid(gx[h + c] + gh[h + c] + bg[h + c]);
-			tp->rm[k] = tp->r[k] * tp->node_msg[k];
+			tp->z[k] = gx[c] + gh[c] + bg[c];
+			tp->r[k] = gx[h + c] + gh[h + c] + bg[h + c];
 		}
+	sigmoid_rows(tp->z, n * h, tp->approx);
+	sigmoid_rows(tp->r, n * h, tp->approx);
+	for (size_t k = 0; k < (size_t) n * h; k++)
+		tp->rm[k] = tp->r[k] * tp->node_msg[k];
 	gnn_gemm_xwt(tp->rm, n, h, ug + (size_t) 2 * h * h, h, 0, tp->ghn, h, h);
 	for (int i = 0; i < n; i++)
 		for (int c = 0; c < h; c++)
 		{
 			size_t		k = (size_t) i * h + c;
-			gnn_real	pre = tp->gx[(size_t) i * 3 * h + 2 * h + c] +
-				tp->ghn[k] + bg[2 * h + c];
 
-			tp->cand[k] = gnn_tanh(pre);
-			hid[k] = (1 - tp->z[k]) * tp->node_msg[k] + tp->z[k] * tp->cand[k];
+			tp->cand[k] = tp->gx[(size_t) i * 3 * h + 2 * h + c] +
+				tp->ghn[k] + bg[2 * h + c];
 		}
+	tanh_rows(tp->cand, n * h, tp->approx);
+	for (size_t k = 0; k < (size_t) n * h; k++)
+		hid[k] = (1 - tp->z[k]) * tp->node_msg[k] + tp->z[k] * tp->cand[k];
 }
 
 /* Inverted dropout in place (training only), then LayerNorm (Ba 2016). */
@@ -581,6 +697,7 @@ gnn_layer_forward_projected(GnnModel *model, const gnn_real *node_vector,
 	if ((rc = check_rows(node_vector, model->cfg.in_dim, "vectors", err)) == GNN_OK &&
 		(rc = tape_reserve(tp, model, &g, err)) == GNN_OK)
 	{
+		tp->approx = true;
 		project_messages(model, tp);
 		memcpy(tp->node_msg, tp->msg, h * sizeof(gnn_real));
 		tp->msg = (gnn_real *) nbr->msg;	/* read only below */

@@ -148,6 +148,7 @@ gnn_edge_weights_from_distances(const gnn_real *dist, int n, gnn_real *w)
 {
 	double		mean = 0,
 				var = 0,
+				sd,
 				mn;
 
 	if (n <= 0)
@@ -162,6 +163,8 @@ gnn_edge_weights_from_distances(const gnn_real *dist, int n, gnn_real *w)
 	for (int j = 0; j < n; j++)
 		var += (dist[j] - mean) * (dist[j] - mean);
 	var /= n;
+	/* once, not per weight: the compiler kept a sqrt in the loop */
+	sd = sqrt(var);
 	for (int j = 0; j < n; j++)
-		w[j] = var > 0 ? (gnn_real) exp(-(dist[j] - mn) / sqrt(var)) : 1;
+		w[j] = var > 0 ? (gnn_real) exp(-(dist[j] - mn) / sd) : 1;
 }

@@ -26,7 +26,6 @@
  */
 #include "postgres.h"
 
-#include <cblas.h>
 #include <float.h>
 #include <math.h>
 
@@ -711,7 +710,7 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 	for (i = 0; i < nlive; i++)
 	{
 		gnn_bf16_to_floats(emb[live[i]], h + d, cpf);
-		cos_q[i] = cblas_sdot(h, qp, 1, cpf, 1);
+		cos_q[i] = vec_inner_product(qp, cpf, h);
 		sigma[i] = hnsw_distance(v->metric, query, cpf + h, d);
 	}
 	gnn_distance_zscores(live_dist, nlive, rho);
@@ -723,47 +722,17 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 
 /* ---- ordering ------------------------------------------------------------ */
 
-typedef struct Ranked
-{
-	int			pos;			/* in the graph-distance order */
-	double		score;
-} Ranked;
-
-static inline int
-ranked_cmp(const Ranked *x, const Ranked *y)
-{
-	if (x->score != y->score)
-		return x->score > y->score ? -1 : 1;
-	return x->pos - y->pos;
-}
-
-/*
- * A sort with the comparison inlined (lib/sort_template.h): qsort's calls
- * through a pointer were a sixth of the rerank's time at 100 candidates.
- */
-#define ST_SORT sort_ranked
-#define ST_ELEMENT_TYPE Ranked
-#define ST_COMPARE(a, b) ranked_cmp(a, b)
-#define ST_SCOPE static
-#define ST_DEFINE
-#include "lib/sort_template.h"
-
 /* Positions 0..n-1 by descending score, ties in distance order (order: n). */
 static void
 order_by_score(const double *scores, int n, int *order)
 {
-	Ranked	   *r = palloc(sizeof(Ranked) * n);
-	int			i;
+	void	   *space = palloc(hnsw_rank_size(n));
+	HnswRank	rank;
 
-	for (i = 0; i < n; i++)
-	{
-		r[i].pos = i;
-		r[i].score = scores[i];
-	}
-	sort_ranked(r, n);
-	for (i = 0; i < n; i++)
-		order[i] = r[i].pos;
-	pfree(r);
+	hnsw_rank_init(&rank, scores, n, space);
+	for (int i = 0; i < n; i++)
+		order[i] = hnsw_rank_next(&rank);
+	pfree(space);
 }
 
 /* ---- scan plug-ins (hnsw.h) --------------------------------------------- */
@@ -819,31 +788,30 @@ hnsw_scan_reranks(Relation index)
 }
 
 /*
- * The order of one round of scan candidates by model score when
- * gnnvec.rerank is on and the index has a Rerank model of its dimension;
- * otherwise distance order.  Candidates whose element is gone come last.
+ * The model scores of one round of scan candidates when gnnvec.rerank is
+ * on and the index has a Rerank model of its dimension; otherwise false
+ * (distance order).  Candidates whose element is gone score lowest.
  */
-void
-hnsw_scan_rerank(Relation index, const float *query, int dim,
-				 const HnswCandidate *cands, int ncands, int *order)
+bool
+hnsw_scan_rerank(Relation index, const HnswMetaPageData *meta,
+				 const float *query, const HnswCandidate *cands, int ncands,
+				 double *scores)
 {
 	GnnCachedModel *cm;
 	GnnIndexView v;
 	int		   *nodes;
 	float	   *dists;
-	double	   *scores;
 	ItemPointerData *tids;
 	uint64	   *sums;
 	int			i;
 
-	for (i = 0; i < ncands; i++)
-		order[i] = i;
 	if (ncands < 2)
-		return;
+		return false;
 	cm = scan_model(index);
-	if (cm == NULL || cm->model->cfg.in_dim != dim)
-		return;
-	gnn_view_init(&v, index);
+	if (cm == NULL || cm->model->cfg.in_dim != (int) meta->dims)
+		return false;
+	/* the scan's metapage: reading it again was 2% of the rerank's time */
+	gnn_view_init(&v, index, meta);
 	nodes = palloc(sizeof(int) * ncands);
 	dists = palloc(sizeof(float) * ncands);
 	tids = palloc(sizeof(ItemPointerData) * ncands);
@@ -855,10 +823,8 @@ hnsw_scan_rerank(Relation index, const float *query, int dim,
 		tids[i] = cands[i].tid;
 		sums[i] = cands[i].nbr_sum;
 	}
-	scores = palloc(sizeof(double) * ncands);
-	if (gnn_rerank_score(cm, &v, query, ncands, tids, sums, nodes, dists,
-						 scores) > 0)
-		order_by_score(scores, ncands, order);
+	return gnn_rerank_score(cm, &v, query, ncands, tids, sums, nodes, dists,
+							scores) > 0;
 }
 
 /* ---- gnnvec_search --------------------------------------------------- */
@@ -968,7 +934,7 @@ gnnvec_search(PG_FUNCTION_ARGS)
 				 errmsg("k must be between 1 and %d, got %d", GNN_MAX_K, k)));
 	check_no_row_security(index);
 	InitMaterializedSRF(fcinfo, 0);
-	gnn_view_init(&v, index);
+	gnn_view_init(&v, index, NULL);
 	query = palloc(sizeof(float) * v.dim);
 	gnn_view_query_vector(&v, PG_GETARG_DATUM(1), query, "query vector");
 	ef = Max(Max(hnsw_ef_search, gnn_rerank_candidates), k);

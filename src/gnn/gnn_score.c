@@ -218,7 +218,8 @@ void
 gnn_distance_zscores(const gnn_real *dist, int n, gnn_real *rho)
 {
 	double		mean = 0,
-				var = 0;
+				var = 0,
+				sd;
 
 	for (int i = 0; i < n; i++)
 		mean += dist[i];
@@ -226,8 +227,10 @@ gnn_distance_zscores(const gnn_real *dist, int n, gnn_real *rho)
 	for (int i = 0; i < n; i++)
 		var += (dist[i] - mean) * (dist[i] - mean);
 	var /= n;
+	/* once, not per element: the compiler kept a sqrt in the loop */
+	sd = sqrt(var);
 	for (int i = 0; i < n; i++)
-		rho[i] = var > 0 ? (gnn_real) (-(dist[i] - mean) / sqrt(var)) : 0;
+		rho[i] = var > 0 ? (gnn_real) (-(dist[i] - mean) / sd) : 0;
 }
 
 /*

@@ -19,7 +19,7 @@ typedef struct ViewEntry
 } ViewEntry;
 
 void
-gnn_view_init(GnnIndexView *v, Relation index)
+gnn_view_init(GnnIndexView *v, Relation index, const HnswMetaPageData *meta)
 {
 	MemoryContext old;
 
@@ -28,7 +28,7 @@ gnn_view_init(GnnIndexView *v, Relation index)
 	v->cxt = AllocSetContextCreate(CurrentMemoryContext, "gnn index view",
 								   ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(v->cxt);
-	hnsw_reader_init(&v->reader, index);
+	hnsw_reader_init(&v->reader, index, meta);
 	v->metric = v->reader.metric;
 	v->dim = v->reader.dim;
 	v->nblocks = InvalidBlockNumber;
@@ -77,7 +77,7 @@ gnn_view_reset(GnnIndexView *v)
 
 	MemoryContextDelete(v->cxt);
 	old = MemoryContextSwitchTo(parent);
-	gnn_view_init(v, index);
+	gnn_view_init(v, index, NULL);
 	MemoryContextSwitchTo(old);
 }
 

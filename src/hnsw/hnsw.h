@@ -132,6 +132,33 @@ hnsw_heap_top(HnswHeap *h)
 	return h->n > 0 ? &h->items[0] : NULL;
 }
 
+/*
+ * Positions 0..n-1 by descending score, ties by position, handed out one
+ * at a time: a winner tree (a knockout tournament over the positions,
+ * Knuth, TAOCP vol. 3, 5.4.1) built with n - 1 comparisons, each next in
+ * log2 n, replaying only the matches of the position just handed out.  A
+ * reranked scan returns the first rows of its rerank's order and the
+ * executor stops after LIMIT k of ef (10 of 100): sorting all 100 scores
+ * was 2-3% of its time, a binary heap still 1% (docs/gnn.md).  A match is
+ * one comparison whose result picks an index, without a branch to
+ * mispredict.  Scores below -DBL_MAX (and NaN) count as -DBL_MAX.  The
+ * caller gives hnsw_rank_size(n) bytes of space.
+ */
+typedef struct HnswRank
+{
+	double	   *key;			/* leaves' scores; -inf once handed out */
+	int32_t    *tree;			/* tree[k]: winner below node k; leaves at
+								 * leaves + position */
+	int			leaves;			/* a power of two >= n */
+	int			n;				/* not handed out yet */
+} HnswRank;
+
+extern size_t hnsw_rank_size(int n);
+extern void hnsw_rank_init(HnswRank *r, const double *scores, int n,
+						   void *space);
+/* The next position in the order, or -1 when all are handed out. */
+extern int	hnsw_rank_next(HnswRank *r);
+
 #if defined(__GNUC__) || defined(__clang__)
 #define hnsw_prefetch(p) __builtin_prefetch(p)
 #else
@@ -1133,7 +1160,9 @@ typedef struct HnswReader
 	HnswMetaPageData meta;		/* the entry point searches start from */
 } HnswReader;
 
-extern void hnsw_reader_init(HnswReader *r, Relation index);
+/* meta: the index's metapage as the caller just read it, or NULL to read it */
+extern void hnsw_reader_init(HnswReader *r, Relation index,
+							 const HnswMetaPageData *meta);
 
 /*
  * The vector of the element at tid (vec: dim floats, as the index stores
@@ -1329,12 +1358,14 @@ extern int	hnsw_shared_cache_list(HnswScanCacheInfo *out, int max);
  * rewrite it in place (the index's MicroLoRA HnswScan adapter when
  * gnnvec.adapt is on; the result is unit length again for cosine).
  *
- * hnsw_scan_rerank: called with the candidates of each search round,
- * sorted by graph distance, whose pages may not have been read yet (lsn
- * invalid, heap TIDs not filled in; their elements may since have been
- * deleted); writes the order to return them in to order (ncands
- * positions: the GNN reranker's, or distance order).  The executor still
- * sees distances through the ORDER BY operator.
+ * hnsw_scan_rerank: called with the metapage the scan read and the
+ * candidates of each search round, sorted by graph distance, whose pages
+ * may not have been read yet (lsn invalid, heap TIDs not filled in;
+ * their elements may since have been
+ * deleted); returns true when it wrote a score for each to scores (the
+ * GNN reranker's: the round is returned by descending score, ties in
+ * distance order, see HnswRank), false to keep distance order.  The
+ * executor still sees distances through the ORDER BY operator.
  *
  * hnsw_scan_ef: the ef of a scan's first round (gnnvec.ef_search, or more
  * when reranking wants more candidates).
@@ -1349,9 +1380,9 @@ extern void hnsw_scan_adapt_query(Relation index, HnswMetric metric,
 								  float *query, int dim);
 extern int	hnsw_scan_ef(Relation index);
 extern bool hnsw_scan_reranks(Relation index);
-extern void hnsw_scan_rerank(Relation index, const float *query, int dim,
-							 const HnswCandidate *cands, int ncands,
-							 int *order);
+extern bool hnsw_scan_rerank(Relation index, const HnswMetaPageData *meta,
+							 const float *query, const HnswCandidate *cands,
+							 int ncands, double *scores);
 
 /* hnswvacuum.c */
 extern IndexBulkDeleteResult *hnswbulkdelete(IndexVacuumInfo *info,

@@ -24,6 +24,7 @@
 #include "hnsw/hnsw.h"
 
 #include <assert.h>
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,6 +111,73 @@ hnsw_heap_pop(HnswHeap *h)
 	}
 	if (h->n > 0)
 		h->items[i] = last;
+	return top;
+}
+
+/* ---------------------------------------------------------------------
+ * Rank order (hnsw.h, HnswRank)
+ * --------------------------------------------------------------------- */
+
+static int
+rank_leaves(int n)
+{
+	int			leaves = 1;
+
+	while (leaves < n)
+		leaves *= 2;
+	return leaves;
+}
+
+size_t
+hnsw_rank_size(int n)
+{
+	int			leaves = rank_leaves(n);
+
+	return sizeof(double) * leaves + sizeof(int32_t) * 2 * leaves;
+}
+
+/*
+ * The winner of a match: every position below a node's left child is
+ * smaller than every one below its right child, so a tie goes left.
+ */
+static inline int32_t
+rank_match(const double *key, int32_t left, int32_t right)
+{
+	return key[right] > key[left] ? right : left;
+}
+
+void
+hnsw_rank_init(HnswRank *r, const double *scores, int n, void *space)
+{
+	int			leaves = rank_leaves(n);
+
+	r->key = space;
+	r->tree = (int32_t *) (r->key + leaves);
+	r->leaves = leaves;
+	r->n = n;
+	for (int i = 0; i < leaves; i++)
+	{
+		/* NaN and -inf would tie with the leaves handed out (or lose) */
+		r->key[i] = i >= n ? -INFINITY :
+			scores[i] >= -DBL_MAX ? scores[i] : -DBL_MAX;
+		r->tree[leaves + i] = i;
+	}
+	for (int k = leaves - 1; k >= 1; k--)
+		r->tree[k] = rank_match(r->key, r->tree[2 * k], r->tree[2 * k + 1]);
+}
+
+int
+hnsw_rank_next(HnswRank *r)
+{
+	int32_t		top;
+
+	if (r->n == 0)
+		return -1;
+	r->n--;
+	top = r->tree[1];			/* with one leaf, the leaf */
+	r->key[top] = -INFINITY;
+	for (int k = (r->leaves + top) / 2; k >= 1; k /= 2)
+		r->tree[k] = rank_match(r->key, r->tree[2 * k], r->tree[2 * k + 1]);
 	return top;
 }
 

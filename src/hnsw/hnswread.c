@@ -13,11 +13,14 @@
 #include "utils/rel.h"
 
 void
-hnsw_reader_init(HnswReader *r, Relation index)
+hnsw_reader_init(HnswReader *r, Relation index, const HnswMetaPageData *meta)
 {
 	memset(r, 0, sizeof(HnswReader));
 	r->index = index;
-	hnsw_read_meta(index, &r->meta);
+	if (meta)
+		r->meta = *meta;
+	else
+		hnsw_read_meta(index, &r->meta);
 	r->metric = (HnswMetric) r->meta.metric;
 	r->dim = r->meta.dims;
 	r->m = r->meta.m;

@@ -97,6 +97,12 @@ typedef struct HnswScanOpaqueData
 	int			pos;
 	int			heappos;
 	bool		reranked;		/* cands in the rerank plug-in's order */
+	int			placed;			/* cands[0..placed-1] are in that order; the
+								 * rest are placed as pos reaches them */
+	HnswRank	rank;			/* the order still to be placed */
+	char	   *rankSpace;		/* rank's tree, then rankAt and rankOf */
+	int		   *rankAt;			/* position in distance order -> in cands */
+	int		   *rankOf;			/* position in cands -> in distance order */
 
 	float		lastDist;		/* distance of the last row returned */
 	bool		haveLast;
@@ -320,6 +326,8 @@ hnswrescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys,
 	so->pos = 0;
 	so->heappos = 0;
 	so->reranked = false;
+	so->placed = 0;
+	so->rankSpace = NULL;
 	so->done = false;
 }
 
@@ -505,40 +513,6 @@ sort_candidates(HnswScanOpaque so)
 }
 
 /*
- * Puts the candidate at order[i] at i, for every i, in place (order is
- * used up): following each cycle of the permutation, not into new arrays,
- * whose 10 kB at ef 100 were a malloc and free per reranked scan.
- */
-static void
-permute_candidates(HnswScanOpaque so, int *order)
-{
-	for (int start = 0; start < so->ncands; start++)
-	{
-		HnswCandidate c;
-		int			e;
-		int			i;
-
-		if (order[start] == start)
-			continue;
-		c = so->cands[start];
-		e = so->candElems[start];
-		i = start;
-		while (order[i] != start)
-		{
-			int			from = order[i];
-
-			so->cands[i] = so->cands[from];
-			so->candElems[i] = so->candElems[from];
-			order[i] = i;
-			i = from;
-		}
-		so->cands[i] = c;
-		so->candElems[i] = e;
-		order[i] = i;
-	}
-}
-
-/*
  * Puts the round's candidates in the rerank plug-in's order.  Their search
  * distances are exact when the scan cache holds float vectors (the same
  * as the pages'), so they go to the plug-in as found, and their pages are
@@ -546,26 +520,65 @@ permute_candidates(HnswScanOpaque so, int *order)
  * reading all of them first was about a tenth of a plain scan's time at
  * ef 100 (docs/gnn.md).  Distances from 8-bit codes are not exact, and
  * strict order must drop candidates nearer than the last row returned
- * before any is returned: then every candidate is read first.
+ * before any is returned: then every candidate is read first.  The order
+ * is drawn one place at a time as the executor reaches it (place_ranked),
+ * not sorted whole: a LIMIT 10 scan reads about 10 of 100 (docs/gnn.md).
  */
 static void
 rerank_round(IndexScanDesc scan)
 {
 	HnswScanOpaque so = (HnswScanOpaque) scan->opaque;
-	int		   *order;
+	double	   *scores;
+	int			n;
 	int			i;
 
 	if (so->cacheCodes || so->iterative == HNSW_ITERATIVE_SCAN_STRICT)
 		so->ncands = verify_candidates(so);
+	n = so->ncands;
 	/* what validates the plug-in's cached state without reading pages */
-	for (i = 0; i < so->ncands; i++)
+	for (i = 0; i < n; i++)
 		so->cands[i].nbr_sum = so->search.elems[so->candElems[i]].nbr_sum;
-	order = palloc(sizeof(int) * Max(so->ncands, 1));
-	hnsw_scan_rerank(scan->indexRelation, so->query, so->meta.dims, so->cands,
-					 so->ncands, order);
-	permute_candidates(so, order);
-	pfree(order);
+	scores = palloc(sizeof(double) * Max(n, 1));
+	if (hnsw_scan_rerank(scan->indexRelation, &so->meta, so->query,
+						 so->cands, n, scores))
+	{
+		if (so->rankSpace)
+			pfree(so->rankSpace);
+		/* one allocation: the tree, then the two maps */
+		so->rankSpace = palloc(hnsw_rank_size(n) + sizeof(int) * 2 * n);
+		so->rankAt = (int *) (so->rankSpace + hnsw_rank_size(n));
+		so->rankOf = so->rankAt + n;
+		hnsw_rank_init(&so->rank, scores, n, so->rankSpace);
+		for (i = 0; i < n; i++)
+			so->rankAt[i] = so->rankOf[i] = i;
+		so->placed = 0;
+	}
+	pfree(scores);
 	so->reranked = true;
+}
+
+/*
+ * Puts the next candidate of the rerank's order at so->placed (so->pos),
+ * swapping it with the one there.
+ */
+static void
+place_ranked(HnswScanOpaque so)
+{
+	int			p = so->placed++;
+	int			next = hnsw_rank_next(&so->rank);	/* in distance order */
+	int			from = so->rankAt[next];
+	int			displaced = so->rankOf[p];
+	HnswCandidate c = so->cands[p];
+	int			e = so->candElems[p];
+
+	so->cands[p] = so->cands[from];
+	so->candElems[p] = so->candElems[from];
+	so->cands[from] = c;
+	so->candElems[from] = e;
+	so->rankAt[displaced] = from;
+	so->rankOf[from] = displaced;
+	so->rankAt[next] = p;
+	so->rankOf[p] = next;
 }
 
 /*
@@ -606,6 +619,7 @@ search_round(IndexScanDesc scan)
 	so->pos = 0;
 	so->heappos = 0;
 	so->reranked = false;
+	so->placed = nf;			/* all, unless a rerank orders them */
 	if (so->reranks)
 		rerank_round(scan);
 	else if (so->cacheCodes)
@@ -731,8 +745,11 @@ hnswgettuple(IndexScanDesc scan, ScanDirection dir)
 	{
 		if (so->pos < so->ncands)
 		{
-			HnswCandidate *c = &so->cands[so->pos];
+			HnswCandidate *c;
 
+			if (so->pos == so->placed)
+				place_ranked(so);
+			c = &so->cands[so->pos];
 			if (so->heappos == 0 && !candidate_ready(so))
 				continue;
 			if (so->heappos < c->nheaptids)

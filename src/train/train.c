@@ -1716,7 +1716,7 @@ gnnvec_train(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	MemoryContextSwitchTo(cxt);
-	gnn_view_init(&v, index);
+	gnn_view_init(&v, index, NULL);
 	gnn_rng_seed(&rng, (uint64_t) a.seed);
 	tmp = AllocSetContextCreate(cxt, "gnnvec_train step", ALLOCSET_DEFAULT_SIZES);
 	if (adapter)
@@ -1766,7 +1766,7 @@ gnnvec_feedback(PG_FUNCTION_ARGS)
 				 errdetail("Only the owner of table %s and roles with the privileges of role \"%s\" may log feedback.",
 						   get_rel_name(heapoid), FEEDBACK_ROLE),
 				 errhint("GRANT %s TO the role that logs feedback.", FEEDBACK_ROLE)));
-	gnn_view_init(&v, index);
+	gnn_view_init(&v, index, NULL);
 	buf = palloc(sizeof(float) * v.dim);
 	gnn_view_query_vector(&v, PG_GETARG_DATUM(1), buf, "query vector");
 	gnn_view_query_vector(&v, PG_GETARG_DATUM(2), buf, "positive vector");
@@ -1908,7 +1908,7 @@ gnnvec_feedback_train(PG_FUNCTION_ARGS)
 	if (get_call_result_type(fcinfo, NULL, &tdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 	store_begin_update(index, GNN_RERANK_SCOPE, LORA_RERANK, GNN_KIND_GNN);
-	gnn_view_init(&v, index);
+	gnn_view_init(&v, index, NULL);
 	q = palloc(sizeof(float) * v.dim);
 	p = palloc(sizeof(float) * v.dim);
 	held = palloc(sizeof(HeldPair) * (max_events / FEEDBACK_HOLDOUT_EVERY + 1));

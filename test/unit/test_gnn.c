@@ -12,6 +12,7 @@
 
 #include "gnn/gnn.h"
 #include "gnn_test_model.h"
+#include "vector/distance.h"
 #include "unit.h"
 
 static GnnRng test_rng;
@@ -1264,10 +1265,145 @@ test_bf16(void)
 	CHECK(f == back[0], "a bfloat16 is a float's upper half");
 }
 
+/*
+ * gnn_exp_approx: within 3 * 2^-24 of e^x over [-87, 88] (every length's
+ * tail too), and clamped outside it: finite, positive, saturated.
+ */
+static void
+test_exp_approx(void)
+{
+#define N 4099
+	static gnn_real in[N],
+				out[N];
+	double		worst = 0;
+
+	for (int pass = 0; pass < 50; pass++)
+	{
+		for (int i = 0; i < N; i++)
+			in[i] = (gnn_real) (-87 + 175 * gnn_rng_uniform(&test_rng));
+		if (pass == 0)
+		{
+			in[0] = -87;
+			in[1] = 88;
+			in[2] = 0;
+			in[3] = (gnn_real) -1e-8;
+		}
+		/* lengths 1..4099: the four-at-a-time loop and its tail */
+		gnn_exp_approx(in, pass == 1 ? 7 : N - pass % 4, out);
+		for (int i = 0; i < (pass == 1 ? 7 : N - pass % 4); i++)
+			worst = fmax(worst, fabs(out[i] - exp((double) in[i])) / exp((double) in[i]));
+	}
+	CHECK(worst <= 3.0 / (1 << 24), "e^x relative error %.3g (3 units of 2^-24: %.3g)",
+		  worst, 3.0 / (1 << 24));
+	in[0] = -1000;
+	in[1] = 1000;
+	gnn_exp_approx(in, 2, out);
+	CHECK(out[0] > 0 && out[0] <= expf(-86) && isfinite(out[1]) && out[1] >= expf(87),
+		  "e^x clamped outside [-87, 88]: %g %g", out[0], out[1]);
+#undef N
+}
+
+/*
+ * The n = 1 product (a query's layer call: our AVX-512 loop where the
+ * distance kernels use it) against double sums, for shapes around its
+ * four-row and sixteen-column steps, y cleared and accumulated into.
+ */
+static void
+test_gemv(void)
+{
+	static const int outs[] = {1, 3, 4, 5, 64, 67, 192};
+	static const int ins[] = {1, 15, 16, 17, 33, 64, 70};
+	double		worst = 0;
+
+	vec_distance_init(VEC_ISA_AVX512);
+	for (int a = 0; a < 7; a++)
+		for (int b = 0; b < 7; b++)
+			for (int beta = 0; beta <= 1; beta++)
+			{
+				int			out = outs[a],
+							in = ins[b];
+				gnn_real   *w = malloc(sizeof(gnn_real) * out * in);
+				gnn_real	x[70],
+							y[192],
+							y0[192];
+
+				fill_normal(w, (size_t) out * in, 1);
+				fill_normal(x, in, 1);
+				fill_normal(y0, out, 1);
+				memcpy(y, y0, sizeof(gnn_real) * out);
+				gnn_gemm_xwt(x, 1, in, w, out, beta, y, in, out);
+				for (int j = 0; j < out; j++)
+				{
+					double		ref = beta ? y0[j] : 0,
+								mag = beta ? fabs(y0[j]) : 0;
+
+					for (int c = 0; c < in; c++)
+					{
+						ref += (double) w[(size_t) j * in + c] * x[c];
+						mag += fabs((double) w[(size_t) j * in + c] * x[c]);
+					}
+					worst = fmax(worst, fabs(y[j] - ref) / fmax(mag, 1e-30));
+				}
+				free(w);
+			}
+	CHECK(worst < 1e-5, "one-row product: relative error %.3g", worst);
+}
+
+/*
+ * gnn_layer_forward_projected (the scan's q', approximate activations)
+ * against the batched forward of the same nodes in the float build.
+ */
+static void
+test_projected_forward(void)
+{
+#define D 16
+#define H 16
+#define NV 40
+	GnnModel   *model = gnn_test_model(D, H, 4, 0, 17);
+	static gnn_real vectors[NV * D],
+				proj[NV * 3 * H],
+				out[H],
+				one[H],
+				part[3][NV * H];
+	int			node = 0,
+				nbr[NV - 1],
+				offsets[2] = {0, NV - 1};
+	gnn_real	edge_w[NV - 1];
+	GnnGraph	g = {NV, vectors, 1, &node, offsets, nbr, edge_w};
+	GnnProjections p = {NV - 1, part[0], part[1], part[2]};
+	double		worst = 0;
+	GnnError	err;
+
+	fill_normal(vectors, NV * D, 1);
+	for (int j = 0; j < NV - 1; j++)
+	{
+		nbr[j] = j + 1;
+		edge_w[j] = (gnn_real) gnn_rng_uniform(&test_rng);
+	}
+	CHECK(gnn_layer_forward(model, &g, false, NULL, out, &err) == GNN_OK &&
+		  gnn_layer_project(model, vectors, NV, proj, &err) == GNN_OK,
+		  "forward: %s", err.message);
+	for (int j = 0; j < NV - 1; j++)
+		for (int k = 0; k < 3; k++)
+			memcpy(part[k] + j * H, proj + (j + 1) * 3 * H + k * H, sizeof(gnn_real) * H);
+	CHECK(gnn_layer_forward_projected(model, vectors, &p, edge_w, one, &err) == GNN_OK,
+		  "projected forward: %s", err.message);
+	for (int c = 0; c < H; c++)
+		worst = fmax(worst, fabs(one[c] - out[c]));
+	CHECK(worst < 1e-5, "projected forward vs batched forward (float): %.3g", worst);
+	gnn_model_free(model);
+#undef D
+#undef H
+#undef NV
+}
+
 int
 main(void)
 {
 	gnn_rng_seed(&test_rng, 12345);
+	test_exp_approx();
+	test_gemv();
+	test_projected_forward();
 	test_softmax_stability();
 	test_huge_inputs();
 	test_empty_neighbours();

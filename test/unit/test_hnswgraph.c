@@ -4,6 +4,7 @@
  *		algorithm against brute force for every metric, duplicates, and a
  *		level 0 given from outside (the CAGRA plug-in point).
  */
+#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <string.h>
@@ -94,6 +95,67 @@ test_heap(void)
 	}
 	CHECK(ok, "max-heap pops in descending order");
 	hnsw_heap_free(&h);
+}
+
+/* qsort's comparison for the order hnsw_rank_next must hand out */
+static const double *rank_scores;
+
+static int
+cmp_rank(const void *a, const void *b)
+{
+	int			x = *(const int *) a;
+	int			y = *(const int *) b;
+	double		sx = fmax(rank_scores[x], -DBL_MAX);
+	double		sy = fmax(rank_scores[y], -DBL_MAX);
+
+	if (sx != sy)
+		return sx > sy ? -1 : 1;
+	return x - y;
+}
+
+/*
+ * The rank order: descending score, ties by position, the same as a full
+ * sort, for sizes around the heap's edge cases and with many ties (scores
+ * drawn from a few values, the lowest -DBL_MAX as a gone candidate's).
+ */
+static void
+test_rank(void)
+{
+	static const int sizes[] = {0, 1, 2, 3, 7, 8, 100, 1001};
+	int			wrong = 0;
+
+	for (int s = 0; s < (int) (sizeof(sizes) / sizeof(sizes[0])); s++)
+		for (int levels = 1; levels <= 1000; levels *= 10)
+		{
+			int			n = sizes[s];
+			double	   *scores = malloc(sizeof(double) * (n + 1));
+			int		   *expect = malloc(sizeof(int) * (n + 1));
+			void	   *space = malloc(hnsw_rank_size(n));
+			HnswRank	r;
+
+			for (int i = 0; i < n; i++)
+			{
+				int			v = (int) (urand() * levels);
+
+				scores[i] = v == 0 ? -DBL_MAX : v - levels / 2.0;
+				/* -inf ranks as -DBL_MAX: after the others, by position */
+				if (v == 0 && i % 3 == 0)
+					scores[i] = -INFINITY;
+				expect[i] = i;
+			}
+			rank_scores = scores;
+			qsort(expect, n, sizeof(int), cmp_rank);
+			hnsw_rank_init(&r, scores, n, space);
+			for (int i = 0; i < n; i++)
+				if (hnsw_rank_next(&r) != expect[i])
+					wrong++;
+			if (hnsw_rank_next(&r) != -1)
+				wrong++;
+			free(scores);
+			free(expect);
+			free(space);
+		}
+	CHECK(wrong == 0, "the rank order is the sorted order (%d wrong)", wrong);
 }
 
 static void
@@ -973,6 +1035,7 @@ main(void)
 {
 	vec_distance_init(VEC_ISA_AVX512);
 	test_heap();
+	test_rank();
 	test_keyset();
 	test_recall(HNSW_METRIC_L2, "l2");
 	test_recall(HNSW_METRIC_IP, "ip");
