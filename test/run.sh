@@ -155,12 +155,17 @@ as_server_user() { "${runas[@]}" env HOME="$work" PATH="$PATH" PG_REGRESS="$PG_R
 # OpenBLAS picks its kernels from the CPU model when it loads; on virtual
 # machines that report a generic model it falls back to SSE3, 4-5x slower.
 # Tell it what the CPU can do (the server inherits this environment).
+# A value the caller set is kept; a benchmark says when it leaves this
+# CPU's AVX-512 kernels unused (a fifth of a CAGRA build's CPU time on one
+# machine, docs/cagra.md).
 if [ -z "${OPENBLAS_CORETYPE:-}" ]; then
 	if grep -qw avx512f /proc/cpuinfo; then
 		export OPENBLAS_CORETYPE=SkylakeX
 	elif grep -qw avx2 /proc/cpuinfo; then
 		export OPENBLAS_CORETYPE=Haswell
 	fi
+elif [ "$mode" = bench ] && [ "$OPENBLAS_CORETYPE" = Haswell ] && grep -qw avx512f /proc/cpuinfo; then
+	log "note: OPENBLAS_CORETYPE=Haswell from the environment: OpenBLAS's AVX-512 kernels are not used on this CPU"
 fi
 
 # each phase's cluster, logs and results are under $phase
