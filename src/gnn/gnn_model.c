@@ -97,6 +97,14 @@ gnn_rng_below(GnnRng *rng, uint64_t bound)
 #define GNN_HAVE_GEMV_AVX512
 #include <immintrin.h>
 
+/* y = the sixteen lanes of s summed, + beta y (y unread when beta = 0) */
+__attribute__((target("avx512f")))
+static inline void
+gemv_store(float *y, __m512 s, float beta)
+{
+	*y = _mm512_reduce_add_ps(s) + (beta == 0 ? 0 : beta * *y);
+}
+
 /*
  * y = W x + beta y for one row x (W: out x in, row-major): four rows of W
  * at a time against sixteen values of x per step, each row's sixteen
@@ -143,10 +151,10 @@ gemv_avx512(const float *w, int out, int in, const float *x, float beta,
 			s2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, w2 + c), xv, s2);
 			s3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, w3 + c), xv, s3);
 		}
-		y[j] = _mm512_reduce_add_ps(s0) + (beta == 0 ? 0 : beta * y[j]);
-		y[j + 1] = _mm512_reduce_add_ps(s1) + (beta == 0 ? 0 : beta * y[j + 1]);
-		y[j + 2] = _mm512_reduce_add_ps(s2) + (beta == 0 ? 0 : beta * y[j + 2]);
-		y[j + 3] = _mm512_reduce_add_ps(s3) + (beta == 0 ? 0 : beta * y[j + 3]);
+		gemv_store(&y[j], s0, beta);
+		gemv_store(&y[j + 1], s1, beta);
+		gemv_store(&y[j + 2], s2, beta);
+		gemv_store(&y[j + 3], s3, beta);
 	}
 	for (; j < out; j++)
 	{
@@ -159,7 +167,7 @@ gemv_avx512(const float *w, int out, int in, const float *x, float beta,
 		if (tail)
 			s = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, wj + c),
 								_mm512_maskz_loadu_ps(tail, x + c), s);
-		y[j] = _mm512_reduce_add_ps(s) + (beta == 0 ? 0 : beta * y[j]);
+		gemv_store(&y[j], s, beta);
 	}
 }
 #endif
