@@ -578,6 +578,13 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 	double		a = score_weight(mix[0]);
 	double		b = score_weight(mix[1]);
 	double		g = score_weight(mix[2]);
+
+	/*
+	 * A blend without the GNN term (gnnvec_train keeps the cheapest blend
+	 * of those about as good as the best, gnn.h) needs no q': the layer's
+	 * forward is most of what a reranked scan adds.
+	 */
+	bool		gnn_on = mix[1] > -GNN_SCORE_LOG_LIMIT;
 	float	   *rho = palloc(sizeof(float) * n);
 	float	   *sigma = palloc(sizeof(float) * n);
 	float	   *cos_q = palloc(sizeof(float) * n);	/* cos(q', c') */
@@ -691,26 +698,29 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 	}
 	if (nlive == 0)
 		return 0;
-	/* q' attends over the nearest live candidates */
-	nq = Min(nlive, GNN_QUERY_CONTEXT);
-	projf = palloc(sizeof(float) * 3 * h * nq);
-	proj.n = nq;
-	proj.msg = projf;
-	proj.key = projf + (size_t) nq * h;
-	proj.val = projf + (size_t) 2 * nq * h;
-	for (i = 0; i < nq; i++)
-		for (int part = 0; part < 3; part++)
-			gnn_bf16_to_floats(emb[live[i]] + h + d + part * h, h,
-							   projf + ((size_t) part * nq + i) * h);
-	refine_query(cm, query, &proj, live_dist, qp);
-	unit_length(qp, h);
+	if (gnn_on)
+	{
+		/* q' attends over the nearest live candidates */
+		nq = Min(nlive, GNN_QUERY_CONTEXT);
+		projf = palloc(sizeof(float) * 3 * h * nq);
+		proj.n = nq;
+		proj.msg = projf;
+		proj.key = projf + (size_t) nq * h;
+		proj.val = projf + (size_t) 2 * nq * h;
+		for (i = 0; i < nq; i++)
+			for (int part = 0; part < 3; part++)
+				gnn_bf16_to_floats(emb[live[i]] + h + d + part * h, h,
+								   projf + ((size_t) part * nq + i) * h);
+		refine_query(cm, query, &proj, live_dist, qp);
+		unit_length(qp, h);
+	}
 
 	/* one candidate's c' and c~ at a time, read after q' (its prefetches) */
 	cpf = palloc(sizeof(float) * (h + d));
 	for (i = 0; i < nlive; i++)
 	{
 		gnn_bf16_to_floats(emb[live[i]], h + d, cpf);
-		cos_q[i] = vec_inner_product(qp, cpf, h);
+		cos_q[i] = gnn_on ? vec_inner_product(qp, cpf, h) : 0;
 		sigma[i] = hnsw_distance(v->metric, query, cpf + h, d);
 	}
 	gnn_distance_zscores(live_dist, nlive, rho);

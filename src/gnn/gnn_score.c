@@ -598,6 +598,7 @@ gnn_blend_tally_add(GnnModel *model, GnnBlendTally *tally,
 			raw_rank = rank;
 		tally->hits[r] += rank < k;
 		tally->rank_sum[r] += rank;
+		tally->rank_sq[r] += (double) rank * rank;
 		tally->better[r] += rank < raw_rank;
 		tally->worse[r] += rank > raw_rank;
 	}
@@ -644,24 +645,86 @@ gnn_significantly_better(int better, int worse, int comparisons)
 	return better - worse > z * sqrt((double) better + worse);
 }
 
+/*
+ * What a blend costs a scan: raw distance alone is not scored at all (0);
+ * the neighbourhood term reads each candidate's cached mean (1); the GNN
+ * term also runs the layer for q' (2).
+ */
+static int
+blend_cost(const GnnBlend *bl)
+{
+	return bl->gnn > 0 ? 2 : bl->smooth > 0 ? 1 : 0;
+}
+
+static int
+blend_terms(const GnnBlend *bl)
+{
+	return (bl->raw > 0) + (bl->gnn > 0) + (bl->smooth > 0);
+}
+
+/* Is blend r simpler than blend s: cheaper, then fewer terms, then ranked better? */
+static bool
+blend_simpler(const GnnBlendTally *tally, int r, int s)
+{
+	const GnnBlend *a = &gnn_blends[r];
+	const GnnBlend *b = &gnn_blends[s];
+
+	if (blend_cost(a) != blend_cost(b))
+		return blend_cost(a) < blend_cost(b);
+	if (blend_terms(a) != blend_terms(b))
+		return blend_terms(a) < blend_terms(b);
+	return tally->rank_sum[r] < tally->rank_sum[s];
+}
+
+/* May blend r replace raw distance (gnn.h)? */
+static bool
+blend_qualifies(const GnnBlendTally *tally, int r)
+{
+	return r == 0 ||
+		(tally->hits[r] >= tally->hits[0] &&
+		 gnn_significantly_better(tally->better[r], tally->worse[r],
+								  GNN_BLENDS - 1));
+}
+
+/* The standard error of blend r's mean rank over the tallied examples */
+static double
+mean_rank_se(const GnnBlendTally *tally, int r)
+{
+	double		mean;
+	double		var;
+
+	if (tally->n < 2)
+		return 0;
+	mean = tally->rank_sum[r] / tally->n;
+	var = tally->rank_sq[r] / tally->n - mean * mean;
+	return sqrt(fmax(var, 0) / (tally->n - 1));
+}
+
 int
 gnn_blend_apply_best(GnnModel *model, const GnnBlendTally *tally,
-					 double *hit_rate)
+					 double *hit_rate, double *best_rank)
 {
 	gnn_real   *mix = gnn_model_tensor(model, GNN_MIX);
 	int			best = 0;
+	int			chosen = 0;
+	double		limit;
 
 	for (int r = 1; r < GNN_BLENDS; r++)
 		if (tally->rank_sum[r] < tally->rank_sum[best] &&
-			tally->hits[r] >= tally->hits[0] &&
-			gnn_significantly_better(tally->better[r], tally->worse[r],
-									 GNN_BLENDS - 1))
+			blend_qualifies(tally, r))
 			best = r;
-	mix[0] = log_weight(gnn_blends[best].raw);
-	mix[1] = log_weight(gnn_blends[best].gnn);
-	mix[2] = log_weight(gnn_blends[best].smooth);
-	*hit_rate = tally->n > 0 ? (double) tally->hits[best] / tally->n : 0;
-	return best;
+	/* the one-standard-error rule (gnn.h) */
+	limit = tally->rank_sum[best] + tally->n * mean_rank_se(tally, best);
+	for (int r = 1; r < GNN_BLENDS; r++)
+		if (tally->rank_sum[r] <= limit && blend_qualifies(tally, r) &&
+			(tally->rank_sum[chosen] > limit || blend_simpler(tally, r, chosen)))
+			chosen = r;
+	mix[0] = log_weight(gnn_blends[chosen].raw);
+	mix[1] = log_weight(gnn_blends[chosen].gnn);
+	mix[2] = log_weight(gnn_blends[chosen].smooth);
+	*hit_rate = tally->n > 0 ? (double) tally->hits[chosen] / tally->n : 0;
+	*best_rank = tally->n > 0 ? tally->rank_sum[best] / tally->n : 0;
+	return chosen;
 }
 
 /* ---- bfloat16 ------------------------------------------------------------ */

@@ -1096,10 +1096,11 @@ tally_at_10(GnnModel *model, GnnIndexView *v, const HeldPair *held, int n,
 }
 
 /*
- * Sets the model's blend to the best on these pairs (its number goes to
- * *blend, the mean rank of their positives under it to *rank, what the
- * blend is chosen by); returns its hit rate at 10 and, in *raw_recall,
- * that of raw distance alone: the plain index scan's, on validation pairs.
+ * Sets the model's blend by these pairs (gnn_blend_apply_best: its number
+ * goes to *blend, the best blend's mean rank of their positives to *rank,
+ * what an epoch is kept by); returns the chosen blend's hit rate at 10
+ * and, in *raw_recall, that of raw distance alone: the plain index scan's,
+ * on validation pairs.
  */
 static double
 choose_blend(GnnModel *model, GnnIndexView *v, const HeldPair *held, int n,
@@ -1110,9 +1111,8 @@ choose_blend(GnnModel *model, GnnIndexView *v, const HeldPair *held, int n,
 	double		recall;
 
 	tally_at_10(model, v, held, n, as_trained, b, &tally, tmp);
-	*blend = gnn_blend_apply_best(model, &tally, &recall);
+	*blend = gnn_blend_apply_best(model, &tally, &recall, rank);
 	*raw_recall = tally.n > 0 ? (double) tally.hits[0] / tally.n : 0;
-	*rank = tally.n > 0 ? tally.rank_sum[*blend] / tally.n : 0;
 	return recall;
 }
 
