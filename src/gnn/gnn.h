@@ -503,7 +503,8 @@ typedef struct GnnBlendTally
 	int			n;				/* examples tallied */
 	int			hits[GNN_BLENDS];	/* positive in the top k; [0]: raw alone */
 	double		rank_sum[GNN_BLENDS];	/* candidates ranked above the positive */
-	double		rank_sq[GNN_BLENDS];	/* ... squared */
+	/* sums of the products of two blends' ranks, for paired errors */
+	double		rank_products[GNN_BLENDS][GNN_BLENDS];
 	int			better[GNN_BLENDS]; /* examples ranking it higher than raw */
 	int			worse[GNN_BLENDS];	/* ... lower than raw */
 } GnnBlendTally;
@@ -542,6 +543,9 @@ extern bool gnn_significantly_better(int better, int worse, int comparisons);
 
 extern void gnn_blend_tally_init(GnnBlendTally *tally);
 
+/* Tallies one example from its positive's rank under every blend. */
+extern void gnn_blend_tally_ranks(GnnBlendTally *tally, const int *ranks, int k);
+
 /*
  * Scores one example (inference) and tallies its hits at every blend; an
  * example whose positive is not among its candidates (positive -1) counts
@@ -557,16 +561,14 @@ extern GnnStatus gnn_blend_tally_add(GnnModel *model, GnnBlendTally *tally,
  * positives' mean rank is within one standard error of the best's (the
  * one-standard-error rule, Breiman et al., "Classification and Regression
  * Trees", 1984, sec. 3.4.3; Hastie et al., "The Elements of Statistical
- * Learning", sec. 7.10).  Simplest is cheapest for a scan (raw distance
+ * Learning", sec. 7.10), the error being that of the mean rank difference
+ * over the same examples.  Simplest is cheapest for a scan (raw distance
  * alone, then without the GNN term, then with it), then with fewer terms,
- * then ranking the positives higher (ties: the earlier blend).  Blends
- * that rank about as well are told apart by what the clicks cannot say:
- * on topics s1.3 (docs/gnn.md) the clicks' mean ranks of five blends were
- * within 0.35 of each other, the best of them with raw distance and the
- * GNN term in it, 1.4 points of held-out P@10 below the neighbourhood term
- * alone, which costs a scan less.  The chosen blend's hit rate at k
- * goes to *hit_rate, the best blend's mean rank (what an epoch is kept
- * by) to *best_rank.
+ * then ranking the positives higher (ties: the earlier blend).  The clicks
+ * cannot tell apart blends whose ranks differ by less than their noise,
+ * and the costlier of two such blends buys nothing they can show.  The
+ * chosen blend's hit rate at k goes to *hit_rate, the best blend's mean
+ * rank (what an epoch is kept by) to *best_rank.
  */
 extern int	gnn_blend_apply_best(GnnModel *model, const GnnBlendTally *tally,
 								 double *hit_rate, double *best_rank);

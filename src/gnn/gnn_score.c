@@ -556,6 +556,21 @@ rank_of(const double *s, int n, int pos)
 	return better;
 }
 
+void
+gnn_blend_tally_ranks(GnnBlendTally *tally, const int *ranks, int k)
+{
+	for (int r = 0; r < GNN_BLENDS; r++)
+	{
+		tally->hits[r] += ranks[r] < k;
+		tally->rank_sum[r] += ranks[r];
+		tally->better[r] += ranks[r] < ranks[0];
+		tally->worse[r] += ranks[r] > ranks[0];
+		for (int q = 0; q < GNN_BLENDS; q++)
+			tally->rank_products[r][q] += (double) ranks[r] * ranks[q];
+	}
+	tally->n++;
+}
+
 GnnStatus
 gnn_blend_tally_add(GnnModel *model, GnnBlendTally *tally,
 					const GnnExample *ex, int k, GnnError *err)
@@ -564,7 +579,7 @@ gnn_blend_tally_add(GnnModel *model, GnnBlendTally *tally,
 	GnnScoreTape *tp = NULL;
 	gnn_real   *sim;
 	double	   *s;
-	int			raw_rank = 0;
+	int			ranks[GNN_BLENDS];
 	GnnStatus	rc;
 
 	if (ex->positive < -1 || ex->positive >= n)
@@ -588,22 +603,14 @@ gnn_blend_tally_add(GnnModel *model, GnnBlendTally *tally,
 	for (int r = 0; rc == GNN_OK && r < GNN_BLENDS; r++)
 	{
 		const GnnBlend *bl = &gnn_blends[r];
-		int			rank;
 
 		for (int i = 0; i < n; i++)
 			s[i] = bl->raw * tp->rho[i] + bl->gnn * tp->cosv[i] +
 				bl->smooth * tp->sigma[i];
-		rank = rank_of(s, n, ex->positive);
-		if (r == 0)
-			raw_rank = rank;
-		tally->hits[r] += rank < k;
-		tally->rank_sum[r] += rank;
-		tally->rank_sq[r] += (double) rank * rank;
-		tally->better[r] += rank < raw_rank;
-		tally->worse[r] += rank > raw_rank;
+		ranks[r] = rank_of(s, n, ex->positive);
 	}
 	if (rc == GNN_OK)
-		tally->n++;
+		gnn_blend_tally_ranks(tally, ranks, k);
 	gnn_score_tape_free(tp);
 	free(sim);
 	free(s);
@@ -686,18 +693,26 @@ blend_qualifies(const GnnBlendTally *tally, int r)
 								  GNN_BLENDS - 1));
 }
 
-/* The standard error of blend r's mean rank over the tallied examples */
-static double
-mean_rank_se(const GnnBlendTally *tally, int r)
+/*
+ * Is blend r's mean rank within one standard error of blend best's?  The
+ * error is that of the mean of the two blends' rank differences, example
+ * by example (both rank the same examples' positives).
+ */
+static bool
+within_one_se(const GnnBlendTally *tally, int r, int best)
 {
-	double		mean;
+	double		n = tally->n;
+	double		sum;
+	double		sum_sq;
 	double		var;
 
-	if (tally->n < 2)
-		return 0;
-	mean = tally->rank_sum[r] / tally->n;
-	var = tally->rank_sq[r] / tally->n - mean * mean;
-	return sqrt(fmax(var, 0) / (tally->n - 1));
+	if (n < 2)
+		return r == best;
+	sum = tally->rank_sum[r] - tally->rank_sum[best];
+	sum_sq = tally->rank_products[r][r] - 2 * tally->rank_products[r][best] +
+		tally->rank_products[best][best];
+	var = sum_sq / n - (sum / n) * (sum / n);
+	return sum / n <= sqrt(fmax(var, 0) / (n - 1));
 }
 
 int
@@ -706,18 +721,17 @@ gnn_blend_apply_best(GnnModel *model, const GnnBlendTally *tally,
 {
 	gnn_real   *mix = gnn_model_tensor(model, GNN_MIX);
 	int			best = 0;
-	int			chosen = 0;
-	double		limit;
+	int			chosen;
 
 	for (int r = 1; r < GNN_BLENDS; r++)
 		if (tally->rank_sum[r] < tally->rank_sum[best] &&
 			blend_qualifies(tally, r))
 			best = r;
 	/* the one-standard-error rule (gnn.h) */
-	limit = tally->rank_sum[best] + tally->n * mean_rank_se(tally, best);
-	for (int r = 1; r < GNN_BLENDS; r++)
-		if (tally->rank_sum[r] <= limit && blend_qualifies(tally, r) &&
-			(tally->rank_sum[chosen] > limit || blend_simpler(tally, r, chosen)))
+	chosen = best;
+	for (int r = 0; r < GNN_BLENDS; r++)
+		if (blend_qualifies(tally, r) && within_one_se(tally, r, best) &&
+			blend_simpler(tally, r, chosen))
 			chosen = r;
 	mix[0] = log_weight(gnn_blends[chosen].raw);
 	mix[1] = log_weight(gnn_blends[chosen].gnn);
