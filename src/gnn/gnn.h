@@ -418,10 +418,9 @@ extern const gnn_real *gnn_replay_record(const GnnReplay *replay, int slot);
  *	  not move).  The similarity alone must learn to tell relevant from
  *	  irrelevant candidates.
  *	- The blend is then chosen, not learned: among the weights of
- *	  gnn_blends, the one that puts the most held-out positives in the top
- *	  k (gnn_blend_tally_*), ties going to the earlier blend.  Blend 0 is
- *	  raw distance alone, the fallback for a model that does not beat raw
- *	  distance on held-out pairs.
+ *	  gnn_blends, by the held-out positives' ranks (gnn_blend_tally_*,
+ *	  gnn_blend_apply_best).  Blend 0 is raw distance alone, the fallback
+ *	  for a model that does not beat raw distance on held-out pairs.
  * The gradient for the query treats the distances d_i and s_i as constants.
  * ------------------------------------------------------------------------
  */

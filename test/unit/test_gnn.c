@@ -934,8 +934,9 @@ test_serialisation_version_1(void)
 /*
  * The blend choice: the lowest mean rank of the positives among raw
  * distance and the blends significantly better than it wins, a tie goes
- * to the earlier blend (raw distance alone first), and the weights written
- * are the blend's, with a weight of 0 at the lower clamp.
+ * to the cheaper blend (raw distance alone first), then to the earlier,
+ * and the weights written are the blend's, with a weight of 0 at the
+ * lower clamp.
  */
 static void
 test_blend_choice(void)
