@@ -580,11 +580,14 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 	double		g = score_weight(mix[2]);
 
 	/*
-	 * A blend without the GNN term (gnnvec_train keeps the cheapest blend
-	 * of those about as good as the best, gnn.h) needs no q': the layer's
-	 * forward is most of what a reranked scan adds.
+	 * A blend with the neighbourhood term and without the GNN term
+	 * (gnnvec_train keeps the cheapest blend of those about as good as the
+	 * best, gnn.h) needs no q': the layer's forward is most of what a
+	 * reranked scan adds.  A model at raw distance, which scans do not
+	 * score, still breaks gnnvec_search's ties with its layer.
 	 */
-	bool		gnn_on = mix[1] > -GNN_SCORE_LOG_LIMIT;
+	bool		gnn_on = mix[1] > -GNN_SCORE_LOG_LIMIT ||
+		mix[2] <= -GNN_SCORE_LOG_LIMIT;
 	float	   *rho = palloc(sizeof(float) * n);
 	float	   *sigma = palloc(sizeof(float) * n);
 	float	   *cos_q = palloc(sizeof(float) * n);	/* cos(q', c') */
