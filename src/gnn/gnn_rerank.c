@@ -509,6 +509,13 @@ refine_query(GnnCachedModel *cm, const float *query,
 	pfree(edge_w);
 }
 
+/* Is a score weight off (its log at the lower clamp, as gnnvec_train stores it)? */
+static inline bool
+weight_off(float lambda)
+{
+	return lambda <= -GNN_SCORE_LOG_LIMIT;
+}
+
 /* exp(lambda) with lambda clamped, as gnn_score_forward does */
 static double
 score_weight(float lambda)
@@ -586,8 +593,7 @@ gnn_rerank_score(GnnCachedModel *cm, GnnIndexView *v, const float *query,
 	 * reranked scan adds.  A model at raw distance, which scans do not
 	 * score, still breaks gnnvec_search's ties with its layer.
 	 */
-	bool		gnn_on = mix[1] > -GNN_SCORE_LOG_LIMIT ||
-		mix[2] <= -GNN_SCORE_LOG_LIMIT;
+	bool		gnn_on = !weight_off(mix[1]) || weight_off(mix[2]);
 	float	   *rho = palloc(sizeof(float) * n);
 	float	   *sigma = palloc(sizeof(float) * n);
 	float	   *cos_q = palloc(sizeof(float) * n);	/* cos(q', c') */
@@ -762,7 +768,7 @@ raw_distance_only(GnnModel *model)
 {
 	const float *mix = gnn_model_tensor(model, GNN_MIX);
 
-	return mix[1] <= -GNN_SCORE_LOG_LIMIT && mix[2] <= -GNN_SCORE_LOG_LIMIT;
+	return weight_off(mix[1]) && weight_off(mix[2]);
 }
 
 /*

@@ -931,6 +931,17 @@ test_serialisation_version_1(void)
 	free(buf);
 }
 
+/* The number of the blend of weights {raw, gnn, smooth} in gnn_blends, or -1 */
+static int
+find_blend(double raw, double gnn, double smooth)
+{
+	for (int r = 0; r < GNN_BLENDS; r++)
+		if (gnn_blends[r].raw == raw && gnn_blends[r].gnn == gnn &&
+			gnn_blends[r].smooth == smooth)
+			return r;
+	return -1;
+}
+
 /*
  * The blend choice: the lowest mean rank of the positives among raw
  * distance and the blends significantly better than it wins, a tie goes
@@ -947,7 +958,7 @@ test_blend_choice(void)
 	double		rate;
 	double		rank;
 	int			best;
-	int			smooth_alone = -1;
+	int			smooth_alone = find_blend(0, 0, 1);
 
 	gnn_blend_tally_init(&tally);
 	tally.n = 20;
@@ -955,8 +966,6 @@ test_blend_choice(void)
 	{
 		tally.hits[r] = 12;
 		tally.rank_sum[r] = 50;
-		if (gnn_blends[r].raw == 0 && gnn_blends[r].gnn == 0)
-			smooth_alone = r;
 	}
 	best = gnn_blend_apply_best(model, &tally, &rate, &rank);
 	CHECK(best == 0 && rate == 0.6 && mix[0] == 0 && mix[1] == -30 &&
@@ -1066,21 +1075,13 @@ test_blend_one_se(void)
 	double		rank;
 	double		diff;
 	int			best;
-	int			with_gnn = -1;	/* {1, 1, 4} */
-	int			smooth_alone = -1;
-	int			smooth_raw = -1;	/* {1, 0, 4} */
+	int			with_gnn = find_blend(1, 1, 4);
+	int			smooth_alone = find_blend(0, 0, 1);
+	int			smooth_raw = find_blend(1, 0, 4);
 
-	for (int r = 0; r < GNN_BLENDS; r++)
-	{
-		const GnnBlend *b = &gnn_blends[r];
-
-		if (b->raw == 1 && b->gnn == 1 && b->smooth == 4)
-			with_gnn = r;
-		if (b->raw == 0 && b->gnn == 0)
-			smooth_alone = r;
-		if (b->raw == 1 && b->gnn == 0 && b->smooth == 4)
-			smooth_raw = r;
-	}
+	CHECK(with_gnn >= 0 && smooth_alone >= 0 && smooth_raw >= 0,
+		  "blends {1, 1, 4}, {0, 0, 1} and {1, 0, 4} exist: %d %d %d",
+		  with_gnn, smooth_alone, smooth_raw);
 	/* 0.125 behind, the error of the difference 0.25: the cheaper blend */
 	diff = tally_pair(&tally, with_gnn, smooth_alone, 205, 5);
 	best = gnn_blend_apply_best(model, &tally, &rate, &rank);
