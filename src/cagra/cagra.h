@@ -592,6 +592,14 @@ extern CagraStatus cagra_error(CagraStatus status, char *errbuf, size_t errlen,
 			__attribute__((format(printf, 4, 5)));
 
 /*
+ * graph's rows (n x width ids, -1 allowed) in breadth-first order into
+ * order (n): the order for stages that read each row's neighbours' vectors
+ * (cache locality).  false when out of memory (n bytes).
+ */
+extern bool cagra_locality_order(const int32_t *graph, int64_t n, int width,
+								 int32_t *order);
+
+/*
  * CAGRA_ERR_PARAM with a message naming the graph (name) unless every entry
  * of graph (n rows of degree ids) is -1 or a node 0..n-1.
  */

@@ -103,6 +103,7 @@ typedef struct LongEdgeJob
 {
 	HnswGraph  *g;
 	LongEdgeThread *threads;
+	const int32_t *order;		/* the nodes in the order they are chosen for */
 	int32_t    *out;			/* n x m: the long edges each node chose */
 	uint8_t    *n_out;
 	int32_t    *in;				/* n x LONG_EDGES_IN: chosen by others */
@@ -281,19 +282,21 @@ long_edges_write_row(const LongEdgeJob *job, int32_t u)
 
 /*
  * Both passes read the upper levels and write only node u's own data, so
- * the nodes are independent.
+ * the nodes are independent.  They are chosen for in breadth-first order
+ * of the CAGRA graph: consecutive nodes are near one another, and their
+ * searches pass the same upper nodes, which stay in the cache.
  */
 static int
 long_edges_range(void *arg, int thread_no, int64_t begin, int64_t end)
 {
 	const LongEdgeJob *job = arg;
 
-	for (int64_t u = begin; u < end; u++)
+	for (int64_t pos = begin; pos < end; pos++)
 	{
 		if (job->write_rows)
-			long_edges_write_row(job, (int32_t) u);
+			long_edges_write_row(job, (int32_t) pos);
 		else
-			long_edges_choose(job, &job->threads[thread_no], (int32_t) u);
+			long_edges_choose(job, &job->threads[thread_no], job->order[pos]);
 	}
 	return 0;
 }
@@ -352,10 +355,12 @@ long_edges_thread_free(LongEdgeThread *th)
 }
 
 static CagraStatus
-add_long_edges(HnswGraph *g, bool drop_covered, int n_threads,
+add_long_edges(HnswGraph *g, const int32_t *graph, int degree,
+			   bool drop_covered, int n_threads,
 			   const CagraInterrupt *interrupt, char *errbuf, size_t errlen)
 {
 	LongEdgeJob job = {0};
+	int32_t    *order = malloc(sizeof(int32_t) * (size_t) g->n);
 	int			m = g->m;
 	int32_t		n_upper = 0;
 	int			n_ready = 0;
@@ -374,7 +379,9 @@ add_long_edges(HnswGraph *g, bool drop_covered, int n_threads,
 	job.in = malloc(sizeof(int32_t) * (size_t) g->n * LONG_EDGES_IN(m));
 	job.n_in = calloc(g->n, 1);
 	ok = job.threads != NULL && job.out != NULL && job.n_out != NULL &&
-		job.in != NULL && job.n_in != NULL;
+		job.in != NULL && job.n_in != NULL && order != NULL &&
+		cagra_locality_order(graph, g->n, degree, order);
+	job.order = order;
 	for (; ok && n_ready < n_threads; n_ready++)
 		ok = long_edges_thread_init(&job.threads[n_ready], g, n_upper);
 
@@ -398,6 +405,7 @@ add_long_edges(HnswGraph *g, bool drop_covered, int n_threads,
 	free(job.n_out);
 	free(job.in);
 	free(job.n_in);
+	free(order);
 	if (!ok)
 		return cagra_error(CAGRA_ERR_NOMEM, errbuf, errlen,
 						   "out of memory for the long edges of %lld nodes",
@@ -422,6 +430,6 @@ cagra_hnsw_level0(struct HnswGraph *g, const int32_t *graph, int degree,
 						   "m = %d leaves more than %d level-0 slots",
 						   g->m, LEVEL0_MAX_SLOTS);
 	*dropped = hnsw_graph_set_level0(g, graph, degree);
-	return add_long_edges(g, drop_covered_long_edges, n_threads, interrupt,
-						  errbuf, errlen);
+	return add_long_edges(g, graph, degree, drop_covered_long_edges,
+						  n_threads, interrupt, errbuf, errlen);
 }

@@ -66,7 +66,7 @@
  * freed when the next one is done with it, so the kNN stage (the kNN
  * graph, its distances and NN-descent's scratch) is the peak for any
  * intermediate_graph_degree >= graph_degree: at I 48, d 32, 700 bytes
- * against 584 for the pruning.
+ * against 591 for the pruning.
  */
 static size_t
 cagra_row_bytes(int intermediate, int degree)
@@ -79,11 +79,12 @@ cagra_row_bytes(int intermediate, int degree)
 
 	/*
 	 * Pruning (cagra_prune_graph): the kNN graph, the final graph, the
-	 * pruned graph and its reverse lists and counts, and by distance under
-	 * cosine the rows' reciprocal lengths.
+	 * pruned graph and its reverse lists and counts; by distance also each
+	 * pruned row's kept count, the order rows are taken in (and a byte a
+	 * row while it is made) and under cosine the rows' reciprocal lengths.
 	 */
 	size_t		prune_stage = sizeof(int32) * (intermediate + 3 * degree + 1) +
-		sizeof(float);
+		sizeof(uint16) + sizeof(int32) + 1 + sizeof(float);
 
 	return Max(knn_stage, prune_stage);
 }

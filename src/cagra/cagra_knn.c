@@ -649,10 +649,16 @@ cagra_knn_scratch_free(CagraKnnScratch *scratch)
 static bool
 knn_scratch_reserve(CagraKnnScratch *scratch, const KnnJob *job, int n_threads)
 {
-	/* the row buffers: their old contents never matter, so no realloc */
+	/*
+	 * The row buffers: their old contents never matter, so no realloc.  A
+	 * partitioned build's searches vary in size: grow by half at least, so
+	 * that fresh pages are not zeroed again for every larger search.
+	 */
 	if (job->n > scratch->rows_cap || job->dim > scratch->dim_cap)
 	{
-		int64_t		rows = job->n > scratch->rows_cap ? job->n : scratch->rows_cap;
+		int64_t		grown = scratch->rows_cap + scratch->rows_cap / 2;
+		int64_t		rows = job->n > scratch->rows_cap ?
+			(job->n > grown ? job->n : grown) : scratch->rows_cap;
 		int			dim = job->dim > scratch->dim_cap ? job->dim : scratch->dim_cap;
 
 		free(scratch->gemm_base);

@@ -387,3 +387,42 @@ cagra_parallel_for(int n_threads, int64_t n_items, int64_t chunk,
 	free(workers);
 	return atomic_load(&job.result);
 }
+
+/*
+ * The rows of a graph in breadth-first order (from row 0, then from the
+ * first row not reached, and so on).  A stage that treats every row on
+ * its own and reads its neighbours' vectors takes the rows in this order
+ * so that consecutive rows, neighbours of one row, find most of those
+ * vectors in the cache: at a million rows they are far larger than it.
+ */
+bool
+cagra_locality_order(const int32_t *graph, int64_t n, int width,
+					 int32_t *order)
+{
+	unsigned char *seen = calloc(n, 1);
+	int64_t		head = 0,
+				tail = 0;
+
+	if (seen == NULL)
+		return false;
+	for (int64_t start = 0; start < n; start++)
+	{
+		if (seen[start])
+			continue;
+		seen[start] = 1;
+		order[tail++] = (int32_t) start;
+		while (head < tail)
+		{
+			const int32_t *row = graph + (int64_t) order[head++] * width;
+
+			for (int r = 0; r < width; r++)
+				if (row[r] >= 0 && !seen[row[r]])
+				{
+					seen[row[r]] = 1;
+					order[tail++] = row[r];
+				}
+		}
+	}
+	free(seen);
+	return true;
+}

@@ -159,11 +159,7 @@ extern void hnsw_rank_init(HnswRank *r, const double *scores, int n,
 /* The next position in the order, or -1 when all are handed out. */
 extern int	hnsw_rank_next(HnswRank *r);
 
-#if defined(__GNUC__) || defined(__clang__)
-#define hnsw_prefetch(p) __builtin_prefetch(p)
-#else
-#define hnsw_prefetch(p) ((void) 0)
-#endif
+#define hnsw_prefetch(p) vec_prefetch(p)
 
 /*
  * Prefetch a vector's first four cache lines: enough to start its distance

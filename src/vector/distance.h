@@ -71,6 +71,21 @@ vec_l1_distance(const float *a, const float *b, int n)
 	return vec_kernels.l1(a, b, n);
 }
 
+/* Start loading the cache line at p (a hint: no effect on results). */
+#if defined(__GNUC__) || defined(__clang__)
+#define vec_prefetch(p) __builtin_prefetch(p)
+#else
+#define vec_prefetch(p) ((void) 0)
+#endif
+
+/* Start loading a whole vector of n floats. */
+static inline void
+vec_prefetch_all(const float *v, int n)
+{
+	for (int off = 0; off < n; off += 16)
+		vec_prefetch(v + off);
+}
+
 /*
  * Cosine distance 1 - a.b/(|a||b|), clamped to [0, 2].  NaN when either
  * vector is zero (the SQL layer decides what that means).

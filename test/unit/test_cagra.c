@@ -326,6 +326,153 @@ test_prune_distance_by_hand(void)
 		  (long long) survey.rows, survey.detour_share, survey.heuristic_kept);
 }
 
+/*
+ * The distance cagra_prune_distance selects by: cagra_distance, except
+ * cosine, from the rows' reciprocal lengths (one dot product a pair).
+ */
+static float
+select_ref_distance(const float *data, int dim, CagraMetric metric,
+					int64_t a, int64_t b)
+{
+	const float *x = data + a * dim;
+	const float *y = data + b * dim;
+
+	if (metric == CAGRA_METRIC_COSINE)
+	{
+		float		nx = sqrtf(vec_inner_product(x, x, dim));
+		float		ny = sqrtf(vec_inner_product(y, y, dim));
+
+		return 1.0f - vec_inner_product(x, y, dim) *
+			(nx > 0 ? 1.0f / nx : 0.0f) * (ny > 0 ? 1.0f / ny : 0.0f);
+	}
+	return cagra_distance(metric, x, y, dim);
+}
+
+/*
+ * HNSW's heuristic for node over ids[0 .. n_ids) as the documentation of
+ * cagra_prune_distance states it, every distance computed: candidates
+ * nearest first by (distance, id), each kept unless nearer to a kept one
+ * than to the node, the rest filling up to d, then -1.
+ */
+static void
+select_ref_row(const float *data, int dim, CagraMetric metric, int64_t node,
+			   const int32_t *ids, int n_ids, int d, int32_t *out)
+{
+	int32_t		cand[2 * 64];
+	float		dist[2 * 64];
+	bool		kept[2 * 64] = {0};
+	int			n = 0,
+				len = 0;
+
+	for (int i = 0; i < n_ids; i++)
+	{
+		bool		seen = ids[i] < 0 || ids[i] == node;
+
+		for (int j = 0; j < n && !seen; j++)
+			seen = cand[j] == ids[i];
+		if (seen)
+			continue;
+		cand[n] = ids[i];
+		dist[n++] = select_ref_distance(data, dim, metric, node, ids[i]);
+	}
+	for (int i = 1; i < n; i++)		/* insertion sort by (distance, id) */
+		for (int j = i; j > 0 && (dist[j] < dist[j - 1] ||
+								  (dist[j] == dist[j - 1] && cand[j] < cand[j - 1])); j--)
+		{
+			float		t = dist[j];
+			int32_t		c = cand[j];
+
+			dist[j] = dist[j - 1];
+			cand[j] = cand[j - 1];
+			dist[j - 1] = t;
+			cand[j - 1] = c;
+		}
+	for (int i = 0; i < n && len < d; i++)
+	{
+		bool		occluded = false;
+
+		for (int j = 0; j < len && !occluded; j++)
+			occluded = select_ref_distance(data, dim, metric, cand[i], out[j]) <
+				dist[i];
+		if (!occluded)
+		{
+			kept[i] = true;
+			out[len++] = cand[i];
+		}
+	}
+	for (int i = 0; i < n && len < d; i++)
+		if (!kept[i])
+			out[len++] = cand[i];
+	while (len < d)
+		out[len++] = -1;
+}
+
+/*
+ * cagra_prune_distance against the rule computed naively (no distances
+ * reused, no pairs skipped, rows by id) on random rows of every metric:
+ * the same graph, on 1 and 3 threads.
+ */
+static void
+test_prune_distance_reference(void)
+{
+	const int64_t n = 700;
+	const int	dim = 12,
+				I = 24,
+				d = 12;
+	static const CagraMetric metrics[] = {CAGRA_METRIC_L2, CAGRA_METRIC_COSINE,
+	CAGRA_METRIC_L1, CAGRA_METRIC_INNER_PRODUCT};
+	float	   *data = random_data(n, dim);
+	int32_t    *knn = malloc(n * I * sizeof(int32_t));
+	int32_t    *pass1 = malloc(n * d * sizeof(int32_t));
+	int32_t    *rev = malloc(n * d * sizeof(int32_t));
+	int		   *n_rev = malloc(n * sizeof(int));
+	int32_t    *want = malloc(n * d * sizeof(int32_t));
+	int32_t    *got = malloc(n * d * sizeof(int32_t));
+	char		err[256];
+
+	for (int mi = 0; mi < 4; mi++)
+	{
+		CagraMetric metric = metrics[mi];
+		int64_t		differ = -1;
+
+		CHECK(cagra_knn_exact(data, n, dim, metric, I, 1, NULL, knn, NULL,
+							  err, sizeof(err)) == CAGRA_OK, "kNN: %s", err);
+		/* a few short lists, as the partitioned kNN may leave */
+		for (int64_t i = 0; i < n; i += 50)
+			knn[i * I + I - 1] = -1;
+		for (int64_t i = 0; i < n; i++)
+			select_ref_row(data, dim, metric, i, knn + i * I, I, d, pass1 + i * d);
+		cagra_reverse_lists(pass1, n, d, rev, n_rev);
+		for (int64_t i = 0; i < n; i++)
+		{
+			int32_t		ids[2 * 64];
+
+			memcpy(ids, pass1 + i * d, d * sizeof(int32_t));
+			memcpy(ids + d, rev + i * d, n_rev[i] * sizeof(int32_t));
+			select_ref_row(data, dim, metric, i, ids, d + n_rev[i], d, want + i * d);
+		}
+		for (int threads = 1; threads <= 3; threads += 2)
+		{
+			CHECK(cagra_prune_distance(data, n, dim, metric, knn, I, d, threads,
+									   NULL, got, err, sizeof(err)) == CAGRA_OK,
+				  "prune by distance: %s", err);
+			for (int64_t i = 0; i < n && differ < 0; i++)
+				if (!rows_equal(got + i * d, want + i * d, d))
+					differ = i;
+			CHECK(differ < 0,
+				  "prune by distance, metric %d, %d threads: row %lld differs from the rule computed naively",
+				  (int) metric, threads, (long long) differ);
+		}
+	}
+	free(data);
+	free(knn);
+	free(pass1);
+	free(rev);
+	free(n_rev);
+	free(want);
+	free(got);
+}
+
 static void
 test_knn_exact_one(int64_t n, int dim, CagraMetric metric, int k,
 				   float offset, float spread)
@@ -1575,6 +1722,7 @@ test_knn_stages(VecIsa isa)
 	test_prune_by_hand();
 	test_prune_odd_input();
 	test_prune_distance_by_hand();
+	test_prune_distance_reference();
 	test_knn_exact();
 	test_brute_force();
 	test_knn_partitioned();
