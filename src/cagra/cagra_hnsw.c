@@ -282,9 +282,10 @@ long_edges_write_row(const LongEdgeJob *job, int32_t u)
 
 /*
  * Both passes read the upper levels and write only node u's own data, so
- * the nodes are independent.  They are chosen for in breadth-first order
- * of the CAGRA graph: consecutive nodes are near one another, and their
- * searches pass the same upper nodes, which stay in the cache.
+ * the nodes are independent.  Long edges are chosen in breadth-first order
+ * of the CAGRA graph (consecutive nodes are near one another, and their
+ * searches pass the same upper nodes, which stay in the cache); the rows
+ * are rewritten by id.
  */
 static int
 long_edges_range(void *arg, int thread_no, int64_t begin, int64_t end)
@@ -293,10 +294,12 @@ long_edges_range(void *arg, int thread_no, int64_t begin, int64_t end)
 
 	for (int64_t pos = begin; pos < end; pos++)
 	{
+		int32_t		u = job->write_rows ? (int32_t) pos : job->order[pos];
+
 		if (job->write_rows)
-			long_edges_write_row(job, (int32_t) pos);
+			long_edges_write_row(job, u);
 		else
-			long_edges_choose(job, &job->threads[thread_no], job->order[pos]);
+			long_edges_choose(job, &job->threads[thread_no], u);
 	}
 	return 0;
 }
