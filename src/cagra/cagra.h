@@ -243,6 +243,45 @@ extern CagraStatus cagra_knn_gemm_serial(const float *data, int64_t n,
 										 char *errbuf, size_t errlen);
 
 /*
+ * The partitioned stage's search of one list (cagra_partition.c), where
+ * each row probes lists of its own: rows holds every row of the data set,
+ * list after list (list m: rows offsets[m] .. offsets[m + 1] - 1), already
+ * in the GEMM's form: unit length for cosine, as given for inner product
+ * and L1, and for L2 centred on its list's centre (centres: n_lists x dim)
+ * with its squared length in norms.  The queries are query_list's rows;
+ * the query at position q of the list is ranked against the rows of list
+ * segment_list[s] when bit s of its mask (masks + q x mask_words) is
+ * set.  Each list is one GEMM of the
+ * queries that probe it, so that the rows of a list, which mostly probe
+ * the same lists, keep the GEMM's efficiency; under L2 the queries are
+ * moved to the probed list's centre first, so that the GEMM's rounding
+ * stays that of near rows (cagra_knn.c).  knn and dists (nq x k) as
+ * cagra_knn_gemm_serial's, the ids being positions in rows; a query that
+ * meets fewer than k rows gets -1 (and INFINITY) for the rest.  The same
+ * thread rules as cagra_knn_gemm_serial.
+ */
+typedef struct CagraKnnSegments
+{
+	const float *rows;			/* n x dim, list after list, GEMM's form */
+	const float *norms;			/* L2: each row's squared length, else NULL */
+	const float *centres;		/* L2: n_lists x dim, else NULL */
+	const int64_t *offsets;		/* n_lists + 1 */
+	int			dim;
+	CagraMetric metric;
+	int32_t		query_list;
+	int			n_segments;
+	const int32_t *segment_list;	/* n_segments lists */
+	const uint64_t *masks;		/* the query list's rows x mask_words */
+	int64_t		mask_words;		/* >= CAGRA_SEGMENT_WORDS(n_segments) */
+} CagraKnnSegments;
+
+#define CAGRA_SEGMENT_WORDS(n_segments) (((int64_t) (n_segments) + 63) / 64)
+
+extern bool cagra_knn_segments_serial(const CagraKnnSegments *segments, int k,
+									  CagraKnnScratch *scratch,
+									  int32_t *knn, float *dists);
+
+/*
  * Rows whose exact kNN is known, to measure an approximate kNN graph by
  * (cagra_check.c): CAGRA_KNN_CHECK_ROWS evenly spaced rows (all rows of a
  * smaller set), their k nearest rows by brute force, the row itself left

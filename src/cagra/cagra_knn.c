@@ -102,6 +102,7 @@ typedef struct KnnJob
 	bool		exclude_self;	/* queries are base: skip row i in row i */
 	bool		gemm_ranked;	/* rank by the GEMM's values (k candidates),
 								 * without recomputing them directly */
+	const CagraKnnSegments *segments;	/* a list's search, or NULL */
 	KnnFilterFn filter;
 	KnnMinimaFn minima;
 	KnnRankFn	rank;
@@ -406,31 +407,32 @@ knn_first_bound(const KnnJob *job, const float *row, const float *norms,
 }
 
 /*
- * Offer one tile row to the row's pool.  Nearly every value loses against
- * the bound, so a chunk of values is first filtered against it (16 at a
- * time with AVX-512); the few that pass are checked again against the bound
- * as it tightens, and appended.
+ * Offer one tile row to the row's pool, each value plus offset (a list's
+ * search under L2: the query's squared length, which differs from list to
+ * list).  Nearly every value loses against the bound, so a chunk of values
+ * is first filtered against it (16 at a time with AVX-512); the few that
+ * pass are checked again against the bound as it tightens, and appended.
  */
 static void
 knn_scan_row(const KnnJob *job, const float *tile_row, int64_t b0, int cols,
-			 int64_t self, KnnPool *pool)
+			 int64_t self, float offset, KnnPool *pool)
 {
 	const float *norms = job->base_norms ? job->base_norms + b0 : NULL;
 	int			cap = job->n_candidates;
 	int32_t		hits[SCAN_CHUNK];
 
 	if (pool->count == 0 && pool->bound_dist == INFINITY)
-		pool->bound_dist = knn_first_bound(job, tile_row, norms, cols, cap);
+		pool->bound_dist = knn_first_bound(job, tile_row, norms, cols, cap) + offset;
 	for (int c0 = 0; c0 < cols; c0 += SCAN_CHUNK)
 	{
 		int			len = cols - c0 < SCAN_CHUNK ? cols - c0 : SCAN_CHUNK;
 		int			n_hits = job->filter(tile_row + c0, norms ? norms + c0 : NULL,
-										 len, pool->bound_dist, hits);
+										 len, pool->bound_dist - offset, hits);
 
 		for (int h = 0; h < n_hits; h++)
 		{
 			int			c = c0 + hits[h];
-			float		v = tile_row[c] + (norms ? norms[c] : 0.0f);
+			float		v = tile_row[c] + (norms ? norms[c] : 0.0f) + offset;
 			int32_t		id = (int32_t) (b0 + c);
 
 			if (id == self ||
@@ -480,7 +482,8 @@ knn_finish_row(const KnnJob *job, int64_t q, const float *gemm_query,
 	if (pool->count > job->n_candidates)
 		pool_shrink(pool, job->n_candidates);
 	size = pool->count;
-	if (job->gemm_ranked && job->metric == CAGRA_METRIC_L2)
+	/* a list's search has the query's length in its values already */
+	if (job->gemm_ranked && job->metric == CAGRA_METRIC_L2 && job->segments == NULL)
 		query_norm = vec_inner_product(gemm_query, gemm_query, job->dim);
 
 	/* insertion sort: size is about k, and qsort's calls cost more */
@@ -550,6 +553,20 @@ knn_block_queries(const KnnJob *job, int thread_no, int64_t begin, int rows)
 	return buf;
 }
 
+/* Empty pools for rows queries, in the thread's scratch. */
+static void
+knn_pools_init(const KnnJob *job, int thread_no, int rows, KnnPool *pools)
+{
+	for (int r = 0; r < rows; r++)
+	{
+		pools[r].items = job->pools[thread_no] +
+			(int64_t) r * POOL_FACTOR * job->n_candidates;
+		pools[r].count = 0;
+		pools[r].bound_dist = INFINITY;
+		pools[r].bound_id = INT32_MAX;
+	}
+}
+
 static int
 knn_query_block(void *arg, int thread_no, int64_t begin, int64_t end)
 {
@@ -559,14 +576,7 @@ knn_query_block(void *arg, int thread_no, int64_t begin, int64_t end)
 	const float *gemm_queries = knn_block_queries(job, thread_no, begin, rows);
 	KnnPool		pools[QUERY_BLOCK];
 
-	for (int r = 0; r < rows; r++)
-	{
-		pools[r].items = job->pools[thread_no] +
-			(int64_t) r * POOL_FACTOR * job->n_candidates;
-		pools[r].count = 0;
-		pools[r].bound_dist = INFINITY;
-		pools[r].bound_id = INT32_MAX;
-	}
+	knn_pools_init(job, thread_no, rows, pools);
 
 	for (int64_t b0 = 0; b0 < job->n; b0 += BASE_BLOCK)
 	{
@@ -575,12 +585,86 @@ knn_query_block(void *arg, int thread_no, int64_t begin, int64_t end)
 		knn_fill_tile(job, gemm_queries, rows, b0, cols, tile);
 		for (int r = 0; r < rows; r++)
 			knn_scan_row(job, tile + (int64_t) r * BASE_BLOCK, b0, cols,
-						 job->exclude_self ? begin + r : -1, &pools[r]);
+						 job->exclude_self ? begin + r : -1, 0.0f, &pools[r]);
 	}
 	for (int r = 0; r < rows; r++)
 		knn_finish_row(job, begin + r, gemm_queries + (int64_t) r * job->dim,
 					   &pools[r]);
 	return 0;
+}
+
+/*
+ * The queries begin .. begin + rows of a list's search (CagraKnnSegments;
+ * q0: the list's first row) against the lists each of them probes: per
+ * probed list, one GEMM of the queries that probe it, copied together
+ * when only some do (dim floats a query and list, against the list's rows
+ * x dim multiply-adds).  Under L2 a query, centred on its own list's
+ * centre, is moved to the probed list's centre, and its squared length
+ * there is added to its values, so that every list's values are squared
+ * distances computed from near vectors.
+ */
+static void
+knn_segment_block(const KnnJob *job, int64_t q0, int64_t begin, int rows,
+				  KnnPool *pools)
+{
+	const CagraKnnSegments *seg = job->segments;
+	int64_t		words = seg->mask_words;
+	int			dim = job->dim;
+	bool		l2 = job->metric == CAGRA_METRIC_L2;
+	const float *own = job->gemm_queries + begin * dim;
+	float	   *tile = job->tiles[0];
+	float	   *moved = job->query_rows[0];
+	int32_t		picked[QUERY_BLOCK];
+	float		offset[QUERY_BLOCK];
+
+	for (int s = 0; s < seg->n_segments; s++)
+	{
+		int32_t		m = seg->segment_list[s];
+		bool		shift = l2 && m != seg->query_list;
+		const float *queries = own;
+		int			n_picked = 0;
+
+		for (int r = 0; r < rows; r++)
+		{
+			picked[n_picked] = r;
+			n_picked += (seg->masks[(begin + r) * words + s / 64] >> (s % 64)) & 1;
+		}
+		if (n_picked == 0)
+			continue;
+		if (n_picked < rows || shift)
+		{
+			const float *cq = l2 ? seg->centres + (int64_t) seg->query_list * dim : NULL;
+			const float *cm = l2 ? seg->centres + (int64_t) m * dim : NULL;
+
+			for (int i = 0; i < n_picked; i++)
+			{
+				const float *src = own + (int64_t) picked[i] * dim;
+				float	   *dst = moved + (int64_t) i * dim;
+
+				if (shift)
+					for (int j = 0; j < dim; j++)
+						dst[j] = src[j] + (cq[j] - cm[j]);
+				else
+					memcpy(dst, src, dim * sizeof(float));
+			}
+			queries = moved;
+		}
+		for (int i = 0; i < n_picked; i++)
+			offset[i] = !l2 ? 0.0f : shift ?
+				vec_inner_product(queries + (int64_t) i * dim,
+								  queries + (int64_t) i * dim, dim) :
+				seg->norms[q0 + begin + picked[i]];
+		for (int64_t b0 = seg->offsets[m]; b0 < seg->offsets[m + 1]; b0 += BASE_BLOCK)
+		{
+			int			cols = (int) (seg->offsets[m + 1] - b0 < BASE_BLOCK ?
+									  seg->offsets[m + 1] - b0 : BASE_BLOCK);
+
+			knn_fill_tile(job, queries, n_picked, b0, cols, tile);
+			for (int i = 0; i < n_picked; i++)
+				knn_scan_row(job, tile + (int64_t) i * BASE_BLOCK, b0, cols,
+							 q0 + begin + picked[i], offset[i], &pools[picked[i]]);
+		}
+	}
 }
 
 /*
@@ -645,6 +729,39 @@ cagra_knn_scratch_free(CagraKnnScratch *scratch)
 	free(scratch);
 }
 
+/*
+ * Room in scratch for job's tiles, pools and query rows on n_threads
+ * threads; false when out of memory.
+ */
+static bool
+knn_scratch_reserve_threads(CagraKnnScratch *scratch, const KnnJob *job,
+							int n_threads)
+{
+	if (scratch->n_threads >= n_threads && scratch->pool_cap >= job->n_candidates &&
+		scratch->query_dim >= job->dim)
+		return true;
+	knn_scratch_free_threads(scratch);
+	scratch->tiles = calloc(n_threads, sizeof(float *));
+	scratch->pools = calloc(n_threads, sizeof(KnnCandidate *));
+	scratch->query_rows = calloc(n_threads, sizeof(float *));
+	if (scratch->tiles == NULL || scratch->pools == NULL || scratch->query_rows == NULL)
+		return false;
+	scratch->n_threads = n_threads;
+	scratch->pool_cap = job->n_candidates;
+	scratch->query_dim = job->dim;
+	for (int t = 0; t < n_threads; t++)
+	{
+		scratch->tiles[t] = malloc((size_t) QUERY_BLOCK * BASE_BLOCK * sizeof(float));
+		scratch->pools[t] = malloc((size_t) QUERY_BLOCK * POOL_FACTOR *
+								   job->n_candidates * sizeof(KnnCandidate));
+		scratch->query_rows[t] = malloc((size_t) QUERY_BLOCK * job->dim * sizeof(float));
+		if (scratch->tiles[t] == NULL || scratch->pools[t] == NULL ||
+			scratch->query_rows[t] == NULL)
+			return false;
+	}
+	return true;
+}
+
 /* Room in scratch for job on n_threads threads; false when out of memory. */
 static bool
 knn_scratch_reserve(CagraKnnScratch *scratch, const KnnJob *job, int n_threads)
@@ -675,30 +792,7 @@ knn_scratch_reserve(CagraKnnScratch *scratch, const KnnJob *job, int n_threads)
 		scratch->rows_cap = rows;
 		scratch->dim_cap = dim;
 	}
-
-	if (scratch->n_threads >= n_threads && scratch->pool_cap >= job->n_candidates &&
-		scratch->query_dim >= job->dim)
-		return true;
-	knn_scratch_free_threads(scratch);
-	scratch->tiles = calloc(n_threads, sizeof(float *));
-	scratch->pools = calloc(n_threads, sizeof(KnnCandidate *));
-	scratch->query_rows = calloc(n_threads, sizeof(float *));
-	if (scratch->tiles == NULL || scratch->pools == NULL || scratch->query_rows == NULL)
-		return false;
-	scratch->n_threads = n_threads;
-	scratch->pool_cap = job->n_candidates;
-	scratch->query_dim = job->dim;
-	for (int t = 0; t < n_threads; t++)
-	{
-		scratch->tiles[t] = malloc((size_t) QUERY_BLOCK * BASE_BLOCK * sizeof(float));
-		scratch->pools[t] = malloc((size_t) QUERY_BLOCK * POOL_FACTOR *
-								   job->n_candidates * sizeof(KnnCandidate));
-		scratch->query_rows[t] = malloc((size_t) QUERY_BLOCK * job->dim * sizeof(float));
-		if (scratch->tiles[t] == NULL || scratch->pools[t] == NULL ||
-			scratch->query_rows[t] == NULL)
-			return false;
-	}
-	return true;
+	return knn_scratch_reserve_threads(scratch, job, n_threads);
 }
 
 /*
@@ -941,4 +1035,44 @@ cagra_knn(const float *data, int64_t n, int dim, const CagraParams *params,
 	return cagra_knn_exact(data, n, dim, params->metric,
 						   params->intermediate_degree, params->n_threads,
 						   &params->interrupt, knn, NULL, errbuf, errlen);
+}
+
+bool
+cagra_knn_segments_serial(const CagraKnnSegments *segments, int k,
+						  CagraKnnScratch *scratch, int32_t *knn, float *dists)
+{
+	KnnJob		job = {0};
+	int64_t		q0 = segments->offsets[segments->query_list];
+	int64_t		nq = segments->offsets[segments->query_list + 1] - q0;
+	KnnPool		pools[QUERY_BLOCK];
+
+	job.base = job.gemm_base = segments->rows;
+	job.base_norms = segments->norms;
+	job.queries = job.gemm_queries = segments->rows + q0 * segments->dim;
+	job.nq = nq;
+	job.dim = segments->dim;
+	job.metric = segments->metric;
+	job.k = job.n_candidates = k;
+	job.exclude_self = true;
+	job.gemm_ranked = true;
+	job.segments = segments;
+	job.ids = knn;
+	job.dists = dists;
+	knn_choose_kernels(&job);
+	if (!knn_scratch_reserve_threads(scratch, &job, 1))
+		return false;
+	job.tiles = scratch->tiles;
+	job.pools = scratch->pools;
+	job.query_rows = scratch->query_rows;
+	for (int64_t begin = 0; begin < nq; begin += QUERY_BLOCK)
+	{
+		int			rows = (int) (nq - begin < QUERY_BLOCK ? nq - begin : QUERY_BLOCK);
+
+		knn_pools_init(&job, 0, rows, pools);
+		knn_segment_block(&job, q0, begin, rows, pools);
+		for (int r = 0; r < rows; r++)
+			knn_finish_row(&job, begin + r, job.gemm_queries + (begin + r) * job.dim,
+						   &pools[r]);
+	}
+	return true;
 }
