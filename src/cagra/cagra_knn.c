@@ -256,6 +256,36 @@ knn_filter_avx512(const float *row, const float *norms, int len, float bound,
 			hits[n++] = c;
 	return n;
 }
+
+/* The same 8 values at a time: most chunks of 8 hold no hit at all. */
+__attribute__((target("avx2")))
+static int
+knn_filter_avx2(const float *row, const float *norms, int len, float bound,
+				int32_t *hits)
+{
+	__m256		limit = _mm256_set1_ps(bound);
+	int			n = 0;
+	int			c = 0;
+
+	for (; c + 8 <= len; c += 8)
+	{
+		__m256		v = _mm256_loadu_ps(row + c);
+		unsigned	mask;
+
+		if (norms)
+			v = _mm256_add_ps(v, _mm256_loadu_ps(norms + c));
+		mask = (unsigned) _mm256_movemask_ps(_mm256_cmp_ps(v, limit, _CMP_LE_OQ));
+		while (mask)
+		{
+			hits[n++] = c + __builtin_ctz(mask);
+			mask &= mask - 1;
+		}
+	}
+	for (; c < len; c++)
+		if (row[c] + (norms ? norms[c] : 0.0f) <= bound)
+			hits[n++] = c;
+	return n;
+}
 #endif
 
 static int
@@ -356,8 +386,9 @@ knn_rank_avx512(float *values, int k)
 #endif
 
 /*
- * The scan's kernels: AVX-512 when the distance kernels are (the unit
- * tests force the scalar ones through vec_distance_init).
+ * The scan's kernels: AVX-512 when the distance kernels are, the AVX2
+ * filter when they are AVX2 (the unit tests force the scalar ones through
+ * vec_distance_init).
  */
 static void
 knn_choose_kernels(KnnJob *job)
@@ -366,6 +397,8 @@ knn_choose_kernels(KnnJob *job)
 	job->minima = knn_minima_scalar;
 	job->rank = knn_rank_scalar;
 #ifdef KNN_HAVE_X86
+	if (vec_kernels.isa == VEC_ISA_AVX2)
+		job->filter = knn_filter_avx2;
 	if (vec_kernels.isa == VEC_ISA_AVX512)
 	{
 		job->filter = knn_filter_avx512;

@@ -1751,7 +1751,8 @@ main(void)
 {
 	vec_distance_init(VEC_ISA_AVX512);
 	test_knn_stages(VEC_ISA_AVX512);
-	/* the same checks through the scalar scan and route-mask kernels */
+	/* the same checks through the AVX2 and scalar scan kernels */
+	test_knn_stages(VEC_ISA_AVX2);
 	test_knn_stages(VEC_ISA_SCALAR);
 	test_prune_simd_agrees();
 	test_list_choose_probes();
