@@ -35,6 +35,12 @@
 #define KMEANS_ITERATIONS 5
 #define KMEANS_SAMPLE_PER_CENTROID 32
 
+typedef struct ListSize
+{
+	int64_t		size;
+	int32_t		id;
+} ListSize;
+
 /* One worker thread's memory for the lists' searches (list_knn). */
 typedef struct ListScratch
 {
@@ -44,6 +50,7 @@ typedef struct ListScratch
 	uint64_t   *masks;			/* largest list x CAGRA_SEGMENT_WORDS(n_lists) */
 	int32_t    *segment_of;		/* n_lists: a list's segment, -1: none */
 	int32_t    *segment_list;	/* n_lists: a segment's list */
+	ListSize   *probed;			/* n_lists: how many rows probe a segment */
 } ListScratch;
 
 typedef struct ListJob
@@ -153,11 +160,6 @@ kmeans_train(const float *data, int64_t n, int dim, CagraMetric metric,
 /* ---------------------------------------------------------------------- */
 /* Lists */
 
-typedef struct ListSize
-{
-	int64_t		size;
-	int32_t		id;
-} ListSize;
 
 static int
 list_size_cmp(const void *a, const void *b)
@@ -262,35 +264,46 @@ cagra_list_choose_probes(const double *recall, int max_probes, double target,
 }
 
 /*
- * The lists that list l's rows probe (l's own first, since each of its
- * rows is nearest its own centroid), and each row's mask of them.
- * Returns how many lists they probe together.
+ * The lists that list l's rows probe, those probed by the most rows first
+ * (l's own, since each of its rows is nearest its own centroid, then the
+ * lists next to it), so that the rows' pools get tight bounds early; and
+ * each row's mask of them.  Returns how many lists they probe together.
  */
 static int
 list_segments(const ListJob *job, int32_t l, ListScratch *ls)
 {
 	int64_t		words = CAGRA_SEGMENT_WORDS(job->n_lists);
+	const int32_t *members = job->members + job->offsets[l];
 	int64_t		size = job->offsets[l + 1] - job->offsets[l];
 	int			n_segments = 0;
 
-	memset(ls->masks, 0, (size_t) size * words * sizeof(uint64_t));
 	for (int64_t j = 0; j < size; j++)
-	{
-		const int32_t *lists = job->row_lists +
-			(int64_t) job->members[job->offsets[l] + j] * job->probes;
-
 		for (int t = 0; t < job->probes; t++)
 		{
-			int32_t		s = ls->segment_of[lists[t]];
+			int32_t		m = job->row_lists[(int64_t) members[j] * job->probes + t];
 
-			if (s < 0)
+			if (ls->segment_of[m] < 0)
 			{
-				s = ls->segment_of[lists[t]] = n_segments;
-				ls->segment_list[n_segments++] = lists[t];
+				ls->segment_of[m] = n_segments;
+				ls->probed[n_segments].size = 0;
+				ls->probed[n_segments++].id = m;
 			}
+			ls->probed[ls->segment_of[m]].size++;
+		}
+	qsort(ls->probed, n_segments, sizeof(ListSize), list_size_cmp);
+	for (int s = 0; s < n_segments; s++)
+	{
+		ls->segment_list[s] = ls->probed[s].id;
+		ls->segment_of[ls->probed[s].id] = s;
+	}
+	memset(ls->masks, 0, (size_t) size * words * sizeof(uint64_t));
+	for (int64_t j = 0; j < size; j++)
+		for (int t = 0; t < job->probes; t++)
+		{
+			int32_t		s = ls->segment_of[job->row_lists[(int64_t) members[j] * job->probes + t]];
+
 			ls->masks[j * words + s / 64] |= UINT64_C(1) << (s % 64);
 		}
-	}
 	for (int s = 0; s < n_segments; s++)
 		ls->segment_of[ls->segment_list[s]] = -1;
 	return n_segments;
@@ -423,6 +436,7 @@ list_free_scratch(ListJob *job, int n_threads)
 		free(ls->masks);
 		free(ls->segment_of);
 		free(ls->segment_list);
+		free(ls->probed);
 	}
 	free(job->scratch);
 	job->scratch = NULL;
@@ -452,8 +466,9 @@ list_alloc_scratch(ListJob *job, int n_threads)
 						   sizeof(uint64_t));
 		ls->segment_of = malloc(n_lists * sizeof(int32_t));
 		ls->segment_list = malloc(n_lists * sizeof(int32_t));
+		ls->probed = malloc(n_lists * sizeof(ListSize));
 		if (!ls->knn || !ls->local_ids || !ls->local_dists || !ls->masks ||
-			!ls->segment_of || !ls->segment_list)
+			!ls->segment_of || !ls->segment_list || !ls->probed)
 			return false;
 		for (int l = 0; l < n_lists; l++)
 			ls->segment_of[l] = -1;
