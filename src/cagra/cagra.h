@@ -110,7 +110,7 @@ typedef struct CagraParams
 	CagraKnnMethod knn_method;	/* CPU and GPU alike */
 	int			list_rows;		/* partitioned: rows per k-means list, 0:
 								 * CAGRA_LIST_ROWS */
-	int			list_probes;	/* partitioned: lists searched per list, 0:
+	int			list_probes;	/* partitioned: lists searched per row, 0:
 								 * chosen by a check on the CPU,
 								 * CAGRA_LIST_PROBES on the GPU */
 	int			refine_iterations;	/* partitioned: NN-descent iterations at
@@ -138,7 +138,7 @@ typedef struct CagraRefineStats
 #define CAGRA_LIST_PROBES_MAX 64
 typedef struct CagraKnnStats
 {
-	int			probes;			/* lists searched per list */
+	int			probes;			/* lists searched per row */
 	int			n_lists;
 	/* checked rows: share of exact neighbours within p probes, p = 0.. */
 	int			n_probe_recall;
@@ -390,18 +390,20 @@ extern CagraStatus cagra_knn_refine(const float *data, int64_t n, int dim,
 /*
  * Approximate kNN graph from k-means lists, for data sets where the exact
  * O(n^2) stage is too slow: one centroid per about list_rows rows (0:
- * CAGRA_LIST_ROWS), every row in the list of its nearest centroid, and the
- * rows of a list searched among the rows of the `probes` lists whose
- * centroids are nearest its own, its own included.  probes 0: chosen from
- * the data set by the rows of a CagraKnnCheck: the share of their exact
- * neighbours that p probed lists hold is known for every p without a
- * search (cagra_list_choose_probes).  Same output contract as
- * cagra_knn_exact, except that rows are ranked by the GEMM's values
- * (cagra_knn_gemm_serial; for L2 on copies centred on the list's own
- * rows); rows whose probed lists hold fewer than k other rows get an exact
- * search.  Then at most refine_iterations (0: none) of cagra_knn_refine,
- * aiming at CAGRA_REFINE_TARGET_RECALL on the same checked rows and told
- * which pairs of lists were searched (CagraSearchedPairs); refined
+ * CAGRA_LIST_ROWS), every row in the list of its nearest centroid, and
+ * each row searched among the rows of the `probes` lists whose centroids
+ * are nearest the row, its own list first.  probes 0: chosen from the data
+ * set by the rows of a CagraKnnCheck: the share of their exact neighbours
+ * that p probed lists hold is known for every p without a search
+ * (cagra_list_choose_probes).  Same output contract as cagra_knn_exact,
+ * except that rows are ranked by the GEMM's values
+ * (cagra_knn_segments_serial; for L2 on copies centred on the lists'
+ * centres); rows whose probed lists hold fewer than k other rows get an
+ * exact search.  Besides the graph it holds a copy of the rows (n x (dim +
+ * 1) floats) and each row's probed lists while the lists are searched.
+ * Then at most refine_iterations (0: none) of cagra_knn_refine, aiming at
+ * CAGRA_REFINE_TARGET_RECALL on the same checked rows and told which pairs
+ * of lists were searched by all their rows (CagraSearchedPairs); refined
  * rows' distances are recomputed and the rows sorted by (distance, id).
  * stats (may be NULL) says what was measured and chosen.
  */
@@ -437,7 +439,12 @@ extern CagraStatus cagra_knn_partitioned(const float *data, int64_t n, int dim,
  * 16, 26, 39 and 64 probes (then NN-descent to 0.95) cost 1.43, 1.45,
  * 1.31, 0.99 and 0.94 times the HNSW build's CPU time; on tf-idf, where
  * NN-descent from 12 probes stalls at 0.48, 64 probes start it at 0.41
- * and it reaches 0.66 (bench/bin/cagra_build --index --probes N).
+ * and it reaches 0.66 (bench/bin/cagra_build --index --probes N).  Those
+ * were probes per list; with probes per row, 8, 12, 16, 20 and 31 (the
+ * chosen) probes, then NN-descent, built the words' graph in 4.36, 3.89,
+ * 2.92, 3.16 and 3.64 s: 16 was cheaper than the chosen count, 8 and 12
+ * dearer, and the rule was not fitted again (docs/cagra.md, eleventh
+ * pass).
  */
 extern int	cagra_list_choose_probes(const double *recall, int max_probes,
 									 double target, double min_gain);

@@ -63,19 +63,25 @@
  * Bytes per row the CAGRA stages need on top of the build graph, whose
  * vectors they read in place (hnsw_graph_pack_vectors): the most any CPU
  * stage holds at once.  Each graph is allocated when its stage starts and
- * freed when the next one is done with it, so the kNN stage (the kNN
- * graph, its distances and NN-descent's scratch) is the peak for any
- * intermediate_graph_degree >= graph_degree: at I 48, d 32, 700 bytes
- * against 591 for the pruning.
+ * freed when the next one is done with it.  The kNN stage holds the kNN
+ * graph and each row's list throughout; its lists' search also each row's
+ * probed lists and a copy of the rows in list order (cagra_partition.c),
+ * NN-descent after it the graph's distances and its scratch.  At I 48, d
+ * 32 and 128 dimensions: 974 bytes for the lists, 706 for NN-descent,
+ * 591 for the pruning.
  */
 static size_t
-cagra_row_bytes(int intermediate, int degree)
+cagra_row_bytes(int intermediate, int degree, int dim)
 {
+	size_t		lists = sizeof(int32) * CAGRA_LIST_PROBES_MAX	/* probed lists */
+		+ sizeof(float) * (dim + 1) /* the copy, its squared lengths */
+		+ sizeof(int32);		/* the rows in list order */
+	size_t		refine = sizeof(float) * intermediate	/* the distances */
+		+ cagra_knn_refine_row_bytes(intermediate, CAGRA_REFINE_SAMPLE);
 	size_t		knn_stage = sizeof(int32) * intermediate	/* kNN graph */
-		+ sizeof(float) * intermediate	/* its distances */
-		+ cagra_knn_refine_row_bytes(intermediate, CAGRA_REFINE_SAMPLE)
-		+ sizeof(int32) + CAGRA_SEARCHED_ROW_BYTES;	/* the lists' searched
-														 * pairs */
+		+ sizeof(int32) + CAGRA_SEARCHED_ROW_BYTES	/* each row's list, the
+													 * searched pairs */
+		+ Max(lists, refine);
 
 	/*
 	 * Pruning (cagra_prune_graph): the kNN graph, the final graph, the
@@ -368,7 +374,8 @@ cagra_prepare(HnswBuildState *bs, void **state)
 	hnsw_get_cagra_options(bs->index, &cs->opts);
 	cs->gpu = cagra_choose_gpu(cs->opts.device);
 	*state = cs;
-	return cagra_row_bytes(cs->opts.intermediateDegree, cs->opts.graphDegree);
+	return cagra_row_bytes(cs->opts.intermediateDegree, cs->opts.graphDegree,
+						   bs->dim);
 }
 
 /*
