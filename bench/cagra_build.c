@@ -10,11 +10,13 @@
  * detour definitions: from the build's single entry node, and from the
  * closest of 256 sampled nodes (what the HNSW upper levels provide).  The
  * GPU/CPU comparison uses the latter.  With --device gpu --compare-cpu it also builds on the
- * CPU and checks that the kNN graphs agree (up to distance ties; with
- * --knn partitioned, that the GPU's kNN recall is within one point of the
- * CPU's), that the GPU's prune and merge of its own kNN graph equal the
- * CPU's bit for bit, and that the final graphs search equally well (within
- * 0.5 recall points; partitioned, at most one point below the CPU).
+ * CPU and checks that the exact kNN graphs agree (up to distance ties),
+ * that the GPU's prune and merge of its own kNN graph equal the CPU's bit
+ * for bit, and that the final graphs of the exact kNN search equally well
+ * (within 0.5 recall points).  With --knn partitioned the two kNN stages
+ * differ in method: the CPU probes each row's nearest lists, the GPU each
+ * list's nearest lists, so the CPU's kNN recall is higher for the same
+ * probes; both recalls are printed, and --min-knn-recall is the check.
  *
  *	make bench/bin/cagra_build
  *	bench/bin/cagra_build --n 100000 --dim 128 --I 48 --d 32 --threads 2
@@ -1330,30 +1332,24 @@ main(int argc, char **argv)
 
 			/*
 			 * The exact kNN graphs must agree up to ties.  The partitioned
-			 * ones come from two k-means runs (float sums in another order
-			 * move rows between lists), so they are compared by their
-			 * recall, and the final graphs' search recall may differ a
-			 * little more, in the CPU's favour at most one point.
+			 * ones come from different searches (the CPU probes per row,
+			 * the GPU per list) of two k-means runs, so their recalls are
+			 * a report; the GPU's own floor is --min-knn-recall.
 			 */
-			if (exact)
-				compare_knn(&b, knn, cpu_knn_graph);
-			else
+			if (!exact)
 			{
-				double		gpu_knn = knn_recall(&b, knn);
-				double		cpu_knn = knn_recall(&b, cpu_knn_graph);
-
-				printf("compare partitioned kNN recall: gpu %.4f, cpu %.4f (gpu >= cpu - 0.01): %s\n",
-					   gpu_knn, cpu_knn, gpu_knn >= cpu_knn - 0.01 ? "PASS" : "FAIL");
-				if (gpu_knn < cpu_knn - 0.01)
-					return 2;
+				printf("partitioned kNN recall (not compared: the CPU probes per row, the GPU per list): gpu %.4f, cpu %.4f\n",
+					   knn_recall(&b, knn), knn_recall(&b, cpu_knn_graph));
+				free(cpu_knn_graph);
+				free(knn);
+				free(all);
+				return 0;
 			}
+			compare_knn(&b, knn, cpu_knn_graph);
 			for (int detour = 0; detour <= 1; detour++)
 				for (int e = 0; e < opt.n_efs && (opt.detours & (1 << detour)); e++)
-					ok &= exact ?
-						fabs(gpu_recall[detour][e] - cpu_recall[detour][e]) <= 0.005 :
-						gpu_recall[detour][e] >= cpu_recall[detour][e] - 0.01;
-			printf("compare search recall (%s at every ef): %s\n",
-				   exact ? "|gpu - cpu| <= 0.005" : "gpu >= cpu - 0.01",
+					ok &= fabs(gpu_recall[detour][e] - cpu_recall[detour][e]) <= 0.005;
+			printf("compare search recall (|gpu - cpu| <= 0.005 at every ef): %s\n",
 				   ok ? "PASS" : "FAIL");
 			if (!ok)
 				return 2;

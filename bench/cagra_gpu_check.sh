@@ -21,18 +21,20 @@
 #	2. for every metric, both kNN methods, the data resident and then
 #	   streamed (--gpu-stream; the driver fails if the other mode ran): the
 #	   GPU build against the CPU build (exact: kNN graphs equal up to
-#	   distance ties, search recall within 0.5 points; partitioned: kNN
-#	   recall and search recall at most one point below the CPU's), and the
-#	   CPU's prune and merge of the GPU's kNN graph equal to the GPU's bit
-#	   for bit (memcmp);
+#	   distance ties, search recall within 0.5 points; partitioned: both
+#	   kNN recalls printed, not compared, since the CPU now probes each
+#	   row's nearest lists and the GPU each list's), and the CPU's prune
+#	   and merge of the GPU's kNN graph equal to the GPU's bit for bit
+#	   (memcmp);
 #	3. 1M x 128, partitioned kNN: kNN + prune + merge within 5 s, and the
 #	   GPU's kNN recall (against a direct brute force on sampled rows) at
-#	   most one point below the CPU's partitioned kNN on the same data
-#	   (--compare-cpu, with the CPU's prune and merge of the GPU's kNN graph
-#	   memcmp'ed).  On these generated 1M rows the CPU's partitioned kNN
-#	   (400 rows a list, 5 probes) has recall 0.55 (measured on the CPU,
-#	   one thread, 152 s), so the absolute floor, 0.5, only catches a
-#	   broken search; the comparison with the CPU is the real check.
+#	   least 0.5 (--min-knn-recall), with the CPU's prune and merge of the
+#	   GPU's kNN graph memcmp'ed.  On these generated 1M rows the CPU's
+#	   partitioned kNN with 5 probes per list had recall 0.55 (measured on
+#	   the CPU, one thread, 152 s, before the CPU probed per row), so the
+#	   floor catches a broken search, not a weak one.  The GPU still
+#	   probes per list, as the CPU did before docs/cagra.md's eleventh
+#	   pass; the per-row probes are not ported to cuda/cagra.cu.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -69,8 +71,7 @@ sanitizer="$CUDA_HOME/bin/compute-sanitizer"
 [ -n "$sanitizer" ] || { echo "cagra_gpu_check: no compute-sanitizer"; exit 1; }
 
 # The GPU searches CAGRA_LIST_PROBES lists and runs no NN-descent; the CPU
-# is held to the same method, instead of choosing its probes from a check
-# and refining, so that the two kNN graphs compare.
+# is held to the same count and no refining (its probes are per row).
 common=(--device gpu --cuda-lib "$lib" --probes 5 --refine 0)
 small_exact=(--n 3000 --dim 32 --queries 50 --knn-sample 20 --ef "10,40"
 			 --detour cuvs --expect-mode resident)

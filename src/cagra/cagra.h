@@ -220,27 +220,9 @@ extern CagraStatus cagra_knn_exact(const float *data, int64_t n, int dim,
 								   int32_t *knn, float *dists,
 								   char *errbuf, size_t errlen);
 
-/*
- * The kNN of the first nq rows of data among all n rows (knn and dists:
- * nq x k), ranked by the GEMM's values without recomputing them through
- * the distance kernels: a rounding apart from exact (near ties may come out
- * in another order), and cheaper, for the approximate partitioned stage.
- * It runs on the calling thread alone, for callers that run it inside their
- * own worker threads: it leaves OpenBLAS's process-wide thread setting
- * alone (the caller sets it to 1) and expects the distance kernels to be
- * initialised already (cagra_kernels_ready).  scratch (from
- * cagra_knn_scratch_create, one per thread) keeps its memory between calls;
- * NULL allocates for this call only.
- */
 typedef struct CagraKnnScratch CagraKnnScratch;
 extern CagraKnnScratch *cagra_knn_scratch_create(void);
 extern void cagra_knn_scratch_free(CagraKnnScratch *scratch);
-extern CagraStatus cagra_knn_gemm_serial(const float *data, int64_t n,
-										 int64_t nq, int dim,
-										 CagraMetric metric, int k,
-										 CagraKnnScratch *scratch,
-										 int32_t *knn, float *dists,
-										 char *errbuf, size_t errlen);
 
 /*
  * The partitioned stage's search of one list (cagra_partition.c), where
@@ -255,10 +237,17 @@ extern CagraStatus cagra_knn_gemm_serial(const float *data, int64_t n,
  * queries that probe it, so that the rows of a list, which mostly probe
  * the same lists, keep the GEMM's efficiency; under L2 the queries are
  * moved to the probed list's centre first, so that the GEMM's rounding
- * stays that of near rows (cagra_knn.c).  knn and dists (nq x k) as
- * cagra_knn_gemm_serial's, the ids being positions in rows; a query that
- * meets fewer than k rows gets -1 (and INFINITY) for the rest.  The same
- * thread rules as cagra_knn_gemm_serial.
+ * stays that of near rows (cagra_knn.c).  knn and dists (nq x k) receive
+ * each query's k best by the GEMM's values, without recomputing them
+ * through the distance kernels: a rounding apart from exact (near ties may
+ * come out in another order), and cheaper; the ids are positions in rows,
+ * and a query that meets fewer than k rows gets -1 (and INFINITY) for the
+ * rest.  It runs on the calling thread alone, for callers that run it
+ * inside their own worker threads: it leaves OpenBLAS's process-wide
+ * thread setting alone (the caller sets it to 1) and expects the distance
+ * kernels to be initialised already (cagra_kernels_ready).  scratch (from
+ * cagra_knn_scratch_create, one per thread) keeps its memory between
+ * calls.  Returns false when out of memory.
  */
 typedef struct CagraKnnSegments
 {

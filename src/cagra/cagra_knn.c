@@ -21,9 +21,10 @@
  * entries, a little more than k, whose distances are then recomputed
  * directly by the distance kernels and sorted by (distance, id): the exact
  * kNN under the same distance the search uses, ties broken by id.  The
- * partitioned stage's searches (cagra_knn_gemm_serial) keep k candidates
- * ranked by the GEMM's own values instead: only near ties can come out in
- * another order, and the recomputation cost a tenth of the stage.
+ * partitioned stage's searches (cagra_knn_segments_serial) keep k
+ * candidates ranked by the GEMM's own values instead: only near ties can
+ * come out in another order, and the recomputation cost a tenth of the
+ * stage.
  *
  * A row's pool starts with a bound from its first tile (knn_first_bound),
  * so that a few more than cap values enter it instead of POOL_FACTOR x cap.
@@ -701,10 +702,11 @@ knn_segment_block(const KnnJob *job, int64_t q0, int64_t begin, int rows,
 }
 
 /*
- * Memory of knn_run, kept between the calls of one worker thread
- * (cagra_knn_gemm_serial): a partitioned build runs hundreds of small
- * searches, and fresh allocations of that size come from mmap every time,
- * so that zeroing new pages cost more than a fifth of the search.
+ * Memory of the searches: knn_run's for one call, a worker thread's tiles
+ * and pools kept between its calls of cagra_knn_segments_serial (a
+ * partitioned build runs hundreds of small searches, and fresh allocations
+ * of that size come from mmap every time, so that zeroing new pages cost
+ * more than a fifth of the search).
  */
 struct CagraKnnScratch
 {
@@ -712,8 +714,6 @@ struct CagraKnnScratch
 	float	   *norms;			/* n */
 	double	   *sum;			/* dim */
 	float	   *mean;			/* dim */
-	int64_t		rows_cap;		/* capacity of gemm_base, norms */
-	int			dim_cap;		/* of sum, mean and the rows' width */
 	int			n_threads;		/* tiles, pools and query rows */
 	int			pool_cap;		/* n_candidates the pools were made for */
 	int			query_dim;		/* dim the query rows were made for */
@@ -795,36 +795,16 @@ knn_scratch_reserve_threads(CagraKnnScratch *scratch, const KnnJob *job,
 	return true;
 }
 
-/* Room in scratch for job on n_threads threads; false when out of memory. */
+/* A new scratch's room for job on n_threads threads; false when out of memory. */
 static bool
 knn_scratch_reserve(CagraKnnScratch *scratch, const KnnJob *job, int n_threads)
 {
-	/*
-	 * The row buffers: their old contents never matter, so no realloc.  A
-	 * partitioned build's searches vary in size: grow by half at least, so
-	 * that fresh pages are not zeroed again for every larger search.
-	 */
-	if (job->n > scratch->rows_cap || job->dim > scratch->dim_cap)
-	{
-		int64_t		grown = scratch->rows_cap + scratch->rows_cap / 2;
-		int64_t		rows = job->n > scratch->rows_cap ?
-			(job->n > grown ? job->n : grown) : scratch->rows_cap;
-		int			dim = job->dim > scratch->dim_cap ? job->dim : scratch->dim_cap;
-
-		free(scratch->gemm_base);
-		free(scratch->norms);
-		free(scratch->sum);
-		free(scratch->mean);
-		scratch->gemm_base = malloc((size_t) rows * dim * sizeof(float));
-		scratch->norms = malloc((size_t) rows * sizeof(float));
-		scratch->sum = malloc(dim * sizeof(double));
-		scratch->mean = malloc(dim * sizeof(float));
-		scratch->rows_cap = scratch->dim_cap = 0;
-		if (!scratch->gemm_base || !scratch->norms || !scratch->sum || !scratch->mean)
-			return false;
-		scratch->rows_cap = rows;
-		scratch->dim_cap = dim;
-	}
+	scratch->gemm_base = malloc((size_t) job->n * job->dim * sizeof(float));
+	scratch->norms = malloc((size_t) job->n * sizeof(float));
+	scratch->sum = malloc(job->dim * sizeof(double));
+	scratch->mean = malloc(job->dim * sizeof(float));
+	if (!scratch->gemm_base || !scratch->norms || !scratch->sum || !scratch->mean)
+		return false;
 	return knn_scratch_reserve_threads(scratch, job, n_threads);
 }
 
@@ -903,31 +883,20 @@ knn_query_chunk(int64_t nq, int n_threads)
 	return chunk < QUERY_BLOCK_MIN ? QUERY_BLOCK_MIN : chunk;
 }
 
-/*
- * Everything but argument checks: shared by the entry points.  n_threads 0
- * means the caller is itself a worker thread: run serially and leave
- * OpenBLAS's (process-wide) thread setting and the kernels alone.  scratch
- * NULL: memory of this call only.
- */
+/* Everything but argument checks: shared by the entry points. */
 static CagraStatus
 knn_run(KnnJob *job, int n_threads, const CagraInterrupt *interrupt,
-		CagraKnnScratch *scratch, char *errbuf, size_t errlen)
+		char *errbuf, size_t errlen)
 {
 	CagraStatus status = CAGRA_OK;
-	CagraKnnScratch *own = NULL;
-	bool		in_worker = n_threads == 0;
-	int			blas_threads = in_worker ? 1 : openblas_get_num_threads();
+	CagraKnnScratch *scratch = cagra_knn_scratch_create();
+	int			blas_threads = openblas_get_num_threads();
 
-	if (in_worker)
-		n_threads = 1;
-	else
-		cagra_kernels_ready();
+	cagra_kernels_ready();
 	knn_choose_kernels(job);
-	if (scratch == NULL)
-		scratch = own = cagra_knn_scratch_create();
 	if (scratch == NULL || !knn_scratch_reserve(scratch, job, n_threads))
 	{
-		cagra_knn_scratch_free(own);
+		cagra_knn_scratch_free(scratch);
 		return cagra_error(CAGRA_ERR_NOMEM, errbuf, errlen,
 						   "out of memory for the kNN of %lld rows", (long long) job->nq);
 	}
@@ -936,19 +905,13 @@ knn_run(KnnJob *job, int n_threads, const CagraInterrupt *interrupt,
 	job->pools = scratch->pools;
 	job->query_rows = scratch->query_rows;
 
-	if (in_worker)
-		cagra_parallel_for(1, job->nq, QUERY_BLOCK, knn_query_block, job, NULL);
-	else
-	{
-		openblas_set_num_threads(1);
-		if (cagra_parallel_for(n_threads, job->nq,
-							   knn_query_chunk(job->nq, n_threads), knn_query_block,
-							   job, interrupt) == CAGRA_ERR_CANCELED)
-			status = cagra_error(CAGRA_ERR_CANCELED, errbuf, errlen,
-								 "kNN search canceled");
-		openblas_set_num_threads(blas_threads);
-	}
-	cagra_knn_scratch_free(own);
+	openblas_set_num_threads(1);
+	if (cagra_parallel_for(n_threads, job->nq, knn_query_chunk(job->nq, n_threads),
+						   knn_query_block, job, interrupt) == CAGRA_ERR_CANCELED)
+		status = cagra_error(CAGRA_ERR_CANCELED, errbuf, errlen,
+							 "kNN search canceled");
+	openblas_set_num_threads(blas_threads);
+	cagra_knn_scratch_free(scratch);
 	return status;
 }
 
@@ -972,57 +935,27 @@ knn_check(int64_t n, int64_t nq, int dim, CagraMetric metric, int k,
 	return CAGRA_OK;
 }
 
-/*
- * The kNN of the first nq rows of data among all n rows, on `threads`
- * workers (0: the calling thread only): exact, or ranked by the GEMM's
- * values (gemm_ranked).
- */
-static CagraStatus
-knn_exact(const float *data, int64_t n, int64_t nq, int dim, CagraMetric metric,
-		  int k, bool gemm_ranked, int n_threads, int threads,
-		  const CagraInterrupt *interrupt, CagraKnnScratch *scratch,
-		  int32_t *knn, float *dists, char *errbuf, size_t errlen)
-{
-	KnnJob		job = {0};
-	CagraStatus status;
-
-	status = knn_check(n, nq, dim, metric, k, n - 1, n_threads, errbuf, errlen);
-	if (status != CAGRA_OK)
-		return status;
-	if (nq > n)
-		return cagra_error(CAGRA_ERR_PARAM, errbuf, errlen,
-						   "%lld query rows out of %lld", (long long) nq, (long long) n);
-	job.base = job.queries = data;
-	job.n = n;
-	job.nq = nq;
-	job.dim = dim;
-	job.metric = metric;
-	job.k = k;
-	job.n_candidates = gemm_ranked ? k : cagra_knn_candidates(k, n - 1);
-	job.exclude_self = true;
-	job.gemm_ranked = gemm_ranked;
-	job.ids = knn;
-	job.dists = dists;
-	return knn_run(&job, threads, interrupt, scratch, errbuf, errlen);
-}
-
 CagraStatus
 cagra_knn_exact(const float *data, int64_t n, int dim, CagraMetric metric,
 				int k, int n_threads, const CagraInterrupt *interrupt,
 				int32_t *knn, float *dists, char *errbuf, size_t errlen)
 {
-	return knn_exact(data, n, n, dim, metric, k, false, n_threads,
-					 cagra_thread_count(n_threads), interrupt, NULL,
-					 knn, dists, errbuf, errlen);
-}
+	KnnJob		job = {0};
+	CagraStatus status;
 
-CagraStatus
-cagra_knn_gemm_serial(const float *data, int64_t n, int64_t nq, int dim,
-					  CagraMetric metric, int k, CagraKnnScratch *scratch,
-					  int32_t *knn, float *dists, char *errbuf, size_t errlen)
-{
-	return knn_exact(data, n, nq, dim, metric, k, true, 0, 0, NULL, scratch,
-					 knn, dists, errbuf, errlen);
+	status = knn_check(n, n, dim, metric, k, n - 1, n_threads, errbuf, errlen);
+	if (status != CAGRA_OK)
+		return status;
+	job.base = job.queries = data;
+	job.n = job.nq = n;
+	job.dim = dim;
+	job.metric = metric;
+	job.k = k;
+	job.n_candidates = cagra_knn_candidates(k, n - 1);
+	job.exclude_self = true;
+	job.ids = knn;
+	job.dists = dists;
+	return knn_run(&job, cagra_thread_count(n_threads), interrupt, errbuf, errlen);
 }
 
 CagraStatus
@@ -1048,8 +981,7 @@ cagra_brute_force(const float *base, int64_t n, const float *queries,
 	job.exclude_self = false;
 	job.ids = ids;
 	job.dists = dists;
-	return knn_run(&job, cagra_thread_count(n_threads), interrupt, NULL,
-				   errbuf, errlen);
+	return knn_run(&job, cagra_thread_count(n_threads), interrupt, errbuf, errlen);
 }
 
 CagraStatus
