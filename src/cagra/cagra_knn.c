@@ -213,14 +213,13 @@ knn_fill_tile(const KnnJob *job, const float *queries, int rows, int64_t b0,
 				0.0f, tile, BASE_BLOCK);
 }
 
-static int
-knn_filter_scalar(const float *row, const float *norms, int len, float bound,
-				  int32_t *hits)
+/* Positions c in [from, len) that pass, appended to hits[n ..]; the new n. */
+static inline int
+knn_filter_from(const float *row, const float *norms, int from, int len,
+				float bound, int32_t *hits, int n)
 {
-	int			n = 0;
-
 	/* branch-free: the store is harmless when the value does not count */
-	for (int c = 0; c < len; c++)
+	for (int c = from; c < len; c++)
 	{
 		hits[n] = c;
 		n += row[c] + (norms ? norms[c] : 0.0f) <= bound;
@@ -228,7 +227,26 @@ knn_filter_scalar(const float *row, const float *norms, int len, float bound,
 	return n;
 }
 
+static int
+knn_filter_scalar(const float *row, const float *norms, int len, float bound,
+				  int32_t *hits)
+{
+	return knn_filter_from(row, norms, 0, len, bound, hits, 0);
+}
+
 #ifdef KNN_HAVE_X86
+/* The set bits of a SIMD comparison's mask, as positions from c. */
+static inline int
+knn_mask_hits(unsigned mask, int c, int32_t *hits, int n)
+{
+	while (mask)
+	{
+		hits[n++] = c + __builtin_ctz(mask);
+		mask &= mask - 1;
+	}
+	return n;
+}
+
 __attribute__((target("avx512f")))
 static int
 knn_filter_avx512(const float *row, const float *norms, int len, float bound,
@@ -241,21 +259,12 @@ knn_filter_avx512(const float *row, const float *norms, int len, float bound,
 	for (; c + 16 <= len; c += 16)
 	{
 		__m512		v = _mm512_loadu_ps(row + c);
-		__mmask16	mask;
 
 		if (norms)
 			v = _mm512_add_ps(v, _mm512_loadu_ps(norms + c));
-		mask = _mm512_cmp_ps_mask(v, limit, _CMP_LE_OQ);
-		while (mask)
-		{
-			hits[n++] = c + __builtin_ctz(mask);
-			mask &= mask - 1;
-		}
+		n = knn_mask_hits(_mm512_cmp_ps_mask(v, limit, _CMP_LE_OQ), c, hits, n);
 	}
-	for (; c < len; c++)
-		if (row[c] + (norms ? norms[c] : 0.0f) <= bound)
-			hits[n++] = c;
-	return n;
+	return knn_filter_from(row, norms, c, len, bound, hits, n);
 }
 
 /* The same 8 values at a time: most chunks of 8 hold no hit at all. */
@@ -271,21 +280,13 @@ knn_filter_avx2(const float *row, const float *norms, int len, float bound,
 	for (; c + 8 <= len; c += 8)
 	{
 		__m256		v = _mm256_loadu_ps(row + c);
-		unsigned	mask;
 
 		if (norms)
 			v = _mm256_add_ps(v, _mm256_loadu_ps(norms + c));
-		mask = (unsigned) _mm256_movemask_ps(_mm256_cmp_ps(v, limit, _CMP_LE_OQ));
-		while (mask)
-		{
-			hits[n++] = c + __builtin_ctz(mask);
-			mask &= mask - 1;
-		}
+		n = knn_mask_hits((unsigned) _mm256_movemask_ps(_mm256_cmp_ps(v, limit, _CMP_LE_OQ)),
+						  c, hits, n);
 	}
-	for (; c < len; c++)
-		if (row[c] + (norms ? norms[c] : 0.0f) <= bound)
-			hits[n++] = c;
-	return n;
+	return knn_filter_from(row, norms, c, len, bound, hits, n);
 }
 #endif
 
