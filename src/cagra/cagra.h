@@ -261,7 +261,7 @@ typedef struct CagraKnnSegments
 	int			n_segments;
 	const int32_t *segment_list;	/* n_segments lists */
 	const uint64_t *masks;		/* the query list's rows x mask_words */
-	int64_t		mask_words;		/* >= CAGRA_SEGMENT_WORDS(n_segments) */
+	int64_t		mask_words;		/* CAGRA_SEGMENT_WORDS(n_segments) or more */
 } CagraKnnSegments;
 
 #define CAGRA_SEGMENT_WORDS(n_segments) (((int64_t) (n_segments) + 63) / 64)

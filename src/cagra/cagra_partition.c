@@ -273,12 +273,13 @@ cagra_list_choose_probes(const double *recall, int max_probes, double target,
  * The lists that list l's rows probe, those probed by the most rows first
  * (l's own, since each of its rows is nearest its own centroid, then the
  * lists next to it), so that the rows' pools get tight bounds early; and
- * each row's mask of them.  Returns how many lists they probe together.
+ * each row's mask of them, CAGRA_SEGMENT_WORDS(that many lists) words a
+ * row.  Returns how many lists they probe together.
  */
 static int
 list_segments(const ListJob *job, int32_t l, ListScratch *ls)
 {
-	int64_t		words = CAGRA_SEGMENT_WORDS(job->n_lists);
+	int64_t		words;
 	const int32_t *members = job->members + job->offsets[l];
 	int64_t		size = job->offsets[l + 1] - job->offsets[l];
 	int			n_segments = 0;
@@ -297,6 +298,7 @@ list_segments(const ListJob *job, int32_t l, ListScratch *ls)
 			ls->probed[ls->segment_of[m]].size++;
 		}
 	qsort(ls->probed, n_segments, sizeof(ListSize), list_size_cmp);
+	words = CAGRA_SEGMENT_WORDS(n_segments);
 	for (int s = 0; s < n_segments; s++)
 	{
 		ls->segment_list[s] = ls->probed[s].id;
@@ -332,7 +334,6 @@ list_knn(void *arg, int thread_no, int64_t begin, int64_t end)
 	segments.metric = job->metric;
 	segments.segment_list = ls->segment_list;
 	segments.masks = ls->masks;
-	segments.mask_words = CAGRA_SEGMENT_WORDS(job->n_lists);
 	for (int64_t i = begin; i < end; i++)
 	{
 		int32_t		l = job->order[i];
@@ -343,6 +344,7 @@ list_knn(void *arg, int thread_no, int64_t begin, int64_t end)
 			continue;
 		segments.query_list = l;
 		segments.n_segments = list_segments(job, l, ls);
+		segments.mask_words = CAGRA_SEGMENT_WORDS(segments.n_segments);
 		if (!cagra_knn_segments_serial(&segments, k, ls->knn, ls->local_ids,
 									   ls->local_dists))
 			return CAGRA_ERR_NOMEM;
