@@ -438,6 +438,16 @@ extern CagraStatus cagra_knn_partitioned(const float *data, int64_t n, int dim,
 extern int	cagra_list_choose_probes(const double *recall, int max_probes,
 									 double target, double min_gain);
 
+/*
+ * The GEMM's forms of n rows of dim floats, into dst (n x dim): centred
+ * (rows - centre) for L2, scaled to unit length for cosine (zero rows stay
+ * zero).
+ */
+extern void cagra_rows_centre(const float *rows, int64_t n, int dim,
+							  const float *centre, float *dst);
+extern void cagra_rows_normalise(const float *rows, int64_t n, int dim,
+								 float *dst);
+
 /* Stage 1 as params say (exact or partitioned); stats may be NULL. */
 extern CagraStatus cagra_knn(const float *data, int64_t n, int dim,
 							 const CagraParams *params, int32_t *knn,

@@ -101,9 +101,10 @@ typedef struct KnnJob
 	int			k;
 	int			n_candidates;
 	bool		exclude_self;	/* queries are base: skip row i in row i */
-	bool		gemm_ranked;	/* rank by the GEMM's values (k candidates),
-								 * without recomputing them directly */
-	const CagraKnnSegments *segments;	/* a list's search, or NULL */
+	const CagraKnnSegments *segments;	/* a list's search, ranked by the
+										 * GEMM's values (k candidates)
+										 * without recomputing them; NULL:
+										 * an exact search */
 	KnnFilterFn filter;
 	KnnMinimaFn minima;
 	KnnRankFn	rank;
@@ -481,15 +482,15 @@ knn_scan_row(const KnnJob *job, const float *tile_row, int64_t b0, int cols,
 	}
 }
 
-/* The distance from the query's GEMM row to a candidate's tile value. */
+/* The distance of a list's search's value (knn_segment_block). */
 static float
-knn_gemm_distance(const KnnJob *job, float query_norm, float value)
+knn_gemm_distance(const KnnJob *job, float value)
 {
 	switch (job->metric)
 	{
 		case CAGRA_METRIC_L2:
-			/* value = |y|^2 - 2 x.y on centred copies */
-			return value + query_norm > 0.0f ? value + query_norm : 0.0f;
+			/* value = |x|^2 + |y|^2 - 2 x.y on centred copies */
+			return value > 0.0f ? value : 0.0f;
 		case CAGRA_METRIC_COSINE:
 			/* value = -x.y on unit-length copies */
 			return 1.0f + value;
@@ -502,14 +503,12 @@ knn_gemm_distance(const KnnJob *job, float query_norm, float value)
 
 /*
  * The row's best k candidates, by (distance, id).  Exact jobs recompute the
- * distances directly first; GEMM-ranked ones keep the tile's values.
+ * distances directly first; a list's search keeps the tile's values.
  */
 static void
-knn_finish_row(const KnnJob *job, int64_t q, const float *gemm_query,
-			   KnnPool *pool)
+knn_finish_row(const KnnJob *job, int64_t q, KnnPool *pool)
 {
 	const float *query = job->queries + q * job->dim;
-	float		query_norm = 0.0f;
 	int			k = job->k;
 	KnnCandidate *cand = pool->items;
 	int			size;
@@ -517,15 +516,12 @@ knn_finish_row(const KnnJob *job, int64_t q, const float *gemm_query,
 	if (pool->count > job->n_candidates)
 		pool_shrink(pool, job->n_candidates);
 	size = pool->count;
-	/* a list's search has the query's length in its values already */
-	if (job->gemm_ranked && job->metric == CAGRA_METRIC_L2 && job->segments == NULL)
-		query_norm = vec_inner_product(gemm_query, gemm_query, job->dim);
 
 	/* insertion sort: size is about k, and qsort's calls cost more */
 	for (int i = 0; i < size; i++)
 	{
 		KnnCandidate c = {
-			job->gemm_ranked ? knn_gemm_distance(job, query_norm, cand[i].dist) :
+			job->segments ? knn_gemm_distance(job, cand[i].dist) :
 			cagra_distance(job->metric, query,
 						   job->base + (int64_t) cand[i].id * job->dim, job->dim),
 			cand[i].id
@@ -544,18 +540,16 @@ knn_finish_row(const KnnJob *job, int64_t q, const float *gemm_query,
 	}
 }
 
-/* dst = rows - centre. */
-static void
-knn_centre(const float *rows, int64_t n, int dim, const float *centre, float *dst)
+void
+cagra_rows_centre(const float *rows, int64_t n, int dim, const float *centre, float *dst)
 {
 	for (int64_t i = 0; i < n; i++)
 		for (int j = 0; j < dim; j++)
 			dst[i * dim + j] = rows[i * dim + j] - centre[j];
 }
 
-/* dst = rows scaled to unit length (zero rows stay zero). */
-static void
-knn_normalise(const float *rows, int64_t n, int dim, float *dst)
+void
+cagra_rows_normalise(const float *rows, int64_t n, int dim, float *dst)
 {
 	for (int64_t i = 0; i < n; i++)
 	{
@@ -582,9 +576,9 @@ knn_block_queries(const KnnJob *job, int thread_no, int64_t begin, int rows)
 	if (job->gemm_queries != NULL)
 		return job->gemm_queries + begin * job->dim;
 	if (job->metric == CAGRA_METRIC_L2)
-		knn_centre(queries, rows, job->dim, job->centre, buf);
+		cagra_rows_centre(queries, rows, job->dim, job->centre, buf);
 	else
-		knn_normalise(queries, rows, job->dim, buf);
+		cagra_rows_normalise(queries, rows, job->dim, buf);
 	return buf;
 }
 
@@ -623,8 +617,7 @@ knn_query_block(void *arg, int thread_no, int64_t begin, int64_t end)
 						 job->exclude_self ? begin + r : -1, 0.0f, &pools[r]);
 	}
 	for (int r = 0; r < rows; r++)
-		knn_finish_row(job, begin + r, gemm_queries + (int64_t) r * job->dim,
-					   &pools[r]);
+		knn_finish_row(job, begin + r, &pools[r]);
 	return 0;
 }
 
@@ -834,7 +827,7 @@ knn_mean(const float *rows, int64_t n, int dim, double *sum, float *mean)
 /*
  * What the GEMM sees, in scratch: a copy of the base centred for L2 (with
  * its squared norms), normalised for cosine, the rows as given for inner
- * product and L1.  Queries that are the base's first rows share its copy;
+ * product and L1.  Queries that are the base (the exact kNN) share its copy;
  * others are transformed a block at a time (knn_block_queries).
  */
 static void
@@ -846,17 +839,15 @@ knn_gemm_inputs(KnnJob *job, CagraKnnScratch *scratch)
 	job->gemm_queries = job->queries;
 	job->base_norms = NULL;
 	if (job->metric == CAGRA_METRIC_COSINE)
-		knn_normalise(job->base, job->n, job->dim, scratch->gemm_base);
+		cagra_rows_normalise(job->base, job->n, job->dim, scratch->gemm_base);
 	else if (job->metric == CAGRA_METRIC_L2)
 	{
 		/*
-		 * Shared queries are the base's first rows: centre on them, where
-		 * their nearest neighbours lie, so that the values that decide
-		 * their order are the precise ones (gemm_ranked keeps them).
+		 * Centred on the base, where the queries' nearest neighbours lie,
+		 * so that the values that pick the candidates are precise.
 		 */
-		knn_mean(job->base, job->exclude_self ? job->nq : job->n, job->dim,
-				 scratch->sum, scratch->mean);
-		knn_centre(job->base, job->n, job->dim, scratch->mean, scratch->gemm_base);
+		knn_mean(job->base, job->n, job->dim, scratch->sum, scratch->mean);
+		cagra_rows_centre(job->base, job->n, job->dim, scratch->mean, scratch->gemm_base);
 		for (int64_t i = 0; i < job->n; i++)
 			scratch->norms[i] = vec_inner_product(rows + i * job->dim,
 												  rows + i * job->dim, job->dim);
@@ -1020,7 +1011,6 @@ cagra_knn_segments_serial(const CagraKnnSegments *segments, int k,
 	job.metric = segments->metric;
 	job.k = job.n_candidates = k;
 	job.exclude_self = true;
-	job.gemm_ranked = true;
 	job.segments = segments;
 	job.ids = knn;
 	job.dists = dists;
@@ -1037,8 +1027,7 @@ cagra_knn_segments_serial(const CagraKnnSegments *segments, int k,
 		knn_pools_init(&job, 0, rows, pools);
 		knn_segment_block(&job, q0, begin, rows, pools);
 		for (int r = 0; r < rows; r++)
-			knn_finish_row(&job, begin + r, job.gemm_queries + (begin + r) * job.dim,
-						   &pools[r]);
+			knn_finish_row(&job, begin + r, &pools[r]);
 	}
 	return true;
 }

@@ -31,7 +31,6 @@
  * this stage and of the final graph.
  */
 #include <cblas.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -76,8 +75,9 @@ typedef struct ListJob
 	const int32_t *row_lists;	/* n x probes: each row's nearest lists, its
 								 * own first */
 	const int32_t *order;		/* lists, largest first */
-	const float *rows;			/* n x dim: members' rows in the GEMM's form */
-	const float *norms;			/* L2: their squared lengths, else NULL */
+	float	   *rows;			/* n x dim: members' rows in the GEMM's form
+								 * (list_gemm_rows) */
+	float	   *norms;			/* L2: their squared lengths, else NULL */
 	const float *centroids;		/* n_lists x dim */
 	int32_t    *knn;
 	float	   *dists;
@@ -587,32 +587,22 @@ list_probe_curve(ListJob *job, const float *centroids, CagraMetric pmetric,
 static int
 list_gemm_rows(void *arg, int thread_no, int64_t begin, int64_t end)
 {
-	ListJob    *job = arg;
+	const ListJob *job = arg;
 	int			dim = job->dim;
-	float	   *rows = (float *) job->rows;
-	float	   *norms = (float *) job->norms;
 
 	(void) thread_no;			/* no per-thread scratch */
 	for (int64_t l = begin; l < end; l++)
 		for (int64_t at = job->offsets[l]; at < job->offsets[l + 1]; at++)
 		{
 			const float *src = job->data + (int64_t) job->members[at] * dim;
-			const float *centre = job->centroids + l * dim;
-			float	   *dst = rows + at * dim;
+			float	   *dst = job->rows + at * dim;
 
 			if (job->metric == CAGRA_METRIC_COSINE)
-			{
-				float		length = sqrtf(vec_inner_product(src, src, dim));
-				float		scale = length > 0.0f ? 1.0f / length : 0.0f;
-
-				for (int j = 0; j < dim; j++)
-					dst[j] = src[j] * scale;
-			}
+				cagra_rows_normalise(src, 1, dim, dst);
 			else if (job->metric == CAGRA_METRIC_L2)
 			{
-				for (int j = 0; j < dim; j++)
-					dst[j] = src[j] - centre[j];
-				norms[at] = vec_inner_product(dst, dst, dim);
+				cagra_rows_centre(src, 1, dim, job->centroids + l * dim, dst);
+				job->norms[at] = vec_inner_product(dst, dst, dim);
 			}
 			else
 				memcpy(dst, src, dim * sizeof(float));
