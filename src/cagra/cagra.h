@@ -225,36 +225,55 @@ extern CagraKnnScratch *cagra_knn_scratch_create(void);
 extern void cagra_knn_scratch_free(CagraKnnScratch *scratch);
 
 /*
+ * Rows in panels, for a list's search: CAGRA_PANEL_ROWS rows stored
+ * dimension after dimension, so that one load brings one dimension of 16
+ * rows to multiply a query's value into.  Value d of row r lies at
+ * cagra_panel_index(r, dim) + d x CAGRA_PANEL_ROWS.
+ */
+#define CAGRA_PANEL_ROWS 16
+#define CAGRA_PANEL_ROUND(rows) \
+	(((rows) + CAGRA_PANEL_ROWS - 1) / CAGRA_PANEL_ROWS * CAGRA_PANEL_ROWS)
+
+static inline int64_t
+cagra_panel_index(int64_t row, int dim)
+{
+	return row / CAGRA_PANEL_ROWS * CAGRA_PANEL_ROWS * dim + row % CAGRA_PANEL_ROWS;
+}
+
+/*
  * The partitioned stage's search of one list (cagra_partition.c), where
- * each row probes lists of its own: rows holds every row of the data set,
- * list after list (list m: rows offsets[m] .. offsets[m + 1] - 1), already
- * in the GEMM's form: unit length for cosine, as given for inner product
- * and L1, and for L2 centred on its list's centre (centres: n_lists x dim)
- * with its squared length in norms.  The queries are query_list's rows;
+ * each row probes lists of its own: panels holds every row of the data
+ * set, list after list, each list from a new panel (list m: panel rows
+ * panel_offsets[m] .. on, offsets[m + 1] - offsets[m] of them; the rest of
+ * its last panel zero), already in the search's form: unit length for
+ * cosine, as given for inner product and L1, and for L2 centred on its
+ * list's centre (centres: n_lists x dim) with its squared length in norms
+ * (norms: by position offsets[m] + j).  The queries are query_list's rows;
  * the query at position q of the list is ranked against the rows of list
  * segment_list[s] when bit s of its mask (masks + q x mask_words) is
- * set.  Each list is one GEMM of the
- * queries that probe it, so that the rows of a list, which mostly probe
- * the same lists, keep the GEMM's efficiency; under L2 the queries are
- * moved to the probed list's centre first, so that the GEMM's rounding
- * stays that of near rows (cagra_knn.c).  knn and dists (nq x k) receive
- * each query's k best by the GEMM's values, without recomputing them
- * through the distance kernels: a rounding apart from exact (near ties may
- * come out in another order), and cheaper; the ids are positions in rows,
- * and a query that meets fewer than k rows gets -1 (and INFINITY) for the
- * rest.  It runs on the calling thread alone, for callers that run it
- * inside their own worker threads: it leaves OpenBLAS's process-wide
- * thread setting alone (the caller sets it to 1) and expects the distance
- * kernels to be initialised already (cagra_kernels_ready).  scratch (from
+ * set.  Each probed list is met by the queries that probe it together,
+ * a block of queries against a panel at a time, so that the rows of a
+ * list, which mostly probe the same lists, share the loads of the probed
+ * rows; under L2 the queries are moved to the probed list's centre first,
+ * so that the rounding stays that of near rows (cagra_knn.c).  knn and
+ * dists (nq x k) receive each query's k best by those products' values,
+ * without recomputing them through the distance kernels: a rounding apart
+ * from exact (near ties may come out in another order), and cheaper; the
+ * ids are positions (offsets), and a query that meets fewer than k rows
+ * gets -1 (and INFINITY) for the rest.  It runs on the calling thread
+ * alone, for callers that run it inside their own worker threads, and
+ * expects the distance kernels to be initialised already
+ * (cagra_kernels_ready).  scratch (from
  * cagra_knn_scratch_create, one per thread) keeps its memory between
  * calls.  Returns false when out of memory.
  */
 typedef struct CagraKnnSegments
 {
-	const float *rows;			/* n x dim, list after list, GEMM's form */
+	const float *panels;		/* panel_offsets[n_lists] x dim */
 	const float *norms;			/* L2: each row's squared length, else NULL */
 	const float *centres;		/* L2: n_lists x dim, else NULL */
-	const int64_t *offsets;		/* n_lists + 1 */
+	const int64_t *offsets;		/* n_lists + 1: positions of the rows */
+	const int64_t *panel_offsets;	/* n_lists + 1: of their panel rows */
 	int			dim;
 	CagraMetric metric;
 	int32_t		query_list;
@@ -385,11 +404,12 @@ extern CagraStatus cagra_knn_refine(const float *data, int64_t n, int dim,
  * set by the rows of a CagraKnnCheck: the share of their exact neighbours
  * that p probed lists hold is known for every p without a search
  * (cagra_list_choose_probes).  Same output contract as cagra_knn_exact,
- * except that rows are ranked by the GEMM's values
+ * except that rows are ranked by the products' values
  * (cagra_knn_segments_serial; for L2 on copies centred on the lists'
  * centres); rows whose probed lists hold fewer than k other rows get an
  * exact search.  Besides the graph it holds a copy of the rows (n x (dim +
- * 1) floats) and each row's probed lists while the lists are searched.
+ * 1) floats, and up to CAGRA_PANEL_ROWS - 1 rows of padding a list) and
+ * each row's probed lists while the lists are searched.
  * Then at most refine_iterations (0: none) of cagra_knn_refine, aiming at
  * CAGRA_REFINE_TARGET_RECALL on the same checked rows and told which pairs
  * of lists were searched by all their rows (CagraSearchedPairs); refined
@@ -422,7 +442,7 @@ extern CagraStatus cagra_knn_partitioned(const float *data, int64_t n, int dim,
  * reach it: cheaper than NN-descent, whose setup alone costs about as much
  * as a probe or two), or max_probes.
  *
- * Why min_gain: each probe costs every row a GEMM against list_rows more
+ * Why min_gain: each probe costs every row products with list_rows more
  * rows, and NN-descent, which takes over from the lists, costs more per
  * point of recall than a probe that adds 0.2 point: on the word vectors 8,
  * 16, 26, 39 and 64 probes (then NN-descent to 0.95) cost 1.43, 1.45,
@@ -437,16 +457,6 @@ extern CagraStatus cagra_knn_partitioned(const float *data, int64_t n, int dim,
  */
 extern int	cagra_list_choose_probes(const double *recall, int max_probes,
 									 double target, double min_gain);
-
-/*
- * The GEMM's forms of n rows of dim floats, into dst (n x dim): centred
- * (rows - centre) for L2, scaled to unit length for cosine (zero rows stay
- * zero).
- */
-extern void cagra_rows_centre(const float *rows, int64_t n, int dim,
-							  const float *centre, float *dst);
-extern void cagra_rows_normalise(const float *rows, int64_t n, int dim,
-								 float *dst);
 
 /* Stage 1 as params say (exact or partitioned); stats may be NULL. */
 extern CagraStatus cagra_knn(const float *data, int64_t n, int dim,

@@ -67,7 +67,7 @@
  * graph and each row's list throughout; its lists' search also each row's
  * probed lists and a copy of the rows in list order (cagra_partition.c),
  * NN-descent after it the graph's distances and its scratch.  At I 48, d
- * 32 and 128 dimensions: 974 bytes for the lists, 706 for NN-descent,
+ * 32 and 128 dimensions: 994 bytes for the lists, 706 for NN-descent,
  * 591 for the pruning.
  */
 static size_t
@@ -75,6 +75,9 @@ cagra_row_bytes(int intermediate, int degree, int dim)
 {
 	size_t		lists = sizeof(int32) * CAGRA_LIST_PROBES_MAX	/* probed lists */
 		+ sizeof(float) * (dim + 1) /* the copy, its squared lengths */
+		/* the copy's padding: up to a panel's rows less one a list */
+		+ (sizeof(float) * dim * (CAGRA_PANEL_ROWS - 1) + CAGRA_LIST_ROWS - 1) /
+		CAGRA_LIST_ROWS
 		+ sizeof(int32);		/* the rows in list order */
 	size_t		refine = sizeof(float) * intermediate	/* the distances */
 		+ cagra_knn_refine_row_bytes(intermediate, CAGRA_REFINE_SAMPLE);

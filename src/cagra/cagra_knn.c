@@ -21,17 +21,19 @@
  * entries, a little more than k, whose distances are then recomputed
  * directly by the distance kernels and sorted by (distance, id): the exact
  * kNN under the same distance the search uses, ties broken by id.  The
- * partitioned stage's searches (cagra_knn_segments_serial) keep k
- * candidates ranked by the GEMM's own values instead: only near ties can
+ * partitioned stage's searches (cagra_knn_segments_serial) fill their
+ * tiles from rows in panels (knn_panel_dot_avx2) instead of by GEMM, and
+ * keep k candidates ranked by the tile's own values: only near ties can
  * come out in another order, and the recomputation cost a tenth of the
  * stage.
  *
  * A row's pool starts with a bound from its first tile (knn_first_bound),
  * so that a few more than cap values enter it instead of POOL_FACTOR x cap.
  *
- * OpenBLAS is told to use one thread while this runs: the parallelism is
- * ours, one GEMM per task, and OpenBLAS threads would oversubscribe the
- * cores.  The previous setting is restored before returning.
+ * OpenBLAS is told to use one thread while an exact search runs: the
+ * parallelism is ours, one GEMM per task, and OpenBLAS threads would
+ * oversubscribe the cores.  The previous setting is restored before
+ * returning.
  */
 #include <cblas.h>
 #include <math.h>
@@ -51,9 +53,9 @@
  * rows pays one packing per q x 2 x dim flops: at 128 rows, copying the
  * partitioned stage's gathered candidates (cold, megabytes a list) into
  * GEMM panels took a third as long as the GEMM itself on tf-idf.  A list's
- * rows (about 400) now go in one block: the lists 25.5 -> 21.5 s on tf-idf
- * and the words' CAGRA build 4.8 -> 4.3 CPU s, the same kNN graph
- * (bench/bin/cagra_build --index --cagra-only).  A tile of QUERY_BLOCK x
+ * rows (about 400) went in one block: the lists 25.5 -> 21.5 s on tf-idf
+ * (bench/bin/cagra_build --index --cagra-only); that search now needs no
+ * packing at all (its rows are kept in panels).  A tile of QUERY_BLOCK x
  * BASE_BLOCK floats stays at 1 MB.  Threads sharing few queries take
  * smaller blocks, not under QUERY_BLOCK_MIN rows.
  */
@@ -76,8 +78,15 @@ typedef int (*KnnFilterFn) (const float *row, const float *norms, int len,
 typedef int (*KnnMinimaFn) (const float *row, const float *norms, int len,
 							float *mins);
 
-/* The k-th smallest (0-based) of the BOUND_GROUPS values (may reorder). */
-typedef float (*KnnRankFn) (float *values, int k);
+/*
+ * A list's search fills its tile from rows in panels (CAGRA_PANEL_ROWS rows
+ * stored dimension after dimension): tile row i (BASE_BLOCK apart) gets
+ * query i's values against panel rows 0 .. cols rounded up to whole panels,
+ * scale x q.y, or the L1 distance.
+ */
+typedef void (*KnnPanelFn) (const float *queries, int n_queries, int dim,
+							const float *panels, int cols, float scale,
+							float *tile);
 
 typedef struct KnnCandidate
 {
@@ -107,7 +116,7 @@ typedef struct KnnJob
 										 * an exact search */
 	KnnFilterFn filter;
 	KnnMinimaFn minima;
-	KnnRankFn	rank;
+	KnnPanelFn	panel;
 	int32_t    *ids;
 	float	   *dists;
 	/* per-thread scratch */
@@ -192,6 +201,26 @@ pool_shrink(KnnPool *pool, int cap)
 	pool->bound_id = pool->items[cap - 1].id;
 }
 
+/*
+ * The tile's factor on x.y: -2 for L2 (the scan adds |y|^2), -1 for cosine
+ * and inner product; 1 for L1, whose tile holds the distances.
+ */
+static float
+knn_tile_scale(CagraMetric metric)
+{
+	switch (metric)
+	{
+		case CAGRA_METRIC_L2:
+			return -2.0f;
+		case CAGRA_METRIC_L1:
+			return 1.0f;
+		case CAGRA_METRIC_COSINE:
+		case CAGRA_METRIC_INNER_PRODUCT:
+			break;
+	}
+	return -1.0f;
+}
+
 /* Fill tile (rows x cols) with values ordered like the distances. */
 static void
 knn_fill_tile(const KnnJob *job, const float *queries, int rows, int64_t b0,
@@ -209,8 +238,7 @@ knn_fill_tile(const KnnJob *job, const float *queries, int rows, int64_t b0,
 		return;
 	}
 	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, cols, dim,
-				job->metric == CAGRA_METRIC_L2 ? -2.0f : -1.0f,
-				queries, dim, job->gemm_base + b0 * dim, dim,
+				knn_tile_scale(job->metric), queries, dim, job->gemm_base + b0 * dim, dim,
 				0.0f, tile, BASE_BLOCK);
 }
 
@@ -291,6 +319,157 @@ knn_filter_avx2(const float *row, const float *norms, int len, float bound,
 }
 #endif
 
+/*
+ * The panel kernels.  Where a list's search called cblas_sgemm, OpenBLAS
+ * packed the probed list's rows for every list probing it, and zeroed the
+ * tile before adding into it: a third of the GEMM's time on the word
+ * vectors, whose lists' rows meet about 83 queries at a time.  Rows kept in
+ * panels need no packing: one load brings a dimension of 16 rows.
+ */
+static inline void
+knn_panel_scalar(const float *queries, int n_queries, int dim,
+				 const float *panels, int cols, float scale, bool l1,
+				 float *tile)
+{
+	for (int c0 = 0; c0 < cols; c0 += CAGRA_PANEL_ROWS)
+	{
+		const float *panel = panels + (int64_t) c0 * dim;
+
+		for (int i = 0; i < n_queries; i++)
+		{
+			const float *q = queries + (int64_t) i * dim;
+			float		acc[CAGRA_PANEL_ROWS] = {0};
+
+			for (int d = 0; d < dim; d++)
+			{
+				const float *y = panel + (int64_t) d * CAGRA_PANEL_ROWS;
+
+				if (l1)
+					for (int r = 0; r < CAGRA_PANEL_ROWS; r++)
+						acc[r] += fabsf(q[d] - y[r]);
+				else
+					for (int r = 0; r < CAGRA_PANEL_ROWS; r++)
+						acc[r] += q[d] * y[r];
+			}
+			for (int r = 0; r < CAGRA_PANEL_ROWS; r++)
+				tile[(int64_t) i * BASE_BLOCK + c0 + r] = scale * acc[r];
+		}
+	}
+}
+
+static void
+knn_panel_dot_scalar(const float *queries, int n_queries, int dim,
+					 const float *panels, int cols, float scale, float *tile)
+{
+	knn_panel_scalar(queries, n_queries, dim, panels, cols, scale, false, tile);
+}
+
+static void
+knn_panel_l1_scalar(const float *queries, int n_queries, int dim,
+					const float *panels, int cols, float scale, float *tile)
+{
+	knn_panel_scalar(queries, n_queries, dim, panels, cols, scale, true, tile);
+}
+
+#ifdef KNN_HAVE_X86
+#define PANEL_QUERIES 6			/* 12 accumulators, 2 rows' halves, a value */
+
+/* Query i of a block of PANEL_QUERIES from i0 (past the end: the first). */
+static inline const float *
+knn_panel_query(const float *queries, int i0, int i, int n, int dim)
+{
+	return queries + (int64_t) (i0 + (i < n ? i : 0)) * dim;
+}
+
+/* One query value times a dimension of a panel's 16 rows, added to acc. */
+__attribute__((always_inline, target("avx2,fma")))
+static inline void
+knn_panel_fma(const float *value, __m256 y0, __m256 y1, __m256 *acc0,
+			  __m256 *acc1)
+{
+	__m256		x = _mm256_broadcast_ss(value);
+
+	*acc0 = _mm256_fmadd_ps(x, y0, *acc0);
+	*acc1 = _mm256_fmadd_ps(x, y1, *acc1);
+}
+
+__attribute__((always_inline, target("avx2")))
+static inline void
+knn_panel_store(float *dst, __m256 acc0, __m256 acc1, __m256 scale)
+{
+	_mm256_storeu_ps(dst, _mm256_mul_ps(acc0, scale));
+	_mm256_storeu_ps(dst + 8, _mm256_mul_ps(acc1, scale));
+}
+
+/*
+ * PANEL_QUERIES queries against 16 rows at a time, all in registers: per
+ * dimension two loads of the panel and a broadcast per query, for 12 FMAs.
+ * On the word vectors' shapes (83 queries, 400 rows, 100 dimensions) this
+ * ran at 66 GFLOPS on one core of an AMD EPYC, against 41 for
+ * cblas_sgemm on the same rows (both taking a list at random).
+ */
+__attribute__((target("avx2,fma")))
+static void
+knn_panel_dot_avx2(const float *queries, int n_queries, int dim,
+				   const float *panels, int cols, float scale, float *tile)
+{
+	__m256		factor = _mm256_set1_ps(scale);
+
+	for (int i0 = 0; i0 < n_queries; i0 += PANEL_QUERIES)
+	{
+		int			n = n_queries - i0 < PANEL_QUERIES ? n_queries - i0 : PANEL_QUERIES;
+		const float *q0 = knn_panel_query(queries, i0, 0, n, dim);
+		const float *q1 = knn_panel_query(queries, i0, 1, n, dim);
+		const float *q2 = knn_panel_query(queries, i0, 2, n, dim);
+		const float *q3 = knn_panel_query(queries, i0, 3, n, dim);
+		const float *q4 = knn_panel_query(queries, i0, 4, n, dim);
+		const float *q5 = knn_panel_query(queries, i0, 5, n, dim);
+		float	   *out = tile + (int64_t) i0 * BASE_BLOCK;
+
+		for (int c0 = 0; c0 < cols; c0 += CAGRA_PANEL_ROWS)
+		{
+			const float *y = panels + (int64_t) c0 * dim;
+			__m256		a0 = _mm256_setzero_ps(),
+						b0 = a0,
+						a1 = a0,
+						b1 = a0,
+						a2 = a0,
+						b2 = a0,
+						a3 = a0,
+						b3 = a0,
+						a4 = a0,
+						b4 = a0,
+						a5 = a0,
+						b5 = a0;
+
+			for (int d = 0; d < dim; d++, y += CAGRA_PANEL_ROWS)
+			{
+				__m256		y0 = _mm256_loadu_ps(y);
+				__m256		y1 = _mm256_loadu_ps(y + 8);
+
+				knn_panel_fma(q0 + d, y0, y1, &a0, &b0);
+				knn_panel_fma(q1 + d, y0, y1, &a1, &b1);
+				knn_panel_fma(q2 + d, y0, y1, &a2, &b2);
+				knn_panel_fma(q3 + d, y0, y1, &a3, &b3);
+				knn_panel_fma(q4 + d, y0, y1, &a4, &b4);
+				knn_panel_fma(q5 + d, y0, y1, &a5, &b5);
+			}
+			knn_panel_store(out + c0, a0, b0, factor);
+			if (n > 1)
+				knn_panel_store(out + BASE_BLOCK + c0, a1, b1, factor);
+			if (n > 2)
+				knn_panel_store(out + 2 * BASE_BLOCK + c0, a2, b2, factor);
+			if (n > 3)
+				knn_panel_store(out + 3 * BASE_BLOCK + c0, a3, b3, factor);
+			if (n > 4)
+				knn_panel_store(out + 4 * BASE_BLOCK + c0, a4, b4, factor);
+			if (n > 5)
+				knn_panel_store(out + 5 * BASE_BLOCK + c0, a5, b5, factor);
+		}
+	}
+}
+#endif
+
 static int
 knn_minima_scalar(const float *row, const float *norms, int len, float *mins)
 {
@@ -331,52 +510,35 @@ knn_minima_avx512(const float *row, const float *norms, int len, float *mins)
 }
 #endif
 
-static float
-knn_rank_scalar(float *values, int k)
-{
-	KnnCandidate items[BOUND_GROUPS];
-
-	for (int g = 0; g < BOUND_GROUPS; g++)
-	{
-		items[g].dist = values[g];
-		items[g].id = g;
-	}
-	candidates_select(items, BOUND_GROUPS, k);
-	return items[k].dist;
-}
-
-#ifdef KNN_HAVE_X86
 /*
- * The same without branches on the data: a binary search over the values'
- * bit patterns, mapped to unsigned integers of the same order, counting
- * BOUND_GROUPS values at a time for each step.
+ * The k-th smallest (0-based) of the BOUND_GROUPS values, without branches
+ * on the data: a binary search over the values' bit patterns, mapped to
+ * unsigned integers of the same order, counting all values at each step
+ * (a loop the compiler vectorises).  A selection of (value, id) pairs took
+ * 4% of the words' build on an AVX2 machine.
  */
-__attribute__((target("avx512f")))
 static float
-knn_rank_avx512(float *values, int k)
+knn_rank(const float *values, int k)
 {
-	__m512i		keys[BOUND_GROUPS / 16];
+	uint32_t	keys[BOUND_GROUPS];
 	uint32_t	lo = 0,
 				hi = UINT32_MAX;
 	uint32_t	bits;
 	float		result;
 
-	for (int v = 0; v < BOUND_GROUPS / 16; v++)
+	for (int g = 0; g < BOUND_GROUPS; g++)
 	{
-		__m512i		x = _mm512_loadu_si512(values + 16 * v);
-		__m512i		sign = _mm512_srai_epi32(x, 31);
-
+		memcpy(&bits, values + g, sizeof(bits));
 		/* negative: all bits flipped; positive: the sign bit set */
-		keys[v] = _mm512_xor_si512(x, _mm512_or_si512(sign, _mm512_set1_epi32(INT32_MIN)));
+		keys[g] = (bits & 0x80000000u) ? ~bits : bits | 0x80000000u;
 	}
 	while (lo < hi)
 	{
 		uint32_t	mid = lo + (hi - lo) / 2;
-		__m512i		limit = _mm512_set1_epi32((int32_t) mid);
 		int			count = 0;
 
-		for (int v = 0; v < BOUND_GROUPS / 16; v++)
-			count += __builtin_popcount(_mm512_cmple_epu32_mask(keys[v], limit));
+		for (int g = 0; g < BOUND_GROUPS; g++)
+			count += keys[g] <= mid;
 		if (count > k)
 			hi = mid;
 		else
@@ -386,7 +548,6 @@ knn_rank_avx512(float *values, int k)
 	memcpy(&result, &bits, sizeof(result));
 	return result;
 }
-#endif
 
 /*
  * The scan's kernels: AVX-512 when the distance kernels are, the AVX2
@@ -396,17 +557,20 @@ knn_rank_avx512(float *values, int k)
 static void
 knn_choose_kernels(KnnJob *job)
 {
+	bool		l1 = job->metric == CAGRA_METRIC_L1;
+
 	job->filter = knn_filter_scalar;
 	job->minima = knn_minima_scalar;
-	job->rank = knn_rank_scalar;
+	job->panel = l1 ? knn_panel_l1_scalar : knn_panel_dot_scalar;
 #ifdef KNN_HAVE_X86
+	if (vec_kernels.isa != VEC_ISA_SCALAR && !l1)
+		job->panel = knn_panel_dot_avx2;
 	if (vec_kernels.isa == VEC_ISA_AVX2)
 		job->filter = knn_filter_avx2;
 	if (vec_kernels.isa == VEC_ISA_AVX512)
 	{
 		job->filter = knn_filter_avx512;
 		job->minima = knn_minima_avx512;
-		job->rank = knn_rank_avx512;
 	}
 #endif
 }
@@ -439,7 +603,7 @@ knn_first_bound(const KnnJob *job, const float *row, const float *norms,
 
 		mins[g] = v < mins[g] ? v : mins[g];
 	}
-	return job->rank(mins, cap);
+	return knn_rank(mins, cap);
 }
 
 /*
@@ -508,7 +672,7 @@ knn_gemm_distance(const KnnJob *job, float value)
 static void
 knn_finish_row(const KnnJob *job, int64_t q, KnnPool *pool)
 {
-	const float *query = job->queries + q * job->dim;
+	const float *query = job->segments ? NULL : job->queries + q * job->dim;
 	int			k = job->k;
 	KnnCandidate *cand = pool->items;
 	int			size;
@@ -540,16 +704,21 @@ knn_finish_row(const KnnJob *job, int64_t q, KnnPool *pool)
 	}
 }
 
-void
-cagra_rows_centre(const float *rows, int64_t n, int dim, const float *centre, float *dst)
+/*
+ * The GEMM's forms of n rows of dim floats, into dst (n x dim): centred
+ * (rows - centre) for L2, scaled to unit length for cosine (zero rows stay
+ * zero).
+ */
+static void
+knn_centre(const float *rows, int64_t n, int dim, const float *centre, float *dst)
 {
 	for (int64_t i = 0; i < n; i++)
 		for (int j = 0; j < dim; j++)
 			dst[i * dim + j] = rows[i * dim + j] - centre[j];
 }
 
-void
-cagra_rows_normalise(const float *rows, int64_t n, int dim, float *dst)
+static void
+knn_normalise(const float *rows, int64_t n, int dim, float *dst)
 {
 	for (int64_t i = 0; i < n; i++)
 	{
@@ -576,9 +745,9 @@ knn_block_queries(const KnnJob *job, int thread_no, int64_t begin, int rows)
 	if (job->gemm_queries != NULL)
 		return job->gemm_queries + begin * job->dim;
 	if (job->metric == CAGRA_METRIC_L2)
-		cagra_rows_centre(queries, rows, job->dim, job->centre, buf);
+		knn_centre(queries, rows, job->dim, job->centre, buf);
 	else
-		cagra_rows_normalise(queries, rows, job->dim, buf);
+		knn_normalise(queries, rows, job->dim, buf);
 	return buf;
 }
 
@@ -623,13 +792,13 @@ knn_query_block(void *arg, int thread_no, int64_t begin, int64_t end)
 
 /*
  * The queries begin .. begin + rows of a list's search (CagraKnnSegments;
- * q0: the list's first row) against the lists each of them probes: per
- * probed list, one GEMM of the queries that probe it, copied together
- * when only some do (dim floats a query and list, against the list's rows
- * x dim multiply-adds).  Under L2 a query, centred on its own list's
- * centre, is moved to the probed list's centre, and its squared length
- * there is added to its values, so that every list's values are squared
- * distances computed from near vectors.
+ * q0: the list's first position) against the lists each of them probes:
+ * per probed list, the queries that probe it, copied out of the panels
+ * together (dim floats a query and list, against the list's rows x dim
+ * multiply-adds), meet its panels (job->panel).  Under L2 a query, centred
+ * on its own list's centre, is moved to the probed list's centre, and its
+ * squared length there is added to its values, so that every list's values
+ * are squared distances computed from near vectors.
  */
 static void
 knn_segment_block(const KnnJob *job, int64_t q0, int64_t begin, int rows,
@@ -639,9 +808,10 @@ knn_segment_block(const KnnJob *job, int64_t q0, int64_t begin, int rows,
 	int64_t		words = seg->mask_words;
 	int			dim = job->dim;
 	bool		l2 = job->metric == CAGRA_METRIC_L2;
-	const float *own = job->gemm_queries + begin * dim;
+	int64_t		own = seg->panel_offsets[seg->query_list] + begin;
+	float		scale = knn_tile_scale(job->metric);
 	float	   *tile = job->tiles[0];
-	float	   *moved = job->query_rows[0];
+	float	   *queries = job->query_rows[0];
 	int32_t		picked[QUERY_BLOCK];
 	float		offset[QUERY_BLOCK];
 
@@ -649,7 +819,9 @@ knn_segment_block(const KnnJob *job, int64_t q0, int64_t begin, int rows,
 	{
 		int32_t		m = seg->segment_list[s];
 		bool		shift = l2 && m != seg->query_list;
-		const float *queries = own;
+		const float *cq = l2 ? seg->centres + (int64_t) seg->query_list * dim : NULL;
+		const float *cm = l2 ? seg->centres + (int64_t) m * dim : NULL;
+		int64_t		size = seg->offsets[m + 1] - seg->offsets[m];
 		int			n_picked = 0;
 
 		for (int r = 0; r < rows; r++)
@@ -659,38 +831,32 @@ knn_segment_block(const KnnJob *job, int64_t q0, int64_t begin, int rows,
 		}
 		if (n_picked == 0)
 			continue;
-		if (n_picked < rows || shift)
-		{
-			const float *cq = l2 ? seg->centres + (int64_t) seg->query_list * dim : NULL;
-			const float *cm = l2 ? seg->centres + (int64_t) m * dim : NULL;
-
-			for (int i = 0; i < n_picked; i++)
-			{
-				const float *src = own + (int64_t) picked[i] * dim;
-				float	   *dst = moved + (int64_t) i * dim;
-
-				if (shift)
-					for (int j = 0; j < dim; j++)
-						dst[j] = src[j] + (cq[j] - cm[j]);
-				else
-					memcpy(dst, src, dim * sizeof(float));
-			}
-			queries = moved;
-		}
 		for (int i = 0; i < n_picked; i++)
-			offset[i] = !l2 ? 0.0f : shift ?
-				vec_inner_product(queries + (int64_t) i * dim,
-								  queries + (int64_t) i * dim, dim) :
-				seg->norms[q0 + begin + picked[i]];
-		for (int64_t b0 = seg->offsets[m]; b0 < seg->offsets[m + 1]; b0 += BASE_BLOCK)
 		{
-			int			cols = (int) (seg->offsets[m + 1] - b0 < BASE_BLOCK ?
-									  seg->offsets[m + 1] - b0 : BASE_BLOCK);
+			const float *src = seg->panels + cagra_panel_index(own + picked[i], dim);
+			float	   *dst = queries + (int64_t) i * dim;
 
-			knn_fill_tile(job, queries, n_picked, b0, cols, tile);
+			if (shift)
+				for (int j = 0; j < dim; j++)
+					dst[j] = src[(int64_t) j * CAGRA_PANEL_ROWS] + (cq[j] - cm[j]);
+			else
+				for (int j = 0; j < dim; j++)
+					dst[j] = src[(int64_t) j * CAGRA_PANEL_ROWS];
+			offset[i] = !l2 ? 0.0f : shift ?
+				vec_inner_product(dst, dst, dim) :
+				seg->norms[q0 + begin + picked[i]];
+		}
+		for (int64_t b0 = 0; b0 < size; b0 += BASE_BLOCK)
+		{
+			int			cols = (int) (size - b0 < BASE_BLOCK ? size - b0 : BASE_BLOCK);
+
+			job->panel(queries, n_picked, dim,
+					   seg->panels + (seg->panel_offsets[m] + b0) * dim, cols,
+					   scale, tile);
 			for (int i = 0; i < n_picked; i++)
-				knn_scan_row(job, tile + (int64_t) i * BASE_BLOCK, b0, cols,
-							 q0 + begin + picked[i], offset[i], &pools[picked[i]]);
+				knn_scan_row(job, tile + (int64_t) i * BASE_BLOCK,
+							 seg->offsets[m] + b0, cols, q0 + begin + picked[i],
+							 offset[i], &pools[picked[i]]);
 		}
 	}
 }
@@ -839,7 +1005,7 @@ knn_gemm_inputs(KnnJob *job, CagraKnnScratch *scratch)
 	job->gemm_queries = job->queries;
 	job->base_norms = NULL;
 	if (job->metric == CAGRA_METRIC_COSINE)
-		cagra_rows_normalise(job->base, job->n, job->dim, scratch->gemm_base);
+		knn_normalise(job->base, job->n, job->dim, scratch->gemm_base);
 	else if (job->metric == CAGRA_METRIC_L2)
 	{
 		/*
@@ -847,7 +1013,7 @@ knn_gemm_inputs(KnnJob *job, CagraKnnScratch *scratch)
 		 * so that the values that pick the candidates are precise.
 		 */
 		knn_mean(job->base, job->n, job->dim, scratch->sum, scratch->mean);
-		cagra_rows_centre(job->base, job->n, job->dim, scratch->mean, scratch->gemm_base);
+		knn_centre(job->base, job->n, job->dim, scratch->mean, scratch->gemm_base);
 		for (int64_t i = 0; i < job->n; i++)
 			scratch->norms[i] = vec_inner_product(rows + i * job->dim,
 												  rows + i * job->dim, job->dim);
@@ -1003,9 +1169,7 @@ cagra_knn_segments_serial(const CagraKnnSegments *segments, int k,
 	int64_t		nq = segments->offsets[segments->query_list + 1] - q0;
 	KnnPool		pools[QUERY_BLOCK];
 
-	job.base = job.gemm_base = segments->rows;
 	job.base_norms = segments->norms;
-	job.queries = job.gemm_queries = segments->rows + q0 * segments->dim;
 	job.nq = nq;
 	job.dim = segments->dim;
 	job.metric = segments->metric;

@@ -6,15 +6,16 @@
  * The exact stage compares every pair of rows, while a row's neighbours
  * all lie in a small region.  Here k-means splits the data into lists of
  * about list_rows rows (every row in the list of its nearest centroid), and
- * each row is searched by GEMM among the rows of the `probes` lists whose
+ * each row is searched among the rows of the `probes` lists whose
  * centroids are nearest the row itself, its own list first.  This is the
  * inverted-file search of Jegou et al. (IEEE TPAMI 2011) applied to the
  * data itself.  A row costs about probes x list_rows distances instead of
  * n.  The rows of one list mostly probe the same lists, so a list's search
- * is one GEMM per probed list of the rows that probe it
+ * meets each probed list with the rows that probe it together
  * (cagra_knn_segments_serial), on a copy of all rows made once in list
- * order: on the word vectors a list's rows together probe 150 of the 162
- * lists, and gathering those for every list cost more than the search.
+ * order and in panels: on the word vectors a list's rows together probe
+ * 150 of the 162 lists, and gathering those for every list cost more than
+ * the search.
  * Probes chosen per row rather than per list hold more of the neighbours
  * for the same work: on the word vectors 12 probes per row hold 0.87 of
  * the checked rows' neighbours, as many as the 39 lists nearest the row's
@@ -30,7 +31,7 @@
  * neighbours' neighbours.  bench/bin/cagra_build measures the recall of
  * this stage and of the final graph.
  */
-#include <cblas.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -75,8 +76,9 @@ typedef struct ListJob
 	const int32_t *row_lists;	/* n x probes: each row's nearest lists, its
 								 * own first */
 	const int32_t *order;		/* lists, largest first */
-	float	   *rows;			/* n x dim: members' rows in the GEMM's form
-								 * (list_gemm_rows) */
+	int64_t    *panel_offsets;	/* n_lists + 1: each list's first panel row */
+	float	   *panels;			/* members' rows in the search's form, each
+								 * list in whole panels (list_panel_rows) */
 	float	   *norms;			/* L2: their squared lengths, else NULL */
 	const float *centroids;		/* n_lists x dim */
 	int32_t    *knn;
@@ -326,10 +328,11 @@ list_knn(void *arg, int thread_no, int64_t begin, int64_t end)
 	int			k = job->k;
 	CagraKnnSegments segments = {0};
 
-	segments.rows = job->rows;
+	segments.panels = job->panels;
 	segments.norms = job->norms;
 	segments.centres = job->metric == CAGRA_METRIC_L2 ? job->centroids : NULL;
 	segments.offsets = job->offsets;
+	segments.panel_offsets = job->panel_offsets;
 	segments.dim = job->dim;
 	segments.metric = job->metric;
 	segments.segment_list = ls->segment_list;
@@ -579,34 +582,59 @@ list_probe_curve(ListJob *job, const float *centroids, CagraMetric pmetric,
 }
 
 /*
- * Every row, list after list, in the GEMM's form (CagraKnnSegments): made
+ * Every row, list after list, in the search's form (CagraKnnSegments): made
  * once, so that no list's search gathers and transforms the rows of the
  * lists its rows probe.  Those are nearly all lists on the word vectors,
  * whose rows within one list probe different lists.
  */
+static void
+list_panel_row(const ListJob *job, int64_t l, int64_t at)
+{
+	int			dim = job->dim;
+	const float *src = job->data + (int64_t) job->members[at] * dim;
+	const float *centre = job->metric == CAGRA_METRIC_L2 ?
+		job->centroids + l * dim : NULL;
+	float	   *dst = job->panels +
+		cagra_panel_index(job->panel_offsets[l] + at - job->offsets[l], dim);
+	float		scale = 1.0f;
+	float		norm = 0.0f;
+
+	if (job->metric == CAGRA_METRIC_COSINE)
+	{
+		float		length = sqrtf(vec_inner_product(src, src, dim));
+
+		scale = length > 0.0f ? 1.0f / length : 0.0f;
+	}
+	for (int j = 0; j < dim; j++)
+	{
+		float		v = (centre ? src[j] - centre[j] : src[j]) * scale;
+
+		dst[(int64_t) j * CAGRA_PANEL_ROWS] = v;
+		norm += v * v;
+	}
+	if (job->norms)
+		job->norms[at] = norm;
+}
+
+/* Lists begin .. end in panels, the rows past a list's end zero. */
 static int
-list_gemm_rows(void *arg, int thread_no, int64_t begin, int64_t end)
+list_panel_rows(void *arg, int thread_no, int64_t begin, int64_t end)
 {
 	const ListJob *job = arg;
 	int			dim = job->dim;
 
 	(void) thread_no;			/* no per-thread scratch */
 	for (int64_t l = begin; l < end; l++)
-		for (int64_t at = job->offsets[l]; at < job->offsets[l + 1]; at++)
-		{
-			const float *src = job->data + (int64_t) job->members[at] * dim;
-			float	   *dst = job->rows + at * dim;
+	{
+		int64_t		size = job->offsets[l + 1] - job->offsets[l];
+		int64_t		padded = job->panel_offsets[l + 1] - job->panel_offsets[l];
 
-			if (job->metric == CAGRA_METRIC_COSINE)
-				cagra_rows_normalise(src, 1, dim, dst);
-			else if (job->metric == CAGRA_METRIC_L2)
-			{
-				cagra_rows_centre(src, 1, dim, job->centroids + l * dim, dst);
-				job->norms[at] = vec_inner_product(dst, dst, dim);
-			}
-			else
-				memcpy(dst, src, dim * sizeof(float));
-		}
+		if (padded > size)
+			memset(job->panels + (job->panel_offsets[l + 1] - CAGRA_PANEL_ROWS) * dim,
+				   0, (size_t) CAGRA_PANEL_ROWS * dim * sizeof(float));
+		for (int64_t at = job->offsets[l]; at < job->offsets[l + 1]; at++)
+			list_panel_row(job, l, at);
+	}
 	return 0;
 }
 
@@ -615,7 +643,6 @@ static CagraStatus
 list_search(ListJob *job, int n_threads, const CagraInterrupt *interrupt,
 			char *errbuf, size_t errlen)
 {
-	int			blas_threads = openblas_get_num_threads();
 	int			rc;
 
 	if (!list_alloc_scratch(job, n_threads))
@@ -624,9 +651,7 @@ list_search(ListJob *job, int n_threads, const CagraInterrupt *interrupt,
 		return cagra_error(CAGRA_ERR_NOMEM, errbuf, errlen,
 						   "out of memory for the lists' scratch");
 	}
-	openblas_set_num_threads(1);
 	rc = cagra_parallel_for(n_threads, job->n_lists, 1, list_knn, job, interrupt);
-	openblas_set_num_threads(blas_threads);
 	list_free_scratch(job, n_threads);
 	if (rc != 0)
 		return cagra_error((CagraStatus) rc, errbuf, errlen,
@@ -656,12 +681,13 @@ list_run(ListJob *job, int n_threads, const CagraInterrupt *interrupt,
 	int32_t    *order = malloc(n_lists * sizeof(int32_t));
 	ListSize   *sizes = malloc(n_lists * sizeof(ListSize));
 	int32_t    *row_lists = NULL;
-	float	   *rows = malloc((size_t) job->n * job->dim * sizeof(float));
+	int64_t    *panel_offsets = malloc((n_lists + 1) * sizeof(int64_t));
+	float	   *panels = NULL;
 	float	   *norms = job->metric == CAGRA_METRIC_L2 ?
 		malloc((size_t) job->n * sizeof(float)) : NULL;
 	CagraStatus status = CAGRA_OK;
 
-	if (!centroids || !offsets || !members || !order || !sizes || !rows ||
+	if (!centroids || !offsets || !members || !order || !sizes || !panel_offsets ||
 		(job->metric == CAGRA_METRIC_L2 && !norms))
 		status = cagra_error(CAGRA_ERR_NOMEM, errbuf, errlen,
 							 "out of memory for %d lists of %lld rows",
@@ -696,15 +722,25 @@ list_run(ListJob *job, int n_threads, const CagraInterrupt *interrupt,
 		job->members = members;
 		job->order = order;
 		job->row_lists = row_lists;
-		job->rows = rows;
 		job->norms = norms;
 		job->centroids = centroids;
-		if (searched != NULL && !list_mark_searched(job, searched))
+		panel_offsets[0] = 0;
+		for (int l = 0; l < n_lists; l++)
+			panel_offsets[l + 1] = panel_offsets[l] +
+				CAGRA_PANEL_ROUND(offsets[l + 1] - offsets[l]);
+		panels = malloc((size_t) panel_offsets[n_lists] * job->dim * sizeof(float));
+		job->panel_offsets = panel_offsets;
+		job->panels = panels;
+		if (panels == NULL)
+			status = cagra_error(CAGRA_ERR_NOMEM, errbuf, errlen,
+								 "out of memory for a copy of %lld rows",
+								 (long long) job->n);
+		else if (searched != NULL && !list_mark_searched(job, searched))
 			status = cagra_error(CAGRA_ERR_NOMEM, errbuf, errlen,
 								 "out of memory for the lists' searched pairs");
 	}
 	if (status == CAGRA_OK &&
-		cagra_parallel_for(n_threads, n_lists, 16, list_gemm_rows, job,
+		cagra_parallel_for(n_threads, n_lists, 16, list_panel_rows, job,
 						   interrupt) == CAGRA_ERR_CANCELED)
 		status = cagra_error(CAGRA_ERR_CANCELED, errbuf, errlen,
 							 "kNN search canceled");
@@ -718,7 +754,8 @@ list_run(ListJob *job, int n_threads, const CagraInterrupt *interrupt,
 	free(order);
 	free(sizes);
 	free(row_lists);
-	free(rows);
+	free(panel_offsets);
+	free(panels);
 	free(norms);
 	return status;
 }
