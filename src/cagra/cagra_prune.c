@@ -121,9 +121,49 @@ prune_route_mask_avx512(const int32_t *via, int I, int a, const int32_t *pos,
 	}
 	return (uint64_t) _mm512_reduce_or_epi64(acc);
 }
+
+/*
+ * The same 8 at a time with AVX2, whose gathers have no mask register: a
+ * lane past I or holding -1 gathers pos[0] and is dropped by valid.  The
+ * scalar loop took 9% of the word vectors' build on an AVX2 machine.
+ */
+__attribute__((target("avx2")))
+static uint64_t
+prune_route_mask_avx2(const int32_t *via, int I, int a, const int32_t *pos,
+					  bool rank_below)
+{
+	const __m256i one = _mm256_set1_epi64x(1);
+	const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+	const __m256i zero = _mm256_setzero_si256();
+	__m256i		acc = zero;
+
+	for (int r0 = 0; r0 < I; r0 += 8)
+	{
+		__m256i		index = _mm256_add_epi32(lane, _mm256_set1_epi32(r0));
+		__m256i		in = _mm256_cmpgt_epi32(_mm256_set1_epi32(I), index);
+		__m256i		ids = _mm256_maskload_epi32(via + r0, in);
+		__m256i		valid = _mm256_andnot_si256(_mm256_cmpgt_epi32(zero, ids), in);
+		__m256i		b = _mm256_sub_epi32(_mm256_mask_i32gather_epi32(zero, pos, ids, valid, 4),
+										 _mm256_set1_epi32(1));
+		__m256i		detour = _mm256_and_si256(valid,
+											  _mm256_cmpgt_epi32(b, _mm256_set1_epi32(a)));
+
+		if (rank_below)
+			detour = _mm256_and_si256(detour, _mm256_cmpgt_epi32(b, index));
+		/* b > a >= 0 where detour is set, so the shifts stay in 0 .. 63 */
+		acc = _mm256_or_si256(acc,
+							  _mm256_and_si256(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(detour)),
+											   _mm256_sllv_epi64(one, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(b)))));
+		acc = _mm256_or_si256(acc,
+							  _mm256_and_si256(_mm256_cvtepi32_epi64(_mm256_extracti128_si256(detour, 1)),
+											   _mm256_sllv_epi64(one, _mm256_cvtepi32_epi64(_mm256_extracti128_si256(b, 1)))));
+	}
+	return (uint64_t) _mm256_extract_epi64(acc, 0) | (uint64_t) _mm256_extract_epi64(acc, 1) |
+		(uint64_t) _mm256_extract_epi64(acc, 2) | (uint64_t) _mm256_extract_epi64(acc, 3);
+}
 #endif
 
-/* AVX-512 when the distance kernels are (tests can force scalar ones). */
+/* The distance kernels' level (tests can force scalar ones). */
 static PruneRouteMaskFn
 prune_choose_route_mask(void)
 {
@@ -131,6 +171,8 @@ prune_choose_route_mask(void)
 #ifdef PRUNE_HAVE_X86
 	if (vec_kernels.isa == VEC_ISA_AVX512)
 		return prune_route_mask_avx512;
+	if (vec_kernels.isa == VEC_ISA_AVX2)
+		return prune_route_mask_avx2;
 #endif
 	return prune_route_mask_scalar;
 }
