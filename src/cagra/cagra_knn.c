@@ -567,8 +567,9 @@ knn_rank(const float *values, int k)
 
 /*
  * The scan's kernels: AVX-512 when the distance kernels are, the AVX2
- * filter when they are AVX2 (the unit tests force the scalar ones through
- * vec_distance_init).
+ * filter when they are AVX2, the AVX2 panel kernels on both (there is no
+ * AVX-512 one); the unit tests force the scalar ones through
+ * vec_distance_init.
  */
 static void
 knn_choose_kernels(KnnJob *job)
