@@ -73,7 +73,8 @@ for set in $sets; do
 				SELECT 'cpu ' || ($backend_cpu - :b0) || ' ' || ($children_cpu - :c0) || ' ' || ($main_cpu - :m0);
 			SQL
 			)
-			grep -E 'parallel build|gnnhnsw cagra' <<<"$res" | sed 's/^/  /'
+			# a serial build prints no "parallel build" line: not an error
+			grep -E 'ERROR|parallel build|gnnhnsw cagra' <<<"$res" | sed 's/^/  /' || true
 			line=$(awk -v set="$set" -v m=$method -v rep="$rep" '
 				/^Time: / { wall = $2 / 1000 }
 				/^cpu / { printf "%s,%s,%s,%.2f,%.2f,%.2f,%.2f\n", set, m, rep, wall, $2, $3, $4 }' <<<"$res")
