@@ -188,6 +188,15 @@ start_cluster() {
 		fsync = off
 		max_parallel_maintenance_workers = 2
 	EOF
+	if [ "$mode" = test ]; then
+		# No autovacuum in the test cluster: an autoanalyze of any table
+		# holds a snapshot that stops a test's VACUUM from removing the
+		# rows it just deleted (hnsw_scan_cache once saw no elements freed
+		# under the sanitizers), and whether it had run changed no plan.
+		cat >>"$data/postgresql.conf" <<-EOF
+			autovacuum = off
+		EOF
+	fi
 	if [ "$mode" = bench ]; then
 		# preloaded, as a production server would have it: the scan caches
 		# are then shared (gnnvec.shared_scan_cache_size, default 128MB)
