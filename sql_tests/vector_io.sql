@@ -54,21 +54,22 @@ DROP TABLE bin_t, bin_back;
 -- hand-made binary payloads: a binary COPY of a bytea column carries the raw
 -- bytes, which COPY ... FROM then hands to the vector receive function
 CREATE TABLE bin_in (v vector);
-CREATE FUNCTION pg_temp.recv_raw(hex text) RETURNS text LANGUAGE plpgsql AS $$
+CREATE FUNCTION recv_raw(hex text) RETURNS text LANGUAGE plpgsql AS $$
 BEGIN
   EXECUTE format('COPY (SELECT decode(%L, ''hex'')) TO ''/tmp/gnnvec_regress_raw.copy'' (FORMAT binary)', hex);
   TRUNCATE bin_in;
   COPY bin_in FROM '/tmp/gnnvec_regress_raw.copy' (FORMAT binary);
   RETURN (SELECT v::text FROM bin_in);
 END $$;
-SELECT pg_temp.recv_raw('000200003f80000040000000');
-SELECT pg_temp.recv_raw('000200013f80000040000000');
-SELECT pg_temp.recv_raw('000000003f800000');
-SELECT pg_temp.recv_raw('ffff00003f800000');
-SELECT pg_temp.recv_raw('3e8100003f800000');
-SELECT pg_temp.recv_raw('000200007fc0000040000000');
-SELECT pg_temp.recv_raw('000200007f80000040000000');
-SELECT pg_temp.recv_raw('000200003f800000');
+SELECT recv_raw('000200003f80000040000000');
+SELECT recv_raw('000200013f80000040000000');
+SELECT recv_raw('000000003f800000');
+SELECT recv_raw('ffff00003f800000');
+SELECT recv_raw('3e8100003f800000');
+SELECT recv_raw('000200007fc0000040000000');
+SELECT recv_raw('000200007f80000040000000');
+SELECT recv_raw('000200003f800000');
+DROP FUNCTION recv_raw(text);
 DROP TABLE bin_in;
 
 -- casts from and to arrays
