@@ -111,9 +111,9 @@ typedef struct KnnJob
 	int			n_candidates;
 	bool		exclude_self;	/* queries are base: skip row i in row i */
 	const CagraKnnSegments *segments;	/* a list's search, ranked by the
-										 * GEMM's values (k candidates)
-										 * without recomputing them; NULL:
-										 * an exact search */
+										 * panel products' values (k
+										 * candidates) without recomputing
+										 * them; NULL: an exact search */
 	KnnFilterFn filter;
 	KnnMinimaFn minima;
 	KnnPanelFn	panel;
@@ -666,7 +666,7 @@ knn_scan_row(const KnnJob *job, const float *tile_row, int64_t b0, int cols,
 
 /* The distance of a list's search's value (knn_segment_block). */
 static float
-knn_gemm_distance(const KnnJob *job, float value)
+knn_segment_distance(const KnnJob *job, float value)
 {
 	switch (job->metric)
 	{
@@ -703,7 +703,7 @@ knn_finish_row(const KnnJob *job, int64_t q, KnnPool *pool)
 	for (int i = 0; i < size; i++)
 	{
 		KnnCandidate c = {
-			job->segments ? knn_gemm_distance(job, cand[i].dist) :
+			job->segments ? knn_segment_distance(job, cand[i].dist) :
 			cagra_distance(job->metric, query,
 						   job->base + (int64_t) cand[i].id * job->dim, job->dim),
 			cand[i].id

@@ -210,7 +210,7 @@ list_members(const int32_t *assign, int64_t n, int n_lists, int64_t *offsets,
  * probe_stride, each checked row's lists nearest first; truth_list: the
  * list of each of its neighbours).  A row is ranked against every row of
  * the lists it probes, so that share is what its search with p probes
- * finds of them (up to the GEMM's rounding of near ties): the recall of
+ * finds of them (up to the rounding of near ties): the recall of
  * every probe count, without searching.
  */
 static bool
@@ -504,17 +504,16 @@ list_mark_searched(const ListJob *job, uint64_t *searched)
 	memset(searched, 0, CAGRA_SEARCHED_WORDS(n_lists) * sizeof(uint64_t));
 	for (int l = 0; l < n_lists; l++)
 	{
-		const int32_t *first = job->row_lists;
 		int64_t		size = job->offsets[l + 1] - job->offsets[l];
 
 		for (int64_t j = job->offsets[l]; j < job->offsets[l + 1]; j++)
 			for (int t = 0; t < job->probes; t++)
-				count[first[(int64_t) job->members[j] * job->probes + t]]++;
+				count[job->row_lists[(int64_t) job->members[j] * job->probes + t]]++;
 		/* the first row probing m decides the bit; then count[m] is reset */
 		for (int64_t j = job->offsets[l]; j < job->offsets[l + 1]; j++)
 			for (int t = 0; t < job->probes; t++)
 			{
-				int32_t		m = first[(int64_t) job->members[j] * job->probes + t];
+				int32_t		m = job->row_lists[(int64_t) job->members[j] * job->probes + t];
 				uint64_t	bit = (uint64_t) l * n_lists + m;
 
 				if (count[m] == size)
