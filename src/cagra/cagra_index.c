@@ -66,18 +66,20 @@
  * freed when the next one is done with it.  The kNN stage holds the kNN
  * graph and each row's list throughout; its lists' search also each row's
  * probed lists and a copy of the rows in list order (cagra_partition.c),
- * NN-descent after it the graph's distances and its scratch.  At I 48, d
- * 32 and 128 dimensions: 994 bytes for the lists, 706 for NN-descent,
+ * NN-descent after it the graph's distances and its scratch.  The copy is
+ * floats under L1, else 16-bit codes with a scale a row.  At I 48, d 32 and
+ * 128 dimensions: 732 bytes for the lists (L1: 994), 706 for NN-descent,
  * 591 for the pruning.
  */
 static size_t
-cagra_row_bytes(int intermediate, int degree, int dim)
+cagra_row_bytes(int intermediate, int degree, int dim, CagraMetric metric)
 {
+	size_t		copy = metric == CAGRA_METRIC_L1 ? sizeof(float) * dim :
+		sizeof(int16) * CAGRA_CODE_DIM(dim) + sizeof(float);
 	size_t		lists = sizeof(int32) * CAGRA_LIST_PROBES_MAX	/* probed lists */
-		+ sizeof(float) * (dim + 1) /* the copy, its squared lengths */
+		+ copy + sizeof(float)	/* the copy, its squared lengths */
 		/* the copy's padding: up to a panel's rows less one a list */
-		+ (sizeof(float) * dim * (CAGRA_PANEL_ROWS - 1) + CAGRA_LIST_ROWS - 1) /
-		CAGRA_LIST_ROWS
+		+ (copy * (CAGRA_PANEL_ROWS - 1) + CAGRA_LIST_ROWS - 1) / CAGRA_LIST_ROWS
 		+ sizeof(int32);		/* the rows in list order */
 	size_t		refine = sizeof(float) * intermediate	/* the distances */
 		+ cagra_knn_refine_row_bytes(intermediate, CAGRA_REFINE_SAMPLE);
@@ -378,7 +380,7 @@ cagra_prepare(HnswBuildState *bs, void **state)
 	cs->gpu = cagra_choose_gpu(cs->opts.device);
 	*state = cs;
 	return cagra_row_bytes(cs->opts.intermediateDegree, cs->opts.graphDegree,
-						   bs->dim);
+						   bs->dim, cagra_metric_of(bs->metric));
 }
 
 /*

@@ -22,10 +22,10 @@
  * directly by the distance kernels and sorted by (distance, id): the exact
  * kNN under the same distance the search uses, ties broken by id.  The
  * partitioned stage's searches (cagra_knn_segments_serial) fill their
- * tiles from rows in panels (knn_panel_dot_avx2) instead of by GEMM, and
- * keep k candidates ranked by the tile's own values: only near ties can
- * come out in another order, and the recomputation cost a tenth of the
- * stage.
+ * tiles from rows kept in panels, as 16-bit codes (knn_code_dot_avx2; L1
+ * in floats) instead of by GEMM, and keep k candidates ranked by the
+ * tile's own values: only near ties can come out in another order, and
+ * the recomputation cost a tenth of the stage.
  *
  * A row's pool starts with a bound from its first tile (knn_first_bound),
  * so that a few more than cap values enter it instead of POOL_FACTOR x cap.
@@ -85,8 +85,26 @@ typedef int (*KnnMinimaFn) (const float *row, const float *norms, int len,
  * scale x q.y, or the L1 distance.
  */
 typedef void (*KnnPanelFn) (const float *queries, int n_queries, int dim,
-							const float *panels, int cols, float scale,
-							float *tile);
+							const float *panels, int cols, float *tile);
+
+/*
+ * The same from codes (cagra_code_row): queries (n_queries x
+ * CAGRA_CODE_DIM(dim), their 1 / s in query_scales) against the panels'
+ * codes (their rows' 1 / s in code_scales), scale x q.y.  The sums are
+ * integers, so every version gives the same values to the bit.
+ */
+typedef void (*KnnCodeFn) (const int16_t *queries, const float *query_scales,
+						   int n_queries, int dim, const int16_t *codes,
+						   const float *code_scales, int cols, float scale,
+						   float *tile);
+
+/* A block's queries in a list's search: floats for L1, else codes. */
+typedef struct KnnQueries
+{
+	float	   *rows;			/* L1: n x dim */
+	int16_t    *codes;			/* else: n x CAGRA_CODE_DIM(dim) */
+	float	   *scales;			/* else: n, each code row's 1 / s */
+} KnnQueries;
 
 typedef struct KnnCandidate
 {
@@ -116,7 +134,8 @@ typedef struct KnnJob
 										 * them; NULL: an exact search */
 	KnnFilterFn filter;
 	KnnMinimaFn minima;
-	KnnPanelFn	panel;
+	KnnPanelFn	panel;			/* L1 */
+	KnnCodeFn	code_panel;		/* the other metrics */
 	int32_t    *ids;
 	float	   *dists;
 	/* per-thread scratch */
@@ -124,6 +143,9 @@ typedef struct KnnJob
 	KnnCandidate **pools;		/* QUERY_BLOCK x POOL_FACTOR n_candidates */
 	float	  **query_rows;		/* QUERY_BLOCK x dim; two such blocks for a
 								 * list's search */
+	int16_t   **query_codes;	/* a list's search: two blocks of
+								 * QUERY_BLOCK x CAGRA_CODE_DIM(dim) */
+	float	  **query_scales;	/* and 2 x QUERY_BLOCK of their 1 / s */
 } KnnJob;
 
 int
@@ -325,14 +347,14 @@ knn_filter_avx2(const float *row, const float *norms, int len, float bound,
  * packed the probed list's rows for every list probing it, and zeroed the
  * tile before adding into it: a third of the GEMM's time on the word
  * vectors, whose lists' rows meet about 83 queries at a time.  Rows kept in
- * panels need no packing: one load brings a dimension of 16 rows.
+ * panels need no packing: one load brings a dimension of 16 rows.  L1's
+ * panels hold floats; the other metrics' hold codes (cagra_code_row).
  */
-/* inlined into each caller, so that each is vectorised for its target */
+/* L1, inlined into each caller, so that each is vectorised for its target */
 __attribute__((always_inline))
 static inline void
-knn_panel_scalar(const float *queries, int n_queries, int dim,
-				 const float *panels, int cols, float scale, bool l1,
-				 float *tile)
+knn_panel_l1(const float *queries, int n_queries, int dim,
+			 const float *panels, int cols, float *tile)
 {
 	for (int c0 = 0; c0 < cols; c0 += CAGRA_PANEL_ROWS)
 	{
@@ -347,31 +369,98 @@ knn_panel_scalar(const float *queries, int n_queries, int dim,
 			{
 				const float *y = panel + (int64_t) d * CAGRA_PANEL_ROWS;
 
-				if (l1)
-					for (int r = 0; r < CAGRA_PANEL_ROWS; r++)
-						acc[r] += fabsf(q[d] - y[r]);
-				else
-					for (int r = 0; r < CAGRA_PANEL_ROWS; r++)
-						acc[r] += q[d] * y[r];
+				for (int r = 0; r < CAGRA_PANEL_ROWS; r++)
+					acc[r] += fabsf(q[d] - y[r]);
 			}
-			for (int r = 0; r < CAGRA_PANEL_ROWS; r++)
-				tile[(int64_t) i * BASE_BLOCK + c0 + r] = scale * acc[r];
+			memcpy(tile + (int64_t) i * BASE_BLOCK + c0, acc, sizeof(acc));
 		}
 	}
 }
 
 static void
-knn_panel_dot_scalar(const float *queries, int n_queries, int dim,
-					 const float *panels, int cols, float scale, float *tile)
+knn_panel_l1_scalar(const float *queries, int n_queries, int dim,
+					const float *panels, int cols, float *tile)
 {
-	knn_panel_scalar(queries, n_queries, dim, panels, cols, scale, false, tile);
+	knn_panel_l1(queries, n_queries, dim, panels, cols, tile);
 }
 
-static void
-knn_panel_l1_scalar(const float *queries, int n_queries, int dim,
-					const float *panels, int cols, float scale, float *tile)
+/*
+ * The largest code (cagra_code_row) for dim dimensions: dim x limit^2 must
+ * stay below 2^31, the range of the sums; at most 32767.
+ */
+int
+cagra_code_limit(int dim)
 {
-	knn_panel_scalar(queries, n_queries, dim, panels, cols, scale, true, tile);
+	int64_t		dims = CAGRA_CODE_DIM(dim);
+	int64_t		limit = (int64_t) sqrt((double) INT32_MAX / (double) dims);
+
+	while (limit > 0 && dims * limit * limit > INT32_MAX)
+		limit--;
+	return limit < INT16_MAX ? (int) limit : INT16_MAX;
+}
+
+/*
+ * row's codes, CAGRA_CODE_DIM(dim) of them (an odd dim's last zero): each
+ * value times s = limit / max |row_d|, rounded.  Returns 1 / s, 0 for a
+ * zero row.  s is a double: limit / max overflows a float for rows of
+ * values near FLT_MIN.
+ */
+float
+cagra_code_row(const float *row, int dim, int16_t *codes)
+{
+	int			limit = cagra_code_limit(dim);
+	float		largest = 0.0f;
+	double		s;
+
+	for (int d = 0; d < dim; d++)
+		largest = fabsf(row[d]) > largest ? fabsf(row[d]) : largest;
+	codes[CAGRA_CODE_DIM(dim) - 1] = 0;
+	if (largest == 0.0f)
+	{
+		memset(codes, 0, dim * sizeof(int16_t));
+		return 0.0f;
+	}
+	s = (double) limit / largest;
+	for (int d = 0; d < dim; d++)
+		codes[d] = (int16_t) lrint(row[d] * s);
+	return (float) (largest / (double) limit);
+}
+
+/*
+ * Codes against a panel's rows, one query at a time: the plain version, for
+ * CPUs without AVX2 and the tests' forced-scalar runs.  A pair of 16-bit
+ * products fits a 32-bit sum exactly, as in AVX2's multiply-add.
+ */
+static void
+knn_code_dot_scalar(const int16_t *queries, const float *query_scales,
+					int n_queries, int dim, const int16_t *codes,
+					const float *code_scales, int cols, float scale,
+					float *tile)
+{
+	int			pairs = CAGRA_CODE_DIM(dim) / 2;
+
+	for (int c0 = 0; c0 < cols; c0 += CAGRA_PANEL_ROWS)
+	{
+		const int16_t *panel = codes + (int64_t) c0 * CAGRA_CODE_DIM(dim);
+
+		for (int i = 0; i < n_queries; i++)
+		{
+			const int16_t *q = queries + (int64_t) i * CAGRA_CODE_DIM(dim);
+			float		factor = scale * query_scales[i];
+			int32_t		acc[CAGRA_PANEL_ROWS] = {0};
+
+			for (int p = 0; p < pairs; p++)
+			{
+				const int16_t *y = panel + (int64_t) p * 2 * CAGRA_PANEL_ROWS;
+
+				for (int r = 0; r < CAGRA_PANEL_ROWS; r++)
+					acc[r] += q[2 * p] * y[2 * r] + q[2 * p + 1] * y[2 * r + 1];
+			}
+			for (int r = 0; r < CAGRA_PANEL_ROWS; r++)
+				tile[(int64_t) i * BASE_BLOCK + c0 + r] =
+					(float) acc[r] * factor * code_scales[c0 + r];
+		}
+	}
 }
 
 #ifdef KNN_HAVE_X86
@@ -381,72 +470,94 @@ knn_panel_l1_scalar(const float *queries, int n_queries, int dim,
  * twice as long as with the distance kernel that served L1 before panels
  * (21-24 s against 10-11 s); compiled for AVX2, 7.6 s (driver, L1).
  */
-__attribute__((target("avx2,fma")))
+__attribute__((target("avx2")))
 static void
 knn_panel_l1_avx2(const float *queries, int n_queries, int dim,
-				  const float *panels, int cols, float scale, float *tile)
+				  const float *panels, int cols, float *tile)
 {
-	knn_panel_scalar(queries, n_queries, dim, panels, cols, scale, true, tile);
-}
-
-#define PANEL_QUERIES 6			/* 12 accumulators, 2 rows' halves, a value */
-
-/* Query i of a block of PANEL_QUERIES from i0 (past the end: the first). */
-static inline const float *
-knn_panel_query(const float *queries, int i0, int i, int n, int dim)
-{
-	return queries + (int64_t) (i0 + (i < n ? i : 0)) * dim;
-}
-
-/* One query value times a dimension of a panel's 16 rows, added to acc. */
-__attribute__((always_inline, target("avx2,fma")))
-static inline void
-knn_panel_fma(const float *value, __m256 y0, __m256 y1, __m256 *acc0,
-			  __m256 *acc1)
-{
-	__m256		x = _mm256_broadcast_ss(value);
-
-	*acc0 = _mm256_fmadd_ps(x, y0, *acc0);
-	*acc1 = _mm256_fmadd_ps(x, y1, *acc1);
-}
-
-__attribute__((always_inline, target("avx2")))
-static inline void
-knn_panel_store(float *dst, __m256 acc0, __m256 acc1, __m256 scale)
-{
-	_mm256_storeu_ps(dst, _mm256_mul_ps(acc0, scale));
-	_mm256_storeu_ps(dst + 8, _mm256_mul_ps(acc1, scale));
+	knn_panel_l1(queries, n_queries, dim, panels, cols, tile);
 }
 
 /*
- * PANEL_QUERIES queries against 16 rows at a time, all in registers: per
- * dimension two loads of the panel and a broadcast per query, for 12 FMAs.
- * On the word vectors' shapes (83 queries, 400 rows, 100 dimensions) this
- * ran at 66 GFLOPS on one core of an AMD EPYC, against 41 for
- * cblas_sgemm on the same rows (both taking a list at random).
+ * Queries a code kernel's step takes: 10 accumulators, 2 rows' halves, a
+ * query's pair and a product fill 14 of AVX2's 16 registers.  With 6 (12
+ * accumulators, as with floats, whose FMA needs no product register) GCC
+ * spilled two of them: 35% of tf-idf's build then.
  */
-__attribute__((target("avx2,fma")))
-static void
-knn_panel_dot_avx2(const float *queries, int n_queries, int dim,
-				   const float *panels, int cols, float scale, float *tile)
-{
-	__m256		factor = _mm256_set1_ps(scale);
+#define CODE_QUERIES 5
 
-	for (int i0 = 0; i0 < n_queries; i0 += PANEL_QUERIES)
+/* A pair of a query's codes times a pair of a panel's 16 rows, added. */
+__attribute__((always_inline, target("avx2")))
+static inline void
+knn_code_madd(const int16_t *pair, __m256i y0, __m256i y1, __m256i *acc0,
+			  __m256i *acc1)
+{
+	int32_t		both;
+	__m256i		x;
+
+	memcpy(&both, pair, sizeof(both));
+	x = _mm256_set1_epi32(both);
+	*acc0 = _mm256_add_epi32(*acc0, _mm256_madd_epi16(x, y0));
+	*acc1 = _mm256_add_epi32(*acc1, _mm256_madd_epi16(x, y1));
+}
+
+/* (sum x factor) x the rows' 1 / s, as knn_code_dot_scalar rounds it. */
+__attribute__((always_inline, target("avx2")))
+static inline void
+knn_code_store(float *dst, __m256i acc0, __m256i acc1, float factor,
+			   const float *code_scales)
+{
+	__m256		f = _mm256_set1_ps(factor);
+
+	_mm256_storeu_ps(dst, _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc0), f),
+										_mm256_loadu_ps(code_scales)));
+	_mm256_storeu_ps(dst + 8, _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc1), f),
+											_mm256_loadu_ps(code_scales + 8)));
+}
+
+/*
+ * CODE_QUERIES queries against 16 rows at a time, all in registers: per
+ * pair of dimensions two loads of the panel and a broadcast per query for
+ * 10 multiply-adds of 16-bit pairs, which take two dimensions in the time
+ * an FMA takes one.  Its float twin (rows in float panels, 12 FMAs a
+ * dimension) ran at 66 GFLOPS on the word vectors' shapes, against 41 for
+ * cblas_sgemm.  A throwaway
+ * microbenchmark of the words', tf-idf's and a 128-d shape (one core of an
+ * AMD EPYC) ran it at 138, 140 and 122 GFLOPS-equivalent, against 85, 83
+ * and 76 for the float kernel.
+ */
+__attribute__((target("avx2")))
+static void
+knn_code_dot_avx2(const int16_t *queries, const float *query_scales,
+				  int n_queries, int dim, const int16_t *codes,
+				  const float *code_scales, int cols, float scale, float *tile)
+{
+	int			width = CAGRA_CODE_DIM(dim);
+	int			pairs = width / 2;
+
+	for (int i0 = 0; i0 < n_queries; i0 += CODE_QUERIES)
 	{
-		int			n = n_queries - i0 < PANEL_QUERIES ? n_queries - i0 : PANEL_QUERIES;
-		const float *q0 = knn_panel_query(queries, i0, 0, n, dim);
-		const float *q1 = knn_panel_query(queries, i0, 1, n, dim);
-		const float *q2 = knn_panel_query(queries, i0, 2, n, dim);
-		const float *q3 = knn_panel_query(queries, i0, 3, n, dim);
-		const float *q4 = knn_panel_query(queries, i0, 4, n, dim);
-		const float *q5 = knn_panel_query(queries, i0, 5, n, dim);
+		int			n = n_queries - i0 < CODE_QUERIES ? n_queries - i0 : CODE_QUERIES;
+		const int16_t *q[CODE_QUERIES];
+		float		factor[CODE_QUERIES];
 		float	   *out = tile + (int64_t) i0 * BASE_BLOCK;
 
+		for (int i = 0; i < CODE_QUERIES; i++)
+		{
+			int			at = i0 + (i < n ? i : 0);
+
+			q[i] = queries + (int64_t) at * width;
+			factor[i] = scale * query_scales[at];
+		}
 		for (int c0 = 0; c0 < cols; c0 += CAGRA_PANEL_ROWS)
 		{
-			const float *y = panels + (int64_t) c0 * dim;
-			__m256		a0 = _mm256_setzero_ps(),
+			const int16_t *y = codes + (int64_t) c0 * width;
+			const int16_t *q0 = q[0],
+					   *q1 = q[1],
+					   *q2 = q[2],
+					   *q3 = q[3],
+					   *q4 = q[4];
+			__m256i		a0 = _mm256_setzero_si256(),
 						b0 = a0,
 						a1 = a0,
 						b1 = a0,
@@ -455,33 +566,28 @@ knn_panel_dot_avx2(const float *queries, int n_queries, int dim,
 						a3 = a0,
 						b3 = a0,
 						a4 = a0,
-						b4 = a0,
-						a5 = a0,
-						b5 = a0;
+						b4 = a0;
 
-			for (int d = 0; d < dim; d++, y += CAGRA_PANEL_ROWS)
+			for (int p = 0; p < pairs; p++, y += 2 * CAGRA_PANEL_ROWS)
 			{
-				__m256		y0 = _mm256_loadu_ps(y);
-				__m256		y1 = _mm256_loadu_ps(y + 8);
+				__m256i		y0 = _mm256_loadu_si256((const __m256i *) y);
+				__m256i		y1 = _mm256_loadu_si256((const __m256i *) (y + CAGRA_PANEL_ROWS));
 
-				knn_panel_fma(q0 + d, y0, y1, &a0, &b0);
-				knn_panel_fma(q1 + d, y0, y1, &a1, &b1);
-				knn_panel_fma(q2 + d, y0, y1, &a2, &b2);
-				knn_panel_fma(q3 + d, y0, y1, &a3, &b3);
-				knn_panel_fma(q4 + d, y0, y1, &a4, &b4);
-				knn_panel_fma(q5 + d, y0, y1, &a5, &b5);
+				knn_code_madd(q0 + 2 * p, y0, y1, &a0, &b0);
+				knn_code_madd(q1 + 2 * p, y0, y1, &a1, &b1);
+				knn_code_madd(q2 + 2 * p, y0, y1, &a2, &b2);
+				knn_code_madd(q3 + 2 * p, y0, y1, &a3, &b3);
+				knn_code_madd(q4 + 2 * p, y0, y1, &a4, &b4);
 			}
-			knn_panel_store(out + c0, a0, b0, factor);
+			knn_code_store(out + c0, a0, b0, factor[0], code_scales + c0);
 			if (n > 1)
-				knn_panel_store(out + BASE_BLOCK + c0, a1, b1, factor);
+				knn_code_store(out + BASE_BLOCK + c0, a1, b1, factor[1], code_scales + c0);
 			if (n > 2)
-				knn_panel_store(out + 2 * BASE_BLOCK + c0, a2, b2, factor);
+				knn_code_store(out + 2 * BASE_BLOCK + c0, a2, b2, factor[2], code_scales + c0);
 			if (n > 3)
-				knn_panel_store(out + 3 * BASE_BLOCK + c0, a3, b3, factor);
+				knn_code_store(out + 3 * BASE_BLOCK + c0, a3, b3, factor[3], code_scales + c0);
 			if (n > 4)
-				knn_panel_store(out + 4 * BASE_BLOCK + c0, a4, b4, factor);
-			if (n > 5)
-				knn_panel_store(out + 5 * BASE_BLOCK + c0, a5, b5, factor);
+				knn_code_store(out + 4 * BASE_BLOCK + c0, a4, b4, factor[4], code_scales + c0);
 		}
 	}
 }
@@ -575,14 +681,16 @@ knn_rank(const float *values, int k)
 static void
 knn_choose_kernels(KnnJob *job)
 {
-	bool		l1 = job->metric == CAGRA_METRIC_L1;
-
 	job->filter = knn_filter_scalar;
 	job->minima = knn_minima_scalar;
-	job->panel = l1 ? knn_panel_l1_scalar : knn_panel_dot_scalar;
+	job->panel = knn_panel_l1_scalar;
+	job->code_panel = knn_code_dot_scalar;
 #ifdef KNN_HAVE_X86
 	if (vec_kernels.isa != VEC_ISA_SCALAR)
-		job->panel = l1 ? knn_panel_l1_avx2 : knn_panel_dot_avx2;
+	{
+		job->panel = knn_panel_l1_avx2;
+		job->code_panel = knn_code_dot_avx2;
+	}
 	if (vec_kernels.isa == VEC_ISA_AVX2)
 		job->filter = knn_filter_avx2;
 	if (vec_kernels.isa == VEC_ISA_AVX512)
@@ -810,24 +918,89 @@ knn_query_block(void *arg, int thread_no, int64_t begin, int64_t end)
 
 /*
  * Panel rows first .. first + rows - 1 (first: a panel's first row), row
- * after row into dst, reading each panel in order.  A list's search takes
- * its queries from here once per block: copied out of the panels for every
+ * after row into dst, reading each panel in order; units: the 32-bit units
+ * of a row (a float, or a pair of codes).  A list's search takes its
+ * queries from here once per block: copied out of the panels for every
  * probed list, dimension by dimension (a cache line a value at 784
  * dimensions), they had made Fashion-MNIST's CAGRA build a tenth slower
  * than with the GEMM.
  */
 static void
-knn_panel_unpack(const float *panels, int64_t first, int rows, int dim,
-				 float *dst)
+knn_panel_unpack(const void *panels, int64_t first, int rows, int units,
+				 void *dst)
 {
+	const char *src = panels;
+	char	   *out = dst;
+
 	for (int r0 = 0; r0 < rows; r0 += CAGRA_PANEL_ROWS)
 	{
-		const float *panel = panels + (first + r0) * dim;
+		const char *panel = src + (first + r0) * units * 4;
 		int			lanes = rows - r0 < CAGRA_PANEL_ROWS ? rows - r0 : CAGRA_PANEL_ROWS;
 
-		for (int d = 0; d < dim; d++)
+		for (int u = 0; u < units; u++)
 			for (int r = 0; r < lanes; r++)
-				dst[(int64_t) (r0 + r) * dim + d] = panel[(int64_t) d * CAGRA_PANEL_ROWS + r];
+				memcpy(out + ((int64_t) (r0 + r) * units + u) * 4,
+					   panel + ((int64_t) u * CAGRA_PANEL_ROWS + r) * 4, 4);
+	}
+}
+
+/* The queries begin .. begin + rows of the query list, out of its panels. */
+static void
+knn_segment_queries(const KnnJob *job, int64_t begin, int rows, KnnQueries *own)
+{
+	const CagraKnnSegments *seg = job->segments;
+	int64_t		first = seg->panel_offsets[seg->query_list] + begin;
+
+	if (job->metric == CAGRA_METRIC_L1)
+	{
+		knn_panel_unpack(seg->panels, first, rows, job->dim, own->rows);
+		return;
+	}
+	knn_panel_unpack(seg->codes, first, rows, CAGRA_CODE_DIM(job->dim) / 2,
+					 own->codes);
+	memcpy(own->scales, seg->code_scales + first, rows * sizeof(float));
+}
+
+/*
+ * The picked queries of own, copied together into dst unless !copy (all of
+ * them, unmoved: own serves as it is); with shift (L2, a
+ * query probing another list: its centre less the probed list's), each is
+ * moved by it, as a float row made again from its codes, and coded anew.
+ * offset[i]: under L2 the picked query's squared length as it meets the
+ * probed list, else 0.
+ */
+static void
+knn_segment_pick(const KnnJob *job, const KnnQueries *own, int64_t q0,
+				 int64_t begin, const int32_t *picked, int n_picked,
+				 bool copy, const float *shift, float *moved, KnnQueries *dst,
+				 float *offset)
+{
+	const CagraKnnSegments *seg = job->segments;
+	int			dim = job->dim;
+	int			width = CAGRA_CODE_DIM(dim);
+
+	for (int i = 0; i < n_picked; i++)
+	{
+		int64_t		at = picked[i];
+
+		offset[i] = job->metric == CAGRA_METRIC_L2 ? seg->norms[q0 + begin + at] : 0.0f;
+		if (!copy)
+			continue;
+		if (job->metric == CAGRA_METRIC_L1)
+			memcpy(dst->rows + i * dim, own->rows + at * dim, dim * sizeof(float));
+		else if (shift == NULL)
+		{
+			memcpy(dst->codes + i * width, own->codes + at * width,
+				   width * sizeof(int16_t));
+			dst->scales[i] = own->scales[at];
+		}
+		else
+		{
+			for (int j = 0; j < dim; j++)
+				moved[j] = own->codes[at * width + j] * own->scales[at] + shift[j];
+			offset[i] = vec_inner_product(moved, moved, dim);
+			dst->scales[i] = cagra_code_row(moved, dim, dst->codes + i * width);
+		}
 	}
 }
 
@@ -835,11 +1008,11 @@ knn_panel_unpack(const float *panels, int64_t first, int rows, int dim,
  * The queries begin .. begin + rows of a list's search (CagraKnnSegments;
  * q0: the list's first position) against the lists each of them probes:
  * per probed list, the queries that probe it, copied together when only
- * some do (dim floats a query and list, against the list's rows x dim
- * multiply-adds), meet its panels (job->panel).  Under L2 a query, centred
- * on its own list's centre, is moved to the probed list's centre, and its
- * squared length there is added to its values, so that every list's values
- * are squared distances computed from near vectors.
+ * some do (a query's codes a list, against the list's rows x dim
+ * multiply-adds), meet its panels.  Under L2 a query, centred on its own
+ * list's centre, is moved to the probed list's centre, and its squared
+ * length there is added to its values, so that every list's values are
+ * squared distances computed from near vectors.
  */
 static void
 knn_segment_block(const KnnJob *job, int64_t q0, int64_t begin, int rows,
@@ -848,25 +1021,26 @@ knn_segment_block(const KnnJob *job, int64_t q0, int64_t begin, int rows,
 	const CagraKnnSegments *seg = job->segments;
 	int64_t		words = seg->mask_words;
 	int			dim = job->dim;
+	int			width = CAGRA_CODE_DIM(dim);
 	bool		l2 = job->metric == CAGRA_METRIC_L2;
 	float		scale = knn_tile_scale(job->metric);
 	float	   *tile = job->tiles[0];
-	float	   *own = job->query_rows[0];
-	float	   *moved = own + (int64_t) QUERY_BLOCK * dim;
+	float	   *shift = job->query_rows[0] + 2 * QUERY_BLOCK * (int64_t) dim;
+	float	   *moved = shift + dim;
+	KnnQueries	own = {job->query_rows[0], job->query_codes[0], job->query_scales[0]};
+	KnnQueries	some = {job->query_rows[0] + (int64_t) QUERY_BLOCK * dim,
+		job->query_codes[0] + (int64_t) QUERY_BLOCK * width,
+	job->query_scales[0] + QUERY_BLOCK};
 	int32_t		picked[QUERY_BLOCK];
 	float		offset[QUERY_BLOCK];
 
-	knn_panel_unpack(seg->panels, seg->panel_offsets[seg->query_list] + begin,
-					 rows, dim, own);
-
+	knn_segment_queries(job, begin, rows, &own);
 	for (int s = 0; s < seg->n_segments; s++)
 	{
 		int32_t		m = seg->segment_list[s];
-		bool		shift = l2 && m != seg->query_list;
-		const float *cq = l2 ? seg->centres + (int64_t) seg->query_list * dim : NULL;
-		const float *cm = l2 ? seg->centres + (int64_t) m * dim : NULL;
+		bool		moves = l2 && m != seg->query_list;
 		int64_t		size = seg->offsets[m + 1] - seg->offsets[m];
-		const float *queries = own;
+		const KnnQueries *queries = &own;
 		int			n_picked = 0;
 
 		for (int r = 0; r < rows; r++)
@@ -876,33 +1050,26 @@ knn_segment_block(const KnnJob *job, int64_t q0, int64_t begin, int rows,
 		}
 		if (n_picked == 0)
 			continue;
-		if (n_picked < rows || shift)
-		{
-			for (int i = 0; i < n_picked; i++)
-			{
-				const float *src = own + (int64_t) picked[i] * dim;
-				float	   *dst = moved + (int64_t) i * dim;
-
-				if (shift)
-					for (int j = 0; j < dim; j++)
-						dst[j] = src[j] + (cq[j] - cm[j]);
-				else
-					memcpy(dst, src, dim * sizeof(float));
-			}
-			queries = moved;
-		}
-		for (int i = 0; i < n_picked; i++)
-			offset[i] = !l2 ? 0.0f : shift ?
-				vec_inner_product(queries + (int64_t) i * dim,
-								  queries + (int64_t) i * dim, dim) :
-				seg->norms[q0 + begin + picked[i]];
+		if (moves)
+			for (int j = 0; j < dim; j++)
+				shift[j] = seg->centres[(int64_t) seg->query_list * dim + j] -
+					seg->centres[(int64_t) m * dim + j];
+		if (n_picked < rows || moves)
+			queries = &some;
+		knn_segment_pick(job, &own, q0, begin, picked, n_picked, queries == &some,
+						 moves ? shift : NULL, moved, &some, offset);
 		for (int64_t b0 = 0; b0 < size; b0 += BASE_BLOCK)
 		{
 			int			cols = (int) (size - b0 < BASE_BLOCK ? size - b0 : BASE_BLOCK);
+			int64_t		at = seg->panel_offsets[m] + b0;
 
-			job->panel(queries, n_picked, dim,
-					   seg->panels + (seg->panel_offsets[m] + b0) * dim, cols,
-					   scale, tile);
+			if (job->metric == CAGRA_METRIC_L1)
+				job->panel(queries->rows, n_picked, dim, seg->panels + at * dim,
+						   cols, tile);
+			else
+				job->code_panel(queries->codes, queries->scales, n_picked, dim,
+								seg->codes + at * width, seg->code_scales + at,
+								cols, scale, tile);
 			for (int i = 0; i < n_picked; i++)
 				knn_scan_row(job, tile + (int64_t) i * BASE_BLOCK,
 							 seg->offsets[m] + b0, cols, q0 + begin + picked[i],
@@ -930,7 +1097,11 @@ struct CagraKnnScratch
 	int			query_blocks;	/* QUERY_BLOCK x query_dim blocks of them */
 	float	  **tiles;			/* QUERY_BLOCK x BASE_BLOCK */
 	KnnCandidate **pools;		/* QUERY_BLOCK x POOL_FACTOR pool_cap */
-	float	  **query_rows;		/* query_blocks x QUERY_BLOCK x query_dim */
+	float	  **query_rows;		/* query_blocks x QUERY_BLOCK x query_dim;
+								 * a list's search: 2 query_dim more */
+	int16_t   **query_codes;	/* a list's search: 2 x QUERY_BLOCK x
+								 * CAGRA_CODE_DIM(query_dim) */
+	float	  **query_scales;	/* a list's search: 2 x QUERY_BLOCK */
 };
 
 CagraKnnScratch *
@@ -950,13 +1121,21 @@ knn_scratch_free_threads(CagraKnnScratch *scratch)
 			free(scratch->pools[t]);
 		if (scratch->query_rows)
 			free(scratch->query_rows[t]);
+		if (scratch->query_codes)
+			free(scratch->query_codes[t]);
+		if (scratch->query_scales)
+			free(scratch->query_scales[t]);
 	}
 	free(scratch->tiles);
 	free(scratch->pools);
 	free(scratch->query_rows);
+	free(scratch->query_codes);
+	free(scratch->query_scales);
 	scratch->tiles = NULL;
 	scratch->pools = NULL;
 	scratch->query_rows = NULL;
+	scratch->query_codes = NULL;
+	scratch->query_scales = NULL;
 	scratch->n_threads = 0;
 }
 
@@ -981,8 +1160,12 @@ static bool
 knn_scratch_reserve_threads(CagraKnnScratch *scratch, const KnnJob *job,
 							int n_threads)
 {
-	/* a list's search: its block's rows, and those picked for a list */
+	/*
+	 * a list's search: its block's rows, and those picked for a list (floats
+	 * for L1, else codes), and two rows to move a query by
+	 */
 	int			blocks = job->segments ? 2 : 1;
+	int			code_rows = job->segments ? 2 * QUERY_BLOCK : 0;
 
 	if (scratch->n_threads >= n_threads && scratch->pool_cap >= job->n_candidates &&
 		scratch->query_dim >= job->dim && scratch->query_blocks >= blocks)
@@ -991,7 +1174,11 @@ knn_scratch_reserve_threads(CagraKnnScratch *scratch, const KnnJob *job,
 	scratch->tiles = calloc(n_threads, sizeof(float *));
 	scratch->pools = calloc(n_threads, sizeof(KnnCandidate *));
 	scratch->query_rows = calloc(n_threads, sizeof(float *));
-	if (scratch->tiles == NULL || scratch->pools == NULL || scratch->query_rows == NULL)
+	scratch->query_codes = calloc(n_threads, sizeof(int16_t *));
+	scratch->query_scales = calloc(n_threads, sizeof(float *));
+	if (scratch->tiles == NULL || scratch->pools == NULL ||
+		scratch->query_rows == NULL || scratch->query_codes == NULL ||
+		scratch->query_scales == NULL)
 		return false;
 	scratch->n_threads = n_threads;
 	scratch->pool_cap = job->n_candidates;
@@ -1002,8 +1189,16 @@ knn_scratch_reserve_threads(CagraKnnScratch *scratch, const KnnJob *job,
 		scratch->tiles[t] = malloc((size_t) QUERY_BLOCK * BASE_BLOCK * sizeof(float));
 		scratch->pools[t] = malloc((size_t) QUERY_BLOCK * POOL_FACTOR *
 								   job->n_candidates * sizeof(KnnCandidate));
-		scratch->query_rows[t] = malloc((size_t) blocks * QUERY_BLOCK * job->dim *
-										sizeof(float));
+		scratch->query_rows[t] = malloc(((size_t) blocks * QUERY_BLOCK + 2) *
+										job->dim * sizeof(float));
+		if (code_rows > 0)
+		{
+			scratch->query_codes[t] = malloc((size_t) code_rows *
+											 CAGRA_CODE_DIM(job->dim) * sizeof(int16_t));
+			scratch->query_scales[t] = malloc((size_t) code_rows * sizeof(float));
+			if (scratch->query_codes[t] == NULL || scratch->query_scales[t] == NULL)
+				return false;
+		}
 		if (scratch->tiles[t] == NULL || scratch->pools[t] == NULL ||
 			scratch->query_rows[t] == NULL)
 			return false;
@@ -1240,6 +1435,8 @@ cagra_knn_segments_serial(const CagraKnnSegments *segments, int k,
 	job.tiles = scratch->tiles;
 	job.pools = scratch->pools;
 	job.query_rows = scratch->query_rows;
+	job.query_codes = scratch->query_codes;
+	job.query_scales = scratch->query_scales;
 	for (int64_t begin = 0; begin < nq; begin += QUERY_BLOCK)
 	{
 		int			rows = (int) (nq - begin < QUERY_BLOCK ? nq - begin : QUERY_BLOCK);

@@ -77,8 +77,11 @@ typedef struct ListJob
 								 * own first */
 	const int32_t *order;		/* lists, largest first */
 	int64_t    *panel_offsets;	/* n_lists + 1: each list's first panel row */
-	float	   *panels;			/* members' rows in the search's form, each
-								 * list in whole panels (list_panel_rows) */
+	float	   *panels;			/* L1: members' rows in the search's form,
+								 * each list in whole panels
+								 * (list_panel_rows) */
+	int16_t    *codes;			/* else: the same as codes (cagra_code_row) */
+	float	   *code_scales;	/* and each panel row's 1 / s */
 	float	   *norms;			/* L2: their squared lengths, else NULL */
 	const float *centroids;		/* n_lists x dim */
 	int32_t    *knn;
@@ -329,6 +332,8 @@ list_knn(void *arg, int thread_no, int64_t begin, int64_t end)
 	CagraKnnSegments segments = {0};
 
 	segments.panels = job->panels;
+	segments.codes = job->codes;
+	segments.code_scales = job->code_scales;
 	segments.norms = job->norms;
 	segments.centres = job->metric == CAGRA_METRIC_L2 ? job->centroids : NULL;
 	segments.offsets = job->offsets;
@@ -584,17 +589,18 @@ list_probe_curve(ListJob *job, const float *centroids, CagraMetric pmetric,
  * Every row, list after list, in the search's form (CagraKnnSegments): made
  * once, so that no list's search gathers and transforms the rows of the
  * lists its rows probe.  Those are nearly all lists on the word vectors,
- * whose rows within one list probe different lists.
+ * whose rows within one list probe different lists.  form: dim floats,
+ * codes: CAGRA_CODE_DIM(dim), of room.
  */
 static void
-list_panel_row(const ListJob *job, int64_t l, int64_t at)
+list_panel_row(const ListJob *job, int64_t l, int64_t at, float *form,
+			   int16_t *codes)
 {
 	int			dim = job->dim;
 	const float *src = job->data + (int64_t) job->members[at] * dim;
 	const float *centre = job->metric == CAGRA_METRIC_L2 ?
 		job->centroids + l * dim : NULL;
-	float	   *dst = job->panels +
-		cagra_panel_index(job->panel_offsets[l] + at - job->offsets[l], dim);
+	int64_t		row = job->panel_offsets[l] + at - job->offsets[l];
 	float		scale = 1.0f;
 	float		norm = 0.0f;
 
@@ -606,13 +612,23 @@ list_panel_row(const ListJob *job, int64_t l, int64_t at)
 	}
 	for (int j = 0; j < dim; j++)
 	{
-		float		v = (centre ? src[j] - centre[j] : src[j]) * scale;
-
-		dst[(int64_t) j * CAGRA_PANEL_ROWS] = v;
-		norm += v * v;
+		form[j] = (centre ? src[j] - centre[j] : src[j]) * scale;
+		norm += form[j] * form[j];
 	}
 	if (job->norms)
 		job->norms[at] = norm;
+	if (job->metric == CAGRA_METRIC_L1)
+	{
+		float	   *dst = job->panels + cagra_panel_index(row, dim);
+
+		for (int j = 0; j < dim; j++)
+			dst[(int64_t) j * CAGRA_PANEL_ROWS] = form[j];
+		return;
+	}
+	job->code_scales[row] = cagra_code_row(form, dim, codes);
+	for (int p = 0; p < CAGRA_CODE_DIM(dim) / 2; p++)
+		memcpy(job->codes + cagra_code_index(row, dim) + p * 2 * CAGRA_PANEL_ROWS,
+			   codes + 2 * p, 2 * sizeof(int16_t));
 }
 
 /* Lists begin .. end in panels, the rows past a list's end zero. */
@@ -621,20 +637,59 @@ list_panel_rows(void *arg, int thread_no, int64_t begin, int64_t end)
 {
 	const ListJob *job = arg;
 	int			dim = job->dim;
+	float	   *form = malloc(dim * sizeof(float));
+	int16_t    *codes = malloc(CAGRA_CODE_DIM(dim) * sizeof(int16_t));
 
 	(void) thread_no;			/* no per-thread scratch */
+	if (form == NULL || codes == NULL)
+	{
+		free(form);
+		free(codes);
+		return CAGRA_ERR_NOMEM;
+	}
 	for (int64_t l = begin; l < end; l++)
 	{
 		int64_t		size = job->offsets[l + 1] - job->offsets[l];
-		int64_t		padded = job->panel_offsets[l + 1] - job->panel_offsets[l];
+		int64_t		last = job->panel_offsets[l + 1] - CAGRA_PANEL_ROWS;
 
-		if (padded > size)
-			memset(job->panels + (job->panel_offsets[l + 1] - CAGRA_PANEL_ROWS) * dim,
-				   0, (size_t) CAGRA_PANEL_ROWS * dim * sizeof(float));
+		if (job->panel_offsets[l + 1] - job->panel_offsets[l] > size &&
+			job->metric == CAGRA_METRIC_L1)
+			memset(job->panels + last * dim, 0,
+				   (size_t) CAGRA_PANEL_ROWS * dim * sizeof(float));
+		else if (job->panel_offsets[l + 1] - job->panel_offsets[l] > size)
+		{
+			memset(job->codes + last * CAGRA_CODE_DIM(dim), 0,
+				   (size_t) CAGRA_PANEL_ROWS * CAGRA_CODE_DIM(dim) * sizeof(int16_t));
+			memset(job->code_scales + last, 0, CAGRA_PANEL_ROWS * sizeof(float));
+		}
 		for (int64_t at = job->offsets[l]; at < job->offsets[l + 1]; at++)
-			list_panel_row(job, l, at);
+			list_panel_row(job, l, at, form, codes);
 	}
+	free(form);
+	free(codes);
 	return 0;
+}
+
+/*
+ * Room for the copy in panels (each list's rows rounded up to whole
+ * panels): floats for L1, else codes and their scales.
+ */
+static bool
+list_panels_alloc(ListJob *job)
+{
+	int64_t    *panel_offsets = job->panel_offsets;
+	int64_t		rows;
+
+	panel_offsets[0] = 0;
+	for (int l = 0; l < job->n_lists; l++)
+		panel_offsets[l + 1] = panel_offsets[l] +
+			CAGRA_PANEL_ROUND(job->offsets[l + 1] - job->offsets[l]);
+	rows = panel_offsets[job->n_lists];
+	if (job->metric == CAGRA_METRIC_L1)
+		return (job->panels = malloc((size_t) rows * job->dim * sizeof(float))) != NULL;
+	job->codes = malloc((size_t) rows * CAGRA_CODE_DIM(job->dim) * sizeof(int16_t));
+	job->code_scales = malloc((size_t) rows * sizeof(float));
+	return job->codes != NULL && job->code_scales != NULL;
 }
 
 /* The search of every list, on n_threads workers. */
@@ -681,7 +736,6 @@ list_run(ListJob *job, int n_threads, const CagraInterrupt *interrupt,
 	ListSize   *sizes = malloc(n_lists * sizeof(ListSize));
 	int32_t    *row_lists = NULL;
 	int64_t    *panel_offsets = malloc((n_lists + 1) * sizeof(int64_t));
-	float	   *panels = NULL;
 	float	   *norms = job->metric == CAGRA_METRIC_L2 ?
 		malloc((size_t) job->n * sizeof(float)) : NULL;
 	CagraStatus status = CAGRA_OK;
@@ -723,14 +777,8 @@ list_run(ListJob *job, int n_threads, const CagraInterrupt *interrupt,
 		job->row_lists = row_lists;
 		job->norms = norms;
 		job->centroids = centroids;
-		panel_offsets[0] = 0;
-		for (int l = 0; l < n_lists; l++)
-			panel_offsets[l + 1] = panel_offsets[l] +
-				CAGRA_PANEL_ROUND(offsets[l + 1] - offsets[l]);
-		panels = malloc((size_t) panel_offsets[n_lists] * job->dim * sizeof(float));
 		job->panel_offsets = panel_offsets;
-		job->panels = panels;
-		if (panels == NULL)
+		if (!list_panels_alloc(job))
 			status = cagra_error(CAGRA_ERR_NOMEM, errbuf, errlen,
 								 "out of memory for a copy of %lld rows",
 								 (long long) job->n);
@@ -738,11 +786,16 @@ list_run(ListJob *job, int n_threads, const CagraInterrupt *interrupt,
 			status = cagra_error(CAGRA_ERR_NOMEM, errbuf, errlen,
 								 "out of memory for the lists' searched pairs");
 	}
-	if (status == CAGRA_OK &&
-		cagra_parallel_for(n_threads, n_lists, 16, list_panel_rows, job,
-						   interrupt) == CAGRA_ERR_CANCELED)
+	if (status == CAGRA_OK)
+		status = cagra_parallel_for(n_threads, n_lists, 16, list_panel_rows, job,
+									interrupt);
+	if (status == CAGRA_ERR_CANCELED)
 		status = cagra_error(CAGRA_ERR_CANCELED, errbuf, errlen,
 							 "kNN search canceled");
+	else if (status == CAGRA_ERR_NOMEM)
+		status = cagra_error(CAGRA_ERR_NOMEM, errbuf, errlen,
+							 "out of memory for a copy of %lld rows",
+							 (long long) job->n);
 	if (status == CAGRA_OK)
 		status = list_search(job, n_threads, interrupt, errbuf, errlen);
 	if (status == CAGRA_OK)
@@ -754,7 +807,9 @@ list_run(ListJob *job, int n_threads, const CagraInterrupt *interrupt,
 	free(sizes);
 	free(row_lists);
 	free(panel_offsets);
-	free(panels);
+	free(job->panels);
+	free(job->codes);
+	free(job->code_scales);
 	free(norms);
 	return status;
 }
