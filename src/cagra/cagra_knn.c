@@ -733,17 +733,17 @@ knn_first_bound(const KnnJob *job, const float *row, const float *norms,
 }
 
 /*
- * Offer one tile row to the row's pool, each value plus offset (a list's
+ * Offer one tile row (columns b0 ..) to the row's pool, each value plus
+ * norms[c] (L2: the column's squared length, or NULL) and offset (a list's
  * search under L2: the query's squared length, which differs from list to
  * list).  Nearly every value loses against the bound, so a chunk of values
  * is first filtered against it (16 at a time with AVX-512); the few that
  * pass are checked again against the bound as it tightens, and appended.
  */
 static void
-knn_scan_row(const KnnJob *job, const float *tile_row, int64_t b0, int cols,
-			 int64_t self, float offset, KnnPool *pool)
+knn_scan_row(const KnnJob *job, const float *tile_row, const float *norms,
+			 int64_t b0, int cols, int64_t self, float offset, KnnPool *pool)
 {
-	const float *norms = job->base_norms ? job->base_norms + b0 : NULL;
 	int			cap = job->n_candidates;
 	int32_t		hits[SCAN_CHUNK];
 
@@ -908,7 +908,8 @@ knn_query_block(void *arg, int thread_no, int64_t begin, int64_t end)
 
 		knn_fill_tile(job, gemm_queries, rows, b0, cols, tile);
 		for (int r = 0; r < rows; r++)
-			knn_scan_row(job, tile + (int64_t) r * BASE_BLOCK, b0, cols,
+			knn_scan_row(job, tile + (int64_t) r * BASE_BLOCK,
+						 job->base_norms ? job->base_norms + b0 : NULL, b0, cols,
 						 job->exclude_self ? begin + r : -1, 0.0f, &pools[r]);
 	}
 	for (int r = 0; r < rows; r++)
@@ -961,21 +962,11 @@ knn_segment_queries(const KnnJob *job, int64_t begin, int rows, KnnQueries *own)
 	memcpy(own->scales, seg->code_scales + first, rows * sizeof(float));
 }
 
-/*
- * The picked queries of own, copied together into dst unless !copy (all of
- * them, unmoved: own serves as it is); with shift (L2, a
- * query probing another list: its centre less the probed list's), each is
- * moved by it, as a float row made again from its codes, and coded anew.
- * offset[i]: under L2 the picked query's squared length as it meets the
- * probed list, else 0.
- */
+/* The picked queries of own, copied together into dst. */
 static void
-knn_segment_pick(const KnnJob *job, const KnnQueries *own, int64_t q0,
-				 int64_t begin, const int32_t *picked, int n_picked,
-				 bool copy, const float *shift, float *moved, KnnQueries *dst,
-				 float *offset)
+knn_segment_pick(const KnnJob *job, const KnnQueries *own, const int32_t *picked,
+				 int n_picked, KnnQueries *dst)
 {
-	const CagraKnnSegments *seg = job->segments;
 	int			dim = job->dim;
 	int			width = CAGRA_CODE_DIM(dim);
 
@@ -983,25 +974,63 @@ knn_segment_pick(const KnnJob *job, const KnnQueries *own, int64_t q0,
 	{
 		int64_t		at = picked[i];
 
-		offset[i] = job->metric == CAGRA_METRIC_L2 ? seg->norms[q0 + begin + at] : 0.0f;
-		if (!copy)
-			continue;
 		if (job->metric == CAGRA_METRIC_L1)
 			memcpy(dst->rows + i * dim, own->rows + at * dim, dim * sizeof(float));
-		else if (shift == NULL)
+		else
 		{
 			memcpy(dst->codes + i * width, own->codes + at * width,
 				   width * sizeof(int16_t));
 			dst->scales[i] = own->scales[at];
 		}
-		else
-		{
-			for (int j = 0; j < dim; j++)
-				moved[j] = own->codes[at * width + j] * own->scales[at] + shift[j];
-			offset[i] = vec_inner_product(moved, moved, dim);
-			dst->scales[i] = cagra_code_row(moved, dim, dst->codes + i * width);
-		}
 	}
+}
+
+/*
+ * Under L2 a query x, centred on its own list's centre, meets the rows y of
+ * another list centred on theirs: its distance to y is that of
+ * x' = x + delta (delta: its centre less theirs).  |x' - y|^2 = |x|^2 +
+ * 2 x.delta + |delta|^2 + |y|^2 - 2 delta.y - 2 x.y: the scan adds
+ * terms[c] = |y|^2 - 2 delta.y for the probed list's column c (cols of
+ * them, the panels' codes from codes), and the query's offset
+ * |x|^2 + 2 x.delta + |delta|^2.  Then x.y, the only term per pair, comes
+ * from x's own codes, which need no coding anew per probed list, and
+ * rounds relative to |x| |y|, the rows' distances from their centres.
+ */
+static void
+knn_segment_terms(const float *delta, int dim, const int16_t *codes,
+				  const float *code_scales, const float *norms, int cols,
+				  float *terms)
+{
+	int			pairs = CAGRA_CODE_DIM(dim) / 2;
+
+	for (int c0 = 0; c0 < cols; c0 += CAGRA_PANEL_ROWS)
+	{
+		const int16_t *panel = codes + (int64_t) c0 * CAGRA_CODE_DIM(dim);
+		float		acc[CAGRA_PANEL_ROWS] = {0};
+
+		for (int p = 0; p < pairs; p++)
+		{
+			const int16_t *y = panel + (int64_t) p * 2 * CAGRA_PANEL_ROWS;
+			float		d0 = delta[2 * p];
+			float		d1 = 2 * p + 1 < dim ? delta[2 * p + 1] : 0.0f;
+
+			for (int r = 0; r < CAGRA_PANEL_ROWS; r++)
+				acc[r] += d0 * y[2 * r] + d1 * y[2 * r + 1];
+		}
+		for (int r = 0; r < CAGRA_PANEL_ROWS && c0 + r < cols; r++)
+			terms[c0 + r] = norms[c0 + r] - 2.0f * code_scales[c0 + r] * acc[r];
+	}
+}
+
+/* x.delta for a query's codes (knn_segment_terms). */
+static float
+knn_code_dot_float(const int16_t *codes, float code_scale, const float *v, int dim)
+{
+	float		sum = 0.0f;
+
+	for (int j = 0; j < dim; j++)
+		sum += codes[j] * v[j];
+	return sum * code_scale;
 }
 
 /*
@@ -1009,10 +1038,8 @@ knn_segment_pick(const KnnJob *job, const KnnQueries *own, int64_t q0,
  * q0: the list's first position) against the lists each of them probes:
  * per probed list, the queries that probe it, copied together when only
  * some do (a query's codes a list, against the list's rows x dim
- * multiply-adds), meet its panels.  Under L2 a query, centred on its own
- * list's centre, is moved to the probed list's centre, and its squared
- * length there is added to its values, so that every list's values are
- * squared distances computed from near vectors.
+ * multiply-adds), meet its panels.  Under L2 the values are squared
+ * distances from vectors centred on near centres (knn_segment_terms).
  */
 static void
 knn_segment_block(const KnnJob *job, int64_t q0, int64_t begin, int rows,
@@ -1025,8 +1052,8 @@ knn_segment_block(const KnnJob *job, int64_t q0, int64_t begin, int rows,
 	bool		l2 = job->metric == CAGRA_METRIC_L2;
 	float		scale = knn_tile_scale(job->metric);
 	float	   *tile = job->tiles[0];
-	float	   *shift = job->query_rows[0] + 2 * QUERY_BLOCK * (int64_t) dim;
-	float	   *moved = shift + dim;
+	float	   *delta = job->query_rows[0] + 2 * QUERY_BLOCK * (int64_t) dim;
+	float	   *terms = delta + dim;
 	KnnQueries	own = {job->query_rows[0], job->query_codes[0], job->query_scales[0]};
 	KnnQueries	some = {job->query_rows[0] + (int64_t) QUERY_BLOCK * dim,
 		job->query_codes[0] + (int64_t) QUERY_BLOCK * width,
@@ -1041,6 +1068,7 @@ knn_segment_block(const KnnJob *job, int64_t q0, int64_t begin, int rows,
 		bool		moves = l2 && m != seg->query_list;
 		int64_t		size = seg->offsets[m + 1] - seg->offsets[m];
 		const KnnQueries *queries = &own;
+		float		delta_norm = 0.0f;
 		int			n_picked = 0;
 
 		for (int r = 0; r < rows; r++)
@@ -1050,18 +1078,28 @@ knn_segment_block(const KnnJob *job, int64_t q0, int64_t begin, int rows,
 		}
 		if (n_picked == 0)
 			continue;
-		if (moves)
-			for (int j = 0; j < dim; j++)
-				shift[j] = seg->centres[(int64_t) seg->query_list * dim + j] -
-					seg->centres[(int64_t) m * dim + j];
-		if (n_picked < rows || moves)
+		if (n_picked < rows)
+		{
+			knn_segment_pick(job, &own, picked, n_picked, &some);
 			queries = &some;
-		knn_segment_pick(job, &own, q0, begin, picked, n_picked, queries == &some,
-						 moves ? shift : NULL, moved, &some, offset);
+		}
+		if (moves)
+		{
+			for (int j = 0; j < dim; j++)
+				delta[j] = seg->centres[(int64_t) seg->query_list * dim + j] -
+					seg->centres[(int64_t) m * dim + j];
+			delta_norm = vec_inner_product(delta, delta, dim);
+		}
+		for (int i = 0; i < n_picked; i++)
+			offset[i] = !l2 ? 0.0f : seg->norms[q0 + begin + picked[i]] +
+				(moves ? 2.0f * knn_code_dot_float(queries->codes + (int64_t) i * width,
+												   queries->scales[i], delta, dim) +
+				 delta_norm : 0.0f);
 		for (int64_t b0 = 0; b0 < size; b0 += BASE_BLOCK)
 		{
 			int			cols = (int) (size - b0 < BASE_BLOCK ? size - b0 : BASE_BLOCK);
 			int64_t		at = seg->panel_offsets[m] + b0;
+			const float *norms = l2 ? seg->norms + seg->offsets[m] + b0 : NULL;
 
 			if (job->metric == CAGRA_METRIC_L1)
 				job->panel(queries->rows, n_picked, dim, seg->panels + at * dim,
@@ -1070,8 +1108,14 @@ knn_segment_block(const KnnJob *job, int64_t q0, int64_t begin, int rows,
 				job->code_panel(queries->codes, queries->scales, n_picked, dim,
 								seg->codes + at * width, seg->code_scales + at,
 								cols, scale, tile);
+			if (moves)
+			{
+				knn_segment_terms(delta, dim, seg->codes + at * width,
+								  seg->code_scales + at, norms, cols, terms);
+				norms = terms;
+			}
 			for (int i = 0; i < n_picked; i++)
-				knn_scan_row(job, tile + (int64_t) i * BASE_BLOCK,
+				knn_scan_row(job, tile + (int64_t) i * BASE_BLOCK, norms,
 							 seg->offsets[m] + b0, cols, q0 + begin + picked[i],
 							 offset[i], &pools[picked[i]]);
 		}
@@ -1098,7 +1142,8 @@ struct CagraKnnScratch
 	float	  **tiles;			/* QUERY_BLOCK x BASE_BLOCK */
 	KnnCandidate **pools;		/* QUERY_BLOCK x POOL_FACTOR pool_cap */
 	float	  **query_rows;		/* query_blocks x QUERY_BLOCK x query_dim;
-								 * a list's search: 2 query_dim more */
+								 * a list's search: query_dim + BASE_BLOCK
+								 * more */
 	int16_t   **query_codes;	/* a list's search: 2 x QUERY_BLOCK x
 								 * CAGRA_CODE_DIM(query_dim) */
 	float	  **query_scales;	/* a list's search: 2 x QUERY_BLOCK */
@@ -1162,7 +1207,8 @@ knn_scratch_reserve_threads(CagraKnnScratch *scratch, const KnnJob *job,
 {
 	/*
 	 * a list's search: its block's rows, and those picked for a list (floats
-	 * for L1, else codes), and two rows to move a query by
+	 * for L1, else codes), and under L2 a centre's move and a tile row's
+	 * terms (knn_segment_terms)
 	 */
 	int			blocks = job->segments ? 2 : 1;
 	int			code_rows = job->segments ? 2 * QUERY_BLOCK : 0;
@@ -1189,8 +1235,9 @@ knn_scratch_reserve_threads(CagraKnnScratch *scratch, const KnnJob *job,
 		scratch->tiles[t] = malloc((size_t) QUERY_BLOCK * BASE_BLOCK * sizeof(float));
 		scratch->pools[t] = malloc((size_t) QUERY_BLOCK * POOL_FACTOR *
 								   job->n_candidates * sizeof(KnnCandidate));
-		scratch->query_rows[t] = malloc(((size_t) blocks * QUERY_BLOCK + 2) *
-										job->dim * sizeof(float));
+		scratch->query_rows[t] = malloc(((size_t) blocks * QUERY_BLOCK + 1) *
+										job->dim * sizeof(float) +
+										(job->segments ? BASE_BLOCK * sizeof(float) : 0));
 		if (code_rows > 0)
 		{
 			scratch->query_codes[t] = malloc((size_t) code_rows *
