@@ -275,18 +275,18 @@ extern float cagra_code_row(const float *row, int dim, int16_t *codes);
  * (norms: by position offsets[m] + j).  L1 keeps them in floats (panels);
  * the other metrics, whose values are products, as codes (codes, and
  * code_scales: each panel row's 1 / s, 0 for padding), which halve the copy
- * and multiply 1.6 times as fast as floats with AVX2.  The queries are query_list's rows;
- * the query at position q of the list is ranked against the rows of list
- * segment_list[s] when bit s of its mask (masks + q x mask_words) is
+ * and take two dimensions a multiply-add.  The queries are query_list's
+ * rows; the query at position q of the list is ranked against the rows of
+ * list segment_list[s] when bit s of its mask (masks + q x mask_words) is
  * set.  Each probed list is met by the queries that probe it together,
  * a block of queries against a panel at a time, so that the rows of a
  * list, which mostly probe the same lists, share the loads of the probed
- * rows; under L2 the queries are moved to the probed list's centre first,
- * so that the rounding stays that of near rows (cagra_knn.c).  knn and
- * dists (nq x k) receive each query's k best by those products' values,
- * without recomputing them through the distance kernels: the codes'
- * rounding apart from exact (near ties may come out in another order),
- * and cheaper; the
+ * rows; under L2 a query's distance to another list's rows is taken as
+ * that of the query moved to their centre, so that the rounding stays
+ * that of near rows (cagra_knn.c).  knn and dists (nq x k) receive each
+ * query's k best by those products' values, without recomputing them
+ * through the distance kernels: the codes' rounding apart from exact
+ * (near ties may come out in another order), and cheaper; the
  * ids are positions (offsets), and a query that meets fewer than k rows
  * gets -1 (and INFINITY) for the rest.  It runs on the calling thread
  * alone, for callers that run it inside their own worker threads, and
