@@ -431,6 +431,53 @@ cagra_code_row(const float *row, int dim, int16_t *codes)
 	return (float) (largest / (double) limit);
 }
 
+/* The sum of a x b over two rows of codes, CAGRA_CODE_DIM(dim) each. */
+static int32_t
+knn_code_pair_scalar(const int16_t *a, const int16_t *b, int dim)
+{
+	int32_t		sum = 0;
+
+	for (int d = 0; d < CAGRA_CODE_DIM(dim); d++)
+		sum += a[d] * b[d];
+	return sum;
+}
+
+#ifdef KNN_HAVE_X86
+__attribute__((target("avx2")))
+static int32_t
+knn_code_dot_pair_avx2(const int16_t *a, const int16_t *b, int dim)
+{
+	int			width = CAGRA_CODE_DIM(dim);
+	__m256i		acc = _mm256_setzero_si256();
+	__m128i		half;
+	int			d = 0;
+	int32_t		sum;
+
+	for (; d + 16 <= width; d += 16)
+		acc = _mm256_add_epi32(acc,
+							   _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *) (a + d)),
+												 _mm256_loadu_si256((const __m256i *) (b + d))));
+	half = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+	half = _mm_add_epi32(half, _mm_shuffle_epi32(half, 0x4e));
+	half = _mm_add_epi32(half, _mm_shuffle_epi32(half, 0xb1));
+	sum = _mm_cvtsi128_si32(half);
+	for (; d < width; d++)
+		sum += a[d] * b[d];
+	return sum;
+}
+#endif
+
+/* a.b of two rows' codes in integers: exact, the same on every CPU. */
+static int32_t
+knn_code_dot(const int16_t *a, const int16_t *b, int dim)
+{
+#ifdef KNN_HAVE_X86
+	if (vec_kernels.isa != VEC_ISA_SCALAR)
+		return knn_code_dot_pair_avx2(a, b, dim);
+#endif
+	return knn_code_pair_scalar(a, b, dim);
+}
+
 /*
  * Codes against a panel's rows, one query at a time: the plain version, for
  * CPUs without AVX2 and the tests' forced-scalar runs.  A pair of 16-bit
@@ -992,51 +1039,34 @@ knn_segment_pick(const KnnJob *job, const KnnQueries *own, const int32_t *picked
 }
 
 /*
- * Under L2 a query x, centred on its own list's centre, meets the rows y of
- * another list centred on theirs: its distance to y is that of
- * x' = x + delta (delta: its centre less theirs).  |x' - y|^2 = |x|^2 +
- * 2 x.delta + |delta|^2 + |y|^2 - 2 delta.y - 2 x.y: the scan adds
- * terms[c] = |y|^2 - 2 delta.y for the probed list's column c (cols of
- * them, the panels' codes from codes), and the query's offset
- * |x|^2 + 2 x.delta + |delta|^2.  Then x.y, the only term per pair, comes
- * from x's own codes, which need no coding anew per probed list, and
- * rounds relative to |x| |y|, the rows' distances from their centres.
+ * The rows are coded centred on their list's centre (cagra_partition.c):
+ * a query x = c_l + u of list l meets the rows y = c_m + v of list m.
+ * Under L2, with delta = c_l - c_m, |x - y|^2 = (|u|^2 + 2 u.delta +
+ * |delta|^2) + (|v|^2 - 2 delta.v) - 2 u.v; else x.y = (u.c_m + c_l.c_m)
+ * + c_l.v + u.v.  The first term is the query's offset, the second a
+ * column term (w.v, with w = delta under L2, c_l else, is one more query
+ * row of the panels' products, knn_segment_block), and u.v, the only term
+ * per pair, comes from the codes, which round it relative to |u| |v|: the
+ * rows' spread around their centres, not a component all rows share.  The
+ * products with w are taken from w's codes, in integers, so that the
+ * search adds the same floats on every CPU.
  */
-static void
-knn_segment_terms(const float *delta, int dim, const int16_t *codes,
-				  const float *code_scales, const float *norms, int cols,
-				  float *terms)
-{
-	int			pairs = CAGRA_CODE_DIM(dim) / 2;
-
-	for (int c0 = 0; c0 < cols; c0 += CAGRA_PANEL_ROWS)
-	{
-		const int16_t *panel = codes + (int64_t) c0 * CAGRA_CODE_DIM(dim);
-		float		acc[CAGRA_PANEL_ROWS] = {0};
-
-		for (int p = 0; p < pairs; p++)
-		{
-			const int16_t *y = panel + (int64_t) p * 2 * CAGRA_PANEL_ROWS;
-			float		d0 = delta[2 * p];
-			float		d1 = 2 * p + 1 < dim ? delta[2 * p + 1] : 0.0f;
-
-			for (int r = 0; r < CAGRA_PANEL_ROWS; r++)
-				acc[r] += d0 * y[2 * r] + d1 * y[2 * r + 1];
-		}
-		for (int r = 0; r < CAGRA_PANEL_ROWS && c0 + r < cols; r++)
-			terms[c0 + r] = norms[c0 + r] - 2.0f * code_scales[c0 + r] * acc[r];
-	}
-}
-
-/* x.delta for a query's codes (knn_segment_terms). */
+/* a.b in one plain loop, the same on every CPU (unlike the distance kernels) */
 static float
-knn_code_dot_float(const int16_t *codes, float code_scale, const float *v, int dim)
+knn_dot_plain(const float *a, const float *b, int dim)
 {
 	float		sum = 0.0f;
 
 	for (int j = 0; j < dim; j++)
-		sum += codes[j] * v[j];
-	return sum * code_scale;
+		sum += a[j] * b[j];
+	return sum;
+}
+
+static float
+knn_segment_w_dot(const int16_t *codes, float scale, const int16_t *w_codes,
+				  float w_scale, int dim)
+{
+	return (float) knn_code_dot(codes, w_codes, dim) * scale * w_scale;
 }
 
 /*
@@ -1044,8 +1074,8 @@ knn_code_dot_float(const int16_t *codes, float code_scale, const float *v, int d
  * q0: the list's first position) against the lists each of them probes:
  * per probed list, the queries that probe it, copied together when only
  * some do (a query's codes a list, against the list's rows x dim
- * multiply-adds), meet its panels.  Under L2 the values are squared
- * distances from vectors centred on near centres (knn_segment_terms).
+ * multiply-adds), meet its panels.  The values come from rows centred on
+ * their lists' centres (knn_segment_w_dot).
  */
 static void
 knn_segment_block(const KnnJob *job, int64_t q0, int64_t begin, int rows,
@@ -1060,10 +1090,12 @@ knn_segment_block(const KnnJob *job, int64_t q0, int64_t begin, int rows,
 	float	   *tile = job->tiles[0];
 	float	   *delta = job->query_rows[0] + 2 * QUERY_BLOCK * (int64_t) dim;
 	float	   *terms = delta + dim;
+	const float *cl = seg->centres ? seg->centres + (int64_t) seg->query_list * dim : NULL;
 	KnnQueries	own = {job->query_rows[0], job->query_codes[0], job->query_scales[0]};
 	KnnQueries	some = {job->query_rows[0] + (int64_t) QUERY_BLOCK * dim,
-		job->query_codes[0] + (int64_t) QUERY_BLOCK * width,
-	job->query_scales[0] + QUERY_BLOCK};
+		job->query_codes[0] + (int64_t) (QUERY_BLOCK + 1) * width,
+	job->query_scales[0] + QUERY_BLOCK + 1};
+	int16_t    *cm_codes = job->query_codes[0] + (int64_t) 2 * (QUERY_BLOCK + 1) * width;
 	int32_t		picked[QUERY_BLOCK];
 	float		offset[QUERY_BLOCK];
 
@@ -1071,10 +1103,12 @@ knn_segment_block(const KnnJob *job, int64_t q0, int64_t begin, int rows,
 	for (int s = 0; s < seg->n_segments; s++)
 	{
 		int32_t		m = seg->segment_list[s];
+		const float *cm = seg->centres ? seg->centres + (int64_t) m * dim : NULL;
 		bool		moves = l2 && m != seg->query_list;
+		bool		products = cl != NULL && !l2;	/* inner product, cosine */
 		int64_t		size = seg->offsets[m + 1] - seg->offsets[m];
 		const KnnQueries *queries = &own;
-		float		delta_norm = 0.0f;
+		float		constant = 0.0f;
 		int			n_picked = 0;
 
 		for (int r = 0; r < rows; r++)
@@ -1089,18 +1123,37 @@ knn_segment_block(const KnnJob *job, int64_t q0, int64_t begin, int rows,
 			knn_segment_pick(job, &own, picked, n_picked, &some);
 			queries = &some;
 		}
-		if (moves)
+		if (moves || products)
 		{
+			/*
+			 * w after the picked queries, whose panel products then give
+			 * the column terms; under inner product and cosine c_m's codes
+			 * too, for the offsets' u.c_m
+			 */
+			int16_t    *w_codes = queries->codes + (int64_t) n_picked * width;
+			float		w_scale;
+			float		cm_scale = 0.0f;
+
 			for (int j = 0; j < dim; j++)
-				delta[j] = seg->centres[(int64_t) seg->query_list * dim + j] -
-					seg->centres[(int64_t) m * dim + j];
-			delta_norm = vec_inner_product(delta, delta, dim);
+				delta[j] = moves ? cl[j] - cm[j] : cl[j];
+			w_scale = queries->scales[n_picked] = cagra_code_row(delta, dim, w_codes);
+			if (products)
+				cm_scale = cagra_code_row(cm, dim, cm_codes);
+			constant = knn_dot_plain(delta, moves ? delta : cm, dim);
+			for (int i = 0; i < n_picked; i++)
+			{
+				const int16_t *codes = queries->codes + (int64_t) i * width;
+
+				offset[i] = moves ?
+					seg->norms[q0 + begin + picked[i]] + constant + 2.0f *
+					knn_segment_w_dot(codes, queries->scales[i], w_codes, w_scale, dim) :
+					-(constant + knn_segment_w_dot(codes, queries->scales[i],
+												   cm_codes, cm_scale, dim));
+			}
 		}
-		for (int i = 0; i < n_picked; i++)
-			offset[i] = !l2 ? 0.0f : seg->norms[q0 + begin + picked[i]] +
-				(moves ? 2.0f * knn_code_dot_float(queries->codes + (int64_t) i * width,
-												   queries->scales[i], delta, dim) +
-				 delta_norm : 0.0f);
+		else
+			for (int i = 0; i < n_picked; i++)
+				offset[i] = l2 ? seg->norms[q0 + begin + picked[i]] : 0.0f;
 		for (int64_t b0 = 0; b0 < size; b0 += BASE_BLOCK)
 		{
 			int			cols = (int) (size - b0 < BASE_BLOCK ? size - b0 : BASE_BLOCK);
@@ -1111,13 +1164,17 @@ knn_segment_block(const KnnJob *job, int64_t q0, int64_t begin, int rows,
 				job->panel(queries->rows, n_picked, dim, seg->panels + at * dim,
 						   cols, tile);
 			else
-				job->code_panel(queries->codes, queries->scales, n_picked, dim,
+				job->code_panel(queries->codes, queries->scales,
+								n_picked + (moves || products), dim,
 								seg->codes + at * width, seg->code_scales + at,
 								cols, scale, tile);
-			if (moves)
+			if (moves || products)
 			{
-				knn_segment_terms(delta, dim, seg->codes + at * width,
-								  seg->code_scales + at, norms, cols, terms);
+				/* |v|^2 - 2 delta.v under L2, - c_l.v else */
+				const float *w_row = tile + (int64_t) n_picked * BASE_BLOCK;
+
+				for (int c = 0; c < cols; c++)
+					terms[c] = (norms ? norms[c] : 0.0f) + w_row[c];
 				norms = terms;
 			}
 			for (int i = 0; i < n_picked; i++)
@@ -1145,14 +1202,14 @@ struct CagraKnnScratch
 	int			pool_cap;		/* n_candidates the pools were made for */
 	int			query_dim;		/* dim the query rows were made for */
 	int			query_blocks;	/* QUERY_BLOCK x query_dim blocks of them */
-	float	  **tiles;			/* QUERY_BLOCK x BASE_BLOCK */
+	float	  **tiles;			/* QUERY_BLOCK + 1 x BASE_BLOCK */
 	KnnCandidate **pools;		/* QUERY_BLOCK x POOL_FACTOR pool_cap */
 	float	  **query_rows;		/* query_blocks x QUERY_BLOCK x query_dim;
 								 * a list's search: query_dim + BASE_BLOCK
 								 * more */
-	int16_t   **query_codes;	/* a list's search: 2 x QUERY_BLOCK x
-								 * CAGRA_CODE_DIM(query_dim) */
-	float	  **query_scales;	/* a list's search: 2 x QUERY_BLOCK */
+	int16_t   **query_codes;	/* a list's search: 2 x (QUERY_BLOCK + 1) + 1
+								 * rows of CAGRA_CODE_DIM(query_dim) */
+	float	  **query_scales;	/* a list's search: their 1 / s */
 };
 
 CagraKnnScratch *
@@ -1214,10 +1271,10 @@ knn_scratch_reserve_threads(CagraKnnScratch *scratch, const KnnJob *job,
 	/*
 	 * a list's search: its block's rows, and those picked for a list (floats
 	 * for L1, else codes), and under L2 a centre's move and a tile row's
-	 * terms (knn_segment_terms)
+	 * terms (knn_segment_block)
 	 */
 	int			blocks = job->segments ? 2 : 1;
-	int			code_rows = job->segments ? 2 * QUERY_BLOCK : 0;
+	int			code_rows = job->segments ? 2 * (QUERY_BLOCK + 1) + 1 : 0;
 
 	if (scratch->n_threads >= n_threads && scratch->pool_cap >= job->n_candidates &&
 		scratch->query_dim >= job->dim && scratch->query_blocks >= blocks)
@@ -1238,7 +1295,7 @@ knn_scratch_reserve_threads(CagraKnnScratch *scratch, const KnnJob *job,
 	scratch->query_blocks = blocks;
 	for (int t = 0; t < n_threads; t++)
 	{
-		scratch->tiles[t] = malloc((size_t) QUERY_BLOCK * BASE_BLOCK * sizeof(float));
+		scratch->tiles[t] = malloc((size_t) (QUERY_BLOCK + 1) * BASE_BLOCK * sizeof(float));
 		scratch->pools[t] = malloc((size_t) QUERY_BLOCK * POOL_FACTOR *
 								   job->n_candidates * sizeof(KnnCandidate));
 		scratch->query_rows[t] = malloc(((size_t) blocks * QUERY_BLOCK + 1) *

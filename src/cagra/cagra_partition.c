@@ -84,6 +84,9 @@ typedef struct ListJob
 	float	   *code_scales;	/* and each panel row's 1 / s */
 	float	   *norms;			/* L2: their squared lengths, else NULL */
 	const float *centroids;		/* n_lists x dim */
+	float	   *centres;		/* but L1: n_lists x dim, the mean of each
+								 * list's rows in the search's form, which
+								 * its codes are centred on */
 	int32_t    *knn;
 	float	   *dists;
 	ListScratch *scratch;		/* one per thread */
@@ -335,7 +338,7 @@ list_knn(void *arg, int thread_no, int64_t begin, int64_t end)
 	segments.codes = job->codes;
 	segments.code_scales = job->code_scales;
 	segments.norms = job->norms;
-	segments.centres = job->metric == CAGRA_METRIC_L2 ? job->centroids : NULL;
+	segments.centres = job->centres;
 	segments.offsets = job->offsets;
 	segments.panel_offsets = job->panel_offsets;
 	segments.dim = job->dim;
@@ -589,20 +592,18 @@ list_probe_curve(ListJob *job, const float *centroids, CagraMetric pmetric,
  * Every row, list after list, in the search's form (CagraKnnSegments): made
  * once, so that no list's search gathers and transforms the rows of the
  * lists its rows probe.  Those are nearly all lists on the word vectors,
- * whose rows within one list probe different lists.  form: dim floats,
- * codes: CAGRA_CODE_DIM(dim), of room.
+ * whose rows within one list probe different lists.  The form: unit length
+ * under cosine, as given else, less the list's centre but under L1, so
+ * that the codes round relative to the rows' spread around it and not to
+ * a component all rows share.  form: dim floats, codes:
+ * CAGRA_CODE_DIM(dim), of room.
  */
 static void
-list_panel_row(const ListJob *job, int64_t l, int64_t at, float *form,
-			   int16_t *codes)
+list_panel_form(const ListJob *job, int64_t at, const float *centre, float *form)
 {
 	int			dim = job->dim;
 	const float *src = job->data + (int64_t) job->members[at] * dim;
-	const float *centre = job->metric == CAGRA_METRIC_L2 ?
-		job->centroids + l * dim : NULL;
-	int64_t		row = job->panel_offsets[l] + at - job->offsets[l];
 	float		scale = 1.0f;
-	float		norm = 0.0f;
 
 	if (job->metric == CAGRA_METRIC_COSINE)
 	{
@@ -611,12 +612,19 @@ list_panel_row(const ListJob *job, int64_t l, int64_t at, float *form,
 		scale = length > 0.0f ? 1.0f / length : 0.0f;
 	}
 	for (int j = 0; j < dim; j++)
-	{
-		form[j] = (centre ? src[j] - centre[j] : src[j]) * scale;
-		norm += form[j] * form[j];
-	}
+		form[j] = src[j] * scale - (centre ? centre[j] : 0.0f);
+}
+
+static void
+list_panel_row(const ListJob *job, int64_t l, int64_t at, float *form,
+			   int16_t *codes)
+{
+	int			dim = job->dim;
+	int64_t		row = job->panel_offsets[l] + at - job->offsets[l];
+
+	list_panel_form(job, at, job->centres ? job->centres + l * dim : NULL, form);
 	if (job->norms)
-		job->norms[at] = norm;
+		job->norms[at] = vec_inner_product(form, form, dim);
 	if (job->metric == CAGRA_METRIC_L1)
 	{
 		float	   *dst = job->panels + cagra_panel_index(row, dim);
@@ -629,6 +637,25 @@ list_panel_row(const ListJob *job, int64_t l, int64_t at, float *form,
 	for (int p = 0; p < CAGRA_CODE_DIM(dim) / 2; p++)
 		memcpy(job->codes + cagra_code_index(row, dim) + p * 2 * CAGRA_PANEL_ROWS,
 			   codes + 2 * p, 2 * sizeof(int16_t));
+}
+
+/* List l's centre: the mean of its rows in the search's form. */
+static void
+list_centre(const ListJob *job, int64_t l, float *form)
+{
+	int			dim = job->dim;
+	float	   *centre = job->centres + l * dim;
+	int64_t		size = job->offsets[l + 1] - job->offsets[l];
+
+	memset(centre, 0, dim * sizeof(float));
+	for (int64_t at = job->offsets[l]; at < job->offsets[l + 1]; at++)
+	{
+		list_panel_form(job, at, NULL, form);
+		for (int j = 0; j < dim; j++)
+			centre[j] += form[j];
+	}
+	for (int j = 0; size > 0 && j < dim; j++)
+		centre[j] /= (float) size;
 }
 
 /* Lists begin .. end in panels, the rows past a list's end zero. */
@@ -662,6 +689,8 @@ list_panel_rows(void *arg, int thread_no, int64_t begin, int64_t end)
 				   (size_t) CAGRA_PANEL_ROWS * CAGRA_CODE_DIM(dim) * sizeof(int16_t));
 			memset(job->code_scales + last, 0, CAGRA_PANEL_ROWS * sizeof(float));
 		}
+		if (job->centres)
+			list_centre(job, l, form);
 		for (int64_t at = job->offsets[l]; at < job->offsets[l + 1]; at++)
 			list_panel_row(job, l, at, form, codes);
 	}
@@ -689,7 +718,8 @@ list_panels_alloc(ListJob *job)
 		return (job->panels = malloc((size_t) rows * job->dim * sizeof(float))) != NULL;
 	job->codes = malloc((size_t) rows * CAGRA_CODE_DIM(job->dim) * sizeof(int16_t));
 	job->code_scales = malloc((size_t) rows * sizeof(float));
-	return job->codes != NULL && job->code_scales != NULL;
+	job->centres = malloc((size_t) job->n_lists * job->dim * sizeof(float));
+	return job->codes != NULL && job->code_scales != NULL && job->centres != NULL;
 }
 
 /* The search of every list, on n_threads workers. */
@@ -810,6 +840,7 @@ list_run(ListJob *job, int n_threads, const CagraInterrupt *interrupt,
 	free(job->panels);
 	free(job->codes);
 	free(job->code_scales);
+	free(job->centres);
 	free(norms);
 	return status;
 }
