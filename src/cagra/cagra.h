@@ -270,9 +270,10 @@ extern float cagra_code_row(const float *row, int dim, int16_t *codes);
  * set, list after list, each list from a new panel (list m: panel rows
  * panel_offsets[m] .. on, offsets[m + 1] - offsets[m] of them; the rest of
  * its last panel zero), already in the search's form: unit length for
- * cosine, as given for inner product and L1, and for L2 centred on its
- * list's centre (centres: n_lists x dim) with its squared length in norms
- * (norms: by position offsets[m] + j).  L1 keeps them in floats (panels);
+ * cosine, as given else, and but for L1 centred on its list's centre
+ * (centres: n_lists x dim, the lists' means in that form), under L2 with
+ * its squared length in norms (norms: by position offsets[m] + j).  L1
+ * keeps them in floats (panels);
  * the other metrics, whose values are products, as codes (codes, and
  * code_scales: each panel row's 1 / s, 0 for padding), which halve the copy
  * and take two dimensions a multiply-add.  The queries are query_list's
@@ -302,7 +303,7 @@ typedef struct CagraKnnSegments
 								 * CAGRA_CODE_DIM(dim) */
 	const float *code_scales;	/* else: panel_offsets[n_lists] */
 	const float *norms;			/* L2: each row's squared length, else NULL */
-	const float *centres;		/* L2: n_lists x dim, else NULL */
+	const float *centres;		/* but L1: n_lists x dim, else NULL */
 	const int64_t *offsets;		/* n_lists + 1: positions of the rows */
 	const int64_t *panel_offsets;	/* n_lists + 1: of their panel rows */
 	int			dim;

@@ -68,7 +68,7 @@
  * probed lists and a copy of the rows in list order (cagra_partition.c),
  * NN-descent after it the graph's distances and its scratch.  The copy is
  * floats under L1, else 16-bit codes with a scale a row.  At I 48, d 32 and
- * 128 dimensions: 732 bytes for the lists (L1: 994), 706 for NN-descent,
+ * 128 dimensions: 734 bytes for the lists (L1: 995), 706 for NN-descent,
  * 591 for the pruning.
  */
 static size_t
@@ -78,8 +78,10 @@ cagra_row_bytes(int intermediate, int degree, int dim, CagraMetric metric)
 		sizeof(int16) * CAGRA_CODE_DIM(dim) + sizeof(float);
 	size_t		lists = sizeof(int32) * CAGRA_LIST_PROBES_MAX	/* probed lists */
 		+ copy + sizeof(float)	/* the copy, its squared lengths */
-		/* the copy's padding: up to a panel's rows less one a list */
-		+ (copy * (CAGRA_PANEL_ROWS - 1) + CAGRA_LIST_ROWS - 1) / CAGRA_LIST_ROWS
+		/* the copy's padding (up to a panel's rows less one a list), the
+		 * lists' centres */
+		+ (copy * (CAGRA_PANEL_ROWS - 1) + sizeof(float) * dim +
+		   CAGRA_LIST_ROWS - 1) / CAGRA_LIST_ROWS
 		+ sizeof(int32);		/* the rows in list order */
 	size_t		refine = sizeof(float) * intermediate	/* the distances */
 		+ cagra_knn_refine_row_bytes(intermediate, CAGRA_REFINE_SAMPLE);

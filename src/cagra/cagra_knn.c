@@ -1038,6 +1038,17 @@ knn_segment_pick(const KnnJob *job, const KnnQueries *own, const int32_t *picked
 	}
 }
 
+/* a.b in one plain loop, the same on every CPU (unlike the distance kernels) */
+static float
+knn_dot_plain(const float *a, const float *b, int dim)
+{
+	float		sum = 0.0f;
+
+	for (int j = 0; j < dim; j++)
+		sum += a[j] * b[j];
+	return sum;
+}
+
 /*
  * The rows are coded centred on their list's centre (cagra_partition.c):
  * a query x = c_l + u of list l meets the rows y = c_m + v of list m.
@@ -1051,17 +1062,6 @@ knn_segment_pick(const KnnJob *job, const KnnQueries *own, const int32_t *picked
  * products with w are taken from w's codes, in integers, so that the
  * search adds the same floats on every CPU.
  */
-/* a.b in one plain loop, the same on every CPU (unlike the distance kernels) */
-static float
-knn_dot_plain(const float *a, const float *b, int dim)
-{
-	float		sum = 0.0f;
-
-	for (int j = 0; j < dim; j++)
-		sum += a[j] * b[j];
-	return sum;
-}
-
 static float
 knn_segment_w_dot(const int16_t *codes, float scale, const int16_t *w_codes,
 				  float w_scale, int dim)
@@ -1088,8 +1088,8 @@ knn_segment_block(const KnnJob *job, int64_t q0, int64_t begin, int rows,
 	bool		l2 = job->metric == CAGRA_METRIC_L2;
 	float		scale = knn_tile_scale(job->metric);
 	float	   *tile = job->tiles[0];
-	float	   *delta = job->query_rows[0] + 2 * QUERY_BLOCK * (int64_t) dim;
-	float	   *terms = delta + dim;
+	float	   *w = job->query_rows[0] + 2 * QUERY_BLOCK * (int64_t) dim;
+	float	   *terms = w + dim;
 	const float *cl = seg->centres ? seg->centres + (int64_t) seg->query_list * dim : NULL;
 	KnnQueries	own = {job->query_rows[0], job->query_codes[0], job->query_scales[0]};
 	KnnQueries	some = {job->query_rows[0] + (int64_t) QUERY_BLOCK * dim,
@@ -1135,11 +1135,11 @@ knn_segment_block(const KnnJob *job, int64_t q0, int64_t begin, int rows,
 			float		cm_scale = 0.0f;
 
 			for (int j = 0; j < dim; j++)
-				delta[j] = moves ? cl[j] - cm[j] : cl[j];
-			w_scale = queries->scales[n_picked] = cagra_code_row(delta, dim, w_codes);
+				w[j] = moves ? cl[j] - cm[j] : cl[j];
+			w_scale = queries->scales[n_picked] = cagra_code_row(w, dim, w_codes);
 			if (products)
 				cm_scale = cagra_code_row(cm, dim, cm_codes);
-			constant = knn_dot_plain(delta, moves ? delta : cm, dim);
+			constant = knn_dot_plain(w, moves ? w : cm, dim);
 			for (int i = 0; i < n_picked; i++)
 			{
 				const int16_t *codes = queries->codes + (int64_t) i * width;
@@ -1270,8 +1270,8 @@ knn_scratch_reserve_threads(CagraKnnScratch *scratch, const KnnJob *job,
 {
 	/*
 	 * a list's search: its block's rows, and those picked for a list (floats
-	 * for L1, else codes), and under L2 a centre's move and a tile row's
-	 * terms (knn_segment_block)
+	 * for L1, else codes, each with a row more for w), c_m's codes, w and a
+	 * tile row's column terms (knn_segment_block)
 	 */
 	int			blocks = job->segments ? 2 : 1;
 	int			code_rows = job->segments ? 2 * (QUERY_BLOCK + 1) + 1 : 0;
