@@ -1038,15 +1038,14 @@ knn_segment_pick(const KnnJob *job, const KnnQueries *own, const int32_t *picked
 	}
 }
 
-/* a.b in one plain loop, the same on every CPU (unlike the distance kernels) */
+/*
+ * a.b by the plain kernel whatever the CPU: the SIMD kernels round by their
+ * width, and the search should add the same floats on every CPU.
+ */
 static float
 knn_dot_plain(const float *a, const float *b, int dim)
 {
-	float		sum = 0.0f;
-
-	for (int j = 0; j < dim; j++)
-		sum += a[j] * b[j];
-	return sum;
+	return vec_kernels_for(VEC_ISA_SCALAR)->inner_product(a, b, dim);
 }
 
 /*

@@ -1796,8 +1796,8 @@ test_code_rows(void)
 
 /*
  * The code kernels sum integers, so the AVX2 kernel and the plain one give
- * the same values to the bit: under inner product, whose rows are coded as
- * given (no float length or centre that the distance kernels would round
+ * the same values to the bit: under inner product, whose codes come from
+ * plain loops (no float length, which the SIMD distance kernels would round
  * differently), the lists' search is the same under both.
  */
 static void
