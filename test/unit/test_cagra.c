@@ -1040,9 +1040,11 @@ test_knn_partitioned(void)
 	 * as computed): with every list probed (4 of 750 rows), every metric's
 	 * lists hold the exact neighbours' distances, up to rounding: float
 	 * rounding for L1, the codes' for the others (cagra_code_row: about
-	 * 2e-5 |x| |y| for x.y, where these rows' |x| |y| reaches 100 times
-	 * their distances: the worst seen was 1.7e-3 of |distance| + 1, under
-	 * inner product; a wrong scale or pair would be off by the distance).
+	 * 2e-5 |u| |v| for the rows u, v centred on their lists' means, where
+	 * these rows' |u| |v| is still many times their distances: the worst
+	 * seen was 9e-4 of |distance| + 1, under L2, and 1.7e-3 under inner
+	 * product with its rows coded as given; a wrong scale or pair would be
+	 * off by the distance).
 	 */
 	for (int metric = CAGRA_METRIC_L2; metric <= CAGRA_METRIC_L1; metric++)
 	{
