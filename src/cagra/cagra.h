@@ -270,7 +270,7 @@ extern float cagra_code_row(const float *row, int dim, int16_t *codes);
  * set, list after list, each list from a new panel (list m: panel rows
  * panel_offsets[m] .. on, offsets[m + 1] - offsets[m] of them; the rest of
  * its last panel zero), already in the search's form: unit length for
- * cosine, as given else, and but for L1 centred on its list's centre
+ * cosine, as given else, then (but under L1) less its list's centre
  * (centres: n_lists x dim, the lists' means in that form), under L2 with
  * its squared length in norms (norms: by position offsets[m] + j).  L1
  * keeps them in floats (panels);

@@ -141,11 +141,13 @@ typedef struct KnnJob
 	/* per-thread scratch */
 	float	  **tiles;			/* QUERY_BLOCK x BASE_BLOCK */
 	KnnCandidate **pools;		/* QUERY_BLOCK x POOL_FACTOR n_candidates */
-	float	  **query_rows;		/* QUERY_BLOCK x dim; two such blocks for a
-								 * list's search */
+	float	  **query_rows;		/* QUERY_BLOCK x dim; a list's search: two
+								 * such blocks, w and its column terms
+								 * (knn_segment_block) */
 	int16_t   **query_codes;	/* a list's search: two blocks of
-								 * QUERY_BLOCK x CAGRA_CODE_DIM(dim) */
-	float	  **query_scales;	/* and 2 x QUERY_BLOCK of their 1 / s */
+								 * QUERY_BLOCK + 1 rows of
+								 * CAGRA_CODE_DIM(dim), and c_m's */
+	float	  **query_scales;	/* and their 1 / s */
 } KnnJob;
 
 int
@@ -1167,13 +1169,15 @@ knn_segment_block(const KnnJob *job, int64_t q0, int64_t begin, int rows,
 								n_picked + (moves || products), dim,
 								seg->codes + at * width, seg->code_scales + at,
 								cols, scale, tile);
-			if (moves || products)
+			if (products)
+				norms = tile + (int64_t) n_picked * BASE_BLOCK; /* - c_l.v */
+			else if (moves)
 			{
-				/* |v|^2 - 2 delta.v under L2, - c_l.v else */
+				/* |v|^2 - 2 delta.v */
 				const float *w_row = tile + (int64_t) n_picked * BASE_BLOCK;
 
 				for (int c = 0; c < cols; c++)
-					terms[c] = (norms ? norms[c] : 0.0f) + w_row[c];
+					terms[c] = norms[c] + w_row[c];
 				norms = terms;
 			}
 			for (int i = 0; i < n_picked; i++)

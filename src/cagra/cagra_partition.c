@@ -678,12 +678,12 @@ list_panel_rows(void *arg, int thread_no, int64_t begin, int64_t end)
 	{
 		int64_t		size = job->offsets[l + 1] - job->offsets[l];
 		int64_t		last = job->panel_offsets[l + 1] - CAGRA_PANEL_ROWS;
+		bool		padded = job->panel_offsets[l + 1] - job->panel_offsets[l] > size;
 
-		if (job->panel_offsets[l + 1] - job->panel_offsets[l] > size &&
-			job->metric == CAGRA_METRIC_L1)
+		if (padded && job->metric == CAGRA_METRIC_L1)
 			memset(job->panels + last * dim, 0,
 				   (size_t) CAGRA_PANEL_ROWS * dim * sizeof(float));
-		else if (job->panel_offsets[l + 1] - job->panel_offsets[l] > size)
+		else if (padded)
 		{
 			memset(job->codes + last * CAGRA_CODE_DIM(dim), 0,
 				   (size_t) CAGRA_PANEL_ROWS * CAGRA_CODE_DIM(dim) * sizeof(int16_t));
