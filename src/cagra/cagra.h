@@ -622,6 +622,18 @@ extern float cagra_distance(CagraMetric metric, const float *a,
 							const float *b, int dim);
 
 /*
+ * out[r * ld + c] = a[r] . b[c], or |a[r] - b[c]|^2 with squared_difference,
+ * for na x nb rows given by pointer, in register tiles
+ * (cagra_products.c).  A pair gives the same float from any call and in
+ * either order.  With upper (a and b the same rows), only c > r is
+ * guaranteed to be filled.
+ */
+extern void cagra_row_products(const float *const *a, int na,
+							   const float *const *b, int nb, int dim,
+							   bool squared_difference, bool upper,
+							   float *out, int ld);
+
+/*
  * Greedy beam search (HNSW's search-layer on one level) over a graph of
  * degree d from entry: the k closest nodes found with a beam of ef >= k.
  * Entries outside 0..n-1 are skipped, like -1.

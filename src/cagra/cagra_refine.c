@@ -63,6 +63,11 @@ typedef struct RefineJob
 	int32_t    *seen_old;
 	int64_t    *updates;		/* per thread */
 	const CagraSearchedPairs *searched; /* NULL: no pair ranked before */
+	/* per thread: a join's ids and rows, and their products */
+	int32_t   **join_ids;		/* max(k, 2 x 2 sample) */
+	const float ***join_rows;	/* that and 2 sample + 1 more */
+	float	  **products;		/* max(k, 2 sample x 4 sample) */
+	int			n_threads;		/* how many of each */
 } RefineJob;
 
 static bool
@@ -72,19 +77,55 @@ entry_before(float da, int32_t a, float db, int32_t b)
 }
 
 /*
- * The distance of rows a and b, always computed with the smaller id first
+ * Products of the rows named by a (na) and b (nb) into out (row stride ld):
+ * dot products under inner product and cosine, squared differences under
+ * L2, in tiles (cagra_row_products: the same float for a pair from any
+ * call); L1 distances pair by pair.  rows holds na + nb pointers' room.
+ */
+static void
+refine_products(const RefineJob *job, const int32_t *a, int na,
+				const int32_t *b, int nb, bool upper, const float **rows,
+				float *out, int ld)
+{
+	if (job->metric == CAGRA_METRIC_L1)
+	{
+		for (int r = 0; r < na; r++)
+			for (int c = upper ? r + 1 : 0; c < nb; c++)
+				out[r * ld + c] = cagra_distance(CAGRA_METRIC_L1,
+												 job->data + (int64_t) a[r] * job->dim,
+												 job->data + (int64_t) b[c] * job->dim,
+												 job->dim);
+		return;
+	}
+	for (int r = 0; r < na; r++)
+		rows[r] = job->data + (int64_t) a[r] * job->dim;
+	for (int c = 0; c < nb; c++)
+		rows[na + c] = job->data + (int64_t) b[c] * job->dim;
+	cagra_row_products(rows, na, rows + na, nb, job->dim,
+					   job->metric == CAGRA_METRIC_L2, upper, out, ld);
+}
+
+/*
+ * The distance of rows a and b from their product.  Cosine scales by the
+ * rows' reciprocal lengths, computed once, always the smaller id's first
  * so that both ends of a pair see the same float: a row already in a list
- * then sorts exactly where it would be inserted again.  Cosine uses the
- * rows' reciprocal lengths, computed once, instead of cagra_distance's
- * three sums and square root per pair.
+ * then sorts exactly where it would be inserted again.
  */
 static float
-refine_distance(const RefineJob *job, int32_t a, int32_t b)
+refine_distance(const RefineJob *job, int32_t a, int32_t b, float product)
 {
-	const float *x;
-	const float *y;
 	float		cosine;
 
+	switch (job->metric)
+	{
+		case CAGRA_METRIC_L2:
+		case CAGRA_METRIC_L1:
+			return product;
+		case CAGRA_METRIC_INNER_PRODUCT:
+			return -product;
+		case CAGRA_METRIC_COSINE:
+			break;
+	}
 	if (a > b)
 	{
 		int32_t		t = a;
@@ -92,14 +133,10 @@ refine_distance(const RefineJob *job, int32_t a, int32_t b)
 		a = b;
 		b = t;
 	}
-	x = job->data + (int64_t) a * job->dim;
-	y = job->data + (int64_t) b * job->dim;
-	if (job->metric != CAGRA_METRIC_COSINE)
-		return cagra_distance(job->metric, x, y, job->dim);
 	/* a zero vector has no direction: at right angles to all, as there */
 	if (job->inv_norm[a] == 0.0f || job->inv_norm[b] == 0.0f)
 		return 1.0f;
-	cosine = vec_inner_product(x, y, job->dim) * job->inv_norm[a] * job->inv_norm[b];
+	cosine = product * job->inv_norm[a] * job->inv_norm[b];
 	if (cosine > 1.0f)
 		cosine = 1.0f;
 	if (cosine < -1.0f)
@@ -113,16 +150,22 @@ refine_init_rows(void *arg, int thread_no, int64_t begin, int64_t end)
 {
 	RefineJob  *job = arg;
 	int			k = job->k;
+	int32_t    *list = job->join_ids[thread_no];
 
-	(void) thread_no;			/* no per-thread scratch */
 	for (int64_t v = begin; v < end; v++)
 	{
+		int32_t		self = (int32_t) v;
 		int32_t    *ids = job->ids + v * k;
 		float	   *dists = job->dists + v * k;
 
+		/* an empty slot's product is the row's own, then dropped */
+		for (int j = 0; j < k; j++)
+			list[j] = ids[j] < 0 ? self : ids[j];
+		refine_products(job, &self, 1, list, k, false, job->join_rows[thread_no],
+						job->products[thread_no], k);
 		for (int j = 0; j < k; j++)
 			dists[j] = ids[j] < 0 ? INFINITY :
-				refine_distance(job, (int32_t) v, ids[j]);
+				refine_distance(job, self, ids[j], job->products[thread_no][j]);
 		/* insertion sort: the rows come nearly sorted */
 		for (int j = 1; j < k; j++)
 		{
@@ -361,27 +404,38 @@ refine_offer(RefineJob *job, int32_t p, int32_t q, float d)
 	return true;
 }
 
-/* The local join of each node: new with new, new with old. */
+/*
+ * The local join of each node: new with new, new with old, their products
+ * computed together (refine_products) before the offers.
+ */
 static int
 refine_local_join(void *arg, int thread_no, int64_t begin, int64_t end)
 {
 	RefineJob  *job = arg;
 	int			cap = 2 * job->sample;
+	int32_t    *ids = job->join_ids[thread_no];
+	float	   *products = job->products[thread_no];
 	int64_t		updates = 0;
 
 	for (int64_t v = begin; v < end; v++)
 	{
-		const int32_t *new_ids = job->new_ids + v * cap;
-		const int32_t *old_ids = job->old_ids + v * cap;
+		int			n_new = job->n_new[v];
+		int			n_all = n_new + job->n_old[v];
 
-		for (int a = 0; a < job->n_new[v]; a++)
+		if (n_new == 0)
+			continue;
+		memcpy(ids, job->new_ids + v * cap, n_new * sizeof(int32_t));
+		memcpy(ids + n_new, job->old_ids + v * cap,
+			   job->n_old[v] * sizeof(int32_t));
+		refine_products(job, ids, n_new, ids, n_all, true,
+						job->join_rows[thread_no], products, 2 * cap);
+		for (int a = 0; a < n_new; a++)
 		{
-			int32_t		p = new_ids[a];
+			int32_t		p = ids[a];
 
-			for (int b = a + 1; b < job->n_new[v] + job->n_old[v]; b++)
+			for (int b = a + 1; b < n_all; b++)
 			{
-				int32_t		q = b < job->n_new[v] ? new_ids[b] :
-					old_ids[b - job->n_new[v]];
+				int32_t		q = ids[b];
 				bool		to_p = true,
 							to_q = true;
 				float		d;
@@ -395,7 +449,7 @@ refine_local_join(void *arg, int thread_no, int64_t begin, int64_t end)
 					if (!to_p && !to_q)
 						continue;
 				}
-				d = refine_distance(job, p, q);
+				d = refine_distance(job, p, q, products[a * 2 * cap + b]);
 				if (to_p)
 					updates += refine_offer(job, p, q, d);
 				if (to_q)
@@ -423,6 +477,43 @@ refine_free(RefineJob *job)
 	free(job->seen_new);
 	free(job->seen_old);
 	free(job->updates);
+	for (int t = 0; t < job->n_threads; t++)
+	{
+		if (job->join_ids != NULL)
+			free(job->join_ids[t]);
+		if (job->join_rows != NULL)
+			free(job->join_rows[t]);
+		if (job->products != NULL)
+			free(job->products[t]);
+	}
+	free(job->join_ids);
+	free(job->join_rows);
+	free(job->products);
+}
+
+/* Each thread's join scratch; false when out of memory (refine_free frees). */
+static bool
+refine_alloc_scratch(RefineJob *job, int n_threads)
+{
+	int			cap = 2 * job->sample;
+	int			ids = job->k > 2 * cap ? job->k : 2 * cap;
+	int			products = job->k > cap * 2 * cap ? job->k : cap * 2 * cap;
+
+	job->join_ids = calloc(n_threads, sizeof(int32_t *));
+	job->join_rows = calloc(n_threads, sizeof(const float **));
+	job->products = calloc(n_threads, sizeof(float *));
+	if (!job->join_ids || !job->join_rows || !job->products)
+		return false;
+	job->n_threads = n_threads;
+	for (int t = 0; t < n_threads; t++)
+	{
+		job->join_ids[t] = malloc(ids * sizeof(int32_t));
+		job->join_rows[t] = malloc((ids + cap + 1) * sizeof(const float *));
+		job->products[t] = malloc(products * sizeof(float));
+		if (!job->join_ids[t] || !job->join_rows[t] || !job->products[t])
+			return false;
+	}
+	return true;
 }
 
 size_t
@@ -492,10 +583,11 @@ cagra_knn_refine(const float *data, int64_t n, int dim, CagraMetric metric,
 	job.seen_new = malloc(n * sizeof(int32_t));
 	job.seen_old = malloc(n * sizeof(int32_t));
 	job.updates = calloc(n_threads, sizeof(int64_t));
-	if (!dists || !job.is_new || !job.worst ||
-		(metric == CAGRA_METRIC_COSINE && !job.inv_norm) || !job.locks || !job.new_ids ||
-		!job.old_ids || !job.n_new || !job.n_old || !job.rev_new ||
-		!job.rev_old || !job.seen_new || !job.seen_old || !job.updates)
+	if (!refine_alloc_scratch(&job, n_threads) || !dists || !job.is_new ||
+		!job.worst || (metric == CAGRA_METRIC_COSINE && !job.inv_norm) ||
+		!job.locks || !job.new_ids || !job.old_ids || !job.n_new ||
+		!job.n_old || !job.rev_new || !job.rev_old || !job.seen_new ||
+		!job.seen_old || !job.updates)
 	{
 		status = cagra_error(CAGRA_ERR_NOMEM, errbuf, errlen,
 							 "out of memory for the kNN refinement of %lld rows",

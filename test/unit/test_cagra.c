@@ -1837,6 +1837,85 @@ test_code_kernels_agree(void)
 	free(data);
 }
 
+/*
+ * Tiled products of rows given by pointer: each entry within rounding of
+ * the double-precision product, and the same float for a pair wherever it
+ * falls in a tile, on either side, and under upper (NN-descent relies on a
+ * pair's distance being the same from every call).  Dimensions with and
+ * without a partial block of 8, row counts that leave partial tiles.
+ */
+static void
+test_row_products(void)
+{
+	const int	dims[] = {1, 5, 8, 13, 100, 256};
+	const int	na = 7,
+				nb = 11;
+
+	for (int isa = 0; isa < 2; isa++)
+	{
+		vec_distance_init(isa == 0 ? VEC_ISA_SCALAR : VEC_ISA_AVX2);
+		for (int t = 0; t < (int) (sizeof(dims) / sizeof(dims[0])); t++)
+		{
+			int			dim = dims[t];
+			float	   *pool = malloc((na + nb) * dim * sizeof(float));
+			const float *a[7],
+					   *b[11],
+					   *swap_a[11],
+					   *swap_b[7];
+			float		out[7 * 11],
+						swapped[11 * 7],
+						self[7 * 7];
+			int			wrong = 0,
+						unequal = 0;
+
+			for (int i = 0; i < (na + nb) * dim; i++)
+				pool[i] = rand_uniform() * 3.0f;
+			for (int r = 0; r < na; r++)
+				a[r] = swap_b[na - 1 - r] = pool + r * dim;
+			for (int c = 0; c < nb; c++)
+				b[c] = swap_a[nb - 1 - c] = pool + (na + c) * dim;
+			for (int diff = 0; diff < 2; diff++)
+			{
+				cagra_row_products(a, na, b, nb, dim, diff, false, out, nb);
+				cagra_row_products(swap_a, nb, swap_b, na, dim, diff, false,
+								   swapped, na);
+				cagra_row_products(a, na, a, na, dim, diff, true, self, na);
+				for (int r = 0; r < na; r++)
+					for (int c = 0; c < nb; c++)
+					{
+						double		ref = diff ? vec_l2_squared_ref(a[r], b[c], dim) :
+							vec_inner_product_ref(a[r], b[c], dim);
+						float		again;
+
+						wrong += fabs(out[r * nb + c] - ref) > 1e-5 * (9.0 * dim + fabs(ref));
+						unequal += memcmp(&out[r * nb + c],
+										  &swapped[(nb - 1 - c) * na + na - 1 - r],
+										  sizeof(float)) != 0;
+						cagra_row_products(&a[r], 1, &b[c], 1, dim, diff, false,
+										   &again, 1);
+						unequal += memcmp(&out[r * nb + c], &again, sizeof(float)) != 0;
+					}
+				for (int r = 0; r < na; r++)
+					for (int c = r + 1; c < na; c++)
+					{
+						float		again;
+
+						cagra_row_products(&a[c], 1, &a[r], 1, dim, diff, false,
+										   &again, 1);
+						unequal += memcmp(&self[r * na + c], &again, sizeof(float)) != 0;
+					}
+				CHECK(wrong == 0, "isa %d, dim %d, %s: %d products off",
+					  isa, dim, diff ? "differences" : "dots", wrong);
+				CHECK(unequal == 0,
+					  "isa %d, dim %d, %s: %d products differ by place or side",
+					  isa, dim, diff ? "differences" : "dots", unequal);
+			}
+			free(pool);
+		}
+	}
+	vec_distance_init(VEC_ISA_AVX512);
+}
+
 static void
 test_knn_stages(VecIsa isa)
 {
@@ -1864,6 +1943,7 @@ main(void)
 	test_prune_simd_agrees();
 	test_code_rows();
 	test_code_kernels_agree();
+	test_row_products();
 	test_list_choose_probes();
 	test_merge_reverse_by_hand();
 	test_merge_reverse_protected();
