@@ -399,13 +399,19 @@ struct CagraSearchedPairs
 #define CAGRA_SEARCHED_WORDS(n_lists) \
 	(((uint64_t) (n_lists) * (n_lists) + 63) / 64)
 
+/* Whether every row of list lp ranked the rows of list lq. */
+static inline bool
+cagra_lists_searched(const CagraSearchedPairs *pairs, int32_t lp, int32_t lq)
+{
+	uint64_t	bit = (uint64_t) lp * pairs->n_lists + lq;
+
+	return (pairs->searched[bit >> 6] >> (bit & 63)) & 1;
+}
+
 static inline bool
 cagra_pair_searched(const CagraSearchedPairs *pairs, int32_t p, int32_t q)
 {
-	uint64_t	bit = (uint64_t) pairs->list_of[p] * pairs->n_lists +
-		pairs->list_of[q];
-
-	return (pairs->searched[bit >> 6] >> (bit & 63)) & 1;
+	return cagra_lists_searched(pairs, pairs->list_of[p], pairs->list_of[q]);
 }
 
 #define CAGRA_REFINE_ITERATIONS 20	/* a bound: the checked gain stops first */

@@ -37,6 +37,17 @@
 #include "cagra/cagra.h"
 #include "vector/distance.h"
 
+/* A thread's scratch for one join (or one row's list, k members). */
+typedef struct RefineJoin
+{
+	int32_t    *ids;			/* the members: max(k, 2 x 2 sample) */
+	int32_t    *list;			/* their lists (CagraSearchedPairs) */
+	float	   *scale;			/* their reciprocal lengths (cosine) */
+	float	   *worst;			/* their lists' worst distances, as read */
+	const float **rows;			/* room for the products' row pointers */
+	float	   *products;		/* max(k, 2 sample x 4 sample) */
+} RefineJoin;
+
 typedef struct RefineJob
 {
 	const float *data;
@@ -63,11 +74,8 @@ typedef struct RefineJob
 	int32_t    *seen_old;
 	int64_t    *updates;		/* per thread */
 	const CagraSearchedPairs *searched; /* NULL: no pair ranked before */
-	/* per thread: a join's ids and rows, and their products */
-	int32_t   **join_ids;		/* max(k, 2 x 2 sample) */
-	const float ***join_rows;	/* that and 2 sample + 1 more */
-	float	  **products;		/* max(k, 2 sample x 4 sample) */
-	int			n_threads;		/* how many of each */
+	RefineJoin *joins;			/* per thread */
+	int			n_threads;
 } RefineJob;
 
 static bool
@@ -106,17 +114,18 @@ refine_products(const RefineJob *job, const int32_t *a, int na,
 }
 
 /*
- * The distance of rows a and b from their product.  Cosine scales by the
- * rows' reciprocal lengths, computed once, always the smaller id's first
- * so that both ends of a pair see the same float: a row already in a list
- * then sorts exactly where it would be inserted again.
+ * The distance of two rows from their product; under cosine scaled by the
+ * rows' reciprocal lengths (computed once), the smaller id's first so that
+ * both ends of a pair see the same float: a row already in a list then
+ * sorts exactly where it would be inserted again.
  */
 static float
-refine_distance(const RefineJob *job, int32_t a, int32_t b, float product)
+refine_distance_of(CagraMetric metric, float product, float scale_first,
+				   float scale_second)
 {
 	float		cosine;
 
-	switch (job->metric)
+	switch (metric)
 	{
 		case CAGRA_METRIC_L2:
 		case CAGRA_METRIC_L1:
@@ -126,22 +135,32 @@ refine_distance(const RefineJob *job, int32_t a, int32_t b, float product)
 		case CAGRA_METRIC_COSINE:
 			break;
 	}
-	if (a > b)
-	{
-		int32_t		t = a;
-
-		a = b;
-		b = t;
-	}
 	/* a zero vector has no direction: at right angles to all, as there */
-	if (job->inv_norm[a] == 0.0f || job->inv_norm[b] == 0.0f)
+	if (scale_first == 0.0f || scale_second == 0.0f)
 		return 1.0f;
-	cosine = product * job->inv_norm[a] * job->inv_norm[b];
+	cosine = product * scale_first * scale_second;
 	if (cosine > 1.0f)
 		cosine = 1.0f;
 	if (cosine < -1.0f)
 		cosine = -1.0f;
 	return 1.0f - cosine;
+}
+
+/* Rows a and b's reciprocal lengths under cosine (1 otherwise). */
+static float
+refine_scale(const RefineJob *job, int32_t row)
+{
+	return job->inv_norm != NULL ? job->inv_norm[row] : 1.0f;
+}
+
+static float
+refine_distance(const RefineJob *job, int32_t a, int32_t b, float product)
+{
+	int32_t		first = a < b ? a : b;
+	int32_t		second = a < b ? b : a;
+
+	return refine_distance_of(job->metric, product, refine_scale(job, first),
+							  refine_scale(job, second));
 }
 
 /* Distances of the given rows computed afresh, rows sorted, all flagged new. */
@@ -150,7 +169,8 @@ refine_init_rows(void *arg, int thread_no, int64_t begin, int64_t end)
 {
 	RefineJob  *job = arg;
 	int			k = job->k;
-	int32_t    *list = job->join_ids[thread_no];
+	RefineJoin *join = &job->joins[thread_no];
+	int32_t    *list = join->ids;
 
 	for (int64_t v = begin; v < end; v++)
 	{
@@ -161,11 +181,11 @@ refine_init_rows(void *arg, int thread_no, int64_t begin, int64_t end)
 		/* an empty slot's product is the row's own, then dropped */
 		for (int j = 0; j < k; j++)
 			list[j] = ids[j] < 0 ? self : ids[j];
-		refine_products(job, &self, 1, list, k, false, job->join_rows[thread_no],
-						job->products[thread_no], k);
+		refine_products(job, &self, 1, list, k, false, join->rows,
+						join->products, k);
 		for (int j = 0; j < k; j++)
 			dists[j] = ids[j] < 0 ? INFINITY :
-				refine_distance(job, self, ids[j], job->products[thread_no][j]);
+				refine_distance(job, self, ids[j], join->products[j]);
 		/* insertion sort: the rows come nearly sorted */
 		for (int j = 1; j < k; j++)
 		{
@@ -405,57 +425,83 @@ refine_offer(RefineJob *job, int32_t p, int32_t q, float d)
 }
 
 /*
+ * Members a and b of a join offered to each other's lists, unless the
+ * partitioned stage ranked them already; how many lists changed.
+ */
+static int
+refine_join_pair(RefineJob *job, RefineJoin *join, int a, int b,
+				 float product)
+{
+	int32_t		p = join->ids[a];
+	int32_t		q = join->ids[b];
+	bool		to_p = true,
+				to_q = true;
+	int			changed = 0;
+	float		d;
+
+	if (q == p)
+		return 0;
+	if (job->searched != NULL)
+	{
+		to_p = !cagra_lists_searched(job->searched, join->list[a], join->list[b]);
+		to_q = !cagra_lists_searched(job->searched, join->list[b], join->list[a]);
+		if (!to_p && !to_q)
+			return 0;
+	}
+	d = p < q ? refine_distance_of(job->metric, product, join->scale[a], join->scale[b]) :
+		refine_distance_of(job->metric, product, join->scale[b], join->scale[a]);
+	if (to_p && d <= join->worst[a] && refine_offer(job, p, q, d))
+	{
+		__atomic_load(&job->worst[p], &join->worst[a], __ATOMIC_RELAXED);
+		changed++;
+	}
+	if (to_q && d <= join->worst[b] && refine_offer(job, q, p, d))
+	{
+		__atomic_load(&job->worst[q], &join->worst[b], __ATOMIC_RELAXED);
+		changed++;
+	}
+	return changed;
+}
+
+/*
  * The local join of each node: new with new, new with old, their products
- * computed together (refine_products) before the offers.
+ * computed together (refine_products) before the offers.  Each member's
+ * list, scale and current worst distance are read once per join, not once
+ * per pair: they lie anywhere in arrays of n.  A member's worst distance
+ * read here can only be larger than the list's by the time of an offer,
+ * so it rules out no offer that refine_offer would take.
  */
 static int
 refine_local_join(void *arg, int thread_no, int64_t begin, int64_t end)
 {
 	RefineJob  *job = arg;
 	int			cap = 2 * job->sample;
-	int32_t    *ids = job->join_ids[thread_no];
-	float	   *products = job->products[thread_no];
+	RefineJoin *join = &job->joins[thread_no];
 	int64_t		updates = 0;
 
 	for (int64_t v = begin; v < end; v++)
 	{
 		int			n_new = job->n_new[v];
 		int			n_all = n_new + job->n_old[v];
+		int32_t    *ids = join->ids;
 
 		if (n_new == 0)
 			continue;
 		memcpy(ids, job->new_ids + v * cap, n_new * sizeof(int32_t));
 		memcpy(ids + n_new, job->old_ids + v * cap,
 			   job->n_old[v] * sizeof(int32_t));
-		refine_products(job, ids, n_new, ids, n_all, true,
-						job->join_rows[thread_no], products, 2 * cap);
-		for (int a = 0; a < n_new; a++)
+		for (int j = 0; j < n_all; j++)
 		{
-			int32_t		p = ids[a];
-
-			for (int b = a + 1; b < n_all; b++)
-			{
-				int32_t		q = ids[b];
-				bool		to_p = true,
-							to_q = true;
-				float		d;
-
-				if (q == p)
-					continue;
-				if (job->searched != NULL)
-				{
-					to_p = !cagra_pair_searched(job->searched, p, q);
-					to_q = !cagra_pair_searched(job->searched, q, p);
-					if (!to_p && !to_q)
-						continue;
-				}
-				d = refine_distance(job, p, q, products[a * 2 * cap + b]);
-				if (to_p)
-					updates += refine_offer(job, p, q, d);
-				if (to_q)
-					updates += refine_offer(job, q, p, d);
-			}
+			join->list[j] = job->searched ? job->searched->list_of[ids[j]] : 0;
+			join->scale[j] = refine_scale(job, ids[j]);
+			__atomic_load(&job->worst[ids[j]], &join->worst[j], __ATOMIC_RELAXED);
 		}
+		refine_products(job, ids, n_new, ids, n_all, true, join->rows,
+						join->products, 2 * cap);
+		for (int a = 0; a < n_new; a++)
+			for (int b = a + 1; b < n_all; b++)
+				updates += refine_join_pair(job, join, a, b,
+											join->products[a * 2 * cap + b]);
 	}
 	job->updates[thread_no] += updates;
 	return 0;
@@ -477,18 +523,18 @@ refine_free(RefineJob *job)
 	free(job->seen_new);
 	free(job->seen_old);
 	free(job->updates);
-	for (int t = 0; t < job->n_threads; t++)
+	for (int t = 0; job->joins != NULL && t < job->n_threads; t++)
 	{
-		if (job->join_ids != NULL)
-			free(job->join_ids[t]);
-		if (job->join_rows != NULL)
-			free(job->join_rows[t]);
-		if (job->products != NULL)
-			free(job->products[t]);
+		RefineJoin *join = &job->joins[t];
+
+		free(join->ids);
+		free(join->list);
+		free(join->scale);
+		free(join->worst);
+		free(join->rows);
+		free(join->products);
 	}
-	free(job->join_ids);
-	free(job->join_rows);
-	free(job->products);
+	free(job->joins);
 }
 
 /* Each thread's join scratch; false when out of memory (refine_free frees). */
@@ -499,18 +545,22 @@ refine_alloc_scratch(RefineJob *job, int n_threads)
 	int			ids = job->k > 2 * cap ? job->k : 2 * cap;
 	int			products = job->k > cap * 2 * cap ? job->k : cap * 2 * cap;
 
-	job->join_ids = calloc(n_threads, sizeof(int32_t *));
-	job->join_rows = calloc(n_threads, sizeof(const float **));
-	job->products = calloc(n_threads, sizeof(float *));
-	if (!job->join_ids || !job->join_rows || !job->products)
+	job->joins = calloc(n_threads, sizeof(RefineJoin));
+	if (job->joins == NULL)
 		return false;
 	job->n_threads = n_threads;
 	for (int t = 0; t < n_threads; t++)
 	{
-		job->join_ids[t] = malloc(ids * sizeof(int32_t));
-		job->join_rows[t] = malloc((ids + cap + 1) * sizeof(const float *));
-		job->products[t] = malloc(products * sizeof(float));
-		if (!job->join_ids[t] || !job->join_rows[t] || !job->products[t])
+		RefineJoin *join = &job->joins[t];
+
+		join->ids = malloc(ids * sizeof(int32_t));
+		join->list = malloc(ids * sizeof(int32_t));
+		join->scale = malloc(ids * sizeof(float));
+		join->worst = malloc(ids * sizeof(float));
+		join->rows = malloc((ids + cap + 1) * sizeof(const float *));
+		join->products = malloc(products * sizeof(float));
+		if (!join->ids || !join->list || !join->scale || !join->worst ||
+			!join->rows || !join->products)
 			return false;
 	}
 	return true;

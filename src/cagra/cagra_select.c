@@ -78,6 +78,8 @@ typedef struct SelectJob
 	SelectCandidate **cands;
 	unsigned char **kept;
 	int		  **picked;
+	const float ***rows;		/* I + d + 1 row pointers (select_measure) */
+	float	  **products;		/* I + d */
 } SelectJob;
 
 static int
@@ -107,10 +109,13 @@ select_distance(const SelectJob *job, int64_t a, int64_t b)
 	return cagra_distance(job->metric, x, y, job->dim);
 }
 
-/* Add id to cands unless it is no edge, the node itself or there already. */
+/*
+ * Add id to cands unless it is no edge, the node itself or there already;
+ * its distance comes from select_measure.
+ */
 static void
-select_add(const SelectJob *job, int64_t self, int32_t id, bool kept_before,
-		   SelectCandidate *cands, int *n_cands)
+select_add(int64_t self, int32_t id, bool kept_before, SelectCandidate *cands,
+		   int *n_cands)
 {
 	if (id < 0 || id == self)
 		return;
@@ -118,9 +123,43 @@ select_add(const SelectJob *job, int64_t self, int32_t id, bool kept_before,
 		if (cands[i].id == id)
 			return;
 	cands[*n_cands].id = id;
-	cands[*n_cands].dist = select_distance(job, self, id);
 	cands[*n_cands].kept_before = kept_before;
 	(*n_cands)++;
+}
+
+/*
+ * The node's distance to each candidate, from one call of tiled products
+ * (cagra_row_products) instead of one pair at a time: loading the
+ * candidates' rows is most of this stage's wait, and the tiles load four
+ * at once.  rows and products have room for n_cands + 1.
+ */
+static void
+select_measure(const SelectJob *job, int64_t self, SelectCandidate *cands,
+			   int n_cands, const float **rows, float *products)
+{
+	/* L1 has no product; the survey measures cosine without lengths */
+	if (job->metric == CAGRA_METRIC_L1 ||
+		(job->metric == CAGRA_METRIC_COSINE && job->rnorm == NULL))
+	{
+		for (int i = 0; i < n_cands; i++)
+			cands[i].dist = select_distance(job, self, cands[i].id);
+		return;
+	}
+	rows[0] = job->data + self * job->dim;
+	for (int i = 0; i < n_cands; i++)
+		rows[i + 1] = job->data + (int64_t) cands[i].id * job->dim;
+	cagra_row_products(rows, 1, rows + 1, n_cands, job->dim,
+					   job->metric == CAGRA_METRIC_L2, false, products,
+					   n_cands);
+	for (int i = 0; i < n_cands; i++)
+	{
+		float		p = products[i];
+
+		if (job->rnorm != NULL)
+			cands[i].dist = 1.0f - p * job->rnorm[self] * job->rnorm[cands[i].id];
+		else
+			cands[i].dist = job->metric == CAGRA_METRIC_L2 ? p : -p;
+	}
 }
 
 /*
@@ -199,13 +238,15 @@ select_range(void *arg, int thread_no, int64_t begin, int64_t end)
 		if (pos + 1 < end)
 			select_prefetch(job, job->order[pos + 1]);
 		for (int r = 0; r < job->width; r++)
-			select_add(job, node, list[r],
+			select_add(node, list[r],
 					   job->list_kept != NULL && r < job->list_kept[node],
 					   cands, &n_cands);
 		if (job->rev != NULL)
 			for (int r = 0; r < job->n_rev[node]; r++)
-				select_add(job, node, job->rev[node * d + r], false, cands,
+				select_add(node, job->rev[node * d + r], false, cands,
 						   &n_cands);
+		select_measure(job, node, cands, n_cands, job->rows[thread_no],
+					   job->products[thread_no]);
 		qsort(cands, n_cands, sizeof(SelectCandidate), select_candidate_cmp);
 		n_kept = select_row(job, cands, n_cands, kept, picked,
 							job->out + node * d);
@@ -253,6 +294,8 @@ cagra_prune_distance(const float *data, int64_t n, int dim,
 	job.cands = calloc(n_threads, sizeof(SelectCandidate *));
 	job.kept = calloc(n_threads, sizeof(unsigned char *));
 	job.picked = calloc(n_threads, sizeof(int *));
+	job.rows = calloc(n_threads, sizeof(const float **));
+	job.products = calloc(n_threads, sizeof(float *));
 	if (metric == CAGRA_METRIC_COSINE)
 	{
 		rnorm = malloc((size_t) n * sizeof(float));
@@ -266,15 +309,19 @@ cagra_prune_distance(const float *data, int64_t n, int dim,
 		job.rnorm = rnorm;
 	}
 	ok = pruned && pruned_kept && order && rev &&
-		n_rev && job.cands && job.kept && job.picked &&
+		n_rev && job.cands && job.kept && job.picked && job.rows &&
+		job.products &&
 		(rnorm != NULL || metric != CAGRA_METRIC_COSINE);
 	for (int t = 0; ok && t < n_threads; t++)
 	{
 		job.cands[t] = malloc((I + d) * sizeof(SelectCandidate));
 		job.kept[t] = malloc(I + d);
 		job.picked[t] = malloc(d * sizeof(int));
+		job.rows[t] = malloc((I + d + 1) * sizeof(const float *));
+		job.products[t] = malloc((I + d) * sizeof(float));
 		ok = job.cands[t] != NULL && job.kept[t] != NULL &&
-			job.picked[t] != NULL;
+			job.picked[t] != NULL && job.rows[t] != NULL &&
+			job.products[t] != NULL;
 	}
 
 	ok = ok && cagra_locality_order(knn, n, I, order);
@@ -304,15 +351,20 @@ cagra_prune_distance(const float *data, int64_t n, int dim,
 								interrupt);
 	}
 
-	for (int t = 0; t < n_threads && job.cands && job.kept && job.picked; t++)
+	for (int t = 0; t < n_threads && job.cands && job.kept && job.picked &&
+		 job.rows && job.products; t++)
 	{
 		free(job.cands[t]);
 		free(job.kept[t]);
 		free(job.picked[t]);
+		free(job.rows[t]);
+		free(job.products[t]);
 	}
 	free(job.cands);
 	free(job.kept);
 	free(job.picked);
+	free(job.rows);
+	free(job.products);
 	free(pruned);
 	free(pruned_kept);
 	free(order);
@@ -348,7 +400,9 @@ cagra_prune_survey(const float *data, int64_t n, int dim, CagraMetric metric,
 	unsigned char kept[CAGRA_MAX_DEGREE];
 	int			picked[CAGRA_MAX_DEGREE];
 	int32_t		out[CAGRA_MAX_DEGREE];
-	int64_t		rows = n < SURVEY_ROWS ? n : SURVEY_ROWS;
+	const float *rows[CAGRA_MAX_DEGREE + 1];
+	float		products[CAGRA_MAX_DEGREE];
+	int64_t		n_rows = n < SURVEY_ROWS ? n : SURVEY_ROWS;
 	double		pairs = 0,
 				detours = 0,
 				n_kept = 0,
@@ -362,16 +416,17 @@ cagra_prune_survey(const float *data, int64_t n, int dim, CagraMetric metric,
 	job.lists = knn;
 	job.width = I;
 	job.d = I;					/* no cap: count what the heuristic keeps */
-	for (int64_t s = 0; s < rows; s++)
+	for (int64_t s = 0; s < n_rows; s++)
 	{
-		int64_t		node = s * n / rows;
+		int64_t		node = s * n / n_rows;
 		const int32_t *row = knn + node * I;
 		int			n_cands = 0;
 		double		log_sum = 0;
 		int			n_log = 0;
 
 		for (int r = 0; r < I; r++)
-			select_add(&job, node, row[r], false, cands, &n_cands);
+			select_add(node, row[r], false, cands, &n_cands);
+		select_measure(&job, node, cands, n_cands, rows, products);
 		qsort(cands, n_cands, sizeof(SelectCandidate), select_candidate_cmp);
 		select_row(&job, cands, n_cands, kept, picked, out);
 		for (int i = 0; i < n_cands; i++)
@@ -421,9 +476,9 @@ cagra_prune_survey(const float *data, int64_t n, int dim, CagraMetric metric,
 			}
 		}
 	}
-	survey->rows = rows;
+	survey->rows = n_rows;
 	survey->detour_share = pairs > 0 ? detours / pairs : 0;
-	survey->heuristic_kept = rows > 0 ? n_kept / rows : 0;
+	survey->heuristic_kept = n_rows > 0 ? n_kept / n_rows : 0;
 	survey->lid = lid_rows > 0 ? lid_sum / lid_rows : -1;
 }
 
