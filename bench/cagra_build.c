@@ -894,6 +894,7 @@ index_build_cagra(const Bench *b, const CagraParams *params, IndexRows *rows,
 				c_level0;
 	int64_t		unreached,
 				added,
+				connected,
 				dropped;
 
 	rows->vectors = malloc((size_t) opt->n * opt->dim * sizeof(float));
@@ -916,12 +917,12 @@ index_build_cagra(const Bench *b, const CagraParams *params, IndexRows *rows,
 	c_level0 = cpu_seconds();
 	if (cagra_hnsw_level0(g, graph, opt->params.graph_degree,
 						  st.prune.pruning == CAGRA_PRUNE_DISTANCE,
-						  opt->params.n_threads, NULL, &dropped,
+						  opt->params.n_threads, NULL, &dropped, &connected,
 						  err, sizeof(err)) != CAGRA_OK)
 		die("level 0", err);
 	t_level0 = cagra_now() - t_level0;
 	c_level0 = cpu_seconds() - c_level0;
-	added = hnsw_graph_connect(g, &unreached);
+	added = connected + hnsw_graph_connect(g, &unreached);
 	*seconds = cagra_now() - t;
 	*cpu = cpu_seconds() - c;
 	printf("cagra index graph: kNN %.3f s, prune %.3f s, merge %.3f s, "

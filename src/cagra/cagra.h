@@ -722,14 +722,16 @@ extern void cagra_kernels_ready(void);
  * (hnsw_graph_link_upper); with drop_covered_long_edges (for graphs pruned
  * by distance) only those whose direction no CAGRA edge of the row covers.
  * dropped receives the number of CAGRA edges dropped (out of range, or
- * beyond 2m).  Runs on n_threads threads (0: every online CPU).
+ * beyond 2m), connected the number of edges added so that every node is
+ * reachable from the entry point (hnsw_graph_connect's pass, its searches
+ * on the threads).  Runs on n_threads threads (0: every online CPU).
  */
 struct HnswGraph;
 extern CagraStatus cagra_hnsw_level0(struct HnswGraph *g, const int32_t *graph,
 									 int degree, bool drop_covered_long_edges,
 									 int n_threads,
 									 const CagraInterrupt *interrupt,
-									 int64_t *dropped,
+									 int64_t *dropped, int64_t *connected,
 									 char *errbuf, size_t errlen);
 
 /* ------------------------------------------------------------------------

@@ -387,7 +387,8 @@ cagra_prepare(HnswBuildState *bs, void **state)
 
 /*
  * Level 0 of the CAGRA graph plus long edges (only those no CAGRA edge
- * covers in a graph pruned by distance); reports dropped edges.
+ * covers in a graph pruned by distance), every node reachable; reports
+ * dropped and added edges.
  */
 static void
 cagra_set_level0(HnswBuildState *bs, const int32 *graph, int degree,
@@ -395,16 +396,20 @@ cagra_set_level0(HnswBuildState *bs, const int32 *graph, int degree,
 {
 	char		errbuf[512];
 	int64		dropped;
+	int64		connected;
 	CagraStatus status;
 
 	status = cagra_hnsw_level0(bs->graph, graph, degree,
 							   pruning == CAGRA_PRUNE_DISTANCE,
 							   params->n_threads, &params->interrupt, &dropped,
-							   errbuf, sizeof(errbuf));
+							   &connected, errbuf, sizeof(errbuf));
 	cagra_report(status, "level 0", errbuf);
 	if (dropped > 0)
 		elog(DEBUG1, "gnnhnsw: %lld level-0 edges dropped (out of range or beyond 2m)",
 			 (long long) dropped);
+	if (connected > 0)
+		elog(DEBUG1, "gnnhnsw cagra: %lld level-0 edges added for reachability",
+			 (long long) connected);
 }
 
 static void

@@ -332,6 +332,24 @@ extern int64_t hnsw_graph_set_level0(HnswGraph *g, const int32_t *neighbours,
  */
 extern int64_t hnsw_graph_connect(HnswGraph *g, int64_t *unreached);
 
+/*
+ * The same with the searches done in batches by the caller (the CAGRA
+ * build runs them on its threads): search_batch fills, for each of count
+ * nodes, found[b] and ids[b * k ..] with the ids of the node's k nearest
+ * nodes (ascending distance) found by a search from the entry point at
+ * ef k, reading the graph only; a nonzero return stops the pass and is
+ * returned.  The nodes are connected in id order after their batch is
+ * searched, so the result depends on search_batch's results alone.  The
+ * edges added go to *added.
+ */
+typedef int (*HnswSearchBatchFn) (void *arg, HnswGraph *g,
+								  const int32_t *nodes, int count, int k,
+								  int32_t *ids, int *found);
+extern int	hnsw_graph_connect_batched(HnswGraph *g,
+									   HnswSearchBatchFn search_batch,
+									   void *arg, int64_t *added,
+									   int64_t *unreached);
+
 /* k nearest nodes of q (ids and distances ascending); returns how many. */
 extern int	hnsw_graph_search(HnswGraph *g, const float *q, int k, int ef,
 							  int32_t *ids, float *dists);

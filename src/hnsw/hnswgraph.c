@@ -1004,105 +1004,151 @@ mark_reachable(HnswGraph *g, int32_t start, uint8_t *reached, int32_t *queue)
 	return tail;
 }
 
+/*
+ * Give unreachable node i an in-edge from the search's nf results (ids, in
+ * ascending distance): the nearest reachable node with a free slot, or
+ * the slot of a member with other in-edges; mark what i now reaches.
+ * Returns whether an edge was added.
+ */
+static bool
+connect_node(HnswGraph *g, int32_t i, const int32_t *ids, int nf,
+			 uint8_t *reached, int32_t *queue, int32_t *indeg)
+{
+	int32_t		v = -1;
+	int			slot = -1;
+	int			j;
+
+	/* the nearest reachable node with a free slot */
+	for (j = 0; j < nf && v < 0; j++)
+		if (ids[j] != i && reached[ids[j]] &&
+			g->nodes[ids[j]].counts[0] < 2 * g->m)
+			v = ids[j];
+	/* else the nearest one with a member reachable another way */
+	for (j = 0; j < nf && v < 0; j++)
+	{
+		HnswGraphNode *cand = &g->nodes[ids[j]];
+		int			s,
+					best = -1;
+
+		if (ids[j] == i || !reached[ids[j]])
+			continue;
+		for (s = 0; s < cand->counts[0]; s++)
+			if (indeg[cand->nbrs[s]] >= 2 &&
+				(best < 0 || indeg[cand->nbrs[s]] > indeg[cand->nbrs[best]]))
+				best = s;
+		if (best >= 0)
+		{
+			v = ids[j];
+			slot = best;
+		}
+	}
+	if (v < 0)
+		return false;
+	if (slot < 0)
+		slot = g->nodes[v].counts[0]++;
+	else
+		indeg[g->nodes[v].nbrs[slot]]--;
+	g->nodes[v].nbrs[slot] = i;
+	g->nodes[v].dists[slot] = node_dist(g, g->nodes[v].vec, i);
+	g->nodes[v].nkept[0] = HNSW_KEPT_UNKNOWN;
+	indeg[i]++;
+	mark_reachable(g, i, reached, queue);
+	return true;
+}
+
+/* Unreached nodes searched at once by hnsw_graph_connect_batched, at most. */
+#define CONNECT_BATCH 4096
+
+/*
+ * Both forms of the pass: with search_batch NULL each unreachable node is
+ * searched just before it is connected (hnsw_graph_connect); else the
+ * nodes still unreachable are searched CONNECT_BATCH at a time by
+ * search_batch, then connected in id order.
+ */
+static int
+connect_passes(HnswGraph *g, HnswSearchBatchFn search_batch, void *arg,
+			   int64_t *added_out, int64_t *unreached)
+{
+	const HnswAllocator *a = g->a;
+	int			k = g->ef_construction;
+	int			batch = search_batch ? CONNECT_BATCH : 1;
+	uint8_t    *reached = a->alloc(a->ctx, g->n);
+	int32_t    *queue = a->alloc(a->ctx, sizeof(int32_t) * g->n);
+	int32_t    *indeg = a->alloc(a->ctx, sizeof(int32_t) * g->n);
+	int32_t    *nodes = a->alloc(a->ctx, sizeof(int32_t) * batch);
+	int32_t    *ids = a->alloc(a->ctx, sizeof(int32_t) * k * batch);
+	int		   *found = a->alloc(a->ctx, sizeof(int) * batch);
+	float	   *dists = a->alloc(a->ctx, sizeof(float) * k);
+	int64_t		added = 0;
+	int			rc = 0;
+	int32_t		i;
+
+	memset(indeg, 0, sizeof(int32_t) * g->n);
+	for (i = 0; i < g->n; i++)
+		for (int j = 0; j < g->nodes[i].counts[0]; j++)
+			indeg[g->nodes[i].nbrs[j]]++;
+	for (int pass = 0; pass < 4 && rc == 0; pass++)
+	{
+		int64_t		before = added;
+
+		memset(reached, 0, g->n);
+		if (mark_reachable(g, g->entry, reached, queue) == g->n)
+			break;
+		for (i = 0; i < g->n && rc == 0;)
+		{
+			int			count = 0;
+
+			for (; i < g->n && count < batch; i++)
+				if (!reached[i])
+					nodes[count++] = i;
+			if (search_batch != NULL)
+				rc = search_batch(arg, g, nodes, count, k, ids, found);
+			for (int b = 0; b < count && rc == 0; b++)
+			{
+				if (reached[nodes[b]])
+					continue;
+				if (search_batch == NULL)
+					found[b] = hnsw_graph_search(g, g->nodes[nodes[b]].vec, k,
+												 k, ids + (int64_t) b * k, dists);
+				added += connect_node(g, nodes[b], ids + (int64_t) b * k,
+									  found[b], reached, queue, indeg);
+			}
+		}
+		if (added == before)
+			break;
+	}
+	memset(reached, 0, g->n);
+	*unreached = g->n - mark_reachable(g, g->entry, reached, queue);
+	*added_out = added;
+	a->free(a->ctx, reached);
+	a->free(a->ctx, queue);
+	a->free(a->ctx, indeg);
+	a->free(a->ctx, nodes);
+	a->free(a->ctx, ids);
+	a->free(a->ctx, found);
+	a->free(a->ctx, dists);
+	return rc;
+}
+
 int64_t
 hnsw_graph_connect(HnswGraph *g, int64_t *unreached)
 {
-	const HnswAllocator *a = g->a;
-	uint8_t    *reached;
-	int32_t    *queue;
-	int32_t    *indeg;
-	int32_t    *ids;
-	float	   *dists;
-	int			k = g->ef_construction;
 	int64_t		added = 0;
-	int64_t		nreached = 0;
-	int			pass;
-	int32_t		i;
 
 	*unreached = 0;
 	if (g->n == 0 || g->entry < 0)
 		return 0;
-	reached = a->alloc(a->ctx, g->n);
-	queue = a->alloc(a->ctx, sizeof(int32_t) * g->n);
-	indeg = a->alloc(a->ctx, sizeof(int32_t) * g->n);
-	ids = a->alloc(a->ctx, sizeof(int32_t) * k);
-	dists = a->alloc(a->ctx, sizeof(float) * k);
-	memset(indeg, 0, sizeof(int32_t) * g->n);
-	for (i = 0; i < g->n; i++)
-	{
-		int			j;
-
-		for (j = 0; j < g->nodes[i].counts[0]; j++)
-			indeg[g->nodes[i].nbrs[j]]++;
-	}
-
-	for (pass = 0; pass < 4; pass++)
-	{
-		bool		changed = false;
-
-		memset(reached, 0, g->n);
-		nreached = mark_reachable(g, g->entry, reached, queue);
-		if (nreached == g->n)
-			break;
-		for (i = 0; i < g->n; i++)
-		{
-			int			nf,
-						j;
-			int32_t		v = -1;
-			int			slot = -1;
-
-			if (reached[i])
-				continue;
-			nf = hnsw_graph_search(g, g->nodes[i].vec, k, k, ids, dists);
-			/* the nearest reachable node with a free slot */
-			for (j = 0; j < nf && v < 0; j++)
-				if (ids[j] != i && reached[ids[j]] &&
-					g->nodes[ids[j]].counts[0] < 2 * g->m)
-					v = ids[j];
-			/* else the nearest one with a member reachable another way */
-			for (j = 0; j < nf && v < 0; j++)
-			{
-				HnswGraphNode *cand = &g->nodes[ids[j]];
-				int			s,
-							best = -1;
-
-				if (ids[j] == i || !reached[ids[j]])
-					continue;
-				for (s = 0; s < cand->counts[0]; s++)
-					if (indeg[cand->nbrs[s]] >= 2 &&
-						(best < 0 || indeg[cand->nbrs[s]] > indeg[cand->nbrs[best]]))
-						best = s;
-				if (best >= 0)
-				{
-					v = ids[j];
-					slot = best;
-				}
-			}
-			if (v < 0)
-				continue;
-			if (slot < 0)
-				slot = g->nodes[v].counts[0]++;
-			else
-				indeg[g->nodes[v].nbrs[slot]]--;
-			g->nodes[v].nbrs[slot] = i;
-			g->nodes[v].dists[slot] = node_dist(g, g->nodes[v].vec, i);
-			g->nodes[v].nkept[0] = HNSW_KEPT_UNKNOWN;
-			indeg[i]++;
-			added++;
-			changed = true;
-			nreached += mark_reachable(g, i, reached, queue);
-		}
-		if (!changed)
-			break;
-	}
-	memset(reached, 0, g->n);
-	nreached = mark_reachable(g, g->entry, reached, queue);
-	*unreached = g->n - nreached;
-
-	a->free(a->ctx, reached);
-	a->free(a->ctx, queue);
-	a->free(a->ctx, indeg);
-	a->free(a->ctx, ids);
-	a->free(a->ctx, dists);
+	connect_passes(g, NULL, NULL, &added, unreached);
 	return added;
+}
+
+int
+hnsw_graph_connect_batched(HnswGraph *g, HnswSearchBatchFn search_batch,
+						   void *arg, int64_t *added, int64_t *unreached)
+{
+	*added = 0;
+	*unreached = 0;
+	if (g->n == 0 || g->entry < 0)
+		return 0;
+	return connect_passes(g, search_batch, arg, added, unreached);
 }

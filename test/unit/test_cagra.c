@@ -1264,6 +1264,7 @@ index_level0_check(const char *what, const float *data, int64_t n, int dim,
 	CagraStats	stats;
 	char		err[256];
 	int64_t		dropped,
+				connected,
 				unreached;
 	bool		dup;
 	double		r_hnsw,
@@ -1288,7 +1289,7 @@ index_level0_check(const char *what, const float *data, int64_t n, int dim,
 					  sizeof(err)) == CAGRA_OK, "%s: build: %s", what, err);
 	CHECK(cagra_hnsw_level0(cagra, graph, 2 * m,
 							stats.prune.pruning == CAGRA_PRUNE_DISTANCE, 2,
-							NULL, &dropped, err,
+							NULL, &dropped, &connected, err,
 							sizeof(err)) == CAGRA_OK, "%s: level 0: %s", what, err);
 	hnsw_graph_connect(cagra, &unreached);
 
@@ -1405,11 +1406,14 @@ test_index_level0_inner_product(void)
 	int64_t		n = 2000;
 	float	   *data = random_data(n, dim);
 	int32_t    *graph = malloc(sizeof(int32_t) * n * 2 * m);
-	HnswGraph  *g = hnsw_graph_create(dim, m, 64, HNSW_METRIC_IP, 16, 7,
-									  &index_allocator);
+	HnswGraph  *g[2];
 	char		err[256];
-	int64_t		dropped;
+	int64_t		dropped,
+				connected[2],
+				added,
+				unreached;
 	int			fewest = 2 * m;
+	int64_t		differ = 0;
 
 	for (int64_t i = 0; i < n; i++)
 	{
@@ -1417,22 +1421,42 @@ test_index_level0_inner_product(void)
 
 		for (int j = 0; j < dim; j++)
 			data[i * dim + j] *= norm;
-		hnsw_graph_append(g, data + i * dim, hnsw_graph_random_level(g));
 	}
 	for (int64_t i = 0; i < n * 2 * m; i++)
 		graph[i] = -1;
-	hnsw_graph_reserve_search(g);
-	hnsw_graph_link_upper(g);
-	CHECK(cagra_hnsw_level0(g, graph, 2 * m, false, 2, NULL, &dropped, err,
-							sizeof(err)) == CAGRA_OK, "inner product level 0: %s",
-		  err);
+	for (int t = 0; t < 2; t++)
+	{
+		g[t] = hnsw_graph_create(dim, m, 64, HNSW_METRIC_IP, 16, 7,
+								 &index_allocator);
+		for (int64_t i = 0; i < n; i++)
+			hnsw_graph_append(g[t], data + i * dim, hnsw_graph_random_level(g[t]));
+		hnsw_graph_reserve_search(g[t]);
+		hnsw_graph_link_upper(g[t]);
+		CHECK(cagra_hnsw_level0(g[t], graph, 2 * m, false, t + 1, NULL, &dropped,
+								&connected[t], err, sizeof(err)) == CAGRA_OK,
+			  "inner product level 0, %d threads: %s", t + 1, err);
+	}
 	for (int64_t i = 0; i < n; i++)
-		if (g->nodes[i].counts[0] < fewest)
-			fewest = g->nodes[i].counts[0];
+	{
+		if (g[1]->nodes[i].counts[0] < fewest)
+			fewest = g[1]->nodes[i].counts[0];
+		differ += g[0]->nodes[i].counts[0] != g[1]->nodes[i].counts[0] ||
+			memcmp(g[0]->nodes[i].nbrs, g[1]->nodes[i].nbrs,
+				   sizeof(int32_t) * g[0]->nodes[i].counts[0]) != 0;
+	}
 	CHECK(fewest >= m / 2,
 		  "inner product: a node has %d long edges, fewer than m / 2 = %d",
 		  fewest, m / 2);
-	hnsw_graph_free(g);
+	/* long edges alone leave small-norm nodes without in-edges */
+	CHECK(connected[1] > 0 && connected[0] == connected[1] && differ == 0,
+		  "inner product: the reachability pass added %lld and %lld edges on 1 and 2 threads, %lld level-0 lists differ",
+		  (long long) connected[0], (long long) connected[1], (long long) differ);
+	added = hnsw_graph_connect(g[1], &unreached);
+	CHECK(added == 0 && unreached == 0,
+		  "inner product: after level 0, hnsw_graph_connect added %lld edges (none expected) and left %lld unreachable",
+		  (long long) added, (long long) unreached);
+	for (int t = 0; t < 2; t++)
+		hnsw_graph_free(g[t]);
 	free(graph);
 	free(data);
 }
