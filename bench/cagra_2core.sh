@@ -42,6 +42,7 @@ for set in $sets; do
 	dim=$(sed -n 's/^dim=//p' "$dir/meta.txt")
 	case $(sed -n 's/^metric=//p' "$dir/meta.txt") in
 		cosine) opclass=vector_cosine_ops ;;
+		ip) opclass=vector_ip_ops ;;
 		*) opclass=vector_l2_ops ;;
 	esac
 	dropdb --if-exists $db
