@@ -439,8 +439,9 @@ typedef struct ConnectThread
 
 typedef struct ConnectJob
 {
-	ConnectThread *threads;
+	ConnectThread *threads;		/* made at the first batch */
 	int			n_threads;
+	int			n_ready;		/* threads' scratch made (to free) */
 	const CagraInterrupt *interrupt;
 	HnswGraph  *g;
 	const int32_t *nodes;		/* this batch's nodes, their results: */
@@ -481,12 +482,41 @@ connect_search_range(void *arg, int thread_no, int64_t begin, int64_t end)
 	return 0;
 }
 
+/* Each thread's heaps and visited marks; false when out of memory. */
+static bool
+connect_threads_init(ConnectJob *job, const HnswGraph *g)
+{
+	job->threads = calloc(job->n_threads, sizeof(ConnectThread));
+	if (job->threads == NULL)
+		return false;
+	for (; job->n_ready < job->n_threads; job->n_ready++)
+	{
+		ConnectThread *th = &job->threads[job->n_ready];
+
+		hnsw_heap_init(&th->cand, false, 1024, &long_edge_allocator);
+		hnsw_heap_init(&th->res, true, g->ef_construction + 1,
+					   &long_edge_allocator);
+		th->visited = calloc(g->n, sizeof(uint32_t));
+		th->found = malloc(sizeof(HnswHeapItem) * (g->ef_construction + 1));
+		if (th->cand.items == NULL || th->res.items == NULL ||
+			th->visited == NULL || th->found == NULL)
+		{
+			job->n_ready++;		/* to be freed */
+			return false;
+		}
+	}
+	return true;
+}
+
+/* The scratch is made at the first batch: most graphs need none. */
 static int
 connect_search_batch(void *arg, HnswGraph *g, const int32_t *nodes, int count,
 					 int k, int32_t *ids, int *found)
 {
 	ConnectJob *job = arg;
 
+	if (job->threads == NULL && !connect_threads_init(job, g))
+		return CAGRA_ERR_NOMEM;
 	job->g = g;
 	job->nodes = nodes;
 	job->k = k;
@@ -501,31 +531,14 @@ connect_all(HnswGraph *g, int n_threads, const CagraInterrupt *interrupt,
 			int64_t *connected, char *errbuf, size_t errlen)
 {
 	ConnectJob	job = {0};
-	int			n_ready = 0;
 	int64_t		unreached;
-	bool		ok;
-	int			rc = 0;
+	int			rc;
 
 	job.n_threads = cagra_thread_count(n_threads);
 	job.interrupt = interrupt;
-	job.threads = calloc(job.n_threads, sizeof(ConnectThread));
-	ok = job.threads != NULL;
-	for (; ok && n_ready < job.n_threads; n_ready++)
-	{
-		ConnectThread *th = &job.threads[n_ready];
-
-		hnsw_heap_init(&th->cand, false, 1024, &long_edge_allocator);
-		hnsw_heap_init(&th->res, true, g->ef_construction + 1,
-					   &long_edge_allocator);
-		th->visited = calloc(g->n, sizeof(uint32_t));
-		th->found = malloc(sizeof(HnswHeapItem) * (g->ef_construction + 1));
-		ok = th->cand.items != NULL && th->res.items != NULL &&
-			th->visited != NULL && th->found != NULL;
-	}
-	if (ok)
-		rc = hnsw_graph_connect_batched(g, connect_search_batch, &job,
-										connected, &unreached);
-	for (int t = 0; t < n_ready; t++)
+	rc = hnsw_graph_connect_batched(g, connect_search_batch, &job, connected,
+									&unreached);
+	for (int t = 0; t < job.n_ready; t++)
 	{
 		ConnectThread *th = &job.threads[t];
 
@@ -537,7 +550,7 @@ connect_all(HnswGraph *g, int n_threads, const CagraInterrupt *interrupt,
 		free(th->found);
 	}
 	free(job.threads);
-	if (!ok)
+	if (rc == CAGRA_ERR_NOMEM)
 		return cagra_error(CAGRA_ERR_NOMEM, errbuf, errlen,
 						   "out of memory for connecting %lld nodes",
 						   (long long) g->n);
