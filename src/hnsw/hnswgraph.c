@@ -1082,18 +1082,23 @@ connect_passes(HnswGraph *g, HnswSearchBatchFn search_batch, void *arg,
 	int64_t		added = 0;
 	int			rc = 0;
 	int32_t		i;
+	bool		all_reached = false;
 
-	memset(indeg, 0, sizeof(int32_t) * g->n);
-	for (i = 0; i < g->n; i++)
-		for (int j = 0; j < g->nodes[i].counts[0]; j++)
-			indeg[g->nodes[i].nbrs[j]]++;
 	for (int pass = 0; pass < 4 && rc == 0; pass++)
 	{
 		int64_t		before = added;
 
 		memset(reached, 0, g->n);
-		if (mark_reachable(g, g->entry, reached, queue) == g->n)
+		all_reached = mark_reachable(g, g->entry, reached, queue) == g->n;
+		if (all_reached)
 			break;
+		if (pass == 0)
+		{
+			memset(indeg, 0, sizeof(int32_t) * g->n);
+			for (i = 0; i < g->n; i++)
+				for (int j = 0; j < g->nodes[i].counts[0]; j++)
+					indeg[g->nodes[i].nbrs[j]]++;
+		}
 		for (i = 0; i < g->n && rc == 0;)
 		{
 			int			count = 0;
@@ -1101,7 +1106,7 @@ connect_passes(HnswGraph *g, HnswSearchBatchFn search_batch, void *arg,
 			for (; i < g->n && count < batch; i++)
 				if (!reached[i])
 					nodes[count++] = i;
-			if (search_batch != NULL)
+			if (search_batch != NULL && count > 0)
 				rc = search_batch(arg, g, nodes, count, k, ids, found);
 			for (int b = 0; b < count && rc == 0; b++)
 			{
@@ -1117,8 +1122,11 @@ connect_passes(HnswGraph *g, HnswSearchBatchFn search_batch, void *arg,
 		if (added == before)
 			break;
 	}
-	memset(reached, 0, g->n);
-	*unreached = g->n - mark_reachable(g, g->entry, reached, queue);
+	if (!all_reached)
+	{
+		memset(reached, 0, g->n);
+		*unreached = g->n - mark_reachable(g, g->entry, reached, queue);
+	}
 	*added_out = added;
 	a->free(a->ctx, reached);
 	a->free(a->ctx, queue);
