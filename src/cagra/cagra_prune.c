@@ -14,6 +14,12 @@
  * Each thread owns an array pos[] over all nodes holding "rank in A's list
  * + 1" for the row being pruned, so testing whether D's neighbour B is one
  * of A's is one load; only the entries set for A are cleared afterwards.
+ * Rows are taken in breadth-first order of the kNN graph
+ * (cagra_locality_order), as the pruning by distance takes them: the lists
+ * of a row's neighbours are then mostly those the row before read.  On
+ * the word vectors the counts took 0.21-0.33 s (median 0.26) against
+ * 0.20-0.53 s (0.38) by id (bench/bin/cagra_build, seven pairs
+ * alternating); a row's result does not depend on the order.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +45,7 @@ typedef struct PruneJob
 	int			d;
 	CagraDetour detour;
 	PruneRouteMaskFn route_mask;	/* the masks' kernel, for I <= 64 */
+	const int32_t *order;		/* the rows in the order they are taken */
 	int32_t    *pruned;
 	/* per-thread scratch */
 	int32_t   **pos;			/* n entries, zero between rows */
@@ -272,8 +279,9 @@ prune_range(void *arg, int thread_no, int64_t begin, int64_t end)
 	int		   *bucket = count + job->I;
 	int		   *order = bucket + job->I + 1;
 
-	for (int64_t a_node = begin; a_node < end; a_node++)
+	for (int64_t at = begin; at < end; at++)
 	{
+		int64_t		a_node = job->order[at];
 		const int32_t *row = job->knn + a_node * job->I;
 
 		prune_mark_row(row, job->I, a_node, pos);
@@ -307,6 +315,7 @@ cagra_prune(const int32_t *knn, int64_t n, int I, int d, CagraDetour detour,
 			char *errbuf, size_t errlen)
 {
 	PruneJob	job = {0};
+	int32_t    *order;
 	bool		ok;
 	int			rc = 0;
 
@@ -331,7 +340,10 @@ cagra_prune(const int32_t *knn, int64_t n, int I, int d, CagraDetour detour,
 	job.pruned = pruned;
 	job.pos = calloc(n_threads, sizeof(int32_t *));
 	job.work = calloc(n_threads, sizeof(int *));
-	ok = job.pos != NULL && job.work != NULL;
+	order = malloc(n * sizeof(int32_t));
+	ok = job.pos != NULL && job.work != NULL && order != NULL &&
+		cagra_locality_order(knn, n, I, order);
+	job.order = order;
 	for (int t = 0; ok && t < n_threads; t++)
 	{
 		job.pos[t] = calloc(n, sizeof(int32_t));
@@ -341,6 +353,7 @@ cagra_prune(const int32_t *knn, int64_t n, int I, int d, CagraDetour detour,
 	if (ok)
 		rc = cagra_parallel_for(n_threads, n, 1024, prune_range, &job, interrupt);
 	prune_free_scratch(&job, n_threads);
+	free(order);
 	if (!ok)
 		return cagra_error(CAGRA_ERR_NOMEM, errbuf, errlen,
 						   "out of memory for pruning %lld rows", (long long) n);
