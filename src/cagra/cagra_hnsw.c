@@ -87,22 +87,23 @@
 /* Reverse long edges a node accepts, at most (one at least). */
 #define LONG_EDGES_IN(m)			(((m) + 3) / 4)
 
-/* One thread's search over the upper levels. */
-typedef struct LongEdgeThread
+/* One thread's searches: the long edges', or the reachability pass's. */
+typedef struct SearchThread
 {
 	HnswHeap	cand;
 	HnswHeap	res;
 	uint32_t   *visited;
 	uint32_t	tag;
-	HnswHeapItem *found;		/* m + 1 */
-	HnswHeapItem *kept;			/* m */
-	HnswHeapItem *cands;		/* (m + 1) x (m + 1): found, their lists */
-} LongEdgeThread;
+	HnswHeapItem *found;		/* ef + 1 */
+	HnswHeapItem *kept;			/* long edges: m */
+	HnswHeapItem *cands;		/* long edges: (m + 1) x (m + 1), found and
+								 * their lists */
+} SearchThread;
 
 typedef struct LongEdgeJob
 {
 	HnswGraph  *g;
-	LongEdgeThread *threads;
+	SearchThread *threads;
 	const int32_t *order;		/* the nodes in the order they are chosen for */
 	int32_t    *out;			/* n x m: the long edges each node chose */
 	uint8_t    *n_out;
@@ -156,7 +157,7 @@ row_has(const int32_t *row, int n, int32_t id)
  * neighbours, u itself excepted, once each, in ascending distance.
  */
 static int
-long_edges_candidates(HnswGraph *g, LongEdgeThread *th, int32_t u, int nfound)
+long_edges_candidates(HnswGraph *g, SearchThread *th, int32_t u, int nfound)
 {
 	const float *v = g->nodes[u].vec;
 	uint32_t	tag = ++th->tag;
@@ -216,7 +217,7 @@ long_edge_covered(HnswGraph *g, int32_t u, const HnswHeapItem *c)
  * those in distinct directions.
  */
 static void
-long_edges_choose(const LongEdgeJob *job, LongEdgeThread *th, int32_t u)
+long_edges_choose(const LongEdgeJob *job, SearchThread *th, int32_t u)
 {
 	HnswGraph  *g = job->g;
 	const float *v = g->nodes[u].vec;
@@ -328,24 +329,33 @@ long_edges_reverse(LongEdgeJob *job)
 		}
 }
 
+/*
+ * A thread's scratch for searches of beam ef, its candidate heap starting
+ * at cand_cap (it grows); with long_edges, room for a node's candidates.
+ */
 static bool
-long_edges_thread_init(LongEdgeThread *th, const HnswGraph *g, int32_t n_upper)
+search_thread_init(SearchThread *th, const HnswGraph *g, int cand_cap, int ef,
+				   bool long_edges)
 {
-	memset(th, 0, sizeof(LongEdgeThread));
-	/* the candidate heap never holds more than every upper node once */
-	hnsw_heap_init(&th->cand, false, n_upper + 1, &long_edge_allocator);
-	hnsw_heap_init(&th->res, true, g->m + 1, &long_edge_allocator);
+	int			m = g->m;
+
+	memset(th, 0, sizeof(SearchThread));
+	hnsw_heap_init(&th->cand, false, cand_cap, &long_edge_allocator);
+	hnsw_heap_init(&th->res, true, ef + 1, &long_edge_allocator);
 	th->visited = calloc(g->n, sizeof(uint32_t));
-	th->found = malloc(sizeof(HnswHeapItem) * (g->m + 1));
-	th->kept = malloc(sizeof(HnswHeapItem) * g->m);
-	th->cands = malloc(sizeof(HnswHeapItem) * (g->m + 1) * (g->m + 1));
+	th->found = malloc(sizeof(HnswHeapItem) * (ef + 1));
+	if (long_edges)
+	{
+		th->kept = malloc(sizeof(HnswHeapItem) * m);
+		th->cands = malloc(sizeof(HnswHeapItem) * (m + 1) * (m + 1));
+	}
 	return th->cand.items != NULL && th->res.items != NULL &&
-		th->visited != NULL && th->found != NULL && th->kept != NULL &&
-		th->cands != NULL;
+		th->visited != NULL && th->found != NULL &&
+		(!long_edges || (th->kept != NULL && th->cands != NULL));
 }
 
 static void
-long_edges_thread_free(LongEdgeThread *th)
+search_thread_free(SearchThread *th)
 {
 	if (th->cand.items)
 		hnsw_heap_free(&th->cand);
@@ -376,7 +386,7 @@ add_long_edges(HnswGraph *g, const int32_t *graph, int degree,
 		n_upper += g->nodes[i].level >= 1;
 	job.g = g;
 	job.drop_covered = drop_covered;
-	job.threads = calloc(n_threads, sizeof(LongEdgeThread));
+	job.threads = calloc(n_threads, sizeof(SearchThread));
 	job.out = malloc(sizeof(int32_t) * (size_t) g->n * m);
 	job.n_out = calloc(g->n, 1);
 	job.in = malloc(sizeof(int32_t) * (size_t) g->n * LONG_EDGES_IN(m));
@@ -386,7 +396,9 @@ add_long_edges(HnswGraph *g, const int32_t *graph, int degree,
 		cagra_locality_order(graph, g->n, degree, order);
 	job.order = order;
 	for (; ok && n_ready < n_threads; n_ready++)
-		ok = long_edges_thread_init(&job.threads[n_ready], g, n_upper);
+		/* the candidate heap never holds more than every upper node once */
+		ok = search_thread_init(&job.threads[n_ready], g, n_upper + 1, m,
+								true);
 
 	/* no upper level (a tiny graph): nothing to reach through */
 	if (ok && g->max_level >= 1)
@@ -402,7 +414,7 @@ add_long_edges(HnswGraph *g, const int32_t *graph, int degree,
 		}
 	}
 	for (int t = 0; t < n_ready; t++)
-		long_edges_thread_free(&job.threads[t]);
+		search_thread_free(&job.threads[t]);
 	free(job.threads);
 	free(job.out);
 	free(job.n_out);
@@ -428,18 +440,9 @@ add_long_edges(HnswGraph *g, const int32_t *graph, int degree,
  * threads (hnsw_graph_connect_batched), each thread with scratch of its
  * own.  The index build's own pass afterwards then finds nothing to do.
  */
-typedef struct ConnectThread
-{
-	HnswHeap	cand;
-	HnswHeap	res;
-	uint32_t   *visited;
-	uint32_t	tag;
-	HnswHeapItem *found;		/* ef_construction + 1 */
-} ConnectThread;
-
 typedef struct ConnectJob
 {
-	ConnectThread *threads;		/* made at the first batch */
+	SearchThread *threads;		/* made at the first batch */
 	int			n_threads;
 	int			n_ready;		/* threads' scratch made (to free) */
 	const CagraInterrupt *interrupt;
@@ -455,7 +458,7 @@ static int
 connect_search_range(void *arg, int thread_no, int64_t begin, int64_t end)
 {
 	const ConnectJob *job = arg;
-	ConnectThread *th = &job->threads[thread_no];
+	SearchThread *th = &job->threads[thread_no];
 	HnswGraph  *g = job->g;
 	HnswLayerSearch ls = {g->metric, g->dim, hnsw_graph_neighbors_of, hnsw_graph_vector_of, g,
 	&th->cand, &th->res, th->visited, 0};
@@ -486,25 +489,13 @@ connect_search_range(void *arg, int thread_no, int64_t begin, int64_t end)
 static bool
 connect_threads_init(ConnectJob *job, const HnswGraph *g)
 {
-	job->threads = calloc(job->n_threads, sizeof(ConnectThread));
+	job->threads = calloc(job->n_threads, sizeof(SearchThread));
 	if (job->threads == NULL)
 		return false;
-	for (; job->n_ready < job->n_threads; job->n_ready++)
-	{
-		ConnectThread *th = &job->threads[job->n_ready];
-
-		hnsw_heap_init(&th->cand, false, 1024, &long_edge_allocator);
-		hnsw_heap_init(&th->res, true, g->ef_construction + 1,
-					   &long_edge_allocator);
-		th->visited = calloc(g->n, sizeof(uint32_t));
-		th->found = malloc(sizeof(HnswHeapItem) * (g->ef_construction + 1));
-		if (th->cand.items == NULL || th->res.items == NULL ||
-			th->visited == NULL || th->found == NULL)
-		{
-			job->n_ready++;		/* to be freed */
+	while (job->n_ready < job->n_threads)
+		if (!search_thread_init(&job->threads[job->n_ready++], g, 1024,
+								g->ef_construction, false))
 			return false;
-		}
-	}
 	return true;
 }
 
@@ -539,16 +530,7 @@ connect_all(HnswGraph *g, int n_threads, const CagraInterrupt *interrupt,
 	rc = hnsw_graph_connect_batched(g, connect_search_batch, &job, connected,
 									&unreached);
 	for (int t = 0; t < job.n_ready; t++)
-	{
-		ConnectThread *th = &job.threads[t];
-
-		if (th->cand.items)
-			hnsw_heap_free(&th->cand);
-		if (th->res.items)
-			hnsw_heap_free(&th->res);
-		free(th->visited);
-		free(th->found);
-	}
+		search_thread_free(&job.threads[t]);
 	free(job.threads);
 	if (rc == CAGRA_ERR_NOMEM)
 		return cagra_error(CAGRA_ERR_NOMEM, errbuf, errlen,
