@@ -153,6 +153,32 @@ row_has(const int32_t *row, int n, int32_t id)
 }
 
 /*
+ * A search for v from the entry point down to level bottom: a beam of 1
+ * above it, of ef at it.  th->found gets the nodes found at bottom,
+ * nearest first; returns how many.
+ */
+static int
+search_descend(HnswGraph *g, SearchThread *th, const float *v, int bottom,
+			   int ef)
+{
+	HnswLayerSearch ls = {g->metric, g->dim, hnsw_graph_neighbors_of, hnsw_graph_vector_of, g,
+	&th->cand, &th->res, th->visited, 0};
+	int32_t		ep = g->entry;
+	float		epdist = hnsw_distance(g->metric, v, g->nodes[ep].vec, g->dim);
+	int			nfound = 0;
+
+	for (int lc = g->max_level; lc >= bottom; lc--)
+	{
+		ls.tag = ++th->tag;
+		nfound = hnsw_layer_search(&ls, v, ep, epdist, lc == bottom ? ef : 1,
+								   lc, th->found);
+		ep = th->found[0].id;
+		epdist = th->found[0].dist;
+	}
+	return nfound;
+}
+
+/*
  * u's candidates: the nfound nodes in th->found and their level-1
  * neighbours, u itself excepted, once each, in ascending distance.
  */
@@ -220,24 +246,12 @@ static void
 long_edges_choose(const LongEdgeJob *job, SearchThread *th, int32_t u)
 {
 	HnswGraph  *g = job->g;
-	const float *v = g->nodes[u].vec;
 	int			m = g->m;
-	HnswLayerSearch ls = {g->metric, g->dim, hnsw_graph_neighbors_of, hnsw_graph_vector_of, g,
-	&th->cand, &th->res, th->visited, 0};
-	int32_t		ep = g->entry;
-	float		epdist = hnsw_distance(g->metric, v, g->nodes[ep].vec, g->dim);
-	int			nfound = 0;
+	int			nfound;
 	int			n;
 
-	for (int lc = g->max_level; lc >= 1; lc--)
-	{
-		ls.tag = ++th->tag;
-		nfound = hnsw_layer_search(&ls, v, ep, epdist,
-								   lc == 1 ? LONG_EDGES_BEAM(g->metric, m) : 1,
-								   lc, th->found);
-		ep = th->found[0].id;
-		epdist = th->found[0].dist;
-	}
+	nfound = search_descend(g, th, g->nodes[u].vec, 1,
+							LONG_EDGES_BEAM(g->metric, m));
 	nfound = long_edges_candidates(g, th, u, nfound);
 	n = LONG_EDGES_SELECT(g->metric) (g->metric, g->dim, th->cands, nfound,
 									  LONG_EDGES_MAX(m, g->nodes[u].level),
@@ -460,24 +474,12 @@ connect_search_range(void *arg, int thread_no, int64_t begin, int64_t end)
 	const ConnectJob *job = arg;
 	SearchThread *th = &job->threads[thread_no];
 	HnswGraph  *g = job->g;
-	HnswLayerSearch ls = {g->metric, g->dim, hnsw_graph_neighbors_of, hnsw_graph_vector_of, g,
-	&th->cand, &th->res, th->visited, 0};
 
 	for (int64_t b = begin; b < end; b++)
 	{
-		const float *v = g->nodes[job->nodes[b]].vec;
-		int32_t		ep = g->entry;
-		float		epdist = hnsw_distance(g->metric, v, g->nodes[ep].vec, g->dim);
-		int			nfound = 0;
+		int			nfound = search_descend(g, th, g->nodes[job->nodes[b]].vec,
+											0, job->k);
 
-		for (int lc = g->max_level; lc >= 0; lc--)
-		{
-			ls.tag = ++th->tag;
-			nfound = hnsw_layer_search(&ls, v, ep, epdist, lc == 0 ? job->k : 1,
-									   lc, th->found);
-			ep = th->found[0].id;
-			epdist = th->found[0].dist;
-		}
 		job->found[b] = nfound;
 		for (int j = 0; j < nfound; j++)
 			job->ids[b * job->k + j] = th->found[j].id;

@@ -119,14 +119,14 @@ refine_products(const RefineJob *job, const int32_t *a, int na,
 }
 
 /*
- * The distance of two rows from their product; under cosine scaled by the
- * rows' reciprocal lengths (computed once), the smaller id's first so that
+ * The distance of rows a and b from their product; under cosine scaled by
+ * their reciprocal lengths (computed once), the smaller id's first so that
  * both ends of a pair see the same float: a row already in a list then
  * sorts exactly where it would be inserted again.
  */
 static float
-refine_distance_of(CagraMetric metric, float product, float scale_first,
-				   float scale_second)
+refine_distance(CagraMetric metric, float product, int32_t a, float scale_a,
+				int32_t b, float scale_b)
 {
 	float		cosine;
 
@@ -141,9 +141,9 @@ refine_distance_of(CagraMetric metric, float product, float scale_first,
 			break;
 	}
 	/* a zero vector has no direction: at right angles to all, as there */
-	if (scale_first == 0.0f || scale_second == 0.0f)
+	if (scale_a == 0.0f || scale_b == 0.0f)
 		return 1.0f;
-	cosine = product * scale_first * scale_second;
+	cosine = a < b ? product * scale_a * scale_b : product * scale_b * scale_a;
 	if (cosine > 1.0f)
 		cosine = 1.0f;
 	if (cosine < -1.0f)
@@ -156,17 +156,6 @@ static float
 refine_scale(const RefineJob *job, int32_t row)
 {
 	return job->inv_norm != NULL ? job->inv_norm[row] : 1.0f;
-}
-
-/* The distance of rows a and b from their product. */
-static float
-refine_distance(const RefineJob *job, int32_t a, int32_t b, float product)
-{
-	int32_t		first = a < b ? a : b;
-	int32_t		second = a < b ? b : a;
-
-	return refine_distance_of(job->metric, product, refine_scale(job, first),
-							  refine_scale(job, second));
 }
 
 /* Distances of the given rows computed afresh, rows sorted, all flagged new. */
@@ -191,7 +180,9 @@ refine_init_rows(void *arg, int thread_no, int64_t begin, int64_t end)
 						join->products, k);
 		for (int j = 0; j < k; j++)
 			dists[j] = ids[j] < 0 ? INFINITY :
-				refine_distance(job, self, ids[j], join->products[j]);
+				refine_distance(job->metric, join->products[j], self,
+								refine_scale(job, self), ids[j],
+								refine_scale(job, ids[j]));
 		/* insertion sort: the rows come nearly sorted */
 		for (int j = 1; j < k; j++)
 		{
@@ -454,8 +445,8 @@ refine_join_pair(RefineJob *job, RefineJoin *join, int a, int b,
 		if (!to_p && !to_q)
 			return 0;
 	}
-	d = p < q ? refine_distance_of(job->metric, product, join->scale[a], join->scale[b]) :
-		refine_distance_of(job->metric, product, join->scale[b], join->scale[a]);
+	d = refine_distance(job->metric, product, p, join->scale[a], q,
+						join->scale[b]);
 	if (to_p && d <= join->worst[a] && refine_offer(job, p, q, d))
 	{
 		__atomic_load(&job->worst[p], &join->worst[a], __ATOMIC_RELAXED);

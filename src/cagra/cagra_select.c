@@ -94,6 +94,18 @@ select_candidate_cmp(const void *a, const void *b)
 }
 
 /*
+ * The distance between rows a and b from p, their dot product (under L2
+ * their squared difference): under cosine from the reciprocal lengths.
+ */
+static inline float
+select_product_distance(const SelectJob *job, int64_t a, int64_t b, float p)
+{
+	if (job->rnorm != NULL)
+		return 1.0f - p * job->rnorm[a] * job->rnorm[b];
+	return job->metric == CAGRA_METRIC_L2 ? p : -p;
+}
+
+/*
  * The distance between rows a and b; under cosine from the reciprocal
  * lengths, one dot product instead of cagra_distance's three.
  */
@@ -104,8 +116,8 @@ select_distance(const SelectJob *job, int64_t a, int64_t b)
 	const float *y = job->data + b * job->dim;
 
 	if (job->rnorm != NULL)
-		return 1.0f - vec_inner_product(x, y, job->dim) *
-			job->rnorm[a] * job->rnorm[b];
+		return select_product_distance(job, a, b,
+									   vec_inner_product(x, y, job->dim));
 	return cagra_distance(job->metric, x, y, job->dim);
 }
 
@@ -152,14 +164,8 @@ select_measure(const SelectJob *job, int64_t self, SelectCandidate *cands,
 					   job->metric == CAGRA_METRIC_L2, false, products,
 					   n_cands);
 	for (int i = 0; i < n_cands; i++)
-	{
-		float		p = products[i];
-
-		if (job->rnorm != NULL)
-			cands[i].dist = 1.0f - p * job->rnorm[self] * job->rnorm[cands[i].id];
-		else
-			cands[i].dist = job->metric == CAGRA_METRIC_L2 ? p : -p;
-	}
+		cands[i].dist = select_product_distance(job, self, cands[i].id,
+												products[i]);
 }
 
 /*

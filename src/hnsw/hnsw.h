@@ -340,7 +340,8 @@ extern int64_t hnsw_graph_connect(HnswGraph *g, int64_t *unreached);
  * ef k, reading the graph only; a nonzero return stops the pass and is
  * returned.  The nodes are connected in id order after their batch is
  * searched, so the result depends on search_batch's results alone.  The
- * edges added go to *added.
+ * edges added go to *added.  With search_batch NULL, each node is searched
+ * just before it is connected: hnsw_graph_connect.
  */
 typedef int (*HnswSearchBatchFn) (void *arg, HnswGraph *g,
 								  const int32_t *nodes, int count, int k,

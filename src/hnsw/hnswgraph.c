@@ -1141,12 +1141,9 @@ connect_passes(HnswGraph *g, HnswSearchBatchFn search_batch, void *arg,
 int64_t
 hnsw_graph_connect(HnswGraph *g, int64_t *unreached)
 {
-	int64_t		added = 0;
+	int64_t		added;
 
-	*unreached = 0;
-	if (g->n == 0 || g->entry < 0)
-		return 0;
-	connect_passes(g, NULL, NULL, &added, unreached);
+	hnsw_graph_connect_batched(g, NULL, NULL, &added, unreached);
 	return added;
 }
 
