@@ -19,7 +19,9 @@
 # topics of sigma 1.5 in 64-d, 10k rows) and 10k random rows in 32-d under
 # the cosine metric (no cluster structure).  Real, when bench/run.sh has
 # fetched them: fashion-mnist-784 (L2, 784-d), words-gcide-100 (cosine,
-# fastText word vectors) and tfidf-gcide-256 (cosine).
+# fastText word vectors) and tfidf-gcide-256 (cosine); the first two also
+# under inner product, where rows of uneven length make a row's neighbours
+# the long rows beyond it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=bench/data
@@ -70,9 +72,11 @@ run() {
 	run "random rows, 10k x 32, cosine" "$random" 10000 32 --metric cosine
 	if [ -f "$data/fashion-mnist-784/queries.f32" ]; then
 		run "fashion-mnist, 60k x 784, L2" "$(joined "$data/fashion-mnist-784")" 60000 784
+		run "fashion-mnist, 60k x 784, inner product" "$(joined "$data/fashion-mnist-784")" 60000 784 --metric ip
 	fi
 	if [ -f "$data/words-gcide-100/queries.f32" ]; then
 		run "word vectors, 64654 x 100, cosine" "$(joined "$data/words-gcide-100")" 64654 100 --metric cosine
+		run "word vectors, 64654 x 100, inner product" "$(joined "$data/words-gcide-100")" 64654 100 --metric ip
 	fi
 	if [ -f "$data/tfidf-gcide-256/queries.f32" ]; then
 		run "tf-idf, 118774 x 256, cosine" "$(joined "$data/tfidf-gcide-256")" 118774 256 --metric cosine

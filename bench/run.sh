@@ -2,7 +2,7 @@
 # make bench: datasets, benchmarks, tables and plots under bench/out/.
 #
 #   bench/run.sh            everything
-#   bench/run.sh kernels    one part (data | kernels | index | rerank | relevance | latency | real)
+#   bench/run.sh kernels    one part (data | kernels | index | rerank | relevance | latency | real | cagra)
 #
 # The real-data part (docs/benchmarks.md) compares gnnhnsw with hnswlib and
 # with pgvector built from PGVECTOR_SRC (a pgvector source tree; without it
@@ -97,6 +97,39 @@ real() {
 	for report in "$out"/real/*/report.md; do cat "$report"; echo; done >"$out/real.md"
 }
 
+# SET-ip beside SET: the same rows (base.copy) under inner product
+ip_twin() {
+	local dir=$data/$1
+	mkdir -p "$dir-ip"
+	sed 's/^metric=.*/metric=ip/' "$dir/meta.txt" >"$dir-ip/meta.txt"
+	grep -q '^metric=' "$dir-ip/meta.txt" || echo metric=ip >>"$dir-ip/meta.txt"
+	ln -sfn "../$1/base.copy" "$dir-ip/base.copy"
+}
+
+# CAGRA-built against hnsw-built graphs (docs/cagra.md): recall@10 at ef
+# 10-320 on the sets that break kNN graphs (bench/cagra_bench.sh, no
+# PostgreSQL), then both builds in the index on 2 cores, alternating
+# (bench/cagra_2core.sh; CAGRA_REPS builds each, default 3), on the real
+# sets and the 1000 clusters, those with rows of uneven length also under
+# inner product
+cagra() {
+	local real_sets="words-gcide-100 tfidf-gcide-256 fashion-mnist-784" set
+	local c1000=$data/cagra-c1000-100k-128
+	for set in $real_sets; do real_dataset "$set"; done
+	bash bench/cagra_bench.sh
+	# the generated clusters (cagra_bench.sh) as the index loads them
+	mkdir -p "$c1000"
+	cp "$out/cagra-data/cagra-c1000-100k-128/meta.txt" "$c1000/"
+	build f32_to_copy
+	[ -f "$c1000/base.copy" ] ||
+		bench/bin/f32_to_copy "$out/cagra-data/cagra-c1000-100k-128/base.f32" 128 "$c1000/base.copy"
+	for set in cagra-c1000-100k-128 words-gcide-100 fashion-mnist-784; do ip_twin "$set"; done
+	rm -f "$out/cagra_2core.csv"
+	SETS="$real_sets cagra-c1000-100k-128 cagra-c1000-100k-128-ip words-gcide-100-ip fashion-mnist-784-ip" \
+		REPS=${CAGRA_REPS:-3} BENCH_SCRIPT=cagra_2core.sh bash test/run.sh bench words-gcide-100
+	$PY bench/report_cagra_2core.py "$out/cagra_2core.csv" | tee "$out/cagra_2core.md"
+}
+
 kernels() {
 	build kernel_bench
 	echo "== distance kernels (ns per distance, one core, 512 KiB working set)"
@@ -127,7 +160,7 @@ latency() {
 }
 
 case $what in
-	all) dataset; kernels; index; rerank; relevance; real ;;
+	all) dataset; kernels; index; rerank; relevance; real; cagra ;;
 	data) dataset ;;
 	kernels) kernels ;;
 	index) dataset; index ;;
@@ -135,5 +168,6 @@ case $what in
 	relevance) relevance ;;
 	latency) latency ;;
 	real) real ;;
+	cagra) cagra ;;
 	*) echo "unknown part: $what"; exit 2 ;;
 esac
