@@ -102,6 +102,21 @@ partition_metric(CagraMetric metric)
 	return metric == CAGRA_METRIC_COSINE ? CAGRA_METRIC_COSINE : CAGRA_METRIC_L2;
 }
 
+/*
+ * How a row ranks the lists to probe.  Under inner product a row's
+ * neighbours are the rows of largest x.y, which lie beyond it in its
+ * direction, not around it: the lists whose centroids have the largest
+ * x.c hold them (the inverted-file search for inner product, over lists
+ * clustered by position).  On the word vectors, 32 probes so ranked hold
+ * 0.91 of the checked rows' 48 neighbours, against 0.79 for the 32 nearest
+ * centroids; on the 1000 clusters 16 hold 0.96 against 0.90.
+ */
+static CagraMetric
+probe_metric(CagraMetric metric)
+{
+	return metric == CAGRA_METRIC_INNER_PRODUCT ? metric : partition_metric(metric);
+}
+
 /* New centroids: the means of their sample rows; an empty one stays. */
 static void
 kmeans_update(const float *sample, int64_t n_sample, int dim,
@@ -535,13 +550,14 @@ list_mark_searched(const ListJob *job, uint64_t *searched)
 
 /*
  * The checked rows' recall over the probe count (stats->probe_recall), by
- * ranking the lists for each checked row and finding its neighbours'
- * lists; then the probes it chooses, unless the caller fixed them.
+ * ranking the lists for each checked row (probe_metric) and finding its
+ * neighbours' lists (partition_metric); then the probes it chooses, unless
+ * the caller fixed them.
  */
 static CagraStatus
-list_probe_curve(ListJob *job, const float *centroids, CagraMetric pmetric,
-				 int n_threads, const CagraInterrupt *interrupt,
-				 CagraKnnStats *stats, char *errbuf, size_t errlen)
+list_probe_curve(ListJob *job, const float *centroids, int n_threads,
+				 const CagraInterrupt *interrupt, CagraKnnStats *stats,
+				 char *errbuf, size_t errlen)
 {
 	const CagraKnnCheck *check = job->check;
 	int			stride = job->probe_stride;
@@ -559,16 +575,18 @@ list_probe_curve(ListJob *job, const float *centroids, CagraMetric pmetric,
 			   job->dim * sizeof(float));
 	if (status == CAGRA_OK)
 		status = cagra_brute_force(centroids, job->n_lists, rows, check->n_rows,
-								   job->dim, pmetric, stride, n_threads,
-								   interrupt, ranks, NULL, errbuf, errlen);
+								   job->dim, probe_metric(job->metric), stride,
+								   n_threads, interrupt, ranks, NULL, errbuf,
+								   errlen);
 	for (int64_t r = 0; status == CAGRA_OK && r < n_truth; r++)
 		memcpy(rows + r * job->dim,
 			   job->data + (int64_t) check->truth[r] * job->dim,
 			   job->dim * sizeof(float));
 	if (status == CAGRA_OK)
 		status = cagra_brute_force(centroids, job->n_lists, rows, n_truth,
-								   job->dim, pmetric, 1, n_threads, interrupt,
-								   truth_list, NULL, errbuf, errlen);
+								   job->dim, partition_metric(job->metric), 1,
+								   n_threads, interrupt, truth_list, NULL,
+								   errbuf, errlen);
 	if (status == CAGRA_OK &&
 		!list_probe_recall(check, job->n_lists, stride, ranks, truth_list,
 						   stats->probe_recall))
@@ -751,6 +769,8 @@ list_search(ListJob *job, int n_threads, const CagraInterrupt *interrupt,
  * keeps.  A row's probes are the lists of its own nearest centroids, not
  * its list's: on the word vectors 14 such probes hold as many of the
  * checked rows' neighbours (0.87) as 39 lists nearest the row's list did.
+ * Its list is the first of them, but under inner product, whose probes
+ * are ranked otherwise (probe_metric): there it is its nearest centroid's.
  */
 static CagraStatus
 list_run(ListJob *job, int n_threads, const CagraInterrupt *interrupt,
@@ -781,8 +801,8 @@ list_run(ListJob *job, int n_threads, const CagraInterrupt *interrupt,
 	/* a fixed count above CAGRA_LIST_PROBES_MAX gets no curve */
 	if (status == CAGRA_OK && job->check != NULL &&
 		job->probe_stride <= CAGRA_LIST_PROBES_MAX)
-		status = list_probe_curve(job, centroids, pmetric, n_threads, interrupt,
-								  stats, errbuf, errlen);
+		status = list_probe_curve(job, centroids, n_threads, interrupt, stats,
+								  errbuf, errlen);
 	stats->probes = job->probes;
 	if (status == CAGRA_OK)
 	{
@@ -794,12 +814,18 @@ list_run(ListJob *job, int n_threads, const CagraInterrupt *interrupt,
 	}
 	if (status == CAGRA_OK)
 		status = cagra_brute_force(centroids, n_lists, job->data, job->n, job->dim,
-								   pmetric, job->probes, n_threads, interrupt,
-								   row_lists, NULL, errbuf, errlen);
-	if (status == CAGRA_OK)
-	{
+								   probe_metric(job->metric), job->probes,
+								   n_threads, interrupt, row_lists, NULL,
+								   errbuf, errlen);
+	if (status == CAGRA_OK && probe_metric(job->metric) != pmetric)
+		status = cagra_brute_force(centroids, n_lists, job->data, job->n, job->dim,
+								   pmetric, 1, n_threads, interrupt, assign, NULL,
+								   errbuf, errlen);
+	else if (status == CAGRA_OK)
 		for (int64_t row = 0; row < job->n; row++)
 			assign[row] = row_lists[row * job->probes];
+	if (status == CAGRA_OK)
+	{
 		list_members(assign, job->n, n_lists, offsets, members, order, sizes);
 		job->offsets = offsets;
 		job->members = members;
