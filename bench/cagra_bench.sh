@@ -52,7 +52,7 @@ run() {
 	bench/bin/cagra_build --file "$file" --n "$n" --dim "$dim" --index \
 		--threads 2 --knn partitioned --I 48 --d 32 --knn-sample 10 \
 		--ef 10,20,40,80,160,320 --prune "${PRUNE:-auto}" "$@" |
-		grep -E '^index build|^cagra index|^identical|  ef |lists probed|NN-descent|^pruning'
+		grep -E '^index build|^cagra index|^hnsw index|^identical|  ef |lists probed|NN-descent|^pruning'
 }
 
 {

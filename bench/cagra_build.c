@@ -866,6 +866,7 @@ index_build_hnsw(const Bench *b, IndexRows *rows, double *seconds, double *cpu)
 	hnsw_graph_connect(g, &unreached);
 	*seconds = cagra_now() - t;
 	*cpu = cpu_seconds() - c;
+	printf("hnsw index graph: %lld rows unreachable\n", (long long) unreached);
 	return g;
 }
 
@@ -926,11 +927,12 @@ index_build_cagra(const Bench *b, const CagraParams *params, IndexRows *rows,
 	*seconds = cagra_now() - t;
 	*cpu = cpu_seconds() - c;
 	printf("cagra index graph: kNN %.3f s, prune %.3f s, merge %.3f s, "
-		   "level 0 with long edges %.3f s, %lld reachability edges added\n"
+		   "level 0 with long edges %.3f s, %lld reachability edges added, "
+		   "%lld rows unreachable\n"
 		   "    CPU time: kNN, prune, merge and upper levels %.3f s, "
 		   "level 0 with long edges %.3f s\n",
 		   st.knn_seconds, st.prune_seconds, st.reverse_seconds, t_level0,
-		   (long long) added, c_graph, c_level0);
+		   (long long) added, (long long) unreached, c_graph, c_level0);
 	print_knn_stats(&st.knn);
 	printf("pruning %s -> %s: survey of %lld rows: detour share %.4f, heuristic keeps %.2f of %d, "
 		   "local intrinsic dimension %.2f; seconds: survey %.3f, detours %.3f, merge %.3f, distance %.3f\n",

@@ -1297,8 +1297,10 @@ kmeans_stage(Build *b)
 
 /*
  * Every row to the list of its nearest centroid (h_offsets, h_members),
- * and every list's probe_pool nearest lists (h_pool, by the same partition
- * metric, as the CPU ranks its probes).
+ * and every list's probe_pool nearest lists (h_pool, by the partition
+ * metric).  Under inner product the CPU ranks a row's probes by x.c
+ * instead (probe_metric in cagra_partition.c); these list-level probes
+ * still go by distance, unchanged until a GPU can test the change.
  */
 static bool
 assign_stage(Build *b)

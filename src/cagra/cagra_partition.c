@@ -769,7 +769,7 @@ list_search(ListJob *job, int n_threads, const CagraInterrupt *interrupt,
  * keeps.  A row's probes are the lists of its own nearest centroids, not
  * its list's: on the word vectors 14 such probes hold as many of the
  * checked rows' neighbours (0.87) as 39 lists nearest the row's list did.
- * Its list is the first of them, but under inner product, whose probes
+ * Its list is the first of them, except under inner product, whose probes
  * are ranked otherwise (probe_metric): there it is its nearest centroid's.
  */
 static CagraStatus
