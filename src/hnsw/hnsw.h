@@ -327,8 +327,10 @@ extern int64_t hnsw_graph_set_level0(HnswGraph *g, const int32_t *neighbours,
  * without in-edges (most of all for inner product, where small-norm vectors
  * are nobody's nearest neighbour).  Each unreachable node gets a level-0
  * in-edge from the nearest reachable node with a free slot, or, failing
- * that, takes the slot of a member that has other in-edges.  Returns the
- * number of edges added; unreached counts what is still unreachable.
+ * that, takes the slot of the nearest reachable node's most linked-to
+ * member, which moves into the node's own list: nothing reachable becomes
+ * unreachable.  Returns the number of edges added; unreached counts what
+ * is still unreachable.
  */
 extern int64_t hnsw_graph_connect(HnswGraph *g, int64_t *unreached);
 

@@ -297,6 +297,74 @@ test_connect(void)
 	hnsw_graph_free(g);
 }
 
+/*
+ * Full level-0 lists, as a CAGRA build leaves them: under inner product
+ * each node lists its 8 largest products, so the 1,800 short rows are in
+ * no list and the 200 long ones list each other, while counting the short
+ * rows' edges into them.  Every connection then takes a slot.  Taking a
+ * member's slot outright left rows unreachable (a member whose other
+ * in-edges came from unreachable rows); moving the member behind the new
+ * row keeps all reachable: none may be left, within 2m, one pass.
+ */
+static void
+test_connect_full_lists(void)
+{
+	int			n = 2000,
+				d = 8,
+				deg = 8;
+	HnswGraph  *g = hnsw_graph_create(d, 4, 16, HNSW_METRIC_IP, 16, 5, &A);
+	float	   *data = malloc(sizeof(float) * n * d);
+	int32_t    *lists = malloc(sizeof(int32_t) * n * deg);
+	int64_t		unreached,
+				added,
+				again;
+	int			over = 0;
+
+	for (int i = 0; i < n; i++)
+		for (int j = 0; j < d; j++)
+			data[i * d + j] = (urand() * 2 - 1) * (i % 10 == 0 ? 10.0f : 0.1f);
+	for (int i = 0; i < n; i++)
+	{
+		float		best[8];
+
+		for (int k = 0; k < deg; k++)
+			best[k] = -INFINITY;
+		for (int j = 0; j < n; j++)
+		{
+			float		p = vec_inner_product(data + i * d, data + j * d, d);
+			int			k;
+
+			if (j == i || p <= best[deg - 1])
+				continue;
+			for (k = deg - 1; k > 0 && best[k - 1] < p; k--)
+			{
+				best[k] = best[k - 1];
+				lists[i * deg + k] = lists[i * deg + k - 1];
+			}
+			best[k] = p;
+			lists[i * deg + k] = j;
+		}
+	}
+	for (int i = 0; i < n; i++)
+		hnsw_graph_append(g, data + i * d, hnsw_graph_random_level(g));
+	hnsw_graph_reserve_search(g);
+	hnsw_graph_link_upper(g);
+	hnsw_graph_set_level0(g, lists, deg);
+	added = hnsw_graph_connect(g, &unreached);
+	CHECK(added > 1000 && unreached == 0,
+		  "full lists: %lld edges added, %lld rows left unreachable",
+		  (long long) added, (long long) unreached);
+	for (int i = 0; i < g->n; i++)
+		over += g->nodes[i].counts[0] > 2 * g->m;
+	CHECK(over == 0, "full lists: %d level-0 lists over 2m", over);
+	again = hnsw_graph_connect(g, &unreached);
+	CHECK(again == 0 && unreached == 0,
+		  "full lists: a second pass adds %lld edges", (long long) again);
+	hnsw_graph_free(g);
+	free(data);
+	free(lists);
+}
+
 static bool
 always(void *arg, int32_t id)
 {
@@ -1043,6 +1111,7 @@ main(void)
 	test_recall(HNSW_METRIC_L1, "l1");
 	test_duplicates();
 	test_connect();
+	test_connect_full_lists();
 	test_level0();
 	test_reach();
 	test_vcache();
