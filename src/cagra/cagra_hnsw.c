@@ -143,15 +143,6 @@ item_cmp(const void *a, const void *b)
 	return (x->id > y->id) - (x->id < y->id);
 }
 
-static bool
-row_has(const int32_t *row, int n, int32_t id)
-{
-	for (int i = 0; i < n; i++)
-		if (row[i] == id)
-			return true;
-	return false;
-}
-
 /*
  * A search for v from the entry point down to level bottom: a beam of 1
  * above it, of ef at it.  th->found gets the nodes found at bottom,
@@ -283,13 +274,13 @@ long_edges_write_row(const LongEdgeJob *job, int32_t u)
 	memcpy(row, node->nbrs, sizeof(int32_t) * front);
 	len = front;
 	for (int j = 0; j < job->n_out[u]; j++)
-		if (!row_has(row, len, out[j]))
+		if (!hnsw_list_has(row, len, out[j]))
 			row[len++] = out[j];
 	for (int j = 0; j < job->n_in[u]; j++)
-		if (!row_has(row, len, in[j]))
+		if (!hnsw_list_has(row, len, in[j]))
 			row[len++] = in[j];
 	for (int j = front; j < cnt && len < 2 * m; j++)
-		if (!row_has(row, len, node->nbrs[j]))
+		if (!hnsw_list_has(row, len, node->nbrs[j]))
 			row[len++] = node->nbrs[j];
 	memcpy(node->nbrs, row, sizeof(int32_t) * len);
 	node->counts[0] = (uint8_t) len;

@@ -260,6 +260,16 @@ hnsw_level_slots(int m, int level)
 	return level == 0 ? 2 * m : m;
 }
 
+/* Whether id is among list[0 .. n) (a neighbour list, a few dozen ids). */
+static inline bool
+hnsw_list_has(const int32_t *list, int n, int32_t id)
+{
+	for (int j = 0; j < n; j++)
+		if (list[j] == id)
+			return true;
+	return false;
+}
+
 /*
  * Bytes one node of a given level costs (memory accounting); packed: its
  * vector lies in the graph's array (hnsw_graph_pack_vectors), counted there.

@@ -1010,16 +1010,6 @@ mark_reachable(HnswGraph *g, int32_t start, uint8_t *reached, int32_t *queue,
 	return tail;
 }
 
-/* Whether id is among list[0 .. n). */
-static bool
-list_has(const int32_t *list, int n, int32_t id)
-{
-	for (int j = 0; j < n; j++)
-		if (list[j] == id)
-			return true;
-	return false;
-}
-
 /*
  * Give unreachable node i an in-edge from the search's nf results (ids, in
  * ascending distance), and mark what i now reaches.  The nearest reachable
@@ -1071,7 +1061,7 @@ connect_node(HnswGraph *g, int32_t i, const int32_t *ids, int nf,
 	g->nodes[v].dists[slot] = node_dist(g, g->nodes[v].vec, i);
 	g->nodes[v].nkept[0] = HNSW_KEPT_UNKNOWN;
 	indeg[i]++;
-	if (moved >= 0 && !list_has(node->nbrs, node->counts[0], moved))
+	if (moved >= 0 && !hnsw_list_has(node->nbrs, node->counts[0], moved))
 	{
 		int			t = node->counts[0] < 2 * g->m ? node->counts[0]++ :
 			node->counts[0] - 1;
