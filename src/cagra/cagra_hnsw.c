@@ -372,6 +372,28 @@ search_thread_free(SearchThread *th)
 	free(th->cands);
 }
 
+/*
+ * The end of a stage searching on threads: free threads[0 .. n_ready) and
+ * turn its outcome rc into a status, "out of memory for <what> N nodes" or
+ * "<name> canceled".
+ */
+static CagraStatus
+search_stage_end(SearchThread *threads, int n_ready, int rc, const char *what,
+				 const char *name, int64_t n, char *errbuf, size_t errlen)
+{
+	for (int t = 0; t < n_ready; t++)
+		search_thread_free(&threads[t]);
+	free(threads);
+	if (rc == CAGRA_ERR_NOMEM)
+		return cagra_error(CAGRA_ERR_NOMEM, errbuf, errlen,
+						   "out of memory for %s %lld nodes", what,
+						   (long long) n);
+	if (rc == CAGRA_ERR_CANCELED)
+		return cagra_error(CAGRA_ERR_CANCELED, errbuf, errlen, "%s canceled",
+						   name);
+	return CAGRA_OK;
+}
+
 static CagraStatus
 add_long_edges(HnswGraph *g, const int32_t *graph, int degree,
 			   bool drop_covered, int n_threads,
@@ -418,22 +440,14 @@ add_long_edges(HnswGraph *g, const int32_t *graph, int degree,
 									&job, interrupt);
 		}
 	}
-	for (int t = 0; t < n_ready; t++)
-		search_thread_free(&job.threads[t]);
-	free(job.threads);
 	free(job.out);
 	free(job.n_out);
 	free(job.in);
 	free(job.n_in);
 	free(order);
-	if (!ok)
-		return cagra_error(CAGRA_ERR_NOMEM, errbuf, errlen,
-						   "out of memory for the long edges of %lld nodes",
-						   (long long) g->n);
-	if (rc == CAGRA_ERR_CANCELED)
-		return cagra_error(CAGRA_ERR_CANCELED, errbuf, errlen,
-						   "long edges canceled");
-	return CAGRA_OK;
+	return search_stage_end(job.threads, n_ready, ok ? rc : CAGRA_ERR_NOMEM,
+							"the long edges of", "long edges", g->n, errbuf,
+							errlen);
 }
 
 /*
@@ -522,17 +536,8 @@ connect_all(HnswGraph *g, int n_threads, const CagraInterrupt *interrupt,
 	job.interrupt = interrupt;
 	rc = hnsw_graph_connect_batched(g, connect_search_batch, &job, connected,
 									&unreached);
-	for (int t = 0; t < job.n_ready; t++)
-		search_thread_free(&job.threads[t]);
-	free(job.threads);
-	if (rc == CAGRA_ERR_NOMEM)
-		return cagra_error(CAGRA_ERR_NOMEM, errbuf, errlen,
-						   "out of memory for connecting %lld nodes",
-						   (long long) g->n);
-	if (rc == CAGRA_ERR_CANCELED)
-		return cagra_error(CAGRA_ERR_CANCELED, errbuf, errlen,
-						   "connecting canceled");
-	return CAGRA_OK;
+	return search_stage_end(job.threads, job.n_ready, rc, "connecting",
+							"connecting", g->n, errbuf, errlen);
 }
 
 CagraStatus
