@@ -327,6 +327,19 @@ test_prune_distance_by_hand(void)
 }
 
 /*
+ * The cosine distance of rows x and y from their product p, through the
+ * rows' reciprocal lengths, as cagra_prune_distance computes it.
+ */
+static float
+select_ref_cosine(const float *x, const float *y, int dim, float p)
+{
+	float		nx = sqrtf(vec_inner_product(x, x, dim));
+	float		ny = sqrtf(vec_inner_product(y, y, dim));
+
+	return 1.0f - p * (nx > 0 ? 1.0f / nx : 0.0f) * (ny > 0 ? 1.0f / ny : 0.0f);
+}
+
+/*
  * The distance cagra_prune_distance selects by: cagra_distance, except
  * cosine, from the rows' reciprocal lengths (one dot product a pair).
  */
@@ -338,13 +351,7 @@ select_ref_distance(const float *data, int dim, CagraMetric metric,
 	const float *y = data + b * dim;
 
 	if (metric == CAGRA_METRIC_COSINE)
-	{
-		float		nx = sqrtf(vec_inner_product(x, x, dim));
-		float		ny = sqrtf(vec_inner_product(y, y, dim));
-
-		return 1.0f - vec_inner_product(x, y, dim) *
-			(nx > 0 ? 1.0f / nx : 0.0f) * (ny > 0 ? 1.0f / ny : 0.0f);
-	}
+		return select_ref_cosine(x, y, dim, vec_inner_product(x, y, dim));
 	return cagra_distance(metric, x, y, dim);
 }
 
@@ -368,12 +375,7 @@ select_ref_node_distance(const float *data, int dim, CagraMetric metric,
 	cagra_row_products(&x, 1, &y, 1, dim, metric == CAGRA_METRIC_L2, false,
 					   &p, 1);
 	if (metric == CAGRA_METRIC_COSINE)
-	{
-		float		nx = sqrtf(vec_inner_product(x, x, dim));
-		float		ny = sqrtf(vec_inner_product(y, y, dim));
-
-		return 1.0f - p * (nx > 0 ? 1.0f / nx : 0.0f) * (ny > 0 ? 1.0f / ny : 0.0f);
-	}
+		return select_ref_cosine(x, y, dim, p);
 	return metric == CAGRA_METRIC_L2 ? p : -p;
 }
 

@@ -298,6 +298,45 @@ test_connect(void)
 }
 
 /*
+ * Each row's deg nearest other rows under metric, nearest first (ties to
+ * the earlier row): an exact kNN graph to give hnsw_graph_set_level0.
+ */
+static void
+exact_lists(const float *data, int n, int d, HnswMetric metric, int deg,
+			int32_t *lists)
+{
+	float	   *best = malloc(sizeof(float) * deg);
+
+	for (int i = 0; i < n; i++)
+	{
+		for (int k = 0; k < deg; k++)
+		{
+			best[k] = INFINITY;
+			lists[i * deg + k] = -1;
+		}
+		for (int j = 0; j < n; j++)
+		{
+			float		dd;
+			int			k;
+
+			if (j == i)
+				continue;
+			dd = hnsw_distance(metric, data + (size_t) i * d, data + (size_t) j * d, d);
+			if (dd >= best[deg - 1])
+				continue;
+			for (k = deg - 1; k > 0 && best[k - 1] > dd; k--)
+			{
+				best[k] = best[k - 1];
+				lists[i * deg + k] = lists[i * deg + k - 1];
+			}
+			best[k] = dd;
+			lists[i * deg + k] = j;
+		}
+	}
+	free(best);
+}
+
+/*
  * Full level-0 lists, as a CAGRA build leaves them: under inner product
  * each node lists its 8 largest products, so the 1,800 short rows are in
  * no list and the 200 long ones list each other, while counting the short
@@ -323,28 +362,7 @@ test_connect_full_lists(void)
 	for (int i = 0; i < n; i++)
 		for (int j = 0; j < d; j++)
 			data[i * d + j] = (urand() * 2 - 1) * (i % 10 == 0 ? 10.0f : 0.1f);
-	for (int i = 0; i < n; i++)
-	{
-		float		best[8];
-
-		for (int k = 0; k < deg; k++)
-			best[k] = -INFINITY;
-		for (int j = 0; j < n; j++)
-		{
-			float		p = vec_inner_product(data + i * d, data + j * d, d);
-			int			k;
-
-			if (j == i || p <= best[deg - 1])
-				continue;
-			for (k = deg - 1; k > 0 && best[k - 1] < p; k--)
-			{
-				best[k] = best[k - 1];
-				lists[i * deg + k] = lists[i * deg + k - 1];
-			}
-			best[k] = p;
-			lists[i * deg + k] = j;
-		}
-	}
+	exact_lists(data, n, d, HNSW_METRIC_IP, deg, lists);
 	for (int i = 0; i < n; i++)
 		hnsw_graph_append(g, data + i * d, hnsw_graph_random_level(g));
 	hnsw_graph_reserve_search(g);
@@ -400,9 +418,7 @@ test_level0(void)
 	int			n = 2000,
 				d = 16,
 				deg = 16,
-				i,
-				j,
-				k;
+				i;
 	float	   *data = malloc(sizeof(float) * n * d);
 	int32_t    *knn = malloc(sizeof(int32_t) * n * deg);
 	HnswGraph  *g = hnsw_graph_create(d, 8, 64, HNSW_METRIC_L2, 16, 7, &A);
@@ -412,34 +428,7 @@ test_level0(void)
 	for (i = 0; i < n * d; i++)
 		data[i] = urand();
 	/* exact kNN graph as the "elsewhere" level 0 */
-	for (i = 0; i < n; i++)
-	{
-		float		best[16];
-
-		for (k = 0; k < deg; k++)
-		{
-			best[k] = INFINITY;
-			knn[i * deg + k] = -1;
-		}
-		for (j = 0; j < n; j++)
-		{
-			float		dd;
-
-			if (j == i)
-				continue;
-			dd = vec_l2_squared(data + (size_t) i * d, data + (size_t) j * d, d);
-			if (dd < best[deg - 1])
-			{
-				for (k = deg - 1; k > 0 && best[k - 1] > dd; k--)
-				{
-					best[k] = best[k - 1];
-					knn[i * deg + k] = knn[i * deg + k - 1];
-				}
-				best[k] = dd;
-				knn[i * deg + k] = j;
-			}
-		}
-	}
+	exact_lists(data, n, d, HNSW_METRIC_L2, deg, knn);
 	/* vectors in one array, as CAGRA builds keep them: it grows once (to 2304) */
 	hnsw_graph_pack_vectors(g, 0);
 	CHECK(g->vecs != NULL && g->vecs_cap == 1024, "packed vectors: room for 1024 rows first");
